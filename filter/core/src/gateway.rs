@@ -1,0 +1,237 @@
+//! The request path: which endpoint, which deployment, what to send upstream.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::providers::{translate_request, ResponseHandler, TranslateContext};
+use crate::request::summarize_chat_request;
+use crate::snapshot::Deployment;
+use crate::{GatewayError, State};
+
+/// Header the Envoy route table matches to pick the upstream cluster. Clients must never
+/// set it themselves (it would make the gateway an open proxy): the glue strips it from
+/// every incoming request.
+pub const ROUTE_HEADER: &str = "x-tollgate-upstream";
+
+/// Client headers that must not reach a provider: the client's gateway key, and
+/// accept-encoding (the gateway reads response bodies, so they must not be compressed).
+pub const CLIENT_HEADERS_TO_REMOVE: [&str; 4] = ["authorization", "x-api-key", "api-key", "accept-encoding"];
+
+/// What a request is, from its method and path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /v1/chat/completions` or `/chat/completions`.
+    ChatCompletions,
+    /// `GET /v1/models` or `/models`.
+    Models,
+    /// A known endpoint with the wrong method.
+    WrongMethod,
+    /// Not the filter's business; Envoy's routes decide.
+    Other,
+}
+
+/// Classifies a request.
+pub fn classify(method: &str, path: &str) -> Endpoint {
+    let path = path.split('?').next().unwrap_or(path);
+    let path = path.strip_suffix('/').unwrap_or(path);
+    let (endpoint, expected) = match path {
+        "/v1/chat/completions" | "/chat/completions" => (Endpoint::ChatCompletions, "POST"),
+        "/v1/models" | "/models" => (Endpoint::Models, "GET"),
+        _ => return Endpoint::Other,
+    };
+    if method.eq_ignore_ascii_case(expected) {
+        endpoint
+    } else {
+        Endpoint::WrongMethod
+    }
+}
+
+/// The filter's static configuration (Envoy's plugin `configuration`): only what it needs to
+/// find the control plane. Everything else arrives in snapshots.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Envoy cluster of the control plane.
+    #[serde(default = "default_control_plane_cluster")]
+    pub control_plane_cluster: String,
+    /// This Envoy's name, reported to the control plane.
+    #[serde(default)]
+    pub node_id: String,
+    /// Request body limit before the first snapshot arrives.
+    #[serde(default)]
+    pub max_request_body_bytes: Option<u64>,
+    /// Milliseconds between reconnect attempts to the control plane.
+    #[serde(default = "default_reconnect_ms")]
+    pub reconnect_ms: u64,
+}
+
+fn default_control_plane_cluster() -> String {
+    "tollgate_control_plane".to_string()
+}
+
+fn default_reconnect_ms() -> u64 {
+    1000
+}
+
+impl Default for PluginConfig {
+    fn default() -> Self {
+        PluginConfig {
+            control_plane_cluster: default_control_plane_cluster(),
+            node_id: String::new(),
+            max_request_body_bytes: None,
+            reconnect_ms: default_reconnect_ms(),
+        }
+    }
+}
+
+impl PluginConfig {
+    /// Parses the plugin configuration; empty means defaults.
+    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(PluginConfig::default());
+        }
+        serde_json::from_slice(bytes).map_err(|error| format!("invalid plugin configuration: {error}"))
+    }
+}
+
+/// Everything the glue must do to send a chat request upstream.
+#[derive(Debug)]
+pub struct RequestPlan {
+    /// The chosen deployment.
+    pub deployment: Arc<Deployment>,
+    /// Value for [`ROUTE_HEADER`].
+    pub route_value: &'static str,
+    /// New `:authority`.
+    pub authority: String,
+    /// New `:path`.
+    pub path: String,
+    /// Headers to set.
+    pub headers: Vec<(&'static str, String)>,
+    /// New body.
+    pub body: Vec<u8>,
+    /// Whether the client asked for a stream.
+    pub stream: bool,
+    /// The response side.
+    pub response: ResponseHandler,
+}
+
+/// Validates, resolves and translates a chat completion request.
+pub fn plan_chat_request(
+    state: &State,
+    body: &[u8],
+    context: &TranslateContext,
+) -> Result<RequestPlan, GatewayError> {
+    let summary = summarize_chat_request(body)?;
+    let deployment = state
+        .model(&summary.model)
+        .and_then(|group| group.pick())
+        .ok_or_else(|| GatewayError::ModelNotFound(summary.model.to_string()))?
+        .clone();
+    let (upstream, translator) = translate_request(&summary, body, &deployment, context)?;
+    let target = &deployment.target;
+    let path = join_path(&target.base_path, &upstream.path);
+    Ok(RequestPlan {
+        route_value: target.scheme.route_value(),
+        authority: target.authority.clone(),
+        path,
+        headers: upstream.headers,
+        body: upstream.body,
+        stream: summary.stream,
+        response: ResponseHandler::new(translator, summary.stream),
+        deployment,
+    })
+}
+
+/// Joins a base path and an endpoint path, without doubling a segment the base already
+/// ends with (api_base ".../v1/messages" or ".../v1" with "/v1/messages").
+fn join_path(base: &str, endpoint: &str) -> String {
+    if base.ends_with(endpoint) {
+        return base.to_string();
+    }
+    if let Some(rest) = endpoint.strip_prefix("/v1") {
+        if base.ends_with("/v1") {
+            return format!("{base}{rest}");
+        }
+    }
+    format!("{base}{endpoint}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto;
+    use crate::snapshot::tests::deployment;
+
+    fn state() -> State {
+        let snapshot = proto::Snapshot {
+            version: 1,
+            settings: None,
+            deployments: vec![
+                deployment("gpt", proto::ProviderKind::Openai, "http://127.0.0.1:9/v1"),
+                deployment("claude", proto::ProviderKind::Anthropic, "https://api.anthropic.com"),
+            ],
+        };
+        State::from_snapshot(snapshot).0
+    }
+
+    #[test]
+    fn classifies_endpoints() {
+        assert_eq!(classify("POST", "/v1/chat/completions"), Endpoint::ChatCompletions);
+        assert_eq!(classify("POST", "/chat/completions?x=1"), Endpoint::ChatCompletions);
+        assert_eq!(classify("GET", "/v1/models"), Endpoint::Models);
+        assert_eq!(classify("GET", "/v1/chat/completions"), Endpoint::WrongMethod);
+        assert_eq!(classify("GET", "/metrics"), Endpoint::Other);
+    }
+
+    #[test]
+    fn joins_paths() {
+        assert_eq!(join_path("/v1", "/chat/completions"), "/v1/chat/completions");
+        assert_eq!(join_path("", "/v1/messages"), "/v1/messages");
+        assert_eq!(join_path("/v1", "/v1/messages"), "/v1/messages");
+        assert_eq!(join_path("/proxy/v1/messages", "/v1/messages"), "/proxy/v1/messages");
+    }
+
+    #[test]
+    fn plans_openai_passthrough_with_minimal_edits() {
+        let body = br#"{"model":"gpt","messages":[{"role":"user","content":"hi"}],"temperature":0.5}"#;
+        let plan = plan_chat_request(&state(), body, &TranslateContext::default()).unwrap();
+        assert_eq!(plan.route_value, "http");
+        assert_eq!(plan.authority, "127.0.0.1:9");
+        assert_eq!(plan.path, "/v1/chat/completions");
+        assert_eq!(
+            plan.body,
+            br#"{"model":"upstream-gpt","messages":[{"role":"user","content":"hi"}],"temperature":0.5}"#.to_vec()
+        );
+        assert!(plan.headers.contains(&("authorization", "Bearer sk-provider".to_string())));
+    }
+
+    #[test]
+    fn forces_include_usage_on_streams() {
+        let body = br#"{"model":"gpt","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+        let plan = plan_chat_request(&state(), body, &TranslateContext::default()).unwrap();
+        let sent: serde_json::Value = serde_json::from_slice(&plan.body).unwrap();
+        assert_eq!(sent["stream_options"]["include_usage"], true);
+        assert_eq!(sent["model"], "upstream-gpt");
+
+        let body = br#"{"model":"gpt","stream":true,"stream_options":{"include_usage":false,"x":1},"messages":[{"role":"user","content":"hi"}]}"#;
+        let plan = plan_chat_request(&state(), body, &TranslateContext::default()).unwrap();
+        let sent: serde_json::Value = serde_json::from_slice(&plan.body).unwrap();
+        assert_eq!(sent["stream_options"], serde_json::json!({"include_usage": true, "x": 1}));
+    }
+
+    #[test]
+    fn unknown_model_is_404() {
+        let body = br#"{"model":"nope","messages":[{"role":"user","content":"hi"}]}"#;
+        let error = plan_chat_request(&state(), body, &TranslateContext::default()).unwrap_err();
+        assert_eq!(error.status(), 404);
+    }
+
+    #[test]
+    fn plugin_config() {
+        assert_eq!(PluginConfig::parse(b"").unwrap(), PluginConfig::default());
+        let config = PluginConfig::parse(br#"{"control_plane_cluster":"cp","node_id":"n1"}"#).unwrap();
+        assert_eq!(config.control_plane_cluster, "cp");
+        assert!(PluginConfig::parse(br#"{"bogus":1}"#).is_err());
+    }
+}

@@ -1,0 +1,22 @@
+//! Tollgate's data-path logic: everything the Envoy filter decides, as plain Rust.
+//!
+//! This crate never depends on proxy-wasm. The wasm crate (`tollgate-filter`) moves bytes
+//! between Envoy and the functions here; everything here is tested natively.
+
+pub mod auth;
+pub mod error;
+pub mod gateway;
+pub mod metrics;
+pub mod openai_types;
+pub mod proto;
+pub mod providers;
+pub mod request;
+pub mod snapshot;
+pub mod sse;
+pub mod usage;
+
+pub use error::GatewayError;
+pub use gateway::{Endpoint, PluginConfig, RequestPlan};
+pub use providers::ResponseHandler;
+pub use snapshot::State;
+pub use usage::Usage;

@@ -1,0 +1,68 @@
+//! Stat names. The filter emits `tollgate.<stat>.<tag>.<value>...`; the `stats_tags` in the
+//! Envoy bootstrap turn each `<tag>.<value>` pair into a Prometheus label, so the names here
+//! and the regexes there must agree (a test renders both).
+
+/// Model label for requests refused before a model was resolved (keeps client-chosen
+/// strings out of stat names, which would let anyone grow Envoy's stat table).
+pub const NO_MODEL: &str = "none";
+/// Provider label for answers the gateway gave itself.
+pub const GATEWAY_PROVIDER: &str = "gateway";
+
+/// Replaces every byte a stat segment cannot hold (`.` separates segments) with `_`.
+pub fn sanitize_stat_segment(value: &str) -> String {
+    let cleaned: String = value
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .collect();
+    if cleaned.is_empty() {
+        "_".to_string()
+    } else {
+        cleaned
+    }
+}
+
+/// Counter: one per finished request.
+pub fn requests_counter(model: &str, provider: &str, status: u16) -> String {
+    format!("tollgate.requests.model.{model}.provider.{provider}.status.{status}")
+}
+
+/// Counter: prompt tokens reported by providers.
+pub fn prompt_tokens_counter(model: &str, provider: &str) -> String {
+    format!("tollgate.prompt_tokens.model.{model}.provider.{provider}")
+}
+
+/// Counter: completion tokens reported by providers.
+pub fn completion_tokens_counter(model: &str, provider: &str) -> String {
+    format!("tollgate.completion_tokens.model.{model}.provider.{provider}")
+}
+
+/// Counter: responses whose provider reported no usage (so spend is unknown, not 0).
+pub fn usage_missing_counter(model: &str, provider: &str) -> String {
+    format!("tollgate.usage_missing.model.{model}.provider.{provider}")
+}
+
+/// Histogram: milliseconds from sending upstream to the last response byte.
+pub fn upstream_latency_histogram(model: &str, provider: &str) -> String {
+    format!("tollgate.upstream_latency_ms.model.{model}.provider.{provider}")
+}
+
+/// Histogram: milliseconds from sending upstream to the first response body byte.
+pub fn time_to_first_byte_histogram(model: &str, provider: &str) -> String {
+    format!("tollgate.time_to_first_token_ms.model.{model}.provider.{provider}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_hold_no_dots() {
+        assert_eq!(sanitize_stat_segment("gpt-3.5-turbo"), "gpt-3_5-turbo");
+        assert_eq!(sanitize_stat_segment("org/model:v1"), "org_model_v1");
+        assert_eq!(sanitize_stat_segment(""), "_");
+        assert_eq!(
+            requests_counter("m", "openai", 200),
+            "tollgate.requests.model.m.provider.openai.status.200"
+        );
+    }
+}

@@ -1,0 +1,1 @@
+//! OpenAI Chat Completions wire types, for translators that need the whole request.

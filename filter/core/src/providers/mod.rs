@@ -1,0 +1,290 @@
+//! One module per provider, behind one closed enum.
+//!
+//! Each provider module turns an OpenAI chat request into the provider's request
+//! (`build_request`) and implements [`ProviderResponse`] to turn the provider's answer back
+//! into OpenAI's format: a buffered body, an error body, or a stream chunk by chunk.
+
+pub mod anthropic;
+pub mod openai;
+
+use crate::error::{error_body, error_type_for_status};
+use crate::request::ChatRequestSummary;
+use crate::snapshot::{Deployment, ProviderKind};
+use crate::{GatewayError, Usage};
+
+/// Per-request facts a translation may need and must not fetch itself (the core reads no
+/// clock, so golden tests are deterministic).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TranslateContext {
+    /// Unix seconds, for OpenAI's `created`.
+    pub now_unix: u64,
+}
+
+/// The request to send upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamRequest {
+    /// Path appended to the deployment's base path (e.g. `/chat/completions`).
+    pub path: String,
+    /// Headers to set (provider auth, version headers ...).
+    pub headers: Vec<(&'static str, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+/// What became of one stream chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkOutput {
+    /// Forward the chunk as it came (the translator only observed it).
+    Unchanged,
+    /// Forward the bytes written to `out` instead.
+    Replaced,
+}
+
+/// The response direction of a provider translation.
+pub trait ProviderResponse {
+    /// Whether a successful buffered body is rewritten (false: forwarded as is, so its
+    /// content-length stays valid).
+    fn rewrites_body(&self) -> bool;
+
+    /// Translates a complete successful body and records its usage. `None` forwards the body
+    /// unchanged.
+    fn translate_body(&mut self, body: &[u8], usage: &mut Usage) -> Result<Option<Vec<u8>>, GatewayError>;
+
+    /// Translates a provider error body (status >= 400) into OpenAI's error shape.
+    fn translate_error(&self, status: u16, body: &[u8]) -> Vec<u8>;
+
+    /// Translates one chunk of a successful stream, appending output to `out`, and records
+    /// usage as it is reported. On `end_of_stream` it flushes whatever it still holds.
+    fn translate_stream(
+        &mut self,
+        chunk: &[u8],
+        end_of_stream: bool,
+        out: &mut Vec<u8>,
+        usage: &mut Usage,
+    ) -> Result<ChunkOutput, GatewayError>;
+}
+
+/// The response translator of one request.
+#[derive(Debug)]
+pub enum ResponseTranslator {
+    /// OpenAI and compatible servers.
+    OpenAi(openai::OpenAiResponse),
+    /// Anthropic Messages.
+    Anthropic(anthropic::AnthropicResponse),
+}
+
+impl ResponseTranslator {
+    fn inner(&mut self) -> &mut dyn ProviderResponse {
+        match self {
+            ResponseTranslator::OpenAi(inner) => inner,
+            ResponseTranslator::Anthropic(inner) => inner,
+        }
+    }
+
+    fn inner_ref(&self) -> &dyn ProviderResponse {
+        match self {
+            ResponseTranslator::OpenAi(inner) => inner,
+            ResponseTranslator::Anthropic(inner) => inner,
+        }
+    }
+}
+
+/// Translates the request for `deployment` and prepares the matching response translator.
+pub fn translate_request(
+    summary: &ChatRequestSummary<'_>,
+    body: &[u8],
+    deployment: &Deployment,
+    context: &TranslateContext,
+) -> Result<(UpstreamRequest, ResponseTranslator), GatewayError> {
+    match deployment.provider {
+        ProviderKind::OpenAi => {
+            let request = openai::build_request(summary, body, deployment)?;
+            let response = openai::OpenAiResponse::new(summary.stream, summary.include_usage);
+            Ok((request, ResponseTranslator::OpenAi(response)))
+        }
+        ProviderKind::Anthropic => {
+            let request = anthropic::build_request(summary, body, deployment, context)?;
+            let response = anthropic::AnthropicResponse::new(
+                context,
+                summary.stream,
+                summary.include_usage,
+            );
+            Ok((request, ResponseTranslator::Anthropic(response)))
+        }
+    }
+}
+
+/// How the glue should treat the response body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseMode {
+    /// Hold headers, buffer the whole body, then call [`ResponseHandler::on_complete_body`].
+    Buffer,
+    /// Pass each chunk through [`ResponseHandler::on_stream_chunk`] as it arrives.
+    Stream,
+}
+
+/// Result of translating a buffered body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompletedBody {
+    /// A status to send instead of the provider's (the gateway could not read its answer).
+    pub status: Option<u16>,
+    /// The body to send instead; `None` keeps the provider's.
+    pub body: Option<Vec<u8>>,
+}
+
+/// Drives the response direction of one request: picks buffering or streaming, translates,
+/// and keeps the usage the provider reported.
+#[derive(Debug)]
+pub struct ResponseHandler {
+    translator: ResponseTranslator,
+    client_stream: bool,
+    status: u16,
+    mode: ResponseMode,
+    usage: Usage,
+    /// A stream that failed stays failed: later chunks are dropped, not half-translated.
+    stream_failed: bool,
+}
+
+impl ResponseHandler {
+    /// A handler for a request the client sent with `stream = client_stream`.
+    pub fn new(translator: ResponseTranslator, client_stream: bool) -> Self {
+        ResponseHandler {
+            translator,
+            client_stream,
+            status: 0,
+            mode: ResponseMode::Buffer,
+            usage: Usage::default(),
+            stream_failed: false,
+        }
+    }
+
+    /// Called with the provider's status and content type; says how to read the body.
+    pub fn on_headers(&mut self, status: u16, content_type: Option<&str>) -> ResponseMode {
+        self.status = status;
+        let is_event_stream =
+            content_type.is_some_and(|value| value.to_ascii_lowercase().contains("text/event-stream"));
+        self.mode = if (200..300).contains(&status) && self.client_stream && is_event_stream {
+            ResponseMode::Stream
+        } else {
+            ResponseMode::Buffer
+        };
+        self.mode
+    }
+
+    /// The mode chosen by [`Self::on_headers`].
+    pub fn mode(&self) -> ResponseMode {
+        self.mode
+    }
+
+    /// The provider's status.
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// Whether the provider's `content-length` may no longer match what the client gets.
+    pub fn drops_content_length(&self) -> bool {
+        match self.mode {
+            ResponseMode::Stream => true,
+            ResponseMode::Buffer => {
+                !(200..300).contains(&self.status) || self.translator.inner_ref().rewrites_body()
+            }
+        }
+    }
+
+    /// Translates a complete buffered body.
+    pub fn on_complete_body(&mut self, body: &[u8]) -> CompletedBody {
+        if !(200..300).contains(&self.status) {
+            return CompletedBody {
+                status: None,
+                body: Some(self.translator.inner_ref().translate_error(self.status, body)),
+            };
+        }
+        match self.translator.inner().translate_body(body, &mut self.usage) {
+            Ok(body) => CompletedBody { status: None, body },
+            Err(error) => CompletedBody {
+                status: Some(error.status()),
+                body: Some(error.to_json()),
+            },
+        }
+    }
+
+    /// Translates one stream chunk. The output is either the chunk unchanged or `out`.
+    pub fn on_stream_chunk(&mut self, chunk: &[u8], end_of_stream: bool, out: &mut Vec<u8>) -> ChunkOutput {
+        if self.stream_failed {
+            return ChunkOutput::Replaced;
+        }
+        match self.translator.inner().translate_stream(chunk, end_of_stream, out, &mut self.usage) {
+            Ok(output) => output,
+            Err(error) => {
+                self.stream_failed = true;
+                crate::sse::write_data_event(out, &error.to_json());
+                ChunkOutput::Replaced
+            }
+        }
+    }
+
+    /// Usage reported so far (complete once the body has ended).
+    pub fn usage(&self) -> Usage {
+        self.usage
+    }
+}
+
+/// Wraps a provider error body that is not already OpenAI-shaped. Bodies with an
+/// `{"error":{"message":...}}` object pass through; anything else (plain text, HTML, other
+/// JSON) becomes the message of a new error object.
+pub fn openai_shaped_error(status: u16, body: &[u8]) -> Vec<u8> {
+    #[derive(serde::Deserialize)]
+    struct Envelope<'a> {
+        #[serde(borrow)]
+        error: Option<ErrorField<'a>>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum ErrorField<'a> {
+        Object {
+            #[serde(borrow, rename = "message")]
+            _message: std::borrow::Cow<'a, str>,
+        },
+        Text(std::borrow::Cow<'a, str>),
+    }
+    match serde_json::from_slice::<Envelope<'_>>(body) {
+        Ok(Envelope {
+            error: Some(ErrorField::Object { .. }),
+        }) => body.to_vec(),
+        Ok(Envelope {
+            error: Some(ErrorField::Text(message)),
+        }) => error_body(&message, error_type_for_status(status), None, None),
+        _ => {
+            let text = String::from_utf8_lossy(body);
+            let text = text.trim();
+            let message = if text.is_empty() {
+                format!("The upstream provider returned HTTP {status} with an empty body.")
+            } else {
+                let cut: String = text.chars().take(2000).collect();
+                format!("The upstream provider returned HTTP {status}: {cut}")
+            };
+            error_body(&message, error_type_for_status(status), None, None)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openai_errors_pass_and_others_are_wrapped() {
+        let openai = br#"{"error":{"message":"slow down","type":"rate_limit_error","param":null,"code":null}}"#;
+        assert_eq!(openai_shaped_error(429, openai), openai.to_vec());
+
+        let ollama: serde_json::Value =
+            serde_json::from_slice(&openai_shaped_error(404, br#"{"error":"model 'x' not found"}"#)).unwrap();
+        assert_eq!(ollama["error"]["message"], "model 'x' not found");
+        assert_eq!(ollama["error"]["type"], "invalid_request_error");
+
+        let text: serde_json::Value =
+            serde_json::from_slice(&openai_shaped_error(500, b"upstream exploded")).unwrap();
+        assert!(text["error"]["message"].as_str().unwrap().contains("upstream exploded"));
+        assert_eq!(text["error"]["type"], "api_error");
+    }
+}

@@ -1,0 +1,361 @@
+//! First look at an OpenAI chat request: validate what the gateway relies on and find the
+//! byte spans it may rewrite, in one borrowing pass (no tree of the whole body is built).
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::GatewayError;
+
+/// What the gateway needs to know about a chat request before routing it.
+#[derive(Debug)]
+pub struct ChatRequestSummary<'a> {
+    /// The public model name the client asked for.
+    pub model: Cow<'a, str>,
+    /// Where the model's JSON string sits in the body (quotes included).
+    pub model_span: Range<usize>,
+    /// Whether the client asked for a stream.
+    pub stream: bool,
+    /// Whether the client asked for the usage chunk at the end of a stream.
+    pub include_usage: bool,
+    /// Where the `stream_options` object sits in the body, if present.
+    pub stream_options_span: Option<Range<usize>>,
+    /// The `stream_options` object as sent, if present.
+    pub stream_options: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ChatRequestView<'a> {
+    #[serde(borrow)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow)]
+    messages: Option<Vec<MessageView<'a>>>,
+    stream: Option<bool>,
+    #[serde(borrow)]
+    stream_options: Option<&'a RawValue>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    max_tokens: Option<u64>,
+    max_completion_tokens: Option<u64>,
+    n: Option<u64>,
+    #[serde(borrow)]
+    stop: Option<&'a RawValue>,
+    #[serde(borrow)]
+    tools: Option<&'a RawValue>,
+    #[serde(borrow)]
+    tool_choice: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct MessageView<'a> {
+    #[serde(borrow)]
+    role: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    content: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptionsView {
+    include_usage: Option<bool>,
+}
+
+/// Message roles OpenAI accepts.
+const ROLES: [&str; 6] = ["system", "developer", "user", "assistant", "tool", "function"];
+
+/// Validates `body` as an OpenAI chat completion request and summarises it.
+pub fn summarize_chat_request(body: &[u8]) -> Result<ChatRequestSummary<'_>, GatewayError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(GatewayError::invalid(
+            "body",
+            "The request body is empty; send a JSON chat completion request.",
+        ));
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let view: ChatRequestView<'_> = serde_path_to_error::deserialize(&mut deserializer)
+        .map_err(|error| deserialize_error(error, "request"))?;
+    deserializer
+        .end()
+        .map_err(|error| GatewayError::InvalidJson(error.to_string()))?;
+
+    let model_raw = view.model.ok_or_else(|| {
+        GatewayError::invalid("model", "you must provide a model parameter")
+    })?;
+    let model: Cow<'_, str> = serde_json::from_str(model_raw.get())
+        .map_err(|_| GatewayError::invalid("model", "model must be a string"))?;
+    if model.is_empty() {
+        return Err(GatewayError::invalid("model", "model must not be empty"));
+    }
+
+    let messages = view.messages.ok_or_else(|| {
+        GatewayError::invalid("messages", "Missing required parameter: 'messages'.")
+    })?;
+    if messages.is_empty() {
+        return Err(GatewayError::invalid(
+            "messages",
+            "'messages' must contain at least one message.",
+        ));
+    }
+    for (index, message) in messages.iter().enumerate() {
+        validate_message(index, message)?;
+    }
+
+    check_range("temperature", view.temperature, 0.0, 2.0)?;
+    check_range("top_p", view.top_p, 0.0, 1.0)?;
+    check_positive("max_tokens", view.max_tokens)?;
+    check_positive("max_completion_tokens", view.max_completion_tokens)?;
+    check_positive("n", view.n)?;
+    check_json_kind("stop", view.stop, &[JsonKind::String, JsonKind::Array])?;
+    check_json_kind("tools", view.tools, &[JsonKind::Array])?;
+    check_json_kind("tool_choice", view.tool_choice, &[JsonKind::String, JsonKind::Object])?;
+    check_json_kind("stream_options", view.stream_options, &[JsonKind::Object])?;
+
+    let include_usage = match view.stream_options {
+        Some(raw) => serde_json::from_str::<StreamOptionsView>(raw.get())
+            .map_err(|_| {
+                GatewayError::invalid(
+                    "stream_options.include_usage",
+                    "stream_options.include_usage must be a boolean",
+                )
+            })?
+            .include_usage
+            .unwrap_or(false),
+        None => false,
+    };
+
+    Ok(ChatRequestSummary {
+        model,
+        model_span: span_of(body, model_raw),
+        stream: view.stream.unwrap_or(false),
+        include_usage,
+        stream_options_span: view.stream_options.map(|raw| span_of(body, raw)),
+        stream_options: view.stream_options,
+    })
+}
+
+fn validate_message(index: usize, message: &MessageView<'_>) -> Result<(), GatewayError> {
+    let param = || format!("messages[{index}].role");
+    let role = message
+        .role
+        .as_deref()
+        .ok_or_else(|| GatewayError::invalid(&param(), format!("Missing required parameter: 'messages[{index}].role'.")))?;
+    if !ROLES.contains(&role) {
+        return Err(GatewayError::invalid(
+            &param(),
+            format!(
+                "Invalid value: '{role}'. Supported values are: 'system', 'developer', 'user', 'assistant', 'tool' and 'function'."
+            ),
+        ));
+    }
+    let content_param = format!("messages[{index}].content");
+    match message.content {
+        None if matches!(role, "system" | "developer" | "user" | "tool") => Err(GatewayError::invalid(
+            &content_param,
+            format!("Missing required parameter: '{content_param}'."),
+        )),
+        None => Ok(()),
+        Some(raw) => check_json_kind(&content_param, Some(raw), &[JsonKind::String, JsonKind::Array]),
+    }
+}
+
+/// Turns a serde error into the client's error: syntax errors are "not JSON", type errors
+/// name the field by its path.
+fn deserialize_error(error: serde_path_to_error::Error<serde_json::Error>, root: &str) -> GatewayError {
+    let path = error.path().to_string();
+    let inner = error.into_inner();
+    if inner.is_syntax() || inner.is_eof() {
+        return GatewayError::InvalidJson(inner.to_string());
+    }
+    let param = if path == "." { root.to_string() } else { path };
+    let message = format!("Invalid type for '{param}': {}", strip_position(&inner.to_string()));
+    GatewayError::InvalidRequest {
+        message,
+        param: Some(param),
+    }
+}
+
+/// serde_json appends " at line L column C"; the field path says more to a client.
+fn strip_position(message: &str) -> &str {
+    match message.rfind(" at line ") {
+        Some(at) => &message[..at],
+        None => message,
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum JsonKind {
+    String,
+    Array,
+    Object,
+}
+
+fn json_kind_of(raw: &RawValue) -> Option<JsonKind> {
+    match raw.get().as_bytes().first()? {
+        b'"' => Some(JsonKind::String),
+        b'[' => Some(JsonKind::Array),
+        b'{' => Some(JsonKind::Object),
+        _ => None,
+    }
+}
+
+fn check_json_kind(param: &str, raw: Option<&RawValue>, allowed: &[JsonKind]) -> Result<(), GatewayError> {
+    let Some(raw) = raw else { return Ok(()) };
+    match json_kind_of(raw) {
+        Some(kind) if allowed.contains(&kind) => Ok(()),
+        _ => {
+            let names: Vec<&str> = allowed
+                .iter()
+                .map(|kind| match kind {
+                    JsonKind::String => "a string",
+                    JsonKind::Array => "an array",
+                    JsonKind::Object => "an object",
+                })
+                .collect();
+            Err(GatewayError::invalid(
+                param,
+                format!("Invalid type for '{param}': expected {}.", names.join(" or ")),
+            ))
+        }
+    }
+}
+
+fn check_range(param: &str, value: Option<f64>, min: f64, max: f64) -> Result<(), GatewayError> {
+    match value {
+        Some(v) if !(min..=max).contains(&v) => Err(GatewayError::invalid(
+            param,
+            format!("Invalid '{param}': {v} is not between {min} and {max}."),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn check_positive(param: &str, value: Option<u64>) -> Result<(), GatewayError> {
+    match value {
+        Some(0) => Err(GatewayError::invalid(
+            param,
+            format!("Invalid '{param}': must be at least 1."),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The byte range of `raw` inside `body`; `raw` must borrow from `body`.
+fn span_of(body: &[u8], raw: &RawValue) -> Range<usize> {
+    let start = (raw.get().as_ptr() as usize).saturating_sub(body.as_ptr() as usize);
+    start..start + raw.get().len()
+}
+
+/// A replacement of `range` in a body by `bytes` (an empty range inserts).
+#[derive(Debug)]
+pub struct Edit {
+    /// What to replace.
+    pub range: Range<usize>,
+    /// What to put there.
+    pub bytes: Vec<u8>,
+}
+
+/// Applies non-overlapping edits to `body` in one copy. Rewriting a model name this way
+/// costs one memcpy of the body instead of a parse and a re-serialisation.
+pub fn apply_edits(body: &[u8], edits: &mut [Edit]) -> Vec<u8> {
+    edits.sort_by_key(|edit| edit.range.start);
+    let extra: usize = edits.iter().map(|edit| edit.bytes.len()).sum();
+    let mut out = Vec::with_capacity(body.len() + extra);
+    let mut at = 0;
+    for edit in edits.iter() {
+        let start = edit.range.start.clamp(at, body.len());
+        out.extend_from_slice(&body[at..start]);
+        out.extend_from_slice(&edit.bytes);
+        at = edit.range.end.clamp(start, body.len());
+    }
+    out.extend_from_slice(&body[at..]);
+    out
+}
+
+/// Position just after the body's opening `{`, where a new member can be inserted.
+pub fn object_insert_point(body: &[u8]) -> usize {
+    body.iter().position(|byte| *byte == b'{').map_or(0, |at| at + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_of(body: &str) -> GatewayError {
+        summarize_chat_request(body.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn summary_of_a_valid_request() {
+        let body = br#"{"model": "gpt-4o", "stream": true, "stream_options": {"include_usage": true}, "messages": [{"role": "user", "content": "hi"}]}"#;
+        let summary = summarize_chat_request(body).unwrap();
+        assert_eq!(summary.model, "gpt-4o");
+        assert_eq!(&body[summary.model_span.clone()], br#""gpt-4o""#);
+        assert!(summary.stream && summary.include_usage);
+        assert_eq!(
+            &body[summary.stream_options_span.unwrap()],
+            br#"{"include_usage": true}"#
+        );
+    }
+
+    #[test]
+    fn escaped_model_name_is_decoded() {
+        let summary =
+            summarize_chat_request(br#"{"model":"a\/b","messages":[{"role":"user","content":"x"}]}"#)
+                .unwrap();
+        assert_eq!(summary.model, "a/b");
+    }
+
+    #[test]
+    fn bad_requests_name_the_field() {
+        let cases = [
+            (r#"{"messages":[{"role":"user","content":"x"}]}"#, "model"),
+            (r#"{"model":7,"messages":[{"role":"user","content":"x"}]}"#, "model"),
+            (r#"{"model":"m"}"#, "messages"),
+            (r#"{"model":"m","messages":"hi"}"#, "messages"),
+            (r#"{"model":"m","messages":[]}"#, "messages"),
+            (r#"{"model":"m","messages":[{"content":"x"}]}"#, "messages[0].role"),
+            (r#"{"model":"m","messages":[{"role":"robot","content":"x"}]}"#, "messages[0].role"),
+            (r#"{"model":"m","messages":[{"role":"user"}]}"#, "messages[0].content"),
+            (r#"{"model":"m","messages":[{"role":"user","content":5}]}"#, "messages[0].content"),
+            (r#"{"model":"m","messages":["x"]}"#, "messages[0]"),
+            (r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#, "stream"),
+            (r#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#, "temperature"),
+            (r#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":3}"#, "temperature"),
+            (r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":0}"#, "max_tokens"),
+            (r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":-1}"#, "max_tokens"),
+            (r#"{"model":"m","messages":[{"role":"user","content":"x"}],"tools":{}}"#, "tools"),
+            (r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stop":1}"#, "stop"),
+            (r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream_options":{"include_usage":1}}"#, "stream_options.include_usage"),
+        ];
+        for (body, param) in cases {
+            let error = error_of(body);
+            assert_eq!(error.status(), 400, "{body}");
+            assert_eq!(error.param(), Some(param), "{body}: {error}");
+        }
+    }
+
+    #[test]
+    fn not_json() {
+        for body in ["{", "nope", r#"{"model":"m"} trailing"#, "[1,2]"] {
+            let error = error_of(body);
+            assert_eq!(error.status(), 400, "{body}");
+        }
+        assert!(matches!(error_of("{"), GatewayError::InvalidJson(_)));
+        assert!(matches!(error_of(""), GatewayError::InvalidRequest { .. }));
+    }
+
+    #[test]
+    fn edits_splice_in_order() {
+        let body = br#"{"model":"a","x":1}"#;
+        let mut edits = vec![
+            Edit { range: 9..12, bytes: br#""bbb""#.to_vec() },
+            Edit { range: 1..1, bytes: br#""s":1,"#.to_vec() },
+        ];
+        assert_eq!(
+            apply_edits(body, &mut edits),
+            br#"{"s":1,"model":"bbb","x":1}"#.to_vec()
+        );
+        assert_eq!(object_insert_point(b"  {}"), 3);
+    }
+}
