@@ -1,0 +1,14 @@
+# The two commands of the README: `make run` and `make test`.
+.PHONY: run test wasm build
+
+run:
+	scripts/run.sh
+
+test:
+	scripts/test.sh
+
+wasm:
+	cargo build -p tollgate-filter --target wasm32-wasip1 --release
+
+build: wasm
+	cargo build --release -p tollgate -p tollgate-mock

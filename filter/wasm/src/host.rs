@@ -1,0 +1,121 @@
+//! Host calls that report failure instead of panicking. The SDK's trait helpers `unwrap()`
+//! host results, and a panic kills the worker's VM with every request on it, so the glue
+//! calls these instead.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, MapType, MetricType};
+
+/// Logs a failed host call; there is nothing else a filter can do about one.
+fn report<T>(what: &str, result: Result<T, proxy_wasm::types::Status>) -> Option<T> {
+    match result {
+        Ok(value) => Some(value),
+        Err(status) => {
+            log::warn!("tollgate: host call {what} failed: {status:?}");
+            None
+        }
+    }
+}
+
+/// A request header.
+pub fn request_header(name: &str) -> Option<String> {
+    report("get request header", hostcalls::get_map_value(MapType::HttpRequestHeaders, name)).flatten()
+}
+
+/// Sets (or with `None` removes) a request header.
+pub fn set_request_header(name: &str, value: Option<&str>) {
+    report("set request header", hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value));
+}
+
+/// A response header.
+pub fn response_header(name: &str) -> Option<String> {
+    report("get response header", hostcalls::get_map_value(MapType::HttpResponseHeaders, name)).flatten()
+}
+
+/// Sets (or with `None` removes) a response header.
+pub fn set_response_header(name: &str, value: Option<&str>) {
+    report("set response header", hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value));
+}
+
+/// Bytes `[0, size)` of a body buffer.
+pub fn body(buffer: BufferType, size: usize) -> Vec<u8> {
+    if size == 0 {
+        return Vec::new();
+    }
+    report("get body", hostcalls::get_buffer(buffer, 0, size)).flatten().unwrap_or_default()
+}
+
+/// Replaces bytes `[0, size)` of a body buffer.
+pub fn replace_body(buffer: BufferType, size: usize, value: &[u8]) {
+    report("set body", hostcalls::set_buffer(buffer, 0, size, value));
+}
+
+/// Answers the request locally.
+pub fn send_response(status: u16, headers: Vec<(&str, &str)>, body: &[u8]) {
+    report("send response", hostcalls::send_http_response(u32::from(status), headers, Some(body)));
+}
+
+/// Wall-clock time from the host.
+pub fn now() -> SystemTime {
+    report("get time", hostcalls::get_current_time()).unwrap_or(UNIX_EPOCH)
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> u64 {
+    now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis()
+        .try_into()
+        .unwrap_or(u64::MAX)
+}
+
+/// Plugin configuration bytes.
+pub fn plugin_configuration() -> Vec<u8> {
+    report("get configuration", hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX))
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// Bytes of the gRPC message being delivered.
+pub fn grpc_message(size: usize) -> Option<Vec<u8>> {
+    report("get grpc message", hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size)).flatten()
+}
+
+/// Opens the control-plane stream.
+pub fn open_stream(cluster: &str) -> Option<u32> {
+    report(
+        "open grpc stream",
+        hostcalls::open_grpc_stream(cluster, "tollgate.v1.FilterSync", "Sync", Vec::new()),
+    )
+}
+
+/// Sends one message on the stream; false when the host refused it.
+pub fn send_stream_message(token: u32, message: &[u8]) -> bool {
+    report("send grpc message", hostcalls::send_grpc_stream_message(token, Some(message), false)).is_some()
+}
+
+/// Sets the tick period.
+pub fn set_tick_period(period: Duration) {
+    report("set tick period", hostcalls::set_tick_period(period));
+}
+
+/// Defines a metric (idempotent in the host: the same name gives the same id).
+pub fn define_metric(kind: MetricType, name: &str) -> Option<u32> {
+    report("define metric", hostcalls::define_metric(kind, name))
+}
+
+/// Adds to a counter. Envoy refuses an offset of 0, so that is skipped here.
+pub fn increment_metric(id: u32, offset: u64) {
+    if offset == 0 {
+        return;
+    }
+    let offset = i64::try_from(offset).unwrap_or(i64::MAX);
+    report("increment metric", hostcalls::increment_metric(id, offset));
+}
+
+/// Records a histogram sample.
+pub fn record_metric(id: u32, value: u64) {
+    report("record metric", hostcalls::record_metric(id, value));
+}

@@ -1,0 +1,288 @@
+//! Per-request glue: read what core needs from Envoy, apply what core decides.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, BufferType};
+use tollgate_core::auth::{authenticate, Caller, Credentials};
+use tollgate_core::gateway::{classify, plan_chat_request, CLIENT_HEADERS_TO_REMOVE, ROUTE_HEADER};
+use tollgate_core::metrics;
+use tollgate_core::providers::{ChunkOutput, ResponseMode, TranslateContext};
+use tollgate_core::snapshot::DEFAULT_MAX_REQUEST_BODY_BYTES;
+use tollgate_core::{proto, Endpoint, GatewayError, RequestPlan, State};
+
+use crate::host;
+use crate::root::VmShared;
+
+const JSON_HEADERS: [(&str, &str); 1] = [("content-type", "application/json")];
+
+/// Where a request is in its life.
+enum Phase {
+    /// Not ours: Envoy's routes handle it.
+    PassThrough,
+    /// Chat request waiting for its body.
+    AwaitingBody { state: Rc<State>, caller: Caller },
+    /// Sent upstream.
+    Upstream { plan: Box<RequestPlan>, caller: Caller, sent_ms: u64 },
+    /// Answered by the gateway itself.
+    Answered { status: u16 },
+}
+
+/// One HTTP request.
+pub struct TollgateHttp {
+    shared: Rc<RefCell<VmShared>>,
+    phase: Phase,
+    first_byte_ms: Option<u64>,
+    stream_out: Vec<u8>,
+}
+
+impl TollgateHttp {
+    /// A context for a new request.
+    pub fn new(shared: Rc<RefCell<VmShared>>) -> Self {
+        TollgateHttp {
+            shared,
+            phase: Phase::PassThrough,
+            first_byte_ms: None,
+            stream_out: Vec::new(),
+        }
+    }
+
+    fn reject(&mut self, error: &GatewayError) -> Action {
+        let status = error.status();
+        host::send_response(status, JSON_HEADERS.to_vec(), &error.to_json());
+        self.phase = Phase::Answered { status };
+        Action::Pause
+    }
+
+    fn body_limit(&self, state: Option<&State>) -> u64 {
+        match state {
+            Some(state) => state.max_request_body_bytes,
+            None => self
+                .shared
+                .borrow()
+                .config
+                .max_request_body_bytes
+                .unwrap_or(DEFAULT_MAX_REQUEST_BODY_BYTES),
+        }
+    }
+
+    fn start_chat(&mut self, end_of_stream: bool) -> Action {
+        let Some(state) = self.shared.borrow().state.clone() else {
+            return self.reject(&GatewayError::NotReady);
+        };
+        let caller = match authenticate_request(&state) {
+            Ok(caller) => caller,
+            Err(error) => return self.reject(&error),
+        };
+        let limit = self.body_limit(Some(&state));
+        if let Some(length) = host::request_header("content-length").and_then(|v| v.trim().parse::<u64>().ok()) {
+            if length > limit {
+                return self.reject(&GatewayError::BodyTooLarge { size: length, limit });
+            }
+        }
+        if end_of_stream {
+            return match plan_chat_request(&state, b"", &TranslateContext::default()) {
+                Err(error) => self.reject(&error),
+                Ok(_) => self.reject(&GatewayError::invalid("body", "The request body is empty.")),
+            };
+        }
+        self.phase = Phase::AwaitingBody { state, caller };
+        Action::Pause
+    }
+
+    fn send_upstream(&mut self, state: &State, caller: Caller, body_size: usize) -> Action {
+        let body = host::body(BufferType::HttpRequestBody, body_size);
+        let now_ms = host::now_ms();
+        let context = TranslateContext { now_unix: now_ms / 1000 };
+        let plan = match plan_chat_request(state, &body, &context) {
+            Ok(plan) => plan,
+            Err(error) => return self.reject(&error),
+        };
+        for name in CLIENT_HEADERS_TO_REMOVE {
+            host::set_request_header(name, None);
+        }
+        for (name, value) in &plan.headers {
+            host::set_request_header(name, Some(value));
+        }
+        host::set_request_header(":path", Some(&plan.path));
+        host::set_request_header(":authority", Some(&plan.authority));
+        host::set_request_header("content-length", Some(&plan.body.len().to_string()));
+        host::set_request_header(ROUTE_HEADER, Some(plan.route_value));
+        host::replace_body(BufferType::HttpRequestBody, body_size, &plan.body);
+        self.phase = Phase::Upstream {
+            plan: Box::new(plan),
+            caller,
+            sent_ms: now_ms,
+        };
+        Action::Continue
+    }
+
+    fn record_finished(&mut self) {
+        let mut shared = self.shared.borrow_mut();
+        match &self.phase {
+            Phase::Answered { status } => {
+                shared.count(&metrics::requests_counter(metrics::NO_MODEL, metrics::GATEWAY_PROVIDER, *status), 1);
+            }
+            Phase::Upstream { plan, caller, sent_ms } => {
+                let deployment = &plan.deployment;
+                let (model, provider) = (&deployment.stat_model, &deployment.stat_provider);
+                let status = match plan.response.status() {
+                    0 => 502,
+                    status => status,
+                };
+                let usage = plan.response.usage();
+                let now = host::now_ms();
+                shared.count(&metrics::requests_counter(model, provider, status), 1);
+                if usage.is_reported() {
+                    shared.count(&metrics::prompt_tokens_counter(model, provider), usage.prompt_tokens.unwrap_or(0));
+                    shared.count(&metrics::completion_tokens_counter(model, provider), usage.completion_tokens.unwrap_or(0));
+                } else if (200..300).contains(&status) {
+                    shared.count(&metrics::usage_missing_counter(model, provider), 1);
+                }
+                shared.observe(&metrics::upstream_latency_histogram(model, provider), now.saturating_sub(*sent_ms));
+                if let Some(first) = self.first_byte_ms {
+                    shared.observe(&metrics::time_to_first_byte_histogram(model, provider), first.saturating_sub(*sent_ms));
+                }
+                let id = host::request_header("x-request-id").unwrap_or_else(|| format!("{}-{now}", deployment.id));
+                shared.queue_usage(proto::UsageRecord {
+                    id,
+                    model_name: deployment.model_name.clone(),
+                    deployment_id: deployment.id.clone(),
+                    provider: deployment.provider_name.clone(),
+                    status: u32::from(status),
+                    prompt_tokens: usage.prompt_tokens,
+                    completion_tokens: usage.completion_tokens,
+                    cached_prompt_tokens: usage.cached_prompt_tokens,
+                    started_unix_ms: *sent_ms,
+                    duration_ms: now.saturating_sub(*sent_ms),
+                    stream: plan.stream,
+                    key_hash: caller.key_hash.clone(),
+                });
+            }
+            Phase::PassThrough | Phase::AwaitingBody { .. } => {}
+        }
+    }
+}
+
+fn authenticate_request(state: &State) -> Result<Caller, GatewayError> {
+    let authorization = host::request_header("authorization");
+    let x_api_key = host::request_header("x-api-key");
+    let api_key = host::request_header("api-key");
+    authenticate(
+        state,
+        Credentials {
+            authorization: authorization.as_deref(),
+            x_api_key: x_api_key.as_deref(),
+            api_key: api_key.as_deref(),
+        },
+    )
+}
+
+impl Context for TollgateHttp {}
+
+impl HttpContext for TollgateHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        // Only the filter may choose an upstream cluster.
+        host::set_request_header(ROUTE_HEADER, None);
+        let method = host::request_header(":method").unwrap_or_default();
+        let path = host::request_header(":path").unwrap_or_default();
+        match classify(&method, &path) {
+            Endpoint::Other => Action::Continue,
+            Endpoint::WrongMethod => {
+                let path = path.split('?').next().unwrap_or_default().to_string();
+                self.reject(&GatewayError::MethodNotAllowed { method, path })
+            }
+            Endpoint::Models => {
+                let Some(state) = self.shared.borrow().state.clone() else {
+                    return self.reject(&GatewayError::NotReady);
+                };
+                if let Err(error) = authenticate_request(&state) {
+                    return self.reject(&error);
+                }
+                host::send_response(200, JSON_HEADERS.to_vec(), state.models_json());
+                self.phase = Phase::Answered { status: 200 };
+                Action::Pause
+            }
+            Endpoint::ChatCompletions => self.start_chat(end_of_stream),
+        }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Phase::AwaitingBody { state, .. } = &self.phase else {
+            return Action::Continue;
+        };
+        let state = state.clone();
+        let limit = self.body_limit(Some(&state));
+        if body_size as u64 > limit {
+            return self.reject(&GatewayError::BodyTooLarge { size: body_size as u64, limit });
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let Phase::AwaitingBody { caller, .. } = std::mem::replace(&mut self.phase, Phase::PassThrough) else {
+            return Action::Continue;
+        };
+        self.send_upstream(&state, caller, body_size)
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let Phase::Upstream { plan, .. } = &mut self.phase else {
+            return Action::Continue;
+        };
+        let status = host::response_header(":status")
+            .and_then(|value| value.parse::<u16>().ok())
+            .unwrap_or(502);
+        let content_type = host::response_header("content-type");
+        let mode = plan.response.on_headers(status, content_type.as_deref());
+        if end_of_stream {
+            return Action::Continue;
+        }
+        if plan.response.drops_content_length() {
+            host::set_response_header("content-length", None);
+        }
+        match mode {
+            // Held so a translated error can still change status and content type.
+            ResponseMode::Buffer => Action::Pause,
+            ResponseMode::Stream => Action::Continue,
+        }
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Phase::Upstream { plan, .. } = &mut self.phase else {
+            return Action::Continue;
+        };
+        if self.first_byte_ms.is_none() && body_size > 0 {
+            self.first_byte_ms = Some(host::now_ms());
+        }
+        match plan.response.mode() {
+            ResponseMode::Buffer => {
+                if !end_of_stream {
+                    return Action::Pause;
+                }
+                let body = host::body(BufferType::HttpResponseBody, body_size);
+                let completed = plan.response.on_complete_body(&body);
+                if let Some(status) = completed.status {
+                    host::set_response_header(":status", Some(&status.to_string()));
+                }
+                if let Some(new_body) = completed.body {
+                    host::set_response_header("content-type", Some("application/json"));
+                    host::replace_body(BufferType::HttpResponseBody, body_size, &new_body);
+                }
+                Action::Continue
+            }
+            ResponseMode::Stream => {
+                let chunk = host::body(BufferType::HttpResponseBody, body_size);
+                self.stream_out.clear();
+                if plan.response.on_stream_chunk(&chunk, end_of_stream, &mut self.stream_out) == ChunkOutput::Replaced {
+                    host::replace_body(BufferType::HttpResponseBody, body_size, &self.stream_out);
+                }
+                Action::Continue
+            }
+        }
+    }
+
+    fn on_log(&mut self) {
+        self.record_finished();
+    }
+}

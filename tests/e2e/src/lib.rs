@@ -1,0 +1,299 @@
+//! Harness for the end-to-end tests: starts the mock provider, the control plane and a real
+//! Envoy with the built filter as separate processes on 127.0.0.1, and stops them again.
+//!
+//! Binaries come from `target/debug` (override with `TOLLGATE_BIN_DIR`), the filter from
+//! `target/wasm32-wasip1/release/tollgate_filter.wasm` (override with `TOLLGATE_WASM`); the
+//! test command builds both first.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+/// The repository root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Path of one of the workspace's binaries.
+pub fn binary(name: &str) -> Result<PathBuf> {
+    let dir = std::env::var_os("TOLLGATE_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/debug"));
+    let path = dir.join(name);
+    if !path.exists() {
+        bail!("{} is missing: run `cargo build --workspace` first (or set TOLLGATE_BIN_DIR)", path.display());
+    }
+    Ok(path)
+}
+
+/// Path of the built filter.
+pub fn wasm() -> Result<PathBuf> {
+    let path = std::env::var_os("TOLLGATE_WASM").map(PathBuf::from).unwrap_or_else(|| {
+        workspace_root().join("target/wasm32-wasip1/release/tollgate_filter.wasm")
+    });
+    if !path.exists() {
+        bail!(
+            "{} is missing: run `cargo build -p tollgate-filter --target wasm32-wasip1 --release` first",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A child process that is stopped (SIGINT, then SIGKILL) when dropped.
+pub struct Process {
+    name: String,
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Process {
+    /// Starts `command` with stdout captured line by line (stderr goes to `log`).
+    pub fn start(name: &str, mut command: Command, log: &Path) -> Result<Process> {
+        let log_file = std::fs::File::create(log)?;
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file))
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Process {
+            name: name.to_string(),
+            child,
+            lines,
+        })
+    }
+
+    /// Waits for a stdout line containing `needle` and returns it.
+    pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return Ok(line),
+                Ok(_) => {}
+                Err(_) => {
+                    let status = self.child.try_wait().ok().flatten();
+                    bail!("{} printed no line containing {needle:?} (exit status {status:?})", self.name)
+                }
+            }
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends a signal by name (INT, TERM, KILL).
+    pub fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status();
+    }
+
+    /// Waits up to `timeout` for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Stops the process: SIGINT, and SIGKILL if it does not exit within 10 s.
+    pub fn stop(&mut self) {
+        if !self.is_running() {
+            return;
+        }
+        self.signal("INT");
+        if self.wait_exit(Duration::from_secs(10)).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The mock provider.
+pub struct Mock {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    _process: Process,
+}
+
+/// Provider keys the mock demands, so tests prove the gateway injects them.
+pub const MOCK_OPENAI_KEY: &str = "sk-mock-openai";
+/// See [`MOCK_OPENAI_KEY`].
+pub const MOCK_ANTHROPIC_KEY: &str = "sk-mock-anthropic";
+
+impl Mock {
+    /// Starts `tollgate-mock` on a free port, requiring the mock provider keys.
+    pub fn start(dir: &Path) -> Result<Mock> {
+        let mut command = Command::new(binary("tollgate-mock")?);
+        command.args(["--port", "0", "--openai-key", MOCK_OPENAI_KEY, "--anthropic-key", MOCK_ANTHROPIC_KEY]);
+        let mut process = Process::start("tollgate-mock", command, &dir.join("mock.log"))?;
+        let line = process.wait_for_line("listening on", Duration::from_secs(20))?;
+        let url = line
+            .split_whitespace()
+            .last()
+            .ok_or_else(|| anyhow!("no URL in {line:?}"))?
+            .trim_end_matches('/')
+            .to_string();
+        Ok(Mock { url, _process: process })
+    }
+
+    /// Requests the mock received, oldest first.
+    pub fn requests(&self) -> Result<Vec<serde_json::Value>> {
+        let value: serde_json::Value = reqwest::blocking::get(format!("{}/_mock/requests", self.url))?.json()?;
+        value.as_array().cloned().ok_or_else(|| anyhow!("not an array: {value}"))
+    }
+
+    /// The last request the mock received.
+    pub fn last_request(&self) -> Result<serde_json::Value> {
+        self.requests()?.pop().ok_or_else(|| anyhow!("the mock received no request"))
+    }
+}
+
+/// A running `tollgate up`: control plane + Envoy with the filter.
+pub struct Gateway {
+    /// `http://127.0.0.1:PORT` of the gateway listener.
+    pub url: String,
+    /// Envoy admin URL.
+    pub admin_url: String,
+    /// Control-plane gRPC port.
+    pub grpc_port: u16,
+    /// The `tollgate up` process.
+    pub process: Process,
+    /// Where state and logs go.
+    pub dir: PathBuf,
+}
+
+/// A config with two models served by the mock (one per provider) and a master key.
+pub fn mock_config(mock: &Mock, master_key: Option<&str>) -> String {
+    let master = master_key.map_or(String::new(), |key| format!("general_settings:\n  master_key: {key}\n"));
+    format!(
+        "model_list:\n\
+         - model_name: gpt-mock\n\
+         \x20 litellm_params:\n\
+         \x20   model: openai/mock-gpt-4o\n\
+         \x20   api_base: {url}/v1\n\
+         \x20   api_key: {MOCK_OPENAI_KEY}\n\
+         - model_name: claude-mock\n\
+         \x20 litellm_params:\n\
+         \x20   model: anthropic/claude-mock-sonnet\n\
+         \x20   api_base: {url}\n\
+         \x20   api_key: {MOCK_ANTHROPIC_KEY}\n\
+         {master}",
+        url = mock.url
+    )
+}
+
+impl Gateway {
+    /// Runs `tollgate up` with `config` and waits until it says it is ready.
+    pub fn start(dir: &Path, config: &str) -> Result<Gateway> {
+        let config_path = dir.join("config.yaml");
+        std::fs::write(&config_path, config)?;
+        let (port, admin_port, grpc_port) = (free_port()?, free_port()?, free_port()?);
+        let state_dir = dir.join("state");
+        let mut command = Command::new(binary("tollgate")?);
+        command
+            .arg("up")
+            .arg("--config")
+            .arg(&config_path)
+            .args(["--host", "127.0.0.1"])
+            .args(["--port", &port.to_string()])
+            .args(["--admin-port", &admin_port.to_string()])
+            .args(["--grpc-port", &grpc_port.to_string()])
+            .args(["--concurrency", "2"])
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .arg("--wasm")
+            .arg(wasm()?)
+            .current_dir(dir);
+        let mut process = Process::start("tollgate up", command, &dir.join("tollgate.log"))?;
+        if let Err(error) = process.wait_for_line("Tollgate is ready", Duration::from_secs(90)) {
+            let log = std::fs::read_to_string(dir.join("tollgate.log")).unwrap_or_default();
+            let envoy_log = std::fs::read_to_string(state_dir.join("envoy.log")).unwrap_or_default();
+            bail!("{error}\n--- tollgate log ---\n{log}\n--- envoy log ---\n{envoy_log}");
+        }
+        Ok(Gateway {
+            url: format!("http://127.0.0.1:{port}"),
+            admin_url: format!("http://127.0.0.1:{admin_port}"),
+            grpc_port,
+            process,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Envoy's stats in Prometheus format.
+    pub fn prometheus(&self) -> Result<String> {
+        Ok(reqwest::blocking::get(format!("{}/stats/prometheus", self.admin_url))?.text()?)
+    }
+
+    /// Envoy's plain stats.
+    pub fn stats(&self) -> Result<String> {
+        Ok(reqwest::blocking::get(format!("{}/stats", self.admin_url))?.text()?)
+    }
+}
+
+/// A blocking HTTP client with a generous timeout.
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap_or_else(|_| reqwest::blocking::Client::new())
+}
+
+/// The `data:` payloads of an SSE body, in order.
+pub fn sse_data(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter_map(|event| {
+            let data: Vec<&str> = event
+                .lines()
+                .filter_map(|line| line.strip_prefix("data:").map(str::trim_start))
+                .collect();
+            (!data.is_empty()).then(|| data.join("\n"))
+        })
+        .collect()
+}
+
+/// Reads a whole response body (for streaming responses read as they come).
+pub fn read_body(mut response: reqwest::blocking::Response) -> Result<String> {
+    let mut body = String::new();
+    response.read_to_string(&mut body)?;
+    Ok(body)
+}
