@@ -71,7 +71,7 @@ fn default_control_plane_cluster() -> String {
 }
 
 fn default_reconnect_ms() -> u64 {
-    1000
+    500
 }
 
 impl Default for PluginConfig {

@@ -19,6 +19,10 @@ use crate::host;
 const MAX_QUEUED_USAGE: usize = 10_000;
 /// Records per message on the stream.
 const USAGE_BATCH: usize = 500;
+/// How often the root context wakes up to flush usage and check the stream.
+const TICK: Duration = Duration::from_millis(250);
+/// Longest wait between reconnect attempts while the control plane is away.
+const MAX_RECONNECT_DELAY_MS: u64 = 5_000;
 
 /// What the root context shares with the HTTP contexts of its VM.
 pub struct VmShared {
@@ -72,6 +76,12 @@ pub struct TollgateRoot {
     context_id: u32,
     shared: Rc<RefCell<VmShared>>,
     stream: Option<u32>,
+    /// Whether the stream has delivered a message since it was opened (a stream the host
+    /// opens and the server refuses closes without one).
+    stream_healthy: bool,
+    /// Earliest time of the next reconnect attempt, and the current backoff.
+    next_attempt_ms: u64,
+    backoff_ms: u64,
 }
 
 impl TollgateRoot {
@@ -86,10 +96,28 @@ impl TollgateRoot {
                 metric_ids: HashMap::new(),
             })),
             stream: None,
+            stream_healthy: false,
+            next_attempt_ms: 0,
+            backoff_ms: 0,
         }
     }
 
+    fn base_delay_ms(&self) -> u64 {
+        self.shared.borrow().config.reconnect_ms.max(50)
+    }
+
     fn connect(&mut self) {
+        let now = host::now_ms();
+        if now < self.next_attempt_ms {
+            return;
+        }
+        // Exponential backoff, reset once a stream delivers a message.
+        self.backoff_ms = if self.backoff_ms == 0 {
+            self.base_delay_ms()
+        } else {
+            (self.backoff_ms * 2).min(MAX_RECONNECT_DELAY_MS)
+        };
+        self.next_attempt_ms = now + self.backoff_ms;
         let (cluster, hello) = {
             let shared = self.shared.borrow();
             let hello = proto::FilterMessage {
@@ -107,6 +135,7 @@ impl TollgateRoot {
         };
         if host::send_stream_message(token, &hello) {
             self.stream = Some(token);
+            self.stream_healthy = false;
         }
     }
 
@@ -168,6 +197,12 @@ impl Context for TollgateRoot {
         if self.stream != Some(token_id) {
             return;
         }
+        if !self.stream_healthy {
+            log::info!("tollgate: vm {} connected to the control plane", self.context_id);
+            self.stream_healthy = true;
+            self.backoff_ms = 0;
+            self.next_attempt_ms = 0;
+        }
         if let Some(message) = host::grpc_message(message_size) {
             self.install(&message);
         }
@@ -175,8 +210,17 @@ impl Context for TollgateRoot {
 
     fn on_grpc_stream_close(&mut self, token_id: u32, status_code: u32) {
         if self.stream == Some(token_id) {
-            log::warn!("tollgate: control-plane stream closed (grpc status {status_code}); reconnecting");
+            // Log the loss of a working stream once, not every failed retry during an outage.
+            if self.stream_healthy {
+                log::warn!(
+                    "tollgate: vm {} lost the control-plane stream (grpc status {status_code}); serving the last snapshot and reconnecting",
+                    self.context_id
+                );
+            } else {
+                log::debug!("tollgate: control-plane stream refused (grpc status {status_code})");
+            }
             self.stream = None;
+            self.stream_healthy = false;
         }
     }
 }
@@ -190,9 +234,8 @@ impl RootContext for TollgateRoot {
                 return false;
             }
         };
-        let reconnect = Duration::from_millis(config.reconnect_ms.max(50));
         self.shared.borrow_mut().config = config;
-        host::set_tick_period(reconnect);
+        host::set_tick_period(TICK);
         self.connect();
         true
     }

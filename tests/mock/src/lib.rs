@@ -1,0 +1,295 @@
+//! `tollgate-mock`: a fast mock of the OpenAI Chat Completions and Anthropic Messages APIs,
+//! streaming included, for Tollgate's end-to-end tests and benchmarks.
+//!
+//! * `POST …/chat/completions`: OpenAI Chat Completions.
+//! * `POST …/v1/messages`: Anthropic Messages.
+//! * `GET /_mock/requests`, `DELETE /_mock/requests`, `GET /_mock/health`: introspection.
+//!
+//! Replies are deterministic (`"echo: " + last user text`), and directives in the last user
+//! message (`mock:status=429`, `mock:chunks=200`, `mock:delay_ms=5`, `mock:stream_error`,
+//! `mock:raw_error`) shape the answer. See README.md.
+
+mod anthropic;
+mod body;
+mod common;
+mod openai;
+mod wire;
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::http::request::Parts;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use serde_json::{json, Map, Value};
+use tokio::net::TcpListener;
+
+pub use body::MockBody;
+
+/// How many requests `/_mock/requests` remembers.
+pub const RECORD_CAPACITY: usize = 200;
+/// Largest request body accepted (Anthropic's documented limit for the Messages API).
+const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+
+/// What the mock checks. With a key set, the provider's auth header must carry exactly it.
+#[derive(Debug, Clone, Default)]
+pub struct MockConfig {
+    /// Required `Authorization: Bearer <key>` on OpenAI endpoints, if set.
+    pub openai_api_key: Option<String>,
+    /// Required `x-api-key: <key>` on Anthropic endpoints, if set.
+    pub anthropic_api_key: Option<String>,
+}
+
+/// One request seen on a provider endpoint.
+#[derive(Debug, Clone)]
+struct Recorded {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Bytes,
+}
+
+pub(crate) struct State {
+    pub(crate) config: MockConfig,
+    counter: AtomicU64,
+    records: Mutex<VecDeque<Recorded>>,
+}
+
+impl State {
+    fn new(config: MockConfig) -> Self {
+        State {
+            config,
+            counter: AtomicU64::new(0),
+            records: Mutex::new(VecDeque::with_capacity(RECORD_CAPACITY)),
+        }
+    }
+
+    /// 1, 2, 3 … shared by both providers' ids.
+    pub(crate) fn next_id(&self) -> u64 {
+        self.counter.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn record(&self, parts: &Parts, body: &Bytes) {
+        let mut headers: Vec<(String, String)> = Vec::with_capacity(parts.headers.len());
+        for (name, value) in &parts.headers {
+            headers.push((
+                name.as_str().to_owned(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            ));
+        }
+        let rec = Recorded {
+            method: parts.method.as_str().to_owned(),
+            path: parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_default(),
+            headers,
+            body: body.clone(),
+        };
+        let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        if records.len() >= RECORD_CAPACITY {
+            records.pop_front();
+        }
+        records.push_back(rec);
+    }
+
+    fn records_json(&self) -> Value {
+        let records: Vec<Recorded> = self
+            .records
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        Value::Array(
+            records
+                .into_iter()
+                .map(|r| {
+                    let mut headers = Map::new();
+                    for (name, value) in r.headers {
+                        // Repeated headers are joined the way HTTP allows: "a, b".
+                        let joined = match headers.remove(&name) {
+                            Some(Value::String(prev)) => format!("{prev}, {value}"),
+                            _ => value,
+                        };
+                        headers.insert(name, Value::String(joined));
+                    }
+                    json!({
+                        "method": r.method,
+                        "path": r.path,
+                        "headers": headers,
+                        "body": serde_json::from_slice::<Value>(&r.body).unwrap_or(Value::Null),
+                        "raw_body": String::from_utf8_lossy(&r.body),
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    fn clear(&self) -> usize {
+        let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        let n = records.len();
+        records.clear();
+        n
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Provider {
+    OpenAi,
+    Anthropic,
+}
+
+fn provider_error(
+    state: &State,
+    provider: Provider,
+    status: StatusCode,
+    message: &str,
+) -> Response<MockBody> {
+    match provider {
+        Provider::OpenAi => openai::error(status, message, "invalid_request_error", None, None),
+        Provider::Anthropic => {
+            let request_id = format!("req_mock_{}", state.next_id());
+            anthropic::error(status, anthropic::error_type(status), message, &request_id)
+        }
+    }
+}
+
+fn not_found(method: &Method, path: &str) -> Response<MockBody> {
+    openai::error(
+        StatusCode::NOT_FOUND,
+        &format!("Unknown request URL: {method} {path}. tollgate-mock serves POST .../chat/completions, POST .../v1/messages and /_mock/*."),
+        "invalid_request_error",
+        None,
+        Some("unknown_url"),
+    )
+}
+
+async fn route(
+    state: Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<MockBody>, Infallible> {
+    let path = req.uri().path();
+    let provider = if path.ends_with("/chat/completions") {
+        Provider::OpenAi
+    } else if path.ends_with("/v1/messages") {
+        Provider::Anthropic
+    } else {
+        return Ok(mock_endpoint(&state, req.method(), path));
+    };
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => {
+            let too_large = e
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some();
+            state.record(&parts, &Bytes::new());
+            return Ok(if too_large {
+                provider_error(
+                    &state,
+                    provider,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "Request exceeds the maximum allowed number of bytes.",
+                )
+            } else {
+                provider_error(
+                    &state,
+                    provider,
+                    StatusCode::BAD_REQUEST,
+                    "Could not read the request body.",
+                )
+            });
+        }
+    };
+    state.record(&parts, &body);
+    if parts.method != Method::POST {
+        return Ok(provider_error(
+            &state,
+            provider,
+            StatusCode::METHOD_NOT_ALLOWED,
+            &format!(
+                "Method {} is not allowed on {}; use POST.",
+                parts.method,
+                parts.uri.path()
+            ),
+        ));
+    }
+    Ok(match provider {
+        Provider::OpenAi => openai::handle(&state, &parts, &body).await,
+        Provider::Anthropic => anthropic::handle(&state, &parts, &body).await,
+    })
+}
+
+fn mock_endpoint(state: &State, method: &Method, path: &str) -> Response<MockBody> {
+    match (method, path) {
+        (&Method::GET, "/_mock/health") => common::response(
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            MockBody::full(Bytes::from_static(b"ok")),
+        ),
+        (&Method::GET, "/_mock/requests") => {
+            common::json_response(StatusCode::OK, &state.records_json())
+        }
+        (&Method::DELETE, "/_mock/requests") => {
+            let cleared = state.clear();
+            common::json_response(StatusCode::OK, &json!({"cleared": cleared}))
+        }
+        _ => not_found(method, path),
+    }
+}
+
+/// Serves the mock on `listener` until the task is dropped or aborted. Accept errors (e.g. out
+/// of file descriptors) are logged and retried; they do not end the server.
+pub async fn serve(listener: TcpListener, config: MockConfig) -> anyhow::Result<()> {
+    let state = Arc::new(State::new(config));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+    loop {
+        let (stream, _peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "tollgate-mock: accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        // Latency matters more than packet count for a mock upstream.
+        let _ = stream.set_nodelay(true);
+        let state = Arc::clone(&state);
+        let builder = Arc::clone(&builder);
+        tokio::spawn(async move {
+            let service = service_fn(move |req| route(Arc::clone(&state), req));
+            if let Err(e) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(error = %e, "tollgate-mock: connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Binds `127.0.0.1:0`, serves the mock on a tokio task, and returns the bound address.
+pub async fn spawn(config: MockConfig) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = serve(listener, config).await {
+            tracing::error!(error = %e, "tollgate-mock stopped");
+        }
+    });
+    Ok(addr)
+}

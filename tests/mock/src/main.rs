@@ -1,0 +1,79 @@
+//! `tollgate-mock --port N [--host 127.0.0.1] [--openai-key K] [--anthropic-key K]`
+
+use std::io::Write;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::net::TcpListener;
+use tollgate_mock::{serve, MockConfig};
+
+/// Mock OpenAI Chat Completions and Anthropic Messages provider for tests and benchmarks.
+#[derive(Debug, Parser)]
+#[command(name = "tollgate-mock", version)]
+struct Args {
+    /// Port to listen on; 0 picks a free one.
+    #[arg(long)]
+    port: u16,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Require `Authorization: Bearer <KEY>` on OpenAI endpoints.
+    #[arg(long, env = "TOLLGATE_MOCK_OPENAI_KEY")]
+    openai_key: Option<String>,
+    /// Require `x-api-key: <KEY>` on Anthropic endpoints.
+    #[arg(long, env = "TOLLGATE_MOCK_ANTHROPIC_KEY")]
+    anthropic_key: Option<String>,
+    /// Tokio worker threads (default: one per CPU).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(n) = args.threads {
+        runtime.worker_threads(n.max(1));
+    }
+    runtime
+        .build()
+        .context("building the tokio runtime")?
+        .block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let listener = TcpListener::bind((args.host.as_str(), args.port))
+        .await
+        .with_context(|| format!("binding {}:{}", args.host, args.port))?;
+    let addr = listener.local_addr()?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "tollgate-mock listening on http://{addr}")?;
+        out.flush()?;
+    }
+    let config = MockConfig {
+        openai_api_key: args.openai_key,
+        anthropic_api_key: args.anthropic_key,
+    };
+    tokio::select! {
+        res = serve(listener, config) => res,
+        res = shutdown_signal() => res,
+    }
+}
+
+#[cfg(unix)]
+async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+async fn shutdown_signal() -> anyhow::Result<()> {
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")
+}
