@@ -1,0 +1,90 @@
+"""Starts the mock provider and `tollgate up` (control plane + real Envoy) once per session."""
+
+import os
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN_DIR = Path(os.environ.get("TOLLGATE_BIN_DIR", ROOT / "target" / "debug"))
+WASM = Path(os.environ.get("TOLLGATE_WASM", ROOT / "target/wasm32-wasip1/release/tollgate_filter.wasm"))
+MASTER_KEY = "sk-master-python"
+OPENAI_KEY = "sk-mock-openai"
+ANTHROPIC_KEY = "sk-mock-anthropic"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_line(process: subprocess.Popen, needle: str, timeout: float, log: Path) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if needle in line:
+            return line
+        if not line and process.poll() is not None:
+            break
+    raise RuntimeError(f"no line with {needle!r}; log:\n{log.read_text() if log.exists() else ''}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(2)  # SIGINT: `tollgate up` stops Envoy too
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def gateway():
+    for path in (BIN_DIR / "tollgate", BIN_DIR / "tollgate-mock", WASM):
+        if not path.exists():
+            raise RuntimeError(f"{path} is missing: run `make test` (it builds everything first)")
+    work = Path(tempfile.mkdtemp(prefix="tollgate-py-"))
+    mock_log = work / "mock.log"
+    mock = subprocess.Popen(
+        [str(BIN_DIR / "tollgate-mock"), "--port", "0", "--openai-key", OPENAI_KEY, "--anthropic-key", ANTHROPIC_KEY],
+        stdout=subprocess.PIPE, stderr=mock_log.open("w"), text=True,
+    )
+    mock_url = wait_for_line(mock, "listening on", 20, mock_log).split()[-1].rstrip("/")
+    config = work / "config.yaml"
+    config.write_text(
+        f"""general_settings:
+  master_key: {MASTER_KEY}
+model_list:
+  - model_name: gpt-mock
+    litellm_params:
+      model: openai/mock-gpt-4o
+      api_base: {mock_url}/v1
+      api_key: {OPENAI_KEY}
+  - model_name: claude-mock
+    litellm_params:
+      model: anthropic/claude-mock-sonnet
+      api_base: {mock_url}
+      api_key: os.environ/TOLLGATE_TEST_ANTHROPIC_KEY
+"""
+    )
+    port = free_port()
+    log = work / "tollgate.log"
+    env = dict(os.environ, TOLLGATE_TEST_ANTHROPIC_KEY=ANTHROPIC_KEY)
+    up = subprocess.Popen(
+        [str(BIN_DIR / "tollgate"), "up", "--config", str(config), "--host", "127.0.0.1",
+         "--port", str(port), "--admin-port", str(free_port()), "--grpc-port", str(free_port()),
+         "--concurrency", "2", "--state-dir", str(work / "state"), "--wasm", str(WASM)],
+        stdout=subprocess.PIPE, stderr=log.open("w"), text=True, cwd=work, env=env,
+    )
+    try:
+        wait_for_line(up, "Tollgate is ready", 90, log)
+        yield {"url": f"http://127.0.0.1:{port}", "mock_url": mock_url}
+    finally:
+        stop(up)
+        stop(mock)
