@@ -45,7 +45,9 @@ pub fn authenticate(state: &State, credentials: Credentials<'_>) -> Result<Calle
     let Some(master_hash) = state.master_key_sha256 else {
         return Ok(Caller::default());
     };
-    let key = credentials.presented_key().ok_or(GatewayError::MissingApiKey)?;
+    let key = credentials
+        .presented_key()
+        .ok_or(GatewayError::MissingApiKey)?;
     let hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
     if hash == master_hash {
         Ok(Caller {
@@ -65,7 +67,9 @@ mod tests {
         let snapshot = proto::Snapshot {
             version: 1,
             settings: Some(proto::Settings {
-                master_key_sha256: key.map(|k| hex::encode(Sha256::digest(k))).unwrap_or_default(),
+                master_key_sha256: key
+                    .map(|k| hex::encode(Sha256::digest(k)))
+                    .unwrap_or_default(),
                 ..Default::default()
             }),
             deployments: vec![],
@@ -77,10 +81,22 @@ mod tests {
     fn master_key_in_any_header() {
         let state = state_with_master_key(Some("sk-master"));
         for credentials in [
-            Credentials { authorization: Some("Bearer sk-master"), ..Default::default() },
-            Credentials { authorization: Some("bearer  sk-master "), ..Default::default() },
-            Credentials { x_api_key: Some("sk-master"), ..Default::default() },
-            Credentials { api_key: Some("sk-master"), ..Default::default() },
+            Credentials {
+                authorization: Some("Bearer sk-master"),
+                ..Default::default()
+            },
+            Credentials {
+                authorization: Some("bearer  sk-master "),
+                ..Default::default()
+            },
+            Credentials {
+                x_api_key: Some("sk-master"),
+                ..Default::default()
+            },
+            Credentials {
+                api_key: Some("sk-master"),
+                ..Default::default()
+            },
         ] {
             let caller = authenticate(&state, credentials).unwrap();
             assert_eq!(caller.key_hash.len(), 64);
@@ -95,11 +111,23 @@ mod tests {
             Err(GatewayError::MissingApiKey)
         );
         assert_eq!(
-            authenticate(&state, Credentials { authorization: Some("Basic sk-master"), ..Default::default() }),
+            authenticate(
+                &state,
+                Credentials {
+                    authorization: Some("Basic sk-master"),
+                    ..Default::default()
+                }
+            ),
             Err(GatewayError::MissingApiKey)
         );
         assert_eq!(
-            authenticate(&state, Credentials { authorization: Some("Bearer sk-wrong"), ..Default::default() }),
+            authenticate(
+                &state,
+                Credentials {
+                    authorization: Some("Bearer sk-wrong"),
+                    ..Default::default()
+                }
+            ),
             Err(GatewayError::InvalidApiKey)
         );
     }

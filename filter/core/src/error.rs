@@ -70,9 +70,7 @@ impl GatewayError {
             GatewayError::ModelNotFound(_) => 404,
             GatewayError::MethodNotAllowed { .. } => 405,
             GatewayError::BodyTooLarge { .. } => 413,
-            GatewayError::BadUpstreamResponse(_) | GatewayError::UpstreamResponseTooLarge(_) => {
-                502
-            }
+            GatewayError::BadUpstreamResponse(_) | GatewayError::UpstreamResponseTooLarge(_) => 502,
             GatewayError::NotReady => 503,
         }
     }
@@ -117,7 +115,12 @@ impl GatewayError {
 
     /// The JSON body the client gets.
     pub fn to_json(&self) -> Vec<u8> {
-        error_body(&self.to_string(), self.error_type(), self.param(), self.code())
+        error_body(
+            &self.to_string(),
+            self.error_type(),
+            self.param(),
+            self.code(),
+        )
     }
 }
 
@@ -137,7 +140,12 @@ struct ErrorObject<'a> {
 
 /// Serialises an OpenAI-shaped error body. Provider error translation uses it too, so every
 /// error a client sees has one shape.
-pub fn error_body(message: &str, error_type: &str, param: Option<&str>, code: Option<&str>) -> Vec<u8> {
+pub fn error_body(
+    message: &str,
+    error_type: &str,
+    param: Option<&str>,
+    code: Option<&str>,
+) -> Vec<u8> {
     let envelope = ErrorEnvelope {
         error: ErrorObject {
             message,
@@ -197,7 +205,10 @@ mod tests {
         assert_eq!(GatewayError::InvalidJson(String::new()).status(), 400);
         assert_eq!(GatewayError::InvalidApiKey.status(), 401);
         assert_eq!(GatewayError::ModelNotFound("m".into()).status(), 404);
-        assert_eq!(GatewayError::BodyTooLarge { size: 2, limit: 1 }.status(), 413);
+        assert_eq!(
+            GatewayError::BodyTooLarge { size: 2, limit: 1 }.status(),
+            413
+        );
         let body: serde_json::Value =
             serde_json::from_slice(&GatewayError::ModelNotFound("m".into()).to_json()).unwrap();
         assert_eq!(body["error"]["param"], "model");

@@ -16,7 +16,8 @@ pub const ROUTE_HEADER: &str = "x-tollgate-upstream";
 
 /// Client headers that must not reach a provider: the client's gateway key, and
 /// accept-encoding (the gateway reads response bodies, so they must not be compressed).
-pub const CLIENT_HEADERS_TO_REMOVE: [&str; 4] = ["authorization", "x-api-key", "api-key", "accept-encoding"];
+pub const CLIENT_HEADERS_TO_REMOVE: [&str; 4] =
+    ["authorization", "x-api-key", "api-key", "accept-encoding"];
 
 /// What a request is, from its method and path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,7 +92,8 @@ impl PluginConfig {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(PluginConfig::default());
         }
-        serde_json::from_slice(bytes).map_err(|error| format!("invalid plugin configuration: {error}"))
+        serde_json::from_slice(bytes)
+            .map_err(|error| format!("invalid plugin configuration: {error}"))
     }
 }
 
@@ -169,7 +171,11 @@ mod tests {
             settings: None,
             deployments: vec![
                 deployment("gpt", proto::ProviderKind::Openai, "http://127.0.0.1:9/v1"),
-                deployment("claude", proto::ProviderKind::Anthropic, "https://api.anthropic.com"),
+                deployment(
+                    "claude",
+                    proto::ProviderKind::Anthropic,
+                    "https://api.anthropic.com",
+                ),
             ],
         };
         State::from_snapshot(snapshot).0
@@ -177,24 +183,40 @@ mod tests {
 
     #[test]
     fn classifies_endpoints() {
-        assert_eq!(classify("POST", "/v1/chat/completions"), Endpoint::ChatCompletions);
-        assert_eq!(classify("POST", "/chat/completions?x=1"), Endpoint::ChatCompletions);
+        assert_eq!(
+            classify("POST", "/v1/chat/completions"),
+            Endpoint::ChatCompletions
+        );
+        assert_eq!(
+            classify("POST", "/chat/completions?x=1"),
+            Endpoint::ChatCompletions
+        );
         assert_eq!(classify("GET", "/v1/models"), Endpoint::Models);
-        assert_eq!(classify("GET", "/v1/chat/completions"), Endpoint::WrongMethod);
+        assert_eq!(
+            classify("GET", "/v1/chat/completions"),
+            Endpoint::WrongMethod
+        );
         assert_eq!(classify("GET", "/metrics"), Endpoint::Other);
     }
 
     #[test]
     fn joins_paths() {
-        assert_eq!(join_path("/v1", "/chat/completions"), "/v1/chat/completions");
+        assert_eq!(
+            join_path("/v1", "/chat/completions"),
+            "/v1/chat/completions"
+        );
         assert_eq!(join_path("", "/v1/messages"), "/v1/messages");
         assert_eq!(join_path("/v1", "/v1/messages"), "/v1/messages");
-        assert_eq!(join_path("/proxy/v1/messages", "/v1/messages"), "/proxy/v1/messages");
+        assert_eq!(
+            join_path("/proxy/v1/messages", "/v1/messages"),
+            "/proxy/v1/messages"
+        );
     }
 
     #[test]
     fn plans_openai_passthrough_with_minimal_edits() {
-        let body = br#"{"model":"gpt","messages":[{"role":"user","content":"hi"}],"temperature":0.5}"#;
+        let body =
+            br#"{"model":"gpt","messages":[{"role":"user","content":"hi"}],"temperature":0.5}"#;
         let plan = plan_chat_request(&state(), body, &TranslateContext::default()).unwrap();
         assert_eq!(plan.route_value, "http");
         assert_eq!(plan.authority, "127.0.0.1:9");
@@ -203,7 +225,9 @@ mod tests {
             plan.body,
             br#"{"model":"upstream-gpt","messages":[{"role":"user","content":"hi"}],"temperature":0.5}"#.to_vec()
         );
-        assert!(plan.headers.contains(&("authorization", "Bearer sk-provider".to_string())));
+        assert!(plan
+            .headers
+            .contains(&("authorization", "Bearer sk-provider".to_string())));
     }
 
     #[test]
@@ -217,7 +241,10 @@ mod tests {
         let body = br#"{"model":"gpt","stream":true,"stream_options":{"include_usage":false,"x":1},"messages":[{"role":"user","content":"hi"}]}"#;
         let plan = plan_chat_request(&state(), body, &TranslateContext::default()).unwrap();
         let sent: serde_json::Value = serde_json::from_slice(&plan.body).unwrap();
-        assert_eq!(sent["stream_options"], serde_json::json!({"include_usage": true, "x": 1}));
+        assert_eq!(
+            sent["stream_options"],
+            serde_json::json!({"include_usage": true, "x": 1})
+        );
     }
 
     #[test]
@@ -230,7 +257,8 @@ mod tests {
     #[test]
     fn plugin_config() {
         assert_eq!(PluginConfig::parse(b"").unwrap(), PluginConfig::default());
-        let config = PluginConfig::parse(br#"{"control_plane_cluster":"cp","node_id":"n1"}"#).unwrap();
+        let config =
+            PluginConfig::parse(br#"{"control_plane_cluster":"cp","node_id":"n1"}"#).unwrap();
         assert_eq!(config.control_plane_cluster, "cp");
         assert!(PluginConfig::parse(br#"{"bogus":1}"#).is_err());
     }

@@ -1,1 +1,687 @@
 //! OpenAI Chat Completions wire types, for translators that need the whole request.
+//!
+//! The request side borrows from the body wherever it can: strings without escapes (long
+//! prompts, base64 images) and tool schemas (`&RawValue`) are not copied, so a translator's
+//! only full copy of the content is the provider body it writes. Unknown fields are ignored.
+//!
+//! The response side (`chat.completion`, `chat.completion.chunk`) is what translators
+//! serialise for the client; it borrows everything and allocates nothing of its own.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::ops::Deref;
+
+use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::value::RawValue;
+
+use crate::GatewayError;
+
+// ---------------------------------------------------------------------------------------------
+// Request
+// ---------------------------------------------------------------------------------------------
+
+/// A JSON string that borrows from the body when it has no escapes.
+///
+/// (`Option<Cow<str>>` would always copy: serde only borrows a `Cow` field that is not inside
+/// an `Option`.)
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Str<'a>(pub Cow<'a, str>);
+
+impl Str<'_> {
+    /// The string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Deref for Str<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Serialize for Str<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+struct StrVisitor;
+
+impl<'de> Visitor<'de> for StrVisitor {
+    type Value = Str<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, value: &'de str) -> Result<Self::Value, E> {
+        Ok(Str(Cow::Borrowed(value)))
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+        Ok(Str(Cow::Owned(value.to_owned())))
+    }
+
+    fn visit_string<E: de::Error>(self, value: String) -> Result<Self::Value, E> {
+        Ok(Str(Cow::Owned(value)))
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(StrVisitor)
+    }
+}
+
+/// An OpenAI chat completion request, as far as translation needs it.
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest<'a> {
+    /// The conversation.
+    #[serde(borrow)]
+    pub messages: Vec<Message<'a>>,
+    /// Function tools the model may call.
+    #[serde(borrow, default)]
+    pub tools: Option<Vec<Tool<'a>>>,
+    /// `"none"`, `"auto"`, `"required"` or a named function.
+    #[serde(borrow, default)]
+    pub tool_choice: Option<ToolChoice<'a>>,
+    /// Whether the model may call several tools in one turn (default true).
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
+    /// Up to 4 stop sequences.
+    #[serde(borrow, default)]
+    pub stop: Option<Stop<'a>>,
+    /// Sampling temperature, 0 to 2.
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    /// Nucleus sampling.
+    #[serde(default)]
+    pub top_p: Option<f64>,
+    /// Deprecated output limit.
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
+    /// Output limit (reasoning included).
+    #[serde(default)]
+    pub max_completion_tokens: Option<u64>,
+    /// Number of choices.
+    #[serde(default)]
+    pub n: Option<u64>,
+    /// End-user identifier.
+    #[serde(borrow, default)]
+    pub user: Option<Str<'a>>,
+    /// Whether to stream.
+    #[serde(default)]
+    pub stream: Option<bool>,
+    /// Stream options.
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+    /// The deprecated `functions` list (replaced by `tools`).
+    #[serde(borrow, default)]
+    pub functions: Option<&'a RawValue>,
+}
+
+/// `stream_options`.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+pub struct StreamOptions {
+    /// Send a usage chunk before `[DONE]`.
+    #[serde(default)]
+    pub include_usage: Option<bool>,
+}
+
+/// One message of the conversation.
+#[derive(Debug, Deserialize)]
+pub struct Message<'a> {
+    /// `system`, `developer`, `user`, `assistant`, `tool` or `function`.
+    #[serde(borrow)]
+    pub role: Str<'a>,
+    /// A string or an array of content parts (`null` for assistant messages with tool calls).
+    #[serde(borrow, default)]
+    pub content: Option<Content<'a>>,
+    /// Participant name.
+    #[serde(borrow, default)]
+    pub name: Option<Str<'a>>,
+    /// Tool calls an assistant message made.
+    #[serde(borrow, default)]
+    pub tool_calls: Option<Vec<ToolCall<'a>>>,
+    /// The call a tool message answers.
+    #[serde(borrow, default)]
+    pub tool_call_id: Option<Str<'a>>,
+}
+
+/// Message content: a string or an array of parts.
+#[derive(Debug)]
+pub enum Content<'a> {
+    /// Plain text.
+    Text(Str<'a>),
+    /// Content parts.
+    Parts(Vec<ContentPart<'a>>),
+}
+
+struct ContentVisitor;
+
+impl<'de> Visitor<'de> for ContentVisitor {
+    type Value = Content<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string or an array of content parts")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, value: &'de str) -> Result<Self::Value, E> {
+        Ok(Content::Text(Str(Cow::Borrowed(value))))
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+        Ok(Content::Text(Str(Cow::Owned(value.to_owned()))))
+    }
+
+    fn visit_string<E: de::Error>(self, value: String) -> Result<Self::Value, E> {
+        Ok(Content::Text(Str(Cow::Owned(value))))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        Vec::deserialize(SeqAccessDeserializer::new(seq)).map(Content::Parts)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Content<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ContentVisitor)
+    }
+}
+
+/// One content part. `type` is kept as a string so that a part the translator cannot use is
+/// reported by name rather than as a parse error.
+#[derive(Debug, Deserialize)]
+pub struct ContentPart<'a> {
+    /// `text`, `image_url`, `refusal`, `input_audio`, `file` ...
+    #[serde(rename = "type", borrow)]
+    pub kind: Str<'a>,
+    /// Text of a `text` part.
+    #[serde(borrow, default)]
+    pub text: Option<Str<'a>>,
+    /// Image of an `image_url` part.
+    #[serde(borrow, default)]
+    pub image_url: Option<ImageUrl<'a>>,
+    /// Text of an assistant `refusal` part.
+    #[serde(borrow, default)]
+    pub refusal: Option<Str<'a>>,
+}
+
+/// `image_url` of a content part.
+#[derive(Debug, Deserialize)]
+pub struct ImageUrl<'a> {
+    /// An http(s) URL or a `data:` URL.
+    #[serde(borrow)]
+    pub url: Str<'a>,
+    /// `auto`, `low` or `high`.
+    #[serde(borrow, default)]
+    pub detail: Option<Str<'a>>,
+}
+
+/// A tool call made by an assistant message.
+#[derive(Debug, Deserialize)]
+pub struct ToolCall<'a> {
+    /// Call id, echoed by the tool message that answers it.
+    #[serde(borrow)]
+    pub id: Str<'a>,
+    /// Always `function`.
+    #[serde(rename = "type", borrow, default)]
+    pub kind: Option<Str<'a>>,
+    /// The function called.
+    #[serde(borrow)]
+    pub function: FunctionCall<'a>,
+}
+
+/// The function of a tool call.
+#[derive(Debug, Deserialize)]
+pub struct FunctionCall<'a> {
+    /// Function name.
+    #[serde(borrow)]
+    pub name: Str<'a>,
+    /// Arguments as a JSON text.
+    #[serde(borrow, default)]
+    pub arguments: Option<Str<'a>>,
+}
+
+/// A tool the model may call.
+#[derive(Debug, Deserialize)]
+pub struct Tool<'a> {
+    /// `function` (or `custom`, which translators may refuse).
+    #[serde(rename = "type", borrow)]
+    pub kind: Str<'a>,
+    /// The function, for `function` tools.
+    #[serde(borrow, default)]
+    pub function: Option<FunctionDefinition<'a>>,
+}
+
+/// A function tool's definition.
+#[derive(Debug, Deserialize)]
+pub struct FunctionDefinition<'a> {
+    /// Name.
+    #[serde(borrow)]
+    pub name: Str<'a>,
+    /// What it does.
+    #[serde(borrow, default)]
+    pub description: Option<Str<'a>>,
+    /// JSON Schema of the arguments, as sent.
+    #[serde(borrow, default)]
+    pub parameters: Option<&'a RawValue>,
+    /// Structured-outputs strictness.
+    #[serde(default)]
+    pub strict: Option<bool>,
+}
+
+/// `tool_choice`.
+#[derive(Debug)]
+pub enum ToolChoice<'a> {
+    /// `"none"`, `"auto"` or `"required"`.
+    Mode(Str<'a>),
+    /// `{"type":"function","function":{"name":...}}` (or another object form).
+    Named(NamedToolChoice<'a>),
+}
+
+/// The object form of `tool_choice`.
+#[derive(Debug, Deserialize)]
+pub struct NamedToolChoice<'a> {
+    /// `function` (`allowed_tools` and `custom` exist too).
+    #[serde(rename = "type", borrow)]
+    pub kind: Str<'a>,
+    /// The function to call.
+    #[serde(borrow, default)]
+    pub function: Option<FunctionName<'a>>,
+}
+
+/// `{"name": ...}`.
+#[derive(Debug, Deserialize)]
+pub struct FunctionName<'a> {
+    /// The function's name.
+    #[serde(borrow)]
+    pub name: Str<'a>,
+}
+
+struct ToolChoiceVisitor;
+
+impl<'de> Visitor<'de> for ToolChoiceVisitor {
+    type Value = ToolChoice<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"none\", \"auto\", \"required\" or a tool choice object")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, value: &'de str) -> Result<Self::Value, E> {
+        Ok(ToolChoice::Mode(Str(Cow::Borrowed(value))))
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+        Ok(ToolChoice::Mode(Str(Cow::Owned(value.to_owned()))))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        NamedToolChoice::deserialize(MapAccessDeserializer::new(map)).map(ToolChoice::Named)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for ToolChoice<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ToolChoiceVisitor)
+    }
+}
+
+/// `stop`: one sequence or several.
+#[derive(Debug)]
+pub enum Stop<'a> {
+    /// A single stop sequence.
+    One(Str<'a>),
+    /// Several.
+    Many(Vec<Str<'a>>),
+}
+
+impl<'a> Stop<'a> {
+    /// The sequences, in order.
+    pub fn as_slice(&self) -> &[Str<'a>] {
+        match self {
+            Stop::One(one) => std::slice::from_ref(one),
+            Stop::Many(many) => many,
+        }
+    }
+}
+
+struct StopVisitor;
+
+impl<'de> Visitor<'de> for StopVisitor {
+    type Value = Stop<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string or an array of strings")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, value: &'de str) -> Result<Self::Value, E> {
+        Ok(Stop::One(Str(Cow::Borrowed(value))))
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+        Ok(Stop::One(Str(Cow::Owned(value.to_owned()))))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        Vec::deserialize(SeqAccessDeserializer::new(seq)).map(Stop::Many)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Stop<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StopVisitor)
+    }
+}
+
+/// Parses a chat request. A type error becomes a 400 naming the field by its path
+/// (`messages[1].tool_calls[0].function.name`); a syntax error is "not JSON".
+pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest<'_>, GatewayError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let request: ChatRequest<'_> = serde_path_to_error::deserialize(&mut deserializer)
+        .map_err(|error| path_error(error, "body"))?;
+    deserializer
+        .end()
+        .map_err(|error| GatewayError::InvalidJson(error.to_string()))?;
+    Ok(request)
+}
+
+/// Turns a serde error with its path into the client's error.
+pub fn path_error(
+    error: serde_path_to_error::Error<serde_json::Error>,
+    root: &str,
+) -> GatewayError {
+    let path = error.path().to_string();
+    let inner = error.into_inner();
+    if inner.is_syntax() || inner.is_eof() {
+        return GatewayError::InvalidJson(inner.to_string());
+    }
+    let param = if path == "." { root.to_string() } else { path };
+    let detail = inner.to_string();
+    let detail = match detail.rfind(" at line ") {
+        Some(at) => &detail[..at],
+        None => &detail,
+    };
+    GatewayError::InvalidRequest {
+        message: format!("Invalid value for '{param}': {detail}."),
+        param: Some(param),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Response
+// ---------------------------------------------------------------------------------------------
+
+/// `object` of a buffered completion.
+pub const CHAT_COMPLETION: &str = "chat.completion";
+/// `object` of a stream chunk.
+pub const CHAT_COMPLETION_CHUNK: &str = "chat.completion.chunk";
+
+/// A buffered chat completion.
+#[derive(Debug, Serialize)]
+pub struct ChatCompletion<'a> {
+    /// Completion id.
+    pub id: &'a str,
+    /// Always [`CHAT_COMPLETION`].
+    pub object: &'static str,
+    /// Unix seconds.
+    pub created: u64,
+    /// The model that answered.
+    pub model: &'a str,
+    /// The choices (one).
+    pub choices: &'a [Choice<'a>],
+    /// Token usage, when the provider reported it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<CompletionUsage>,
+}
+
+/// One choice of a buffered completion.
+#[derive(Debug, Serialize)]
+pub struct Choice<'a> {
+    /// Choice index.
+    pub index: u32,
+    /// The assistant's message.
+    pub message: AssistantMessage<'a>,
+    /// Always null (not supported by the translators).
+    pub logprobs: Option<()>,
+    /// `stop`, `length`, `tool_calls`, `content_filter`.
+    pub finish_reason: &'a str,
+}
+
+/// The assistant message of a buffered completion.
+#[derive(Debug, Serialize)]
+pub struct AssistantMessage<'a> {
+    /// Always `assistant`.
+    pub role: &'static str,
+    /// Text, or null when the model only called tools.
+    pub content: Option<&'a str>,
+    /// Always null.
+    pub refusal: Option<&'a str>,
+    /// Tool calls, when there are any.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub tool_calls: &'a [ToolCallOut<'a>],
+}
+
+/// A tool call in a buffered completion.
+#[derive(Debug, Serialize)]
+pub struct ToolCallOut<'a> {
+    /// Call id.
+    pub id: &'a str,
+    /// Always `function`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The call.
+    pub function: FunctionCallOut<'a>,
+}
+
+/// Name and arguments of a tool call.
+#[derive(Debug, Serialize)]
+pub struct FunctionCallOut<'a> {
+    /// Function name.
+    pub name: &'a str,
+    /// Arguments as a JSON text.
+    pub arguments: &'a str,
+}
+
+/// OpenAI's usage object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CompletionUsage {
+    /// Input tokens, cached ones included.
+    pub prompt_tokens: u64,
+    /// Output tokens.
+    pub completion_tokens: u64,
+    /// Sum of both.
+    pub total_tokens: u64,
+    /// Cached input tokens.
+    pub prompt_tokens_details: PromptTokensDetails,
+}
+
+/// `usage.prompt_tokens_details`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PromptTokensDetails {
+    /// Input tokens served from the prompt cache.
+    pub cached_tokens: u64,
+}
+
+/// One stream chunk.
+#[derive(Debug, Serialize)]
+pub struct ChatCompletionChunk<'a> {
+    /// Completion id (the same on every chunk).
+    pub id: &'a str,
+    /// Always [`CHAT_COMPLETION_CHUNK`].
+    pub object: &'static str,
+    /// Unix seconds (the same on every chunk).
+    pub created: u64,
+    /// The model that answers.
+    pub model: &'a str,
+    /// One choice, or none on the usage chunk.
+    pub choices: &'a [ChunkChoice<'a>],
+    /// Absent unless the client asked for usage; then null on every chunk but the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Option<CompletionUsage>>,
+}
+
+/// The choice of a stream chunk.
+#[derive(Debug, Serialize)]
+pub struct ChunkChoice<'a> {
+    /// Choice index.
+    pub index: u32,
+    /// What this chunk adds.
+    pub delta: Delta<'a>,
+    /// Always null.
+    pub logprobs: Option<()>,
+    /// Set on the chunk that ends the choice.
+    pub finish_reason: Option<&'a str>,
+}
+
+/// The delta of a stream chunk.
+#[derive(Debug, Default, Serialize)]
+pub struct Delta<'a> {
+    /// `assistant`, on the first chunk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
+    /// Text added.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<&'a str>,
+    /// Tool call pieces.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<&'a [ToolCallDelta<'a>]>,
+}
+
+/// A piece of a streamed tool call.
+#[derive(Debug, Serialize)]
+pub struct ToolCallDelta<'a> {
+    /// Which tool call of the response (0-based).
+    pub index: u32,
+    /// Call id, on its first piece.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<&'a str>,
+    /// `function`, on its first piece.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    /// Name (first piece) or argument text.
+    pub function: FunctionDelta<'a>,
+}
+
+/// Function part of a streamed tool call piece.
+#[derive(Debug, Serialize)]
+pub struct FunctionDelta<'a> {
+    /// Function name, on the first piece.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<&'a str>,
+    /// A piece of the arguments' JSON text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<&'a str>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn borrows_plain_strings_and_raw_schemas() {
+        let body = br#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA"}}]}],
+            "tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}],
+            "tool_choice":{"type":"function","function":{"name":"f"}},"stop":"x","user":"u\n"}"#;
+        let request = parse_chat_request(body).unwrap();
+        let Some(Content::Parts(parts)) = &request.messages[0].content else {
+            panic!("parts expected");
+        };
+        let url = &parts[0].image_url.as_ref().unwrap().url;
+        assert!(matches!(url.0, Cow::Borrowed(_)));
+        let tools = request.tools.as_ref().unwrap();
+        assert_eq!(
+            tools[0]
+                .function
+                .as_ref()
+                .unwrap()
+                .parameters
+                .unwrap()
+                .get(),
+            r#"{"type":"object"}"#
+        );
+        assert!(matches!(request.tool_choice, Some(ToolChoice::Named(_))));
+        assert_eq!(request.stop.as_ref().unwrap().as_slice().len(), 1);
+        // Escaped strings are decoded (and owned).
+        assert_eq!(request.user.as_ref().unwrap().as_str(), "u\n");
+    }
+
+    #[test]
+    fn nulls_are_absent() {
+        let body = br#"{"messages":[{"role":"assistant","content":null,"tool_calls":null}],"tools":null,"tool_choice":null,"stop":null,"user":null,"n":null}"#;
+        let request = parse_chat_request(body).unwrap();
+        assert!(request.messages[0].content.is_none());
+        assert!(request.tools.is_none() && request.tool_choice.is_none() && request.stop.is_none());
+    }
+
+    #[test]
+    fn type_errors_name_the_path() {
+        let cases = [
+            (
+                r#"{"messages":[{"role":"user","content":5}]}"#,
+                "messages[0].content",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":[{"type":"text","text":1}]}]}"#,
+                "messages[0].content[0].text",
+            ),
+            (
+                r#"{"messages":[{"role":"assistant","tool_calls":[{"id":"a","function":{"name":3}}]}]}"#,
+                "messages[0].tool_calls[0].function.name",
+            ),
+            (
+                r#"{"messages":[],"tools":[{"type":"function","function":{}}]}"#,
+                "tools[0].function",
+            ),
+            (r#"{"messages":[],"tool_choice":7}"#, "tool_choice"),
+            (r#"{"messages":[],"stop":[1]}"#, "stop[0]"),
+            (r#"{"messages":[],"temperature":"hot"}"#, "temperature"),
+            (
+                r#"{"messages":[],"stream_options":{"include_usage":"yes"}}"#,
+                "stream_options.include_usage",
+            ),
+        ];
+        for (body, param) in cases {
+            let error = parse_chat_request(body.as_bytes()).unwrap_err();
+            assert_eq!(error.status(), 400, "{body}");
+            assert_eq!(error.param(), Some(param), "{body}: {error}");
+        }
+        assert!(matches!(
+            parse_chat_request(b"{"),
+            Err(GatewayError::InvalidJson(_))
+        ));
+    }
+
+    #[test]
+    fn chunk_usage_is_absent_null_or_set() {
+        let choice = ChunkChoice {
+            index: 0,
+            delta: Delta {
+                content: Some("hi"),
+                ..Delta::default()
+            },
+            logprobs: None,
+            finish_reason: None,
+        };
+        let mut chunk = ChatCompletionChunk {
+            id: "x",
+            object: CHAT_COMPLETION_CHUNK,
+            created: 1,
+            model: "m",
+            choices: std::slice::from_ref(&choice),
+            usage: None,
+        };
+        let value = serde_json::to_value(&chunk).unwrap();
+        assert!(value.get("usage").is_none());
+        assert_eq!(
+            value["choices"][0]["delta"],
+            serde_json::json!({"content": "hi"})
+        );
+        chunk.usage = Some(None);
+        assert!(serde_json::to_value(&chunk).unwrap()["usage"].is_null());
+    }
+}

@@ -62,7 +62,14 @@ struct StreamOptionsView {
 }
 
 /// Message roles OpenAI accepts.
-const ROLES: [&str; 6] = ["system", "developer", "user", "assistant", "tool", "function"];
+const ROLES: [&str; 6] = [
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+];
 
 /// Validates `body` as an OpenAI chat completion request and summarises it.
 pub fn summarize_chat_request(body: &[u8]) -> Result<ChatRequestSummary<'_>, GatewayError> {
@@ -79,9 +86,9 @@ pub fn summarize_chat_request(body: &[u8]) -> Result<ChatRequestSummary<'_>, Gat
         .end()
         .map_err(|error| GatewayError::InvalidJson(error.to_string()))?;
 
-    let model_raw = view.model.ok_or_else(|| {
-        GatewayError::invalid("model", "you must provide a model parameter")
-    })?;
+    let model_raw = view
+        .model
+        .ok_or_else(|| GatewayError::invalid("model", "you must provide a model parameter"))?;
     let model: Cow<'_, str> = serde_json::from_str(model_raw.get())
         .map_err(|_| GatewayError::invalid("model", "model must be a string"))?;
     if model.is_empty() {
@@ -108,7 +115,11 @@ pub fn summarize_chat_request(body: &[u8]) -> Result<ChatRequestSummary<'_>, Gat
     check_positive("n", view.n)?;
     check_json_kind("stop", view.stop, &[JsonKind::String, JsonKind::Array])?;
     check_json_kind("tools", view.tools, &[JsonKind::Array])?;
-    check_json_kind("tool_choice", view.tool_choice, &[JsonKind::String, JsonKind::Object])?;
+    check_json_kind(
+        "tool_choice",
+        view.tool_choice,
+        &[JsonKind::String, JsonKind::Object],
+    )?;
     check_json_kind("stream_options", view.stream_options, &[JsonKind::Object])?;
 
     let include_usage = match view.stream_options {
@@ -136,10 +147,12 @@ pub fn summarize_chat_request(body: &[u8]) -> Result<ChatRequestSummary<'_>, Gat
 
 fn validate_message(index: usize, message: &MessageView<'_>) -> Result<(), GatewayError> {
     let param = || format!("messages[{index}].role");
-    let role = message
-        .role
-        .as_deref()
-        .ok_or_else(|| GatewayError::invalid(&param(), format!("Missing required parameter: 'messages[{index}].role'.")))?;
+    let role = message.role.as_deref().ok_or_else(|| {
+        GatewayError::invalid(
+            &param(),
+            format!("Missing required parameter: 'messages[{index}].role'."),
+        )
+    })?;
     if !ROLES.contains(&role) {
         return Err(GatewayError::invalid(
             &param(),
@@ -150,25 +163,37 @@ fn validate_message(index: usize, message: &MessageView<'_>) -> Result<(), Gatew
     }
     let content_param = format!("messages[{index}].content");
     match message.content {
-        None if matches!(role, "system" | "developer" | "user" | "tool") => Err(GatewayError::invalid(
-            &content_param,
-            format!("Missing required parameter: '{content_param}'."),
-        )),
+        None if matches!(role, "system" | "developer" | "user" | "tool") => {
+            Err(GatewayError::invalid(
+                &content_param,
+                format!("Missing required parameter: '{content_param}'."),
+            ))
+        }
         None => Ok(()),
-        Some(raw) => check_json_kind(&content_param, Some(raw), &[JsonKind::String, JsonKind::Array]),
+        Some(raw) => check_json_kind(
+            &content_param,
+            Some(raw),
+            &[JsonKind::String, JsonKind::Array],
+        ),
     }
 }
 
 /// Turns a serde error into the client's error: syntax errors are "not JSON", type errors
 /// name the field by its path.
-fn deserialize_error(error: serde_path_to_error::Error<serde_json::Error>, root: &str) -> GatewayError {
+fn deserialize_error(
+    error: serde_path_to_error::Error<serde_json::Error>,
+    root: &str,
+) -> GatewayError {
     let path = error.path().to_string();
     let inner = error.into_inner();
     if inner.is_syntax() || inner.is_eof() {
         return GatewayError::InvalidJson(inner.to_string());
     }
     let param = if path == "." { root.to_string() } else { path };
-    let message = format!("Invalid type for '{param}': {}", strip_position(&inner.to_string()));
+    let message = format!(
+        "Invalid type for '{param}': {}",
+        strip_position(&inner.to_string())
+    );
     GatewayError::InvalidRequest {
         message,
         param: Some(param),
@@ -199,7 +224,11 @@ fn json_kind_of(raw: &RawValue) -> Option<JsonKind> {
     }
 }
 
-fn check_json_kind(param: &str, raw: Option<&RawValue>, allowed: &[JsonKind]) -> Result<(), GatewayError> {
+fn check_json_kind(
+    param: &str,
+    raw: Option<&RawValue>,
+    allowed: &[JsonKind],
+) -> Result<(), GatewayError> {
     let Some(raw) = raw else { return Ok(()) };
     match json_kind_of(raw) {
         Some(kind) if allowed.contains(&kind) => Ok(()),
@@ -214,7 +243,10 @@ fn check_json_kind(param: &str, raw: Option<&RawValue>, allowed: &[JsonKind]) ->
                 .collect();
             Err(GatewayError::invalid(
                 param,
-                format!("Invalid type for '{param}': expected {}.", names.join(" or ")),
+                format!(
+                    "Invalid type for '{param}': expected {}.",
+                    names.join(" or ")
+                ),
             ))
         }
     }
@@ -274,7 +306,9 @@ pub fn apply_edits(body: &[u8], edits: &mut [Edit]) -> Vec<u8> {
 
 /// Position just after the body's opening `{`, where a new member can be inserted.
 pub fn object_insert_point(body: &[u8]) -> usize {
-    body.iter().position(|byte| *byte == b'{').map_or(0, |at| at + 1)
+    body.iter()
+        .position(|byte| *byte == b'{')
+        .map_or(0, |at| at + 1)
 }
 
 #[cfg(test)]
@@ -300,9 +334,10 @@ mod tests {
 
     #[test]
     fn escaped_model_name_is_decoded() {
-        let summary =
-            summarize_chat_request(br#"{"model":"a\/b","messages":[{"role":"user","content":"x"}]}"#)
-                .unwrap();
+        let summary = summarize_chat_request(
+            br#"{"model":"a\/b","messages":[{"role":"user","content":"x"}]}"#,
+        )
+        .unwrap();
         assert_eq!(summary.model, "a/b");
     }
 
@@ -310,23 +345,62 @@ mod tests {
     fn bad_requests_name_the_field() {
         let cases = [
             (r#"{"messages":[{"role":"user","content":"x"}]}"#, "model"),
-            (r#"{"model":7,"messages":[{"role":"user","content":"x"}]}"#, "model"),
+            (
+                r#"{"model":7,"messages":[{"role":"user","content":"x"}]}"#,
+                "model",
+            ),
             (r#"{"model":"m"}"#, "messages"),
             (r#"{"model":"m","messages":"hi"}"#, "messages"),
             (r#"{"model":"m","messages":[]}"#, "messages"),
-            (r#"{"model":"m","messages":[{"content":"x"}]}"#, "messages[0].role"),
-            (r#"{"model":"m","messages":[{"role":"robot","content":"x"}]}"#, "messages[0].role"),
-            (r#"{"model":"m","messages":[{"role":"user"}]}"#, "messages[0].content"),
-            (r#"{"model":"m","messages":[{"role":"user","content":5}]}"#, "messages[0].content"),
+            (
+                r#"{"model":"m","messages":[{"content":"x"}]}"#,
+                "messages[0].role",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"robot","content":"x"}]}"#,
+                "messages[0].role",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user"}]}"#,
+                "messages[0].content",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":5}]}"#,
+                "messages[0].content",
+            ),
             (r#"{"model":"m","messages":["x"]}"#, "messages[0]"),
-            (r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#, "stream"),
-            (r#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#, "temperature"),
-            (r#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":3}"#, "temperature"),
-            (r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":0}"#, "max_tokens"),
-            (r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":-1}"#, "max_tokens"),
-            (r#"{"model":"m","messages":[{"role":"user","content":"x"}],"tools":{}}"#, "tools"),
-            (r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stop":1}"#, "stop"),
-            (r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream_options":{"include_usage":1}}"#, "stream_options.include_usage"),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#,
+                "stream",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#,
+                "temperature",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":3}"#,
+                "temperature",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":0}"#,
+                "max_tokens",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":-1}"#,
+                "max_tokens",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"tools":{}}"#,
+                "tools",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stop":1}"#,
+                "stop",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream_options":{"include_usage":1}}"#,
+                "stream_options.include_usage",
+            ),
         ];
         for (body, param) in cases {
             let error = error_of(body);
@@ -349,8 +423,14 @@ mod tests {
     fn edits_splice_in_order() {
         let body = br#"{"model":"a","x":1}"#;
         let mut edits = vec![
-            Edit { range: 9..12, bytes: br#""bbb""#.to_vec() },
-            Edit { range: 1..1, bytes: br#""s":1,"#.to_vec() },
+            Edit {
+                range: 9..12,
+                bytes: br#""bbb""#.to_vec(),
+            },
+            Edit {
+                range: 1..1,
+                bytes: br#""s":1,"#.to_vec(),
+            },
         ];
         assert_eq!(
             apply_edits(body, &mut edits),

@@ -172,10 +172,12 @@ impl State {
         for (index, deployment) in snapshot.deployments.into_iter().enumerate() {
             match build_deployment(deployment) {
                 Ok(deployment) => {
-                    let group = models.entry(deployment.model_name.clone()).or_insert_with(|| {
-                        model_order.push(deployment.model_name.clone());
-                        ModelGroup::default()
-                    });
+                    let group = models
+                        .entry(deployment.model_name.clone())
+                        .or_insert_with(|| {
+                            model_order.push(deployment.model_name.clone());
+                            ModelGroup::default()
+                        });
                     group.deployments.push(Arc::new(deployment));
                 }
                 Err(problem) => problems.push(format!("deployments[{index}]: {problem}")),
@@ -185,8 +187,14 @@ impl State {
         let state = State {
             version: snapshot.version,
             master_key_sha256,
-            max_request_body_bytes: nonzero_or(settings.max_request_body_bytes, DEFAULT_MAX_REQUEST_BODY_BYTES),
-            max_response_body_bytes: nonzero_or(settings.max_response_body_bytes, DEFAULT_MAX_RESPONSE_BODY_BYTES),
+            max_request_body_bytes: nonzero_or(
+                settings.max_request_body_bytes,
+                DEFAULT_MAX_REQUEST_BODY_BYTES,
+            ),
+            max_response_body_bytes: nonzero_or(
+                settings.max_response_body_bytes,
+                DEFAULT_MAX_RESPONSE_BODY_BYTES,
+            ),
             models,
             model_order,
             models_json,
@@ -233,7 +241,10 @@ fn build_deployment(deployment: proto::Deployment) -> Result<Deployment, String>
         return Err("model_name is empty".into());
     }
     if deployment.upstream_model.is_empty() {
-        return Err(format!("{}: upstream model is empty", deployment.model_name));
+        return Err(format!(
+            "{}: upstream model is empty",
+            deployment.model_name
+        ));
     }
     let target = UpstreamTarget::parse(&deployment.api_base)
         .map_err(|problem| format!("{}: {problem}", deployment.model_name))?;
@@ -286,8 +297,11 @@ fn render_models(order: &[String], models: &HashMap<String, ModelGroup>) -> Vec<
                 .map_or("tollgate", |deployment| deployment.provider_name.as_str()),
         })
         .collect();
-    serde_json::to_vec(&ModelList { object: "list", data })
-        .unwrap_or_else(|_| br#"{"object":"list","data":[]}"#.to_vec())
+    serde_json::to_vec(&ModelList {
+        object: "list",
+        data,
+    })
+    .unwrap_or_else(|_| br#"{"object":"list","data":[]}"#.to_vec())
 }
 
 #[cfg(test)]
@@ -295,7 +309,11 @@ pub(crate) mod tests {
     use super::*;
 
     /// A deployment as the control plane would send it.
-    pub fn deployment(model_name: &str, kind: proto::ProviderKind, api_base: &str) -> proto::Deployment {
+    pub fn deployment(
+        model_name: &str,
+        kind: proto::ProviderKind,
+        api_base: &str,
+    ) -> proto::Deployment {
         proto::Deployment {
             id: format!("id-{model_name}"),
             model_name: model_name.into(),
@@ -336,7 +354,11 @@ pub(crate) mod tests {
             }),
             deployments: vec![
                 deployment("gpt", proto::ProviderKind::Openai, "http://127.0.0.1:1/v1"),
-                deployment("claude", proto::ProviderKind::Anthropic, "https://api.anthropic.com"),
+                deployment(
+                    "claude",
+                    proto::ProviderKind::Anthropic,
+                    "https://api.anthropic.com",
+                ),
                 deployment("gpt", proto::ProviderKind::Openai, "http://127.0.0.1:2/v1"),
                 deployment("broken", proto::ProviderKind::Openai, "nope"),
             ],

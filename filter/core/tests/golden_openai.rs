@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Golden cases for the OpenAI-compatible pass-through: fixtures/openai/<case>/.
 //!
 //! Each case holds the client's request, the exact upstream body expected, the provider's
@@ -40,14 +41,18 @@ fn read(case: &Path, name: &str) -> Option<Vec<u8>> {
 }
 
 fn json(bytes: &[u8]) -> Value {
-    serde_json::from_slice(bytes).unwrap_or_else(|error| panic!("{error}: {}", String::from_utf8_lossy(bytes)))
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|error| panic!("{error}: {}", String::from_utf8_lossy(bytes)))
 }
 
 fn data_events(bytes: &[u8]) -> Vec<String> {
     String::from_utf8_lossy(bytes)
         .split("\n\n")
         .filter_map(|event| {
-            let data: Vec<&str> = event.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+            let data: Vec<&str> = event
+                .lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .collect();
             (!data.is_empty()).then(|| data.join("\n"))
         })
         .collect()
@@ -65,12 +70,26 @@ fn expected_usage(case: &Path) -> Option<Usage> {
 /// Runs a stream through a fresh plan, fed in the given chunks.
 fn run_stream(request: &[u8], chunks: &[&[u8]]) -> (Vec<u8>, Usage) {
     let state = state();
-    let mut plan = plan_chat_request(&state, request, &TranslateContext { now_unix: 1_700_000_000 }).unwrap();
-    assert_eq!(plan.response.on_headers(200, Some("text/event-stream; charset=utf-8")), ResponseMode::Stream);
+    let mut plan = plan_chat_request(
+        &state,
+        request,
+        &TranslateContext {
+            now_unix: 1_700_000_000,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        plan.response
+            .on_headers(200, Some("text/event-stream; charset=utf-8")),
+        ResponseMode::Stream
+    );
     let mut output = Vec::new();
     for (index, chunk) in chunks.iter().enumerate() {
         let mut out = Vec::new();
-        match plan.response.on_stream_chunk(chunk, index + 1 == chunks.len(), &mut out) {
+        match plan
+            .response
+            .on_stream_chunk(chunk, index + 1 == chunks.len(), &mut out)
+        {
             ChunkOutput::Unchanged => output.extend_from_slice(chunk),
             ChunkOutput::Replaced => output.extend_from_slice(&out),
         }
@@ -82,56 +101,116 @@ fn check_case(case: &Path) {
     let name = case.file_name().unwrap().to_string_lossy().to_string();
     let request = read(case, "request.json").unwrap();
     let state = state();
-    let mut plan = plan_chat_request(&state, &request, &TranslateContext { now_unix: 1_700_000_000 }).unwrap();
+    let mut plan = plan_chat_request(
+        &state,
+        &request,
+        &TranslateContext {
+            now_unix: 1_700_000_000,
+        },
+    )
+    .unwrap();
     assert_eq!(plan.path, "/v1/chat/completions", "{name}");
     assert_eq!(plan.authority, "api.openai.com", "{name}");
     assert_eq!(plan.route_value, "https", "{name}");
-    assert!(plan.headers.contains(&("authorization", "Bearer sk-provider".into())), "{name}");
+    assert!(
+        plan.headers
+            .contains(&("authorization", "Bearer sk-provider".into())),
+        "{name}"
+    );
 
     let expected_upstream = read(case, "upstream_request.json").unwrap();
-    assert_eq!(json(&plan.body), json(&expected_upstream), "{name}: upstream body");
+    assert_eq!(
+        json(&plan.body),
+        json(&expected_upstream),
+        "{name}: upstream body"
+    );
     let request_summary = json(&request);
-    let forced_usage = request_summary["stream"] == true && request_summary["stream_options"]["include_usage"] != true;
+    let forced_usage = request_summary["stream"] == true
+        && request_summary["stream_options"]["include_usage"] != true;
     if !forced_usage {
         // Only the model may change, byte for byte.
-        assert_eq!(String::from_utf8_lossy(&plan.body), String::from_utf8_lossy(&expected_upstream), "{name}: bytes");
+        assert_eq!(
+            String::from_utf8_lossy(&plan.body),
+            String::from_utf8_lossy(&expected_upstream),
+            "{name}: bytes"
+        );
     }
 
-    let status: u16 = read(case, "status").map_or(200, |s| String::from_utf8_lossy(&s).trim().parse().unwrap());
+    let status: u16 =
+        read(case, "status").map_or(200, |s| String::from_utf8_lossy(&s).trim().parse().unwrap());
     if let Some(stream) = read(case, "response.sse") {
         let expected = read(case, "expected_response.sse").unwrap();
         let (whole, usage) = run_stream(&request, &[&stream]);
-        assert_eq!(data_events(&whole), data_events(&expected), "{name}: stream");
+        assert_eq!(
+            data_events(&whole),
+            data_events(&expected),
+            "{name}: stream"
+        );
         assert_eq!(Some(usage), expected_usage(case), "{name}: usage");
         for split in 0..=stream.len() {
             let (output, split_usage) = run_stream(&request, &[&stream[..split], &stream[split..]]);
-            assert_eq!(data_events(&output), data_events(&expected), "{name}: split at {split}");
+            assert_eq!(
+                data_events(&output),
+                data_events(&expected),
+                "{name}: split at {split}"
+            );
             assert_eq!(split_usage, usage, "{name}: usage, split at {split}");
         }
         let bytes: Vec<&[u8]> = stream.chunks(1).collect();
         let (output, _) = run_stream(&request, &bytes);
-        assert_eq!(data_events(&output), data_events(&expected), "{name}: byte by byte");
+        assert_eq!(
+            data_events(&output),
+            data_events(&expected),
+            "{name}: byte by byte"
+        );
         return;
     }
 
-    let response = read(case, "response.json").or_else(|| read(case, "response.txt")).unwrap();
-    let content_type = if read(case, "response.txt").is_some() { "text/html" } else { "application/json" };
-    assert_eq!(plan.response.on_headers(status, Some(content_type)), ResponseMode::Buffer, "{name}");
+    let response = read(case, "response.json")
+        .or_else(|| read(case, "response.txt"))
+        .unwrap();
+    let content_type = if read(case, "response.txt").is_some() {
+        "text/html"
+    } else {
+        "application/json"
+    };
+    assert_eq!(
+        plan.response.on_headers(status, Some(content_type)),
+        ResponseMode::Buffer,
+        "{name}"
+    );
     let completed = plan.response.on_complete_body(&response);
-    assert_eq!(completed.status, None, "{name}: the provider's status stays");
+    assert_eq!(
+        completed.status, None,
+        "{name}: the provider's status stays"
+    );
     let client_body = completed.body.unwrap_or_else(|| response.clone());
-    assert_eq!(json(&client_body), json(&read(case, "expected_response.json").unwrap()), "{name}: response");
+    assert_eq!(
+        json(&client_body),
+        json(&read(case, "expected_response.json").unwrap()),
+        "{name}: response"
+    );
     if let Some(usage) = expected_usage(case) {
         assert_eq!(plan.response.usage(), usage, "{name}: usage");
     } else {
-        assert!(!plan.response.usage().is_reported(), "{name}: no usage on errors");
+        assert!(
+            !plan.response.usage().is_reported(),
+            "{name}: no usage on errors"
+        );
     }
-    assert_eq!(plan.response.drops_content_length(), status >= 400, "{name}: content-length kept for pass-through");
+    assert_eq!(
+        plan.response.drops_content_length(),
+        status >= 400,
+        "{name}: content-length kept for pass-through"
+    );
 }
 
 #[test]
 fn openai_golden_cases() {
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(fixtures()).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(fixtures())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     cases.sort();
     assert!(cases.len() >= 7, "fixtures missing: {cases:?}");
     for case in &cases {

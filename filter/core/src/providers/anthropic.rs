@@ -1,28 +1,1069 @@
-//! Anthropic Messages API. (Stub: being written.)
+//! Anthropic Messages API (`POST /v1/messages`).
+//!
+//! Request: the OpenAI chat request is parsed once (borrowing from the body) and written out
+//! as an Anthropic request: system and developer messages become the top-level `system`,
+//! consecutive messages of one role are merged (Anthropic alternates user and assistant),
+//! tool calls become `tool_use` blocks and tool messages `tool_result` blocks.
+//!
+//! Response: a buffered message becomes a `chat.completion`; an event stream is translated
+//! event by event, as its bytes arrive, into `chat.completion.chunk`s. The translator keeps
+//! only the message id, the model name, token counts and one small entry per tool call.
 
-use crate::providers::{ChunkOutput, ProviderResponse, TranslateContext, UpstreamRequest};
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::value::RawValue;
+
+use crate::error::error_body;
+use crate::openai_types::{self as oa, Content, ContentPart, Str};
+use crate::providers::{
+    openai_shaped_error, ChunkOutput, ProviderResponse, TranslateContext, UpstreamRequest,
+};
 use crate::request::ChatRequestSummary;
 use crate::snapshot::Deployment;
+use crate::sse::{write_data_event, SseEvent, SseParser, DONE_EVENT};
 use crate::{GatewayError, Usage};
+
+/// Endpoint path, joined with the deployment's base path.
+pub const MESSAGES_PATH: &str = "/v1/messages";
+/// `anthropic-version` when the deployment sets none.
+pub const DEFAULT_API_VERSION: &str = "2023-06-01";
+
+// ---------------------------------------------------------------------------------------------
+// Request
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Serialize)]
+struct MessagesRequest<'a> {
+    model: &'a str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    system: Vec<Block<'a>>,
+    messages: Vec<InputMessage<'a>>,
+    max_tokens: u64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    stop_sequences: Vec<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<Metadata<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tools: Vec<ToolDefinition<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<ToolChoice<'a>>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stream: bool,
+}
+
+#[derive(Serialize)]
+struct Metadata<'a> {
+    user_id: &'a str,
+}
+
+#[derive(Serialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "lowercase")]
+enum Role {
+    User,
+    Assistant,
+}
+
+#[derive(Serialize)]
+struct InputMessage<'a> {
+    role: Role,
+    content: Vec<Block<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Block<'a> {
+    Text {
+        text: &'a str,
+    },
+    Image {
+        source: ImageSource<'a>,
+    },
+    ToolUse {
+        id: &'a str,
+        name: &'a str,
+        input: JsonObject<'a>,
+    },
+    ToolResult {
+        tool_use_id: &'a str,
+        #[serde(skip_serializing_if = "ToolResultContent::is_empty")]
+        content: ToolResultContent<'a>,
+    },
+}
+
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ImageSource<'a> {
+    Base64 { media_type: &'a str, data: &'a str },
+    Url { url: &'a str },
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ToolResultContent<'a> {
+    Text(&'a str),
+    Blocks(Vec<Block<'a>>),
+}
+
+impl ToolResultContent<'_> {
+    fn is_empty(&self) -> bool {
+        match self {
+            ToolResultContent::Text(text) => text.is_empty(),
+            ToolResultContent::Blocks(blocks) => blocks.is_empty(),
+        }
+    }
+}
+
+/// A JSON object written as the client sent it, or one of two fixed objects.
+enum JsonObject<'a> {
+    Raw(&'a RawValue),
+    Empty,
+    EmptySchema,
+}
+
+impl Serialize for JsonObject<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct EmptyMap {}
+        #[derive(Serialize)]
+        struct EmptySchema {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            properties: EmptyMap,
+        }
+        match self {
+            JsonObject::Raw(raw) => raw.serialize(serializer),
+            JsonObject::Empty => EmptyMap {}.serialize(serializer),
+            JsonObject::EmptySchema => EmptySchema {
+                kind: "object",
+                properties: EmptyMap {},
+            }
+            .serialize(serializer),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ToolDefinition<'a> {
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'a str>,
+    input_schema: JsonObject<'a>,
+}
+
+#[derive(Serialize)]
+struct ToolChoice<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disable_parallel_tool_use: Option<bool>,
+}
+
+impl ToolChoice<'_> {
+    fn of(kind: &'static str) -> Self {
+        ToolChoice {
+            kind,
+            name: None,
+            disable_parallel_tool_use: None,
+        }
+    }
+}
+
+/// The conversation being built; keeps roles alternating.
+#[derive(Default)]
+struct Conversation<'a> {
+    messages: Vec<InputMessage<'a>>,
+}
+
+impl<'a> Conversation<'a> {
+    /// Appends blocks as a message of `role`, merged into the previous one if it has the same
+    /// role. A message without blocks is left out (Anthropic refuses empty content).
+    fn push(&mut self, role: Role, blocks: Vec<Block<'a>>) {
+        if blocks.is_empty() {
+            return;
+        }
+        match self.messages.last_mut() {
+            Some(last) if last.role == role => last.content.extend(blocks),
+            _ => self.messages.push(InputMessage {
+                role,
+                content: blocks,
+            }),
+        }
+    }
+
+    /// Adds a tool result to the current user message, after the tool results it already
+    /// holds and before its text (Anthropic wants tool results first).
+    fn push_tool_result(&mut self, block: Block<'a>) {
+        match self.messages.last_mut() {
+            Some(last) if last.role == Role::User => {
+                let at = last
+                    .content
+                    .iter()
+                    .take_while(|block| matches!(block, Block::ToolResult { .. }))
+                    .count();
+                last.content.insert(at, block);
+            }
+            _ => self.messages.push(InputMessage {
+                role: Role::User,
+                content: vec![block],
+            }),
+        }
+    }
+}
+
+/// Which content parts a role may carry.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Parts {
+    /// system, developer.
+    TextOnly,
+    /// user, tool.
+    TextAndImages,
+    /// assistant (refusal parts are its earlier refusals, sent back as text).
+    Assistant,
+}
+
+fn content_blocks<'r>(
+    content: Option<&'r Content<'_>>,
+    message: usize,
+    allowed: Parts,
+) -> Result<Vec<Block<'r>>, GatewayError> {
+    match content {
+        None => Ok(Vec::new()),
+        Some(Content::Text(text)) if text.is_empty() => Ok(Vec::new()),
+        Some(Content::Text(text)) => Ok(vec![Block::Text { text }]),
+        Some(Content::Parts(parts)) => {
+            let mut blocks = Vec::with_capacity(parts.len());
+            for (index, part) in parts.iter().enumerate() {
+                if let Some(block) = part_block(part, message, index, allowed)? {
+                    blocks.push(block);
+                }
+            }
+            Ok(blocks)
+        }
+    }
+}
+
+fn part_block<'r>(
+    part: &'r ContentPart<'_>,
+    message: usize,
+    index: usize,
+    allowed: Parts,
+) -> Result<Option<Block<'r>>, GatewayError> {
+    let param = |field: &str| format!("messages[{message}].content[{index}].{field}");
+    let text = match (part.kind.as_str(), allowed) {
+        ("text", _) => part.text.as_deref(),
+        ("refusal", Parts::Assistant) => part.refusal.as_deref(),
+        ("image_url", Parts::TextAndImages) => {
+            let image = part.image_url.as_ref().ok_or_else(|| {
+                GatewayError::invalid(
+                    &param("image_url"),
+                    format!("Missing required parameter: '{}'.", param("image_url")),
+                )
+            })?;
+            let source = image_source(&image.url, &param("image_url.url"))?;
+            return Ok(Some(Block::Image { source }));
+        }
+        (other, _) => {
+            return Err(GatewayError::invalid(
+                &param("type"),
+                format!(
+                    "Content parts of type '{other}' are not supported here for Anthropic models."
+                ),
+            ))
+        }
+    };
+    let field = if part.kind.as_str() == "refusal" {
+        "refusal"
+    } else {
+        "text"
+    };
+    let text = text.ok_or_else(|| {
+        GatewayError::invalid(
+            &param(field),
+            format!("Missing required parameter: '{}'.", param(field)),
+        )
+    })?;
+    // Anthropic refuses empty text blocks; an empty part says nothing anyway.
+    Ok((!text.is_empty()).then_some(Block::Text { text }))
+}
+
+fn strip_prefix_ignore_case<'s>(text: &'s str, prefix: &str) -> Option<&'s str> {
+    let head = text.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| text.get(prefix.len()..))
+        .flatten()
+}
+
+/// `data:<media type>[;params];base64,<data>` becomes a base64 source, an http(s) URL a url
+/// source.
+fn image_source<'r>(url: &'r str, param: &str) -> Result<ImageSource<'r>, GatewayError> {
+    if let Some(rest) = strip_prefix_ignore_case(url, "data:") {
+        let invalid = || {
+            GatewayError::invalid(
+                param,
+                "Image data URLs must look like 'data:image/png;base64,<data>'.",
+            )
+        };
+        let (meta, data) = rest.split_once(',').ok_or_else(invalid)?;
+        let mut fields = meta.split(';');
+        let media_type = fields.next().unwrap_or_default().trim();
+        let base64 = fields.any(|field| field.trim().eq_ignore_ascii_case("base64"));
+        if media_type.is_empty() || !base64 {
+            return Err(invalid());
+        }
+        return Ok(ImageSource::Base64 { media_type, data });
+    }
+    if strip_prefix_ignore_case(url, "https://").is_some()
+        || strip_prefix_ignore_case(url, "http://").is_some()
+    {
+        return Ok(ImageSource::Url { url });
+    }
+    Err(GatewayError::invalid(
+        param,
+        "Image URLs must be http(s) URLs or base64 data URLs.",
+    ))
+}
+
+fn tool_use_blocks<'r>(
+    calls: &'r [oa::ToolCall<'_>],
+    message: usize,
+    blocks: &mut Vec<Block<'r>>,
+) -> Result<(), GatewayError> {
+    for (index, call) in calls.iter().enumerate() {
+        let param = |field: &str| format!("messages[{message}].tool_calls[{index}].{field}");
+        if let Some(kind) = &call.kind {
+            if kind.as_str() != "function" {
+                return Err(GatewayError::invalid(
+                    &param("type"),
+                    format!(
+                        "Tool calls of type '{}' are not supported for Anthropic models.",
+                        kind.as_str()
+                    ),
+                ));
+            }
+        }
+        let arguments = call.function.arguments.as_deref().unwrap_or_default();
+        let input = if arguments.trim().is_empty() {
+            JsonObject::Empty
+        } else {
+            let not_an_object = || {
+                GatewayError::invalid(
+                    &param("function.arguments"),
+                    format!(
+                        "Invalid '{}': the arguments must be a JSON object encoded as a string.",
+                        param("function.arguments")
+                    ),
+                )
+            };
+            let raw: &RawValue = serde_json::from_str(arguments).map_err(|_| not_an_object())?;
+            if !raw.get().starts_with('{') {
+                return Err(not_an_object());
+            }
+            JsonObject::Raw(raw)
+        };
+        blocks.push(Block::ToolUse {
+            id: &call.id,
+            name: &call.function.name,
+            input,
+        });
+    }
+    Ok(())
+}
+
+fn tool_definitions<'r>(
+    tools: &'r [oa::Tool<'_>],
+) -> Result<Vec<ToolDefinition<'r>>, GatewayError> {
+    let mut definitions = Vec::with_capacity(tools.len());
+    for (index, tool) in tools.iter().enumerate() {
+        if tool.kind.as_str() != "function" {
+            return Err(GatewayError::invalid(
+                &format!("tools[{index}].type"),
+                format!("Tools of type '{}' are not supported for Anthropic models; use function tools.", tool.kind.as_str()),
+            ));
+        }
+        let function = tool.function.as_ref().ok_or_else(|| {
+            GatewayError::invalid(
+                &format!("tools[{index}].function"),
+                format!("Missing required parameter: 'tools[{index}].function'."),
+            )
+        })?;
+        let input_schema = match function.parameters {
+            None => JsonObject::EmptySchema,
+            Some(raw) if raw.get().starts_with('{') => JsonObject::Raw(raw),
+            Some(_) => {
+                return Err(GatewayError::invalid(
+                    &format!("tools[{index}].function.parameters"),
+                    "Function parameters must be a JSON Schema object.",
+                ))
+            }
+        };
+        definitions.push(ToolDefinition {
+            name: &function.name,
+            description: function.description.as_deref(),
+            input_schema,
+        });
+    }
+    Ok(definitions)
+}
+
+fn tool_choice<'r>(
+    choice: Option<&'r oa::ToolChoice<'_>>,
+    parallel_tool_calls: Option<bool>,
+    has_tools: bool,
+) -> Result<Option<ToolChoice<'r>>, GatewayError> {
+    let mut choice = match choice {
+        None => None,
+        Some(oa::ToolChoice::Mode(mode)) => Some(match mode.as_str() {
+            "auto" => ToolChoice::of("auto"),
+            "required" => ToolChoice::of("any"),
+            "none" => ToolChoice::of("none"),
+            other => {
+                return Err(GatewayError::invalid(
+                    "tool_choice",
+                    format!("Invalid value: '{other}'. Supported values are: 'none', 'auto' and 'required'."),
+                ))
+            }
+        }),
+        Some(oa::ToolChoice::Named(named)) => {
+            if named.kind.as_str() != "function" {
+                return Err(GatewayError::invalid(
+                    "tool_choice.type",
+                    format!("tool_choice of type '{}' is not supported for Anthropic models.", named.kind.as_str()),
+                ));
+            }
+            let function = named.function.as_ref().ok_or_else(|| {
+                GatewayError::invalid(
+                    "tool_choice.function",
+                    "Missing required parameter: 'tool_choice.function'.",
+                )
+            })?;
+            Some(ToolChoice {
+                name: Some(&function.name),
+                ..ToolChoice::of("tool")
+            })
+        }
+    };
+    if !has_tools {
+        if choice
+            .as_ref()
+            .is_some_and(|choice| matches!(choice.kind, "any" | "tool"))
+        {
+            return Err(GatewayError::invalid(
+                "tool_choice",
+                "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.",
+            ));
+        }
+        return Ok(None);
+    }
+    if parallel_tool_calls == Some(false) {
+        let choice = choice.get_or_insert_with(|| ToolChoice::of("auto"));
+        // Anthropic's "none" has no such field: no tool is called at all.
+        if choice.kind != "none" {
+            choice.disable_parallel_tool_use = Some(true);
+        }
+    }
+    Ok(choice)
+}
 
 /// Builds the Anthropic request.
 pub fn build_request(
-    _summary: &ChatRequestSummary<'_>,
-    _body: &[u8],
-    _deployment: &Deployment,
+    summary: &ChatRequestSummary<'_>,
+    body: &[u8],
+    deployment: &Deployment,
     _context: &TranslateContext,
 ) -> Result<UpstreamRequest, GatewayError> {
-    Err(GatewayError::invalid("model", "anthropic translation is not available yet"))
+    let request = oa::parse_chat_request(body)?;
+
+    if request.n.is_some_and(|n| n > 1) {
+        return Err(GatewayError::invalid(
+            "n",
+            "Anthropic models return one choice per request; 'n' greater than 1 is not supported.",
+        ));
+    }
+    if request.functions.is_some() {
+        return Err(GatewayError::invalid(
+            "functions",
+            "The deprecated 'functions' parameter is not supported for Anthropic models; use 'tools'.",
+        ));
+    }
+    if let Some(temperature) = request.temperature {
+        if !(0.0..=1.0).contains(&temperature) {
+            return Err(GatewayError::invalid(
+                "temperature",
+                format!("Invalid 'temperature': {temperature}. Anthropic models accept a temperature from 0 to 1."),
+            ));
+        }
+    }
+
+    let mut system = Vec::new();
+    let mut conversation = Conversation::default();
+    for (index, message) in request.messages.iter().enumerate() {
+        match message.role.as_str() {
+            "system" | "developer" => {
+                system.extend(content_blocks(message.content.as_ref(), index, Parts::TextOnly)?);
+            }
+            "user" => {
+                let blocks = content_blocks(message.content.as_ref(), index, Parts::TextAndImages)?;
+                conversation.push(Role::User, blocks);
+            }
+            "assistant" => {
+                let mut blocks = content_blocks(message.content.as_ref(), index, Parts::Assistant)?;
+                if let Some(calls) = &message.tool_calls {
+                    tool_use_blocks(calls, index, &mut blocks)?;
+                }
+                conversation.push(Role::Assistant, blocks);
+            }
+            "tool" => {
+                let tool_use_id = message.tool_call_id.as_deref().ok_or_else(|| {
+                    GatewayError::invalid(
+                        &format!("messages[{index}].tool_call_id"),
+                        format!("Missing required parameter: 'messages[{index}].tool_call_id'."),
+                    )
+                })?;
+                let content = match &message.content {
+                    Some(Content::Text(text)) => ToolResultContent::Text(text),
+                    other => ToolResultContent::Blocks(content_blocks(
+                        other.as_ref(),
+                        index,
+                        Parts::TextAndImages,
+                    )?),
+                };
+                conversation.push_tool_result(Block::ToolResult {
+                    tool_use_id,
+                    content,
+                });
+            }
+            other => {
+                return Err(GatewayError::invalid(
+                    &format!("messages[{index}].role"),
+                    format!("Messages with role '{other}' are not supported for Anthropic models; use 'tool' messages."),
+                ))
+            }
+        }
+    }
+    if conversation.messages.is_empty() {
+        return Err(GatewayError::invalid(
+            "messages",
+            "Anthropic models need at least one user or assistant message with content besides system messages.",
+        ));
+    }
+
+    let tools = match &request.tools {
+        Some(tools) => tool_definitions(tools)?,
+        None => Vec::new(),
+    };
+    let tool_choice = tool_choice(
+        request.tool_choice.as_ref(),
+        request.parallel_tool_calls,
+        !tools.is_empty(),
+    )?;
+    let stop_sequences = request
+        .stop
+        .as_ref()
+        .map(|stop| stop.as_slice().iter().map(Str::as_str).collect())
+        .unwrap_or_default();
+    let max_tokens = request
+        .max_completion_tokens
+        .or(request.max_tokens)
+        .unwrap_or(u64::from(deployment.default_max_tokens));
+    let metadata = request
+        .user
+        .as_deref()
+        .filter(|user| !user.is_empty())
+        .map(|user_id| Metadata { user_id });
+
+    let upstream = MessagesRequest {
+        model: &deployment.upstream_model,
+        system,
+        messages: conversation.messages,
+        max_tokens,
+        stop_sequences,
+        temperature: request.temperature,
+        top_p: request.top_p,
+        metadata,
+        tools,
+        tool_choice,
+        stream: summary.stream,
+    };
+    let mut out = Vec::with_capacity(body.len() + 256);
+    serde_json::to_writer(&mut out, &upstream)
+        .map_err(|error| GatewayError::invalid("body", error.to_string()))?;
+
+    let mut headers = vec![("content-type", "application/json".to_string())];
+    if !deployment.api_key.is_empty() {
+        headers.push(("x-api-key", deployment.api_key.clone()));
+    }
+    let version = if deployment.api_version.is_empty() {
+        DEFAULT_API_VERSION
+    } else {
+        deployment.api_version.as_str()
+    };
+    headers.push(("anthropic-version", version.to_string()));
+    Ok(UpstreamRequest {
+        path: MESSAGES_PATH.to_string(),
+        headers,
+        body: out,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Response
+// ---------------------------------------------------------------------------------------------
+
+/// Anthropic's usage object; every field may be missing.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+struct AnthropicUsage {
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+}
+
+impl AnthropicUsage {
+    fn merge(&mut self, later: AnthropicUsage) {
+        let fields = [
+            (&mut self.input_tokens, later.input_tokens),
+            (&mut self.output_tokens, later.output_tokens),
+            (
+                &mut self.cache_creation_input_tokens,
+                later.cache_creation_input_tokens,
+            ),
+            (
+                &mut self.cache_read_input_tokens,
+                later.cache_read_input_tokens,
+            ),
+        ];
+        for (field, value) in fields {
+            if value.is_some() {
+                *field = value;
+            }
+        }
+    }
+
+    /// All input tokens: Anthropic counts cache writes and reads apart from `input_tokens`.
+    fn prompt_tokens(&self) -> Option<u64> {
+        let input = self.input_tokens?;
+        Some(
+            input
+                .saturating_add(self.cache_creation_input_tokens.unwrap_or(0))
+                .saturating_add(self.cache_read_input_tokens.unwrap_or(0)),
+        )
+    }
+
+    fn record(&self) -> Usage {
+        Usage {
+            prompt_tokens: self.prompt_tokens(),
+            completion_tokens: self.output_tokens,
+            cached_prompt_tokens: self.cache_read_input_tokens,
+        }
+    }
+
+    fn openai(&self) -> oa::CompletionUsage {
+        let prompt_tokens = self.prompt_tokens().unwrap_or(0);
+        let completion_tokens = self.output_tokens.unwrap_or(0);
+        oa::CompletionUsage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens.saturating_add(completion_tokens),
+            prompt_tokens_details: oa::PromptTokensDetails {
+                cached_tokens: self.cache_read_input_tokens.unwrap_or(0),
+            },
+        }
+    }
+}
+
+/// OpenAI's `finish_reason` for Anthropic's `stop_reason`.
+fn finish_reason(stop_reason: &str) -> &'static str {
+    match stop_reason {
+        "max_tokens" | "model_context_window_exceeded" => "length",
+        "tool_use" => "tool_calls",
+        "refusal" => "content_filter",
+        // end_turn, stop_sequence, pause_turn, and whatever Anthropic adds later.
+        _ => "stop",
+    }
+}
+
+#[derive(Deserialize)]
+struct MessageBody<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Str<'a>>,
+    #[serde(borrow)]
+    id: Str<'a>,
+    #[serde(borrow, default)]
+    model: Option<Str<'a>>,
+    #[serde(borrow)]
+    content: Vec<ResponseBlock<'a>>,
+    #[serde(borrow, default)]
+    stop_reason: Option<Str<'a>>,
+    #[serde(default)]
+    usage: Option<AnthropicUsage>,
+}
+
+#[derive(Deserialize)]
+struct ResponseBlock<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Str<'a>,
+    #[serde(borrow, default)]
+    text: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    id: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    name: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    input: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ErrorEnvelope<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Str<'a>,
+    #[serde(borrow)]
+    error: ErrorObject<'a>,
+}
+
+#[derive(Deserialize)]
+struct ErrorObject<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    message: Option<Str<'a>>,
+}
+
+impl ErrorObject<'_> {
+    fn to_openai(&self) -> Vec<u8> {
+        error_body(
+            self.message
+                .as_deref()
+                .unwrap_or("The upstream provider reported an error."),
+            self.kind.as_deref().unwrap_or("api_error"),
+            None,
+            None,
+        )
+    }
+}
+
+/// One event of the stream; the fields of every event type, all optional.
+#[derive(Deserialize)]
+struct StreamEvent<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    message: Option<StartedMessage<'a>>,
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(borrow, default)]
+    content_block: Option<StartedBlock<'a>>,
+    #[serde(borrow, default)]
+    delta: Option<EventDelta<'a>>,
+    #[serde(default)]
+    usage: Option<AnthropicUsage>,
+    #[serde(borrow, default)]
+    error: Option<ErrorObject<'a>>,
+}
+
+#[derive(Deserialize)]
+struct StartedMessage<'a> {
+    #[serde(borrow, default)]
+    id: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    model: Option<Str<'a>>,
+    #[serde(default)]
+    usage: Option<AnthropicUsage>,
+}
+
+#[derive(Deserialize)]
+struct StartedBlock<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Str<'a>,
+    #[serde(borrow, default)]
+    id: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    name: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    text: Option<Str<'a>>,
+}
+
+#[derive(Deserialize)]
+struct EventDelta<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    text: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    partial_json: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    stop_reason: Option<Str<'a>>,
+}
+
+/// Writes `data: <json>\n\n`.
+fn write_json_event<T: Serialize>(out: &mut Vec<u8>, value: &T) -> Result<(), GatewayError> {
+    out.extend_from_slice(b"data: ");
+    serde_json::to_writer(&mut *out, value)
+        .map_err(|error| GatewayError::BadUpstreamResponse(error.to_string()))?;
+    out.extend_from_slice(b"\n\n");
+    Ok(())
 }
 
 /// Response side of an Anthropic request.
 #[derive(Debug)]
-pub struct AnthropicResponse {}
+pub struct AnthropicResponse {
+    created: u64,
+    include_usage: bool,
+    parser: SseParser,
+    events: Vec<SseEvent>,
+    /// Message id and model, from `message_start`.
+    id: String,
+    model: String,
+    /// The first chunk (role) was sent.
+    started: bool,
+    /// The chunk with `finish_reason` was sent.
+    finished: bool,
+    /// The stream is over (message_stop, error, or cut): later bytes are dropped.
+    done: bool,
+    /// Content block index → OpenAI tool call index, for the tool_use blocks seen.
+    tool_blocks: Vec<(u64, u32)>,
+    tokens: AnthropicUsage,
+}
 
 impl AnthropicResponse {
     /// Response side for a request sent with `stream` and the client's `include_usage`.
-    pub fn new(_context: &TranslateContext, _stream: bool, _include_usage: bool) -> Self {
-        AnthropicResponse {}
+    pub fn new(context: &TranslateContext, _stream: bool, include_usage: bool) -> Self {
+        AnthropicResponse {
+            created: context.now_unix,
+            include_usage,
+            parser: SseParser::default(),
+            events: Vec::new(),
+            id: String::new(),
+            model: String::new(),
+            started: false,
+            finished: false,
+            done: false,
+            tool_blocks: Vec::new(),
+            tokens: AnthropicUsage::default(),
+        }
+    }
+
+    fn write_chunk(
+        &self,
+        out: &mut Vec<u8>,
+        delta: oa::Delta<'_>,
+        finish_reason: Option<&str>,
+    ) -> Result<(), GatewayError> {
+        let choice = oa::ChunkChoice {
+            index: 0,
+            delta,
+            logprobs: None,
+            finish_reason,
+        };
+        let chunk = oa::ChatCompletionChunk {
+            id: &self.id,
+            object: oa::CHAT_COMPLETION_CHUNK,
+            created: self.created,
+            model: &self.model,
+            choices: std::slice::from_ref(&choice),
+            usage: self.include_usage.then_some(None),
+        };
+        write_json_event(out, &chunk)
+    }
+
+    /// Sends the first chunk (`role: assistant`) if it has not gone out yet.
+    fn start(&mut self, out: &mut Vec<u8>) -> Result<(), GatewayError> {
+        if self.started {
+            return Ok(());
+        }
+        self.started = true;
+        let delta = oa::Delta {
+            role: Some("assistant"),
+            content: Some(""),
+            tool_calls: None,
+        };
+        self.write_chunk(out, delta, None)
+    }
+
+    fn write_text(&mut self, out: &mut Vec<u8>, text: &str) -> Result<(), GatewayError> {
+        if text.is_empty() {
+            return Ok(());
+        }
+        self.start(out)?;
+        let delta = oa::Delta {
+            content: Some(text),
+            ..oa::Delta::default()
+        };
+        self.write_chunk(out, delta, None)
+    }
+
+    fn write_tool_delta(
+        &mut self,
+        out: &mut Vec<u8>,
+        call: oa::ToolCallDelta<'_>,
+    ) -> Result<(), GatewayError> {
+        self.start(out)?;
+        let delta = oa::Delta {
+            tool_calls: Some(std::slice::from_ref(&call)),
+            ..oa::Delta::default()
+        };
+        self.write_chunk(out, delta, None)
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>, reason: &'static str) -> Result<(), GatewayError> {
+        if self.finished {
+            return Ok(());
+        }
+        self.start(out)?;
+        self.finished = true;
+        self.write_chunk(out, oa::Delta::default(), Some(reason))
+    }
+
+    fn handle_event(
+        &mut self,
+        event: &SseEvent,
+        out: &mut Vec<u8>,
+        usage: &mut Usage,
+    ) -> Result<(), GatewayError> {
+        let parsed: StreamEvent<'_> = serde_json::from_str(&event.data).map_err(|error| {
+            GatewayError::BadUpstreamResponse(format!(
+                "invalid Anthropic stream event {:?}: {error}",
+                event.event
+            ))
+        })?;
+        let kind = parsed.kind.as_deref().unwrap_or(event.event.as_str());
+        match kind {
+            "message_start" => {
+                if let Some(message) = parsed.message {
+                    if let Some(id) = message.id {
+                        self.id = id.0.into_owned();
+                    }
+                    if let Some(model) = message.model {
+                        self.model = model.0.into_owned();
+                    }
+                    if let Some(reported) = message.usage {
+                        // output_tokens here is a placeholder; message_delta has the count.
+                        self.tokens.merge(AnthropicUsage {
+                            output_tokens: None,
+                            ..reported
+                        });
+                        usage.merge(self.tokens.record());
+                    }
+                }
+                self.start(out)
+            }
+            "content_block_start" => {
+                let Some(block) = parsed.content_block else {
+                    return Ok(());
+                };
+                match block.kind.as_str() {
+                    "text" => self.write_text(out, block.text.as_deref().unwrap_or_default()),
+                    "tool_use" => {
+                        let index = u32::try_from(self.tool_blocks.len()).unwrap_or(u32::MAX);
+                        self.tool_blocks
+                            .push((parsed.index.unwrap_or(u64::MAX), index));
+                        let call = oa::ToolCallDelta {
+                            index,
+                            id: Some(block.id.as_deref().unwrap_or_default()),
+                            kind: Some("function"),
+                            function: oa::FunctionDelta {
+                                name: Some(block.name.as_deref().unwrap_or_default()),
+                                arguments: Some(""),
+                            },
+                        };
+                        self.write_tool_delta(out, call)
+                    }
+                    // thinking, redacted_thinking, server tools ...: not part of the
+                    // Chat Completions answer.
+                    _ => Ok(()),
+                }
+            }
+            "content_block_delta" => {
+                let Some(delta) = parsed.delta else {
+                    return Ok(());
+                };
+                match delta.kind.as_deref() {
+                    Some("text_delta") => {
+                        self.write_text(out, delta.text.as_deref().unwrap_or_default())
+                    }
+                    Some("input_json_delta") => {
+                        let partial = delta.partial_json.as_deref().unwrap_or_default();
+                        let block = parsed.index.unwrap_or(u64::MAX);
+                        let tool = self
+                            .tool_blocks
+                            .iter()
+                            .find(|(index, _)| *index == block)
+                            .map(|(_, tool)| *tool);
+                        match tool {
+                            Some(index) if !partial.is_empty() => {
+                                let call = oa::ToolCallDelta {
+                                    index,
+                                    id: None,
+                                    kind: None,
+                                    function: oa::FunctionDelta {
+                                        name: None,
+                                        arguments: Some(partial),
+                                    },
+                                };
+                                self.write_tool_delta(out, call)
+                            }
+                            _ => Ok(()),
+                        }
+                    }
+                    // thinking_delta, signature_delta, citations_delta ...
+                    _ => Ok(()),
+                }
+            }
+            "message_delta" => {
+                if let Some(reported) = parsed.usage {
+                    // Counts in message_delta are cumulative.
+                    self.tokens.merge(reported);
+                    usage.merge(self.tokens.record());
+                }
+                match parsed.delta.and_then(|delta| delta.stop_reason) {
+                    Some(reason) => self.finish(out, finish_reason(&reason)),
+                    None => Ok(()),
+                }
+            }
+            "message_stop" => {
+                self.finish(out, "stop")?;
+                if self.include_usage {
+                    let chunk = oa::ChatCompletionChunk {
+                        id: &self.id,
+                        object: oa::CHAT_COMPLETION_CHUNK,
+                        created: self.created,
+                        model: &self.model,
+                        choices: &[],
+                        usage: Some(Some(self.tokens.openai())),
+                    };
+                    write_json_event(out, &chunk)?;
+                }
+                out.extend_from_slice(DONE_EVENT);
+                self.done = true;
+                Ok(())
+            }
+            "error" => {
+                let body = match &parsed.error {
+                    Some(error) => error.to_openai(),
+                    None => error_body(
+                        "The upstream provider reported an error in the stream.",
+                        "api_error",
+                        None,
+                        None,
+                    ),
+                };
+                write_data_event(out, &body);
+                self.done = true;
+                Ok(())
+            }
+            // ping, content_block_stop, and event types Anthropic may add.
+            _ => Ok(()),
+        }
     }
 }
 
@@ -30,13 +1071,295 @@ impl ProviderResponse for AnthropicResponse {
     fn rewrites_body(&self) -> bool {
         true
     }
-    fn translate_body(&mut self, _body: &[u8], _usage: &mut Usage) -> Result<Option<Vec<u8>>, GatewayError> {
-        Err(GatewayError::BadUpstreamResponse("not implemented".into()))
+
+    fn translate_body(
+        &mut self,
+        body: &[u8],
+        usage: &mut Usage,
+    ) -> Result<Option<Vec<u8>>, GatewayError> {
+        let message: MessageBody<'_> = serde_json::from_slice(body).map_err(|error| {
+            GatewayError::BadUpstreamResponse(format!("not an Anthropic message: {error}"))
+        })?;
+        if let Some(kind) = &message.kind {
+            if kind.as_str() != "message" {
+                return Err(GatewayError::BadUpstreamResponse(format!(
+                    "expected an Anthropic message, got type {:?}",
+                    kind.as_str()
+                )));
+            }
+        }
+        let mut text: Option<Cow<'_, str>> = None;
+        let mut tool_calls = Vec::new();
+        for block in &message.content {
+            match block.kind.as_str() {
+                "text" => {
+                    let piece = block.text.as_deref().unwrap_or_default();
+                    match &mut text {
+                        None => text = Some(Cow::Borrowed(piece)),
+                        Some(joined) => joined.to_mut().push_str(piece),
+                    }
+                }
+                "tool_use" => {
+                    let (Some(id), Some(name)) = (&block.id, &block.name) else {
+                        return Err(GatewayError::BadUpstreamResponse(
+                            "a tool_use block has no id or name".into(),
+                        ));
+                    };
+                    tool_calls.push(oa::ToolCallOut {
+                        id,
+                        kind: "function",
+                        function: oa::FunctionCallOut {
+                            name,
+                            arguments: block.input.map_or("{}", RawValue::get),
+                        },
+                    });
+                }
+                _ => {}
+            }
+        }
+        let reported = message.usage.unwrap_or_default();
+        if let Some(reported) = message.usage {
+            usage.merge(reported.record());
+        }
+        let choice = oa::Choice {
+            index: 0,
+            message: oa::AssistantMessage {
+                role: "assistant",
+                content: text.as_deref(),
+                refusal: None,
+                tool_calls: &tool_calls,
+            },
+            logprobs: None,
+            finish_reason: finish_reason(message.stop_reason.as_deref().unwrap_or("end_turn")),
+        };
+        let completion = oa::ChatCompletion {
+            id: &message.id,
+            object: oa::CHAT_COMPLETION,
+            created: self.created,
+            model: message.model.as_deref().unwrap_or_default(),
+            choices: std::slice::from_ref(&choice),
+            usage: message.usage.map(|_| reported.openai()),
+        };
+        serde_json::to_vec(&completion)
+            .map(Some)
+            .map_err(|error| GatewayError::BadUpstreamResponse(error.to_string()))
     }
+
     fn translate_error(&self, status: u16, body: &[u8]) -> Vec<u8> {
-        crate::providers::openai_shaped_error(status, body)
+        match serde_json::from_slice::<ErrorEnvelope<'_>>(body) {
+            Ok(envelope) if envelope.kind.as_str() == "error" => envelope.error.to_openai(),
+            _ => openai_shaped_error(status, body),
+        }
     }
-    fn translate_stream(&mut self, _chunk: &[u8], _eos: bool, _out: &mut Vec<u8>, _usage: &mut Usage) -> Result<ChunkOutput, GatewayError> {
-        Err(GatewayError::BadUpstreamResponse("not implemented".into()))
+
+    fn translate_stream(
+        &mut self,
+        chunk: &[u8],
+        end_of_stream: bool,
+        out: &mut Vec<u8>,
+        usage: &mut Usage,
+    ) -> Result<ChunkOutput, GatewayError> {
+        if self.done {
+            return Ok(ChunkOutput::Replaced);
+        }
+        let mut events = std::mem::take(&mut self.events);
+        events.clear();
+        let result = self.translate_events(chunk, &mut events, out, usage);
+        events.clear();
+        self.events = events;
+        result?;
+        if end_of_stream && !self.done {
+            self.done = true;
+            write_data_event(
+                out,
+                &error_body(
+                    "The upstream stream ended before the response was complete.",
+                    "api_error",
+                    None,
+                    Some("upstream_stream_cut"),
+                ),
+            );
+        }
+        Ok(ChunkOutput::Replaced)
+    }
+}
+
+impl AnthropicResponse {
+    fn translate_events(
+        &mut self,
+        chunk: &[u8],
+        events: &mut Vec<SseEvent>,
+        out: &mut Vec<u8>,
+        usage: &mut Usage,
+    ) -> Result<(), GatewayError> {
+        self.parser
+            .feed(chunk, events)
+            .map_err(|error| GatewayError::BadUpstreamResponse(error.to_string()))?;
+        for event in events.iter() {
+            if self.done {
+                break;
+            }
+            self.handle_event(event, out, usage)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn translator(include_usage: bool) -> AnthropicResponse {
+        AnthropicResponse::new(&TranslateContext { now_unix: 7 }, true, include_usage)
+    }
+
+    fn data_events(out: &[u8]) -> Vec<serde_json::Value> {
+        std::str::from_utf8(out)
+            .unwrap()
+            .split("\n\n")
+            .filter(|event| !event.is_empty())
+            .map(|event| {
+                let data = event.strip_prefix("data: ").unwrap();
+                serde_json::from_str(data)
+                    .unwrap_or_else(|_| serde_json::Value::String(data.into()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn data_urls_and_http_urls() {
+        assert!(matches!(
+            image_source("data:image/png;base64,AAAA", "p").unwrap(),
+            ImageSource::Base64 {
+                media_type: "image/png",
+                data: "AAAA"
+            }
+        ));
+        assert!(matches!(
+            image_source("DATA:image/jpeg;name=a.jpg;base64,QQ==", "p").unwrap(),
+            ImageSource::Base64 {
+                media_type: "image/jpeg",
+                data: "QQ=="
+            }
+        ));
+        assert!(matches!(
+            image_source("HTTPS://example.com/a.png", "p").unwrap(),
+            ImageSource::Url { .. }
+        ));
+        for bad in [
+            "data:image/png,AAAA",
+            "data:;base64,AAAA",
+            "data:image/png;base64",
+            "ftp://x/a.png",
+            "a.png",
+            "",
+        ] {
+            let error = image_source(bad, "messages[0].content[0].image_url.url").unwrap_err();
+            assert_eq!(
+                error.param(),
+                Some("messages[0].content[0].image_url.url"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn tool_results_go_before_text_in_a_merged_user_message() {
+        let mut conversation = Conversation::default();
+        conversation.push(Role::User, vec![Block::Text { text: "a" }]);
+        conversation.push_tool_result(Block::ToolResult {
+            tool_use_id: "1",
+            content: ToolResultContent::Text("r1"),
+        });
+        conversation.push_tool_result(Block::ToolResult {
+            tool_use_id: "2",
+            content: ToolResultContent::Text("r2"),
+        });
+        conversation.push(Role::User, vec![Block::Text { text: "b" }]);
+        let json = serde_json::to_value(&conversation.messages).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!([{"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "1", "content": "r1"},
+                {"type": "tool_result", "tool_use_id": "2", "content": "r2"},
+                {"type": "text", "text": "a"},
+                {"type": "text", "text": "b"}
+            ]}])
+        );
+    }
+
+    #[test]
+    fn nothing_after_the_end_of_the_stream() {
+        let mut response = translator(false);
+        let mut out = Vec::new();
+        let mut usage = Usage::default();
+        let stream = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"c\",\"usage\":{\"input_tokens\":3,\"output_tokens\":1}}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\nevent: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"late\"}}\n\n";
+        response
+            .translate_stream(stream, false, &mut out, &mut usage)
+            .unwrap();
+        response
+            .translate_stream(b"data: garbage\n\n", true, &mut out, &mut usage)
+            .unwrap();
+        let events = data_events(&out);
+        assert_eq!(events.len(), 3, "{events:?}");
+        assert_eq!(events[1]["choices"][0]["finish_reason"], "stop");
+        assert_eq!(events[2], "[DONE]");
+        assert_eq!(usage.prompt_tokens, Some(3));
+        // message_start's output_tokens is a placeholder, not a count.
+        assert_eq!(usage.completion_tokens, None);
+    }
+
+    #[test]
+    fn unknown_events_and_blocks_are_ignored_and_one_finish_chunk_is_sent() {
+        let mut response = translator(false);
+        let mut out = Vec::new();
+        let mut usage = Usage::default();
+        let stream = concat!(
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"c\"}}\n\n",
+            "event: brand_new\ndata: {\"type\":\"brand_new\",\"x\":1}\n\n",
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"thinking\",\"thinking\":\"\"}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"thinking_delta\",\"thinking\":\"hmm\"}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"signature_delta\",\"signature\":\"s\"}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":9,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{}\"}}\n\n",
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"max_tokens\"},\"usage\":{\"output_tokens\":5}}\n\n",
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":6}}\n\n",
+            "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+        );
+        response
+            .translate_stream(stream.as_bytes(), true, &mut out, &mut usage)
+            .unwrap();
+        let events = data_events(&out);
+        assert_eq!(events.len(), 3, "{events:?}");
+        assert_eq!(events[0]["choices"][0]["delta"]["role"], "assistant");
+        assert_eq!(events[1]["choices"][0]["finish_reason"], "length");
+        assert_eq!(usage.completion_tokens, Some(6));
+    }
+
+    #[test]
+    fn a_broken_event_is_an_error() {
+        let mut response = translator(false);
+        let mut out = Vec::new();
+        let mut usage = Usage::default();
+        let error = response
+            .translate_stream(
+                b"event: message_start\ndata: {not json\n\n",
+                false,
+                &mut out,
+                &mut usage,
+            )
+            .unwrap_err();
+        assert_eq!(error.status(), 502);
+    }
+
+    #[test]
+    fn stop_reasons() {
+        assert_eq!(finish_reason("end_turn"), "stop");
+        assert_eq!(finish_reason("stop_sequence"), "stop");
+        assert_eq!(finish_reason("pause_turn"), "stop");
+        assert_eq!(finish_reason("max_tokens"), "length");
+        assert_eq!(finish_reason("model_context_window_exceeded"), "length");
+        assert_eq!(finish_reason("tool_use"), "tool_calls");
+        assert_eq!(finish_reason("refusal"), "content_filter");
+        assert_eq!(finish_reason("something_new"), "stop");
     }
 }

@@ -48,7 +48,11 @@ pub trait ProviderResponse {
 
     /// Translates a complete successful body and records its usage. `None` forwards the body
     /// unchanged.
-    fn translate_body(&mut self, body: &[u8], usage: &mut Usage) -> Result<Option<Vec<u8>>, GatewayError>;
+    fn translate_body(
+        &mut self,
+        body: &[u8],
+        usage: &mut Usage,
+    ) -> Result<Option<Vec<u8>>, GatewayError>;
 
     /// Translates a provider error body (status >= 400) into OpenAI's error shape.
     fn translate_error(&self, status: u16, body: &[u8]) -> Vec<u8>;
@@ -104,11 +108,8 @@ pub fn translate_request(
         }
         ProviderKind::Anthropic => {
             let request = anthropic::build_request(summary, body, deployment, context)?;
-            let response = anthropic::AnthropicResponse::new(
-                context,
-                summary.stream,
-                summary.include_usage,
-            );
+            let response =
+                anthropic::AnthropicResponse::new(context, summary.stream, summary.include_usage);
             Ok((request, ResponseTranslator::Anthropic(response)))
         }
     }
@@ -161,8 +162,8 @@ impl ResponseHandler {
     /// Called with the provider's status and content type; says how to read the body.
     pub fn on_headers(&mut self, status: u16, content_type: Option<&str>) -> ResponseMode {
         self.status = status;
-        let is_event_stream =
-            content_type.is_some_and(|value| value.to_ascii_lowercase().contains("text/event-stream"));
+        let is_event_stream = content_type
+            .is_some_and(|value| value.to_ascii_lowercase().contains("text/event-stream"));
         self.mode = if (200..300).contains(&status) && self.client_stream && is_event_stream {
             ResponseMode::Stream
         } else {
@@ -196,10 +197,18 @@ impl ResponseHandler {
         if !(200..300).contains(&self.status) {
             return CompletedBody {
                 status: None,
-                body: Some(self.translator.inner_ref().translate_error(self.status, body)),
+                body: Some(
+                    self.translator
+                        .inner_ref()
+                        .translate_error(self.status, body),
+                ),
             };
         }
-        match self.translator.inner().translate_body(body, &mut self.usage) {
+        match self
+            .translator
+            .inner()
+            .translate_body(body, &mut self.usage)
+        {
             Ok(body) => CompletedBody { status: None, body },
             Err(error) => CompletedBody {
                 status: Some(error.status()),
@@ -209,11 +218,20 @@ impl ResponseHandler {
     }
 
     /// Translates one stream chunk. The output is either the chunk unchanged or `out`.
-    pub fn on_stream_chunk(&mut self, chunk: &[u8], end_of_stream: bool, out: &mut Vec<u8>) -> ChunkOutput {
+    pub fn on_stream_chunk(
+        &mut self,
+        chunk: &[u8],
+        end_of_stream: bool,
+        out: &mut Vec<u8>,
+    ) -> ChunkOutput {
         if self.stream_failed {
             return ChunkOutput::Replaced;
         }
-        match self.translator.inner().translate_stream(chunk, end_of_stream, out, &mut self.usage) {
+        match self
+            .translator
+            .inner()
+            .translate_stream(chunk, end_of_stream, out, &mut self.usage)
+        {
             Ok(output) => output,
             Err(error) => {
                 self.stream_failed = true;
@@ -277,14 +295,20 @@ mod tests {
         let openai = br#"{"error":{"message":"slow down","type":"rate_limit_error","param":null,"code":null}}"#;
         assert_eq!(openai_shaped_error(429, openai), openai.to_vec());
 
-        let ollama: serde_json::Value =
-            serde_json::from_slice(&openai_shaped_error(404, br#"{"error":"model 'x' not found"}"#)).unwrap();
+        let ollama: serde_json::Value = serde_json::from_slice(&openai_shaped_error(
+            404,
+            br#"{"error":"model 'x' not found"}"#,
+        ))
+        .unwrap();
         assert_eq!(ollama["error"]["message"], "model 'x' not found");
         assert_eq!(ollama["error"]["type"], "invalid_request_error");
 
         let text: serde_json::Value =
             serde_json::from_slice(&openai_shaped_error(500, b"upstream exploded")).unwrap();
-        assert!(text["error"]["message"].as_str().unwrap().contains("upstream exploded"));
+        assert!(text["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("upstream exploded"));
         assert_eq!(text["error"]["type"], "api_error");
     }
 }

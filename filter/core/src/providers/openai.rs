@@ -36,8 +36,9 @@ pub fn build_request(
                 options.insert("include_usage".into(), serde_json::Value::Bool(true));
                 edits.push(Edit {
                     range: span.clone(),
-                    bytes: serde_json::to_vec(&options)
-                        .map_err(|error| GatewayError::invalid("stream_options", error.to_string()))?,
+                    bytes: serde_json::to_vec(&options).map_err(|error| {
+                        GatewayError::invalid("stream_options", error.to_string())
+                    })?,
                 });
             }
             _ => {
@@ -87,7 +88,9 @@ impl From<OpenAiUsage> for Usage {
         Usage {
             prompt_tokens: usage.prompt_tokens,
             completion_tokens: usage.completion_tokens,
-            cached_prompt_tokens: usage.prompt_tokens_details.and_then(|details| details.cached_tokens),
+            cached_prompt_tokens: usage
+                .prompt_tokens_details
+                .and_then(|details| details.cached_tokens),
         }
     }
 }
@@ -128,9 +131,16 @@ impl ProviderResponse for OpenAiResponse {
         false
     }
 
-    fn translate_body(&mut self, body: &[u8], usage: &mut Usage) -> Result<Option<Vec<u8>>, GatewayError> {
+    fn translate_body(
+        &mut self,
+        body: &[u8],
+        usage: &mut Usage,
+    ) -> Result<Option<Vec<u8>>, GatewayError> {
         // A compatible server's odd body still reaches the client; only the count is lost.
-        if let Ok(UsageOnly { usage: Some(reported) }) = serde_json::from_slice::<UsageOnly>(body) {
+        if let Ok(UsageOnly {
+            usage: Some(reported),
+        }) = serde_json::from_slice::<UsageOnly>(body)
+        {
             usage.merge(reported.into());
         }
         Ok(None)
