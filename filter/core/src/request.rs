@@ -81,7 +81,7 @@ pub fn summarize_chat_request(body: &[u8]) -> Result<ChatRequestSummary<'_>, Gat
     }
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let view: ChatRequestView<'_> = serde_path_to_error::deserialize(&mut deserializer)
-        .map_err(|error| deserialize_error(error, "request"))?;
+        .map_err(|error| crate::openai_types::path_error(error, "request"))?;
     deserializer
         .end()
         .map_err(|error| GatewayError::InvalidJson(error.to_string()))?;
@@ -175,36 +175,6 @@ fn validate_message(index: usize, message: &MessageView<'_>) -> Result<(), Gatew
             Some(raw),
             &[JsonKind::String, JsonKind::Array],
         ),
-    }
-}
-
-/// Turns a serde error into the client's error: syntax errors are "not JSON", type errors
-/// name the field by its path.
-fn deserialize_error(
-    error: serde_path_to_error::Error<serde_json::Error>,
-    root: &str,
-) -> GatewayError {
-    let path = error.path().to_string();
-    let inner = error.into_inner();
-    if inner.is_syntax() || inner.is_eof() {
-        return GatewayError::InvalidJson(inner.to_string());
-    }
-    let param = if path == "." { root.to_string() } else { path };
-    let message = format!(
-        "Invalid type for '{param}': {}",
-        strip_position(&inner.to_string())
-    );
-    GatewayError::InvalidRequest {
-        message,
-        param: Some(param),
-    }
-}
-
-/// serde_json appends " at line L column C"; the field path says more to a client.
-fn strip_position(message: &str) -> &str {
-    match message.rfind(" at line ") {
-        Some(at) => &message[..at],
-        None => message,
     }
 }
 

@@ -20,22 +20,36 @@ fn report<T>(what: &str, result: Result<T, proxy_wasm::types::Status>) -> Option
 
 /// A request header.
 pub fn request_header(name: &str) -> Option<String> {
-    report("get request header", hostcalls::get_map_value(MapType::HttpRequestHeaders, name)).flatten()
+    report(
+        "get request header",
+        hostcalls::get_map_value(MapType::HttpRequestHeaders, name),
+    )
+    .flatten()
 }
 
 /// Sets (or with `None` removes) a request header.
 pub fn set_request_header(name: &str, value: Option<&str>) {
-    report("set request header", hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value));
+    report(
+        "set request header",
+        hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value),
+    );
 }
 
 /// A response header.
 pub fn response_header(name: &str) -> Option<String> {
-    report("get response header", hostcalls::get_map_value(MapType::HttpResponseHeaders, name)).flatten()
+    report(
+        "get response header",
+        hostcalls::get_map_value(MapType::HttpResponseHeaders, name),
+    )
+    .flatten()
 }
 
 /// Sets (or with `None` removes) a response header.
 pub fn set_response_header(name: &str, value: Option<&str>) {
-    report("set response header", hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value));
+    report(
+        "set response header",
+        hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value),
+    );
 }
 
 /// Bytes `[0, size)` of a body buffer.
@@ -43,7 +57,9 @@ pub fn body(buffer: BufferType, size: usize) -> Vec<u8> {
     if size == 0 {
         return Vec::new();
     }
-    report("get body", hostcalls::get_buffer(buffer, 0, size)).flatten().unwrap_or_default()
+    report("get body", hostcalls::get_buffer(buffer, 0, size))
+        .flatten()
+        .unwrap_or_default()
 }
 
 /// Replaces bytes `[0, size)` of a body buffer.
@@ -53,7 +69,10 @@ pub fn replace_body(buffer: BufferType, size: usize, value: &[u8]) {
 
 /// Answers the request locally.
 pub fn send_response(status: u16, headers: Vec<(&str, &str)>, body: &[u8]) {
-    report("send response", hostcalls::send_http_response(u32::from(status), headers, Some(body)));
+    report(
+        "send response",
+        hostcalls::send_http_response(u32::from(status), headers, Some(body)),
+    );
 }
 
 /// Wall-clock time from the host.
@@ -73,14 +92,21 @@ pub fn now_ms() -> u64 {
 
 /// Plugin configuration bytes.
 pub fn plugin_configuration() -> Vec<u8> {
-    report("get configuration", hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX))
-        .flatten()
-        .unwrap_or_default()
+    report(
+        "get configuration",
+        hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX),
+    )
+    .flatten()
+    .unwrap_or_default()
 }
 
 /// Bytes of the gRPC message being delivered.
 pub fn grpc_message(size: usize) -> Option<Vec<u8>> {
-    report("get grpc message", hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size)).flatten()
+    report(
+        "get grpc message",
+        hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size),
+    )
+    .flatten()
 }
 
 /// Opens the control-plane stream.
@@ -93,7 +119,11 @@ pub fn open_stream(cluster: &str) -> Option<u32> {
 
 /// Sends one message on the stream; false when the host refused it.
 pub fn send_stream_message(token: u32, message: &[u8]) -> bool {
-    report("send grpc message", hostcalls::send_grpc_stream_message(token, Some(message), false)).is_some()
+    report(
+        "send grpc message",
+        hostcalls::send_grpc_stream_message(token, Some(message), false),
+    )
+    .is_some()
 }
 
 /// Sets the tick period.

@@ -24,7 +24,11 @@ enum Phase {
     /// Chat request waiting for its body.
     AwaitingBody { state: Rc<State>, caller: Caller },
     /// Sent upstream.
-    Upstream { plan: Box<RequestPlan>, caller: Caller, sent_ms: u64 },
+    Upstream {
+        plan: Box<RequestPlan>,
+        caller: Caller,
+        sent_ms: u64,
+    },
     /// Answered by the gateway itself.
     Answered { status: u16 },
 }
@@ -76,9 +80,14 @@ impl TollgateHttp {
             Err(error) => return self.reject(&error),
         };
         let limit = self.body_limit(Some(&state));
-        if let Some(length) = host::request_header("content-length").and_then(|v| v.trim().parse::<u64>().ok()) {
+        if let Some(length) =
+            host::request_header("content-length").and_then(|v| v.trim().parse::<u64>().ok())
+        {
             if length > limit {
-                return self.reject(&GatewayError::BodyTooLarge { size: length, limit });
+                return self.reject(&GatewayError::BodyTooLarge {
+                    size: length,
+                    limit,
+                });
             }
         }
         if end_of_stream {
@@ -94,7 +103,9 @@ impl TollgateHttp {
     fn send_upstream(&mut self, state: &State, caller: Caller, body_size: usize) -> Action {
         let body = host::body(BufferType::HttpRequestBody, body_size);
         let now_ms = host::now_ms();
-        let context = TranslateContext { now_unix: now_ms / 1000 };
+        let context = TranslateContext {
+            now_unix: now_ms / 1000,
+        };
         let plan = match plan_chat_request(state, &body, &context) {
             Ok(plan) => plan,
             Err(error) => return self.reject(&error),
@@ -122,9 +133,20 @@ impl TollgateHttp {
         let mut shared = self.shared.borrow_mut();
         match &self.phase {
             Phase::Answered { status } => {
-                shared.count(&metrics::requests_counter(metrics::NO_MODEL, metrics::GATEWAY_PROVIDER, *status), 1);
+                shared.count(
+                    &metrics::requests_counter(
+                        metrics::NO_MODEL,
+                        metrics::GATEWAY_PROVIDER,
+                        *status,
+                    ),
+                    1,
+                );
             }
-            Phase::Upstream { plan, caller, sent_ms } => {
+            Phase::Upstream {
+                plan,
+                caller,
+                sent_ms,
+            } => {
                 let deployment = &plan.deployment;
                 let (model, provider) = (&deployment.stat_model, &deployment.stat_provider);
                 let status = match plan.response.status() {
@@ -135,16 +157,29 @@ impl TollgateHttp {
                 let now = host::now_ms();
                 shared.count(&metrics::requests_counter(model, provider, status), 1);
                 if usage.is_reported() {
-                    shared.count(&metrics::prompt_tokens_counter(model, provider), usage.prompt_tokens.unwrap_or(0));
-                    shared.count(&metrics::completion_tokens_counter(model, provider), usage.completion_tokens.unwrap_or(0));
+                    shared.count(
+                        &metrics::prompt_tokens_counter(model, provider),
+                        usage.prompt_tokens.unwrap_or(0),
+                    );
+                    shared.count(
+                        &metrics::completion_tokens_counter(model, provider),
+                        usage.completion_tokens.unwrap_or(0),
+                    );
                 } else if (200..300).contains(&status) {
                     shared.count(&metrics::usage_missing_counter(model, provider), 1);
                 }
-                shared.observe(&metrics::upstream_latency_histogram(model, provider), now.saturating_sub(*sent_ms));
+                shared.observe(
+                    &metrics::upstream_latency_histogram(model, provider),
+                    now.saturating_sub(*sent_ms),
+                );
                 if let Some(first) = self.first_byte_ms {
-                    shared.observe(&metrics::time_to_first_byte_histogram(model, provider), first.saturating_sub(*sent_ms));
+                    shared.observe(
+                        &metrics::time_to_first_byte_histogram(model, provider),
+                        first.saturating_sub(*sent_ms),
+                    );
                 }
-                let id = host::request_header("x-request-id").unwrap_or_else(|| format!("{}-{now}", deployment.id));
+                let id = host::request_header("x-request-id")
+                    .unwrap_or_else(|| format!("{}-{now}", deployment.id));
                 shared.queue_usage(proto::UsageRecord {
                     id,
                     model_name: deployment.model_name.clone(),
@@ -215,12 +250,17 @@ impl HttpContext for TollgateHttp {
         let state = state.clone();
         let limit = self.body_limit(Some(&state));
         if body_size as u64 > limit {
-            return self.reject(&GatewayError::BodyTooLarge { size: body_size as u64, limit });
+            return self.reject(&GatewayError::BodyTooLarge {
+                size: body_size as u64,
+                limit,
+            });
         }
         if !end_of_stream {
             return Action::Pause;
         }
-        let Phase::AwaitingBody { caller, .. } = std::mem::replace(&mut self.phase, Phase::PassThrough) else {
+        let Phase::AwaitingBody { caller, .. } =
+            std::mem::replace(&mut self.phase, Phase::PassThrough)
+        else {
             return Action::Continue;
         };
         self.send_upstream(&state, caller, body_size)
@@ -274,7 +314,11 @@ impl HttpContext for TollgateHttp {
             ResponseMode::Stream => {
                 let chunk = host::body(BufferType::HttpResponseBody, body_size);
                 self.stream_out.clear();
-                if plan.response.on_stream_chunk(&chunk, end_of_stream, &mut self.stream_out) == ChunkOutput::Replaced {
+                if plan
+                    .response
+                    .on_stream_chunk(&chunk, end_of_stream, &mut self.stream_out)
+                    == ChunkOutput::Replaced
+                {
                     host::replace_body(BufferType::HttpResponseBody, body_size, &self.stream_out);
                 }
                 Action::Continue

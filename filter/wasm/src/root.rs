@@ -128,7 +128,10 @@ impl TollgateRoot {
                     filter_version: env!("CARGO_PKG_VERSION").to_string(),
                 })),
             };
-            (shared.config.control_plane_cluster.clone(), hello.encode_to_vec())
+            (
+                shared.config.control_plane_cluster.clone(),
+                hello.encode_to_vec(),
+            )
         };
         let Some(token) = host::open_stream(&cluster) else {
             return;
@@ -151,7 +154,9 @@ impl TollgateRoot {
                 return;
             }
             let message = proto::FilterMessage {
-                kind: Some(filter_message::Kind::Usage(proto::UsageBatch { records: batch })),
+                kind: Some(filter_message::Kind::Usage(proto::UsageBatch {
+                    records: batch,
+                })),
             };
             if !host::send_stream_message(token, &message.encode_to_vec()) {
                 // Put the batch back in order; the next stream resends it (ids dedupe).
@@ -198,7 +203,10 @@ impl Context for TollgateRoot {
             return;
         }
         if !self.stream_healthy {
-            log::info!("tollgate: vm {} connected to the control plane", self.context_id);
+            log::info!(
+                "tollgate: vm {} connected to the control plane",
+                self.context_id
+            );
             self.stream_healthy = true;
             self.backoff_ms = 0;
             self.next_attempt_ms = 0;
@@ -248,7 +256,9 @@ impl RootContext for TollgateRoot {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(crate::http::TollgateHttp::new(self.shared.clone())))
+        Some(Box::new(crate::http::TollgateHttp::new(
+            self.shared.clone(),
+        )))
     }
 
     fn get_type(&self) -> Option<ContextType> {

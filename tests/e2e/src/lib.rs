@@ -26,16 +26,21 @@ pub fn binary(name: &str) -> Result<PathBuf> {
         .unwrap_or_else(|| workspace_root().join("target/debug"));
     let path = dir.join(name);
     if !path.exists() {
-        bail!("{} is missing: run `cargo build --workspace` first (or set TOLLGATE_BIN_DIR)", path.display());
+        bail!(
+            "{} is missing: run `cargo build --workspace` first (or set TOLLGATE_BIN_DIR)",
+            path.display()
+        );
     }
     Ok(path)
 }
 
 /// Path of the built filter.
 pub fn wasm() -> Result<PathBuf> {
-    let path = std::env::var_os("TOLLGATE_WASM").map(PathBuf::from).unwrap_or_else(|| {
-        workspace_root().join("target/wasm32-wasip1/release/tollgate_filter.wasm")
-    });
+    let path = std::env::var_os("TOLLGATE_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            workspace_root().join("target/wasm32-wasip1/release/tollgate_filter.wasm")
+        });
     if !path.exists() {
         bail!(
             "{} is missing: run `cargo build -p tollgate-filter --target wasm32-wasip1 --release` first",
@@ -93,7 +98,10 @@ impl Process {
                 Ok(_) => {}
                 Err(_) => {
                     let status = self.child.try_wait().ok().flatten();
-                    bail!("{} printed no line containing {needle:?} (exit status {status:?})", self.name)
+                    bail!(
+                        "{} printed no line containing {needle:?} (exit status {status:?})",
+                        self.name
+                    )
                 }
             }
         }
@@ -164,7 +172,14 @@ impl Mock {
     /// Starts `tollgate-mock` on a free port, requiring the mock provider keys.
     pub fn start(dir: &Path) -> Result<Mock> {
         let mut command = Command::new(binary("tollgate-mock")?);
-        command.args(["--port", "0", "--openai-key", MOCK_OPENAI_KEY, "--anthropic-key", MOCK_ANTHROPIC_KEY]);
+        command.args([
+            "--port",
+            "0",
+            "--openai-key",
+            MOCK_OPENAI_KEY,
+            "--anthropic-key",
+            MOCK_ANTHROPIC_KEY,
+        ]);
         let mut process = Process::start("tollgate-mock", command, &dir.join("mock.log"))?;
         let line = process.wait_for_line("listening on", Duration::from_secs(20))?;
         let url = line
@@ -173,18 +188,27 @@ impl Mock {
             .ok_or_else(|| anyhow!("no URL in {line:?}"))?
             .trim_end_matches('/')
             .to_string();
-        Ok(Mock { url, _process: process })
+        Ok(Mock {
+            url,
+            _process: process,
+        })
     }
 
     /// Requests the mock received, oldest first.
     pub fn requests(&self) -> Result<Vec<serde_json::Value>> {
-        let value: serde_json::Value = reqwest::blocking::get(format!("{}/_mock/requests", self.url))?.json()?;
-        value.as_array().cloned().ok_or_else(|| anyhow!("not an array: {value}"))
+        let value: serde_json::Value =
+            reqwest::blocking::get(format!("{}/_mock/requests", self.url))?.json()?;
+        value
+            .as_array()
+            .cloned()
+            .ok_or_else(|| anyhow!("not an array: {value}"))
     }
 
     /// The last request the mock received.
     pub fn last_request(&self) -> Result<serde_json::Value> {
-        self.requests()?.pop().ok_or_else(|| anyhow!("the mock received no request"))
+        self.requests()?
+            .pop()
+            .ok_or_else(|| anyhow!("the mock received no request"))
     }
 }
 
@@ -204,7 +228,9 @@ pub struct Gateway {
 
 /// A config with two models served by the mock (one per provider) and a master key.
 pub fn mock_config(mock: &Mock, master_key: Option<&str>) -> String {
-    let master = master_key.map_or(String::new(), |key| format!("general_settings:\n  master_key: {key}\n"));
+    let master = master_key.map_or(String::new(), |key| {
+        format!("general_settings:\n  master_key: {key}\n")
+    });
     format!(
         "model_list:\n\
          - model_name: gpt-mock\n\
@@ -247,7 +273,8 @@ impl Gateway {
         let mut process = Process::start("tollgate up", command, &dir.join("tollgate.log"))?;
         if let Err(error) = process.wait_for_line("Tollgate is ready", Duration::from_secs(90)) {
             let log = std::fs::read_to_string(dir.join("tollgate.log")).unwrap_or_default();
-            let envoy_log = std::fs::read_to_string(state_dir.join("envoy.log")).unwrap_or_default();
+            let envoy_log =
+                std::fs::read_to_string(state_dir.join("envoy.log")).unwrap_or_default();
             bail!("{error}\n--- tollgate log ---\n{log}\n--- envoy log ---\n{envoy_log}");
         }
         Ok(Gateway {
@@ -296,4 +323,150 @@ pub fn read_body(mut response: reqwest::blocking::Response) -> Result<String> {
     let mut body = String::new();
     response.read_to_string(&mut body)?;
     Ok(body)
+}
+
+/// Whether something accepts TCP connections on 127.0.0.1:`port`.
+pub fn port_open(port: u16) -> bool {
+    std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(200),
+    )
+    .is_ok()
+}
+
+/// Polls `check` every 100 ms until it returns true or `timeout` passes.
+pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    check()
+}
+
+/// `tollgate serve`: the control plane alone.
+pub struct ControlPlane {
+    /// Its gRPC port.
+    pub grpc_port: u16,
+    /// The process.
+    pub process: Process,
+}
+
+impl ControlPlane {
+    /// Starts `tollgate serve` with `config_path` and the given database, and waits for its
+    /// gRPC port.
+    pub fn start(
+        dir: &Path,
+        config_path: &Path,
+        grpc_port: u16,
+        database_url: &str,
+    ) -> Result<ControlPlane> {
+        let mut command = Command::new(binary("tollgate")?);
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(config_path)
+            .args(["--grpc-addr", &format!("127.0.0.1:{grpc_port}")])
+            .args(["--database-url", database_url])
+            .current_dir(dir);
+        let log = dir.join(format!(
+            "control-plane-{}.log",
+            Instant::now().elapsed().as_nanos()
+        ));
+        let mut process = Process::start("tollgate serve", command, &log)?;
+        if !eventually(Duration::from_secs(30), || port_open(grpc_port)) {
+            let status = process.wait_exit(Duration::from_millis(10));
+            bail!(
+                "control plane did not open port {grpc_port} (exit {status:?}): {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        Ok(ControlPlane { grpc_port, process })
+    }
+}
+
+/// An Envoy started directly from `tollgate envoy-config`, as an operator would run it.
+pub struct Envoy {
+    /// Gateway URL.
+    pub url: String,
+    /// Admin URL.
+    pub admin_url: String,
+    /// The process.
+    pub process: Process,
+}
+
+impl Envoy {
+    /// Renders the bootstrap for a control plane on `grpc_port` and starts Envoy with it.
+    pub fn start(dir: &Path, name: &str, grpc_port: u16) -> Result<Envoy> {
+        let (port, admin_port) = (free_port()?, free_port()?);
+        let rendered = Command::new(binary("tollgate")?)
+            .arg("envoy-config")
+            .args(["--port", &port.to_string()])
+            .args(["--admin-port", &admin_port.to_string()])
+            .args(["--grpc-port", &grpc_port.to_string()])
+            .args(["--node-id", name])
+            .arg("--wasm")
+            .arg(wasm()?)
+            .output()?;
+        anyhow::ensure!(
+            rendered.status.success(),
+            "envoy-config failed: {}",
+            String::from_utf8_lossy(&rendered.stderr)
+        );
+        let bootstrap = dir.join(format!("{name}.yaml"));
+        std::fs::write(&bootstrap, &rendered.stdout)?;
+        let envoy = std::env::var_os("TOLLGATE_ENVOY")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("envoy"));
+        let mut command = Command::new(envoy);
+        command.arg("-c").arg(&bootstrap).args([
+            "--concurrency",
+            "2",
+            "--use-dynamic-base-id",
+            "--log-level",
+            "warn",
+        ]);
+        let log = dir.join(format!("{name}.log"));
+        let process = Process::start(name, command, &log)?;
+        let admin_url = format!("http://127.0.0.1:{admin_port}");
+        let ready = eventually(Duration::from_secs(30), || {
+            reqwest::blocking::get(format!("{admin_url}/ready"))
+                .is_ok_and(|r| r.status().is_success())
+        });
+        anyhow::ensure!(
+            ready,
+            "envoy {name} not ready: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        Ok(Envoy {
+            url: format!("http://127.0.0.1:{port}"),
+            admin_url,
+            process,
+        })
+    }
+
+    /// Model ids listed by the gateway (empty while it has no snapshot).
+    pub fn model_ids(&self, key: &str) -> Vec<String> {
+        let Ok(response) = client()
+            .get(format!("{}/v1/models", self.url))
+            .bearer_auth(key)
+            .send()
+        else {
+            return Vec::new();
+        };
+        let Ok(body) = response.json::<serde_json::Value>() else {
+            return Vec::new();
+        };
+        body["data"]
+            .as_array()
+            .map(|models| {
+                models
+                    .iter()
+                    .filter_map(|m| m["id"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 }

@@ -7,16 +7,31 @@ const MASTER_KEY: &str = "sk-master-bad-input";
 
 fn assert_openai_error(status: u16, text: &str, expected_status: u16, case: &str) -> Value {
     assert_eq!(status, expected_status, "{case}: {text}");
-    let body: Value = serde_json::from_str(text).unwrap_or_else(|_| panic!("{case}: not JSON: {text}"));
-    let error = body["error"].as_object().unwrap_or_else(|| panic!("{case}: {text}"));
-    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{case}: {text}");
+    let body: Value =
+        serde_json::from_str(text).unwrap_or_else(|_| panic!("{case}: not JSON: {text}"));
+    let error = body["error"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{case}: {text}"));
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{case}: {text}"
+    );
     assert!(error["type"].is_string(), "{case}: {text}");
-    assert!(error.contains_key("param") && error.contains_key("code"), "{case}: {text}");
+    assert!(
+        error.contains_key("param") && error.contains_key("code"),
+        "{case}: {text}"
+    );
     body
 }
 
-fn send_raw(url: &str, key: Option<&str>, body: impl Into<reqwest::blocking::Body>) -> (u16, String) {
-    let mut request = client().post(format!("{url}/v1/chat/completions")).header("content-type", "application/json");
+fn send_raw(
+    url: &str,
+    key: Option<&str>,
+    body: impl Into<reqwest::blocking::Body>,
+) -> (u16, String) {
+    let mut request = client()
+        .post(format!("{url}/v1/chat/completions"))
+        .header("content-type", "application/json");
     if let Some(key) = key {
         request = request.bearer_auth(key);
     }
@@ -25,7 +40,8 @@ fn send_raw(url: &str, key: Option<&str>, body: impl Into<reqwest::blocking::Bod
 }
 
 fn valid_request_works(url: &str) {
-    let body = json!({"model": "gpt-mock", "messages": [{"role": "user", "content": "still alive"}]});
+    let body =
+        json!({"model": "gpt-mock", "messages": [{"role": "user", "content": "still alive"}]});
     let (status, text) = send_raw(url, Some(MASTER_KEY), body.to_string());
     assert_eq!(status, 200, "{text}");
     assert!(text.contains("echo: still alive"));
@@ -35,10 +51,14 @@ fn valid_request_works(url: &str) {
 fn bad_input_is_refused_and_vms_survive() {
     let dir = tempfile::tempdir().unwrap();
     let mock = Mock::start(dir.path()).unwrap();
-    let config = format!("{}  max_request_size_mb: 1\n", mock_config(&mock, Some(MASTER_KEY)));
+    let config = format!(
+        "{}  max_request_size_mb: 1\n",
+        mock_config(&mock, Some(MASTER_KEY))
+    );
     let gateway = Gateway::start(dir.path(), &config).unwrap();
     let url = gateway.url.as_str();
-    let valid = json!({"model": "gpt-mock", "messages": [{"role": "user", "content": "hi"}]}).to_string();
+    let valid =
+        json!({"model": "gpt-mock", "messages": [{"role": "user", "content": "hi"}]}).to_string();
 
     // Keys.
     let (status, text) = send_raw(url, None, valid.clone());
@@ -81,20 +101,40 @@ fn bad_input_is_refused_and_vms_survive() {
     let (status, text) = send_raw(url, Some(MASTER_KEY), big.clone());
     let body = assert_openai_error(status, &text, 413, "body over limit");
     assert_eq!(body["error"]["code"], "request_too_large");
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-        big.into_bytes().chunks(64 * 1024).map(|chunk| Ok(chunk.to_vec())).collect();
-    let streamed = reqwest::blocking::Body::new(ChunkReader { chunks: chunks.into_iter(), current: Vec::new(), at: 0 });
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = big
+        .into_bytes()
+        .chunks(64 * 1024)
+        .map(|chunk| Ok(chunk.to_vec()))
+        .collect();
+    let streamed = reqwest::blocking::Body::new(ChunkReader {
+        chunks: chunks.into_iter(),
+        current: Vec::new(),
+        at: 0,
+    });
     let (status, text) = send_raw(url, Some(MASTER_KEY), streamed);
     assert_openai_error(status, &text, 413, "chunked body over limit");
     valid_request_works(url);
 
     // Wrong method on a known endpoint.
-    let response = client().get(format!("{url}/v1/chat/completions")).bearer_auth(MASTER_KEY).send().unwrap();
+    let response = client()
+        .get(format!("{url}/v1/chat/completions"))
+        .bearer_auth(MASTER_KEY)
+        .send()
+        .unwrap();
     let status = response.status().as_u16();
-    assert_openai_error(status, &response.text().unwrap(), 405, "GET chat completions");
+    assert_openai_error(
+        status,
+        &response.text().unwrap(),
+        405,
+        "GET chat completions",
+    );
 
     // Unknown path: Envoy's catch-all answers in the same shape.
-    let response = client().post(format!("{url}/v1/nope")).bearer_auth(MASTER_KEY).send().unwrap();
+    let response = client()
+        .post(format!("{url}/v1/nope"))
+        .bearer_auth(MASTER_KEY)
+        .send()
+        .unwrap();
     let status = response.status().as_u16();
     assert_openai_error(status, &response.text().unwrap(), 404, "unknown path");
 
@@ -105,7 +145,11 @@ fn bad_input_is_refused_and_vms_survive() {
         .header("host", mock.url.trim_start_matches("http://"))
         .send()
         .unwrap();
-    assert_eq!(response.status(), 404, "routing header from a client must be ignored");
+    assert_eq!(
+        response.status(),
+        404,
+        "routing header from a client must be ignored"
+    );
 
     // Both workers (and so both VMs) still serve after all of that.
     for _ in 0..20 {
@@ -113,7 +157,9 @@ fn bad_input_is_refused_and_vms_survive() {
     }
     let stats = gateway.stats().unwrap();
     assert!(
-        !stats.lines().any(|line| line.contains("wasm") && line.contains("fail") && !line.ends_with(": 0")),
+        !stats
+            .lines()
+            .any(|line| line.contains("wasm") && line.contains("fail") && !line.ends_with(": 0")),
         "a Wasm VM failed:\n{stats}"
     );
 }

@@ -1,7 +1,9 @@
 //! OpenAI and Anthropic end to end: real Envoy (2 workers) + filter + control plane + mock.
 
 use serde_json::{json, Value};
-use tollgate_e2e::{client, mock_config, read_body, sse_data, Gateway, Mock, MOCK_ANTHROPIC_KEY, MOCK_OPENAI_KEY};
+use tollgate_e2e::{
+    client, mock_config, read_body, sse_data, Gateway, Mock, MOCK_ANTHROPIC_KEY, MOCK_OPENAI_KEY,
+};
 
 const MASTER_KEY: &str = "sk-master-e2e";
 
@@ -32,8 +34,14 @@ impl Env {
     fn stream(&self, body: &Value) -> Vec<String> {
         let response = self.post("/v1/chat/completions", body);
         assert_eq!(response.status(), 200);
-        let content_type = response.headers()["content-type"].to_str().unwrap().to_string();
-        assert!(content_type.starts_with("text/event-stream"), "{content_type}");
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            content_type.starts_with("text/event-stream"),
+            "{content_type}"
+        );
         sse_data(&read_body(response).unwrap())
     }
 }
@@ -64,30 +72,58 @@ fn header<'a>(request: &'a Value, name: &str) -> Option<&'a str> {
 fn openai_chat(env: &Env) {
     let (status, body) = env.chat(&json!({"model": "gpt-mock", "messages": user("hello there")}));
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["choices"][0]["message"]["content"], "echo: hello there");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "echo: hello there"
+    );
     assert_eq!(body["object"], "chat.completion");
     assert!(body["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
 
     let upstream = env.mock.last_request().unwrap();
     assert_eq!(upstream["path"], "/v1/chat/completions");
-    assert_eq!(upstream["body"]["model"], "mock-gpt-4o", "model rewritten to the deployment's");
-    assert_eq!(header(&upstream, "authorization"), Some(format!("Bearer {MOCK_OPENAI_KEY}").as_str()));
-    assert_eq!(header(&upstream, "x-tollgate-upstream"), None, "routing header stripped");
-    assert_eq!(header(&upstream, "accept-encoding"), None, "client accept-encoding stripped");
+    assert_eq!(
+        upstream["body"]["model"], "mock-gpt-4o",
+        "model rewritten to the deployment's"
+    );
+    assert_eq!(
+        header(&upstream, "authorization"),
+        Some(format!("Bearer {MOCK_OPENAI_KEY}").as_str())
+    );
+    assert_eq!(
+        header(&upstream, "x-tollgate-upstream"),
+        None,
+        "routing header stripped"
+    );
+    assert_eq!(
+        header(&upstream, "accept-encoding"),
+        None,
+        "client accept-encoding stripped"
+    );
 
-    let response = env.post("/chat/completions", &json!({"model": "gpt-mock", "messages": user("short path")}));
+    let response = env.post(
+        "/chat/completions",
+        &json!({"model": "gpt-mock", "messages": user("short path")}),
+    );
     assert_eq!(response.status(), 200);
 }
 
 fn openai_stream(env: &Env) {
-    let chunks = chunks_json(&env.stream(&json!({"model": "gpt-mock", "stream": true, "messages": user("one two three")})));
+    let chunks =
+        chunks_json(&env.stream(
+            &json!({"model": "gpt-mock", "stream": true, "messages": user("one two three")}),
+        ));
     assert_eq!(streamed_text(&chunks), "echo: one two three");
     assert!(
-        chunks.iter().all(|chunk| chunk["choices"].as_array().is_some_and(|c| !c.is_empty())),
+        chunks
+            .iter()
+            .all(|chunk| chunk["choices"].as_array().is_some_and(|c| !c.is_empty())),
         "the forced usage chunk must not reach a client that did not ask for it"
     );
     let upstream = env.mock.last_request().unwrap();
-    assert_eq!(upstream["body"]["stream_options"]["include_usage"], true, "include_usage forced upstream");
+    assert_eq!(
+        upstream["body"]["stream_options"]["include_usage"], true,
+        "include_usage forced upstream"
+    );
 
     let chunks = chunks_json(&env.stream(&json!({
         "model": "gpt-mock", "stream": true, "stream_options": {"include_usage": true}, "messages": user("one two")
@@ -96,8 +132,17 @@ fn openai_stream(env: &Env) {
     assert_eq!(usage_chunk["choices"], json!([]));
     assert!(usage_chunk["usage"]["completion_tokens"].as_u64().unwrap() > 0);
 
-    let chunks = chunks_json(&env.stream(&json!({"model": "gpt-mock", "stream": true, "messages": user("count mock:chunks=200")})));
-    let content_chunks = chunks.iter().filter(|c| c["choices"][0]["delta"]["content"].as_str().is_some_and(|s| !s.is_empty())).count();
+    let chunks = chunks_json(&env.stream(
+        &json!({"model": "gpt-mock", "stream": true, "messages": user("count mock:chunks=200")}),
+    ));
+    let content_chunks = chunks
+        .iter()
+        .filter(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|s| !s.is_empty())
+        })
+        .count();
     assert_eq!(content_chunks, 200);
 }
 
@@ -109,7 +154,10 @@ fn anthropic_chat(env: &Env) {
     }));
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["object"], "chat.completion");
-    assert_eq!(body["choices"][0]["message"]["content"], "echo: hello claude");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "echo: hello claude"
+    );
     assert_eq!(body["choices"][0]["finish_reason"], "stop");
     let usage = &body["usage"];
     assert_eq!(
@@ -121,7 +169,11 @@ fn anthropic_chat(env: &Env) {
     assert_eq!(upstream["path"], "/v1/messages");
     assert_eq!(header(&upstream, "x-api-key"), Some(MOCK_ANTHROPIC_KEY));
     assert_eq!(header(&upstream, "anthropic-version"), Some("2023-06-01"));
-    assert_eq!(header(&upstream, "authorization"), None, "the client's gateway key never reaches a provider");
+    assert_eq!(
+        header(&upstream, "authorization"),
+        None,
+        "the client's gateway key never reaches a provider"
+    );
     assert_eq!(upstream["body"]["model"], "claude-mock-sonnet");
     assert_eq!(upstream["body"]["max_tokens"], 4096, "default max_tokens");
     assert_eq!(upstream["body"]["system"][0]["text"], "be brief");
@@ -134,7 +186,9 @@ fn anthropic_stream(env: &Env) {
     })));
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     assert_eq!(streamed_text(&chunks), "echo: stream me please");
-    assert!(chunks.iter().any(|c| c["choices"][0]["finish_reason"] == "stop"));
+    assert!(chunks
+        .iter()
+        .any(|c| c["choices"][0]["finish_reason"] == "stop"));
     let usage_chunk = chunks.last().unwrap();
     assert_eq!(usage_chunk["choices"], json!([]));
     assert!(usage_chunk["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
@@ -146,21 +200,26 @@ fn tools() -> Value {
 }
 
 fn anthropic_tools(env: &Env) {
-    let (status, body) = env.chat(&json!({"model": "claude-mock", "messages": user("weather in Paris?"), "tools": tools()}));
+    let (status, body) = env.chat(
+        &json!({"model": "claude-mock", "messages": user("weather in Paris?"), "tools": tools()}),
+    );
     assert_eq!(status, 200, "{body}");
     let choice = &body["choices"][0];
     assert_eq!(choice["finish_reason"], "tool_calls");
     let call = &choice["message"]["tool_calls"][0];
     assert_eq!(call["function"]["name"], "get_weather");
-    let arguments: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    let arguments: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
     assert_eq!(arguments["location"], "Paris");
 
     // The tool result goes back as an Anthropic tool_result.
-    let (status, body) = env.chat(&json!({"model": "claude-mock", "tools": tools(), "messages": [
-        {"role": "user", "content": "weather in Paris?"},
-        {"role": "assistant", "content": null, "tool_calls": [call]},
-        {"role": "tool", "tool_call_id": call["id"], "content": "18C and sunny"}
-    ]}));
+    let (status, body) = env.chat(
+        &json!({"model": "claude-mock", "tools": tools(), "messages": [
+            {"role": "user", "content": "weather in Paris?"},
+            {"role": "assistant", "content": null, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": call["id"], "content": "18C and sunny"}
+        ]}),
+    );
     assert_eq!(status, 200, "{body}");
     let upstream = env.mock.last_request().unwrap();
     let blocks = &upstream["body"]["messages"][2]["content"];
@@ -174,46 +233,78 @@ fn anthropic_tools(env: &Env) {
         .collect();
     let arguments: Value = serde_json::from_str(&arguments).unwrap();
     assert_eq!(arguments["location"], "Paris");
-    assert!(chunks.iter().any(|c| c["choices"][0]["finish_reason"] == "tool_calls"));
+    assert!(chunks
+        .iter()
+        .any(|c| c["choices"][0]["finish_reason"] == "tool_calls"));
 }
 
 fn models(env: &Env) {
-    let response = client().get(format!("{}/v1/models", env.gateway.url)).bearer_auth(MASTER_KEY).send().unwrap();
+    let response = client()
+        .get(format!("{}/v1/models", env.gateway.url))
+        .bearer_auth(MASTER_KEY)
+        .send()
+        .unwrap();
     assert_eq!(response.status(), 200);
     let body: Value = response.json().unwrap();
-    let ids: Vec<&str> = body["data"].as_array().unwrap().iter().filter_map(|m| m["id"].as_str()).collect();
+    let ids: Vec<&str> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
     assert_eq!(ids, ["gpt-mock", "claude-mock"]);
 }
 
 fn provider_errors(env: &Env) {
-    let (status, body) = env.chat(&json!({"model": "gpt-mock", "messages": user("mock:status=429")}));
+    let (status, body) =
+        env.chat(&json!({"model": "gpt-mock", "messages": user("mock:status=429")}));
     assert_eq!(status, 429);
     assert_eq!(body["error"]["type"], "rate_limit_error");
 
-    let (status, body) = env.chat(&json!({"model": "claude-mock", "messages": user("mock:status=529")}));
+    let (status, body) =
+        env.chat(&json!({"model": "claude-mock", "messages": user("mock:status=529")}));
     assert_eq!(status, 529);
     assert_eq!(body["error"]["type"], "overloaded_error");
     assert!(body["error"]["message"].is_string());
 
-    let (status, body) = env.chat(&json!({"model": "gpt-mock", "messages": user("mock:raw_error")}));
+    let (status, body) =
+        env.chat(&json!({"model": "gpt-mock", "messages": user("mock:raw_error")}));
     assert_eq!(status, 500);
-    assert!(body["error"]["message"].as_str().unwrap().contains("upstream exploded"));
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("upstream exploded"));
 
-    let (status, body) = env.chat(&json!({"model": "claude-mock", "messages": user("mock:raw_error")}));
+    let (status, body) =
+        env.chat(&json!({"model": "claude-mock", "messages": user("mock:raw_error")}));
     assert_eq!(status, 500);
-    assert!(body["error"]["message"].as_str().unwrap().contains("upstream exploded"));
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("upstream exploded"));
 }
 
 fn stats(env: &Env) {
     let prometheus = env.gateway.prometheus().unwrap();
     let has = |needle: &str| prometheus.lines().any(|line| line.contains(needle));
-    assert!(has(r#"model="gpt-mock",provider="openai",status="200""#), "{prometheus}");
-    assert!(has(r#"model="claude-mock",provider="anthropic",status="529""#), "{prometheus}");
+    assert!(
+        has(r#"model="gpt-mock",provider="openai",status="200""#),
+        "{prometheus}"
+    );
+    assert!(
+        has(r#"model="claude-mock",provider="anthropic",status="529""#),
+        "{prometheus}"
+    );
     assert!(has("tollgate_prompt_tokens{"), "{prometheus}");
     assert!(has("tollgate_completion_tokens{"), "{prometheus}");
     assert!(has("tollgate_upstream_latency_ms_bucket{"), "{prometheus}");
     // The same on the gateway port.
-    let metrics = client().get(format!("{}/metrics", env.gateway.url)).send().unwrap().text().unwrap();
+    let metrics = client()
+        .get(format!("{}/metrics", env.gateway.url))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
     assert!(metrics.contains("tollgate_requests"), "{metrics}");
 }
 
