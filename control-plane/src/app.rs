@@ -1,0 +1,86 @@
+//! Starting the control plane from a loaded config: shared by `serve`, `up` and tests.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::config::LoadedConfig;
+use crate::store::{redact_url, Store, StoreError};
+use crate::sync::SyncHub;
+
+/// Where the state goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// A `sqlite:` or `postgres://` URL.
+    Url(String),
+    /// A SQLite file path (created if missing).
+    SqliteFile(PathBuf),
+}
+
+impl Database {
+    /// `--database-url` (which clap also fills from `DATABASE_URL`), else
+    /// `general_settings.database_url`, else `fallback`.
+    pub fn choose(flag_or_env: Option<&str>, config: Option<&str>, fallback: Database) -> Database {
+        flag_or_env
+            .filter(|url| !url.is_empty())
+            .or(config)
+            .map_or(fallback, |url| Database::Url(url.to_string()))
+    }
+
+    /// For logs: the URL without its password, or the file.
+    pub fn describe(&self) -> String {
+        match self {
+            Database::Url(url) => redact_url(url),
+            Database::SqliteFile(path) => format!("sqlite file {}", path.display()),
+        }
+    }
+
+    /// Opens the store and applies migrations.
+    pub async fn open(&self) -> Result<Store, StoreError> {
+        match self {
+            Database::Url(url) => Store::connect(url).await,
+            Database::SqliteFile(path) => Store::connect_sqlite_file(path).await,
+        }
+    }
+}
+
+/// Stores `config` (replacing the previous config rows) and starts a hub serving a snapshot
+/// of the result with a version above every earlier one, so filters still holding the
+/// previous run's snapshot take the new one when they reconnect.
+pub async fn start_control_plane(
+    store: Store,
+    config: &LoadedConfig,
+) -> Result<Arc<SyncHub>, StoreError> {
+    store.replace_config(&config.config).await?;
+    let hub = SyncHub::start(store).await?;
+    let snapshot = hub.current();
+    tracing::info!(
+        version = snapshot.version,
+        deployments = snapshot.deployments.len(),
+        "snapshot ready"
+    );
+    Ok(hub)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_choice_order() {
+        let fallback = Database::SqliteFile(PathBuf::from(".tollgate/tollgate.db"));
+        assert_eq!(
+            Database::choose(
+                Some("sqlite://a.db"),
+                Some("postgres://b"),
+                fallback.clone()
+            ),
+            Database::Url("sqlite://a.db".into())
+        );
+        assert_eq!(
+            Database::choose(None, Some("postgres://b"), fallback.clone()),
+            Database::Url("postgres://b".into())
+        );
+        assert_eq!(Database::choose(Some(""), None, fallback.clone()), fallback);
+        assert_eq!(Database::choose(None, None, fallback.clone()), fallback);
+    }
+}

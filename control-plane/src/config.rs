@@ -1,0 +1,1381 @@
+//! LiteLLM-format `config.yaml` loader.
+//!
+//! Users bring their LiteLLM file unchanged, so the loader never rejects a key only because
+//! Tollgate does not implement it yet: such keys become warnings that name the key's path.
+//! Invalid values of the keys Tollgate does use are errors, also with the field's path, and
+//! every problem of a file is reported at once rather than one per run.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde_yaml::{Mapping, Value};
+use sha2::{Digest, Sha256};
+
+use crate::proto;
+
+/// `max_tokens` sent to Anthropic when neither the client nor the config gives one
+/// (the Messages API requires it).
+pub const DEFAULT_ANTHROPIC_MAX_TOKENS: u32 = 4096;
+
+/// Envoy's buffer limits are 32-bit, so a larger request limit could never be honoured.
+const MAX_REQUEST_SIZE_MB: f64 = 4095.0;
+
+/// The prefix LiteLLM uses to read a value from the environment.
+const ENV_PREFIX: &str = "os.environ/";
+
+/// Wire protocol family of a provider: the filter translates per kind, not per provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProviderKind {
+    /// OpenAI and every OpenAI-compatible server.
+    OpenAi,
+    /// Anthropic Messages API.
+    Anthropic,
+}
+
+impl ProviderKind {
+    /// Name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::OpenAi => "openai",
+            ProviderKind::Anthropic => "anthropic",
+        }
+    }
+
+    /// Inverse of [`ProviderKind::as_str`].
+    pub fn parse(name: &str) -> Option<ProviderKind> {
+        match name {
+            "openai" => Some(ProviderKind::OpenAi),
+            "anthropic" => Some(ProviderKind::Anthropic),
+            _ => None,
+        }
+    }
+
+    /// The protocol enum sent to filters.
+    pub fn to_proto(self) -> proto::ProviderKind {
+        match self {
+            ProviderKind::OpenAi => proto::ProviderKind::Openai,
+            ProviderKind::Anthropic => proto::ProviderKind::Anthropic,
+        }
+    }
+}
+
+/// A provider prefix Tollgate serves, as written in `litellm_params.model`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProviderSpec {
+    /// The prefix ("openai", "hosted_vllm", ...).
+    pub name: &'static str,
+    /// How the filter talks to it.
+    pub kind: ProviderKind,
+    /// Used when the entry has no `api_base`; `None` means `api_base` is required.
+    pub default_api_base: Option<&'static str>,
+}
+
+const fn spec(name: &'static str, kind: ProviderKind, base: Option<&'static str>) -> ProviderSpec {
+    ProviderSpec {
+        name,
+        kind,
+        default_api_base: base,
+    }
+}
+
+/// Providers Tollgate serves today.
+#[rustfmt::skip]
+pub const SUPPORTED_PROVIDERS: &[ProviderSpec] = &[
+    spec("openai", ProviderKind::OpenAi, Some("https://api.openai.com/v1")),
+    spec("hosted_vllm", ProviderKind::OpenAi, None),
+    spec("lm_studio", ProviderKind::OpenAi, Some("http://localhost:1234/v1")),
+    spec("openai_like", ProviderKind::OpenAi, None),
+    spec("custom_openai", ProviderKind::OpenAi, None),
+    spec("groq", ProviderKind::OpenAi, Some("https://api.groq.com/openai/v1")),
+    spec("deepseek", ProviderKind::OpenAi, Some("https://api.deepseek.com/v1")),
+    spec("mistral", ProviderKind::OpenAi, Some("https://api.mistral.ai/v1")),
+    spec("together_ai", ProviderKind::OpenAi, Some("https://api.together.xyz/v1")),
+    spec("fireworks_ai", ProviderKind::OpenAi, Some("https://api.fireworks.ai/inference/v1")),
+    spec("xai", ProviderKind::OpenAi, Some("https://api.x.ai/v1")),
+    spec("openrouter", ProviderKind::OpenAi, Some("https://openrouter.ai/api/v1")),
+    spec("perplexity", ProviderKind::OpenAi, Some("https://api.perplexity.ai")),
+    spec("anthropic", ProviderKind::Anthropic, Some("https://api.anthropic.com")),
+];
+
+/// The spec of a supported provider prefix.
+pub fn provider_spec(name: &str) -> Option<&'static ProviderSpec> {
+    SUPPORTED_PROVIDERS.iter().find(|spec| spec.name == name)
+}
+
+/// LiteLLM providers Tollgate does not serve yet; only used to word the warning (a prefix
+/// outside both lists is most likely a typo).
+#[rustfmt::skip]
+const KNOWN_UNSUPPORTED_PROVIDERS: &[&str] = &[
+    "gemini", "vertex_ai", "vertex_ai_beta", "bedrock", "sagemaker", "sagemaker_chat", "azure",
+    "azure_ai", "azure_text", "cohere", "cohere_chat", "ollama", "ollama_chat", "huggingface",
+    "replicate", "watsonx", "watsonx_text", "databricks", "cloudflare", "voyage", "nvidia_nim",
+    "cerebras", "sambanova", "ai21", "ai21_chat", "nlp_cloud", "aleph_alpha", "palm",
+    "text-completion-openai", "text-completion-codestral", "codestral", "friendliai", "deepinfra",
+    "anyscale", "predibase", "triton", "clarifai", "github", "github_copilot", "litellm_proxy",
+    "dashscope", "moonshot", "nebius", "novita", "lambda_ai", "hyperbolic", "featherless_ai",
+    "snowflake", "oci", "baseten", "infinity", "jina_ai", "llamafile", "volcengine", "nscale",
+    "meta_llama", "v0", "vllm", "xinference", "petals", "empower", "galadriel", "topaz",
+    "assemblyai", "elevenlabs", "deepgram",
+];
+
+/// Top-level keys of a LiteLLM config that Tollgate does not implement yet.
+#[rustfmt::skip]
+const KNOWN_UNSUPPORTED_TOP_LEVEL: &[&str] = &[
+    "router_settings", "litellm_settings", "environment_variables", "callback_settings",
+    "credential_list", "guardrails", "include", "files_settings", "finetune_settings",
+    "assistant_settings", "mcp_servers", "mcp_aliases", "search_tools", "vector_store_registry",
+    "prompts", "model_group_alias", "pass_through_endpoints",
+];
+
+/// `litellm_params` keys LiteLLM knows and Tollgate does not implement yet.
+#[rustfmt::skip]
+const KNOWN_UNSUPPORTED_LITELLM_PARAMS: &[&str] = &[
+    "rpm", "tpm", "max_parallel_requests", "timeout", "stream_timeout", "max_retries",
+    "num_retries", "organization", "weight", "order", "region_name", "aws_access_key_id",
+    "aws_secret_access_key", "aws_session_token", "aws_region_name", "aws_role_name",
+    "aws_session_name", "aws_profile_name", "aws_bedrock_runtime_endpoint",
+    "aws_web_identity_token", "vertex_project", "vertex_location", "vertex_credentials",
+    "input_cost_per_token", "output_cost_per_token", "input_cost_per_second",
+    "output_cost_per_second", "input_cost_per_pixel", "output_cost_per_pixel",
+    "custom_llm_provider", "tags", "extra_headers", "headers", "temperature", "top_p", "stop",
+    "seed", "drop_params", "additional_drop_params", "merge_reasoning_content_in_choices",
+    "mock_response", "use_in_pass_through", "configurable_clientside_auth_params",
+    "litellm_credential_name", "api_type", "azure_ad_token", "azure_ad_token_provider", "tenant_id",
+    "client_id", "client_secret", "base_model", "cache_control_injection_points",
+    "use_litellm_proxy", "max_budget", "budget_duration", "supports_system_message",
+    "response_format", "reasoning_effort", "thinking", "stream", "model_info", "metadata",
+    "watsonx_region_name", "project_id", "space_id", "auto_router_config_path",
+    "auto_router_config", "auto_router_default_model", "auto_router_embedding_model", "guardrails",
+    "mock_timeout", "health_check_timeout", "litellm_trace_id",
+];
+
+/// `general_settings` keys LiteLLM knows and Tollgate does not implement yet.
+#[rustfmt::skip]
+const KNOWN_UNSUPPORTED_GENERAL_SETTINGS: &[&str] = &[
+    "database_connection_pool_limit", "database_connection_timeout",
+    "allow_requests_on_db_unavailable", "disable_spend_logs", "disable_master_key_return",
+    "disable_retry_on_max_parallel_request_limit_error", "disable_reset_budget",
+    "disable_adding_master_key_hash_to_db", "enable_jwt_auth", "litellm_jwtauth",
+    "enforce_user_param", "allowed_routes", "admin_only_routes", "public_routes",
+    "key_management_system", "key_management_settings", "use_azure_key_vault", "use_google_kms",
+    "custom_auth", "custom_auth_settings", "custom_key_generate", "custom_sso", "allowed_ips",
+    "alerting", "alerting_threshold", "alerting_args", "alert_types", "alert_to_webhook_url",
+    "spend_report_frequency", "proxy_batch_write_at", "proxy_budget_rescheduler_min_time",
+    "proxy_budget_rescheduler_max_time", "store_model_in_db", "store_prompts_in_spend_logs",
+    "ui_access_mode", "health_check_interval", "background_health_checks", "health_check_details",
+    "infer_model_from_keys", "max_parallel_requests", "global_max_parallel_requests",
+    "maximum_spend_logs_retention_period", "maximum_spend_logs_retention_interval",
+    "user_header_name", "pass_through_endpoints", "embedding_model", "default_team_disabled",
+    "forward_openai_org_id", "forward_client_headers_to_llm_api", "supported_db_objects",
+    "service_account_settings", "enable_oauth2_auth", "use_x_forwarded_for",
+    "use_redis_transaction_buffer", "disable_prisma_schema_update", "cache", "cache_params", "otel",
+    "master_key_rotation", "enable_public_model_hub", "mcp_client_side_auth_header_name",
+];
+
+/// One warning or error, located by the path of the field it is about
+/// (`model_list[1].litellm_params.model`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    /// Field path; `<root>` for the document itself.
+    pub path: String,
+    /// What is wrong or ignored.
+    pub message: String,
+}
+
+impl fmt::Display for Issue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// `general_settings`, resolved.
+#[derive(Clone, Default, PartialEq)]
+pub struct GeneralSettings {
+    /// Key clients must present; `None` accepts every request.
+    pub master_key: Option<String>,
+    /// Where the control plane keeps its state (lowest priority source, after the flag and
+    /// `DATABASE_URL`).
+    pub database_url: Option<String>,
+    /// Largest request body, in MiB (LiteLLM counts 1024 * 1024 bytes per MB).
+    pub max_request_size_mb: Option<f64>,
+    /// Largest buffered response body, in MiB.
+    pub max_response_size_mb: Option<f64>,
+}
+
+impl fmt::Debug for GeneralSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GeneralSettings")
+            .field(
+                "master_key",
+                &self.master_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "database_url",
+                &self.database_url.as_ref().map(|_| "<redacted>"),
+            )
+            .field("max_request_size_mb", &self.max_request_size_mb)
+            .field("max_response_size_mb", &self.max_response_size_mb)
+            .finish()
+    }
+}
+
+fn mb_to_bytes(mb: f64) -> u64 {
+    // Validation keeps mb positive and below 4 GiB, so the cast cannot wrap.
+    (mb * 1024.0 * 1024.0).round() as u64
+}
+
+impl GeneralSettings {
+    /// `max_request_size_mb` in bytes.
+    pub fn max_request_body_bytes(&self) -> Option<u64> {
+        self.max_request_size_mb.map(mb_to_bytes)
+    }
+
+    /// `max_response_size_mb` in bytes.
+    pub fn max_response_body_bytes(&self) -> Option<u64> {
+        self.max_response_size_mb.map(mb_to_bytes)
+    }
+}
+
+/// One `model_list` entry Tollgate serves, with defaults applied and environment resolved.
+#[derive(Clone, PartialEq)]
+pub struct DeploymentConfig {
+    /// `model_info.id`, else a stable hash of the entry (see [`config_deployment_id`]).
+    pub id: String,
+    /// Position in `model_list` (entries of skipped providers keep their numbers).
+    pub index: usize,
+    /// Public model name clients ask for.
+    pub model_name: String,
+    /// Provider prefix as written ("hosted_vllm").
+    pub provider_name: String,
+    /// Wire protocol family.
+    pub kind: ProviderKind,
+    /// Model name the provider expects (everything after the first `/`).
+    pub upstream_model: String,
+    /// Explicit or default base URL, without a trailing slash.
+    pub api_base: String,
+    /// Provider key; `None` sends no key.
+    pub api_key: Option<String>,
+    /// `api_version`, passed through to providers that use one.
+    pub api_version: Option<String>,
+    /// `max_tokens` for providers that require one (Anthropic gets 4096 by default).
+    pub default_max_tokens: Option<u32>,
+    /// `model_info`, kept as given.
+    pub model_info: Option<serde_json::Value>,
+}
+
+impl fmt::Debug for DeploymentConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeploymentConfig")
+            .field("id", &self.id)
+            .field("index", &self.index)
+            .field("model_name", &self.model_name)
+            .field("provider_name", &self.provider_name)
+            .field("kind", &self.kind)
+            .field("upstream_model", &self.upstream_model)
+            .field("api_base", &self.api_base)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("api_version", &self.api_version)
+            .field("default_max_tokens", &self.default_max_tokens)
+            .field("model_info", &self.model_info)
+            .finish()
+    }
+}
+
+/// A valid configuration.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Config {
+    /// `general_settings`.
+    pub general: GeneralSettings,
+    /// Served deployments, in file order; several may share a `model_name`.
+    pub deployments: Vec<DeploymentConfig>,
+}
+
+/// A valid configuration and what was ignored in it.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    /// The configuration.
+    pub config: Config,
+    /// Keys, values or entries that were ignored, each with its path.
+    pub warnings: Vec<Issue>,
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not YAML.
+    #[error("{origin}: invalid YAML: {source}")]
+    Yaml {
+        /// File name (or `<string>`).
+        origin: String,
+        /// Parser error, with line and column.
+        source: serde_yaml::Error,
+    },
+    /// Fields have invalid values.
+    #[error("{origin}: invalid configuration:\n{}", format_issues(errors))]
+    Invalid {
+        /// File name (or `<string>`).
+        origin: String,
+        /// Every invalid field.
+        errors: Vec<Issue>,
+        /// Warnings found along the way, so `check-config` can show them too.
+        warnings: Vec<Issue>,
+    },
+}
+
+fn format_issues(issues: &[Issue]) -> String {
+    issues
+        .iter()
+        .map(|issue| format!("  {issue}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Reads and validates a config file, resolving `os.environ/NAME` from the process environment.
+pub fn load_file(path: &Path) -> Result<LoadedConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, &path.display().to_string(), &|name| {
+        std::env::var(name).ok()
+    })
+}
+
+/// Validates config text. `env` resolves `os.environ/NAME` references (tests pass a map
+/// instead of mutating the process environment); `origin` names the text in errors.
+pub fn parse(
+    text: &str,
+    origin: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<LoadedConfig, ConfigError> {
+    let document: Value = serde_yaml::from_str(text).map_err(|source| ConfigError::Yaml {
+        origin: origin.to_string(),
+        source,
+    })?;
+    let mut checker = Checker {
+        env,
+        errors: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let config = checker.document(&document);
+    if checker.errors.is_empty() {
+        Ok(LoadedConfig {
+            config,
+            warnings: checker.warnings,
+        })
+    } else {
+        Err(ConfigError::Invalid {
+            origin: origin.to_string(),
+            errors: checker.errors,
+            warnings: checker.warnings,
+        })
+    }
+}
+
+/// Id of a config deployment without `model_info.id`: stable across restarts as long as the
+/// entry keeps its place and meaning, so usage records keep pointing at it.
+pub fn config_deployment_id(index: usize, model_name: &str, model: &str, api_base: &str) -> String {
+    let mut hasher = Sha256::new();
+    for part in [index.to_string().as_str(), model_name, model, api_base] {
+        hasher.update(part.as_bytes());
+        // A separator that cannot occur in YAML scalars keeps ("a","bc") apart from ("ab","c").
+        hasher.update([0u8]);
+    }
+    let digest = hex::encode(hasher.finalize());
+    format!("cfg-{}", &digest[..16])
+}
+
+/// True for `http://host...` and `https://host...` with a non-empty host.
+fn is_http_url(value: &str) -> bool {
+    let rest = value
+        .strip_prefix("https://")
+        .or_else(|| value.strip_prefix("http://"))
+        .unwrap_or("");
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = host.rsplit('@').next().unwrap_or("");
+    !host.is_empty() && !host.starts_with(':') && !host.contains(char::is_whitespace)
+}
+
+fn key_name(key: &Value) -> String {
+    match key {
+        Value::String(s) => s.clone(),
+        other => serde_yaml::to_string(other)
+            .map(|s| s.trim_end().to_string())
+            .unwrap_or_else(|_| "?".to_string()),
+    }
+}
+
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Sequence(_) => "a list",
+        Value::Mapping(_) => "a mapping",
+        Value::Tagged(_) => "a tagged value",
+    }
+}
+
+struct Checker<'a> {
+    env: &'a dyn Fn(&str) -> Option<String>,
+    errors: Vec<Issue>,
+    warnings: Vec<Issue>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, path: &str, message: impl Into<String>) {
+        self.errors.push(Issue {
+            path: path.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn warn(&mut self, path: &str, message: impl Into<String>) {
+        self.warnings.push(Issue {
+            path: path.to_string(),
+            message: message.into(),
+        });
+    }
+
+    /// Warns about every key of `map` outside `supported`, wording known LiteLLM keys apart
+    /// from unknown ones (likely typos).
+    fn warn_other_keys(&mut self, map: &Mapping, path: &str, supported: &[&str], known: &[&str]) {
+        for key in map.keys() {
+            let name = key_name(key);
+            if supported.contains(&name.as_str()) {
+                continue;
+            }
+            let key_path = if path.is_empty() {
+                name.clone()
+            } else {
+                format!("{path}.{name}")
+            };
+            if known.contains(&name.as_str()) {
+                self.warn(&key_path, "not supported by Tollgate yet, ignored");
+            } else {
+                self.warn(&key_path, "unknown key, ignored");
+            }
+        }
+    }
+
+    /// Resolves `os.environ/NAME`; other strings pass through.
+    fn resolve(&mut self, path: &str, raw: &str) -> Option<String> {
+        let Some(name) = raw.strip_prefix(ENV_PREFIX) else {
+            return Some(raw.to_string());
+        };
+        if name.is_empty() {
+            self.error(path, format!("\"{raw}\" names no environment variable"));
+            return None;
+        }
+        match (self.env)(name) {
+            Some(value) => Some(value),
+            None => {
+                self.error(
+                    path,
+                    format!("environment variable {name} is not set (from \"{raw}\")"),
+                );
+                None
+            }
+        }
+    }
+
+    /// A string field: absent or null is `None`; numbers are taken as written (YAML reads
+    /// `api_version: 2024` as a number); other types are errors.
+    fn string(&mut self, map: &Mapping, key: &str, path: &str) -> Option<String> {
+        let path = format!("{path}.{key}");
+        match map.get(key) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(raw)) => self.resolve(&path, raw),
+            Some(Value::Number(number)) => Some(number.to_string()),
+            Some(other) => {
+                self.error(&path, format!("must be a string, got {}", type_name(other)));
+                None
+            }
+        }
+    }
+
+    /// A number field, also accepted as a numeric string (so it can come from the environment).
+    fn number(&mut self, map: &Mapping, key: &str, path: &str) -> Option<Option<f64>> {
+        let field = format!("{path}.{key}");
+        let value = match map.get(key) {
+            None | Some(Value::Null) => return Some(None),
+            Some(Value::Number(number)) => number.as_f64(),
+            Some(Value::String(raw)) => {
+                let resolved = self.resolve(&field, raw)?;
+                match resolved.trim().parse::<f64>() {
+                    Ok(value) => Some(value),
+                    Err(_) => {
+                        self.error(&field, format!("must be a number, got \"{resolved}\""));
+                        return None;
+                    }
+                }
+            }
+            Some(other) => {
+                self.error(
+                    &field,
+                    format!("must be a number, got {}", type_name(other)),
+                );
+                return None;
+            }
+        };
+        Some(value)
+    }
+
+    fn document(&mut self, document: &Value) -> Config {
+        let empty = Mapping::new();
+        let root = match document {
+            Value::Mapping(map) => map,
+            // An empty file is a valid (empty) configuration.
+            Value::Null => &empty,
+            other => {
+                self.error(
+                    "<root>",
+                    format!("expected a mapping, got {}", type_name(other)),
+                );
+                return Config::default();
+            }
+        };
+        self.warn_other_keys(
+            root,
+            "",
+            &["model_list", "general_settings"],
+            KNOWN_UNSUPPORTED_TOP_LEVEL,
+        );
+        let general = match root.get("general_settings") {
+            None | Some(Value::Null) => GeneralSettings::default(),
+            Some(Value::Mapping(map)) => self.general_settings(map),
+            Some(other) => {
+                self.error(
+                    "general_settings",
+                    format!("expected a mapping, got {}", type_name(other)),
+                );
+                GeneralSettings::default()
+            }
+        };
+        let deployments = match root.get("model_list") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Sequence(entries)) => self.model_list(entries),
+            Some(other) => {
+                self.error(
+                    "model_list",
+                    format!("expected a list, got {}", type_name(other)),
+                );
+                Vec::new()
+            }
+        };
+        Config {
+            general,
+            deployments,
+        }
+    }
+
+    fn general_settings(&mut self, map: &Mapping) -> GeneralSettings {
+        const PATH: &str = "general_settings";
+        self.warn_other_keys(
+            map,
+            PATH,
+            &[
+                "master_key",
+                "database_url",
+                "max_request_size_mb",
+                "max_response_size_mb",
+            ],
+            KNOWN_UNSUPPORTED_GENERAL_SETTINGS,
+        );
+        let master_key = self.string(map, "master_key", PATH);
+        if master_key.as_deref() == Some("") {
+            self.error(
+                "general_settings.master_key",
+                "must not be empty (remove it to disable auth)",
+            );
+        }
+        let database_url = self.string(map, "database_url", PATH);
+        if let Some(url) = &database_url {
+            if !crate::store::is_supported_url(url) {
+                self.error(
+                    "general_settings.database_url",
+                    "must start with sqlite:, postgres:// or postgresql://",
+                );
+            }
+        }
+        let size = |checker: &mut Self, key: &str| -> Option<f64> {
+            let path = format!("{PATH}.{key}");
+            let value = checker.number(map, key, PATH)??;
+            if !value.is_finite() || value <= 0.0 {
+                checker.error(&path, "must be a positive number");
+                None
+            } else if value > MAX_REQUEST_SIZE_MB {
+                checker.error(
+                    &path,
+                    format!("must be at most {MAX_REQUEST_SIZE_MB} (Envoy buffers are 32-bit)"),
+                );
+                None
+            } else {
+                Some(value)
+            }
+        };
+        let max_request_size_mb = size(self, "max_request_size_mb");
+        let max_response_size_mb = size(self, "max_response_size_mb");
+        GeneralSettings {
+            master_key,
+            database_url,
+            max_request_size_mb,
+            max_response_size_mb,
+        }
+    }
+
+    fn model_list(&mut self, entries: &[Value]) -> Vec<DeploymentConfig> {
+        let mut deployments: Vec<DeploymentConfig> = Vec::new();
+        // Explicit ids must be unique: they are primary keys and usage records refer to them.
+        let mut explicit_ids: HashMap<String, usize> = HashMap::new();
+        for (index, entry) in entries.iter().enumerate() {
+            let path = format!("model_list[{index}]");
+            let Value::Mapping(map) = entry else {
+                self.error(
+                    &path,
+                    format!("expected a mapping, got {}", type_name(entry)),
+                );
+                continue;
+            };
+            let Some(deployment) = self.model_entry(index, map, &path) else {
+                continue;
+            };
+            if deployment
+                .model_info
+                .as_ref()
+                .and_then(explicit_id)
+                .is_some()
+            {
+                if let Some(first) = explicit_ids.get(&deployment.id) {
+                    self.error(
+                        &format!("{path}.model_info.id"),
+                        format!(
+                            "duplicate id \"{}\" (also model_list[{first}])",
+                            deployment.id
+                        ),
+                    );
+                    continue;
+                }
+                explicit_ids.insert(deployment.id.clone(), index);
+            }
+            deployments.push(deployment);
+        }
+        deployments
+    }
+
+    fn model_entry(&mut self, index: usize, map: &Mapping, path: &str) -> Option<DeploymentConfig> {
+        self.warn_other_keys(
+            map,
+            path,
+            &["model_name", "litellm_params", "model_info"],
+            &[],
+        );
+        let model_name = match self.string(map, "model_name", path) {
+            Some(name) if !name.trim().is_empty() => Some(name),
+            Some(_) => {
+                self.error(&format!("{path}.model_name"), "must not be empty");
+                None
+            }
+            None => {
+                if !self.has_error_at(&format!("{path}.model_name")) {
+                    self.error(&format!("{path}.model_name"), "required");
+                }
+                None
+            }
+        };
+        let model_info = self.model_info(map, path);
+        let params_path = format!("{path}.litellm_params");
+        let params = match map.get("litellm_params") {
+            Some(Value::Mapping(params)) => params,
+            None | Some(Value::Null) => {
+                self.error(&params_path, "required");
+                return None;
+            }
+            Some(other) => {
+                self.error(
+                    &params_path,
+                    format!("expected a mapping, got {}", type_name(other)),
+                );
+                return None;
+            }
+        };
+        let model_path = format!("{params_path}.model");
+        let model = match self.string(params, "model", &params_path) {
+            Some(model) => model,
+            None => {
+                if !self.has_error_at(&model_path) {
+                    self.error(&model_path, "required");
+                }
+                return None;
+            }
+        };
+        let (provider_name, upstream_model) = match model.split_once('/') {
+            Some((provider, upstream)) if !provider.is_empty() && !upstream.is_empty() => {
+                (provider.to_string(), upstream.to_string())
+            }
+            _ => {
+                self.error(
+                    &model_path,
+                    format!("expected \"<provider>/<model>\", got \"{model}\""),
+                );
+                return None;
+            }
+        };
+        let Some(provider) = provider_spec(&provider_name) else {
+            let reason = if KNOWN_UNSUPPORTED_PROVIDERS.contains(&provider_name.as_str()) {
+                format!("provider \"{provider_name}\" is not supported by Tollgate yet")
+            } else {
+                format!("unknown provider \"{provider_name}\"")
+            };
+            self.warn(&model_path, format!("{reason}; deployment skipped"));
+            return None;
+        };
+        self.warn_other_keys(
+            params,
+            &params_path,
+            &["model", "api_key", "api_base", "api_version", "max_tokens"],
+            KNOWN_UNSUPPORTED_LITELLM_PARAMS,
+        );
+        let api_base_path = format!("{params_path}.api_base");
+        let api_base = match self.string(params, "api_base", &params_path) {
+            Some(base) => {
+                let base = base.trim_end_matches('/').to_string();
+                if is_http_url(&base) {
+                    Some(base)
+                } else {
+                    self.error(&api_base_path, "not a http(s) URL");
+                    None
+                }
+            }
+            None if self.has_error_at(&api_base_path) => None,
+            None => match provider.default_api_base {
+                Some(default) => Some(default.to_string()),
+                None => {
+                    self.error(
+                        &api_base_path,
+                        format!("required for provider \"{provider_name}\""),
+                    );
+                    None
+                }
+            },
+        };
+        let api_key = self.string(params, "api_key", &params_path);
+        let api_version = self.string(params, "api_version", &params_path);
+        let max_tokens_path = format!("{params_path}.max_tokens");
+        let max_tokens = match self.number(params, "max_tokens", &params_path) {
+            Some(Some(value))
+                if value.fract() == 0.0 && value >= 1.0 && value <= f64::from(u32::MAX) =>
+            {
+                Some(value as u32)
+            }
+            Some(Some(_)) => {
+                self.error(&max_tokens_path, "must be a positive integer");
+                None
+            }
+            _ => None,
+        };
+        let default_max_tokens = match provider.kind {
+            ProviderKind::Anthropic => Some(max_tokens.unwrap_or(DEFAULT_ANTHROPIC_MAX_TOKENS)),
+            ProviderKind::OpenAi => max_tokens,
+        };
+        let model_name = model_name?;
+        let api_base = api_base?;
+        let model_info = model_info?;
+        let id = match model_info.as_ref().and_then(explicit_id) {
+            Some(id) => id,
+            None => config_deployment_id(index, &model_name, &model, &api_base),
+        };
+        Some(DeploymentConfig {
+            id,
+            index,
+            model_name,
+            provider_name,
+            kind: provider.kind,
+            upstream_model,
+            api_base,
+            api_key,
+            api_version,
+            default_max_tokens,
+            model_info,
+        })
+    }
+
+    /// `Some(None)` when absent, `None` when invalid.
+    fn model_info(&mut self, map: &Mapping, path: &str) -> Option<Option<serde_json::Value>> {
+        let info_path = format!("{path}.model_info");
+        let info = match map.get("model_info") {
+            None | Some(Value::Null) => return Some(None),
+            Some(Value::Mapping(info)) => info,
+            Some(other) => {
+                self.error(
+                    &info_path,
+                    format!("expected a mapping, got {}", type_name(other)),
+                );
+                return None;
+            }
+        };
+        match info.get("id") {
+            None | Some(Value::Null) | Some(Value::Number(_)) => {}
+            Some(Value::String(id)) if !id.trim().is_empty() => {}
+            Some(Value::String(_)) => {
+                self.error(&format!("{info_path}.id"), "must not be empty");
+                return None;
+            }
+            Some(other) => {
+                self.error(
+                    &format!("{info_path}.id"),
+                    format!("must be a string, got {}", type_name(other)),
+                );
+                return None;
+            }
+        }
+        match serde_json::to_value(Value::Mapping(info.clone())) {
+            Ok(json) => Some(Some(json)),
+            Err(error) => {
+                self.error(
+                    &info_path,
+                    format!("cannot be represented as JSON: {error}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn has_error_at(&self, path: &str) -> bool {
+        self.errors.iter().any(|issue| issue.path == path)
+    }
+}
+
+fn explicit_id(model_info: &serde_json::Value) -> Option<String> {
+    match model_info.get("id")? {
+        serde_json::Value::String(id) => Some(id.clone()),
+        serde_json::Value::Number(number) => Some(number.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name: &str| map.get(name).cloned()
+    }
+
+    fn ok(text: &str) -> LoadedConfig {
+        ok_env(text, &[])
+    }
+
+    fn ok_env(text: &str, pairs: &[(&str, &str)]) -> LoadedConfig {
+        match parse(text, "test.yaml", &env_of(pairs)) {
+            Ok(loaded) => loaded,
+            Err(error) => panic!("expected a valid config, got: {error}"),
+        }
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        errors_env(text, &[])
+    }
+
+    fn errors_env(text: &str, pairs: &[(&str, &str)]) -> Vec<String> {
+        match parse(text, "test.yaml", &env_of(pairs)) {
+            Ok(loaded) => panic!("expected errors, got {:?}", loaded.config),
+            Err(ConfigError::Invalid { errors, .. }) => {
+                errors.iter().map(ToString::to_string).collect()
+            }
+            Err(other) => panic!("expected field errors, got {other}"),
+        }
+    }
+
+    fn warnings(loaded: &LoadedConfig) -> Vec<String> {
+        loaded.warnings.iter().map(ToString::to_string).collect()
+    }
+
+    const FULL: &str = r#"
+model_list:
+  - model_name: gpt-4o
+    litellm_params:
+      model: openai/gpt-4o
+      api_key: os.environ/OPENAI_API_KEY
+  - model_name: gpt-4o
+    litellm_params:
+      model: openai/gpt-4o-2024-08-06
+      api_base: https://proxy.example.com/v1/
+      api_key: sk-literal
+      api_version: "2024-06-01"
+    model_info:
+      id: gpt-4o-eu
+      mode: chat
+  - model_name: claude
+    litellm_params:
+      model: anthropic/claude-sonnet-4-5
+      api_key: os.environ/ANTHROPIC_API_KEY
+  - model_name: claude-short
+    litellm_params:
+      model: anthropic/claude-haiku
+      max_tokens: 1024
+  - model_name: llama
+    litellm_params:
+      model: hosted_vllm/meta-llama/Llama-3.1-8B-Instruct
+      api_base: http://127.0.0.1:8000/v1
+      max_tokens: 512
+  - model_name: local
+    litellm_params:
+      model: lm_studio/qwen
+general_settings:
+  master_key: os.environ/MASTER
+  database_url: postgres://postgres@127.0.0.1:5432/test
+  max_request_size_mb: 5
+  max_response_size_mb: 0.5
+"#;
+
+    #[test]
+    fn valid_full_file() {
+        let loaded = ok_env(
+            FULL,
+            &[
+                ("OPENAI_API_KEY", "sk-openai"),
+                ("ANTHROPIC_API_KEY", "sk-ant"),
+                ("MASTER", "sk-m"),
+            ],
+        );
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        let config = loaded.config;
+        assert_eq!(config.general.master_key.as_deref(), Some("sk-m"));
+        assert_eq!(
+            config.general.database_url.as_deref(),
+            Some("postgres://postgres@127.0.0.1:5432/test")
+        );
+        assert_eq!(
+            config.general.max_request_body_bytes(),
+            Some(5 * 1024 * 1024)
+        );
+        assert_eq!(config.general.max_response_body_bytes(), Some(512 * 1024));
+        let d = &config.deployments;
+        assert_eq!(d.len(), 6);
+
+        assert_eq!(d[0].model_name, "gpt-4o");
+        assert_eq!(d[0].provider_name, "openai");
+        assert_eq!(d[0].kind, ProviderKind::OpenAi);
+        assert_eq!(d[0].upstream_model, "gpt-4o");
+        assert_eq!(d[0].api_base, "https://api.openai.com/v1");
+        assert_eq!(d[0].api_key.as_deref(), Some("sk-openai"));
+        assert_eq!(d[0].default_max_tokens, None);
+        assert_eq!(
+            d[0].id,
+            config_deployment_id(0, "gpt-4o", "openai/gpt-4o", "https://api.openai.com/v1")
+        );
+        assert!(d[0].id.starts_with("cfg-"));
+
+        // Same public name, second deployment; explicit id; trailing slash dropped.
+        assert_eq!(d[1].model_name, "gpt-4o");
+        assert_eq!(d[1].id, "gpt-4o-eu");
+        assert_eq!(d[1].api_base, "https://proxy.example.com/v1");
+        assert_eq!(d[1].api_key.as_deref(), Some("sk-literal"));
+        assert_eq!(d[1].api_version.as_deref(), Some("2024-06-01"));
+        assert_eq!(
+            d[1].model_info,
+            Some(serde_json::json!({"id": "gpt-4o-eu", "mode": "chat"}))
+        );
+
+        assert_eq!(d[2].kind, ProviderKind::Anthropic);
+        assert_eq!(d[2].api_base, "https://api.anthropic.com");
+        assert_eq!(d[2].default_max_tokens, Some(4096));
+        assert_eq!(d[3].default_max_tokens, Some(1024));
+
+        assert_eq!(d[4].provider_name, "hosted_vllm");
+        assert_eq!(d[4].upstream_model, "meta-llama/Llama-3.1-8B-Instruct");
+        assert_eq!(d[4].api_base, "http://127.0.0.1:8000/v1");
+        assert_eq!(d[4].default_max_tokens, Some(512));
+        assert_eq!(d[5].api_base, "http://localhost:1234/v1");
+        assert_eq!(d[5].api_key, None);
+    }
+
+    #[test]
+    fn every_supported_provider_has_its_default_base() {
+        for spec in SUPPORTED_PROVIDERS {
+            let text = format!(
+                "model_list:\n  - model_name: m\n    litellm_params:\n      model: {}/x\n",
+                spec.name
+            );
+            match spec.default_api_base {
+                Some(base) => {
+                    let loaded = ok(&text);
+                    assert_eq!(loaded.config.deployments[0].api_base, base, "{}", spec.name);
+                    assert_eq!(loaded.config.deployments[0].kind, spec.kind);
+                }
+                None => assert_eq!(
+                    errors(&text),
+                    [format!(
+                        "model_list[0].litellm_params.api_base: required for provider \"{}\"",
+                        spec.name
+                    )]
+                ),
+            }
+        }
+        assert_eq!(
+            provider_spec("groq").map(|s| s.default_api_base),
+            Some(Some("https://api.groq.com/openai/v1"))
+        );
+        assert_eq!(
+            provider_spec("perplexity").map(|s| s.default_api_base),
+            Some(Some("https://api.perplexity.ai"))
+        );
+    }
+
+    #[test]
+    fn ids_are_stable_and_distinct() {
+        let text = "model_list:\n  - model_name: a\n    litellm_params: {model: openai/x}\n  - model_name: a\n    litellm_params: {model: openai/x}\n";
+        let first = ok(text).config;
+        let second = ok(text).config;
+        assert_eq!(first.deployments[0].id, second.deployments[0].id);
+        assert_ne!(first.deployments[0].id, first.deployments[1].id);
+    }
+
+    #[test]
+    fn numeric_model_info_id_is_used_as_text() {
+        let loaded = ok("model_list:\n  - model_name: a\n    litellm_params: {model: openai/x}\n    model_info: {id: 42}\n");
+        assert_eq!(loaded.config.deployments[0].id, "42");
+    }
+
+    #[test]
+    fn model_without_provider_is_an_error() {
+        let text = "model_list:\n  - model_name: a\n    litellm_params: {model: openai/x}\n  - model_name: b\n    litellm_params:\n      model: gpt-4o\n";
+        assert_eq!(
+            errors(text),
+            [r#"model_list[1].litellm_params.model: expected "<provider>/<model>", got "gpt-4o""#]
+        );
+        assert_eq!(
+            errors("model_list:\n  - model_name: b\n    litellm_params: {model: openai/}\n"),
+            [r#"model_list[0].litellm_params.model: expected "<provider>/<model>", got "openai/""#]
+        );
+    }
+
+    #[test]
+    fn required_fields() {
+        assert_eq!(
+            errors("model_list:\n  - litellm_params: {model: openai/x}\n"),
+            ["model_list[0].model_name: required"]
+        );
+        assert_eq!(
+            errors("model_list:\n  - model_name: a\n"),
+            ["model_list[0].litellm_params: required"]
+        );
+        assert_eq!(
+            errors("model_list:\n  - model_name: a\n    litellm_params: {api_key: k}\n"),
+            ["model_list[0].litellm_params.model: required"]
+        );
+        assert_eq!(
+            errors("model_list:\n  - model_name: ''\n    litellm_params: {model: openai/x}\n"),
+            ["model_list[0].model_name: must not be empty"]
+        );
+    }
+
+    #[test]
+    fn every_error_of_a_file_is_reported() {
+        let text = r#"
+model_list:
+  - model_name: a
+    litellm_params: {model: gpt-4o}
+  - litellm_params: {model: openai/x}
+  - model_name: c
+    litellm_params: {model: openai/x, api_base: "ftp://example.com"}
+  - model_name: d
+    litellm_params: {model: hosted_vllm/x, max_tokens: -3}
+general_settings:
+  max_request_size_mb: 0
+  max_response_size_mb: lots
+"#;
+        assert_eq!(
+            errors(text),
+            [
+                "general_settings.max_request_size_mb: must be a positive number",
+                "general_settings.max_response_size_mb: must be a number, got \"lots\"",
+                r#"model_list[0].litellm_params.model: expected "<provider>/<model>", got "gpt-4o""#,
+                "model_list[1].model_name: required",
+                "model_list[2].litellm_params.api_base: not a http(s) URL",
+                "model_list[3].litellm_params.api_base: required for provider \"hosted_vllm\"",
+                "model_list[3].litellm_params.max_tokens: must be a positive integer",
+            ]
+        );
+    }
+
+    #[test]
+    fn api_base_must_be_http() {
+        for bad in [
+            "example.com",
+            "http://",
+            "https:///v1",
+            "localhost:8000",
+            "http:// x",
+        ] {
+            let text = format!(
+                "model_list:\n  - model_name: a\n    litellm_params: {{model: openai/x}}\n  - model_name: a\n    litellm_params: {{model: openai/x}}\n  - model_name: a\n    litellm_params:\n      model: openai/x\n      api_base: \"{bad}\"\n"
+            );
+            assert_eq!(
+                errors(&text),
+                ["model_list[2].litellm_params.api_base: not a http(s) URL"],
+                "{bad}"
+            );
+        }
+        for good in [
+            "http://localhost:8000",
+            "https://user:pw@example.com/v1",
+            "http://[::1]:8000/v1",
+        ] {
+            let text = format!(
+                "model_list:\n  - model_name: a\n    litellm_params: {{model: openai/x, api_base: \"{good}\"}}\n"
+            );
+            assert_eq!(ok(&text).config.deployments[0].api_base, good);
+        }
+    }
+
+    #[test]
+    fn sizes_must_be_positive_numbers() {
+        for bad in ["0", "-1", "'abc'", "[1]", ".nan", "5000"] {
+            let text = format!("general_settings:\n  max_request_size_mb: {bad}\n");
+            let errs = errors(&text);
+            assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
+            assert!(
+                errs[0].starts_with("general_settings.max_request_size_mb: must be"),
+                "{errs:?}"
+            );
+        }
+        assert_eq!(
+            errors("general_settings:\n  max_request_size_mb: -2\n"),
+            ["general_settings.max_request_size_mb: must be a positive number"]
+        );
+        let loaded = ok_env(
+            "general_settings:\n  max_request_size_mb: os.environ/SIZE\n",
+            &[("SIZE", "2.5")],
+        );
+        assert_eq!(
+            loaded.config.general.max_request_body_bytes(),
+            Some(2_621_440)
+        );
+    }
+
+    #[test]
+    fn env_references_resolve_or_fail_with_path_and_name() {
+        let text = "model_list:\n  - model_name: os.environ/NAME\n    litellm_params:\n      model: os.environ/MODEL\n      api_key: os.environ/OPENAI_API_KEY\n      api_base: os.environ/BASE\n";
+        let loaded = ok_env(
+            text,
+            &[
+                ("NAME", "n"),
+                ("MODEL", "openai/m"),
+                ("OPENAI_API_KEY", "sk-1"),
+                ("BASE", "http://h:1/v1"),
+            ],
+        );
+        let d = &loaded.config.deployments[0];
+        assert_eq!(
+            (d.model_name.as_str(), d.upstream_model.as_str()),
+            ("n", "m")
+        );
+        assert_eq!(d.api_key.as_deref(), Some("sk-1"));
+        assert_eq!(d.api_base, "http://h:1/v1");
+
+        let errs = errors_env(
+            text,
+            &[
+                ("NAME", "n"),
+                ("MODEL", "openai/m"),
+                ("BASE", "http://h:1/v1"),
+            ],
+        );
+        assert_eq!(
+            errs,
+            ["model_list[0].litellm_params.api_key: environment variable OPENAI_API_KEY is not set (from \"os.environ/OPENAI_API_KEY\")"]
+        );
+        assert_eq!(
+            errors("general_settings:\n  master_key: os.environ/\n"),
+            ["general_settings.master_key: \"os.environ/\" names no environment variable"]
+        );
+        assert_eq!(
+            errors("general_settings:\n  master_key: os.environ/MISSING_MASTER\n"),
+            ["general_settings.master_key: environment variable MISSING_MASTER is not set (from \"os.environ/MISSING_MASTER\")"]
+        );
+    }
+
+    #[test]
+    fn env_reference_from_process_environment() {
+        // load_file reads the real environment; PATH is always set.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(
+            &path,
+            "model_list:\n  - model_name: a\n    litellm_params:\n      model: openai/x\n      api_key: os.environ/PATH\n",
+        )
+        .unwrap();
+        let loaded = load_file(&path).unwrap();
+        assert_eq!(
+            loaded.config.deployments[0].api_key,
+            std::env::var("PATH").ok()
+        );
+    }
+
+    #[test]
+    fn unknown_and_unsupported_keys_are_warnings() {
+        let text = r#"
+model_list:
+  - model_name: a
+    litellm_params:
+      model: openai/x
+      rpm: 10
+      tpm: 1000
+      temprature: 0.1
+    model_info: {mode: chat}
+    extra: 1
+router_settings:
+  routing_strategy: simple-shuffle
+  fallbacks: [{a: [b]}]
+litellm_settings:
+  drop_params: true
+environment_variables:
+  FOO: bar
+general_settings:
+  master_key: sk-1
+  alerting: [slack]
+  mystery: 1
+whatever: 1
+"#;
+        let loaded = ok(text);
+        assert_eq!(
+            warnings(&loaded),
+            [
+                "router_settings: not supported by Tollgate yet, ignored",
+                "litellm_settings: not supported by Tollgate yet, ignored",
+                "environment_variables: not supported by Tollgate yet, ignored",
+                "whatever: unknown key, ignored",
+                "general_settings.alerting: not supported by Tollgate yet, ignored",
+                "general_settings.mystery: unknown key, ignored",
+                "model_list[0].extra: unknown key, ignored",
+                "model_list[0].litellm_params.rpm: not supported by Tollgate yet, ignored",
+                "model_list[0].litellm_params.tpm: not supported by Tollgate yet, ignored",
+                "model_list[0].litellm_params.temprature: unknown key, ignored",
+            ]
+        );
+        assert_eq!(loaded.config.deployments.len(), 1);
+    }
+
+    #[test]
+    fn unsupported_providers_are_skipped_with_a_warning() {
+        let text = r#"
+model_list:
+  - model_name: gem
+    litellm_params: {model: gemini/gemini-1.5-pro, api_key: os.environ/UNSET_GEMINI_KEY}
+  - model_name: gpt
+    litellm_params: {model: openai/gpt-4o}
+  - model_name: az
+    litellm_params: {model: azure/my-deploy, api_base: "not a url"}
+  - model_name: typo
+    litellm_params: {model: opneai/gpt-4o}
+  - model_name: ol
+    litellm_params: {model: ollama_chat/llama3}
+"#;
+        let loaded = ok(text);
+        assert_eq!(
+            warnings(&loaded),
+            [
+                "model_list[0].litellm_params.model: provider \"gemini\" is not supported by Tollgate yet; deployment skipped",
+                "model_list[2].litellm_params.model: provider \"azure\" is not supported by Tollgate yet; deployment skipped",
+                "model_list[3].litellm_params.model: unknown provider \"opneai\"; deployment skipped",
+                "model_list[4].litellm_params.model: provider \"ollama_chat\" is not supported by Tollgate yet; deployment skipped",
+            ]
+        );
+        assert_eq!(loaded.config.deployments.len(), 1);
+        assert_eq!(loaded.config.deployments[0].model_name, "gpt");
+        assert_eq!(loaded.config.deployments[0].index, 1);
+    }
+
+    #[test]
+    fn duplicate_explicit_ids_are_errors() {
+        let text = "model_list:\n  - model_name: a\n    litellm_params: {model: openai/x}\n    model_info: {id: same}\n  - model_name: b\n    litellm_params: {model: openai/y}\n    model_info: {id: same}\n";
+        assert_eq!(
+            errors(text),
+            ["model_list[1].model_info.id: duplicate id \"same\" (also model_list[0])"]
+        );
+    }
+
+    #[test]
+    fn wrong_types_are_errors() {
+        assert_eq!(
+            errors("- a\n- b\n"),
+            ["<root>: expected a mapping, got a list"]
+        );
+        assert_eq!(
+            errors("model_list: {a: 1}\n"),
+            ["model_list: expected a list, got a mapping"]
+        );
+        assert_eq!(
+            errors("model_list: [3]\n"),
+            ["model_list[0]: expected a mapping, got a number"]
+        );
+        assert_eq!(
+            errors("general_settings: [1]\n"),
+            ["general_settings: expected a mapping, got a list"]
+        );
+        assert_eq!(
+            errors("model_list:\n  - model_name: a\n    litellm_params: {model: openai/x, api_key: [1]}\n"),
+            ["model_list[0].litellm_params.api_key: must be a string, got a list"]
+        );
+        assert_eq!(
+            errors("model_list:\n  - model_name: a\n    litellm_params: {model: openai/x}\n    model_info: [1]\n"),
+            ["model_list[0].model_info: expected a mapping, got a list"]
+        );
+        assert_eq!(
+            errors("general_settings:\n  database_url: mysql://x\n"),
+            ["general_settings.database_url: must start with sqlite:, postgres:// or postgresql://"]
+        );
+        assert_eq!(
+            errors("general_settings:\n  master_key: ''\n"),
+            ["general_settings.master_key: must not be empty (remove it to disable auth)"]
+        );
+    }
+
+    #[test]
+    fn empty_file_is_an_empty_config() {
+        let loaded = ok("");
+        assert!(loaded.config.deployments.is_empty());
+        assert_eq!(loaded.config.general, GeneralSettings::default());
+    }
+
+    #[test]
+    fn yaml_syntax_errors_name_the_file() {
+        match parse("model_list: [\n", "x.yaml", &|_| None) {
+            Err(ConfigError::Yaml { origin, .. }) => assert_eq!(origin, "x.yaml"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn api_version_as_number_is_kept_as_written() {
+        let loaded = ok("model_list:\n  - model_name: a\n    litellm_params: {model: openai/x, api_version: 2024}\n");
+        assert_eq!(
+            loaded.config.deployments[0].api_version.as_deref(),
+            Some("2024")
+        );
+    }
+
+    #[test]
+    fn secrets_are_not_in_debug_output() {
+        let loaded = ok("general_settings: {master_key: sk-master-secret}\nmodel_list:\n  - model_name: a\n    litellm_params: {model: openai/x, api_key: sk-provider-secret}\n");
+        let debug = format!("{:?}", loaded.config);
+        assert!(!debug.contains("sk-master-secret"), "{debug}");
+        assert!(!debug.contains("sk-provider-secret"), "{debug}");
+    }
+}

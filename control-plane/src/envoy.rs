@@ -1,0 +1,295 @@
+//! Envoy bootstrap rendering from `envoy/tollgate.yaml.tmpl`.
+
+use std::path::Path;
+
+/// The bootstrap template, compiled in so the binary works from any directory.
+pub const TEMPLATE: &str = include_str!("../../envoy/tollgate.yaml.tmpl");
+
+/// Name of the cluster the filter opens its stream on (the template defines it).
+pub const CONTROL_PLANE_CLUSTER: &str = "tollgate_control_plane";
+
+/// The filter's request limit when the config sets none (`filter/core` uses the same).
+pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 10 * 1024 * 1024;
+
+/// Headroom of Envoy's buffers over the filter's request limit, so the filter, not Envoy,
+/// answers oversized bodies (with an OpenAI-shaped 413).
+const BUFFER_HEADROOM_BYTES: u64 = 1024 * 1024;
+const MIN_BUFFER_LIMIT_BYTES: u64 = 2 * 1024 * 1024;
+
+/// CA bundles of the common distributions, most common first.
+pub const CA_BUNDLE_CANDIDATES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
+
+/// Everything that varies between rendered bootstraps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootstrapParams {
+    /// Envoy node id, also reported by the filter in its Hello.
+    pub node_id: String,
+    /// Envoy admin port (bound on 127.0.0.1).
+    pub admin_port: u16,
+    /// Address the gateway listener binds.
+    pub listen_address: String,
+    /// Gateway port.
+    pub listen_port: u16,
+    /// The filter's request limit (`general_settings.max_request_size_mb`); `None` leaves
+    /// the filter's default, and sizes Envoy's buffers for it.
+    pub max_request_body_bytes: Option<u64>,
+    /// The filter's `.wasm` file.
+    pub wasm_path: String,
+    /// Trusted CAs for HTTPS providers.
+    pub ca_bundle: String,
+    /// Control plane gRPC host, as Envoy resolves it.
+    pub control_plane_host: String,
+    /// Control plane gRPC port.
+    pub control_plane_port: u16,
+}
+
+impl BootstrapParams {
+    /// The parameters of `envoy/standalone.yaml`.
+    pub fn standalone() -> Self {
+        BootstrapParams {
+            node_id: "tollgate-standalone".to_string(),
+            admin_port: 9901,
+            listen_address: "0.0.0.0".to_string(),
+            listen_port: 4000,
+            max_request_body_bytes: None,
+            wasm_path: "/etc/tollgate/tollgate_filter.wasm".to_string(),
+            ca_bundle: CA_BUNDLE_CANDIDATES[0].to_string(),
+            control_plane_host: "127.0.0.1".to_string(),
+            control_plane_port: 50051,
+        }
+    }
+
+    /// Envoy's per-connection buffer limit: the request limit plus headroom, at least 2 MiB,
+    /// and at most what Envoy's 32-bit field holds.
+    pub fn buffer_limit_bytes(&self) -> u64 {
+        let request = self
+            .max_request_body_bytes
+            .unwrap_or(DEFAULT_MAX_REQUEST_BODY_BYTES);
+        request
+            .saturating_add(BUFFER_HEADROOM_BYTES)
+            .max(MIN_BUFFER_LIMIT_BYTES)
+            .min(u64::from(u32::MAX))
+    }
+
+    /// The filter's plugin configuration (JSON).
+    pub fn plugin_config_json(&self) -> String {
+        let mut config = serde_json::Map::new();
+        config.insert("control_plane_cluster".into(), CONTROL_PLANE_CLUSTER.into());
+        config.insert("node_id".into(), self.node_id.clone().into());
+        if let Some(bytes) = self.max_request_body_bytes {
+            config.insert("max_request_body_bytes".into(), bytes.into());
+        }
+        serde_json::Value::Object(config).to_string()
+    }
+}
+
+/// The first CA bundle that exists on this machine (the first candidate if none does, so
+/// Envoy's error names a conventional path).
+pub fn default_ca_bundle() -> String {
+    CA_BUNDLE_CANDIDATES
+        .iter()
+        .find(|path| Path::new(path).is_file())
+        .unwrap_or(&CA_BUNDLE_CANDIDATES[0])
+        .to_string()
+}
+
+/// Why a bootstrap could not be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// The template has a placeholder this code does not fill (template and code drifted).
+    #[error("the Envoy template still contains {0} after rendering")]
+    UnfilledPlaceholder(String),
+}
+
+/// A plain YAML scalar when `value` is one, else a double-quoted one (JSON string syntax is
+/// valid YAML), so paths with spaces or colons cannot break the document.
+fn yaml_scalar(value: &str) -> String {
+    let plain = !value.is_empty()
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c))
+        && !value.starts_with(['-', '.'])
+        && !matches!(
+            value,
+            "null" | "true" | "false" | "yes" | "no" | "on" | "off" | "~"
+        );
+    if plain {
+        value.to_string()
+    } else {
+        serde_json::Value::String(value.to_string()).to_string()
+    }
+}
+
+/// Renders the bootstrap. Values are YAML-quoted when needed; the plugin configuration is
+/// JSON inside a single-quoted scalar, where `'` is written `''`.
+pub fn render_bootstrap(params: &BootstrapParams) -> Result<String, RenderError> {
+    let replacements: [(&str, String); 10] = [
+        ("{{NODE_ID}}", yaml_scalar(&params.node_id)),
+        ("{{ADMIN_PORT}}", params.admin_port.to_string()),
+        ("{{LISTEN_ADDRESS}}", yaml_scalar(&params.listen_address)),
+        ("{{LISTEN_PORT}}", params.listen_port.to_string()),
+        (
+            "{{BUFFER_LIMIT_BYTES}}",
+            params.buffer_limit_bytes().to_string(),
+        ),
+        (
+            "{{PLUGIN_CONFIG_JSON}}",
+            params.plugin_config_json().replace('\'', "''"),
+        ),
+        ("{{WASM_PATH}}", yaml_scalar(&params.wasm_path)),
+        ("{{CA_BUNDLE}}", yaml_scalar(&params.ca_bundle)),
+        (
+            "{{CONTROL_PLANE_HOST}}",
+            yaml_scalar(&params.control_plane_host),
+        ),
+        (
+            "{{CONTROL_PLANE_PORT}}",
+            params.control_plane_port.to_string(),
+        ),
+    ];
+    let mut rendered = TEMPLATE.to_string();
+    for (placeholder, value) in &replacements {
+        rendered = rendered.replace(placeholder, value);
+    }
+    // Only placeholders count: the template's comments may mention `{{PLACEHOLDERS}}` in
+    // prose, so look for `{{` followed by an upper-case identifier and `}}`.
+    if let Some(left) = find_placeholder(&rendered) {
+        return Err(RenderError::UnfilledPlaceholder(left));
+    }
+    Ok(rendered)
+}
+
+fn find_placeholder(text: &str) -> Option<String> {
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        if let Some(end) = after.find("}}") {
+            let name = &after[..end];
+            let is_placeholder = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+            // The template's header comment talks about "{{PLACEHOLDERS}}" generically.
+            if is_placeholder && !line_is_comment(text, text.len() - after.len()) {
+                return Some(format!("{{{{{name}}}}}"));
+            }
+        }
+        rest = after;
+    }
+    None
+}
+
+/// Whether the byte at `offset` sits on a `#` comment line.
+fn line_is_comment(text: &str, offset: usize) -> bool {
+    let line_start = text[..offset].rfind('\n').map_or(0, |index| index + 1);
+    text[line_start..].trim_start().starts_with('#')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standalone_yaml_is_the_rendered_template() {
+        let checked_in = include_str!("../../envoy/standalone.yaml");
+        let rendered = render_bootstrap(&BootstrapParams::standalone()).unwrap();
+        assert!(
+            checked_in == rendered,
+            "envoy/standalone.yaml is out of date: regenerate it with \
+             `cargo run -p tollgate -- envoy-config --ca-bundle /etc/ssl/certs/ca-certificates.crt > envoy/standalone.yaml`"
+        );
+    }
+
+    #[test]
+    fn renders_every_placeholder() {
+        let params = BootstrapParams {
+            node_id: "node-1".into(),
+            admin_port: 19901,
+            listen_address: "127.0.0.1".into(),
+            listen_port: 14000,
+            max_request_body_bytes: Some(5 * 1024 * 1024),
+            wasm_path: "/opt/t/filter.wasm".into(),
+            ca_bundle: "/etc/ssl/cert.pem".into(),
+            control_plane_host: "cp.internal".into(),
+            control_plane_port: 15051,
+        };
+        let yaml = render_bootstrap(&params).unwrap();
+        assert!(!yaml
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .any(|l| l.contains("{{")));
+        assert!(yaml.contains("  id: node-1\n"));
+        assert!(yaml.contains("port_value: 19901"));
+        assert!(yaml.contains("{ address: 127.0.0.1, port_value: 14000 }"));
+        assert!(yaml.contains("per_connection_buffer_limit_bytes: 6291456\n"));
+        assert!(yaml.contains("filename: /opt/t/filter.wasm\n"));
+        assert!(yaml.contains("trusted_ca: { filename: /etc/ssl/cert.pem }"));
+        assert!(yaml.contains("{ address: cp.internal, port_value: 15051 }"));
+        assert!(yaml.contains(
+            r#"value: '{"control_plane_cluster":"tollgate_control_plane","max_request_body_bytes":5242880,"node_id":"node-1"}'"#
+        ));
+        let document: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
+        let plugin = &document["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
+            [0]["typed_config"]["http_filters"][0]["typed_config"]["config"]["configuration"]
+            ["value"];
+        let json: serde_json::Value = serde_json::from_str(plugin.as_str().unwrap()).unwrap();
+        assert_eq!(json["node_id"], "node-1");
+        assert_eq!(json["control_plane_cluster"], CONTROL_PLANE_CLUSTER);
+    }
+
+    #[test]
+    fn awkward_values_stay_valid_yaml() {
+        let params = BootstrapParams {
+            node_id: "it's: a node".into(),
+            wasm_path: "/tmp/with space/f.wasm".into(),
+            listen_address: "::".into(),
+            ..BootstrapParams::standalone()
+        };
+        let yaml = render_bootstrap(&params).unwrap();
+        let document: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
+        assert_eq!(document["node"]["id"].as_str(), Some("it's: a node"));
+        assert_eq!(
+            document["static_resources"]["listeners"][0]["address"]["socket_address"]["address"]
+                .as_str(),
+            Some("::")
+        );
+        let plugin = document["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"]["http_filters"][0]["typed_config"]["config"]["configuration"]["value"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let json: serde_json::Value = serde_json::from_str(&plugin).unwrap();
+        assert_eq!(json["node_id"], "it's: a node");
+        let wasm = &document["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"]["http_filters"][0]["typed_config"]["config"]["vm_config"]["code"]
+            ["local"]["filename"];
+        assert_eq!(wasm.as_str(), Some("/tmp/with space/f.wasm"));
+    }
+
+    #[test]
+    fn buffer_limit_has_headroom_and_a_floor() {
+        let mut params = BootstrapParams::standalone();
+        assert_eq!(params.buffer_limit_bytes(), 11 * 1024 * 1024);
+        params.max_request_body_bytes = Some(1024);
+        assert_eq!(params.buffer_limit_bytes(), 2 * 1024 * 1024);
+        params.max_request_body_bytes = Some(u64::MAX);
+        assert_eq!(params.buffer_limit_bytes(), u64::from(u32::MAX));
+    }
+
+    #[test]
+    fn detects_leftover_placeholders() {
+        assert_eq!(find_placeholder("a: {{FOO}}\n"), Some("{{FOO}}".into()));
+        assert_eq!(find_placeholder("# the {{PLACEHOLDERS}}\na: 1\n"), None);
+        assert_eq!(find_placeholder("a: '{{not one}}'\n"), None);
+    }
+
+    #[test]
+    fn ca_bundle_default_exists_or_is_conventional() {
+        let bundle = default_ca_bundle();
+        assert!(CA_BUNDLE_CANDIDATES.contains(&bundle.as_str()));
+    }
+}

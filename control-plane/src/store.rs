@@ -1,0 +1,715 @@
+//! Storage: deployments, settings and the usage ledger, in SQLite or PostgreSQL.
+//!
+//! One enum over the two pools rather than `sqlx::Any`: each backend keeps its own types and
+//! pool options (SQLite busy timeout, WAL), and the [`with_pool!`] macro writes every query
+//! once while compiling it against both drivers. The SQL itself is shared: `$N` placeholders,
+//! `ON CONFLICT` and `BIGINT` columns mean the same in both. Queries use the runtime API
+//! because no database exists at build time.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::Row;
+
+use crate::config::{Config, DeploymentConfig, ProviderKind};
+use crate::proto;
+
+static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// `settings` key of the SHA-256 hex of the master key (the key itself is never stored).
+pub const SETTING_MASTER_KEY_SHA256: &str = "master_key_sha256";
+/// `settings` key of the request body limit in bytes.
+pub const SETTING_MAX_REQUEST_BODY_BYTES: &str = "max_request_body_bytes";
+/// `settings` key of the buffered response body limit in bytes.
+pub const SETTING_MAX_RESPONSE_BODY_BYTES: &str = "max_response_body_bytes";
+/// `settings` key of the last snapshot version handed out.
+pub const SETTING_SNAPSHOT_VERSION: &str = "snapshot_version";
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The URL names a database Tollgate cannot use.
+    #[error(
+        "unsupported database URL {0}: expected sqlite:..., postgres://... or postgresql://..."
+    )]
+    UnsupportedUrl(String),
+    /// The database could not be opened.
+    #[error("cannot open database {target}: {source}")]
+    Connect {
+        /// The URL, without its password.
+        target: String,
+        /// Driver error.
+        source: sqlx::Error,
+    },
+    /// Migrations failed.
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A query failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A config deployment's id belongs to a deployment added through the API.
+    #[error(
+        "deployment id {0:?} from the config is already used by a deployment added through the API"
+    )]
+    IdTaken(String),
+    /// A row holds a value this version cannot read.
+    #[error("invalid stored data: {0}")]
+    Corrupt(String),
+}
+
+/// Which database engine a store uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite file (the default).
+    Sqlite,
+    /// PostgreSQL server.
+    Postgres,
+}
+
+/// True for the URL schemes [`Store::connect`] accepts.
+pub fn is_supported_url(url: &str) -> bool {
+    url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// `url` without the password, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:***@{host}{tail}")
+            } else {
+                url.to_string()
+            }
+        }
+        None => url.to_string(),
+    }
+}
+
+/// Where a deployment row came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeploymentSource {
+    /// `model_list` of the config file; replaced on every load.
+    Config,
+    /// Added at run time (management API); survives config reloads.
+    Api,
+}
+
+impl DeploymentSource {
+    fn as_str(self) -> &'static str {
+        match self {
+            DeploymentSource::Config => "config",
+            DeploymentSource::Api => "api",
+        }
+    }
+
+    fn parse(value: &str) -> Option<Self> {
+        match value {
+            "config" => Some(DeploymentSource::Config),
+            "api" => Some(DeploymentSource::Api),
+            _ => None,
+        }
+    }
+}
+
+/// One deployment as stored.
+#[derive(Clone, PartialEq)]
+pub struct DeploymentRecord {
+    /// Primary key.
+    pub id: String,
+    /// Public model name.
+    pub model_name: String,
+    /// Provider prefix as configured.
+    pub provider_name: String,
+    /// Wire protocol family.
+    pub kind: ProviderKind,
+    /// Model name the provider expects.
+    pub upstream_model: String,
+    /// Resolved base URL.
+    pub api_base: String,
+    /// Provider key, resolved (the filter needs it in clear to call the provider).
+    pub api_key: Option<String>,
+    /// `api_version`.
+    pub api_version: Option<String>,
+    /// Default `max_tokens`.
+    pub default_max_tokens: Option<u32>,
+    /// `model_info`, opaque.
+    pub model_info: Option<serde_json::Value>,
+    /// Config or API.
+    pub source: DeploymentSource,
+    /// Place in `model_list` for config rows.
+    pub position: i64,
+}
+
+impl std::fmt::Debug for DeploymentRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeploymentRecord")
+            .field("id", &self.id)
+            .field("model_name", &self.model_name)
+            .field("provider_name", &self.provider_name)
+            .field("kind", &self.kind)
+            .field("upstream_model", &self.upstream_model)
+            .field("api_base", &self.api_base)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("api_version", &self.api_version)
+            .field("default_max_tokens", &self.default_max_tokens)
+            .field("model_info", &self.model_info)
+            .field("source", &self.source)
+            .field("position", &self.position)
+            .finish()
+    }
+}
+
+impl DeploymentRecord {
+    /// The row of a config entry.
+    pub fn from_config(deployment: &DeploymentConfig) -> Self {
+        DeploymentRecord {
+            id: deployment.id.clone(),
+            model_name: deployment.model_name.clone(),
+            provider_name: deployment.provider_name.clone(),
+            kind: deployment.kind,
+            upstream_model: deployment.upstream_model.clone(),
+            api_base: deployment.api_base.clone(),
+            api_key: deployment.api_key.clone(),
+            api_version: deployment.api_version.clone(),
+            default_max_tokens: deployment.default_max_tokens,
+            model_info: deployment.model_info.clone(),
+            source: DeploymentSource::Config,
+            position: i64::try_from(deployment.index).unwrap_or(i64::MAX),
+        }
+    }
+}
+
+/// A stored deployment with its timestamps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredDeployment {
+    /// The row.
+    pub record: DeploymentRecord,
+    /// Unix milliseconds of the first insert (kept across config reloads for the same id).
+    pub created_at_ms: i64,
+    /// Unix milliseconds of the last write.
+    pub updated_at_ms: i64,
+}
+
+#[derive(Clone)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to the concrete pool, so each query is compiled for both
+/// drivers without generic trait bounds.
+macro_rules! with_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.pool {
+            Pool::Sqlite($pool) => $body,
+            Pool::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Handle to the database; cheap to clone (pools are shared).
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+}
+
+/// Current time in unix milliseconds.
+pub fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+const DEPLOYMENT_COLUMNS: &str = "id, model_name, provider_name, provider_kind, upstream_model, \
+     api_base, api_key, api_version, default_max_tokens, model_info, source, position, \
+     created_at, updated_at";
+
+const INSERT_DEPLOYMENT: &str = "INSERT INTO deployments (id, model_name, provider_name, \
+     provider_kind, upstream_model, api_base, api_key, api_version, default_max_tokens, \
+     model_info, source, position, created_at, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
+
+const INSERT_USAGE: &str = "INSERT INTO usage_records (id, model_name, deployment_id, provider, \
+     status, prompt_tokens, completion_tokens, cached_prompt_tokens, started_unix_ms, \
+     duration_ms, stream, key_hash, received_unix_ms) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+     ON CONFLICT (id) DO NOTHING";
+
+const UPSERT_SETTING: &str = "INSERT INTO settings (key, value) VALUES ($1, $2) \
+     ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+
+/// Binds a [`DeploymentRecord`] to [`INSERT_DEPLOYMENT`].
+macro_rules! bind_deployment {
+    ($query:expr, $record:expr, $created:expr, $updated:expr) => {{
+        let record: &DeploymentRecord = $record;
+        $query
+            .bind(record.id.clone())
+            .bind(record.model_name.clone())
+            .bind(record.provider_name.clone())
+            .bind(record.kind.as_str())
+            .bind(record.upstream_model.clone())
+            .bind(record.api_base.clone())
+            .bind(record.api_key.clone())
+            .bind(record.api_version.clone())
+            .bind(record.default_max_tokens.map(i64::from))
+            .bind(record.model_info.as_ref().map(|info| info.to_string()))
+            .bind(record.source.as_str())
+            .bind(record.position)
+            .bind($created)
+            .bind($updated)
+    }};
+}
+
+/// Decodes a `deployments` row of either backend.
+macro_rules! decode_deployment {
+    ($row:expr) => {{
+        let row = $row;
+        let kind: String = row.try_get("provider_kind")?;
+        let source: String = row.try_get("source")?;
+        let model_info: Option<String> = row.try_get("model_info")?;
+        let max_tokens: Option<i64> = row.try_get("default_max_tokens")?;
+        let id: String = row.try_get("id")?;
+        let model_info = match model_info {
+            Some(text) => Some(serde_json::from_str(&text).map_err(|error| {
+                StoreError::Corrupt(format!("deployment {id}: model_info: {error}"))
+            })?),
+            None => None,
+        };
+        StoredDeployment {
+            record: DeploymentRecord {
+                kind: ProviderKind::parse(&kind).ok_or_else(|| {
+                    StoreError::Corrupt(format!("deployment {id}: provider_kind {kind:?}"))
+                })?,
+                source: DeploymentSource::parse(&source).ok_or_else(|| {
+                    StoreError::Corrupt(format!("deployment {id}: source {source:?}"))
+                })?,
+                model_name: row.try_get("model_name")?,
+                provider_name: row.try_get("provider_name")?,
+                upstream_model: row.try_get("upstream_model")?,
+                api_base: row.try_get("api_base")?,
+                api_key: row.try_get("api_key")?,
+                api_version: row.try_get("api_version")?,
+                default_max_tokens: max_tokens.and_then(|value| u32::try_from(value).ok()),
+                model_info,
+                position: row.try_get("position")?,
+                id,
+            },
+            created_at_ms: row.try_get("created_at")?,
+            updated_at_ms: row.try_get("updated_at")?,
+        }
+    }};
+}
+
+/// A usage record's primary key: its own id, or for a record without one a hash of its
+/// content, so that resending the same record still counts once.
+fn usage_id(record: &proto::UsageRecord) -> String {
+    if !record.id.is_empty() {
+        return record.id.clone();
+    }
+    let mut hasher = Sha256::new();
+    hasher.update(prost::Message::encode_to_vec(record));
+    format!("anon-{}", hex::encode(hasher.finalize()))
+}
+
+impl Store {
+    /// Opens (creating if the URL allows) the database at `url` and applies migrations.
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        if url.starts_with("sqlite:") {
+            let options =
+                SqliteConnectOptions::from_str(url).map_err(|source| StoreError::Connect {
+                    target: redact_url(url),
+                    source,
+                })?;
+            let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+            // `sqlite://tollgate.db` should just work, as it does for LiteLLM users' Postgres
+            // URLs; an explicit `mode=` (ro, rw) is respected.
+            let options = if url.contains("mode=") {
+                options
+            } else {
+                options.create_if_missing(true)
+            };
+            Self::open_sqlite(options, in_memory, url).await
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = PgPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(url)
+                .await
+                .map_err(|source| StoreError::Connect {
+                    target: redact_url(url),
+                    source,
+                })?;
+            POSTGRES_MIGRATOR.run(&pool).await?;
+            Ok(Store {
+                pool: Pool::Postgres(pool),
+            })
+        } else {
+            Err(StoreError::UnsupportedUrl(redact_url(url)))
+        }
+    }
+
+    /// Opens (creating it if missing) the SQLite file at `path`; no URL escaping to get wrong.
+    pub async fn connect_sqlite_file(path: &Path) -> Result<Store, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true);
+        Self::open_sqlite(options, false, &path.display().to_string()).await
+    }
+
+    async fn open_sqlite(
+        options: SqliteConnectOptions,
+        in_memory: bool,
+        target: &str,
+    ) -> Result<Store, StoreError> {
+        // The filter's usage batches and config loads may write at the same time; wait for
+        // the lock instead of failing with SQLITE_BUSY.
+        let mut options = options.busy_timeout(Duration::from_secs(10));
+        let mut pool_options = SqlitePoolOptions::new();
+        if in_memory {
+            // Every connection of an in-memory database is a new, empty database: keep one
+            // connection open for the pool's whole life.
+            pool_options = pool_options
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None);
+        } else {
+            options = options.journal_mode(SqliteJournalMode::Wal);
+            pool_options = pool_options.max_connections(4);
+        }
+        let pool =
+            pool_options
+                .connect_with(options)
+                .await
+                .map_err(|source| StoreError::Connect {
+                    target: redact_url(target),
+                    source,
+                })?;
+        SQLITE_MIGRATOR.run(&pool).await?;
+        Ok(Store {
+            pool: Pool::Sqlite(pool),
+        })
+    }
+
+    /// Which engine this store uses.
+    pub fn backend(&self) -> Backend {
+        match self.pool {
+            Pool::Sqlite(_) => Backend::Sqlite,
+            Pool::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Closes the pool, waiting for connections to be returned.
+    pub async fn close(&self) {
+        with_pool!(self, pool => pool.close().await)
+    }
+
+    /// Stores a loaded config: its deployments replace the previous config deployments and
+    /// its `general_settings` replace the previous config settings, in one transaction so a
+    /// filter never sees half of a config. API deployments are left alone.
+    pub async fn replace_config(&self, config: &Config) -> Result<(), StoreError> {
+        let records: Vec<DeploymentRecord> = config
+            .deployments
+            .iter()
+            .map(DeploymentRecord::from_config)
+            .collect();
+        let settings: Vec<(&str, Option<String>)> = vec![
+            (
+                SETTING_MASTER_KEY_SHA256,
+                config.general.master_key.as_deref().map(sha256_hex),
+            ),
+            (
+                SETTING_MAX_REQUEST_BODY_BYTES,
+                config
+                    .general
+                    .max_request_body_bytes()
+                    .map(|bytes| bytes.to_string()),
+            ),
+            (
+                SETTING_MAX_RESPONSE_BODY_BYTES,
+                config
+                    .general
+                    .max_response_body_bytes()
+                    .map(|bytes| bytes.to_string()),
+            ),
+        ];
+        let now = to_i64(now_unix_ms());
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            // Keep created_at of ids that survive the reload.
+            let rows = sqlx::query("SELECT id, created_at FROM deployments WHERE source = 'config'")
+                .fetch_all(&mut *tx)
+                .await?;
+            let mut created: BTreeMap<String, i64> = BTreeMap::new();
+            for row in rows {
+                created.insert(row.try_get("id")?, row.try_get("created_at")?);
+            }
+            sqlx::query("DELETE FROM deployments WHERE source = 'config'")
+                .execute(&mut *tx)
+                .await?;
+            for record in &records {
+                let created_at = created.get(&record.id).copied().unwrap_or(now);
+                let result = bind_deployment!(sqlx::query(INSERT_DEPLOYMENT), record, created_at, now)
+                    .execute(&mut *tx)
+                    .await;
+                if let Err(sqlx::Error::Database(error)) = &result {
+                    if error.is_unique_violation() {
+                        return Err(StoreError::IdTaken(record.id.clone()));
+                    }
+                }
+                result?;
+            }
+            for (key, value) in &settings {
+                match value {
+                    Some(value) => {
+                        sqlx::query(UPSERT_SETTING).bind(*key).bind(value.clone()).execute(&mut *tx).await?;
+                    }
+                    None => {
+                        sqlx::query("DELETE FROM settings WHERE key = $1").bind(*key).execute(&mut *tx).await?;
+                    }
+                }
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Inserts or replaces one deployment as given (management API; tests).
+    pub async fn upsert_deployment(&self, record: &DeploymentRecord) -> Result<(), StoreError> {
+        let now = to_i64(now_unix_ms());
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let created_at: Option<i64> = sqlx::query("SELECT created_at FROM deployments WHERE id = $1")
+                .bind(record.id.clone())
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|row| row.try_get("created_at"))
+                .transpose()?;
+            sqlx::query("DELETE FROM deployments WHERE id = $1")
+                .bind(record.id.clone())
+                .execute(&mut *tx)
+                .await?;
+            bind_deployment!(sqlx::query(INSERT_DEPLOYMENT), record, created_at.unwrap_or(now), now)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Deletes one deployment; true if it existed.
+    pub async fn delete_deployment(&self, id: &str) -> Result<bool, StoreError> {
+        let affected = with_pool!(self, pool => sqlx::query("DELETE FROM deployments WHERE id = $1")
+            .bind(id)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        Ok(affected > 0)
+    }
+
+    /// Every deployment: config rows in file order, then API rows by creation time.
+    pub async fn deployments(&self) -> Result<Vec<StoredDeployment>, StoreError> {
+        let sql = format!(
+            "SELECT {DEPLOYMENT_COLUMNS} FROM deployments \
+             ORDER BY CASE source WHEN 'config' THEN 0 ELSE 1 END, position, created_at, id"
+        );
+        with_pool!(self, pool => {
+            let rows = sqlx::query(&sql).fetch_all(pool).await?;
+            let mut deployments = Vec::with_capacity(rows.len());
+            for row in &rows {
+                deployments.push(decode_deployment!(row));
+            }
+            Ok(deployments)
+        })
+    }
+
+    /// Every setting.
+    pub async fn settings(&self) -> Result<BTreeMap<String, String>, StoreError> {
+        with_pool!(self, pool => {
+            let rows = sqlx::query("SELECT key, value FROM settings").fetch_all(pool).await?;
+            let mut settings = BTreeMap::new();
+            for row in &rows {
+                settings.insert(row.try_get("key")?, row.try_get("value")?);
+            }
+            Ok(settings)
+        })
+    }
+
+    /// Sets one setting.
+    pub async fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        with_pool!(self, pool => {
+            sqlx::query(UPSERT_SETTING).bind(key).bind(value).execute(pool).await?;
+            Ok(())
+        })
+    }
+
+    /// Hands out the next snapshot version: above every version handed out before (also by
+    /// an earlier run of the control plane on this database) and at least `now_ms`, so
+    /// filters that kept an old snapshot through a restart always see the new one as newer.
+    pub async fn next_snapshot_version(&self, now_ms: u64) -> Result<u64, StoreError> {
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let previous: Option<String> = sqlx::query("SELECT value FROM settings WHERE key = $1")
+                .bind(SETTING_SNAPSHOT_VERSION)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|row| row.try_get("value"))
+                .transpose()?;
+            let previous = match previous {
+                Some(text) => text.parse::<u64>().map_err(|_| {
+                    StoreError::Corrupt(format!("setting {SETTING_SNAPSHOT_VERSION} = {text:?}"))
+                })?,
+                None => 0,
+            };
+            let version = previous.saturating_add(1).max(now_ms);
+            sqlx::query(UPSERT_SETTING)
+                .bind(SETTING_SNAPSHOT_VERSION)
+                .bind(version.to_string())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(version)
+        })
+    }
+
+    /// Records a batch of usage; records whose id is already stored are skipped, so a batch
+    /// resent after a lost acknowledgement is counted once. Returns how many were new.
+    pub async fn insert_usage(&self, records: &[proto::UsageRecord]) -> Result<u64, StoreError> {
+        if records.is_empty() {
+            return Ok(0);
+        }
+        let received = to_i64(now_unix_ms());
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let mut inserted = 0;
+            for record in records {
+                inserted += sqlx::query(INSERT_USAGE)
+                    .bind(usage_id(record))
+                    .bind(record.model_name.clone())
+                    .bind(record.deployment_id.clone())
+                    .bind(record.provider.clone())
+                    .bind(i64::from(record.status))
+                    .bind(record.prompt_tokens.map(to_i64))
+                    .bind(record.completion_tokens.map(to_i64))
+                    .bind(record.cached_prompt_tokens.map(to_i64))
+                    .bind(to_i64(record.started_unix_ms))
+                    .bind(to_i64(record.duration_ms))
+                    .bind(record.stream)
+                    .bind(record.key_hash.clone())
+                    .bind(received)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            }
+            tx.commit().await?;
+            Ok(inserted)
+        })
+    }
+
+    /// The whole usage ledger, oldest first (tests and small installations; spend queries
+    /// will aggregate in SQL).
+    pub async fn usage_records(&self) -> Result<Vec<proto::UsageRecord>, StoreError> {
+        let sql = "SELECT id, model_name, deployment_id, provider, status, prompt_tokens, \
+                   completion_tokens, cached_prompt_tokens, started_unix_ms, duration_ms, stream, \
+                   key_hash FROM usage_records ORDER BY started_unix_ms, id";
+        with_pool!(self, pool => {
+            let rows = sqlx::query(sql).fetch_all(pool).await?;
+            let mut records = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let status: i64 = row.try_get("status")?;
+                records.push(proto::UsageRecord {
+                    id: row.try_get("id")?,
+                    model_name: row.try_get("model_name")?,
+                    deployment_id: row.try_get("deployment_id")?,
+                    provider: row.try_get("provider")?,
+                    status: u32::try_from(status).unwrap_or(0),
+                    prompt_tokens: row.try_get::<Option<i64>, _>("prompt_tokens")?.map(to_u64),
+                    completion_tokens: row.try_get::<Option<i64>, _>("completion_tokens")?.map(to_u64),
+                    cached_prompt_tokens: row
+                        .try_get::<Option<i64>, _>("cached_prompt_tokens")?
+                        .map(to_u64),
+                    started_unix_ms: to_u64(row.try_get("started_unix_ms")?),
+                    duration_ms: to_u64(row.try_get("duration_ms")?),
+                    stream: row.try_get("stream")?,
+                    key_hash: row.try_get("key_hash")?,
+                });
+            }
+            Ok(records)
+        })
+    }
+
+    /// Number of usage records stored.
+    pub async fn usage_count(&self) -> Result<u64, StoreError> {
+        with_pool!(self, pool => {
+            let count: i64 = sqlx::query("SELECT COUNT(*) AS n FROM usage_records")
+                .fetch_one(pool)
+                .await?
+                .try_get("n")?;
+            Ok(to_u64(count))
+        })
+    }
+}
+
+/// SHA-256 hex, the form in which keys are compared and stored.
+pub fn sha256_hex(value: &str) -> String {
+    hex::encode(Sha256::digest(value.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords_only() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(
+            redact_url("sqlite://tollgate.db?mode=rwc"),
+            "sqlite://tollgate.db?mode=rwc"
+        );
+    }
+
+    #[test]
+    fn anonymous_usage_ids_are_content_hashes() {
+        let record = proto::UsageRecord {
+            model_name: "m".into(),
+            ..Default::default()
+        };
+        assert_eq!(usage_id(&record), usage_id(&record.clone()));
+        let other = proto::UsageRecord {
+            model_name: "n".into(),
+            ..Default::default()
+        };
+        assert_ne!(usage_id(&record), usage_id(&other));
+        let named = proto::UsageRecord {
+            id: "x".into(),
+            ..Default::default()
+        };
+        assert_eq!(usage_id(&named), "x");
+    }
+}

@@ -1,0 +1,489 @@
+//! Snapshot building and the `tollgate.v1.FilterSync` service.
+//!
+//! The current snapshot lives in a `watch` channel: every stream sends it at once and then
+//! whatever is published next, and a stream that falls behind only ever gets the newest one
+//! (snapshots are whole, so skipping intermediate ones loses nothing). The registry of open
+//! streams is a `watch` channel too, so readiness checks and tests can wait for a change
+//! instead of polling.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::proto::filter_sync_server::{FilterSync, FilterSyncServer};
+use crate::proto::{self, control_message, filter_message};
+use crate::store::{
+    now_unix_ms, Store, StoreError, StoredDeployment, SETTING_MASTER_KEY_SHA256,
+    SETTING_MAX_REQUEST_BODY_BYTES, SETTING_MAX_RESPONSE_BODY_BYTES,
+};
+
+/// Attempts at storing one usage batch before it is given up (and logged as lost).
+const USAGE_INSERT_ATTEMPTS: u32 = 3;
+
+/// Builds a snapshot from stored deployments and settings.
+pub fn build_snapshot(
+    version: u64,
+    deployments: &[StoredDeployment],
+    settings: &BTreeMap<String, String>,
+) -> proto::Snapshot {
+    let number = |key: &str| {
+        settings
+            .get(key)
+            .and_then(|value| value.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    proto::Snapshot {
+        version,
+        settings: Some(proto::Settings {
+            master_key_sha256: settings
+                .get(SETTING_MASTER_KEY_SHA256)
+                .cloned()
+                .unwrap_or_default(),
+            max_request_body_bytes: number(SETTING_MAX_REQUEST_BODY_BYTES),
+            max_response_body_bytes: number(SETTING_MAX_RESPONSE_BODY_BYTES),
+        }),
+        deployments: deployments
+            .iter()
+            .map(|stored| {
+                let record = &stored.record;
+                proto::Deployment {
+                    id: record.id.clone(),
+                    model_name: record.model_name.clone(),
+                    provider: record.kind.to_proto() as i32,
+                    provider_name: record.provider_name.clone(),
+                    upstream_model: record.upstream_model.clone(),
+                    api_base: record.api_base.clone(),
+                    api_key: record.api_key.clone().unwrap_or_default(),
+                    default_max_tokens: record.default_max_tokens.unwrap_or(0),
+                    api_version: record.api_version.clone().unwrap_or_default(),
+                }
+            })
+            .collect(),
+    }
+}
+
+/// Reads the store and builds a snapshot with a freshly handed-out version.
+pub async fn load_snapshot(store: &Store) -> Result<proto::Snapshot, StoreError> {
+    let deployments = store.deployments().await?;
+    let settings = store.settings().await?;
+    let version = store.next_snapshot_version(now_unix_ms()).await?;
+    Ok(build_snapshot(version, &deployments, &settings))
+}
+
+/// What the control plane knows about one open filter stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamInfo {
+    /// Per-process stream number.
+    pub id: u64,
+    /// Remote address (Envoy's side of the connection).
+    pub peer: Option<SocketAddr>,
+    /// Whether the filter has said Hello on this stream.
+    pub hello: bool,
+    /// Envoy node id from the Hello.
+    pub node_id: String,
+    /// VM (root context) id from the Hello.
+    pub vm_id: String,
+    /// Filter build version from the Hello.
+    pub filter_version: String,
+    /// Newest snapshot version the filter reported holding: from its Hello, then from its
+    /// acknowledgements (filters that do not send acks keep the Hello value).
+    pub acked_version: u64,
+    /// Whether the filter has sent a `SnapshotAck` on this stream (so it can be waited for).
+    pub sends_acks: bool,
+    /// When the Hello arrived.
+    pub hello_at: Option<Instant>,
+    /// Newest snapshot version sent on this stream.
+    pub sent_version: u64,
+    /// Usage records received and processed on this stream (new or resent).
+    pub usage_records: u64,
+    /// Unix milliseconds of the stream's start.
+    pub opened_unix_ms: u64,
+}
+
+/// State shared by all streams: the snapshot channel, the stream registry and the store
+/// usage goes to.
+pub struct SyncHub {
+    store: Store,
+    snapshots: watch::Sender<Arc<proto::Snapshot>>,
+    streams: watch::Sender<BTreeMap<u64, StreamInfo>>,
+    next_stream_id: AtomicU64,
+    shutdown: watch::Sender<bool>,
+}
+
+impl SyncHub {
+    /// A hub serving the store's current state as its first snapshot.
+    pub async fn start(store: Store) -> Result<Arc<SyncHub>, StoreError> {
+        let snapshot = load_snapshot(&store).await?;
+        Ok(Self::with_snapshot(store, snapshot))
+    }
+
+    /// A hub serving `snapshot` (tests, and callers that built the snapshot themselves).
+    pub fn with_snapshot(store: Store, snapshot: proto::Snapshot) -> Arc<SyncHub> {
+        Arc::new(SyncHub {
+            store,
+            snapshots: watch::Sender::new(Arc::new(snapshot)),
+            streams: watch::Sender::new(BTreeMap::new()),
+            next_stream_id: AtomicU64::new(1),
+            shutdown: watch::Sender::new(false),
+        })
+    }
+
+    /// The store usage is written to.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The snapshot streams currently get.
+    pub fn current(&self) -> Arc<proto::Snapshot> {
+        self.snapshots.borrow().clone()
+    }
+
+    /// Sends `snapshot` to every open stream (and every stream opened later).
+    pub fn publish(&self, snapshot: proto::Snapshot) {
+        tracing::info!(
+            version = snapshot.version,
+            deployments = snapshot.deployments.len(),
+            "publishing snapshot"
+        );
+        self.snapshots.send_replace(Arc::new(snapshot));
+    }
+
+    /// Rebuilds the snapshot from the store with a new version and publishes it.
+    pub async fn republish(&self) -> Result<u64, StoreError> {
+        let snapshot = load_snapshot(&self.store).await?;
+        let version = snapshot.version;
+        self.publish(snapshot);
+        Ok(version)
+    }
+
+    /// Open streams, by id.
+    pub fn streams(&self) -> Vec<StreamInfo> {
+        self.streams.borrow().values().cloned().collect()
+    }
+
+    /// Open streams whose filter has said Hello: the readiness count.
+    pub fn connected_streams(&self) -> usize {
+        self.streams
+            .borrow()
+            .values()
+            .filter(|stream| stream.hello)
+            .count()
+    }
+
+    /// Streams whose filter holds the current snapshot: it acknowledged it, or, for a filter
+    /// that has not sent acknowledgements, the snapshot was sent and its Hello is at least
+    /// `grace` old (the snapshot goes out before the Hello is even read, so by then it has
+    /// long been installed). Readiness counts these rather than Hellos, so that no request
+    /// reaches a VM that is still without configuration.
+    pub fn streams_holding_current(&self, grace: Duration) -> usize {
+        let current = self.current().version;
+        self.streams
+            .borrow()
+            .values()
+            .filter(|stream| {
+                if stream.sends_acks {
+                    stream.acked_version >= current
+                } else {
+                    stream.sent_version >= current
+                        && stream.hello_at.is_some_and(|at| at.elapsed() >= grace)
+                }
+            })
+            .count()
+    }
+
+    /// Waits until `predicate` holds for the open streams, or `timeout` passes; returns
+    /// whether it held.
+    pub async fn wait_for_streams(
+        &self,
+        timeout: Duration,
+        predicate: impl Fn(&[StreamInfo]) -> bool,
+    ) -> bool {
+        let mut receiver = self.streams.subscribe();
+        let wait = receiver.wait_for(|streams| {
+            let list: Vec<StreamInfo> = streams.values().cloned().collect();
+            predicate(&list)
+        });
+        let held = matches!(tokio::time::timeout(timeout, wait).await, Ok(Ok(_)));
+        held
+    }
+
+    /// Ends every open stream and refuses new ones, so a graceful server shutdown does not
+    /// wait forever on long-lived streams. Filters reconnect to the next control plane.
+    pub fn close_streams(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// The tonic service for this hub.
+    pub fn service(self: &Arc<Self>) -> FilterSyncServer<SyncService> {
+        FilterSyncServer::new(SyncService { hub: self.clone() })
+    }
+
+    fn register(&self, peer: Option<SocketAddr>) -> u64 {
+        let id = self.next_stream_id.fetch_add(1, Ordering::Relaxed);
+        let info = StreamInfo {
+            id,
+            peer,
+            hello: false,
+            node_id: String::new(),
+            vm_id: String::new(),
+            filter_version: String::new(),
+            acked_version: 0,
+            sends_acks: false,
+            hello_at: None,
+            sent_version: 0,
+            usage_records: 0,
+            opened_unix_ms: now_unix_ms(),
+        };
+        self.streams.send_modify(|streams| {
+            streams.insert(id, info);
+        });
+        id
+    }
+
+    fn update(&self, id: u64, change: impl FnOnce(&mut StreamInfo)) {
+        self.streams.send_modify(|streams| {
+            if let Some(info) = streams.get_mut(&id) {
+                change(info);
+            }
+        });
+    }
+
+    fn unregister(&self, id: u64) {
+        let mut removed = None;
+        self.streams
+            .send_modify(|streams| removed = streams.remove(&id));
+        if let Some(info) = removed {
+            tracing::info!(
+                stream = id,
+                node = %info.node_id,
+                vm = %info.vm_id,
+                open = self.streams.borrow().len(),
+                "filter stream closed"
+            );
+        }
+    }
+
+    async fn store_usage(&self, stream: u64, records: &[proto::UsageRecord]) {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.store.insert_usage(records).await {
+                Ok(inserted) => {
+                    tracing::debug!(
+                        stream,
+                        received = records.len(),
+                        inserted,
+                        "usage batch stored"
+                    );
+                    return;
+                }
+                Err(error) if attempt < USAGE_INSERT_ATTEMPTS => {
+                    tracing::warn!(stream, attempt, %error, "storing usage failed, retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                }
+                Err(error) => {
+                    tracing::error!(stream, records = records.len(), %error, "usage batch lost");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Removes a stream from the registry however its task ends.
+struct Registration {
+    hub: Arc<SyncHub>,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.hub.unregister(self.id);
+    }
+}
+
+/// The `FilterSync` implementation over a [`SyncHub`].
+#[derive(Clone)]
+pub struct SyncService {
+    hub: Arc<SyncHub>,
+}
+
+type ControlStream = ReceiverStream<Result<proto::ControlMessage, Status>>;
+
+#[tonic::async_trait]
+impl FilterSync for SyncService {
+    type SyncStream = ControlStream;
+
+    async fn sync(
+        &self,
+        request: Request<Streaming<proto::FilterMessage>>,
+    ) -> Result<Response<Self::SyncStream>, Status> {
+        if *self.hub.shutdown.borrow() {
+            return Err(Status::unavailable("control plane is shutting down"));
+        }
+        let peer = request.remote_addr();
+        let inbound = request.into_inner();
+        // Registered before the task runs so readiness and tests see the stream at once.
+        let id = self.hub.register(peer);
+        let (sender, receiver) = mpsc::channel(4);
+        let registration = Registration {
+            hub: self.hub.clone(),
+            id,
+        };
+        tokio::spawn(run_stream(registration, inbound, sender));
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+}
+
+fn snapshot_message(snapshot: &proto::Snapshot) -> proto::ControlMessage {
+    proto::ControlMessage {
+        kind: Some(control_message::Kind::Snapshot(snapshot.clone())),
+    }
+}
+
+async fn send_snapshot(
+    hub: &SyncHub,
+    id: u64,
+    sender: &mpsc::Sender<Result<proto::ControlMessage, Status>>,
+    snapshot: &proto::Snapshot,
+) -> bool {
+    if sender.send(Ok(snapshot_message(snapshot))).await.is_err() {
+        return false;
+    }
+    let version = snapshot.version;
+    hub.update(id, |info| info.sent_version = version);
+    tracing::debug!(stream = id, version, "snapshot sent");
+    true
+}
+
+async fn run_stream(
+    registration: Registration,
+    mut inbound: Streaming<proto::FilterMessage>,
+    sender: mpsc::Sender<Result<proto::ControlMessage, Status>>,
+) {
+    let hub = registration.hub.clone();
+    let id = registration.id;
+    let mut snapshots = hub.snapshots.subscribe();
+    let mut shutdown = hub.shutdown.subscribe();
+    // A shutdown that happened before this subscription must still end the stream.
+    shutdown.mark_changed();
+    // The filter cannot serve anything before its first snapshot: send it before even
+    // reading the Hello.
+    let first = snapshots.borrow_and_update().clone();
+    if !send_snapshot(&hub, id, &sender, &first).await {
+        return;
+    }
+    loop {
+        tokio::select! {
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow_and_update() {
+                    break;
+                }
+            }
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let snapshot = snapshots.borrow_and_update().clone();
+                if !send_snapshot(&hub, id, &sender, &snapshot).await {
+                    break;
+                }
+            }
+            message = inbound.message() => match message {
+                Ok(Some(message)) => handle_message(&hub, id, message).await,
+                Ok(None) => break,
+                Err(status) => {
+                    tracing::debug!(stream = id, %status, "filter stream ended with an error");
+                    break;
+                }
+            },
+            () = sender.closed() => break,
+        }
+    }
+    drop(registration);
+}
+
+async fn handle_message(hub: &SyncHub, id: u64, message: proto::FilterMessage) {
+    match message.kind {
+        Some(filter_message::Kind::Hello(hello)) => {
+            hub.update(id, |info| {
+                info.hello = true;
+                info.hello_at = Some(Instant::now());
+                info.node_id = hello.node_id.clone();
+                info.vm_id = hello.vm_id.clone();
+                info.filter_version = hello.filter_version.clone();
+                info.acked_version = hello.snapshot_version;
+            });
+            tracing::info!(
+                stream = id,
+                node = %hello.node_id,
+                vm = %hello.vm_id,
+                filter_version = %hello.filter_version,
+                held_snapshot = hello.snapshot_version,
+                connected = hub.connected_streams(),
+                "filter connected"
+            );
+        }
+        Some(filter_message::Kind::Usage(batch)) => {
+            hub.store_usage(id, &batch.records).await;
+            // Counted after storing, so a waiter that sees the count also sees the rows.
+            let count = u64::try_from(batch.records.len()).unwrap_or(u64::MAX);
+            hub.update(id, |info| info.usage_records += count);
+        }
+        Some(filter_message::Kind::Ack(ack)) => {
+            hub.update(id, |info| {
+                info.sends_acks = true;
+                info.acked_version = info.acked_version.max(ack.version);
+            });
+            tracing::debug!(stream = id, version = ack.version, "snapshot acknowledged");
+        }
+        None => tracing::debug!(stream = id, "empty filter message ignored"),
+    }
+}
+
+/// Serves `FilterSync` (and gRPC reflection for it) on `listener` until `shutdown`
+/// completes; then ends the open streams so the server can stop.
+pub async fn serve(
+    hub: Arc<SyncHub>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(ServeError::Reflection)?;
+    let closer = hub.clone();
+    let signal = async move {
+        shutdown.await;
+        closer.close_streams();
+    };
+    tonic::transport::Server::builder()
+        // Envoy keeps one HTTP/2 connection per VM open for hours; pings notice dead peers.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(hub.service())
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), signal)
+        .await
+        .map_err(ServeError::Transport)
+}
+
+/// Why the gRPC server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The reflection service could not read the descriptor set.
+    #[error("gRPC reflection: {0}")]
+    Reflection(tonic_reflection::server::Error),
+    /// The server failed.
+    #[error("gRPC server: {0}")]
+    Transport(tonic::transport::Error),
+}

@@ -1,0 +1,463 @@
+//! The FilterSync service end to end: a real tonic server on 127.0.0.1 and real clients
+//! playing the filter.
+// Test helpers outside #[test] functions: a failure should stop the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+
+use tollgate::app::start_control_plane;
+use tollgate::config::{self, LoadedConfig, ProviderKind};
+use tollgate::proto::filter_sync_client::FilterSyncClient;
+use tollgate::proto::{
+    control_message, filter_message, ControlMessage, FilterMessage, Hello,
+    ProviderKind as WireKind, Snapshot, SnapshotAck, UsageBatch, UsageRecord,
+};
+use tollgate::store::{sha256_hex, DeploymentRecord, DeploymentSource, Store};
+use tollgate::sync::{self, ServeError, SyncHub};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+const CONFIG: &str = r#"
+general_settings:
+  master_key: sk-test-master
+  max_request_size_mb: 3
+  max_response_size_mb: 4
+model_list:
+  - model_name: gpt
+    litellm_params:
+      model: openai/gpt-4o
+      api_key: os.environ/SYNC_TEST_OPENAI_KEY
+  - model_name: claude
+    litellm_params:
+      model: anthropic/claude-sonnet
+      api_base: http://127.0.0.1:9/
+      api_version: "2023-06-01"
+"#;
+
+fn load(text: &str) -> LoadedConfig {
+    config::parse(text, "sync-test.yaml", &|name| {
+        (name == "SYNC_TEST_OPENAI_KEY").then(|| "sk-upstream".to_string())
+    })
+    .unwrap()
+}
+
+struct Server {
+    hub: Arc<SyncHub>,
+    address: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), ServeError>>,
+}
+
+impl Server {
+    async fn start(store: Store, config: &LoadedConfig) -> Server {
+        let hub = start_control_plane(store, config).await.unwrap();
+        Self::start_hub(hub).await
+    }
+
+    async fn start_hub(hub: Arc<SyncHub>) -> Server {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(sync::serve(hub.clone(), listener, async {
+            let _ = stopped.await;
+        }));
+        Server {
+            hub,
+            address,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Stops the server and checks that it really stops although streams are open.
+    async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop.send(()).unwrap();
+        }
+        let result = tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("server did not stop");
+        result.unwrap().unwrap();
+    }
+}
+
+/// One filter VM: the sending half of its stream and the control messages it receives.
+struct FakeFilter {
+    outbound: mpsc::Sender<FilterMessage>,
+    inbound: Streaming<ControlMessage>,
+}
+
+impl FakeFilter {
+    async fn connect(address: SocketAddr) -> FakeFilter {
+        let mut client = FilterSyncClient::connect(format!("http://{address}"))
+            .await
+            .unwrap();
+        let (outbound, receiver) = mpsc::channel(16);
+        let inbound = client
+            .sync(ReceiverStream::new(receiver))
+            .await
+            .unwrap()
+            .into_inner();
+        FakeFilter { outbound, inbound }
+    }
+
+    async fn send(&self, kind: filter_message::Kind) {
+        self.outbound
+            .send(FilterMessage { kind: Some(kind) })
+            .await
+            .unwrap();
+    }
+
+    async fn hello(&self, node: &str, vm: &str, held: u64) {
+        self.send(filter_message::Kind::Hello(Hello {
+            node_id: node.into(),
+            vm_id: vm.into(),
+            snapshot_version: held,
+            filter_version: "0.1.0-test".into(),
+        }))
+        .await;
+    }
+
+    async fn next_snapshot(&mut self) -> Snapshot {
+        let message = tokio::time::timeout(WAIT, self.inbound.message())
+            .await
+            .expect("no control message in time")
+            .expect("stream failed")
+            .expect("stream ended");
+        match message.kind {
+            Some(control_message::Kind::Snapshot(snapshot)) => snapshot,
+            None => panic!("empty control message"),
+        }
+    }
+}
+
+fn usage(id: &str) -> UsageRecord {
+    UsageRecord {
+        id: id.into(),
+        model_name: "gpt".into(),
+        deployment_id: "d".into(),
+        provider: "openai".into(),
+        status: 200,
+        prompt_tokens: Some(3),
+        completion_tokens: None,
+        cached_prompt_tokens: None,
+        started_unix_ms: 1,
+        duration_ms: 2,
+        stream: false,
+        key_hash: String::new(),
+    }
+}
+
+#[tokio::test]
+async fn filters_get_snapshots_and_usage_is_stored_once() {
+    let (store, _dir) = common::sqlite_store().await;
+    let server = Server::start(store.clone(), &load(CONFIG)).await;
+    let hub = server.hub.clone();
+
+    // First stream: the snapshot comes first, before the filter says anything.
+    let mut first = FakeFilter::connect(server.address).await;
+    let snapshot = first.next_snapshot().await;
+    assert_eq!(snapshot, *hub.current());
+    assert!(
+        snapshot.version >= 1_600_000_000_000,
+        "version is not time-based: {}",
+        snapshot.version
+    );
+    let settings = snapshot.settings.clone().unwrap();
+    assert_eq!(settings.master_key_sha256, sha256_hex("sk-test-master"));
+    assert_eq!(settings.max_request_body_bytes, 3 * 1024 * 1024);
+    assert_eq!(settings.max_response_body_bytes, 4 * 1024 * 1024);
+    assert_eq!(snapshot.deployments.len(), 2);
+    let gpt = &snapshot.deployments[0];
+    assert_eq!(gpt.model_name, "gpt");
+    assert_eq!(gpt.provider, WireKind::Openai as i32);
+    assert_eq!(gpt.provider_name, "openai");
+    assert_eq!(gpt.upstream_model, "gpt-4o");
+    assert_eq!(gpt.api_base, "https://api.openai.com/v1");
+    assert_eq!(gpt.api_key, "sk-upstream");
+    assert_eq!(gpt.default_max_tokens, 0);
+    let claude = &snapshot.deployments[1];
+    assert_eq!(claude.provider, WireKind::Anthropic as i32);
+    assert_eq!(claude.api_base, "http://127.0.0.1:9");
+    assert_eq!(claude.api_key, "");
+    assert_eq!(claude.default_max_tokens, 4096);
+    assert_eq!(claude.api_version, "2023-06-01");
+
+    // Hello registers the stream with its node and VM.
+    first.hello("envoy-a", "1", 0).await;
+    assert!(
+        hub.wait_for_streams(WAIT, |streams| streams
+            .iter()
+            .any(|s| s.hello && s.node_id == "envoy-a" && s.vm_id == "1"))
+            .await
+    );
+    assert_eq!(hub.connected_streams(), 1);
+    // Without acknowledgements a stream counts as holding the snapshot only after a grace.
+    assert_eq!(hub.streams_holding_current(Duration::from_secs(3600)), 0);
+    assert_eq!(hub.streams_holding_current(Duration::ZERO), 1);
+    let info = hub.streams().into_iter().next().unwrap();
+    assert_eq!(info.sent_version, snapshot.version);
+    assert_eq!(info.filter_version, "0.1.0-test");
+    assert!(info.peer.is_some_and(|peer| peer.ip().is_loopback()));
+
+    // The same batch twice (a resend after a reconnect): stored once.
+    let batch = UsageBatch {
+        records: vec![usage("r1"), usage("r2")],
+    };
+    first.send(filter_message::Kind::Usage(batch.clone())).await;
+    first.send(filter_message::Kind::Usage(batch.clone())).await;
+    assert!(
+        hub.wait_for_streams(WAIT, |streams| streams.iter().any(|s| s.usage_records == 4))
+            .await
+    );
+    assert_eq!(store.usage_count().await.unwrap(), 2);
+    let stored = store.usage_records().await.unwrap();
+    assert_eq!(stored, batch.records);
+
+    // Acknowledgements are recorded.
+    first
+        .send(filter_message::Kind::Ack(SnapshotAck {
+            version: snapshot.version,
+        }))
+        .await;
+    assert!(
+        hub.wait_for_streams(WAIT, |streams| streams
+            .iter()
+            .any(|s| s.acked_version == snapshot.version))
+            .await
+    );
+    // An acknowledging filter holds the snapshot at once, whatever the grace.
+    assert_eq!(hub.streams_holding_current(Duration::from_secs(3600)), 1);
+
+    // A second stream also gets the current snapshot.
+    let mut second = FakeFilter::connect(server.address).await;
+    assert_eq!(second.next_snapshot().await, snapshot);
+    second.hello("envoy-a", "2", 0).await;
+    assert!(
+        hub.wait_for_streams(WAIT, |streams| streams.iter().filter(|s| s.hello).count()
+            == 2)
+            .await
+    );
+
+    // A new snapshot reaches both streams.
+    store
+        .upsert_deployment(&DeploymentRecord {
+            id: "api-1".into(),
+            model_name: "mini".into(),
+            provider_name: "openai".into(),
+            kind: ProviderKind::OpenAi,
+            upstream_model: "gpt-4o-mini".into(),
+            api_base: "https://api.openai.com/v1".into(),
+            api_key: None,
+            api_version: None,
+            default_max_tokens: None,
+            model_info: None,
+            source: DeploymentSource::Api,
+            position: 0,
+        })
+        .await
+        .unwrap();
+    let new_version = hub.republish().await.unwrap();
+    assert!(new_version > snapshot.version);
+    for filter in [&mut first, &mut second] {
+        let update = filter.next_snapshot().await;
+        assert_eq!(update.version, new_version);
+        let names: Vec<&str> = update
+            .deployments
+            .iter()
+            .map(|d| d.model_name.as_str())
+            .collect();
+        assert_eq!(names, ["gpt", "claude", "mini"]);
+    }
+    assert!(
+        hub.wait_for_streams(WAIT, |streams| streams
+            .iter()
+            .all(|s| s.sent_version == new_version))
+            .await
+    );
+    // The acknowledging stream holds the new version only once it says so.
+    assert_eq!(
+        hub.streams_holding_current(Duration::ZERO),
+        1,
+        "only the non-acking stream"
+    );
+    first
+        .send(filter_message::Kind::Ack(SnapshotAck {
+            version: new_version,
+        }))
+        .await;
+    assert!(
+        hub.wait_for_streams(WAIT, |streams| streams
+            .iter()
+            .any(|s| s.acked_version == new_version))
+            .await
+    );
+    assert_eq!(hub.streams_holding_current(Duration::ZERO), 2);
+
+    // A closed stream leaves the registry.
+    drop(second);
+    assert!(
+        hub.wait_for_streams(WAIT, |streams| streams.len() == 1)
+            .await,
+        "{:?}",
+        hub.streams()
+    );
+    assert_eq!(hub.streams()[0].vm_id, "1");
+
+    // Shutdown ends the open stream instead of waiting for it forever.
+    server.shutdown().await;
+    let end = tokio::time::timeout(WAIT, first.inbound.message())
+        .await
+        .expect("stream not ended");
+    assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
+    assert!(
+        hub.wait_for_streams(WAIT, |streams| streams.is_empty())
+            .await
+    );
+}
+
+#[tokio::test]
+async fn filter_closing_its_side_ends_the_stream() {
+    let (store, _dir) = common::sqlite_store().await;
+    let server = Server::start(store, &load(CONFIG)).await;
+    let mut filter = FakeFilter::connect(server.address).await;
+    filter.next_snapshot().await;
+    filter.hello("envoy-b", "7", 0).await;
+    assert!(
+        server
+            .hub
+            .wait_for_streams(WAIT, |streams| streams.iter().any(|s| s.hello))
+            .await
+    );
+    // The filter half-closes (a VM closing its stream): the server finishes the response
+    // and forgets the stream, without waiting for the next snapshot to notice.
+    let FakeFilter {
+        outbound,
+        mut inbound,
+    } = filter;
+    drop(outbound);
+    let end = tokio::time::timeout(WAIT, inbound.message())
+        .await
+        .expect("response not finished");
+    assert!(matches!(end, Ok(None)), "{end:?}");
+    assert!(
+        server
+            .hub
+            .wait_for_streams(WAIT, |streams| streams.is_empty())
+            .await
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn restart_with_a_changed_config_serves_a_newer_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("cp.db").display());
+
+    let store = Store::connect(&url).await.unwrap();
+    let server = Server::start(store.clone(), &load(CONFIG)).await;
+    let mut filter = FakeFilter::connect(server.address).await;
+    let before = filter.next_snapshot().await;
+    server.shutdown().await;
+    store.close().await;
+
+    let changed = load(
+        "model_list:\n  - model_name: only\n    litellm_params: {model: groq/llama-3.1-8b-instant}\n",
+    );
+    let store = Store::connect(&url).await.unwrap();
+    let server = Server::start(store.clone(), &changed).await;
+    // The filter reconnects to the new control plane.
+    let mut filter = FakeFilter::connect(server.address).await;
+    filter.hello("envoy-a", "1", before.version).await;
+    let after = filter.next_snapshot().await;
+    assert!(
+        after.version > before.version,
+        "{} <= {}",
+        after.version,
+        before.version
+    );
+    assert_eq!(after.deployments.len(), 1);
+    assert_eq!(after.deployments[0].model_name, "only");
+    assert_eq!(
+        after.deployments[0].api_base,
+        "https://api.groq.com/openai/v1"
+    );
+    assert_eq!(after.settings.unwrap().master_key_sha256, "");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn sync_works_on_postgres_too() {
+    let db = common::PgTestDb::create().await;
+    let store = Store::connect(&db.url).await.unwrap();
+    let server = Server::start(store.clone(), &load(CONFIG)).await;
+    let mut filter = FakeFilter::connect(server.address).await;
+    let snapshot = filter.next_snapshot().await;
+    assert_eq!(snapshot.deployments.len(), 2);
+    filter.hello("envoy-pg", "1", 0).await;
+    let batch = UsageBatch {
+        records: vec![usage("p1"), usage("p2"), usage("p3")],
+    };
+    filter
+        .send(filter_message::Kind::Usage(batch.clone()))
+        .await;
+    filter.send(filter_message::Kind::Usage(batch)).await;
+    assert!(
+        server
+            .hub
+            .wait_for_streams(WAIT, |streams| streams.iter().any(|s| s.usage_records == 6))
+            .await
+    );
+    assert_eq!(store.usage_count().await.unwrap(), 3);
+    server.shutdown().await;
+    store.close().await;
+}
+
+#[tokio::test]
+async fn reflection_lists_the_service() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let (store, _dir) = common::sqlite_store().await;
+    let server = Server::start(store, &load(CONFIG)).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.address))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection response {response:?}");
+    };
+    let names: Vec<String> = list
+        .service
+        .into_iter()
+        .map(|service| service.name)
+        .collect();
+    assert!(
+        names.contains(&"tollgate.v1.FilterSync".to_string()),
+        "{names:?}"
+    );
+    server.shutdown().await;
+}
