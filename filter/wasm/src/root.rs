@@ -74,6 +74,8 @@ impl VmShared {
 /// The root context of one VM.
 pub struct TollgateRoot {
     context_id: u32,
+    /// Tells this VM's stream apart from its siblings' (every VM's root context id is 1).
+    vm_id: String,
     shared: Rc<RefCell<VmShared>>,
     stream: Option<u32>,
     /// Whether the stream has delivered a message since it was opened (a stream the host
@@ -89,6 +91,7 @@ impl TollgateRoot {
     pub fn new(context_id: u32) -> Self {
         TollgateRoot {
             context_id,
+            vm_id: String::new(),
             shared: Rc::new(RefCell::new(VmShared {
                 state: None,
                 config: PluginConfig::default(),
@@ -123,7 +126,7 @@ impl TollgateRoot {
             let hello = proto::FilterMessage {
                 kind: Some(filter_message::Kind::Hello(proto::Hello {
                     node_id: shared.config.node_id.clone(),
-                    vm_id: self.context_id.to_string(),
+                    vm_id: self.vm_id.clone(),
                     snapshot_version: shared.state.as_ref().map_or(0, |state| state.version),
                     filter_version: env!("CARGO_PKG_VERSION").to_string(),
                 })),
@@ -189,11 +192,18 @@ impl TollgateRoot {
         }
         log::info!(
             "tollgate: vm {} installed snapshot {} ({} models)",
-            self.context_id,
+            self.vm_id,
             state.version,
             state.model_names().len()
         );
+        let version = state.version;
         self.shared.borrow_mut().state = Some(Rc::new(state));
+        if let Some(token) = self.stream {
+            let ack = proto::FilterMessage {
+                kind: Some(filter_message::Kind::Ack(proto::SnapshotAck { version })),
+            };
+            host::send_stream_message(token, &ack.encode_to_vec());
+        }
     }
 }
 
@@ -203,10 +213,7 @@ impl Context for TollgateRoot {
             return;
         }
         if !self.stream_healthy {
-            log::info!(
-                "tollgate: vm {} connected to the control plane",
-                self.context_id
-            );
+            log::info!("tollgate: vm {} connected to the control plane", self.vm_id);
             self.stream_healthy = true;
             self.backoff_ms = 0;
             self.next_attempt_ms = 0;
@@ -222,7 +229,7 @@ impl Context for TollgateRoot {
             if self.stream_healthy {
                 log::warn!(
                     "tollgate: vm {} lost the control-plane stream (grpc status {status_code}); serving the last snapshot and reconnecting",
-                    self.context_id
+                    self.vm_id
                 );
             } else {
                 log::debug!("tollgate: control-plane stream refused (grpc status {status_code})");
@@ -242,6 +249,13 @@ impl RootContext for TollgateRoot {
                 return false;
             }
         };
+        self.vm_id = format!(
+            "{}-{:x}",
+            self.context_id,
+            host::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        );
         self.shared.borrow_mut().config = config;
         host::set_tick_period(TICK);
         self.connect();

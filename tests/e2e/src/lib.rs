@@ -249,8 +249,21 @@ pub fn mock_config(mock: &Mock, master_key: Option<&str>) -> String {
 }
 
 impl Gateway {
-    /// Runs `tollgate up` with `config` and waits until it says it is ready.
+    /// Runs `tollgate up` with `config` and waits until it says it is ready. Ports are
+    /// picked free just before; another process can take one in between, so a failed start
+    /// is retried with new ports.
     pub fn start(dir: &Path, config: &str) -> Result<Gateway> {
+        let mut last_error = anyhow!("not started");
+        for _ in 0..3 {
+            match Self::start_once(dir, config) {
+                Ok(gateway) => return Ok(gateway),
+                Err(error) => last_error = error,
+            }
+        }
+        Err(last_error)
+    }
+
+    fn start_once(dir: &Path, config: &str) -> Result<Gateway> {
         let config_path = dir.join("config.yaml");
         std::fs::write(&config_path, config)?;
         let (port, admin_port, grpc_port) = (free_port()?, free_port()?, free_port()?);

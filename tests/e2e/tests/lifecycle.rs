@@ -11,6 +11,12 @@ use tollgate_e2e::{
 
 const KEY: &str = "sk-lifecycle";
 
+/// Every worker sees `expected`: each call opens a new connection, which Envoy hands to one of
+/// its workers, so 12 agreeing answers in a row cover both workers' VMs.
+fn all_workers_list(envoy: &Envoy, expected: &[&str]) -> bool {
+    (0..12).all(|_| envoy.model_ids(KEY) == expected)
+}
+
 fn chat_ok(url: &str, model: &str) -> bool {
     client()
         .post(format!("{url}/v1/chat/completions"))
