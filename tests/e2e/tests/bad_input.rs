@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Bad input gets an OpenAI-shaped error with the right status, and the workers' VMs survive.
 
 use serde_json::{json, Value};

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! OpenAI and Anthropic end to end: real Envoy (2 workers) + filter + control plane + mock.
 
 use serde_json::{json, Value};
