@@ -42,6 +42,7 @@ pub fn build_snapshot(
             .unwrap_or(0)
     };
     proto::Snapshot {
+        keys: Vec::new(),
         version,
         settings: Some(proto::Settings {
             master_key_sha256: settings

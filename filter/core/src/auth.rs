@@ -65,6 +65,7 @@ mod tests {
 
     fn state_with_master_key(key: Option<&str>) -> State {
         let snapshot = proto::Snapshot {
+            keys: Vec::new(),
             version: 1,
             settings: Some(proto::Settings {
                 master_key_sha256: key

@@ -167,6 +167,7 @@ mod tests {
 
     fn state() -> State {
         let snapshot = proto::Snapshot {
+            keys: Vec::new(),
             version: 1,
             settings: None,
             deployments: vec![

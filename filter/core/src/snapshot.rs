@@ -346,6 +346,7 @@ pub(crate) mod tests {
     #[test]
     fn builds_state_and_reports_bad_entries() {
         let snapshot = proto::Snapshot {
+            keys: Vec::new(),
             version: 7,
             settings: Some(proto::Settings {
                 master_key_sha256: hex::encode([1u8; 32]),
@@ -384,6 +385,7 @@ pub(crate) mod tests {
     #[test]
     fn bad_master_key_hash_refuses_rather_than_opens() {
         let snapshot = proto::Snapshot {
+            keys: Vec::new(),
             version: 1,
             settings: Some(proto::Settings {
                 master_key_sha256: "zz".into(),

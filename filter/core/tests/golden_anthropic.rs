@@ -63,6 +63,7 @@ fn deployment(
 /// API version and a base path that already ends in /v1.
 fn state() -> State {
     let snapshot = proto::Snapshot {
+        keys: Vec::new(),
         version: 1,
         settings: None,
         deployments: vec![

@@ -19,6 +19,7 @@ fn fixtures() -> PathBuf {
 
 fn state() -> State {
     let snapshot = proto::Snapshot {
+        keys: Vec::new(),
         version: 1,
         settings: None,
         deployments: vec![proto::Deployment {
