@@ -26,6 +26,15 @@ pub enum GatewayError {
     /// The presented key is unknown.
     #[error("Incorrect API key provided.")]
     InvalidApiKey,
+    /// The virtual key was blocked by an operator.
+    #[error("This API key has been blocked.")]
+    KeyBlocked,
+    /// The virtual key is past its expiry time.
+    #[error("This API key has expired.")]
+    KeyExpired,
+    /// The virtual key may not use the requested model.
+    #[error("This API key is not allowed to access model `{0}`.")]
+    ModelNotAllowed(String),
     /// The body is over the configured limit.
     #[error("Request body is {size} bytes, over the limit of {limit} bytes.")]
     BodyTooLarge {
@@ -66,7 +75,11 @@ impl GatewayError {
     pub fn status(&self) -> u16 {
         match self {
             GatewayError::InvalidJson(_) | GatewayError::InvalidRequest { .. } => 400,
-            GatewayError::MissingApiKey | GatewayError::InvalidApiKey => 401,
+            GatewayError::MissingApiKey
+            | GatewayError::InvalidApiKey
+            | GatewayError::KeyBlocked
+            | GatewayError::KeyExpired
+            | GatewayError::ModelNotAllowed(_) => 401,
             GatewayError::ModelNotFound(_) => 404,
             GatewayError::MethodNotAllowed { .. } => 405,
             GatewayError::BodyTooLarge { .. } => 413,
@@ -78,7 +91,11 @@ impl GatewayError {
     /// OpenAI's `error.type`.
     pub fn error_type(&self) -> &'static str {
         match self {
-            GatewayError::MissingApiKey | GatewayError::InvalidApiKey => "authentication_error",
+            GatewayError::MissingApiKey
+            | GatewayError::InvalidApiKey
+            | GatewayError::KeyBlocked
+            | GatewayError::KeyExpired
+            | GatewayError::ModelNotAllowed(_) => "authentication_error",
             GatewayError::NotReady => "service_unavailable",
             GatewayError::BadUpstreamResponse(_) | GatewayError::UpstreamResponseTooLarge(_) => {
                 "api_error"
@@ -95,6 +112,9 @@ impl GatewayError {
             GatewayError::ModelNotFound(_) => Some("model_not_found"),
             GatewayError::MissingApiKey => Some("missing_api_key"),
             GatewayError::InvalidApiKey => Some("invalid_api_key"),
+            GatewayError::KeyBlocked => Some("key_blocked"),
+            GatewayError::KeyExpired => Some("key_expired"),
+            GatewayError::ModelNotAllowed(_) => Some("model_not_allowed"),
             GatewayError::BodyTooLarge { .. } => Some("request_too_large"),
             GatewayError::MethodNotAllowed { .. } => Some("method_not_allowed"),
             GatewayError::NotReady => Some("not_ready"),
@@ -107,7 +127,7 @@ impl GatewayError {
     pub fn param(&self) -> Option<&str> {
         match self {
             GatewayError::InvalidRequest { param, .. } => param.as_deref(),
-            GatewayError::ModelNotFound(_) => Some("model"),
+            GatewayError::ModelNotFound(_) | GatewayError::ModelNotAllowed(_) => Some("model"),
             GatewayError::BodyTooLarge { .. } => None,
             _ => None,
         }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+use crate::auth::Caller;
 use crate::providers::{translate_request, ResponseHandler, TranslateContext};
 use crate::request::summarize_chat_request;
 use crate::snapshot::Deployment;
@@ -118,13 +119,25 @@ pub struct RequestPlan {
     pub response: ResponseHandler,
 }
 
-/// Validates, resolves and translates a chat completion request.
+/// Validates, resolves and translates a chat completion request for a caller with access
+/// to every model.
 pub fn plan_chat_request(
     state: &State,
     body: &[u8],
     context: &TranslateContext,
 ) -> Result<RequestPlan, GatewayError> {
+    plan_chat_request_for(state, &Caller::default(), body, context)
+}
+
+/// Validates, resolves and translates a chat completion request for `caller`.
+pub fn plan_chat_request_for(
+    state: &State,
+    caller: &Caller,
+    body: &[u8],
+    context: &TranslateContext,
+) -> Result<RequestPlan, GatewayError> {
     let summary = summarize_chat_request(body)?;
+    caller.check_model(&summary.model)?;
     let deployment = state
         .model(&summary.model)
         .and_then(|group| group.pick())

@@ -131,6 +131,30 @@ impl ModelGroup {
     }
 }
 
+/// A virtual key, as the filter checks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VirtualKey {
+    /// Operator-given name.
+    pub alias: String,
+    /// Owner.
+    pub user_id: String,
+    /// Team.
+    pub team_id: String,
+    /// Public model names the key may use; empty means all.
+    pub models: Vec<String>,
+    /// Refused when set.
+    pub blocked: bool,
+    /// Unix milliseconds after which the key is refused; 0 means never.
+    pub expires_unix_ms: u64,
+}
+
+impl VirtualKey {
+    /// Whether the key may use `model`.
+    pub fn allows_model(&self, model: &str) -> bool {
+        self.models.is_empty() || self.models.iter().any(|allowed| allowed == model)
+    }
+}
+
 /// Everything the filter knows, from one snapshot.
 #[derive(Debug)]
 pub struct State {
@@ -143,6 +167,8 @@ pub struct State {
     /// Buffered response body limit in bytes.
     pub max_response_body_bytes: u64,
     models: HashMap<String, ModelGroup>,
+    /// Virtual keys by the SHA-256 of the clear key.
+    keys: HashMap<[u8; 32], Arc<VirtualKey>>,
     /// Public model names in first-seen order, for /v1/models.
     model_order: Vec<String>,
     /// The /v1/models answer, built once per snapshot.
@@ -183,7 +209,27 @@ impl State {
                 Err(problem) => problems.push(format!("deployments[{index}]: {problem}")),
             }
         }
-        let models_json = render_models(&model_order, &models);
+        let mut keys = HashMap::with_capacity(snapshot.keys.len());
+        for (index, key) in snapshot.keys.into_iter().enumerate() {
+            let Some(hash) = decode_sha256(&key.key_sha256) else {
+                problems.push(format!(
+                    "keys[{index}]: key_sha256 is not a SHA-256 hex digest"
+                ));
+                continue;
+            };
+            keys.insert(
+                hash,
+                Arc::new(VirtualKey {
+                    alias: key.key_alias,
+                    user_id: key.user_id,
+                    team_id: key.team_id,
+                    models: key.models,
+                    blocked: key.blocked,
+                    expires_unix_ms: key.expires_unix_ms,
+                }),
+            );
+        }
+        let models_json = render_models(&model_order, &models, |_| true);
         let state = State {
             version: snapshot.version,
             master_key_sha256,
@@ -196,6 +242,7 @@ impl State {
                 DEFAULT_MAX_RESPONSE_BODY_BYTES,
             ),
             models,
+            keys,
             model_order,
             models_json,
         };
@@ -215,6 +262,23 @@ impl State {
     /// Body of `GET /v1/models`.
     pub fn models_json(&self) -> &[u8] {
         &self.models_json
+    }
+
+    /// Body of `GET /v1/models` for a key limited to some models.
+    pub fn models_json_for(&self, key: &VirtualKey) -> Vec<u8> {
+        render_models(&self.model_order, &self.models, |name| {
+            key.allows_model(name)
+        })
+    }
+
+    /// The virtual key with this SHA-256, if any.
+    pub fn key(&self, sha256: &[u8; 32]) -> Option<&Arc<VirtualKey>> {
+        self.keys.get(sha256)
+    }
+
+    /// Number of virtual keys.
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
     }
 }
 
@@ -284,9 +348,14 @@ struct ModelEntry<'a> {
 /// LiteLLM reports a fixed creation time; clients only read ids.
 const MODEL_CREATED: u64 = 1_677_610_602;
 
-fn render_models(order: &[String], models: &HashMap<String, ModelGroup>) -> Vec<u8> {
+fn render_models(
+    order: &[String],
+    models: &HashMap<String, ModelGroup>,
+    visible: impl Fn(&str) -> bool,
+) -> Vec<u8> {
     let data = order
         .iter()
+        .filter(|name| visible(name))
         .map(|name| ModelEntry {
             id: name,
             object: "model",

@@ -6,7 +6,9 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType};
 use tollgate_core::auth::{authenticate, Caller, Credentials};
-use tollgate_core::gateway::{classify, plan_chat_request, CLIENT_HEADERS_TO_REMOVE, ROUTE_HEADER};
+use tollgate_core::gateway::{
+    classify, plan_chat_request, plan_chat_request_for, CLIENT_HEADERS_TO_REMOVE, ROUTE_HEADER,
+};
 use tollgate_core::metrics;
 use tollgate_core::providers::{ChunkOutput, ResponseMode, TranslateContext};
 use tollgate_core::snapshot::DEFAULT_MAX_REQUEST_BODY_BYTES;
@@ -106,7 +108,7 @@ impl TollgateHttp {
         let context = TranslateContext {
             now_unix: now_ms / 1000,
         };
-        let plan = match plan_chat_request(state, &body, &context) {
+        let plan = match plan_chat_request_for(state, &caller, &body, &context) {
             Ok(plan) => plan,
             Err(error) => return self.reject(&error),
         };
@@ -211,6 +213,7 @@ fn authenticate_request(state: &State) -> Result<Caller, GatewayError> {
             x_api_key: x_api_key.as_deref(),
             api_key: api_key.as_deref(),
         },
+        host::now_ms(),
     )
 }
 
@@ -232,10 +235,16 @@ impl HttpContext for TollgateHttp {
                 let Some(state) = self.shared.borrow().state.clone() else {
                     return self.reject(&GatewayError::NotReady);
                 };
-                if let Err(error) = authenticate_request(&state) {
-                    return self.reject(&error);
+                let caller = match authenticate_request(&state) {
+                    Ok(caller) => caller,
+                    Err(error) => return self.reject(&error),
+                };
+                match &caller.key {
+                    Some(key) if !key.models.is_empty() => {
+                        host::send_response(200, JSON_HEADERS.to_vec(), &state.models_json_for(key))
+                    }
+                    _ => host::send_response(200, JSON_HEADERS.to_vec(), state.models_json()),
                 }
-                host::send_response(200, JSON_HEADERS.to_vec(), state.models_json());
                 self.phase = Phase::Answered { status: 200 };
                 Action::Pause
             }
