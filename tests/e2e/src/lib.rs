@@ -376,6 +376,17 @@ impl ControlPlane {
         grpc_port: u16,
         database_url: &str,
     ) -> Result<ControlPlane> {
+        Self::start_with_http(dir, config_path, grpc_port, None, database_url)
+    }
+
+    /// Like [`Self::start`], also serving the management HTTP API on `http_port`.
+    pub fn start_with_http(
+        dir: &Path,
+        config_path: &Path,
+        grpc_port: u16,
+        http_port: Option<u16>,
+        database_url: &str,
+    ) -> Result<ControlPlane> {
         let mut command = Command::new(binary("tollgate")?);
         command
             .arg("serve")
@@ -384,15 +395,19 @@ impl ControlPlane {
             .args(["--grpc-addr", &format!("127.0.0.1:{grpc_port}")])
             .args(["--database-url", database_url])
             .current_dir(dir);
-        let log = dir.join(format!(
-            "control-plane-{}.log",
-            Instant::now().elapsed().as_nanos()
-        ));
+        if let Some(http_port) = http_port {
+            command.args(["--http-addr", &format!("127.0.0.1:{http_port}")]);
+        }
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let log = dir.join(format!("control-plane-{grpc_port}-{stamp}.log"));
         let mut process = Process::start("tollgate serve", command, &log)?;
-        if !eventually(Duration::from_secs(30), || port_open(grpc_port)) {
+        let ports_open = || port_open(grpc_port) && http_port.is_none_or(port_open);
+        if !eventually(Duration::from_secs(30), ports_open) {
             let status = process.wait_exit(Duration::from_millis(10));
             bail!(
-                "control plane did not open port {grpc_port} (exit {status:?}): {}",
+                "control plane did not open its ports (exit {status:?}): {}",
                 std::fs::read_to_string(&log).unwrap_or_default()
             );
         }
@@ -413,9 +428,24 @@ pub struct Envoy {
 impl Envoy {
     /// Renders the bootstrap for a control plane on `grpc_port` and starts Envoy with it.
     pub fn start(dir: &Path, name: &str, grpc_port: u16) -> Result<Envoy> {
+        Self::start_with_http(dir, name, grpc_port, None)
+    }
+
+    /// Like [`Self::start`], also routing the management paths to the control plane's HTTP
+    /// API on `http_port`.
+    pub fn start_with_http(
+        dir: &Path,
+        name: &str,
+        grpc_port: u16,
+        http_port: Option<u16>,
+    ) -> Result<Envoy> {
         let (port, admin_port) = (free_port()?, free_port()?);
-        let rendered = Command::new(binary("tollgate")?)
-            .arg("envoy-config")
+        let mut render = Command::new(binary("tollgate")?);
+        render.arg("envoy-config");
+        if let Some(http_port) = http_port {
+            render.args(["--http-port", &http_port.to_string()]);
+        }
+        let rendered = render
             .args(["--port", &port.to_string()])
             .args(["--admin-port", &admin_port.to_string()])
             .args(["--grpc-port", &grpc_port.to_string()])
@@ -482,4 +512,56 @@ impl Envoy {
             })
             .unwrap_or_default()
     }
+}
+
+/// A fresh, empty PostgreSQL database for one test, dropped when this is dropped.
+pub struct PgDatabase {
+    /// Its URL.
+    pub url: String,
+    name: String,
+    admin_url: String,
+}
+
+impl PgDatabase {
+    /// Creates `tollgate_e2e_<pid>_<nanos>` on the server of `TOLLGATE_TEST_PG_URL`
+    /// (default postgres://postgres@127.0.0.1:5432/test).
+    pub fn create() -> Result<PgDatabase> {
+        let admin_url = std::env::var("TOLLGATE_TEST_PG_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let name = format!("tollgate_e2e_{}_{nanos}", std::process::id());
+        psql(&admin_url, &format!("CREATE DATABASE {name}"))?;
+        let base = admin_url
+            .rsplit_once('/')
+            .map_or(admin_url.as_str(), |(base, _)| base);
+        Ok(PgDatabase {
+            url: format!("{base}/{name}"),
+            name,
+            admin_url,
+        })
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let _ = psql(
+            &self.admin_url,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+    }
+}
+
+fn psql(url: &str, sql: &str) -> Result<()> {
+    let output = Command::new("psql")
+        .arg(url)
+        .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
 }
