@@ -84,7 +84,7 @@ model_list:
     )
     try:
         wait_for_line(up, "Tollgate is ready", 90, log)
-        yield {"url": f"http://127.0.0.1:{port}", "mock_url": mock_url}
+        yield {"url": f"http://127.0.0.1:{port}", "mock_url": mock_url, "database": work / "state" / "tollgate.db"}
     finally:
         stop(up)
         stop(mock)
