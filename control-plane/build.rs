@@ -7,9 +7,14 @@ use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_root = "../api/proto";
-    let proto = "../api/proto/tollgate/v1/sync.proto";
-    println!("cargo:rerun-if-changed={proto}");
-    let descriptors = protox::compile([proto], [proto_root])?;
+    let protos = [
+        "../api/proto/tollgate/v1/sync.proto",
+        "../api/proto/tollgate/v1/management.proto",
+    ];
+    for proto in protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let descriptors = protox::compile(protos, [proto_root])?;
     // tonic-reflection serves the service from this encoded descriptor set.
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(

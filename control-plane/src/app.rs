@@ -52,6 +52,9 @@ pub async fn start_control_plane(
 ) -> Result<Arc<SyncHub>, StoreError> {
     store.replace_config(&config.config).await?;
     let hub = SyncHub::start(store).await?;
+    // Changes committed by other replicas on the same database (PostgreSQL) reach this
+    // one's filters too.
+    hub.spawn_change_watcher();
     let snapshot = hub.current();
     tracing::info!(
         version = snapshot.version,

@@ -381,6 +381,51 @@ pub fn parse(
     }
 }
 
+/// Validates one `model_list` entry given as JSON (the management API's `/model/new`),
+/// with the same rules as the config file. `os.environ/NAME` is resolved through `env`.
+/// Errors (and the warning of an unsupported provider, which the API cannot skip) come back
+/// with paths relative to the entry (`litellm_params.model`); other warnings are returned.
+pub fn parse_model_entry(
+    entry: &serde_json::Value,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(DeploymentConfig, Vec<Issue>), Vec<Issue>> {
+    let fix = |mut issue: Issue| {
+        issue.path = issue.path.trim_start_matches('.').to_string();
+        issue
+    };
+    let value: Value = match serde_yaml::to_value(entry) {
+        Ok(value) => value,
+        Err(error) => {
+            return Err(vec![Issue {
+                path: String::new(),
+                message: format!("not representable: {error}"),
+            }])
+        }
+    };
+    let Value::Mapping(map) = &value else {
+        return Err(vec![Issue {
+            path: String::new(),
+            message: format!("expected an object, got {}", type_name(&value)),
+        }]);
+    };
+    let mut checker = Checker {
+        env,
+        errors: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let deployment = checker.model_entry(0, map, "");
+    let warnings: Vec<Issue> = checker.warnings.into_iter().map(fix).collect();
+    let errors: Vec<Issue> = checker.errors.into_iter().map(fix).collect();
+    match deployment {
+        Some(deployment) if errors.is_empty() => Ok((deployment, warnings)),
+        _ if !errors.is_empty() => Err(errors),
+        _ => Err(warnings
+            .into_iter()
+            .filter(|issue| issue.message.contains("skipped"))
+            .collect()),
+    }
+}
+
 /// Id of a config deployment without `model_info.id`: stable across restarts as long as the
 /// entry keeps its place and meaning, so usage records keep pointing at it.
 pub fn config_deployment_id(index: usize, model_name: &str, model: &str, api_base: &str) -> String {

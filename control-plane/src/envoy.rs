@@ -45,6 +45,8 @@ pub struct BootstrapParams {
     pub control_plane_host: String,
     /// Control plane gRPC port.
     pub control_plane_port: u16,
+    /// Control plane HTTP (management API) port; same host as gRPC.
+    pub control_plane_http_port: u16,
 }
 
 impl BootstrapParams {
@@ -60,6 +62,7 @@ impl BootstrapParams {
             ca_bundle: CA_BUNDLE_CANDIDATES[0].to_string(),
             control_plane_host: "127.0.0.1".to_string(),
             control_plane_port: 50051,
+            control_plane_http_port: 4001,
         }
     }
 
@@ -127,7 +130,7 @@ fn yaml_scalar(value: &str) -> String {
 /// Renders the bootstrap. Values are YAML-quoted when needed; the plugin configuration is
 /// JSON inside a single-quoted scalar, where `'` is written `''`.
 pub fn render_bootstrap(params: &BootstrapParams) -> Result<String, RenderError> {
-    let replacements: [(&str, String); 10] = [
+    let replacements: [(&str, String); 11] = [
         ("{{NODE_ID}}", yaml_scalar(&params.node_id)),
         ("{{ADMIN_PORT}}", params.admin_port.to_string()),
         ("{{LISTEN_ADDRESS}}", yaml_scalar(&params.listen_address)),
@@ -149,6 +152,10 @@ pub fn render_bootstrap(params: &BootstrapParams) -> Result<String, RenderError>
         (
             "{{CONTROL_PLANE_PORT}}",
             params.control_plane_port.to_string(),
+        ),
+        (
+            "{{CONTROL_PLANE_HTTP_PORT}}",
+            params.control_plane_http_port.to_string(),
         ),
     ];
     let mut rendered = TEMPLATE.to_string();
@@ -216,6 +223,7 @@ mod tests {
             ca_bundle: "/etc/ssl/cert.pem".into(),
             control_plane_host: "cp.internal".into(),
             control_plane_port: 15051,
+            control_plane_http_port: 15052,
         };
         let yaml = render_bootstrap(&params).unwrap();
         assert!(!yaml
@@ -229,6 +237,16 @@ mod tests {
         assert!(yaml.contains("filename: /opt/t/filter.wasm\n"));
         assert!(yaml.contains("trusted_ca: { filename: /etc/ssl/cert.pem }"));
         assert!(yaml.contains("{ address: cp.internal, port_value: 15051 }"));
+        assert!(yaml.contains("{ address: cp.internal, port_value: 15052 }"));
+        // Management paths go to the control plane, before the catch-all 404.
+        let routes = &document_routes(&yaml);
+        let position = |needle: &str| routes.iter().position(|r| r == needle).unwrap();
+        for prefix in crate::http_api::ROUTED_PREFIXES {
+            assert!(
+                position(&format!("prefix {prefix} -> tollgate_control_plane_http"))
+                    < position("prefix / -> 404")
+            );
+        }
         assert!(yaml.contains(
             r#"value: '{"control_plane_cluster":"tollgate_control_plane","max_request_body_bytes":5242880,"node_id":"node-1"}'"#
         ));
@@ -239,6 +257,31 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(plugin.as_str().unwrap()).unwrap();
         assert_eq!(json["node_id"], "node-1");
         assert_eq!(json["control_plane_cluster"], CONTROL_PLANE_CLUSTER);
+    }
+
+    /// The routes of the rendered bootstrap as "prefix P -> cluster" lines.
+    fn document_routes(yaml: &str) -> Vec<String> {
+        let document: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+        let routes = document["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+            .as_sequence()
+            .unwrap()
+            .clone();
+        routes
+            .iter()
+            .map(|route| {
+                let matcher = route["match"]["prefix"]
+                    .as_str()
+                    .map(|p| format!("prefix {p}"))
+                    .or_else(|| route["match"]["path"].as_str().map(|p| format!("path {p}")))
+                    .unwrap_or_default();
+                let target = route["route"]["cluster"]
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| "404".to_string());
+                format!("{matcher} -> {target}")
+            })
+            .collect()
     }
 
     #[test]

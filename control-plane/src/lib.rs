@@ -1,11 +1,16 @@
 //! Tollgate control plane: loads a LiteLLM-format config, keeps it in SQLite or PostgreSQL,
 //! pushes snapshots to the Envoy filters over `tollgate.v1.FilterSync` and stores the usage
-//! they send back. The `tollgate` binary adds the CLI (`up`, `serve`, `envoy-config`,
-//! `check-config`).
+//! they send back. It serves the management API ([`manage`]) as gRPC ([`grpc_api`]) and
+//! LiteLLM-compatible HTTP/JSON ([`http_api`]). The `tollgate` binary adds the CLI (`up`,
+//! `serve`, `envoy-config`, `check-config`, `models`, `keys`, `teams`, `users`).
 
 pub mod app;
+pub mod client;
 pub mod config;
 pub mod envoy;
+pub mod grpc_api;
+pub mod http_api;
+pub mod manage;
 pub mod proto;
 pub mod store;
 pub mod sync;

@@ -1,4 +1,5 @@
-//! The `tollgate` command: `up`, `serve`, `envoy-config`, `check-config`.
+//! The `tollgate` command: `up`, `serve`, `envoy-config`, `check-config`, and the management
+//! commands (`models`, `keys`, `teams`, `users`) that talk to the HTTP API.
 
 use std::io::{IsTerminal, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -15,8 +16,11 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use tollgate::app::{start_control_plane, Database};
+use tollgate::client::Client;
 use tollgate::config::{self, ConfigError, LoadedConfig};
 use tollgate::envoy::{self, BootstrapParams};
+use tollgate::http_api;
+use tollgate::manage::Manager;
 use tollgate::sync::{self, SyncHub};
 use tollgate::up::{self, EnvoyCommand, EnvoyProcess, Readiness};
 
@@ -46,6 +50,184 @@ enum Command {
     EnvoyConfig(EnvoyConfigArgs),
     /// Validate a config file: print its warnings and errors (exit 1 on errors).
     CheckConfig(CheckConfigArgs),
+    /// Model deployments (management API).
+    Models(ApiArgs<ModelsCommand>),
+    /// Virtual keys (management API).
+    Keys(ApiArgs<KeysCommand>),
+    /// Teams (management API).
+    Teams(ApiArgs<TeamsCommand>),
+    /// Users (management API).
+    Users(ApiArgs<UsersCommand>),
+}
+
+/// Where the management API is and how to authenticate, plus the subcommand.
+#[derive(Args)]
+struct ApiArgs<T: Subcommand> {
+    /// Gateway (or control-plane HTTP) URL.
+    #[arg(
+        long,
+        env = "TOLLGATE_URL",
+        default_value = "http://127.0.0.1:4000",
+        global = true
+    )]
+    url: String,
+    /// Master key or admin key.
+    #[arg(
+        long,
+        env = "TOLLGATE_MASTER_KEY",
+        hide_env_values = true,
+        global = true
+    )]
+    master_key: Option<String>,
+    #[command(subcommand)]
+    command: T,
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Every deployment (GET /model/info).
+    List,
+    /// Add a deployment (POST /model/new).
+    Add {
+        /// Public model name.
+        #[arg(long)]
+        model_name: String,
+        /// "<provider>/<model>".
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        api_base: Option<String>,
+        /// Provider key, or os.environ/NAME (resolved by the control plane).
+        #[arg(long)]
+        api_key: Option<String>,
+        #[arg(long)]
+        api_version: Option<String>,
+        #[arg(long)]
+        max_tokens: Option<u32>,
+        /// model_info.id (generated if absent).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Delete an API-created deployment (POST /model/delete).
+    Delete {
+        /// model_info.id.
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key (POST /key/generate); the clear key is printed once.
+    Generate {
+        #[arg(long)]
+        alias: Option<String>,
+        #[arg(long)]
+        user_id: Option<String>,
+        #[arg(long)]
+        team_id: Option<String>,
+        /// Comma-separated model names.
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+        /// "30d", "12h", ...
+        #[arg(long)]
+        duration: Option<String>,
+        /// JSON object.
+        #[arg(long)]
+        metadata: Option<String>,
+    },
+    /// List keys (GET /key/list).
+    List {
+        #[arg(long)]
+        user_id: Option<String>,
+        #[arg(long)]
+        team_id: Option<String>,
+        /// Whole key objects instead of tokens.
+        #[arg(long)]
+        full: bool,
+    },
+    /// One key (GET /key/info).
+    Info { key: String },
+    /// Change a key (POST /key/update).
+    Update {
+        key: String,
+        #[arg(long)]
+        alias: Option<String>,
+        #[arg(long)]
+        user_id: Option<String>,
+        #[arg(long)]
+        team_id: Option<String>,
+        #[arg(long, value_delimiter = ',')]
+        models: Option<Vec<String>>,
+        #[arg(long)]
+        duration: Option<String>,
+        #[arg(long)]
+        metadata: Option<String>,
+        #[arg(long)]
+        blocked: Option<bool>,
+    },
+    /// New clear key for a key (POST /key/regenerate).
+    Regenerate { key: String },
+    /// Block a key (POST /key/block).
+    Block { key: String },
+    /// Unblock a key (POST /key/unblock).
+    Unblock { key: String },
+    /// Delete keys (POST /key/delete).
+    Delete {
+        keys: Vec<String>,
+        /// Delete by alias too.
+        #[arg(long = "alias")]
+        aliases: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TeamsCommand {
+    /// Create a team (POST /team/new).
+    Create {
+        #[arg(long)]
+        team_id: Option<String>,
+        #[arg(long)]
+        alias: Option<String>,
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+        /// USER_ID or USER_ID:ROLE (admin or user); repeatable.
+        #[arg(long = "member")]
+        members: Vec<String>,
+    },
+    /// One team (GET /team/info).
+    Info { team_id: String },
+    /// Add a member (POST /team/member_add).
+    AddMember {
+        team_id: String,
+        #[arg(long)]
+        user_id: Option<String>,
+        #[arg(long)]
+        user_email: Option<String>,
+        /// admin or user.
+        #[arg(long, default_value = "user")]
+        role: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Create a user, and a key for it (POST /user/new).
+    Create {
+        #[arg(long)]
+        user_id: Option<String>,
+        #[arg(long)]
+        user_email: Option<String>,
+        /// proxy_admin, internal_user, ...
+        #[arg(long)]
+        user_role: Option<String>,
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+        /// Do not create a key.
+        #[arg(long)]
+        no_key: bool,
+    },
+    /// One user (GET /user/info).
+    Info { user_id: String },
 }
 
 #[derive(Args)]
@@ -62,6 +244,10 @@ struct UpArgs {
     /// Control plane gRPC port (bound on 127.0.0.1).
     #[arg(long, default_value_t = 50051)]
     grpc_port: u16,
+    /// Control plane HTTP management API port (bound on 127.0.0.1; also routed from the
+    /// gateway port); default --grpc-port + 1.
+    #[arg(long)]
+    http_port: Option<u16>,
     /// Address the gateway listens on.
     #[arg(long, default_value = "0.0.0.0")]
     host: IpAddr,
@@ -93,6 +279,9 @@ struct ServeArgs {
     /// Address of the gRPC server the filters connect to.
     #[arg(long, default_value = "127.0.0.1:50051")]
     grpc_addr: SocketAddr,
+    /// Address of the HTTP/JSON management API (LiteLLM-compatible paths).
+    #[arg(long, default_value = "127.0.0.1:4001")]
+    http_addr: SocketAddr,
     /// Database URL (sqlite:... or postgres://...); default sqlite://tollgate.db?mode=rwc.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
@@ -109,6 +298,9 @@ struct EnvoyConfigArgs {
     /// Control plane gRPC port.
     #[arg(long, default_value_t = 50051)]
     grpc_port: u16,
+    /// Control plane HTTP management API port.
+    #[arg(long, default_value_t = 4001)]
+    http_port: u16,
     /// Control plane host, as Envoy resolves it.
     #[arg(long, default_value = "127.0.0.1")]
     control_plane_host: String,
@@ -155,6 +347,23 @@ fn main() -> ExitCode {
             Command::Serve(args) => run_serve(args).await,
             Command::EnvoyConfig(args) => run_envoy_config(args),
             Command::CheckConfig(args) => Ok(run_check_config(&args)),
+            Command::Models(args) => {
+                run_api(
+                    &args.url,
+                    args.master_key.clone(),
+                    models_call(args.command),
+                )
+                .await
+            }
+            Command::Keys(args) => {
+                run_api(&args.url, args.master_key.clone(), keys_call(args.command)).await
+            }
+            Command::Teams(args) => {
+                run_api(&args.url, args.master_key.clone(), teams_call(args.command)).await
+            }
+            Command::Users(args) => {
+                run_api(&args.url, args.master_key.clone(), users_call(args.command)).await
+            }
         }
     });
     match result {
@@ -269,6 +478,42 @@ impl GrpcServer {
     }
 }
 
+/// The running HTTP management API.
+struct HttpServer {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl HttpServer {
+    async fn start(hub: Arc<SyncHub>, address: SocketAddr) -> Result<HttpServer> {
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {address} for the management API"))?;
+        tracing::info!("management API listening on http://{address}");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(http_api::serve(Manager::new(hub), listener, async {
+            let _ = stopped.await;
+        }));
+        Ok(HttpServer {
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if tokio::time::timeout(SERVER_STOP_GRACE, &mut self.task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("management API did not stop in time");
+            self.task.abort();
+        }
+    }
+}
+
 async fn run_serve(args: ServeArgs) -> Result<ExitCode> {
     let mut signals = Signals::register()?;
     let loaded = load_config(&args.config)?;
@@ -280,7 +525,8 @@ async fn run_serve(args: ServeArgs) -> Result<ExitCode> {
     tracing::info!("database: {}", database.describe());
     let store = database.open().await?;
     let hub = start_control_plane(store.clone(), &loaded).await?;
-    let mut server = GrpcServer::start(hub, args.grpc_addr).await?;
+    let http = HttpServer::start(hub.clone(), args.http_addr).await?;
+    let mut server = GrpcServer::start(hub.clone(), args.grpc_addr).await?;
     let outcome = tokio::select! {
         name = signals.recv() => {
             tracing::info!("{name} received, stopping");
@@ -295,6 +541,9 @@ async fn run_serve(args: ServeArgs) -> Result<ExitCode> {
     if !server.task.is_finished() {
         server.stop().await;
     }
+    http.stop().await;
+    // Also stops the change watcher, which holds a database connection.
+    hub.close_streams();
     store.close().await;
     outcome
 }
@@ -344,7 +593,10 @@ async fn run_up(args: UpArgs) -> Result<ExitCode> {
     );
     tracing::info!("database: {}", database.describe());
     let store = database.open().await?;
+    let http_port = args.http_port.unwrap_or(args.grpc_port.saturating_add(1));
+    let http_address = SocketAddr::new(loopback, http_port);
     let hub = start_control_plane(store.clone(), &loaded).await?;
+    let http = HttpServer::start(hub.clone(), http_address).await?;
     let server = GrpcServer::start(hub.clone(), grpc_address).await?;
 
     let params = BootstrapParams {
@@ -360,6 +612,7 @@ async fn run_up(args: UpArgs) -> Result<ExitCode> {
         ca_bundle: envoy::default_ca_bundle(),
         control_plane_host: grpc_address.ip().to_string(),
         control_plane_port: grpc_address.port(),
+        control_plane_http_port: http_port,
     };
     let bootstrap = state_dir.join("envoy.yaml");
     let rendered = envoy::render_bootstrap(&params)?;
@@ -382,6 +635,7 @@ async fn run_up(args: UpArgs) -> Result<ExitCode> {
         Ok(process) => process,
         Err(error) => {
             server.stop().await;
+            http.stop().await;
             return Err(error.into());
         }
     };
@@ -414,11 +668,13 @@ async fn run_up(args: UpArgs) -> Result<ExitCode> {
         Ok(false) => {
             envoy_process.stop(ENVOY_STOP_GRACE).await;
             server.stop().await;
+            http.stop().await;
             return Ok(ExitCode::SUCCESS);
         }
         Err(error) => {
             envoy_process.stop(ENVOY_STOP_GRACE).await;
             server.stop().await;
+            http.stop().await;
             return Err(error.into());
         }
     }
@@ -426,8 +682,8 @@ async fn run_up(args: UpArgs) -> Result<ExitCode> {
         let mut stdout = std::io::stdout().lock();
         writeln!(
             stdout,
-            "Tollgate is ready on http://127.0.0.1:{} (control plane 127.0.0.1:{}, Envoy admin http://127.0.0.1:{})",
-            args.port, args.grpc_port, args.admin_port
+            "Tollgate is ready on http://127.0.0.1:{} (control plane 127.0.0.1:{}, management API http://127.0.0.1:{}, Envoy admin http://127.0.0.1:{})",
+            args.port, args.grpc_port, http_port, args.admin_port
         )
         .context("writing to stdout")?;
         stdout.flush().context("writing to stdout")?;
@@ -447,8 +703,227 @@ async fn run_up(args: UpArgs) -> Result<ExitCode> {
         error = envoy_process.exited() => Err(anyhow::Error::new(error)),
     };
     server.stop().await;
+    http.stop().await;
+    // Also stops the change watcher, which holds a database connection.
+    hub.close_streams();
     store.close().await;
     outcome
+}
+
+/// One management API call: method, path, and body or query.
+enum ApiCall {
+    Get(&'static str, Vec<(&'static str, String)>),
+    Post(&'static str, serde_json::Value),
+}
+
+fn json_arg(name: &str, text: Option<String>) -> Result<Option<serde_json::Value>> {
+    text.map(|text| {
+        serde_json::from_str(&text).with_context(|| format!("--{name} is not valid JSON"))
+    })
+    .transpose()
+}
+
+fn insert_some(
+    map: &mut serde_json::Map<String, serde_json::Value>,
+    name: &str,
+    value: Option<impl Into<serde_json::Value>>,
+) {
+    if let Some(value) = value {
+        map.insert(name.to_string(), value.into());
+    }
+}
+
+fn models_call(command: ModelsCommand) -> Result<ApiCall> {
+    Ok(match command {
+        ModelsCommand::List => ApiCall::Get("/model/info", Vec::new()),
+        ModelsCommand::Add {
+            model_name,
+            model,
+            api_base,
+            api_key,
+            api_version,
+            max_tokens,
+            id,
+        } => {
+            let mut params = serde_json::Map::new();
+            params.insert("model".into(), model.into());
+            insert_some(&mut params, "api_base", api_base);
+            insert_some(&mut params, "api_key", api_key);
+            insert_some(&mut params, "api_version", api_version);
+            insert_some(&mut params, "max_tokens", max_tokens);
+            let mut info = serde_json::Map::new();
+            insert_some(&mut info, "id", id);
+            ApiCall::Post(
+                "/model/new",
+                serde_json::json!({
+                    "model_name": model_name,
+                    "litellm_params": params,
+                    "model_info": info,
+                }),
+            )
+        }
+        ModelsCommand::Delete { id } => {
+            ApiCall::Post("/model/delete", serde_json::json!({ "id": id }))
+        }
+    })
+}
+
+fn keys_call(command: KeysCommand) -> Result<ApiCall> {
+    Ok(match command {
+        KeysCommand::Generate {
+            alias,
+            user_id,
+            team_id,
+            models,
+            duration,
+            metadata,
+        } => {
+            let mut body = serde_json::Map::new();
+            insert_some(&mut body, "key_alias", alias);
+            insert_some(&mut body, "user_id", user_id);
+            insert_some(&mut body, "team_id", team_id);
+            body.insert("models".into(), models.into());
+            insert_some(&mut body, "duration", duration);
+            insert_some(&mut body, "metadata", json_arg("metadata", metadata)?);
+            ApiCall::Post("/key/generate", body.into())
+        }
+        KeysCommand::List {
+            user_id,
+            team_id,
+            full,
+        } => {
+            let mut query = Vec::new();
+            if let Some(user_id) = user_id {
+                query.push(("user_id", user_id));
+            }
+            if let Some(team_id) = team_id {
+                query.push(("team_id", team_id));
+            }
+            if full {
+                query.push(("return_full_object", "true".to_string()));
+            }
+            ApiCall::Get("/key/list", query)
+        }
+        KeysCommand::Info { key } => ApiCall::Get("/key/info", vec![("key", key)]),
+        KeysCommand::Update {
+            key,
+            alias,
+            user_id,
+            team_id,
+            models,
+            duration,
+            metadata,
+            blocked,
+        } => {
+            let mut body = serde_json::Map::new();
+            body.insert("key".into(), key.into());
+            insert_some(&mut body, "key_alias", alias);
+            insert_some(&mut body, "user_id", user_id);
+            insert_some(&mut body, "team_id", team_id);
+            insert_some(&mut body, "models", models);
+            insert_some(&mut body, "duration", duration);
+            insert_some(&mut body, "metadata", json_arg("metadata", metadata)?);
+            insert_some(&mut body, "blocked", blocked);
+            ApiCall::Post("/key/update", body.into())
+        }
+        KeysCommand::Regenerate { key } => {
+            ApiCall::Post("/key/regenerate", serde_json::json!({ "key": key }))
+        }
+        KeysCommand::Block { key } => {
+            ApiCall::Post("/key/block", serde_json::json!({ "key": key }))
+        }
+        KeysCommand::Unblock { key } => {
+            ApiCall::Post("/key/unblock", serde_json::json!({ "key": key }))
+        }
+        KeysCommand::Delete { keys, aliases } => {
+            if keys.is_empty() && aliases.is_empty() {
+                bail!("name the keys to delete (or --alias ALIAS)");
+            }
+            ApiCall::Post(
+                "/key/delete",
+                serde_json::json!({ "keys": keys, "key_aliases": aliases }),
+            )
+        }
+    })
+}
+
+fn teams_call(command: TeamsCommand) -> Result<ApiCall> {
+    Ok(match command {
+        TeamsCommand::Create {
+            team_id,
+            alias,
+            models,
+            members,
+        } => {
+            let mut body = serde_json::Map::new();
+            insert_some(&mut body, "team_id", team_id);
+            insert_some(&mut body, "team_alias", alias);
+            body.insert("models".into(), models.into());
+            let members: Vec<serde_json::Value> = members
+                .iter()
+                .map(|member| {
+                    let (user_id, role) =
+                        member.split_once(':').unwrap_or((member.as_str(), "user"));
+                    serde_json::json!({ "user_id": user_id, "role": role })
+                })
+                .collect();
+            body.insert("members_with_roles".into(), members.into());
+            ApiCall::Post("/team/new", body.into())
+        }
+        TeamsCommand::Info { team_id } => ApiCall::Get("/team/info", vec![("team_id", team_id)]),
+        TeamsCommand::AddMember {
+            team_id,
+            user_id,
+            user_email,
+            role,
+        } => {
+            if user_id.is_none() && user_email.is_none() {
+                bail!("give --user-id or --user-email");
+            }
+            let mut member = serde_json::Map::new();
+            insert_some(&mut member, "user_id", user_id);
+            insert_some(&mut member, "user_email", user_email);
+            member.insert("role".into(), role.into());
+            ApiCall::Post(
+                "/team/member_add",
+                serde_json::json!({ "team_id": team_id, "member": member }),
+            )
+        }
+    })
+}
+
+fn users_call(command: UsersCommand) -> Result<ApiCall> {
+    Ok(match command {
+        UsersCommand::Create {
+            user_id,
+            user_email,
+            user_role,
+            models,
+            no_key,
+        } => {
+            let mut body = serde_json::Map::new();
+            insert_some(&mut body, "user_id", user_id);
+            insert_some(&mut body, "user_email", user_email);
+            insert_some(&mut body, "user_role", user_role);
+            body.insert("models".into(), models.into());
+            body.insert("auto_create_key".into(), (!no_key).into());
+            ApiCall::Post("/user/new", body.into())
+        }
+        UsersCommand::Info { user_id } => ApiCall::Get("/user/info", vec![("user_id", user_id)]),
+    })
+}
+
+/// Runs one API call and prints its JSON answer; errors carry the API's message.
+async fn run_api(url: &str, master_key: Option<String>, call: Result<ApiCall>) -> Result<ExitCode> {
+    let client = Client::new(url, master_key);
+    let answer = match call? {
+        ApiCall::Get(path, query) => client.get(path, &query).await?,
+        ApiCall::Post(path, body) => client.post(path, &body).await?,
+    };
+    let text = serde_json::to_string_pretty(&answer).context("formatting the answer")?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{text}").context("writing to stdout")?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_envoy_config(args: EnvoyConfigArgs) -> Result<ExitCode> {
@@ -466,6 +941,7 @@ fn run_envoy_config(args: EnvoyConfigArgs) -> Result<ExitCode> {
         ca_bundle: args.ca_bundle.unwrap_or_else(envoy::default_ca_bundle),
         control_plane_host: args.control_plane_host,
         control_plane_port: args.grpc_port,
+        control_plane_http_port: args.http_port,
     };
     let rendered = envoy::render_bootstrap(&params)?;
     let mut stdout = std::io::stdout().lock();

@@ -1,4 +1,5 @@
-//! Storage: deployments, settings and the usage ledger, in SQLite or PostgreSQL.
+//! Storage: deployments, settings, the usage ledger and (in the `management` submodule)
+//! virtual keys, users and teams, in SQLite or PostgreSQL.
 //!
 //! One enum over the two pools rather than `sqlx::Any`: each backend keeps its own types and
 //! pool options (SQLite busy timeout, WAL), and the [`with_pool!`] macro writes every query
@@ -19,6 +20,12 @@ use sqlx::Row;
 
 use crate::config::{Config, DeploymentConfig, ProviderKind};
 use crate::proto;
+
+pub use management::{KeyRow, MemberRow, NewMember, StateSnapshot, TeamRow, UserRow};
+
+/// PostgreSQL channel every committed change is announced on (payload: the new version),
+/// so that other control-plane replicas on the same database rebuild their snapshot.
+pub const CHANGES_CHANNEL: &str = "tollgate_changes";
 
 static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
@@ -260,6 +267,37 @@ const INSERT_USAGE: &str = "INSERT INTO usage_records (id, model_name, deploymen
 const UPSERT_SETTING: &str = "INSERT INTO settings (key, value) VALUES ($1, $2) \
      ON CONFLICT (key) DO UPDATE SET value = excluded.value";
 
+/// Bumps the one version counter inside transaction `$tx` and evaluates to the new version.
+/// It must be the first statement of every writing transaction: the row lock it takes
+/// (PostgreSQL) or the write lock (SQLite) orders all changes, so versions are committed in
+/// increasing order on every replica and checks made later in the transaction cannot race.
+macro_rules! bump_version {
+    ($tx:ident, $now_ms:expr) => {{
+        let version: i64 = sqlx::query(
+            "UPDATE state_version SET version = CASE WHEN version + 1 > $1 THEN version + 1 \
+             ELSE $1 END WHERE id = 1 RETURNING version",
+        )
+        .bind(to_i64($now_ms))
+        .fetch_one(&mut *$tx)
+        .await?
+        .try_get("version")?;
+        to_u64(version)
+    }};
+}
+
+/// Announces a committed change to the other replicas (PostgreSQL delivers it on commit).
+macro_rules! notify_change {
+    ($store:expr, $tx:ident, $version:expr) => {{
+        if $store.backend() == Backend::Postgres {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANGES_CHANNEL)
+                .bind($version.to_string())
+                .execute(&mut *$tx)
+                .await?;
+        }
+    }};
+}
+
 /// Binds a [`DeploymentRecord`] to [`INSERT_DEPLOYMENT`].
 macro_rules! bind_deployment {
     ($query:expr, $record:expr, $created:expr, $updated:expr) => {{
@@ -332,6 +370,8 @@ fn usage_id(record: &proto::UsageRecord) -> String {
     hasher.update(prost::Message::encode_to_vec(record));
     format!("anon-{}", hex::encode(hasher.finalize()))
 }
+
+mod management;
 
 impl Store {
     /// Opens (creating if the URL allows) the database at `url` and applies migrations.
@@ -458,6 +498,8 @@ impl Store {
         let now = to_i64(now_unix_ms());
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
+            // First statement: takes the write lock that orders every change (see bump_version).
+            let version = bump_version!(tx, now_unix_ms());
             // Keep created_at of ids that survive the reload.
             let rows = sqlx::query("SELECT id, created_at FROM deployments WHERE source = 'config'")
                 .fetch_all(&mut *tx)
@@ -491,6 +533,7 @@ impl Store {
                     }
                 }
             }
+            notify_change!(self, tx, version);
             tx.commit().await?;
             Ok(())
         })
@@ -501,6 +544,7 @@ impl Store {
         let now = to_i64(now_unix_ms());
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
+            let version = bump_version!(tx, now_unix_ms());
             let created_at: Option<i64> = sqlx::query("SELECT created_at FROM deployments WHERE id = $1")
                 .bind(record.id.clone())
                 .fetch_optional(&mut *tx)
@@ -514,6 +558,7 @@ impl Store {
             bind_deployment!(sqlx::query(INSERT_DEPLOYMENT), record, created_at.unwrap_or(now), now)
                 .execute(&mut *tx)
                 .await?;
+            notify_change!(self, tx, version);
             tx.commit().await?;
             Ok(())
         })
@@ -521,12 +566,18 @@ impl Store {
 
     /// Deletes one deployment; true if it existed.
     pub async fn delete_deployment(&self, id: &str) -> Result<bool, StoreError> {
-        let affected = with_pool!(self, pool => sqlx::query("DELETE FROM deployments WHERE id = $1")
-            .bind(id)
-            .execute(pool)
-            .await?
-            .rows_affected());
-        Ok(affected > 0)
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let version = bump_version!(tx, now_unix_ms());
+            let affected = sqlx::query("DELETE FROM deployments WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            notify_change!(self, tx, version);
+            tx.commit().await?;
+            Ok(affected > 0)
+        })
     }
 
     /// Every deployment: config rows in file order, then API rows by creation time.
@@ -566,31 +617,26 @@ impl Store {
     }
 
     /// Hands out the next snapshot version: above every version handed out before (also by
-    /// an earlier run of the control plane on this database) and at least `now_ms`, so
+    /// an earlier run, or another replica, on this database) and at least `now_ms`, so
     /// filters that kept an old snapshot through a restart always see the new one as newer.
     pub async fn next_snapshot_version(&self, now_ms: u64) -> Result<u64, StoreError> {
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let previous: Option<String> = sqlx::query("SELECT value FROM settings WHERE key = $1")
-                .bind(SETTING_SNAPSHOT_VERSION)
-                .fetch_optional(&mut *tx)
-                .await?
-                .map(|row| row.try_get("value"))
-                .transpose()?;
-            let previous = match previous {
-                Some(text) => text.parse::<u64>().map_err(|_| {
-                    StoreError::Corrupt(format!("setting {SETTING_SNAPSHOT_VERSION} = {text:?}"))
-                })?,
-                None => 0,
-            };
-            let version = previous.saturating_add(1).max(now_ms);
-            sqlx::query(UPSERT_SETTING)
-                .bind(SETTING_SNAPSHOT_VERSION)
-                .bind(version.to_string())
-                .execute(&mut *tx)
-                .await?;
+            let version = bump_version!(tx, now_ms);
+            notify_change!(self, tx, version);
             tx.commit().await?;
             Ok(version)
+        })
+    }
+
+    /// The version of the newest committed change.
+    pub async fn stored_version(&self) -> Result<u64, StoreError> {
+        with_pool!(self, pool => {
+            let version: i64 = sqlx::query("SELECT version FROM state_version WHERE id = 1")
+                .fetch_one(pool)
+                .await?
+                .try_get("version")?;
+            Ok(to_u64(version))
         })
     }
 

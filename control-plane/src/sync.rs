@@ -22,9 +22,13 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::proto::filter_sync_server::{FilterSync, FilterSyncServer};
 use crate::proto::{self, control_message, filter_message};
 use crate::store::{
-    now_unix_ms, Store, StoreError, StoredDeployment, SETTING_MASTER_KEY_SHA256,
-    SETTING_MAX_REQUEST_BODY_BYTES, SETTING_MAX_RESPONSE_BODY_BYTES,
+    now_unix_ms, KeyRow, StateSnapshot, Store, StoreError, StoredDeployment,
+    SETTING_MASTER_KEY_SHA256, SETTING_MAX_REQUEST_BODY_BYTES, SETTING_MAX_RESPONSE_BODY_BYTES,
 };
+
+/// How often the stored version is compared with the published one, as a safety net for
+/// missed notifications (and the only cross-process signal on SQLite).
+pub const VERSION_POLL_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Attempts at storing one usage batch before it is given up (and logged as lost).
 const USAGE_INSERT_ATTEMPTS: u32 = 3;
@@ -72,12 +76,45 @@ pub fn build_snapshot(
     }
 }
 
-/// Reads the store and builds a snapshot with a freshly handed-out version.
+/// The filter's view of the keys: a key without models inherits its team's; a blocked
+/// team blocks its keys.
+pub fn snapshot_keys(
+    keys: &[KeyRow],
+    teams: &BTreeMap<String, (Vec<String>, bool)>,
+) -> Vec<proto::VirtualKey> {
+    keys.iter()
+        .map(|key| {
+            let team = key.team_id.as_ref().and_then(|id| teams.get(id));
+            let models = if key.models.is_empty() {
+                team.map(|(models, _)| models.clone()).unwrap_or_default()
+            } else {
+                key.models.clone()
+            };
+            proto::VirtualKey {
+                key_sha256: key.token.clone(),
+                key_alias: key.key_alias.clone().unwrap_or_default(),
+                user_id: key.user_id.clone().unwrap_or_default(),
+                team_id: key.team_id.clone().unwrap_or_default(),
+                models,
+                blocked: key.blocked || team.is_some_and(|(_, blocked)| *blocked),
+                expires_unix_ms: key
+                    .expires_ms
+                    .map_or(0, |ms| u64::try_from(ms).unwrap_or(0).max(1)),
+            }
+        })
+        .collect()
+}
+
+/// A snapshot of a consistent read of the store.
+pub fn snapshot_of_state(state: &StateSnapshot) -> proto::Snapshot {
+    let mut snapshot = build_snapshot(state.version, &state.deployments, &state.settings);
+    snapshot.keys = snapshot_keys(&state.keys, &state.teams);
+    snapshot
+}
+
+/// Reads the store and builds the snapshot of its current state, with the stored version.
 pub async fn load_snapshot(store: &Store) -> Result<proto::Snapshot, StoreError> {
-    let deployments = store.deployments().await?;
-    let settings = store.settings().await?;
-    let version = store.next_snapshot_version(now_unix_ms()).await?;
-    Ok(build_snapshot(version, &deployments, &settings))
+    Ok(snapshot_of_state(&store.state_snapshot().await?))
 }
 
 /// What the control plane knows about one open filter stream.
@@ -158,12 +195,131 @@ impl SyncHub {
         self.snapshots.send_replace(Arc::new(snapshot));
     }
 
-    /// Rebuilds the snapshot from the store with a new version and publishes it.
-    pub async fn republish(&self) -> Result<u64, StoreError> {
+    /// Publishes `snapshot` unless the current one is as new; true if published. Replicas
+    /// and concurrent rebuilds may produce snapshots out of order: the newest wins.
+    pub fn publish_if_newer(&self, snapshot: proto::Snapshot) -> bool {
+        let version = snapshot.version;
+        let deployments = snapshot.deployments.len();
+        let keys = snapshot.keys.len();
+        let snapshot = Arc::new(snapshot);
+        let published = self.snapshots.send_if_modified(|current| {
+            if snapshot.version > current.version {
+                *current = snapshot.clone();
+                true
+            } else {
+                false
+            }
+        });
+        if published {
+            tracing::info!(version, deployments, keys, "publishing snapshot");
+        }
+        published
+    }
+
+    /// Rebuilds the snapshot from the store and publishes it if it is newer than the
+    /// current one; returns the stored version.
+    pub async fn refresh(&self) -> Result<u64, StoreError> {
         let snapshot = load_snapshot(&self.store).await?;
         let version = snapshot.version;
-        self.publish(snapshot);
+        self.publish_if_newer(snapshot);
         Ok(version)
+    }
+
+    /// Hands out a new version, rebuilds the snapshot from the store and publishes it.
+    pub async fn republish(&self) -> Result<u64, StoreError> {
+        self.store.next_snapshot_version(now_unix_ms()).await?;
+        self.refresh().await
+    }
+
+    /// Keeps this replica's snapshot up to date with changes committed by others: PostgreSQL
+    /// LISTEN on [`crate::store::CHANGES_CHANNEL`] (reconnecting with backoff and rebuilding
+    /// once per (re)connection, since notifications sent meanwhile are lost), plus a poll of
+    /// the stored version every [`VERSION_POLL_INTERVAL`]. Ends with [`SyncHub::close_streams`].
+    ///
+    /// SQLite has no notifications: run one control plane per SQLite file (the poll would
+    /// pick up another process's writes within the interval, but that is not a supported
+    /// setup). Several replicas need PostgreSQL.
+    pub fn spawn_change_watcher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let hub = self.clone();
+        tokio::spawn(async move { hub.watch_changes().await })
+    }
+
+    async fn watch_changes(&self) {
+        let mut shutdown = self.shutdown.subscribe();
+        let mut backoff = Duration::from_millis(100);
+        let mut poll = tokio::time::interval(VERSION_POLL_INTERVAL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut listener = None;
+        let mut listening = self.store.backend() == crate::store::Backend::Postgres;
+        loop {
+            if *shutdown.borrow_and_update() {
+                return;
+            }
+            if listening && listener.is_none() {
+                match self.store.change_listener().await {
+                    Ok(Some(connected)) => {
+                        tracing::debug!("listening for changes of other replicas");
+                        listener = Some(connected);
+                        backoff = Duration::from_millis(100);
+                        self.refresh_logged().await;
+                    }
+                    Ok(None) => listening = false,
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot LISTEN for changes; retrying");
+                    }
+                }
+            }
+            tokio::select! {
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow_and_update() {
+                        return;
+                    }
+                }
+                _ = poll.tick() => {
+                    match self.store.stored_version().await {
+                        Ok(stored) if stored > self.current().version => self.refresh_logged().await,
+                        Ok(_) => {}
+                        Err(error) => tracing::debug!(%error, "version poll failed"),
+                    }
+                }
+                received = async {
+                    match listener.as_mut() {
+                        Some(listener) => listener.try_recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => match received {
+                    Ok(Some(notification)) => {
+                        let newer = notification
+                            .payload()
+                            .parse::<u64>()
+                            .map_or(true, |version| version > self.current().version);
+                        if newer {
+                            self.refresh_logged().await;
+                        }
+                    }
+                    // The connection was lost (sqlx reconnects on the next call): anything
+                    // sent meanwhile is gone, so rebuild once.
+                    Ok(None) => {
+                        tracing::warn!("change listener lost its connection; reconnecting");
+                        self.refresh_logged().await;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "change listener failed; reconnecting");
+                        listener = None;
+                    }
+                },
+            }
+            if listening && listener.is_none() {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+
+    async fn refresh_logged(&self) {
+        if let Err(error) = self.refresh().await {
+            tracing::warn!(%error, "rebuilding the snapshot failed");
+        }
     }
 
     /// Open streams, by id.
@@ -472,6 +628,9 @@ pub async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(hub.service())
+        .add_service(crate::grpc_api::service(crate::manage::Manager::new(
+            hub.clone(),
+        )))
         .add_service(reflection)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), signal)
         .await

@@ -1,0 +1,512 @@
+//! `tollgate.v1.Management`: the gRPC face of [`crate::manage::Manager`].
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use tonic::{Request, Response, Status};
+
+use crate::manage::{ApiError, ErrorKind, KeyGenerate, KeyUpdate, Manager, TeamCreate, UserCreate};
+use crate::proto::management_server::{Management, ManagementServer};
+use crate::proto::{self as pb};
+use crate::store::{DeploymentSource, KeyRow, NewMember, StoredDeployment, TeamRow, UserRow};
+
+/// The tonic service over `manager`.
+pub fn service(manager: Arc<Manager>) -> ManagementServer<GrpcManagement> {
+    ManagementServer::new(GrpcManagement { manager })
+}
+
+/// The `Management` implementation.
+#[derive(Clone)]
+pub struct GrpcManagement {
+    manager: Arc<Manager>,
+}
+
+impl From<ApiError> for Status {
+    fn from(error: ApiError) -> Self {
+        let message = error.message;
+        match error.kind {
+            ErrorKind::InvalidArgument => Status::invalid_argument(message),
+            ErrorKind::Unauthenticated => Status::unauthenticated(message),
+            ErrorKind::PermissionDenied => Status::permission_denied(message),
+            ErrorKind::NotFound => Status::not_found(message),
+            ErrorKind::AlreadyExists => Status::already_exists(message),
+            ErrorKind::FailedPrecondition => Status::failed_precondition(message),
+            ErrorKind::Internal => Status::internal(message),
+        }
+    }
+}
+
+fn ms(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn opt(value: String) -> Option<String> {
+    (!value.is_empty()).then_some(value)
+}
+
+fn json_field(param: &str, text: &str) -> Result<Option<Value>, ApiError> {
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_str(text)
+        .map(Some)
+        .map_err(|error| ApiError::invalid(param, format!("not valid JSON: {error}")))
+}
+
+fn model_message(stored: &StoredDeployment) -> pb::Model {
+    let record = &stored.record;
+    pb::Model {
+        id: record.id.clone(),
+        model_name: record.model_name.clone(),
+        model: format!("{}/{}", record.provider_name, record.upstream_model),
+        api_base: record.api_base.clone(),
+        api_version: record.api_version.clone().unwrap_or_default(),
+        has_api_key: record.api_key.is_some(),
+        max_tokens: record.default_max_tokens.unwrap_or(0),
+        source: match record.source {
+            DeploymentSource::Config => "config".into(),
+            DeploymentSource::Api => "api".into(),
+        },
+        model_info_json: record
+            .model_info
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        created_at_unix_ms: ms(stored.created_at_ms),
+        updated_at_unix_ms: ms(stored.updated_at_ms),
+    }
+}
+
+fn key_message(key: &KeyRow) -> pb::KeyInfo {
+    pb::KeyInfo {
+        token: key.token.clone(),
+        key_name: key.key_name.clone(),
+        key_alias: key.key_alias.clone().unwrap_or_default(),
+        user_id: key.user_id.clone().unwrap_or_default(),
+        team_id: key.team_id.clone().unwrap_or_default(),
+        models: key.models.clone(),
+        blocked: key.blocked,
+        expires_unix_ms: key.expires_ms.map_or(0, ms),
+        metadata_json: key.metadata.to_string(),
+        created_at_unix_ms: ms(key.created_at),
+        updated_at_unix_ms: ms(key.updated_at),
+    }
+}
+
+fn user_message(user: &UserRow, teams: Vec<String>) -> pb::User {
+    pb::User {
+        user_id: user.user_id.clone(),
+        user_email: user.user_email.clone().unwrap_or_default(),
+        user_role: user.user_role.clone(),
+        models: user.models.clone(),
+        metadata_json: user.metadata.to_string(),
+        teams,
+        created_at_unix_ms: ms(user.created_at),
+    }
+}
+
+fn team_message(team: &TeamRow) -> pb::Team {
+    pb::Team {
+        team_id: team.team_id.clone(),
+        team_alias: team.team_alias.clone().unwrap_or_default(),
+        models: team.models.clone(),
+        metadata_json: team.metadata.to_string(),
+        blocked: team.blocked,
+        members: team
+            .members
+            .iter()
+            .map(|member| pb::TeamMember {
+                user_id: member.user_id.clone(),
+                user_email: member.user_email.clone().unwrap_or_default(),
+                role: member.role.clone(),
+            })
+            .collect(),
+        created_at_unix_ms: ms(team.created_at),
+    }
+}
+
+fn members(list: Vec<pb::TeamMember>) -> Vec<NewMember> {
+    list.into_iter()
+        .map(|member| NewMember {
+            user_id: opt(member.user_id),
+            user_email: opt(member.user_email),
+            role: if member.role.is_empty() {
+                "user".into()
+            } else {
+                member.role
+            },
+        })
+        .collect()
+}
+
+fn litellm_params(
+    model: Option<String>,
+    api_base: Option<String>,
+    api_key: Option<String>,
+    api_version: Option<String>,
+    max_tokens: Option<u32>,
+) -> serde_json::Map<String, Value> {
+    let mut params = serde_json::Map::new();
+    for (name, value) in [
+        ("model", model),
+        ("api_base", api_base),
+        ("api_key", api_key),
+        ("api_version", api_version),
+    ] {
+        if let Some(value) = value.filter(|v| !v.is_empty()) {
+            params.insert(name.into(), Value::String(value));
+        }
+    }
+    if let Some(tokens) = max_tokens {
+        params.insert("max_tokens".into(), Value::from(tokens));
+    }
+    params
+}
+
+impl GrpcManagement {
+    async fn auth<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .and_then(|value| value.to_str().ok());
+        let credential = header.map(|value| {
+            value
+                .strip_prefix("Bearer ")
+                .or_else(|| value.strip_prefix("bearer "))
+                .unwrap_or(value)
+        });
+        self.manager
+            .authorize(credential)
+            .await
+            .map_err(Status::from)
+    }
+}
+
+type GrpcResult<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl Management for GrpcManagement {
+    async fn list_models(
+        &self,
+        request: Request<pb::ListModelsRequest>,
+    ) -> GrpcResult<pb::ListModelsResponse> {
+        self.auth(&request).await?;
+        let models = self.manager.list_models().await?;
+        Ok(Response::new(pb::ListModelsResponse {
+            models: models.iter().map(model_message).collect(),
+        }))
+    }
+
+    async fn get_model(&self, request: Request<pb::GetModelRequest>) -> GrpcResult<pb::Model> {
+        self.auth(&request).await?;
+        let id = request.into_inner().id;
+        if id.is_empty() {
+            return Err(ApiError::invalid("id", "required").into());
+        }
+        Ok(Response::new(model_message(
+            &self.manager.get_model(&id).await?,
+        )))
+    }
+
+    async fn create_model(
+        &self,
+        request: Request<pb::CreateModelRequest>,
+    ) -> GrpcResult<pb::Model> {
+        self.auth(&request).await?;
+        let body = request.into_inner();
+        let mut info = match json_field("model_info_json", &body.model_info_json)? {
+            None => serde_json::Map::new(),
+            Some(Value::Object(map)) => map,
+            Some(_) => {
+                return Err(ApiError::invalid("model_info_json", "must be a JSON object").into())
+            }
+        };
+        if !body.id.is_empty() {
+            info.insert("id".into(), Value::String(body.id));
+        }
+        let mut entry = serde_json::Map::new();
+        if !body.model_name.is_empty() {
+            entry.insert("model_name".into(), Value::String(body.model_name));
+        }
+        entry.insert(
+            "litellm_params".into(),
+            Value::Object(litellm_params(
+                Some(body.model),
+                Some(body.api_base),
+                Some(body.api_key),
+                Some(body.api_version),
+                body.max_tokens,
+            )),
+        );
+        entry.insert("model_info".into(), Value::Object(info));
+        let created = self.manager.create_model(&Value::Object(entry)).await?;
+        Ok(Response::new(model_message(&created)))
+    }
+
+    async fn update_model(
+        &self,
+        request: Request<pb::UpdateModelRequest>,
+    ) -> GrpcResult<pb::Model> {
+        self.auth(&request).await?;
+        let body = request.into_inner();
+        if body.id.is_empty() {
+            return Err(ApiError::invalid("id", "required").into());
+        }
+        let mut patch = serde_json::Map::new();
+        if let Some(name) = body.model_name {
+            patch.insert("model_name".into(), Value::String(name));
+        }
+        patch.insert(
+            "litellm_params".into(),
+            Value::Object(litellm_params(
+                body.model,
+                body.api_base,
+                body.api_key,
+                body.api_version,
+                body.max_tokens,
+            )),
+        );
+        if let Some(text) = body.model_info_json {
+            if let Some(info) = json_field("model_info_json", &text)? {
+                patch.insert("model_info".into(), info);
+            }
+        }
+        let updated = self
+            .manager
+            .update_model(&body.id, &Value::Object(patch))
+            .await?;
+        Ok(Response::new(model_message(&updated)))
+    }
+
+    async fn delete_model(
+        &self,
+        request: Request<pb::DeleteModelRequest>,
+    ) -> GrpcResult<pb::DeleteModelResponse> {
+        self.auth(&request).await?;
+        let id = request.into_inner().id;
+        if id.is_empty() {
+            return Err(ApiError::invalid("id", "required").into());
+        }
+        self.manager.delete_model(&id).await?;
+        Ok(Response::new(pb::DeleteModelResponse { id }))
+    }
+
+    async fn generate_key(
+        &self,
+        request: Request<pb::GenerateKeyRequest>,
+    ) -> GrpcResult<pb::GeneratedKey> {
+        self.auth(&request).await?;
+        let body = request.into_inner();
+        let (key, row) = self
+            .manager
+            .generate_key(KeyGenerate {
+                key_alias: opt(body.key_alias),
+                user_id: opt(body.user_id),
+                team_id: opt(body.team_id),
+                models: body.models,
+                duration: opt(body.duration),
+                metadata: json_field("metadata_json", &body.metadata_json)?,
+                key: opt(body.key),
+                blocked: body.blocked,
+            })
+            .await?;
+        Ok(Response::new(pb::GeneratedKey {
+            key,
+            info: Some(key_message(&row)),
+        }))
+    }
+
+    async fn list_keys(
+        &self,
+        request: Request<pb::ListKeysRequest>,
+    ) -> GrpcResult<pb::ListKeysResponse> {
+        self.auth(&request).await?;
+        let body = request.into_inner();
+        let keys = self
+            .manager
+            .list_keys(
+                opt(body.user_id).as_deref(),
+                opt(body.team_id).as_deref(),
+                opt(body.key_alias).as_deref(),
+            )
+            .await?;
+        let (page, size) = (
+            body.page.max(1),
+            if body.size == 0 { 10 } else { body.size },
+        );
+        let total = keys.len();
+        let size_usize = usize::try_from(size).unwrap_or(10);
+        let start = usize::try_from(page - 1)
+            .unwrap_or(0)
+            .saturating_mul(size_usize);
+        let total_pages = u32::try_from(total.div_ceil(size_usize)).unwrap_or(u32::MAX);
+        Ok(Response::new(pb::ListKeysResponse {
+            keys: keys
+                .iter()
+                .skip(start)
+                .take(size_usize)
+                .map(key_message)
+                .collect(),
+            total_count: u64::try_from(total).unwrap_or(u64::MAX),
+            current_page: page,
+            total_pages,
+        }))
+    }
+
+    async fn get_key(&self, request: Request<pb::KeyRef>) -> GrpcResult<pb::KeyInfo> {
+        self.auth(&request).await?;
+        let key = request.into_inner().key;
+        Ok(Response::new(key_message(
+            &self.manager.key_info(&key).await?,
+        )))
+    }
+
+    async fn update_key(&self, request: Request<pb::UpdateKeyRequest>) -> GrpcResult<pb::KeyInfo> {
+        self.auth(&request).await?;
+        let body = request.into_inner();
+        let metadata = match body.metadata_json {
+            Some(text) => Some(json_field("metadata_json", &text)?.unwrap_or(Value::Null)),
+            None => None,
+        };
+        let row = self
+            .manager
+            .update_key(KeyUpdate {
+                key: body.key,
+                key_alias: body.key_alias.map(opt),
+                user_id: body.user_id.map(opt),
+                team_id: body.team_id.map(opt),
+                models: body.models.map(|list| list.values),
+                duration: body.duration.map(opt),
+                metadata,
+                blocked: body.blocked,
+            })
+            .await?;
+        Ok(Response::new(key_message(&row)))
+    }
+
+    async fn regenerate_key(
+        &self,
+        request: Request<pb::RegenerateKeyRequest>,
+    ) -> GrpcResult<pb::GeneratedKey> {
+        self.auth(&request).await?;
+        let body = request.into_inner();
+        let (key, row) = self
+            .manager
+            .regenerate_key(&body.key, opt(body.new_key))
+            .await?;
+        Ok(Response::new(pb::GeneratedKey {
+            key,
+            info: Some(key_message(&row)),
+        }))
+    }
+
+    async fn block_key(&self, request: Request<pb::KeyRef>) -> GrpcResult<pb::KeyInfo> {
+        self.auth(&request).await?;
+        let key = request.into_inner().key;
+        Ok(Response::new(key_message(
+            &self.manager.set_blocked(&key, true).await?,
+        )))
+    }
+
+    async fn unblock_key(&self, request: Request<pb::KeyRef>) -> GrpcResult<pb::KeyInfo> {
+        self.auth(&request).await?;
+        let key = request.into_inner().key;
+        Ok(Response::new(key_message(
+            &self.manager.set_blocked(&key, false).await?,
+        )))
+    }
+
+    async fn delete_keys(
+        &self,
+        request: Request<pb::DeleteKeysRequest>,
+    ) -> GrpcResult<pb::DeleteKeysResponse> {
+        self.auth(&request).await?;
+        let body = request.into_inner();
+        let deleted_keys = self
+            .manager
+            .delete_keys(&body.keys, &body.key_aliases)
+            .await?;
+        Ok(Response::new(pb::DeleteKeysResponse { deleted_keys }))
+    }
+
+    async fn create_user(
+        &self,
+        request: Request<pb::CreateUserRequest>,
+    ) -> GrpcResult<pb::CreateUserResponse> {
+        self.auth(&request).await?;
+        let body = request.into_inner();
+        let (user, key) = self
+            .manager
+            .create_user(UserCreate {
+                user_id: opt(body.user_id),
+                user_email: opt(body.user_email),
+                user_role: opt(body.user_role),
+                models: body.models,
+                metadata: json_field("metadata_json", &body.metadata_json)?,
+                auto_create_key: !body.no_key,
+                key_alias: opt(body.key_alias),
+                duration: opt(body.duration),
+            })
+            .await?;
+        Ok(Response::new(pb::CreateUserResponse {
+            user: Some(user_message(&user, Vec::new())),
+            key: key.map(|(key, row)| pb::GeneratedKey {
+                key,
+                info: Some(key_message(&row)),
+            }),
+        }))
+    }
+
+    async fn get_user(&self, request: Request<pb::GetUserRequest>) -> GrpcResult<pb::UserInfo> {
+        self.auth(&request).await?;
+        let details = self
+            .manager
+            .user_info(&request.into_inner().user_id)
+            .await?;
+        Ok(Response::new(pb::UserInfo {
+            user: Some(user_message(&details.user, details.teams)),
+            keys: details.keys.iter().map(key_message).collect(),
+        }))
+    }
+
+    async fn create_team(&self, request: Request<pb::CreateTeamRequest>) -> GrpcResult<pb::Team> {
+        self.auth(&request).await?;
+        let body = request.into_inner();
+        let team = self
+            .manager
+            .create_team(TeamCreate {
+                team_id: opt(body.team_id),
+                team_alias: opt(body.team_alias),
+                models: body.models,
+                metadata: json_field("metadata_json", &body.metadata_json)?,
+                members: members(body.members),
+            })
+            .await?;
+        Ok(Response::new(team_message(&team)))
+    }
+
+    async fn get_team(&self, request: Request<pb::GetTeamRequest>) -> GrpcResult<pb::TeamInfo> {
+        self.auth(&request).await?;
+        let (team, keys) = self
+            .manager
+            .team_info(&request.into_inner().team_id)
+            .await?;
+        Ok(Response::new(pb::TeamInfo {
+            team: Some(team_message(&team)),
+            keys: keys.iter().map(key_message).collect(),
+        }))
+    }
+
+    async fn add_team_member(
+        &self,
+        request: Request<pb::AddTeamMemberRequest>,
+    ) -> GrpcResult<pb::Team> {
+        self.auth(&request).await?;
+        let body = request.into_inner();
+        let team = self
+            .manager
+            .add_team_members(&body.team_id, &members(body.members))
+            .await?;
+        Ok(Response::new(team_message(&team)))
+    }
+}

@@ -1,0 +1,777 @@
+//! The LiteLLM-compatible HTTP/JSON management API (`/key/generate`, `/model/new`, ...),
+//! the HTTP face of [`crate::manage::Manager`]. Paths, methods, request and response
+//! fields follow LiteLLM's proxy; errors are `{"error":{"message","type","param","code"}}`
+//! with 400 (bad field, named), 401, 403, 404, 409 or 500, never 422.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch, post};
+use axum::{Json, Router};
+use serde_json::{json, Map, Value};
+use tokio::net::TcpListener;
+
+use crate::manage::{
+    iso8601, model_entry_json, ApiError, ErrorKind, KeyGenerate, KeyUpdate, Manager, TeamCreate,
+    UserCreate,
+};
+use crate::store::{KeyRow, NewMember, StoredDeployment, TeamRow, UserRow};
+
+/// Path prefixes Envoy sends to this API on the gateway port.
+pub const ROUTED_PREFIXES: &[&str] = &["/key/", "/model/", "/user/", "/team/", "/organization/"];
+
+fn status_of(kind: ErrorKind) -> (StatusCode, &'static str) {
+    match kind {
+        ErrorKind::InvalidArgument | ErrorKind::FailedPrecondition => {
+            (StatusCode::BAD_REQUEST, "bad_request_error")
+        }
+        ErrorKind::Unauthenticated => (StatusCode::UNAUTHORIZED, "auth_error"),
+        ErrorKind::PermissionDenied => (StatusCode::FORBIDDEN, "permission_error"),
+        ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found_error"),
+        ErrorKind::AlreadyExists => (StatusCode::CONFLICT, "conflict_error"),
+        ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal_server_error"),
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, kind) = status_of(self.kind);
+        let body = json!({
+            "error": {
+                "message": self.message,
+                "type": kind,
+                "param": self.param,
+                "code": status.as_u16().to_string(),
+            }
+        });
+        (status, Json(body)).into_response()
+    }
+}
+
+/// The credential of a request: `Authorization: Bearer`, or LiteLLM's
+/// `x-litellm-api-key`, or `x-api-key`.
+fn credential(headers: &HeaderMap) -> Option<String> {
+    if let Some(value) = headers
+        .get("authorization")
+        .and_then(|value| value.to_str().ok())
+    {
+        let value = value.trim();
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .unwrap_or(value);
+        return Some(token.trim().to_string());
+    }
+    ["x-litellm-api-key", "x-api-key"].iter().find_map(|name| {
+        headers
+            .get(*name)
+            .and_then(|value| value.to_str().ok())
+            .map(|value| value.trim().to_string())
+    })
+}
+
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A JSON request body with typed field access whose errors name the field.
+struct Body(Map<String, Value>);
+
+impl Body {
+    fn parse(bytes: &[u8]) -> Result<Body, ApiError> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::invalid("body", "a JSON object is required"));
+        }
+        match serde_json::from_slice::<Value>(bytes) {
+            Ok(Value::Object(map)) => Ok(Body(map)),
+            Ok(other) => Err(ApiError::invalid(
+                "body",
+                format!("expected a JSON object, got {}", type_name(&other)),
+            )),
+            Err(error) => Err(ApiError::invalid("body", format!("invalid JSON: {error}"))),
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<&Value> {
+        self.0.get(name).filter(|value| !value.is_null())
+    }
+
+    fn string(&self, name: &str) -> Result<Option<String>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::String(text)) => Ok(Some(text.clone())),
+            Some(other) => Err(ApiError::invalid(
+                name,
+                format!("must be a string, got {}", type_name(other)),
+            )),
+        }
+    }
+
+    fn required(&self, name: &str) -> Result<String, ApiError> {
+        match self.string(name)? {
+            Some(text) if !text.trim().is_empty() => Ok(text),
+            Some(_) => Err(ApiError::invalid(name, "must not be empty")),
+            None => Err(ApiError::invalid(name, "required")),
+        }
+    }
+
+    /// Absent: `None`; `null`: `Some(None)`; a string: `Some(Some(..))`.
+    fn nullable(&self, name: &str) -> Result<Option<Option<String>>, ApiError> {
+        match self.0.get(name) {
+            None => Ok(None),
+            Some(Value::Null) => Ok(Some(None)),
+            Some(_) => Ok(Some(self.string(name)?)),
+        }
+    }
+
+    fn list(&self, name: &str) -> Result<Option<Vec<String>>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(index, item)| match item {
+                    Value::String(text) => Ok(text.clone()),
+                    other => Err(ApiError::invalid(
+                        &format!("{name}[{index}]"),
+                        format!("must be a string, got {}", type_name(other)),
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(other) => Err(ApiError::invalid(
+                name,
+                format!("must be a list of strings, got {}", type_name(other)),
+            )),
+        }
+    }
+
+    fn boolean(&self, name: &str) -> Result<Option<bool>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::Bool(value)) => Ok(Some(*value)),
+            Some(other) => Err(ApiError::invalid(
+                name,
+                format!("must be a boolean, got {}", type_name(other)),
+            )),
+        }
+    }
+
+    fn object(&self, name: &str) -> Result<Option<Value>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(value @ Value::Object(_)) => Ok(Some(value.clone())),
+            Some(other) => Err(ApiError::invalid(
+                name,
+                format!("must be an object, got {}", type_name(other)),
+            )),
+        }
+    }
+
+    /// A LiteLLM duration: a string ("30d") or a number of seconds.
+    fn duration(&self, name: &str) -> Result<Option<Option<String>>, ApiError> {
+        match self.0.get(name) {
+            None => Ok(None),
+            Some(Value::Null) => Ok(Some(None)),
+            Some(Value::Number(number)) => match number.as_u64() {
+                Some(seconds) => Ok(Some(Some(format!("{seconds}s")))),
+                None => Err(ApiError::invalid(name, "must be a whole number of seconds")),
+            },
+            Some(_) => Ok(Some(self.string(name)?)),
+        }
+    }
+}
+
+fn members_of(param: &str, value: &Value) -> Result<Vec<NewMember>, ApiError> {
+    let items: Vec<&Value> = match value {
+        Value::Array(items) => items.iter().collect(),
+        Value::Object(_) => vec![value],
+        other => {
+            return Err(ApiError::invalid(
+                param,
+                format!(
+                    "must be a member object or a list of them, got {}",
+                    type_name(other)
+                ),
+            ))
+        }
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(index, item)| {
+            let path = format!("{param}[{index}]");
+            let Value::Object(map) = item else {
+                return Err(ApiError::invalid(
+                    &path,
+                    format!("must be an object, got {}", type_name(item)),
+                ));
+            };
+            let body = Body(map.clone());
+            Ok(NewMember {
+                user_id: body.string("user_id").map_err(|e| prefix(&path, e))?,
+                user_email: body.string("user_email").map_err(|e| prefix(&path, e))?,
+                role: body
+                    .string("role")
+                    .map_err(|e| prefix(&path, e))?
+                    .unwrap_or_else(|| "user".into()),
+            })
+        })
+        .collect()
+}
+
+fn prefix(path: &str, error: ApiError) -> ApiError {
+    let param = error.param.clone().unwrap_or_default();
+    let full = format!("{path}.{param}");
+    let message = error
+        .message
+        .strip_prefix(&format!("{param}: "))
+        .unwrap_or(&error.message)
+        .to_string();
+    ApiError::invalid(&full, message)
+}
+
+fn time(ms: i64) -> Value {
+    Value::String(iso8601(ms))
+}
+
+fn key_json(key: &KeyRow) -> Map<String, Value> {
+    let mut map = Map::new();
+    map.insert("token".into(), key.token.clone().into());
+    map.insert("key_name".into(), key.key_name.clone().into());
+    map.insert("key_alias".into(), json!(key.key_alias));
+    map.insert("user_id".into(), json!(key.user_id));
+    map.insert("team_id".into(), json!(key.team_id));
+    map.insert("models".into(), json!(key.models));
+    map.insert("blocked".into(), key.blocked.into());
+    map.insert("expires".into(), key.expires_ms.map_or(Value::Null, time));
+    map.insert("metadata".into(), key.metadata.clone());
+    map.insert("spend".into(), json!(0.0));
+    map.insert("max_budget".into(), Value::Null);
+    map.insert("created_at".into(), time(key.created_at));
+    map.insert("updated_at".into(), time(key.updated_at));
+    map
+}
+
+fn generated_json(clear: &str, key: &KeyRow) -> Value {
+    let mut map = key_json(key);
+    map.insert("key".into(), clear.into());
+    map.insert("token_id".into(), key.token.clone().into());
+    Value::Object(map)
+}
+
+fn user_json(user: &UserRow, teams: &[String]) -> Map<String, Value> {
+    let mut map = Map::new();
+    map.insert("user_id".into(), user.user_id.clone().into());
+    map.insert("user_email".into(), json!(user.user_email));
+    map.insert("user_role".into(), user.user_role.clone().into());
+    map.insert("models".into(), json!(user.models));
+    map.insert("metadata".into(), user.metadata.clone());
+    map.insert("teams".into(), json!(teams));
+    map.insert("spend".into(), json!(0.0));
+    map.insert("max_budget".into(), Value::Null);
+    map.insert("created_at".into(), time(user.created_at));
+    map.insert("updated_at".into(), time(user.updated_at));
+    map
+}
+
+fn team_json(team: &TeamRow) -> Value {
+    json!({
+        "team_id": team.team_id,
+        "team_alias": team.team_alias,
+        "models": team.models,
+        "metadata": team.metadata,
+        "blocked": team.blocked,
+        "members_with_roles": team.members.iter().map(|member| json!({
+            "user_id": member.user_id,
+            "user_email": member.user_email,
+            "role": member.role,
+        })).collect::<Vec<_>>(),
+        "spend": 0.0,
+        "max_budget": null,
+        "created_at": iso8601(team.created_at),
+        "updated_at": iso8601(team.updated_at),
+    })
+}
+
+fn model_json(stored: &StoredDeployment) -> Value {
+    let mut entry = model_entry_json(&stored.record, false);
+    entry["model_id"] = Value::String(stored.record.id.clone());
+    entry["created_at"] = time(stored.created_at_ms);
+    entry["updated_at"] = time(stored.updated_at_ms);
+    entry
+}
+
+type Shared = Arc<Manager>;
+
+/// Authenticates, then runs `work`; turns its result into a response.
+async fn handle<F, Fut>(manager: &Manager, headers: &HeaderMap, work: F) -> Response
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Value, ApiError>>,
+{
+    if let Err(error) = manager.authorize(credential(headers).as_deref()).await {
+        return error.into_response();
+    }
+    match work().await {
+        Ok(body) => Json(body).into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+fn query_map(
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<HashMap<String, String>, ApiError> {
+    query
+        .map(|Query(map)| map)
+        .map_err(|error| ApiError::invalid("query", error.body_text()))
+}
+
+async fn key_generate(State(m): State<Shared>, headers: HeaderMap, bytes: Bytes) -> Response {
+    handle(&m, &headers, || async {
+        let body = Body::parse(&bytes)?;
+        let request = KeyGenerate {
+            key_alias: body.string("key_alias")?,
+            user_id: body.string("user_id")?,
+            team_id: body.string("team_id")?,
+            models: body.list("models")?.unwrap_or_default(),
+            duration: body.duration("duration")?.flatten(),
+            metadata: body.object("metadata")?,
+            key: body.string("key")?,
+            blocked: body.boolean("blocked")?.unwrap_or(false),
+        };
+        let (clear, row) = m.generate_key(request).await?;
+        Ok(generated_json(&clear, &row))
+    })
+    .await
+}
+
+async fn key_info(
+    State(m): State<Shared>,
+    headers: HeaderMap,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Response {
+    handle(&m, &headers, || async {
+        let query = query_map(query)?;
+        // LiteLLM answers for the calling key when none is given.
+        let key = match query.get("key").filter(|k| !k.is_empty()) {
+            Some(key) => key.clone(),
+            None => credential(&headers).unwrap_or_default(),
+        };
+        let row = m.key_info(&key).await?;
+        Ok(json!({ "key": key, "info": Value::Object(key_json(&row)) }))
+    })
+    .await
+}
+
+async fn key_list(
+    State(m): State<Shared>,
+    headers: HeaderMap,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Response {
+    handle(&m, &headers, || async {
+        let query = query_map(query)?;
+        let number = |name: &str, default: usize| -> Result<usize, ApiError> {
+            match query.get(name) {
+                None => Ok(default),
+                Some(text) => match text.parse::<usize>() {
+                    Ok(value) if value >= 1 => Ok(value),
+                    _ => Err(ApiError::invalid(name, "must be a positive integer")),
+                },
+            }
+        };
+        let page = number("page", 1)?;
+        let size = number("size", 10)?;
+        let full = query
+            .get("return_full_object")
+            .is_some_and(|value| value == "true");
+        let keys = m
+            .list_keys(
+                query.get("user_id").map(String::as_str),
+                query.get("team_id").map(String::as_str),
+                query.get("key_alias").map(String::as_str),
+            )
+            .await?;
+        let total = keys.len();
+        let listed: Vec<Value> = keys
+            .iter()
+            .skip((page - 1).saturating_mul(size))
+            .take(size)
+            .map(|key| {
+                if full {
+                    Value::Object(key_json(key))
+                } else {
+                    Value::String(key.token.clone())
+                }
+            })
+            .collect();
+        Ok(json!({
+            "keys": listed,
+            "total_count": total,
+            "current_page": page,
+            "total_pages": total.div_ceil(size),
+        }))
+    })
+    .await
+}
+
+async fn key_update(State(m): State<Shared>, headers: HeaderMap, bytes: Bytes) -> Response {
+    handle(&m, &headers, || async {
+        let body = Body::parse(&bytes)?;
+        let key = body.required("key")?;
+        let request = KeyUpdate {
+            key: key.clone(),
+            key_alias: body.nullable("key_alias")?,
+            user_id: body.nullable("user_id")?,
+            team_id: body.nullable("team_id")?,
+            models: body.list("models")?,
+            duration: body.duration("duration")?,
+            metadata: body.object("metadata")?,
+            blocked: body.boolean("blocked")?,
+        };
+        let row = m.update_key(request).await?;
+        let mut map = key_json(&row);
+        map.insert("key".into(), key.into());
+        Ok(Value::Object(map))
+    })
+    .await
+}
+
+async fn regenerate(
+    m: &Manager,
+    bytes: &Bytes,
+    path_key: Option<String>,
+) -> Result<Value, ApiError> {
+    let body = if bytes.iter().all(u8::is_ascii_whitespace) && path_key.is_some() {
+        Body(Map::new())
+    } else {
+        Body::parse(bytes)?
+    };
+    let key = match path_key {
+        Some(key) => key,
+        None => body.required("key")?,
+    };
+    let (clear, row) = m.regenerate_key(&key, body.string("new_key")?).await?;
+    Ok(generated_json(&clear, &row))
+}
+
+async fn key_regenerate(State(m): State<Shared>, headers: HeaderMap, bytes: Bytes) -> Response {
+    handle(&m, &headers, || regenerate(&m, &bytes, None)).await
+}
+
+async fn key_regenerate_path(
+    State(m): State<Shared>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Response {
+    handle(&m, &headers, || regenerate(&m, &bytes, Some(key))).await
+}
+
+async fn key_delete(State(m): State<Shared>, headers: HeaderMap, bytes: Bytes) -> Response {
+    handle(&m, &headers, || async {
+        let body = Body::parse(&bytes)?;
+        let keys = body.list("keys")?.unwrap_or_default();
+        let aliases = body.list("key_aliases")?.unwrap_or_default();
+        m.delete_keys(&keys, &aliases).await?;
+        let mut deleted = keys;
+        deleted.extend(aliases);
+        Ok(json!({ "deleted_keys": deleted }))
+    })
+    .await
+}
+
+async fn block(m: &Manager, bytes: &Bytes, blocked: bool) -> Result<Value, ApiError> {
+    let body = Body::parse(bytes)?;
+    let key = body.required("key")?;
+    let row = m.set_blocked(&key, blocked).await?;
+    Ok(Value::Object(key_json(&row)))
+}
+
+async fn key_block(State(m): State<Shared>, headers: HeaderMap, bytes: Bytes) -> Response {
+    handle(&m, &headers, || block(&m, &bytes, true)).await
+}
+
+async fn key_unblock(State(m): State<Shared>, headers: HeaderMap, bytes: Bytes) -> Response {
+    handle(&m, &headers, || block(&m, &bytes, false)).await
+}
+
+async fn user_new(State(m): State<Shared>, headers: HeaderMap, bytes: Bytes) -> Response {
+    handle(&m, &headers, || async {
+        let body = Body::parse(&bytes)?;
+        let request = UserCreate {
+            user_id: body.string("user_id")?,
+            user_email: body.string("user_email")?,
+            user_role: body.string("user_role")?,
+            models: body.list("models")?.unwrap_or_default(),
+            metadata: body.object("metadata")?,
+            auto_create_key: body.boolean("auto_create_key")?.unwrap_or(true),
+            key_alias: body.string("key_alias")?,
+            duration: body.duration("duration")?.flatten(),
+        };
+        let (user, key) = m.create_user(request).await?;
+        let mut map = user_json(&user, &[]);
+        match key {
+            Some((clear, row)) => {
+                map.insert("key".into(), clear.into());
+                map.insert("token".into(), row.token.clone().into());
+                map.insert("key_name".into(), row.key_name.clone().into());
+                map.insert("key_alias".into(), json!(row.key_alias));
+                map.insert("expires".into(), row.expires_ms.map_or(Value::Null, time));
+            }
+            None => {
+                map.insert("key".into(), Value::Null);
+            }
+        }
+        Ok(Value::Object(map))
+    })
+    .await
+}
+
+async fn user_info(
+    State(m): State<Shared>,
+    headers: HeaderMap,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Response {
+    handle(&m, &headers, || async {
+        let query = query_map(query)?;
+        let user_id = query.get("user_id").cloned().unwrap_or_default();
+        let details = m.user_info(&user_id).await?;
+        let mut teams = Vec::new();
+        for team_id in &details.teams {
+            let (team, _) = m.team_info(team_id).await?;
+            teams.push(team_json(&team));
+        }
+        Ok(json!({
+            "user_id": details.user.user_id,
+            "user_info": Value::Object(user_json(&details.user, &details.teams)),
+            "keys": details.keys.iter().map(|key| Value::Object(key_json(key))).collect::<Vec<_>>(),
+            "teams": teams,
+        }))
+    })
+    .await
+}
+
+async fn team_new(State(m): State<Shared>, headers: HeaderMap, bytes: Bytes) -> Response {
+    handle(&m, &headers, || async {
+        let body = Body::parse(&bytes)?;
+        let members = match body.get("members_with_roles") {
+            Some(Value::Array(_)) => {
+                members_of("members_with_roles", &body.0["members_with_roles"])?
+            }
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    "members_with_roles",
+                    format!("must be a list, got {}", type_name(other)),
+                ))
+            }
+            None => Vec::new(),
+        };
+        let request = TeamCreate {
+            team_id: body.string("team_id")?,
+            team_alias: body.string("team_alias")?,
+            models: body.list("models")?.unwrap_or_default(),
+            metadata: body.object("metadata")?,
+            members,
+        };
+        Ok(team_json(&m.create_team(request).await?))
+    })
+    .await
+}
+
+async fn team_info(
+    State(m): State<Shared>,
+    headers: HeaderMap,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Response {
+    handle(&m, &headers, || async {
+        let query = query_map(query)?;
+        let team_id = query.get("team_id").cloned().unwrap_or_default();
+        let (team, keys) = m.team_info(&team_id).await?;
+        Ok(json!({
+            "team_id": team.team_id,
+            "team_info": team_json(&team),
+            "keys": keys.iter().map(|key| Value::Object(key_json(key))).collect::<Vec<_>>(),
+            "team_memberships": [],
+        }))
+    })
+    .await
+}
+
+async fn team_member_add(State(m): State<Shared>, headers: HeaderMap, bytes: Bytes) -> Response {
+    handle(&m, &headers, || async {
+        let body = Body::parse(&bytes)?;
+        let team_id = body.required("team_id")?;
+        let members = match body.get("member") {
+            Some(value) => members_of("member", value)?,
+            None => return Err(ApiError::invalid("member", "required")),
+        };
+        let team = m.add_team_members(&team_id, &members).await?;
+        let mut value = team_json(&team);
+        let added: Vec<Value> = team
+            .members
+            .iter()
+            .filter(|member| {
+                members.iter().any(|new| {
+                    new.user_id.as_deref() == Some(member.user_id.as_str())
+                        || (new.user_id.is_none()
+                            && new.user_email.is_some()
+                            && new.user_email == member.user_email)
+                })
+            })
+            .map(|member| json!({"user_id": member.user_id, "user_email": member.user_email}))
+            .collect();
+        value["updated_users"] = Value::Array(added);
+        value["updated_team_memberships"] = json!([]);
+        Ok(value)
+    })
+    .await
+}
+
+async fn model_new(State(m): State<Shared>, headers: HeaderMap, bytes: Bytes) -> Response {
+    handle(&m, &headers, || async {
+        let body = Body::parse(&bytes)?;
+        body.required("model_name")?;
+        if body.get("litellm_params").is_none() {
+            return Err(ApiError::invalid("litellm_params", "required"));
+        }
+        body.object("litellm_params")?;
+        body.object("model_info")?;
+        let created = m.create_model(&Value::Object(body.0)).await?;
+        Ok(model_json(&created))
+    })
+    .await
+}
+
+async fn model_info(
+    State(m): State<Shared>,
+    headers: HeaderMap,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Response {
+    handle(&m, &headers, || async {
+        let query = query_map(query)?;
+        let data: Vec<Value> = match query.get("litellm_model_id").filter(|id| !id.is_empty()) {
+            Some(id) => vec![model_json(&m.get_model(id).await?)],
+            None => m.list_models().await?.iter().map(model_json).collect(),
+        };
+        Ok(json!({ "data": data }))
+    })
+    .await
+}
+
+async fn update_model(
+    m: &Manager,
+    bytes: &Bytes,
+    path_id: Option<String>,
+) -> Result<Value, ApiError> {
+    let body = Body::parse(bytes)?;
+    let id = match path_id {
+        Some(id) => id,
+        None => {
+            let info = body.object("model_info")?;
+            match info.as_ref().and_then(|info| info.get("id")) {
+                Some(Value::String(id)) if !id.is_empty() => id.clone(),
+                Some(other) if !other.is_null() => {
+                    return Err(ApiError::invalid("model_info.id", "must be a string"))
+                }
+                _ => return Err(ApiError::invalid("model_info.id", "required")),
+            }
+        }
+    };
+    if let Some(name) = body.string("model_name")? {
+        if name.trim().is_empty() {
+            return Err(ApiError::invalid("model_name", "must not be empty"));
+        }
+    }
+    body.object("litellm_params")?;
+    let updated = m.update_model(&id, &Value::Object(body.0)).await?;
+    Ok(model_json(&updated))
+}
+
+async fn model_update(State(m): State<Shared>, headers: HeaderMap, bytes: Bytes) -> Response {
+    handle(&m, &headers, || update_model(&m, &bytes, None)).await
+}
+
+async fn model_patch(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Response {
+    handle(&m, &headers, || update_model(&m, &bytes, Some(id))).await
+}
+
+async fn model_delete(State(m): State<Shared>, headers: HeaderMap, bytes: Bytes) -> Response {
+    handle(&m, &headers, || async {
+        let body = Body::parse(&bytes)?;
+        let id = body.required("id")?;
+        m.delete_model(&id).await?;
+        Ok(json!({ "message": format!("Model: {id} deleted successfully") }))
+    })
+    .await
+}
+
+async fn not_found() -> Response {
+    ApiError::not_found("path", "Unknown management URL").into_response()
+}
+
+async fn wrong_method() -> Response {
+    let body = json!({"error": {
+        "message": "Method not allowed for this URL",
+        "type": "invalid_request_error",
+        "param": null,
+        "code": "405",
+    }});
+    (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
+}
+
+/// The router of the whole API.
+pub fn router(manager: Arc<Manager>) -> Router {
+    Router::new()
+        .route("/key/generate", post(key_generate))
+        .route("/key/info", get(key_info))
+        .route("/key/list", get(key_list))
+        .route("/key/update", post(key_update))
+        .route("/key/regenerate", post(key_regenerate))
+        .route("/key/{key}/regenerate", post(key_regenerate_path))
+        .route("/key/delete", post(key_delete))
+        .route("/key/block", post(key_block))
+        .route("/key/unblock", post(key_unblock))
+        .route("/user/new", post(user_new))
+        .route("/user/info", get(user_info))
+        .route("/team/new", post(team_new))
+        .route("/team/info", get(team_info))
+        .route("/team/member_add", post(team_member_add))
+        .route("/model/new", post(model_new))
+        .route("/model/info", get(model_info))
+        .route("/model/update", post(model_update))
+        .route("/model/{id}/update", patch(model_patch))
+        .route("/model/delete", post(model_delete))
+        .fallback(not_found)
+        .method_not_allowed_fallback(wrong_method)
+        .with_state(manager)
+}
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn serve(
+    manager: Arc<Manager>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(manager))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,840 @@
+//! Storage of the management state: virtual keys (hashed), users, teams and their members,
+//! API-created deployments. Every write is one transaction that starts by bumping the
+//! version counter (which serialises writers, so the existence and uniqueness checks made
+//! inside it cannot race) and ends by announcing the new version.
+
+use std::collections::BTreeMap;
+
+use sqlx::Row;
+
+use super::{
+    now_unix_ms, to_i64, to_u64, Backend, DeploymentRecord, DeploymentSource, Pool, Store,
+    StoreError, StoredDeployment, CHANGES_CHANNEL, DEPLOYMENT_COLUMNS, INSERT_DEPLOYMENT,
+};
+use crate::config::ProviderKind;
+use crate::manage::ApiError;
+
+/// A virtual key as stored (never the clear key).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyRow {
+    /// SHA-256 hex of the clear key.
+    pub token: String,
+    /// Masked key, `sk-...abcd`.
+    pub key_name: String,
+    /// Unique alias.
+    pub key_alias: Option<String>,
+    /// Owner.
+    pub user_id: Option<String>,
+    /// Team.
+    pub team_id: Option<String>,
+    /// Allowed public model names; empty = all (or the team's).
+    pub models: Vec<String>,
+    /// Refused by the filters.
+    pub blocked: bool,
+    /// Unix ms after which the key is refused.
+    pub expires_ms: Option<i64>,
+    /// Free-form JSON object.
+    pub metadata: serde_json::Value,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms.
+    pub updated_at: i64,
+}
+
+/// A user.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserRow {
+    /// Primary key.
+    pub user_id: String,
+    /// Email.
+    pub user_email: Option<String>,
+    /// LiteLLM role (`proxy_admin`, `internal_user`, ...).
+    pub user_role: String,
+    /// Allowed models.
+    pub models: Vec<String>,
+    /// Free-form JSON object.
+    pub metadata: serde_json::Value,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms.
+    pub updated_at: i64,
+}
+
+/// A team member as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemberRow {
+    /// The member.
+    pub user_id: String,
+    /// The member's email, if known.
+    pub user_email: Option<String>,
+    /// `admin` or `user`.
+    pub role: String,
+}
+
+/// A member to add: by user id, or by email (looked up, else a new user).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewMember {
+    /// Existing or new user id.
+    pub user_id: Option<String>,
+    /// Email.
+    pub user_email: Option<String>,
+    /// `admin` or `user`.
+    pub role: String,
+}
+
+/// A team with its members.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TeamRow {
+    /// Primary key.
+    pub team_id: String,
+    /// Unique alias.
+    pub team_alias: Option<String>,
+    /// Models the team's keys may use.
+    pub models: Vec<String>,
+    /// Free-form JSON object.
+    pub metadata: serde_json::Value,
+    /// Every key of the team is refused.
+    pub blocked: bool,
+    /// Members.
+    pub members: Vec<MemberRow>,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms.
+    pub updated_at: i64,
+}
+
+/// Everything a snapshot is built from, read in one consistent transaction.
+#[derive(Debug, Clone)]
+pub struct StateSnapshot {
+    /// Version of the newest change included.
+    pub version: u64,
+    /// Every deployment.
+    pub deployments: Vec<StoredDeployment>,
+    /// Every setting.
+    pub settings: BTreeMap<String, String>,
+    /// Every key.
+    pub keys: Vec<KeyRow>,
+    /// Models and blocked flag of every team, by id.
+    pub teams: BTreeMap<String, (Vec<String>, bool)>,
+}
+
+fn json_list(text: &str) -> Vec<String> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+fn json_object(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|_| serde_json::json!({}))
+}
+
+fn list_text(list: &[String]) -> String {
+    serde_json::Value::from(list.to_vec()).to_string()
+}
+
+const KEY_COLUMNS: &str = "token, key_name, key_alias, user_id, team_id, models, blocked, \
+     expires, metadata, created_at, updated_at";
+const USER_COLUMNS: &str =
+    "user_id, user_email, user_role, models, metadata, created_at, updated_at";
+const TEAM_COLUMNS: &str = "team_id, team_alias, models, metadata, blocked, created_at, updated_at";
+
+macro_rules! decode_key {
+    ($row:expr) => {{
+        let row = $row;
+        let models: String = row.try_get("models")?;
+        let metadata: String = row.try_get("metadata")?;
+        KeyRow {
+            token: row.try_get("token")?,
+            key_name: row.try_get("key_name")?,
+            key_alias: row.try_get("key_alias")?,
+            user_id: row.try_get("user_id")?,
+            team_id: row.try_get("team_id")?,
+            models: json_list(&models),
+            blocked: row.try_get("blocked")?,
+            expires_ms: row.try_get("expires")?,
+            metadata: json_object(&metadata),
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+        }
+    }};
+}
+
+macro_rules! decode_user {
+    ($row:expr) => {{
+        let row = $row;
+        let models: String = row.try_get("models")?;
+        let metadata: String = row.try_get("metadata")?;
+        UserRow {
+            user_id: row.try_get("user_id")?,
+            user_email: row.try_get("user_email")?,
+            user_role: row.try_get("user_role")?,
+            models: json_list(&models),
+            metadata: json_object(&metadata),
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+        }
+    }};
+}
+
+macro_rules! decode_team {
+    ($row:expr) => {{
+        let row = $row;
+        let models: String = row.try_get("models")?;
+        let metadata: String = row.try_get("metadata")?;
+        TeamRow {
+            team_id: row.try_get("team_id")?,
+            team_alias: row.try_get("team_alias")?,
+            models: json_list(&models),
+            metadata: json_object(&metadata),
+            blocked: row.try_get("blocked")?,
+            members: Vec::new(),
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+        }
+    }};
+}
+
+macro_rules! insert_key {
+    ($tx:ident, $key:expr) => {{
+        let key: &KeyRow = $key;
+        sqlx::query(
+            "INSERT INTO virtual_keys (token, key_name, key_alias, user_id, team_id, models, \
+             blocked, expires, metadata, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(key.token.clone())
+        .bind(key.key_name.clone())
+        .bind(key.key_alias.clone())
+        .bind(key.user_id.clone())
+        .bind(key.team_id.clone())
+        .bind(list_text(&key.models))
+        .bind(key.blocked)
+        .bind(key.expires_ms)
+        .bind(key.metadata.to_string())
+        .bind(key.created_at)
+        .bind(key.updated_at)
+        .execute(&mut *$tx)
+        .await?;
+    }};
+}
+
+/// Fails unless the team exists.
+macro_rules! require_team {
+    ($tx:ident, $team_id:expr, $param:expr) => {{
+        let exists = sqlx::query("SELECT team_id FROM teams WHERE team_id = $1")
+            .bind($team_id.to_string())
+            .fetch_optional(&mut *$tx)
+            .await?
+            .is_some();
+        if !exists {
+            return Err(ApiError::not_found(
+                $param,
+                format!("team {:?} does not exist", $team_id),
+            ));
+        }
+    }};
+}
+
+/// Creates the user (as `internal_user`) unless it exists, as LiteLLM does for keys and
+/// team members naming a user it has not seen.
+macro_rules! ensure_user {
+    ($tx:ident, $user_id:expr, $email:expr, $now:expr) => {{
+        sqlx::query(
+            "INSERT INTO users (user_id, user_email, user_role, models, metadata, created_at, \
+             updated_at) VALUES ($1, $2, 'internal_user', '[]', '{}', $3, $3) \
+             ON CONFLICT (user_id) DO NOTHING",
+        )
+        .bind($user_id.to_string())
+        .bind($email)
+        .bind($now)
+        .execute(&mut *$tx)
+        .await?;
+    }};
+}
+
+/// Fails if the alias belongs to another key.
+macro_rules! require_free_key_alias {
+    ($tx:ident, $alias:expr, $except:expr) => {{
+        if let Some(alias) = $alias {
+            let holder: Option<String> =
+                sqlx::query("SELECT token FROM virtual_keys WHERE key_alias = $1")
+                    .bind(alias.to_string())
+                    .fetch_optional(&mut *$tx)
+                    .await?
+                    .map(|row| row.try_get("token"))
+                    .transpose()?;
+            if holder.is_some_and(|token| Some(token.as_str()) != $except) {
+                return Err(ApiError::already_exists(
+                    "key_alias",
+                    format!("key_alias {alias:?} is already used by another key"),
+                ));
+            }
+        }
+    }};
+}
+
+/// Adds members to a team inside a transaction; fails on an existing member.
+macro_rules! add_members {
+    ($tx:ident, $team_id:expr, $members:expr, $now:expr) => {{
+        for (index, member) in $members.iter().enumerate() {
+            let member: &NewMember = member;
+            let user_id = match (&member.user_id, &member.user_email) {
+                (Some(user_id), _) => {
+                    ensure_user!($tx, user_id, member.user_email.clone(), $now);
+                    user_id.clone()
+                }
+                (None, Some(email)) => {
+                    let found: Option<String> = sqlx::query(
+                        "SELECT user_id FROM users WHERE user_email = $1 ORDER BY created_at LIMIT 1",
+                    )
+                    .bind(email.clone())
+                    .fetch_optional(&mut *$tx)
+                    .await?
+                    .map(|row| row.try_get("user_id"))
+                    .transpose()?;
+                    match found {
+                        Some(user_id) => user_id,
+                        None => {
+                            let user_id = crate::manage::new_id();
+                            ensure_user!($tx, &user_id, Some(email.clone()), $now);
+                            user_id
+                        }
+                    }
+                }
+                (None, None) => {
+                    return Err(ApiError::invalid(
+                        &format!("member[{index}].user_id"),
+                        "a member needs user_id or user_email",
+                    ))
+                }
+            };
+            let existing = sqlx::query(
+                "SELECT user_id FROM team_members WHERE team_id = $1 AND user_id = $2",
+            )
+            .bind($team_id.to_string())
+            .bind(user_id.clone())
+            .fetch_optional(&mut *$tx)
+            .await?;
+            if existing.is_some() {
+                return Err(ApiError::already_exists(
+                    "member",
+                    format!("user {user_id:?} is already a member of team {:?}", $team_id),
+                ));
+            }
+            sqlx::query(
+                "INSERT INTO team_members (team_id, user_id, role, created_at) VALUES ($1, $2, $3, $4)",
+            )
+            .bind($team_id.to_string())
+            .bind(user_id)
+            .bind(member.role.clone())
+            .bind($now)
+            .execute(&mut *$tx)
+            .await?;
+        }
+    }};
+}
+
+impl Store {
+    /// Reads everything a snapshot needs in one transaction (REPEATABLE READ on
+    /// PostgreSQL), so the version matches the content.
+    pub async fn state_snapshot(&self) -> Result<StateSnapshot, StoreError> {
+        let deployment_sql = format!(
+            "SELECT {DEPLOYMENT_COLUMNS} FROM deployments \
+             ORDER BY CASE source WHEN 'config' THEN 0 ELSE 1 END, position, created_at, id"
+        );
+        let key_sql = format!("SELECT {KEY_COLUMNS} FROM virtual_keys ORDER BY created_at, token");
+        let postgres = self.backend() == Backend::Postgres;
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            if postgres {
+                sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let version: i64 = sqlx::query("SELECT version FROM state_version WHERE id = 1")
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("version")?;
+            let rows = sqlx::query(&deployment_sql).fetch_all(&mut *tx).await?;
+            let mut deployments = Vec::with_capacity(rows.len());
+            for row in &rows {
+                deployments.push(decode_deployment!(row));
+            }
+            let rows = sqlx::query("SELECT key, value FROM settings").fetch_all(&mut *tx).await?;
+            let mut settings = BTreeMap::new();
+            for row in &rows {
+                settings.insert(row.try_get("key")?, row.try_get("value")?);
+            }
+            let rows = sqlx::query(&key_sql).fetch_all(&mut *tx).await?;
+            let mut keys = Vec::with_capacity(rows.len());
+            for row in &rows {
+                keys.push(decode_key!(row));
+            }
+            let rows = sqlx::query("SELECT team_id, models, blocked FROM teams").fetch_all(&mut *tx).await?;
+            let mut teams = BTreeMap::new();
+            for row in &rows {
+                let models: String = row.try_get("models")?;
+                teams.insert(row.try_get("team_id")?, (json_list(&models), row.try_get("blocked")?));
+            }
+            tx.commit().await?;
+            Ok(StateSnapshot { version: to_u64(version), deployments, settings, keys, teams })
+        })
+    }
+
+    /// Inserts a new key (creating its user if unknown). Fails on an unknown team or a
+    /// taken alias or key.
+    pub async fn insert_key(&self, key: &KeyRow) -> Result<u64, ApiError> {
+        let now = to_i64(now_unix_ms());
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let version = bump_version!(tx, now_unix_ms());
+            if let Some(team_id) = &key.team_id {
+                require_team!(tx, team_id, "team_id");
+            }
+            if let Some(user_id) = &key.user_id {
+                ensure_user!(tx, user_id, None::<String>, now);
+            }
+            require_free_key_alias!(tx, key.key_alias.as_deref(), None::<&str>);
+            let taken = sqlx::query("SELECT token FROM virtual_keys WHERE token = $1")
+                .bind(key.token.clone())
+                .fetch_optional(&mut *tx)
+                .await?;
+            if taken.is_some() {
+                return Err(ApiError::already_exists("key", "this key already exists"));
+            }
+            insert_key!(tx, key);
+            notify_change!(self, tx, version);
+            tx.commit().await?;
+            Ok(version)
+        })
+    }
+
+    /// One key by token.
+    pub async fn key(&self, token: &str) -> Result<Option<KeyRow>, StoreError> {
+        let sql = format!("SELECT {KEY_COLUMNS} FROM virtual_keys WHERE token = $1");
+        with_pool!(self, pool => {
+            match sqlx::query(&sql).bind(token).fetch_optional(pool).await? {
+                Some(row) => Ok(Some(decode_key!(&row))),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// Token of the key with this alias.
+    pub async fn key_token_by_alias(&self, alias: &str) -> Result<Option<String>, StoreError> {
+        with_pool!(self, pool => {
+            Ok(sqlx::query("SELECT token FROM virtual_keys WHERE key_alias = $1")
+                .bind(alias)
+                .fetch_optional(pool)
+                .await?
+                .map(|row| row.try_get("token"))
+                .transpose()?)
+        })
+    }
+
+    /// Keys matching every given filter, oldest first.
+    pub async fn keys(
+        &self,
+        user_id: Option<&str>,
+        team_id: Option<&str>,
+        key_alias: Option<&str>,
+    ) -> Result<Vec<KeyRow>, StoreError> {
+        let sql = format!(
+            "SELECT {KEY_COLUMNS} FROM virtual_keys WHERE ($1 IS NULL OR user_id = $1) \
+             AND ($2 IS NULL OR team_id = $2) AND ($3 IS NULL OR key_alias = $3) \
+             ORDER BY created_at, token"
+        );
+        with_pool!(self, pool => {
+            let rows = sqlx::query(&sql)
+                .bind(user_id)
+                .bind(team_id)
+                .bind(key_alias)
+                .fetch_all(pool)
+                .await?;
+            let mut keys = Vec::with_capacity(rows.len());
+            for row in &rows {
+                keys.push(decode_key!(row));
+            }
+            Ok(keys)
+        })
+    }
+
+    /// Replaces a key's row (`key.token` names it; `new_token`, when set, renames it: key
+    /// regeneration). Fails on an unknown key or team, or a taken alias.
+    pub async fn update_key(
+        &self,
+        key: &KeyRow,
+        new_token: Option<(&str, &str)>,
+    ) -> Result<(KeyRow, u64), ApiError> {
+        let now = to_i64(now_unix_ms());
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let version = bump_version!(tx, now_unix_ms());
+            let exists = sqlx::query("SELECT token FROM virtual_keys WHERE token = $1")
+                .bind(key.token.clone())
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+            if !exists {
+                return Err(ApiError::not_found("key", "key not found"));
+            }
+            if let Some(team_id) = &key.team_id {
+                require_team!(tx, team_id, "team_id");
+            }
+            if let Some(user_id) = &key.user_id {
+                ensure_user!(tx, user_id, None::<String>, now);
+            }
+            require_free_key_alias!(tx, key.key_alias.as_deref(), Some(key.token.as_str()));
+            let mut updated = key.clone();
+            updated.updated_at = now;
+            if let Some((token, key_name)) = new_token {
+                updated.token = token.to_string();
+                updated.key_name = key_name.to_string();
+            }
+            sqlx::query(
+                "UPDATE virtual_keys SET token = $1, key_name = $2, key_alias = $3, user_id = $4, \
+                 team_id = $5, models = $6, blocked = $7, expires = $8, metadata = $9, \
+                 updated_at = $10 WHERE token = $11",
+            )
+            .bind(updated.token.clone())
+            .bind(updated.key_name.clone())
+            .bind(updated.key_alias.clone())
+            .bind(updated.user_id.clone())
+            .bind(updated.team_id.clone())
+            .bind(list_text(&updated.models))
+            .bind(updated.blocked)
+            .bind(updated.expires_ms)
+            .bind(updated.metadata.to_string())
+            .bind(now)
+            .bind(key.token.clone())
+            .execute(&mut *tx)
+            .await?;
+            notify_change!(self, tx, version);
+            tx.commit().await?;
+            Ok((updated, version))
+        })
+    }
+
+    /// Deletes every named key, or none when one of them does not exist.
+    pub async fn delete_keys(
+        &self,
+        tokens: &[String],
+        aliases: &[String],
+    ) -> Result<(Vec<String>, u64), ApiError> {
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let version = bump_version!(tx, now_unix_ms());
+            let mut deleted = Vec::new();
+            for (index, token) in tokens.iter().enumerate() {
+                let affected = sqlx::query("DELETE FROM virtual_keys WHERE token = $1")
+                    .bind(token.clone())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if affected == 0 && !deleted.contains(token) {
+                    return Err(ApiError::not_found(
+                        &format!("keys[{index}]"),
+                        "key not found; nothing was deleted",
+                    ));
+                }
+                if !deleted.contains(token) {
+                    deleted.push(token.clone());
+                }
+            }
+            for (index, alias) in aliases.iter().enumerate() {
+                let token: Option<String> =
+                    sqlx::query("SELECT token FROM virtual_keys WHERE key_alias = $1")
+                        .bind(alias.clone())
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .map(|row| row.try_get("token"))
+                        .transpose()?;
+                let Some(token) = token else {
+                    return Err(ApiError::not_found(
+                        &format!("key_aliases[{index}]"),
+                        format!("no key with alias {alias:?}; nothing was deleted"),
+                    ));
+                };
+                sqlx::query("DELETE FROM virtual_keys WHERE token = $1")
+                    .bind(token.clone())
+                    .execute(&mut *tx)
+                    .await?;
+                deleted.push(token);
+            }
+            notify_change!(self, tx, version);
+            tx.commit().await?;
+            Ok((deleted, version))
+        })
+    }
+
+    /// Creates a user, and with it `key` if given. Fails on a taken user id.
+    pub async fn insert_user(&self, user: &UserRow, key: Option<&KeyRow>) -> Result<u64, ApiError> {
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let version = bump_version!(tx, now_unix_ms());
+            let taken = sqlx::query("SELECT user_id FROM users WHERE user_id = $1")
+                .bind(user.user_id.clone())
+                .fetch_optional(&mut *tx)
+                .await?;
+            if taken.is_some() {
+                return Err(ApiError::already_exists(
+                    "user_id",
+                    format!("user {:?} already exists", user.user_id),
+                ));
+            }
+            sqlx::query(
+                "INSERT INTO users (user_id, user_email, user_role, models, metadata, created_at, \
+                 updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(user.user_id.clone())
+            .bind(user.user_email.clone())
+            .bind(user.user_role.clone())
+            .bind(list_text(&user.models))
+            .bind(user.metadata.to_string())
+            .bind(user.created_at)
+            .bind(user.updated_at)
+            .execute(&mut *tx)
+            .await?;
+            if let Some(key) = key {
+                require_free_key_alias!(tx, key.key_alias.as_deref(), None::<&str>);
+                insert_key!(tx, key);
+            }
+            notify_change!(self, tx, version);
+            tx.commit().await?;
+            Ok(version)
+        })
+    }
+
+    /// One user.
+    pub async fn user(&self, user_id: &str) -> Result<Option<UserRow>, StoreError> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE user_id = $1");
+        with_pool!(self, pool => {
+            match sqlx::query(&sql).bind(user_id).fetch_optional(pool).await? {
+                Some(row) => Ok(Some(decode_user!(&row))),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// Ids of the teams a user belongs to.
+    pub async fn user_teams(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
+        with_pool!(self, pool => {
+            let rows = sqlx::query("SELECT team_id FROM team_members WHERE user_id = $1 ORDER BY team_id")
+                .bind(user_id)
+                .fetch_all(pool)
+                .await?;
+            let mut teams = Vec::new();
+            for row in &rows {
+                teams.push(row.try_get("team_id")?);
+            }
+            Ok(teams)
+        })
+    }
+
+    /// The role of the user owning a usable (not blocked, not expired) key, if any.
+    pub async fn key_owner_role(
+        &self,
+        token: &str,
+        now_ms: i64,
+    ) -> Result<Option<String>, StoreError> {
+        with_pool!(self, pool => {
+            Ok(sqlx::query(
+                "SELECT u.user_role AS user_role FROM virtual_keys k JOIN users u ON u.user_id = k.user_id \
+                 WHERE k.token = $1 AND NOT k.blocked AND (k.expires IS NULL OR k.expires > $2)",
+            )
+            .bind(token)
+            .bind(now_ms)
+            .fetch_optional(pool)
+            .await?
+            .map(|row| row.try_get("user_role"))
+            .transpose()?)
+        })
+    }
+
+    /// Creates a team with its members (users named by email only are found or created).
+    pub async fn insert_team(
+        &self,
+        team: &TeamRow,
+        members: &[NewMember],
+    ) -> Result<u64, ApiError> {
+        let now = to_i64(now_unix_ms());
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let version = bump_version!(tx, now_unix_ms());
+            let taken = sqlx::query("SELECT team_id FROM teams WHERE team_id = $1")
+                .bind(team.team_id.clone())
+                .fetch_optional(&mut *tx)
+                .await?;
+            if taken.is_some() {
+                return Err(ApiError::already_exists(
+                    "team_id",
+                    format!("team {:?} already exists", team.team_id),
+                ));
+            }
+            if let Some(alias) = &team.team_alias {
+                let taken = sqlx::query("SELECT team_id FROM teams WHERE team_alias = $1")
+                    .bind(alias.clone())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if taken.is_some() {
+                    return Err(ApiError::already_exists(
+                        "team_alias",
+                        format!("team_alias {alias:?} is already used by another team"),
+                    ));
+                }
+            }
+            sqlx::query(
+                "INSERT INTO teams (team_id, team_alias, models, metadata, blocked, created_at, \
+                 updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(team.team_id.clone())
+            .bind(team.team_alias.clone())
+            .bind(list_text(&team.models))
+            .bind(team.metadata.to_string())
+            .bind(team.blocked)
+            .bind(team.created_at)
+            .bind(team.updated_at)
+            .execute(&mut *tx)
+            .await?;
+            add_members!(tx, &team.team_id, members, now);
+            notify_change!(self, tx, version);
+            tx.commit().await?;
+            Ok(version)
+        })
+    }
+
+    /// Adds members to an existing team; none are added if one fails.
+    pub async fn add_team_members(
+        &self,
+        team_id: &str,
+        members: &[NewMember],
+    ) -> Result<u64, ApiError> {
+        let now = to_i64(now_unix_ms());
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let version = bump_version!(tx, now_unix_ms());
+            require_team!(tx, team_id, "team_id");
+            add_members!(tx, team_id, members, now);
+            sqlx::query("UPDATE teams SET updated_at = $1 WHERE team_id = $2")
+                .bind(now)
+                .bind(team_id)
+                .execute(&mut *tx)
+                .await?;
+            notify_change!(self, tx, version);
+            tx.commit().await?;
+            Ok(version)
+        })
+    }
+
+    /// One team with its members.
+    pub async fn team(&self, team_id: &str) -> Result<Option<TeamRow>, StoreError> {
+        let sql = format!("SELECT {TEAM_COLUMNS} FROM teams WHERE team_id = $1");
+        with_pool!(self, pool => {
+            let Some(row) = sqlx::query(&sql).bind(team_id).fetch_optional(pool).await? else {
+                return Ok(None);
+            };
+            let mut team = decode_team!(&row);
+            let rows = sqlx::query(
+                "SELECT m.user_id AS user_id, u.user_email AS user_email, m.role AS role \
+                 FROM team_members m LEFT JOIN users u ON u.user_id = m.user_id \
+                 WHERE m.team_id = $1 ORDER BY m.created_at, m.user_id",
+            )
+            .bind(team_id)
+            .fetch_all(pool)
+            .await?;
+            for row in &rows {
+                team.members.push(MemberRow {
+                    user_id: row.try_get("user_id")?,
+                    user_email: row.try_get("user_email")?,
+                    role: row.try_get("role")?,
+                });
+            }
+            Ok(Some(team))
+        })
+    }
+
+    /// Inserts an API deployment; fails if the id is taken.
+    pub async fn insert_api_deployment(&self, record: &DeploymentRecord) -> Result<u64, ApiError> {
+        let now = to_i64(now_unix_ms());
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let version = bump_version!(tx, now_unix_ms());
+            let taken = sqlx::query("SELECT id FROM deployments WHERE id = $1")
+                .bind(record.id.clone())
+                .fetch_optional(&mut *tx)
+                .await?;
+            if taken.is_some() {
+                return Err(ApiError::already_exists(
+                    "model_info.id",
+                    format!("a model with id {:?} already exists", record.id),
+                ));
+            }
+            bind_deployment!(sqlx::query(INSERT_DEPLOYMENT), record, now, now)
+                .execute(&mut *tx)
+                .await?;
+            notify_change!(self, tx, version);
+            tx.commit().await?;
+            Ok(version)
+        })
+    }
+
+    /// Replaces (`Some`) or deletes (`None`) the API deployment `id`. Config deployments
+    /// are refused: they belong to the config file.
+    pub async fn change_api_deployment(
+        &self,
+        id: &str,
+        record: Option<&DeploymentRecord>,
+    ) -> Result<u64, ApiError> {
+        let now = to_i64(now_unix_ms());
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let version = bump_version!(tx, now_unix_ms());
+            let row = sqlx::query("SELECT source, created_at FROM deployments WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(row) = row else {
+                return Err(ApiError::not_found("id", format!("model {id:?} not found")));
+            };
+            let source: String = row.try_get("source")?;
+            let created_at: i64 = row.try_get("created_at")?;
+            if DeploymentSource::parse(&source) != Some(DeploymentSource::Api) {
+                return Err(ApiError::config_model(id));
+            }
+            sqlx::query("DELETE FROM deployments WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            if let Some(record) = record {
+                bind_deployment!(sqlx::query(INSERT_DEPLOYMENT), record, created_at, now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            notify_change!(self, tx, version);
+            tx.commit().await?;
+            Ok(version)
+        })
+    }
+
+    /// One deployment.
+    pub async fn deployment(&self, id: &str) -> Result<Option<StoredDeployment>, StoreError> {
+        let sql = format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE id = $1");
+        with_pool!(self, pool => {
+            match sqlx::query(&sql).bind(id).fetch_optional(pool).await? {
+                Some(row) => Ok(Some(decode_deployment!(&row))),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// Waits for the next notification on [`CHANGES_CHANNEL`] from any replica; `None` on
+    /// SQLite (single replica).
+    pub async fn change_listener(&self) -> Result<Option<sqlx::postgres::PgListener>, StoreError> {
+        match &self.pool {
+            Pool::Postgres(pool) => {
+                let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+                listener.listen(CHANGES_CHANNEL).await?;
+                Ok(Some(listener))
+            }
+            Pool::Sqlite(_) => Ok(None),
+        }
+    }
+}
