@@ -23,8 +23,11 @@ export TOLLGATE_WASM="$PWD/target/wasm32-wasip1/release/tollgate_filter.wasm"
 export TOLLGATE_BIN_DIR="$PWD/target/debug"
 export TOLLGATE_TEST_PG_URL="${TOLLGATE_TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/test}"
 
-echo "==> cargo test"
+echo "==> cargo test (control plane end-to-end tests on SQLite)"
 cargo test --workspace -- --test-threads 2
+
+echo "==> end-to-end tests again with the control plane on PostgreSQL"
+TOLLGATE_E2E_DB=postgres cargo test -p tollgate-e2e -- --test-threads 2
 
 echo "==> envoy --mode validate envoy/standalone.yaml"
 scripts/validate-envoy.sh

@@ -224,6 +224,20 @@ pub struct Gateway {
     pub process: Process,
     /// Where state and logs go.
     pub dir: PathBuf,
+    /// Dropped after the process, so the database outlives the control plane.
+    _database: Option<PgDatabase>,
+}
+
+/// The control plane's database for one test: SQLite in `dir`, or a fresh PostgreSQL
+/// database when `TOLLGATE_E2E_DB=postgres` (the test command runs the suite both ways).
+pub fn test_database(dir: &Path) -> Result<(String, Option<PgDatabase>)> {
+    if std::env::var("TOLLGATE_E2E_DB").is_ok_and(|db| db == "postgres") {
+        let database = PgDatabase::create()?;
+        Ok((database.url.clone(), Some(database)))
+    } else {
+        let path = dir.join(format!("tollgate-{}.db", free_port()?));
+        Ok((format!("sqlite://{}?mode=rwc", path.display()), None))
+    }
 }
 
 /// A config with two models served by the mock (one per provider) and a master key.
@@ -268,6 +282,7 @@ impl Gateway {
         std::fs::write(&config_path, config)?;
         let (port, admin_port, grpc_port) = (free_port()?, free_port()?, free_port()?);
         let state_dir = dir.join("state");
+        let (database_url, database) = test_database(dir)?;
         let mut command = Command::new(binary("tollgate")?);
         command
             .arg("up")
@@ -280,6 +295,7 @@ impl Gateway {
             .args(["--concurrency", "2"])
             .arg("--state-dir")
             .arg(&state_dir)
+            .args(["--database-url", &database_url])
             .arg("--wasm")
             .arg(wasm()?)
             .current_dir(dir);
@@ -296,6 +312,7 @@ impl Gateway {
             grpc_port,
             process,
             dir: dir.to_path_buf(),
+            _database: database,
         })
     }
 

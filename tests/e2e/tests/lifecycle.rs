@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use tollgate_e2e::{
-    client, eventually, free_port, mock_config, port_open, ControlPlane, Envoy, Gateway, Mock,
+    client, eventually, free_port, mock_config, port_open, test_database, ControlPlane, Envoy,
+    Gateway, Mock,
 };
 
 const KEY: &str = "sk-lifecycle";
@@ -32,10 +33,7 @@ fn config_changes_reach_a_running_envoy_and_it_serves_while_the_control_plane_is
     let dir = tempfile::tempdir().unwrap();
     let mock = Mock::start(dir.path()).unwrap();
     let config_path = dir.path().join("config.yaml");
-    let database = format!(
-        "sqlite://{}?mode=rwc",
-        dir.path().join("tollgate.db").display()
-    );
+    let (database, _pg) = test_database(dir.path()).unwrap();
     let first = mock_config(&mock, Some(KEY));
     std::fs::write(&config_path, &first).unwrap();
 
