@@ -393,7 +393,9 @@ impl ControlPlane {
         grpc_port: u16,
         database_url: &str,
     ) -> Result<ControlPlane> {
-        Self::start_with_http(dir, config_path, grpc_port, None, database_url)
+        // serve always opens its management API; a fixed default port would collide
+        // between tests running side by side.
+        Self::start_with_http(dir, config_path, grpc_port, Some(free_port()?), database_url)
     }
 
     /// Like [`Self::start`], also serving the management HTTP API on `http_port`.
