@@ -395,7 +395,13 @@ impl ControlPlane {
     ) -> Result<ControlPlane> {
         // serve always opens its management API; a fixed default port would collide
         // between tests running side by side.
-        Self::start_with_http(dir, config_path, grpc_port, Some(free_port()?), database_url)
+        Self::start_with_http(
+            dir,
+            config_path,
+            grpc_port,
+            Some(free_port()?),
+            database_url,
+        )
     }
 
     /// Like [`Self::start`], also serving the management HTTP API on `http_port`.
