@@ -1,5 +1,5 @@
 # The two commands of the README: `make run` and `make test`.
-.PHONY: run test wasm build
+.PHONY: run test wasm build bench
 
 run:
 	scripts/run.sh
@@ -12,3 +12,7 @@ wasm:
 
 build: wasm
 	cargo build --release -p tollgate -p tollgate-mock
+
+# What Tollgate costs on top of Envoy; writes BENCHMARKS.md (about 11 minutes).
+bench:
+	bench/run.sh

@@ -118,12 +118,12 @@ impl SseParser {
                 if self.has_data {
                     self.data.push('\n');
                 }
-                self.data.push_str(&String::from_utf8_lossy(value));
+                push_utf8_lossy(&mut self.data, value);
                 self.has_data = true;
             }
             b"event" => {
                 self.event.clear();
-                self.event.push_str(&String::from_utf8_lossy(value));
+                push_utf8_lossy(&mut self.event, value);
             }
             // id and retry matter to browsers reconnecting, not to a gateway relaying.
             _ => {}
@@ -140,6 +140,15 @@ impl SseParser {
             data: std::mem::take(&mut self.data),
         });
         self.has_data = false;
+    }
+}
+
+/// Appends `bytes` to `out`, replacing invalid UTF-8 as `String::from_utf8_lossy` does;
+/// valid input (the normal case) takes the fast validator instead of the lossy iterator.
+fn push_utf8_lossy(out: &mut String, bytes: &[u8]) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => out.push_str(text),
+        Err(_) => out.push_str(&String::from_utf8_lossy(bytes)),
     }
 }
 

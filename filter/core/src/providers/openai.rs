@@ -106,6 +106,18 @@ struct ChunkUsage {
     choices: Option<Vec<serde::de::IgnoredAny>>,
 }
 
+/// Whether a stream chunk may report usage: it has a `"usage"` key whose value is not
+/// `null` (OpenAI sends `"usage":null` on every chunk when include_usage is on).
+fn may_carry_usage(data: &[u8]) -> bool {
+    memchr::memmem::find_iter(data, b"\"usage\"").any(|at| {
+        let rest = data.get(at + 7..).unwrap_or_default().trim_ascii_start();
+        let Some(rest) = rest.strip_prefix(b":") else {
+            return true;
+        };
+        !rest.trim_ascii_start().starts_with(b"null")
+    })
+}
+
 /// Response side of an OpenAI-compatible request.
 #[derive(Debug)]
 pub struct OpenAiResponse {
@@ -163,8 +175,8 @@ impl ProviderResponse for OpenAiResponse {
             .map_err(|error| GatewayError::BadUpstreamResponse(error.to_string()))?;
         for event in &self.events {
             let mut usage_only_chunk = false;
-            // Most chunks carry no usage; skip the parse for them.
-            if memchr::memmem::find(event.data.as_bytes(), b"\"usage\"").is_some() {
+            // Most chunks carry no usage (or `"usage":null`); skip the parse for them.
+            if may_carry_usage(event.data.as_bytes()) {
                 if let Ok(parsed) = serde_json::from_str::<ChunkUsage>(&event.data) {
                     if let Some(reported) = parsed.usage {
                         usage.merge(reported.into());
@@ -186,5 +198,25 @@ impl ProviderResponse for OpenAiResponse {
         } else {
             ChunkOutput::Unchanged
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::may_carry_usage;
+
+    #[test]
+    fn usage_null_chunks_skip_the_parse() {
+        assert!(!may_carry_usage(br#"{"choices":[],"usage":null}"#));
+        assert!(!may_carry_usage(br#"{"choices":[], "usage" : null }"#));
+        assert!(!may_carry_usage(br#"{"choices":[]}"#));
+        assert!(may_carry_usage(
+            br#"{"choices":[],"usage":{"prompt_tokens":1}}"#
+        ));
+        // Text that mentions "usage" and a real usage object later.
+        assert!(may_carry_usage(
+            br#"{"choices":[{"delta":{"content":"\"usage\":null"}}],"usage":{"prompt_tokens":1}}"#
+        ));
+        assert!(may_carry_usage(br#"{"usage""#));
     }
 }

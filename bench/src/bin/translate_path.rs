@@ -1,0 +1,266 @@
+//! Callgrind driver for the filter's translate path, natively (no Envoy, no wasm):
+//! `plan_chat_request` + `ResponseHandler::on_headers` + `on_complete_body` (or a 200-chunk
+//! stream through `on_stream_chunk`, one SSE event per call), plus the per-request stat names
+//! the glue builds, N times.
+//!
+//! `translate_path <openai|anthropic> <buffered|stream> <N>`
+//!
+//! `make bench` runs it under `valgrind --tool=callgrind` twice (N and a smaller N) and
+//! reports the difference per request, so setup (snapshot, bodies) is not counted.
+
+use std::hint::black_box;
+
+use anyhow::{bail, Context, Result};
+use tollgate_core::gateway::plan_chat_request;
+use tollgate_core::metrics;
+use tollgate_core::providers::TranslateContext;
+use tollgate_core::{proto, State};
+
+/// Chunks per stream, as the live benchmark's `mock:chunks=200`.
+const STREAM_CHUNKS: usize = 200;
+/// Deployments in the snapshot, as in the live benchmark.
+const DEPLOYMENTS: usize = 1_000;
+
+fn deployment(
+    name: &str,
+    kind: proto::ProviderKind,
+    upstream: &str,
+    base: &str,
+) -> proto::Deployment {
+    proto::Deployment {
+        id: format!("config:{name}"),
+        model_name: name.to_string(),
+        provider: kind as i32,
+        provider_name: match kind {
+            proto::ProviderKind::Anthropic => "anthropic".to_string(),
+            _ => "openai".to_string(),
+        },
+        upstream_model: upstream.to_string(),
+        api_base: base.to_string(),
+        api_key: "sk-mock-provider-key".to_string(),
+        ..Default::default()
+    }
+}
+
+fn state() -> State {
+    let mut deployments = vec![
+        deployment(
+            "gpt-mock",
+            proto::ProviderKind::Openai,
+            "mock-gpt-4o",
+            "http://127.0.0.1:9090/v1",
+        ),
+        deployment(
+            "claude-mock",
+            proto::ProviderKind::Anthropic,
+            "claude-mock-sonnet",
+            "http://127.0.0.1:9090",
+        ),
+    ];
+    for i in 0..DEPLOYMENTS - 2 {
+        deployments.push(deployment(
+            &format!("bench-model-{i}"),
+            proto::ProviderKind::Openai,
+            &format!("bench-upstream-{i}"),
+            "http://127.0.0.1:9090/v1",
+        ));
+    }
+    let snapshot = proto::Snapshot {
+        version: 1,
+        deployments,
+        ..Default::default()
+    };
+    State::from_snapshot(snapshot).0
+}
+
+/// The ~1 KB chat request of the live benchmark (same generator).
+fn request(model: &str, stream: bool) -> Vec<u8> {
+    tollgate_bench_body(model, 1024, stream)
+}
+
+fn tollgate_bench_body(model: &str, size: usize, stream: bool) -> Vec<u8> {
+    // Kept in step with bench/src/main.rs `chat_body` (OpenAI API).
+    let directive = if stream {
+        "mock:chunks=200"
+    } else {
+        "mock:chunks=30"
+    };
+    let system = "You are a helpful assistant. Answer concisely and cite the relevant section of the provided context when you can.";
+    let head = format!(
+        r#"{{"model":"{model}","messages":[{{"role":"system","content":"{system}"}},{{"role":"user","content":"{directive} "#
+    );
+    let tail = if stream {
+        r#""}],"temperature":0.7,"max_tokens":512,"stream":true}"#
+    } else {
+        r#""}],"temperature":0.7,"max_tokens":512}"#
+    };
+    let filler_len = size.saturating_sub(head.len() + tail.len());
+    let words = "the quick brown fox jumps over the lazy dog while the gateway counts tokens ";
+    let filler: String = words.chars().cycle().take(filler_len).collect();
+    format!("{head}{filler}{tail}").into_bytes()
+}
+
+fn openai_body() -> Vec<u8> {
+    let text: Vec<String> = (0..30).map(|i| format!("chunk{i}")).collect();
+    format!(
+        r#"{{"id":"chatcmpl-mock-1","object":"chat.completion","created":1795321596,"model":"mock-gpt-4o","choices":[{{"index":0,"message":{{"role":"assistant","content":"{}","refusal":null,"annotations":[]}},"logprobs":null,"finish_reason":"stop"}}],"usage":{{"prompt_tokens":150,"completion_tokens":30,"total_tokens":180,"prompt_tokens_details":{{"cached_tokens":0,"audio_tokens":0}},"completion_tokens_details":{{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}}}},"service_tier":"default","system_fingerprint":"fp_mock"}}"#,
+        text.join(" ")
+    )
+    .into_bytes()
+}
+
+fn anthropic_body() -> Vec<u8> {
+    let text: Vec<String> = (0..30).map(|i| format!("chunk{i}")).collect();
+    format!(
+        r#"{{"id":"msg_mock_5","type":"message","role":"assistant","model":"claude-mock-sonnet","content":[{{"type":"text","text":"{}"}}],"stop_reason":"end_turn","stop_sequence":null,"usage":{{"input_tokens":150,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":30}}}}"#,
+        text.join(" ")
+    )
+    .into_bytes()
+}
+
+/// The mock's OpenAI stream, one SSE event per element.
+fn openai_stream() -> Vec<Vec<u8>> {
+    let head = r#"data: {"id":"chatcmpl-mock-2","object":"chat.completion.chunk","created":1795321596,"model":"mock-gpt-4o","service_tier":"default","system_fingerprint":"fp_mock","choices":"#;
+    let mut events = vec![format!(
+        r#"{head}[{{"index":0,"delta":{{"role":"assistant","content":"","refusal":null}},"logprobs":null,"finish_reason":null}}],"usage":null}}
+
+"#
+    )];
+    for i in 0..STREAM_CHUNKS {
+        let space = if i == 0 { "" } else { " " };
+        events.push(format!(
+            r#"{head}[{{"index":0,"delta":{{"content":"{space}chunk{i}"}},"logprobs":null,"finish_reason":null}}],"usage":null}}
+
+"#
+        ));
+    }
+    events.push(format!(
+        r#"{head}[{{"index":0,"delta":{{}},"logprobs":null,"finish_reason":"stop"}}],"usage":null}}
+
+"#
+    ));
+    events.push(format!(
+        r#"{head}[],"usage":{{"prompt_tokens":150,"completion_tokens":200,"total_tokens":350,"prompt_tokens_details":{{"cached_tokens":0,"audio_tokens":0}},"completion_tokens_details":{{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}}}}}}
+
+"#
+    ));
+    events.push("data: [DONE]\n\n".to_string());
+    events.into_iter().map(String::into_bytes).collect()
+}
+
+/// The mock's Anthropic stream, one SSE event per element.
+fn anthropic_stream() -> Vec<Vec<u8>> {
+    let mut events = vec![
+        r#"event: message_start
+data: {"type":"message_start","message":{"id":"msg_mock_6","type":"message","role":"assistant","model":"claude-mock-sonnet","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":150,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":1}}}
+
+"#
+        .to_string(),
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n".to_string(),
+        "event: ping\ndata: {\"type\":\"ping\"}\n\n".to_string(),
+    ];
+    for i in 0..STREAM_CHUNKS {
+        let space = if i == 0 { "" } else { " " };
+        events.push(format!(
+            "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"{space}chunk{i}\"}}}}\n\n"
+        ));
+    }
+    events.push(
+        "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n"
+            .to_string(),
+    );
+    events.push("event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":200}}\n\n".to_string());
+    events.push("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n".to_string());
+    events.into_iter().map(String::into_bytes).collect()
+}
+
+/// The measured part (callgrind counts only inside this function).
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn run_requests(
+    state: &State,
+    body: &[u8],
+    context: &TranslateContext,
+    content_type: &str,
+    stream: bool,
+    response: &[u8],
+    events: &[Vec<u8>],
+    n: usize,
+) -> Result<usize> {
+    let mut out = Vec::with_capacity(4096);
+    let mut bytes_out = 0usize;
+    for _ in 0..n {
+        let mut plan = plan_chat_request(state, black_box(body), context)
+            .map_err(|error| anyhow::anyhow!("plan failed: {error:?}"))
+            .context("plan_chat_request")?;
+        bytes_out += plan.body.len() + plan.path.len() + plan.authority.len();
+        plan.response.on_headers(200, Some(content_type));
+        if stream {
+            let last = events.len() - 1;
+            for (i, event) in events.iter().enumerate() {
+                out.clear();
+                plan.response
+                    .on_stream_chunk(black_box(event), i == last, &mut out);
+                bytes_out += out.len();
+            }
+        } else {
+            let completed = plan.response.on_complete_body(black_box(response));
+            bytes_out += completed.body.map_or(0, |b| b.len());
+        }
+        // What the glue's on_log builds per request.
+        let deployment = &plan.deployment;
+        let (m, p) = (&deployment.stat_model, &deployment.stat_provider);
+        let usage = plan.response.usage();
+        let names = [
+            metrics::requests_counter(m, p, 200),
+            metrics::prompt_tokens_counter(m, p),
+            metrics::completion_tokens_counter(m, p),
+            metrics::upstream_latency_histogram(m, p),
+            metrics::time_to_first_byte_histogram(m, p),
+        ];
+        bytes_out += names.iter().map(String::len).sum::<usize>();
+        bytes_out += usage.prompt_tokens.unwrap_or(0) as usize;
+        black_box(&plan);
+    }
+    Ok(bytes_out)
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let (provider, mode, n) = match args.as_slice() {
+        [_, provider, mode, n] => (provider.as_str(), mode.as_str(), n.parse::<usize>()?),
+        _ => bail!("usage: translate_path <openai|anthropic> <buffered|stream> <N>"),
+    };
+    let stream = match mode {
+        "buffered" => false,
+        "stream" => true,
+        _ => bail!("mode must be buffered or stream"),
+    };
+    let (model, response, events) = match provider {
+        "openai" => ("gpt-mock", openai_body(), openai_stream()),
+        "anthropic" => ("claude-mock", anthropic_body(), anthropic_stream()),
+        _ => bail!("provider must be openai or anthropic"),
+    };
+    let content_type = if stream {
+        "text/event-stream"
+    } else {
+        "application/json"
+    };
+    let state = state();
+    let body = request(model, stream);
+    let context = TranslateContext {
+        now_unix: 1_795_321_596,
+    };
+    let bytes_out = run_requests(
+        &state,
+        &body,
+        &context,
+        content_type,
+        stream,
+        &response,
+        &events,
+        n,
+    )?;
+    println!("{provider} {mode} x{n}: {bytes_out} bytes out");
+    Ok(())
+}
