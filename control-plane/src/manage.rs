@@ -434,11 +434,10 @@ impl Manager {
         }
     }
 
-    /// After a commit: rebuild the snapshot from the database and push it to every stream.
+    /// After a commit: rebuild the snapshot from the database and push it to every stream,
+    /// in the background and coalesced with other changes (see [`SyncHub::request_refresh`]).
     async fn changed(&self) {
-        if let Err(error) = self.hub.refresh().await {
-            tracing::error!(%error, "change committed but the snapshot could not be rebuilt");
-        }
+        self.hub.request_refresh();
     }
 
     // ---- models ----

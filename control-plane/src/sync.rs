@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -155,6 +155,10 @@ pub struct SyncHub {
     streams: watch::Sender<BTreeMap<u64, StreamInfo>>,
     next_stream_id: AtomicU64,
     shutdown: watch::Sender<bool>,
+    /// A change was committed since the last rebuild started.
+    rebuild_pending: AtomicBool,
+    /// A rebuild task is running (at most one at a time).
+    rebuild_running: AtomicBool,
 }
 
 impl SyncHub {
@@ -172,7 +176,37 @@ impl SyncHub {
             streams: watch::Sender::new(BTreeMap::new()),
             next_stream_id: AtomicU64::new(1),
             shutdown: watch::Sender::new(false),
+            rebuild_pending: AtomicBool::new(false),
+            rebuild_running: AtomicBool::new(false),
         })
+    }
+
+    /// Asks for a rebuild after a committed change, without waiting for it. Rebuilding reads
+    /// every deployment and key, so a burst of changes (a script creating thousands of keys)
+    /// must not rebuild once per change: requests that arrive while a rebuild runs are
+    /// served by one more rebuild after it.
+    pub fn request_refresh(self: &Arc<Self>) {
+        self.rebuild_pending.store(true, Ordering::SeqCst);
+        if self.rebuild_running.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let hub = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                hub.rebuild_pending.store(false, Ordering::SeqCst);
+                hub.refresh_logged().await;
+                if hub.rebuild_pending.load(Ordering::SeqCst) {
+                    continue;
+                }
+                hub.rebuild_running.store(false, Ordering::SeqCst);
+                // A request may have landed between the check and the store above.
+                if !hub.rebuild_pending.load(Ordering::SeqCst)
+                    || hub.rebuild_running.swap(true, Ordering::SeqCst)
+                {
+                    break;
+                }
+            }
+        });
     }
 
     /// The store usage is written to.

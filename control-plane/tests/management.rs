@@ -25,6 +25,21 @@ use tollgate::proto::{self as pb, control_message, ControlMessage, FilterMessage
 use tollgate::store::{sha256_hex, Store};
 use tollgate::sync::{self, SyncHub};
 
+/// The hub's snapshot once it has caught up with every committed change (publishing runs
+/// in the background after a change, coalesced).
+async fn settled(plane: &Plane) -> std::sync::Arc<tollgate::proto::Snapshot> {
+    let stored = plane.store.stored_version().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while plane.hub.current().version < stored {
+        assert!(
+            Instant::now() < deadline,
+            "snapshot never caught up with the store"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    plane.hub.current()
+}
+
 const MASTER: &str = "sk-test-master";
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -577,7 +592,7 @@ async fn users_teams_and_admin_keys(db: Db) {
     assert_eq!(info["team_id"], team_id);
     assert_eq!(info["team_info"]["team_alias"], "search");
     assert_eq!(info["keys"][0]["token"], team_key["token"]);
-    let snapshot = plane.hub.current();
+    let snapshot = settled(&plane).await;
     let key = key_in(&snapshot, team_key["token"].as_str().unwrap()).unwrap();
     assert_eq!(key.models, ["claude"]);
     assert_eq!(key.team_id, team_id);
@@ -1023,7 +1038,7 @@ async fn models_side_by_side(db: Db) {
         updated["litellm_params"]["api_base"],
         "http://127.0.0.1:8000/v1"
     );
-    let snapshot = plane.hub.current();
+    let snapshot = settled(&plane).await;
     let mini = snapshot
         .deployments
         .iter()
@@ -1064,7 +1079,7 @@ async fn models_side_by_side(db: Db) {
     let key = api
         .ok("/key/generate", json!({"key_alias": "survivor"}))
         .await;
-    let version_before = plane.hub.current().version;
+    let version_before = settled(&plane).await.version;
     plane.stop().await;
     let plane = Plane::start(db.url()).await;
     let api = plane.api();
@@ -1080,7 +1095,7 @@ async fn models_side_by_side(db: Db) {
         .ok_get("/key/info", &[("key", key["key"].as_str().unwrap())])
         .await;
     assert_eq!(kept["info"]["key_alias"], "survivor");
-    let snapshot = plane.hub.current();
+    let snapshot = settled(&plane).await;
     assert!(snapshot.version > version_before);
     assert!(key_in(&snapshot, key["token"].as_str().unwrap()).is_some());
     assert_eq!(snapshot.deployments.len(), 3);
@@ -1613,7 +1628,7 @@ async fn live_push(db: Db) {
 
     // Versions are the database's.
     assert_eq!(
-        plane.hub.current().version,
+        settled(&plane).await.version,
         plane.store.stored_version().await.unwrap()
     );
     plane.stop().await;
@@ -1869,7 +1884,7 @@ async fn concurrent_changes(db: Db) {
             assert!(Instant::now() < deadline, "replica did not catch up");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let snapshot = plane.hub.current();
+        let snapshot = settled(plane).await;
         assert_eq!(snapshot.version, stored);
         for token in &tokens {
             assert!(key_in(&snapshot, token).is_some());
