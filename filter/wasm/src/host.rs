@@ -18,13 +18,14 @@ fn report<T>(what: &str, result: Result<T, proxy_wasm::types::Status>) -> Option
     }
 }
 
-/// A request header.
-pub fn request_header(name: &str) -> Option<String> {
+/// Every request header in one host call (cheaper than one call per header: each host
+/// call crosses the VM boundary).
+pub fn request_headers() -> Vec<(String, String)> {
     report(
-        "get request header",
-        hostcalls::get_map_value(MapType::HttpRequestHeaders, name),
+        "get request headers",
+        hostcalls::get_map(MapType::HttpRequestHeaders),
     )
-    .flatten()
+    .unwrap_or_default()
 }
 
 /// Sets (or with `None` removes) a request header.

@@ -35,9 +35,49 @@ enum Phase {
     Answered { status: u16 },
 }
 
+/// The request headers the filter reads, taken in one host call.
+#[derive(Default)]
+struct RequestHeaders {
+    method: String,
+    path: String,
+    authorization: Option<String>,
+    x_api_key: Option<String>,
+    api_key: Option<String>,
+    content_length: Option<String>,
+    request_id: Option<String>,
+    /// The client sent the routing header (it must be removed).
+    route_header: bool,
+    /// Which of [`CLIENT_HEADERS_TO_REMOVE`] the client sent.
+    client_headers: [bool; CLIENT_HEADERS_TO_REMOVE.len()],
+}
+
+impl RequestHeaders {
+    fn read() -> Self {
+        let mut headers = RequestHeaders::default();
+        for (name, value) in host::request_headers() {
+            if let Some(at) = CLIENT_HEADERS_TO_REMOVE.iter().position(|h| *h == name) {
+                headers.client_headers[at] = true;
+            }
+            match name.as_str() {
+                ":method" => headers.method = value,
+                ":path" => headers.path = value,
+                "authorization" => headers.authorization = Some(value),
+                "x-api-key" => headers.x_api_key = Some(value),
+                "api-key" => headers.api_key = Some(value),
+                "content-length" => headers.content_length = Some(value),
+                "x-request-id" => headers.request_id = Some(value),
+                ROUTE_HEADER => headers.route_header = true,
+                _ => {}
+            }
+        }
+        headers
+    }
+}
+
 /// One HTTP request.
 pub struct TollgateHttp {
     shared: Rc<RefCell<VmShared>>,
+    headers: RequestHeaders,
     phase: Phase,
     first_byte_ms: Option<u64>,
     stream_out: Vec<u8>,
@@ -48,6 +88,7 @@ impl TollgateHttp {
     pub fn new(shared: Rc<RefCell<VmShared>>) -> Self {
         TollgateHttp {
             shared,
+            headers: RequestHeaders::default(),
             phase: Phase::PassThrough,
             first_byte_ms: None,
             stream_out: Vec::new(),
@@ -77,14 +118,13 @@ impl TollgateHttp {
         let Some(state) = self.shared.borrow().state.clone() else {
             return self.reject(&GatewayError::NotReady);
         };
-        let caller = match authenticate_request(&state) {
+        let caller = match authenticate_request(&state, &self.headers) {
             Ok(caller) => caller,
             Err(error) => return self.reject(&error),
         };
         let limit = self.body_limit(Some(&state));
-        if let Some(length) =
-            host::request_header("content-length").and_then(|v| v.trim().parse::<u64>().ok())
-        {
+        let announced = self.headers.content_length.as_deref();
+        if let Some(length) = announced.and_then(|v| v.trim().parse::<u64>().ok()) {
             if length > limit {
                 return self.reject(&GatewayError::BodyTooLarge {
                     size: length,
@@ -112,8 +152,13 @@ impl TollgateHttp {
             Ok(plan) => plan,
             Err(error) => return self.reject(&error),
         };
-        for name in CLIENT_HEADERS_TO_REMOVE {
-            host::set_request_header(name, None);
+        for (name, present) in CLIENT_HEADERS_TO_REMOVE
+            .iter()
+            .zip(self.headers.client_headers)
+        {
+            if present {
+                host::set_request_header(name, None);
+            }
         }
         for (name, value) in &plan.headers {
             host::set_request_header(name, Some(value));
@@ -180,7 +225,10 @@ impl TollgateHttp {
                         first.saturating_sub(*sent_ms),
                     );
                 }
-                let id = host::request_header("x-request-id")
+                let id = self
+                    .headers
+                    .request_id
+                    .clone()
                     .unwrap_or_else(|| format!("{}-{now}", deployment.id));
                 shared.queue_usage(proto::UsageRecord {
                     id,
@@ -202,16 +250,13 @@ impl TollgateHttp {
     }
 }
 
-fn authenticate_request(state: &State) -> Result<Caller, GatewayError> {
-    let authorization = host::request_header("authorization");
-    let x_api_key = host::request_header("x-api-key");
-    let api_key = host::request_header("api-key");
+fn authenticate_request(state: &State, headers: &RequestHeaders) -> Result<Caller, GatewayError> {
     authenticate(
         state,
         Credentials {
-            authorization: authorization.as_deref(),
-            x_api_key: x_api_key.as_deref(),
-            api_key: api_key.as_deref(),
+            authorization: headers.authorization.as_deref(),
+            x_api_key: headers.x_api_key.as_deref(),
+            api_key: headers.api_key.as_deref(),
         },
         host::now_ms(),
     )
@@ -221,21 +266,29 @@ impl Context for TollgateHttp {}
 
 impl HttpContext for TollgateHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        self.headers = RequestHeaders::read();
         // Only the filter may choose an upstream cluster.
-        host::set_request_header(ROUTE_HEADER, None);
-        let method = host::request_header(":method").unwrap_or_default();
-        let path = host::request_header(":path").unwrap_or_default();
-        match classify(&method, &path) {
+        if self.headers.route_header {
+            host::set_request_header(ROUTE_HEADER, None);
+        }
+        match classify(&self.headers.method, &self.headers.path) {
             Endpoint::Other => Action::Continue,
             Endpoint::WrongMethod => {
-                let path = path.split('?').next().unwrap_or_default().to_string();
+                let method = self.headers.method.clone();
+                let path = self
+                    .headers
+                    .path
+                    .split('?')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
                 self.reject(&GatewayError::MethodNotAllowed { method, path })
             }
             Endpoint::Models => {
                 let Some(state) = self.shared.borrow().state.clone() else {
                     return self.reject(&GatewayError::NotReady);
                 };
-                let caller = match authenticate_request(&state) {
+                let caller = match authenticate_request(&state, &self.headers) {
                     Ok(caller) => caller,
                     Err(error) => return self.reject(&error),
                 };
