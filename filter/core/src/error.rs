@@ -128,7 +128,6 @@ impl GatewayError {
         match self {
             GatewayError::InvalidRequest { param, .. } => param.as_deref(),
             GatewayError::ModelNotFound(_) | GatewayError::ModelNotAllowed(_) => Some("model"),
-            GatewayError::BodyTooLarge { .. } => None,
             _ => None,
         }
     }

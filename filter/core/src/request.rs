@@ -71,13 +71,19 @@ const ROLES: [&str; 6] = [
     "function",
 ];
 
+/// The error for a chat request without a body (also when the headers already ended the
+/// request, so no body will come).
+pub fn empty_body_error() -> GatewayError {
+    GatewayError::invalid(
+        "body",
+        "The request body is empty; send a JSON chat completion request.",
+    )
+}
+
 /// Validates `body` as an OpenAI chat completion request and summarises it.
 pub fn summarize_chat_request(body: &[u8]) -> Result<ChatRequestSummary<'_>, GatewayError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(GatewayError::invalid(
-            "body",
-            "The request body is empty; send a JSON chat completion request.",
-        ));
+        return Err(empty_body_error());
     }
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let view: ChatRequestView<'_> = serde_path_to_error::deserialize(&mut deserializer)

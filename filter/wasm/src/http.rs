@@ -7,10 +7,11 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType};
 use tollgate_core::auth::{authenticate, Caller, Credentials};
 use tollgate_core::gateway::{
-    classify, plan_chat_request, plan_chat_request_for, CLIENT_HEADERS_TO_REMOVE, ROUTE_HEADER,
+    classify, plan_chat_request_for, CLIENT_HEADERS_TO_REMOVE, ROUTE_HEADER,
 };
 use tollgate_core::metrics;
 use tollgate_core::providers::{ChunkOutput, ResponseMode, TranslateContext};
+use tollgate_core::request::empty_body_error;
 use tollgate_core::snapshot::DEFAULT_MAX_REQUEST_BODY_BYTES;
 use tollgate_core::{proto, Endpoint, GatewayError, RequestPlan, State};
 
@@ -133,10 +134,7 @@ impl TollgateHttp {
             }
         }
         if end_of_stream {
-            return match plan_chat_request(&state, b"", &TranslateContext::default()) {
-                Err(error) => self.reject(&error),
-                Ok(_) => self.reject(&GatewayError::invalid("body", "The request body is empty.")),
-            };
+            return self.reject(&empty_body_error());
         }
         self.phase = Phase::AwaitingBody { state, caller };
         Action::Pause
