@@ -395,21 +395,15 @@ impl ControlPlane {
     ) -> Result<ControlPlane> {
         // serve always opens its management API; a fixed default port would collide
         // between tests running side by side.
-        Self::start_with_http(
-            dir,
-            config_path,
-            grpc_port,
-            Some(free_port()?),
-            database_url,
-        )
+        Self::start_with_http(dir, config_path, grpc_port, free_port()?, database_url)
     }
 
-    /// Like [`Self::start`], also serving the management HTTP API on `http_port`.
+    /// Like [`Self::start`], with the management HTTP API on a given `http_port`.
     pub fn start_with_http(
         dir: &Path,
         config_path: &Path,
         grpc_port: u16,
-        http_port: Option<u16>,
+        http_port: u16,
         database_url: &str,
     ) -> Result<ControlPlane> {
         let mut command = Command::new(binary("tollgate")?);
@@ -420,15 +414,13 @@ impl ControlPlane {
             .args(["--grpc-addr", &format!("127.0.0.1:{grpc_port}")])
             .args(["--database-url", database_url])
             .current_dir(dir);
-        if let Some(http_port) = http_port {
-            command.args(["--http-addr", &format!("127.0.0.1:{http_port}")]);
-        }
+        command.args(["--http-addr", &format!("127.0.0.1:{http_port}")]);
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
         let log = dir.join(format!("control-plane-{grpc_port}-{stamp}.log"));
         let mut process = Process::start("tollgate serve", command, &log)?;
-        let ports_open = || port_open(grpc_port) && http_port.is_none_or(port_open);
+        let ports_open = || port_open(grpc_port) && port_open(http_port);
         if !eventually(Duration::from_secs(30), ports_open) {
             let status = process.wait_exit(Duration::from_millis(10));
             bail!(

@@ -66,7 +66,7 @@ fn two_envoys_on_one_control_plane(database_url: &str, label: &str) {
     let config = write_config(dir.path(), &mock);
     let (grpc, http) = (free_port().unwrap(), free_port().unwrap());
     let _control_plane =
-        ControlPlane::start_with_http(dir.path(), &config, grpc, Some(http), database_url).unwrap();
+        ControlPlane::start_with_http(dir.path(), &config, grpc, http, database_url).unwrap();
     let first = Envoy::start_with_http(dir.path(), "envoy-1", grpc, Some(http)).unwrap();
     let second = Envoy::start_with_http(dir.path(), "envoy-2", grpc, Some(http)).unwrap();
     let envoys = [&first, &second];
@@ -171,11 +171,9 @@ fn two_control_plane_replicas_on_one_postgres_serve_the_same_state() {
         free_port().unwrap(),
     );
     let _replica_a =
-        ControlPlane::start_with_http(dir.path(), &config, grpc_a, Some(http_a), &database.url)
-            .unwrap();
+        ControlPlane::start_with_http(dir.path(), &config, grpc_a, http_a, &database.url).unwrap();
     let _replica_b =
-        ControlPlane::start_with_http(dir.path(), &config, grpc_b, Some(http_b), &database.url)
-            .unwrap();
+        ControlPlane::start_with_http(dir.path(), &config, grpc_b, http_b, &database.url).unwrap();
     let on_a = Envoy::start_with_http(dir.path(), "envoy-on-a", grpc_a, Some(http_a)).unwrap();
     let on_b = Envoy::start_with_http(dir.path(), "envoy-on-b", grpc_b, Some(http_b)).unwrap();
     let envoys = [&on_a, &on_b];
