@@ -73,17 +73,28 @@ model_list:
       api_key: os.environ/TOLLGATE_TEST_ANTHROPIC_KEY
 """
     )
-    port = free_port()
-    log = work / "tollgate.log"
     env = dict(os.environ, TOLLGATE_TEST_ANTHROPIC_KEY=ANTHROPIC_KEY)
-    up = subprocess.Popen(
-        [str(BIN_DIR / "tollgate"), "up", "--config", str(config), "--host", "127.0.0.1",
-         "--port", str(port), "--admin-port", str(free_port()), "--grpc-port", str(free_port()),
-         "--concurrency", "2", "--state-dir", str(work / "state"), "--wasm", str(WASM)],
-        stdout=subprocess.PIPE, stderr=log.open("w"), text=True, cwd=work, env=env,
-    )
+    # Ports are picked free just before use; another process can take one in between, so
+    # a failed start is retried with new ports (as the Rust harness does).
+    for attempt in range(3):
+        port = free_port()
+        log = work / f"tollgate-{attempt}.log"
+        up = subprocess.Popen(
+            [str(BIN_DIR / "tollgate"), "up", "--config", str(config), "--host", "127.0.0.1",
+             "--port", str(port), "--admin-port", str(free_port()), "--grpc-port", str(free_port()),
+             "--http-port", str(free_port()), "--concurrency", "2",
+             "--state-dir", str(work / "state"), "--wasm", str(WASM)],
+            stdout=subprocess.PIPE, stderr=log.open("w"), text=True, cwd=work, env=env,
+        )
+        try:
+            wait_for_line(up, "Tollgate is ready", 90, log)
+            break
+        except RuntimeError:
+            stop(up)
+            if attempt == 2:
+                stop(mock)
+                raise
     try:
-        wait_for_line(up, "Tollgate is ready", 90, log)
         yield {"url": f"http://127.0.0.1:{port}", "mock_url": mock_url, "database": work / "state" / "tollgate.db"}
     finally:
         stop(up)

@@ -292,6 +292,7 @@ impl Gateway {
             .args(["--port", &port.to_string()])
             .args(["--admin-port", &admin_port.to_string()])
             .args(["--grpc-port", &grpc_port.to_string()])
+            .args(["--http-port", &free_port()?.to_string()])
             .args(["--concurrency", "2"])
             .arg("--state-dir")
             .arg(&state_dir)
