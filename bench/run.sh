@@ -25,13 +25,14 @@ if (( $(nproc) < 2 )); then
 fi
 
 echo "==> build (release): filter, tollgate, tollgate-mock, tollgate-bench"
-cargo build -p tollgate-filter --target wasm32-wasip1 --release
+cargo build -p tollgate-filter -p tollgate-floor-filter --target wasm32-wasip1 --release
 cargo build --release -p tollgate -p tollgate-mock -p tollgate-bench
 echo "==> build the callgrind driver (release, with symbols)"
 CARGO_PROFILE_RELEASE_STRIP=false CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
   cargo build --release -p tollgate-bench --bin translate_path --target-dir target/bench-callgrind
 
 export TOLLGATE_WASM="$PWD/target/wasm32-wasip1/release/tollgate_filter.wasm"
+export TOLLGATE_FLOOR_WASM="$PWD/target/wasm32-wasip1/release/tollgate_floor_filter.wasm"
 export TOLLGATE_BIN_DIR="$PWD/target/release"
 export TOLLGATE_BENCH_DRIVER="$PWD/target/bench-callgrind/release/translate_path"
 exec target/release/tollgate-bench

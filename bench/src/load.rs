@@ -51,6 +51,20 @@ impl RunResult {
     pub fn rps(&self) -> f64 {
         self.completed as f64 / self.measured.as_secs_f64().max(1e-9)
     }
+
+    /// Adds another run of the same path (one round of an interleaved measurement).
+    pub fn merge(&mut self, other: RunResult) {
+        self.completed += other.completed;
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+        self.measured += other.measured;
+        self.total_us.extend(other.total_us);
+        self.total_us.sort_by(f64::total_cmp);
+        self.ttft_us.extend(other.ttft_us);
+        self.ttft_us.sort_by(f64::total_cmp);
+    }
 }
 
 /// Percentile `p` (0..1) of sorted values; NaN when empty.

@@ -8,8 +8,10 @@
 //! `translate_path`). `bench/run.sh` installs what it needs and builds everything first.
 //!
 //! Environment: `BENCH_SECONDS` (throughput run length, default 8), `BENCH_LATENCY_SECONDS`
-//! (default 4), `BENCH_RATE` (default 500), `BENCH_KEYS` (default 10000), `BENCH_OUT`
-//! (default BENCHMARKS.md in the repository root).
+//! (default 4), `BENCH_ROUNDS` (interleaved throughput rounds, default 4), `BENCH_RATE` (default 500), `BENCH_KEYS` (default 10000), `BENCH_OUT`
+//! (default BENCHMARKS.md in the repository root), `BENCH_PERF_DIR` (a perf profile of each
+//! throughput run's Envoy goes there), `BENCH_ONLY=throughput` (a quick look while
+//! optimising: only the 1 KB throughput runs, printed, BENCHMARKS.md left alone).
 
 mod load;
 
@@ -225,6 +227,11 @@ struct Stack {
     tollgate_port: u16,
     bare_envoy: Proc,
     dfp_envoy: Proc,
+    floor_noop: FloorEnvoy,
+    floor_body_routing: FloorEnvoy,
+    /// `BENCH_FLOOR_STEPS` (quick mode only).
+    extra_floors: Vec<(String, FloorEnvoy)>,
+    buffer_limit: String,
     tollgate_envoy: Proc,
     _control_plane: Proc,
     _mock: Proc,
@@ -241,6 +248,47 @@ fn envoy_binary() -> PathBuf {
     std::env::var_os("TOLLGATE_ENVOY")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("envoy"))
+}
+
+/// An Envoy running bench/floor-filter in one mode.
+struct FloorEnvoy {
+    port: u16,
+    admin: u16,
+    envoy: Proc,
+}
+
+impl FloorEnvoy {
+    fn start(dir: &Path, mode: &str, mock_port: u16, buffer_limit: &str) -> Result<FloorEnvoy> {
+        let (port, admin) = (free_port()?, free_port()?);
+        let template = std::fs::read_to_string(root().join("bench/envoy-floor.yaml"))?;
+        let yaml = template
+            .replace("{{ADMIN_PORT}}", &admin.to_string())
+            .replace("{{LISTEN_PORT}}", &port.to_string())
+            .replace("{{MOCK_PORT}}", &mock_port.to_string())
+            .replace("{{BUFFER_LIMIT_BYTES}}", buffer_limit)
+            .replace("{{FLOOR_MODE}}", mode)
+            .replace(
+                "{{FLOOR_WASM_PATH}}",
+                &floor_wasm_path().display().to_string(),
+            );
+        let bootstrap = dir.join(format!(
+            "envoy-floor-{}.yaml",
+            mode.replace([',', ' '], "_")
+        ));
+        std::fs::write(&bootstrap, yaml)?;
+        let envoy = Proc::start(
+            "envoy (floor filter)",
+            envoy_command(&bootstrap),
+            &dir.join(format!("envoy-floor-{}.log", mode.replace([',', ' '], "_"))),
+        )?;
+        Ok(FloorEnvoy { port, admin, envoy })
+    }
+}
+
+fn floor_wasm_path() -> PathBuf {
+    std::env::var_os("TOLLGATE_FLOOR_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/wasm32-wasip1/release/tollgate_floor_filter.wasm"))
 }
 
 fn wasm_path() -> PathBuf {
@@ -308,6 +356,19 @@ async fn models_listed(port: u16, key: &str) -> bool {
 }
 
 impl Stack {
+    /// The Envoy a path goes through (none for the direct paths).
+    fn envoy_pid(&self, path: Route) -> Option<u32> {
+        match path {
+            Route::DirectOpenAi | Route::DirectAnthropic => None,
+            Route::BareOpenAi | Route::BareAnthropic => Some(self.bare_envoy.pid()),
+            Route::DfpOpenAi => Some(self.dfp_envoy.pid()),
+            Route::FloorNoopOpenAi => Some(self.floor_noop.envoy.pid()),
+            Route::FloorBodyRoutingOpenAi => Some(self.floor_body_routing.envoy.pid()),
+            Route::ExtraFloor(i) => self.extra_floors.get(i).map(|(_, floor)| floor.envoy.pid()),
+            Route::TollgateOpenAi | Route::TollgateAnthropic => Some(self.tollgate_envoy.pid()),
+        }
+    }
+
     async fn start(dir: &Path) -> Result<Stack> {
         // The mock: one tokio thread, on the load generator's CPU (inherited affinity).
         let mock_port = free_port()?;
@@ -415,7 +476,20 @@ impl Stack {
             &dir.join("envoy-dfp.log"),
         )?;
 
+        let floor_noop = FloorEnvoy::start(dir, "noop", mock_port, &buffer_limit)?;
+        let floor_body_routing = FloorEnvoy::start(dir, "body-routing", mock_port, &buffer_limit)?;
+
         let log = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+        for (mode, admin) in [
+            ("noop", floor_noop.admin),
+            ("body-routing", floor_body_routing.admin),
+        ] {
+            wait_until("floor-filter Envoy", Duration::from_secs(60), || {
+                envoy_ready(admin)
+            })
+            .await
+            .with_context(|| log(&format!("envoy-floor-{mode}.log")))?;
+        }
         wait_until("bare Envoy", Duration::from_secs(60), || {
             envoy_ready(bare_admin)
         })
@@ -443,6 +517,10 @@ impl Stack {
             tollgate_port,
             bare_envoy,
             dfp_envoy,
+            floor_noop,
+            floor_body_routing,
+            extra_floors: Vec::new(),
+            buffer_limit,
             tollgate_envoy,
             _control_plane: control_plane,
             _mock: mock,
@@ -485,16 +563,22 @@ enum Route {
     DirectOpenAi,
     BareOpenAi,
     DfpOpenAi,
+    FloorNoopOpenAi,
+    FloorBodyRoutingOpenAi,
     TollgateOpenAi,
     DirectAnthropic,
     BareAnthropic,
     TollgateAnthropic,
+    /// `BENCH_ONLY=throughput` with `BENCH_FLOOR_STEPS`: the n-th extra floor-filter Envoy.
+    ExtraFloor(usize),
 }
 
-const PATHS: [Route; 7] = [
+const PATHS: [Route; 9] = [
     Route::DirectOpenAi,
     Route::BareOpenAi,
     Route::DfpOpenAi,
+    Route::FloorNoopOpenAi,
+    Route::FloorBodyRoutingOpenAi,
     Route::TollgateOpenAi,
     Route::DirectAnthropic,
     Route::BareAnthropic,
@@ -507,27 +591,43 @@ impl Route {
             Route::DirectOpenAi => "mock directly (OpenAI API)",
             Route::BareOpenAi => "bare Envoy -> mock (OpenAI API)",
             Route::DfpOpenAi => "Envoy + dynamic forward proxy, no filter (OpenAI API)",
+            Route::FloorNoopOpenAi => "Envoy + empty Wasm filter (OpenAI API)",
+            Route::FloorBodyRoutingOpenAi => {
+                "Envoy + Wasm filter doing only body-routing host calls (OpenAI API)"
+            }
             Route::TollgateOpenAi => "Tollgate `gpt-mock` (OpenAI pass-through)",
             Route::DirectAnthropic => "mock directly (Anthropic API)",
             Route::BareAnthropic => "bare Envoy -> mock (Anthropic API)",
             Route::TollgateAnthropic => "Tollgate `claude-mock` (OpenAI -> Anthropic)",
+            Route::ExtraFloor(_) => "Envoy + Wasm filter doing some host calls (OpenAI API)",
         }
-    }
-
-    fn is_tollgate(self) -> bool {
-        matches!(self, Route::TollgateOpenAi | Route::TollgateAnthropic)
     }
 
     fn is_bare(self) -> bool {
         matches!(self, Route::BareOpenAi | Route::BareAnthropic)
     }
 
+    /// Paths that only split Tollgate's cost into parts (throughput runs only).
+    fn is_breakdown(self) -> bool {
+        matches!(
+            self,
+            Route::DfpOpenAi
+                | Route::FloorNoopOpenAi
+                | Route::FloorBodyRoutingOpenAi
+                | Route::ExtraFloor(_)
+        )
+    }
+
     /// The bare-Envoy and direct paths that carry the same upstream request.
     fn baselines(self) -> (Route, Route) {
         match self {
-            Route::TollgateOpenAi | Route::BareOpenAi | Route::DfpOpenAi | Route::DirectOpenAi => {
-                (Route::DirectOpenAi, Route::BareOpenAi)
-            }
+            Route::TollgateOpenAi
+            | Route::BareOpenAi
+            | Route::DfpOpenAi
+            | Route::FloorNoopOpenAi
+            | Route::FloorBodyRoutingOpenAi
+            | Route::ExtraFloor(_)
+            | Route::DirectOpenAi => (Route::DirectOpenAi, Route::BareOpenAi),
             _ => (Route::DirectAnthropic, Route::BareAnthropic),
         }
     }
@@ -544,10 +644,21 @@ impl Route {
         ];
         let gateway_headers = vec![("authorization".to_string(), format!("Bearer {key}"))];
         let (port, path, headers, body) = match self {
-            Route::DirectOpenAi | Route::BareOpenAi | Route::DfpOpenAi => (
+            Route::DirectOpenAi
+            | Route::BareOpenAi
+            | Route::DfpOpenAi
+            | Route::FloorNoopOpenAi
+            | Route::FloorBodyRoutingOpenAi
+            | Route::ExtraFloor(_) => (
                 match self {
                     Route::BareOpenAi => stack.bare_port,
                     Route::DfpOpenAi => stack.dfp_port,
+                    Route::FloorNoopOpenAi => stack.floor_noop.port,
+                    Route::FloorBodyRoutingOpenAi => stack.floor_body_routing.port,
+                    Route::ExtraFloor(i) => stack
+                        .extra_floors
+                        .get(i)
+                        .map_or(stack.bare_port, |(_, floor)| floor.port),
                     _ => stack.mock_port,
                 },
                 "/v1/chat/completions",
@@ -646,6 +757,94 @@ struct Usage {
     cpu1_busy: f64,
 }
 
+impl Usage {
+    /// Adds another round of the same path.
+    fn merge(&mut self, other: Usage, rounds_before: f64) {
+        self.max_rss_kb = self.max_rss_kb.max(other.max_rss_kb);
+        self.envoy_cpu_s += other.envoy_cpu_s;
+        let average = |a: f64, b: f64| (a * rounds_before + b) / (rounds_before + 1.0);
+        self.cpu0_busy = average(self.cpu0_busy, other.cpu0_busy);
+        self.cpu1_busy = average(self.cpu1_busy, other.cpu1_busy);
+    }
+}
+
+/// Closed-loop throughput of several paths, interleaved: `rounds` rounds, each running every
+/// path for `duration / rounds`. The machines this runs on are shared and their speed drifts
+/// by tens of percent within a minute; interleaving puts every path through the same drift,
+/// and the ratio to `baseline` is taken per round (the median of the rounds is reported).
+struct Interleaved {
+    results: BTreeMap<Route, (RunResult, Usage)>,
+    /// Per path, the median over rounds of (this path's req/s / baseline's req/s).
+    ratio: BTreeMap<Route, f64>,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn interleaved_throughput(
+    stack: &Stack,
+    scenario: Scenario,
+    paths: &[Route],
+    baseline_of: fn(Route) -> Route,
+    rounds: u32,
+    duration: Duration,
+    ticks_per_s: f64,
+    perf_dir: Option<PathBuf>,
+) -> Result<Interleaved> {
+    let rounds = rounds.max(1);
+    let per_round = duration / rounds;
+    let warmup = Duration::from_millis(500);
+    let mut results: BTreeMap<Route, (RunResult, Usage)> = BTreeMap::new();
+    let mut ratios: BTreeMap<Route, Vec<f64>> = BTreeMap::new();
+    for round in 0..rounds {
+        let mut this_round = BTreeMap::new();
+        for &path in paths {
+            let spec = path.spec(stack, scenario, MASTER_KEY);
+            let perf_out = perf_dir.as_ref().map(|d| {
+                d.join(format!(
+                    "perf.{}.{path:?}.round{round}.data",
+                    if scenario.stream {
+                        "stream"
+                    } else {
+                        "buffered"
+                    },
+                ))
+            });
+            let (run, usage) = closed_loop_with_usage(
+                &spec,
+                stack.envoy_pid(path),
+                warmup,
+                per_round,
+                ticks_per_s,
+                perf_out,
+            )
+            .await?;
+            this_round.insert(path, run.rps());
+            match results.get_mut(&path) {
+                Some((all, all_usage)) => {
+                    all.merge(run);
+                    all_usage.merge(usage, f64::from(round));
+                }
+                None => {
+                    results.insert(path, (run, usage));
+                }
+            }
+        }
+        for &path in paths {
+            let base = this_round.get(&baseline_of(path)).copied();
+            if let (Some(rps), Some(base)) = (this_round.get(&path), base) {
+                ratios.entry(path).or_default().push(rps / base);
+            }
+        }
+    }
+    let ratio = ratios
+        .into_iter()
+        .map(|(path, mut values)| {
+            values.sort_by(f64::total_cmp);
+            (path, percentile(&values, 0.5))
+        })
+        .collect();
+    Ok(Interleaved { results, ratio })
+}
+
 async fn closed_loop_with_usage(
     spec: &RequestSpec,
     envoy_pid: Option<u32>,
@@ -677,7 +876,7 @@ async fn closed_loop_with_usage(
                 (Some(out), Some(pid)) => Command::new("perf")
                     .args(["record", "-F", "999", "-g", "-p", &pid.to_string(), "-o"])
                     .arg(out)
-                    .args(["--", "sleep", &duration.as_secs().to_string()])
+                    .args(["--", "sleep", &format!("{:.3}", duration.as_secs_f64())])
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
                     .spawn()
@@ -943,6 +1142,9 @@ fn main() -> Result<()> {
 struct Results {
     latency: BTreeMap<(Scenario, Route), RunResult>,
     throughput: BTreeMap<(Scenario, Route), (RunResult, Usage)>,
+    /// Median over interleaved rounds of req/s relative to bare Envoy.
+    throughput_ratio: BTreeMap<(Scenario, Route), f64>,
+    rounds: u32,
     bare_idle_kb: u64,
     tollgate_idle_kb: u64,
     keys_small: Option<KeyOutcome>,
@@ -971,6 +1173,9 @@ async fn run() -> Result<()> {
     let dir = std::env::temp_dir().join(format!("tollgate-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let mut results = Results::default();
+    if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "throughput") {
+        return quick_throughput(&dir, tp_secs, ticks_per_s).await;
+    }
 
     eprintln!("==> callgrind on the translate path");
     match run_callgrind(&dir) {
@@ -1025,7 +1230,7 @@ async fn run() -> Result<()> {
     ];
     for scenario in latency_scenarios {
         // The dynamic-forward-proxy Envoy is only there to split the CPU cost.
-        for path in PATHS.into_iter().filter(|p| *p != Route::DfpOpenAi) {
+        for path in PATHS.into_iter().filter(|p| !p.is_breakdown()) {
             eprintln!(
                 "==> latency at {rate} req/s: {} / {}",
                 scenario.label(),
@@ -1046,41 +1251,38 @@ async fn run() -> Result<()> {
         }
     }
 
+    let rounds = u32::try_from(env_u64("BENCH_ROUNDS", 4)).unwrap_or(4);
+    results.rounds = rounds;
+    let perf_dir = std::env::var_os("BENCH_PERF_DIR").map(PathBuf::from);
     for scenario in [ONE_K, ONE_K_STREAM] {
-        for path in PATHS {
-            eprintln!(
-                "==> throughput, {THROUGHPUT_CONNECTIONS} connections: {} / {}",
-                scenario.label(),
-                path.label()
-            );
-            let spec = path.spec(&stack, scenario, MASTER_KEY);
-            let pid = if path.is_tollgate() {
-                Some(stack.tollgate_envoy.pid())
-            } else if path.is_bare() {
-                Some(stack.bare_envoy.pid())
-            } else if path == Route::DfpOpenAi {
-                Some(stack.dfp_envoy.pid())
-            } else {
-                None
-            };
-            let perf_out = std::env::var_os("BENCH_PERF_DIR").map(|d| {
-                PathBuf::from(d).join(format!(
-                    "perf.{}.{:?}.data",
-                    if scenario.stream {
-                        "stream"
-                    } else {
-                        "buffered"
-                    },
-                    path
-                ))
-            });
-            let measured =
-                closed_loop_with_usage(&spec, pid, warmup, tp_secs, ticks_per_s, perf_out).await?;
-            if let Some(error) = &measured.0.first_error {
-                eprintln!("    {} errors, first: {error}", measured.0.errors);
+        eprintln!(
+            "==> throughput, {THROUGHPUT_CONNECTIONS} connections, {rounds} interleaved rounds: {}",
+            scenario.label()
+        );
+        let measured = interleaved_throughput(
+            &stack,
+            scenario,
+            &PATHS,
+            |path| path.baselines().1,
+            rounds,
+            tp_secs,
+            ticks_per_s,
+            perf_dir.clone(),
+        )
+        .await?;
+        for (path, (run, usage)) in measured.results {
+            if let Some(error) = &run.first_error {
+                eprintln!(
+                    "    {}: {} errors, first: {error}",
+                    path.label(),
+                    run.errors
+                );
             }
-            eprintln!("    {:.0} req/s", measured.0.rps());
-            results.throughput.insert((scenario, path), measured);
+            eprintln!("    {:<70} {:>7.0} req/s", path.label(), run.rps());
+            results.throughput.insert((scenario, path), (run, usage));
+        }
+        for (path, ratio) in measured.ratio {
+            results.throughput_ratio.insert((scenario, path), ratio);
         }
     }
 
@@ -1143,6 +1345,73 @@ async fn run() -> Result<()> {
     );
     drop(stack);
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// `BENCH_ONLY=throughput`: the 1 KB throughput runs of bare Envoy, the floor filters and
+/// Tollgate, interleaved, printed. `BENCH_FLOOR_STEPS` adds floor-filter Envoys, one per
+/// `;`-separated list of steps (see bench/floor-filter).
+async fn quick_throughput(dir: &Path, duration: Duration, ticks_per_s: f64) -> Result<()> {
+    let mut stack = Stack::start(dir).await?;
+    let extra = std::env::var("BENCH_FLOOR_STEPS").unwrap_or_default();
+    for steps in extra.split(';').filter(|s| !s.is_empty()) {
+        let floor = FloorEnvoy::start(dir, steps, stack.mock_port, &stack.buffer_limit)?;
+        wait_until("floor-filter Envoy", Duration::from_secs(60), || {
+            envoy_ready(floor.admin)
+        })
+        .await?;
+        stack.extra_floors.push((steps.to_string(), floor));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut paths = vec![
+        Route::BareOpenAi,
+        Route::FloorNoopOpenAi,
+        Route::FloorBodyRoutingOpenAi,
+        Route::TollgateOpenAi,
+        Route::TollgateAnthropic,
+    ];
+    paths.extend((0..stack.extra_floors.len()).map(Route::ExtraFloor));
+    let rounds = u32::try_from(env_u64("BENCH_ROUNDS", 4)).unwrap_or(4);
+    let perf_dir = std::env::var_os("BENCH_PERF_DIR").map(PathBuf::from);
+    // BENCH_STREAM=0: buffered answers only.
+    let scenarios = if env_u64("BENCH_STREAM", 1) == 0 {
+        vec![ONE_K]
+    } else {
+        vec![ONE_K, ONE_K_STREAM]
+    };
+    for scenario in scenarios {
+        let measured = interleaved_throughput(
+            &stack,
+            scenario,
+            &paths,
+            |_| Route::BareOpenAi,
+            rounds,
+            duration,
+            ticks_per_s,
+            perf_dir.clone(),
+        )
+        .await?;
+        for (path, (run, usage)) in &measured.results {
+            let label = match path {
+                Route::ExtraFloor(i) => stack
+                    .extra_floors
+                    .get(*i)
+                    .map_or(String::new(), |(steps, _)| format!("floor: {steps}")),
+                _ => path.label().to_string(),
+            };
+            println!(
+                "{:<52} {:<60} {:>7.0} req/s {:>5.0}% {:>6.1} us Envoy CPU/request  {} errors",
+                scenario.label(),
+                label,
+                run.rps(),
+                measured.ratio.get(path).copied().unwrap_or(f64::NAN) * 100.0,
+                usage.envoy_cpu_s * 1e6 / run.completed.max(1) as f64,
+                run.errors,
+            );
+        }
+    }
+    drop(stack);
+    let _ = std::fs::remove_dir_all(dir);
     Ok(())
 }
 
@@ -1277,6 +1546,14 @@ fn render(
             .map_or(f64::NAN, |(res, _)| res.rps())
     };
 
+    // The median of the per-round ratios (see `interleaved_throughput`).
+    let throughput_ratio = |scenario: Scenario, path: Route, base: Route| {
+        r.throughput_ratio
+            .get(&(scenario, path))
+            .copied()
+            .unwrap_or_else(|| rps(scenario, path) / rps(scenario, base))
+    };
+
     let _ = writeln!(s, "# Tollgate benchmarks\n");
     let _ = writeln!(
         s,
@@ -1305,7 +1582,7 @@ fn render(
             (one_k, "throughput, 1 KB buffered"),
             (one_k_stream, "throughput, 1 KB stream"),
         ] {
-            let ratio = rps(scenario, path) / rps(scenario, base);
+            let ratio = throughput_ratio(scenario, path, base);
             let _ = writeln!(
                 s,
                 "| {what}, vs bare Envoy | {name} | {:.0}% ({:.0} vs {:.0} req/s) | >= 80% | {} |",
@@ -1407,12 +1684,16 @@ fn render(
          {rate:.0} req/s for {} s after a 1 s warm-up, on {LATENCY_CONNECTIONS} connections (64 for the paced stream), wrk2-style \
          (a request that waits for a busy connection is timed from its scheduled send time). Time to first \
          token = arrival of the first response bytes holding non-empty content (`\"content\":\"x` or \
-         `\"text\":\"x`). Throughput: {THROUGHPUT_CONNECTIONS} connections in a closed loop for {} s \
-         after a 1 s warm-up. Every response is checked (2xx, streams complete).\n\
+         `\"text\":\"x`). Throughput: {THROUGHPUT_CONNECTIONS} connections in a closed loop, in {} \
+         interleaved rounds: each round runs every path for {:.1} s after a 0.5 s warm-up. This machine is \
+         shared and its speed drifts by tens of percent within a minute, so the paths take turns and \
+         *vs bare Envoy* is the median of the per-round ratios; req/s and CPU are over all rounds. \
+         Every response is checked (2xx, streams complete).\n\
          - **Memory.** VmRSS of the Envoy process from `/proc/<pid>/status`, idle (after start-up and the \
          snapshot) and the maximum sampled every 200 ms under load.\n",
         lat_secs.as_secs(),
-        tp_secs.as_secs()
+        r.rounds,
+        tp_secs.as_secs_f64() / f64::from(r.rounds.max(1))
     );
 
     // Latency.
@@ -1503,10 +1784,7 @@ fn render(
         {
             String::new()
         } else {
-            format!(
-                "{:.0}%",
-                rps(*scenario, *path) / rps(*scenario, bare) * 100.0
-            )
+            format!("{:.0}%", throughput_ratio(*scenario, *path, bare) * 100.0)
         };
         let per_request = if usage.envoy_cpu_s.is_nan() || res.completed == 0 {
             "-".to_string()
@@ -1549,19 +1827,23 @@ fn render(
     );
     let _ = writeln!(
         s,
-        "| request | bare Envoy | + dynamic forward proxy (Tollgate's upstream set-up, no filter) | + Wasm filter, OpenAI pass-through | + Wasm filter, Anthropic translation |\n|---|---|---|---|---|"
+        "| request | bare Envoy | + dynamic forward proxy (Tollgate's upstream set-up, no filter) | + empty Wasm filter | + body-routing host calls, no logic | + Wasm filter, OpenAI pass-through | + Wasm filter, Anthropic translation |\n|---|---|---|---|---|---|---|"
     );
     for scenario in [one_k, one_k_stream] {
         let bare = cpu_per_request(scenario, Route::BareOpenAi);
         let dfp = cpu_per_request(scenario, Route::DfpOpenAi);
+        let noop = cpu_per_request(scenario, Route::FloorNoopOpenAi);
+        let body_routing = cpu_per_request(scenario, Route::FloorBodyRoutingOpenAi);
         let openai = cpu_per_request(scenario, Route::TollgateOpenAi);
         let anthropic = cpu_per_request(scenario, Route::TollgateAnthropic);
         let _ = writeln!(
             s,
-            "| {} | {:.1} us | {:+.1} us | {:+.1} us | {:+.1} us |",
+            "| {} | {:.1} us | {:+.1} us | {:+.1} us | {:+.1} us | {:+.1} us | {:+.1} us |",
             scenario.label(),
             bare,
             dfp - bare,
+            noop - bare,
+            body_routing - bare,
             openai - dfp,
             anthropic - dfp
         );
