@@ -1146,6 +1146,8 @@ struct Results {
     throughput_ratio: BTreeMap<(Scenario, Route), f64>,
     rounds: u32,
     bare_idle_kb: u64,
+    /// Envoy with the empty floor filter (bench/floor-filter, `noop`), idle.
+    floor_noop_idle_kb: u64,
     tollgate_idle_kb: u64,
     keys_small: Option<KeyOutcome>,
     keys_large: Option<KeyOutcome>,
@@ -1189,6 +1191,7 @@ async fn run() -> Result<()> {
     let stack = Stack::start(&dir).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     results.bare_idle_kb = vm_rss_kb(stack.bare_envoy.pid()).unwrap_or(0);
+    results.floor_noop_idle_kb = vm_rss_kb(stack.floor_noop.envoy.pid()).unwrap_or(0);
 
     eprintln!("==> Envoy + filter with no control plane (memory of the Wasm runtime alone)");
     results.filter_no_snapshot_kb = filter_without_snapshot_rss(&dir).await.unwrap_or(0);
@@ -1365,6 +1368,7 @@ async fn quick_throughput(dir: &Path, duration: Duration, ticks_per_s: f64) -> R
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut paths = vec![
         Route::BareOpenAi,
+        Route::DfpOpenAi,
         Route::FloorNoopOpenAi,
         Route::FloorBodyRoutingOpenAi,
         Route::TollgateOpenAi,
@@ -1851,8 +1855,29 @@ fn render(
     let _ = writeln!(
         s,
         "\nThe filter's share includes the Wasm runtime (V8), every proxy-wasm host call (headers, \
-         bodies, metrics) and the core logic; the callgrind section below measures the core logic alone.\n"
+         bodies, metrics) and the core logic; the callgrind section below measures the core logic alone. \
+         The floor columns are bench/floor-filter, loaded the same way as Tollgate's filter but with no \
+         logic: *empty* returns Continue from every callback; *body-routing host calls* reads the request \
+         headers, holds them until the body is complete, reads the body, sets `:path`, `:authority`, \
+         `content-length` and a routing header, writes the body back, reads the response status and \
+         holds and reads the response body: the least any filter that routes on the request body (the \
+         model name is in it) must do through proxy-wasm.\n"
     );
+    // The floor, against the 80% target.
+    for scenario in [one_k, one_k_stream] {
+        let ratio = |path: Route| throughput_ratio(scenario, path, Route::BareOpenAi) * 100.0;
+        let _ = writeln!(
+            s,
+            "- {}: the empty Wasm filter runs at {:.0}% of bare Envoy's throughput and the \
+             body-routing floor at {:.0}%; Tollgate at {:.0}% (OpenAI) and {:.0}% (Anthropic).",
+            scenario.label(),
+            ratio(Route::FloorNoopOpenAi),
+            ratio(Route::FloorBodyRoutingOpenAi),
+            ratio(Route::TollgateOpenAi),
+            throughput_ratio(scenario, Route::TollgateAnthropic, Route::BareAnthropic) * 100.0,
+        );
+    }
+    let _ = writeln!(s);
 
     // Memory.
     let _ = writeln!(s, "## Memory (Envoy VmRSS)\n");
@@ -1865,6 +1890,11 @@ fn render(
         "| bare | - | {} | {} |",
         mb(r.bare_idle_kb),
         mb(bare_load)
+    );
+    let _ = writeln!(
+        s,
+        "| with the empty floor filter (bench/floor-filter, a ~120 KB module) | - | {} | - |",
+        mb(r.floor_noop_idle_kb)
     );
     let _ = writeln!(
         s,
@@ -1928,8 +1958,8 @@ fn render(
         "`bench/src/bin/translate_path.rs` runs the core translate path natively (no Envoy, no Wasm): \
          `plan_chat_request` on the ~1 KB request with {DEPLOYMENTS} deployments in the state, \
          `ResponseHandler::on_headers`, then `on_complete_body` on the mock's answer or the mock's \
-         {STREAM_CHUNKS}-chunk stream through `on_stream_chunk` one SSE event per call, plus the stat \
-         names the glue builds per request. Only the request loop is counted \
+         {STREAM_CHUNKS}-chunk stream through `on_stream_chunk` one SSE event per call, plus the \
+         upstream header map and the usage record the glue builds per request. Only the request loop is counted \
          (`--toggle-collect`). Instructions are stable on a noisy machine; they do not include the Wasm \
          runtime (V8) or the proxy-wasm host calls, which the *Envoy CPU/request* column above includes.\n"
     );

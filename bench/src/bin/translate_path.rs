@@ -1,7 +1,7 @@
 //! Callgrind driver for the filter's translate path, natively (no Envoy, no wasm):
 //! `plan_chat_request` + `ResponseHandler::on_headers` + `on_complete_body` (or a 200-chunk
-//! stream through `on_stream_chunk`, one SSE event per call), plus the per-request stat names
-//! the glue builds, N times.
+//! stream through `on_stream_chunk`, one SSE event per call), plus what the glue builds per
+//! request around them (the upstream header map and the usage record), N times.
 //!
 //! `translate_path <openai|anthropic> <buffered|stream> <N>`
 //!
@@ -12,7 +12,6 @@ use std::hint::black_box;
 
 use anyhow::{bail, Context, Result};
 use tollgate_core::gateway::plan_chat_request;
-use tollgate_core::metrics;
 use tollgate_core::providers::TranslateContext;
 use tollgate_core::{proto, State};
 
@@ -185,6 +184,7 @@ fn run_requests(
     stream: bool,
     response: &[u8],
     events: &[Vec<u8>],
+    client_headers: &[(String, String)],
     n: usize,
 ) -> Result<usize> {
     let mut out = Vec::with_capacity(4096);
@@ -207,19 +207,26 @@ fn run_requests(
             let completed = plan.response.on_complete_body(black_box(response));
             bytes_out += completed.body.map_or(0, |b| b.len());
         }
-        // What the glue's on_log builds per request.
+        // What the glue builds per request: the upstream header map (one host call) and, in
+        // on_log, the usage record.
+        bytes_out += black_box(plan.upstream_headers(black_box(client_headers))).len();
         let deployment = &plan.deployment;
-        let (m, p) = (&deployment.stat_model, &deployment.stat_provider);
         let usage = plan.response.usage();
-        let names = [
-            metrics::requests_counter(m, p, 200),
-            metrics::prompt_tokens_counter(m, p),
-            metrics::completion_tokens_counter(m, p),
-            metrics::upstream_latency_histogram(m, p),
-            metrics::time_to_first_byte_histogram(m, p),
-        ];
-        bytes_out += names.iter().map(String::len).sum::<usize>();
-        bytes_out += usage.prompt_tokens.unwrap_or(0) as usize;
+        let record = proto::UsageRecord {
+            id: "0b4c7a1e-5d6f-4a8b-9c0d-1e2f3a4b5c6d".to_string(),
+            model_name: deployment.model_name.clone(),
+            deployment_id: deployment.id.clone(),
+            provider: deployment.provider_name.clone(),
+            status: 200,
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            cached_prompt_tokens: usage.cached_prompt_tokens,
+            started_unix_ms: 1,
+            duration_ms: 1,
+            stream,
+            key_hash: String::new(),
+        };
+        bytes_out += black_box(record).model_name.len();
         black_box(&plan);
     }
     Ok(bytes_out)
@@ -251,6 +258,22 @@ fn main() -> Result<()> {
     let context = TranslateContext {
         now_unix: 1_795_321_596,
     };
+    // What a client sends through the gateway (Envoy adds x-request-id and the forwarded
+    // headers before the filter runs).
+    let client_headers: Vec<(String, String)> = [
+        (":authority", "127.0.0.1:4000"),
+        (":path", "/v1/chat/completions"),
+        (":method", "POST"),
+        (":scheme", "http"),
+        ("content-type", "application/json"),
+        ("authorization", "Bearer sk-bench-master"),
+        ("content-length", "1024"),
+        ("x-forwarded-proto", "http"),
+        ("x-request-id", "0b4c7a1e-5d6f-4a8b-9c0d-1e2f3a4b5c6d"),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_string(), value.to_string()))
+    .collect();
     let bytes_out = run_requests(
         &state,
         &body,
@@ -259,6 +282,7 @@ fn main() -> Result<()> {
         stream,
         &response,
         &events,
+        &client_headers,
         n,
     )?;
     println!("{provider} {mode} x{n}: {bytes_out} bytes out");

@@ -113,10 +113,51 @@ pub struct RequestPlan {
     pub headers: Vec<(&'static str, String)>,
     /// New body.
     pub body: Vec<u8>,
+    /// `content-length` of [`Self::body`].
+    pub body_length: String,
     /// Whether the client asked for a stream.
     pub stream: bool,
     /// The response side.
     pub response: ResponseHandler,
+}
+
+impl RequestPlan {
+    /// The whole upstream header map, built from the client's headers (`client`, as read from
+    /// the host) and this plan, so the glue can write it in one host call: every host call
+    /// crosses the Wasm boundary, and one write of ~10 headers costs less than six single
+    /// ones. Drops the client's credentials, `accept-encoding` and any routing header; replaces
+    /// `:path`, `:authority`, `content-length` and every header the provider needs.
+    pub fn upstream_headers<'a>(
+        &'a self,
+        client: &'a [(String, String)],
+    ) -> Vec<(&'a str, &'a str)> {
+        let replaced = |name: &str| {
+            CLIENT_HEADERS_TO_REMOVE.contains(&name)
+                || matches!(
+                    name,
+                    ":path" | ":authority" | "content-length" | ROUTE_HEADER
+                )
+                || self.headers.iter().any(|(set, _)| *set == name)
+        };
+        let mut headers: Vec<(&str, &str)> =
+            Vec::with_capacity(client.len() + self.headers.len() + 4);
+        headers.extend(
+            client
+                .iter()
+                .filter(|(name, _)| !replaced(name))
+                .map(|(name, value)| (name.as_str(), value.as_str())),
+        );
+        headers.push((":path", &self.path));
+        headers.push((":authority", &self.authority));
+        headers.push(("content-length", &self.body_length));
+        headers.push((ROUTE_HEADER, self.route_value));
+        headers.extend(
+            self.headers
+                .iter()
+                .map(|(name, value)| (*name, value.as_str())),
+        );
+        headers
+    }
 }
 
 /// Validates, resolves and translates a chat completion request for a caller with access
@@ -151,6 +192,7 @@ pub fn plan_chat_request_for(
         authority: target.authority.clone(),
         path,
         headers: upstream.headers,
+        body_length: upstream.body.len().to_string(),
         body: upstream.body,
         stream: summary.stream,
         response: ResponseHandler::new(translator, summary.stream),
@@ -242,6 +284,49 @@ mod tests {
         assert!(plan
             .headers
             .contains(&("authorization", "Bearer sk-provider".to_string())));
+    }
+
+    #[test]
+    fn upstream_headers_replace_credentials_and_routing() {
+        let body = br#"{"model":"gpt","messages":[{"role":"user","content":"hi"}]}"#;
+        let plan = plan_chat_request(&state(), body, &TranslateContext::default()).unwrap();
+        let client: Vec<(String, String)> = [
+            (":method", "POST"),
+            (":path", "/v1/chat/completions"),
+            (":authority", "gateway.local"),
+            ("authorization", "Bearer sk-gateway"),
+            ("x-api-key", "sk-gateway"),
+            ("accept-encoding", "gzip"),
+            ("content-length", "999"),
+            (ROUTE_HEADER, "https"),
+            ("x-request-id", "abc"),
+            ("x-custom", "1"),
+            ("x-custom", "2"),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect();
+        let headers = plan.upstream_headers(&client);
+        let values = |name: &str| -> Vec<&str> {
+            headers
+                .iter()
+                .filter(|(n, _)| *n == name)
+                .map(|(_, v)| *v)
+                .collect()
+        };
+        assert_eq!(values(":method"), ["POST"]);
+        assert_eq!(values(":path"), ["/v1/chat/completions"]);
+        assert_eq!(values(":authority"), ["127.0.0.1:9"]);
+        assert_eq!(values("authorization"), ["Bearer sk-provider"]);
+        assert_eq!(
+            values("content-length"),
+            [plan.body.len().to_string().as_str()]
+        );
+        assert_eq!(values(ROUTE_HEADER), ["http"]);
+        assert_eq!(values("x-request-id"), ["abc"]);
+        assert_eq!(values("x-custom"), ["1", "2"]);
+        assert!(values("x-api-key").is_empty());
+        assert!(values("accept-encoding").is_empty());
     }
 
     #[test]

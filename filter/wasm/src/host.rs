@@ -28,21 +28,29 @@ pub fn request_headers() -> Vec<(String, String)> {
     .unwrap_or_default()
 }
 
+/// Replaces the whole request header map (one host call for any number of changes).
+pub fn set_request_headers(headers: Vec<(&str, &str)>) {
+    report(
+        "set request headers",
+        hostcalls::set_map(MapType::HttpRequestHeaders, headers),
+    );
+}
+
+/// Every response header in one host call.
+pub fn response_headers() -> Vec<(String, String)> {
+    report(
+        "get response headers",
+        hostcalls::get_map(MapType::HttpResponseHeaders),
+    )
+    .unwrap_or_default()
+}
+
 /// Sets (or with `None` removes) a request header.
 pub fn set_request_header(name: &str, value: Option<&str>) {
     report(
         "set request header",
         hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value),
     );
-}
-
-/// A response header.
-pub fn response_header(name: &str) -> Option<String> {
-    report(
-        "get response header",
-        hostcalls::get_map_value(MapType::HttpResponseHeaders, name),
-    )
-    .flatten()
 }
 
 /// Sets (or with `None` removes) a response header.

@@ -6,10 +6,7 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType};
 use tollgate_core::auth::{authenticate, Caller, Credentials};
-use tollgate_core::gateway::{
-    classify, plan_chat_request_for, CLIENT_HEADERS_TO_REMOVE, ROUTE_HEADER,
-};
-use tollgate_core::metrics;
+use tollgate_core::gateway::{classify, plan_chat_request_for, ROUTE_HEADER};
 use tollgate_core::providers::{ChunkOutput, ResponseMode, TranslateContext};
 use tollgate_core::request::empty_body_error;
 use tollgate_core::snapshot::DEFAULT_MAX_REQUEST_BODY_BYTES;
@@ -36,42 +33,71 @@ enum Phase {
     Answered { status: u16 },
 }
 
-/// The request headers the filter reads, taken in one host call.
+/// The request headers, taken in one host call: the filter reads a few of them and, for a
+/// chat request, writes the upstream map back in one call too.
 #[derive(Default)]
 struct RequestHeaders {
-    method: String,
-    path: String,
-    authorization: Option<String>,
-    x_api_key: Option<String>,
-    api_key: Option<String>,
-    content_length: Option<String>,
-    request_id: Option<String>,
+    /// Every header as the host gave it.
+    all: Vec<(String, String)>,
+    method: usize,
+    path: usize,
+    authorization: usize,
+    x_api_key: usize,
+    api_key: usize,
+    content_length: usize,
+    request_id: usize,
     /// The client sent the routing header (it must be removed).
     route_header: bool,
-    /// Which of [`CLIENT_HEADERS_TO_REMOVE`] the client sent.
-    client_headers: [bool; CLIENT_HEADERS_TO_REMOVE.len()],
 }
+
+/// Index meaning "the client did not send this header".
+const ABSENT: usize = usize::MAX;
 
 impl RequestHeaders {
     fn read() -> Self {
-        let mut headers = RequestHeaders::default();
-        for (name, value) in host::request_headers() {
-            if let Some(at) = CLIENT_HEADERS_TO_REMOVE.iter().position(|h| *h == name) {
-                headers.client_headers[at] = true;
-            }
-            match name.as_str() {
-                ":method" => headers.method = value,
-                ":path" => headers.path = value,
-                "authorization" => headers.authorization = Some(value),
-                "x-api-key" => headers.x_api_key = Some(value),
-                "api-key" => headers.api_key = Some(value),
-                "content-length" => headers.content_length = Some(value),
-                "x-request-id" => headers.request_id = Some(value),
-                ROUTE_HEADER => headers.route_header = true,
-                _ => {}
+        let mut headers = RequestHeaders {
+            all: host::request_headers(),
+            method: ABSENT,
+            path: ABSENT,
+            authorization: ABSENT,
+            x_api_key: ABSENT,
+            api_key: ABSENT,
+            content_length: ABSENT,
+            request_id: ABSENT,
+            route_header: false,
+        };
+        for (at, (name, _)) in headers.all.iter().enumerate() {
+            let slot = match name.as_str() {
+                ":method" => &mut headers.method,
+                ":path" => &mut headers.path,
+                "authorization" => &mut headers.authorization,
+                "x-api-key" => &mut headers.x_api_key,
+                "api-key" => &mut headers.api_key,
+                "content-length" => &mut headers.content_length,
+                "x-request-id" => &mut headers.request_id,
+                ROUTE_HEADER => {
+                    headers.route_header = true;
+                    continue;
+                }
+                _ => continue,
+            };
+            if *slot == ABSENT {
+                *slot = at;
             }
         }
         headers
+    }
+
+    fn value(&self, at: usize) -> Option<&str> {
+        self.all.get(at).map(|(_, value)| value.as_str())
+    }
+
+    fn method(&self) -> &str {
+        self.value(self.method).unwrap_or_default()
+    }
+
+    fn path(&self) -> &str {
+        self.value(self.path).unwrap_or_default()
     }
 }
 
@@ -124,7 +150,7 @@ impl TollgateHttp {
             Err(error) => return self.reject(&error),
         };
         let limit = self.body_limit(Some(&state));
-        let announced = self.headers.content_length.as_deref();
+        let announced = self.headers.value(self.headers.content_length);
         if let Some(length) = announced.and_then(|v| v.trim().parse::<u64>().ok()) {
             if length > limit {
                 return self.reject(&GatewayError::BodyTooLarge {
@@ -150,21 +176,7 @@ impl TollgateHttp {
             Ok(plan) => plan,
             Err(error) => return self.reject(&error),
         };
-        for (name, present) in CLIENT_HEADERS_TO_REMOVE
-            .iter()
-            .zip(self.headers.client_headers)
-        {
-            if present {
-                host::set_request_header(name, None);
-            }
-        }
-        for (name, value) in &plan.headers {
-            host::set_request_header(name, Some(value));
-        }
-        host::set_request_header(":path", Some(&plan.path));
-        host::set_request_header(":authority", Some(&plan.authority));
-        host::set_request_header("content-length", Some(&plan.body.len().to_string()));
-        host::set_request_header(ROUTE_HEADER, Some(plan.route_value));
+        host::set_request_headers(plan.upstream_headers(&self.headers.all));
         host::replace_body(BufferType::HttpRequestBody, body_size, &plan.body);
         self.phase = Phase::Upstream {
             plan: Box::new(plan),
@@ -178,14 +190,7 @@ impl TollgateHttp {
         let mut shared = self.shared.borrow_mut();
         match &self.phase {
             Phase::Answered { status } => {
-                shared.count(
-                    &metrics::requests_counter(
-                        metrics::NO_MODEL,
-                        metrics::GATEWAY_PROVIDER,
-                        *status,
-                    ),
-                    1,
-                );
+                shared.count_gateway_answer(*status);
             }
             Phase::Upstream {
                 plan,
@@ -193,41 +198,26 @@ impl TollgateHttp {
                 sent_ms,
             } => {
                 let deployment = &plan.deployment;
-                let (model, provider) = (&deployment.stat_model, &deployment.stat_provider);
                 let status = match plan.response.status() {
                     0 => 502,
                     status => status,
                 };
                 let usage = plan.response.usage();
                 let now = host::now_ms();
-                shared.count(&metrics::requests_counter(model, provider, status), 1);
-                if usage.is_reported() {
-                    shared.count(
-                        &metrics::prompt_tokens_counter(model, provider),
-                        usage.prompt_tokens.unwrap_or(0),
-                    );
-                    shared.count(
-                        &metrics::completion_tokens_counter(model, provider),
-                        usage.completion_tokens.unwrap_or(0),
-                    );
-                } else if (200..300).contains(&status) {
-                    shared.count(&metrics::usage_missing_counter(model, provider), 1);
-                }
-                shared.observe(
-                    &metrics::upstream_latency_histogram(model, provider),
+                let first_byte_after = self
+                    .first_byte_ms
+                    .map(|first| first.saturating_sub(*sent_ms));
+                shared.record_upstream(
+                    deployment,
+                    status,
+                    &usage,
                     now.saturating_sub(*sent_ms),
+                    first_byte_after,
                 );
-                if let Some(first) = self.first_byte_ms {
-                    shared.observe(
-                        &metrics::time_to_first_byte_histogram(model, provider),
-                        first.saturating_sub(*sent_ms),
-                    );
-                }
-                let id = self
-                    .headers
-                    .request_id
-                    .clone()
-                    .unwrap_or_else(|| format!("{}-{now}", deployment.id));
+                let id = match self.headers.value(self.headers.request_id) {
+                    Some(id) => id.to_string(),
+                    None => format!("{}-{now}", deployment.id),
+                };
                 shared.queue_usage(proto::UsageRecord {
                     id,
                     model_name: deployment.model_name.clone(),
@@ -252,9 +242,9 @@ fn authenticate_request(state: &State, headers: &RequestHeaders) -> Result<Calle
     authenticate(
         state,
         Credentials {
-            authorization: headers.authorization.as_deref(),
-            x_api_key: headers.x_api_key.as_deref(),
-            api_key: headers.api_key.as_deref(),
+            authorization: headers.value(headers.authorization),
+            x_api_key: headers.value(headers.x_api_key),
+            api_key: headers.value(headers.api_key),
         },
         host::now_ms(),
     )
@@ -269,13 +259,13 @@ impl HttpContext for TollgateHttp {
         if self.headers.route_header {
             host::set_request_header(ROUTE_HEADER, None);
         }
-        match classify(&self.headers.method, &self.headers.path) {
+        match classify(self.headers.method(), self.headers.path()) {
             Endpoint::Other => Action::Continue,
             Endpoint::WrongMethod => {
-                let method = self.headers.method.clone();
+                let method = self.headers.method().to_string();
                 let path = self
                     .headers
-                    .path
+                    .path()
                     .split('?')
                     .next()
                     .unwrap_or_default()
@@ -330,11 +320,17 @@ impl HttpContext for TollgateHttp {
         let Phase::Upstream { plan, .. } = &mut self.phase else {
             return Action::Continue;
         };
-        let status = host::response_header(":status")
+        let headers = host::response_headers();
+        let header = |wanted: &str| {
+            headers
+                .iter()
+                .find(|(name, _)| name == wanted)
+                .map(|(_, value)| value.as_str())
+        };
+        let status = header(":status")
             .and_then(|value| value.parse::<u16>().ok())
             .unwrap_or(502);
-        let content_type = host::response_header("content-type");
-        let mode = plan.response.on_headers(status, content_type.as_deref());
+        let mode = plan.response.on_headers(status, header("content-type"));
         if end_of_stream {
             return Action::Continue;
         }
@@ -352,7 +348,9 @@ impl HttpContext for TollgateHttp {
         let Phase::Upstream { plan, .. } = &mut self.phase else {
             return Action::Continue;
         };
-        if self.first_byte_ms.is_none() && body_size > 0 {
+        // Time to first byte only means something for streams; a buffered answer's first
+        // byte is not what the client waits for, and the clock is a host call.
+        if plan.stream && self.first_byte_ms.is_none() && body_size > 0 {
             self.first_byte_ms = Some(host::now_ms());
         }
         match plan.response.mode() {

@@ -10,7 +10,9 @@ use prost::Message;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, MetricType};
 use tollgate_core::proto::{self, control_message, filter_message};
-use tollgate_core::{PluginConfig, State};
+use tollgate_core::snapshot::Deployment;
+use tollgate_core::usage::Usage;
+use tollgate_core::{metrics, PluginConfig, State};
 
 use crate::host;
 
@@ -32,9 +34,122 @@ pub struct VmShared {
     pub config: PluginConfig,
     usage: VecDeque<proto::UsageRecord>,
     metric_ids: HashMap<String, u32>,
+    /// Metric ids per deployment id, so a request formats no stat name.
+    deployment_metrics: HashMap<String, DeploymentMetrics>,
+    /// Counter increments not yet handed to the host, by metric id. Adding them up here and
+    /// flushing on the tick turns three host calls per request into a few per tick.
+    pending_counts: HashMap<u32, u64>,
+}
+
+/// The metric ids of one deployment (defined on its first request in this VM).
+struct DeploymentMetrics {
+    stat_model: String,
+    stat_provider: String,
+    requests_by_status: Vec<(u16, Option<u32>)>,
+    prompt_tokens: Option<u32>,
+    completion_tokens: Option<u32>,
+    usage_missing: Option<u32>,
+    upstream_latency: Option<u32>,
+    time_to_first_byte: Option<u32>,
+}
+
+impl DeploymentMetrics {
+    fn define(deployment: &Deployment) -> Self {
+        let (model, provider) = (&deployment.stat_model, &deployment.stat_provider);
+        let counter = |name: String| host::define_metric(MetricType::Counter, &name);
+        let histogram = |name: String| host::define_metric(MetricType::Histogram, &name);
+        DeploymentMetrics {
+            stat_model: model.clone(),
+            stat_provider: provider.clone(),
+            requests_by_status: Vec::new(),
+            prompt_tokens: counter(metrics::prompt_tokens_counter(model, provider)),
+            completion_tokens: counter(metrics::completion_tokens_counter(model, provider)),
+            usage_missing: counter(metrics::usage_missing_counter(model, provider)),
+            upstream_latency: histogram(metrics::upstream_latency_histogram(model, provider)),
+            time_to_first_byte: histogram(metrics::time_to_first_byte_histogram(model, provider)),
+        }
+    }
 }
 
 impl VmShared {
+    /// Records one finished upstream request: counters (added up until the next tick) and
+    /// latency histograms.
+    pub fn record_upstream(
+        &mut self,
+        deployment: &Deployment,
+        status: u16,
+        usage: &Usage,
+        upstream_ms: u64,
+        first_byte_ms: Option<u64>,
+    ) {
+        let Some(ids) = self.deployment_metrics(deployment) else {
+            return;
+        };
+        let requests = match ids.requests_by_status.iter().find(|(s, _)| *s == status) {
+            Some((_, id)) => *id,
+            None => {
+                let id = host::define_metric(
+                    MetricType::Counter,
+                    &metrics::requests_counter(&ids.stat_model, &ids.stat_provider, status),
+                );
+                ids.requests_by_status.push((status, id));
+                id
+            }
+        };
+        let mut counts = [(requests, 1), (None, 0), (None, 0)];
+        if usage.is_reported() {
+            counts[1] = (ids.prompt_tokens, usage.prompt_tokens.unwrap_or(0));
+            counts[2] = (ids.completion_tokens, usage.completion_tokens.unwrap_or(0));
+        } else if (200..300).contains(&status) {
+            counts[1] = (ids.usage_missing, 1);
+        }
+        let upstream_latency = ids.upstream_latency;
+        let time_to_first_byte = ids.time_to_first_byte;
+        for (id, value) in counts {
+            if let (Some(id), true) = (id, value > 0) {
+                *self.pending_counts.entry(id).or_insert(0) += value;
+            }
+        }
+        if let Some(id) = upstream_latency {
+            host::record_metric(id, upstream_ms);
+        }
+        if let (Some(id), Some(value)) = (time_to_first_byte, first_byte_ms) {
+            host::record_metric(id, value);
+        }
+    }
+
+    /// Counts an answer the gateway gave itself (refused or local).
+    pub fn count_gateway_answer(&mut self, status: u16) {
+        let name = metrics::requests_counter(metrics::NO_MODEL, metrics::GATEWAY_PROVIDER, status);
+        if let Some(id) = self.metric(MetricType::Counter, &name) {
+            *self.pending_counts.entry(id).or_insert(0) += 1;
+        }
+    }
+
+    /// The deployment's metric ids, defined on first use and again when its stat names
+    /// change (a new snapshot renamed it). Looked up by `&str`: no allocation per request.
+    fn deployment_metrics(&mut self, deployment: &Deployment) -> Option<&mut DeploymentMetrics> {
+        let current = self
+            .deployment_metrics
+            .get(&deployment.id)
+            .is_some_and(|ids| {
+                ids.stat_model == deployment.stat_model
+                    && ids.stat_provider == deployment.stat_provider
+            });
+        if !current {
+            self.deployment_metrics
+                .insert(deployment.id.clone(), DeploymentMetrics::define(deployment));
+        }
+        self.deployment_metrics.get_mut(&deployment.id)
+    }
+
+    /// Hands the counter increments added up since the last tick to the host.
+    fn flush_counts(&mut self) {
+        for (id, value) in self.pending_counts.drain() {
+            host::increment_metric(id, value);
+        }
+    }
+
     /// Queues a usage record for the control plane.
     pub fn queue_usage(&mut self, record: proto::UsageRecord) {
         if self.usage.len() >= MAX_QUEUED_USAGE {
@@ -60,13 +175,6 @@ impl VmShared {
         }
         if let Some(id) = self.metric(MetricType::Counter, name) {
             host::increment_metric(id, value);
-        }
-    }
-
-    /// Records a histogram sample, defining it on first use.
-    pub fn observe(&mut self, name: &str, value: u64) {
-        if let Some(id) = self.metric(MetricType::Histogram, name) {
-            host::record_metric(id, value);
         }
     }
 }
@@ -97,6 +205,8 @@ impl TollgateRoot {
                 config: PluginConfig::default(),
                 usage: VecDeque::new(),
                 metric_ids: HashMap::new(),
+                deployment_metrics: HashMap::new(),
+                pending_counts: HashMap::new(),
             })),
             stream: None,
             stream_healthy: false,
@@ -263,6 +373,7 @@ impl RootContext for TollgateRoot {
     }
 
     fn on_tick(&mut self) {
+        self.shared.borrow_mut().flush_counts();
         if self.stream.is_none() {
             self.connect();
         }
