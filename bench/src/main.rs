@@ -227,10 +227,10 @@ struct Stack {
     tollgate_port: u16,
     bare_envoy: Proc,
     dfp_envoy: Proc,
-    floor_noop: FloorEnvoy,
-    floor_body_routing: FloorEnvoy,
+    floor_noop: BenchEnvoy,
+    floor_body_routing: BenchEnvoy,
     /// `BENCH_FLOOR_STEPS` (quick mode only).
-    extra_floors: Vec<(String, FloorEnvoy)>,
+    extra_floors: Vec<(String, BenchEnvoy)>,
     buffer_limit: String,
     tollgate_envoy: Proc,
     _control_plane: Proc,
@@ -250,38 +250,53 @@ fn envoy_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("envoy"))
 }
 
-/// An Envoy running bench/floor-filter in one mode.
-struct FloorEnvoy {
+/// An Envoy started from one of the bench/*.yaml templates.
+struct BenchEnvoy {
     port: u16,
     admin: u16,
     envoy: Proc,
 }
 
-impl FloorEnvoy {
-    fn start(dir: &Path, mode: &str, mock_port: u16, buffer_limit: &str) -> Result<FloorEnvoy> {
+impl BenchEnvoy {
+    /// Renders bench/`<template>`.yaml with fresh listener and admin ports and the given
+    /// `{{PLACEHOLDER}}` values, and starts Envoy on it; `name` names its files in `dir`.
+    fn start(
+        dir: &Path,
+        template: &str,
+        name: &str,
+        placeholders: &[(&str, &str)],
+    ) -> Result<BenchEnvoy> {
         let (port, admin) = (free_port()?, free_port()?);
-        let template = std::fs::read_to_string(root().join("bench/envoy-floor.yaml"))?;
-        let yaml = template
+        let mut yaml = std::fs::read_to_string(root().join(format!("bench/{template}.yaml")))?
             .replace("{{ADMIN_PORT}}", &admin.to_string())
-            .replace("{{LISTEN_PORT}}", &port.to_string())
-            .replace("{{MOCK_PORT}}", &mock_port.to_string())
-            .replace("{{BUFFER_LIMIT_BYTES}}", buffer_limit)
-            .replace("{{FLOOR_MODE}}", mode)
-            .replace(
-                "{{FLOOR_WASM_PATH}}",
-                &floor_wasm_path().display().to_string(),
-            );
-        let bootstrap = dir.join(format!(
-            "envoy-floor-{}.yaml",
-            mode.replace([',', ' '], "_")
-        ));
+            .replace("{{LISTEN_PORT}}", &port.to_string());
+        for (placeholder, value) in placeholders {
+            yaml = yaml.replace(placeholder, value);
+        }
+        let bootstrap = dir.join(format!("envoy-{name}.yaml"));
         std::fs::write(&bootstrap, yaml)?;
         let envoy = Proc::start(
-            "envoy (floor filter)",
+            &format!("envoy ({name})"),
             envoy_command(&bootstrap),
-            &dir.join(format!("envoy-floor-{}.log", mode.replace([',', ' '], "_"))),
+            &dir.join(format!("envoy-{name}.log")),
         )?;
-        Ok(FloorEnvoy { port, admin, envoy })
+        Ok(BenchEnvoy { port, admin, envoy })
+    }
+
+    /// Envoy running bench/floor-filter with `steps` as its configuration.
+    fn floor(dir: &Path, steps: &str, mock_port: u16, buffer_limit: &str) -> Result<BenchEnvoy> {
+        let wasm = floor_wasm_path().display().to_string();
+        BenchEnvoy::start(
+            dir,
+            "envoy-floor",
+            &format!("floor-{}", steps.replace([',', ' '], "_")),
+            &[
+                ("{{MOCK_PORT}}", &mock_port.to_string()),
+                ("{{BUFFER_LIMIT_BYTES}}", buffer_limit),
+                ("{{FLOOR_MODE}}", steps),
+                ("{{FLOOR_WASM_PATH}}", &wasm),
+            ],
+        )
     }
 }
 
@@ -446,38 +461,28 @@ impl Stack {
             &dir.join("envoy-tollgate.log"),
         )?;
 
-        // Bare Envoy.
-        let (bare_port, bare_admin) = (free_port()?, free_port()?);
-        let template = std::fs::read_to_string(root().join("bench/envoy-bare.yaml"))?;
-        let bare_yaml = template
-            .replace("{{ADMIN_PORT}}", &bare_admin.to_string())
-            .replace("{{LISTEN_PORT}}", &bare_port.to_string())
-            .replace("{{MOCK_PORT}}", &mock_port.to_string())
-            .replace("{{BUFFER_LIMIT_BYTES}}", &buffer_limit);
-        let bare_bootstrap = dir.join("envoy-bare.yaml");
-        std::fs::write(&bare_bootstrap, bare_yaml)?;
-        let bare_envoy = Proc::start(
-            "envoy (bare)",
-            envoy_command(&bare_bootstrap),
-            &dir.join("envoy-bare.log"),
+        let mock_port_text = mock_port.to_string();
+        let bare = BenchEnvoy::start(
+            dir,
+            "envoy-bare",
+            "bare",
+            &[
+                ("{{MOCK_PORT}}", &mock_port_text),
+                ("{{BUFFER_LIMIT_BYTES}}", &buffer_limit),
+            ],
         )?;
+        let (bare_port, bare_admin, bare_envoy) = (bare.port, bare.admin, bare.envoy);
         // Envoy with the dynamic forward proxy but no filter.
-        let (dfp_port, dfp_admin) = (free_port()?, free_port()?);
-        let template = std::fs::read_to_string(root().join("bench/envoy-dfp.yaml"))?;
-        let dfp_yaml = template
-            .replace("{{ADMIN_PORT}}", &dfp_admin.to_string())
-            .replace("{{LISTEN_PORT}}", &dfp_port.to_string())
-            .replace("{{BUFFER_LIMIT_BYTES}}", &buffer_limit);
-        let dfp_bootstrap = dir.join("envoy-dfp.yaml");
-        std::fs::write(&dfp_bootstrap, dfp_yaml)?;
-        let dfp_envoy = Proc::start(
-            "envoy (dfp)",
-            envoy_command(&dfp_bootstrap),
-            &dir.join("envoy-dfp.log"),
+        let dfp = BenchEnvoy::start(
+            dir,
+            "envoy-dfp",
+            "dfp",
+            &[("{{BUFFER_LIMIT_BYTES}}", &buffer_limit)],
         )?;
+        let (dfp_port, dfp_admin, dfp_envoy) = (dfp.port, dfp.admin, dfp.envoy);
 
-        let floor_noop = FloorEnvoy::start(dir, "noop", mock_port, &buffer_limit)?;
-        let floor_body_routing = FloorEnvoy::start(dir, "body-routing", mock_port, &buffer_limit)?;
+        let floor_noop = BenchEnvoy::floor(dir, "noop", mock_port, &buffer_limit)?;
+        let floor_body_routing = BenchEnvoy::floor(dir, "body-routing", mock_port, &buffer_limit)?;
 
         let log = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
         for (mode, admin) in [
@@ -1358,7 +1363,7 @@ async fn quick_throughput(dir: &Path, duration: Duration, ticks_per_s: f64) -> R
     let mut stack = Stack::start(dir).await?;
     let extra = std::env::var("BENCH_FLOOR_STEPS").unwrap_or_default();
     for steps in extra.split(';').filter(|s| !s.is_empty()) {
-        let floor = FloorEnvoy::start(dir, steps, stack.mock_port, &stack.buffer_limit)?;
+        let floor = BenchEnvoy::floor(dir, steps, stack.mock_port, &stack.buffer_limit)?;
         wait_until("floor-filter Envoy", Duration::from_secs(60), || {
             envoy_ready(floor.admin)
         })
