@@ -39,32 +39,23 @@ enum Phase {
 struct RequestHeaders {
     /// Every header as the host gave it.
     all: Vec<(String, String)>,
-    method: usize,
-    path: usize,
-    authorization: usize,
-    x_api_key: usize,
-    api_key: usize,
-    content_length: usize,
-    request_id: usize,
+    /// Positions in [`Self::all`] of the headers the filter reads (the first of each name).
+    method: Option<usize>,
+    path: Option<usize>,
+    authorization: Option<usize>,
+    x_api_key: Option<usize>,
+    api_key: Option<usize>,
+    content_length: Option<usize>,
+    request_id: Option<usize>,
     /// The client sent the routing header (it must be removed).
     route_header: bool,
 }
-
-/// Index meaning "the client did not send this header".
-const ABSENT: usize = usize::MAX;
 
 impl RequestHeaders {
     fn read() -> Self {
         let mut headers = RequestHeaders {
             all: host::request_headers(),
-            method: ABSENT,
-            path: ABSENT,
-            authorization: ABSENT,
-            x_api_key: ABSENT,
-            api_key: ABSENT,
-            content_length: ABSENT,
-            request_id: ABSENT,
-            route_header: false,
+            ..RequestHeaders::default()
         };
         for (at, (name, _)) in headers.all.iter().enumerate() {
             let slot = match name.as_str() {
@@ -81,15 +72,13 @@ impl RequestHeaders {
                 }
                 _ => continue,
             };
-            if *slot == ABSENT {
-                *slot = at;
-            }
+            slot.get_or_insert(at);
         }
         headers
     }
 
-    fn value(&self, at: usize) -> Option<&str> {
-        self.all.get(at).map(|(_, value)| value.as_str())
+    fn value(&self, at: Option<usize>) -> Option<&str> {
+        self.all.get(at?).map(|(_, value)| value.as_str())
     }
 
     fn method(&self) -> &str {

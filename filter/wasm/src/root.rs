@@ -96,19 +96,15 @@ impl VmShared {
                 id
             }
         };
-        let mut counts = [(requests, 1), (None, 0), (None, 0)];
+        let (prompt_tokens, completion_tokens, usage_missing) =
+            (ids.prompt_tokens, ids.completion_tokens, ids.usage_missing);
+        let (upstream_latency, time_to_first_byte) = (ids.upstream_latency, ids.time_to_first_byte);
+        self.add_count(requests, 1);
         if usage.is_reported() {
-            counts[1] = (ids.prompt_tokens, usage.prompt_tokens.unwrap_or(0));
-            counts[2] = (ids.completion_tokens, usage.completion_tokens.unwrap_or(0));
+            self.add_count(prompt_tokens, usage.prompt_tokens.unwrap_or(0));
+            self.add_count(completion_tokens, usage.completion_tokens.unwrap_or(0));
         } else if (200..300).contains(&status) {
-            counts[1] = (ids.usage_missing, 1);
-        }
-        let upstream_latency = ids.upstream_latency;
-        let time_to_first_byte = ids.time_to_first_byte;
-        for (id, value) in counts {
-            if let (Some(id), true) = (id, value > 0) {
-                *self.pending_counts.entry(id).or_insert(0) += value;
-            }
+            self.add_count(usage_missing, 1);
         }
         if let Some(id) = upstream_latency {
             host::record_metric(id, upstream_ms);
@@ -118,12 +114,17 @@ impl VmShared {
         }
     }
 
+    /// Adds to a counter; the host sees the sum at the next tick.
+    fn add_count(&mut self, id: Option<u32>, value: u64) {
+        if let (Some(id), true) = (id, value > 0) {
+            *self.pending_counts.entry(id).or_insert(0) += value;
+        }
+    }
+
     /// Counts an answer the gateway gave itself (refused or local).
     pub fn count_gateway_answer(&mut self, status: u16) {
         let name = metrics::requests_counter(metrics::NO_MODEL, metrics::GATEWAY_PROVIDER, status);
-        if let Some(id) = self.metric(MetricType::Counter, &name) {
-            *self.pending_counts.entry(id).or_insert(0) += 1;
-        }
+        self.count(&name, 1);
     }
 
     /// The deployment's metric ids, defined on first use and again when its stat names
@@ -168,14 +169,13 @@ impl VmShared {
         Some(id)
     }
 
-    /// Adds to a counter, defining it on first use.
+    /// Adds to a counter, defining it on first use; the host sees the sum at the next tick.
     pub fn count(&mut self, name: &str, value: u64) {
         if value == 0 {
             return;
         }
-        if let Some(id) = self.metric(MetricType::Counter, name) {
-            host::increment_metric(id, value);
-        }
+        let id = self.metric(MetricType::Counter, name);
+        self.add_count(id, value);
     }
 }
 
