@@ -62,6 +62,12 @@ pub enum GatewayError {
     UpstreamResponseTooLarge(u64),
 }
 
+impl From<crate::sse::SseError> for GatewayError {
+    fn from(error: crate::sse::SseError) -> Self {
+        GatewayError::BadUpstreamResponse(error.to_string())
+    }
+}
+
 impl GatewayError {
     /// Shorthand for [`GatewayError::InvalidRequest`] naming a field.
     pub fn invalid(param: &str, message: impl Into<String>) -> Self {

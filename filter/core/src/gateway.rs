@@ -208,10 +208,10 @@ fn join_path(base: &str, endpoint: &str) -> String {
     }
     if let Some(rest) = endpoint.strip_prefix("/v1") {
         if base.ends_with("/v1") {
-            return format!("{base}{rest}");
+            return [base, rest].concat();
         }
     }
-    format!("{base}{endpoint}")
+    [base, endpoint].concat()
 }
 
 #[cfg(test)]

@@ -578,9 +578,196 @@ pub struct FunctionDelta<'a> {
     pub arguments: Option<&'a str>,
 }
 
+/// The bytes every `chat.completion.chunk` event of one stream shares, serialised once per
+/// stream: from chunk to chunk only the delta and the finish reason change, and writing the
+/// id, object, created and model again for each token costs more than the token.
+///
+/// [`ChunkFrame::write`] produces exactly what serialising a [`ChatCompletionChunk`] with one
+/// choice of index 0 as a `data:` event would.
+#[derive(Debug, Default)]
+pub struct ChunkFrame {
+    /// `data: {"id":…,"object":…,"created":…,"model":…,"choices":[{"index":0,"delta":`
+    head: Vec<u8>,
+    /// Whether chunks carry `"usage":null` (the client asked for the usage chunk).
+    include_usage: bool,
+}
+
+impl ChunkFrame {
+    /// The frame of a stream with this id, creation time and model.
+    pub fn new(id: &str, created: u64, model: &str, include_usage: bool) -> Self {
+        let mut head = Vec::with_capacity(96 + id.len() + model.len());
+        head.extend_from_slice(b"data: {\"id\":");
+        write_json_str(&mut head, id);
+        head.extend_from_slice(b",\"object\":\"");
+        head.extend_from_slice(CHAT_COMPLETION_CHUNK.as_bytes());
+        head.extend_from_slice(b"\",\"created\":");
+        head.extend_from_slice(created.to_string().as_bytes());
+        head.extend_from_slice(b",\"model\":");
+        write_json_str(&mut head, model);
+        head.extend_from_slice(b",\"choices\":[{\"index\":0,\"delta\":");
+        ChunkFrame {
+            head,
+            include_usage,
+        }
+    }
+
+    /// Appends one chunk event with `delta` to `out`.
+    pub fn write(
+        &self,
+        out: &mut Vec<u8>,
+        delta: &Delta<'_>,
+        finish_reason: Option<&str>,
+    ) -> Result<(), serde_json::Error> {
+        out.extend_from_slice(&self.head);
+        serde_json::to_writer(&mut *out, delta)?;
+        out.extend_from_slice(b",\"logprobs\":null,\"finish_reason\":");
+        match finish_reason {
+            Some(reason) => write_json_str(out, reason),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b"}]");
+        if self.include_usage {
+            out.extend_from_slice(b",\"usage\":null");
+        }
+        out.extend_from_slice(b"}\n\n");
+        Ok(())
+    }
+}
+
+impl ChunkFrame {
+    /// Appends one chunk event whose delta is `{"content":"<escaped_text>"}`, with no
+    /// finish reason. `escaped_text` must be the body of a JSON string as it stands (see
+    /// [`is_json_string_body`]); it is copied, not escaped again.
+    pub fn write_escaped_content(&self, out: &mut Vec<u8>, escaped_text: &str) {
+        out.extend_from_slice(&self.head);
+        out.extend_from_slice(b"{\"content\":\"");
+        out.extend_from_slice(escaped_text.as_bytes());
+        out.extend_from_slice(b"\"},\"logprobs\":null,\"finish_reason\":null}]");
+        if self.include_usage {
+            out.extend_from_slice(b",\"usage\":null");
+        }
+        out.extend_from_slice(b"}\n\n");
+    }
+}
+
+/// Whether `text` is the body of a JSON string (what goes between the quotes): no bare
+/// quote or control character, and only well-formed escapes.
+pub fn is_json_string_body(text: &[u8]) -> bool {
+    let mut at = 0;
+    while let Some(&byte) = text.get(at) {
+        at += match byte {
+            b'"' | 0..=0x1f => return false,
+            b'\\' => match text.get(at + 1) {
+                Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => 2,
+                Some(b'u')
+                    if text
+                        .get(at + 2..at + 6)
+                        .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)) =>
+                {
+                    6
+                }
+                _ => return false,
+            },
+            _ => 1,
+        };
+    }
+    true
+}
+
+/// Appends `value` as a JSON string.
+fn write_json_str(out: &mut Vec<u8>, value: &str) {
+    // Writing a str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, value);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escaped_content_is_what_serde_writes_for_the_unescaped_text() {
+        for (escaped, text) in [
+            ("plain", "plain"),
+            (
+                r#"a \"quoted\" \\ line\n\t\u00e9\/"#,
+                "a \"quoted\" \\ line\n\t\u{e9}/",
+            ),
+            ("", ""),
+        ] {
+            assert!(is_json_string_body(escaped.as_bytes()), "{escaped}");
+            let frame = ChunkFrame::new("id", 1, "m", true);
+            let mut fast = Vec::new();
+            frame.write_escaped_content(&mut fast, escaped);
+            let mut general = Vec::new();
+            let delta = Delta {
+                content: Some(text),
+                ..Delta::default()
+            };
+            frame.write(&mut general, &delta, None).unwrap();
+            let parse = |bytes: &[u8]| -> serde_json::Value {
+                let text = std::str::from_utf8(bytes).unwrap();
+                serde_json::from_str(text.strip_prefix("data: ").unwrap().trim_end()).unwrap()
+            };
+            assert_eq!(parse(&fast), parse(&general), "{escaped}");
+        }
+        for bad in ["a\"b", "tab\there", "end\\", r"\x", r"\u12", r"\u12g4"] {
+            assert!(!is_json_string_body(bad.as_bytes()), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn chunk_frame_writes_what_serde_writes() {
+        let tool_call = [ToolCallDelta {
+            index: 1,
+            id: Some("toolu_1"),
+            kind: Some("function"),
+            function: FunctionDelta {
+                name: Some("get_weather"),
+                arguments: Some("{\"city\":\"Z\u{fc}rich\"}"),
+            },
+        }];
+        let deltas = [
+            Delta {
+                role: Some("assistant"),
+                content: Some(""),
+                tool_calls: None,
+            },
+            Delta {
+                content: Some("line \"one\"\n\u{1}"),
+                ..Delta::default()
+            },
+            Delta {
+                tool_calls: Some(&tool_call),
+                ..Delta::default()
+            },
+            Delta::default(),
+        ];
+        for include_usage in [false, true] {
+            let frame = ChunkFrame::new("msg_\"x\"", 1_700_000_000, "claude-\u{e9}", include_usage);
+            for delta in &deltas {
+                for finish_reason in [None, Some("stop")] {
+                    let mut framed = Vec::new();
+                    frame.write(&mut framed, delta, finish_reason).unwrap();
+                    let choice = ChunkChoice {
+                        index: 0,
+                        delta: Delta { ..*delta },
+                        logprobs: None,
+                        finish_reason,
+                    };
+                    let chunk = ChatCompletionChunk {
+                        id: "msg_\"x\"",
+                        object: CHAT_COMPLETION_CHUNK,
+                        created: 1_700_000_000,
+                        model: "claude-\u{e9}",
+                        choices: std::slice::from_ref(&choice),
+                        usage: include_usage.then_some(None),
+                    };
+                    let expected = format!("data: {}\n\n", serde_json::to_string(&chunk).unwrap());
+                    assert_eq!(String::from_utf8(framed).unwrap(), expected);
+                }
+            }
+        }
+    }
 
     #[test]
     fn borrows_plain_strings_and_raw_schemas() {

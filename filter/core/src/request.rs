@@ -80,17 +80,33 @@ pub fn empty_body_error() -> GatewayError {
     )
 }
 
+/// The error for a body the plain parse refused, with the path of the bad field.
+fn explain_invalid_request(body: &[u8]) -> GatewayError {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let parsed: Result<ChatRequestView<'_>, _> =
+        serde_path_to_error::deserialize(&mut deserializer);
+    match parsed {
+        Err(error) => crate::openai_types::path_error(error, "request"),
+        Ok(_) => match deserializer.end() {
+            Err(error) => GatewayError::InvalidJson(error.to_string()),
+            // Both parses read the same bytes; a difference is a bug, reported as bad JSON
+            // rather than let through.
+            Ok(()) => GatewayError::InvalidJson("the request body could not be parsed".into()),
+        },
+    }
+}
+
 /// Validates `body` as an OpenAI chat completion request and summarises it.
 pub fn summarize_chat_request(body: &[u8]) -> Result<ChatRequestSummary<'_>, GatewayError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(empty_body_error());
     }
-    let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let view: ChatRequestView<'_> = serde_path_to_error::deserialize(&mut deserializer)
-        .map_err(|error| crate::openai_types::path_error(error, "request"))?;
-    deserializer
-        .end()
-        .map_err(|error| GatewayError::InvalidJson(error.to_string()))?;
+    // Path tracking allocates a string per key it passes, so it runs only to explain a body
+    // that failed the plain parse.
+    let view: ChatRequestView<'_> = match serde_json::from_slice(body) {
+        Ok(view) => view,
+        Err(_) => return Err(explain_invalid_request(body)),
+    };
 
     let model_raw = view
         .model
@@ -167,20 +183,20 @@ fn validate_message(index: usize, message: &MessageView<'_>) -> Result<(), Gatew
             ),
         ));
     }
-    let content_param = format!("messages[{index}].content");
+    // The parameter name is formatted only for an error: this runs for every message.
+    let content_param = || format!("messages[{index}].content");
+    const CONTENT_KINDS: &[JsonKind] = &[JsonKind::String, JsonKind::Array];
     match message.content {
         None if matches!(role, "system" | "developer" | "user" | "tool") => {
+            let param = content_param();
             Err(GatewayError::invalid(
-                &content_param,
-                format!("Missing required parameter: '{content_param}'."),
+                &param,
+                format!("Missing required parameter: '{param}'."),
             ))
         }
         None => Ok(()),
-        Some(raw) => check_json_kind(
-            &content_param,
-            Some(raw),
-            &[JsonKind::String, JsonKind::Array],
-        ),
+        Some(raw) if json_kind_of(raw).is_some_and(|kind| CONTENT_KINDS.contains(&kind)) => Ok(()),
+        Some(raw) => check_json_kind(&content_param(), Some(raw), CONTENT_KINDS),
     }
 }
 

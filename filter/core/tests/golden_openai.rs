@@ -156,9 +156,12 @@ fn check_case(case: &Path) {
                 "{name}: split at {split}"
             );
             assert_eq!(split_usage, usage, "{name}: usage, split at {split}");
+            // Events are forwarded as they came, so where the chunks split changes nothing.
+            assert!(output == whole, "{name}: bytes, split at {split}");
         }
         let bytes: Vec<&[u8]> = stream.chunks(1).collect();
         let (output, _) = run_stream(&request, &bytes);
+        assert!(output == whole, "{name}: bytes, byte by byte");
         assert_eq!(
             data_events(&output),
             data_events(&expected),

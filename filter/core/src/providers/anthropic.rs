@@ -15,13 +15,13 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 
 use crate::error::error_body;
-use crate::openai_types::{self as oa, Content, ContentPart, Str};
+use crate::openai_types::{self as oa, ChunkFrame, Content, ContentPart, Str};
 use crate::providers::{
     openai_shaped_error, ChunkOutput, ProviderResponse, TranslateContext, UpstreamRequest,
 };
 use crate::request::ChatRequestSummary;
 use crate::snapshot::Deployment;
-use crate::sse::{write_data_event, SseEvent, SseParser, DONE_EVENT};
+use crate::sse::{write_data_event, SseEventRef, SseParser, DONE_EVENT};
 use crate::{GatewayError, Usage};
 
 /// Endpoint path, joined with the deployment's base path.
@@ -805,6 +805,25 @@ struct EventDelta<'a> {
     stop_reason: Option<Str<'a>>,
 }
 
+/// The text of a `content_block_delta` event carrying a `text_delta`, still JSON-escaped,
+/// when the event has exactly the layout Anthropic sends. Most events of a stream are these,
+/// and their text can go to the client as it stands, without being parsed and escaped again.
+/// `None` sends the event through the general parser.
+fn plain_text_delta(data: &str) -> Option<&str> {
+    let rest = data.strip_prefix(r#"{"type":"content_block_delta","index":"#)?;
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return None;
+    }
+    let text = rest
+        .get(digits..)?
+        .strip_prefix(r#","delta":{"type":"text_delta","text":""#)?
+        .strip_suffix(r#""}}"#)?;
+    // A text ending in an odd backslash would have swallowed the closing quote: the check
+    // refuses it, and every other odd shape.
+    oa::is_json_string_body(text.as_bytes()).then_some(text)
+}
+
 /// Writes `data: <json>\n\n`.
 fn write_json_event<T: Serialize>(out: &mut Vec<u8>, value: &T) -> Result<(), GatewayError> {
     out.extend_from_slice(b"data: ");
@@ -820,10 +839,11 @@ pub struct AnthropicResponse {
     created: u64,
     include_usage: bool,
     parser: SseParser,
-    events: Vec<SseEvent>,
     /// Message id and model, from `message_start`.
     id: String,
     model: String,
+    /// What every chunk shares; built from id and model when the first chunk is written.
+    frame: Option<ChunkFrame>,
     /// The first chunk (role) was sent.
     started: bool,
     /// The chunk with `finish_reason` was sent.
@@ -842,9 +862,9 @@ impl AnthropicResponse {
             created: context.now_unix,
             include_usage,
             parser: SseParser::default(),
-            events: Vec::new(),
             id: String::new(),
             model: String::new(),
+            frame: None,
             started: false,
             finished: false,
             done: false,
@@ -854,26 +874,17 @@ impl AnthropicResponse {
     }
 
     fn write_chunk(
-        &self,
+        &mut self,
         out: &mut Vec<u8>,
         delta: oa::Delta<'_>,
         finish_reason: Option<&str>,
     ) -> Result<(), GatewayError> {
-        let choice = oa::ChunkChoice {
-            index: 0,
-            delta,
-            logprobs: None,
-            finish_reason,
-        };
-        let chunk = oa::ChatCompletionChunk {
-            id: &self.id,
-            object: oa::CHAT_COMPLETION_CHUNK,
-            created: self.created,
-            model: &self.model,
-            choices: std::slice::from_ref(&choice),
-            usage: self.include_usage.then_some(None),
-        };
-        write_json_event(out, &chunk)
+        let frame = self.frame.get_or_insert_with(|| {
+            ChunkFrame::new(&self.id, self.created, &self.model, self.include_usage)
+        });
+        frame
+            .write(out, &delta, finish_reason)
+            .map_err(|error| GatewayError::BadUpstreamResponse(error.to_string()))
     }
 
     /// Sends the first chunk (`role: assistant`) if it has not gone out yet.
@@ -902,6 +913,23 @@ impl AnthropicResponse {
         self.write_chunk(out, delta, None)
     }
 
+    /// [`Self::write_text`] for text that is already the body of a JSON string.
+    fn write_escaped_text(
+        &mut self,
+        out: &mut Vec<u8>,
+        escaped_text: &str,
+    ) -> Result<(), GatewayError> {
+        if escaped_text.is_empty() {
+            return Ok(());
+        }
+        self.start(out)?;
+        let frame = self.frame.get_or_insert_with(|| {
+            ChunkFrame::new(&self.id, self.created, &self.model, self.include_usage)
+        });
+        frame.write_escaped_content(out, escaped_text);
+        Ok(())
+    }
+
     fn write_tool_delta(
         &mut self,
         out: &mut Vec<u8>,
@@ -926,25 +954,27 @@ impl AnthropicResponse {
 
     fn handle_event(
         &mut self,
-        event: &SseEvent,
+        event: SseEventRef<'_>,
         out: &mut Vec<u8>,
         usage: &mut Usage,
     ) -> Result<(), GatewayError> {
-        let parsed: StreamEvent<'_> = serde_json::from_str(&event.data).map_err(|error| {
+        let parsed: StreamEvent<'_> = serde_json::from_str(event.data).map_err(|error| {
             GatewayError::BadUpstreamResponse(format!(
                 "invalid Anthropic stream event {:?}: {error}",
                 event.event
             ))
         })?;
-        let kind = parsed.kind.as_deref().unwrap_or(event.event.as_str());
+        let kind = parsed.kind.as_deref().unwrap_or(event.event);
         match kind {
             "message_start" => {
                 if let Some(message) = parsed.message {
                     if let Some(id) = message.id {
                         self.id = id.0.into_owned();
+                        self.frame = None;
                     }
                     if let Some(model) = message.model {
                         self.model = model.0.into_owned();
+                        self.frame = None;
                     }
                     if let Some(reported) = message.usage {
                         // output_tokens here is a placeholder; message_delta has the count.
@@ -1162,11 +1192,18 @@ impl ProviderResponse for AnthropicResponse {
         if self.done {
             return Ok(ChunkOutput::Replaced);
         }
-        let mut events = std::mem::take(&mut self.events);
-        events.clear();
-        let result = self.translate_events(chunk, &mut events, out, usage);
-        events.clear();
-        self.events = events;
+        // The parser lends events while the translator writes: take it out for the feed.
+        let mut parser = std::mem::take(&mut self.parser);
+        let result = parser.feed(chunk, |event| {
+            if self.done {
+                return Ok(());
+            }
+            match plain_text_delta(event.data) {
+                Some(escaped_text) => self.write_escaped_text(out, escaped_text),
+                None => self.handle_event(event, out, usage),
+            }
+        });
+        self.parser = parser;
         result?;
         if end_of_stream && !self.done {
             self.done = true;
@@ -1181,27 +1218,6 @@ impl ProviderResponse for AnthropicResponse {
             );
         }
         Ok(ChunkOutput::Replaced)
-    }
-}
-
-impl AnthropicResponse {
-    fn translate_events(
-        &mut self,
-        chunk: &[u8],
-        events: &mut Vec<SseEvent>,
-        out: &mut Vec<u8>,
-        usage: &mut Usage,
-    ) -> Result<(), GatewayError> {
-        self.parser
-            .feed(chunk, events)
-            .map_err(|error| GatewayError::BadUpstreamResponse(error.to_string()))?;
-        for event in events.iter() {
-            if self.done {
-                break;
-            }
-            self.handle_event(event, out, usage)?;
-        }
-        Ok(())
     }
 }
 
@@ -1349,6 +1365,27 @@ mod tests {
             )
             .unwrap_err();
         assert_eq!(error.status(), 502);
+    }
+
+    #[test]
+    fn plain_text_deltas_take_the_short_path_and_odd_ones_do_not() {
+        let event = |text: &str| {
+            format!(
+                r#"{{"type":"content_block_delta","index":12,"delta":{{"type":"text_delta","text":"{text}"}}}}"#
+            )
+        };
+        assert_eq!(plain_text_delta(&event("Hi")), Some("Hi"));
+        assert_eq!(plain_text_delta(&event(r#"a\n\"b\""#)), Some(r#"a\n\"b\""#));
+        // The text's last backslash escapes the quote: not a complete string.
+        assert_eq!(plain_text_delta(&event(r"a\")), None);
+        for other in [
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"{"}}"#,
+            r#"{"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}}"#,
+            r#"{"type":"content_block_delta","index":,"delta":{"type":"text_delta","text":"Hi"}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi","x":1}}"#,
+        ] {
+            assert_eq!(plain_text_delta(other), None, "{other}");
+        }
     }
 
     #[test]

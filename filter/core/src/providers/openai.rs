@@ -10,7 +10,9 @@ use serde::Deserialize;
 use crate::providers::{openai_shaped_error, ChunkOutput, ProviderResponse, UpstreamRequest};
 use crate::request::{apply_edits, object_insert_point, ChatRequestSummary, Edit};
 use crate::snapshot::Deployment;
-use crate::sse::{SseEvent, SseParser};
+use std::ops::Range;
+
+use crate::sse::SseParser;
 use crate::{GatewayError, Usage};
 
 /// Builds the upstream request.
@@ -57,7 +59,7 @@ pub fn build_request(
     };
     let mut headers = vec![("content-type", "application/json".to_string())];
     if !deployment.api_key.is_empty() {
-        headers.push(("authorization", format!("Bearer {}", deployment.api_key)));
+        headers.push(("authorization", ["Bearer ", &deployment.api_key].concat()));
     }
     Ok(UpstreamRequest {
         path: "/chat/completions".to_string(),
@@ -106,9 +108,50 @@ struct ChunkUsage {
     choices: Option<Vec<serde::de::IgnoredAny>>,
 }
 
+/// The top-level `usage` of a buffered answer.
+fn buffered_usage(body: &[u8]) -> Option<OpenAiUsage> {
+    match top_level_usage_in_tail(body) {
+        Some(found) => found,
+        None => serde_json::from_slice::<UsageOnly>(body).ok()?.usage,
+    }
+}
+
+/// OpenAI writes `usage` after `choices`, so the last `"usage"` key of the body is read
+/// together with the members after it, instead of running the whole answer's text through
+/// the parser. `None` when that key is absent, nested or not followed by a well-formed tail
+/// of the top-level object: the caller then parses the whole body.
+///
+/// A `"usage"` inside a string cannot match, because quotes in JSON strings are escaped; a
+/// nested `usage` object fails the tail check, since its parent object closes before the end.
+fn top_level_usage_in_tail(body: &[u8]) -> Option<Option<OpenAiUsage>> {
+    let key = memchr::memmem::rfind(body, b"\"usage\"")?;
+    let value = body
+        .get(key + b"\"usage\"".len()..)?
+        .trim_ascii_start()
+        .strip_prefix(b":")?;
+    let mut values = serde_json::Deserializer::from_slice(value).into_iter::<Option<OpenAiUsage>>();
+    let usage = values.next()?.ok()?;
+    let after = value.get(values.byte_offset()..)?.trim_ascii();
+    if after == b"}" {
+        return Some(usage);
+    }
+    // Later members: they and the closing brace must form the rest of one object.
+    let members = after.strip_prefix(b",")?;
+    let mut rest = Vec::with_capacity(members.len() + 1);
+    rest.push(b'{');
+    rest.extend_from_slice(members);
+    serde_json::from_slice::<serde::de::IgnoredAny>(&rest).ok()?;
+    Some(usage)
+}
+
 /// Whether a stream chunk may report usage: it has a `"usage"` key whose value is not
 /// `null` (OpenAI sends `"usage":null` on every chunk when include_usage is on).
 fn may_carry_usage(data: &[u8]) -> bool {
+    // With include_usage on, OpenAI ends every chunk but the last with `"usage":null}`: the
+    // object's last member, so the top-level one, and no search is needed.
+    if data.trim_ascii_end().ends_with(br#""usage":null}"#) {
+        return false;
+    }
     memchr::memmem::find_iter(data, b"\"usage\"").any(|at| {
         let rest = data.get(at + 7..).unwrap_or_default().trim_ascii_start();
         let Some(rest) = rest.strip_prefix(b":") else {
@@ -119,12 +162,20 @@ fn may_carry_usage(data: &[u8]) -> bool {
 }
 
 /// Response side of an OpenAI-compatible request.
+///
+/// Streams are forwarded byte for byte. When the gateway forced `include_usage` on, the
+/// usage-only chunk must not reach the client, so the bytes of an event are held back until
+/// the event has ended and it is known not to be that chunk.
 #[derive(Debug)]
 pub struct OpenAiResponse {
     /// The gateway forced include_usage; the usage-only chunk must not reach the client.
     strip_usage_chunk: bool,
     parser: SseParser,
-    events: Vec<SseEvent>,
+    /// Bytes of an event that has not ended yet (only when stripping).
+    held: Vec<u8>,
+    /// Ranges of the current chunk that belong to the usage-only chunk (only when stripping);
+    /// a field so its capacity is reused from chunk to chunk.
+    stripped: Vec<Range<usize>>,
 }
 
 impl OpenAiResponse {
@@ -133,7 +184,8 @@ impl OpenAiResponse {
         OpenAiResponse {
             strip_usage_chunk: stream && !client_include_usage,
             parser: SseParser::default(),
-            events: Vec::new(),
+            held: Vec::new(),
+            stripped: Vec::new(),
         }
     }
 }
@@ -149,10 +201,7 @@ impl ProviderResponse for OpenAiResponse {
         usage: &mut Usage,
     ) -> Result<Option<Vec<u8>>, GatewayError> {
         // A compatible server's odd body still reaches the client; only the count is lost.
-        if let Ok(UsageOnly {
-            usage: Some(reported),
-        }) = serde_json::from_slice::<UsageOnly>(body)
-        {
+        if let Some(reported) = buffered_usage(body) {
             usage.merge(reported.into());
         }
         Ok(None)
@@ -165,45 +214,150 @@ impl ProviderResponse for OpenAiResponse {
     fn translate_stream(
         &mut self,
         chunk: &[u8],
-        _end_of_stream: bool,
+        end_of_stream: bool,
         out: &mut Vec<u8>,
         usage: &mut Usage,
     ) -> Result<ChunkOutput, GatewayError> {
-        self.events.clear();
-        self.parser
-            .feed(chunk, &mut self.events)
-            .map_err(|error| GatewayError::BadUpstreamResponse(error.to_string()))?;
-        for event in &self.events {
+        let strip = self.strip_usage_chunk;
+        let held_before = !self.held.is_empty();
+        // Where the next event's bytes start in `chunk` (the first event also owns `held`).
+        let mut event_start = 0;
+        let mut dispatched = false;
+        let mut held_stripped = false;
+        self.stripped.clear();
+        let stripped = &mut self.stripped;
+        self.parser.feed(chunk, |event| {
             let mut usage_only_chunk = false;
             // Most chunks carry no usage (or `"usage":null`); skip the parse for them.
             if may_carry_usage(event.data.as_bytes()) {
-                if let Ok(parsed) = serde_json::from_str::<ChunkUsage>(&event.data) {
+                if let Ok(parsed) = serde_json::from_str::<ChunkUsage>(event.data) {
                     if let Some(reported) = parsed.usage {
                         usage.merge(reported.into());
                         usage_only_chunk = parsed.choices.is_some_and(|choices| choices.is_empty());
                     }
                 }
             }
-            if self.strip_usage_chunk && !usage_only_chunk {
-                if !event.event.is_empty() {
-                    out.extend_from_slice(b"event: ");
-                    out.extend_from_slice(event.event.as_bytes());
-                    out.push(b'\n');
-                }
-                crate::sse::write_data_event(out, event.data.as_bytes());
+            if strip && usage_only_chunk {
+                held_stripped |= !dispatched && held_before;
+                stripped.push(event_start..event.end);
             }
+            dispatched = true;
+            event_start = event.end;
+            Ok::<(), GatewayError>(())
+        })?;
+        if !strip {
+            return Ok(ChunkOutput::Unchanged);
         }
-        Ok(if self.strip_usage_chunk {
-            ChunkOutput::Replaced
+        let ends_on_event = event_start == chunk.len() || end_of_stream;
+        if self.stripped.is_empty() && !held_before && ends_on_event {
+            return Ok(ChunkOutput::Unchanged);
+        }
+        if !dispatched && !end_of_stream {
+            self.held.extend_from_slice(chunk);
+            return Ok(ChunkOutput::Replaced);
+        }
+        if !held_stripped {
+            out.extend_from_slice(&self.held);
+        }
+        self.held.clear();
+        let mut from = 0;
+        for range in &self.stripped {
+            out.extend_from_slice(&chunk[from..range.start]);
+            from = range.end;
+        }
+        // A stream that ends inside an event still delivers that event's bytes.
+        let until = if end_of_stream {
+            chunk.len()
         } else {
-            ChunkOutput::Unchanged
-        })
+            event_start
+        };
+        out.extend_from_slice(&chunk[from..until]);
+        self.held.extend_from_slice(&chunk[until..]);
+        Ok(ChunkOutput::Replaced)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::may_carry_usage;
+    use super::{buffered_usage, may_carry_usage, top_level_usage_in_tail, OpenAiResponse};
+    use crate::providers::{ChunkOutput, ProviderResponse};
+    use crate::Usage;
+
+    #[test]
+    fn held_bytes_go_out_when_their_event_ends_or_the_stream_does() {
+        let mut response = OpenAiResponse::new(true, false);
+        let mut usage = Usage::default();
+        let mut out = Vec::new();
+        let mut feed = |chunk: &[u8], end: bool, out: &mut Vec<u8>| {
+            out.clear();
+            response
+                .translate_stream(chunk, end, out, &mut usage)
+                .unwrap()
+        };
+        // A whole event: forwarded untouched.
+        assert_eq!(
+            feed(b"data: {\"choices\":[{}]}\n\n", false, &mut out),
+            ChunkOutput::Unchanged
+        );
+        // An event and the start of the next: the start is held.
+        assert_eq!(
+            feed(b"data: {\"choices\":[{}]}\n\ndata: {\"cho", false, &mut out),
+            ChunkOutput::Replaced
+        );
+        assert_eq!(out, b"data: {\"choices\":[{}]}\n\n");
+        // No event ends here: everything is held.
+        assert_eq!(feed(b"ices\":", false, &mut out), ChunkOutput::Replaced);
+        assert!(out.is_empty());
+        // The held event turns out to be the usage chunk: dropped, the rest goes on.
+        assert_eq!(
+            feed(
+                b"[],\"usage\":{\"prompt_tokens\":3}}\n\ndata: [DONE]\n\ndata: {",
+                false,
+                &mut out
+            ),
+            ChunkOutput::Replaced
+        );
+        assert_eq!(out, b"data: [DONE]\n\n");
+        // The stream is cut inside an event: its bytes still reach the client.
+        assert_eq!(feed(b"\"x\":1", true, &mut out), ChunkOutput::Replaced);
+        assert_eq!(out, b"data: {\"x\":1");
+        assert_eq!(usage.prompt_tokens, Some(3));
+    }
+
+    fn prompt_tokens(body: &str) -> Option<u64> {
+        buffered_usage(body.as_bytes()).and_then(|usage| usage.prompt_tokens)
+    }
+
+    #[test]
+    fn buffered_usage_is_read_from_the_tail() {
+        let openai = r#"{"id":"c","choices":[{"message":{"content":"the \"usage\":{} text"}}],"usage":{"prompt_tokens":7,"completion_tokens":2},"service_tier":"default","system_fingerprint":"fp"}"#;
+        assert_eq!(prompt_tokens(openai), Some(7));
+        assert!(top_level_usage_in_tail(openai.as_bytes()).is_some());
+        let last = r#"{"choices":[],"usage" : {"prompt_tokens":3} }  "#;
+        assert_eq!(prompt_tokens(last), Some(3));
+        assert!(top_level_usage_in_tail(last.as_bytes()).is_some());
+    }
+
+    #[test]
+    fn a_nested_or_odd_usage_falls_back_to_the_whole_body() {
+        // The last "usage" key is nested: the tail check refuses it, the full parse finds the
+        // top-level one.
+        let nested = r#"{"usage":{"prompt_tokens":5},"choices":[],"x_extra":{"usage":{"prompt_tokens":99}}}"#;
+        assert!(top_level_usage_in_tail(nested.as_bytes()).is_none());
+        assert_eq!(prompt_tokens(nested), Some(5));
+        // "usage" as a string value, not a key.
+        let value = r#"{"usage":{"prompt_tokens":4},"note":"usage"}"#;
+        assert!(top_level_usage_in_tail(value.as_bytes()).is_none());
+        assert_eq!(prompt_tokens(value), Some(4));
+        // A broken tail is not trusted, and the broken body counts nothing.
+        assert_eq!(prompt_tokens(r#"{"usage":{"prompt_tokens":4},"a":}"#), None);
+        assert_eq!(
+            prompt_tokens(r#"{"usage":{"prompt_tokens":4}} trailing"#),
+            None
+        );
+        assert_eq!(prompt_tokens(r#"{"usage":null}"#), None);
+        assert_eq!(prompt_tokens(r#"{"choices":[]}"#), None);
+    }
 
     #[test]
     fn usage_null_chunks_skip_the_parse() {
