@@ -1180,8 +1180,10 @@ async fn run() -> Result<()> {
     let dir = std::env::temp_dir().join(format!("tollgate-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let mut results = Results::default();
-    if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "throughput") {
-        return quick_throughput(&dir, tp_secs, ticks_per_s).await;
+    match std::env::var("BENCH_ONLY").as_deref() {
+        Ok("throughput") => return quick_throughput(&dir, tp_secs, ticks_per_s).await,
+        Ok("memory") => return quick_memory(&dir, keys_wanted).await,
+        _ => {}
     }
 
     eprintln!("==> callgrind on the translate path");
@@ -1353,6 +1355,52 @@ async fn run() -> Result<()> {
     );
     drop(stack);
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// `BENCH_ONLY=memory`: the idle memory rows (bare Envoy, the empty floor filter, Tollgate
+/// with no snapshot, 10 keys and `keys_wanted` keys), printed, with the filter's own log of
+/// its linear memory. The stack's directory is kept for its logs.
+async fn quick_memory(dir: &Path, keys_wanted: usize) -> Result<()> {
+    let stack = Stack::start(dir).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mb = |kb: u64| kb as f64 / 1024.0;
+    let bare = vm_rss_kb(stack.bare_envoy.pid()).unwrap_or(0);
+    println!("bare Envoy                          {:>7.1} MB", mb(bare));
+    let floor = vm_rss_kb(stack.floor_noop.envoy.pid()).unwrap_or(0);
+    println!("empty floor filter                  {:>7.1} MB", mb(floor));
+    let none = filter_without_snapshot_rss(dir).await.unwrap_or(0);
+    println!("Tollgate, no snapshot               {:>7.1} MB", mb(none));
+    for (from, count) in [(0, 10), (10, keys_wanted)] {
+        let created =
+            generate_keys(stack.tollgate_port, from, count, Duration::from_secs(300)).await;
+        let key = created
+            .last_key
+            .clone()
+            .unwrap_or_else(|| MASTER_KEY.to_string());
+        let _ = wait_until("the key snapshot", Duration::from_secs(60), || {
+            let key = key.clone();
+            async move { models_listed(stack.tollgate_port, &key).await }
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let rss = vm_rss_kb(stack.tollgate_envoy.pid()).unwrap_or(0);
+        println!(
+            "Tollgate, {:>5} keys                {:>7.1} MB ({:+.1} MB over bare)",
+            from + created.created,
+            mb(rss),
+            mb(rss) - mb(bare)
+        );
+    }
+    let log = std::fs::read_to_string(dir.join("envoy-tollgate.log")).unwrap_or_default();
+    for line in log
+        .lines()
+        .filter(|line| line.contains("installed snapshot"))
+    {
+        println!("{line}");
+    }
+    println!("logs: {}", dir.display());
+    drop(stack);
     Ok(())
 }
 

@@ -285,26 +285,35 @@ impl TollgateRoot {
         }
     }
 
-    fn install(&mut self, message: &[u8]) {
-        let control = match proto::ControlMessage::decode(message) {
+    /// Decodes and installs a control-plane message. The message, the decoded snapshot and
+    /// the states old and new are never all alive at once: a VM's linear memory only grows,
+    /// so the peak of this function is what the VM keeps for good.
+    fn install(&mut self, message: Vec<u8>) {
+        let control = match proto::ControlMessage::decode(message.as_slice()) {
             Ok(control) => control,
             Err(error) => {
                 log::error!("tollgate: undecodable control-plane message: {error}");
                 return;
             }
         };
+        drop(message);
         let Some(control_message::Kind::Snapshot(snapshot)) = control.kind else {
             return;
         };
+        let keys = snapshot.keys.len();
+        // Requests in flight keep the old state alive through their own Rc; the VM does not
+        // need it while the new one is built (nothing else runs meanwhile).
+        self.shared.borrow_mut().state = None;
         let (state, problems) = State::from_snapshot(snapshot);
         for problem in &problems {
             log::warn!("tollgate: snapshot {}: {problem}", state.version);
         }
         log::info!(
-            "tollgate: vm {} installed snapshot {} ({} models)",
+            "tollgate: vm {} installed snapshot {} ({} models, {keys} keys; linear memory {} KiB)",
             self.vm_id,
             state.version,
-            state.model_names().len()
+            state.model_names().len(),
+            linear_memory_kib()
         );
         let version = state.version;
         self.shared.borrow_mut().state = Some(Rc::new(state));
@@ -314,6 +323,18 @@ impl TollgateRoot {
             };
             host::send_stream_message(token, &ack.encode_to_vec());
         }
+    }
+}
+
+/// Size of this VM's linear memory (it never shrinks: the high-water mark of the heap).
+fn linear_memory_kib() -> usize {
+    #[cfg(target_arch = "wasm32")]
+    {
+        core::arch::wasm32::memory_size::<0>() * 64
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        0
     }
 }
 
@@ -329,7 +350,7 @@ impl Context for TollgateRoot {
             self.next_attempt_ms = 0;
         }
         if let Some(message) = host::grpc_message(message_size) {
-            self.install(&message);
+            self.install(message);
         }
     }
 
