@@ -337,13 +337,9 @@ fn envoy_command(bootstrap: &Path) -> Command {
         .arg(envoy_binary())
         .arg("-c")
         .arg(bootstrap)
-        .args([
-            "--concurrency",
-            "1",
-            "--use-dynamic-base-id",
-            "--log-level",
-            "warn",
-        ]);
+        .args(["--concurrency", "1", "--use-dynamic-base-id", "--log-level"])
+        // BENCH_ENVOY_LOG=info shows the filter's own log (snapshots, linear memory).
+        .arg(std::env::var("BENCH_ENVOY_LOG").unwrap_or_else(|_| "warn".to_string()));
     command
 }
 

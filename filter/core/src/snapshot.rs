@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::metrics::sanitize_stat_segment;
+use prost::Message;
+
 use crate::proto;
 
 /// Body limit when the control plane does not set one (LiteLLM has none; Envoy buffers the
@@ -211,23 +213,7 @@ impl State {
         }
         let mut keys = HashMap::with_capacity(snapshot.keys.len());
         for (index, key) in snapshot.keys.into_iter().enumerate() {
-            let Some(hash) = decode_sha256(&key.key_sha256) else {
-                problems.push(format!(
-                    "keys[{index}]: key_sha256 is not a SHA-256 hex digest"
-                ));
-                continue;
-            };
-            keys.insert(
-                hash,
-                Arc::new(VirtualKey {
-                    alias: key.key_alias,
-                    user_id: key.user_id,
-                    team_id: key.team_id,
-                    models: key.models,
-                    blocked: key.blocked,
-                    expires_unix_ms: key.expires_unix_ms,
-                }),
-            );
+            add_key(&mut keys, index, key, &mut problems);
         }
         let models_json = render_models(&model_order, &models, |_| true);
         let state = State {
@@ -247,6 +233,39 @@ impl State {
             models_json,
         };
         (state, problems)
+    }
+
+    /// Checks a control-plane message and decodes all of it but its keys; `Ok(None)` when it
+    /// carries no snapshot. [`SnapshotMessage::into_state`] then builds the state. Split so
+    /// a VM can let its current state go between the two: the check is what can fail.
+    pub fn check_control_message(
+        message: &[u8],
+    ) -> Result<Option<SnapshotMessage<'_>>, SnapshotDecodeError> {
+        let mut snapshot_bytes = None;
+        for_each_length_delimited_field(message, |tag, payload| {
+            if tag == CONTROL_MESSAGE_SNAPSHOT_TAG {
+                snapshot_bytes = Some(payload);
+            }
+            Ok(())
+        })?;
+        let Some(snapshot_bytes) = snapshot_bytes else {
+            return Ok(None);
+        };
+        let mut key_count = 0;
+        for_each_length_delimited_field(snapshot_bytes, |tag, payload| {
+            if tag == SNAPSHOT_KEYS_TAG {
+                proto::VirtualKey::decode(payload)?;
+                key_count += 1;
+            }
+            Ok(())
+        })?;
+        // Everything but the keys (prost skips their field).
+        let head = SnapshotWithoutKeys::decode(snapshot_bytes)?;
+        Ok(Some(SnapshotMessage {
+            head,
+            snapshot_bytes,
+            key_count,
+        }))
     }
 
     /// The deployments of a public model name.
@@ -293,6 +312,149 @@ fn nonzero_or(value: u64, default: u64) -> u64 {
 fn decode_sha256(hex_digest: &str) -> Option<[u8; 32]> {
     let bytes = hex::decode(hex_digest.trim()).ok()?;
     bytes.try_into().ok()
+}
+
+fn add_key(
+    keys: &mut HashMap<[u8; 32], Arc<VirtualKey>>,
+    index: usize,
+    key: proto::VirtualKey,
+    problems: &mut Vec<String>,
+) {
+    let Some(hash) = decode_sha256(&key.key_sha256) else {
+        problems.push(format!(
+            "keys[{index}]: key_sha256 is not a SHA-256 hex digest"
+        ));
+        return;
+    };
+    keys.insert(
+        hash,
+        Arc::new(VirtualKey {
+            alias: key.key_alias,
+            user_id: key.user_id,
+            team_id: key.team_id,
+            models: key.models,
+            blocked: key.blocked,
+            expires_unix_ms: key.expires_unix_ms,
+        }),
+    );
+}
+
+/// A control-plane message that could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotDecodeError {
+    /// The message's framing is broken.
+    #[error("malformed protobuf: {0}")]
+    Malformed(&'static str),
+    /// A field's content is invalid.
+    #[error(transparent)]
+    Protobuf(#[from] prost::DecodeError),
+}
+
+/// `ControlMessage.kind.snapshot`.
+const CONTROL_MESSAGE_SNAPSHOT_TAG: u32 = 1;
+/// `Snapshot.keys`.
+const SNAPSHOT_KEYS_TAG: u32 = 4;
+
+/// A checked control-plane message (see [`State::check_control_message`]).
+#[derive(Debug)]
+pub struct SnapshotMessage<'m> {
+    head: SnapshotWithoutKeys,
+    snapshot_bytes: &'m [u8],
+    key_count: usize,
+}
+
+impl SnapshotMessage<'_> {
+    /// The snapshot's version.
+    pub fn version(&self) -> u64 {
+        self.head.version
+    }
+
+    /// The snapshot's number of keys.
+    pub fn key_count(&self) -> usize {
+        self.key_count
+    }
+
+    /// Builds the state. The keys go from the message into the state's map one at a time,
+    /// never all decoded at once in a `Vec` (which, with its growth, would more than double
+    /// the memory a large snapshot needs).
+    pub fn into_state(self) -> (State, Vec<String>) {
+        let (mut state, mut problems) = State::from_snapshot(proto::Snapshot {
+            version: self.head.version,
+            settings: self.head.settings,
+            deployments: self.head.deployments,
+            keys: Vec::new(),
+        });
+        state.keys.reserve(self.key_count);
+        let mut index = 0;
+        let walked = for_each_length_delimited_field(self.snapshot_bytes, |tag, payload| {
+            if tag == SNAPSHOT_KEYS_TAG {
+                add_key(
+                    &mut state.keys,
+                    index,
+                    proto::VirtualKey::decode(payload)?,
+                    &mut problems,
+                );
+                index += 1;
+            }
+            Ok(())
+        });
+        // The check decoded every key already; this cannot fail, but is not hidden if it does.
+        if let Err(error) = walked {
+            problems.push(format!("keys[{index}] and after: {error}"));
+        }
+        (state, problems)
+    }
+}
+
+/// `proto::Snapshot` without its keys, which [`SnapshotMessage::into_state`] reads one by one.
+#[derive(Clone, PartialEq, prost::Message)]
+struct SnapshotWithoutKeys {
+    #[prost(uint64, tag = "1")]
+    version: u64,
+    #[prost(message, optional, tag = "2")]
+    settings: Option<proto::Settings>,
+    #[prost(message, repeated, tag = "3")]
+    deployments: Vec<proto::Deployment>,
+}
+
+/// Walks the fields of one protobuf message, handing each length-delimited field's tag and
+/// payload to `visit` and stepping over the others.
+fn for_each_length_delimited_field<'m>(
+    mut message: &'m [u8],
+    mut visit: impl FnMut(u32, &'m [u8]) -> Result<(), SnapshotDecodeError>,
+) -> Result<(), SnapshotDecodeError> {
+    use prost::encoding::{decode_varint, WireType};
+    while !message.is_empty() {
+        let key = decode_varint(&mut message)?;
+        let tag = u32::try_from(key >> 3)
+            .map_err(|_| SnapshotDecodeError::Malformed("field tag out of range"))?;
+        let skip = match WireType::try_from(key & 0x7)? {
+            WireType::Varint => {
+                decode_varint(&mut message)?;
+                0
+            }
+            WireType::SixtyFourBit => 8,
+            WireType::ThirtyTwoBit => 4,
+            WireType::LengthDelimited => {
+                let length = usize::try_from(decode_varint(&mut message)?)
+                    .map_err(|_| SnapshotDecodeError::Malformed("length out of range"))?;
+                let payload = message
+                    .get(..length)
+                    .ok_or_else(|| SnapshotDecodeError::Malformed("truncated field"))?;
+                visit(tag, payload)?;
+                length
+            }
+            WireType::StartGroup | WireType::EndGroup => {
+                return Err(SnapshotDecodeError::Malformed(
+                    "groups are not used by this protocol",
+                ))
+            }
+        };
+        message = message
+            .get(skip..)
+            .ok_or_else(|| SnapshotDecodeError::Malformed("truncated field"))?;
+    }
+    Ok(())
 }
 
 fn build_deployment(deployment: proto::Deployment) -> Result<Deployment, String> {
@@ -397,6 +559,96 @@ pub(crate) mod tests {
             default_max_tokens: 0,
             api_version: String::new(),
         }
+    }
+
+    #[test]
+    fn a_control_message_decodes_to_the_state_of_its_snapshot() {
+        let keys: Vec<proto::VirtualKey> = (0u8..40)
+            .map(|i| proto::VirtualKey {
+                key_sha256: hex::encode([i; 32]),
+                key_alias: format!("alias-{i}"),
+                models: vec!["gpt".into()],
+                blocked: i % 7 == 0,
+                ..Default::default()
+            })
+            .chain(std::iter::once(proto::VirtualKey {
+                key_sha256: "not-hex".into(),
+                ..Default::default()
+            }))
+            .collect();
+        let snapshot = proto::Snapshot {
+            version: 7,
+            settings: Some(proto::Settings {
+                master_key_sha256: hex::encode([9; 32]),
+                max_request_body_bytes: 1234,
+                ..Default::default()
+            }),
+            deployments: vec![
+                deployment("gpt", proto::ProviderKind::Openai, "http://127.0.0.1:9/v1"),
+                deployment(
+                    "claude",
+                    proto::ProviderKind::Anthropic,
+                    "http://127.0.0.1:9",
+                ),
+            ],
+            keys,
+        };
+        let message = proto::ControlMessage {
+            kind: Some(proto::control_message::Kind::Snapshot(snapshot.clone())),
+        }
+        .encode_to_vec();
+        let checked = State::check_control_message(&message).unwrap().unwrap();
+        assert_eq!((checked.version(), checked.key_count()), (7, 41));
+        let (streamed, streamed_problems) = checked.into_state();
+        let (whole, whole_problems) = State::from_snapshot(snapshot);
+        assert_eq!(streamed_problems, whole_problems);
+        assert_eq!(
+            streamed_problems,
+            vec!["keys[40]: key_sha256 is not a SHA-256 hex digest"]
+        );
+        assert_eq!(streamed.version, whole.version);
+        assert_eq!(streamed.master_key_sha256, whole.master_key_sha256);
+        assert_eq!(streamed.max_request_body_bytes, 1234);
+        assert_eq!(streamed.model_names(), whole.model_names());
+        assert_eq!(streamed.models_json(), whole.models_json());
+        assert_eq!(streamed.key_count(), 40);
+        for i in 0u8..40 {
+            let (a, b) = (
+                streamed.key(&[i; 32]).unwrap(),
+                whole.key(&[i; 32]).unwrap(),
+            );
+            assert_eq!(
+                (&a.alias, &a.models, a.blocked),
+                (&b.alias, &b.models, b.blocked)
+            );
+        }
+    }
+
+    #[test]
+    fn a_broken_control_message_is_refused_whole_and_an_empty_one_has_no_snapshot() {
+        let message = proto::ControlMessage {
+            kind: Some(proto::control_message::Kind::Snapshot(proto::Snapshot {
+                version: 1,
+                keys: vec![proto::VirtualKey {
+                    key_sha256: hex::encode([1; 32]),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })),
+        }
+        .encode_to_vec();
+        for cut in 1..message.len() {
+            assert!(
+                State::check_control_message(&message[..cut]).is_err(),
+                "cut at {cut}"
+            );
+        }
+        // Invalid UTF-8 inside a key: framing is fine, the content is not.
+        let mut bad_text = message.clone();
+        let at = bad_text.len() - 1;
+        bad_text[at] = 0xff;
+        assert!(State::check_control_message(&bad_text).is_err());
+        assert!(State::check_control_message(&[]).unwrap().is_none());
     }
 
     #[test]

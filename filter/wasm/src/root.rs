@@ -9,7 +9,7 @@ use std::time::Duration;
 use prost::Message;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, MetricType};
-use tollgate_core::proto::{self, control_message, filter_message};
+use tollgate_core::proto::{self, filter_message};
 use tollgate_core::snapshot::Deployment;
 use tollgate_core::usage::Usage;
 use tollgate_core::{metrics, PluginConfig, State};
@@ -28,8 +28,15 @@ const MAX_RECONNECT_DELAY_MS: u64 = 5_000;
 
 /// What the root context shares with the HTTP contexts of its VM.
 pub struct VmShared {
-    /// Newest snapshot; `None` until the first arrives.
+    /// Newest snapshot; `None` until the first arrives (or, in a VM that has not served a
+    /// request yet, until it does).
     pub state: Option<Rc<State>>,
+    /// Whether this VM has served a request. Envoy also runs a VM on its main thread, which
+    /// never does: until a VM serves, it keeps the newest snapshot as the bytes it came in
+    /// ([`Self::undecoded`]), a fraction of the decoded state's size.
+    serving: bool,
+    /// The newest control-plane message, while the VM is not serving.
+    undecoded: Option<Vec<u8>>,
     /// Static plugin configuration.
     pub config: PluginConfig,
     usage: VecDeque<proto::UsageRecord>,
@@ -202,6 +209,8 @@ impl TollgateRoot {
             vm_id: String::new(),
             shared: Rc::new(RefCell::new(VmShared {
                 state: None,
+                serving: false,
+                undecoded: None,
                 config: PluginConfig::default(),
                 usage: VecDeque::new(),
                 metric_ids: HashMap::new(),
@@ -285,44 +294,79 @@ impl TollgateRoot {
         }
     }
 
-    /// Decodes and installs a control-plane message. The message, the decoded snapshot and
-    /// the states old and new are never all alive at once: a VM's linear memory only grows,
-    /// so the peak of this function is what the VM keeps for good.
-    fn install(&mut self, message: Vec<u8>) {
-        let control = match proto::ControlMessage::decode(message.as_slice()) {
-            Ok(control) => control,
-            Err(error) => {
-                log::error!("tollgate: undecodable control-plane message: {error}");
-                return;
+    /// Takes a control-plane message: installs its snapshot in a serving VM, keeps its bytes
+    /// in one that is not, and acknowledges the version either way.
+    fn receive(&mut self, message: Vec<u8>) {
+        let version = {
+            let mut shared = self.shared.borrow_mut();
+            if shared.serving {
+                shared.install(message, &self.vm_id)
+            } else {
+                match proto::ControlMessageHead::decode(message.as_slice()) {
+                    Ok(head) => {
+                        let version = head.snapshot.map(|snapshot| snapshot.version);
+                        if version.is_some() {
+                            shared.undecoded = Some(message);
+                        }
+                        version
+                    }
+                    Err(error) => {
+                        log::error!("tollgate: undecodable control-plane message: {error}");
+                        None
+                    }
+                }
             }
         };
-        drop(message);
-        let Some(control_message::Kind::Snapshot(snapshot)) = control.kind else {
-            return;
-        };
-        let keys = snapshot.keys.len();
-        // Requests in flight keep the old state alive through their own Rc; the VM does not
-        // need it while the new one is built (nothing else runs meanwhile).
-        self.shared.borrow_mut().state = None;
-        let (state, problems) = State::from_snapshot(snapshot);
-        for problem in &problems {
-            log::warn!("tollgate: snapshot {}: {problem}", state.version);
-        }
-        log::info!(
-            "tollgate: vm {} installed snapshot {} ({} models, {keys} keys; linear memory {} KiB)",
-            self.vm_id,
-            state.version,
-            state.model_names().len(),
-            linear_memory_kib()
-        );
-        let version = state.version;
-        self.shared.borrow_mut().state = Some(Rc::new(state));
-        if let Some(token) = self.stream {
+        if let (Some(version), Some(token)) = (version, self.stream) {
             let ack = proto::FilterMessage {
                 kind: Some(filter_message::Kind::Ack(proto::SnapshotAck { version })),
             };
             host::send_stream_message(token, &ack.encode_to_vec());
         }
+    }
+}
+
+impl VmShared {
+    /// Marks the VM as serving, decoding the snapshot it kept as bytes until now.
+    pub fn start_serving(&mut self, vm_id: &str) {
+        if self.serving {
+            return;
+        }
+        self.serving = true;
+        if let Some(message) = self.undecoded.take() {
+            self.install(message, vm_id);
+        }
+    }
+
+    /// Decodes a control-plane message and installs its snapshot; returns its version. The
+    /// old state goes before the new one is built, and the keys are never decoded all at
+    /// once: a VM's linear memory only grows, so this function's peak is what the VM keeps.
+    fn install(&mut self, message: Vec<u8>, vm_id: &str) -> Option<u64> {
+        let checked = match State::check_control_message(&message) {
+            Ok(checked) => checked?,
+            Err(error) => {
+                log::error!("tollgate: undecodable control-plane message: {error}");
+                return None;
+            }
+        };
+        let keys = checked.key_count();
+        // Requests in flight keep the old state alive through their own Rc; the VM does not
+        // need it while the new one is built (nothing else runs meanwhile).
+        self.state = None;
+        let (state, problems) = checked.into_state();
+        drop(message);
+        for problem in &problems {
+            log::warn!("tollgate: snapshot {}: {problem}", state.version);
+        }
+        log::info!(
+            "tollgate: vm {vm_id} installed snapshot {} ({} models, {keys} keys; linear memory {} KiB)",
+            state.version,
+            state.model_names().len(),
+            linear_memory_kib()
+        );
+        let version = state.version;
+        self.state = Some(Rc::new(state));
+        Some(version)
     }
 }
 
@@ -350,7 +394,7 @@ impl Context for TollgateRoot {
             self.next_attempt_ms = 0;
         }
         if let Some(message) = host::grpc_message(message_size) {
-            self.install(message);
+            self.receive(message);
         }
     }
 
@@ -402,6 +446,7 @@ impl RootContext for TollgateRoot {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        self.shared.borrow_mut().start_serving(&self.vm_id);
         Some(Box::new(crate::http::TollgateHttp::new(
             self.shared.clone(),
         )))
