@@ -440,7 +440,7 @@ fn for_each_length_delimited_field<'m>(
                     .map_err(|_| SnapshotDecodeError::Malformed("length out of range"))?;
                 let payload = message
                     .get(..length)
-                    .ok_or_else(|| SnapshotDecodeError::Malformed("truncated field"))?;
+                    .ok_or(SnapshotDecodeError::Malformed("truncated field"))?;
                 visit(tag, payload)?;
                 length
             }
@@ -452,7 +452,7 @@ fn for_each_length_delimited_field<'m>(
         };
         message = message
             .get(skip..)
-            .ok_or_else(|| SnapshotDecodeError::Malformed("truncated field"))?;
+            .ok_or(SnapshotDecodeError::Malformed("truncated field"))?;
     }
     Ok(())
 }
