@@ -932,6 +932,21 @@ struct KeyOutcome {
 
 /// Creates virtual keys with LiteLLM's `POST /key/generate` (master key) through the
 /// gateway port, until `total` exist or `budget` runs out.
+/// The last key `generate_keys` created (the master key if none), once the snapshot holding
+/// it has reached the filter: the snapshot has arrived when the key is accepted.
+async fn key_in_snapshot(port: u16, created: &KeyOutcome) -> String {
+    let key = created
+        .last_key
+        .clone()
+        .unwrap_or_else(|| MASTER_KEY.to_string());
+    let _ = wait_until("the key snapshot", Duration::from_secs(60), || {
+        let key = key.clone();
+        async move { models_listed(port, &key).await }
+    })
+    .await;
+    key
+}
+
 async fn generate_keys(port: u16, already: usize, total: usize, budget: Duration) -> KeyOutcome {
     let start = Instant::now();
     let created = Arc::new(AtomicU64::new(already as u64));
@@ -1307,16 +1322,7 @@ async fn run() -> Result<()> {
             large.elapsed.as_secs_f64(),
             large.note
         );
-        let key = large
-            .last_key
-            .clone()
-            .unwrap_or_else(|| MASTER_KEY.to_string());
-        // The snapshot with the last key has arrived when the key is accepted.
-        let _ = wait_until("the key snapshot", Duration::from_secs(60), || {
-            let key = key.clone();
-            async move { models_listed(stack.tollgate_port, &key).await }
-        })
-        .await;
+        let key = key_in_snapshot(stack.tollgate_port, &large).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
         results.tollgate_many_keys_idle_kb = vm_rss_kb(stack.tollgate_envoy.pid()).unwrap_or(0);
         let spec = Route::TollgateOpenAi.spec(&stack, ONE_K, &key);
@@ -1370,15 +1376,7 @@ async fn quick_memory(dir: &Path, keys_wanted: usize) -> Result<()> {
     for (from, count) in [(0, 10), (10, keys_wanted)] {
         let created =
             generate_keys(stack.tollgate_port, from, count, Duration::from_secs(300)).await;
-        let key = created
-            .last_key
-            .clone()
-            .unwrap_or_else(|| MASTER_KEY.to_string());
-        let _ = wait_until("the key snapshot", Duration::from_secs(60), || {
-            let key = key.clone();
-            async move { models_listed(stack.tollgate_port, &key).await }
-        })
-        .await;
+        key_in_snapshot(stack.tollgate_port, &created).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
         let rss = vm_rss_kb(stack.tollgate_envoy.pid()).unwrap_or(0);
         println!(
