@@ -1930,6 +1930,13 @@ fn render(
     let _ = writeln!(s, "## Memory (Envoy VmRSS)\n");
     let _ = writeln!(
         s,
+        "At `--concurrency 1` Envoy runs the filter in two VMs: one on the main thread, which \
+         never serves a request and keeps the snapshot as the bytes it came in, and the worker's, \
+         which decodes it. Every Envoy here, bare included, releases tcmalloc's free heap each \
+         second (`memory_allocator_manager`).\n"
+    );
+    let _ = writeln!(
+        s,
         "| Envoy | snapshot | idle MB | under load MB (max) |\n|---|---|---|---|"
     );
     let _ = writeln!(
