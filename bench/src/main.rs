@@ -300,6 +300,39 @@ impl BenchEnvoy {
     }
 }
 
+impl BenchEnvoy {
+    /// Envoy running bench/native-floor, the empty native (dynamic-module) filter.
+    fn native_floor(dir: &Path, mock_port: u16, buffer_limit: &str) -> Result<BenchEnvoy> {
+        BenchEnvoy::start(
+            dir,
+            "envoy-native-floor",
+            "native-floor",
+            &[
+                ("{{MOCK_PORT}}", &mock_port.to_string()),
+                ("{{BUFFER_LIMIT_BYTES}}", buffer_limit),
+            ],
+        )
+    }
+}
+
+/// Idle memory of Envoy with the empty native filter, started and stopped for the reading.
+async fn native_floor_rss(dir: &Path, stack: &Stack) -> Result<u64> {
+    let native = BenchEnvoy::native_floor(dir, stack.mock_port, &stack.buffer_limit)?;
+    wait_until("native-floor Envoy", Duration::from_secs(60), || {
+        envoy_ready(native.admin)
+    })
+    .await?;
+    // The filter must really be in the chain: a request through it reaches the mock.
+    let mut spec = Route::BareOpenAi.spec(stack, ONE_K, MASTER_KEY);
+    spec.addr = local(native.port);
+    let mut sender = load::connect(spec.addr).await?;
+    load::send_one(&mut sender, &spec, Instant::now())
+        .await
+        .context("request through the native-floor Envoy")?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok(vm_rss_kb(native.envoy.pid()).unwrap_or(0))
+}
+
 fn floor_wasm_path() -> PathBuf {
     std::env::var_os("TOLLGATE_FLOOR_WASM")
         .map(PathBuf::from)
@@ -333,6 +366,8 @@ fn bench_config(mock_port: u16) -> String {
 fn envoy_command(bootstrap: &Path) -> Command {
     let mut command = Command::new("taskset");
     command
+        // Where the native floor's lib<name>.so is (only bench/envoy-native-floor.yaml loads it).
+        .env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", binary(""))
         .args(["-c", ENVOY_CPU])
         .arg(envoy_binary())
         .arg("-c")
@@ -1164,6 +1199,8 @@ struct Results {
     bare_idle_kb: u64,
     /// Envoy with the empty floor filter (bench/floor-filter, `noop`), idle.
     floor_noop_idle_kb: u64,
+    /// Idle RSS with the empty native (dynamic-module) filter; 0 when it could not run.
+    native_floor_idle_kb: u64,
     tollgate_idle_kb: u64,
     keys_small: Option<KeyOutcome>,
     keys_large: Option<KeyOutcome>,
@@ -1210,6 +1247,14 @@ async fn run() -> Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     results.bare_idle_kb = vm_rss_kb(stack.bare_envoy.pid()).unwrap_or(0);
     results.floor_noop_idle_kb = vm_rss_kb(stack.floor_noop.envoy.pid()).unwrap_or(0);
+    eprintln!("==> Envoy + empty native filter (dynamic module)");
+    results.native_floor_idle_kb = match native_floor_rss(&dir, &stack).await {
+        Ok(kb) => kb,
+        Err(error) => {
+            eprintln!("    native floor failed: {error:#}");
+            0
+        }
+    };
 
     eprintln!("==> Envoy + filter with no control plane (memory of the Wasm runtime alone)");
     results.filter_no_snapshot_kb = filter_without_snapshot_rss(&dir).await.unwrap_or(0);
@@ -1371,6 +1416,8 @@ async fn quick_memory(dir: &Path, keys_wanted: usize) -> Result<()> {
     println!("bare Envoy                          {:>7.1} MB", mb(bare));
     let floor = vm_rss_kb(stack.floor_noop.envoy.pid()).unwrap_or(0);
     println!("empty floor filter                  {:>7.1} MB", mb(floor));
+    let native = native_floor_rss(dir, &stack).await.unwrap_or(0);
+    println!("empty native filter                 {:>7.1} MB", mb(native));
     let none = filter_without_snapshot_rss(dir).await.unwrap_or(0);
     println!("Tollgate, no snapshot               {:>7.1} MB", mb(none));
     for (from, count) in [(0, 10), (10, keys_wanted)] {
@@ -1949,6 +1996,15 @@ fn render(
         s,
         "| with the empty floor filter (bench/floor-filter, a ~120 KB module) | - | {} | - |",
         mb(r.floor_noop_idle_kb)
+    );
+    let _ = writeln!(
+        s,
+        "| with the empty native filter (bench/native-floor, an Envoy dynamic module: no Wasm runtime) | - | {} | - |",
+        if r.native_floor_idle_kb == 0 {
+            "did not run (see the bench log)".to_string()
+        } else {
+            mb(r.native_floor_idle_kb).to_string()
+        }
     );
     let _ = writeln!(
         s,
