@@ -200,6 +200,49 @@ impl Collector {
     }
 }
 
+impl Collector {
+    /// Sends one request on `sender` and keeps its sample if `counts(finished_at)` says so;
+    /// after an error, reconnects. `false` when the connection cannot be made again.
+    async fn send(
+        &mut self,
+        sender: &mut Sender,
+        spec: &RequestSpec,
+        start: Instant,
+        counts: impl FnOnce(Instant) -> bool,
+    ) -> bool {
+        match send_one(sender, spec, start).await {
+            Ok(sample) => {
+                if counts(Instant::now()) {
+                    self.samples.push(sample);
+                }
+                true
+            }
+            Err(error) => {
+                self.error(&error);
+                match connect(spec.addr).await {
+                    Ok(new) => {
+                        *sender = new;
+                        true
+                    }
+                    Err(_) => false,
+                }
+            }
+        }
+    }
+
+    /// Waits for the connections' tasks and merges what they measured.
+    async fn join(
+        tasks: Vec<tokio::task::JoinHandle<Collector>>,
+        duration: Duration,
+    ) -> Result<RunResult> {
+        let mut parts = Vec::new();
+        for task in tasks {
+            parts.push(task.await.map_err(|e| anyhow!("load task: {e}"))?);
+        }
+        Ok(Collector::merge(parts, duration))
+    }
+}
+
 /// `rate` requests per second for `warmup` + `duration` on `connections` connections;
 /// only requests issued after the warm-up count. A request's latency is measured from its
 /// scheduled time when its connection was still busy then (the server made it wait:
@@ -234,29 +277,15 @@ pub async fn fixed_rate(
                     tokio::time::sleep_until(intended.into()).await;
                 }
                 let start = if late { intended } else { Instant::now() };
-                match send_one(&mut sender, &spec, start).await {
-                    Ok(sample) => {
-                        if i >= warm {
-                            collector.samples.push(sample);
-                        }
-                    }
-                    Err(error) => {
-                        collector.error(&error);
-                        match connect(spec.addr).await {
-                            Ok(new) => sender = new,
-                            Err(_) => break,
-                        }
-                    }
+                let counts = |_: Instant| i >= warm;
+                if !collector.send(&mut sender, &spec, start, counts).await {
+                    break;
                 }
             }
             collector
         }));
     }
-    let mut parts = Vec::new();
-    for task in tasks {
-        parts.push(task.await.map_err(|e| anyhow!("load task: {e}"))?);
-    }
-    Ok(Collector::merge(parts, duration))
+    Collector::join(tasks, duration).await
 }
 
 /// As many requests as `connections` connections can do for `warmup` + `duration`; requests
@@ -280,29 +309,15 @@ pub async fn closed_loop(
                 if start >= end {
                     break;
                 }
-                match send_one(&mut sender, &spec, start).await {
-                    Ok(sample) => {
-                        if start >= begin && Instant::now() <= end {
-                            collector.samples.push(sample);
-                        }
-                    }
-                    Err(error) => {
-                        collector.error(&error);
-                        match connect(spec.addr).await {
-                            Ok(new) => sender = new,
-                            Err(_) => break,
-                        }
-                    }
+                let counts = |done: Instant| start >= begin && done <= end;
+                if !collector.send(&mut sender, &spec, start, counts).await {
+                    break;
                 }
             }
             collector
         }));
     }
-    let mut parts = Vec::new();
-    for task in tasks {
-        parts.push(task.await.map_err(|e| anyhow!("load task: {e}"))?);
-    }
-    Ok(Collector::merge(parts, duration))
+    Collector::join(tasks, duration).await
 }
 
 /// One request, for set-up calls (readiness, key generation). Returns status and body.

@@ -458,25 +458,13 @@ impl Stack {
 
         // Envoy + filter, from `tollgate envoy-config`.
         let (tollgate_port, tollgate_admin) = (free_port()?, free_port()?);
-        let rendered = Command::new(binary("tollgate"))
-            .arg("envoy-config")
-            .args(["--port", &tollgate_port.to_string()])
-            .args(["--admin-port", &tollgate_admin.to_string()])
-            .args(["--grpc-port", &grpc_port.to_string()])
-            .args(["--host", "127.0.0.1"])
-            .args(["--node-id", "bench"])
-            .arg("--wasm")
-            .arg(wasm_path())
-            .arg("--config")
-            .arg(&config_path)
-            .output()?;
-        if !rendered.status.success() {
-            bail!(
-                "tollgate envoy-config failed: {}",
-                String::from_utf8_lossy(&rendered.stderr)
-            );
-        }
-        let tollgate_yaml = String::from_utf8(rendered.stdout)?;
+        let tollgate_yaml = tollgate_envoy_config(
+            tollgate_port,
+            tollgate_admin,
+            grpc_port,
+            "bench",
+            Some(&config_path),
+        )?;
         let buffer_limit = tollgate_yaml
             .lines()
             .find_map(|l| l.trim().strip_prefix("per_connection_buffer_limit_bytes:"))
@@ -564,21 +552,44 @@ impl Stack {
     }
 }
 
-/// VmRSS of an Envoy with the filter whose control plane never answers (no snapshot).
-async fn filter_without_snapshot_rss(dir: &Path) -> Result<u64> {
-    let (port, admin, grpc) = (free_port()?, free_port()?, free_port()?);
-    let rendered = Command::new(binary("tollgate"))
+/// Envoy's bootstrap for the filter, from `tollgate envoy-config` (with `config`, the
+/// settings of that LiteLLM config file).
+fn tollgate_envoy_config(
+    port: u16,
+    admin: u16,
+    grpc: u16,
+    node_id: &str,
+    config: Option<&Path>,
+) -> Result<String> {
+    let mut command = Command::new(binary("tollgate"));
+    command
         .arg("envoy-config")
         .args(["--port", &port.to_string()])
         .args(["--admin-port", &admin.to_string()])
         .args(["--grpc-port", &grpc.to_string()])
         .args(["--host", "127.0.0.1"])
-        .args(["--node-id", "bench-no-snapshot"])
+        .args(["--node-id", node_id])
         .arg("--wasm")
-        .arg(wasm_path())
-        .output()?;
+        .arg(wasm_path());
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
+    let rendered = command.output()?;
+    if !rendered.status.success() {
+        bail!(
+            "tollgate envoy-config failed: {}",
+            String::from_utf8_lossy(&rendered.stderr)
+        );
+    }
+    Ok(String::from_utf8(rendered.stdout)?)
+}
+
+/// VmRSS of an Envoy with the filter whose control plane never answers (no snapshot).
+async fn filter_without_snapshot_rss(dir: &Path) -> Result<u64> {
+    let (port, admin, grpc) = (free_port()?, free_port()?, free_port()?);
+    let rendered = tollgate_envoy_config(port, admin, grpc, "bench-no-snapshot", None)?;
     let bootstrap = dir.join("envoy-no-snapshot.yaml");
-    std::fs::write(&bootstrap, rendered.stdout)?;
+    std::fs::write(&bootstrap, rendered)?;
     let envoy = Proc::start(
         "envoy (no snapshot)",
         envoy_command(&bootstrap),
@@ -1531,6 +1542,13 @@ fn signed_ms(us: f64) -> String {
     }
 }
 
+/// `p50 | p90 | p99` of sorted microsecond samples, in milliseconds, as three table cells.
+fn p50_p90_p99_ms(sorted_us: &[f64]) -> String {
+    [0.5, 0.9, 0.99]
+        .map(|p| ms(percentile(sorted_us, p)))
+        .join(" | ")
+}
+
 fn mb(kb: u64) -> String {
     format!("{:.1}", kb as f64 / 1024.0)
 }
@@ -1833,14 +1851,10 @@ fn render(
             if scenario.stream {
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {} | {} | {} |",
                     path.label(),
-                    ms(percentile(&res.ttft_us, 0.5)),
-                    ms(percentile(&res.ttft_us, 0.9)),
-                    ms(percentile(&res.ttft_us, 0.99)),
-                    ms(percentile(&res.total_us, 0.5)),
-                    ms(percentile(&res.total_us, 0.9)),
-                    ms(percentile(&res.total_us, 0.99)),
+                    p50_p90_p99_ms(&res.ttft_us),
+                    p50_p90_p99_ms(&res.total_us),
                     added(direct, true),
                     added(bare, true),
                     added(bare, false),
@@ -1849,11 +1863,9 @@ fn render(
             } else {
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {} |",
                     path.label(),
-                    ms(percentile(&res.total_us, 0.5)),
-                    ms(percentile(&res.total_us, 0.9)),
-                    ms(percentile(&res.total_us, 0.99)),
+                    p50_p90_p99_ms(&res.total_us),
                     added(direct, false),
                     added(bare, false),
                     res.errors
