@@ -620,6 +620,12 @@ impl ChunkFrame {
     ) -> Result<(), serde_json::Error> {
         out.extend_from_slice(&self.head);
         serde_json::to_writer(&mut *out, delta)?;
+        self.write_tail(out, finish_reason);
+        Ok(())
+    }
+
+    /// What follows the delta: the rest of the choice and of the chunk, and the event's end.
+    fn write_tail(&self, out: &mut Vec<u8>, finish_reason: Option<&str>) {
         out.extend_from_slice(b",\"logprobs\":null,\"finish_reason\":");
         match finish_reason {
             Some(reason) => write_json_str(out, reason),
@@ -630,7 +636,6 @@ impl ChunkFrame {
             out.extend_from_slice(b",\"usage\":null");
         }
         out.extend_from_slice(b"}\n\n");
-        Ok(())
     }
 }
 
@@ -642,11 +647,8 @@ impl ChunkFrame {
         out.extend_from_slice(&self.head);
         out.extend_from_slice(b"{\"content\":\"");
         out.extend_from_slice(escaped_text.as_bytes());
-        out.extend_from_slice(b"\"},\"logprobs\":null,\"finish_reason\":null}]");
-        if self.include_usage {
-            out.extend_from_slice(b",\"usage\":null");
-        }
-        out.extend_from_slice(b"}\n\n");
+        out.extend_from_slice(b"\"}");
+        self.write_tail(out, None);
     }
 }
 

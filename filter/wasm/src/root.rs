@@ -79,6 +79,48 @@ impl DeploymentMetrics {
 }
 
 impl VmShared {
+    /// Marks the VM as serving, decoding the snapshot it kept as bytes until now.
+    pub fn start_serving(&mut self, vm_id: &str) {
+        if self.serving {
+            return;
+        }
+        self.serving = true;
+        if let Some(message) = self.undecoded.take() {
+            self.install(message, vm_id);
+        }
+    }
+
+    /// Decodes a control-plane message and installs its snapshot; returns its version. The
+    /// old state goes before the new one is built, and the keys are never decoded all at
+    /// once: a VM's linear memory only grows, so this function's peak is what the VM keeps.
+    fn install(&mut self, message: Vec<u8>, vm_id: &str) -> Option<u64> {
+        let checked = match State::check_control_message(&message) {
+            Ok(checked) => checked?,
+            Err(error) => {
+                log::error!("tollgate: undecodable control-plane message: {error}");
+                return None;
+            }
+        };
+        let keys = checked.key_count();
+        // Requests in flight keep the old state alive through their own Rc; the VM does not
+        // need it while the new one is built (nothing else runs meanwhile).
+        self.state = None;
+        let (state, problems) = checked.into_state();
+        drop(message);
+        for problem in &problems {
+            log::warn!("tollgate: snapshot {}: {problem}", state.version);
+        }
+        log::info!(
+            "tollgate: vm {vm_id} installed snapshot {} ({} models, {keys} keys; linear memory {} KiB)",
+            state.version,
+            state.model_names().len(),
+            linear_memory_kib()
+        );
+        let version = state.version;
+        self.state = Some(Rc::new(state));
+        Some(version)
+    }
+
     /// Records one finished upstream request: counters (added up until the next tick) and
     /// latency histograms.
     pub fn record_upstream(
@@ -323,50 +365,6 @@ impl TollgateRoot {
             };
             host::send_stream_message(token, &ack.encode_to_vec());
         }
-    }
-}
-
-impl VmShared {
-    /// Marks the VM as serving, decoding the snapshot it kept as bytes until now.
-    pub fn start_serving(&mut self, vm_id: &str) {
-        if self.serving {
-            return;
-        }
-        self.serving = true;
-        if let Some(message) = self.undecoded.take() {
-            self.install(message, vm_id);
-        }
-    }
-
-    /// Decodes a control-plane message and installs its snapshot; returns its version. The
-    /// old state goes before the new one is built, and the keys are never decoded all at
-    /// once: a VM's linear memory only grows, so this function's peak is what the VM keeps.
-    fn install(&mut self, message: Vec<u8>, vm_id: &str) -> Option<u64> {
-        let checked = match State::check_control_message(&message) {
-            Ok(checked) => checked?,
-            Err(error) => {
-                log::error!("tollgate: undecodable control-plane message: {error}");
-                return None;
-            }
-        };
-        let keys = checked.key_count();
-        // Requests in flight keep the old state alive through their own Rc; the VM does not
-        // need it while the new one is built (nothing else runs meanwhile).
-        self.state = None;
-        let (state, problems) = checked.into_state();
-        drop(message);
-        for problem in &problems {
-            log::warn!("tollgate: snapshot {}: {problem}", state.version);
-        }
-        log::info!(
-            "tollgate: vm {vm_id} installed snapshot {} ({} models, {keys} keys; linear memory {} KiB)",
-            state.version,
-            state.model_names().len(),
-            linear_memory_kib()
-        );
-        let version = state.version;
-        self.state = Some(Rc::new(state));
-        Some(version)
     }
 }
 

@@ -879,12 +879,16 @@ impl AnthropicResponse {
         delta: oa::Delta<'_>,
         finish_reason: Option<&str>,
     ) -> Result<(), GatewayError> {
-        let frame = self.frame.get_or_insert_with(|| {
-            ChunkFrame::new(&self.id, self.created, &self.model, self.include_usage)
-        });
-        frame
+        self.frame()
             .write(out, &delta, finish_reason)
             .map_err(|error| GatewayError::BadUpstreamResponse(error.to_string()))
+    }
+
+    /// The frame of this stream's chunks, built from id and model on first use.
+    fn frame(&mut self) -> &ChunkFrame {
+        self.frame.get_or_insert_with(|| {
+            ChunkFrame::new(&self.id, self.created, &self.model, self.include_usage)
+        })
     }
 
     /// Sends the first chunk (`role: assistant`) if it has not gone out yet.
@@ -923,10 +927,7 @@ impl AnthropicResponse {
             return Ok(());
         }
         self.start(out)?;
-        let frame = self.frame.get_or_insert_with(|| {
-            ChunkFrame::new(&self.id, self.created, &self.model, self.include_usage)
-        });
-        frame.write_escaped_content(out, escaped_text);
+        self.frame().write_escaped_content(out, escaped_text);
         Ok(())
     }
 
