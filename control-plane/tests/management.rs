@@ -11,17 +11,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, oneshot};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Request, Streaming};
+use tokio::sync::oneshot;
+use tonic::{Code, Request};
 
 use tollgate::app::start_control_plane;
 use tollgate::config::{self, LoadedConfig};
 use tollgate::http_api;
 use tollgate::manage::Manager;
-use tollgate::proto::filter_sync_client::FilterSyncClient;
 use tollgate::proto::management_client::ManagementClient;
-use tollgate::proto::{self as pb, control_message, ControlMessage, FilterMessage, Snapshot};
+use tollgate::proto::{self as pb, Snapshot};
 use tollgate::store::{sha256_hex, Store};
 use tollgate::sync::{self, SyncHub};
 
@@ -292,54 +290,6 @@ fn assert_error(answer: &(u16, Value), status: u16, param: Option<&str>) {
                 .contains(param.split('[').next().unwrap()),
             "message does not name the field: {body}"
         );
-    }
-}
-
-/// One fake filter VM on the FilterSync stream.
-struct FakeFilter {
-    _outbound: mpsc::Sender<FilterMessage>,
-    inbound: Streaming<ControlMessage>,
-}
-
-impl FakeFilter {
-    async fn connect(address: SocketAddr) -> FakeFilter {
-        let mut client = FilterSyncClient::connect(format!("http://{address}"))
-            .await
-            .unwrap();
-        let (outbound, receiver) = mpsc::channel(16);
-        let inbound = client
-            .sync(ReceiverStream::new(receiver))
-            .await
-            .unwrap()
-            .into_inner();
-        FakeFilter {
-            _outbound: outbound,
-            inbound,
-        }
-    }
-
-    async fn next_snapshot(&mut self) -> Snapshot {
-        let message = tokio::time::timeout(WAIT, self.inbound.message())
-            .await
-            .expect("no snapshot in time")
-            .expect("stream failed")
-            .expect("stream ended");
-        match message.kind {
-            Some(control_message::Kind::Snapshot(snapshot)) => snapshot,
-            None => panic!("empty control message"),
-        }
-    }
-
-    /// Snapshots until one satisfies `predicate`.
-    async fn snapshot_where(&mut self, predicate: impl Fn(&Snapshot) -> bool) -> Snapshot {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            assert!(Instant::now() < deadline, "no matching snapshot in time");
-            let snapshot = self.next_snapshot().await;
-            if predicate(&snapshot) {
-                return snapshot;
-            }
-        }
     }
 }
 
@@ -1553,8 +1503,8 @@ async fn live_push(db: Db) {
     let plane = Plane::start(db.url()).await;
     let api = plane.api();
     let mut filters = vec![
-        FakeFilter::connect(plane.grpc).await,
-        FakeFilter::connect(plane.grpc).await,
+        common::FakeFilter::connect(plane.grpc).await,
+        common::FakeFilter::connect(plane.grpc).await,
     ];
     for filter in &mut filters {
         let first = filter.next_snapshot().await;
@@ -1650,8 +1600,8 @@ async fn postgres_two_replicas_share_changes() {
     let db = Db::new(true).await;
     let a = Plane::start(db.url()).await;
     let b = Plane::start(db.url()).await;
-    let mut on_b = FakeFilter::connect(b.grpc).await;
-    let mut on_a = FakeFilter::connect(a.grpc).await;
+    let mut on_b = common::FakeFilter::connect(b.grpc).await;
+    let mut on_a = common::FakeFilter::connect(a.grpc).await;
     on_b.next_snapshot().await;
     on_a.next_snapshot().await;
 
@@ -1705,7 +1655,7 @@ async fn postgres_two_replicas_share_changes() {
 async fn sqlite_version_poll_catches_changes_from_another_process() {
     let db = Db::new(false).await;
     let plane = Plane::start(db.url()).await;
-    let mut filter = FakeFilter::connect(plane.grpc).await;
+    let mut filter = common::FakeFilter::connect(plane.grpc).await;
     filter.next_snapshot().await;
     // A second store on the same file stands for another process writing.
     let other = Store::connect(db.url()).await.unwrap();
@@ -1912,7 +1862,7 @@ async fn postgres_listener_reconnects() {
     let db = Db::new(true).await;
     let a = Plane::start(db.url()).await;
     let b = Plane::start(db.url()).await;
-    let mut on_b = FakeFilter::connect(b.grpc).await;
+    let mut on_b = common::FakeFilter::connect(b.grpc).await;
     on_b.next_snapshot().await;
 
     let mut admin = sqlx::PgConnection::connect(db.url()).await.unwrap();

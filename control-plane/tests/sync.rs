@@ -9,17 +9,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::Streaming;
 
 use tollgate::app::start_control_plane;
 use tollgate::config::{self, LoadedConfig, ProviderKind};
-use tollgate::proto::filter_sync_client::FilterSyncClient;
 use tollgate::proto::{
-    control_message, filter_message, ControlMessage, FilterMessage, Hello,
-    ProviderKind as WireKind, Snapshot, SnapshotAck, UsageBatch, UsageRecord,
+    filter_message, ProviderKind as WireKind, SnapshotAck, UsageBatch, UsageRecord,
 };
 use tollgate::store::{sha256_hex, DeploymentRecord, DeploymentSource, Store};
 use tollgate::sync::{self, ServeError, SyncHub};
@@ -90,56 +86,6 @@ impl Server {
     }
 }
 
-/// One filter VM: the sending half of its stream and the control messages it receives.
-struct FakeFilter {
-    outbound: mpsc::Sender<FilterMessage>,
-    inbound: Streaming<ControlMessage>,
-}
-
-impl FakeFilter {
-    async fn connect(address: SocketAddr) -> FakeFilter {
-        let mut client = FilterSyncClient::connect(format!("http://{address}"))
-            .await
-            .unwrap();
-        let (outbound, receiver) = mpsc::channel(16);
-        let inbound = client
-            .sync(ReceiverStream::new(receiver))
-            .await
-            .unwrap()
-            .into_inner();
-        FakeFilter { outbound, inbound }
-    }
-
-    async fn send(&self, kind: filter_message::Kind) {
-        self.outbound
-            .send(FilterMessage { kind: Some(kind) })
-            .await
-            .unwrap();
-    }
-
-    async fn hello(&self, node: &str, vm: &str, held: u64) {
-        self.send(filter_message::Kind::Hello(Hello {
-            node_id: node.into(),
-            vm_id: vm.into(),
-            snapshot_version: held,
-            filter_version: "0.1.0-test".into(),
-        }))
-        .await;
-    }
-
-    async fn next_snapshot(&mut self) -> Snapshot {
-        let message = tokio::time::timeout(WAIT, self.inbound.message())
-            .await
-            .expect("no control message in time")
-            .expect("stream failed")
-            .expect("stream ended");
-        match message.kind {
-            Some(control_message::Kind::Snapshot(snapshot)) => snapshot,
-            None => panic!("empty control message"),
-        }
-    }
-}
-
 fn usage(id: &str) -> UsageRecord {
     UsageRecord {
         id: id.into(),
@@ -164,7 +110,7 @@ async fn filters_get_snapshots_and_usage_is_stored_once() {
     let hub = server.hub.clone();
 
     // First stream: the snapshot comes first, before the filter says anything.
-    let mut first = FakeFilter::connect(server.address).await;
+    let mut first = common::FakeFilter::connect(server.address).await;
     let snapshot = first.next_snapshot().await;
     assert_eq!(snapshot, *hub.current());
     assert!(
@@ -239,7 +185,7 @@ async fn filters_get_snapshots_and_usage_is_stored_once() {
     assert_eq!(hub.streams_holding_current(Duration::from_secs(3600)), 1);
 
     // A second stream also gets the current snapshot.
-    let mut second = FakeFilter::connect(server.address).await;
+    let mut second = common::FakeFilter::connect(server.address).await;
     assert_eq!(second.next_snapshot().await, snapshot);
     second.hello("envoy-a", "2", 0).await;
     assert!(
@@ -329,7 +275,7 @@ async fn filters_get_snapshots_and_usage_is_stored_once() {
 async fn filter_closing_its_side_ends_the_stream() {
     let (store, _dir) = common::sqlite_store().await;
     let server = Server::start(store, &load(CONFIG)).await;
-    let mut filter = FakeFilter::connect(server.address).await;
+    let mut filter = common::FakeFilter::connect(server.address).await;
     filter.next_snapshot().await;
     filter.hello("envoy-b", "7", 0).await;
     assert!(
@@ -340,11 +286,7 @@ async fn filter_closing_its_side_ends_the_stream() {
     );
     // The filter half-closes (a VM closing its stream): the server finishes the response
     // and forgets the stream, without waiting for the next snapshot to notice.
-    let FakeFilter {
-        outbound,
-        mut inbound,
-    } = filter;
-    drop(outbound);
+    let mut inbound = filter.close_sending();
     let end = tokio::time::timeout(WAIT, inbound.message())
         .await
         .expect("response not finished");
@@ -365,7 +307,7 @@ async fn restart_with_a_changed_config_serves_a_newer_snapshot() {
 
     let store = Store::connect(&url).await.unwrap();
     let server = Server::start(store.clone(), &load(CONFIG)).await;
-    let mut filter = FakeFilter::connect(server.address).await;
+    let mut filter = common::FakeFilter::connect(server.address).await;
     let before = filter.next_snapshot().await;
     server.shutdown().await;
     store.close().await;
@@ -376,7 +318,7 @@ async fn restart_with_a_changed_config_serves_a_newer_snapshot() {
     let store = Store::connect(&url).await.unwrap();
     let server = Server::start(store.clone(), &changed).await;
     // The filter reconnects to the new control plane.
-    let mut filter = FakeFilter::connect(server.address).await;
+    let mut filter = common::FakeFilter::connect(server.address).await;
     filter.hello("envoy-a", "1", before.version).await;
     let after = filter.next_snapshot().await;
     assert!(
@@ -400,7 +342,7 @@ async fn sync_works_on_postgres_too() {
     let db = common::PgTestDb::create().await;
     let store = Store::connect(&db.url).await.unwrap();
     let server = Server::start(store.clone(), &load(CONFIG)).await;
-    let mut filter = FakeFilter::connect(server.address).await;
+    let mut filter = common::FakeFilter::connect(server.address).await;
     let snapshot = filter.next_snapshot().await;
     assert_eq!(snapshot.deployments.len(), 2);
     filter.hello("envoy-pg", "1", 0).await;

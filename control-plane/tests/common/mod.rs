@@ -125,3 +125,89 @@ fn database_name_replacement() {
         "postgres://h:5432/x"
     );
 }
+
+/// How long a fake filter waits for a control message.
+const FILTER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// One fake filter VM on the FilterSync stream: the sending half of its stream and the
+/// control messages it receives.
+pub struct FakeFilter {
+    outbound: tokio::sync::mpsc::Sender<tollgate::proto::FilterMessage>,
+    /// The control messages the filter receives.
+    pub inbound: tonic::Streaming<tollgate::proto::ControlMessage>,
+}
+
+impl FakeFilter {
+    /// Opens a stream to the control plane at `address`.
+    pub async fn connect(address: std::net::SocketAddr) -> FakeFilter {
+        let mut client = tollgate::proto::filter_sync_client::FilterSyncClient::connect(format!(
+            "http://{address}"
+        ))
+        .await
+        .unwrap();
+        let (outbound, receiver) = tokio::sync::mpsc::channel(16);
+        let inbound = client
+            .sync(tokio_stream::wrappers::ReceiverStream::new(receiver))
+            .await
+            .unwrap()
+            .into_inner();
+        FakeFilter { outbound, inbound }
+    }
+
+    /// Sends one message on the stream.
+    pub async fn send(&self, kind: tollgate::proto::filter_message::Kind) {
+        self.outbound
+            .send(tollgate::proto::FilterMessage { kind: Some(kind) })
+            .await
+            .unwrap();
+    }
+
+    /// Says hello as VM `vm` of node `node`, holding snapshot `held`.
+    pub async fn hello(&self, node: &str, vm: &str, held: u64) {
+        self.send(tollgate::proto::filter_message::Kind::Hello(
+            tollgate::proto::Hello {
+                node_id: node.into(),
+                vm_id: vm.into(),
+                snapshot_version: held,
+                filter_version: "0.1.0-test".into(),
+            },
+        ))
+        .await;
+    }
+
+    /// The next snapshot pushed on the stream.
+    pub async fn next_snapshot(&mut self) -> tollgate::proto::Snapshot {
+        let message = tokio::time::timeout(FILTER_WAIT, self.inbound.message())
+            .await
+            .expect("no control message in time")
+            .expect("stream failed")
+            .expect("stream ended");
+        match message.kind {
+            Some(tollgate::proto::control_message::Kind::Snapshot(snapshot)) => snapshot,
+            None => panic!("empty control message"),
+        }
+    }
+
+    /// Half-closes the stream (as a VM closing it does) and keeps the receiving half.
+    pub fn close_sending(self) -> tonic::Streaming<tollgate::proto::ControlMessage> {
+        self.inbound
+    }
+
+    /// Snapshots until one satisfies `predicate`.
+    pub async fn snapshot_where(
+        &mut self,
+        predicate: impl Fn(&tollgate::proto::Snapshot) -> bool,
+    ) -> tollgate::proto::Snapshot {
+        let deadline = std::time::Instant::now() + FILTER_WAIT;
+        loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no matching snapshot in time"
+            );
+            let snapshot = self.next_snapshot().await;
+            if predicate(&snapshot) {
+                return snapshot;
+            }
+        }
+    }
+}
