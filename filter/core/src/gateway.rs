@@ -215,12 +215,12 @@ fn join_path(base: &str, endpoint: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::proto;
     use crate::snapshot::tests::deployment;
 
-    fn state() -> State {
+    pub(crate) fn state() -> State {
         let snapshot = proto::Snapshot {
             keys: Vec::new(),
             version: 1,

@@ -1,10 +1,13 @@
 //! Tollgate's data-path logic: everything the Envoy filter decides, as plain Rust.
 //!
-//! This crate never depends on proxy-wasm. The wasm crate (`tollgate-filter`) moves bytes
-//! between Envoy and the functions here; everything here is tested natively.
+//! This crate never depends on proxy-wasm or Envoy. Two glues move bytes between Envoy and
+//! the functions here: the proxy-wasm filter (`tollgate-filter`) and the native dynamic
+//! module (`tollgate-native`), both through [`exchange::Exchange`]; everything here is
+//! tested natively.
 
 pub mod auth;
 pub mod error;
+pub mod exchange;
 pub mod gateway;
 pub mod metrics;
 pub mod openai_types;

@@ -4,11 +4,13 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, MetricType};
+use tollgate_core::exchange::Outcome;
 use tollgate_core::proto::{self, filter_message};
 use tollgate_core::snapshot::Deployment;
 use tollgate_core::usage::Usage;
@@ -30,7 +32,7 @@ const MAX_RECONNECT_DELAY_MS: u64 = 5_000;
 pub struct VmShared {
     /// Newest snapshot; `None` until the first arrives (or, in a VM that has not served a
     /// request yet, until it does).
-    pub state: Option<Rc<State>>,
+    pub state: Option<Arc<State>>,
     /// Whether this VM has served a request. Envoy also runs a VM on its main thread, which
     /// never does: until a VM serves, it keeps the newest snapshot as the bytes it came in
     /// ([`Self::undecoded`]), a fraction of the decoded state's size.
@@ -102,7 +104,7 @@ impl VmShared {
             }
         };
         let keys = checked.key_count();
-        // Requests in flight keep the old state alive through their own Rc; the VM does not
+        // Requests in flight keep the old state alive through their own Arc; the VM does not
         // need it while the new one is built (nothing else runs meanwhile).
         self.state = None;
         let (state, problems) = checked.into_state();
@@ -117,13 +119,30 @@ impl VmShared {
             linear_memory_kib()
         );
         let version = state.version;
-        self.state = Some(Rc::new(state));
+        self.state = Some(Arc::new(state));
         Some(version)
+    }
+
+    /// Records how an exchange ended: metrics, and for an upstream request its usage record.
+    pub fn record_outcome(&mut self, outcome: Outcome<'_>) {
+        match outcome {
+            Outcome::Answered { status } => self.count_gateway_answer(status),
+            Outcome::Upstream(upstream) => {
+                self.record_upstream(
+                    &upstream.plan.deployment,
+                    upstream.status,
+                    &upstream.usage,
+                    upstream.upstream_ms,
+                    upstream.first_byte_ms,
+                );
+                self.queue_usage(upstream.record);
+            }
+        }
     }
 
     /// Records one finished upstream request: counters (added up until the next tick) and
     /// latency histograms.
-    pub fn record_upstream(
+    fn record_upstream(
         &mut self,
         deployment: &Deployment,
         status: u16,
@@ -171,7 +190,7 @@ impl VmShared {
     }
 
     /// Counts an answer the gateway gave itself (refused or local).
-    pub fn count_gateway_answer(&mut self, status: u16) {
+    fn count_gateway_answer(&mut self, status: u16) {
         let name = metrics::requests_counter(metrics::NO_MODEL, metrics::GATEWAY_PROVIDER, status);
         self.count(&name, 1);
     }
@@ -201,7 +220,7 @@ impl VmShared {
     }
 
     /// Queues a usage record for the control plane.
-    pub fn queue_usage(&mut self, record: proto::UsageRecord) {
+    fn queue_usage(&mut self, record: proto::UsageRecord) {
         if self.usage.len() >= MAX_QUEUED_USAGE {
             self.usage.pop_front();
             self.count("tollgate.usage_records_dropped", 1);

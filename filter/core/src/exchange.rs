@@ -1,0 +1,659 @@
+//! One HTTP exchange through the filter, as a state machine both glues drive: the proxy-wasm
+//! filter (`tollgate-filter`) and the native Envoy dynamic module (`tollgate-native`). Each
+//! glue reads what an event needs from Envoy, calls the matching `on_*` method with its
+//! [`Host`], and turns the returned [`Verdict`] into its ABI's status code.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use crate::auth::{authenticate, Caller, Credentials};
+use crate::gateway::{classify, plan_chat_request_for, ROUTE_HEADER};
+use crate::providers::{ChunkOutput, ResponseMode, TranslateContext};
+use crate::request::empty_body_error;
+use crate::usage::Usage;
+use crate::{proto, Endpoint, GatewayError, RequestPlan, State};
+
+/// What the exchange asks of Envoy. Reads that several decisions share (the request headers,
+/// the response's status and content type) are passed to the `on_*` methods instead, so each
+/// glue reads them the cheapest way its ABI allows.
+pub trait Host {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&mut self) -> u64;
+    /// Removes a request header.
+    fn remove_request_header(&mut self, name: &str);
+    /// Answers the request locally with a JSON body.
+    fn send_json_response(&mut self, status: u16, body: &[u8]);
+    /// The whole buffered request body (`size` bytes).
+    fn request_body(&mut self, size: usize) -> Cow<'_, [u8]>;
+    /// Rewrites the request for its upstream: headers as [`RequestPlan::upstream_headers`]
+    /// describes, body replaced by [`RequestPlan::body`], route recomputed.
+    fn write_upstream_request(&mut self, plan: &RequestPlan, body_size: usize);
+    /// Removes a response header.
+    fn remove_response_header(&mut self, name: &str);
+    /// Sets a response header.
+    fn set_response_header(&mut self, name: &str, value: &str);
+    /// The response body received so far (`size` bytes): all of it when buffered, the newest
+    /// chunk when streaming.
+    fn response_body(&mut self, size: usize) -> Cow<'_, [u8]>;
+    /// Replaces the response body received so far (`size` bytes) with `body`.
+    fn replace_response_body(&mut self, size: usize, body: &[u8]);
+}
+
+/// What the glue tells Envoy after an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Pass the event on.
+    Continue,
+    /// Hold it (buffer a body, or stop after a local answer).
+    Pause,
+}
+
+/// The request headers the filter reads, found in one pass over the header map.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RequestHeaders<'a> {
+    /// `:method`.
+    pub method: &'a str,
+    /// `:path`.
+    pub path: &'a str,
+    /// `authorization`.
+    pub authorization: Option<&'a str>,
+    /// `x-api-key`.
+    pub x_api_key: Option<&'a str>,
+    /// `api-key`.
+    pub api_key: Option<&'a str>,
+    /// `content-length`.
+    pub content_length: Option<&'a str>,
+    /// `x-request-id`.
+    pub request_id: Option<&'a str>,
+    /// Whether the client sent [`ROUTE_HEADER`], which only the filter may set.
+    pub route_header: bool,
+}
+
+impl<'a> RequestHeaders<'a> {
+    /// Picks the headers the filter reads out of every `(name, value)` pair (the first of
+    /// each name wins).
+    pub fn scan(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let mut headers = RequestHeaders::default();
+        let mut method = None;
+        let mut path = None;
+        for (name, value) in pairs {
+            let slot = match name {
+                ":method" => &mut method,
+                ":path" => &mut path,
+                "authorization" => &mut headers.authorization,
+                "x-api-key" => &mut headers.x_api_key,
+                "api-key" => &mut headers.api_key,
+                "content-length" => &mut headers.content_length,
+                "x-request-id" => &mut headers.request_id,
+                ROUTE_HEADER => {
+                    headers.route_header = true;
+                    continue;
+                }
+                _ => continue,
+            };
+            slot.get_or_insert(value);
+        }
+        headers.method = method.unwrap_or_default();
+        headers.path = path.unwrap_or_default();
+        headers
+    }
+
+    fn credentials(&self) -> Credentials<'a> {
+        Credentials {
+            authorization: self.authorization,
+            x_api_key: self.x_api_key,
+            api_key: self.api_key,
+        }
+    }
+}
+
+/// Where an exchange is in its life.
+#[derive(Default)]
+enum Phase {
+    /// Not ours: Envoy's routes handle it.
+    #[default]
+    PassThrough,
+    /// Chat request waiting for its body.
+    AwaitingBody { state: Arc<State>, caller: Caller },
+    /// Sent upstream.
+    Upstream {
+        plan: Box<RequestPlan>,
+        caller: Caller,
+        sent_ms: u64,
+    },
+    /// Answered by the gateway itself.
+    Answered { status: u16 },
+}
+
+/// One request and its response.
+#[derive(Default)]
+pub struct Exchange {
+    phase: Phase,
+    request_id: Option<String>,
+    first_byte_ms: Option<u64>,
+    stream_out: Vec<u8>,
+}
+
+/// How an exchange ended, for metrics and the control plane's usage records.
+// Built once per request on the stack and consumed at once: boxing the big variant would
+// only add an allocation.
+#[allow(clippy::large_enum_variant)]
+pub enum Outcome<'a> {
+    /// The gateway answered (refused, listed models, ...).
+    Answered {
+        /// Status sent.
+        status: u16,
+    },
+    /// The request went upstream.
+    Upstream(UpstreamOutcome<'a>),
+}
+
+/// A finished upstream exchange.
+pub struct UpstreamOutcome<'a> {
+    /// The plan it was sent with (deployment, stream flag).
+    pub plan: &'a RequestPlan,
+    /// Status the client saw (502 when the upstream never answered).
+    pub status: u16,
+    /// Tokens the provider reported.
+    pub usage: Usage,
+    /// Milliseconds from sending upstream to the end.
+    pub upstream_ms: u64,
+    /// Milliseconds from sending upstream to the first response byte of a stream.
+    pub first_byte_ms: Option<u64>,
+    /// The record the control plane prices and stores.
+    pub record: proto::UsageRecord,
+}
+
+impl Exchange {
+    /// A new exchange.
+    pub fn new() -> Self {
+        Exchange::default()
+    }
+
+    /// Whether the request went upstream (so the response is the filter's to translate).
+    pub fn is_upstream(&self) -> bool {
+        matches!(self.phase, Phase::Upstream { .. })
+    }
+
+    fn reject(&mut self, host: &mut impl Host, error: &GatewayError) -> Verdict {
+        let status = error.status();
+        host.send_json_response(status, &error.to_json());
+        self.phase = Phase::Answered { status };
+        Verdict::Pause
+    }
+
+    fn answer(&mut self, host: &mut impl Host, status: u16, body: &[u8]) -> Verdict {
+        host.send_json_response(status, body);
+        self.phase = Phase::Answered { status };
+        Verdict::Pause
+    }
+
+    /// The request headers arrived. `state` is the newest snapshot, if one has.
+    pub fn on_request_headers(
+        &mut self,
+        host: &mut impl Host,
+        state: Option<&Arc<State>>,
+        headers: &RequestHeaders<'_>,
+        end_of_stream: bool,
+    ) -> Verdict {
+        if headers.route_header {
+            host.remove_request_header(ROUTE_HEADER);
+        }
+        let endpoint = classify(headers.method, headers.path);
+        if endpoint == Endpoint::Other {
+            return Verdict::Continue;
+        }
+        self.request_id = headers.request_id.map(str::to_string);
+        if endpoint == Endpoint::WrongMethod {
+            let error = GatewayError::MethodNotAllowed {
+                method: headers.method.to_string(),
+                path: headers
+                    .path
+                    .split('?')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            };
+            return self.reject(host, &error);
+        }
+        let Some(state) = state else {
+            return self.reject(host, &GatewayError::NotReady);
+        };
+        let now_ms = host.now_ms();
+        let caller = match authenticate(state, headers.credentials(), now_ms) {
+            Ok(caller) => caller,
+            Err(error) => return self.reject(host, &error),
+        };
+        if endpoint == Endpoint::Models {
+            return match &caller.key {
+                Some(key) if !key.models.is_empty() => {
+                    self.answer(host, 200, &state.models_json_for(key))
+                }
+                _ => self.answer(host, 200, state.models_json()),
+            };
+        }
+        let limit = state.max_request_body_bytes;
+        let announced = headers
+            .content_length
+            .and_then(|value| value.trim().parse::<u64>().ok());
+        if let Some(size) = announced.filter(|size| *size > limit) {
+            return self.reject(host, &GatewayError::BodyTooLarge { size, limit });
+        }
+        if end_of_stream {
+            return self.reject(host, &empty_body_error());
+        }
+        self.phase = Phase::AwaitingBody {
+            state: state.clone(),
+            caller,
+        };
+        Verdict::Pause
+    }
+
+    /// Request body bytes arrived; `body_size` is all that is buffered so far.
+    pub fn on_request_body(
+        &mut self,
+        host: &mut impl Host,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Verdict {
+        let Phase::AwaitingBody { state, .. } = &self.phase else {
+            return Verdict::Continue;
+        };
+        let limit = state.max_request_body_bytes;
+        let size = u64::try_from(body_size).unwrap_or(u64::MAX);
+        if size > limit {
+            return self.reject(host, &GatewayError::BodyTooLarge { size, limit });
+        }
+        if !end_of_stream {
+            return Verdict::Pause;
+        }
+        let Phase::AwaitingBody { state, caller } = std::mem::take(&mut self.phase) else {
+            return Verdict::Continue;
+        };
+        let now_ms = host.now_ms();
+        let context = TranslateContext {
+            now_unix: now_ms / 1000,
+        };
+        let planned = {
+            let body = host.request_body(body_size);
+            plan_chat_request_for(&state, &caller, &body, &context)
+        };
+        let plan = match planned {
+            Ok(plan) => plan,
+            Err(error) => return self.reject(host, &error),
+        };
+        host.write_upstream_request(&plan, body_size);
+        self.phase = Phase::Upstream {
+            plan: Box::new(plan),
+            caller,
+            sent_ms: now_ms,
+        };
+        Verdict::Continue
+    }
+
+    /// The response headers arrived: `status` is `:status` (`None` when missing or not a
+    /// number), `content_type` the `content-type` header.
+    pub fn on_response_headers(
+        &mut self,
+        host: &mut impl Host,
+        status: Option<u16>,
+        content_type: Option<&str>,
+        end_of_stream: bool,
+    ) -> Verdict {
+        let Phase::Upstream { plan, .. } = &mut self.phase else {
+            return Verdict::Continue;
+        };
+        let mode = plan
+            .response
+            .on_headers(status.unwrap_or(502), content_type);
+        if end_of_stream {
+            return Verdict::Continue;
+        }
+        if plan.response.drops_content_length() {
+            host.remove_response_header("content-length");
+        }
+        match mode {
+            // Held so a translated error can still change status and content type.
+            ResponseMode::Buffer => Verdict::Pause,
+            ResponseMode::Stream => Verdict::Continue,
+        }
+    }
+
+    /// Response body bytes arrived: `body_size` is what is buffered (buffered mode) or the
+    /// newest chunk (stream mode).
+    pub fn on_response_body(
+        &mut self,
+        host: &mut impl Host,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Verdict {
+        let Phase::Upstream { plan, .. } = &mut self.phase else {
+            return Verdict::Continue;
+        };
+        // Time to first byte only means something for streams; a buffered answer's first
+        // byte is not what the client waits for, and the clock may be a host call.
+        if plan.stream && self.first_byte_ms.is_none() && body_size > 0 {
+            self.first_byte_ms = Some(host.now_ms());
+        }
+        match plan.response.mode() {
+            ResponseMode::Buffer => {
+                if !end_of_stream {
+                    return Verdict::Pause;
+                }
+                let completed = {
+                    let body = host.response_body(body_size);
+                    plan.response.on_complete_body(&body)
+                };
+                if let Some(status) = completed.status {
+                    host.set_response_header(":status", &status.to_string());
+                }
+                if let Some(new_body) = completed.body {
+                    host.set_response_header("content-type", "application/json");
+                    host.replace_response_body(body_size, &new_body);
+                }
+                Verdict::Continue
+            }
+            ResponseMode::Stream => {
+                self.stream_out.clear();
+                let output = {
+                    let chunk = host.response_body(body_size);
+                    plan.response
+                        .on_stream_chunk(&chunk, end_of_stream, &mut self.stream_out)
+                };
+                if output == ChunkOutput::Replaced {
+                    host.replace_response_body(body_size, &self.stream_out);
+                }
+                Verdict::Continue
+            }
+        }
+    }
+
+    /// How the exchange ended, once it has (`now_ms` is the time it did); `None` for one
+    /// the filter let through untouched or that never went upstream.
+    pub fn outcome(&self, now_ms: u64) -> Option<Outcome<'_>> {
+        match &self.phase {
+            Phase::Answered { status } => Some(Outcome::Answered { status: *status }),
+            Phase::Upstream {
+                plan,
+                caller,
+                sent_ms,
+            } => {
+                let deployment = &plan.deployment;
+                let status = match plan.response.status() {
+                    0 => 502,
+                    status => status,
+                };
+                let usage = plan.response.usage();
+                let upstream_ms = now_ms.saturating_sub(*sent_ms);
+                let id = match &self.request_id {
+                    Some(id) => id.clone(),
+                    None => format!("{}-{now_ms}", deployment.id),
+                };
+                let record = proto::UsageRecord {
+                    id,
+                    model_name: deployment.model_name.clone(),
+                    deployment_id: deployment.id.clone(),
+                    provider: deployment.provider_name.clone(),
+                    status: u32::from(status),
+                    prompt_tokens: usage.prompt_tokens,
+                    completion_tokens: usage.completion_tokens,
+                    cached_prompt_tokens: usage.cached_prompt_tokens,
+                    started_unix_ms: *sent_ms,
+                    duration_ms: upstream_ms,
+                    stream: plan.stream,
+                    key_hash: caller.key_hash.clone(),
+                };
+                Some(Outcome::Upstream(UpstreamOutcome {
+                    plan,
+                    status,
+                    usage,
+                    upstream_ms,
+                    first_byte_ms: self
+                        .first_byte_ms
+                        .map(|first| first.saturating_sub(*sent_ms)),
+                    record,
+                }))
+            }
+            Phase::PassThrough | Phase::AwaitingBody { .. } => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::tests::state;
+
+    /// Records what the exchange asked of Envoy.
+    #[derive(Default)]
+    struct FakeHost {
+        now: u64,
+        request_body: Vec<u8>,
+        response_body: Vec<u8>,
+        removed_request_headers: Vec<String>,
+        local_reply: Option<(u16, serde_json::Value)>,
+        upstream: Option<(String, String, Vec<u8>)>,
+        response_headers_set: Vec<(String, String)>,
+        response_headers_removed: Vec<String>,
+    }
+
+    impl Host for FakeHost {
+        fn now_ms(&mut self) -> u64 {
+            self.now
+        }
+        fn remove_request_header(&mut self, name: &str) {
+            self.removed_request_headers.push(name.to_string());
+        }
+        fn send_json_response(&mut self, status: u16, body: &[u8]) {
+            let json = serde_json::from_slice(body).unwrap();
+            self.local_reply = Some((status, json));
+        }
+        fn request_body(&mut self, size: usize) -> Cow<'_, [u8]> {
+            Cow::Borrowed(&self.request_body[..size])
+        }
+        fn write_upstream_request(&mut self, plan: &RequestPlan, body_size: usize) {
+            assert_eq!(body_size, self.request_body.len());
+            self.upstream = Some((plan.authority.clone(), plan.path.clone(), plan.body.clone()));
+        }
+        fn remove_response_header(&mut self, name: &str) {
+            self.response_headers_removed.push(name.to_string());
+        }
+        fn set_response_header(&mut self, name: &str, value: &str) {
+            self.response_headers_set
+                .push((name.to_string(), value.to_string()));
+        }
+        fn response_body(&mut self, size: usize) -> Cow<'_, [u8]> {
+            Cow::Borrowed(&self.response_body[..size])
+        }
+        fn replace_response_body(&mut self, size: usize, body: &[u8]) {
+            assert_eq!(size, self.response_body.len());
+            self.response_body = body.to_vec();
+        }
+    }
+
+    fn chat_headers(content_length: Option<&str>) -> RequestHeaders<'_> {
+        RequestHeaders {
+            method: "POST",
+            path: "/v1/chat/completions",
+            content_length,
+            request_id: Some("req-1"),
+            ..RequestHeaders::default()
+        }
+    }
+
+    #[test]
+    fn scans_the_headers_it_reads() {
+        let headers = RequestHeaders::scan([
+            (":method", "POST"),
+            (":path", "/v1/chat/completions"),
+            ("authorization", "Bearer a"),
+            ("authorization", "Bearer b"),
+            ("x-tollgate-upstream", "https"),
+            ("x-other", "1"),
+        ]);
+        assert_eq!(headers.method, "POST");
+        assert_eq!(headers.path, "/v1/chat/completions");
+        assert_eq!(headers.authorization, Some("Bearer a"));
+        assert_eq!(headers.x_api_key, None);
+        assert!(headers.route_header);
+    }
+
+    #[test]
+    fn lets_other_paths_through_but_strips_the_routing_header() {
+        let mut host = FakeHost::default();
+        let mut exchange = Exchange::new();
+        let headers = RequestHeaders {
+            method: "GET",
+            path: "/key/info",
+            route_header: true,
+            ..RequestHeaders::default()
+        };
+        let verdict = exchange.on_request_headers(&mut host, None, &headers, true);
+        assert_eq!(verdict, Verdict::Continue);
+        assert_eq!(host.removed_request_headers, vec![ROUTE_HEADER]);
+        assert!(host.local_reply.is_none());
+        assert!(exchange.outcome(0).is_none());
+    }
+
+    #[test]
+    fn refuses_before_the_first_snapshot_and_counts_the_answer() {
+        let mut host = FakeHost::default();
+        let mut exchange = Exchange::new();
+        let verdict = exchange.on_request_headers(&mut host, None, &chat_headers(None), false);
+        assert_eq!(verdict, Verdict::Pause);
+        let (status, json) = host.local_reply.unwrap();
+        assert_eq!(status, 503);
+        assert_eq!(json["error"]["code"], "not_ready");
+        assert!(matches!(
+            exchange.outcome(0),
+            Some(Outcome::Answered { status: 503 })
+        ));
+    }
+
+    #[test]
+    fn refuses_wrong_methods_and_announced_oversized_bodies() {
+        let state = Arc::new(state());
+        let mut host = FakeHost::default();
+        let headers = RequestHeaders {
+            method: "GET",
+            ..chat_headers(None)
+        };
+        Exchange::new().on_request_headers(&mut host, Some(&state), &headers, true);
+        assert_eq!(host.local_reply.take().unwrap().0, 405);
+
+        let too_big = (state.max_request_body_bytes + 1).to_string();
+        let mut exchange = Exchange::new();
+        let verdict = exchange.on_request_headers(
+            &mut host,
+            Some(&state),
+            &chat_headers(Some(&too_big)),
+            false,
+        );
+        assert_eq!(verdict, Verdict::Pause);
+        let (status, json) = host.local_reply.take().unwrap();
+        assert_eq!(status, 413);
+        assert_eq!(json["error"]["type"], "invalid_request_error");
+
+        Exchange::new().on_request_headers(&mut host, Some(&state), &chat_headers(None), true);
+        assert_eq!(host.local_reply.take().unwrap().0, 400);
+    }
+
+    #[test]
+    fn lists_models() {
+        let state = Arc::new(state());
+        let mut host = FakeHost::default();
+        let headers = RequestHeaders {
+            method: "GET",
+            path: "/v1/models",
+            ..RequestHeaders::default()
+        };
+        Exchange::new().on_request_headers(&mut host, Some(&state), &headers, true);
+        let (status, json) = host.local_reply.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(json["object"], "list");
+        assert_eq!(json["data"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn sends_a_chat_request_upstream_and_reports_its_usage() {
+        let state = Arc::new(state());
+        let body = br#"{"model":"gpt","messages":[{"role":"user","content":"hi"}]}"#;
+        let mut host = FakeHost {
+            now: 1_000,
+            request_body: body.to_vec(),
+            ..FakeHost::default()
+        };
+        let mut exchange = Exchange::new();
+        let verdict =
+            exchange.on_request_headers(&mut host, Some(&state), &chat_headers(None), false);
+        assert_eq!(verdict, Verdict::Pause);
+        assert_eq!(
+            exchange.on_request_body(&mut host, 10, false),
+            Verdict::Pause
+        );
+        assert_eq!(
+            exchange.on_request_body(&mut host, body.len(), true),
+            Verdict::Continue
+        );
+        let (authority, path, upstream_body) = host.upstream.clone().unwrap();
+        assert_eq!(authority, "127.0.0.1:9");
+        assert_eq!(path, "/v1/chat/completions");
+        assert!(upstream_body.starts_with(br#"{"model":"upstream-gpt""#));
+        assert!(exchange.is_upstream());
+
+        let verdict =
+            exchange.on_response_headers(&mut host, Some(200), Some("application/json"), false);
+        assert_eq!(verdict, Verdict::Pause);
+        host.response_body = br#"{"id":"x","object":"chat.completion","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#.to_vec();
+        let size = host.response_body.len();
+        assert_eq!(
+            exchange.on_response_body(&mut host, size, true),
+            Verdict::Continue
+        );
+        host.now = 1_250;
+        let Some(Outcome::Upstream(outcome)) = exchange.outcome(host.now) else {
+            panic!("not an upstream outcome");
+        };
+        assert_eq!(outcome.status, 200);
+        assert_eq!(outcome.upstream_ms, 250);
+        assert_eq!(outcome.usage.prompt_tokens, Some(3));
+        assert_eq!(outcome.record.id, "req-1");
+        assert_eq!(outcome.record.model_name, "gpt");
+        assert_eq!(outcome.record.completion_tokens, Some(4));
+        assert!(!outcome.record.stream);
+    }
+
+    #[test]
+    fn translates_an_anthropic_stream_chunk_by_chunk() {
+        let state = Arc::new(state());
+        let body =
+            br#"{"model":"claude","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+        let mut host = FakeHost {
+            request_body: body.to_vec(),
+            ..FakeHost::default()
+        };
+        let mut exchange = Exchange::new();
+        exchange.on_request_headers(&mut host, Some(&state), &chat_headers(None), false);
+        exchange.on_request_body(&mut host, body.len(), true);
+        assert_eq!(host.upstream.as_ref().unwrap().1, "/v1/messages");
+        let verdict =
+            exchange.on_response_headers(&mut host, Some(200), Some("text/event-stream"), false);
+        assert_eq!(verdict, Verdict::Continue);
+        assert_eq!(host.response_headers_removed, vec!["content-length"]);
+        host.now = 5;
+        host.response_body = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"model\":\"claude-x\",\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}}\n\nevent: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hel\"}}\n\n".to_vec();
+        let size = host.response_body.len();
+        assert_eq!(
+            exchange.on_response_body(&mut host, size, false),
+            Verdict::Continue
+        );
+        let out = String::from_utf8(host.response_body.clone()).unwrap();
+        assert!(out.starts_with("data: {"), "{out}");
+        assert!(out.contains("\"content\":\"Hel\""), "{out}");
+        let Some(Outcome::Upstream(outcome)) = exchange.outcome(9) else {
+            panic!("not an upstream outcome");
+        };
+        assert!(outcome.record.stream);
+        assert_eq!(outcome.first_byte_ms, Some(5));
+    }
+}
