@@ -170,6 +170,11 @@ impl Exchange {
         Exchange::default()
     }
 
+    /// Whether a chat request is waiting for its body (so body events are the filter's).
+    pub fn awaits_body(&self) -> bool {
+        matches!(self.phase, Phase::AwaitingBody { .. })
+    }
+
     /// Whether the request went upstream (so the response is the filter's to translate).
     pub fn is_upstream(&self) -> bool {
         matches!(self.phase, Phase::Upstream { .. })

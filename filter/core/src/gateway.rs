@@ -54,9 +54,13 @@ pub fn classify(method: &str, path: &str) -> Endpoint {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
-    /// Envoy cluster of the control plane.
+    /// Envoy cluster of the control plane (the proxy-wasm filter's stream goes through it).
     #[serde(default = "default_control_plane_cluster")]
     pub control_plane_cluster: String,
+    /// gRPC URL of the control plane for the native module, which connects from a thread of
+    /// its own instead of through an Envoy cluster.
+    #[serde(default = "default_control_plane_url")]
+    pub control_plane_url: String,
     /// This Envoy's name, reported to the control plane.
     #[serde(default)]
     pub node_id: String,
@@ -72,6 +76,10 @@ fn default_control_plane_cluster() -> String {
     "tollgate_control_plane".to_string()
 }
 
+fn default_control_plane_url() -> String {
+    "http://127.0.0.1:50051".to_string()
+}
+
 fn default_reconnect_ms() -> u64 {
     500
 }
@@ -80,6 +88,7 @@ impl Default for PluginConfig {
     fn default() -> Self {
         PluginConfig {
             control_plane_cluster: default_control_plane_cluster(),
+            control_plane_url: default_control_plane_url(),
             node_id: String::new(),
             max_request_body_bytes: None,
             reconnect_ms: default_reconnect_ms(),

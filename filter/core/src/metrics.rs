@@ -8,6 +8,23 @@ pub const NO_MODEL: &str = "none";
 /// Provider label for answers the gateway gave itself.
 pub const GATEWAY_PROVIDER: &str = "gateway";
 
+/// Base names of the filter's stats. The proxy-wasm filter appends `.<tag>.<value>` pairs (the
+/// functions below); the native module defines each once with labels (`model`, `provider`,
+/// `status`) that Envoy turns into tags itself.
+pub const REQUESTS: &str = "tollgate.requests";
+/// See [`REQUESTS`].
+pub const PROMPT_TOKENS: &str = "tollgate.prompt_tokens";
+/// See [`REQUESTS`].
+pub const COMPLETION_TOKENS: &str = "tollgate.completion_tokens";
+/// See [`REQUESTS`].
+pub const USAGE_MISSING: &str = "tollgate.usage_missing";
+/// See [`REQUESTS`].
+pub const UPSTREAM_LATENCY_MS: &str = "tollgate.upstream_latency_ms";
+/// See [`REQUESTS`].
+pub const TIME_TO_FIRST_TOKEN_MS: &str = "tollgate.time_to_first_token_ms";
+/// Counter without tags: usage records dropped while the control plane was away.
+pub const USAGE_RECORDS_DROPPED: &str = "tollgate.usage_records_dropped";
+
 /// Replaces every byte a stat segment cannot hold (`.` separates segments) with `_`.
 pub fn sanitize_stat_segment(value: &str) -> String {
     let cleaned: String = value
@@ -29,32 +46,32 @@ pub fn sanitize_stat_segment(value: &str) -> String {
 
 /// Counter: one per finished request.
 pub fn requests_counter(model: &str, provider: &str, status: u16) -> String {
-    format!("tollgate.requests.model.{model}.provider.{provider}.status.{status}")
+    format!("{REQUESTS}.model.{model}.provider.{provider}.status.{status}")
 }
 
 /// Counter: prompt tokens reported by providers.
 pub fn prompt_tokens_counter(model: &str, provider: &str) -> String {
-    format!("tollgate.prompt_tokens.model.{model}.provider.{provider}")
+    format!("{PROMPT_TOKENS}.model.{model}.provider.{provider}")
 }
 
 /// Counter: completion tokens reported by providers.
 pub fn completion_tokens_counter(model: &str, provider: &str) -> String {
-    format!("tollgate.completion_tokens.model.{model}.provider.{provider}")
+    format!("{COMPLETION_TOKENS}.model.{model}.provider.{provider}")
 }
 
 /// Counter: responses whose provider reported no usage (so spend is unknown, not 0).
 pub fn usage_missing_counter(model: &str, provider: &str) -> String {
-    format!("tollgate.usage_missing.model.{model}.provider.{provider}")
+    format!("{USAGE_MISSING}.model.{model}.provider.{provider}")
 }
 
 /// Histogram: milliseconds from sending upstream to the last response byte.
 pub fn upstream_latency_histogram(model: &str, provider: &str) -> String {
-    format!("tollgate.upstream_latency_ms.model.{model}.provider.{provider}")
+    format!("{UPSTREAM_LATENCY_MS}.model.{model}.provider.{provider}")
 }
 
 /// Histogram: milliseconds from sending upstream to the first response body byte.
 pub fn time_to_first_byte_histogram(model: &str, provider: &str) -> String {
-    format!("tollgate.time_to_first_token_ms.model.{model}.provider.{provider}")
+    format!("{TIME_TO_FIRST_TOKEN_MS}.model.{model}.provider.{provider}")
 }
 
 #[cfg(test)]

@@ -223,7 +223,7 @@ impl VmShared {
     fn queue_usage(&mut self, record: proto::UsageRecord) {
         if self.usage.len() >= MAX_QUEUED_USAGE {
             self.usage.pop_front();
-            self.count("tollgate.usage_records_dropped", 1);
+            self.count(metrics::USAGE_RECORDS_DROPPED, 1);
         }
         self.usage.push_back(record);
     }

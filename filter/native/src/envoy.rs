@@ -1,0 +1,501 @@
+//! Safe wrappers over the callbacks into Envoy: every `unsafe` call of the module is here,
+//! each relying on what the ABI promises (see `abi.rs`).
+
+use std::borrow::Cow;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tollgate_core::exchange::Host;
+use tollgate_core::gateway::{CLIENT_HEADERS_TO_REMOVE, ROUTE_HEADER};
+use tollgate_core::{metrics, RequestPlan};
+
+use crate::abi::{
+    self, ConfigEnvoyPtr, EnvoyBuffer, EnvoyHttpHeader, FilterEnvoyPtr, ModuleBuffer,
+};
+
+fn log(level: u32, message: &str) {
+    // SAFETY: a plain function of Envoy's; the message is copied during the call.
+    unsafe { abi::envoy_dynamic_module_callback_log(level, ModuleBuffer::new(message.as_bytes())) }
+}
+
+/// Logs at info level, to Envoy's `dynamic_modules` logger.
+pub fn log_info(message: &str) {
+    log(abi::LOG_INFO, message);
+}
+
+/// Logs at warning level.
+pub fn log_warn(message: &str) {
+    log(abi::LOG_WARN, message);
+}
+
+/// Logs at error level.
+pub fn log_error(message: &str) {
+    log(abi::LOG_ERROR, message);
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+        })
+}
+
+/// Envoy's side of one request, valid from `on_http_filter_new` to `on_http_filter_destroy`
+/// (Envoy's promise); the hooks hand it over on every call.
+#[derive(Clone, Copy)]
+pub struct Filter(FilterEnvoyPtr);
+
+impl Filter {
+    /// Wraps the pointer a hook received.
+    pub fn new(pointer: FilterEnvoyPtr) -> Self {
+        Filter(pointer)
+    }
+
+    /// Every header of a map (`abi::REQUEST_HEADERS` or `abi::RESPONSE_HEADERS`), as Envoy's
+    /// own bytes: valid until this hook returns or a header of the map is changed.
+    pub fn headers(self, map: u32) -> Vec<EnvoyHttpHeader> {
+        // SAFETY: `self.0` is live during the hook; the array gets exactly the size Envoy
+        // reported, and Envoy writes at most that many entries.
+        unsafe {
+            let count = abi::envoy_dynamic_module_callback_http_get_headers_size(self.0, map);
+            let mut headers = vec![EnvoyHttpHeader::NULL; count];
+            if count == 0
+                || !abi::envoy_dynamic_module_callback_http_get_headers(
+                    self.0,
+                    map,
+                    headers.as_mut_ptr(),
+                )
+            {
+                headers.clear();
+            }
+            headers
+        }
+    }
+
+    /// The first value of a header, if present and UTF-8.
+    pub fn header(&self, map: u32, name: &str) -> Option<&str> {
+        let mut value = EnvoyBuffer::NULL;
+        // SAFETY: `self.0` is live during the hook; `value` is a valid out-pointer and the
+        // size pointer may be null. The bytes stay Envoy's until a setter is called, which
+        // takes `&mut self` while the returned `&str` borrows `self`.
+        let found = unsafe {
+            abi::envoy_dynamic_module_callback_http_get_header(
+                self.0,
+                map,
+                ModuleBuffer::new(name.as_bytes()),
+                &mut value,
+                0,
+                std::ptr::null_mut(),
+            )
+        };
+        if !found {
+            return None;
+        }
+        // SAFETY: see above.
+        std::str::from_utf8(unsafe { value.bytes() }).ok()
+    }
+
+    /// Sets a header (replacing every value), or removes it when `value` is `None`.
+    pub fn set_header(&mut self, map: u32, name: &str, value: Option<&str>) {
+        let value = value.map_or(ModuleBuffer::NULL, |value| {
+            ModuleBuffer::new(value.as_bytes())
+        });
+        // SAFETY: `self.0` is live; Envoy copies both buffers.
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_set_header(
+                self.0,
+                map,
+                ModuleBuffer::new(name.as_bytes()),
+                value,
+            );
+        }
+    }
+
+    /// The whole body so far: Envoy's buffered part, then the current hook's part (unless
+    /// the two are the same buffer). One chunk is borrowed; several are joined.
+    fn body(&mut self, buffered: u32, received: u32, received_is_buffered: bool) -> Cow<'_, [u8]> {
+        let mut chunks = self.body_chunks(buffered);
+        if !received_is_buffered {
+            chunks.extend(self.body_chunks(received));
+        }
+        // SAFETY: the chunks are Envoy's until this hook returns or a body setter is called;
+        // the setters take `&mut self`, which the returned value borrows.
+        let mut slices = chunks
+            .iter()
+            .map(|chunk| unsafe { chunk.bytes() })
+            .filter(|bytes| !bytes.is_empty());
+        match (slices.next(), slices.next()) {
+            (None, _) => Cow::Borrowed(&[]),
+            (Some(only), None) => Cow::Borrowed(only),
+            (Some(first), Some(second)) => {
+                let mut joined = Vec::with_capacity(first.len() + second.len());
+                joined.extend_from_slice(first);
+                joined.extend_from_slice(second);
+                for rest in slices {
+                    joined.extend_from_slice(rest);
+                }
+                Cow::Owned(joined)
+            }
+        }
+    }
+
+    fn body_chunks(&self, body: u32) -> Vec<EnvoyBuffer> {
+        // SAFETY: `self.0` is live; the array gets exactly the size Envoy reported.
+        unsafe {
+            let count = abi::envoy_dynamic_module_callback_http_get_body_chunks_size(self.0, body);
+            let mut chunks = vec![EnvoyBuffer::NULL; count];
+            if count == 0
+                || !abi::envoy_dynamic_module_callback_http_get_body_chunks(
+                    self.0,
+                    body,
+                    chunks.as_mut_ptr(),
+                )
+            {
+                chunks.clear();
+            }
+            chunks
+        }
+    }
+
+    fn body_size(&self, body: u32) -> usize {
+        // SAFETY: `self.0` is live.
+        unsafe { abi::envoy_dynamic_module_callback_http_get_body_size(self.0, body) }
+    }
+
+    /// Replaces the whole body so far with `new_body`: both parts are drained and the new
+    /// bytes go into the current hook's part, which Envoy passes on (after the buffered part,
+    /// now empty).
+    fn replace_body(
+        &mut self,
+        buffered: u32,
+        received: u32,
+        received_is_buffered: bool,
+        new_body: &[u8],
+    ) {
+        // SAFETY: `self.0` is live; Envoy copies `new_body`.
+        unsafe {
+            let buffered_size = self.body_size(buffered);
+            abi::envoy_dynamic_module_callback_http_drain_body(self.0, buffered, buffered_size);
+            let target = if received_is_buffered {
+                buffered
+            } else {
+                let received_size = self.body_size(received);
+                abi::envoy_dynamic_module_callback_http_drain_body(self.0, received, received_size);
+                received
+            };
+            abi::envoy_dynamic_module_callback_http_append_body(
+                self.0,
+                target,
+                ModuleBuffer::new(new_body),
+            );
+        }
+    }
+
+    fn received_buffered_request_body(&self) -> bool {
+        // SAFETY: `self.0` is live.
+        unsafe { abi::envoy_dynamic_module_callback_http_received_buffered_request_body(self.0) }
+    }
+
+    fn received_buffered_response_body(&self) -> bool {
+        // SAFETY: `self.0` is live.
+        unsafe { abi::envoy_dynamic_module_callback_http_received_buffered_response_body(self.0) }
+    }
+
+    /// Size of the request body so far (buffered and current part).
+    pub fn request_body_size(&self) -> usize {
+        let buffered = self.body_size(abi::BUFFERED_REQUEST_BODY);
+        if self.received_buffered_request_body() {
+            buffered
+        } else {
+            buffered + self.body_size(abi::RECEIVED_REQUEST_BODY)
+        }
+    }
+
+    /// Size of the response body so far (buffered and current part).
+    pub fn response_body_size(&self) -> usize {
+        let buffered = self.body_size(abi::BUFFERED_RESPONSE_BODY);
+        if self.received_buffered_response_body() {
+            buffered
+        } else {
+            buffered + self.body_size(abi::RECEIVED_RESPONSE_BODY)
+        }
+    }
+}
+
+/// [`Host`] for the native module, for one hook call.
+pub struct NativeHost {
+    filter: Filter,
+}
+
+impl NativeHost {
+    /// The host of one hook call.
+    pub fn new(filter: Filter) -> Self {
+        NativeHost { filter }
+    }
+}
+
+impl Host for NativeHost {
+    fn now_ms(&mut self) -> u64 {
+        now_ms()
+    }
+
+    fn remove_request_header(&mut self, name: &str) {
+        self.filter.set_header(abi::REQUEST_HEADERS, name, None);
+    }
+
+    fn send_json_response(&mut self, status: u16, body: &[u8]) {
+        let (name, value) = ("content-type", "application/json");
+        let mut headers = [abi::ModuleHttpHeader {
+            key_ptr: name.as_ptr().cast(),
+            key_length: name.len(),
+            value_ptr: value.as_ptr().cast(),
+            value_length: value.len(),
+        }];
+        // SAFETY: the filter is live; Envoy copies the headers, body and details.
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_send_response(
+                self.filter.0,
+                u32::from(status),
+                headers.as_mut_ptr(),
+                headers.len(),
+                ModuleBuffer::new(body),
+                ModuleBuffer::new(b"tollgate"),
+            );
+        }
+    }
+
+    fn request_body(&mut self, _size: usize) -> Cow<'_, [u8]> {
+        let received_is_buffered = self.filter.received_buffered_request_body();
+        self.filter.body(
+            abi::BUFFERED_REQUEST_BODY,
+            abi::RECEIVED_REQUEST_BODY,
+            received_is_buffered,
+        )
+    }
+
+    fn write_upstream_request(&mut self, plan: &RequestPlan, _body_size: usize) {
+        let filter = &mut self.filter;
+        for name in CLIENT_HEADERS_TO_REMOVE {
+            filter.set_header(abi::REQUEST_HEADERS, name, None);
+        }
+        filter.set_header(abi::REQUEST_HEADERS, ":path", Some(&plan.path));
+        filter.set_header(abi::REQUEST_HEADERS, ":authority", Some(&plan.authority));
+        filter.set_header(
+            abi::REQUEST_HEADERS,
+            "content-length",
+            Some(&plan.body_length),
+        );
+        filter.set_header(abi::REQUEST_HEADERS, ROUTE_HEADER, Some(plan.route_value));
+        for (name, value) in &plan.headers {
+            filter.set_header(abi::REQUEST_HEADERS, name, Some(value));
+        }
+        let received_is_buffered = filter.received_buffered_request_body();
+        filter.replace_body(
+            abi::BUFFERED_REQUEST_BODY,
+            abi::RECEIVED_REQUEST_BODY,
+            received_is_buffered,
+            &plan.body,
+        );
+        // The route was chosen (if at all) before the routing header existed.
+        // SAFETY: the filter is live.
+        unsafe { abi::envoy_dynamic_module_callback_http_clear_route_cache(filter.0) }
+    }
+
+    fn remove_response_header(&mut self, name: &str) {
+        self.filter.set_header(abi::RESPONSE_HEADERS, name, None);
+    }
+
+    fn set_response_header(&mut self, name: &str, value: &str) {
+        self.filter
+            .set_header(abi::RESPONSE_HEADERS, name, Some(value));
+    }
+
+    // A streamed response is never buffered, so "buffered and current part" is the chunk.
+    fn response_body(&mut self, _size: usize) -> Cow<'_, [u8]> {
+        let received_is_buffered = self.filter.received_buffered_response_body();
+        self.filter.body(
+            abi::BUFFERED_RESPONSE_BODY,
+            abi::RECEIVED_RESPONSE_BODY,
+            received_is_buffered,
+        )
+    }
+
+    fn replace_response_body(&mut self, _size: usize, body: &[u8]) {
+        let received_is_buffered = self.filter.received_buffered_response_body();
+        self.filter.replace_body(
+            abi::BUFFERED_RESPONSE_BODY,
+            abi::RECEIVED_RESPONSE_BODY,
+            received_is_buffered,
+            body,
+        );
+    }
+}
+
+/// The filter's stats, defined once per configuration with labels; Envoy turns the labels
+/// into tags (Prometheus labels) itself. Ids are 0 when Envoy refused a definition, and
+/// Envoy ignores increments of id 0.
+pub struct Metrics {
+    requests: usize,
+    prompt_tokens: usize,
+    completion_tokens: usize,
+    usage_missing: usize,
+    usage_records_dropped: usize,
+    upstream_latency: usize,
+    time_to_first_token: usize,
+}
+
+const MODEL_PROVIDER: [&str; 2] = ["model", "provider"];
+const MODEL_PROVIDER_STATUS: [&str; 3] = ["model", "provider", "status"];
+
+impl Metrics {
+    /// Defines the stats; only possible while Envoy creates the configuration.
+    pub fn define(config: ConfigEnvoyPtr) -> Self {
+        Metrics {
+            requests: define(config, false, metrics::REQUESTS, &MODEL_PROVIDER_STATUS),
+            prompt_tokens: define(config, false, metrics::PROMPT_TOKENS, &MODEL_PROVIDER),
+            completion_tokens: define(config, false, metrics::COMPLETION_TOKENS, &MODEL_PROVIDER),
+            usage_missing: define(config, false, metrics::USAGE_MISSING, &MODEL_PROVIDER),
+            usage_records_dropped: define(config, false, metrics::USAGE_RECORDS_DROPPED, &[]),
+            upstream_latency: define(config, true, metrics::UPSTREAM_LATENCY_MS, &MODEL_PROVIDER),
+            time_to_first_token: define(
+                config,
+                true,
+                metrics::TIME_TO_FIRST_TOKEN_MS,
+                &MODEL_PROVIDER,
+            ),
+        }
+    }
+
+    /// One finished request.
+    pub fn count_request(&self, filter: Filter, model: &str, provider: &str, status: u16) {
+        let status = status.to_string();
+        increment(filter, self.requests, &[model, provider, &status], 1);
+    }
+
+    /// Tokens a provider reported.
+    pub fn count_tokens(
+        &self,
+        filter: Filter,
+        model: &str,
+        provider: &str,
+        prompt: u64,
+        completion: u64,
+    ) {
+        increment(filter, self.prompt_tokens, &[model, provider], prompt);
+        increment(
+            filter,
+            self.completion_tokens,
+            &[model, provider],
+            completion,
+        );
+    }
+
+    /// A successful response without usage.
+    pub fn count_usage_missing(&self, filter: Filter, model: &str, provider: &str) {
+        increment(filter, self.usage_missing, &[model, provider], 1);
+    }
+
+    /// A usage record dropped from the full queue.
+    pub fn count_usage_dropped(&self, filter: Filter) {
+        increment(filter, self.usage_records_dropped, &[], 1);
+    }
+
+    /// Upstream latency and, for streams, time to the first byte.
+    pub fn record_latency(
+        &self,
+        filter: Filter,
+        model: &str,
+        provider: &str,
+        upstream_ms: u64,
+        first_byte_ms: Option<u64>,
+    ) {
+        record(
+            filter,
+            self.upstream_latency,
+            &[model, provider],
+            upstream_ms,
+        );
+        if let Some(first_byte_ms) = first_byte_ms {
+            record(
+                filter,
+                self.time_to_first_token,
+                &[model, provider],
+                first_byte_ms,
+            );
+        }
+    }
+}
+
+fn module_buffers(values: &[&str]) -> [ModuleBuffer; 3] {
+    let mut buffers = [ModuleBuffer::NULL; 3];
+    for (buffer, value) in buffers.iter_mut().zip(values) {
+        *buffer = ModuleBuffer::new(value.as_bytes());
+    }
+    buffers
+}
+
+fn define(config: ConfigEnvoyPtr, histogram: bool, name: &str, labels: &[&str]) -> usize {
+    let mut label_names = module_buffers(labels);
+    let count = labels.len().min(label_names.len());
+    let mut id = 0;
+    // SAFETY: `config` is the configuration Envoy is creating; Envoy copies the name and
+    // label names and writes the id through the valid pointer.
+    let result = unsafe {
+        let define = if histogram {
+            abi::envoy_dynamic_module_callback_http_filter_config_define_histogram
+        } else {
+            abi::envoy_dynamic_module_callback_http_filter_config_define_counter
+        };
+        define(
+            config,
+            ModuleBuffer::new(name.as_bytes()),
+            label_names.as_mut_ptr(),
+            count,
+            &mut id,
+        )
+    };
+    if result != abi::METRICS_SUCCESS {
+        log_warn(&format!(
+            "tollgate: Envoy refused to define the stat {name} (result {result})"
+        ));
+        return 0;
+    }
+    id
+}
+
+fn increment(filter: Filter, id: usize, labels: &[&str], value: u64) {
+    if id == 0 || value == 0 {
+        return;
+    }
+    let mut label_values = module_buffers(labels);
+    let count = labels.len().min(label_values.len());
+    // SAFETY: the filter is live; Envoy reads `count` label values during the call.
+    unsafe {
+        abi::envoy_dynamic_module_callback_http_filter_increment_counter(
+            filter.0,
+            id,
+            label_values.as_mut_ptr(),
+            count,
+            value,
+        );
+    }
+}
+
+fn record(filter: Filter, id: usize, labels: &[&str], value: u64) {
+    if id == 0 {
+        return;
+    }
+    let mut label_values = module_buffers(labels);
+    let count = labels.len().min(label_values.len());
+    // SAFETY: as in `increment`.
+    unsafe {
+        abi::envoy_dynamic_module_callback_http_filter_record_histogram_value(
+            filter.0,
+            id,
+            label_values.as_mut_ptr(),
+            count,
+            value,
+        );
+    }
+}

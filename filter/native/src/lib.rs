@@ -1,0 +1,344 @@
+//! Tollgate as an Envoy dynamic module: the same filter as the proxy-wasm one
+//! (`tollgate-filter`), driving the same [`tollgate_core::exchange::Exchange`], but loaded as
+//! a native shared library. No Wasm runtime: no per-worker VM and copy of every snapshot, no
+//! copies of headers and bodies into a VM's memory, no JIT-compiled code.
+//!
+//! Envoy calls the `envoy_dynamic_module_on_*` functions below (its ABI, `abi.rs`). One
+//! configuration is shared by every worker: it holds the newest snapshot, which a thread of
+//! the module's own keeps current over a gRPC stream to the control plane (`sync.rs`), and
+//! the queue of usage records that thread sends back.
+
+// The module's interface is C functions and raw pointers; `envoy.rs` wraps them. Its only
+// caller is Envoy, which passes back the pointers the module gave it.
+#![allow(unsafe_code, clippy::not_unsafe_ptr_arg_deref)]
+
+mod abi;
+mod envoy;
+mod shared;
+mod sync;
+
+use std::ffi::c_void;
+use std::os::raw::c_char;
+use std::sync::Arc;
+
+use abi::{ConfigEnvoyPtr, EnvoyBuffer, EnvoyHttpHeader, FilterEnvoyPtr};
+use envoy::{Filter, Metrics, NativeHost};
+use shared::Shared;
+use tollgate_core::exchange::{Exchange, RequestHeaders, Verdict};
+use tollgate_core::gateway::ROUTE_HEADER;
+use tollgate_core::PluginConfig;
+
+/// The ABI version Envoy 1.40 expects.
+static ABI_VERSION: &[u8] = b"v0.2.0\0";
+
+/// Called once when Envoy loads the module; returns the ABI version it was built against.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
+    ABI_VERSION.as_ptr().cast()
+}
+
+/// A filter configuration: the JSON [`PluginConfig`] (empty for defaults). Defines the stats
+/// and starts the control-plane thread; null (Envoy rejects the configuration) when the JSON
+/// is invalid.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
+    config_envoy: ConfigEnvoyPtr,
+    _name: EnvoyBuffer,
+    config: EnvoyBuffer,
+) -> *const c_void {
+    // SAFETY: Envoy owns the configuration bytes for this call; they are parsed here.
+    let bytes = unsafe { config.bytes() };
+    let config = match PluginConfig::parse(bytes) {
+        Ok(config) => config,
+        Err(error) => {
+            envoy::log_error(&format!("tollgate: {error}"));
+            return std::ptr::null();
+        }
+    };
+    let shared = Arc::new(Shared::new(config, Metrics::define(config_envoy)));
+    if let Err(error) = sync::spawn(shared.clone()) {
+        envoy::log_error(&format!(
+            "tollgate: cannot start the control-plane thread: {error}"
+        ));
+        return std::ptr::null();
+    }
+    Arc::into_raw(shared).cast()
+}
+
+/// The configuration is gone: stop its thread and drop Envoy's reference.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: *const c_void) {
+    // SAFETY: the pointer came from `Arc::into_raw` in `config_new`; Envoy destroys it once.
+    let shared = unsafe { Arc::from_raw(config.cast::<Shared>()) };
+    shared.stop();
+}
+
+/// One request's filter.
+struct TollgateFilter {
+    shared: Arc<Shared>,
+    exchange: Exchange,
+}
+
+/// A filter for a new request.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
+    config: *const c_void,
+    _filter_envoy: FilterEnvoyPtr,
+) -> *const c_void {
+    // SAFETY: `config` came from `Arc::into_raw` and Envoy keeps it alive while it makes
+    // filters from it; the count is raised before `from_raw` takes a reference.
+    let shared = unsafe {
+        Arc::increment_strong_count(config.cast::<Shared>());
+        Arc::from_raw(config.cast::<Shared>())
+    };
+    let filter = Box::new(TollgateFilter {
+        shared,
+        exchange: Exchange::new(),
+    });
+    Box::into_raw(filter).cast_const().cast()
+}
+
+/// # Safety
+/// `filter` must come from [`envoy_dynamic_module_on_http_filter_new`] and not be destroyed;
+/// Envoy calls a filter's hooks one at a time on its worker thread.
+unsafe fn filter<'a>(filter: *const c_void) -> &'a mut TollgateFilter {
+    // SAFETY: see above.
+    unsafe { &mut *(filter.cast_mut().cast::<TollgateFilter>()) }
+}
+
+fn headers_status(verdict: Verdict) -> u32 {
+    match verdict {
+        Verdict::Continue => abi::HEADERS_CONTINUE,
+        Verdict::Pause => abi::HEADERS_STOP_ITERATION,
+    }
+}
+
+fn body_status(verdict: Verdict) -> u32 {
+    match verdict {
+        Verdict::Continue => abi::BODY_CONTINUE,
+        Verdict::Pause => abi::BODY_STOP_ITERATION_AND_BUFFER,
+    }
+}
+
+fn utf8(buffer: &EnvoyBuffer) -> Option<&str> {
+    // SAFETY: the buffers are Envoy's header bytes, read in the current hook; the caller
+    // drops them before it changes a header.
+    std::str::from_utf8(unsafe { buffer.bytes() }).ok()
+}
+
+fn scan(headers: &[EnvoyHttpHeader]) -> RequestHeaders<'_> {
+    RequestHeaders::scan(
+        headers
+            .iter()
+            .filter_map(|header| Some((utf8(&header.key)?, utf8(&header.value)?))),
+    )
+}
+
+/// The request headers.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
+    filter_envoy: FilterEnvoyPtr,
+    filter_module: *const c_void,
+    end_of_stream: bool,
+) -> u32 {
+    // SAFETY: Envoy passes the pointer `filter_new` returned.
+    let this = unsafe { filter(filter_module) };
+    let mut envoy_filter = Filter::new(filter_envoy);
+    let all = envoy_filter.headers(abi::REQUEST_HEADERS);
+    let headers = scan(&all);
+    if !headers.route_header {
+        return this.on_request_headers(envoy_filter, &headers, end_of_stream);
+    }
+    // Only the filter may choose an upstream cluster. Removing a header may move the others'
+    // bytes, so the map is read again before anything else is looked at.
+    drop(all);
+    envoy_filter.set_header(abi::REQUEST_HEADERS, ROUTE_HEADER, None);
+    let all = envoy_filter.headers(abi::REQUEST_HEADERS);
+    this.on_request_headers(envoy_filter, &scan(&all), end_of_stream)
+}
+
+impl TollgateFilter {
+    fn on_request_headers(
+        &mut self,
+        envoy_filter: Filter,
+        headers: &RequestHeaders<'_>,
+        end_of_stream: bool,
+    ) -> u32 {
+        let state = self.shared.state();
+        headers_status(self.exchange.on_request_headers(
+            &mut NativeHost::new(envoy_filter),
+            state.as_ref(),
+            headers,
+            end_of_stream,
+        ))
+    }
+}
+
+/// Request body data.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
+    filter_envoy: FilterEnvoyPtr,
+    filter_module: *const c_void,
+    end_of_stream: bool,
+) -> u32 {
+    // SAFETY: Envoy passes the pointer `filter_new` returned.
+    let this = unsafe { filter(filter_module) };
+    if !this.exchange.awaits_body() {
+        return abi::BODY_CONTINUE;
+    }
+    let envoy_filter = Filter::new(filter_envoy);
+    let size = envoy_filter.request_body_size();
+    body_status(this.exchange.on_request_body(
+        &mut NativeHost::new(envoy_filter),
+        size,
+        end_of_stream,
+    ))
+}
+
+/// The response headers.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
+    filter_envoy: FilterEnvoyPtr,
+    filter_module: *const c_void,
+    end_of_stream: bool,
+) -> u32 {
+    // SAFETY: Envoy passes the pointer `filter_new` returned.
+    let this = unsafe { filter(filter_module) };
+    if !this.exchange.is_upstream() {
+        return abi::HEADERS_CONTINUE;
+    }
+    let envoy_filter = Filter::new(filter_envoy);
+    let status = envoy_filter
+        .header(abi::RESPONSE_HEADERS, ":status")
+        .and_then(|value| value.parse::<u16>().ok());
+    // Read before the exchange changes a response header (it only removes content-length,
+    // after it is done with the content type).
+    let content_type = envoy_filter.header(abi::RESPONSE_HEADERS, "content-type");
+    headers_status(this.exchange.on_response_headers(
+        &mut NativeHost::new(envoy_filter),
+        status,
+        content_type,
+        end_of_stream,
+    ))
+}
+
+/// Response body data.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
+    filter_envoy: FilterEnvoyPtr,
+    filter_module: *const c_void,
+    end_of_stream: bool,
+) -> u32 {
+    // SAFETY: Envoy passes the pointer `filter_new` returned.
+    let this = unsafe { filter(filter_module) };
+    if !this.exchange.is_upstream() {
+        return abi::BODY_CONTINUE;
+    }
+    let envoy_filter = Filter::new(filter_envoy);
+    let size = envoy_filter.response_body_size();
+    body_status(this.exchange.on_response_body(
+        &mut NativeHost::new(envoy_filter),
+        size,
+        end_of_stream,
+    ))
+}
+
+/// Request trailers: nothing to do.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
+    _filter_envoy: FilterEnvoyPtr,
+    _filter_module: *const c_void,
+) -> u32 {
+    abi::CONTINUE
+}
+
+/// Response trailers: nothing to do.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
+    _filter_envoy: FilterEnvoyPtr,
+    _filter_module: *const c_void,
+) -> u32 {
+    abi::CONTINUE
+}
+
+/// The request is over: metrics and the usage record.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
+    filter_envoy: FilterEnvoyPtr,
+    filter_module: *const c_void,
+) {
+    // SAFETY: Envoy passes the pointer `filter_new` returned.
+    let this = unsafe { filter(filter_module) };
+    let now_ms = envoy::now_ms();
+    if let Some(outcome) = this.exchange.outcome(now_ms) {
+        this.shared
+            .record_outcome(Filter::new(filter_envoy), outcome);
+    }
+}
+
+/// The filter is gone.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter_module: *const c_void) {
+    // SAFETY: the pointer came from `Box::into_raw` in `filter_new`; Envoy destroys it once.
+    drop(unsafe { Box::from_raw(filter_module.cast_mut().cast::<TollgateFilter>()) });
+}
+
+/// The client reads slower than the response arrives: nothing to do (Envoy applies
+/// backpressure itself).
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
+    _filter_envoy: FilterEnvoyPtr,
+    _filter_module: *const c_void,
+) {
+}
+
+/// The client caught up: nothing to do.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
+    _filter_envoy: FilterEnvoyPtr,
+    _filter_module: *const c_void,
+) {
+}
+
+/// A local reply (the filter's own, or another filter's): let it go out.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_local_reply(
+    _filter_envoy: FilterEnvoyPtr,
+    _filter_module: *const c_void,
+    _response_code: u32,
+    _details: EnvoyBuffer,
+    _reset_imminent: bool,
+) -> u32 {
+    abi::CONTINUE
+}
+
+macro_rules! never_called_hooks {
+    ($($name:ident),* $(,)?) => {$(
+        /// Looked up when Envoy loads the module; never called: the filter starts no callout,
+        /// stream or timer and has no per-route configuration. (A C caller passing arguments to
+        /// a function that takes none is harmless in the C calling convention.)
+        #[no_mangle]
+        pub extern "C" fn $name() -> usize {
+            0
+        }
+    )*};
+}
+
+never_called_hooks!(
+    envoy_dynamic_module_on_http_filter_config_http_callout_done,
+    envoy_dynamic_module_on_http_filter_config_http_stream_complete,
+    envoy_dynamic_module_on_http_filter_config_http_stream_data,
+    envoy_dynamic_module_on_http_filter_config_http_stream_headers,
+    envoy_dynamic_module_on_http_filter_config_http_stream_reset,
+    envoy_dynamic_module_on_http_filter_config_http_stream_trailers,
+    envoy_dynamic_module_on_http_filter_config_scheduled,
+    envoy_dynamic_module_on_http_filter_http_callout_done,
+    envoy_dynamic_module_on_http_filter_http_stream_complete,
+    envoy_dynamic_module_on_http_filter_http_stream_data,
+    envoy_dynamic_module_on_http_filter_http_stream_headers,
+    envoy_dynamic_module_on_http_filter_http_stream_reset,
+    envoy_dynamic_module_on_http_filter_http_stream_trailers,
+    envoy_dynamic_module_on_http_filter_per_route_config_destroy,
+    envoy_dynamic_module_on_http_filter_per_route_config_new,
+    envoy_dynamic_module_on_http_filter_scheduled,
+);
