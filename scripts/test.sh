@@ -15,11 +15,13 @@ echo "==> cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy -p tollgate-filter --target wasm32-wasip1 -- -D warnings
 
-echo "==> build the filter (wasm32-wasip1, release) and the binaries"
+echo "==> build the filter (wasm32-wasip1, release), the native module (release) and the binaries"
 cargo build -p tollgate-filter --target wasm32-wasip1 --release
+cargo build -p tollgate-native --release
 cargo build --workspace
 
 export TOLLGATE_WASM="$PWD/target/wasm32-wasip1/release/tollgate_filter.wasm"
+export TOLLGATE_NATIVE="$PWD/target/release/libtollgate_native.so"
 export TOLLGATE_BIN_DIR="$PWD/target/debug"
 export TOLLGATE_TEST_PG_URL="${TOLLGATE_TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/test}"
 
@@ -34,3 +36,7 @@ scripts/validate-envoy.sh
 
 echo "==> pytest (official openai SDK against the gateway)"
 python3 -m pytest -q tests/python
+
+echo "==> end-to-end tests and pytest with the native module (Envoy dynamic module) instead of Wasm"
+TOLLGATE_E2E_FILTER=native cargo test -p tollgate-e2e -- --test-threads 2
+TOLLGATE_E2E_FILTER=native python3 -m pytest -q tests/python

@@ -23,6 +23,25 @@ pub const CA_BUNDLE_CANDIDATES: &[&str] = &[
     "/etc/ssl/cert.pem",
 ];
 
+/// How Envoy loads the filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FilterBuild {
+    /// The proxy-wasm filter: the `.wasm` file, as Envoy sees it.
+    Wasm {
+        /// Path of `tollgate_filter.wasm`.
+        path: String,
+    },
+    /// The native dynamic module, `lib<module>.so` in the directory Envoy's
+    /// `ENVOY_DYNAMIC_MODULES_SEARCH_PATH` names.
+    Native {
+        /// The module's name (`tollgate_native` for `libtollgate_native.so`).
+        module: String,
+    },
+}
+
+/// Name of the native module's library (`lib` + this + `.so`).
+pub const NATIVE_MODULE: &str = "tollgate_native";
+
 /// Everything that varies between rendered bootstraps.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootstrapParams {
@@ -37,8 +56,8 @@ pub struct BootstrapParams {
     /// The filter's request limit (`general_settings.max_request_size_mb`); `None` leaves
     /// the filter's default, and sizes Envoy's buffers for it.
     pub max_request_body_bytes: Option<u64>,
-    /// The filter's `.wasm` file.
-    pub wasm_path: String,
+    /// The filter, and how Envoy loads it.
+    pub filter: FilterBuild,
     /// Trusted CAs for HTTPS providers.
     pub ca_bundle: String,
     /// Control plane gRPC host, as Envoy resolves it.
@@ -58,7 +77,9 @@ impl BootstrapParams {
             listen_address: "0.0.0.0".to_string(),
             listen_port: 4000,
             max_request_body_bytes: None,
-            wasm_path: "/etc/tollgate/tollgate_filter.wasm".to_string(),
+            filter: FilterBuild::Wasm {
+                path: "/etc/tollgate/tollgate_filter.wasm".to_string(),
+            },
             ca_bundle: CA_BUNDLE_CANDIDATES[0].to_string(),
             control_plane_host: "127.0.0.1".to_string(),
             control_plane_port: 50051,
@@ -78,10 +99,22 @@ impl BootstrapParams {
             .min(u64::from(u32::MAX))
     }
 
-    /// The filter's plugin configuration (JSON).
+    /// The filter's plugin configuration (JSON). The Wasm filter reaches the control plane
+    /// through an Envoy cluster, the native module directly.
     pub fn plugin_config_json(&self) -> String {
         let mut config = serde_json::Map::new();
-        config.insert("control_plane_cluster".into(), CONTROL_PLANE_CLUSTER.into());
+        match &self.filter {
+            FilterBuild::Wasm { .. } => {
+                config.insert("control_plane_cluster".into(), CONTROL_PLANE_CLUSTER.into());
+            }
+            FilterBuild::Native { .. } => {
+                let url = format!(
+                    "http://{}:{}",
+                    self.control_plane_host, self.control_plane_port
+                );
+                config.insert("control_plane_url".into(), url.into());
+            }
+        }
         config.insert("node_id".into(), self.node_id.clone().into());
         if let Some(bytes) = self.max_request_body_bytes {
             config.insert("max_request_body_bytes".into(), bytes.into());
@@ -130,7 +163,11 @@ fn yaml_scalar(value: &str) -> String {
 /// Renders the bootstrap. Values are YAML-quoted when needed; the plugin configuration is
 /// JSON inside a single-quoted scalar, where `'` is written `''`.
 pub fn render_bootstrap(params: &BootstrapParams) -> Result<String, RenderError> {
-    let replacements: [(&str, String); 11] = [
+    let (wasm_path, native_module, kept) = match &params.filter {
+        FilterBuild::Wasm { path } => (path.as_str(), NATIVE_MODULE, "wasm"),
+        FilterBuild::Native { module } => ("", module.as_str(), "native"),
+    };
+    let replacements: [(&str, String); 12] = [
         ("{{NODE_ID}}", yaml_scalar(&params.node_id)),
         ("{{ADMIN_PORT}}", params.admin_port.to_string()),
         ("{{LISTEN_ADDRESS}}", yaml_scalar(&params.listen_address)),
@@ -143,7 +180,8 @@ pub fn render_bootstrap(params: &BootstrapParams) -> Result<String, RenderError>
             "{{PLUGIN_CONFIG_JSON}}",
             params.plugin_config_json().replace('\'', "''"),
         ),
-        ("{{WASM_PATH}}", yaml_scalar(&params.wasm_path)),
+        ("{{WASM_PATH}}", yaml_scalar(wasm_path)),
+        ("{{NATIVE_MODULE}}", yaml_scalar(native_module)),
         ("{{CA_BUNDLE}}", yaml_scalar(&params.ca_bundle)),
         (
             "{{CONTROL_PLANE_HOST}}",
@@ -158,7 +196,7 @@ pub fn render_bootstrap(params: &BootstrapParams) -> Result<String, RenderError>
             params.control_plane_http_port.to_string(),
         ),
     ];
-    let mut rendered = TEMPLATE.to_string();
+    let mut rendered = keep_filter_block(TEMPLATE, kept);
     for (placeholder, value) in &replacements {
         rendered = rendered.replace(placeholder, value);
     }
@@ -168,6 +206,26 @@ pub fn render_bootstrap(params: &BootstrapParams) -> Result<String, RenderError>
         return Err(RenderError::UnfilledPlaceholder(left));
     }
     Ok(rendered)
+}
+
+/// Marks the start of a filter block in the template (`wasm` or `native`); `end` closes the
+/// last one.
+const FILTER_BLOCK_MARKER: &str = "# tollgate-filter: ";
+
+/// The template with only the `kept` filter block, and no block markers.
+fn keep_filter_block(template: &str, kept: &str) -> String {
+    let mut block: Option<&str> = None;
+    let mut out = String::with_capacity(template.len());
+    for line in template.split_inclusive('\n') {
+        if let Some(name) = line.trim().strip_prefix(FILTER_BLOCK_MARKER) {
+            block = (name != "end").then_some(name);
+            continue;
+        }
+        if block.is_none_or(|name| name == kept) {
+            out.push_str(line);
+        }
+    }
+    out
 }
 
 fn find_placeholder(text: &str) -> Option<String> {
@@ -219,7 +277,9 @@ mod tests {
             listen_address: "127.0.0.1".into(),
             listen_port: 14000,
             max_request_body_bytes: Some(5 * 1024 * 1024),
-            wasm_path: "/opt/t/filter.wasm".into(),
+            filter: FilterBuild::Wasm {
+                path: "/opt/t/filter.wasm".into(),
+            },
             ca_bundle: "/etc/ssl/cert.pem".into(),
             control_plane_host: "cp.internal".into(),
             control_plane_port: 15051,
@@ -288,7 +348,9 @@ mod tests {
     fn awkward_values_stay_valid_yaml() {
         let params = BootstrapParams {
             node_id: "it's: a node".into(),
-            wasm_path: "/tmp/with space/f.wasm".into(),
+            filter: FilterBuild::Wasm {
+                path: "/tmp/with space/f.wasm".into(),
+            },
             listen_address: "::".into(),
             ..BootstrapParams::standalone()
         };
@@ -311,6 +373,59 @@ mod tests {
             ["typed_config"]["http_filters"][0]["typed_config"]["config"]["vm_config"]["code"]
             ["local"]["filename"];
         assert_eq!(wasm.as_str(), Some("/tmp/with space/f.wasm"));
+    }
+
+    #[test]
+    fn renders_the_native_module_instead_of_the_wasm_filter() {
+        let params = BootstrapParams {
+            filter: FilterBuild::Native {
+                module: NATIVE_MODULE.into(),
+            },
+            control_plane_host: "cp.internal".into(),
+            control_plane_port: 15051,
+            ..BootstrapParams::standalone()
+        };
+        let yaml = render_bootstrap(&params).unwrap();
+        assert!(!yaml.contains("tollgate-filter:"), "block markers stay out");
+        assert!(!yaml.contains("envoy.filters.http.wasm.v3.Wasm"));
+        let document: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
+        let filters = document["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
+            [0]["typed_config"]["http_filters"]
+            .as_sequence()
+            .unwrap();
+        let names: Vec<_> = filters
+            .iter()
+            .map(|f| f["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "tollgate",
+                "envoy.filters.http.dynamic_forward_proxy",
+                "envoy.filters.http.router"
+            ]
+        );
+        let native = &filters[0]["typed_config"];
+        assert_eq!(
+            native["@type"].as_str(),
+            Some("type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter")
+        );
+        assert_eq!(
+            native["dynamic_module_config"]["name"].as_str(),
+            Some(NATIVE_MODULE)
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(native["filter_config"]["value"].as_str().unwrap()).unwrap();
+        assert_eq!(json["control_plane_url"], "http://cp.internal:15051");
+        assert_eq!(json["node_id"], "tollgate-standalone");
+        // The Wasm rendering keeps exactly one filter named tollgate too.
+        let wasm = render_bootstrap(&BootstrapParams::standalone()).unwrap();
+        assert_eq!(
+            wasm.matches("- name: tollgate\n").count(),
+            2,
+            "virtual host + filter"
+        );
+        assert!(!wasm.contains("DynamicModuleFilter"));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tollgate::app::{start_control_plane, Database};
 use tollgate::client::Client;
 use tollgate::config::{self, ConfigError, LoadedConfig};
-use tollgate::envoy::{self, BootstrapParams};
+use tollgate::envoy::{self, BootstrapParams, FilterBuild};
 use tollgate::http_api;
 use tollgate::manage::Manager;
 use tollgate::sync::{self, SyncHub};
@@ -254,6 +254,10 @@ struct UpArgs {
     /// Filter build (default: TOLLGATE_WASM, next to this binary, or target/wasm32-wasip1/release).
     #[arg(long)]
     wasm: Option<PathBuf>,
+    /// Load the filter as a native Envoy dynamic module instead: the path of
+    /// libtollgate_native.so (`cargo build -p tollgate-native --release`).
+    #[arg(long, env = "TOLLGATE_NATIVE", conflicts_with = "wasm")]
+    native: Option<PathBuf>,
     /// Envoy binary (default: TOLLGATE_ENVOY, or `envoy` on PATH).
     #[arg(long)]
     envoy: Option<PathBuf>,
@@ -310,6 +314,10 @@ struct EnvoyConfigArgs {
     /// Filter build, as seen by Envoy.
     #[arg(long, default_value = "/etc/tollgate/tollgate_filter.wasm")]
     wasm: String,
+    /// Load the filter as the native dynamic module libtollgate_native.so instead of --wasm
+    /// (start Envoy with ENVOY_DYNAMIC_MODULES_SEARCH_PATH set to the library's directory).
+    #[arg(long)]
+    native: bool,
     /// Envoy node id.
     #[arg(long, default_value = "tollgate-standalone")]
     node_id: String,
@@ -566,7 +574,24 @@ async fn run_up(args: UpArgs) -> Result<ExitCode> {
     let envoy_env = std::env::var("TOLLGATE_ENVOY").ok();
     let wasm_env = std::env::var("TOLLGATE_WASM").ok();
     let envoy_binary = up::find_envoy(args.envoy.as_deref(), envoy_env.as_deref())?;
-    let wasm = up::find_wasm(args.wasm.as_deref(), wasm_env.as_deref())?;
+    let (filter, dynamic_modules_dir) = match &args.native {
+        Some(library) => {
+            let (dir, module) = up::native_module(library)?;
+            (FilterBuild::Native { module }, Some(dir))
+        }
+        None => {
+            let wasm = up::find_wasm(args.wasm.as_deref(), wasm_env.as_deref())?;
+            let path = wasm.display().to_string();
+            (FilterBuild::Wasm { path }, None)
+        }
+    };
+    // Every worker's Wasm VM and the main thread's hold a stream; the native module, one.
+    let filter_streams = match filter {
+        FilterBuild::Wasm { .. } => usize::try_from(args.concurrency)
+            .unwrap_or(usize::MAX)
+            .saturating_add(1),
+        FilterBuild::Native { .. } => 1,
+    };
     if args.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
@@ -608,7 +633,7 @@ async fn run_up(args: UpArgs) -> Result<ExitCode> {
         listen_address: args.host.to_string(),
         listen_port: args.port,
         max_request_body_bytes: loaded.config.general.max_request_body_bytes(),
-        wasm_path: wasm.display().to_string(),
+        filter,
         ca_bundle: envoy::default_ca_bundle(),
         control_plane_host: grpc_address.ip().to_string(),
         control_plane_port: grpc_address.port(),
@@ -624,6 +649,7 @@ async fn run_up(args: UpArgs) -> Result<ExitCode> {
         concurrency: args.concurrency,
         base_id: up::base_id_for_port(args.port),
         log: state_dir.join("envoy.log"),
+        dynamic_modules_dir,
     };
     tracing::info!(
         "starting {} (bootstrap {}, log {})",
@@ -649,9 +675,7 @@ async fn run_up(args: UpArgs) -> Result<ExitCode> {
     let readiness = Readiness {
         admin_url: format!("http://{admin_address}"),
         listener: SocketAddr::new(probe_ip, args.port),
-        expected_streams: usize::try_from(args.concurrency)
-            .unwrap_or(usize::MAX)
-            .saturating_add(1),
+        expected_streams: filter_streams,
         settle: Duration::from_secs(2),
         ack_grace: Duration::from_millis(500),
         timeout: Duration::from_secs(60),
@@ -937,7 +961,13 @@ fn run_envoy_config(args: EnvoyConfigArgs) -> Result<ExitCode> {
         listen_address: args.host,
         listen_port: args.port,
         max_request_body_bytes,
-        wasm_path: args.wasm,
+        filter: if args.native {
+            FilterBuild::Native {
+                module: envoy::NATIVE_MODULE.to_string(),
+            }
+        } else {
+            FilterBuild::Wasm { path: args.wasm }
+        },
         ca_bundle: args.ca_bundle.unwrap_or_else(envoy::default_ca_bundle),
         control_plane_host: args.control_plane_host,
         control_plane_port: args.grpc_port,

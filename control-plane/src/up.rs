@@ -34,6 +34,9 @@ pub enum UpError {
         detail_suffix(.0)
     )]
     WasmNotFound(String),
+    /// `--native` does not name a usable library.
+    #[error("the native Tollgate filter cannot be loaded: {0}")]
+    NativeNotFound(String),
     /// Envoy could not be started.
     #[error("cannot start Envoy ({path}): {source}")]
     Spawn {
@@ -167,6 +170,29 @@ pub fn find_wasm(flag: Option<&Path>, env: Option<&str>) -> Result<PathBuf, UpEr
     }
 }
 
+/// The directory and module name of the native filter's library (`lib<module>.so`), which
+/// is how Envoy finds a dynamic module.
+pub fn native_module(library: &Path) -> Result<(PathBuf, String), UpError> {
+    let not_usable =
+        |why: &str| UpError::NativeNotFound(format!("--native {}: {why}", library.display()));
+    if !library.is_file() {
+        return Err(not_usable("does not exist"));
+    }
+    let module = library
+        .file_name()
+        .and_then(|name| name.to_str())
+        .and_then(|name| name.strip_prefix("lib"))
+        .and_then(|name| name.strip_suffix(".so"))
+        .filter(|module| !module.is_empty())
+        .ok_or_else(|| not_usable("Envoy only loads modules named lib<name>.so"))?;
+    let library = absolute(library)?;
+    let dir = library
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| not_usable("has no directory"))?;
+    Ok((dir, module.to_string()))
+}
+
 fn absolute(path: &Path) -> Result<PathBuf, UpError> {
     std::path::absolute(path).map_err(|source| UpError::Io {
         context: format!("resolving {}", path.display()),
@@ -220,6 +246,8 @@ pub struct EnvoyCommand {
     pub base_id: u32,
     /// Where stdout and stderr go.
     pub log: PathBuf,
+    /// Where Envoy looks for dynamic modules (the native filter's directory).
+    pub dynamic_modules_dir: Option<PathBuf>,
 }
 
 impl EnvoyProcess {
@@ -231,7 +259,11 @@ impl EnvoyProcess {
         };
         let stdout = File::create(&command.log).map_err(io_error)?;
         let stderr = stdout.try_clone().map_err(io_error)?;
-        let child = Command::new(&command.envoy)
+        let mut envoy = Command::new(&command.envoy);
+        if let Some(dir) = &command.dynamic_modules_dir {
+            envoy.env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", dir);
+        }
+        let child = envoy
             .arg("-c")
             .arg(&command.bootstrap)
             .arg("--concurrency")

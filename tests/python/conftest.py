@@ -12,6 +12,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 BIN_DIR = Path(os.environ.get("TOLLGATE_BIN_DIR", ROOT / "target" / "debug"))
 WASM = Path(os.environ.get("TOLLGATE_WASM", ROOT / "target/wasm32-wasip1/release/tollgate_filter.wasm"))
+NATIVE = Path(os.environ.get("TOLLGATE_NATIVE", ROOT / "target/release/libtollgate_native.so"))
+# TOLLGATE_E2E_FILTER=native runs the gateway with the native module instead of the Wasm filter.
+FILTER_ARGS = (["--native", str(NATIVE)] if os.environ.get("TOLLGATE_E2E_FILTER") == "native"
+               else ["--wasm", str(WASM)])
 MASTER_KEY = "sk-master-python"
 OPENAI_KEY = "sk-mock-openai"
 ANTHROPIC_KEY = "sk-mock-anthropic"
@@ -83,7 +87,7 @@ model_list:
             [str(BIN_DIR / "tollgate"), "up", "--config", str(config), "--host", "127.0.0.1",
              "--port", str(port), "--admin-port", str(free_port()), "--grpc-port", str(free_port()),
              "--http-port", str(free_port()), "--concurrency", "2",
-             "--state-dir", str(work / "state"), "--wasm", str(WASM)],
+             "--state-dir", str(work / "state"), *FILTER_ARGS],
             stdout=subprocess.PIPE, stderr=log.open("w"), text=True, cwd=work, env=env,
         )
         try:

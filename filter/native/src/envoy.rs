@@ -112,6 +112,12 @@ impl Filter {
         }
     }
 
+    /// Makes Envoy choose the route again, from the headers as they are now.
+    pub fn clear_route_cache(&mut self) {
+        // SAFETY: `self.0` is live.
+        unsafe { abi::envoy_dynamic_module_callback_http_clear_route_cache(self.0) }
+    }
+
     /// The whole body so far: Envoy's buffered part, then the current hook's part (unless
     /// the two are the same buffer). One chunk is borrowed; several are joined.
     fn body(&mut self, buffered: u32, received: u32, received_is_buffered: bool) -> Cow<'_, [u8]> {
@@ -242,6 +248,7 @@ impl Host for NativeHost {
 
     fn remove_request_header(&mut self, name: &str) {
         self.filter.set_header(abi::REQUEST_HEADERS, name, None);
+        self.filter.clear_route_cache();
     }
 
     fn send_json_response(&mut self, status: u16, body: &[u8]) {
@@ -297,9 +304,8 @@ impl Host for NativeHost {
             received_is_buffered,
             &plan.body,
         );
-        // The route was chosen (if at all) before the routing header existed.
-        // SAFETY: the filter is live.
-        unsafe { abi::envoy_dynamic_module_callback_http_clear_route_cache(filter.0) }
+        // Envoy chose the route before the filters ran, without the routing header.
+        filter.clear_route_cache();
     }
 
     fn remove_response_header(&mut self, name: &str) {

@@ -153,6 +153,8 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     // bytes, so the map is read again before anything else is looked at.
     drop(all);
     envoy_filter.set_header(abi::REQUEST_HEADERS, ROUTE_HEADER, None);
+    // Envoy picked the route before the filters ran, with the client's header.
+    envoy_filter.clear_route_cache();
     let all = envoy_filter.headers(abi::REQUEST_HEADERS);
     this.on_request_headers(envoy_filter, &scan(&all), end_of_stream)
 }

@@ -2,8 +2,10 @@
 //! Envoy with the built filter as separate processes on 127.0.0.1, and stops them again.
 //!
 //! Binaries come from `target/debug` (override with `TOLLGATE_BIN_DIR`), the filter from
-//! `target/wasm32-wasip1/release/tollgate_filter.wasm` (override with `TOLLGATE_WASM`); the
-//! test command builds both first.
+//! `target/wasm32-wasip1/release/tollgate_filter.wasm` (override with `TOLLGATE_WASM`) or, with
+//! `TOLLGATE_E2E_FILTER=native`, the native module from
+//! `target/release/libtollgate_native.so` (override with `TOLLGATE_NATIVE`); the test command
+//! builds them first.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
@@ -44,6 +46,41 @@ pub fn wasm() -> Result<PathBuf> {
     if !path.exists() {
         bail!(
             "{} is missing: run `cargo build -p tollgate-filter --target wasm32-wasip1 --release` first",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Which build of the filter Envoy loads: the proxy-wasm filter (default) or, with
+/// `TOLLGATE_E2E_FILTER=native`, the native dynamic module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FilterBuild {
+    /// `tollgate_filter.wasm`.
+    Wasm(PathBuf),
+    /// `libtollgate_native.so`.
+    Native(PathBuf),
+}
+
+impl FilterBuild {
+    /// The build these tests run against.
+    pub fn chosen() -> Result<FilterBuild> {
+        match std::env::var("TOLLGATE_E2E_FILTER").as_deref() {
+            Ok("native") => Ok(FilterBuild::Native(native()?)),
+            Ok("wasm") | Err(_) => Ok(FilterBuild::Wasm(wasm()?)),
+            Ok(other) => bail!("TOLLGATE_E2E_FILTER={other}: expected wasm or native"),
+        }
+    }
+}
+
+/// Path of the built native module.
+pub fn native() -> Result<PathBuf> {
+    let path = std::env::var_os("TOLLGATE_NATIVE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/release/libtollgate_native.so"));
+    if !path.exists() {
+        bail!(
+            "{} is missing: run `cargo build -p tollgate-native --release` first",
             path.display()
         );
     }
@@ -297,9 +334,11 @@ impl Gateway {
             .arg("--state-dir")
             .arg(&state_dir)
             .args(["--database-url", &database_url])
-            .arg("--wasm")
-            .arg(wasm()?)
             .current_dir(dir);
+        match FilterBuild::chosen()? {
+            FilterBuild::Wasm(path) => command.arg("--wasm").arg(path),
+            FilterBuild::Native(path) => command.arg("--native").arg(path),
+        };
         let mut process = Process::start("tollgate up", command, &dir.join("tollgate.log"))?;
         if let Err(error) = process.wait_for_line("Tollgate is ready", Duration::from_secs(90)) {
             let log = std::fs::read_to_string(dir.join("tollgate.log")).unwrap_or_default();
@@ -463,13 +502,16 @@ impl Envoy {
         if let Some(http_port) = http_port {
             render.args(["--http-port", &http_port.to_string()]);
         }
+        let filter = FilterBuild::chosen()?;
+        match &filter {
+            FilterBuild::Wasm(path) => render.arg("--wasm").arg(path),
+            FilterBuild::Native(_) => render.arg("--native"),
+        };
         let rendered = render
             .args(["--port", &port.to_string()])
             .args(["--admin-port", &admin_port.to_string()])
             .args(["--grpc-port", &grpc_port.to_string()])
             .args(["--node-id", name])
-            .arg("--wasm")
-            .arg(wasm()?)
             .output()?;
         anyhow::ensure!(
             rendered.status.success(),
@@ -482,6 +524,11 @@ impl Envoy {
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("envoy"));
         let mut command = Command::new(envoy);
+        if let FilterBuild::Native(library) = &filter {
+            if let Some(dir) = library.parent() {
+                command.env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", dir);
+            }
+        }
         command.arg("-c").arg(&bootstrap).args([
             "--concurrency",
             "2",
