@@ -24,9 +24,9 @@ if (( $(nproc) < 2 )); then
   echo "warning: $(nproc) CPU: Envoy and the load generator will share it" >&2
 fi
 
-echo "==> build (release): filter, tollgate, tollgate-mock, tollgate-bench"
+echo "==> build (release): filter, native module, tollgate, tollgate-mock, tollgate-bench"
 cargo build -p tollgate-filter -p tollgate-floor-filter --target wasm32-wasip1 --release
-cargo build --release -p tollgate -p tollgate-mock -p tollgate-bench -p tollgate-native-floor
+cargo build --release -p tollgate -p tollgate-mock -p tollgate-bench -p tollgate-native-floor -p tollgate-native
 echo "==> build the callgrind driver (release, with symbols)"
 CARGO_PROFILE_RELEASE_STRIP=false CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
   cargo build --release -p tollgate-bench --bin translate_path --target-dir target/bench-callgrind

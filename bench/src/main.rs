@@ -11,7 +11,8 @@
 //! (default 4), `BENCH_ROUNDS` (interleaved throughput rounds, default 4), `BENCH_RATE` (default 500), `BENCH_KEYS` (default 10000), `BENCH_OUT`
 //! (default BENCHMARKS.md in the repository root), `BENCH_PERF_DIR` (a perf profile of each
 //! throughput run's Envoy goes there), `BENCH_ONLY=throughput` (a quick look while
-//! optimising: only the 1 KB throughput runs, printed, BENCHMARKS.md left alone).
+//! optimising: only the 1 KB throughput runs, printed, BENCHMARKS.md left alone; with
+//! `BENCH_PATHS=NativeOpenAi,TollgateOpenAi,...` only those paths and bare Envoy).
 
 mod load;
 
@@ -233,6 +234,10 @@ struct Stack {
     extra_floors: Vec<(String, BenchEnvoy)>,
     buffer_limit: String,
     tollgate_envoy: Proc,
+    /// Envoy with Tollgate's native module (`tollgate envoy-config --native`), on the same
+    /// control plane.
+    native_port: u16,
+    native_envoy: Proc,
     _control_plane: Proc,
     _mock: Proc,
 }
@@ -412,6 +417,7 @@ impl Stack {
             Route::FloorBodyRoutingOpenAi => Some(self.floor_body_routing.envoy.pid()),
             Route::ExtraFloor(i) => self.extra_floors.get(i).map(|(_, floor)| floor.envoy.pid()),
             Route::TollgateOpenAi | Route::TollgateAnthropic => Some(self.tollgate_envoy.pid()),
+            Route::NativeOpenAi | Route::NativeAnthropic => Some(self.native_envoy.pid()),
         }
     }
 
@@ -464,6 +470,7 @@ impl Stack {
             grpc_port,
             "bench",
             Some(&config_path),
+            false,
         )?;
         let buffer_limit = tollgate_yaml
             .lines()
@@ -478,6 +485,22 @@ impl Stack {
             "envoy (tollgate)",
             envoy_command(&tollgate_bootstrap),
             &dir.join("envoy-tollgate.log"),
+        )?;
+        let (native_port, native_admin) = (free_port()?, free_port()?);
+        let native_yaml = tollgate_envoy_config(
+            native_port,
+            native_admin,
+            grpc_port,
+            "bench-native",
+            Some(&config_path),
+            true,
+        )?;
+        let native_bootstrap = dir.join("envoy-native.yaml");
+        std::fs::write(&native_bootstrap, &native_yaml)?;
+        let native_envoy = Proc::start(
+            "envoy (tollgate native)",
+            envoy_command(&native_bootstrap),
+            &dir.join("envoy-native.log"),
         )?;
 
         let mock_port_text = mock_port.to_string();
@@ -534,6 +557,18 @@ impl Stack {
         })
         .await
         .with_context(|| log("envoy-tollgate.log"))?;
+        wait_until("Tollgate native Envoy", Duration::from_secs(60), || {
+            envoy_ready(native_admin)
+        })
+        .await
+        .with_context(|| log("envoy-native.log"))?;
+        wait_until(
+            "the native module's first snapshot",
+            Duration::from_secs(60),
+            || models_listed(native_port, MASTER_KEY),
+        )
+        .await
+        .with_context(|| log("envoy-native.log"))?;
         Ok(Stack {
             mock_port,
             bare_port,
@@ -546,6 +581,8 @@ impl Stack {
             extra_floors: Vec::new(),
             buffer_limit,
             tollgate_envoy,
+            native_port,
+            native_envoy,
             _control_plane: control_plane,
             _mock: mock,
         })
@@ -553,13 +590,14 @@ impl Stack {
 }
 
 /// Envoy's bootstrap for the filter, from `tollgate envoy-config` (with `config`, the
-/// settings of that LiteLLM config file).
+/// settings of that LiteLLM config file; with `native`, the native module instead of Wasm).
 fn tollgate_envoy_config(
     port: u16,
     admin: u16,
     grpc: u16,
     node_id: &str,
     config: Option<&Path>,
+    native: bool,
 ) -> Result<String> {
     let mut command = Command::new(binary("tollgate"));
     command
@@ -568,9 +606,12 @@ fn tollgate_envoy_config(
         .args(["--admin-port", &admin.to_string()])
         .args(["--grpc-port", &grpc.to_string()])
         .args(["--host", "127.0.0.1"])
-        .args(["--node-id", node_id])
-        .arg("--wasm")
-        .arg(wasm_path());
+        .args(["--node-id", node_id]);
+    if native {
+        command.arg("--native");
+    } else {
+        command.arg("--wasm").arg(wasm_path());
+    }
     if let Some(config) = config {
         command.arg("--config").arg(config);
     }
@@ -587,7 +628,7 @@ fn tollgate_envoy_config(
 /// VmRSS of an Envoy with the filter whose control plane never answers (no snapshot).
 async fn filter_without_snapshot_rss(dir: &Path) -> Result<u64> {
     let (port, admin, grpc) = (free_port()?, free_port()?, free_port()?);
-    let rendered = tollgate_envoy_config(port, admin, grpc, "bench-no-snapshot", None)?;
+    let rendered = tollgate_envoy_config(port, admin, grpc, "bench-no-snapshot", None, false)?;
     let bootstrap = dir.join("envoy-no-snapshot.yaml");
     std::fs::write(&bootstrap, rendered)?;
     let envoy = Proc::start(
@@ -616,11 +657,13 @@ enum Route {
     DirectAnthropic,
     BareAnthropic,
     TollgateAnthropic,
+    NativeOpenAi,
+    NativeAnthropic,
     /// `BENCH_ONLY=throughput` with `BENCH_FLOOR_STEPS`: the n-th extra floor-filter Envoy.
     ExtraFloor(usize),
 }
 
-const PATHS: [Route; 9] = [
+const PATHS: [Route; 11] = [
     Route::DirectOpenAi,
     Route::BareOpenAi,
     Route::DfpOpenAi,
@@ -630,6 +673,8 @@ const PATHS: [Route; 9] = [
     Route::DirectAnthropic,
     Route::BareAnthropic,
     Route::TollgateAnthropic,
+    Route::NativeOpenAi,
+    Route::NativeAnthropic,
 ];
 
 impl Route {
@@ -646,6 +691,8 @@ impl Route {
             Route::DirectAnthropic => "mock directly (Anthropic API)",
             Route::BareAnthropic => "bare Envoy -> mock (Anthropic API)",
             Route::TollgateAnthropic => "Tollgate `claude-mock` (OpenAI -> Anthropic)",
+            Route::NativeOpenAi => "Tollgate native module `gpt-mock` (OpenAI pass-through)",
+            Route::NativeAnthropic => "Tollgate native module `claude-mock` (OpenAI -> Anthropic)",
             Route::ExtraFloor(_) => "Envoy + Wasm filter doing some host calls (OpenAI API)",
         }
     }
@@ -669,6 +716,7 @@ impl Route {
     fn baselines(self) -> (Route, Route) {
         match self {
             Route::TollgateOpenAi
+            | Route::NativeOpenAi
             | Route::BareOpenAi
             | Route::DfpOpenAi
             | Route::FloorNoopOpenAi
@@ -730,6 +778,18 @@ impl Route {
             ),
             Route::TollgateAnthropic => (
                 stack.tollgate_port,
+                "/v1/chat/completions",
+                gateway_headers,
+                chat_body(Api::OpenAi, "claude-mock", scenario),
+            ),
+            Route::NativeOpenAi => (
+                stack.native_port,
+                "/v1/chat/completions",
+                gateway_headers,
+                chat_body(Api::OpenAi, "gpt-mock", scenario),
+            ),
+            Route::NativeAnthropic => (
+                stack.native_port,
                 "/v1/chat/completions",
                 gateway_headers,
                 chat_body(Api::OpenAi, "claude-mock", scenario),
@@ -1478,8 +1538,20 @@ async fn quick_throughput(dir: &Path, duration: Duration, ticks_per_s: f64) -> R
         Route::FloorBodyRoutingOpenAi,
         Route::TollgateOpenAi,
         Route::TollgateAnthropic,
+        Route::NativeOpenAi,
+        Route::NativeAnthropic,
     ];
     paths.extend((0..stack.extra_floors.len()).map(Route::ExtraFloor));
+    // BENCH_PATHS=BareOpenAi,NativeOpenAi,...: only these (bare Envoy always, as the base).
+    if let Ok(wanted) = std::env::var("BENCH_PATHS") {
+        paths.retain(|path| {
+            *path == Route::BareOpenAi
+                || matches!(path, Route::ExtraFloor(_))
+                || wanted
+                    .split(',')
+                    .any(|name| name.trim() == format!("{path:?}"))
+        });
+    }
     let rounds = u32::try_from(env_u64("BENCH_ROUNDS", 4)).unwrap_or(4);
     let perf_dir = std::env::var_os("BENCH_PERF_DIR").map(PathBuf::from);
     // BENCH_STREAM=0: buffered answers only.

@@ -200,13 +200,27 @@ extern "C" {
         label_names_length: usize,
         histogram_id: *mut usize,
     ) -> u32;
-    pub fn envoy_dynamic_module_callback_http_filter_increment_counter(
-        filter: FilterEnvoyPtr,
+    /// Not in any published `abi.h` of this ABI version; the signature was read off the
+    /// binary (the same registers as `cluster_config_increment_counter`).
+    pub fn envoy_dynamic_module_callback_http_filter_config_increment_counter(
+        config: ConfigEnvoyPtr,
         id: usize,
         label_values: *mut ModuleBuffer,
         label_values_length: usize,
         value: u64,
     ) -> u32;
+    /// A handle that runs `on_http_filter_config_scheduled` on the main thread when
+    /// committed, from any thread; the module deletes it once.
+    pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(
+        config: ConfigEnvoyPtr,
+    ) -> *mut c_void;
+    pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_commit(
+        scheduler: *mut c_void,
+        event_id: u64,
+    );
+    pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(
+        scheduler: *mut c_void,
+    );
     pub fn envoy_dynamic_module_callback_http_filter_record_histogram_value(
         filter: FilterEnvoyPtr,
         id: usize,

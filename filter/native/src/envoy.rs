@@ -2,6 +2,7 @@
 //! each relying on what the ABI promises (see `abi.rs`).
 
 use std::borrow::Cow;
+use std::ffi::c_void;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tollgate_core::exchange::Host;
@@ -338,9 +339,75 @@ impl Host for NativeHost {
     }
 }
 
+/// Envoy's filter-configuration object, on the main thread (while Envoy creates the
+/// configuration, or in its scheduled hook).
+#[derive(Clone, Copy)]
+pub struct Config(ConfigEnvoyPtr);
+
+impl Config {
+    /// Wraps the pointer a hook received.
+    pub fn new(pointer: ConfigEnvoyPtr) -> Self {
+        Config(pointer)
+    }
+}
+
+/// A handle that makes Envoy call `on_http_filter_config_scheduled` on its main thread; any
+/// thread may use it, and it is deleted once (`delete`), never while in use (the mutex).
+pub struct Scheduler(std::sync::Mutex<Option<SchedulerPtr>>);
+
+struct SchedulerPtr(*mut c_void);
+
+// SAFETY: Envoy's scheduler may be committed from any thread (it posts to the main thread's
+// dispatcher); the mutex keeps commit and delete apart.
+unsafe impl Send for SchedulerPtr {}
+
+impl Scheduler {
+    /// A scheduler for the configuration Envoy is creating (main thread).
+    pub fn new(config: Config) -> Self {
+        // SAFETY: `config` is the configuration being created.
+        let pointer = unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_config_scheduler_new(config.0)
+        };
+        Scheduler(std::sync::Mutex::new(
+            (!pointer.is_null()).then_some(SchedulerPtr(pointer)),
+        ))
+    }
+
+    /// Asks for the scheduled hook to run on the main thread, soon.
+    pub fn commit(&self) {
+        let scheduler = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(SchedulerPtr(pointer)) = &*scheduler {
+            // SAFETY: not deleted (the mutex is held); commit is safe from any thread.
+            unsafe {
+                abi::envoy_dynamic_module_callback_http_filter_config_scheduler_commit(*pointer, 0)
+            }
+        }
+    }
+
+    /// Frees the handle; later commits do nothing.
+    pub fn delete(&self) {
+        let taken = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(SchedulerPtr(pointer)) = taken {
+            // SAFETY: Envoy allocated it, it is deleted once (taken out of the mutex).
+            unsafe {
+                abi::envoy_dynamic_module_callback_http_filter_config_scheduler_delete(pointer)
+            }
+        }
+    }
+}
+
 /// The filter's stats, defined once per configuration with labels; Envoy turns the labels
-/// into tags (Prometheus labels) itself. Ids are 0 when Envoy refused a definition, and
-/// Envoy ignores increments of id 0.
+/// into tags (Prometheus labels) itself. Counters are added up in the module and handed to
+/// Envoy from the main thread (see `Shared::flush_stats`): a labelled stat costs Envoy a
+/// lookup by name per call, too much for every request. Histograms take each sample as it
+/// comes. Ids are 0 when Envoy refused a definition; those stats are skipped.
 pub struct Metrics {
     requests: usize,
     prompt_tokens: usize,
@@ -356,7 +423,8 @@ const MODEL_PROVIDER_STATUS: [&str; 3] = ["model", "provider", "status"];
 
 impl Metrics {
     /// Defines the stats; only possible while Envoy creates the configuration.
-    pub fn define(config: ConfigEnvoyPtr) -> Self {
+    pub fn define(config: Config) -> Self {
+        let config = config.0;
         Metrics {
             requests: define(config, false, metrics::REQUESTS, &MODEL_PROVIDER_STATUS),
             prompt_tokens: define(config, false, metrics::PROMPT_TOKENS, &MODEL_PROVIDER),
@@ -373,41 +441,47 @@ impl Metrics {
         }
     }
 
-    /// One finished request.
-    pub fn count_request(&self, filter: Filter, model: &str, provider: &str, status: u16) {
-        let status = status.to_string();
-        increment(filter, self.requests, &[model, provider, &status], 1);
-    }
-
-    /// Tokens a provider reported.
-    pub fn count_tokens(
+    /// Finished requests.
+    pub fn count_requests(
         &self,
-        filter: Filter,
+        config: Config,
         model: &str,
         provider: &str,
-        prompt: u64,
-        completion: u64,
+        status: u16,
+        count: u64,
     ) {
-        increment(filter, self.prompt_tokens, &[model, provider], prompt);
+        let status = status.to_string();
+        increment(config, self.requests, &[model, provider, &status], count);
+    }
+
+    /// Tokens providers reported, and successful responses without usage.
+    pub fn count_tokens(&self, config: Config, model: &str, provider: &str, tokens: TokenCounts) {
         increment(
-            filter,
+            config,
+            self.prompt_tokens,
+            &[model, provider],
+            tokens.prompt,
+        );
+        increment(
+            config,
             self.completion_tokens,
             &[model, provider],
-            completion,
+            tokens.completion,
+        );
+        increment(
+            config,
+            self.usage_missing,
+            &[model, provider],
+            tokens.usage_missing,
         );
     }
 
-    /// A successful response without usage.
-    pub fn count_usage_missing(&self, filter: Filter, model: &str, provider: &str) {
-        increment(filter, self.usage_missing, &[model, provider], 1);
+    /// Usage records dropped from the full queue.
+    pub fn count_usage_dropped(&self, config: Config, count: u64) {
+        increment(config, self.usage_records_dropped, &[], count);
     }
 
-    /// A usage record dropped from the full queue.
-    pub fn count_usage_dropped(&self, filter: Filter) {
-        increment(filter, self.usage_records_dropped, &[], 1);
-    }
-
-    /// Upstream latency and, for streams, time to the first byte.
+    /// Upstream latency and, for streams, time to the first byte (worker thread).
     pub fn record_latency(
         &self,
         filter: Filter,
@@ -431,6 +505,17 @@ impl Metrics {
             );
         }
     }
+}
+
+/// Token counters of one deployment, added up between flushes.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TokenCounts {
+    /// Prompt tokens.
+    pub prompt: u64,
+    /// Completion tokens.
+    pub completion: u64,
+    /// Successful responses that reported no usage.
+    pub usage_missing: u64,
 }
 
 fn module_buffers(values: &[&str]) -> [ModuleBuffer; 3] {
@@ -470,16 +555,17 @@ fn define(config: ConfigEnvoyPtr, histogram: bool, name: &str, labels: &[&str]) 
     id
 }
 
-fn increment(filter: Filter, id: usize, labels: &[&str], value: u64) {
+fn increment(config: Config, id: usize, labels: &[&str], value: u64) {
     if id == 0 || value == 0 {
         return;
     }
     let mut label_values = module_buffers(labels);
     let count = labels.len().min(label_values.len());
-    // SAFETY: the filter is live; Envoy reads `count` label values during the call.
+    // SAFETY: the configuration is live (main thread, in its scheduled hook); Envoy reads
+    // `count` label values during the call.
     unsafe {
-        abi::envoy_dynamic_module_callback_http_filter_increment_counter(
-            filter.0,
+        abi::envoy_dynamic_module_callback_http_filter_config_increment_counter(
+            config.0,
             id,
             label_values.as_mut_ptr(),
             count,
@@ -494,7 +580,7 @@ fn record(filter: Filter, id: usize, labels: &[&str], value: u64) {
     }
     let mut label_values = module_buffers(labels);
     let count = labels.len().min(label_values.len());
-    // SAFETY: as in `increment`.
+    // SAFETY: the filter is live; Envoy reads `count` label values during the call.
     unsafe {
         abi::envoy_dynamic_module_callback_http_filter_record_histogram_value(
             filter.0,

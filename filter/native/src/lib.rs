@@ -22,7 +22,7 @@ use std::os::raw::c_char;
 use std::sync::Arc;
 
 use abi::{ConfigEnvoyPtr, EnvoyBuffer, EnvoyHttpHeader, FilterEnvoyPtr};
-use envoy::{Filter, Metrics, NativeHost};
+use envoy::{Filter, Metrics, NativeHost, Scheduler};
 use shared::Shared;
 use tollgate_core::exchange::{Exchange, RequestHeaders, Verdict};
 use tollgate_core::gateway::ROUTE_HEADER;
@@ -55,7 +55,12 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             return std::ptr::null();
         }
     };
-    let shared = Arc::new(Shared::new(config, Metrics::define(config_envoy)));
+    let envoy_config = envoy::Config::new(config_envoy);
+    let shared = Arc::new(Shared::new(
+        config,
+        Metrics::define(envoy_config),
+        Scheduler::new(envoy_config),
+    ));
     if let Err(error) = sync::spawn(shared.clone()) {
         envoy::log_error(&format!(
             "tollgate: cannot start the control-plane thread: {error}"
@@ -63,6 +68,19 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
         return std::ptr::null();
     }
     Arc::into_raw(shared).cast()
+}
+
+/// Main thread, when the control-plane thread asked for it: hand the counters to Envoy.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
+    config_envoy: ConfigEnvoyPtr,
+    config: *const c_void,
+    _event_id: u64,
+) {
+    // SAFETY: `config` came from `Arc::into_raw` in `config_new` and Envoy only schedules for
+    // a configuration that is alive; it is borrowed, not taken.
+    let shared = unsafe { &*config.cast::<Shared>() };
+    shared.flush_stats(envoy::Config::new(config_envoy));
 }
 
 /// The configuration is gone: stop its thread and drop Envoy's reference.
@@ -333,7 +351,6 @@ never_called_hooks!(
     envoy_dynamic_module_on_http_filter_config_http_stream_headers,
     envoy_dynamic_module_on_http_filter_config_http_stream_reset,
     envoy_dynamic_module_on_http_filter_config_http_stream_trailers,
-    envoy_dynamic_module_on_http_filter_config_scheduled,
     envoy_dynamic_module_on_http_filter_http_callout_done,
     envoy_dynamic_module_on_http_filter_http_stream_complete,
     envoy_dynamic_module_on_http_filter_http_stream_data,

@@ -1,15 +1,16 @@
 //! What every worker's filters share with the control-plane thread: the newest snapshot, the
 //! queue of usage records, and the filter's metrics.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tollgate_core::exchange::Outcome;
+use tollgate_core::snapshot::Deployment;
 use tollgate_core::{metrics, proto, PluginConfig, State};
 
-use crate::envoy::{self, Metrics};
+use crate::envoy::{self, Metrics, Scheduler, TokenCounts};
 
 /// Usage records kept while the control plane is unreachable; past this the oldest are
 /// dropped (and counted), so an outage cannot grow Envoy's memory without bound.
@@ -27,11 +28,32 @@ pub struct Shared {
     usage: Mutex<VecDeque<proto::UsageRecord>>,
     stopped: AtomicBool,
     metrics: Metrics,
+    /// Counter increments not yet handed to Envoy.
+    pending: Mutex<PendingCounts>,
+    /// Whether [`Self::pending`] holds anything (read without the lock on every tick).
+    pending_dirty: AtomicBool,
+    scheduler: Scheduler,
+}
+
+/// Counter increments added up between flushes.
+#[derive(Default)]
+struct PendingCounts {
+    /// By deployment (its `Arc`'s address; the `Arc` is kept, so the address stays unique).
+    deployments: HashMap<usize, DeploymentCounts>,
+    /// Answers the gateway gave itself, by status.
+    gateway_answers: BTreeMap<u16, u64>,
+    usage_records_dropped: u64,
+}
+
+struct DeploymentCounts {
+    deployment: Arc<Deployment>,
+    requests_by_status: Vec<(u16, u64)>,
+    tokens: TokenCounts,
 }
 
 impl Shared {
     /// Shared state for a new configuration.
-    pub fn new(config: PluginConfig, metrics: Metrics) -> Self {
+    pub fn new(config: PluginConfig, metrics: Metrics, scheduler: Scheduler) -> Self {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_nanos());
@@ -42,6 +64,9 @@ impl Shared {
             usage: Mutex::new(VecDeque::new()),
             stopped: AtomicBool::new(false),
             metrics,
+            pending: Mutex::new(PendingCounts::default()),
+            pending_dirty: AtomicBool::new(false),
+            scheduler,
         }
     }
 
@@ -93,51 +118,99 @@ impl Shared {
         Some(version)
     }
 
-    /// Records how an exchange ended: metrics at once, the usage record for the control
-    /// plane's next batch.
+    /// Records how an exchange ended: counters (handed to Envoy at the next flush), the
+    /// latency histograms, and the usage record for the control plane's next batch.
     pub fn record_outcome(&self, filter: envoy::Filter, outcome: Outcome<'_>) {
         match outcome {
             Outcome::Answered { status } => {
-                self.metrics.count_request(
-                    filter,
-                    metrics::NO_MODEL,
-                    metrics::GATEWAY_PROVIDER,
-                    status,
-                );
+                let mut pending = self.pending();
+                *pending.gateway_answers.entry(status).or_insert(0) += 1;
             }
             Outcome::Upstream(upstream) => {
                 let deployment = &upstream.plan.deployment;
-                let (model, provider) = (&deployment.stat_model, &deployment.stat_provider);
-                self.metrics
-                    .count_request(filter, model, provider, upstream.status);
-                if upstream.usage.is_reported() {
-                    self.metrics.count_tokens(
-                        filter,
-                        model,
-                        provider,
-                        upstream.usage.prompt_tokens.unwrap_or(0),
-                        upstream.usage.completion_tokens.unwrap_or(0),
-                    );
-                } else if (200..300).contains(&upstream.status) {
-                    self.metrics.count_usage_missing(filter, model, provider);
+                {
+                    let mut pending = self.pending();
+                    let counts = pending
+                        .deployments
+                        .entry(Arc::as_ptr(deployment) as usize)
+                        .or_insert_with(|| DeploymentCounts {
+                            deployment: deployment.clone(),
+                            requests_by_status: Vec::new(),
+                            tokens: TokenCounts::default(),
+                        });
+                    match counts
+                        .requests_by_status
+                        .iter_mut()
+                        .find(|(status, _)| *status == upstream.status)
+                    {
+                        Some((_, count)) => *count += 1,
+                        None => counts.requests_by_status.push((upstream.status, 1)),
+                    }
+                    if upstream.usage.is_reported() {
+                        counts.tokens.prompt += upstream.usage.prompt_tokens.unwrap_or(0);
+                        counts.tokens.completion += upstream.usage.completion_tokens.unwrap_or(0);
+                    } else if (200..300).contains(&upstream.status) {
+                        counts.tokens.usage_missing += 1;
+                    }
                 }
                 self.metrics.record_latency(
                     filter,
-                    model,
-                    provider,
+                    &deployment.stat_model,
+                    &deployment.stat_provider,
                     upstream.upstream_ms,
                     upstream.first_byte_ms,
                 );
-                self.queue_usage(filter, upstream.record);
+                self.queue_usage(upstream.record);
             }
         }
     }
 
-    fn queue_usage(&self, filter: envoy::Filter, record: proto::UsageRecord) {
+    fn pending(&self) -> std::sync::MutexGuard<'_, PendingCounts> {
+        self.pending_dirty.store(true, Ordering::Relaxed);
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Asks Envoy's main thread to flush the counters, if any were added (any thread).
+    pub fn schedule_stats_flush(&self) {
+        if self.pending_dirty.swap(false, Ordering::Relaxed) {
+            self.scheduler.commit();
+        }
+    }
+
+    /// Hands the added-up counters to Envoy (main thread, in the scheduled hook).
+    pub fn flush_stats(&self, config: envoy::Config) {
+        let pending =
+            std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
+        for counts in pending.deployments.values() {
+            let (model, provider) = (
+                &counts.deployment.stat_model,
+                &counts.deployment.stat_provider,
+            );
+            for (status, count) in &counts.requests_by_status {
+                self.metrics
+                    .count_requests(config, model, provider, *status, *count);
+            }
+            self.metrics
+                .count_tokens(config, model, provider, counts.tokens);
+        }
+        for (status, count) in &pending.gateway_answers {
+            self.metrics.count_requests(
+                config,
+                metrics::NO_MODEL,
+                metrics::GATEWAY_PROVIDER,
+                *status,
+                *count,
+            );
+        }
+        self.metrics
+            .count_usage_dropped(config, pending.usage_records_dropped);
+    }
+
+    fn queue_usage(&self, record: proto::UsageRecord) {
         let mut usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
         if usage.len() >= MAX_QUEUED_USAGE {
             usage.pop_front();
-            self.metrics.count_usage_dropped(filter);
+            self.pending().usage_records_dropped += 1;
         }
         usage.push_back(record);
     }
@@ -157,9 +230,11 @@ impl Shared {
         }
     }
 
-    /// Asks the control-plane thread to end.
+    /// Asks the control-plane thread to end, and lets the scheduler go (the configuration
+    /// is being destroyed).
     pub fn stop(&self) {
         self.stopped.store(true, Ordering::Relaxed);
+        self.scheduler.delete();
     }
 
     /// Whether [`Self::stop`] was called.

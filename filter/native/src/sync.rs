@@ -17,7 +17,7 @@ use tonic::Status;
 
 use crate::shared::{Shared, USAGE_BATCH};
 
-/// How often queued usage is sent and a shutdown noticed.
+/// How often queued usage is sent, counters are flushed and a shutdown noticed.
 const TICK: Duration = Duration::from_millis(250);
 /// Longest wait between reconnect attempts while the control plane is away.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
@@ -41,9 +41,23 @@ pub fn spawn(shared: Arc<Shared>) -> io::Result<()> {
                     return;
                 }
             };
-            runtime.block_on(run(&shared));
+            runtime.block_on(async {
+                let stats = tokio::spawn(flush_stats_every_tick(shared.clone()));
+                run(&shared).await;
+                stats.abort();
+            });
         })
         .map(drop)
+}
+
+/// Has Envoy's main thread hand the counters over every tick, whether or not the control
+/// plane is reachable.
+async fn flush_stats_every_tick(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(TICK);
+    while !shared.stopped() {
+        tick.tick().await;
+        shared.schedule_stats_flush();
+    }
 }
 
 /// Connects, serves the stream until it breaks, and reconnects with exponential backoff

@@ -1,9 +1,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! OpenAI and Anthropic end to end: real Envoy (2 workers) + filter + control plane + mock.
 
+use std::time::Duration;
+
 use serde_json::{json, Value};
 use tollgate_e2e::{
-    client, mock_config, read_body, sse_data, Gateway, Mock, MOCK_ANTHROPIC_KEY, MOCK_OPENAI_KEY,
+    client, eventually, mock_config, read_body, sse_data, Gateway, Mock, MOCK_ANTHROPIC_KEY,
+    MOCK_OPENAI_KEY,
 };
 
 const MASTER_KEY: &str = "sk-master-e2e";
@@ -286,6 +289,12 @@ fn provider_errors(env: &Env) {
 }
 
 fn stats(env: &Env) {
+    // Counters reach Envoy's stats at the filter's next tick (every 250 ms).
+    eventually(Duration::from_secs(5), || {
+        env.gateway
+            .prometheus()
+            .is_ok_and(|text| text.contains(r#"provider="anthropic",status="529""#))
+    });
     let prometheus = env.gateway.prometheus().unwrap();
     let has = |needle: &str| prometheus.lines().any(|line| line.contains(needle));
     assert!(
