@@ -1278,6 +1278,11 @@ struct Results {
     tollgate_many_keys_idle_kb: u64,
     filter_no_snapshot_kb: u64,
     tollgate_many_keys_load: Option<(RunResult, Usage)>,
+    /// The native module's Envoy: idle with the small and the large key set, and under load
+    /// with the large one.
+    native_idle_kb: u64,
+    native_many_keys_idle_kb: u64,
+    native_many_keys_load: Option<(RunResult, Usage)>,
     callgrind: Vec<Callgrind>,
     callgrind_error: Option<String>,
 }
@@ -1336,6 +1341,7 @@ async fn run() -> Result<()> {
     results.keys_small = Some(small);
     tokio::time::sleep(Duration::from_secs(2)).await;
     results.tollgate_idle_kb = vm_rss_kb(stack.tollgate_envoy.pid()).unwrap_or(0);
+    results.native_idle_kb = vm_rss_kb(stack.native_envoy.pid()).unwrap_or(0);
 
     // Check every path once before measuring.
     for scenario in [ONE_K, ONE_K_STREAM, ONE_K_PACED] {
@@ -1439,21 +1445,35 @@ async fn run() -> Result<()> {
             large.note
         );
         let key = key_in_snapshot(stack.tollgate_port, &large).await;
+        key_in_snapshot(stack.native_port, &large).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
         results.tollgate_many_keys_idle_kb = vm_rss_kb(stack.tollgate_envoy.pid()).unwrap_or(0);
-        let spec = Route::TollgateOpenAi.spec(&stack, ONE_K, &key);
-        eprintln!("==> throughput with {} keys", large.created);
-        results.tollgate_many_keys_load = Some(
-            closed_loop_with_usage(
+        results.native_many_keys_idle_kb = vm_rss_kb(stack.native_envoy.pid()).unwrap_or(0);
+        for (path, envoy) in [
+            (Route::TollgateOpenAi, &stack.tollgate_envoy),
+            (Route::NativeOpenAi, &stack.native_envoy),
+        ] {
+            eprintln!(
+                "==> throughput with {} keys: {}",
+                large.created,
+                path.label()
+            );
+            let spec = path.spec(&stack, ONE_K, &key);
+            let measured = closed_loop_with_usage(
                 &spec,
-                Some(stack.tollgate_envoy.pid()),
+                Some(envoy.pid()),
                 warmup,
                 tp_secs,
                 ticks_per_s,
                 None,
             )
-            .await?,
-        );
+            .await?;
+            if path == Route::NativeOpenAi {
+                results.native_many_keys_load = Some(measured);
+            } else {
+                results.tollgate_many_keys_load = Some(measured);
+            }
+        }
         results.keys_large = Some(large);
     }
 
@@ -1518,12 +1538,18 @@ async fn quick_memory(dir: &Path, keys_wanted: usize) -> Result<()> {
 
 /// `BENCH_ONLY=throughput`: the 1 KB throughput runs of bare Envoy, the floor filters and
 /// Tollgate, interleaved, printed. `BENCH_FLOOR_STEPS` adds floor-filter Envoys, one per
-/// `;`-separated list of steps (see bench/floor-filter).
+/// `;`-separated list of steps (see bench/floor-filter); the list `native` is the empty
+/// native filter (bench/native-floor).
 async fn quick_throughput(dir: &Path, duration: Duration, ticks_per_s: f64) -> Result<()> {
     let mut stack = Stack::start(dir).await?;
     let extra = std::env::var("BENCH_FLOOR_STEPS").unwrap_or_default();
     for steps in extra.split(';').filter(|s| !s.is_empty()) {
-        let floor = BenchEnvoy::floor(dir, steps, stack.mock_port, &stack.buffer_limit)?;
+        // `native` is the empty native filter (bench/native-floor), not a Wasm floor.
+        let floor = if steps == "native" {
+            BenchEnvoy::native_floor(dir, stack.mock_port, &stack.buffer_limit)?
+        } else {
+            BenchEnvoy::floor(dir, steps, stack.mock_port, &stack.buffer_limit)?
+        };
         wait_until("floor-filter Envoy", Duration::from_secs(60), || {
             envoy_ready(floor.admin)
         })
@@ -1757,15 +1783,28 @@ fn render(
         s,
         "| target | path | measured | limit | result |\n|---|---|---|---|---|"
     );
-    for (path, base) in [
-        (Route::TollgateOpenAi, Route::BareOpenAi),
-        (Route::TollgateAnthropic, Route::BareAnthropic),
+    for (path, base, name) in [
+        (
+            Route::TollgateOpenAi,
+            Route::BareOpenAi,
+            "OpenAI pass-through, Wasm filter",
+        ),
+        (
+            Route::TollgateAnthropic,
+            Route::BareAnthropic,
+            "Anthropic translation, Wasm filter",
+        ),
+        (
+            Route::NativeOpenAi,
+            Route::BareOpenAi,
+            "OpenAI pass-through, native module",
+        ),
+        (
+            Route::NativeAnthropic,
+            Route::BareAnthropic,
+            "Anthropic translation, native module",
+        ),
     ] {
-        let name = if path == Route::TollgateOpenAi {
-            "OpenAI pass-through"
-        } else {
-            "Anthropic translation"
-        };
         for (scenario, what) in [
             (one_k, "throughput, 1 KB buffered"),
             (one_k_stream, "throughput, 1 KB stream"),
@@ -1808,18 +1847,30 @@ fn render(
         .max()
         .unwrap_or(0);
     match (&r.keys_large, &r.tollgate_many_keys_load) {
-        (Some(keys), Some((_, usage))) => {
-            let over = usage.max_rss_kb.saturating_sub(bare_load);
+        (Some(keys), Some(_)) => {
             let complete = keys.created >= keys_wanted;
-            let _ = writeln!(
-                s,
-                "| Envoy memory over bare Envoy, under load, {} keys + {DEPLOYMENTS} deployments | OpenAI pass-through | +{} MB ({} vs {} MB) | <= 40 MB | {} |",
-                keys.created,
-                mb(over),
-                mb(usage.max_rss_kb),
-                mb(bare_load),
-                if complete || over > 40 * 1024 { verdict(over <= 40 * 1024) } else { "**pending**: fewer keys than asked" }
-            );
+            for (name, load) in [
+                (
+                    "OpenAI pass-through, Wasm filter",
+                    &r.tollgate_many_keys_load,
+                ),
+                (
+                    "OpenAI pass-through, native module",
+                    &r.native_many_keys_load,
+                ),
+            ] {
+                let Some((_, usage)) = load else { continue };
+                let over = usage.max_rss_kb.saturating_sub(bare_load);
+                let _ = writeln!(
+                    s,
+                    "| Envoy memory over bare Envoy, under load, {} keys + {DEPLOYMENTS} deployments | {name} | +{} MB ({} vs {} MB) | <= 40 MB | {} |",
+                    keys.created,
+                    mb(over),
+                    mb(usage.max_rss_kb),
+                    mb(bare_load),
+                    if complete || over > 40 * 1024 { verdict(over <= 40 * 1024) } else { "**pending**: fewer keys than asked" }
+                );
+            }
         }
         _ => {
             let note = r
@@ -1861,7 +1912,9 @@ fn render(
          - **Paths.** *mock directly*; *bare Envoy* (`bench/envoy-bare.yaml`: the listener settings of \
          `envoy/tollgate.yaml.tmpl`, HTTP connection manager with only the router, static cluster to the \
          mock); *Tollgate* (Envoy from `tollgate envoy-config` with the filter, `tollgate serve` as control \
-         plane; snapshot with {DEPLOYMENTS} deployments and the master key). `gpt-mock` is the OpenAI-compatible \
+         plane; snapshot with {DEPLOYMENTS} deployments and the master key); *Tollgate native module* (Envoy \
+         from `tollgate envoy-config --native`: the same filter logic as an Envoy dynamic module, \
+         `libtollgate_native.so`, on the same control plane). `gpt-mock` is the OpenAI-compatible \
          pass-through (model name rewritten, key injected); `claude-mock` is translated to Anthropic Messages \
          and back. Its baselines send the equivalent Anthropic request straight to the mock's `/v1/messages` \
          (direct and through bare Envoy), so both sides make the mock do the same work.\n\
@@ -2009,7 +2062,7 @@ fn render(
     );
     let _ = writeln!(
         s,
-        "| request | bare Envoy | + dynamic forward proxy (Tollgate's upstream set-up, no filter) | + empty Wasm filter | + body-routing host calls, no logic | + Wasm filter, OpenAI pass-through | + Wasm filter, Anthropic translation |\n|---|---|---|---|---|---|---|"
+        "| request | bare Envoy | + dynamic forward proxy (Tollgate's upstream set-up, no filter) | + empty Wasm filter | + body-routing host calls, no logic | + Wasm filter, OpenAI pass-through | + Wasm filter, Anthropic translation | + native module, OpenAI pass-through | + native module, Anthropic translation |\n|---|---|---|---|---|---|---|---|---|"
     );
     for scenario in [one_k, one_k_stream] {
         let bare = cpu_per_request(scenario, Route::BareOpenAi);
@@ -2018,16 +2071,20 @@ fn render(
         let body_routing = cpu_per_request(scenario, Route::FloorBodyRoutingOpenAi);
         let openai = cpu_per_request(scenario, Route::TollgateOpenAi);
         let anthropic = cpu_per_request(scenario, Route::TollgateAnthropic);
+        let native_openai = cpu_per_request(scenario, Route::NativeOpenAi);
+        let native_anthropic = cpu_per_request(scenario, Route::NativeAnthropic);
         let _ = writeln!(
             s,
-            "| {} | {:.1} us | {:+.1} us | {:+.1} us | {:+.1} us | {:+.1} us | {:+.1} us |",
+            "| {} | {:.1} us | {:+.1} us | {:+.1} us | {:+.1} us | {:+.1} us | {:+.1} us | {:+.1} us | {:+.1} us |",
             scenario.label(),
             bare,
             dfp - bare,
             noop - bare,
             body_routing - bare,
             openai - dfp,
-            anthropic - dfp
+            anthropic - dfp,
+            native_openai - dfp,
+            native_anthropic - dfp
         );
     }
     let _ = writeln!(
@@ -2047,12 +2104,15 @@ fn render(
         let _ = writeln!(
             s,
             "- {}: the empty Wasm filter runs at {:.0}% of bare Envoy's throughput and the \
-             body-routing floor at {:.0}%; Tollgate at {:.0}% (OpenAI) and {:.0}% (Anthropic).",
+             body-routing floor at {:.0}%; Tollgate's Wasm filter at {:.0}% (OpenAI) and {:.0}% \
+             (Anthropic); its native module at {:.0}% (OpenAI) and {:.0}% (Anthropic).",
             scenario.label(),
             ratio(Route::FloorNoopOpenAi),
             ratio(Route::FloorBodyRoutingOpenAi),
             ratio(Route::TollgateOpenAi),
             throughput_ratio(scenario, Route::TollgateAnthropic, Route::BareAnthropic) * 100.0,
+            ratio(Route::NativeOpenAi),
+            throughput_ratio(scenario, Route::NativeAnthropic, Route::BareAnthropic) * 100.0,
         );
     }
     let _ = writeln!(s);
@@ -2061,10 +2121,11 @@ fn render(
     let _ = writeln!(s, "## Memory (Envoy VmRSS)\n");
     let _ = writeln!(
         s,
-        "At `--concurrency 1` Envoy runs the filter in two VMs: one on the main thread, which \
+        "At `--concurrency 1` Envoy runs the Wasm filter in two VMs: one on the main thread, which \
          never serves a request and keeps the snapshot as the bytes it came in, and the worker's, \
-         which decodes it. Every Envoy here, bare included, releases tcmalloc's free heap each \
-         second (`memory_allocator_manager`).\n"
+         which decodes it. The native module holds one decoded snapshot for all workers. Every \
+         Envoy here, bare included, releases tcmalloc's free heap each second \
+         (`memory_allocator_manager`).\n"
     );
     let _ = writeln!(
         s,
@@ -2101,12 +2162,24 @@ fn render(
         .filter_map(|k| r.throughput.get(&k).map(|(_, u)| u.max_rss_kb))
         .max()
         .unwrap_or(0);
+    let native_load = [one_k, one_k_stream]
+        .iter()
+        .flat_map(|sc| [Route::NativeOpenAi, Route::NativeAnthropic].map(|p| (*sc, p)))
+        .filter_map(|k| r.throughput.get(&k).map(|(_, u)| u.max_rss_kb))
+        .max()
+        .unwrap_or(0);
     let small_keys = r.keys_small.as_ref().map_or(0, |k| k.created);
     let _ = writeln!(
         s,
         "| with filter | {DEPLOYMENTS} deployments, {small_keys} virtual keys | {} | {} |",
         mb(r.tollgate_idle_kb),
         mb(tollgate_load)
+    );
+    let _ = writeln!(
+        s,
+        "| with the native module | {DEPLOYMENTS} deployments, {small_keys} virtual keys | {} | {} |",
+        mb(r.native_idle_kb),
+        mb(native_load)
     );
     match (&r.keys_large, &r.tollgate_many_keys_load) {
         (Some(keys), Some((_, usage))) => {
@@ -2117,6 +2190,15 @@ fn render(
                 mb(r.tollgate_many_keys_idle_kb),
                 mb(usage.max_rss_kb)
             );
+            if let Some((_, native)) = &r.native_many_keys_load {
+                let _ = writeln!(
+                    s,
+                    "| with the native module | {DEPLOYMENTS} deployments, {} virtual keys | {} | {} |",
+                    keys.created,
+                    mb(r.native_many_keys_idle_kb),
+                    mb(native.max_rss_kb)
+                );
+            }
             let _ = writeln!(
                 s,
                 "\n{} keys were created with `POST /key/generate` in {:.1} s{}.",
