@@ -1285,6 +1285,100 @@ struct Results {
     native_many_keys_load: Option<(RunResult, Usage)>,
     callgrind: Vec<Callgrind>,
     callgrind_error: Option<String>,
+    /// Where each profiled path's Envoy CPU goes, by binary (perf).
+    profile: Vec<Profiled>,
+    /// Why there is no profile.
+    profile_error: Option<String>,
+}
+
+/// One path's Envoy CPU per request, split by the binary perf sampled it in.
+struct Profiled {
+    path: Route,
+    cpu_per_request_us: f64,
+    /// (binary, share of samples), largest first.
+    shares: Vec<(String, f64)>,
+}
+
+/// The paths whose Envoy CPU the profile splits: the baselines, the Wasm filter and the
+/// native module.
+const PROFILED: [Route; 5] = [
+    Route::BareOpenAi,
+    Route::DfpOpenAi,
+    Route::TollgateOpenAi,
+    Route::NativeOpenAi,
+    Route::NativeAnthropic,
+];
+
+/// Runs each of [`PROFILED`] once more under `perf record` (1 KB buffered) and splits its
+/// Envoy CPU per request by binary: Envoy itself, the kernel, libc, the native module.
+async fn profile_paths(
+    stack: &Stack,
+    dir: &Path,
+    duration: Duration,
+    ticks_per_s: f64,
+) -> Result<Vec<Profiled>, String> {
+    let probe = Command::new("perf")
+        .args(["record", "-o"])
+        .arg(dir.join("perf.probe.data"))
+        .args(["--", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !probe.is_ok_and(|status| status.success()) {
+        return Err("`perf record` is not available on this machine".to_string());
+    }
+    let mut profiled = Vec::new();
+    for path in PROFILED {
+        let spec = path.spec(stack, ONE_K, MASTER_KEY);
+        let data = dir.join(format!("perf.profile.{path:?}.data"));
+        let (run, usage) = closed_loop_with_usage(
+            &spec,
+            stack.envoy_pid(path),
+            Duration::from_millis(500),
+            duration,
+            ticks_per_s,
+            Some(data.clone()),
+        )
+        .await
+        .map_err(|error| format!("{error:#}"))?;
+        let report = Command::new("perf")
+            .args([
+                "report",
+                "--no-children",
+                "--sort",
+                "dso",
+                "-g",
+                "none",
+                "--stdio",
+                "-i",
+            ])
+            .arg(&data)
+            .output()
+            .map_err(|error| format!("perf report: {error}"))?;
+        let shares = dso_shares(&String::from_utf8_lossy(&report.stdout));
+        if shares.is_empty() {
+            return Err(format!("perf recorded no samples for {}", path.label()));
+        }
+        profiled.push(Profiled {
+            path,
+            cpu_per_request_us: usage.envoy_cpu_s / run.completed.max(1) as f64 * 1e6,
+            shares,
+        });
+    }
+    Ok(profiled)
+}
+
+/// The `  64.72%  envoy` lines of `perf report --sort dso`, as (binary, share).
+fn dso_shares(report: &str) -> Vec<(String, f64)> {
+    report
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .filter_map(|line| {
+            let (percent, dso) = line.trim().split_once('%')?;
+            let share = percent.trim().parse::<f64>().ok()? / 100.0;
+            Some((dso.trim().to_string(), share))
+        })
+        .collect()
 }
 
 async fn run() -> Result<()> {
@@ -1426,6 +1520,15 @@ async fn run() -> Result<()> {
         }
         for (path, ratio) in measured.ratio {
             results.throughput_ratio.insert((scenario, path), ratio);
+        }
+    }
+
+    eprintln!("==> perf profile of the 1 KB buffered paths");
+    match profile_paths(&stack, &dir, tp_secs / 2, ticks_per_s).await {
+        Ok(profile) => results.profile = profile,
+        Err(why) => {
+            eprintln!("    not profiled: {why}");
+            results.profile_error = Some(why);
         }
     }
 
@@ -1735,6 +1838,62 @@ fn machine() -> String {
         command_output("valgrind", &["--version"])
     );
     s
+}
+
+/// The "by binary" table: each profiled path's Envoy CPU per request split by where perf
+/// sampled it.
+fn render_profile(s: &mut String, profiled: &[Profiled], error: Option<&str>) {
+    let _ = writeln!(s, "### Where the CPU goes, by binary (perf)\n");
+    if let Some(why) = error {
+        let _ = writeln!(s, "Not profiled: {why}.\n");
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "Each path ran once more, alone, under `perf record` (1 KB buffered); its Envoy CPU per \
+         request is split by the share of samples in each binary. Envoy's binary is stripped, so \
+         its part cannot be split further; the native module's part is Tollgate's own code (core \
+         logic and glue), and what the module asks of Envoy (headers, bodies, stats, the route) is \
+         counted in Envoy's and the kernel's parts.\n"
+    );
+    let columns = [
+        "envoy",
+        "[kernel.kallsyms]",
+        "libc.so.6",
+        "libtollgate_native.so",
+    ];
+    let _ = writeln!(
+        s,
+        "| path | Envoy CPU/request | Envoy binary | kernel | libc | native module | other |\n|---|---|---|---|---|---|---|"
+    );
+    for p in profiled {
+        let share = |dso: &str| {
+            p.shares
+                .iter()
+                .filter(|(name, _)| name == dso)
+                .map(|(_, share)| share)
+                .sum::<f64>()
+        };
+        let other: f64 = p
+            .shares
+            .iter()
+            .filter(|(name, _)| !columns.contains(&name.as_str()))
+            .map(|(_, share)| share)
+            .sum();
+        let us = |share: f64| format!("{:.1} us", share * p.cpu_per_request_us);
+        let _ = writeln!(
+            s,
+            "| {} | {:.1} us | {} | {} | {} | {} | {} |",
+            p.path.label(),
+            p.cpu_per_request_us,
+            us(share(columns[0])),
+            us(share(columns[1])),
+            us(share(columns[2])),
+            us(share(columns[3])),
+            us(other)
+        );
+    }
+    let _ = writeln!(s);
 }
 
 fn render(
@@ -2116,6 +2275,7 @@ fn render(
         );
     }
     let _ = writeln!(s);
+    render_profile(&mut s, &r.profile, r.profile_error.as_deref());
 
     // Memory.
     let _ = writeln!(s, "## Memory (Envoy VmRSS)\n");
