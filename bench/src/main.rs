@@ -1880,7 +1880,13 @@ fn render_profile(s: &mut String, profiled: &[Profiled], error: Option<&str>) {
             .filter(|(name, _)| !columns.contains(&name.as_str()))
             .map(|(_, share)| share)
             .sum();
-        let us = |share: f64| format!("{:.1} us", share * p.cpu_per_request_us);
+        let us = |share: f64| {
+            if share > 0.0 {
+                format!("{:.1} us", share * p.cpu_per_request_us)
+            } else {
+                "-".to_string()
+            }
+        };
         let _ = writeln!(
             s,
             "| {} | {:.1} us | {} | {} | {} | {} | {} |",

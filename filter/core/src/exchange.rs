@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::auth::{authenticate, Caller, Credentials};
-use crate::gateway::{classify, plan_chat_request_for, ROUTE_HEADER};
+use crate::gateway::{classify, plan_chat_request_for, CLIENT_HEADERS_TO_REMOVE, ROUTE_HEADER};
 use crate::providers::{ChunkOutput, ResponseMode, TranslateContext};
 use crate::request::empty_body_error;
 use crate::usage::Usage;
@@ -26,8 +26,15 @@ pub trait Host {
     /// The whole buffered request body (`size` bytes).
     fn request_body(&mut self, size: usize) -> Cow<'_, [u8]>;
     /// Rewrites the request for its upstream: headers as [`RequestPlan::upstream_headers`]
-    /// describes, body replaced by [`RequestPlan::body`], route recomputed.
-    fn write_upstream_request(&mut self, plan: &RequestPlan, body_size: usize);
+    /// describes, body replaced by [`RequestPlan::body`], route recomputed. `present` says
+    /// which of [`CLIENT_HEADERS_TO_REMOVE`] the client sent, so a host that edits headers
+    /// one by one removes only those.
+    fn write_upstream_request(
+        &mut self,
+        plan: &RequestPlan,
+        body_size: usize,
+        present: ClientHeadersPresent,
+    );
     /// Removes a response header.
     fn remove_response_header(&mut self, name: &str);
     /// Sets a response header.
@@ -67,6 +74,33 @@ pub struct RequestHeaders<'a> {
     pub request_id: Option<&'a str>,
     /// Whether the client sent [`ROUTE_HEADER`], which only the filter may set.
     pub route_header: bool,
+    /// Whether the client sent `accept-encoding`.
+    pub accept_encoding: bool,
+}
+
+/// Which of [`CLIENT_HEADERS_TO_REMOVE`] a request carries.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ClientHeadersPresent {
+    bits: u8,
+}
+
+impl ClientHeadersPresent {
+    /// The headers of [`CLIENT_HEADERS_TO_REMOVE`] marked present, in its order.
+    pub fn names(self) -> impl Iterator<Item = &'static str> {
+        CLIENT_HEADERS_TO_REMOVE
+            .into_iter()
+            .enumerate()
+            .filter(move |(at, _)| self.bits & (1 << at) != 0)
+            .map(|(_, name)| name)
+    }
+
+    fn mark(&mut self, name: &str, present: bool) {
+        if let Some(at) = CLIENT_HEADERS_TO_REMOVE.iter().position(|n| *n == name) {
+            if present {
+                self.bits |= 1 << at;
+            }
+        }
+    }
 }
 
 impl<'a> RequestHeaders<'a> {
@@ -89,6 +123,10 @@ impl<'a> RequestHeaders<'a> {
                     headers.route_header = true;
                     continue;
                 }
+                "accept-encoding" => {
+                    headers.accept_encoding = true;
+                    continue;
+                }
                 _ => continue,
             };
             slot.get_or_insert(value);
@@ -96,6 +134,16 @@ impl<'a> RequestHeaders<'a> {
         headers.method = method.unwrap_or_default();
         headers.path = path.unwrap_or_default();
         headers
+    }
+
+    /// Which of [`CLIENT_HEADERS_TO_REMOVE`] are present.
+    pub fn client_headers_present(&self) -> ClientHeadersPresent {
+        let mut present = ClientHeadersPresent::default();
+        present.mark("authorization", self.authorization.is_some());
+        present.mark("x-api-key", self.x_api_key.is_some());
+        present.mark("api-key", self.api_key.is_some());
+        present.mark("accept-encoding", self.accept_encoding);
+        present
     }
 
     fn credentials(&self) -> Credentials<'a> {
@@ -114,7 +162,11 @@ enum Phase {
     #[default]
     PassThrough,
     /// Chat request waiting for its body.
-    AwaitingBody { state: Arc<State>, caller: Caller },
+    AwaitingBody {
+        state: Arc<State>,
+        caller: Caller,
+        present: ClientHeadersPresent,
+    },
     /// Sent upstream.
     Upstream {
         plan: Box<RequestPlan>,
@@ -250,6 +302,7 @@ impl Exchange {
         self.phase = Phase::AwaitingBody {
             state: state.clone(),
             caller,
+            present: headers.client_headers_present(),
         };
         Verdict::Pause
     }
@@ -272,7 +325,12 @@ impl Exchange {
         if !end_of_stream {
             return Verdict::Pause;
         }
-        let Phase::AwaitingBody { state, caller } = std::mem::take(&mut self.phase) else {
+        let Phase::AwaitingBody {
+            state,
+            caller,
+            present,
+        } = std::mem::take(&mut self.phase)
+        else {
             return Verdict::Continue;
         };
         let now_ms = host.now_ms();
@@ -287,7 +345,7 @@ impl Exchange {
             Ok(plan) => plan,
             Err(error) => return self.reject(host, &error),
         };
-        host.write_upstream_request(&plan, body_size);
+        host.write_upstream_request(&plan, body_size, present);
         self.phase = Phase::Upstream {
             plan: Box::new(plan),
             caller,
@@ -440,6 +498,7 @@ mod tests {
         upstream: Option<(String, String, Vec<u8>)>,
         response_headers_set: Vec<(String, String)>,
         response_headers_removed: Vec<String>,
+        present: Option<ClientHeadersPresent>,
     }
 
     impl Host for FakeHost {
@@ -456,8 +515,14 @@ mod tests {
         fn request_body(&mut self, size: usize) -> Cow<'_, [u8]> {
             Cow::Borrowed(&self.request_body[..size])
         }
-        fn write_upstream_request(&mut self, plan: &RequestPlan, body_size: usize) {
+        fn write_upstream_request(
+            &mut self,
+            plan: &RequestPlan,
+            body_size: usize,
+            present: ClientHeadersPresent,
+        ) {
             assert_eq!(body_size, self.request_body.len());
+            self.present = Some(present);
             self.upstream = Some((plan.authority.clone(), plan.path.clone(), plan.body.clone()));
         }
         fn remove_response_header(&mut self, name: &str) {
@@ -494,6 +559,7 @@ mod tests {
             ("authorization", "Bearer a"),
             ("authorization", "Bearer b"),
             ("x-tollgate-upstream", "https"),
+            ("accept-encoding", "gzip"),
             ("x-other", "1"),
         ]);
         assert_eq!(headers.method, "POST");
@@ -501,6 +567,8 @@ mod tests {
         assert_eq!(headers.authorization, Some("Bearer a"));
         assert_eq!(headers.x_api_key, None);
         assert!(headers.route_header);
+        let present: Vec<_> = headers.client_headers_present().names().collect();
+        assert_eq!(present, ["authorization", "accept-encoding"]);
     }
 
     #[test]
@@ -601,6 +669,11 @@ mod tests {
             Verdict::Continue
         );
         let (authority, path, upstream_body) = host.upstream.clone().unwrap();
+        assert_eq!(
+            host.present.unwrap().names().count(),
+            0,
+            "the client sent none"
+        );
         assert_eq!(authority, "127.0.0.1:9");
         assert_eq!(path, "/v1/chat/completions");
         assert!(upstream_body.starts_with(br#"{"model":"upstream-gpt""#));

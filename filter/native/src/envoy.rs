@@ -5,8 +5,8 @@ use std::borrow::Cow;
 use std::ffi::c_void;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tollgate_core::exchange::Host;
-use tollgate_core::gateway::{CLIENT_HEADERS_TO_REMOVE, ROUTE_HEADER};
+use tollgate_core::exchange::{ClientHeadersPresent, Host};
+use tollgate_core::gateway::ROUTE_HEADER;
 use tollgate_core::{metrics, RequestPlan};
 
 use crate::abi::{
@@ -282,10 +282,19 @@ impl Host for NativeHost {
         )
     }
 
-    fn write_upstream_request(&mut self, plan: &RequestPlan, _body_size: usize) {
+    fn write_upstream_request(
+        &mut self,
+        plan: &RequestPlan,
+        _body_size: usize,
+        present: ClientHeadersPresent,
+    ) {
         let filter = &mut self.filter;
-        for name in CLIENT_HEADERS_TO_REMOVE {
-            filter.set_header(abi::REQUEST_HEADERS, name, None);
+        // Each header edit is a call into Envoy: remove only what the client sent and the
+        // plan does not set anyway.
+        for name in present.names() {
+            if !plan.headers.iter().any(|(set, _)| *set == name) {
+                filter.set_header(abi::REQUEST_HEADERS, name, None);
+            }
         }
         filter.set_header(abi::REQUEST_HEADERS, ":path", Some(&plan.path));
         filter.set_header(abi::REQUEST_HEADERS, ":authority", Some(&plan.authority));

@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType};
-use tollgate_core::exchange::{Exchange, Host, RequestHeaders, Verdict};
+use tollgate_core::exchange::{ClientHeadersPresent, Exchange, Host, RequestHeaders, Verdict};
 use tollgate_core::RequestPlan;
 
 use crate::host;
@@ -40,7 +40,13 @@ impl Host for WasmHost {
         Cow::Owned(host::body(BufferType::HttpRequestBody, size))
     }
 
-    fn write_upstream_request(&mut self, plan: &RequestPlan, body_size: usize) {
+    // The whole map is written back at once, without the client's headers that must go.
+    fn write_upstream_request(
+        &mut self,
+        plan: &RequestPlan,
+        body_size: usize,
+        _present: ClientHeadersPresent,
+    ) {
         host::set_request_headers(plan.upstream_headers(&self.request_headers));
         host::replace_body(BufferType::HttpRequestBody, body_size, &plan.body);
     }
