@@ -30,7 +30,7 @@ pub enum UpError {
     #[error(
         "the Tollgate filter ({WASM_FILE}) was not found{}: build it with \
          `cargo build -p tollgate-filter --target wasm32-wasip1 --release`, or pass --wasm PATH \
-         or set TOLLGATE_WASM",
+         or set TOLLGATE_WASM (or run the native module: --native PATH)",
         detail_suffix(.0)
     )]
     WasmNotFound(String),

@@ -14,6 +14,7 @@ fn tollgate(args: &[&str], dir: &Path) -> Output {
         .env_remove("DATABASE_URL")
         .env_remove("TOLLGATE_ENVOY")
         .env_remove("TOLLGATE_WASM")
+        .env_remove("TOLLGATE_NATIVE")
         .output()
         .unwrap()
 }
@@ -133,6 +134,27 @@ fn up_without_envoy_or_filter_says_how_to_get_them() {
         "{stderr}"
     );
     // Nothing was started, so nothing was written.
+    assert!(!dir.path().join(".tollgate").exists());
+
+    // A native module must exist and be named as Envoy looks modules up.
+    std::fs::write(dir.path().join("tollgate.so"), b"").unwrap();
+    for (library, why) in [
+        ("missing/libtollgate_native.so", "does not exist"),
+        ("tollgate.so", "Envoy only loads modules named lib<name>.so"),
+    ] {
+        let output = tollgate(
+            &[
+                "up", "--config", "c.yaml", "--envoy", "/bin/sh", "--native", library,
+            ],
+            dir.path(),
+        );
+        assert_ne!(output.status.code(), Some(0));
+        let stderr = text(&output.stderr);
+        assert!(
+            stderr.contains("the native Tollgate filter cannot be loaded") && stderr.contains(why),
+            "{stderr}"
+        );
+    }
     assert!(!dir.path().join(".tollgate").exists());
 }
 

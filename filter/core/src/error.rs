@@ -60,6 +60,10 @@ pub enum GatewayError {
     /// The provider's response is over the buffering limit.
     #[error("The upstream response is over the limit of {0} bytes.")]
     UpstreamResponseTooLarge(u64),
+    /// A bug in the gateway stopped this request (the native module survives it; the Wasm
+    /// VM would not).
+    #[error("The gateway failed on this request; the failure is in its log.")]
+    Internal,
 }
 
 impl From<crate::sse::SseError> for GatewayError {
@@ -91,6 +95,7 @@ impl GatewayError {
             GatewayError::BodyTooLarge { .. } => 413,
             GatewayError::BadUpstreamResponse(_) | GatewayError::UpstreamResponseTooLarge(_) => 502,
             GatewayError::NotReady => 503,
+            GatewayError::Internal => 500,
         }
     }
 
@@ -103,9 +108,9 @@ impl GatewayError {
             | GatewayError::KeyExpired
             | GatewayError::ModelNotAllowed(_) => "authentication_error",
             GatewayError::NotReady => "service_unavailable",
-            GatewayError::BadUpstreamResponse(_) | GatewayError::UpstreamResponseTooLarge(_) => {
-                "api_error"
-            }
+            GatewayError::BadUpstreamResponse(_)
+            | GatewayError::UpstreamResponseTooLarge(_)
+            | GatewayError::Internal => "api_error",
             _ => "invalid_request_error",
         }
     }
@@ -126,6 +131,7 @@ impl GatewayError {
             GatewayError::NotReady => Some("not_ready"),
             GatewayError::BadUpstreamResponse(_) => Some("bad_upstream_response"),
             GatewayError::UpstreamResponseTooLarge(_) => Some("upstream_response_too_large"),
+            GatewayError::Internal => Some("internal_error"),
         }
     }
 
@@ -214,6 +220,7 @@ mod tests {
             GatewayError::BodyTooLarge { size: 10, limit: 5 },
             GatewayError::NotReady,
             GatewayError::BadUpstreamResponse("x".into()),
+            GatewayError::Internal,
         ];
         for error in errors {
             let body: serde_json::Value = serde_json::from_slice(&error.to_json()).unwrap();
@@ -234,6 +241,7 @@ mod tests {
             GatewayError::BodyTooLarge { size: 2, limit: 1 }.status(),
             413
         );
+        assert_eq!(GatewayError::Internal.status(), 500);
         let body: serde_json::Value =
             serde_json::from_slice(&GatewayError::ModelNotFound("m".into()).to_json()).unwrap();
         assert_eq!(body["error"]["param"], "model");

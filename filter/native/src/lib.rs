@@ -24,9 +24,9 @@ use std::sync::Arc;
 use abi::{ConfigEnvoyPtr, EnvoyBuffer, EnvoyHttpHeader, FilterEnvoyPtr};
 use envoy::{Filter, Metrics, NativeHost, Scheduler};
 use shared::Shared;
-use tollgate_core::exchange::{Exchange, RequestHeaders, Verdict};
+use tollgate_core::exchange::{Exchange, Host, RequestHeaders, Verdict};
 use tollgate_core::gateway::ROUTE_HEADER;
-use tollgate_core::PluginConfig;
+use tollgate_core::{GatewayError, PluginConfig};
 
 /// The ABI version Envoy 1.40 expects.
 static ABI_VERSION: &[u8] = b"v0.2.0\0";
@@ -65,6 +65,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
         envoy::log_error(&format!(
             "tollgate: cannot start the control-plane thread: {error}"
         ));
+        shared.stop();
         return std::ptr::null();
     }
     Arc::into_raw(shared).cast()
@@ -124,6 +125,32 @@ unsafe fn filter<'a>(filter: *const c_void) -> &'a mut TollgateFilter {
     unsafe { &mut *(filter.cast_mut().cast::<TollgateFilter>()) }
 }
 
+/// Runs a hook's body, catching a panic, which would otherwise unwind into Envoy and abort
+/// the whole process. After a panic on the request side the request is answered with a 500
+/// (it must not go upstream unchecked); on the response side the response goes on.
+fn guarded(
+    hook: &str,
+    filter_envoy: FilterEnvoyPtr,
+    request_side: bool,
+    body: impl FnOnce() -> u32,
+) -> u32 {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        Ok(status) => status,
+        Err(_) => {
+            envoy::log_error(&format!("tollgate: bug: the {hook} hook panicked"));
+            if request_side {
+                let error = GatewayError::Internal;
+                NativeHost::new(Filter::new(filter_envoy))
+                    .send_json_response(error.status(), &error.to_json());
+                // Both request-side stop codes are 1 (StopIteration, StopIterationAndBuffer).
+                abi::HEADERS_STOP_ITERATION
+            } else {
+                abi::CONTINUE
+            }
+        }
+    }
+}
+
 fn headers_status(verdict: Verdict) -> u32 {
     match verdict {
         Verdict::Continue => abi::HEADERS_CONTINUE,
@@ -159,22 +186,24 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     filter_module: *const c_void,
     end_of_stream: bool,
 ) -> u32 {
-    // SAFETY: Envoy passes the pointer `filter_new` returned.
-    let this = unsafe { filter(filter_module) };
-    let mut envoy_filter = Filter::new(filter_envoy);
-    let all = envoy_filter.headers(abi::REQUEST_HEADERS);
-    let headers = scan(&all);
-    if !headers.route_header {
-        return this.on_request_headers(envoy_filter, &headers, end_of_stream);
-    }
-    // Only the filter may choose an upstream cluster. Removing a header may move the others'
-    // bytes, so the map is read again before anything else is looked at.
-    drop(all);
-    envoy_filter.set_header(abi::REQUEST_HEADERS, ROUTE_HEADER, None);
-    // Envoy picked the route before the filters ran, with the client's header.
-    envoy_filter.clear_route_cache();
-    let all = envoy_filter.headers(abi::REQUEST_HEADERS);
-    this.on_request_headers(envoy_filter, &scan(&all), end_of_stream)
+    guarded("request headers", filter_envoy, true, || {
+        // SAFETY: Envoy passes the pointer `filter_new` returned.
+        let this = unsafe { filter(filter_module) };
+        let mut envoy_filter = Filter::new(filter_envoy);
+        let all = envoy_filter.headers(abi::REQUEST_HEADERS);
+        let headers = scan(&all);
+        if !headers.route_header {
+            return this.on_request_headers(envoy_filter, &headers, end_of_stream);
+        }
+        // Only the filter may choose an upstream cluster. Removing a header may move the others'
+        // bytes, so the map is read again before anything else is looked at.
+        drop(all);
+        envoy_filter.set_header(abi::REQUEST_HEADERS, ROUTE_HEADER, None);
+        // Envoy picked the route before the filters ran, with the client's header.
+        envoy_filter.clear_route_cache();
+        let all = envoy_filter.headers(abi::REQUEST_HEADERS);
+        this.on_request_headers(envoy_filter, &scan(&all), end_of_stream)
+    })
 }
 
 impl TollgateFilter {
@@ -201,18 +230,20 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
     filter_module: *const c_void,
     end_of_stream: bool,
 ) -> u32 {
-    // SAFETY: Envoy passes the pointer `filter_new` returned.
-    let this = unsafe { filter(filter_module) };
-    if !this.exchange.awaits_body() {
-        return abi::BODY_CONTINUE;
-    }
-    let envoy_filter = Filter::new(filter_envoy);
-    let size = envoy_filter.request_body_size();
-    body_status(this.exchange.on_request_body(
-        &mut NativeHost::new(envoy_filter),
-        size,
-        end_of_stream,
-    ))
+    guarded("request body", filter_envoy, true, || {
+        // SAFETY: Envoy passes the pointer `filter_new` returned.
+        let this = unsafe { filter(filter_module) };
+        if !this.exchange.awaits_body() {
+            return abi::BODY_CONTINUE;
+        }
+        let envoy_filter = Filter::new(filter_envoy);
+        let size = envoy_filter.request_body_size();
+        body_status(this.exchange.on_request_body(
+            &mut NativeHost::new(envoy_filter),
+            size,
+            end_of_stream,
+        ))
+    })
 }
 
 /// The response headers.
@@ -222,24 +253,26 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
     filter_module: *const c_void,
     end_of_stream: bool,
 ) -> u32 {
-    // SAFETY: Envoy passes the pointer `filter_new` returned.
-    let this = unsafe { filter(filter_module) };
-    if !this.exchange.is_upstream() {
-        return abi::HEADERS_CONTINUE;
-    }
-    let envoy_filter = Filter::new(filter_envoy);
-    let status = envoy_filter
-        .header(abi::RESPONSE_HEADERS, ":status")
-        .and_then(|value| value.parse::<u16>().ok());
-    // Read before the exchange changes a response header (it only removes content-length,
-    // after it is done with the content type).
-    let content_type = envoy_filter.header(abi::RESPONSE_HEADERS, "content-type");
-    headers_status(this.exchange.on_response_headers(
-        &mut NativeHost::new(envoy_filter),
-        status,
-        content_type,
-        end_of_stream,
-    ))
+    guarded("response headers", filter_envoy, false, || {
+        // SAFETY: Envoy passes the pointer `filter_new` returned.
+        let this = unsafe { filter(filter_module) };
+        if !this.exchange.is_upstream() {
+            return abi::HEADERS_CONTINUE;
+        }
+        let envoy_filter = Filter::new(filter_envoy);
+        let status = envoy_filter
+            .header(abi::RESPONSE_HEADERS, ":status")
+            .and_then(|value| value.parse::<u16>().ok());
+        // Read before the exchange changes a response header (it only removes content-length,
+        // after it is done with the content type).
+        let content_type = envoy_filter.header(abi::RESPONSE_HEADERS, "content-type");
+        headers_status(this.exchange.on_response_headers(
+            &mut NativeHost::new(envoy_filter),
+            status,
+            content_type,
+            end_of_stream,
+        ))
+    })
 }
 
 /// Response body data.
@@ -249,18 +282,20 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
     filter_module: *const c_void,
     end_of_stream: bool,
 ) -> u32 {
-    // SAFETY: Envoy passes the pointer `filter_new` returned.
-    let this = unsafe { filter(filter_module) };
-    if !this.exchange.is_upstream() {
-        return abi::BODY_CONTINUE;
-    }
-    let envoy_filter = Filter::new(filter_envoy);
-    let size = envoy_filter.response_body_size();
-    body_status(this.exchange.on_response_body(
-        &mut NativeHost::new(envoy_filter),
-        size,
-        end_of_stream,
-    ))
+    guarded("response body", filter_envoy, false, || {
+        // SAFETY: Envoy passes the pointer `filter_new` returned.
+        let this = unsafe { filter(filter_module) };
+        if !this.exchange.is_upstream() {
+            return abi::BODY_CONTINUE;
+        }
+        let envoy_filter = Filter::new(filter_envoy);
+        let size = envoy_filter.response_body_size();
+        body_status(this.exchange.on_response_body(
+            &mut NativeHost::new(envoy_filter),
+            size,
+            end_of_stream,
+        ))
+    })
 }
 
 /// Request trailers: nothing to do.
@@ -287,13 +322,16 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
     filter_envoy: FilterEnvoyPtr,
     filter_module: *const c_void,
 ) {
-    // SAFETY: Envoy passes the pointer `filter_new` returned.
-    let this = unsafe { filter(filter_module) };
-    let now_ms = envoy::now_ms();
-    if let Some(outcome) = this.exchange.outcome(now_ms) {
-        this.shared
-            .record_outcome(Filter::new(filter_envoy), outcome);
-    }
+    guarded("stream complete", filter_envoy, false, || {
+        // SAFETY: Envoy passes the pointer `filter_new` returned.
+        let this = unsafe { filter(filter_module) };
+        let now_ms = envoy::now_ms();
+        if let Some(outcome) = this.exchange.outcome(now_ms) {
+            this.shared
+                .record_outcome(Filter::new(filter_envoy), outcome);
+        }
+        abi::CONTINUE
+    });
 }
 
 /// The filter is gone.
