@@ -256,7 +256,7 @@ struct UpArgs {
     wasm: Option<PathBuf>,
     /// Load the filter as a native Envoy dynamic module instead: the path of
     /// libtollgate_native.so (`cargo build -p tollgate-native --release`).
-    #[arg(long, env = "TOLLGATE_NATIVE", conflicts_with = "wasm")]
+    #[arg(long, conflicts_with = "wasm")]
     native: Option<PathBuf>,
     /// Envoy binary (default: TOLLGATE_ENVOY, or `envoy` on PATH).
     #[arg(long)]
