@@ -20,6 +20,14 @@ if (( ${#need_apt[@]} )); then
   "${sudo_cmd[@]}" apt-get update -qq
   "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi
+# perf is optional: without it BENCHMARKS.md says the profile section was not measured.
+if ! command -v perf >/dev/null 2>&1; then
+  sudo_cmd=()
+  [[ "$(id -u)" == 0 ]] || sudo_cmd=(sudo)
+  echo "==> apt-get install linux-perf (for the profile section; optional)"
+  "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf \
+    || echo "warning: no perf: BENCHMARKS.md will have no profile" >&2
+fi
 if (( $(nproc) < 2 )); then
   echo "warning: $(nproc) CPU: Envoy and the load generator will share it" >&2
 fi
