@@ -56,21 +56,13 @@ impl Filter {
     /// Every header of a map (`abi::REQUEST_HEADERS` or `abi::RESPONSE_HEADERS`), as Envoy's
     /// own bytes: valid until this hook returns or a header of the map is changed.
     pub fn headers(self, map: u32) -> Vec<EnvoyHttpHeader> {
-        // SAFETY: `self.0` is live during the hook; the array gets exactly the size Envoy
-        // reported, and Envoy writes at most that many entries.
+        // SAFETY: `self.0` is live during the hook; Envoy writes as many entries as it counted.
         unsafe {
-            let count = abi::envoy_dynamic_module_callback_http_get_headers_size(self.0, map);
-            let mut headers = vec![EnvoyHttpHeader::NULL; count];
-            if count == 0
-                || !abi::envoy_dynamic_module_callback_http_get_headers(
-                    self.0,
-                    map,
-                    headers.as_mut_ptr(),
-                )
-            {
-                headers.clear();
-            }
-            headers
+            envoy_array(
+                EnvoyHttpHeader::NULL,
+                abi::envoy_dynamic_module_callback_http_get_headers_size(self.0, map),
+                |headers| abi::envoy_dynamic_module_callback_http_get_headers(self.0, map, headers),
+            )
         }
     }
 
@@ -148,20 +140,15 @@ impl Filter {
     }
 
     fn body_chunks(&self, body: u32) -> Vec<EnvoyBuffer> {
-        // SAFETY: `self.0` is live; the array gets exactly the size Envoy reported.
+        // SAFETY: `self.0` is live; Envoy writes as many chunks as it counted.
         unsafe {
-            let count = abi::envoy_dynamic_module_callback_http_get_body_chunks_size(self.0, body);
-            let mut chunks = vec![EnvoyBuffer::NULL; count];
-            if count == 0
-                || !abi::envoy_dynamic_module_callback_http_get_body_chunks(
-                    self.0,
-                    body,
-                    chunks.as_mut_ptr(),
-                )
-            {
-                chunks.clear();
-            }
-            chunks
+            envoy_array(
+                EnvoyBuffer::NULL,
+                abi::envoy_dynamic_module_callback_http_get_body_chunks_size(self.0, body),
+                |chunks| {
+                    abi::envoy_dynamic_module_callback_http_get_body_chunks(self.0, body, chunks)
+                },
+            )
         }
     }
 
@@ -228,6 +215,23 @@ impl Filter {
             buffered + self.body_size(abi::RECEIVED_RESPONSE_BODY)
         }
     }
+}
+
+/// An array Envoy fills: `count` entries (Envoy's own count), written by `fill`; empty when
+/// `fill` fails.
+///
+/// # Safety
+/// `fill` must write at most `count` entries through the pointer it gets.
+unsafe fn envoy_array<T: Copy>(
+    empty: T,
+    count: usize,
+    fill: impl FnOnce(*mut T) -> bool,
+) -> Vec<T> {
+    let mut entries = vec![empty; count];
+    if count == 0 || !fill(entries.as_mut_ptr()) {
+        entries.clear();
+    }
+    entries
 }
 
 /// [`Host`] for the native module, for one hook call.

@@ -230,20 +230,12 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
     filter_module: *const c_void,
     end_of_stream: bool,
 ) -> u32 {
-    guarded("request body", filter_envoy, true, || {
-        // SAFETY: Envoy passes the pointer `filter_new` returned.
-        let this = unsafe { filter(filter_module) };
-        if !this.exchange.awaits_body() {
-            return abi::BODY_CONTINUE;
-        }
-        let envoy_filter = Filter::new(filter_envoy);
-        let size = envoy_filter.request_body_size();
-        body_status(this.exchange.on_request_body(
-            &mut NativeHost::new(envoy_filter),
-            size,
-            end_of_stream,
-        ))
-    })
+    on_body(
+        filter_envoy,
+        filter_module,
+        end_of_stream,
+        Direction::Request,
+    )
 }
 
 /// The response headers.
@@ -282,19 +274,54 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
     filter_module: *const c_void,
     end_of_stream: bool,
 ) -> u32 {
-    guarded("response body", filter_envoy, false, || {
+    on_body(
+        filter_envoy,
+        filter_module,
+        end_of_stream,
+        Direction::Response,
+    )
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Direction {
+    Request,
+    Response,
+}
+
+/// Body data of either direction, when the exchange wants it.
+fn on_body(
+    filter_envoy: FilterEnvoyPtr,
+    filter_module: *const c_void,
+    end_of_stream: bool,
+    direction: Direction,
+) -> u32 {
+    let request = direction == Direction::Request;
+    let hook = if request {
+        "request body"
+    } else {
+        "response body"
+    };
+    guarded(hook, filter_envoy, request, || {
         // SAFETY: Envoy passes the pointer `filter_new` returned.
         let this = unsafe { filter(filter_module) };
-        if !this.exchange.is_upstream() {
+        let wanted = if request {
+            this.exchange.awaits_body()
+        } else {
+            this.exchange.is_upstream()
+        };
+        if !wanted {
             return abi::BODY_CONTINUE;
         }
         let envoy_filter = Filter::new(filter_envoy);
-        let size = envoy_filter.response_body_size();
-        body_status(this.exchange.on_response_body(
-            &mut NativeHost::new(envoy_filter),
-            size,
-            end_of_stream,
-        ))
+        let host = &mut NativeHost::new(envoy_filter);
+        let verdict = if request {
+            let size = envoy_filter.request_body_size();
+            this.exchange.on_request_body(host, size, end_of_stream)
+        } else {
+            let size = envoy_filter.response_body_size();
+            this.exchange.on_response_body(host, size, end_of_stream)
+        };
+        body_status(verdict)
     })
 }
 
