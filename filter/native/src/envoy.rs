@@ -106,17 +106,18 @@ impl Filter {
     }
 
     /// Makes Envoy choose the route again, from the headers as they are now.
-    pub fn clear_route_cache(&mut self) {
+    fn clear_route_cache(&mut self) {
         // SAFETY: `self.0` is live.
         unsafe { abi::envoy_dynamic_module_callback_http_clear_route_cache(self.0) }
     }
 
-    /// The whole body so far: Envoy's buffered part, then the current hook's part (unless
-    /// the two are the same buffer). One chunk is borrowed; several are joined.
-    fn body(&mut self, buffered: u32, received: u32, received_is_buffered: bool) -> Cow<'_, [u8]> {
-        let mut chunks = self.body_chunks(buffered);
-        if !received_is_buffered {
-            chunks.extend(self.body_chunks(received));
+    /// The whole body of `direction` so far: Envoy's buffered part, then the current hook's
+    /// part (unless the two are the same buffer). One chunk is borrowed; several are joined.
+    /// A streamed response is never buffered, so for it this is the current chunk.
+    fn body(&mut self, direction: Direction) -> Cow<'_, [u8]> {
+        let mut chunks = self.body_chunks(direction.buffered());
+        if !self.received_is_buffered(direction) {
+            chunks.extend(self.body_chunks(direction.received()));
         }
         // SAFETY: the chunks are Envoy's until this hook returns or a body setter is called;
         // the setters take `&mut self`, which the returned value borrows.
@@ -152,29 +153,25 @@ impl Filter {
         }
     }
 
-    fn body_size(&self, body: u32) -> usize {
+    fn buffer_size(&self, body: u32) -> usize {
         // SAFETY: `self.0` is live.
         unsafe { abi::envoy_dynamic_module_callback_http_get_body_size(self.0, body) }
     }
 
-    /// Replaces the whole body so far with `new_body`: both parts are drained and the new
-    /// bytes go into the current hook's part, which Envoy passes on (after the buffered part,
-    /// now empty).
-    fn replace_body(
-        &mut self,
-        buffered: u32,
-        received: u32,
-        received_is_buffered: bool,
-        new_body: &[u8],
-    ) {
+    /// Replaces the whole body of `direction` so far with `new_body`: both parts are drained
+    /// and the new bytes go into the current hook's part, which Envoy passes on (after the
+    /// buffered part, now empty).
+    fn replace_body(&mut self, direction: Direction, new_body: &[u8]) {
+        let (buffered, received) = (direction.buffered(), direction.received());
+        let received_is_buffered = self.received_is_buffered(direction);
         // SAFETY: `self.0` is live; Envoy copies `new_body`.
         unsafe {
-            let buffered_size = self.body_size(buffered);
+            let buffered_size = self.buffer_size(buffered);
             abi::envoy_dynamic_module_callback_http_drain_body(self.0, buffered, buffered_size);
             let target = if received_is_buffered {
                 buffered
             } else {
-                let received_size = self.body_size(received);
+                let received_size = self.buffer_size(received);
                 abi::envoy_dynamic_module_callback_http_drain_body(self.0, received, received_size);
                 received
             };
@@ -186,33 +183,55 @@ impl Filter {
         }
     }
 
-    fn received_buffered_request_body(&self) -> bool {
+    /// Whether the current body hook's data is Envoy's buffered body itself.
+    fn received_is_buffered(&self, direction: Direction) -> bool {
         // SAFETY: `self.0` is live.
-        unsafe { abi::envoy_dynamic_module_callback_http_received_buffered_request_body(self.0) }
-    }
-
-    fn received_buffered_response_body(&self) -> bool {
-        // SAFETY: `self.0` is live.
-        unsafe { abi::envoy_dynamic_module_callback_http_received_buffered_response_body(self.0) }
-    }
-
-    /// Size of the request body so far (buffered and current part).
-    pub fn request_body_size(&self) -> usize {
-        let buffered = self.body_size(abi::BUFFERED_REQUEST_BODY);
-        if self.received_buffered_request_body() {
-            buffered
-        } else {
-            buffered + self.body_size(abi::RECEIVED_REQUEST_BODY)
+        unsafe {
+            match direction {
+                Direction::Request => {
+                    abi::envoy_dynamic_module_callback_http_received_buffered_request_body(self.0)
+                }
+                Direction::Response => {
+                    abi::envoy_dynamic_module_callback_http_received_buffered_response_body(self.0)
+                }
+            }
         }
     }
 
-    /// Size of the response body so far (buffered and current part).
-    pub fn response_body_size(&self) -> usize {
-        let buffered = self.body_size(abi::BUFFERED_RESPONSE_BODY);
-        if self.received_buffered_response_body() {
+    /// Size of the body of `direction` so far (buffered and current part).
+    pub fn body_size(&self, direction: Direction) -> usize {
+        let buffered = self.buffer_size(direction.buffered());
+        if self.received_is_buffered(direction) {
             buffered
         } else {
-            buffered + self.body_size(abi::RECEIVED_RESPONSE_BODY)
+            buffered + self.buffer_size(direction.received())
+        }
+    }
+}
+
+/// Which body a hook is about.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// The client's request.
+    Request,
+    /// The upstream's response.
+    Response,
+}
+
+impl Direction {
+    /// Envoy's buffered body of this direction.
+    fn buffered(self) -> u32 {
+        match self {
+            Direction::Request => abi::BUFFERED_REQUEST_BODY,
+            Direction::Response => abi::BUFFERED_RESPONSE_BODY,
+        }
+    }
+
+    /// The current body hook's data of this direction.
+    fn received(self) -> u32 {
+        match self {
+            Direction::Request => abi::RECEIVED_REQUEST_BODY,
+            Direction::Response => abi::RECEIVED_RESPONSE_BODY,
         }
     }
 }
@@ -251,6 +270,8 @@ impl Host for NativeHost {
         now_ms()
     }
 
+    // The only request header removed this way is the client's routing header, and Envoy
+    // picked the route before the filters ran, with it.
     fn remove_request_header(&mut self, name: &str) {
         self.filter.set_header(abi::REQUEST_HEADERS, name, None);
         self.filter.clear_route_cache();
@@ -278,12 +299,7 @@ impl Host for NativeHost {
     }
 
     fn request_body(&mut self, _size: usize) -> Cow<'_, [u8]> {
-        let received_is_buffered = self.filter.received_buffered_request_body();
-        self.filter.body(
-            abi::BUFFERED_REQUEST_BODY,
-            abi::RECEIVED_REQUEST_BODY,
-            received_is_buffered,
-        )
+        self.filter.body(Direction::Request)
     }
 
     fn write_upstream_request(
@@ -311,13 +327,7 @@ impl Host for NativeHost {
         for (name, value) in &plan.headers {
             filter.set_header(abi::REQUEST_HEADERS, name, Some(value));
         }
-        let received_is_buffered = filter.received_buffered_request_body();
-        filter.replace_body(
-            abi::BUFFERED_REQUEST_BODY,
-            abi::RECEIVED_REQUEST_BODY,
-            received_is_buffered,
-            &plan.body,
-        );
+        filter.replace_body(Direction::Request, &plan.body);
         // Envoy chose the route before the filters ran, without the routing header.
         filter.clear_route_cache();
     }
@@ -331,24 +341,12 @@ impl Host for NativeHost {
             .set_header(abi::RESPONSE_HEADERS, name, Some(value));
     }
 
-    // A streamed response is never buffered, so "buffered and current part" is the chunk.
     fn response_body(&mut self, _size: usize) -> Cow<'_, [u8]> {
-        let received_is_buffered = self.filter.received_buffered_response_body();
-        self.filter.body(
-            abi::BUFFERED_RESPONSE_BODY,
-            abi::RECEIVED_RESPONSE_BODY,
-            received_is_buffered,
-        )
+        self.filter.body(Direction::Response)
     }
 
     fn replace_response_body(&mut self, _size: usize, body: &[u8]) {
-        let received_is_buffered = self.filter.received_buffered_response_body();
-        self.filter.replace_body(
-            abi::BUFFERED_RESPONSE_BODY,
-            abi::RECEIVED_RESPONSE_BODY,
-            received_is_buffered,
-            body,
-        );
+        self.filter.replace_body(Direction::Response, body);
     }
 }
 

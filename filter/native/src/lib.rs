@@ -22,7 +22,7 @@ use std::os::raw::c_char;
 use std::sync::Arc;
 
 use abi::{ConfigEnvoyPtr, EnvoyBuffer, EnvoyHttpHeader, FilterEnvoyPtr};
-use envoy::{Filter, Metrics, NativeHost, Scheduler};
+use envoy::{Direction, Filter, Metrics, NativeHost, Scheduler};
 use shared::Shared;
 use tollgate_core::exchange::{Exchange, Host, RequestHeaders, Verdict};
 use tollgate_core::gateway::ROUTE_HEADER;
@@ -189,7 +189,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     guarded("request headers", filter_envoy, true, || {
         // SAFETY: Envoy passes the pointer `filter_new` returned.
         let this = unsafe { filter(filter_module) };
-        let mut envoy_filter = Filter::new(filter_envoy);
+        let envoy_filter = Filter::new(filter_envoy);
         let all = envoy_filter.headers(abi::REQUEST_HEADERS);
         let headers = scan(&all);
         if !headers.route_header {
@@ -198,9 +198,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
         // Only the filter may choose an upstream cluster. Removing a header may move the others'
         // bytes, so the map is read again before anything else is looked at.
         drop(all);
-        envoy_filter.set_header(abi::REQUEST_HEADERS, ROUTE_HEADER, None);
-        // Envoy picked the route before the filters ran, with the client's header.
-        envoy_filter.clear_route_cache();
+        NativeHost::new(envoy_filter).remove_request_header(ROUTE_HEADER);
         let all = envoy_filter.headers(abi::REQUEST_HEADERS);
         this.on_request_headers(envoy_filter, &scan(&all), end_of_stream)
     })
@@ -282,12 +280,6 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
     )
 }
 
-#[derive(Clone, Copy, PartialEq)]
-enum Direction {
-    Request,
-    Response,
-}
-
 /// Body data of either direction, when the exchange wants it.
 fn on_body(
     filter_envoy: FilterEnvoyPtr,
@@ -313,12 +305,11 @@ fn on_body(
             return abi::BODY_CONTINUE;
         }
         let envoy_filter = Filter::new(filter_envoy);
+        let size = envoy_filter.body_size(direction);
         let host = &mut NativeHost::new(envoy_filter);
         let verdict = if request {
-            let size = envoy_filter.request_body_size();
             this.exchange.on_request_body(host, size, end_of_stream)
         } else {
-            let size = envoy_filter.response_body_size();
             this.exchange.on_response_body(host, size, end_of_stream)
         };
         body_status(verdict)

@@ -241,9 +241,4 @@ impl Shared {
     pub fn stopped(&self) -> bool {
         self.stopped.load(Ordering::Relaxed)
     }
-
-    /// The control plane's gRPC URL.
-    pub fn control_plane_url(&self) -> String {
-        self.config.control_plane_url.clone()
-    }
 }

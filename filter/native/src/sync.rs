@@ -100,7 +100,7 @@ async fn session(shared: &Shared) -> Result<SessionEnd, SessionError> {
         }
         SessionError { delivered }
     };
-    let url = shared.control_plane_url();
+    let url = &shared.config.control_plane_url;
     let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
         .map_err(|error| fail("bad control_plane_url", &error, true))?
         .connect_timeout(Duration::from_secs(1));
