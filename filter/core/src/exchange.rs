@@ -10,7 +10,7 @@ use crate::auth::{authenticate, Caller, Credentials};
 use crate::gateway::{classify, plan_chat_request_for, CLIENT_HEADERS_TO_REMOVE, ROUTE_HEADER};
 use crate::providers::{ChunkOutput, ResponseMode, TranslateContext};
 use crate::request::empty_body_error;
-use crate::usage::Usage;
+use crate::usage::{TokenCounts, Usage};
 use crate::{proto, Endpoint, GatewayError, RequestPlan, State};
 
 /// What the exchange asks of Envoy. Reads that several decisions share (the request headers,
@@ -214,6 +214,13 @@ pub struct UpstreamOutcome<'a> {
     pub first_byte_ms: Option<u64>,
     /// The record the control plane prices and stores.
     pub record: proto::UsageRecord,
+}
+
+impl UpstreamOutcome<'_> {
+    /// What this response adds to the token counters.
+    pub fn token_counts(&self) -> TokenCounts {
+        TokenCounts::of_response(self.status, &self.usage)
+    }
 }
 
 impl Exchange {

@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tollgate_core::exchange::{ClientHeadersPresent, Host};
 use tollgate_core::gateway::ROUTE_HEADER;
+use tollgate_core::usage::TokenCounts;
 use tollgate_core::{metrics, RequestPlan};
 
 use crate::abi::{
@@ -516,17 +517,6 @@ impl Metrics {
             );
         }
     }
-}
-
-/// Token counters of one deployment, added up between flushes.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct TokenCounts {
-    /// Prompt tokens.
-    pub prompt: u64,
-    /// Completion tokens.
-    pub completion: u64,
-    /// Successful responses that reported no usage.
-    pub usage_missing: u64,
 }
 
 fn module_buffers(values: &[&str]) -> [ModuleBuffer; 3] {

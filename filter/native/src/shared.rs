@@ -1,22 +1,17 @@
 //! What every worker's filters share with the control-plane thread: the newest snapshot, the
 //! queue of usage records, and the filter's metrics.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tollgate_core::exchange::Outcome;
 use tollgate_core::snapshot::Deployment;
+use tollgate_core::usage::{TokenCounts, UsageQueue};
 use tollgate_core::{metrics, proto, PluginConfig, State};
 
-use crate::envoy::{self, Metrics, Scheduler, TokenCounts};
-
-/// Usage records kept while the control plane is unreachable; past this the oldest are
-/// dropped (and counted), so an outage cannot grow Envoy's memory without bound.
-const MAX_QUEUED_USAGE: usize = 10_000;
-/// Records per message on the stream.
-pub const USAGE_BATCH: usize = 500;
+use crate::envoy::{self, Metrics, Scheduler};
 
 /// One filter configuration's shared state.
 pub struct Shared {
@@ -25,7 +20,7 @@ pub struct Shared {
     /// Tells this module instance's stream apart from other Envoys' and configurations'.
     pub instance_id: String,
     state: RwLock<Option<Arc<State>>>,
-    usage: Mutex<VecDeque<proto::UsageRecord>>,
+    usage: Mutex<UsageQueue>,
     stopped: AtomicBool,
     metrics: Metrics,
     /// Counter increments not yet handed to Envoy.
@@ -61,7 +56,7 @@ impl Shared {
             config,
             instance_id: format!("native-{}-{nanos:x}", std::process::id()),
             state: RwLock::new(None),
-            usage: Mutex::new(VecDeque::new()),
+            usage: Mutex::new(UsageQueue::default()),
             stopped: AtomicBool::new(false),
             metrics,
             pending: Mutex::new(PendingCounts::default()),
@@ -146,12 +141,7 @@ impl Shared {
                         Some((_, count)) => *count += 1,
                         None => counts.requests_by_status.push((upstream.status, 1)),
                     }
-                    if upstream.usage.is_reported() {
-                        counts.tokens.prompt += upstream.usage.prompt_tokens.unwrap_or(0);
-                        counts.tokens.completion += upstream.usage.completion_tokens.unwrap_or(0);
-                    } else if (200..300).contains(&upstream.status) {
-                        counts.tokens.usage_missing += 1;
-                    }
+                    counts.tokens.add(upstream.token_counts());
                 }
                 self.metrics.record_latency(
                     filter,
@@ -207,27 +197,19 @@ impl Shared {
     }
 
     fn queue_usage(&self, record: proto::UsageRecord) {
-        let mut usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
-        if usage.len() >= MAX_QUEUED_USAGE {
-            usage.pop_front();
+        let dropped = self
+            .usage
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(record);
+        if dropped {
             self.pending().usage_records_dropped += 1;
         }
-        usage.push_back(record);
     }
 
-    /// Takes up to `limit` queued usage records, oldest first.
-    pub fn take_usage(&self, limit: usize) -> Vec<proto::UsageRecord> {
-        let mut usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
-        let take = usage.len().min(limit);
-        usage.drain(..take).collect()
-    }
-
-    /// Puts records the stream refused back at the front of the queue, in order.
-    pub fn requeue_usage(&self, records: Vec<proto::UsageRecord>) {
-        let mut usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
-        for record in records.into_iter().rev() {
-            usage.push_front(record);
-        }
+    /// The queued usage records, for the control-plane thread.
+    pub fn usage(&self) -> std::sync::MutexGuard<'_, UsageQueue> {
+        self.usage.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Asks the control-plane thread to end, and lets the scheduler go (the configuration

@@ -15,7 +15,7 @@ use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::Status;
 
-use crate::shared::{Shared, USAGE_BATCH};
+use crate::shared::Shared;
 
 /// How often queued usage is sent, counters are flushed and a shutdown noticed.
 const TICK: Duration = Duration::from_millis(250);
@@ -176,7 +176,7 @@ async fn send_usage(
     outbound: &mpsc::Sender<proto::FilterMessage>,
 ) -> Result<(), ()> {
     loop {
-        let records = shared.take_usage(USAGE_BATCH);
+        let records = shared.usage().take_batch();
         if records.is_empty() {
             return Ok(());
         }
@@ -185,7 +185,7 @@ async fn send_usage(
         };
         if let Err(mpsc::error::SendError(message)) = outbound.send(message).await {
             if let Some(filter_message::Kind::Usage(batch)) = message.kind {
-                shared.requeue_usage(batch.records);
+                shared.usage().put_back(batch.records);
             }
             return Err(());
         }

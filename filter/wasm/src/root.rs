@@ -2,7 +2,7 @@
 //! the metric-id cache.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,16 +13,11 @@ use proxy_wasm::types::{ContextType, MetricType};
 use tollgate_core::exchange::Outcome;
 use tollgate_core::proto::{self, filter_message};
 use tollgate_core::snapshot::Deployment;
-use tollgate_core::usage::Usage;
+use tollgate_core::usage::{TokenCounts, UsageQueue};
 use tollgate_core::{metrics, PluginConfig, State};
 
 use crate::host;
 
-/// Usage records kept while the control plane is unreachable; past this the oldest are
-/// dropped (and counted), so an outage cannot grow a worker's memory without bound.
-const MAX_QUEUED_USAGE: usize = 10_000;
-/// Records per message on the stream.
-const USAGE_BATCH: usize = 500;
 /// How often the root context wakes up to flush usage and check the stream.
 const TICK: Duration = Duration::from_millis(250);
 /// Longest wait between reconnect attempts while the control plane is away.
@@ -41,7 +36,7 @@ pub struct VmShared {
     undecoded: Option<Vec<u8>>,
     /// Static plugin configuration.
     pub config: PluginConfig,
-    usage: VecDeque<proto::UsageRecord>,
+    usage: UsageQueue,
     metric_ids: HashMap<String, u32>,
     /// Metric ids per deployment id, so a request formats no stat name.
     deployment_metrics: HashMap<String, DeploymentMetrics>,
@@ -131,7 +126,7 @@ impl VmShared {
                 self.record_upstream(
                     &upstream.plan.deployment,
                     upstream.status,
-                    &upstream.usage,
+                    upstream.token_counts(),
                     upstream.upstream_ms,
                     upstream.first_byte_ms,
                 );
@@ -146,7 +141,7 @@ impl VmShared {
         &mut self,
         deployment: &Deployment,
         status: u16,
-        usage: &Usage,
+        tokens: TokenCounts,
         upstream_ms: u64,
         first_byte_ms: Option<u64>,
     ) {
@@ -168,12 +163,9 @@ impl VmShared {
             (ids.prompt_tokens, ids.completion_tokens, ids.usage_missing);
         let (upstream_latency, time_to_first_byte) = (ids.upstream_latency, ids.time_to_first_byte);
         self.add_count(requests, 1);
-        if usage.is_reported() {
-            self.add_count(prompt_tokens, usage.prompt_tokens.unwrap_or(0));
-            self.add_count(completion_tokens, usage.completion_tokens.unwrap_or(0));
-        } else if (200..300).contains(&status) {
-            self.add_count(usage_missing, 1);
-        }
+        self.add_count(prompt_tokens, tokens.prompt);
+        self.add_count(completion_tokens, tokens.completion);
+        self.add_count(usage_missing, tokens.usage_missing);
         if let Some(id) = upstream_latency {
             host::record_metric(id, upstream_ms);
         }
@@ -221,11 +213,9 @@ impl VmShared {
 
     /// Queues a usage record for the control plane.
     fn queue_usage(&mut self, record: proto::UsageRecord) {
-        if self.usage.len() >= MAX_QUEUED_USAGE {
-            self.usage.pop_front();
+        if self.usage.push(record) {
             self.count(metrics::USAGE_RECORDS_DROPPED, 1);
         }
-        self.usage.push_back(record);
     }
 
     fn metric(&mut self, kind: MetricType, name: &str) -> Option<u32> {
@@ -273,7 +263,7 @@ impl TollgateRoot {
                 serving: false,
                 undecoded: None,
                 config: PluginConfig::default(),
-                usage: VecDeque::new(),
+                usage: UsageQueue::default(),
                 metric_ids: HashMap::new(),
                 deployment_metrics: HashMap::new(),
                 pending_counts: HashMap::new(),
@@ -328,11 +318,7 @@ impl TollgateRoot {
     fn flush_usage(&mut self) {
         let Some(token) = self.stream else { return };
         loop {
-            let batch: Vec<proto::UsageRecord> = {
-                let mut shared = self.shared.borrow_mut();
-                let take = shared.usage.len().min(USAGE_BATCH);
-                shared.usage.drain(..take).collect()
-            };
+            let batch = self.shared.borrow_mut().usage.take_batch();
             if batch.is_empty() {
                 return;
             }
@@ -342,12 +328,8 @@ impl TollgateRoot {
                 })),
             };
             if !host::send_stream_message(token, &message.encode_to_vec()) {
-                // Put the batch back in order; the next stream resends it (ids dedupe).
                 if let Some(filter_message::Kind::Usage(batch)) = message.kind {
-                    let mut shared = self.shared.borrow_mut();
-                    for record in batch.records.into_iter().rev() {
-                        shared.usage.push_front(record);
-                    }
+                    self.shared.borrow_mut().usage.put_back(batch.records);
                 }
                 self.stream = None;
                 return;
