@@ -39,6 +39,19 @@ pub enum FilterBuild {
     },
 }
 
+impl FilterBuild {
+    /// How many streams one Envoy with `workers` worker threads opens to the control plane:
+    /// one per Wasm VM (each worker's and the main thread's), or the native module's one.
+    pub fn control_plane_streams(&self, workers: u32) -> usize {
+        match self {
+            FilterBuild::Wasm { .. } => usize::try_from(workers)
+                .unwrap_or(usize::MAX)
+                .saturating_add(1),
+            FilterBuild::Native { .. } => 1,
+        }
+    }
+}
+
 /// Name of the native module's library (`lib` + this + `.so`).
 pub const NATIVE_MODULE: &str = "tollgate_native";
 

@@ -585,13 +585,7 @@ async fn run_up(args: UpArgs) -> Result<ExitCode> {
             (FilterBuild::Wasm { path }, None)
         }
     };
-    // Every worker's Wasm VM and the main thread's hold a stream; the native module, one.
-    let filter_streams = match filter {
-        FilterBuild::Wasm { .. } => usize::try_from(args.concurrency)
-            .unwrap_or(usize::MAX)
-            .saturating_add(1),
-        FilterBuild::Native { .. } => 1,
-    };
+    let filter_streams = filter.control_plane_streams(args.concurrency);
     if args.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }

@@ -240,10 +240,7 @@ impl Exchange {
     }
 
     fn reject(&mut self, host: &mut impl Host, error: &GatewayError) -> Verdict {
-        let status = error.status();
-        host.send_json_response(status, &error.to_json());
-        self.phase = Phase::Answered { status };
-        Verdict::Pause
+        self.answer(host, error.status(), &error.to_json())
     }
 
     fn answer(&mut self, host: &mut impl Host, status: u16, body: &[u8]) -> Verdict {
