@@ -306,6 +306,29 @@ impl BenchEnvoy {
 }
 
 impl BenchEnvoy {
+    /// Envoy with Tollgate's filter (`native`: its native module) from `tollgate envoy-config`,
+    /// for the control plane on `grpc`; also returns the rendered bootstrap. `name` names its
+    /// files in `dir` and its Envoy node.
+    fn tollgate(
+        dir: &Path,
+        name: &str,
+        grpc: u16,
+        config: Option<&Path>,
+        native: bool,
+    ) -> Result<(BenchEnvoy, String)> {
+        let (port, admin) = (free_port()?, free_port()?);
+        let yaml =
+            tollgate_envoy_config(port, admin, grpc, &format!("bench-{name}"), config, native)?;
+        let bootstrap = dir.join(format!("envoy-{name}.yaml"));
+        std::fs::write(&bootstrap, &yaml)?;
+        let envoy = Proc::start(
+            &format!("envoy ({name})"),
+            envoy_command(&bootstrap),
+            &dir.join(format!("envoy-{name}.log")),
+        )?;
+        Ok((BenchEnvoy { port, admin, envoy }, yaml))
+    }
+
     /// Envoy running bench/native-floor, the empty native (dynamic-module) filter.
     fn native_floor(dir: &Path, mock_port: u16, buffer_limit: &str) -> Result<BenchEnvoy> {
         BenchEnvoy::start(
@@ -462,16 +485,13 @@ impl Stack {
             std::fs::read_to_string(dir.join("control-plane.log")).unwrap_or_default()
         })?;
 
-        // Envoy + filter, from `tollgate envoy-config`.
-        let (tollgate_port, tollgate_admin) = (free_port()?, free_port()?);
-        let tollgate_yaml = tollgate_envoy_config(
-            tollgate_port,
-            tollgate_admin,
-            grpc_port,
-            "bench",
-            Some(&config_path),
-            false,
-        )?;
+        // Envoy + filter, and Envoy + native module, from `tollgate envoy-config`.
+        let (tollgate, tollgate_yaml) =
+            BenchEnvoy::tollgate(dir, "tollgate", grpc_port, Some(&config_path), false)?;
+        let (tollgate_port, tollgate_admin, tollgate_envoy) =
+            (tollgate.port, tollgate.admin, tollgate.envoy);
+        let (native, _) = BenchEnvoy::tollgate(dir, "native", grpc_port, Some(&config_path), true)?;
+        let (native_port, native_admin, native_envoy) = (native.port, native.admin, native.envoy);
         let buffer_limit = tollgate_yaml
             .lines()
             .find_map(|l| l.trim().strip_prefix("per_connection_buffer_limit_bytes:"))
@@ -479,29 +499,6 @@ impl Stack {
             .ok_or_else(|| {
                 anyhow!("no per_connection_buffer_limit_bytes in the Tollgate bootstrap")
             })?;
-        let tollgate_bootstrap = dir.join("envoy-tollgate.yaml");
-        std::fs::write(&tollgate_bootstrap, &tollgate_yaml)?;
-        let tollgate_envoy = Proc::start(
-            "envoy (tollgate)",
-            envoy_command(&tollgate_bootstrap),
-            &dir.join("envoy-tollgate.log"),
-        )?;
-        let (native_port, native_admin) = (free_port()?, free_port()?);
-        let native_yaml = tollgate_envoy_config(
-            native_port,
-            native_admin,
-            grpc_port,
-            "bench-native",
-            Some(&config_path),
-            true,
-        )?;
-        let native_bootstrap = dir.join("envoy-native.yaml");
-        std::fs::write(&native_bootstrap, &native_yaml)?;
-        let native_envoy = Proc::start(
-            "envoy (tollgate native)",
-            envoy_command(&native_bootstrap),
-            &dir.join("envoy-native.log"),
-        )?;
 
         let mock_port_text = mock_port.to_string();
         let bare = BenchEnvoy::start(
@@ -627,15 +624,8 @@ fn tollgate_envoy_config(
 
 /// VmRSS of an Envoy with the filter whose control plane never answers (no snapshot).
 async fn filter_without_snapshot_rss(dir: &Path) -> Result<u64> {
-    let (port, admin, grpc) = (free_port()?, free_port()?, free_port()?);
-    let rendered = tollgate_envoy_config(port, admin, grpc, "bench-no-snapshot", None, false)?;
-    let bootstrap = dir.join("envoy-no-snapshot.yaml");
-    std::fs::write(&bootstrap, rendered)?;
-    let envoy = Proc::start(
-        "envoy (no snapshot)",
-        envoy_command(&bootstrap),
-        &dir.join("envoy-no-snapshot.log"),
-    )?;
+    let (BenchEnvoy { admin, envoy, .. }, _) =
+        BenchEnvoy::tollgate(dir, "no-snapshot", free_port()?, None, false)?;
     wait_until("Envoy without snapshot", Duration::from_secs(60), || {
         envoy_ready(admin)
     })

@@ -38,16 +38,30 @@ pub fn binary(name: &str) -> Result<PathBuf> {
 
 /// Path of the built filter.
 pub fn wasm() -> Result<PathBuf> {
-    let path = std::env::var_os("TOLLGATE_WASM")
+    built(
+        "TOLLGATE_WASM",
+        "target/wasm32-wasip1/release/tollgate_filter.wasm",
+        "cargo build -p tollgate-filter --target wasm32-wasip1 --release",
+    )
+}
+
+/// Path of the built native module.
+pub fn native() -> Result<PathBuf> {
+    built(
+        "TOLLGATE_NATIVE",
+        "target/release/libtollgate_native.so",
+        "cargo build -p tollgate-native --release",
+    )
+}
+
+/// A build output: the path in `env`, else `default` under the workspace; an error saying
+/// how to build it when it is missing.
+fn built(env: &str, default: &str, build: &str) -> Result<PathBuf> {
+    let path = std::env::var_os(env)
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            workspace_root().join("target/wasm32-wasip1/release/tollgate_filter.wasm")
-        });
+        .unwrap_or_else(|| workspace_root().join(default));
     if !path.exists() {
-        bail!(
-            "{} is missing: run `cargo build -p tollgate-filter --target wasm32-wasip1 --release` first",
-            path.display()
-        );
+        bail!("{} is missing: run `{build}` first", path.display());
     }
     Ok(path)
 }
@@ -71,20 +85,6 @@ impl FilterBuild {
             Ok(other) => bail!("TOLLGATE_E2E_FILTER={other}: expected wasm or native"),
         }
     }
-}
-
-/// Path of the built native module.
-pub fn native() -> Result<PathBuf> {
-    let path = std::env::var_os("TOLLGATE_NATIVE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/release/libtollgate_native.so"));
-    if !path.exists() {
-        bail!(
-            "{} is missing: run `cargo build -p tollgate-native --release` first",
-            path.display()
-        );
-    }
-    Ok(path)
 }
 
 /// A port that was free a moment ago.
