@@ -184,7 +184,7 @@ fn run_requests(
     stream: bool,
     response: &[u8],
     events: &[Vec<u8>],
-    client_headers: &[(String, String)],
+    client_headers: &[(Vec<u8>, Vec<u8>)],
     n: usize,
 ) -> Result<usize> {
     let mut out = Vec::with_capacity(4096);
@@ -260,7 +260,7 @@ fn main() -> Result<()> {
     };
     // What a client sends through the gateway (Envoy adds x-request-id and the forwarded
     // headers before the filter runs).
-    let client_headers: Vec<(String, String)> = [
+    let client_headers: Vec<(Vec<u8>, Vec<u8>)> = [
         (":authority", "127.0.0.1:4000"),
         (":path", "/v1/chat/completions"),
         (":method", "POST"),
@@ -272,7 +272,7 @@ fn main() -> Result<()> {
         ("x-request-id", "0b4c7a1e-5d6f-4a8b-9c0d-1e2f3a4b5c6d"),
     ]
     .into_iter()
-    .map(|(name, value)| (name.to_string(), value.to_string()))
+    .map(|(name, value)| (name.as_bytes().to_vec(), value.as_bytes().to_vec()))
     .collect();
     let bytes_out = run_requests(
         &state,

@@ -17,6 +17,12 @@ pub enum GatewayError {
         /// The offending field, when there is one.
         param: Option<String>,
     },
+    /// A request header the gateway reads (a key, the path) is not valid UTF-8.
+    #[error("The {name} header is not valid UTF-8.")]
+    InvalidHeader {
+        /// The header's name.
+        name: &'static str,
+    },
     /// The requested model is not in the snapshot.
     #[error("The model `{0}` does not exist or you do not have access to it.")]
     ModelNotFound(String),
@@ -84,7 +90,9 @@ impl GatewayError {
     /// The HTTP status the client gets.
     pub fn status(&self) -> u16 {
         match self {
-            GatewayError::InvalidJson(_) | GatewayError::InvalidRequest { .. } => 400,
+            GatewayError::InvalidJson(_)
+            | GatewayError::InvalidRequest { .. }
+            | GatewayError::InvalidHeader { .. } => 400,
             GatewayError::MissingApiKey
             | GatewayError::InvalidApiKey
             | GatewayError::KeyBlocked
@@ -120,6 +128,7 @@ impl GatewayError {
         match self {
             GatewayError::InvalidJson(_) => Some("invalid_json"),
             GatewayError::InvalidRequest { .. } => None,
+            GatewayError::InvalidHeader { .. } => Some("invalid_header"),
             GatewayError::ModelNotFound(_) => Some("model_not_found"),
             GatewayError::MissingApiKey => Some("missing_api_key"),
             GatewayError::InvalidApiKey => Some("invalid_api_key"),
@@ -140,6 +149,7 @@ impl GatewayError {
         match self {
             GatewayError::InvalidRequest { param, .. } => param.as_deref(),
             GatewayError::ModelNotFound(_) | GatewayError::ModelNotAllowed(_) => Some("model"),
+            GatewayError::InvalidHeader { name } => Some(name),
             _ => None,
         }
     }

@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::auth::{authenticate, Caller, Credentials};
-use crate::gateway::{classify, plan_chat_request_for, CLIENT_HEADERS_TO_REMOVE, ROUTE_HEADER};
+use crate::gateway::{classify, plan_chat_request_for, ROUTE_HEADER};
 use crate::providers::{ChunkOutput, ResponseMode, TranslateContext};
 use crate::request::empty_body_error;
 use crate::usage::{TokenCounts, Usage};
@@ -26,15 +26,9 @@ pub trait Host {
     /// The whole buffered request body (`size` bytes).
     fn request_body(&mut self, size: usize) -> Cow<'_, [u8]>;
     /// Rewrites the request for its upstream: headers as [`RequestPlan::upstream_headers`]
-    /// describes, body replaced by [`RequestPlan::body`], route recomputed. `present` says
-    /// which of [`CLIENT_HEADERS_TO_REMOVE`] the client sent, so a host that edits headers
-    /// one by one removes only those.
-    fn write_upstream_request(
-        &mut self,
-        plan: &RequestPlan,
-        body_size: usize,
-        present: ClientHeadersPresent,
-    );
+    /// describes (only the client headers [`RequestPlan::drops_client_header`] keeps, then the
+    /// plan's), body replaced by [`RequestPlan::body`], route recomputed.
+    fn write_upstream_request(&mut self, plan: &RequestPlan, body_size: usize);
     /// Removes a response header.
     fn remove_response_header(&mut self, name: &str);
     /// Sets a response header.
@@ -56,11 +50,15 @@ pub enum Verdict {
 }
 
 /// The request headers the filter reads, found in one pass over the header map.
+///
+/// Header bytes come from the client and are untrusted: they are read as bytes, and a value
+/// the filter needs that is not UTF-8 is remembered in [`Self::invalid`] (answered 400 on the
+/// gateway's endpoints) instead of being guessed at.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RequestHeaders<'a> {
     /// `:method`.
     pub method: &'a str,
-    /// `:path`.
+    /// `:path` (up to its first byte that is not UTF-8, see [`Self::invalid`]).
     pub path: &'a str,
     /// `authorization`.
     pub authorization: Option<&'a str>,
@@ -70,80 +68,74 @@ pub struct RequestHeaders<'a> {
     pub api_key: Option<&'a str>,
     /// `content-length`.
     pub content_length: Option<&'a str>,
-    /// `x-request-id`.
+    /// `x-request-id` (dropped when not UTF-8: it only labels the usage record).
     pub request_id: Option<&'a str>,
     /// Whether the client sent [`ROUTE_HEADER`], which only the filter may set.
     pub route_header: bool,
-    /// Whether the client sent `accept-encoding`.
-    pub accept_encoding: bool,
-}
-
-/// Which of [`CLIENT_HEADERS_TO_REMOVE`] a request carries.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct ClientHeadersPresent {
-    bits: u8,
-}
-
-impl ClientHeadersPresent {
-    /// The headers of [`CLIENT_HEADERS_TO_REMOVE`] marked present, in its order.
-    pub fn names(self) -> impl Iterator<Item = &'static str> {
-        CLIENT_HEADERS_TO_REMOVE
-            .into_iter()
-            .enumerate()
-            .filter(move |(at, _)| self.bits & (1 << at) != 0)
-            .map(|(_, name)| name)
-    }
-
-    fn mark(&mut self, name: &str, present: bool) {
-        if let Some(at) = CLIENT_HEADERS_TO_REMOVE.iter().position(|n| *n == name) {
-            if present {
-                self.bits |= 1 << at;
-            }
-        }
-    }
+    /// The first header the filter reads whose value is not UTF-8.
+    pub invalid: Option<&'static str>,
 }
 
 impl<'a> RequestHeaders<'a> {
-    /// Picks the headers the filter reads out of every `(name, value)` pair (the first of
-    /// each name wins).
-    pub fn scan(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+    /// Picks the headers the filter reads out of every `(name, value)` pair, as bytes (the
+    /// first of each name wins).
+    pub fn scan(pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> Self {
         let mut headers = RequestHeaders::default();
         let mut method = None;
         let mut path = None;
         for (name, value) in pairs {
-            let slot = match name {
-                ":method" => &mut method,
-                ":path" => &mut path,
-                "authorization" => &mut headers.authorization,
-                "x-api-key" => &mut headers.x_api_key,
-                "api-key" => &mut headers.api_key,
-                "content-length" => &mut headers.content_length,
-                "x-request-id" => &mut headers.request_id,
-                ROUTE_HEADER => {
-                    headers.route_header = true;
+            let (slot, name) = match name {
+                b":method" => (&mut method, ":method"),
+                b":path" => {
+                    if path.is_none() {
+                        path = Some(headers.utf8_prefix(":path", value));
+                    }
                     continue;
                 }
-                "accept-encoding" => {
-                    headers.accept_encoding = true;
+                b"authorization" => (&mut headers.authorization, "authorization"),
+                b"x-api-key" => (&mut headers.x_api_key, "x-api-key"),
+                b"api-key" => (&mut headers.api_key, "api-key"),
+                b"content-length" => (&mut headers.content_length, "content-length"),
+                b"x-request-id" => {
+                    if headers.request_id.is_none() {
+                        headers.request_id = std::str::from_utf8(value).ok();
+                    }
+                    continue;
+                }
+                name if name == ROUTE_HEADER.as_bytes() => {
+                    headers.route_header = true;
                     continue;
                 }
                 _ => continue,
             };
-            slot.get_or_insert(value);
+            if slot.is_some() {
+                continue;
+            }
+            match std::str::from_utf8(value) {
+                Ok(text) => *slot = Some(text),
+                Err(_) => {
+                    headers.invalid.get_or_insert(name);
+                }
+            }
         }
         headers.method = method.unwrap_or_default();
         headers.path = path.unwrap_or_default();
         headers
     }
 
-    /// Which of [`CLIENT_HEADERS_TO_REMOVE`] are present.
-    pub fn client_headers_present(&self) -> ClientHeadersPresent {
-        let mut present = ClientHeadersPresent::default();
-        present.mark("authorization", self.authorization.is_some());
-        present.mark("x-api-key", self.x_api_key.is_some());
-        present.mark("api-key", self.api_key.is_some());
-        present.mark("accept-encoding", self.accept_encoding);
-        present
+    /// The longest UTF-8 prefix of `value`; marks `name` invalid when that is not all of it
+    /// (so a path still classifies, and is then refused, instead of slipping past the filter).
+    fn utf8_prefix(&mut self, name: &'static str, value: &'a [u8]) -> &'a str {
+        match std::str::from_utf8(value) {
+            Ok(text) => text,
+            Err(error) => {
+                self.invalid.get_or_insert(name);
+                value
+                    .get(..error.valid_up_to())
+                    .and_then(|valid| std::str::from_utf8(valid).ok())
+                    .unwrap_or_default()
+            }
+        }
     }
 
     fn credentials(&self) -> Credentials<'a> {
@@ -162,11 +154,7 @@ enum Phase {
     #[default]
     PassThrough,
     /// Chat request waiting for its body.
-    AwaitingBody {
-        state: Arc<State>,
-        caller: Caller,
-        present: ClientHeadersPresent,
-    },
+    AwaitingBody { state: Arc<State>, caller: Caller },
     /// Sent upstream.
     Upstream {
         plan: Box<RequestPlan>,
@@ -265,6 +253,9 @@ impl Exchange {
             return Verdict::Continue;
         }
         self.request_id = headers.request_id.map(str::to_string);
+        if let Some(name) = headers.invalid {
+            return self.reject(host, &GatewayError::InvalidHeader { name });
+        }
         if endpoint == Endpoint::WrongMethod {
             let error = GatewayError::MethodNotAllowed {
                 method: headers.method.to_string(),
@@ -306,7 +297,6 @@ impl Exchange {
         self.phase = Phase::AwaitingBody {
             state: state.clone(),
             caller,
-            present: headers.client_headers_present(),
         };
         Verdict::Pause
     }
@@ -329,12 +319,7 @@ impl Exchange {
         if !end_of_stream {
             return Verdict::Pause;
         }
-        let Phase::AwaitingBody {
-            state,
-            caller,
-            present,
-        } = std::mem::take(&mut self.phase)
-        else {
+        let Phase::AwaitingBody { state, caller } = std::mem::take(&mut self.phase) else {
             return Verdict::Continue;
         };
         let now_ms = host.now_ms();
@@ -349,7 +334,7 @@ impl Exchange {
             Ok(plan) => plan,
             Err(error) => return self.reject(host, &error),
         };
-        host.write_upstream_request(&plan, body_size, present);
+        host.write_upstream_request(&plan, body_size);
         self.phase = Phase::Upstream {
             plan: Box::new(plan),
             caller,
@@ -502,7 +487,6 @@ mod tests {
         upstream: Option<(String, String, Vec<u8>)>,
         response_headers_set: Vec<(String, String)>,
         response_headers_removed: Vec<String>,
-        present: Option<ClientHeadersPresent>,
     }
 
     impl Host for FakeHost {
@@ -519,14 +503,8 @@ mod tests {
         fn request_body(&mut self, size: usize) -> Cow<'_, [u8]> {
             Cow::Borrowed(&self.request_body[..size])
         }
-        fn write_upstream_request(
-            &mut self,
-            plan: &RequestPlan,
-            body_size: usize,
-            present: ClientHeadersPresent,
-        ) {
+        fn write_upstream_request(&mut self, plan: &RequestPlan, body_size: usize) {
             assert_eq!(body_size, self.request_body.len());
-            self.present = Some(present);
             self.upstream = Some((plan.authority.clone(), plan.path.clone(), plan.body.clone()));
         }
         fn remove_response_header(&mut self, name: &str) {
@@ -557,22 +535,77 @@ mod tests {
 
     #[test]
     fn scans_the_headers_it_reads() {
-        let headers = RequestHeaders::scan([
-            (":method", "POST"),
-            (":path", "/v1/chat/completions"),
-            ("authorization", "Bearer a"),
-            ("authorization", "Bearer b"),
-            ("x-tollgate-upstream", "https"),
-            ("accept-encoding", "gzip"),
-            ("x-other", "1"),
-        ]);
+        let pairs: [(&[u8], &[u8]); 7] = [
+            (b":method", b"POST"),
+            (b":path", b"/v1/chat/completions"),
+            (b"authorization", b"Bearer a"),
+            (b"authorization", b"Bearer b"),
+            (b"x-tollgate-upstream", b"https"),
+            (b"x-other", b"\xff\xfe"),
+            (b"x-request-id", b"req-7"),
+        ];
+        let headers = RequestHeaders::scan(pairs);
         assert_eq!(headers.method, "POST");
         assert_eq!(headers.path, "/v1/chat/completions");
         assert_eq!(headers.authorization, Some("Bearer a"));
         assert_eq!(headers.x_api_key, None);
+        assert_eq!(headers.request_id, Some("req-7"));
         assert!(headers.route_header);
-        let present: Vec<_> = headers.client_headers_present().names().collect();
-        assert_eq!(present, ["authorization", "accept-encoding"]);
+        assert_eq!(headers.invalid, None, "a header the filter does not read");
+    }
+
+    #[test]
+    fn headers_that_matter_and_are_not_utf8_are_marked_not_guessed() {
+        let key: [(&[u8], &[u8]); 3] = [
+            (b":method", b"POST"),
+            (b":path", b"/v1/chat/completions"),
+            (b"authorization", b"Bearer sk-\xff"),
+        ];
+        let headers = RequestHeaders::scan(key);
+        assert_eq!(headers.authorization, None);
+        assert_eq!(headers.invalid, Some("authorization"));
+
+        let path: [(&[u8], &[u8]); 2] = [
+            (b":method", b"POST"),
+            (b":path", b"/v1/chat/completions?x=\xc3"),
+        ];
+        let headers = RequestHeaders::scan(path);
+        assert_eq!(headers.path, "/v1/chat/completions?x=", "still classified");
+        assert_eq!(headers.invalid, Some(":path"));
+
+        let id: [(&[u8], &[u8]); 1] = [(b"x-request-id", b"\x80")];
+        let headers = RequestHeaders::scan(id);
+        assert_eq!((headers.request_id, headers.invalid), (None, None));
+    }
+
+    #[test]
+    fn refuses_a_key_that_is_not_utf8_with_a_clear_400() {
+        let state = Arc::new(state());
+        let mut host = FakeHost::default();
+        let mut exchange = Exchange::new();
+        let headers = RequestHeaders {
+            invalid: Some("authorization"),
+            ..chat_headers(None)
+        };
+        let verdict = exchange.on_request_headers(&mut host, Some(&state), &headers, false);
+        assert_eq!(verdict, Verdict::Pause);
+        let (status, body) = host.local_reply.take().unwrap();
+        assert_eq!(status, 400);
+        assert_eq!(body["error"]["code"], "invalid_header");
+        assert_eq!(body["error"]["param"], "authorization");
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        // On a path that is not the gateway's, the header is not the filter's business.
+        let mut exchange = Exchange::new();
+        let other = RequestHeaders {
+            method: "GET",
+            path: "/healthz",
+            invalid: Some("authorization"),
+            ..RequestHeaders::default()
+        };
+        assert_eq!(
+            exchange.on_request_headers(&mut host, Some(&state), &other, true),
+            Verdict::Continue
+        );
     }
 
     #[test]
@@ -673,11 +706,6 @@ mod tests {
             Verdict::Continue
         );
         let (authority, path, upstream_body) = host.upstream.clone().unwrap();
-        assert_eq!(
-            host.present.unwrap().names().count(),
-            0,
-            "the client sent none"
-        );
         assert_eq!(authority, "127.0.0.1:9");
         assert_eq!(path, "/v1/chat/completions");
         assert!(upstream_body.starts_with(br#"{"model":"upstream-gpt""#));

@@ -15,10 +15,47 @@ use crate::{GatewayError, State};
 /// every incoming request.
 pub const ROUTE_HEADER: &str = "x-tollgate-upstream";
 
-/// Client headers that must not reach a provider: the client's gateway key, and
-/// accept-encoding (the gateway reads response bodies, so they must not be compressed).
-pub const CLIENT_HEADERS_TO_REMOVE: [&str; 4] =
-    ["authorization", "x-api-key", "api-key", "accept-encoding"];
+/// The client headers that reach a provider, besides those the plan sets: the request line
+/// (`:method`, `:scheme`; `:path` and `:authority` are the plan's), content negotiation, the
+/// request id and trace context. Everything else stays at the gateway: the client's gateway
+/// key, cookies, provider-account headers (`openai-organization`, `anthropic-beta`, ...),
+/// forwarding headers, and `accept-encoding` (the gateway reads response bodies, so they
+/// must not be compressed). An allowlist, not a denylist: a header nobody thought of when
+/// this list was written does not leak.
+pub const FORWARDED_CLIENT_HEADERS: [&str; 20] = [
+    ":method",
+    ":scheme",
+    // Set by Envoy, not the client; Envoy's route lookup finds no route without it.
+    "x-forwarded-proto",
+    "content-type",
+    "accept",
+    "user-agent",
+    "x-request-id",
+    // W3C trace context and baggage.
+    "traceparent",
+    "tracestate",
+    "baggage",
+    // Zipkin B3, OpenTracing, cloud tracers.
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+    "x-ot-span-context",
+    "x-cloud-trace-context",
+    "x-amzn-trace-id",
+    "sentry-trace",
+];
+
+/// The name under which a client header may reach a provider (as written in
+/// [`FORWARDED_CLIENT_HEADERS`]), or `None` when it must not. Header names are compared
+/// without regard to case; Envoy hands them over in lower case.
+pub fn forwarded_client_header(name: &[u8]) -> Option<&'static str> {
+    FORWARDED_CLIENT_HEADERS
+        .into_iter()
+        .find(|allowed| allowed.as_bytes().eq_ignore_ascii_case(name))
+}
 
 /// What a request is, from its method and path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,39 +168,44 @@ pub struct RequestPlan {
 }
 
 impl RequestPlan {
+    /// Whether the plan sets header `name` itself (so a client's value never matters).
+    fn sets_header(&self, name: &[u8]) -> bool {
+        [":path", ":authority", "content-length", ROUTE_HEADER]
+            .into_iter()
+            .chain(self.headers.iter().map(|(set, _)| *set))
+            .any(|set| set.as_bytes().eq_ignore_ascii_case(name))
+    }
+
+    /// Whether a client header must be removed before the request goes upstream: it is not
+    /// one of [`FORWARDED_CLIENT_HEADERS`] and the plan does not set it anyway (a host that
+    /// edits headers one by one need not remove what it is about to overwrite).
+    pub fn drops_client_header(&self, name: &[u8]) -> bool {
+        forwarded_client_header(name).is_none() && !self.sets_header(name)
+    }
+
     /// The whole upstream header map, built from the client's headers (`client`, as read from
-    /// the host) and this plan, so the glue can write it in one host call: every host call
-    /// crosses the Wasm boundary, and one write of ~10 headers costs less than six single
-    /// ones. Drops the client's credentials, `accept-encoding` and any routing header; replaces
-    /// `:path`, `:authority`, `content-length` and every header the provider needs.
+    /// the host, as bytes) and this plan, so the glue can write it in one host call: every
+    /// host call crosses the Wasm boundary, and one write of ~10 headers costs less than six
+    /// single ones. Keeps only the client headers of [`FORWARDED_CLIENT_HEADERS`] (their
+    /// values byte for byte), then sets `:path`, `:authority`, `content-length`, the routing
+    /// header and every header the provider needs.
     pub fn upstream_headers<'a>(
         &'a self,
-        client: &'a [(String, String)],
-    ) -> Vec<(&'a str, &'a str)> {
-        let replaced = |name: &str| {
-            CLIENT_HEADERS_TO_REMOVE.contains(&name)
-                || matches!(
-                    name,
-                    ":path" | ":authority" | "content-length" | ROUTE_HEADER
-                )
-                || self.headers.iter().any(|(set, _)| *set == name)
-        };
-        let mut headers: Vec<(&str, &str)> =
-            Vec::with_capacity(client.len() + self.headers.len() + 4);
-        headers.extend(
-            client
-                .iter()
-                .filter(|(name, _)| !replaced(name))
-                .map(|(name, value)| (name.as_str(), value.as_str())),
-        );
-        headers.push((":path", &self.path));
-        headers.push((":authority", &self.authority));
-        headers.push(("content-length", &self.body_length));
-        headers.push((ROUTE_HEADER, self.route_value));
+        client: &'a [(Vec<u8>, Vec<u8>)],
+    ) -> Vec<(&'a str, &'a [u8])> {
+        let mut headers: Vec<(&str, &[u8])> = Vec::with_capacity(self.headers.len() + 10);
+        headers.extend(client.iter().filter_map(|(name, value)| {
+            let name = forwarded_client_header(name)?;
+            (!self.sets_header(name.as_bytes())).then_some((name, value.as_slice()))
+        }));
+        headers.push((":path", self.path.as_bytes()));
+        headers.push((":authority", self.authority.as_bytes()));
+        headers.push(("content-length", self.body_length.as_bytes()));
+        headers.push((ROUTE_HEADER, self.route_value.as_bytes()));
         headers.extend(
             self.headers
                 .iter()
-                .map(|(name, value)| (*name, value.as_str())),
+                .map(|(name, value)| (*name, value.as_bytes())),
         );
         headers
     }
@@ -296,46 +338,104 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn upstream_headers_replace_credentials_and_routing() {
+    fn upstream_headers_keep_only_allowlisted_client_headers() {
         let body = br#"{"model":"gpt","messages":[{"role":"user","content":"hi"}]}"#;
         let plan = plan_chat_request(&state(), body, &TranslateContext::default()).unwrap();
-        let client: Vec<(String, String)> = [
-            (":method", "POST"),
-            (":path", "/v1/chat/completions"),
-            (":authority", "gateway.local"),
-            ("authorization", "Bearer sk-gateway"),
-            ("x-api-key", "sk-gateway"),
-            ("accept-encoding", "gzip"),
-            ("content-length", "999"),
-            (ROUTE_HEADER, "https"),
-            ("x-request-id", "abc"),
-            ("x-custom", "1"),
-            ("x-custom", "2"),
+        let client: Vec<(Vec<u8>, Vec<u8>)> = [
+            (&b":method"[..], &b"POST"[..]),
+            (b":scheme", b"http"),
+            (b"x-forwarded-proto", b"http"),
+            (b":path", b"/v1/chat/completions"),
+            (b":authority", b"gateway.local"),
+            (b"authorization", b"Bearer sk-gateway"),
+            (b"x-api-key", b"sk-gateway"),
+            (b"api-key", b"sk-gateway"),
+            (b"cookie", b"session=secret"),
+            (b"openai-organization", b"org-client"),
+            (b"openai-project", b"proj-client"),
+            (b"anthropic-beta", b"tools-2024"),
+            (b"x-forwarded-for", b"10.1.2.3"),
+            (b"accept-encoding", b"gzip"),
+            (b"content-length", b"999"),
+            (ROUTE_HEADER.as_bytes(), b"https"),
+            (b"x-request-id", b"abc"),
+            (
+                b"traceparent",
+                b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
+            (b"User-Agent", b"sdk \xff"),
+            (b"x-custom", b"1"),
         ]
         .into_iter()
-        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .map(|(name, value)| (name.to_vec(), value.to_vec()))
         .collect();
         let headers = plan.upstream_headers(&client);
-        let values = |name: &str| -> Vec<&str> {
+        let values = |name: &str| -> Vec<&[u8]> {
             headers
                 .iter()
                 .filter(|(n, _)| *n == name)
                 .map(|(_, v)| *v)
                 .collect()
         };
-        assert_eq!(values(":method"), ["POST"]);
-        assert_eq!(values(":path"), ["/v1/chat/completions"]);
-        assert_eq!(values(":authority"), ["127.0.0.1:9"]);
-        assert_eq!(values("authorization"), ["Bearer sk-provider"]);
+        assert_eq!(values(":method"), [b"POST"]);
+        assert_eq!(values(":scheme"), [b"http"]);
+        assert_eq!(values(":path"), [b"/v1/chat/completions"]);
+        assert_eq!(values(":authority"), [b"127.0.0.1:9"]);
+        assert_eq!(values("authorization"), [b"Bearer sk-provider"]);
         assert_eq!(
             values("content-length"),
-            [plan.body.len().to_string().as_str()]
+            [plan.body.len().to_string().as_bytes()]
         );
-        assert_eq!(values(ROUTE_HEADER), ["http"]);
-        assert_eq!(values("x-request-id"), ["abc"]);
-        assert_eq!(values("x-custom"), ["1", "2"]);
-        assert!(values("x-api-key").is_empty());
-        assert!(values("accept-encoding").is_empty());
+        assert_eq!(values(ROUTE_HEADER), [b"http"]);
+        assert_eq!(values("x-request-id"), [b"abc"]);
+        assert_eq!(values("user-agent"), [b"sdk \xff"], "bytes pass untouched");
+        assert_eq!(values("traceparent").len(), 1);
+        let names: Vec<&str> = headers.iter().map(|(name, _)| *name).collect();
+        assert_eq!(
+            names,
+            [
+                ":method",
+                ":scheme",
+                "x-forwarded-proto",
+                "x-request-id",
+                "traceparent",
+                "user-agent",
+                ":path",
+                ":authority",
+                "content-length",
+                ROUTE_HEADER,
+                "content-type",
+                "authorization"
+            ],
+            "nothing else: no cookie, no client key, no provider-account header"
+        );
+    }
+
+    #[test]
+    fn a_host_editing_headers_one_by_one_drops_what_is_not_allowlisted() {
+        let body = br#"{"model":"gpt","messages":[{"role":"user","content":"hi"}]}"#;
+        let plan = plan_chat_request(&state(), body, &TranslateContext::default()).unwrap();
+        for dropped in [
+            &b"cookie"[..],
+            b"x-api-key",
+            b"openai-organization",
+            b"accept-encoding",
+            b"x-\xff",
+        ] {
+            assert!(plan.drops_client_header(dropped), "{dropped:?}");
+        }
+        for kept in [
+            &b":method"[..],
+            b"x-forwarded-proto",
+            b"content-type",
+            b"traceparent",
+            // Set by the plan anyway: overwritten, not removed first.
+            b"authorization",
+            b":path",
+            b"content-length",
+        ] {
+            assert!(!plan.drops_client_header(kept), "{kept:?}");
+        }
     }
 
     #[test]

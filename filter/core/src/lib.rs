@@ -4,6 +4,10 @@
 //! the functions here: the proxy-wasm filter (`tollgate-filter`) and the native dynamic
 //! module (`tollgate-native`), both through [`exchange::Exchange`]; everything here is
 //! tested natively.
+// A panic kills a worker's VM (Wasm) or Envoy itself (native): no index or slice that can be
+// out of bounds outside tests; `get` and friends make each bound explicit.
+#![deny(clippy::indexing_slicing, clippy::string_slice)]
+#![cfg_attr(test, allow(clippy::indexing_slicing, clippy::string_slice))]
 
 pub mod auth;
 pub mod error;

@@ -403,7 +403,7 @@ pub fn path_error(
     let param = if path == "." { root.to_string() } else { path };
     let detail = inner.to_string();
     let detail = match detail.rfind(" at line ") {
-        Some(at) => &detail[..at],
+        Some(at) => detail.get(..at).unwrap_or(&detail),
         None => &detail,
     };
     GatewayError::InvalidRequest {

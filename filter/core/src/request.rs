@@ -288,11 +288,11 @@ pub fn apply_edits(body: &[u8], edits: &mut [Edit]) -> Vec<u8> {
     let mut at = 0;
     for edit in edits.iter() {
         let start = edit.range.start.clamp(at, body.len());
-        out.extend_from_slice(&body[at..start]);
+        out.extend_from_slice(body.get(at..start).unwrap_or_default());
         out.extend_from_slice(&edit.bytes);
         at = edit.range.end.clamp(start, body.len());
     }
-    out.extend_from_slice(&body[at..]);
+    out.extend_from_slice(body.get(at..).unwrap_or_default());
     out
 }
 

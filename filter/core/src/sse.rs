@@ -2,7 +2,8 @@
 //!
 //! Provider streams arrive in arbitrary chunks: an event, a line, even a CRLF pair may be
 //! split anywhere. The parser keeps only the unfinished line and the event being built, so
-//! memory per stream is bounded by `max_event_bytes`, not by the stream's length.
+//! memory per stream is bounded by `max_event_bytes`, not by the stream's length. Every
+//! event counts against that bound, comment-only events and unknown fields included.
 //!
 //! Events are lent to a callback rather than returned: an event whose single data line lies
 //! in the chunk being fed (nearly every event of a provider stream) is handed over as a
@@ -17,6 +18,9 @@ pub struct SseEventRef<'a> {
     pub event: &'a str,
     /// The `data:` lines joined with `\n`.
     pub data: &'a str,
+    /// Offset in the chunk being fed where the event's first line starts; `None` when it
+    /// started in an earlier chunk.
+    pub start: Option<usize>,
     /// Offset in the chunk being fed just past the blank line that ended the event, so a
     /// caller can forward or drop the event's raw bytes.
     pub end: usize,
@@ -45,6 +49,16 @@ pub struct SseParser {
     /// The event's only data line so far, as a range of the chunk being fed.
     data_in_chunk: Option<Range<usize>>,
     has_data: bool,
+    /// Raw bytes of the lines of the event being built (comments and unknown fields
+    /// included, terminators not): what the bound is checked against.
+    event_bytes: usize,
+    /// Whether a line of the event being built has been seen (so a blank line ends one).
+    in_event: bool,
+    /// Where the event being built starts in the chunk being fed (`None`: an earlier one).
+    event_start: Option<usize>,
+    /// Offset just past the last blank line of the chunk being fed that ended an event, with
+    /// or without data.
+    last_event_end: Option<usize>,
     /// The last chunk ended in `\r`; a `\n` starting the next chunk belongs to it.
     skip_next_lf: bool,
     max_event_bytes: usize,
@@ -65,56 +79,72 @@ impl SseParser {
             data: String::new(),
             data_in_chunk: None,
             has_data: false,
+            event_bytes: 0,
+            in_event: false,
+            event_start: None,
+            last_event_end: None,
             skip_next_lf: false,
             max_event_bytes,
         }
     }
 
-    /// Feeds one chunk and calls `on_event` for every event it completes, in order. An
-    /// error from `on_event` stops the feed and is returned.
+    /// Feeds one chunk and calls `on_event` for every event with data it completes, in
+    /// order. An error from `on_event` stops the feed and is returned.
     pub fn feed<E: From<SseError>>(
         &mut self,
         chunk: &[u8],
         mut on_event: impl FnMut(SseEventRef<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
         let mut at = 0;
+        self.last_event_end = None;
+        self.event_start = None;
         if self.skip_next_lf && !chunk.is_empty() {
             self.skip_next_lf = false;
-            if chunk[0] == b'\n' {
+            if chunk.first() == Some(&b'\n') {
                 at = 1;
             }
         }
-        while let Some(found) = memchr::memchr2(b'\n', b'\r', &chunk[at..]) {
+        while let Some(found) = chunk
+            .get(at..)
+            .and_then(|rest| memchr::memchr2(b'\n', b'\r', rest))
+        {
             let line_end = at + found;
             let mut next = line_end + 1;
-            if chunk[line_end] == b'\r' {
+            if chunk.get(line_end) == Some(&b'\r') {
                 if next == chunk.len() {
                     self.skip_next_lf = true;
-                } else if chunk[next] == b'\n' {
+                } else if chunk.get(next) == Some(&b'\n') {
                     next += 1;
                 }
             }
+            let line = chunk.get(at..line_end).unwrap_or_default();
             if self.partial_line.is_empty() {
-                self.process_line(&chunk[at..line_end], Some(at), chunk, next, &mut on_event)?;
+                self.process_line(line, Some(at), chunk, next, &mut on_event)?;
             } else {
-                let mut line = std::mem::take(&mut self.partial_line);
-                line.extend_from_slice(&chunk[at..line_end]);
-                let result = self.process_line(&line, None, chunk, next, &mut on_event);
-                line.clear();
-                self.partial_line = line;
+                let mut joined = std::mem::take(&mut self.partial_line);
+                joined.extend_from_slice(line);
+                let result = self.process_line(&joined, None, chunk, next, &mut on_event);
+                joined.clear();
+                self.partial_line = joined;
                 result?;
             }
             at = next;
         }
         // The chunk is gone after this call: keep what the unfinished event lent from it.
         if let Some(range) = self.data_in_chunk.take() {
-            push_utf8_lossy(&mut self.data, &chunk[range]);
+            push_utf8_lossy(&mut self.data, chunk.get(range).unwrap_or_default());
         }
-        self.partial_line.extend_from_slice(&chunk[at..]);
-        if self.partial_line.len() + self.data.len() > self.max_event_bytes {
-            return Err(SseError::EventTooLarge(self.max_event_bytes).into());
-        }
+        self.partial_line
+            .extend_from_slice(chunk.get(at..).unwrap_or_default());
+        self.check_bound()?;
         Ok(())
+    }
+
+    /// Offset just past the last blank line of the chunk fed last that ended an event (one
+    /// with data, or one of comments or other fields only), if one did. The bytes before it
+    /// belong to finished events.
+    pub fn last_event_end(&self) -> Option<usize> {
+        self.last_event_end
     }
 
     /// Whether bytes of an undispatched event are pending (a stream that ends here was cut).
@@ -122,9 +152,18 @@ impl SseParser {
         !self.partial_line.is_empty() || self.has_data || !self.event.is_empty()
     }
 
+    /// The event being built, with its unfinished line, must stay within the bound.
+    fn check_bound(&self) -> Result<(), SseError> {
+        let size = (self.event_bytes + self.partial_line.len()).max(self.data.len());
+        if size > self.max_event_bytes {
+            return Err(SseError::EventTooLarge(self.max_event_bytes));
+        }
+        Ok(())
+    }
+
     /// Handles one line; `line_at` is its offset in `chunk` when it is a slice of it (not
     /// joined with bytes of an earlier chunk), and `end` the offset just past its terminator.
-    fn process_line<E>(
+    fn process_line<E: From<SseError>>(
         &mut self,
         line: &[u8],
         line_at: Option<usize>,
@@ -135,24 +174,30 @@ impl SseParser {
         if line.is_empty() {
             return self.dispatch(chunk, end, on_event);
         }
-        if line[0] == b':' {
+        if !self.in_event {
+            self.in_event = true;
+            self.event_start = line_at;
+        }
+        self.event_bytes += line.len();
+        self.check_bound()?;
+        if line.first() == Some(&b':') {
             return Ok(());
         }
         let (field, value_start) = match memchr::memchr(b':', line) {
-            Some(colon) if line.get(colon + 1) == Some(&b' ') => (&line[..colon], colon + 2),
-            Some(colon) => (&line[..colon], colon + 1),
-            None => (line, line.len()),
+            Some(colon) if line.get(colon + 1) == Some(&b' ') => (line.get(..colon), colon + 2),
+            Some(colon) => (line.get(..colon), colon + 1),
+            None => (Some(line), line.len()),
         };
-        let value = &line[value_start..];
+        let value = line.get(value_start..).unwrap_or_default();
         match field {
-            b"data" => {
+            Some(b"data") => {
                 match line_at {
                     Some(line_at) if !self.has_data => {
                         self.data_in_chunk = Some(line_at + value_start..line_at + line.len());
                     }
                     _ => {
                         if let Some(range) = self.data_in_chunk.take() {
-                            push_utf8_lossy(&mut self.data, &chunk[range]);
+                            push_utf8_lossy(&mut self.data, chunk.get(range).unwrap_or_default());
                         }
                         if self.has_data {
                             self.data.push('\n');
@@ -162,7 +207,7 @@ impl SseParser {
                 }
                 self.has_data = true;
             }
-            b"event" => {
+            Some(b"event") => {
                 self.event.clear();
                 push_utf8_lossy(&mut self.event, value);
             }
@@ -178,6 +223,14 @@ impl SseParser {
         end: usize,
         on_event: &mut impl FnMut(SseEventRef<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
+        if !self.in_event {
+            // A blank line between events ends nothing.
+            return Ok(());
+        }
+        let start = self.event_start.take();
+        self.in_event = false;
+        self.event_bytes = 0;
+        self.last_event_end = Some(end);
         if !self.has_data {
             self.event.clear();
             return Ok(());
@@ -185,12 +238,13 @@ impl SseParser {
         let lent = self
             .data_in_chunk
             .take()
-            .map(|range| &chunk[range])
+            .map(|range| chunk.get(range).unwrap_or_default())
             .map(|bytes| std::str::from_utf8(bytes).map_err(|_| bytes));
         let result = match lent {
             Some(Ok(data)) => on_event(SseEventRef {
                 event: &self.event,
                 data,
+                start,
                 end,
             }),
             other => {
@@ -200,6 +254,7 @@ impl SseParser {
                 on_event(SseEventRef {
                     event: &self.event,
                     data: &self.data,
+                    start,
                     end,
                 })
             }
@@ -375,6 +430,64 @@ mod tests {
             ]
         );
         assert!(parser.has_pending());
+    }
+
+    #[test]
+    fn comment_only_events_are_bounded_like_data_events() {
+        // One endless event of comment lines, each line well within the bound.
+        let mut parser = SseParser::new(64);
+        let mut out = Vec::new();
+        let mut result = Ok(());
+        for _ in 0..100 {
+            result = feed(&mut parser, b": keep-alive padding\n", &mut out);
+            if result.is_err() {
+                break;
+            }
+        }
+        assert_eq!(result, Err(SseError::EventTooLarge(64)));
+        assert!(out.is_empty());
+        // Unknown fields count too, even inside one chunk.
+        let mut parser = SseParser::new(64);
+        let lines = b"id: 1\n".repeat(20);
+        assert_eq!(
+            feed(&mut parser, &lines, &mut out),
+            Err(SseError::EventTooLarge(64))
+        );
+    }
+
+    #[test]
+    fn comment_only_events_that_end_reset_the_bound_and_mark_their_end() {
+        let mut parser = SseParser::new(64);
+        let mut out = Vec::new();
+        for _ in 0..100 {
+            feed(&mut parser, b": keep-alive padding\n\n", &mut out).unwrap();
+            assert_eq!(parser.last_event_end(), Some(22));
+        }
+        feed(&mut parser, b": half", &mut out).unwrap();
+        assert_eq!(parser.last_event_end(), None);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn events_say_where_they_start_in_the_chunk() {
+        let chunk = b": c\n\ndata: 1\n\n\ndata: 2";
+        let mut parser = SseParser::default();
+        let mut starts = Vec::new();
+        parser
+            .feed(chunk, |event| {
+                starts.push((event.start, event.end));
+                Ok::<(), SseError>(())
+            })
+            .unwrap();
+        assert_eq!(starts, vec![(Some(5), 14)]);
+        assert_eq!(parser.last_event_end(), Some(14));
+        parser
+            .feed(b"\n\n", |event| {
+                starts.push((event.start, event.end));
+                Ok::<(), SseError>(())
+            })
+            .unwrap();
+        assert_eq!(starts[1], (None, 2), "started in the chunk before");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::ffi::c_void;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tollgate_core::exchange::{ClientHeadersPresent, Host};
+use tollgate_core::exchange::Host;
 use tollgate_core::gateway::ROUTE_HEADER;
 use tollgate_core::usage::TokenCounts;
 use tollgate_core::{metrics, RequestPlan};
@@ -88,6 +88,35 @@ impl Filter {
         }
         // SAFETY: see above.
         std::str::from_utf8(unsafe { value.bytes() }).ok()
+    }
+
+    /// Removes every value of a header named by bytes (a client's header name need not be
+    /// UTF-8).
+    pub fn remove_header(&mut self, map: u32, name: &[u8]) {
+        // SAFETY: `self.0` is live; Envoy copies the name.
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_set_header(
+                self.0,
+                map,
+                ModuleBuffer::new(name),
+                ModuleBuffer::NULL,
+            );
+        }
+    }
+
+    /// The names of the request headers that must not reach the provider `plan` sends to
+    /// ([`RequestPlan::drops_client_header`]), copied out of Envoy's map (a removal may move
+    /// its bytes), each once.
+    fn client_headers_to_drop(&self, plan: &RequestPlan) -> Vec<Vec<u8>> {
+        let mut dropped: Vec<Vec<u8>> = Vec::new();
+        for header in self.headers(abi::REQUEST_HEADERS) {
+            // SAFETY: the map was read in this hook and nothing has changed it since.
+            let name = unsafe { header.key.bytes() };
+            if plan.drops_client_header(name) && !dropped.iter().any(|seen| seen == name) {
+                dropped.push(name.to_vec());
+            }
+        }
+        dropped
     }
 
     /// Sets a header (replacing every value), or removes it when `value` is `None`.
@@ -303,19 +332,12 @@ impl Host for NativeHost {
         self.filter.body(Direction::Request)
     }
 
-    fn write_upstream_request(
-        &mut self,
-        plan: &RequestPlan,
-        _body_size: usize,
-        present: ClientHeadersPresent,
-    ) {
+    fn write_upstream_request(&mut self, plan: &RequestPlan, _body_size: usize) {
         let filter = &mut self.filter;
-        // Each header edit is a call into Envoy: remove only what the client sent and the
-        // plan does not set anyway.
-        for name in present.names() {
-            if !plan.headers.iter().any(|(set, _)| *set == name) {
-                filter.set_header(abi::REQUEST_HEADERS, name, None);
-            }
+        // Each header edit is a call into Envoy: remove only what the client sent, is not
+        // allowlisted, and the plan does not set anyway.
+        for name in filter.client_headers_to_drop(plan) {
+            filter.remove_header(abi::REQUEST_HEADERS, &name);
         }
         filter.set_header(abi::REQUEST_HEADERS, ":path", Some(&plan.path));
         filter.set_header(abi::REQUEST_HEADERS, ":authority", Some(&plan.authority));

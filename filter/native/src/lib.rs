@@ -7,7 +7,10 @@
 //! configuration is shared by every worker: it holds the newest snapshot, which a thread of
 //! the module's own keeps current over a gRPC stream to the control plane (`sync.rs`), and
 //! the queue of usage records that thread sends back.
-
+// A panic kills a worker's VM (Wasm) or Envoy itself (native): no index or slice that can be
+// out of bounds outside tests; `get` and friends make each bound explicit.
+#![deny(clippy::indexing_slicing, clippy::string_slice)]
+#![cfg_attr(test, allow(clippy::indexing_slicing, clippy::string_slice))]
 // The module's interface is C functions and raw pointers; `envoy.rs` wraps them. Its only
 // caller is Envoy, which passes back the pointers the module gave it.
 #![allow(unsafe_code, clippy::not_unsafe_ptr_arg_deref)]
@@ -165,18 +168,13 @@ fn body_status(verdict: Verdict) -> u32 {
     }
 }
 
-fn utf8(buffer: &EnvoyBuffer) -> Option<&str> {
-    // SAFETY: the buffers are Envoy's header bytes, read in the current hook; the caller
-    // drops them before it changes a header.
-    std::str::from_utf8(unsafe { buffer.bytes() }).ok()
-}
-
+/// The request headers the exchange reads, as bytes: a client's bytes need not be UTF-8.
 fn scan(headers: &[EnvoyHttpHeader]) -> RequestHeaders<'_> {
-    RequestHeaders::scan(
-        headers
-            .iter()
-            .filter_map(|header| Some((utf8(&header.key)?, utf8(&header.value)?))),
-    )
+    RequestHeaders::scan(headers.iter().map(|header| {
+        // SAFETY: the buffers are Envoy's header bytes, read in the current hook; the caller
+        // drops them before it changes a header.
+        unsafe { (header.key.bytes(), header.value.bytes()) }
+    }))
 }
 
 /// The request headers.

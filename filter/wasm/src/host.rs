@@ -7,6 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, MetricType};
 
+use crate::header_map::{self, HeaderPairs};
+
 /// Logs a failed host call; there is nothing else a filter can do about one.
 fn report<T>(what: &str, result: Result<T, proxy_wasm::types::Status>) -> Option<T> {
     match result {
@@ -18,31 +20,66 @@ fn report<T>(what: &str, result: Result<T, proxy_wasm::types::Status>) -> Option
     }
 }
 
-/// Every request header in one host call (cheaper than one call per header: each host
-/// call crosses the VM boundary).
-pub fn request_headers() -> Vec<(String, String)> {
-    report(
-        "get request headers",
-        hostcalls::get_map(MapType::HttpRequestHeaders),
-    )
-    .unwrap_or_default()
+#[cfg(target_arch = "wasm32")]
+#[link(wasm_import_module = "env")]
+extern "C" {
+    /// The proxy-wasm ABI call behind the SDK's `get_map`: the whole map, serialized, in
+    /// memory the host allocates through the SDK's `proxy_on_memory_allocate`.
+    fn proxy_get_header_map_pairs(
+        map_type: u32,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> u32;
 }
 
-/// Replaces the whole request header map (one host call for any number of changes).
-pub fn set_request_headers(headers: Vec<(&str, &str)>) {
+/// A whole header map in one host call (cheaper than one call per header: each host call
+/// crosses the VM boundary), as bytes: see [`header_map`] for why not the SDK's readers.
+#[cfg(target_arch = "wasm32")]
+#[allow(unsafe_code)]
+fn header_pairs(map: MapType) -> HeaderPairs {
+    const STATUS_OK: u32 = 0;
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host writes a pointer and a size into the two locals. On success the
+    // pointer is null or owns `size` bytes allocated by `proxy_on_memory_allocate` (a boxed
+    // slice of exactly `size` bytes), so a Vec with that length and capacity may own it.
+    let serialized = unsafe {
+        if proxy_get_header_map_pairs(map as u32, &mut data, &mut size) != STATUS_OK
+            || data.is_null()
+        {
+            return Vec::new();
+        }
+        Vec::from_raw_parts(data, size, size)
+    };
+    header_map::decode(&serialized).unwrap_or_else(|| {
+        log::warn!("tollgate: the host's header map could not be read");
+        Vec::new()
+    })
+}
+
+/// Off Wasm (unit tests and clippy of the host build) there is no Envoy to ask.
+#[cfg(not(target_arch = "wasm32"))]
+fn header_pairs(_map: MapType) -> HeaderPairs {
+    header_map::decode(&[]).unwrap_or_default()
+}
+
+/// Every request header, as bytes.
+pub fn request_headers() -> HeaderPairs {
+    header_pairs(MapType::HttpRequestHeaders)
+}
+
+/// Replaces the whole request header map (one host call for any number of changes); values
+/// are bytes, passed on as they came.
+pub fn set_request_headers(headers: Vec<(&str, &[u8])>) {
     report(
         "set request headers",
-        hostcalls::set_map(MapType::HttpRequestHeaders, headers),
+        hostcalls::set_map_bytes(MapType::HttpRequestHeaders, headers),
     );
 }
 
-/// Every response header in one host call.
-pub fn response_headers() -> Vec<(String, String)> {
-    report(
-        "get response headers",
-        hostcalls::get_map(MapType::HttpResponseHeaders),
-    )
-    .unwrap_or_default()
+/// Every response header, as bytes (an upstream's header bytes are not trusted either).
+pub fn response_headers() -> HeaderPairs {
+    header_pairs(MapType::HttpResponseHeaders)
 }
 
 /// Sets (or with `None` removes) a request header.

@@ -7,9 +7,10 @@ use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType};
-use tollgate_core::exchange::{ClientHeadersPresent, Exchange, Host, RequestHeaders, Verdict};
+use tollgate_core::exchange::{Exchange, Host, RequestHeaders, Verdict};
 use tollgate_core::RequestPlan;
 
+use crate::header_map::HeaderPairs;
 use crate::host;
 use crate::root::VmShared;
 
@@ -20,7 +21,7 @@ const JSON_HEADERS: [(&str, &str); 1] = [("content-type", "application/json")];
 /// crosses the VM boundary.
 #[derive(Default)]
 struct WasmHost {
-    request_headers: Vec<(String, String)>,
+    request_headers: HeaderPairs,
 }
 
 impl Host for WasmHost {
@@ -41,12 +42,7 @@ impl Host for WasmHost {
     }
 
     // The whole map is written back at once, without the client's headers that must go.
-    fn write_upstream_request(
-        &mut self,
-        plan: &RequestPlan,
-        body_size: usize,
-        _present: ClientHeadersPresent,
-    ) {
+    fn write_upstream_request(&mut self, plan: &RequestPlan, body_size: usize) {
         host::set_request_headers(plan.upstream_headers(&self.request_headers));
         host::replace_body(BufferType::HttpRequestBody, body_size, &plan.body);
     }
@@ -101,7 +97,7 @@ impl HttpContext for TollgateHttp {
         let state = self.shared.borrow().state.clone();
         let headers = RequestHeaders::scan(
             all.iter()
-                .map(|(name, value)| (name.as_str(), value.as_str())),
+                .map(|(name, value)| (name.as_slice(), value.as_slice())),
         );
         let verdict = self.exchange.on_request_headers(
             &mut self.host,
@@ -128,8 +124,8 @@ impl HttpContext for TollgateHttp {
         let header = |wanted: &str| {
             headers
                 .iter()
-                .find(|(name, _)| name == wanted)
-                .map(|(_, value)| value.as_str())
+                .find(|(name, _)| name.as_slice() == wanted.as_bytes())
+                .and_then(|(_, value)| std::str::from_utf8(value).ok())
         };
         let status = header(":status").and_then(|value| value.parse::<u16>().ok());
         action(self.exchange.on_response_headers(

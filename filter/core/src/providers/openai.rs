@@ -220,9 +220,8 @@ impl ProviderResponse for OpenAiResponse {
     ) -> Result<ChunkOutput, GatewayError> {
         let strip = self.strip_usage_chunk;
         let held_before = !self.held.is_empty();
-        // Where the next event's bytes start in `chunk` (the first event also owns `held`).
-        let mut event_start = 0;
-        let mut dispatched = false;
+        // Whether the held bytes (the start of an event from earlier chunks) are the start of
+        // the usage-only chunk, and so go with it.
         let mut held_stripped = false;
         self.stripped.clear();
         let stripped = &mut self.stripped;
@@ -238,21 +237,23 @@ impl ProviderResponse for OpenAiResponse {
                 }
             }
             if strip && usage_only_chunk {
-                held_stripped |= !dispatched && held_before;
-                stripped.push(event_start..event.end);
+                held_stripped |= event.start.is_none() && held_before;
+                stripped.push(event.start.unwrap_or(0)..event.end);
             }
-            dispatched = true;
-            event_start = event.end;
             Ok::<(), GatewayError>(())
         })?;
         if !strip {
             return Ok(ChunkOutput::Unchanged);
         }
+        // Every event that ends in this chunk (comment-only ones too) ends before this offset;
+        // what follows belongs to an event still open.
+        let ended = self.parser.last_event_end();
+        let event_start = ended.unwrap_or(0);
         let ends_on_event = event_start == chunk.len() || end_of_stream;
         if self.stripped.is_empty() && !held_before && ends_on_event {
             return Ok(ChunkOutput::Unchanged);
         }
-        if !dispatched && !end_of_stream {
+        if ended.is_none() && !end_of_stream {
             self.held.extend_from_slice(chunk);
             return Ok(ChunkOutput::Replaced);
         }
@@ -262,7 +263,7 @@ impl ProviderResponse for OpenAiResponse {
         self.held.clear();
         let mut from = 0;
         for range in &self.stripped {
-            out.extend_from_slice(&chunk[from..range.start]);
+            out.extend_from_slice(chunk.get(from..range.start).unwrap_or_default());
             from = range.end;
         }
         // A stream that ends inside an event still delivers that event's bytes.
@@ -271,8 +272,9 @@ impl ProviderResponse for OpenAiResponse {
         } else {
             event_start
         };
-        out.extend_from_slice(&chunk[from..until]);
-        self.held.extend_from_slice(&chunk[until..]);
+        out.extend_from_slice(chunk.get(from..until).unwrap_or_default());
+        self.held
+            .extend_from_slice(chunk.get(until..).unwrap_or_default());
         Ok(ChunkOutput::Replaced)
     }
 }
@@ -322,6 +324,42 @@ mod tests {
         assert_eq!(feed(b"\"x\":1", true, &mut out), ChunkOutput::Replaced);
         assert_eq!(out, b"data: {\"x\":1");
         assert_eq!(usage.prompt_tokens, Some(3));
+    }
+
+    #[test]
+    fn comment_only_events_are_forwarded_not_held() {
+        let mut response = OpenAiResponse::new(true, false);
+        let mut usage = Usage::default();
+        let mut out = Vec::new();
+        // Keep-alive comments in chunks that each end inside the next comment: what ended goes
+        // out at once, only the open comment is held, however long the stream idles.
+        assert_eq!(
+            response
+                .translate_stream(b": ping\n\n: pi", false, &mut out, &mut usage)
+                .unwrap(),
+            ChunkOutput::Replaced
+        );
+        assert_eq!(out, b": ping\n\n");
+        for _ in 0..10_000 {
+            out.clear();
+            response
+                .translate_stream(b"ng\n\n: pi", false, &mut out, &mut usage)
+                .unwrap();
+            assert_eq!(out, b": ping\n\n");
+            assert_eq!(response.held, b": pi");
+        }
+        // The usage chunk after a comment in the same chunk: only the usage chunk goes.
+        out.clear();
+        response
+            .translate_stream(
+                b"ng\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":2}}\n\n",
+                false,
+                &mut out,
+                &mut usage,
+            )
+            .unwrap();
+        assert_eq!(out, b": ping\n\n");
+        assert_eq!(usage.prompt_tokens, Some(2));
     }
 
     fn prompt_tokens(body: &str) -> Option<u64> {
