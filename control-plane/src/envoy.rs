@@ -10,6 +10,9 @@ pub const CONTROL_PLANE_CLUSTER: &str = "tollgate_control_plane";
 
 /// The filter's request limit when the config sets none (`filter/core` uses the same).
 pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 10 * 1024 * 1024;
+/// The filter's default limit of a buffered (non-streaming) response body (the filter's
+/// `DEFAULT_MAX_RESPONSE_BODY_BYTES`).
+pub const DEFAULT_MAX_RESPONSE_BODY_BYTES: u64 = 10 * 1024 * 1024;
 
 /// Headroom of Envoy's buffers over the filter's request limit, so the filter, not Envoy,
 /// answers oversized bodies (with an OpenAI-shaped 413).
@@ -69,6 +72,9 @@ pub struct BootstrapParams {
     /// The filter's request limit (`general_settings.max_request_size_mb`); `None` leaves
     /// the filter's default, and sizes Envoy's buffers for it.
     pub max_request_body_bytes: Option<u64>,
+    /// The filter's buffered-response limit (`general_settings.max_response_size_mb`); sizes
+    /// Envoy's buffers only (the limit itself reaches the filter in snapshots).
+    pub max_response_body_bytes: Option<u64>,
     /// The filter, and how Envoy loads it.
     pub filter: FilterBuild,
     /// Trusted CAs for HTTPS providers.
@@ -90,6 +96,7 @@ impl BootstrapParams {
             listen_address: "0.0.0.0".to_string(),
             listen_port: 4000,
             max_request_body_bytes: None,
+            max_response_body_bytes: None,
             filter: FilterBuild::Wasm {
                 path: "/etc/tollgate/tollgate_filter.wasm".to_string(),
             },
@@ -100,13 +107,18 @@ impl BootstrapParams {
         }
     }
 
-    /// Envoy's per-connection buffer limit: the request limit plus headroom, at least 2 MiB,
-    /// and at most what Envoy's 32-bit field holds.
+    /// Envoy's per-connection buffer limit: the larger of the request and the buffered
+    /// response limit plus headroom (so the filter, not Envoy, refuses a body over its limit,
+    /// in OpenAI's shape), at least 2 MiB, and at most what Envoy's 32-bit field holds.
     pub fn buffer_limit_bytes(&self) -> u64 {
         let request = self
             .max_request_body_bytes
             .unwrap_or(DEFAULT_MAX_REQUEST_BODY_BYTES);
+        let response = self
+            .max_response_body_bytes
+            .unwrap_or(DEFAULT_MAX_RESPONSE_BODY_BYTES);
         request
+            .max(response)
             .saturating_add(BUFFER_HEADROOM_BYTES)
             .max(MIN_BUFFER_LIMIT_BYTES)
             .min(u64::from(u32::MAX))
@@ -290,6 +302,7 @@ mod tests {
             listen_address: "127.0.0.1".into(),
             listen_port: 14000,
             max_request_body_bytes: Some(5 * 1024 * 1024),
+            max_response_body_bytes: Some(4 * 1024 * 1024),
             filter: FilterBuild::Wasm {
                 path: "/opt/t/filter.wasm".into(),
             },
@@ -446,7 +459,10 @@ mod tests {
         let mut params = BootstrapParams::standalone();
         assert_eq!(params.buffer_limit_bytes(), 11 * 1024 * 1024);
         params.max_request_body_bytes = Some(1024);
+        params.max_response_body_bytes = Some(1024);
         assert_eq!(params.buffer_limit_bytes(), 2 * 1024 * 1024);
+        params.max_response_body_bytes = Some(20 * 1024 * 1024);
+        assert_eq!(params.buffer_limit_bytes(), 21 * 1024 * 1024);
         params.max_request_body_bytes = Some(u64::MAX);
         assert_eq!(params.buffer_limit_bytes(), u64::from(u32::MAX));
     }

@@ -627,6 +627,7 @@ async fn run_up(args: UpArgs) -> Result<ExitCode> {
         listen_address: args.host.to_string(),
         listen_port: args.port,
         max_request_body_bytes: loaded.config.general.max_request_body_bytes(),
+        max_response_body_bytes: loaded.config.general.max_response_body_bytes(),
         filter,
         ca_bundle: envoy::default_ca_bundle(),
         control_plane_host: grpc_address.ip().to_string(),
@@ -945,9 +946,15 @@ async fn run_api(url: &str, master_key: Option<String>, call: Result<ApiCall>) -
 }
 
 fn run_envoy_config(args: EnvoyConfigArgs) -> Result<ExitCode> {
-    let max_request_body_bytes = match &args.config {
-        Some(path) => load_config(path)?.config.general.max_request_body_bytes(),
-        None => None,
+    let (max_request_body_bytes, max_response_body_bytes) = match &args.config {
+        Some(path) => {
+            let general = load_config(path)?.config.general;
+            (
+                general.max_request_body_bytes(),
+                general.max_response_body_bytes(),
+            )
+        }
+        None => (None, None),
     };
     let params = BootstrapParams {
         node_id: args.node_id,
@@ -955,6 +962,7 @@ fn run_envoy_config(args: EnvoyConfigArgs) -> Result<ExitCode> {
         listen_address: args.host,
         listen_port: args.port,
         max_request_body_bytes,
+        max_response_body_bytes,
         filter: if args.native {
             FilterBuild::Native {
                 module: envoy::NATIVE_MODULE.to_string(),

@@ -160,6 +160,11 @@ enum Phase {
         plan: Box<RequestPlan>,
         caller: Caller,
         sent_ms: u64,
+        /// Largest buffered response body the gateway holds (the snapshot's).
+        max_response_body_bytes: u64,
+        /// The buffered response went over that limit: the client got a 502 instead, and
+        /// the rest of the provider's body is dropped as it comes.
+        response_too_large: bool,
     },
     /// Answered by the gateway itself.
     Answered { status: u16 },
@@ -192,8 +197,11 @@ pub enum Outcome<'a> {
 pub struct UpstreamOutcome<'a> {
     /// The plan it was sent with (deployment, stream flag).
     pub plan: &'a RequestPlan,
-    /// Status the client saw (502 when the upstream never answered).
+    /// Status the client saw (502 when the upstream never answered, or answered more than
+    /// the gateway buffers).
     pub status: u16,
+    /// The buffered answer went over `max_response_body_bytes` and was refused.
+    pub response_too_large: bool,
     /// Tokens the provider reported.
     pub usage: Usage,
     /// Milliseconds from sending upstream to the end.
@@ -339,6 +347,8 @@ impl Exchange {
             plan: Box::new(plan),
             caller,
             sent_ms: now_ms,
+            max_response_body_bytes: state.max_response_body_bytes,
+            response_too_large: false,
         };
         Verdict::Continue
     }
@@ -379,7 +389,13 @@ impl Exchange {
         body_size: usize,
         end_of_stream: bool,
     ) -> Verdict {
-        let Phase::Upstream { plan, .. } = &mut self.phase else {
+        let Phase::Upstream {
+            plan,
+            max_response_body_bytes,
+            response_too_large,
+            ..
+        } = &mut self.phase
+        else {
             return Verdict::Continue;
         };
         // Time to first byte only means something for streams; a buffered answer's first
@@ -389,6 +405,23 @@ impl Exchange {
         }
         match plan.response.mode() {
             ResponseMode::Buffer => {
+                if *response_too_large {
+                    // The client has its error: what the provider still sends goes nowhere.
+                    host.replace_response_body(body_size, &[]);
+                    return Verdict::Continue;
+                }
+                let limit = *max_response_body_bytes;
+                if u64::try_from(body_size).unwrap_or(u64::MAX) > limit {
+                    // Buffering on would hold an unbounded answer in memory: answer 502 now
+                    // (the headers are still held, so status and type can change).
+                    *response_too_large = true;
+                    let error = GatewayError::UpstreamResponseTooLarge(limit);
+                    host.set_response_header(":status", &error.status().to_string());
+                    host.set_response_header("content-type", "application/json");
+                    host.remove_response_header("content-length");
+                    host.replace_response_body(body_size, &error.to_json());
+                    return Verdict::Continue;
+                }
                 if !end_of_stream {
                     return Verdict::Pause;
                 }
@@ -429,9 +462,12 @@ impl Exchange {
                 plan,
                 caller,
                 sent_ms,
+                response_too_large,
+                ..
             } => {
                 let deployment = &plan.deployment;
                 let status = match plan.response.status() {
+                    _ if *response_too_large => 502,
                     0 => 502,
                     status => status,
                 };
@@ -458,6 +494,7 @@ impl Exchange {
                 Some(Outcome::Upstream(UpstreamOutcome {
                     plan,
                     status,
+                    response_too_large: *response_too_large,
                     usage,
                     upstream_ms,
                     first_byte_ms: self
@@ -731,6 +768,74 @@ mod tests {
         assert_eq!(outcome.record.model_name, "gpt");
         assert_eq!(outcome.record.completion_tokens, Some(4));
         assert!(!outcome.record.stream);
+    }
+
+    /// A state whose buffered-response limit is `limit` bytes.
+    fn state_with_response_limit(limit: u64) -> Arc<State> {
+        let snapshot = proto::Snapshot {
+            version: 1,
+            settings: Some(proto::Settings {
+                max_response_body_bytes: limit,
+                ..Default::default()
+            }),
+            deployments: vec![crate::snapshot::tests::deployment(
+                "gpt",
+                proto::ProviderKind::Openai,
+                "http://127.0.0.1:9/v1",
+            )],
+            ..Default::default()
+        };
+        Arc::new(State::from_snapshot(snapshot).0)
+    }
+
+    #[test]
+    fn a_buffered_answer_over_the_limit_is_a_502_and_the_rest_is_dropped() {
+        let state = state_with_response_limit(64);
+        let body = br#"{"model":"gpt","messages":[{"role":"user","content":"hi"}]}"#;
+        let mut host = FakeHost {
+            request_body: body.to_vec(),
+            ..FakeHost::default()
+        };
+        let mut exchange = Exchange::new();
+        exchange.on_request_headers(&mut host, Some(&state), &chat_headers(None), false);
+        exchange.on_request_body(&mut host, body.len(), true);
+        let verdict =
+            exchange.on_response_headers(&mut host, Some(200), Some("application/json"), false);
+        assert_eq!(verdict, Verdict::Pause);
+        // Within the limit: buffered on.
+        host.response_body = vec![b'x'; 64];
+        assert_eq!(
+            exchange.on_response_body(&mut host, 64, false),
+            Verdict::Pause
+        );
+        // One byte over: the client gets the error now, not after the whole answer.
+        host.response_body = vec![b'x'; 65];
+        assert_eq!(
+            exchange.on_response_body(&mut host, 65, false),
+            Verdict::Continue
+        );
+        let error: serde_json::Value = serde_json::from_slice(&host.response_body).unwrap();
+        assert_eq!(error["error"]["code"], "upstream_response_too_large");
+        assert_eq!(error["error"]["type"], "api_error");
+        assert!(host
+            .response_headers_set
+            .contains(&(":status".to_string(), "502".to_string())));
+        assert!(host
+            .response_headers_removed
+            .contains(&"content-length".to_string()));
+        // What the provider still sends is dropped.
+        host.response_body = vec![b'y'; 4096];
+        assert_eq!(
+            exchange.on_response_body(&mut host, 4096, true),
+            Verdict::Continue
+        );
+        assert!(host.response_body.is_empty());
+        let Some(Outcome::Upstream(outcome)) = exchange.outcome(0) else {
+            panic!("not an upstream outcome");
+        };
+        assert_eq!(outcome.status, 502);
+        assert!(outcome.response_too_large);
+        assert_eq!(outcome.record.status, 502);
     }
 
     #[test]

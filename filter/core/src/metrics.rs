@@ -22,6 +22,9 @@ pub const USAGE_MISSING: &str = "tollgate.usage_missing";
 pub const UPSTREAM_LATENCY_MS: &str = "tollgate.upstream_latency_ms";
 /// See [`REQUESTS`].
 pub const TIME_TO_FIRST_TOKEN_MS: &str = "tollgate.time_to_first_token_ms";
+/// Counter without tags: buffered provider answers over `max_response_body_bytes`, refused
+/// with a 502 instead of being held in memory.
+pub const RESPONSES_TOO_LARGE: &str = "tollgate.responses_too_large";
 /// Counter without tags: usage records dropped while the control plane was away.
 pub const USAGE_RECORDS_DROPPED: &str = "tollgate.usage_records_dropped";
 

@@ -14,7 +14,7 @@ use crate::proto;
 /// body, so an unbounded limit would let one client exhaust a worker's memory).
 pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 10 * 1024 * 1024;
 /// Limit for buffered (non-streaming) response bodies.
-pub const DEFAULT_MAX_RESPONSE_BODY_BYTES: u64 = 32 * 1024 * 1024;
+pub const DEFAULT_MAX_RESPONSE_BODY_BYTES: u64 = 10 * 1024 * 1024;
 /// max_tokens for providers that require it when neither client nor config gave one.
 pub const DEFAULT_MAX_TOKENS: u32 = 4096;
 
@@ -276,6 +276,17 @@ impl State {
     /// Public model names in config order.
     pub fn model_names(&self) -> &[String] {
         &self.model_order
+    }
+
+    /// The ids of every deployment, for a glue that keeps state per deployment and must let
+    /// go of what a new snapshot dropped.
+    pub fn deployment_ids(&self) -> impl Iterator<Item = &str> {
+        self.models.values().flat_map(|group| {
+            group
+                .deployments()
+                .iter()
+                .map(|deployment| deployment.id.as_str())
+        })
     }
 
     /// Body of `GET /v1/models`.

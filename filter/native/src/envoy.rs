@@ -448,6 +448,7 @@ pub struct Metrics {
     completion_tokens: usize,
     usage_missing: usize,
     usage_records_dropped: usize,
+    responses_too_large: usize,
     upstream_latency: usize,
     time_to_first_token: usize,
 }
@@ -465,6 +466,7 @@ impl Metrics {
             completion_tokens: define(config, false, metrics::COMPLETION_TOKENS, &MODEL_PROVIDER),
             usage_missing: define(config, false, metrics::USAGE_MISSING, &MODEL_PROVIDER),
             usage_records_dropped: define(config, false, metrics::USAGE_RECORDS_DROPPED, &[]),
+            responses_too_large: define(config, false, metrics::RESPONSES_TOO_LARGE, &[]),
             upstream_latency: define(config, true, metrics::UPSTREAM_LATENCY_MS, &MODEL_PROVIDER),
             time_to_first_token: define(
                 config,
@@ -513,6 +515,11 @@ impl Metrics {
     /// Usage records dropped from the full queue.
     pub fn count_usage_dropped(&self, config: Config, count: u64) {
         increment(config, self.usage_records_dropped, &[], count);
+    }
+
+    /// Buffered answers refused for their size.
+    pub fn count_responses_too_large(&self, config: Config, count: u64) {
+        increment(config, self.responses_too_large, &[], count);
     }
 
     /// Upstream latency and, for streams, time to the first byte (worker thread).

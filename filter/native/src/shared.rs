@@ -38,6 +38,7 @@ struct PendingCounts {
     /// Answers the gateway gave itself, by status.
     gateway_answers: BTreeMap<u16, u64>,
     usage_records_dropped: u64,
+    responses_too_large: u64,
 }
 
 struct DeploymentCounts {
@@ -125,6 +126,9 @@ impl Shared {
                 let deployment = &upstream.plan.deployment;
                 {
                     let mut pending = self.pending();
+                    if upstream.response_too_large {
+                        pending.responses_too_large += 1;
+                    }
                     let counts = pending
                         .deployments
                         .entry(Arc::as_ptr(deployment) as usize)
@@ -194,6 +198,8 @@ impl Shared {
         }
         self.metrics
             .count_usage_dropped(config, pending.usage_records_dropped);
+        self.metrics
+            .count_responses_too_large(config, pending.responses_too_large);
     }
 
     fn queue_usage(&self, record: proto::UsageRecord) {

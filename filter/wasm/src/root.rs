@@ -114,6 +114,9 @@ impl VmShared {
             linear_memory_kib()
         );
         let version = state.version;
+        // Metric ids of deployments the new snapshot no longer has would otherwise stay for
+        // the VM's life: a control plane that churns deployments must not grow it.
+        forget_removed_deployments(&mut self.deployment_metrics, &state);
         self.state = Some(Arc::new(state));
         Some(version)
     }
@@ -123,6 +126,9 @@ impl VmShared {
         match outcome {
             Outcome::Answered { status } => self.count_gateway_answer(status),
             Outcome::Upstream(upstream) => {
+                if upstream.response_too_large {
+                    self.count(metrics::RESPONSES_TOO_LARGE, 1);
+                }
                 self.record_upstream(
                     &upstream.plan.deployment,
                     upstream.status,
@@ -369,6 +375,15 @@ impl TollgateRoot {
     }
 }
 
+/// Drops the entries of deployments `state` no longer has (by deployment id).
+fn forget_removed_deployments<T>(per_deployment: &mut HashMap<String, T>, state: &State) {
+    if per_deployment.is_empty() {
+        return;
+    }
+    let current: std::collections::HashSet<&str> = state.deployment_ids().collect();
+    per_deployment.retain(|id, _| current.contains(id.as_str()));
+}
+
 /// Size of this VM's linear memory (it never shrinks: the high-water mark of the heap).
 fn linear_memory_kib() -> usize {
     #[cfg(target_arch = "wasm32")]
@@ -453,5 +468,44 @@ impl RootContext for TollgateRoot {
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state_with(ids: &[&str]) -> State {
+        let snapshot = proto::Snapshot {
+            version: 1,
+            deployments: ids
+                .iter()
+                .map(|id| proto::Deployment {
+                    id: id.to_string(),
+                    model_name: format!("model-{id}"),
+                    provider: proto::ProviderKind::Openai as i32,
+                    provider_name: "openai".into(),
+                    upstream_model: "m".into(),
+                    api_base: "http://127.0.0.1:9/v1".into(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        State::from_snapshot(snapshot).0
+    }
+
+    #[test]
+    fn per_deployment_state_goes_with_its_deployment() {
+        let mut per_deployment: HashMap<String, u32> = [
+            ("a".to_string(), 1),
+            ("b".to_string(), 2),
+            ("c".to_string(), 3),
+        ]
+        .into();
+        forget_removed_deployments(&mut per_deployment, &state_with(&["a", "c", "d"]));
+        let mut kept: Vec<_> = per_deployment.into_iter().collect();
+        kept.sort();
+        assert_eq!(kept, [("a".to_string(), 1), ("c".to_string(), 3)]);
     }
 }

@@ -165,6 +165,49 @@ fn bad_input_is_refused_and_vms_survive() {
     );
 }
 
+#[test]
+fn a_buffered_answer_over_the_response_limit_is_a_502_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start(dir.path()).unwrap();
+    // 0.004 MB = 4,194 bytes: a 2,000-word answer (about 20 KB) is over it, a short one is not.
+    let config = format!(
+        "{}  max_response_size_mb: 0.004\n",
+        mock_config(&mock, Some(MASTER_KEY))
+    );
+    let gateway = Gateway::start(dir.path(), &config).unwrap();
+    let url = gateway.url.as_str();
+    for model in ["gpt-mock", "claude-mock"] {
+        let body =
+            json!({"model": model, "messages": [{"role": "user", "content": "mock:chunks=2000"}]});
+        let (status, text) = send_raw(url, Some(MASTER_KEY), body.to_string());
+        let error = assert_openai_error(status, &text, 502, model);
+        assert_eq!(
+            error["error"]["code"], "upstream_response_too_large",
+            "{text}"
+        );
+        assert_eq!(error["error"]["type"], "api_error", "{text}");
+    }
+    // A short answer still passes, and so does a long one that streams (events are bounded
+    // one by one, not the whole stream).
+    valid_request_works(url);
+    let stream = json!({"model": "gpt-mock", "stream": true, "messages": [{"role": "user", "content": "mock:chunks=2000"}]});
+    let (status, text) = send_raw(url, Some(MASTER_KEY), stream.to_string());
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("chunk1999"), "the whole stream arrived");
+    // Counted (counters reach Envoy at the filter's next tick).
+    let counted = |gateway: &Gateway| {
+        gateway.prometheus().is_ok_and(|text| {
+            text.lines()
+                .any(|line| line.contains("tollgate_responses_too_large") && line.ends_with(" 2"))
+        })
+    };
+    assert!(
+        tollgate_e2e::eventually(std::time::Duration::from_secs(5), || counted(&gateway)),
+        "{}",
+        gateway.prometheus().unwrap()
+    );
+}
+
 /// A body without content-length, sent in chunks.
 struct ChunkReader {
     chunks: std::vec::IntoIter<Result<Vec<u8>, std::io::Error>>,
