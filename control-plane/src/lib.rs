@@ -1,7 +1,8 @@
 //! Tollgate control plane: loads a LiteLLM-format config, keeps it in SQLite or PostgreSQL,
-//! pushes snapshots to the Envoy filters over `tollgate.v1.FilterSync` and stores the usage
-//! they send back. It serves the management API ([`manage`]) as gRPC ([`grpc_api`]) and
-//! LiteLLM-compatible HTTP/JSON ([`http_api`]). The `tollgate` binary adds the CLI (`up`,
+//! pushes snapshots to the Envoy filters over `tollgate.v1.FilterSync` ([`sync`]) and stores
+//! the usage they send back. It serves the management API ([`manage`]) as gRPC
+//! ([`grpc_api`]) and LiteLLM-compatible HTTP/JSON ([`http_api`]); [`server`] composes the
+//! gRPC services on one port. The `tollgate` binary adds the CLI (`up`,
 //! `serve`, `envoy-config`, `check-config`, `models`, `keys`, `teams`, `users`).
 
 pub mod app;
@@ -12,6 +13,7 @@ pub mod grpc_api;
 pub mod http_api;
 pub mod manage;
 pub mod proto;
+pub mod server;
 pub mod store;
 pub mod sync;
 pub mod up;

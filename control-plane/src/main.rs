@@ -21,7 +21,8 @@ use tollgate::config::{self, ConfigError, LoadedConfig};
 use tollgate::envoy::{self, BootstrapParams, FilterBuild};
 use tollgate::http_api;
 use tollgate::manage::Manager;
-use tollgate::sync::{self, SyncHub};
+use tollgate::server::{self, ServeError};
+use tollgate::sync::SyncHub;
 use tollgate::up::{self, EnvoyCommand, EnvoyProcess, Readiness};
 
 /// Time Envoy gets to drain after SIGTERM before it is killed.
@@ -451,7 +452,7 @@ impl Signals {
 /// A running gRPC server and the means to stop it.
 struct GrpcServer {
     stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), sync::ServeError>>,
+    task: JoinHandle<Result<(), ServeError>>,
 }
 
 impl GrpcServer {
@@ -461,7 +462,7 @@ impl GrpcServer {
             .with_context(|| format!("cannot listen on {address} for the control plane"))?;
         tracing::info!("control plane listening on {address}");
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(sync::serve(hub, listener, async {
+        let task = tokio::spawn(server::serve(hub, listener, async {
             let _ = stopped.await;
         }));
         Ok(GrpcServer {

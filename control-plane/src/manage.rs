@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 
 use crate::config;
 use crate::store::{
-    now_unix_ms, sha256_hex, DeploymentRecord, DeploymentSource, KeyRow, NewMember, Store,
-    StoreError, StoredDeployment, TeamRow, UserRow, SETTING_MASTER_KEY_SHA256,
+    now_unix_ms, sha256_hex, DeploymentRecord, DeploymentSource, KeyRow, Missing, NewMember, Store,
+    StoreError, StoredDeployment, Taken, TeamRow, UserRow, SETTING_MASTER_KEY_SHA256,
 };
 use crate::sync::SyncHub;
 
@@ -131,22 +131,69 @@ impl ApiError {
     }
 }
 
-impl From<sqlx::Error> for ApiError {
-    fn from(error: sqlx::Error) -> Self {
-        if let sqlx::Error::Database(database) = &error {
-            if database.is_unique_violation() {
-                return ApiError::new(ErrorKind::AlreadyExists, None, database.message());
-            }
-        }
-        tracing::error!(%error, "management storage error");
-        ApiError::internal(format!("database error: {error}"))
-    }
-}
-
+/// The one mapping of storage errors to API errors: what a change names that is missing or
+/// taken becomes 404 / 409 about the request field that named it; anything else is a 500
+/// (logged here, since its message is the only trace of a database failure).
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
-            StoreError::Database(error) => error.into(),
+            StoreError::NotFound(missing) => match missing {
+                Missing::Team(id) => {
+                    ApiError::not_found("team_id", format!("team {id:?} does not exist"))
+                }
+                Missing::Key => ApiError::not_found("key", "key not found"),
+                Missing::KeyInBatch { index } => ApiError::not_found(
+                    &format!("keys[{index}]"),
+                    "key not found; nothing was deleted",
+                ),
+                Missing::KeyAliasInBatch { index, alias } => ApiError::not_found(
+                    &format!("key_aliases[{index}]"),
+                    format!("no key with alias {alias:?}; nothing was deleted"),
+                ),
+                Missing::Deployment(id) => {
+                    ApiError::not_found("id", format!("model {id:?} not found"))
+                }
+            },
+            StoreError::AlreadyExists(taken) => match taken {
+                Taken::Key => ApiError::already_exists("key", "this key already exists"),
+                Taken::KeyAlias(alias) => ApiError::already_exists(
+                    "key_alias",
+                    format!("key_alias {alias:?} is already used by another key"),
+                ),
+                Taken::User(id) => {
+                    ApiError::already_exists("user_id", format!("user {id:?} already exists"))
+                }
+                Taken::Team(id) => {
+                    ApiError::already_exists("team_id", format!("team {id:?} already exists"))
+                }
+                Taken::TeamAlias(alias) => ApiError::already_exists(
+                    "team_alias",
+                    format!("team_alias {alias:?} is already used by another team"),
+                ),
+                Taken::Member { user_id, team_id } => ApiError::already_exists(
+                    "member",
+                    format!("user {user_id:?} is already a member of team {team_id:?}"),
+                ),
+                Taken::Deployment(id) => ApiError::already_exists(
+                    "model_info.id",
+                    format!("a model with id {id:?} already exists"),
+                ),
+            },
+            StoreError::ConfigDeployment(id) => ApiError::config_model(&id),
+            StoreError::MemberWithoutUser { index } => ApiError::invalid(
+                &format!("member[{index}].user_id"),
+                "a member needs user_id or user_email",
+            ),
+            // A uniqueness race the checks inside the transaction did not see.
+            StoreError::Database(sqlx::Error::Database(database))
+                if database.is_unique_violation() =>
+            {
+                ApiError::new(ErrorKind::AlreadyExists, None, database.message())
+            }
+            StoreError::Database(error) => {
+                tracing::error!(%error, "management storage error");
+                ApiError::internal(format!("database error: {error}"))
+            }
             other => {
                 tracing::error!(error = %other, "management storage error");
                 ApiError::internal(other.to_string())

@@ -69,6 +69,99 @@ pub enum StoreError {
     /// A row holds a value this version cannot read.
     #[error("invalid stored data: {0}")]
     Corrupt(String),
+    /// A change names a row that is not stored.
+    #[error("{0} not found")]
+    NotFound(Missing),
+    /// A change would store a second row under a unique id or name.
+    #[error("{0} already exists")]
+    AlreadyExists(Taken),
+    /// A change or deletion of a deployment from the config file, which only the file may
+    /// change.
+    #[error("deployment {0:?} belongs to the config file")]
+    ConfigDeployment(String),
+    /// A team member to add names neither a user id nor an email.
+    #[error("team member {index} has neither a user id nor an email")]
+    MemberWithoutUser {
+        /// Position of the member in the list given.
+        index: usize,
+    },
+}
+
+/// The row a change names that is not stored ([`StoreError::NotFound`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Missing {
+    /// A team, by id.
+    Team(String),
+    /// The key being changed.
+    Key,
+    /// A key of a batch deletion, by its position among the tokens given.
+    KeyInBatch {
+        /// Position among the tokens.
+        index: usize,
+    },
+    /// A key alias of a batch deletion, by its position among the aliases given.
+    KeyAliasInBatch {
+        /// Position among the aliases.
+        index: usize,
+        /// The alias.
+        alias: String,
+    },
+    /// A deployment, by id.
+    Deployment(String),
+}
+
+impl std::fmt::Display for Missing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Missing::Team(id) => write!(f, "team {id:?}"),
+            Missing::Key => f.write_str("key"),
+            Missing::KeyInBatch { index } => write!(f, "key {index} of the batch"),
+            Missing::KeyAliasInBatch { index, alias } => {
+                write!(f, "key alias {alias:?} ({index} of the batch)")
+            }
+            Missing::Deployment(id) => write!(f, "deployment {id:?}"),
+        }
+    }
+}
+
+/// The unique id or name a change would store twice ([`StoreError::AlreadyExists`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Taken {
+    /// A key's token.
+    Key,
+    /// A key alias, held by another key.
+    KeyAlias(String),
+    /// A user id.
+    User(String),
+    /// A team id.
+    Team(String),
+    /// A team alias, held by another team.
+    TeamAlias(String),
+    /// A user's membership of a team.
+    Member {
+        /// The user.
+        user_id: String,
+        /// The team.
+        team_id: String,
+    },
+    /// A deployment id.
+    Deployment(String),
+}
+
+impl std::fmt::Display for Taken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Taken::Key => f.write_str("key"),
+            Taken::KeyAlias(alias) => write!(f, "key alias {alias:?}"),
+            Taken::User(id) => write!(f, "user {id:?}"),
+            Taken::Team(id) => write!(f, "team {id:?}"),
+            Taken::TeamAlias(alias) => write!(f, "team alias {alias:?}"),
+            Taken::Member { user_id, team_id } => {
+                write!(f, "membership of user {user_id:?} in team {team_id:?}")
+            }
+            Taken::Deployment(id) => write!(f, "deployment {id:?}"),
+        }
+    }
 }
 
 /// Which database engine a store uses.

@@ -1,4 +1,6 @@
-//! Snapshot building and the `tollgate.v1.FilterSync` service.
+//! The filter protocol: snapshot building and the `tollgate.v1.FilterSync` service (the
+//! hub every filter stream shares, and the streams themselves). The server that composes
+//! it with the management API is [`crate::server`].
 //!
 //! The current snapshot lives in a `watch` channel: every stream sends it at once and then
 //! whatever is published next, and a stream that falls behind only ever gets the newest one
@@ -7,16 +9,13 @@
 //! instead of polling.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::proto::filter_sync_server::{FilterSync, FilterSyncServer};
@@ -639,45 +638,4 @@ async fn handle_message(hub: &SyncHub, id: u64, message: proto::FilterMessage) {
         }
         None => tracing::debug!(stream = id, "empty filter message ignored"),
     }
-}
-
-/// Serves `FilterSync` (and gRPC reflection for it) on `listener` until `shutdown`
-/// completes; then ends the open streams so the server can stop.
-pub async fn serve(
-    hub: Arc<SyncHub>,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), ServeError> {
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(ServeError::Reflection)?;
-    let closer = hub.clone();
-    let signal = async move {
-        shutdown.await;
-        closer.close_streams();
-    };
-    tonic::transport::Server::builder()
-        // Envoy keeps one HTTP/2 connection per VM open for hours; pings notice dead peers.
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_service(hub.service())
-        .add_service(crate::grpc_api::service(crate::manage::Manager::new(
-            hub.clone(),
-        )))
-        .add_service(reflection)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), signal)
-        .await
-        .map_err(ServeError::Transport)
-}
-
-/// Why the gRPC server stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    /// The reflection service could not read the descriptor set.
-    #[error("gRPC reflection: {0}")]
-    Reflection(tonic_reflection::server::Error),
-    /// The server failed.
-    #[error("gRPC server: {0}")]
-    Transport(tonic::transport::Error),
 }

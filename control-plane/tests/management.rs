@@ -20,6 +20,7 @@ use tollgate::http_api;
 use tollgate::manage::Manager;
 use tollgate::proto::management_client::ManagementClient;
 use tollgate::proto::{self as pb, Snapshot};
+use tollgate::server;
 use tollgate::store::{sha256_hex, Store};
 use tollgate::sync::{self, SyncHub};
 
@@ -152,7 +153,7 @@ impl Plane {
         let grpc_task = tokio::spawn({
             let hub = hub.clone();
             async move {
-                sync::serve(hub, grpc_listener, async {
+                server::serve(hub, grpc_listener, async {
                     let _ = grpc_stopped.await;
                 })
                 .await

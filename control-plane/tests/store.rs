@@ -8,8 +8,8 @@ use common::{sqlite_store, PgTestDb};
 use tollgate::config::{self, Config, ProviderKind};
 use tollgate::proto::UsageRecord;
 use tollgate::store::{
-    sha256_hex, Backend, DeploymentRecord, DeploymentSource, Store, StoreError,
-    SETTING_MASTER_KEY_SHA256, SETTING_MAX_REQUEST_BODY_BYTES,
+    sha256_hex, Backend, DeploymentRecord, DeploymentSource, KeyRow, Missing, NewMember, Store,
+    StoreError, Taken, TeamRow, UserRow, SETTING_MASTER_KEY_SHA256, SETTING_MAX_REQUEST_BODY_BYTES,
 };
 
 fn parse(text: &str) -> Config {
@@ -345,4 +345,182 @@ async fn sqlite_url_without_mode_creates_the_file() {
             .is_err()
     );
     assert!(!missing.exists());
+}
+
+fn key_row(token: &str, alias: Option<&str>, team: Option<&str>) -> KeyRow {
+    KeyRow {
+        token: token.into(),
+        key_name: "sk-...test".into(),
+        key_alias: alias.map(str::to_string),
+        user_id: None,
+        team_id: team.map(str::to_string),
+        models: Vec::new(),
+        blocked: false,
+        expires_ms: None,
+        metadata: serde_json::json!({}),
+        created_at: 1,
+        updated_at: 1,
+    }
+}
+
+fn team_row(id: &str, alias: Option<&str>) -> TeamRow {
+    TeamRow {
+        team_id: id.into(),
+        team_alias: alias.map(str::to_string),
+        models: Vec::new(),
+        metadata: serde_json::json!({}),
+        blocked: false,
+        members: Vec::new(),
+        created_at: 1,
+        updated_at: 1,
+    }
+}
+
+fn member(user_id: Option<&str>) -> NewMember {
+    NewMember {
+        user_id: user_id.map(str::to_string),
+        user_email: None,
+        role: "user".into(),
+    }
+}
+
+/// Storage answers in its own terms (what is missing or taken), never as the API would:
+/// the management layer maps these to statuses and field names in one place.
+async fn management_writes_fail_with_store_errors(store: &Store) {
+    store.replace_config(&parse(CONFIG_A)).await.unwrap();
+    let config_id = parse(CONFIG_A).deployments[0].id.clone();
+    let missing = |error| match error {
+        StoreError::NotFound(missing) => missing,
+        other => panic!("expected NotFound, got {other:?}"),
+    };
+    let taken = |error| match error {
+        StoreError::AlreadyExists(taken) => taken,
+        other => panic!("expected AlreadyExists, got {other:?}"),
+    };
+
+    store
+        .insert_key(&key_row("t1", Some("a1"), None))
+        .await
+        .unwrap();
+    let error = store
+        .insert_key(&key_row("t1", None, None))
+        .await
+        .unwrap_err();
+    assert_eq!(taken(error), Taken::Key);
+    let error = store
+        .insert_key(&key_row("t2", Some("a1"), None))
+        .await
+        .unwrap_err();
+    assert_eq!(taken(error), Taken::KeyAlias("a1".into()));
+    let error = store
+        .insert_key(&key_row("t2", None, Some("nope")))
+        .await
+        .unwrap_err();
+    assert_eq!(missing(error), Missing::Team("nope".into()));
+    let error = store
+        .update_key(&key_row("t9", None, None), None)
+        .await
+        .unwrap_err();
+    assert_eq!(missing(error), Missing::Key);
+    let error = store
+        .delete_keys(&["t1".into(), "t9".into()], &[])
+        .await
+        .unwrap_err();
+    assert_eq!(missing(error), Missing::KeyInBatch { index: 1 });
+    let error = store.delete_keys(&[], &["zz".into()]).await.unwrap_err();
+    assert_eq!(
+        missing(error),
+        Missing::KeyAliasInBatch {
+            index: 0,
+            alias: "zz".into()
+        }
+    );
+    // Nothing was deleted by the failed batches.
+    assert!(store.key("t1").await.unwrap().is_some());
+
+    let user = UserRow {
+        user_id: "u1".into(),
+        user_email: None,
+        user_role: "internal_user".into(),
+        models: Vec::new(),
+        metadata: serde_json::json!({}),
+        created_at: 1,
+        updated_at: 1,
+    };
+    store.insert_user(&user, None).await.unwrap();
+    let error = store.insert_user(&user, None).await.unwrap_err();
+    assert_eq!(taken(error), Taken::User("u1".into()));
+
+    store
+        .insert_team(&team_row("team1", Some("alias1")), &[member(Some("u1"))])
+        .await
+        .unwrap();
+    let error = store
+        .insert_team(&team_row("team1", None), &[])
+        .await
+        .unwrap_err();
+    assert_eq!(taken(error), Taken::Team("team1".into()));
+    let error = store
+        .insert_team(&team_row("team2", Some("alias1")), &[])
+        .await
+        .unwrap_err();
+    assert_eq!(taken(error), Taken::TeamAlias("alias1".into()));
+    let error = store
+        .add_team_members("team1", &[member(Some("u1"))])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        taken(error),
+        Taken::Member {
+            user_id: "u1".into(),
+            team_id: "team1".into()
+        }
+    );
+    let error = store
+        .add_team_members("team1", &[member(Some("u2")), member(None)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, StoreError::MemberWithoutUser { index: 1 }),
+        "{error:?}"
+    );
+    let error = store
+        .add_team_members("nope", &[member(Some("u1"))])
+        .await
+        .unwrap_err();
+    assert_eq!(missing(error), Missing::Team("nope".into()));
+
+    store
+        .insert_api_deployment(&api_deployment("api-1"))
+        .await
+        .unwrap();
+    let error = store
+        .insert_api_deployment(&api_deployment("api-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(taken(error), Taken::Deployment("api-1".into()));
+    let error = store.change_api_deployment("nope", None).await.unwrap_err();
+    assert_eq!(missing(error), Missing::Deployment("nope".into()));
+    let error = store
+        .change_api_deployment(&config_id, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, StoreError::ConfigDeployment(id) if *id == config_id),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_management_writes_fail_with_store_errors() {
+    let (store, _dir) = sqlite_store().await;
+    management_writes_fail_with_store_errors(&store).await;
+}
+
+#[tokio::test]
+async fn postgres_management_writes_fail_with_store_errors() {
+    let db = PgTestDb::create().await;
+    let store = Store::connect(&db.url).await.unwrap();
+    management_writes_fail_with_store_errors(&store).await;
+    store.close().await;
 }

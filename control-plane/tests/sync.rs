@@ -17,8 +17,9 @@ use tollgate::config::{self, LoadedConfig, ProviderKind};
 use tollgate::proto::{
     filter_message, ProviderKind as WireKind, SnapshotAck, UsageBatch, UsageRecord,
 };
+use tollgate::server::{self, ServeError};
 use tollgate::store::{sha256_hex, DeploymentRecord, DeploymentSource, Store};
-use tollgate::sync::{self, ServeError, SyncHub};
+use tollgate::sync::SyncHub;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -63,7 +64,7 @@ impl Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(sync::serve(hub.clone(), listener, async {
+        let task = tokio::spawn(server::serve(hub.clone(), listener, async {
             let _ = stopped.await;
         }));
         Server {

@@ -8,11 +8,10 @@ use std::collections::BTreeMap;
 use sqlx::Row;
 
 use super::{
-    now_unix_ms, to_i64, to_u64, Backend, DeploymentRecord, DeploymentSource, Pool, Store,
-    StoreError, StoredDeployment, CHANGES_CHANNEL, DEPLOYMENT_COLUMNS, INSERT_DEPLOYMENT,
+    now_unix_ms, to_i64, to_u64, Backend, DeploymentRecord, DeploymentSource, Missing, Pool, Store,
+    StoreError, StoredDeployment, Taken, CHANGES_CHANNEL, DEPLOYMENT_COLUMNS, INSERT_DEPLOYMENT,
 };
 use crate::config::ProviderKind;
-use crate::manage::ApiError;
 
 /// A virtual key as stored (never the clear key).
 #[derive(Debug, Clone, PartialEq)]
@@ -218,17 +217,14 @@ macro_rules! insert_key {
 
 /// Fails unless the team exists.
 macro_rules! require_team {
-    ($tx:ident, $team_id:expr, $param:expr) => {{
+    ($tx:ident, $team_id:expr) => {{
         let exists = sqlx::query("SELECT team_id FROM teams WHERE team_id = $1")
             .bind($team_id.to_string())
             .fetch_optional(&mut *$tx)
             .await?
             .is_some();
         if !exists {
-            return Err(ApiError::not_found(
-                $param,
-                format!("team {:?} does not exist", $team_id),
-            ));
+            return Err(StoreError::NotFound(Missing::Team($team_id.to_string())));
         }
     }};
 }
@@ -262,10 +258,9 @@ macro_rules! require_free_key_alias {
                     .map(|row| row.try_get("token"))
                     .transpose()?;
             if holder.is_some_and(|token| Some(token.as_str()) != $except) {
-                return Err(ApiError::already_exists(
-                    "key_alias",
-                    format!("key_alias {alias:?} is already used by another key"),
-                ));
+                return Err(StoreError::AlreadyExists(Taken::KeyAlias(
+                    alias.to_string(),
+                )));
             }
         }
     }};
@@ -300,10 +295,7 @@ macro_rules! add_members {
                     }
                 }
                 (None, None) => {
-                    return Err(ApiError::invalid(
-                        &format!("member[{index}].user_id"),
-                        "a member needs user_id or user_email",
-                    ))
+                    return Err(StoreError::MemberWithoutUser { index })
                 }
             };
             let existing = sqlx::query(
@@ -314,10 +306,10 @@ macro_rules! add_members {
             .fetch_optional(&mut *$tx)
             .await?;
             if existing.is_some() {
-                return Err(ApiError::already_exists(
-                    "member",
-                    format!("user {user_id:?} is already a member of team {:?}", $team_id),
-                ));
+                return Err(StoreError::AlreadyExists(Taken::Member {
+                    user_id,
+                    team_id: $team_id.to_string(),
+                }));
             }
             sqlx::query(
                 "INSERT INTO team_members (team_id, user_id, role, created_at) VALUES ($1, $2, $3, $4)",
@@ -381,13 +373,13 @@ impl Store {
 
     /// Inserts a new key (creating its user if unknown). Fails on an unknown team or a
     /// taken alias or key.
-    pub async fn insert_key(&self, key: &KeyRow) -> Result<u64, ApiError> {
+    pub async fn insert_key(&self, key: &KeyRow) -> Result<u64, StoreError> {
         let now = to_i64(now_unix_ms());
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let version = bump_version!(tx, now_unix_ms());
             if let Some(team_id) = &key.team_id {
-                require_team!(tx, team_id, "team_id");
+                require_team!(tx, team_id);
             }
             if let Some(user_id) = &key.user_id {
                 ensure_user!(tx, user_id, None::<String>, now);
@@ -398,7 +390,7 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
             if taken.is_some() {
-                return Err(ApiError::already_exists("key", "this key already exists"));
+                return Err(StoreError::AlreadyExists(Taken::Key));
             }
             insert_key!(tx, key);
             notify_change!(self, tx, version);
@@ -463,7 +455,7 @@ impl Store {
         &self,
         key: &KeyRow,
         new_token: Option<(&str, &str)>,
-    ) -> Result<(KeyRow, u64), ApiError> {
+    ) -> Result<(KeyRow, u64), StoreError> {
         let now = to_i64(now_unix_ms());
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
@@ -474,10 +466,10 @@ impl Store {
                 .await?
                 .is_some();
             if !exists {
-                return Err(ApiError::not_found("key", "key not found"));
+                return Err(StoreError::NotFound(Missing::Key));
             }
             if let Some(team_id) = &key.team_id {
-                require_team!(tx, team_id, "team_id");
+                require_team!(tx, team_id);
             }
             if let Some(user_id) = &key.user_id {
                 ensure_user!(tx, user_id, None::<String>, now);
@@ -518,7 +510,7 @@ impl Store {
         &self,
         tokens: &[String],
         aliases: &[String],
-    ) -> Result<(Vec<String>, u64), ApiError> {
+    ) -> Result<(Vec<String>, u64), StoreError> {
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let version = bump_version!(tx, now_unix_ms());
@@ -530,10 +522,7 @@ impl Store {
                     .await?
                     .rows_affected();
                 if affected == 0 && !deleted.contains(token) {
-                    return Err(ApiError::not_found(
-                        &format!("keys[{index}]"),
-                        "key not found; nothing was deleted",
-                    ));
+                    return Err(StoreError::NotFound(Missing::KeyInBatch { index }));
                 }
                 if !deleted.contains(token) {
                     deleted.push(token.clone());
@@ -548,10 +537,10 @@ impl Store {
                         .map(|row| row.try_get("token"))
                         .transpose()?;
                 let Some(token) = token else {
-                    return Err(ApiError::not_found(
-                        &format!("key_aliases[{index}]"),
-                        format!("no key with alias {alias:?}; nothing was deleted"),
-                    ));
+                    return Err(StoreError::NotFound(Missing::KeyAliasInBatch {
+                        index,
+                        alias: alias.clone(),
+                    }));
                 };
                 sqlx::query("DELETE FROM virtual_keys WHERE token = $1")
                     .bind(token.clone())
@@ -566,7 +555,11 @@ impl Store {
     }
 
     /// Creates a user, and with it `key` if given. Fails on a taken user id.
-    pub async fn insert_user(&self, user: &UserRow, key: Option<&KeyRow>) -> Result<u64, ApiError> {
+    pub async fn insert_user(
+        &self,
+        user: &UserRow,
+        key: Option<&KeyRow>,
+    ) -> Result<u64, StoreError> {
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let version = bump_version!(tx, now_unix_ms());
@@ -575,10 +568,7 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
             if taken.is_some() {
-                return Err(ApiError::already_exists(
-                    "user_id",
-                    format!("user {:?} already exists", user.user_id),
-                ));
+                return Err(StoreError::AlreadyExists(Taken::User(user.user_id.clone())));
             }
             sqlx::query(
                 "INSERT INTO users (user_id, user_email, user_role, models, metadata, created_at, \
@@ -654,7 +644,7 @@ impl Store {
         &self,
         team: &TeamRow,
         members: &[NewMember],
-    ) -> Result<u64, ApiError> {
+    ) -> Result<u64, StoreError> {
         let now = to_i64(now_unix_ms());
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
@@ -664,10 +654,7 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
             if taken.is_some() {
-                return Err(ApiError::already_exists(
-                    "team_id",
-                    format!("team {:?} already exists", team.team_id),
-                ));
+                return Err(StoreError::AlreadyExists(Taken::Team(team.team_id.clone())));
             }
             if let Some(alias) = &team.team_alias {
                 let taken = sqlx::query("SELECT team_id FROM teams WHERE team_alias = $1")
@@ -675,10 +662,7 @@ impl Store {
                     .fetch_optional(&mut *tx)
                     .await?;
                 if taken.is_some() {
-                    return Err(ApiError::already_exists(
-                        "team_alias",
-                        format!("team_alias {alias:?} is already used by another team"),
-                    ));
+                    return Err(StoreError::AlreadyExists(Taken::TeamAlias(alias.clone())));
                 }
             }
             sqlx::query(
@@ -706,12 +690,12 @@ impl Store {
         &self,
         team_id: &str,
         members: &[NewMember],
-    ) -> Result<u64, ApiError> {
+    ) -> Result<u64, StoreError> {
         let now = to_i64(now_unix_ms());
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let version = bump_version!(tx, now_unix_ms());
-            require_team!(tx, team_id, "team_id");
+            require_team!(tx, team_id);
             add_members!(tx, team_id, members, now);
             sqlx::query("UPDATE teams SET updated_at = $1 WHERE team_id = $2")
                 .bind(now)
@@ -752,7 +736,10 @@ impl Store {
     }
 
     /// Inserts an API deployment; fails if the id is taken.
-    pub async fn insert_api_deployment(&self, record: &DeploymentRecord) -> Result<u64, ApiError> {
+    pub async fn insert_api_deployment(
+        &self,
+        record: &DeploymentRecord,
+    ) -> Result<u64, StoreError> {
         let now = to_i64(now_unix_ms());
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
@@ -762,10 +749,7 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
             if taken.is_some() {
-                return Err(ApiError::already_exists(
-                    "model_info.id",
-                    format!("a model with id {:?} already exists", record.id),
-                ));
+                return Err(StoreError::AlreadyExists(Taken::Deployment(record.id.clone())));
             }
             bind_deployment!(sqlx::query(INSERT_DEPLOYMENT), record, now, now)
                 .execute(&mut *tx)
@@ -782,7 +766,7 @@ impl Store {
         &self,
         id: &str,
         record: Option<&DeploymentRecord>,
-    ) -> Result<u64, ApiError> {
+    ) -> Result<u64, StoreError> {
         let now = to_i64(now_unix_ms());
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
@@ -792,12 +776,12 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
             let Some(row) = row else {
-                return Err(ApiError::not_found("id", format!("model {id:?} not found")));
+                return Err(StoreError::NotFound(Missing::Deployment(id.to_string())));
             };
             let source: String = row.try_get("source")?;
             let created_at: i64 = row.try_get("created_at")?;
             if DeploymentSource::parse(&source) != Some(DeploymentSource::Api) {
-                return Err(ApiError::config_model(id));
+                return Err(StoreError::ConfigDeployment(id.to_string()));
             }
             sqlx::query("DELETE FROM deployments WHERE id = $1")
                 .bind(id)
