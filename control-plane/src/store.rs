@@ -353,8 +353,8 @@ const INSERT_DEPLOYMENT: &str = "INSERT INTO deployments (id, model_name, provid
 
 const INSERT_USAGE: &str = "INSERT INTO usage_records (id, model_name, deployment_id, provider, \
      status, prompt_tokens, completion_tokens, cached_prompt_tokens, started_unix_ms, \
-     duration_ms, stream, key_hash, received_unix_ms) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+     duration_ms, stream, key_hash, received_unix_ms, request_id) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
      ON CONFLICT (id) DO NOTHING";
 
 const UPSERT_SETTING: &str = "INSERT INTO settings (key, value) VALUES ($1, $2) \
@@ -758,6 +758,7 @@ impl Store {
                     .bind(record.stream)
                     .bind(record.key_hash.clone())
                     .bind(received)
+                    .bind(record.request_id.clone())
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
@@ -772,7 +773,7 @@ impl Store {
     pub async fn usage_records(&self) -> Result<Vec<proto::UsageRecord>, StoreError> {
         let sql = "SELECT id, model_name, deployment_id, provider, status, prompt_tokens, \
                    completion_tokens, cached_prompt_tokens, started_unix_ms, duration_ms, stream, \
-                   key_hash FROM usage_records ORDER BY started_unix_ms, id";
+                   key_hash, request_id FROM usage_records ORDER BY started_unix_ms, id";
         with_pool!(self, pool => {
             let rows = sqlx::query(sql).fetch_all(pool).await?;
             let mut records = Vec::with_capacity(rows.len());
@@ -793,6 +794,7 @@ impl Store {
                     duration_ms: to_u64(row.try_get("duration_ms")?),
                     stream: row.try_get("stream")?,
                     key_hash: row.try_get("key_hash")?,
+                    request_id: row.try_get("request_id")?,
                 });
             }
             Ok(records)

@@ -462,7 +462,9 @@ impl SyncHub {
         }
     }
 
-    async fn store_usage(&self, stream: u64, records: &[proto::UsageRecord]) {
+    /// Stores a usage batch (each record once by id); false when it could not be stored,
+    /// so it is not acknowledged and the filter keeps it for the next stream.
+    async fn store_usage(&self, stream: u64, records: &[proto::UsageRecord]) -> bool {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -474,15 +476,20 @@ impl SyncHub {
                         inserted,
                         "usage batch stored"
                     );
-                    return;
+                    return true;
                 }
                 Err(error) if attempt < USAGE_INSERT_ATTEMPTS => {
                     tracing::warn!(stream, attempt, %error, "storing usage failed, retrying");
                     tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
                 }
                 Err(error) => {
-                    tracing::error!(stream, records = records.len(), %error, "usage batch lost");
-                    return;
+                    tracing::error!(
+                        stream,
+                        records = records.len(),
+                        %error,
+                        "storing usage failed; closing the stream so the filter sends the batch again"
+                    );
+                    return false;
                 }
             }
         }
@@ -589,7 +596,11 @@ async fn run_stream(
                 }
             }
             message = inbound.message() => match message {
-                Ok(Some(message)) => handle_message(&hub, id, message).await,
+                Ok(Some(message)) => {
+                    if handle_message(&hub, id, message, &sender).await.is_err() {
+                        break;
+                    }
+                }
                 Ok(None) => break,
                 Err(status) => {
                     tracing::debug!(stream = id, %status, "filter stream ended with an error");
@@ -602,7 +613,15 @@ async fn run_stream(
     drop(registration);
 }
 
-async fn handle_message(hub: &SyncHub, id: u64, message: proto::FilterMessage) {
+/// Why a stream ends on the control plane's side.
+struct StreamBroken;
+
+async fn handle_message(
+    hub: &SyncHub,
+    id: u64,
+    message: proto::FilterMessage,
+    sender: &mpsc::Sender<Result<proto::ControlMessage, Status>>,
+) -> Result<(), StreamBroken> {
     match message.kind {
         Some(filter_message::Kind::Hello(hello)) => {
             hub.update(id, |info| {
@@ -624,10 +643,23 @@ async fn handle_message(hub: &SyncHub, id: u64, message: proto::FilterMessage) {
             );
         }
         Some(filter_message::Kind::Usage(batch)) => {
-            hub.store_usage(id, &batch.records).await;
+            if !hub.store_usage(id, &batch.records).await {
+                return Err(StreamBroken);
+            }
             // Counted after storing, so a waiter that sees the count also sees the rows.
             let count = u64::try_from(batch.records.len()).unwrap_or(u64::MAX);
             hub.update(id, |info| info.usage_records += count);
+            // Filters of earlier versions send no batch id (0) and expect no acknowledgement.
+            if batch.batch_id != 0 {
+                let ack = proto::ControlMessage {
+                    kind: Some(control_message::Kind::UsageAck(proto::UsageAck {
+                        batch_ids: vec![batch.batch_id],
+                    })),
+                };
+                if sender.send(Ok(ack)).await.is_err() {
+                    return Err(StreamBroken);
+                }
+            }
         }
         Some(filter_message::Kind::Ack(ack)) => {
             hub.update(id, |info| {
@@ -638,4 +670,5 @@ async fn handle_message(hub: &SyncHub, id: u64, message: proto::FilterMessage) {
         }
         None => tracing::debug!(stream = id, "empty filter message ignored"),
     }
+    Ok(())
 }

@@ -101,6 +101,7 @@ fn usage(id: &str) -> UsageRecord {
         duration_ms: 2,
         stream: false,
         key_hash: String::new(),
+        request_id: format!("req-{id}"),
     }
 }
 
@@ -156,9 +157,11 @@ async fn filters_get_snapshots_and_usage_is_stored_once() {
     assert_eq!(info.filter_version, "0.1.0-test");
     assert!(info.peer.is_some_and(|peer| peer.ip().is_loopback()));
 
-    // The same batch twice (a resend after a reconnect): stored once.
+    // The same batch twice (a resend after a reconnect): stored once, acknowledged each
+    // time it is stored.
     let batch = UsageBatch {
         records: vec![usage("r1"), usage("r2")],
+        batch_id: 7,
     };
     first.send(filter_message::Kind::Usage(batch.clone())).await;
     first.send(filter_message::Kind::Usage(batch.clone())).await;
@@ -166,9 +169,11 @@ async fn filters_get_snapshots_and_usage_is_stored_once() {
         hub.wait_for_streams(WAIT, |streams| streams.iter().any(|s| s.usage_records == 4))
             .await
     );
+    assert_eq!(first.next_usage_ack().await, [7]);
+    assert_eq!(first.next_usage_ack().await, [7]);
     assert_eq!(store.usage_count().await.unwrap(), 2);
     let stored = store.usage_records().await.unwrap();
-    assert_eq!(stored, batch.records);
+    assert_eq!(stored, batch.records, "request ids kept apart from record ids");
 
     // Acknowledgements are recorded.
     first
@@ -349,6 +354,7 @@ async fn sync_works_on_postgres_too() {
     filter.hello("envoy-pg", "1", 0).await;
     let batch = UsageBatch {
         records: vec![usage("p1"), usage("p2"), usage("p3")],
+        batch_id: 1,
     };
     filter
         .send(filter_message::Kind::Usage(batch.clone()))

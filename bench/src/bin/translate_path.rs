@@ -189,6 +189,7 @@ fn run_requests(
 ) -> Result<usize> {
     let mut out = Vec::with_capacity(4096);
     let mut bytes_out = 0usize;
+    let mut ids = tollgate_core::usage::RecordIds::new(0x5eed);
     for _ in 0..n {
         let mut plan = plan_chat_request(state, black_box(body), context)
             .map_err(|error| anyhow::anyhow!("plan failed: {error:?}"))
@@ -213,7 +214,8 @@ fn run_requests(
         let deployment = &plan.deployment;
         let usage = plan.response.usage();
         let record = proto::UsageRecord {
-            id: "0b4c7a1e-5d6f-4a8b-9c0d-1e2f3a4b5c6d".to_string(),
+            id: ids.next_id(),
+            request_id: "0b4c7a1e-5d6f-4a8b-9c0d-1e2f3a4b5c6d".to_string(),
             model_name: deployment.model_name.clone(),
             deployment_id: deployment.id.clone(),
             provider: deployment.provider_name.clone(),

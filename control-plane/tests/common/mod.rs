@@ -135,6 +135,8 @@ pub struct FakeFilter {
     outbound: tokio::sync::mpsc::Sender<tollgate::proto::FilterMessage>,
     /// The control messages the filter receives.
     pub inbound: tonic::Streaming<tollgate::proto::ControlMessage>,
+    /// Usage acknowledgements received while waiting for a snapshot, oldest first.
+    usage_acks: std::collections::VecDeque<Vec<u64>>,
 }
 
 impl FakeFilter {
@@ -151,7 +153,11 @@ impl FakeFilter {
             .await
             .unwrap()
             .into_inner();
-        FakeFilter { outbound, inbound }
+        FakeFilter {
+            outbound,
+            inbound,
+            usage_acks: std::collections::VecDeque::new(),
+        }
     }
 
     /// Sends one message on the stream.
@@ -175,16 +181,39 @@ impl FakeFilter {
         .await;
     }
 
-    /// The next snapshot pushed on the stream.
-    pub async fn next_snapshot(&mut self) -> tollgate::proto::Snapshot {
+    /// The next control message pushed on the stream.
+    pub async fn next_message(&mut self) -> tollgate::proto::control_message::Kind {
         let message = tokio::time::timeout(FILTER_WAIT, self.inbound.message())
             .await
             .expect("no control message in time")
             .expect("stream failed")
             .expect("stream ended");
-        match message.kind {
-            Some(tollgate::proto::control_message::Kind::Snapshot(snapshot)) => snapshot,
-            None => panic!("empty control message"),
+        message.kind.expect("empty control message")
+    }
+
+    /// The next snapshot pushed on the stream (usage acknowledgements on the way are kept
+    /// for [`Self::next_usage_ack`]).
+    pub async fn next_snapshot(&mut self) -> tollgate::proto::Snapshot {
+        use tollgate::proto::control_message::Kind;
+        loop {
+            match self.next_message().await {
+                Kind::Snapshot(snapshot) => return snapshot,
+                Kind::UsageAck(ack) => self.usage_acks.push_back(ack.batch_ids),
+            }
+        }
+    }
+
+    /// The batch ids of the next usage acknowledgement.
+    pub async fn next_usage_ack(&mut self) -> Vec<u64> {
+        use tollgate::proto::control_message::Kind;
+        if let Some(ack) = self.usage_acks.pop_front() {
+            return ack;
+        }
+        loop {
+            match self.next_message().await {
+                Kind::UsageAck(ack) => return ack.batch_ids,
+                Kind::Snapshot(_) => {}
+            }
         }
     }
 

@@ -10,7 +10,7 @@ use crate::auth::{authenticate, Caller, Credentials};
 use crate::gateway::{classify, plan_chat_request_for, ROUTE_HEADER};
 use crate::providers::{ChunkOutput, ResponseMode, TranslateContext};
 use crate::request::empty_body_error;
-use crate::usage::{TokenCounts, Usage};
+use crate::usage::{RecordIds, TokenCounts, Usage};
 use crate::{proto, Endpoint, GatewayError, RequestPlan, State};
 
 /// What the exchange asks of Envoy. Reads that several decisions share (the request headers,
@@ -454,8 +454,9 @@ impl Exchange {
     }
 
     /// How the exchange ended, once it has (`now_ms` is the time it did); `None` for one
-    /// the filter let through untouched or that never went upstream.
-    pub fn outcome(&self, now_ms: u64) -> Option<Outcome<'_>> {
+    /// the filter let through untouched or that never went upstream. An upstream exchange's
+    /// usage record takes its id from `ids`.
+    pub fn outcome(&self, now_ms: u64, ids: &mut RecordIds) -> Option<Outcome<'_>> {
         match &self.phase {
             Phase::Answered { status } => Some(Outcome::Answered { status: *status }),
             Phase::Upstream {
@@ -473,12 +474,9 @@ impl Exchange {
                 };
                 let usage = plan.response.usage();
                 let upstream_ms = now_ms.saturating_sub(*sent_ms);
-                let id = match &self.request_id {
-                    Some(id) => id.clone(),
-                    None => format!("{}-{now_ms}", deployment.id),
-                };
                 let record = proto::UsageRecord {
-                    id,
+                    id: ids.next_id(),
+                    request_id: self.request_id.clone().unwrap_or_default(),
                     model_name: deployment.model_name.clone(),
                     deployment_id: deployment.id.clone(),
                     provider: deployment.provider_name.clone(),
@@ -659,7 +657,7 @@ mod tests {
         assert_eq!(verdict, Verdict::Continue);
         assert_eq!(host.removed_request_headers, vec![ROUTE_HEADER]);
         assert!(host.local_reply.is_none());
-        assert!(exchange.outcome(0).is_none());
+        assert!(exchange.outcome(0, &mut RecordIds::new(7)).is_none());
     }
 
     #[test]
@@ -672,7 +670,7 @@ mod tests {
         assert_eq!(status, 503);
         assert_eq!(json["error"]["code"], "not_ready");
         assert!(matches!(
-            exchange.outcome(0),
+            exchange.outcome(0, &mut RecordIds::new(7)),
             Some(Outcome::Answered { status: 503 })
         ));
     }
@@ -758,13 +756,20 @@ mod tests {
             Verdict::Continue
         );
         host.now = 1_250;
-        let Some(Outcome::Upstream(outcome)) = exchange.outcome(host.now) else {
+        let Some(Outcome::Upstream(outcome)) = exchange.outcome(host.now, &mut RecordIds::new(7))
+        else {
             panic!("not an upstream outcome");
         };
         assert_eq!(outcome.status, 200);
         assert_eq!(outcome.upstream_ms, 250);
         assert_eq!(outcome.usage.prompt_tokens, Some(3));
-        assert_eq!(outcome.record.id, "req-1");
+        assert_eq!(
+            outcome.record.id.len(),
+            32,
+            "128 random bits, not the client's id"
+        );
+        assert_ne!(outcome.record.id, "req-1");
+        assert_eq!(outcome.record.request_id, "req-1");
         assert_eq!(outcome.record.model_name, "gpt");
         assert_eq!(outcome.record.completion_tokens, Some(4));
         assert!(!outcome.record.stream);
@@ -830,7 +835,7 @@ mod tests {
             Verdict::Continue
         );
         assert!(host.response_body.is_empty());
-        let Some(Outcome::Upstream(outcome)) = exchange.outcome(0) else {
+        let Some(Outcome::Upstream(outcome)) = exchange.outcome(0, &mut RecordIds::new(7)) else {
             panic!("not an upstream outcome");
         };
         assert_eq!(outcome.status, 502);
@@ -865,7 +870,7 @@ mod tests {
         let out = String::from_utf8(host.response_body.clone()).unwrap();
         assert!(out.starts_with("data: {"), "{out}");
         assert!(out.contains("\"content\":\"Hel\""), "{out}");
-        let Some(Outcome::Upstream(outcome)) = exchange.outcome(9) else {
+        let Some(Outcome::Upstream(outcome)) = exchange.outcome(9, &mut RecordIds::new(7)) else {
             panic!("not an upstream outcome");
         };
         assert!(outcome.record.stream);

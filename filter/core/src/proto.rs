@@ -21,6 +21,24 @@ pub struct SnapshotHead {
     pub version: u64,
 }
 
+/// The usage acknowledgement of a [`ControlMessage`] and nothing else: decoding a snapshot
+/// message with it skips the snapshot without allocating.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ControlMessageUsageAck {
+    /// `ControlMessage.kind.usage_ack` (tag 3).
+    #[prost(message, optional, tag = "3")]
+    pub usage_ack: ::core::option::Option<UsageAck>,
+}
+
+/// The batch ids a control-plane message acknowledges, when it is a usage acknowledgement.
+pub fn acknowledged_batches(message: &[u8]) -> Option<Vec<u64>> {
+    use prost::Message;
+    ControlMessageUsageAck::decode(message)
+        .ok()?
+        .usage_ack
+        .map(|ack| ack.batch_ids)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -50,5 +68,19 @@ mod tests {
         let empty =
             ControlMessageHead::decode(ControlMessage::default().encode_to_vec().as_slice());
         assert_eq!(empty.unwrap().snapshot, None);
+        assert_eq!(acknowledged_batches(&full.encode_to_vec()), None);
+    }
+
+    #[test]
+    fn a_usage_ack_is_told_apart_from_a_snapshot() {
+        let ack = ControlMessage {
+            kind: Some(control_message::Kind::UsageAck(UsageAck {
+                batch_ids: vec![3, 4],
+            })),
+        };
+        let bytes = ack.encode_to_vec();
+        assert_eq!(acknowledged_batches(&bytes), Some(vec![3, 4]));
+        let head = ControlMessageHead::decode(bytes.as_slice()).unwrap();
+        assert_eq!(head.snapshot, None, "no snapshot in it");
     }
 }

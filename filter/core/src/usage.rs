@@ -77,42 +77,154 @@ impl TokenCounts {
     }
 }
 
-/// Usage records waiting for the control plane, oldest first. Bounded: while the control
-/// plane is unreachable the oldest are dropped (and counted by the caller), so an outage
-/// cannot grow the filter's memory without bound.
+/// Usage records on their way to the control plane: queued ones not sent yet, and sent
+/// batches kept until the control plane acknowledges them (`UsageAck`), so a stream that
+/// breaks before the records are stored loses none of them: the next stream sends the
+/// unacknowledged batches again, first (the control plane stores each record id once).
+///
+/// Bounded: at most [`Self::CAPACITY`] records, queued and unacknowledged together. While the
+/// control plane is unreachable the oldest go first (and are counted by the caller), so an
+/// outage cannot grow the filter's memory without bound. What a filter restart loses is what
+/// this holds then: at most `CAPACITY` records.
 #[derive(Debug, Default)]
 pub struct UsageQueue {
-    records: std::collections::VecDeque<crate::proto::UsageRecord>,
+    queued: std::collections::VecDeque<crate::proto::UsageRecord>,
+    /// Sent batches not acknowledged yet, oldest first, as the encoded `FilterMessage` they
+    /// went out as (resent byte for byte), with their record counts.
+    unacked: std::collections::VecDeque<SentBatch>,
+    /// Records in [`Self::unacked`].
+    unacked_records: usize,
+    /// Number of the last batch made.
+    last_batch_id: u64,
+    /// Batches of [`Self::unacked`] before this index have been sent on the current stream.
+    sent_on_stream: usize,
+}
+
+#[derive(Debug)]
+struct SentBatch {
+    batch_id: u64,
+    records: usize,
+    message: Vec<u8>,
 }
 
 impl UsageQueue {
-    /// Records kept at most.
+    /// Records kept at most, queued and unacknowledged together.
     pub const CAPACITY: usize = 10_000;
     /// Records per message on the stream.
     pub const BATCH: usize = 500;
 
-    /// Queues a record; returns whether the oldest was dropped to make room.
-    pub fn push(&mut self, record: crate::proto::UsageRecord) -> bool {
-        let dropped = self.records.len() >= Self::CAPACITY;
-        if dropped {
-            self.records.pop_front();
+    /// Queues a record; returns how many of the oldest records were dropped to make room
+    /// (0 or, when a whole unacknowledged batch had to go, its size).
+    pub fn push(&mut self, record: crate::proto::UsageRecord) -> usize {
+        let mut dropped = 0;
+        if self.queued.len() + self.unacked_records >= Self::CAPACITY {
+            // The oldest records are those of the oldest unacknowledged batch.
+            if let Some(oldest) = self.unacked.pop_front() {
+                self.unacked_records -= oldest.records;
+                self.sent_on_stream = self.sent_on_stream.saturating_sub(1);
+                dropped = oldest.records;
+            } else if self.queued.pop_front().is_some() {
+                dropped = 1;
+            }
         }
-        self.records.push_back(record);
+        self.queued.push_back(record);
         dropped
     }
 
-    /// Takes the next batch (up to [`Self::BATCH`] records, oldest first).
-    pub fn take_batch(&mut self) -> Vec<crate::proto::UsageRecord> {
-        let take = self.records.len().min(Self::BATCH);
-        self.records.drain(..take).collect()
+    /// The next message to send on the current stream, as encoded `FilterMessage` bytes:
+    /// first every unacknowledged batch not yet sent on it (after a reconnect), then a new
+    /// batch of up to [`Self::BATCH`] queued records. `None` when there is nothing to send.
+    /// What it returns counts as sent; a glue whose send fails calls [`Self::stream_lost`].
+    pub fn next_message(&mut self) -> Option<&[u8]> {
+        if self.sent_on_stream < self.unacked.len() {
+            let at = self.sent_on_stream;
+            self.sent_on_stream += 1;
+            return self.unacked.get(at).map(|batch| batch.message.as_slice());
+        }
+        if self.queued.is_empty() {
+            return None;
+        }
+        let take = self.queued.len().min(Self::BATCH);
+        self.last_batch_id += 1;
+        let batch = crate::proto::UsageBatch {
+            records: self.queued.drain(..take).collect(),
+            batch_id: self.last_batch_id,
+        };
+        let message = crate::proto::FilterMessage {
+            kind: Some(crate::proto::filter_message::Kind::Usage(batch)),
+        };
+        self.unacked.push_back(SentBatch {
+            batch_id: self.last_batch_id,
+            records: take,
+            message: prost::Message::encode_to_vec(&message),
+        });
+        self.unacked_records += take;
+        self.sent_on_stream = self.unacked.len();
+        self.unacked.back().map(|batch| batch.message.as_slice())
     }
 
-    /// Puts a batch the stream refused back at the front, in order (the next stream resends
-    /// it; the control plane dedupes by id).
-    pub fn put_back(&mut self, batch: Vec<crate::proto::UsageRecord>) {
-        for record in batch.into_iter().rev() {
-            self.records.push_front(record);
+    /// The control plane stored these batches: they are forgotten.
+    pub fn acknowledge(&mut self, batch_ids: &[u64]) {
+        let mut at = 0;
+        while at < self.unacked.len() {
+            let acked = self
+                .unacked
+                .get(at)
+                .is_some_and(|batch| batch_ids.contains(&batch.batch_id));
+            if acked {
+                if let Some(batch) = self.unacked.remove(at) {
+                    self.unacked_records -= batch.records;
+                }
+                if at < self.sent_on_stream {
+                    self.sent_on_stream -= 1;
+                }
+            } else {
+                at += 1;
+            }
         }
+    }
+
+    /// The stream ended (or a send failed): every unacknowledged batch goes again on the
+    /// next one.
+    pub fn stream_lost(&mut self) {
+        self.sent_on_stream = 0;
+    }
+
+    /// Records waiting: queued, and sent but not acknowledged.
+    pub fn len(&self) -> usize {
+        self.queued.len() + self.unacked_records
+    }
+
+    /// Whether no record is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Usage record ids: 128 bits each, unique per generator (a bijection of a counter) and
+/// unrelated to anything a client sends, starting from a random seed the host provides once
+/// (one generator per Wasm VM, one per native module), so ids of different VMs and Envoys do
+/// not meet either.
+#[derive(Debug, Clone)]
+pub struct RecordIds {
+    seed: u128,
+    counter: u128,
+}
+
+impl RecordIds {
+    /// Odd, so multiplying by it permutes the 128-bit integers.
+    const STEP: u128 = 0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835;
+
+    /// A generator starting from `seed` (random bits from the host).
+    pub fn new(seed: u128) -> Self {
+        RecordIds { seed, counter: 0 }
+    }
+
+    /// The next id, as 32 lower-case hex digits.
+    pub fn next_id(&mut self) -> String {
+        self.counter = self.counter.wrapping_add(1);
+        let id = self.seed ^ self.counter.wrapping_mul(Self::STEP);
+        format!("{id:032x}")
     }
 }
 
@@ -173,25 +285,90 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_usage_queue_is_bounded_batched_and_keeps_order() {
-        let record = |id: usize| crate::proto::UsageRecord {
+    fn record(id: usize) -> crate::proto::UsageRecord {
+        crate::proto::UsageRecord {
             id: id.to_string(),
             ..Default::default()
-        };
-        let mut queue = UsageQueue::default();
-        for id in 0..UsageQueue::CAPACITY {
-            assert!(!queue.push(record(id)));
         }
-        assert!(queue.push(record(UsageQueue::CAPACITY)), "the oldest goes");
-        let batch = queue.take_batch();
-        assert_eq!(batch.len(), UsageQueue::BATCH);
-        assert_eq!(batch[0].id, "1");
-        queue.put_back(batch);
+    }
+
+    fn batch_of(message: &[u8]) -> crate::proto::UsageBatch {
+        use prost::Message;
+        match crate::proto::FilterMessage::decode(message).unwrap().kind {
+            Some(crate::proto::filter_message::Kind::Usage(batch)) => batch,
+            other => panic!("not a usage batch: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn batches_stay_until_acknowledged_and_go_again_after_a_reconnect() {
+        let mut queue = UsageQueue::default();
+        for id in 0..UsageQueue::BATCH + 10 {
+            assert_eq!(queue.push(record(id)), 0);
+        }
+        let first = batch_of(queue.next_message().unwrap());
         assert_eq!(
-            queue.take_batch()[0].id,
-            "1",
-            "a refused batch comes back first"
+            (first.batch_id, first.records.len()),
+            (1, UsageQueue::BATCH)
         );
+        assert_eq!(first.records[0].id, "0");
+        let second = batch_of(queue.next_message().unwrap());
+        assert_eq!((second.batch_id, second.records.len()), (2, 10));
+        assert!(queue.next_message().is_none(), "all sent on this stream");
+        assert_eq!(
+            queue.len(),
+            UsageQueue::BATCH + 10,
+            "kept until acknowledged"
+        );
+
+        // The stream breaks before the first batch is acknowledged, after the second is.
+        queue.acknowledge(&[2]);
+        assert_eq!(queue.len(), UsageQueue::BATCH);
+        queue.stream_lost();
+        queue.push(record(9999));
+        let resent = batch_of(queue.next_message().unwrap());
+        assert_eq!(resent, first, "the same batch, same number, same records");
+        let new = batch_of(queue.next_message().unwrap());
+        assert_eq!((new.batch_id, new.records[0].id.as_str()), (3, "9999"));
+        assert!(queue.next_message().is_none());
+        queue.acknowledge(&[1, 3, 77]);
+        assert!(queue.is_empty());
+        queue.stream_lost();
+        assert!(queue.next_message().is_none());
+    }
+
+    #[test]
+    fn the_usage_queue_is_bounded_counting_what_it_drops() {
+        let mut queue = UsageQueue::default();
+        for id in 0..UsageQueue::BATCH {
+            queue.push(record(id));
+        }
+        queue.next_message().unwrap();
+        for id in UsageQueue::BATCH..UsageQueue::CAPACITY {
+            assert_eq!(queue.push(record(id)), 0);
+        }
+        assert_eq!(queue.len(), UsageQueue::CAPACITY);
+        // Full: the oldest unacknowledged batch goes whole, then single queued records.
+        assert_eq!(queue.push(record(UsageQueue::CAPACITY)), UsageQueue::BATCH);
+        assert_eq!(queue.len(), UsageQueue::CAPACITY - UsageQueue::BATCH + 1);
+        for id in 0..UsageQueue::BATCH - 1 {
+            assert_eq!(queue.push(record(UsageQueue::CAPACITY + 1 + id)), 0);
+        }
+        assert_eq!(queue.push(record(2 * UsageQueue::CAPACITY)), 1);
+        assert_eq!(queue.len(), UsageQueue::CAPACITY);
+        let next = batch_of(queue.next_message().unwrap());
+        assert_eq!(next.records[0].id, (UsageQueue::BATCH + 1).to_string());
+    }
+
+    #[test]
+    fn record_ids_are_128_bit_hex_and_unique() {
+        let mut ids = RecordIds::new(0x0123_4567_89ab_cdef_0011_2233_4455_6677);
+        let made: std::collections::HashSet<String> = (0..10_000).map(|_| ids.next_id()).collect();
+        assert_eq!(made.len(), 10_000);
+        assert!(made
+            .iter()
+            .all(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())));
+        let mut other = RecordIds::new(1);
+        assert_ne!(other.next_id(), RecordIds::new(2).next_id());
     }
 }

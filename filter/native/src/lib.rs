@@ -28,6 +28,7 @@ use abi::{ConfigEnvoyPtr, EnvoyBuffer, EnvoyHttpHeader, FilterEnvoyPtr};
 use envoy::{Direction, Filter, Metrics, NativeHost, Scheduler};
 use shared::Shared;
 use tollgate_core::exchange::{Exchange, Host, RequestHeaders, Verdict};
+use tollgate_core::usage::RecordIds;
 use tollgate_core::gateway::ROUTE_HEADER;
 use tollgate_core::{GatewayError, PluginConfig};
 
@@ -332,6 +333,33 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
     abi::CONTINUE
 }
 
+thread_local! {
+    /// Usage-record ids of this worker thread, from a seed drawn once per thread: no lock
+    /// shared by the workers, and no system call per request.
+    static RECORD_IDS: std::cell::RefCell<RecordIds> =
+        std::cell::RefCell::new(RecordIds::new(random_seed()));
+}
+
+/// Random bits from the OS; a thread that gets none still numbers its records, from the
+/// clock and an address on its own stack (which no other live thread shares).
+fn random_seed() -> u128 {
+    let mut seed = [0u8; 16];
+    match getrandom::getrandom(&mut seed) {
+        Ok(()) => u128::from_le_bytes(seed),
+        Err(error) => {
+            envoy::log_warn(&format!(
+                "tollgate: no random seed for usage ids ({error}); using the clock"
+            ));
+            let on_this_stack = 0u8;
+            let address = std::ptr::addr_of!(on_this_stack) as usize;
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_nanos())
+                ^ (u128::from(address as u64) << 64)
+        }
+    }
+}
+
 /// The request is over: metrics and the usage record.
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
@@ -342,7 +370,8 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
         // SAFETY: Envoy passes the pointer `filter_new` returned.
         let this = unsafe { filter(filter_module) };
         let now_ms = envoy::now_ms();
-        if let Some(outcome) = this.exchange.outcome(now_ms) {
+        let outcome = RECORD_IDS.with_borrow_mut(|ids| this.exchange.outcome(now_ms, ids));
+        if let Some(outcome) = outcome {
             this.shared
                 .record_outcome(Filter::new(filter_envoy), outcome);
         }

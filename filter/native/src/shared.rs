@@ -208,8 +208,8 @@ impl Shared {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(record);
-        if dropped {
-            self.pending().usage_records_dropped += 1;
+        if dropped > 0 {
+            self.pending().usage_records_dropped += u64::try_from(dropped).unwrap_or(u64::MAX);
         }
     }
 

@@ -6,7 +6,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Buf;
+use bytes::{Buf, BufMut};
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -113,7 +113,7 @@ async fn session(shared: &Shared) -> Result<SessionEnd, SessionError> {
         .await
         .map_err(|error| fail("connect", &error, false))?;
 
-    let (outbound, receiver) = mpsc::channel::<proto::FilterMessage>(64);
+    let (outbound, receiver) = mpsc::channel::<Vec<u8>>(64);
     let hello = proto::FilterMessage {
         kind: Some(filter_message::Kind::Hello(proto::Hello {
             node_id: shared.config.node_id.clone(),
@@ -121,7 +121,11 @@ async fn session(shared: &Shared) -> Result<SessionEnd, SessionError> {
             snapshot_version: shared.state_version(),
             filter_version: env!("CARGO_PKG_VERSION").to_string(),
         })),
-    };
+    }
+    .encode_to_vec();
+    // Batches the last stream sent but the control plane did not acknowledge go again on
+    // this one.
+    shared.usage().stream_lost();
     // The channel is empty: this cannot wait.
     let _ = outbound.send(hello).await;
     let response = grpc
@@ -142,11 +146,15 @@ async fn session(shared: &Shared) -> Result<SessionEnd, SessionError> {
                         crate::envoy::log_info(&format!("tollgate: connected to the control plane at {url}"));
                         delivered = true;
                     }
+                    if let Some(batch_ids) = proto::acknowledged_batches(&message) {
+                        shared.usage().acknowledge(&batch_ids);
+                        continue;
+                    }
                     if let Some(version) = shared.install(&message) {
                         let ack = proto::FilterMessage {
                             kind: Some(filter_message::Kind::Ack(proto::SnapshotAck { version })),
                         };
-                        if outbound.send(ack).await.is_err() {
+                        if outbound.send(ack.encode_to_vec()).await.is_err() {
                             return Err(fail("send", &"stream closed", delivered));
                         }
                     }
@@ -169,41 +177,34 @@ async fn session(shared: &Shared) -> Result<SessionEnd, SessionError> {
     }
 }
 
-/// Sends every queued usage record, in batches. A batch the stream refuses goes back to the
-/// front of the queue for the next stream (the control plane dedupes by id).
-async fn send_usage(
-    shared: &Shared,
-    outbound: &mpsc::Sender<proto::FilterMessage>,
-) -> Result<(), ()> {
+/// Sends what the usage queue has for this stream: unacknowledged batches after a
+/// reconnect, then new ones. A send that fails leaves them all for the next stream.
+async fn send_usage(shared: &Shared, outbound: &mpsc::Sender<Vec<u8>>) -> Result<(), ()> {
     loop {
-        let records = shared.usage().take_batch();
-        if records.is_empty() {
+        // Copied out so the queue's lock is not held across the await.
+        let Some(message) = shared.usage().next_message().map(<[u8]>::to_vec) else {
             return Ok(());
-        }
-        let message = proto::FilterMessage {
-            kind: Some(filter_message::Kind::Usage(proto::UsageBatch { records })),
         };
-        if let Err(mpsc::error::SendError(message)) = outbound.send(message).await {
-            if let Some(filter_message::Kind::Usage(batch)) = message.kind {
-                shared.usage().put_back(batch.records);
-            }
+        if outbound.send(message).await.is_err() {
+            shared.usage().stream_lost();
             return Err(());
         }
     }
 }
 
-/// Sends [`proto::FilterMessage`]s and receives control-plane messages as their bytes, which
-/// [`tollgate_core::State::check_control_message`] decodes one key at a time.
+/// Sends encoded [`proto::FilterMessage`]s (usage batches are kept encoded until
+/// acknowledged, and resent as they are) and receives control-plane messages as their bytes,
+/// which [`tollgate_core::State::check_control_message`] decodes one key at a time.
 struct SyncCodec;
 
 impl Codec for SyncCodec {
-    type Encode = proto::FilterMessage;
+    type Encode = Vec<u8>;
     type Decode = Vec<u8>;
-    type Encoder = FilterMessageEncoder;
+    type Encoder = BytesEncoder;
     type Decoder = BytesDecoder;
 
     fn encoder(&mut self) -> Self::Encoder {
-        FilterMessageEncoder
+        BytesEncoder
     }
 
     fn decoder(&mut self) -> Self::Decoder {
@@ -211,16 +212,15 @@ impl Codec for SyncCodec {
     }
 }
 
-struct FilterMessageEncoder;
+struct BytesEncoder;
 
-impl Encoder for FilterMessageEncoder {
-    type Item = proto::FilterMessage;
+impl Encoder for BytesEncoder {
+    type Item = Vec<u8>;
     type Error = Status;
 
     fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
-        dst.reserve(item.encoded_len());
-        item.encode(dst)
-            .map_err(|error| Status::internal(error.to_string()))
+        dst.put_slice(&item);
+        Ok(())
     }
 }
 

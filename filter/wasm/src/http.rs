@@ -144,8 +144,10 @@ impl HttpContext for TollgateHttp {
     }
 
     fn on_log(&mut self) {
-        if let Some(outcome) = self.exchange.outcome(host::now_ms()) {
-            self.shared.borrow_mut().record_outcome(outcome);
+        let mut shared = self.shared.borrow_mut();
+        let now_ms = host::now_ms();
+        if let Some(outcome) = self.exchange.outcome(now_ms, &mut shared.record_ids) {
+            shared.record_outcome(outcome);
         }
     }
 }

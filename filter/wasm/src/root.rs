@@ -13,7 +13,7 @@ use proxy_wasm::types::{ContextType, MetricType};
 use tollgate_core::exchange::Outcome;
 use tollgate_core::proto::{self, filter_message};
 use tollgate_core::snapshot::Deployment;
-use tollgate_core::usage::{TokenCounts, UsageQueue};
+use tollgate_core::usage::{RecordIds, TokenCounts, UsageQueue};
 use tollgate_core::{metrics, PluginConfig, State};
 
 use crate::host;
@@ -37,6 +37,8 @@ pub struct VmShared {
     /// Static plugin configuration.
     pub config: PluginConfig,
     usage: UsageQueue,
+    /// Ids of this VM's usage records.
+    pub record_ids: RecordIds,
     metric_ids: HashMap<String, u32>,
     /// Metric ids per deployment id, so a request formats no stat name.
     deployment_metrics: HashMap<String, DeploymentMetrics>,
@@ -219,9 +221,11 @@ impl VmShared {
 
     /// Queues a usage record for the control plane.
     fn queue_usage(&mut self, record: proto::UsageRecord) {
-        if self.usage.push(record) {
-            self.count(metrics::USAGE_RECORDS_DROPPED, 1);
-        }
+        let dropped = self.usage.push(record);
+        self.count(
+            metrics::USAGE_RECORDS_DROPPED,
+            u64::try_from(dropped).unwrap_or(u64::MAX),
+        );
     }
 
     fn metric(&mut self, kind: MetricType, name: &str) -> Option<u32> {
@@ -270,6 +274,7 @@ impl TollgateRoot {
                 undecoded: None,
                 config: PluginConfig::default(),
                 usage: UsageQueue::default(),
+                record_ids: RecordIds::new(random_seed()),
                 metric_ids: HashMap::new(),
                 deployment_metrics: HashMap::new(),
                 pending_counts: HashMap::new(),
@@ -318,25 +323,20 @@ impl TollgateRoot {
         if host::send_stream_message(token, &hello) {
             self.stream = Some(token);
             self.stream_healthy = false;
+            // Batches the last stream sent but the control plane did not acknowledge go
+            // again on this one.
+            self.shared.borrow_mut().usage.stream_lost();
         }
     }
 
+    /// Sends what the usage queue has for the stream: unacknowledged batches after a
+    /// reconnect, then new ones.
     fn flush_usage(&mut self) {
         let Some(token) = self.stream else { return };
-        loop {
-            let batch = self.shared.borrow_mut().usage.take_batch();
-            if batch.is_empty() {
-                return;
-            }
-            let message = proto::FilterMessage {
-                kind: Some(filter_message::Kind::Usage(proto::UsageBatch {
-                    records: batch,
-                })),
-            };
-            if !host::send_stream_message(token, &message.encode_to_vec()) {
-                if let Some(filter_message::Kind::Usage(batch)) = message.kind {
-                    self.shared.borrow_mut().usage.put_back(batch.records);
-                }
+        let mut shared = self.shared.borrow_mut();
+        while let Some(message) = shared.usage.next_message() {
+            if !host::send_stream_message(token, message) {
+                shared.usage.stream_lost();
                 self.stream = None;
                 return;
             }
@@ -346,6 +346,10 @@ impl TollgateRoot {
     /// Takes a control-plane message: installs its snapshot in a serving VM, keeps its bytes
     /// in one that is not, and acknowledges the version either way.
     fn receive(&mut self, message: Vec<u8>) {
+        if let Some(batch_ids) = proto::acknowledged_batches(&message) {
+            self.shared.borrow_mut().usage.acknowledge(&batch_ids);
+            return;
+        }
         let version = {
             let mut shared = self.shared.borrow_mut();
             if shared.serving {
@@ -373,6 +377,19 @@ impl TollgateRoot {
             host::send_stream_message(token, &ack.encode_to_vec());
         }
     }
+}
+
+/// Random bits for the usage-record ids (WASI `random_get`); a VM whose host gives none
+/// still numbers its records, from the clock.
+fn random_seed() -> u128 {
+    let mut seed = [0u8; 16];
+    if let Err(error) = getrandom::getrandom(&mut seed) {
+        log::warn!("tollgate: no random seed for usage ids ({error}); using the clock");
+        return host::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos());
+    }
+    u128::from_le_bytes(seed)
 }
 
 /// Drops the entries of deployments `state` no longer has (by deployment id).
