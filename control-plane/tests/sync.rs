@@ -173,7 +173,10 @@ async fn filters_get_snapshots_and_usage_is_stored_once() {
     assert_eq!(first.next_usage_ack().await, [7]);
     assert_eq!(store.usage_count().await.unwrap(), 2);
     let stored = store.usage_records().await.unwrap();
-    assert_eq!(stored, batch.records, "request ids kept apart from record ids");
+    assert_eq!(
+        stored, batch.records,
+        "request ids kept apart from record ids"
+    );
 
     // Acknowledgements are recorded.
     first

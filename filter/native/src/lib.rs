@@ -28,8 +28,8 @@ use abi::{ConfigEnvoyPtr, EnvoyBuffer, EnvoyHttpHeader, FilterEnvoyPtr};
 use envoy::{Direction, Filter, Metrics, NativeHost, Scheduler};
 use shared::Shared;
 use tollgate_core::exchange::{Exchange, Host, RequestHeaders, Verdict};
-use tollgate_core::usage::RecordIds;
 use tollgate_core::gateway::ROUTE_HEADER;
+use tollgate_core::usage::RecordIds;
 use tollgate_core::{GatewayError, PluginConfig};
 
 /// The ABI version Envoy 1.40 expects.
