@@ -63,7 +63,7 @@ fn every_answered_request_is_stored_once_across_a_control_plane_outage() {
                 while !stop.load(Ordering::SeqCst) {
                     n += 1;
                     let content = format!("client {client_number} request {n}");
-                    let model = if n % 2 == 0 { "gpt-mock" } else { "claude-mock" };
+                    let model = if n.is_multiple_of(2) { "gpt-mock" } else { "claude-mock" };
                     let sent = http
                         .post(format!("{url}/v1/chat/completions"))
                         .bearer_auth(KEY)
