@@ -356,6 +356,26 @@ impl Gateway {
         })
     }
 
+    /// Envoy's log so far (`tollgate up` writes it to its state directory).
+    pub fn envoy_log(&self) -> String {
+        let bytes = std::fs::read(self.dir.join("state").join("envoy.log")).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Lines of Envoy's log saying that filter code failed: a Wasm VM call that trapped (after
+    /// which the VM is gone for every request of its worker), or a panic, in either build.
+    /// Envoy 1.40 counts no VM failure in its stats; its log is where it says so.
+    pub fn filter_failures(&self) -> Vec<String> {
+        self.envoy_log()
+            .lines()
+            .filter(|line| {
+                (line.contains("[wasm]") && line.contains("failed: Uncaught"))
+                    || line.contains("panicked at")
+            })
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Envoy's stats in Prometheus format.
     pub fn prometheus(&self) -> Result<String> {
         Ok(reqwest::blocking::get(format!("{}/stats/prometheus", self.admin_url))?.text()?)
