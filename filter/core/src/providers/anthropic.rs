@@ -838,7 +838,9 @@ fn write_json_event<T: Serialize>(out: &mut Vec<u8>, value: &T) -> Result<(), Ga
 pub struct AnthropicResponse {
     created: u64,
     include_usage: bool,
-    parser: SseParser,
+    /// Boxed so that lending it out for a feed moves a pointer, not the parser (a move of
+    /// the parser costs a memcpy per chunk).
+    parser: Option<Box<SseParser>>,
     /// Message id and model, from `message_start`.
     id: String,
     model: String,
@@ -861,7 +863,7 @@ impl AnthropicResponse {
         AnthropicResponse {
             created: context.now_unix,
             include_usage,
-            parser: SseParser::default(),
+            parser: Some(Box::default()),
             id: String::new(),
             model: String::new(),
             frame: None,
@@ -1194,7 +1196,7 @@ impl ProviderResponse for AnthropicResponse {
             return Ok(ChunkOutput::Replaced);
         }
         // The parser lends events while the translator writes: take it out for the feed.
-        let mut parser = std::mem::take(&mut self.parser);
+        let mut parser = self.parser.take().unwrap_or_default();
         let result = parser.feed(chunk, |event| {
             if self.done {
                 return Ok(());
@@ -1204,7 +1206,7 @@ impl ProviderResponse for AnthropicResponse {
                 None => self.handle_event(event, out, usage),
             }
         });
-        self.parser = parser;
+        self.parser = Some(parser);
         result?;
         if end_of_stream && !self.done {
             self.done = true;
