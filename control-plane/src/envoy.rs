@@ -58,6 +58,28 @@ impl FilterBuild {
 /// Name of the native module's library (`lib` + this + `.so`).
 pub const NATIVE_MODULE: &str = "tollgate_native";
 
+/// TLS from Envoy (the Wasm filter's cluster, or the native module's own client) to the
+/// control plane. Paths are as Envoy sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlPlaneTls {
+    /// PEM CA bundle the control plane's certificate must chain to.
+    pub ca_file: String,
+    /// Name the control plane's certificate must carry (a DNS name or an IP address);
+    /// `None`: the control plane host.
+    pub server_name: Option<String>,
+    /// Client certificate and key for mutual TLS.
+    pub client: Option<ClientCertificate>,
+}
+
+/// A client certificate for mutual TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertificate {
+    /// PEM certificate chain.
+    pub cert_file: String,
+    /// PEM private key.
+    pub key_file: String,
+}
+
 /// Everything that varies between rendered bootstraps.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootstrapParams {
@@ -85,6 +107,11 @@ pub struct BootstrapParams {
     pub control_plane_port: u16,
     /// Control plane HTTP (management API) port; same host as gRPC.
     pub control_plane_http_port: u16,
+    /// Environment variable of Envoy's process holding the filter token; the filter reads
+    /// it there (never from this file, which `/config_dump` shows).
+    pub filter_token_env: String,
+    /// TLS to the control plane; `None` for plain HTTP/2.
+    pub control_plane_tls: Option<ControlPlaneTls>,
 }
 
 impl BootstrapParams {
@@ -104,7 +131,17 @@ impl BootstrapParams {
             control_plane_host: "127.0.0.1".to_string(),
             control_plane_port: 50051,
             control_plane_http_port: 4001,
+            filter_token_env: crate::channel::FILTER_TOKEN_ENV.to_string(),
+            control_plane_tls: None,
         }
+    }
+
+    /// The name the control plane's certificate must carry.
+    fn control_plane_server_name(&self) -> &str {
+        self.control_plane_tls
+            .as_ref()
+            .and_then(|tls| tls.server_name.as_deref())
+            .unwrap_or(&self.control_plane_host)
     }
 
     /// Envoy's per-connection buffer limit: the larger of the request and the buffered
@@ -133,13 +170,35 @@ impl BootstrapParams {
                 config.insert("control_plane_cluster".into(), CONTROL_PLANE_CLUSTER.into());
             }
             FilterBuild::Native { .. } => {
+                let scheme = if self.control_plane_tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
                 let url = format!(
-                    "http://{}:{}",
+                    "{scheme}://{}:{}",
                     self.control_plane_host, self.control_plane_port
                 );
                 config.insert("control_plane_url".into(), url.into());
+                if let Some(tls) = &self.control_plane_tls {
+                    let mut native_tls = serde_json::Map::new();
+                    native_tls.insert("ca_file".into(), tls.ca_file.clone().into());
+                    if let Some(client) = &tls.client {
+                        native_tls
+                            .insert("client_cert_file".into(), client.cert_file.clone().into());
+                        native_tls.insert("client_key_file".into(), client.key_file.clone().into());
+                    }
+                    if let Some(name) = &tls.server_name {
+                        native_tls.insert("server_name".into(), name.clone().into());
+                    }
+                    config.insert("control_plane_tls".into(), native_tls.into());
+                }
             }
         }
+        config.insert(
+            "control_plane_token_env".into(),
+            self.filter_token_env.clone().into(),
+        );
         config.insert("node_id".into(), self.node_id.clone().into());
         if let Some(bytes) = self.max_request_body_bytes {
             config.insert("max_request_body_bytes".into(), bytes.into());
@@ -188,11 +247,24 @@ fn yaml_scalar(value: &str) -> String {
 /// Renders the bootstrap. Values are YAML-quoted when needed; the plugin configuration is
 /// JSON inside a single-quoted scalar, where `'` is written `''`.
 pub fn render_bootstrap(params: &BootstrapParams) -> Result<String, RenderError> {
-    let (wasm_path, native_module, kept) = match &params.filter {
+    let (wasm_path, native_module, filter_block) = match &params.filter {
         FilterBuild::Wasm { path } => (path.as_str(), NATIVE_MODULE, "wasm"),
         FilterBuild::Native { module } => ("", module.as_str(), "native"),
     };
-    let replacements: [(&str, String); 12] = [
+    let mut kept = vec![filter_block];
+    let tls = params.control_plane_tls.as_ref();
+    if tls.is_some() {
+        kept.push("control-plane-tls");
+    }
+    let client = tls.and_then(|tls| tls.client.as_ref());
+    if client.is_some() {
+        kept.push("control-plane-mtls");
+    }
+    // Envoy checks no host name unless told which: the certificate must name the control
+    // plane, as a DNS name (also sent as SNI) or an IP address (SNI cannot carry one).
+    let server_name = params.control_plane_server_name();
+    let by_ip = server_name.parse::<std::net::IpAddr>().is_ok();
+    let replacements: [(&str, String); 19] = [
         ("{{NODE_ID}}", yaml_scalar(&params.node_id)),
         ("{{ADMIN_PORT}}", params.admin_port.to_string()),
         ("{{LISTEN_ADDRESS}}", yaml_scalar(&params.listen_address)),
@@ -220,8 +292,33 @@ pub fn render_bootstrap(params: &BootstrapParams) -> Result<String, RenderError>
             "{{CONTROL_PLANE_HTTP_PORT}}",
             params.control_plane_http_port.to_string(),
         ),
+        (
+            "{{FILTER_TOKEN_ENV}}",
+            yaml_scalar(&params.filter_token_env),
+        ),
+        (
+            "{{CONTROL_PLANE_CA}}",
+            yaml_scalar(tls.map_or("", |tls| tls.ca_file.as_str())),
+        ),
+        ("{{CONTROL_PLANE_SERVER_NAME}}", yaml_scalar(server_name)),
+        (
+            "{{CONTROL_PLANE_SAN_TYPE}}",
+            if by_ip { "IP_ADDRESS" } else { "DNS" }.to_string(),
+        ),
+        (
+            "{{CONTROL_PLANE_SNI}}",
+            yaml_scalar(if by_ip { "" } else { server_name }),
+        ),
+        (
+            "{{CONTROL_PLANE_CLIENT_CERT}}",
+            yaml_scalar(client.map_or("", |client| client.cert_file.as_str())),
+        ),
+        (
+            "{{CONTROL_PLANE_CLIENT_KEY}}",
+            yaml_scalar(client.map_or("", |client| client.key_file.as_str())),
+        ),
     ];
-    let mut rendered = keep_filter_block(TEMPLATE, kept);
+    let mut rendered = keep_blocks(TEMPLATE, &kept);
     for (placeholder, value) in &replacements {
         rendered = rendered.replace(placeholder, value);
     }
@@ -233,20 +330,21 @@ pub fn render_bootstrap(params: &BootstrapParams) -> Result<String, RenderError>
     Ok(rendered)
 }
 
-/// Marks the start of a filter block in the template (`wasm` or `native`); `end` closes the
-/// last one.
-const FILTER_BLOCK_MARKER: &str = "# tollgate-filter: ";
+/// Marks the start of an optional block in the template: a filter build (`wasm` or
+/// `native`), or `control-plane-tls` and `control-plane-mtls`; the next marker starts the
+/// next block, and `end` returns to lines that are always kept.
+const BLOCK_MARKER: &str = "# tollgate-block: ";
 
-/// The template with only the `kept` filter block, and no block markers.
-fn keep_filter_block(template: &str, kept: &str) -> String {
+/// The template with only the `kept` blocks, and no block markers.
+fn keep_blocks(template: &str, kept: &[&str]) -> String {
     let mut block: Option<&str> = None;
     let mut out = String::with_capacity(template.len());
     for line in template.split_inclusive('\n') {
-        if let Some(name) = line.trim().strip_prefix(FILTER_BLOCK_MARKER) {
+        if let Some(name) = line.trim().strip_prefix(BLOCK_MARKER) {
             block = (name != "end").then_some(name);
             continue;
         }
-        if block.is_none_or(|name| name == kept) {
+        if block.is_none_or(|name| kept.contains(&name)) {
             out.push_str(line);
         }
     }
@@ -310,6 +408,8 @@ mod tests {
             control_plane_host: "cp.internal".into(),
             control_plane_port: 15051,
             control_plane_http_port: 15052,
+            filter_token_env: "TOLLGATE_FILTER_TOKEN".into(),
+            control_plane_tls: None,
         };
         let yaml = render_bootstrap(&params).unwrap();
         assert!(!yaml
@@ -334,7 +434,7 @@ mod tests {
             );
         }
         assert!(yaml.contains(
-            r#"value: '{"control_plane_cluster":"tollgate_control_plane","max_request_body_bytes":5242880,"node_id":"node-1"}'"#
+            r#"value: '{"control_plane_cluster":"tollgate_control_plane","control_plane_token_env":"TOLLGATE_FILTER_TOKEN","max_request_body_bytes":5242880,"node_id":"node-1"}'"#
         ));
         let document: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
         let plugin = &document["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
@@ -412,7 +512,7 @@ mod tests {
             ..BootstrapParams::standalone()
         };
         let yaml = render_bootstrap(&params).unwrap();
-        assert!(!yaml.contains("tollgate-filter:"), "block markers stay out");
+        assert!(!yaml.contains("tollgate-block:"), "block markers stay out");
         assert!(!yaml.contains("envoy.filters.http.wasm.v3.Wasm"));
         let document: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
         let filters = document["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
@@ -452,6 +552,138 @@ mod tests {
             "virtual host + filter"
         );
         assert!(!wasm.contains("DynamicModuleFilter"));
+    }
+
+    /// The rendered control-plane cluster and the filter's plugin configuration.
+    fn cluster_and_plugin(params: &BootstrapParams) -> (serde_yaml::Value, serde_json::Value) {
+        let yaml = render_bootstrap(params).unwrap();
+        let document: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
+        let cluster = document["static_resources"]["clusters"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|cluster| cluster["name"].as_str() == Some(CONTROL_PLANE_CLUSTER))
+            .unwrap()
+            .clone();
+        let filter = &document["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
+            [0]["typed_config"]["http_filters"][0]["typed_config"];
+        let value = filter["config"]["configuration"]["value"]
+            .as_str()
+            .or_else(|| filter["filter_config"]["value"].as_str())
+            .unwrap();
+        (cluster, serde_json::from_str(value).unwrap())
+    }
+
+    #[test]
+    fn the_filter_token_is_named_never_rendered() {
+        let params = BootstrapParams {
+            filter_token_env: "MY_TOKEN".into(),
+            ..BootstrapParams::standalone()
+        };
+        let yaml = render_bootstrap(&params).unwrap();
+        let document: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
+        let vm = &document["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"]["http_filters"][0]["typed_config"]["config"]["vm_config"];
+        assert_eq!(
+            vm["environment_variables"]["host_env_keys"],
+            serde_yaml::from_str::<serde_yaml::Value>("[MY_TOKEN]").unwrap()
+        );
+        let (cluster, plugin) = cluster_and_plugin(&params);
+        assert_eq!(plugin["control_plane_token_env"], "MY_TOKEN");
+        // Plain HTTP/2 without TLS parameters.
+        assert!(cluster.get("transport_socket").is_none());
+    }
+
+    #[test]
+    fn renders_tls_to_the_control_plane_for_both_builds() {
+        let tls = ControlPlaneTls {
+            ca_file: "/etc/tollgate/ca.pem".into(),
+            server_name: None,
+            client: None,
+        };
+        let params = BootstrapParams {
+            control_plane_host: "cp.internal".into(),
+            control_plane_tls: Some(tls.clone()),
+            ..BootstrapParams::standalone()
+        };
+        let (cluster, plugin) = cluster_and_plugin(&params);
+        let context = &cluster["transport_socket"]["typed_config"];
+        assert_eq!(context["sni"].as_str(), Some("cp.internal"));
+        let common = &context["common_tls_context"];
+        assert_eq!(common["alpn_protocols"][0].as_str(), Some("h2"));
+        assert_eq!(
+            common["validation_context"]["trusted_ca"]["filename"].as_str(),
+            Some("/etc/tollgate/ca.pem")
+        );
+        let san = &common["validation_context"]["match_typed_subject_alt_names"][0];
+        assert_eq!(san["san_type"].as_str(), Some("DNS"));
+        assert_eq!(san["matcher"]["exact"].as_str(), Some("cp.internal"));
+        assert!(common.get("tls_certificates").is_none());
+        assert!(
+            plugin.get("control_plane_tls").is_none(),
+            "Wasm: the cluster does TLS"
+        );
+
+        // An IP address is matched as one, and cannot be sent as SNI; mutual TLS adds
+        // Envoy's certificate.
+        let params = BootstrapParams {
+            control_plane_host: "10.0.0.7".into(),
+            control_plane_tls: Some(ControlPlaneTls {
+                client: Some(ClientCertificate {
+                    cert_file: "/etc/tollgate/envoy.pem".into(),
+                    key_file: "/etc/tollgate/envoy-key.pem".into(),
+                }),
+                ..tls.clone()
+            }),
+            ..BootstrapParams::standalone()
+        };
+        let (cluster, _) = cluster_and_plugin(&params);
+        let context = &cluster["transport_socket"]["typed_config"];
+        assert_eq!(context["sni"].as_str(), Some(""));
+        let common = &context["common_tls_context"];
+        let san = &common["validation_context"]["match_typed_subject_alt_names"][0];
+        assert_eq!(san["san_type"].as_str(), Some("IP_ADDRESS"));
+        assert_eq!(san["matcher"]["exact"].as_str(), Some("10.0.0.7"));
+        let certificate = &common["tls_certificates"][0];
+        assert_eq!(
+            certificate["certificate_chain"]["filename"].as_str(),
+            Some("/etc/tollgate/envoy.pem")
+        );
+        assert_eq!(
+            certificate["private_key"]["filename"].as_str(),
+            Some("/etc/tollgate/envoy-key.pem")
+        );
+
+        // The native module connects itself: https, with the same files and name.
+        let params = BootstrapParams {
+            filter: FilterBuild::Native {
+                module: NATIVE_MODULE.into(),
+            },
+            ..params
+        };
+        let (_, plugin) = cluster_and_plugin(&params);
+        assert_eq!(plugin["control_plane_url"], "https://10.0.0.7:50051");
+        assert_eq!(
+            plugin["control_plane_tls"],
+            serde_json::json!({
+                "ca_file": "/etc/tollgate/ca.pem",
+                "client_cert_file": "/etc/tollgate/envoy.pem",
+                "client_key_file": "/etc/tollgate/envoy-key.pem",
+            })
+        );
+        let named = BootstrapParams {
+            control_plane_tls: Some(ControlPlaneTls {
+                server_name: Some("cp.example".into()),
+                ..tls
+            }),
+            ..params
+        };
+        let (cluster, plugin) = cluster_and_plugin(&named);
+        assert_eq!(plugin["control_plane_tls"]["server_name"], "cp.example");
+        assert_eq!(
+            cluster["transport_socket"]["typed_config"]["sni"].as_str(),
+            Some("cp.example")
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! `serve`, `envoy-config`, `check-config`, `models`, `keys`, `teams`, `users`).
 
 pub mod app;
+pub mod channel;
 pub mod client;
 pub mod config;
 pub mod envoy;

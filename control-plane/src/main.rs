@@ -16,9 +16,10 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use tollgate::app::{start_control_plane, Database};
+use tollgate::channel::{ChannelSecurity, FilterToken, ServerTlsFiles, FILTER_TOKEN_ENV};
 use tollgate::client::Client;
 use tollgate::config::{self, ConfigError, LoadedConfig};
-use tollgate::envoy::{self, BootstrapParams, FilterBuild};
+use tollgate::envoy::{self, BootstrapParams, ClientCertificate, ControlPlaneTls, FilterBuild};
 use tollgate::http_api;
 use tollgate::manage::Manager;
 use tollgate::server::{self, ServeError};
@@ -274,6 +275,104 @@ struct UpArgs {
     /// Envoy node id (default tollgate-up-<port>).
     #[arg(long)]
     node_id: Option<String>,
+    #[command(flatten)]
+    token: FilterTokenArgs,
+}
+
+/// The filter token every filter stream must present.
+#[derive(Args)]
+struct FilterTokenArgs {
+    /// Filter token (at least 16 visible ASCII characters). Prefer the environment
+    /// variable or --filter-token-file: a flag shows in `ps`.
+    #[arg(
+        long,
+        env = "TOLLGATE_FILTER_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "filter_token_file"
+    )]
+    filter_token: Option<String>,
+    /// File holding the filter token.
+    #[arg(long)]
+    filter_token_file: Option<PathBuf>,
+}
+
+impl FilterTokenArgs {
+    /// The token given, if any.
+    fn token(&self) -> Result<Option<FilterToken>> {
+        if let Some(path) = &self.filter_token_file {
+            return Ok(Some(FilterToken::from_file(path)?));
+        }
+        match self.filter_token.as_deref() {
+            Some(text) if !text.trim().is_empty() => Ok(Some(FilterToken::new(text)?)),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// TLS for the gRPC port.
+#[derive(Args)]
+struct GrpcTlsArgs {
+    /// PEM certificate chain: serve the gRPC port (filters and management) over TLS.
+    #[arg(long, requires = "grpc_tls_key")]
+    grpc_tls_cert: Option<PathBuf>,
+    /// PEM private key of --grpc-tls-cert.
+    #[arg(long, requires = "grpc_tls_cert")]
+    grpc_tls_key: Option<PathBuf>,
+    /// PEM CA bundle: every client (filter or management) must present a certificate it
+    /// signed (mutual TLS).
+    #[arg(long, requires = "grpc_tls_cert")]
+    grpc_client_ca: Option<PathBuf>,
+}
+
+impl GrpcTlsArgs {
+    fn files(&self) -> Option<ServerTlsFiles> {
+        match (&self.grpc_tls_cert, &self.grpc_tls_key) {
+            (Some(cert), Some(key)) => Some(ServerTlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.grpc_client_ca.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// How Envoy reaches the control plane over TLS.
+#[derive(Args)]
+struct ControlPlaneTlsArgs {
+    /// PEM CA bundle the control plane's certificate must chain to: connect over TLS.
+    #[arg(long)]
+    control_plane_ca: Option<String>,
+    /// Name the control plane's certificate must carry (default --control-plane-host).
+    #[arg(long, requires = "control_plane_ca")]
+    control_plane_server_name: Option<String>,
+    /// PEM client certificate for mutual TLS.
+    #[arg(long, requires_all = ["control_plane_ca", "control_plane_client_key"])]
+    control_plane_client_cert: Option<String>,
+    /// PEM private key of --control-plane-client-cert.
+    #[arg(long, requires = "control_plane_client_cert")]
+    control_plane_client_key: Option<String>,
+}
+
+impl ControlPlaneTlsArgs {
+    fn tls(&self) -> Option<ControlPlaneTls> {
+        let ca_file = self.control_plane_ca.clone()?;
+        let client = match (
+            &self.control_plane_client_cert,
+            &self.control_plane_client_key,
+        ) {
+            (Some(cert), Some(key)) => Some(ClientCertificate {
+                cert_file: cert.clone(),
+                key_file: key.clone(),
+            }),
+            _ => None,
+        };
+        Some(ControlPlaneTls {
+            ca_file,
+            server_name: self.control_plane_server_name.clone(),
+            client,
+        })
+    }
 }
 
 #[derive(Args)]
@@ -290,6 +389,10 @@ struct ServeArgs {
     /// Database URL (sqlite:... or postgres://...); default sqlite://tollgate.db?mode=rwc.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+    #[command(flatten)]
+    token: FilterTokenArgs,
+    #[command(flatten)]
+    tls: GrpcTlsArgs,
 }
 
 #[derive(Args)]
@@ -328,6 +431,11 @@ struct EnvoyConfigArgs {
     /// Config whose general_settings.max_request_size_mb sizes Envoy's buffers.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Environment variable of Envoy's process that holds the filter token.
+    #[arg(long, default_value = FILTER_TOKEN_ENV)]
+    filter_token_env: String,
+    #[command(flatten)]
+    control_plane_tls: ControlPlaneTlsArgs,
 }
 
 #[derive(Args)]
@@ -456,15 +564,26 @@ struct GrpcServer {
 }
 
 impl GrpcServer {
-    async fn start(hub: Arc<SyncHub>, address: SocketAddr) -> Result<GrpcServer> {
+    async fn start(
+        hub: Arc<SyncHub>,
+        address: SocketAddr,
+        security: ChannelSecurity,
+    ) -> Result<GrpcServer> {
         let listener = TcpListener::bind(address)
             .await
             .with_context(|| format!("cannot listen on {address} for the control plane"))?;
-        tracing::info!("control plane listening on {address}");
+        tracing::info!(
+            tls = security.tls.is_some(),
+            filter_token = security.filter_token.is_some(),
+            "control plane listening on {address}"
+        );
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server::serve(hub, listener, async {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(async move {
+            server::serve_secured(hub, listener, &security, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
         Ok(GrpcServer {
             stop: Some(stop),
             task,
@@ -526,6 +645,11 @@ impl HttpServer {
 async fn run_serve(args: ServeArgs) -> Result<ExitCode> {
     let mut signals = Signals::register()?;
     let loaded = load_config(&args.config)?;
+    let security = ChannelSecurity {
+        filter_token: args.token.token()?,
+        tls: args.tls.files().map(|files| files.load()).transpose()?,
+    };
+    security.check_exposure(args.grpc_addr)?;
     let database = Database::choose(
         args.database_url.as_deref(),
         loaded.config.general.database_url.as_deref(),
@@ -535,7 +659,7 @@ async fn run_serve(args: ServeArgs) -> Result<ExitCode> {
     let store = database.open().await?;
     let hub = start_control_plane(store.clone(), &loaded).await?;
     let http = HttpServer::start(hub.clone(), args.http_addr).await?;
-    let mut server = GrpcServer::start(hub.clone(), args.grpc_addr).await?;
+    let mut server = GrpcServer::start(hub.clone(), args.grpc_addr, security).await?;
     let outcome = tokio::select! {
         name = signals.recv() => {
             tracing::info!("{name} received, stopping");
@@ -615,9 +739,19 @@ async fn run_up(args: UpArgs) -> Result<ExitCode> {
     let store = database.open().await?;
     let http_port = args.http_port.unwrap_or(args.grpc_port.saturating_add(1));
     let http_address = SocketAddr::new(loopback, http_port);
+    // Envoy gets the token through its environment; without one given, each run makes its
+    // own, so the channel is authenticated with zero setup.
+    let filter_token = match args.token.token()? {
+        Some(token) => token,
+        None => FilterToken::generate()?,
+    };
     let hub = start_control_plane(store.clone(), &loaded).await?;
     let http = HttpServer::start(hub.clone(), http_address).await?;
-    let server = GrpcServer::start(hub.clone(), grpc_address).await?;
+    let security = ChannelSecurity {
+        filter_token: Some(filter_token.clone()),
+        tls: None,
+    };
+    let server = GrpcServer::start(hub.clone(), grpc_address, security).await?;
 
     let params = BootstrapParams {
         node_id: args
@@ -634,6 +768,8 @@ async fn run_up(args: UpArgs) -> Result<ExitCode> {
         control_plane_host: grpc_address.ip().to_string(),
         control_plane_port: grpc_address.port(),
         control_plane_http_port: http_port,
+        filter_token_env: FILTER_TOKEN_ENV.to_string(),
+        control_plane_tls: None,
     };
     let bootstrap = state_dir.join("envoy.yaml");
     let rendered = envoy::render_bootstrap(&params)?;
@@ -646,6 +782,7 @@ async fn run_up(args: UpArgs) -> Result<ExitCode> {
         base_id: up::base_id_for_port(args.port),
         log: state_dir.join("envoy.log"),
         dynamic_modules_dir,
+        filter_token: Some(filter_token),
     };
     tracing::info!(
         "starting {} (bootstrap {}, log {})",
@@ -975,6 +1112,8 @@ fn run_envoy_config(args: EnvoyConfigArgs) -> Result<ExitCode> {
         control_plane_host: args.control_plane_host,
         control_plane_port: args.grpc_port,
         control_plane_http_port: args.http_port,
+        filter_token_env: args.filter_token_env,
+        control_plane_tls: args.control_plane_tls.tls(),
     };
     let rendered = envoy::render_bootstrap(&params)?;
     let mut stdout = std::io::stdout().lock();

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
 
+use crate::channel::{FilterToken, FILTER_TOKEN_ENV};
 use crate::sync::SyncHub;
 
 /// Message when no Envoy binary can be found.
@@ -248,6 +249,9 @@ pub struct EnvoyCommand {
     pub log: PathBuf,
     /// Where Envoy looks for dynamic modules (the native filter's directory).
     pub dynamic_modules_dir: Option<PathBuf>,
+    /// The filter token, handed to Envoy in [`FILTER_TOKEN_ENV`] (the rendered bootstrap
+    /// names that variable; the token itself is in no file).
+    pub filter_token: Option<FilterToken>,
 }
 
 impl EnvoyProcess {
@@ -262,6 +266,9 @@ impl EnvoyProcess {
         let mut envoy = Command::new(&command.envoy);
         if let Some(dir) = &command.dynamic_modules_dir {
             envoy.env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", dir);
+        }
+        if let Some(token) = &command.filter_token {
+            envoy.env(FILTER_TOKEN_ENV, token.expose());
         }
         let child = envoy
             .arg("-c")

@@ -13,7 +13,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use tollgate::app::start_control_plane;
+use tollgate::channel::{ChannelSecurity, FilterToken, ServerTlsFiles};
 use tollgate::config::{self, LoadedConfig, ProviderKind};
+use tollgate::proto::management_client::ManagementClient;
 use tollgate::proto::{
     filter_message, ProviderKind as WireKind, SnapshotAck, UsageBatch, UsageRecord,
 };
@@ -61,12 +63,20 @@ impl Server {
     }
 
     async fn start_hub(hub: Arc<SyncHub>) -> Server {
+        Self::start_secured(hub, ChannelSecurity::default()).await
+    }
+
+    async fn start_secured(hub: Arc<SyncHub>, security: ChannelSecurity) -> Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server::serve(hub.clone(), listener, async {
-            let _ = stopped.await;
-        }));
+        let served = hub.clone();
+        let task = tokio::spawn(async move {
+            server::serve_secured(served, listener, &security, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
         Server {
             hub,
             address,
@@ -412,4 +422,205 @@ async fn reflection_lists_the_service() {
         "{names:?}"
     );
     server.shutdown().await;
+}
+
+const FILTER_TOKEN: &str = "filter-token-for-the-sync-tests";
+
+fn with_token(token: &str) -> common::FilterConnection {
+    common::FilterConnection {
+        token: Some(token.into()),
+        tls: None,
+    }
+}
+
+#[tokio::test]
+async fn streams_without_the_filter_token_get_nothing() {
+    let (store, _dir) = common::sqlite_store().await;
+    let hub = start_control_plane(store, &load(CONFIG)).await.unwrap();
+    let security = ChannelSecurity {
+        filter_token: Some(FilterToken::new(FILTER_TOKEN).unwrap()),
+        tls: None,
+    };
+    let server = Server::start_secured(hub, security).await;
+
+    let refused =
+        common::FakeFilter::try_connect(server.address, &common::FilterConnection::default())
+            .await
+            .err();
+    assert_eq!(
+        refused.as_deref(),
+        Some("Unauthenticated: filter stream refused: no filter token")
+    );
+    let refused =
+        common::FakeFilter::try_connect(server.address, &with_token("filter-token-guessed"))
+            .await
+            .err();
+    assert_eq!(
+        refused.as_deref(),
+        Some("Unauthenticated: filter stream refused: wrong filter token")
+    );
+    // Refused streams never reached the hub: nothing was registered or sent.
+    assert!(server.hub.streams().is_empty());
+
+    let mut filter = common::FakeFilter::try_connect(server.address, &with_token(FILTER_TOKEN))
+        .await
+        .unwrap();
+    assert_eq!(filter.next_snapshot().await, *server.hub.current());
+    assert_eq!(server.hub.streams().len(), 1);
+
+    // The management service on the same port keeps its own (master key) authentication
+    // and needs no filter token.
+    let mut management = ManagementClient::connect(format!("http://{}", server.address))
+        .await
+        .unwrap();
+    let mut request = tonic::Request::new(tollgate::proto::ListModelsRequest {});
+    request
+        .metadata_mut()
+        .insert("authorization", "Bearer sk-test-master".parse().unwrap());
+    let models = management.list_models(request).await.unwrap().into_inner();
+    assert_eq!(models.models.len(), 2);
+    server.shutdown().await;
+}
+
+fn trusting(pki: &tollgate_test_pki::TestPki) -> tonic::transport::ClientTlsConfig {
+    let ca = std::fs::read(&pki.ca).unwrap();
+    tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+}
+
+#[tokio::test]
+async fn tls_and_mutual_tls_protect_the_channel() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = tollgate_test_pki::TestPki::create(dir.path(), "cp").unwrap();
+    let stranger = tollgate_test_pki::TestPki::create(dir.path(), "stranger").unwrap();
+    let (store, _db) = common::sqlite_store().await;
+    let hub = start_control_plane(store, &load(CONFIG)).await.unwrap();
+    let mut files = ServerTlsFiles {
+        cert: pki.server_cert.clone(),
+        key: pki.server_key.clone(),
+        client_ca: None,
+    };
+    let security = |files: &ServerTlsFiles| ChannelSecurity {
+        filter_token: Some(FilterToken::new(FILTER_TOKEN).unwrap()),
+        tls: Some(files.load().unwrap()),
+    };
+
+    // TLS: a filter trusting the CA gets its snapshot; one trusting another CA, or speaking
+    // plain HTTP/2, gets nothing.
+    let server = Server::start_secured(hub.clone(), security(&files)).await;
+    let over_tls = common::FilterConnection {
+        token: Some(FILTER_TOKEN.into()),
+        tls: Some(trusting(&pki)),
+    };
+    let mut filter = common::FakeFilter::try_connect(server.address, &over_tls)
+        .await
+        .unwrap();
+    assert_eq!(filter.next_snapshot().await.deployments.len(), 2);
+    let wrong_ca = common::FilterConnection {
+        tls: Some(trusting(&stranger)),
+        ..over_tls.clone()
+    };
+    let error = common::FakeFilter::try_connect(server.address, &wrong_ca)
+        .await
+        .err()
+        .unwrap();
+    assert!(error.contains("UnknownIssuer"), "{error}");
+    let error = common::FakeFilter::try_connect(server.address, &with_token(FILTER_TOKEN))
+        .await
+        .err();
+    // Plain HTTP/2 to a TLS port: the server's TLS record is no HTTP/2 frame.
+    assert!(
+        error
+            .as_deref()
+            .is_some_and(|error| error.contains("frame with invalid size")),
+        "{error:?}"
+    );
+    drop(filter);
+    server.shutdown().await;
+
+    // Mutual TLS: only a client with a certificate from the client CA gets in. (A stopped
+    // server's hub refuses new streams: the next server gets its own.)
+    files.client_ca = Some(pki.ca.clone());
+    let hub = start_control_plane(hub.store().clone(), &load(CONFIG))
+        .await
+        .unwrap();
+    let server = Server::start_secured(hub, security(&files)).await;
+    let identity = |pki: &tollgate_test_pki::TestPki| {
+        tonic::transport::Identity::from_pem(
+            std::fs::read(&pki.client_cert).unwrap(),
+            std::fs::read(&pki.client_key).unwrap(),
+        )
+    };
+    let mutual = common::FilterConnection {
+        tls: Some(trusting(&pki).identity(identity(&pki))),
+        ..over_tls.clone()
+    };
+    let mut filter = common::FakeFilter::try_connect(server.address, &mutual)
+        .await
+        .unwrap();
+    assert_eq!(filter.next_snapshot().await.deployments.len(), 2);
+    let error = common::FakeFilter::try_connect(server.address, &over_tls)
+        .await
+        .err();
+    assert!(
+        error
+            .as_deref()
+            .is_some_and(|error| error.ends_with("received fatal alert: CertificateRequired")),
+        "a client without a certificate must be refused: {error:?}"
+    );
+    let foreign_certificate = common::FilterConnection {
+        tls: Some(trusting(&pki).identity(identity(&stranger))),
+        ..over_tls.clone()
+    };
+    let error = common::FakeFilter::try_connect(server.address, &foreign_certificate)
+        .await
+        .err();
+    assert!(
+        error
+            .as_deref()
+            .is_some_and(|error| error.ends_with("received fatal alert: UnknownCA")),
+        "a certificate from another CA must be refused: {error:?}"
+    );
+    // The token is still checked under mutual TLS.
+    let no_token = common::FilterConnection {
+        token: None,
+        ..mutual.clone()
+    };
+    let error = common::FakeFilter::try_connect(server.address, &no_token)
+        .await
+        .err();
+    assert_eq!(
+        error.as_deref(),
+        Some("Unauthenticated: filter stream refused: no filter token")
+    );
+    drop(filter);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn unusable_tls_files_are_reported_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = tollgate_test_pki::TestPki::create(dir.path(), "cp").unwrap();
+    let missing = ServerTlsFiles {
+        cert: dir.path().join("absent.pem"),
+        key: pki.server_key.clone(),
+        client_ca: None,
+    };
+    let error = missing.load().unwrap_err().to_string();
+    assert!(
+        error.starts_with("cannot read the TLS certificate ") && error.contains("absent.pem"),
+        "{error}"
+    );
+    // A key that does not belong to anything PEM can carry.
+    std::fs::write(dir.path().join("garbage.pem"), "not a key").unwrap();
+    let garbage = ServerTlsFiles {
+        cert: pki.server_cert.clone(),
+        key: dir.path().join("garbage.pem"),
+        client_ca: None,
+    };
+    let error = garbage.load().unwrap_err().to_string();
+    assert!(
+        error.starts_with("the gRPC TLS certificate or key is unusable"),
+        "{error}"
+    );
 }

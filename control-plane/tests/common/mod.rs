@@ -139,25 +139,69 @@ pub struct FakeFilter {
     usage_acks: std::collections::VecDeque<Vec<u64>>,
 }
 
+/// How a fake filter reaches the control plane: the token it presents and its TLS.
+#[derive(Debug, Clone, Default)]
+pub struct FilterConnection {
+    /// Sent as the filter token when set.
+    pub token: Option<String>,
+    /// TLS (`https://`) when set.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
+}
+
 impl FakeFilter {
     /// Opens a stream to the control plane at `address`.
     pub async fn connect(address: std::net::SocketAddr) -> FakeFilter {
-        let mut client = tollgate::proto::filter_sync_client::FilterSyncClient::connect(format!(
-            "http://{address}"
-        ))
-        .await
-        .unwrap();
-        let (outbound, receiver) = tokio::sync::mpsc::channel(16);
-        let inbound = client
-            .sync(tokio_stream::wrappers::ReceiverStream::new(receiver))
+        Self::try_connect(address, &FilterConnection::default())
             .await
             .unwrap()
+    }
+
+    /// Opens a stream as `connection` says; the error names why the connection or the
+    /// stream was refused.
+    pub async fn try_connect(
+        address: std::net::SocketAddr,
+        connection: &FilterConnection,
+    ) -> Result<FakeFilter, String> {
+        let scheme = if connection.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let mut endpoint =
+            tonic::transport::Endpoint::from_shared(format!("{scheme}://{address}")).unwrap();
+        if let Some(tls) = &connection.tls {
+            endpoint = endpoint.tls_config(tls.clone()).unwrap();
+        }
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|error| format!("connect: {error:?}"))?;
+        let mut client = tollgate::proto::filter_sync_client::FilterSyncClient::new(channel);
+        let (outbound, receiver) = tokio::sync::mpsc::channel(16);
+        let mut request =
+            tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(receiver));
+        if let Some(token) = &connection.token {
+            request.metadata_mut().insert(
+                tollgate::channel::FILTER_TOKEN_METADATA,
+                token.parse().unwrap(),
+            );
+        }
+        let inbound = client
+            .sync(request)
+            .await
+            .map_err(|status| {
+                // The status's message, then why the transport failed (a TLS alert).
+                let cause = std::error::Error::source(&status)
+                    .map(|cause| format!(": {}", tollgate::server::error_chain(cause)))
+                    .unwrap_or_default();
+                format!("{:?}: {}{cause}", status.code(), status.message())
+            })?
             .into_inner();
-        FakeFilter {
+        Ok(FakeFilter {
             outbound,
             inbound,
             usage_acks: std::collections::VecDeque::new(),
-        }
+        })
     }
 
     /// Sends one message on the stream.

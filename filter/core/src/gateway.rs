@@ -135,6 +135,34 @@ pub struct PluginConfig {
     /// Milliseconds between reconnect attempts to the control plane.
     #[serde(default = "default_reconnect_ms")]
     pub reconnect_ms: u64,
+    /// Environment variable of Envoy's process that holds the filter token the stream
+    /// presents (see [`crate::channel`]); the Wasm VM sees it only when its
+    /// `vm_config.environment_variables.host_env_keys` lists it.
+    #[serde(default = "default_control_plane_token_env")]
+    pub control_plane_token_env: String,
+    /// TLS to the control plane, for the native module (`control_plane_url` is then
+    /// `https://`). The Wasm filter's stream goes through an Envoy cluster, whose transport
+    /// socket does TLS instead.
+    #[serde(default)]
+    pub control_plane_tls: Option<ControlPlaneTls>,
+}
+
+/// How the native module verifies the control plane and, for mutual TLS, proves itself.
+/// Files are read at every connection, so renewed certificates are picked up.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ControlPlaneTls {
+    /// PEM file of the CA(s) the control plane's certificate must chain to.
+    pub ca_file: String,
+    /// PEM certificate chain presented to the control plane (mutual TLS).
+    #[serde(default)]
+    pub client_cert_file: Option<String>,
+    /// PEM private key of `client_cert_file`.
+    #[serde(default)]
+    pub client_key_file: Option<String>,
+    /// Name the control plane's certificate must carry; default the URL's host.
+    #[serde(default)]
+    pub server_name: Option<String>,
 }
 
 fn default_control_plane_cluster() -> String {
@@ -149,6 +177,10 @@ fn default_reconnect_ms() -> u64 {
     500
 }
 
+fn default_control_plane_token_env() -> String {
+    crate::channel::DEFAULT_FILTER_TOKEN_ENV.to_string()
+}
+
 impl Default for PluginConfig {
     fn default() -> Self {
         PluginConfig {
@@ -157,6 +189,8 @@ impl Default for PluginConfig {
             node_id: String::new(),
             max_request_body_bytes: None,
             reconnect_ms: default_reconnect_ms(),
+            control_plane_token_env: default_control_plane_token_env(),
+            control_plane_tls: None,
         }
     }
 }
@@ -509,5 +543,26 @@ pub(crate) mod tests {
             PluginConfig::parse(br#"{"control_plane_cluster":"cp","node_id":"n1"}"#).unwrap();
         assert_eq!(config.control_plane_cluster, "cp");
         assert!(PluginConfig::parse(br#"{"bogus":1}"#).is_err());
+        assert_eq!(config.control_plane_token_env, "TOLLGATE_FILTER_TOKEN");
+        assert_eq!(config.control_plane_tls, None);
+        let config = PluginConfig::parse(
+            br#"{"control_plane_url":"https://cp:50051","control_plane_token_env":"CP_TOKEN",
+                "control_plane_tls":{"ca_file":"/ca.pem","client_cert_file":"/c.pem",
+                "client_key_file":"/k.pem","server_name":"cp.internal"}}"#,
+        )
+        .unwrap();
+        assert_eq!(config.control_plane_token_env, "CP_TOKEN");
+        assert_eq!(
+            config.control_plane_tls,
+            Some(ControlPlaneTls {
+                ca_file: "/ca.pem".into(),
+                client_cert_file: Some("/c.pem".into()),
+                client_key_file: Some("/k.pem".into()),
+                server_name: Some("cp.internal".into()),
+            })
+        );
+        assert!(
+            PluginConfig::parse(br#"{"control_plane_tls":{"ca_file":"/ca","bogus":1}}"#).is_err()
+        );
     }
 }

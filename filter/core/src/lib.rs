@@ -10,6 +10,7 @@
 #![cfg_attr(test, allow(clippy::indexing_slicing, clippy::string_slice))]
 
 pub mod auth;
+pub mod channel;
 pub mod error;
 pub mod exchange;
 pub mod gateway;
@@ -23,7 +24,7 @@ pub mod sse;
 pub mod usage;
 
 pub use error::GatewayError;
-pub use gateway::{Endpoint, PluginConfig, RequestPlan};
+pub use gateway::{ControlPlaneTls, Endpoint, PluginConfig, RequestPlan};
 pub use providers::ResponseHandler;
 pub use snapshot::State;
 pub use usage::Usage;

@@ -10,10 +10,14 @@ use bytes::{Buf, BufMut};
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tollgate_core::channel::{self, FilterToken, FILTER_TOKEN_METADATA};
 use tollgate_core::proto::{self, filter_message};
+use tollgate_core::{ControlPlaneTls, PluginConfig};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
-use tonic::Status;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tonic::{Code, Status};
 
 use crate::shared::Shared;
 
@@ -65,13 +69,16 @@ async fn flush_stats_every_tick(shared: Arc<Shared>) {
 async fn run(shared: &Shared) {
     let base = Duration::from_millis(shared.config.reconnect_ms.max(50));
     let mut delay = base;
+    let token = read_filter_token(&shared.config);
+    let mut refusals = RefusalLog::default();
     while !shared.stopped() {
-        let delivered = match session(shared).await {
+        let delivered = match session(shared, token.as_ref(), &mut refusals).await {
             Ok(SessionEnd::Stopped) => return,
             Ok(SessionEnd::Closed { delivered }) | Err(SessionError { delivered }) => delivered,
         };
         if delivered {
             delay = base;
+            refusals = RefusalLog::default();
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(MAX_RECONNECT_DELAY);
@@ -89,8 +96,99 @@ struct SessionError {
     delivered: bool,
 }
 
+/// The filter token from the environment variable the configuration names; a missing or
+/// unusable one is logged, and the stream goes without (a control plane that requires a
+/// token refuses it, and says so in its log).
+fn read_filter_token(config: &PluginConfig) -> Option<FilterToken> {
+    let variable = &config.control_plane_token_env;
+    match channel::filter_token(variable, |name| std::env::var(name).ok()) {
+        Ok(Some(token)) => Some(token),
+        Ok(None) => {
+            crate::envoy::log_info(&format!(
+                "tollgate: no filter token in {variable}; connecting to the control plane without one"
+            ));
+            None
+        }
+        Err(error) => {
+            crate::envoy::log_error(&format!(
+                "tollgate: {error}; connecting to the control plane without a token"
+            ));
+            None
+        }
+    }
+}
+
+/// Logs why opening the stream keeps failing once, not at every retry: a wrong token, a
+/// bad certificate or an unreachable control plane each get one line until a stream works.
+#[derive(Default)]
+struct RefusalLog {
+    last: Option<String>,
+}
+
+impl RefusalLog {
+    fn report(&mut self, message: String) {
+        if self.last.as_deref() != Some(message.as_str()) {
+            crate::envoy::log_warn(&message);
+            self.last = Some(message);
+        }
+    }
+}
+
+/// The endpoint for `control_plane_url`, with TLS when the URL is `https://`.
+fn endpoint(config: &PluginConfig) -> Result<Endpoint, String> {
+    let url = &config.control_plane_url;
+    let endpoint = Endpoint::from_shared(url.clone())
+        .map_err(|error| format!("bad control_plane_url {url:?}: {error}"))?
+        .connect_timeout(Duration::from_secs(1));
+    let https = url.starts_with("https://");
+    match (&config.control_plane_tls, https) {
+        (Some(tls), true) => endpoint
+            .tls_config(client_tls(tls)?)
+            .map_err(|error| format!("control_plane_tls: {error}")),
+        (None, false) => Ok(endpoint),
+        (None, true) => Err(format!(
+            "control_plane_url {url} is https:// but control_plane_tls (its ca_file) is not set"
+        )),
+        (Some(_), false) => Err(format!(
+            "control_plane_tls is set but control_plane_url {url} is not https://"
+        )),
+    }
+}
+
+/// Reads the CA and, for mutual TLS, the client certificate and key.
+fn client_tls(tls: &ControlPlaneTls) -> Result<ClientTlsConfig, String> {
+    let read = |what: &str, path: &str| {
+        std::fs::read(path).map_err(|error| format!("control_plane_tls.{what} {path}: {error}"))
+    };
+    let mut config = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca_file", &tls.ca_file)?));
+    match (&tls.client_cert_file, &tls.client_key_file) {
+        (Some(cert), Some(key)) => {
+            config = config.identity(Identity::from_pem(
+                read("client_cert_file", cert)?,
+                read("client_key_file", key)?,
+            ));
+        }
+        (None, None) => {}
+        _ => {
+            return Err(
+                "control_plane_tls needs both client_cert_file and client_key_file, or neither"
+                    .to_string(),
+            )
+        }
+    }
+    if let Some(name) = &tls.server_name {
+        config = config.domain_name(name.clone());
+    }
+    Ok(config)
+}
+
 /// One stream, from connect to its end.
-async fn session(shared: &Shared) -> Result<SessionEnd, SessionError> {
+async fn session(
+    shared: &Shared,
+    token: Option<&FilterToken>,
+    refusals: &mut RefusalLog,
+) -> Result<SessionEnd, SessionError> {
     let mut delivered = false;
     let fail = |what: &str, error: &dyn std::fmt::Display, delivered: bool| {
         if delivered {
@@ -101,13 +199,19 @@ async fn session(shared: &Shared) -> Result<SessionEnd, SessionError> {
         SessionError { delivered }
     };
     let url = &shared.config.control_plane_url;
-    let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
-        .map_err(|error| fail("bad control_plane_url", &error, true))?
-        .connect_timeout(Duration::from_secs(1));
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|error| fail("connect", &error, false))?;
+    let endpoint = endpoint(&shared.config).map_err(|error| {
+        refusals.report(format!(
+            "tollgate: cannot open the control-plane stream: {error}"
+        ));
+        SessionError { delivered: false }
+    })?;
+    let channel = endpoint.connect().await.map_err(|error| {
+        refusals.report(format!(
+            "tollgate: cannot open the control-plane stream to {url}: {}",
+            error_chain(&error)
+        ));
+        SessionError { delivered: false }
+    })?;
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready()
         .await
@@ -128,14 +232,31 @@ async fn session(shared: &Shared) -> Result<SessionEnd, SessionError> {
     shared.usage().stream_lost();
     // The channel is empty: this cannot wait.
     let _ = outbound.send(hello).await;
+    let mut request = tonic::Request::new(ReceiverStream::new(receiver));
+    if let Some(token) = token {
+        // filter_token admits only visible ASCII, which a metadata value always holds.
+        if let Ok(value) = MetadataValue::try_from(token.expose()) {
+            request.metadata_mut().insert(FILTER_TOKEN_METADATA, value);
+        }
+    }
     let response = grpc
-        .streaming(
-            tonic::Request::new(ReceiverStream::new(receiver)),
-            PathAndQuery::from_static(SYNC_METHOD),
-            SyncCodec,
-        )
+        .streaming(request, PathAndQuery::from_static(SYNC_METHOD), SyncCodec)
         .await
-        .map_err(|status| fail("open", &status, false))?;
+        .map_err(|status| {
+            let why = if status.code() == Code::Unauthenticated {
+                format!(
+                    "{}; check {}",
+                    status.message(),
+                    shared.config.control_plane_token_env
+                )
+            } else {
+                error_chain(&status)
+            };
+            refusals.report(format!(
+                "tollgate: cannot open the control-plane stream to {url}: {why}"
+            ));
+            SessionError { delivered: false }
+        })?;
     let mut inbound = response.into_inner();
     let mut tick = tokio::time::interval(TICK);
     loop {
@@ -175,6 +296,18 @@ async fn session(shared: &Shared) -> Result<SessionEnd, SessionError> {
             }
         }
     }
+}
+
+/// An error with its sources (a TLS failure hides under "transport error").
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Sends what the usage queue has for this stream: unacknowledged batches after a

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, MetricType};
+use tollgate_core::channel::{FilterToken, FILTER_TOKEN_METADATA};
 
 use crate::header_map::{self, HeaderPairs};
 
@@ -155,11 +156,15 @@ pub fn grpc_message(size: usize) -> Option<Vec<u8>> {
     .flatten()
 }
 
-/// Opens the control-plane stream.
-pub fn open_stream(cluster: &str) -> Option<u32> {
+/// Opens the control-plane stream, presenting `token` in its initial metadata.
+pub fn open_stream(cluster: &str, token: Option<&FilterToken>) -> Option<u32> {
+    let metadata: Vec<(&str, &[u8])> = token
+        .map(|token| (FILTER_TOKEN_METADATA, token.expose().as_bytes()))
+        .into_iter()
+        .collect();
     report(
         "open grpc stream",
-        hostcalls::open_grpc_stream(cluster, "tollgate.v1.FilterSync", "Sync", Vec::new()),
+        hostcalls::open_grpc_stream(cluster, "tollgate.v1.FilterSync", "Sync", metadata),
     )
 }
 

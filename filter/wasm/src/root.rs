@@ -10,6 +10,7 @@ use std::time::Duration;
 use prost::Message;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, MetricType};
+use tollgate_core::channel::{self, FilterToken};
 use tollgate_core::exchange::Outcome;
 use tollgate_core::proto::{self, filter_message};
 use tollgate_core::snapshot::Deployment;
@@ -22,6 +23,8 @@ use crate::host;
 const TICK: Duration = Duration::from_millis(250);
 /// Longest wait between reconnect attempts while the control plane is away.
 const MAX_RECONNECT_DELAY_MS: u64 = 5_000;
+/// gRPC status of a stream the control plane refused for its filter token.
+const GRPC_UNAUTHENTICATED: u32 = 16;
 
 /// What the root context shares with the HTTP contexts of its VM.
 pub struct VmShared {
@@ -260,6 +263,11 @@ pub struct TollgateRoot {
     /// Earliest time of the next reconnect attempt, and the current backoff.
     next_attempt_ms: u64,
     backoff_ms: u64,
+    /// What the stream presents to the control plane, read from the VM's environment.
+    filter_token: Option<FilterToken>,
+    /// The gRPC status of the last refused stream that was logged, so that a refusal that
+    /// repeats at every retry (a wrong token, a bad certificate) is logged once.
+    logged_refusal: Option<u32>,
 }
 
 impl TollgateRoot {
@@ -283,6 +291,8 @@ impl TollgateRoot {
             stream_healthy: false,
             next_attempt_ms: 0,
             backoff_ms: 0,
+            filter_token: None,
+            logged_refusal: None,
         }
     }
 
@@ -317,7 +327,7 @@ impl TollgateRoot {
                 hello.encode_to_vec(),
             )
         };
-        let Some(token) = host::open_stream(&cluster) else {
+        let Some(token) = host::open_stream(&cluster, self.filter_token.as_ref()) else {
             return;
         };
         if host::send_stream_message(token, &hello) {
@@ -401,6 +411,35 @@ fn forget_removed_deployments<T>(per_deployment: &mut HashMap<String, T>, state:
     per_deployment.retain(|id, _| current.contains(id.as_str()));
 }
 
+/// The filter token from the environment variable the configuration names (Envoy passes it
+/// into the VM when `vm_config.environment_variables.host_env_keys` lists it). A missing or
+/// unusable token is logged, not fatal: the stream then goes without one, and a control
+/// plane that requires a token refuses it (and says so in its log).
+fn read_filter_token(config: &PluginConfig) -> Option<FilterToken> {
+    if config.control_plane_tls.is_some() {
+        log::warn!(
+            "tollgate: control_plane_tls is for the native module and is ignored here: the Wasm \
+             filter's stream gets TLS from the transport socket of cluster {}",
+            config.control_plane_cluster
+        );
+    }
+    let variable = &config.control_plane_token_env;
+    match channel::filter_token(variable, |name| std::env::var(name).ok()) {
+        Ok(Some(token)) => Some(token),
+        Ok(None) => {
+            log::info!(
+                "tollgate: no filter token in {variable} (list it in vm_config.environment_variables.host_env_keys); \
+                 connecting to the control plane without one"
+            );
+            None
+        }
+        Err(error) => {
+            log::error!("tollgate: {error}; connecting to the control plane without a token");
+            None
+        }
+    }
+}
+
 /// Size of this VM's linear memory (it never shrinks: the high-water mark of the heap).
 fn linear_memory_kib() -> usize {
     #[cfg(target_arch = "wasm32")]
@@ -421,6 +460,7 @@ impl Context for TollgateRoot {
         if !self.stream_healthy {
             log::info!("tollgate: vm {} connected to the control plane", self.vm_id);
             self.stream_healthy = true;
+            self.logged_refusal = None;
             self.backoff_ms = 0;
             self.next_attempt_ms = 0;
         }
@@ -435,6 +475,20 @@ impl Context for TollgateRoot {
             if self.stream_healthy {
                 log::warn!(
                     "tollgate: vm {} lost the control-plane stream (grpc status {status_code}); serving the last snapshot and reconnecting",
+                    self.vm_id
+                );
+            } else if self.logged_refusal != Some(status_code) {
+                self.logged_refusal = Some(status_code);
+                let hint = if status_code == GRPC_UNAUTHENTICATED {
+                    format!(
+                        ": the control plane refused this filter's token; check {}",
+                        self.shared.borrow().config.control_plane_token_env
+                    )
+                } else {
+                    String::new()
+                };
+                log::warn!(
+                    "tollgate: vm {} cannot open the control-plane stream (grpc status {status_code}){hint}; retrying",
                     self.vm_id
                 );
             } else {
@@ -462,6 +516,7 @@ impl RootContext for TollgateRoot {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos())
         );
+        self.filter_token = read_filter_token(&config);
         self.shared.borrow_mut().config = config;
         host::set_tick_period(TICK);
         self.connect();

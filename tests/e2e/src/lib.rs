@@ -442,6 +442,19 @@ pub struct ControlPlane {
     pub grpc_port: u16,
     /// The process.
     pub process: Process,
+    /// Its log (stderr).
+    pub log: PathBuf,
+}
+
+/// What else `tollgate serve` gets: its HTTP port, more arguments, its environment.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// The management API's port (default: a free one).
+    pub http_port: Option<u16>,
+    /// More arguments (TLS files, ...).
+    pub args: Vec<String>,
+    /// More environment variables (`TOLLGATE_FILTER_TOKEN`, ...).
+    pub env: Vec<(String, String)>,
 }
 
 impl ControlPlane {
@@ -466,6 +479,25 @@ impl ControlPlane {
         http_port: u16,
         database_url: &str,
     ) -> Result<ControlPlane> {
+        let options = ServeOptions {
+            http_port: Some(http_port),
+            ..ServeOptions::default()
+        };
+        Self::start_with(dir, config_path, grpc_port, database_url, &options)
+    }
+
+    /// Like [`Self::start`], with `options`.
+    pub fn start_with(
+        dir: &Path,
+        config_path: &Path,
+        grpc_port: u16,
+        database_url: &str,
+        options: &ServeOptions,
+    ) -> Result<ControlPlane> {
+        let http_port = match options.http_port {
+            Some(port) => port,
+            None => free_port()?,
+        };
         let mut command = Command::new(binary("tollgate")?);
         command
             .arg("serve")
@@ -473,6 +505,8 @@ impl ControlPlane {
             .arg(config_path)
             .args(["--grpc-addr", &format!("127.0.0.1:{grpc_port}")])
             .args(["--database-url", database_url])
+            .args(&options.args)
+            .envs(options.env.iter().map(|(name, value)| (name, value)))
             .current_dir(dir);
         command.args(["--http-addr", &format!("127.0.0.1:{http_port}")]);
         let stamp = std::time::SystemTime::now()
@@ -488,7 +522,16 @@ impl ControlPlane {
                 std::fs::read_to_string(&log).unwrap_or_default()
             );
         }
-        Ok(ControlPlane { grpc_port, process })
+        Ok(ControlPlane {
+            grpc_port,
+            process,
+            log,
+        })
+    }
+
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
@@ -500,6 +543,20 @@ pub struct Envoy {
     pub admin_url: String,
     /// The process.
     pub process: Process,
+    /// Its log.
+    pub log: PathBuf,
+}
+
+/// What else an [`Envoy`] gets: management routing, more `envoy-config` arguments, its
+/// environment.
+#[derive(Debug, Clone, Default)]
+pub struct EnvoyOptions {
+    /// Route the management paths to the control plane's HTTP API on this port.
+    pub http_port: Option<u16>,
+    /// More `tollgate envoy-config` arguments (TLS to the control plane, ...).
+    pub render_args: Vec<String>,
+    /// More environment variables of Envoy's process (`TOLLGATE_FILTER_TOKEN`, ...).
+    pub env: Vec<(String, String)>,
 }
 
 impl Envoy {
@@ -516,10 +573,24 @@ impl Envoy {
         grpc_port: u16,
         http_port: Option<u16>,
     ) -> Result<Envoy> {
+        let options = EnvoyOptions {
+            http_port,
+            ..EnvoyOptions::default()
+        };
+        Self::start_with(dir, name, grpc_port, &options)
+    }
+
+    /// Like [`Self::start`], with `options`.
+    pub fn start_with(
+        dir: &Path,
+        name: &str,
+        grpc_port: u16,
+        options: &EnvoyOptions,
+    ) -> Result<Envoy> {
         let (port, admin_port) = (free_port()?, free_port()?);
         let mut render = Command::new(binary("tollgate")?);
-        render.arg("envoy-config");
-        if let Some(http_port) = http_port {
+        render.arg("envoy-config").args(&options.render_args);
+        if let Some(http_port) = options.http_port {
             render.args(["--http-port", &http_port.to_string()]);
         }
         let filter = FilterBuild::chosen()?;
@@ -544,6 +615,7 @@ impl Envoy {
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("envoy"));
         let mut command = Command::new(envoy);
+        command.envs(options.env.iter().map(|(name, value)| (name, value)));
         if let FilterBuild::Native(library) = &filter {
             if let Some(dir) = library.parent() {
                 command.env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", dir);
@@ -572,7 +644,18 @@ impl Envoy {
             url: format!("http://127.0.0.1:{port}"),
             admin_url,
             process,
+            log,
         })
+    }
+
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Envoy's `/config_dump`: all of its configuration that Envoy shows.
+    pub fn config_dump(&self) -> Result<String> {
+        Ok(reqwest::blocking::get(format!("{}/config_dump", self.admin_url))?.text()?)
     }
 
     /// Model ids listed by the gateway (empty while it has no snapshot).
