@@ -775,6 +775,18 @@ mod tests {
         assert!(!outcome.record.stream);
     }
 
+    /// A host and an exchange that sent the chat request `body` upstream.
+    fn sent_upstream(state: &Arc<State>, body: &[u8]) -> (FakeHost, Exchange) {
+        let mut host = FakeHost {
+            request_body: body.to_vec(),
+            ..FakeHost::default()
+        };
+        let mut exchange = Exchange::new();
+        exchange.on_request_headers(&mut host, Some(state), &chat_headers(None), false);
+        exchange.on_request_body(&mut host, body.len(), true);
+        (host, exchange)
+    }
+
     /// A state whose buffered-response limit is `limit` bytes.
     fn state_with_response_limit(limit: u64) -> Arc<State> {
         let snapshot = proto::Snapshot {
@@ -797,13 +809,7 @@ mod tests {
     fn a_buffered_answer_over_the_limit_is_a_502_and_the_rest_is_dropped() {
         let state = state_with_response_limit(64);
         let body = br#"{"model":"gpt","messages":[{"role":"user","content":"hi"}]}"#;
-        let mut host = FakeHost {
-            request_body: body.to_vec(),
-            ..FakeHost::default()
-        };
-        let mut exchange = Exchange::new();
-        exchange.on_request_headers(&mut host, Some(&state), &chat_headers(None), false);
-        exchange.on_request_body(&mut host, body.len(), true);
+        let (mut host, mut exchange) = sent_upstream(&state, body);
         let verdict =
             exchange.on_response_headers(&mut host, Some(200), Some("application/json"), false);
         assert_eq!(verdict, Verdict::Pause);
@@ -848,13 +854,7 @@ mod tests {
         let state = Arc::new(state());
         let body =
             br#"{"model":"claude","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
-        let mut host = FakeHost {
-            request_body: body.to_vec(),
-            ..FakeHost::default()
-        };
-        let mut exchange = Exchange::new();
-        exchange.on_request_headers(&mut host, Some(&state), &chat_headers(None), false);
-        exchange.on_request_body(&mut host, body.len(), true);
+        let (mut host, mut exchange) = sent_upstream(&state, body);
         assert_eq!(host.upstream.as_ref().unwrap().1, "/v1/messages");
         let verdict =
             exchange.on_response_headers(&mut host, Some(200), Some("text/event-stream"), false);

@@ -378,6 +378,9 @@ mod tests {
         let mut other = RecordIds::new(1);
         assert_ne!(other.next_id(), RecordIds::new(2).next_id());
         // The digits are the number's: seed 0 makes the first id STEP itself.
-        assert_eq!(RecordIds::new(0).next_id(), format!("{:032x}", RecordIds::STEP));
+        assert_eq!(
+            RecordIds::new(0).next_id(),
+            format!("{:032x}", RecordIds::STEP)
+        );
     }
 }
