@@ -59,6 +59,20 @@ fn exchange(url: &str, request: &[u8], close_write: bool) -> (u16, String) {
     (status, body)
 }
 
+/// Like [`exchange`] for a request Envoy answers before reading all of it: when Envoy closes
+/// on bytes it has not read, the kernel resets the connection and the client may lose the
+/// answer (status 0), so that is tried again, a few times.
+fn answered(url: &str, request: &[u8]) -> (u16, String) {
+    let mut last = (0, String::new());
+    for _ in 0..5 {
+        last = exchange(url, request, false);
+        if last.0 != 0 {
+            break;
+        }
+    }
+    last
+}
+
 /// A chat request with `extra` header lines (each ending in CRLF) and `body`.
 fn chat_request(extra: &[u8], body: &str) -> Vec<u8> {
     let mut request = format!(
@@ -119,9 +133,10 @@ fn raw_socket_input_never_kills_a_worker() {
                             connection: close\r\nauthorization: Bearer sk-\xff\xfe\r\n\
                             content-type: application/json\r\n"
             .to_vec();
-        request.extend_from_slice(format!("content-length: {}\r\n\r\n", valid.len()).as_bytes());
-        request.extend_from_slice(valid.as_bytes());
-        let (status, body) = exchange(url, &request, false);
+        // No body: the answer comes at the headers, and Envoy closing on unread body bytes
+        // would reset the connection before the client reads the answer.
+        request.extend_from_slice(b"content-length: 0\r\n\r\n");
+        let (status, body) = answered(url, &request);
         assert_eq!(status, 400, "non-UTF-8 key: {body}");
         assert_eq!(error_code(&body), "invalid_header", "{body}");
     }
@@ -148,7 +163,7 @@ fn raw_socket_input_never_kills_a_worker() {
     // A 64 KB header: over Envoy's default header limit (60 KiB), refused by Envoy.
     let big_header = format!("x-big: {}\r\n", "a".repeat(64 * 1024));
     for _ in 0..4 {
-        let (status, _) = exchange(url, &chat_request(big_header.as_bytes(), &valid), false);
+        let (status, _) = answered(url, &chat_request(big_header.as_bytes(), &valid));
         assert_eq!(status, 431, "64 KB header");
     }
 
