@@ -140,7 +140,7 @@ struct Plane {
 
 impl Plane {
     async fn start(url: &str) -> Plane {
-        let store = Store::connect(url).await.unwrap();
+        let store = common::connect(url).await;
         let hub = start_control_plane(store.clone(), &load(CONFIG))
             .await
             .unwrap();
@@ -1659,7 +1659,7 @@ async fn sqlite_version_poll_catches_changes_from_another_process() {
     let mut filter = common::FakeFilter::connect(plane.grpc).await;
     filter.next_snapshot().await;
     // A second store on the same file stands for another process writing.
-    let other = Store::connect(db.url()).await.unwrap();
+    let other = common::connect(db.url()).await;
     let hub = SyncHub::start(other.clone()).await.unwrap();
     let manager = Manager::new(hub);
     let (clear, row) = manager

@@ -224,7 +224,7 @@ async fn sqlite_config_replace_keeps_api_rows() {
 #[tokio::test]
 async fn postgres_config_replace_keeps_api_rows() {
     let db = PgTestDb::create().await;
-    let store = Store::connect(&db.url).await.unwrap();
+    let store = common::connect(&db.url).await;
     assert_eq!(store.backend(), Backend::Postgres);
     config_replace_keeps_api_rows(&store).await;
     store.close().await;
@@ -239,7 +239,7 @@ async fn sqlite_config_id_clash_rolls_back() {
 #[tokio::test]
 async fn postgres_config_id_clash_rolls_back() {
     let db = PgTestDb::create().await;
-    let store = Store::connect(&db.url).await.unwrap();
+    let store = common::connect(&db.url).await;
     config_id_taken_by_api_row_rolls_back(&store).await;
     store.close().await;
 }
@@ -253,7 +253,7 @@ async fn sqlite_usage_is_idempotent() {
 #[tokio::test]
 async fn postgres_usage_is_idempotent() {
     let db = PgTestDb::create().await;
-    let store = Store::connect(&db.url).await.unwrap();
+    let store = common::connect(&db.url).await;
     usage_is_idempotent(&store).await;
     store.close().await;
 }
@@ -274,10 +274,10 @@ async fn sqlite_versions_survive_reopening() {
 #[tokio::test]
 async fn postgres_versions_survive_reopening() {
     let db = PgTestDb::create().await;
-    let store = Store::connect(&db.url).await.unwrap();
+    let store = common::connect(&db.url).await;
     let last = snapshot_versions_increase(&store).await;
     store.close().await;
-    let store = Store::connect(&db.url).await.unwrap();
+    let store = common::connect(&db.url).await;
     assert_eq!(store.next_snapshot_version(0).await.unwrap(), last + 1);
     store.close().await;
 }

@@ -5,8 +5,64 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use sqlx::{Connection, Executor, PgConnection};
+use sqlx::{Connection, Executor, PgConnection, Row, SqliteConnection};
+use tollgate::secrets::{CredentialKey, KeySource};
 use tollgate::store::Store;
+
+/// The secret the tests' credential key is derived from.
+pub const TEST_SALT_KEY: &str = "tollgate-tests-salt-key";
+
+/// The credential key of the tests, as if from `LITELLM_SALT_KEY`.
+pub fn credential_key() -> CredentialKey {
+    credential_key_of(TEST_SALT_KEY)
+}
+
+/// A credential key from `secret`, as if from `LITELLM_SALT_KEY`.
+pub fn credential_key_of(secret: &str) -> CredentialKey {
+    CredentialKey::derive(secret, KeySource::Env("LITELLM_SALT_KEY")).unwrap()
+}
+
+/// A store on `url` with the tests' credential key.
+pub async fn connect(url: &str) -> Store {
+    Store::connect(url)
+        .await
+        .unwrap()
+        .with_credential_key(Some(credential_key()))
+}
+
+/// Runs `sql` on the database at `url` behind the store's back (an earlier version's rows,
+/// tampering).
+pub async fn raw_execute(url: &str, sql: &str) {
+    if url.starts_with("sqlite:") {
+        let mut connection = SqliteConnection::connect(url).await.unwrap();
+        connection.execute(sql).await.unwrap();
+        connection.close().await.unwrap();
+    } else {
+        let mut connection = PgConnection::connect(url).await.unwrap();
+        connection.execute(sql).await.unwrap();
+        connection.close().await.unwrap();
+    }
+}
+
+/// `(id, api_key)` of every deployment row, as stored.
+pub async fn raw_api_keys(url: &str) -> Vec<(String, Option<String>)> {
+    let sql = "SELECT id, api_key FROM deployments ORDER BY id";
+    if url.starts_with("sqlite:") {
+        let mut connection = SqliteConnection::connect(url).await.unwrap();
+        let rows = sqlx::query(sql).fetch_all(&mut connection).await.unwrap();
+        connection.close().await.unwrap();
+        rows.iter()
+            .map(|row| (row.get("id"), row.get("api_key")))
+            .collect()
+    } else {
+        let mut connection = PgConnection::connect(url).await.unwrap();
+        let rows = sqlx::query(sql).fetch_all(&mut connection).await.unwrap();
+        connection.close().await.unwrap();
+        rows.iter()
+            .map(|row| (row.get("id"), row.get("api_key")))
+            .collect()
+    }
+}
 
 /// PostgreSQL server the tests use; CI has one, so an unreachable server fails the tests.
 pub fn pg_base_url() -> String {
@@ -107,7 +163,7 @@ pub async fn sqlite_store() -> (Store, tempfile::TempDir) {
         "sqlite://{}?mode=rwc",
         dir.path().join("tollgate.db").display()
     );
-    (Store::connect(&url).await.unwrap(), dir)
+    (connect(&url).await, dir)
 }
 
 #[test]
