@@ -403,7 +403,7 @@ impl EnvAllowlist {
 /// prefix would allow every variable).
 pub fn check_env_prefix(prefix: &str) -> Result<(), String> {
     if prefix.is_empty() {
-        return Err("an empty prefix would allow every environment variable;                     name a prefix such as TOLLGATE_PROVIDER_"
+        return Err("an empty prefix would allow every environment variable; name a prefix such as TOLLGATE_PROVIDER_"
             .to_string());
     }
     if !prefix
@@ -456,18 +456,18 @@ fn resolve_api_env_in(
                 .is_some_and(|field| CREDENTIAL_PARAMS.contains(&field));
             let problem = if !is_credential {
                 Some(format!(
-                    "{ENV_PREFIX} references are resolved only in the config file; through the                      management API only credential fields (litellm_params.api_key) may name an                      environment variable"
+                    "{ENV_PREFIX} references are resolved only in the config file; through the management API only credential fields (litellm_params.api_key) may name an environment variable"
                 ))
             } else if name.is_empty() {
                 Some(format!("\"{ENV_PREFIX}\" names no environment variable"))
             } else if !allowlist.allows(name) {
                 Some(if allowlist.prefixes().is_empty() {
                     format!(
-                        "{ENV_PREFIX}{name} is not allowed: the operator allows no environment                          variables through the management API (--api-env-prefix)"
+                        "{ENV_PREFIX}{name} is not allowed: the operator allows no environment variables through the management API (--api-env-prefix)"
                     )
                 } else {
                     format!(
-                        "{ENV_PREFIX}{name} is not allowed: the operator allows only names                          starting with {}",
+                        "{ENV_PREFIX}{name} is not allowed: the operator allows only names starting with {}",
                         allowlist.prefixes().join(", ")
                     )
                 })
@@ -738,7 +738,10 @@ impl Checker<'_> {
                 match resolved.trim().parse::<f64>() {
                     Ok(value) => Some(value),
                     Err(_) => {
-                        self.error(&field, format!("must be a number, got {}", shown(raw, &resolved)));
+                        self.error(
+                            &field,
+                            format!("must be a number, got {}", shown(raw, &resolved)),
+                        );
                         return None;
                     }
                 }
@@ -997,7 +1000,10 @@ impl Checker<'_> {
                 let raw = params.get("model").and_then(Value::as_str).unwrap_or("");
                 self.error(
                     &model_path,
-                    format!("expected \"<provider>/<model>\", got {}", shown(raw, &model)),
+                    format!(
+                        "expected \"<provider>/<model>\", got {}",
+                        shown(raw, &model)
+                    ),
                 );
                 return None;
             }
@@ -1639,6 +1645,140 @@ model_list:
         assert_eq!(
             loaded.config.deployments[0].api_version.as_deref(),
             Some("2024")
+        );
+    }
+
+    fn api_env_errors(entry: serde_json::Value, allowlist: &EnvAllowlist) -> Vec<String> {
+        let env = |name: &str| panic!("the environment was read for {name}");
+        match resolve_api_env(&entry, allowlist, &env) {
+            Ok(resolved) => panic!("expected errors, got {resolved}"),
+            Err(issues) => issues.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn the_api_resolves_env_references_only_in_credential_fields() {
+        let none = EnvAllowlist::default();
+        // The repro: a model named after HOME, a key read from PATH.
+        assert_eq!(
+            api_env_errors(
+                serde_json::json!({"model_name": "os.environ/HOME",
+                    "litellm_params": {"model": "openai/x", "api_key": "os.environ/PATH"}}),
+                &none
+            ),
+            [
+                "litellm_params.api_key: os.environ/PATH is not allowed: the operator allows no environment variables through the management API (--api-env-prefix)",
+                "model_name: os.environ/ references are resolved only in the config file; through the management API only credential fields (litellm_params.api_key) may name an environment variable",
+            ]
+        );
+        // Every other field, nested ones and unknown ones too, never reads the environment.
+        let allowlist = EnvAllowlist::new(vec!["TOLLGATE_P_".into()]).unwrap();
+        let errors = api_env_errors(
+            serde_json::json!({"model_name": "m", "litellm_params": {
+                "model": "os.environ/TOLLGATE_P_MODEL", "api_base": "os.environ/TOLLGATE_P_BASE",
+                "api_version": "os.environ/TOLLGATE_P_V", "extra": ["os.environ/TOLLGATE_P_X"]},
+                "model_info": {"id": "os.environ/TOLLGATE_P_ID", "tags": {"t": "os.environ/HOME"}}}),
+            &allowlist,
+        );
+        let paths: Vec<&str> = errors
+            .iter()
+            .map(|error| error.split(':').next().unwrap())
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "litellm_params.api_base",
+                "litellm_params.api_version",
+                "litellm_params.extra[0]",
+                "litellm_params.model",
+                "model_info.id",
+                "model_info.tags.t",
+            ]
+        );
+        // A credential field: only allowed names, and those only when set.
+        assert_eq!(
+            api_env_errors(
+                serde_json::json!({"litellm_params": {"api_key": "os.environ/DATABASE_URL",
+                    "aws_secret_access_key": "os.environ/"}}),
+                &allowlist
+            ),
+            [
+                "litellm_params.api_key: os.environ/DATABASE_URL is not allowed: the operator allows only names starting with TOLLGATE_P_",
+                "litellm_params.aws_secret_access_key: \"os.environ/\" names no environment variable",
+            ]
+        );
+        let env = env_of(&[("TOLLGATE_P_OPENAI", "sk-from-env")]);
+        let entry = serde_json::json!({"model_name": "m", "litellm_params": {
+            "model": "openai/x", "api_key": "os.environ/TOLLGATE_P_OPENAI"}});
+        let resolved = resolve_api_env(&entry, &allowlist, &env).unwrap();
+        assert_eq!(resolved["litellm_params"]["api_key"], "sk-from-env");
+        assert_eq!(resolved["model_name"], "m");
+        let unset =
+            serde_json::json!({"litellm_params": {"api_key": "os.environ/TOLLGATE_P_UNSET"}});
+        let issues = resolve_api_env(&unset, &allowlist, &env).unwrap_err();
+        assert_eq!(
+            issues[0].to_string(),
+            "litellm_params.api_key: environment variable TOLLGATE_P_UNSET is not set"
+        );
+    }
+
+    #[test]
+    fn api_entries_are_parsed_literally() {
+        // What the API resolved (or was sent) is a value: never resolved a second time.
+        let entry = serde_json::json!({"model_name": "m", "litellm_params": {
+            "model": "openai/x", "api_key": "os.environ/LOOKS_LIKE_A_REFERENCE"}});
+        let (deployment, _) = parse_model_entry(&entry).unwrap();
+        assert_eq!(
+            deployment.api_key.as_deref(),
+            Some("os.environ/LOOKS_LIKE_A_REFERENCE")
+        );
+    }
+
+    #[test]
+    fn api_env_prefixes_are_checked() {
+        let loaded = ok("general_settings:\n  api_env_prefixes: [TOLLGATE_P_, OPENAI_]\n");
+        assert_eq!(
+            loaded.config.general.api_env_prefixes,
+            ["TOLLGATE_P_", "OPENAI_"]
+        );
+        let loaded = ok("general_settings:\n  api_env_prefixes: 'A_, B_'\n");
+        assert_eq!(loaded.config.general.api_env_prefixes, ["A_", "B_"]);
+        assert_eq!(
+            errors("general_settings:\n  api_env_prefixes: ['', 'A-B', 3]\n"),
+            [
+                "general_settings.api_env_prefixes[2]: must be a string, got a number",
+                "general_settings.api_env_prefixes[0]: an empty prefix would allow every environment variable; name a prefix such as TOLLGATE_PROVIDER_",
+                "general_settings.api_env_prefixes[1]: \"A-B\" is not a prefix of environment variable names (letters, digits and _)",
+            ]
+        );
+        assert_eq!(
+            errors("general_settings:\n  api_env_prefixes: {a: 1}\n"),
+            ["general_settings.api_env_prefixes: must be a list of strings, got a mapping"]
+        );
+        assert!(EnvAllowlist::new(vec![String::new()]).is_err());
+        let allowlist = EnvAllowlist::new(vec!["A_".into()]).unwrap();
+        assert!(allowlist.allows("A_KEY") && !allowlist.allows("B_KEY") && !allowlist.allows("A"));
+    }
+
+    #[test]
+    fn errors_name_env_references_instead_of_their_values() {
+        let text = "model_list:\n  - model_name: a\n    litellm_params:\n      model: os.environ/SECRET\n      max_tokens: os.environ/SECRET\n";
+        let errs = errors_env(text, &[("SECRET", "sk-env-secret")]);
+        assert_eq!(
+            errs,
+            [
+                r#"model_list[0].litellm_params.model: expected "<provider>/<model>", got the value of os.environ/SECRET"#
+            ]
+        );
+        let text = "model_list:\n  - model_name: a\n    litellm_params:\n      model: openai/x\n      max_tokens: os.environ/SECRET\n";
+        assert_eq!(
+            errors_env(text, &[("SECRET", "sk-env-secret")]),
+            ["model_list[0].litellm_params.max_tokens: must be a number, got the value of os.environ/SECRET"]
+        );
+        // A value written in the file is quoted as before.
+        assert_eq!(
+            errors("general_settings:\n  max_request_size_mb: lots\n"),
+            ["general_settings.max_request_size_mb: must be a number, got \"lots\""]
         );
     }
 

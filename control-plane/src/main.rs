@@ -386,7 +386,11 @@ struct SecretArgs {
     /// Prefix of the environment variables the management API may read for credential
     /// fields (`"api_key": "os.environ/NAME"`); repeatable or comma-separated. Replaces
     /// general_settings.api_env_prefixes; default: none (the API refuses every os.environ/).
-    #[arg(long = "api-env-prefix", env = "TOLLGATE_API_ENV_PREFIX", value_delimiter = ',')]
+    #[arg(
+        long = "api-env-prefix",
+        env = "TOLLGATE_API_ENV_PREFIX",
+        value_delimiter = ','
+    )]
     api_env_prefixes: Vec<String>,
 }
 
@@ -787,7 +791,10 @@ async fn run_up(args: UpArgs) -> Result<ExitCode> {
         Some(key) => key,
         None => CredentialKey::from_key_file(&state_dir.join(CREDENTIAL_KEY_FILE))?,
     };
-    let store = database.open().await?.with_credential_key(Some(credential_key));
+    let store = database
+        .open()
+        .await?
+        .with_credential_key(Some(credential_key));
     let http_port = args.http_port.unwrap_or(args.grpc_port.saturating_add(1));
     let http_address = SocketAddr::new(loopback, http_port);
     // Envoy gets the token through its environment; without one given, each run makes its

@@ -523,10 +523,14 @@ impl Manager {
             return Ok(EnvAllowlist::default());
         };
         let prefixes: Vec<String> = serde_json::from_str(text).map_err(|error| {
-            ApiError::internal(format!("stored {SETTING_API_ENV_PREFIXES} is invalid: {error}"))
+            ApiError::internal(format!(
+                "stored {SETTING_API_ENV_PREFIXES} is invalid: {error}"
+            ))
         })?;
         EnvAllowlist::new(prefixes).map_err(|error| {
-            ApiError::internal(format!("stored {SETTING_API_ENV_PREFIXES} is invalid: {error}"))
+            ApiError::internal(format!(
+                "stored {SETTING_API_ENV_PREFIXES} is invalid: {error}"
+            ))
         })
     }
 

@@ -223,7 +223,9 @@ impl CredentialKey {
                 .strip_prefix(SEALED_PREFIX)
                 .and_then(|rest| rest.split(':').next())
                 .unwrap_or("");
-            return Err(SecretError::UnknownFormat(format.chars().take(16).collect()));
+            return Err(SecretError::UnknownFormat(
+                format.chars().take(16).collect(),
+            ));
         };
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(encoded)
@@ -328,15 +330,26 @@ mod tests {
         assert_ne!(first, second);
         assert!(is_sealed(&first));
         assert!(!is_sealed("sk-secret"));
-        assert_eq!(key.open("deployment:a:api_key", &first).unwrap(), "sk-secret");
-        assert_eq!(key.open("deployment:a:api_key", &second).unwrap(), "sk-secret");
+        assert_eq!(
+            key.open("deployment:a:api_key", &first).unwrap(),
+            "sk-secret"
+        );
+        assert_eq!(
+            key.open("deployment:a:api_key", &second).unwrap(),
+            "sk-secret"
+        );
         // 24-byte nonce + 9-byte text + 16-byte tag, base64url without padding.
-        assert_eq!(first.len(), "enc:v1:".len() + (24 + 9 + 16usize).div_ceil(3) * 4 - 2);
+        assert_eq!(
+            first.len(),
+            "enc:v1:".len() + (24 + 9 + 16usize).div_ceil(3) * 4 - 2
+        );
     }
 
     #[test]
     fn another_key_another_field_or_an_altered_value_does_not_open() {
-        let sealed = key("salt").seal("deployment:a:api_key", "sk-secret").unwrap();
+        let sealed = key("salt")
+            .seal("deployment:a:api_key", "sk-secret")
+            .unwrap();
         assert!(matches!(
             key("other").open("deployment:a:api_key", &sealed),
             Err(SecretError::WrongKey)
@@ -394,9 +407,12 @@ mod tests {
         // The same secret under either name is the same key.
         let sealed = litellm.seal("c", "v").unwrap();
         assert_eq!(tollgate.open("c", &sealed).unwrap(), "v");
-        assert!(CredentialKey::from_env(&env(&[(LITELLM_SALT_KEY, "s"), (TOLLGATE_SALT_KEY, "s")]))
-            .unwrap()
-            .is_some());
+        assert!(CredentialKey::from_env(&env(&[
+            (LITELLM_SALT_KEY, "s"),
+            (TOLLGATE_SALT_KEY, "s")
+        ]))
+        .unwrap()
+        .is_some());
         assert!(matches!(
             CredentialKey::from_env(&env(&[(LITELLM_SALT_KEY, "s"), (TOLLGATE_SALT_KEY, "t")])),
             Err(SecretError::ConflictingKeys)
@@ -430,6 +446,9 @@ mod tests {
     fn debug_shows_no_key() {
         let key = key("very-secret-salt");
         let debug = format!("{key:?}");
-        assert_eq!(debug, "CredentialKey { source: Given, key: \"<redacted>\" }");
+        assert_eq!(
+            debug,
+            "CredentialKey { source: Given, key: \"<redacted>\" }"
+        );
     }
 }

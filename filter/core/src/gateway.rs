@@ -419,14 +419,22 @@ pub(crate) mod tests {
         let state = state();
         let mut printed = vec![format!("{state:?}")];
         for model in ["gpt", "claude"] {
-            let body = format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#);
+            let body =
+                format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#);
             let plan =
                 plan_chat_request(&state, body.as_bytes(), &TranslateContext::default()).unwrap();
-            assert!(plan.headers.iter().any(|(_, value)| value.contains("sk-provider")));
+            assert!(plan
+                .headers
+                .iter()
+                .any(|(_, value)| value.contains("sk-provider")));
             printed.push(format!("{plan:?}"));
         }
         let snapshot = proto::Snapshot {
-            deployments: vec![deployment("gpt", proto::ProviderKind::Openai, "http://h/v1")],
+            deployments: vec![deployment(
+                "gpt",
+                proto::ProviderKind::Openai,
+                "http://h/v1",
+            )],
             ..Default::default()
         };
         printed.push(format!("{snapshot:?}"));
