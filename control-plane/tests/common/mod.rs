@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use sqlx::{Connection, Executor, PgConnection, Row, SqliteConnection};
+use sqlx::{AnyConnection, Connection, Executor, PgConnection, Row};
 use tollgate::secrets::{CredentialKey, KeySource};
 use tollgate::store::Store;
 
@@ -30,38 +30,31 @@ pub async fn connect(url: &str) -> Store {
         .with_credential_key(Some(credential_key()))
 }
 
-/// Runs `sql` on the database at `url` behind the store's back (an earlier version's rows,
-/// tampering).
+/// A connection to the database at `url` behind the store's back (an earlier version's rows,
+/// tampering), through sqlx's driver-independent `Any` connection.
+async fn raw_connection(url: &str) -> AnyConnection {
+    sqlx::any::install_default_drivers();
+    AnyConnection::connect(url).await.unwrap()
+}
+
+/// Runs `sql` on the database at `url`.
 pub async fn raw_execute(url: &str, sql: &str) {
-    if url.starts_with("sqlite:") {
-        let mut connection = SqliteConnection::connect(url).await.unwrap();
-        connection.execute(sql).await.unwrap();
-        connection.close().await.unwrap();
-    } else {
-        let mut connection = PgConnection::connect(url).await.unwrap();
-        connection.execute(sql).await.unwrap();
-        connection.close().await.unwrap();
-    }
+    let mut connection = raw_connection(url).await;
+    connection.execute(sql).await.unwrap();
+    connection.close().await.unwrap();
 }
 
 /// `(id, api_key)` of every deployment row, as stored.
 pub async fn raw_api_keys(url: &str) -> Vec<(String, Option<String>)> {
-    let sql = "SELECT id, api_key FROM deployments ORDER BY id";
-    if url.starts_with("sqlite:") {
-        let mut connection = SqliteConnection::connect(url).await.unwrap();
-        let rows = sqlx::query(sql).fetch_all(&mut connection).await.unwrap();
-        connection.close().await.unwrap();
-        rows.iter()
-            .map(|row| (row.get("id"), row.get("api_key")))
-            .collect()
-    } else {
-        let mut connection = PgConnection::connect(url).await.unwrap();
-        let rows = sqlx::query(sql).fetch_all(&mut connection).await.unwrap();
-        connection.close().await.unwrap();
-        rows.iter()
-            .map(|row| (row.get("id"), row.get("api_key")))
-            .collect()
-    }
+    let mut connection = raw_connection(url).await;
+    let rows = sqlx::query("SELECT id, api_key FROM deployments ORDER BY id")
+        .fetch_all(&mut connection)
+        .await
+        .unwrap();
+    connection.close().await.unwrap();
+    rows.iter()
+        .map(|row| (row.get("id"), row.get("api_key")))
+        .collect()
 }
 
 /// PostgreSQL server the tests use; CI has one, so an unreachable server fails the tests.
