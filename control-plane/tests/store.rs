@@ -523,7 +523,7 @@ async fn sqlite_management_writes_fail_with_store_errors() {
 #[tokio::test]
 async fn postgres_management_writes_fail_with_store_errors() {
     let db = PgTestDb::create().await;
-    let store = Store::connect(&db.url).await.unwrap();
+    let store = common::connect(&db.url).await;
     management_writes_fail_with_store_errors(&store).await;
     store.close().await;
 }
