@@ -465,6 +465,9 @@ impl Stack {
         let mut cp_cmd = Command::new(binary("tollgate"));
         cp_cmd
             .arg("serve")
+            // The bench config holds provider keys, which serve stores only encrypted.
+            .env("LITELLM_SALT_KEY", "tollgate-bench-salt-key")
+            .env_remove("TOLLGATE_SALT_KEY")
             .arg("--config")
             .arg(&config_path)
             .args(["--grpc-addr", &format!("127.0.0.1:{grpc_port}")])

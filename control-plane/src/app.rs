@@ -43,13 +43,35 @@ impl Database {
     }
 }
 
-/// Stores `config` (replacing the previous config rows) and starts a hub serving a snapshot
-/// of the result with a version above every earlier one, so filters still holding the
-/// previous run's snapshot take the new one when they reconnect.
+/// Checks that the stored provider keys open with the store's credential key (sealing the
+/// clear ones of earlier versions), stores `config` (replacing the previous config rows) and
+/// starts a hub serving a snapshot of the result with a version above every earlier one, so
+/// filters still holding the previous run's snapshot take the new one when they reconnect.
 pub async fn start_control_plane(
     store: Store,
     config: &LoadedConfig,
 ) -> Result<Arc<SyncHub>, StoreError> {
+    // Before the config is written: a wrong key must stop the start with nothing changed.
+    let report = store.prepare_credentials().await?;
+    match store.credential_key() {
+        Some(key) => tracing::info!(
+            sealed = report.sealed,
+            migrated = report.migrated,
+            "provider keys are encrypted at rest with the key from {}",
+            key.source()
+        ),
+        None => tracing::info!(
+            "neither {} nor {} is set: deployments with a provider key cannot be stored",
+            crate::secrets::LITELLM_SALT_KEY,
+            crate::secrets::TOLLGATE_SALT_KEY
+        ),
+    }
+    if report.migrated > 0 {
+        tracing::info!(
+            "encrypted {} provider keys that an earlier version stored in clear",
+            report.migrated
+        );
+    }
     store.replace_config(&config.config).await?;
     let hub = SyncHub::start(store).await?;
     // Changes committed by other replicas on the same database (PostgreSQL) reach this

@@ -22,7 +22,21 @@ pub const DEFAULT_ANTHROPIC_MAX_TOKENS: u32 = 4096;
 const MAX_REQUEST_SIZE_MB: f64 = 4095.0;
 
 /// The prefix LiteLLM uses to read a value from the environment.
-const ENV_PREFIX: &str = "os.environ/";
+pub const ENV_PREFIX: &str = "os.environ/";
+
+/// `litellm_params` fields that hold credentials: the only fields whose `os.environ/NAME`
+/// the management API resolves (and then only for allowed names, see [`EnvAllowlist`]).
+/// Only `api_key` is used today; the others are LiteLLM's cloud credentials, listed so that
+/// they follow the same rule when their providers arrive.
+pub const CREDENTIAL_PARAMS: &[&str] = &[
+    "api_key",
+    "aws_access_key_id",
+    "aws_secret_access_key",
+    "aws_session_token",
+    "vertex_credentials",
+    "client_secret",
+    "azure_ad_token",
+];
 
 /// Wire protocol family of a provider: the filter translates per kind, not per provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -192,6 +206,10 @@ impl fmt::Display for Issue {
 /// `general_settings`, resolved.
 #[derive(Clone, Default, PartialEq)]
 pub struct GeneralSettings {
+    /// Name prefixes of the environment variables the management API may read for credential
+    /// fields (`os.environ/NAME`); empty allows none. Tollgate's own key
+    /// (`api_env_prefixes`), also set by `--api-env-prefix` / `TOLLGATE_API_ENV_PREFIX`.
+    pub api_env_prefixes: Vec<String>,
     /// Key clients must present; `None` accepts every request.
     pub master_key: Option<String>,
     /// Where the control plane keeps its state (lowest priority source, after the flag and
@@ -216,6 +234,7 @@ impl fmt::Debug for GeneralSettings {
             )
             .field("max_request_size_mb", &self.max_request_size_mb)
             .field("max_response_size_mb", &self.max_response_size_mb)
+            .field("api_env_prefixes", &self.api_env_prefixes)
             .finish()
     }
 }
@@ -350,6 +369,143 @@ pub fn load_file(path: &Path) -> Result<LoadedConfig, ConfigError> {
     })
 }
 
+/// The environment variables the management API may read, by name prefix: the operator's
+/// choice (`general_settings.api_env_prefixes`, `--api-env-prefix`), empty by default. An
+/// admin key is trusted with the management API, not with the control plane's environment:
+/// without this, `"api_key": "os.environ/DATABASE_URL"` and an `api_base` of the admin's own
+/// would hand any variable to whoever holds an admin key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnvAllowlist {
+    prefixes: Vec<String>,
+}
+
+impl EnvAllowlist {
+    /// An allowlist of `prefixes`, each checked with [`check_env_prefix`].
+    pub fn new(prefixes: Vec<String>) -> Result<EnvAllowlist, String> {
+        for prefix in &prefixes {
+            check_env_prefix(prefix)?;
+        }
+        Ok(EnvAllowlist { prefixes })
+    }
+
+    /// The prefixes.
+    pub fn prefixes(&self) -> &[String] {
+        &self.prefixes
+    }
+
+    /// Whether variable `name` may be read.
+    pub fn allows(&self, name: &str) -> bool {
+        self.prefixes.iter().any(|prefix| name.starts_with(prefix))
+    }
+}
+
+/// A prefix of environment variable names: letters, digits and `_`, not empty (an empty
+/// prefix would allow every variable).
+pub fn check_env_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.is_empty() {
+        return Err("an empty prefix would allow every environment variable; name a prefix such as TOLLGATE_PROVIDER_"
+            .to_string());
+    }
+    if !prefix
+        .bytes()
+        .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_')
+    {
+        return Err(format!(
+            "{prefix:?} is not a prefix of environment variable names (letters, digits and _)"
+        ));
+    }
+    Ok(())
+}
+
+/// Resolves the `os.environ/NAME` references of a model entry (or patch) sent to the
+/// management API, which are allowed only in credential fields ([`CREDENTIAL_PARAMS`] of
+/// `litellm_params`) and only for names `allowlist` allows; every other string starting with
+/// `os.environ/` is an error rather than a value to store. The allowlist is checked before
+/// `env` is asked, so the answer never tells whether a variable exists. The result has the
+/// allowed references replaced by their values and is parsed literally (see
+/// [`parse_model_entry`]).
+pub fn resolve_api_env(
+    entry: &serde_json::Value,
+    allowlist: &EnvAllowlist,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<serde_json::Value, Vec<Issue>> {
+    let mut resolved = entry.clone();
+    let mut issues = Vec::new();
+    resolve_api_env_in(&mut resolved, "", allowlist, env, &mut issues);
+    if issues.is_empty() {
+        Ok(resolved)
+    } else {
+        Err(issues)
+    }
+}
+
+fn resolve_api_env_in(
+    value: &mut serde_json::Value,
+    path: &str,
+    allowlist: &EnvAllowlist,
+    env: &dyn Fn(&str) -> Option<String>,
+    issues: &mut Vec<Issue>,
+) {
+    match value {
+        serde_json::Value::String(text) => {
+            let Some(name) = text.strip_prefix(ENV_PREFIX) else {
+                return;
+            };
+            let is_credential = path
+                .strip_prefix("litellm_params.")
+                .is_some_and(|field| CREDENTIAL_PARAMS.contains(&field));
+            let problem = if !is_credential {
+                Some(format!(
+                    "{ENV_PREFIX} references are resolved only in the config file; through the management API only credential fields (litellm_params.api_key) may name an environment variable"
+                ))
+            } else if name.is_empty() {
+                Some(format!("\"{ENV_PREFIX}\" names no environment variable"))
+            } else if !allowlist.allows(name) {
+                Some(if allowlist.prefixes().is_empty() {
+                    format!(
+                        "{ENV_PREFIX}{name} is not allowed: the operator allows no environment variables through the management API (--api-env-prefix)"
+                    )
+                } else {
+                    format!(
+                        "{ENV_PREFIX}{name} is not allowed: the operator allows only names starting with {}",
+                        allowlist.prefixes().join(", ")
+                    )
+                })
+            } else {
+                match env(name) {
+                    Some(found) => {
+                        *text = found;
+                        None
+                    }
+                    None => Some(format!("environment variable {name} is not set")),
+                }
+            };
+            if let Some(message) = problem {
+                issues.push(Issue {
+                    path: path.to_string(),
+                    message,
+                });
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (index, item) in items.iter_mut().enumerate() {
+                resolve_api_env_in(item, &format!("{path}[{index}]"), allowlist, env, issues);
+            }
+        }
+        serde_json::Value::Object(fields) => {
+            for (name, field) in fields.iter_mut() {
+                let field_path = if path.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{path}.{name}")
+                };
+                resolve_api_env_in(field, &field_path, allowlist, env, issues);
+            }
+        }
+        serde_json::Value::Null | serde_json::Value::Bool(_) | serde_json::Value::Number(_) => {}
+    }
+}
+
 /// Validates config text. `env` resolves `os.environ/NAME` references (tests pass a map
 /// instead of mutating the process environment); `origin` names the text in errors.
 pub fn parse(
@@ -362,7 +518,7 @@ pub fn parse(
         source,
     })?;
     let mut checker = Checker {
-        env,
+        env: EnvReferences::Resolve(env),
         errors: Vec::new(),
         warnings: Vec::new(),
     };
@@ -382,12 +538,13 @@ pub fn parse(
 }
 
 /// Validates one `model_list` entry given as JSON (the management API's `/model/new`),
-/// with the same rules as the config file. `os.environ/NAME` is resolved through `env`.
-/// Errors (and the warning of an unsupported provider, which the API cannot skip) come back
-/// with paths relative to the entry (`litellm_params.model`); other warnings are returned.
+/// with the same rules as the config file, except that every string is taken literally:
+/// `os.environ/NAME` is never read here (the API resolves the references it allows first,
+/// with [`resolve_api_env`]). Errors (and the warning of an unsupported provider, which the
+/// API cannot skip) come back with paths relative to the entry (`litellm_params.model`);
+/// other warnings are returned.
 pub fn parse_model_entry(
     entry: &serde_json::Value,
-    env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(DeploymentConfig, Vec<Issue>), Vec<Issue>> {
     let fix = |mut issue: Issue| {
         issue.path = issue.path.trim_start_matches('.').to_string();
@@ -409,7 +566,7 @@ pub fn parse_model_entry(
         }]);
     };
     let mut checker = Checker {
-        env,
+        env: EnvReferences::Literal,
         errors: Vec::new(),
         warnings: Vec::new(),
     };
@@ -471,10 +628,28 @@ fn type_name(value: &Value) -> &'static str {
     }
 }
 
+/// What a [`Checker`] does with `os.environ/NAME`.
+enum EnvReferences<'a> {
+    /// A file the operator loads: every reference is read through the function.
+    Resolve(&'a dyn Fn(&str) -> Option<String>),
+    /// The management API: strings are values, never references.
+    Literal,
+}
+
 struct Checker<'a> {
-    env: &'a dyn Fn(&str) -> Option<String>,
+    env: EnvReferences<'a>,
     errors: Vec<Issue>,
     warnings: Vec<Issue>,
+}
+
+/// A value for an error message: quoted when written in the file, named by its reference when
+/// it came from the environment (which may hold a secret that belongs in no log line).
+fn shown(raw: &str, resolved: &str) -> String {
+    if raw == resolved {
+        format!("\"{resolved}\"")
+    } else {
+        format!("the value of {raw}")
+    }
 }
 
 impl Checker<'_> {
@@ -513,8 +688,11 @@ impl Checker<'_> {
         }
     }
 
-    /// Resolves `os.environ/NAME`; other strings pass through.
+    /// Resolves `os.environ/NAME` (when reading a file); other strings pass through.
     fn resolve(&mut self, path: &str, raw: &str) -> Option<String> {
+        let EnvReferences::Resolve(env) = self.env else {
+            return Some(raw.to_string());
+        };
         let Some(name) = raw.strip_prefix(ENV_PREFIX) else {
             return Some(raw.to_string());
         };
@@ -522,7 +700,7 @@ impl Checker<'_> {
             self.error(path, format!("\"{raw}\" names no environment variable"));
             return None;
         }
-        match (self.env)(name) {
+        match env(name) {
             Some(value) => Some(value),
             None => {
                 self.error(
@@ -560,7 +738,10 @@ impl Checker<'_> {
                 match resolved.trim().parse::<f64>() {
                     Ok(value) => Some(value),
                     Err(_) => {
-                        self.error(&field, format!("must be a number, got \"{resolved}\""));
+                        self.error(
+                            &field,
+                            format!("must be a number, got {}", shown(raw, &resolved)),
+                        );
                         return None;
                     }
                 }
@@ -634,6 +815,7 @@ impl Checker<'_> {
                 "database_url",
                 "max_request_size_mb",
                 "max_response_size_mb",
+                "api_env_prefixes",
             ],
             KNOWN_UNSUPPORTED_GENERAL_SETTINGS,
         );
@@ -671,12 +853,58 @@ impl Checker<'_> {
         };
         let max_request_size_mb = size(self, "max_request_size_mb");
         let max_response_size_mb = size(self, "max_response_size_mb");
+        let api_env_prefixes = self.api_env_prefixes(map, PATH);
         GeneralSettings {
+            api_env_prefixes,
             master_key,
             database_url,
             max_request_size_mb,
             max_response_size_mb,
         }
+    }
+
+    /// `api_env_prefixes`: a list of prefixes, or one string of comma-separated prefixes.
+    fn api_env_prefixes(&mut self, map: &Mapping, path: &str) -> Vec<String> {
+        let field = format!("{path}.api_env_prefixes");
+        let items: Vec<(String, String)> = match map.get("api_env_prefixes") {
+            None | Some(Value::Null) => return Vec::new(),
+            Some(Value::String(_)) => match self.string(map, "api_env_prefixes", path) {
+                Some(text) => text
+                    .split(',')
+                    .map(|prefix| (field.clone(), prefix.trim().to_string()))
+                    .collect(),
+                None => return Vec::new(),
+            },
+            Some(Value::Sequence(list)) => {
+                let mut items = Vec::new();
+                for (index, item) in list.iter().enumerate() {
+                    let item_path = format!("{field}[{index}]");
+                    match item {
+                        Value::String(prefix) => items.push((item_path, prefix.clone())),
+                        other => self.error(
+                            &item_path,
+                            format!("must be a string, got {}", type_name(other)),
+                        ),
+                    }
+                }
+                items
+            }
+            Some(other) => {
+                self.error(
+                    &field,
+                    format!("must be a list of strings, got {}", type_name(other)),
+                );
+                return Vec::new();
+            }
+        };
+        let mut prefixes = Vec::new();
+        for (item_path, prefix) in items {
+            match check_env_prefix(&prefix) {
+                Ok(()) => prefixes.push(prefix),
+                Err(message) => self.error(&item_path, message),
+            }
+        }
+        prefixes
     }
 
     fn model_list(&mut self, entries: &[Value]) -> Vec<DeploymentConfig> {
@@ -769,9 +997,13 @@ impl Checker<'_> {
                 (provider.to_string(), upstream.to_string())
             }
             _ => {
+                let raw = params.get("model").and_then(Value::as_str).unwrap_or("");
                 self.error(
                     &model_path,
-                    format!("expected \"<provider>/<model>\", got \"{model}\""),
+                    format!(
+                        "expected \"<provider>/<model>\", got {}",
+                        shown(raw, &model)
+                    ),
                 );
                 return None;
             }
@@ -1413,6 +1645,140 @@ model_list:
         assert_eq!(
             loaded.config.deployments[0].api_version.as_deref(),
             Some("2024")
+        );
+    }
+
+    fn api_env_errors(entry: serde_json::Value, allowlist: &EnvAllowlist) -> Vec<String> {
+        let env = |name: &str| panic!("the environment was read for {name}");
+        match resolve_api_env(&entry, allowlist, &env) {
+            Ok(resolved) => panic!("expected errors, got {resolved}"),
+            Err(issues) => issues.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn the_api_resolves_env_references_only_in_credential_fields() {
+        let none = EnvAllowlist::default();
+        // The repro: a model named after HOME, a key read from PATH.
+        assert_eq!(
+            api_env_errors(
+                serde_json::json!({"model_name": "os.environ/HOME",
+                    "litellm_params": {"model": "openai/x", "api_key": "os.environ/PATH"}}),
+                &none
+            ),
+            [
+                "litellm_params.api_key: os.environ/PATH is not allowed: the operator allows no environment variables through the management API (--api-env-prefix)",
+                "model_name: os.environ/ references are resolved only in the config file; through the management API only credential fields (litellm_params.api_key) may name an environment variable",
+            ]
+        );
+        // Every other field, nested ones and unknown ones too, never reads the environment.
+        let allowlist = EnvAllowlist::new(vec!["TOLLGATE_P_".into()]).unwrap();
+        let errors = api_env_errors(
+            serde_json::json!({"model_name": "m", "litellm_params": {
+                "model": "os.environ/TOLLGATE_P_MODEL", "api_base": "os.environ/TOLLGATE_P_BASE",
+                "api_version": "os.environ/TOLLGATE_P_V", "extra": ["os.environ/TOLLGATE_P_X"]},
+                "model_info": {"id": "os.environ/TOLLGATE_P_ID", "tags": {"t": "os.environ/HOME"}}}),
+            &allowlist,
+        );
+        let paths: Vec<&str> = errors
+            .iter()
+            .map(|error| error.split(':').next().unwrap())
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "litellm_params.api_base",
+                "litellm_params.api_version",
+                "litellm_params.extra[0]",
+                "litellm_params.model",
+                "model_info.id",
+                "model_info.tags.t",
+            ]
+        );
+        // A credential field: only allowed names, and those only when set.
+        assert_eq!(
+            api_env_errors(
+                serde_json::json!({"litellm_params": {"api_key": "os.environ/DATABASE_URL",
+                    "aws_secret_access_key": "os.environ/"}}),
+                &allowlist
+            ),
+            [
+                "litellm_params.api_key: os.environ/DATABASE_URL is not allowed: the operator allows only names starting with TOLLGATE_P_",
+                "litellm_params.aws_secret_access_key: \"os.environ/\" names no environment variable",
+            ]
+        );
+        let env = env_of(&[("TOLLGATE_P_OPENAI", "sk-from-env")]);
+        let entry = serde_json::json!({"model_name": "m", "litellm_params": {
+            "model": "openai/x", "api_key": "os.environ/TOLLGATE_P_OPENAI"}});
+        let resolved = resolve_api_env(&entry, &allowlist, &env).unwrap();
+        assert_eq!(resolved["litellm_params"]["api_key"], "sk-from-env");
+        assert_eq!(resolved["model_name"], "m");
+        let unset =
+            serde_json::json!({"litellm_params": {"api_key": "os.environ/TOLLGATE_P_UNSET"}});
+        let issues = resolve_api_env(&unset, &allowlist, &env).unwrap_err();
+        assert_eq!(
+            issues[0].to_string(),
+            "litellm_params.api_key: environment variable TOLLGATE_P_UNSET is not set"
+        );
+    }
+
+    #[test]
+    fn api_entries_are_parsed_literally() {
+        // What the API resolved (or was sent) is a value: never resolved a second time.
+        let entry = serde_json::json!({"model_name": "m", "litellm_params": {
+            "model": "openai/x", "api_key": "os.environ/LOOKS_LIKE_A_REFERENCE"}});
+        let (deployment, _) = parse_model_entry(&entry).unwrap();
+        assert_eq!(
+            deployment.api_key.as_deref(),
+            Some("os.environ/LOOKS_LIKE_A_REFERENCE")
+        );
+    }
+
+    #[test]
+    fn api_env_prefixes_are_checked() {
+        let loaded = ok("general_settings:\n  api_env_prefixes: [TOLLGATE_P_, OPENAI_]\n");
+        assert_eq!(
+            loaded.config.general.api_env_prefixes,
+            ["TOLLGATE_P_", "OPENAI_"]
+        );
+        let loaded = ok("general_settings:\n  api_env_prefixes: 'A_, B_'\n");
+        assert_eq!(loaded.config.general.api_env_prefixes, ["A_", "B_"]);
+        assert_eq!(
+            errors("general_settings:\n  api_env_prefixes: ['', 'A-B', 3]\n"),
+            [
+                "general_settings.api_env_prefixes[2]: must be a string, got a number",
+                "general_settings.api_env_prefixes[0]: an empty prefix would allow every environment variable; name a prefix such as TOLLGATE_PROVIDER_",
+                "general_settings.api_env_prefixes[1]: \"A-B\" is not a prefix of environment variable names (letters, digits and _)",
+            ]
+        );
+        assert_eq!(
+            errors("general_settings:\n  api_env_prefixes: {a: 1}\n"),
+            ["general_settings.api_env_prefixes: must be a list of strings, got a mapping"]
+        );
+        assert!(EnvAllowlist::new(vec![String::new()]).is_err());
+        let allowlist = EnvAllowlist::new(vec!["A_".into()]).unwrap();
+        assert!(allowlist.allows("A_KEY") && !allowlist.allows("B_KEY") && !allowlist.allows("A"));
+    }
+
+    #[test]
+    fn errors_name_env_references_instead_of_their_values() {
+        let text = "model_list:\n  - model_name: a\n    litellm_params:\n      model: os.environ/SECRET\n      max_tokens: os.environ/SECRET\n";
+        let errs = errors_env(text, &[("SECRET", "sk-env-secret")]);
+        assert_eq!(
+            errs,
+            [
+                r#"model_list[0].litellm_params.model: expected "<provider>/<model>", got the value of os.environ/SECRET"#
+            ]
+        );
+        let text = "model_list:\n  - model_name: a\n    litellm_params:\n      model: openai/x\n      max_tokens: os.environ/SECRET\n";
+        assert_eq!(
+            errors_env(text, &[("SECRET", "sk-env-secret")]),
+            ["model_list[0].litellm_params.max_tokens: must be a number, got the value of os.environ/SECRET"]
+        );
+        // A value written in the file is quoted as before.
+        assert_eq!(
+            errors("general_settings:\n  max_request_size_mb: lots\n"),
+            ["general_settings.max_request_size_mb: must be a number, got \"lots\""]
         );
     }
 

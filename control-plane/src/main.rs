@@ -22,6 +22,7 @@ use tollgate::config::{self, ConfigError, LoadedConfig};
 use tollgate::envoy::{self, BootstrapParams, ClientCertificate, ControlPlaneTls, FilterBuild};
 use tollgate::http_api;
 use tollgate::manage::Manager;
+use tollgate::secrets::CredentialKey;
 use tollgate::server::{self, ServeError};
 use tollgate::sync::SyncHub;
 use tollgate::up::{self, EnvoyCommand, EnvoyProcess, Readiness};
@@ -30,6 +31,8 @@ use tollgate::up::{self, EnvoyCommand, EnvoyProcess, Readiness};
 const ENVOY_STOP_GRACE: Duration = Duration::from_secs(10);
 /// Time the gRPC server gets to close its streams on shutdown.
 const SERVER_STOP_GRACE: Duration = Duration::from_secs(5);
+/// The credential key `up` creates in its state directory when none is in the environment.
+const CREDENTIAL_KEY_FILE: &str = "credential.key";
 
 #[derive(Parser)]
 #[command(
@@ -277,6 +280,8 @@ struct UpArgs {
     node_id: Option<String>,
     #[command(flatten)]
     token: FilterTokenArgs,
+    #[command(flatten)]
+    secrets: SecretArgs,
 }
 
 /// The filter token every filter stream must present.
@@ -375,6 +380,20 @@ impl ControlPlaneTlsArgs {
     }
 }
 
+/// How provider credentials are protected.
+#[derive(Args)]
+struct SecretArgs {
+    /// Prefix of the environment variables the management API may read for credential
+    /// fields (`"api_key": "os.environ/NAME"`); repeatable or comma-separated. Replaces
+    /// general_settings.api_env_prefixes; default: none (the API refuses every os.environ/).
+    #[arg(
+        long = "api-env-prefix",
+        env = "TOLLGATE_API_ENV_PREFIX",
+        value_delimiter = ','
+    )]
+    api_env_prefixes: Vec<String>,
+}
+
 #[derive(Args)]
 struct ServeArgs {
     /// LiteLLM-format config.yaml.
@@ -393,6 +412,8 @@ struct ServeArgs {
     token: FilterTokenArgs,
     #[command(flatten)]
     tls: GrpcTlsArgs,
+    #[command(flatten)]
+    secrets: SecretArgs,
 }
 
 #[derive(Args)]
@@ -535,6 +556,30 @@ fn load_config(path: &Path) -> Result<LoadedConfig> {
     Ok(loaded)
 }
 
+/// `--api-env-prefix`, when given, replaces the config's `general_settings.api_env_prefixes`.
+fn apply_api_env_prefixes(loaded: &mut LoadedConfig, args: &SecretArgs) -> Result<()> {
+    let prefixes: Vec<String> = args
+        .api_env_prefixes
+        .iter()
+        .map(|prefix| prefix.trim().to_string())
+        .filter(|prefix| !prefix.is_empty())
+        .collect();
+    if prefixes.is_empty() {
+        return Ok(());
+    }
+    for prefix in &prefixes {
+        config::check_env_prefix(prefix)
+            .map_err(|message| anyhow::anyhow!("--api-env-prefix: {message}"))?;
+    }
+    loaded.config.general.api_env_prefixes = prefixes;
+    Ok(())
+}
+
+/// The credential key from `LITELLM_SALT_KEY` / `TOLLGATE_SALT_KEY`, if set.
+fn credential_key_from_env() -> Result<Option<CredentialKey>> {
+    Ok(CredentialKey::from_env(&|name| std::env::var(name).ok())?)
+}
+
 /// SIGINT and SIGTERM, registered at once so a signal during startup is not missed.
 struct Signals {
     interrupt: Signal,
@@ -644,19 +689,23 @@ impl HttpServer {
 
 async fn run_serve(args: ServeArgs) -> Result<ExitCode> {
     let mut signals = Signals::register()?;
-    let loaded = load_config(&args.config)?;
+    let mut loaded = load_config(&args.config)?;
+    apply_api_env_prefixes(&mut loaded, &args.secrets)?;
     let security = ChannelSecurity {
         filter_token: args.token.token()?,
         tls: args.tls.files().map(|files| files.load()).transpose()?,
     };
     security.check_exposure(args.grpc_addr)?;
+    // No key file here: serve runs where the operator manages secrets, and a key generated
+    // next to a shared database would be lost with the machine.
+    let credential_key = credential_key_from_env()?;
     let database = Database::choose(
         args.database_url.as_deref(),
         loaded.config.general.database_url.as_deref(),
         Database::Url("sqlite://tollgate.db?mode=rwc".into()),
     );
     tracing::info!("database: {}", database.describe());
-    let store = database.open().await?;
+    let store = database.open().await?.with_credential_key(credential_key);
     let hub = start_control_plane(store.clone(), &loaded).await?;
     let http = HttpServer::start(hub.clone(), args.http_addr).await?;
     let mut server = GrpcServer::start(hub.clone(), args.grpc_addr, security).await?;
@@ -695,7 +744,8 @@ async fn ensure_free(address: SocketAddr, what: &str) -> Result<()> {
 
 async fn run_up(args: UpArgs) -> Result<ExitCode> {
     let mut signals = Signals::register()?;
-    let loaded = load_config(&args.config)?;
+    let mut loaded = load_config(&args.config)?;
+    apply_api_env_prefixes(&mut loaded, &args.secrets)?;
     let envoy_env = std::env::var("TOLLGATE_ENVOY").ok();
     let wasm_env = std::env::var("TOLLGATE_WASM").ok();
     let envoy_binary = up::find_envoy(args.envoy.as_deref(), envoy_env.as_deref())?;
@@ -736,7 +786,15 @@ async fn run_up(args: UpArgs) -> Result<ExitCode> {
         Database::SqliteFile(state_dir.join("tollgate.db")),
     );
     tracing::info!("database: {}", database.describe());
-    let store = database.open().await?;
+    // Zero setup: without a key in the environment, one is kept in the state directory.
+    let credential_key = match credential_key_from_env()? {
+        Some(key) => key,
+        None => CredentialKey::from_key_file(&state_dir.join(CREDENTIAL_KEY_FILE))?,
+    };
+    let store = database
+        .open()
+        .await?
+        .with_credential_key(Some(credential_key));
     let http_port = args.http_port.unwrap_or(args.grpc_port.saturating_add(1));
     let http_address = SocketAddr::new(loopback, http_port);
     // Envoy gets the token through its environment; without one given, each run makes its

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use base64::Engine;
 use serde_json::{json, Value};
 
-use crate::config;
+use crate::config::{self, EnvAllowlist};
 use crate::store::{
     now_unix_ms, sha256_hex, DeploymentRecord, DeploymentSource, KeyRow, Missing, NewMember, Store,
-    StoreError, StoredDeployment, Taken, TeamRow, UserRow, SETTING_MASTER_KEY_SHA256,
+    StoreError, StoredDeployment, Taken, TeamRow, UserRow, SETTING_API_ENV_PREFIXES,
+    SETTING_MASTER_KEY_SHA256,
 };
 use crate::sync::SyncHub;
 
@@ -200,6 +201,19 @@ impl From<StoreError> for ApiError {
             }
         }
     }
+}
+
+/// A 400 of config issues: `param` is the first issue's field, the message lists them all.
+fn issues_error(issues: Vec<config::Issue>) -> ApiError {
+    let param = issues
+        .first()
+        .map_or("litellm_params", |issue| issue.path.as_str());
+    let message = issues
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    ApiError::new(ErrorKind::InvalidArgument, Some(param), message)
 }
 
 fn random_bytes<const N: usize>() -> Result<[u8; N], ApiError> {
@@ -502,18 +516,35 @@ impl Manager {
             .ok_or_else(|| ApiError::not_found("id", format!("model {id:?} not found")))
     }
 
-    fn record_from_entry(entry: &Value, id: String) -> Result<DeploymentRecord, ApiError> {
-        let env = |name: &str| std::env::var(name).ok();
-        let (deployment, _warnings) = config::parse_model_entry(entry, &env).map_err(|issues| {
-            let first = issues.first();
-            let param = first.map_or("litellm_params", |issue| issue.path.as_str());
-            let message = issues
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ");
-            ApiError::new(ErrorKind::InvalidArgument, Some(param), message)
+    /// The operator's allowlist of environment variables, as stored from the config.
+    async fn env_allowlist(&self) -> Result<EnvAllowlist, ApiError> {
+        let settings = self.store().settings().await?;
+        let Some(text) = settings.get(SETTING_API_ENV_PREFIXES) else {
+            return Ok(EnvAllowlist::default());
+        };
+        let prefixes: Vec<String> = serde_json::from_str(text).map_err(|error| {
+            ApiError::internal(format!(
+                "stored {SETTING_API_ENV_PREFIXES} is invalid: {error}"
+            ))
         })?;
+        EnvAllowlist::new(prefixes).map_err(|error| {
+            ApiError::internal(format!(
+                "stored {SETTING_API_ENV_PREFIXES} is invalid: {error}"
+            ))
+        })
+    }
+
+    /// `entry` (a model or a patch from a client) with its allowed `os.environ/NAME`
+    /// references resolved, or a 400 naming the first field that may not use one.
+    async fn resolve_env(&self, entry: &Value) -> Result<Value, ApiError> {
+        let allowlist = self.env_allowlist().await?;
+        let env = |name: &str| std::env::var(name).ok();
+        config::resolve_api_env(entry, &allowlist, &env).map_err(issues_error)
+    }
+
+    /// A record from an entry whose strings are all values (see [`Self::resolve_env`]).
+    fn record_from_entry(entry: &Value, id: String) -> Result<DeploymentRecord, ApiError> {
+        let (deployment, _warnings) = config::parse_model_entry(entry).map_err(issues_error)?;
         let mut record = DeploymentRecord::from_config(&deployment);
         record.id = id.clone();
         record.source = DeploymentSource::Api;
@@ -540,8 +571,9 @@ impl Manager {
 
     /// `/model/new`: `entry` is `{model_name, litellm_params, model_info?}`.
     pub async fn create_model(&self, entry: &Value) -> Result<StoredDeployment, ApiError> {
-        let id = Self::entry_id(entry)?.unwrap_or_else(new_id);
-        let record = Self::record_from_entry(entry, id.clone())?;
+        let entry = self.resolve_env(entry).await?;
+        let id = Self::entry_id(&entry)?.unwrap_or_else(new_id);
+        let record = Self::record_from_entry(&entry, id.clone())?;
         self.store().insert_api_deployment(&record).await?;
         self.changed().await;
         self.get_model(&id).await
@@ -558,6 +590,8 @@ impl Manager {
         if current.record.source != DeploymentSource::Api {
             return Err(ApiError::config_model(id));
         }
+        // Only the client's fields: the stored ones are values already.
+        let patch = &self.resolve_env(patch).await?;
         let mut entry = model_entry_json(&current.record, true);
         if let Some(name) = patch.get("model_name") {
             if !name.is_null() {

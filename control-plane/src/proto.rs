@@ -6,3 +6,108 @@ include!(concat!(env!("OUT_DIR"), "/tollgate.v1.rs"));
 /// Encoded `FileDescriptorSet` of the protocol, served by gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/tollgate_descriptor.bin"));
+
+/// What a `Debug` of a secret field shows: whether it is set, never its value.
+fn redacted(value: &str) -> &'static str {
+    if value.is_empty() {
+        ""
+    } else {
+        "<redacted>"
+    }
+}
+
+impl std::fmt::Debug for Deployment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deployment")
+            .field("id", &self.id)
+            .field("model_name", &self.model_name)
+            .field("provider", &self.provider)
+            .field("provider_name", &self.provider_name)
+            .field("upstream_model", &self.upstream_model)
+            .field("api_base", &self.api_base)
+            .field("api_key", &redacted(&self.api_key))
+            .field("default_max_tokens", &self.default_max_tokens)
+            .field("api_version", &self.api_version)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for CreateModelRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateModelRequest")
+            .field("model_name", &self.model_name)
+            .field("model", &self.model)
+            .field("api_base", &self.api_base)
+            .field("api_key", &redacted(&self.api_key))
+            .field("api_version", &self.api_version)
+            .field("max_tokens", &self.max_tokens)
+            .field("id", &self.id)
+            .field("model_info_json", &self.model_info_json)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for UpdateModelRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpdateModelRequest")
+            .field("id", &self.id)
+            .field("model_name", &self.model_name)
+            .field("model", &self.model)
+            .field("api_base", &self.api_base)
+            .field("api_key", &self.api_key.as_deref().map(redacted))
+            .field("api_version", &self.api_version)
+            .field("max_tokens", &self.max_tokens)
+            .field("model_info_json", &self.model_info_json)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for GeneratedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GeneratedKey")
+            .field("key", &redacted(&self.key))
+            .field("info", &self.info)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_has_no_secret() {
+        let deployment = Deployment {
+            id: "d".into(),
+            api_key: "sk-provider-secret".into(),
+            ..Default::default()
+        };
+        let create = CreateModelRequest {
+            api_key: "sk-provider-secret".into(),
+            ..Default::default()
+        };
+        let update = UpdateModelRequest {
+            api_key: Some("sk-provider-secret".into()),
+            ..Default::default()
+        };
+        let generated = GeneratedKey {
+            key: "sk-virtual-secret".into(),
+            info: None,
+        };
+        let snapshot = Snapshot {
+            deployments: vec![deployment.clone()],
+            ..Default::default()
+        };
+        for debug in [
+            format!("{deployment:?}"),
+            format!("{create:?}"),
+            format!("{update:?}"),
+            format!("{generated:?}"),
+            format!("{snapshot:?}"),
+        ] {
+            assert!(!debug.contains("secret"), "{debug}");
+            assert!(debug.contains("<redacted>"), "{debug}");
+        }
+        assert!(format!("{:?}", Deployment::default()).contains("api_key: \"\""));
+    }
+}

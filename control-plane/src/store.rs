@@ -20,6 +20,7 @@ use sqlx::Row;
 
 use crate::config::{Config, DeploymentConfig, ProviderKind};
 use crate::proto;
+use crate::secrets::{self, CredentialError, CredentialKey};
 
 pub use management::{KeyRow, MemberRow, NewMember, StateSnapshot, TeamRow, UserRow};
 
@@ -38,6 +39,22 @@ pub const SETTING_MAX_REQUEST_BODY_BYTES: &str = "max_request_body_bytes";
 pub const SETTING_MAX_RESPONSE_BODY_BYTES: &str = "max_response_body_bytes";
 /// `settings` key of the last snapshot version handed out.
 pub const SETTING_SNAPSHOT_VERSION: &str = "snapshot_version";
+/// `settings` key of a known text sealed with the credential key, so a wrong key is found at
+/// startup even before a provider key is read.
+pub const SETTING_CREDENTIAL_KEY_CHECK: &str = "credential_key_check";
+/// `settings` key of the `os.environ/` name prefixes the management API may resolve in
+/// credential fields (a JSON list; absent = none).
+pub const SETTING_API_ENV_PREFIXES: &str = "api_env_prefixes";
+
+/// What [`SETTING_CREDENTIAL_KEY_CHECK`] seals.
+const CREDENTIAL_KEY_CHECK_TEXT: &str = "tollgate credential key check";
+/// The associated data of [`SETTING_CREDENTIAL_KEY_CHECK`].
+const CREDENTIAL_KEY_CHECK_CONTEXT: &str = "settings:credential_key_check";
+
+/// The associated data a deployment's provider key is sealed with.
+fn api_key_context(deployment_id: &str) -> String {
+    format!("deployment:{deployment_id}:api_key")
+}
 
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +102,9 @@ pub enum StoreError {
         /// Position of the member in the list given.
         index: usize,
     },
+    /// Provider credentials cannot be encrypted or decrypted.
+    #[error(transparent)]
+    Credentials(#[from] CredentialError),
 }
 
 /// The row a change names that is not stored ([`StoreError::NotFound`]).
@@ -239,7 +259,8 @@ pub struct DeploymentRecord {
     pub upstream_model: String,
     /// Resolved base URL.
     pub api_base: String,
-    /// Provider key, resolved (the filter needs it in clear to call the provider).
+    /// Provider key, resolved and in clear (the filter needs it so to call the provider);
+    /// the store seals it on the way in and opens it on the way out.
     pub api_key: Option<String>,
     /// `api_version`.
     pub api_version: Option<String>,
@@ -324,6 +345,17 @@ macro_rules! with_pool {
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    /// Seals provider keys at rest; without one, no provider key can be stored or read.
+    credentials: Option<CredentialKey>,
+}
+
+/// What [`Store::prepare_credentials`] found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CredentialReport {
+    /// Sealed provider keys that opened with the key.
+    pub sealed: usize,
+    /// Clear provider keys (from an earlier version) that were sealed now.
+    pub migrated: usize,
 }
 
 /// Current time in unix milliseconds.
@@ -391,10 +423,11 @@ macro_rules! notify_change {
     }};
 }
 
-/// Binds a [`DeploymentRecord`] to [`INSERT_DEPLOYMENT`].
+/// Binds a [`DeploymentRecord`] to [`INSERT_DEPLOYMENT`], its provider key sealed by `$store`.
 macro_rules! bind_deployment {
-    ($query:expr, $record:expr, $created:expr, $updated:expr) => {{
+    ($store:expr, $query:expr, $record:expr, $created:expr, $updated:expr) => {{
         let record: &DeploymentRecord = $record;
+        let sealed_api_key = $store.seal_api_key(record)?;
         $query
             .bind(record.id.clone())
             .bind(record.model_name.clone())
@@ -402,7 +435,7 @@ macro_rules! bind_deployment {
             .bind(record.kind.as_str())
             .bind(record.upstream_model.clone())
             .bind(record.api_base.clone())
-            .bind(record.api_key.clone())
+            .bind(sealed_api_key)
             .bind(record.api_version.clone())
             .bind(record.default_max_tokens.map(i64::from))
             .bind(record.model_info.as_ref().map(|info| info.to_string()))
@@ -413,15 +446,16 @@ macro_rules! bind_deployment {
     }};
 }
 
-/// Decodes a `deployments` row of either backend.
+/// Decodes a `deployments` row of either backend, its provider key opened by `$store`.
 macro_rules! decode_deployment {
-    ($row:expr) => {{
+    ($store:expr, $row:expr) => {{
         let row = $row;
         let kind: String = row.try_get("provider_kind")?;
         let source: String = row.try_get("source")?;
         let model_info: Option<String> = row.try_get("model_info")?;
         let max_tokens: Option<i64> = row.try_get("default_max_tokens")?;
         let id: String = row.try_get("id")?;
+        let api_key = $store.open_api_key(&id, row.try_get("api_key")?)?;
         let model_info = match model_info {
             Some(text) => Some(serde_json::from_str(&text).map_err(|error| {
                 StoreError::Corrupt(format!("deployment {id}: model_info: {error}"))
@@ -440,7 +474,7 @@ macro_rules! decode_deployment {
                 provider_name: row.try_get("provider_name")?,
                 upstream_model: row.try_get("upstream_model")?,
                 api_base: row.try_get("api_base")?,
-                api_key: row.try_get("api_key")?,
+                api_key,
                 api_version: row.try_get("api_version")?,
                 default_max_tokens: max_tokens.and_then(|value| u32::try_from(value).ok()),
                 model_info,
@@ -497,6 +531,7 @@ impl Store {
             POSTGRES_MIGRATOR.run(&pool).await?;
             Ok(Store {
                 pool: Pool::Postgres(pool),
+                credentials: None,
             })
         } else {
             Err(StoreError::UnsupportedUrl(redact_url(url)))
@@ -543,6 +578,149 @@ impl Store {
         SQLITE_MIGRATOR.run(&pool).await?;
         Ok(Store {
             pool: Pool::Sqlite(pool),
+            credentials: None,
+        })
+    }
+
+    /// This store with `key` sealing and opening provider keys (`None`: no provider key can
+    /// be stored, and sealed ones cannot be read).
+    pub fn with_credential_key(mut self, key: Option<CredentialKey>) -> Store {
+        self.credentials = key;
+        self
+    }
+
+    /// The key provider keys are sealed with, if any.
+    pub fn credential_key(&self) -> Option<&CredentialKey> {
+        self.credentials.as_ref()
+    }
+
+    /// The provider key of `record` as stored: sealed, or an error when there is a key to
+    /// store and no credential key.
+    fn seal_api_key(&self, record: &DeploymentRecord) -> Result<Option<String>, StoreError> {
+        let Some(api_key) = &record.api_key else {
+            return Ok(None);
+        };
+        let Some(key) = &self.credentials else {
+            return Err(CredentialError::NoKeyToSeal {
+                deployment: record.id.clone(),
+            }
+            .into());
+        };
+        key.seal(&api_key_context(&record.id), api_key)
+            .map(Some)
+            .map_err(|source| {
+                CredentialError::Seal {
+                    deployment: record.id.clone(),
+                    source,
+                }
+                .into()
+            })
+    }
+
+    /// The clear provider key of deployment `id` from its stored form. A sealed key that does
+    /// not open is an error, never passed on as it is. A clear key (an earlier version's row,
+    /// sealed by [`Self::prepare_credentials`] at the next start) is returned as it is.
+    fn open_api_key(&self, id: &str, stored: Option<String>) -> Result<Option<String>, StoreError> {
+        let Some(stored) = stored else {
+            return Ok(None);
+        };
+        if !secrets::is_sealed(&stored) {
+            return Ok(Some(stored));
+        }
+        let Some(key) = &self.credentials else {
+            return Err(CredentialError::NoKeyToOpen {
+                deployment: id.to_string(),
+            }
+            .into());
+        };
+        key.open(&api_key_context(id), &stored)
+            .map(Some)
+            .map_err(|source| {
+                CredentialError::Unreadable {
+                    deployment: id.to_string(),
+                    key_source: key.source().clone(),
+                    source,
+                }
+                .into()
+            })
+    }
+
+    /// Checks at startup that every stored provider key can be read, and seals the clear ones
+    /// earlier versions wrote. With a key: the database's key check and every sealed key must
+    /// open (else an error naming the key's source or the deployment), clear keys are sealed,
+    /// and the key check is written if missing. Without one: any stored provider key is an
+    /// error saying what to set. Nothing is written when something does not open.
+    pub async fn prepare_credentials(&self) -> Result<CredentialReport, StoreError> {
+        let mut report = CredentialReport::default();
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            // First statement: orders this with every other writer (see bump_version).
+            let version = bump_version!(tx, now_unix_ms());
+            let check: Option<String> = sqlx::query("SELECT value FROM settings WHERE key = $1")
+                .bind(SETTING_CREDENTIAL_KEY_CHECK)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|row| row.try_get("value"))
+                .transpose()?;
+            let rows = sqlx::query(
+                "SELECT id, api_key FROM deployments WHERE api_key IS NOT NULL ORDER BY id",
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut clear: Vec<(String, String)> = Vec::new();
+            for row in &rows {
+                let id: String = row.try_get("id")?;
+                let stored: String = row.try_get("api_key")?;
+                match &self.credentials {
+                    None if secrets::is_sealed(&stored) => {
+                        return Err(CredentialError::NoKeyToOpen { deployment: id }.into());
+                    }
+                    None => return Err(CredentialError::ClearWithoutKey { deployment: id }.into()),
+                    Some(_) if secrets::is_sealed(&stored) => {
+                        self.open_api_key(&id, Some(stored))?;
+                        report.sealed += 1;
+                    }
+                    Some(_) => clear.push((id, stored)),
+                }
+            }
+            let Some(key) = &self.credentials else {
+                tx.rollback().await?;
+                return Ok(report);
+            };
+            match check {
+                Some(check) => {
+                    key.open(CREDENTIAL_KEY_CHECK_CONTEXT, &check).map_err(|source| {
+                        CredentialError::WrongKey { key_source: key.source().clone(), source }
+                    })?;
+                }
+                None => {
+                    let check = key
+                        .seal(CREDENTIAL_KEY_CHECK_CONTEXT, CREDENTIAL_KEY_CHECK_TEXT)
+                        .map_err(|source| CredentialError::Seal {
+                            deployment: "(key check)".into(),
+                            source,
+                        })?;
+                    sqlx::query(UPSERT_SETTING)
+                        .bind(SETTING_CREDENTIAL_KEY_CHECK)
+                        .bind(check)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            for (id, api_key) in clear {
+                let sealed = key.seal(&api_key_context(&id), &api_key).map_err(|source| {
+                    CredentialError::Seal { deployment: id.clone(), source }
+                })?;
+                sqlx::query("UPDATE deployments SET api_key = $1 WHERE id = $2")
+                    .bind(sealed)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                report.migrated += 1;
+            }
+            notify_change!(self, tx, version);
+            tx.commit().await?;
+            Ok(report)
         })
     }
 
@@ -587,6 +765,12 @@ impl Store {
                     .max_response_body_bytes()
                     .map(|bytes| bytes.to_string()),
             ),
+            (
+                SETTING_API_ENV_PREFIXES,
+                (!config.general.api_env_prefixes.is_empty()).then(|| {
+                    serde_json::Value::from(config.general.api_env_prefixes.clone()).to_string()
+                }),
+            ),
         ];
         let now = to_i64(now_unix_ms());
         with_pool!(self, pool => {
@@ -606,7 +790,7 @@ impl Store {
                 .await?;
             for record in &records {
                 let created_at = created.get(&record.id).copied().unwrap_or(now);
-                let result = bind_deployment!(sqlx::query(INSERT_DEPLOYMENT), record, created_at, now)
+                let result = bind_deployment!(self, sqlx::query(INSERT_DEPLOYMENT), record, created_at, now)
                     .execute(&mut *tx)
                     .await;
                 if let Err(sqlx::Error::Database(error)) = &result {
@@ -648,7 +832,7 @@ impl Store {
                 .bind(record.id.clone())
                 .execute(&mut *tx)
                 .await?;
-            bind_deployment!(sqlx::query(INSERT_DEPLOYMENT), record, created_at.unwrap_or(now), now)
+            bind_deployment!(self, sqlx::query(INSERT_DEPLOYMENT), record, created_at.unwrap_or(now), now)
                 .execute(&mut *tx)
                 .await?;
             notify_change!(self, tx, version);
@@ -683,7 +867,7 @@ impl Store {
             let rows = sqlx::query(&sql).fetch_all(pool).await?;
             let mut deployments = Vec::with_capacity(rows.len());
             for row in &rows {
-                deployments.push(decode_deployment!(row));
+                deployments.push(decode_deployment!(self, row));
             }
             Ok(deployments)
         })

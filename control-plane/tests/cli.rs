@@ -7,16 +7,43 @@ use std::process::{Command, Output};
 
 use tollgate::envoy::{render_bootstrap, BootstrapParams};
 
-fn tollgate(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tollgate"))
+fn command(args: &[&str], dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    command
         .args(args)
         .current_dir(dir)
         .env_remove("DATABASE_URL")
         .env_remove("TOLLGATE_ENVOY")
         .env_remove("TOLLGATE_WASM")
         .env_remove("TOLLGATE_NATIVE")
-        .output()
-        .unwrap()
+        .env_remove("LITELLM_SALT_KEY")
+        .env_remove("TOLLGATE_SALT_KEY")
+        .env_remove("TOLLGATE_API_ENV_PREFIX");
+    command
+}
+
+fn tollgate(args: &[&str], dir: &Path) -> Output {
+    command(args, dir).output().unwrap()
+}
+
+/// Runs a command expected to stop on its own; kills it (and fails) after 30 s, so a serve
+/// that starts when it should not cannot hang the test.
+fn stops_by_itself(mut command: Command) -> Output {
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            let output = child.wait_with_output().unwrap();
+            panic!("still running after 30 s: {}", text(&output.stderr));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -180,4 +207,101 @@ fn invalid_config_stops_serve_with_the_field_path() {
         !dir.path().join("tollgate.db").exists(),
         "no database before the config is valid"
     );
+}
+
+#[test]
+fn serve_stops_without_the_key_that_encrypted_the_provider_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("c.yaml"),
+        "model_list:\n  - model_name: gpt\n    litellm_params: {model: openai/x, api_key: sk-cli-provider-secret}\n    model_info: {id: gpt-1}\n",
+    )
+    .unwrap();
+    let database = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+    let printed = std::cell::RefCell::new(Vec::new());
+    let serve = |env: &[(&str, &str)], extra: &[&str]| {
+        let mut args = vec![
+            "serve",
+            "--config",
+            "c.yaml",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--database-url",
+            &database,
+        ];
+        args.extend_from_slice(extra);
+        let mut command = command(&args, dir.path());
+        command.envs(env.iter().copied());
+        let output = stops_by_itself(command);
+        assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
+        printed.borrow_mut().push(text(&output.stderr));
+        text(&output.stderr)
+    };
+
+    // A provider key to store and no key to encrypt it with.
+    let stderr = serve(&[], &[]);
+    assert!(
+        stderr.contains("deployment \"gpt-1\" has a provider key, and provider keys are stored encrypted: set LITELLM_SALT_KEY (or TOLLGATE_SALT_KEY)"),
+        "{stderr}"
+    );
+
+    // Keys sealed with one secret, as a serve with LITELLM_SALT_KEY=first leaves them.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let key = tollgate::secrets::CredentialKey::derive(
+            "salt-first-7f3a",
+            tollgate::secrets::KeySource::Env("LITELLM_SALT_KEY"),
+        )
+        .unwrap();
+        let store = tollgate::store::Store::connect(&database)
+            .await
+            .unwrap()
+            .with_credential_key(Some(key));
+        let loaded = tollgate::config::load_file(&dir.path().join("c.yaml")).unwrap();
+        tollgate::app::start_control_plane(store.clone(), &loaded)
+            .await
+            .unwrap()
+            .close_streams();
+        store.close().await;
+    });
+
+    let stderr = serve(&[("LITELLM_SALT_KEY", "salt-second-7f3a")], &[]);
+    assert!(
+        stderr.contains("cannot decrypt the provider key of deployment \"gpt-1\" with the key from LITELLM_SALT_KEY"),
+        "{stderr}"
+    );
+    let stderr = serve(&[], &[]);
+    assert!(
+        stderr.contains("the database holds encrypted provider keys (deployment \"gpt-1\")"),
+        "{stderr}"
+    );
+    let stderr = serve(
+        &[
+            ("LITELLM_SALT_KEY", "salt-first-7f3a"),
+            ("TOLLGATE_SALT_KEY", "other"),
+        ],
+        &[],
+    );
+    assert!(
+        stderr.contains("are both set, to different values"),
+        "{stderr}"
+    );
+    let stderr = serve(
+        &[("LITELLM_SALT_KEY", "salt-first-7f3a")],
+        &["--api-env-prefix", "A-B"],
+    );
+    assert!(
+        stderr.contains("--api-env-prefix: \"A-B\" is not a prefix of environment variable names"),
+        "{stderr}"
+    );
+    for stderr in printed.borrow().iter() {
+        assert!(
+            !stderr.contains("sk-cli-provider-secret") && !stderr.contains("salt-"),
+            "{stderr}"
+        );
+    }
+    let file = std::fs::read(dir.path().join("t.db")).unwrap();
+    assert!(!String::from_utf8_lossy(&file).contains("sk-cli-provider-secret"));
 }

@@ -20,6 +20,7 @@ use tollgate::http_api;
 use tollgate::manage::Manager;
 use tollgate::proto::management_client::ManagementClient;
 use tollgate::proto::{self as pb, Snapshot};
+use tollgate::secrets::CredentialKey;
 use tollgate::server;
 use tollgate::store::{sha256_hex, Store};
 use tollgate::sync::{self, SyncHub};
@@ -140,8 +141,13 @@ struct Plane {
 
 impl Plane {
     async fn start(url: &str) -> Plane {
-        let store = Store::connect(url).await.unwrap();
-        let hub = start_control_plane(store.clone(), &load(CONFIG))
+        Self::start_with(url, CONFIG, Some(common::credential_key())).await
+    }
+
+    /// A plane on `config`, sealing provider keys with `key` (`None`: no credential key).
+    async fn start_with(url: &str, config: &str, key: Option<CredentialKey>) -> Plane {
+        let store = Store::connect(url).await.unwrap().with_credential_key(key);
+        let hub = start_control_plane(store.clone(), &load(config))
             .await
             .unwrap();
         let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -888,6 +894,294 @@ async fn bad_input(db: Db) {
     plane.stop().await;
 }
 on_both!(bad_input, sqlite_bad_input, postgres_bad_input);
+
+// ---------------------------------------------------------------------------------------
+// os.environ/ from the management API; provider keys at rest and in answers.
+
+/// `CONFIG` allowing the API to read variables named `CARGO_PKG_*` (cargo sets them for every
+/// test process, so the values are known without changing the environment).
+const CONFIG_WITH_ENV_PREFIX: &str = r#"
+general_settings:
+  master_key: sk-test-master
+  api_env_prefixes: [CARGO_PKG_]
+model_list:
+  - model_name: gpt
+    litellm_params:
+      model: openai/gpt-4o
+      api_key: sk-upstream-config
+"#;
+
+fn model_entry(name: &str, params: Value) -> Value {
+    let mut litellm_params =
+        json!({"model": "openai/gpt-4o-mini", "api_base": "http://127.0.0.1:9/v1"});
+    for (field, value) in params.as_object().unwrap() {
+        litellm_params[field] = value.clone();
+    }
+    json!({"model_name": name, "litellm_params": litellm_params})
+}
+
+async fn api_env_references(db: Db) {
+    let package = std::env::var("CARGO_PKG_NAME").unwrap();
+    let version = std::env::var("CARGO_PKG_VERSION").unwrap();
+    let plane = Plane::start_with(
+        db.url(),
+        CONFIG_WITH_ENV_PREFIX,
+        Some(common::credential_key()),
+    )
+    .await;
+    let api = plane.api();
+    // The repro: neither the model name nor a key outside the allowlist is read.
+    for (entry, param) in [
+        (model_entry("os.environ/HOME", json!({})), "model_name"),
+        (
+            model_entry("m", json!({"api_key": "os.environ/PATH"})),
+            "litellm_params.api_key",
+        ),
+        (
+            model_entry("m", json!({"api_key": "os.environ/CARGO_MANIFEST_DIR"})),
+            "litellm_params.api_key",
+        ),
+        (
+            model_entry("m", json!({"api_base": "os.environ/CARGO_PKG_NAME"})),
+            "litellm_params.api_base",
+        ),
+        (
+            model_entry("m", json!({"model": "os.environ/CARGO_PKG_NAME"})),
+            "litellm_params.model",
+        ),
+        (
+            model_entry("m", json!({"api_version": "os.environ/CARGO_PKG_VERSION"})),
+            "litellm_params.api_version",
+        ),
+        (
+            json!({"model_name": "m", "litellm_params": {"model": "openai/x"},
+                "model_info": {"owner": "os.environ/CARGO_PKG_NAME"}}),
+            "model_info.owner",
+        ),
+    ] {
+        let answer = api.post("/model/new", entry.clone()).await;
+        assert_error(&answer, 400, Some(param));
+        let text = answer.1.to_string();
+        assert!(
+            !text.contains(&package) || param == "litellm_params.api_key",
+            "{text}"
+        );
+        assert!(!text.contains("/root") && !text.contains("/usr/"), "{text}");
+    }
+    let answer = api
+        .post(
+            "/model/new",
+            model_entry("m", json!({"api_key": "os.environ/PATH"})),
+        )
+        .await;
+    assert_eq!(
+        answer.1["error"]["message"],
+        "litellm_params.api_key: os.environ/PATH is not allowed: the operator allows only \
+         names starting with CARGO_PKG_"
+    );
+    let answer = api
+        .post("/model/new", model_entry("os.environ/HOME", json!({})))
+        .await;
+    assert_eq!(
+        answer.1["error"]["message"],
+        "model_name: os.environ/ references are resolved only in the config file; through the \
+         management API only credential fields (litellm_params.api_key) may name an environment \
+         variable"
+    );
+    // Nothing was stored by the refused requests.
+    assert_eq!(
+        api.ok_get("/model/info", &[]).await["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // An allowed name in a credential field is read; its value is never returned.
+    let created = api
+        .ok(
+            "/model/new",
+            json!({"model_name": "env-keyed", "model_info": {"id": "env-1"},
+                   "litellm_params": {"model": "openai/x", "api_key": "os.environ/CARGO_PKG_NAME"}}),
+        )
+        .await;
+    assert!(
+        created["litellm_params"].get("api_key").is_none(),
+        "{created}"
+    );
+    assert!(!created.to_string().contains("os.environ"), "{created}");
+    let key_of = |snapshot: &Snapshot, id: &str| {
+        snapshot
+            .deployments
+            .iter()
+            .find(|d| d.id == id)
+            .map(|d| d.api_key.clone())
+    };
+    assert_eq!(
+        key_of(&*settled(&plane).await, "env-1"),
+        Some(package.clone())
+    );
+    assert_error(
+        &api.post(
+            "/model/new",
+            model_entry(
+                "m",
+                json!({"api_key": "os.environ/CARGO_PKG_NO_SUCH_VARIABLE"}),
+            ),
+        )
+        .await,
+        400,
+        Some("litellm_params.api_key"),
+    );
+
+    // Updates follow the same rule; a refused update leaves the row as it was.
+    assert_error(
+        &api.post(
+            "/model/update",
+            json!({"model_info": {"id": "env-1"}, "model_name": "os.environ/HOME"}),
+        )
+        .await,
+        400,
+        Some("model_name"),
+    );
+    assert_error(
+        &api.post(
+            "/model/update",
+            json!({"model_info": {"id": "env-1"}, "litellm_params": {"api_base": "os.environ/CARGO_PKG_NAME"}}),
+        )
+        .await,
+        400,
+        Some("litellm_params.api_base"),
+    );
+    let updated = api
+        .ok(
+            "/model/update",
+            json!({"model_info": {"id": "env-1"}, "litellm_params": {"api_key": "os.environ/CARGO_PKG_VERSION"}}),
+        )
+        .await;
+    assert_eq!(updated["model_name"], "env-keyed");
+    assert_eq!(key_of(&*settled(&plane).await, "env-1"), Some(version));
+
+    // gRPC: the same rules.
+    let mut grpc = plane.grpc_client().await;
+    for (name, api_key) in [("os.environ/HOME", ""), ("g", "os.environ/PATH")] {
+        let mut request = Request::new(pb::CreateModelRequest {
+            model_name: name.into(),
+            model: "openai/x".into(),
+            api_key: api_key.into(),
+            ..Default::default()
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {MASTER}").parse().unwrap());
+        let status = grpc.create_model(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("os.environ/"), "{status:?}");
+    }
+
+    // Answers and error bodies carry no provider key, nor does the database.
+    let answer = api
+        .post(
+            "/model/new",
+            model_entry(
+                "leak",
+                json!({"model": "gpt-4o", "api_key": "sk-leak-check-secret"}),
+            ),
+        )
+        .await;
+    assert_error(&answer, 400, Some("litellm_params.model"));
+    assert!(
+        !answer.1.to_string().contains("sk-leak-check"),
+        "{}",
+        answer.1
+    );
+    api.ok(
+        "/model/new",
+        model_entry("stored", json!({"api_key": "sk-stored-provider-secret"})),
+    )
+    .await;
+    let info = api.ok_get("/model/info", &[]).await.to_string();
+    for secret in [
+        "sk-upstream-config",
+        "sk-stored-provider-secret",
+        package.as_str(),
+    ] {
+        assert!(!info.contains(secret), "{secret} in /model/info: {info}");
+    }
+    let dump = db.dump().await;
+    for secret in ["sk-upstream-config", "sk-stored-provider-secret"] {
+        assert!(!dump.contains(secret), "{secret} stored in clear");
+    }
+    plane.stop().await;
+
+    // The default allows no variable at all.
+    let plane = Plane::start(db.url()).await;
+    let answer = plane
+        .api()
+        .post(
+            "/model/new",
+            model_entry("m", json!({"api_key": "os.environ/CARGO_PKG_NAME"})),
+        )
+        .await;
+    assert_error(&answer, 400, Some("litellm_params.api_key"));
+    assert!(
+        answer.1["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("the operator allows no environment variables"),
+        "{}",
+        answer.1
+    );
+    plane.stop().await;
+}
+on_both!(
+    api_env_references,
+    sqlite_api_env_references,
+    postgres_api_env_references
+);
+
+async fn without_a_credential_key_no_provider_key_is_stored(db: Db) {
+    let config = "general_settings:\n  master_key: sk-test-master\n";
+    let plane = Plane::start_with(db.url(), config, None).await;
+    let api = plane.api();
+    let answer = api
+        .post(
+            "/model/new",
+            model_entry("keyed", json!({"api_key": "sk-needs-a-key"})),
+        )
+        .await;
+    assert_error(&answer, 500, None);
+    assert_eq!(
+        answer.1["error"]["message"].as_str().unwrap(),
+        format!(
+            "deployment {:?} has a provider key, and provider keys are stored encrypted: set \
+             LITELLM_SALT_KEY (or TOLLGATE_SALT_KEY) to a secret of your own for the control plane",
+            answer.1["error"]["message"]
+                .as_str()
+                .unwrap()
+                .split('"')
+                .nth(1)
+                .unwrap()
+        )
+    );
+    assert!(!answer.1.to_string().contains("sk-needs-a-key"));
+    // Models without a key still work.
+    api.ok("/model/new", model_entry("keyless", json!({})))
+        .await;
+    assert_eq!(
+        api.ok_get("/model/info", &[]).await["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    plane.stop().await;
+}
+on_both!(
+    without_a_credential_key_no_provider_key_is_stored,
+    sqlite_without_a_credential_key_no_provider_key_is_stored,
+    postgres_without_a_credential_key_no_provider_key_is_stored
+);
 
 // ---------------------------------------------------------------------------------------
 // Models: config and API side by side, restarts.
@@ -1659,7 +1953,7 @@ async fn sqlite_version_poll_catches_changes_from_another_process() {
     let mut filter = common::FakeFilter::connect(plane.grpc).await;
     filter.next_snapshot().await;
     // A second store on the same file stands for another process writing.
-    let other = Store::connect(db.url()).await.unwrap();
+    let other = common::connect(db.url()).await;
     let hub = SyncHub::start(other.clone()).await.unwrap();
     let manager = Manager::new(hub);
     let (clear, row) = manager
@@ -1721,6 +2015,25 @@ fn cli_session(url: &str) {
         "cli-1",
     ]));
     assert_eq!(model["model_id"], "cli-1");
+    // The CLI goes through the API, which reads no environment variable for a model name or
+    // for a key the operator did not allow.
+    for (flag, value) in [
+        ("--model-name", "os.environ/HOME"),
+        ("--api-key", "os.environ/PATH"),
+    ] {
+        let mut args = vec!["models", "add", "--model", "openai/x"];
+        if flag != "--model-name" {
+            args.extend_from_slice(&["--model-name", "cli-env"]);
+        }
+        args.extend_from_slice(&[flag, value]);
+        let (code, stdout, stderr) = run(&args);
+        assert_eq!(code, Some(1), "{stdout}{stderr}");
+        assert!(stderr.contains("os.environ/"), "{stderr}");
+        assert!(
+            !stderr.contains("/root") && !stderr.contains("/usr/bin"),
+            "{stderr}"
+        );
+    }
     let list = json_of(run(&["models", "list"]));
     assert_eq!(list["data"].as_array().unwrap().len(), 3);
     let team = json_of(run(&[

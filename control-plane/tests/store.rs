@@ -7,9 +7,11 @@ mod common;
 use common::{sqlite_store, PgTestDb};
 use tollgate::config::{self, Config, ProviderKind};
 use tollgate::proto::UsageRecord;
+use tollgate::secrets::CredentialError;
 use tollgate::store::{
-    sha256_hex, Backend, DeploymentRecord, DeploymentSource, KeyRow, Missing, NewMember, Store,
-    StoreError, Taken, TeamRow, UserRow, SETTING_MASTER_KEY_SHA256, SETTING_MAX_REQUEST_BODY_BYTES,
+    sha256_hex, Backend, CredentialReport, DeploymentRecord, DeploymentSource, KeyRow, Missing,
+    NewMember, Store, StoreError, Taken, TeamRow, UserRow, SETTING_MASTER_KEY_SHA256,
+    SETTING_MAX_REQUEST_BODY_BYTES,
 };
 
 fn parse(text: &str) -> Config {
@@ -224,7 +226,7 @@ async fn sqlite_config_replace_keeps_api_rows() {
 #[tokio::test]
 async fn postgres_config_replace_keeps_api_rows() {
     let db = PgTestDb::create().await;
-    let store = Store::connect(&db.url).await.unwrap();
+    let store = common::connect(&db.url).await;
     assert_eq!(store.backend(), Backend::Postgres);
     config_replace_keeps_api_rows(&store).await;
     store.close().await;
@@ -239,7 +241,7 @@ async fn sqlite_config_id_clash_rolls_back() {
 #[tokio::test]
 async fn postgres_config_id_clash_rolls_back() {
     let db = PgTestDb::create().await;
-    let store = Store::connect(&db.url).await.unwrap();
+    let store = common::connect(&db.url).await;
     config_id_taken_by_api_row_rolls_back(&store).await;
     store.close().await;
 }
@@ -253,7 +255,7 @@ async fn sqlite_usage_is_idempotent() {
 #[tokio::test]
 async fn postgres_usage_is_idempotent() {
     let db = PgTestDb::create().await;
-    let store = Store::connect(&db.url).await.unwrap();
+    let store = common::connect(&db.url).await;
     usage_is_idempotent(&store).await;
     store.close().await;
 }
@@ -274,10 +276,10 @@ async fn sqlite_versions_survive_reopening() {
 #[tokio::test]
 async fn postgres_versions_survive_reopening() {
     let db = PgTestDb::create().await;
-    let store = Store::connect(&db.url).await.unwrap();
+    let store = common::connect(&db.url).await;
     let last = snapshot_versions_increase(&store).await;
     store.close().await;
-    let store = Store::connect(&db.url).await.unwrap();
+    let store = common::connect(&db.url).await;
     assert_eq!(store.next_snapshot_version(0).await.unwrap(), last + 1);
     store.close().await;
 }
@@ -521,7 +523,256 @@ async fn sqlite_management_writes_fail_with_store_errors() {
 #[tokio::test]
 async fn postgres_management_writes_fail_with_store_errors() {
     let db = PgTestDb::create().await;
-    let store = Store::connect(&db.url).await.unwrap();
+    let store = common::connect(&db.url).await;
     management_writes_fail_with_store_errors(&store).await;
     store.close().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Provider keys at rest.
+
+/// A SQLite file in a new directory, or a fresh PostgreSQL database; the URL and what keeps
+/// the database alive.
+async fn fresh_database(postgres: bool) -> (String, Box<dyn std::any::Any + Send>) {
+    if postgres {
+        let db = PgTestDb::create().await;
+        (db.url.clone(), Box::new(db))
+    } else {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("tollgate.db").display()
+        );
+        (url, Box::new(dir))
+    }
+}
+
+fn store_without_key(store: Store) -> Store {
+    store.with_credential_key(None)
+}
+
+async fn provider_keys_are_encrypted_at_rest(url: &str) {
+    let store = common::connect(url).await;
+    assert_eq!(
+        store.prepare_credentials().await.unwrap(),
+        CredentialReport::default()
+    );
+    store.replace_config(&parse(CONFIG_A)).await.unwrap();
+    store
+        .upsert_deployment(&api_deployment("api-1"))
+        .await
+        .unwrap();
+    // Read back in clear, stored sealed: neither key appears in any row.
+    let rows = store.deployments().await.unwrap();
+    let keys: Vec<Option<&str>> = rows.iter().map(|r| r.record.api_key.as_deref()).collect();
+    assert_eq!(keys, [Some("sk-openai"), None, Some("sk-api")]);
+    let raw = common::raw_api_keys(url).await;
+    let sealed: Vec<&str> = raw.iter().filter_map(|(_, key)| key.as_deref()).collect();
+    assert_eq!(sealed.len(), 2, "{raw:?}");
+    for value in &sealed {
+        assert!(value.starts_with("enc:v1:"), "{value}");
+        assert!(!value.contains("sk-"), "{value}");
+    }
+    let snapshot = store.state_snapshot().await.unwrap();
+    assert_eq!(
+        snapshot.deployments[2].record.api_key.as_deref(),
+        Some("sk-api")
+    );
+    let gpt_id = parse(CONFIG_A).deployments[0].id.clone();
+    store.close().await;
+
+    // Restarted with the same key: everything opens.
+    let store = common::connect(url).await;
+    assert_eq!(
+        store.prepare_credentials().await.unwrap(),
+        CredentialReport {
+            sealed: 2,
+            migrated: 0
+        }
+    );
+    store.close().await;
+
+    // Another key: the start stops, naming the deployment and where the key came from, and
+    // reads fail the same way instead of handing out ciphertext.
+    let store = Store::connect(url)
+        .await
+        .unwrap()
+        .with_credential_key(Some(common::credential_key_of("another key")));
+    let message = store.prepare_credentials().await.unwrap_err().to_string();
+    assert_eq!(
+        message,
+        "cannot decrypt the provider key of deployment \"api-1\" with the key from \
+         LITELLM_SALT_KEY: it does not decrypt with this key (another key encrypted it, or it \
+         was altered)"
+    );
+    assert!(matches!(
+        store.deployments().await,
+        Err(StoreError::Credentials(CredentialError::Unreadable { .. }))
+    ));
+    assert!(store.state_snapshot().await.is_err());
+    assert!(store.deployment(&gpt_id).await.is_err());
+    // Nothing was written: the right key still opens everything.
+    let store = common::connect(url).await;
+    assert_eq!(store.prepare_credentials().await.unwrap().sealed, 2);
+
+    // No key at all: a clear error, never the sealed text as a key.
+    let unkeyed = store_without_key(store.clone());
+    assert_eq!(
+        unkeyed.prepare_credentials().await.unwrap_err().to_string(),
+        "the database holds encrypted provider keys (deployment \"api-1\") and neither \
+         LITELLM_SALT_KEY nor TOLLGATE_SALT_KEY is set: set it to the key they were encrypted with"
+    );
+    assert!(matches!(
+        unkeyed.deployments().await,
+        Err(StoreError::Credentials(CredentialError::NoKeyToOpen { .. }))
+    ));
+    match unkeyed.replace_config(&parse(CONFIG_A)).await {
+        Err(error) => assert_eq!(
+            error.to_string(),
+            format!(
+                "deployment {gpt_id:?} has a provider key, and provider keys are stored \
+                 encrypted: set LITELLM_SALT_KEY (or TOLLGATE_SALT_KEY) to a secret of your own \
+                 for the control plane"
+            )
+        ),
+        Ok(()) => panic!("a provider key was stored without a credential key"),
+    }
+    store.close().await;
+}
+
+async fn a_wrong_key_is_found_before_any_provider_key_is_stored(url: &str) {
+    // The key check alone (no provider key stored yet) tells a wrong key.
+    let store = common::connect(url).await;
+    store.prepare_credentials().await.unwrap();
+    store.close().await;
+    let store = Store::connect(url)
+        .await
+        .unwrap()
+        .with_credential_key(Some(common::credential_key_of("another key")));
+    match store.prepare_credentials().await {
+        Err(StoreError::Credentials(error @ CredentialError::WrongKey { .. })) => {
+            assert!(
+                error
+                    .to_string()
+                    .starts_with("the key from LITELLM_SALT_KEY is not the key this database's"),
+                "{error}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Without a key and without provider keys, a store starts (and stores no provider key).
+    let unkeyed = store_without_key(store);
+    assert_eq!(
+        unkeyed.prepare_credentials().await.unwrap(),
+        CredentialReport::default()
+    );
+    unkeyed.replace_config(&parse(CONFIG_B)).await.unwrap();
+    unkeyed.close().await;
+}
+
+async fn clear_keys_of_earlier_versions_are_sealed_at_startup(url: &str) {
+    let store = store_without_key(common::connect(url).await);
+    store.replace_config(&parse(CONFIG_B)).await.unwrap();
+    let mut legacy = api_deployment("legacy");
+    legacy.api_key = None;
+    store.upsert_deployment(&legacy).await.unwrap();
+    store.close().await;
+    // As an earlier version stored it: in clear.
+    common::raw_execute(
+        url,
+        "UPDATE deployments SET api_key = 'sk-legacy-clear' WHERE id = 'legacy'",
+    )
+    .await;
+
+    // Without a key the start refuses rather than keep it in clear.
+    let store = store_without_key(common::connect(url).await);
+    assert_eq!(
+        store.prepare_credentials().await.unwrap_err().to_string(),
+        "deployment \"legacy\" stores its provider key in clear (written by an earlier version \
+         of Tollgate): set LITELLM_SALT_KEY (or TOLLGATE_SALT_KEY) and start again to encrypt it"
+    );
+    store.close().await;
+
+    let store = common::connect(url).await;
+    assert_eq!(
+        store.prepare_credentials().await.unwrap(),
+        CredentialReport {
+            sealed: 0,
+            migrated: 1
+        }
+    );
+    let raw = common::raw_api_keys(url).await;
+    let stored = raw
+        .iter()
+        .find(|(id, _)| id == "legacy")
+        .and_then(|(_, key)| key.clone())
+        .unwrap();
+    assert!(stored.starts_with("enc:v1:"), "{stored}");
+    let rows = store.deployments().await.unwrap();
+    let legacy = rows.iter().find(|row| row.record.id == "legacy").unwrap();
+    assert_eq!(legacy.record.api_key.as_deref(), Some("sk-legacy-clear"));
+    // A sealed key moved to another row does not open there.
+    common::raw_execute(
+        url,
+        &format!(
+            "UPDATE deployments SET api_key = '{stored}' WHERE id = '{}'",
+            parse(CONFIG_B).deployments[0].id
+        ),
+    )
+    .await;
+    assert!(matches!(
+        store.prepare_credentials().await,
+        Err(StoreError::Credentials(CredentialError::Unreadable { ref deployment, .. }))
+            if *deployment == "claude-main"
+    ));
+    store.close().await;
+}
+
+#[tokio::test]
+async fn sqlite_provider_keys_are_encrypted_at_rest() {
+    let (url, _db) = fresh_database(false).await;
+    provider_keys_are_encrypted_at_rest(&url).await;
+    // The file itself (WAL included) holds no provider key.
+    let dir = std::path::Path::new(
+        url.trim_start_matches("sqlite://")
+            .trim_end_matches("?mode=rwc"),
+    )
+    .parent()
+    .unwrap()
+    .to_path_buf();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(!text.contains("sk-openai") && !text.contains("sk-api"));
+    }
+}
+
+#[tokio::test]
+async fn postgres_provider_keys_are_encrypted_at_rest() {
+    let (url, _db) = fresh_database(true).await;
+    provider_keys_are_encrypted_at_rest(&url).await;
+}
+
+#[tokio::test]
+async fn sqlite_a_wrong_key_is_found_before_any_provider_key_is_stored() {
+    let (url, _db) = fresh_database(false).await;
+    a_wrong_key_is_found_before_any_provider_key_is_stored(&url).await;
+}
+
+#[tokio::test]
+async fn postgres_a_wrong_key_is_found_before_any_provider_key_is_stored() {
+    let (url, _db) = fresh_database(true).await;
+    a_wrong_key_is_found_before_any_provider_key_is_stored(&url).await;
+}
+
+#[tokio::test]
+async fn sqlite_clear_keys_of_earlier_versions_are_sealed_at_startup() {
+    let (url, _db) = fresh_database(false).await;
+    clear_keys_of_earlier_versions_are_sealed_at_startup(&url).await;
+}
+
+#[tokio::test]
+async fn postgres_clear_keys_of_earlier_versions_are_sealed_at_startup() {
+    let (url, _db) = fresh_database(true).await;
+    clear_keys_of_earlier_versions_are_sealed_at_startup(&url).await;
 }

@@ -324,7 +324,7 @@ async fn restart_with_a_changed_config_serves_a_newer_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("cp.db").display());
 
-    let store = Store::connect(&url).await.unwrap();
+    let store = common::connect(&url).await;
     let server = Server::start(store.clone(), &load(CONFIG)).await;
     let mut filter = common::FakeFilter::connect(server.address).await;
     let before = filter.next_snapshot().await;
@@ -334,7 +334,7 @@ async fn restart_with_a_changed_config_serves_a_newer_snapshot() {
     let changed = load(
         "model_list:\n  - model_name: only\n    litellm_params: {model: groq/llama-3.1-8b-instant}\n",
     );
-    let store = Store::connect(&url).await.unwrap();
+    let store = common::connect(&url).await;
     let server = Server::start(store.clone(), &changed).await;
     // The filter reconnects to the new control plane.
     let mut filter = common::FakeFilter::connect(server.address).await;
@@ -359,7 +359,7 @@ async fn restart_with_a_changed_config_serves_a_newer_snapshot() {
 #[tokio::test]
 async fn sync_works_on_postgres_too() {
     let db = common::PgTestDb::create().await;
-    let store = Store::connect(&db.url).await.unwrap();
+    let store = common::connect(&db.url).await;
     let server = Server::start(store.clone(), &load(CONFIG)).await;
     let mut filter = common::FakeFilter::connect(server.address).await;
     let snapshot = filter.next_snapshot().await;

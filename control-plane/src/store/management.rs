@@ -348,7 +348,7 @@ impl Store {
             let rows = sqlx::query(&deployment_sql).fetch_all(&mut *tx).await?;
             let mut deployments = Vec::with_capacity(rows.len());
             for row in &rows {
-                deployments.push(decode_deployment!(row));
+                deployments.push(decode_deployment!(self, row));
             }
             let rows = sqlx::query("SELECT key, value FROM settings").fetch_all(&mut *tx).await?;
             let mut settings = BTreeMap::new();
@@ -751,7 +751,7 @@ impl Store {
             if taken.is_some() {
                 return Err(StoreError::AlreadyExists(Taken::Deployment(record.id.clone())));
             }
-            bind_deployment!(sqlx::query(INSERT_DEPLOYMENT), record, now, now)
+            bind_deployment!(self, sqlx::query(INSERT_DEPLOYMENT), record, now, now)
                 .execute(&mut *tx)
                 .await?;
             notify_change!(self, tx, version);
@@ -788,7 +788,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             if let Some(record) = record {
-                bind_deployment!(sqlx::query(INSERT_DEPLOYMENT), record, created_at, now)
+                bind_deployment!(self, sqlx::query(INSERT_DEPLOYMENT), record, created_at, now)
                     .execute(&mut *tx)
                     .await?;
             }
@@ -803,7 +803,7 @@ impl Store {
         let sql = format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE id = $1");
         with_pool!(self, pool => {
             match sqlx::query(&sql).bind(id).fetch_optional(pool).await? {
-                Some(row) => Ok(Some(decode_deployment!(&row))),
+                Some(row) => Ok(Some(decode_deployment!(self, &row))),
                 None => Ok(None),
             }
         })

@@ -5,8 +5,57 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use sqlx::{Connection, Executor, PgConnection};
+use sqlx::{AnyConnection, Connection, Executor, PgConnection, Row};
+use tollgate::secrets::{CredentialKey, KeySource};
 use tollgate::store::Store;
+
+/// The secret the tests' credential key is derived from.
+pub const TEST_SALT_KEY: &str = "tollgate-tests-salt-key";
+
+/// The credential key of the tests, as if from `LITELLM_SALT_KEY`.
+pub fn credential_key() -> CredentialKey {
+    credential_key_of(TEST_SALT_KEY)
+}
+
+/// A credential key from `secret`, as if from `LITELLM_SALT_KEY`.
+pub fn credential_key_of(secret: &str) -> CredentialKey {
+    CredentialKey::derive(secret, KeySource::Env("LITELLM_SALT_KEY")).unwrap()
+}
+
+/// A store on `url` with the tests' credential key.
+pub async fn connect(url: &str) -> Store {
+    Store::connect(url)
+        .await
+        .unwrap()
+        .with_credential_key(Some(credential_key()))
+}
+
+/// A connection to the database at `url` behind the store's back (an earlier version's rows,
+/// tampering), through sqlx's driver-independent `Any` connection.
+async fn raw_connection(url: &str) -> AnyConnection {
+    sqlx::any::install_default_drivers();
+    AnyConnection::connect(url).await.unwrap()
+}
+
+/// Runs `sql` on the database at `url`.
+pub async fn raw_execute(url: &str, sql: &str) {
+    let mut connection = raw_connection(url).await;
+    connection.execute(sql).await.unwrap();
+    connection.close().await.unwrap();
+}
+
+/// `(id, api_key)` of every deployment row, as stored.
+pub async fn raw_api_keys(url: &str) -> Vec<(String, Option<String>)> {
+    let mut connection = raw_connection(url).await;
+    let rows = sqlx::query("SELECT id, api_key FROM deployments ORDER BY id")
+        .fetch_all(&mut connection)
+        .await
+        .unwrap();
+    connection.close().await.unwrap();
+    rows.iter()
+        .map(|row| (row.get("id"), row.get("api_key")))
+        .collect()
+}
 
 /// PostgreSQL server the tests use; CI has one, so an unreachable server fails the tests.
 pub fn pg_base_url() -> String {
@@ -107,7 +156,7 @@ pub async fn sqlite_store() -> (Store, tempfile::TempDir) {
         "sqlite://{}?mode=rwc",
         dir.path().join("tollgate.db").display()
     );
-    (Store::connect(&url).await.unwrap(), dir)
+    (connect(&url).await, dir)
 }
 
 #[test]

@@ -207,7 +207,6 @@ impl PluginConfig {
 }
 
 /// Everything the glue must do to send a chat request upstream.
-#[derive(Debug)]
 pub struct RequestPlan {
     /// The chosen deployment.
     pub deployment: Arc<Deployment>,
@@ -227,6 +226,22 @@ pub struct RequestPlan {
     pub stream: bool,
     /// The response side.
     pub response: ResponseHandler,
+}
+
+impl std::fmt::Debug for RequestPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestPlan")
+            .field("deployment", &self.deployment)
+            .field("route_value", &self.route_value)
+            .field("authority", &self.authority)
+            .field("path", &self.path)
+            .field("headers", &crate::redact::Headers(&self.headers))
+            .field("body", &self.body)
+            .field("body_length", &self.body_length)
+            .field("stream", &self.stream)
+            .field("response", &self.response)
+            .finish()
+    }
 }
 
 impl RequestPlan {
@@ -397,6 +412,36 @@ pub(crate) mod tests {
         assert!(plan
             .headers
             .contains(&("authorization", "Bearer sk-provider".to_string())));
+    }
+
+    #[test]
+    fn debug_output_hides_provider_keys() {
+        let state = state();
+        let mut printed = vec![format!("{state:?}")];
+        for model in ["gpt", "claude"] {
+            let body =
+                format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#);
+            let plan =
+                plan_chat_request(&state, body.as_bytes(), &TranslateContext::default()).unwrap();
+            assert!(plan
+                .headers
+                .iter()
+                .any(|(_, value)| value.contains("sk-provider")));
+            printed.push(format!("{plan:?}"));
+        }
+        let snapshot = proto::Snapshot {
+            deployments: vec![deployment(
+                "gpt",
+                proto::ProviderKind::Openai,
+                "http://h/v1",
+            )],
+            ..Default::default()
+        };
+        printed.push(format!("{snapshot:?}"));
+        for debug in printed {
+            assert!(!debug.contains("sk-provider"), "{debug}");
+            assert!(debug.contains("<redacted>"), "{debug}");
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod openai_types;
 pub mod proto;
 pub mod providers;
+pub mod redact;
 pub mod request;
 pub mod snapshot;
 pub mod sse;

@@ -39,6 +39,22 @@ pub fn acknowledged_batches(message: &[u8]) -> Option<Vec<u64>> {
         .map(|ack| ack.batch_ids)
 }
 
+impl core::fmt::Debug for Deployment {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Deployment")
+            .field("id", &self.id)
+            .field("model_name", &self.model_name)
+            .field("provider", &self.provider)
+            .field("provider_name", &self.provider_name)
+            .field("upstream_model", &self.upstream_model)
+            .field("api_base", &self.api_base)
+            .field("api_key", &crate::redact::secret(&self.api_key))
+            .field("default_max_tokens", &self.default_max_tokens)
+            .field("api_version", &self.api_version)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -84,7 +84,6 @@ impl UpstreamTarget {
 }
 
 /// One upstream that can serve a public model name.
-#[derive(Debug)]
 pub struct Deployment {
     /// Stable id from the control plane.
     pub id: String,
@@ -108,6 +107,24 @@ pub struct Deployment {
     pub stat_model: String,
     /// `provider_name` made safe for a stat name.
     pub stat_provider: String,
+}
+
+impl std::fmt::Debug for Deployment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deployment")
+            .field("id", &self.id)
+            .field("model_name", &self.model_name)
+            .field("provider", &self.provider)
+            .field("provider_name", &self.provider_name)
+            .field("upstream_model", &self.upstream_model)
+            .field("target", &self.target)
+            .field("api_key", &crate::redact::secret(&self.api_key))
+            .field("default_max_tokens", &self.default_max_tokens)
+            .field("api_version", &self.api_version)
+            .field("stat_model", &self.stat_model)
+            .field("stat_provider", &self.stat_provider)
+            .finish()
+    }
 }
 
 /// The deployments of one public model name.

@@ -205,17 +205,26 @@ pub const MOCK_OPENAI_KEY: &str = "sk-mock-openai";
 /// See [`MOCK_OPENAI_KEY`].
 pub const MOCK_ANTHROPIC_KEY: &str = "sk-mock-anthropic";
 
+/// The secret `tollgate serve` gets as `LITELLM_SALT_KEY` in these tests (the same for every
+/// start, so a restarted control plane reads what an earlier one stored).
+pub const E2E_SALT_KEY: &str = "tollgate-e2e-salt-key";
+
 impl Mock {
     /// Starts `tollgate-mock` on a free port, requiring the mock provider keys.
     pub fn start(dir: &Path) -> Result<Mock> {
+        Self::start_with_keys(dir, MOCK_OPENAI_KEY, MOCK_ANTHROPIC_KEY)
+    }
+
+    /// Starts `tollgate-mock` on a free port, requiring these provider keys.
+    pub fn start_with_keys(dir: &Path, openai_key: &str, anthropic_key: &str) -> Result<Mock> {
         let mut command = Command::new(binary("tollgate-mock")?);
         command.args([
             "--port",
             "0",
             "--openai-key",
-            MOCK_OPENAI_KEY,
+            openai_key,
             "--anthropic-key",
-            MOCK_ANTHROPIC_KEY,
+            anthropic_key,
         ]);
         let mut process = Process::start("tollgate-mock", command, &dir.join("mock.log"))?;
         let line = process.wait_for_line("listening on", Duration::from_secs(20))?;
@@ -261,6 +270,8 @@ pub struct Gateway {
     pub process: Process,
     /// Where state and logs go.
     pub dir: PathBuf,
+    /// The control plane's database.
+    pub database_url: String,
     /// Dropped after the process, so the database outlives the control plane.
     _database: Option<PgDatabase>,
 }
@@ -304,9 +315,14 @@ impl Gateway {
     /// picked free just before; another process can take one in between, so a failed start
     /// is retried with new ports.
     pub fn start(dir: &Path, config: &str) -> Result<Gateway> {
+        Self::start_with_env(dir, config, &[])
+    }
+
+    /// Like [`Self::start`], with extra environment variables for `tollgate up`.
+    pub fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Result<Gateway> {
         let mut last_error = anyhow!("not started");
         for _ in 0..3 {
-            match Self::start_once(dir, config) {
+            match Self::start_once(dir, config, env) {
                 Ok(gateway) => return Ok(gateway),
                 Err(error) => last_error = error,
             }
@@ -314,7 +330,7 @@ impl Gateway {
         Err(last_error)
     }
 
-    fn start_once(dir: &Path, config: &str) -> Result<Gateway> {
+    fn start_once(dir: &Path, config: &str, env: &[(&str, &str)]) -> Result<Gateway> {
         let config_path = dir.join("config.yaml");
         std::fs::write(&config_path, config)?;
         let (port, admin_port, grpc_port) = (free_port()?, free_port()?, free_port()?);
@@ -334,6 +350,7 @@ impl Gateway {
             .arg("--state-dir")
             .arg(&state_dir)
             .args(["--database-url", &database_url])
+            .envs(env.iter().copied())
             .current_dir(dir);
         match FilterBuild::chosen()? {
             FilterBuild::Wasm(path) => command.arg("--wasm").arg(path),
@@ -352,6 +369,7 @@ impl Gateway {
             grpc_port,
             process,
             dir: dir.to_path_buf(),
+            database_url,
             _database: database,
         })
     }
@@ -505,6 +523,8 @@ impl ControlPlane {
             .arg(config_path)
             .args(["--grpc-addr", &format!("127.0.0.1:{grpc_port}")])
             .args(["--database-url", database_url])
+            .env("LITELLM_SALT_KEY", E2E_SALT_KEY)
+            .env_remove("TOLLGATE_SALT_KEY")
             .args(&options.args)
             .envs(options.env.iter().map(|(name, value)| (name, value)))
             .current_dir(dir);
@@ -722,6 +742,11 @@ impl Drop for PgDatabase {
 }
 
 fn psql(url: &str, sql: &str) -> Result<()> {
+    psql_output(url, sql).map(drop)
+}
+
+/// What `psql` prints for `sql` on the database at `url`.
+pub fn psql_output(url: &str, sql: &str) -> Result<String> {
     let output = Command::new("psql")
         .arg(url)
         .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
@@ -731,5 +756,5 @@ fn psql(url: &str, sql: &str) -> Result<()> {
         "psql {sql}: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    Ok(())
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }

@@ -21,7 +21,7 @@ pub struct TranslateContext {
 }
 
 /// The request to send upstream.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct UpstreamRequest {
     /// Path appended to the deployment's base path (e.g. `/chat/completions`).
     pub path: String,
@@ -29,6 +29,16 @@ pub struct UpstreamRequest {
     pub headers: Vec<(&'static str, String)>,
     /// The body.
     pub body: Vec<u8>,
+}
+
+impl std::fmt::Debug for UpstreamRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamRequest")
+            .field("path", &self.path)
+            .field("headers", &crate::redact::Headers(&self.headers))
+            .field("body", &self.body)
+            .finish()
+    }
 }
 
 /// What became of one stream chunk.
