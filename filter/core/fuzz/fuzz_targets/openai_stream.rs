@@ -1,0 +1,92 @@
+//! The OpenAI pass-through stream (`ResponseHandler::on_stream_chunk` of a plan for an
+//! OpenAI deployment) on arbitrary provider bytes cut at arbitrary points.
+//!
+//! Input: see `StreamInput` (options byte, chunking byte, stream). Checks:
+//! - cut or whole, the client gets the same bytes and the same usage is recorded;
+//! - when the client asked for the usage chunk, the stream passes untouched;
+//! - otherwise the client gets the stream without the usage-only chunks (`"choices":[]` and
+//!   a usage object) the gateway forced on, byte for byte, and nothing else is changed;
+//! - the usage recorded is every usage object of the stream merged in order.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use serde::Deserialize;
+use tollgate_core::proto::ProviderKind;
+use tollgate_core::sse::{SseError, SseParser};
+use tollgate_core::Usage;
+use tollgate_core_fuzz::{run_stream, streaming_plan, StreamInput};
+
+/// OpenAI's usage object, as the reference reads it.
+#[derive(Deserialize)]
+struct ReferenceUsage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    prompt_tokens_details: Option<ReferenceDetails>,
+}
+
+#[derive(Deserialize)]
+struct ReferenceDetails {
+    cached_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct ReferenceChunk {
+    usage: Option<ReferenceUsage>,
+    choices: Option<Vec<serde::de::IgnoredAny>>,
+}
+
+/// What the client must get when the usage chunk is stripped, and the usage to record.
+fn reference(stream: &[u8], strip: bool) -> (Vec<u8>, Usage) {
+    let mut usage = Usage::default();
+    let mut client = Vec::new();
+    let mut event_start = 0;
+    let mut parser = SseParser::new(usize::MAX);
+    parser
+        .feed(stream, |event| {
+            let mut usage_only = false;
+            if let Ok(chunk) = serde_json::from_str::<ReferenceChunk>(event.data) {
+                if let Some(reported) = chunk.usage {
+                    usage.merge(Usage {
+                        prompt_tokens: reported.prompt_tokens,
+                        completion_tokens: reported.completion_tokens,
+                        cached_prompt_tokens: reported
+                            .prompt_tokens_details
+                            .and_then(|details| details.cached_tokens),
+                    });
+                    usage_only = chunk.choices.is_some_and(|choices| choices.is_empty());
+                }
+            }
+            if !(strip && usage_only) {
+                client.extend_from_slice(&stream[event_start..event.end]);
+            }
+            event_start = event.end;
+            Ok::<(), SseError>(())
+        })
+        .unwrap_or_else(|error| panic!("unbounded parser: {error}"));
+    client.extend_from_slice(&stream[event_start..]);
+    (client, usage)
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some(input) = StreamInput::parse(data) else {
+        return;
+    };
+    let mut whole_plan = streaming_plan(ProviderKind::Openai, input.include_usage);
+    let whole = run_stream(&mut whole_plan.response, &[input.stream]);
+    let mut cut_plan = streaming_plan(ProviderKind::Openai, input.include_usage);
+    let cut = run_stream(&mut cut_plan.response, &input.chunks());
+    assert!(whole == cut, "cut:\n{}\nwhole:\n{}", String::from_utf8_lossy(&cut), String::from_utf8_lossy(&whole));
+    assert_eq!(cut_plan.response.usage(), whole_plan.response.usage());
+
+    let (expected, usage) = reference(input.stream, !input.include_usage);
+    assert!(
+        whole == expected,
+        "got:\n{}\nexpected:\n{}",
+        String::from_utf8_lossy(&whole),
+        String::from_utf8_lossy(&expected)
+    );
+    assert_eq!(whole_plan.response.usage(), usage);
+    // The provider chose these numbers: adding them up must not overflow.
+    let _ = usage.total_tokens();
+});

@@ -1,0 +1,92 @@
+//! The chat request parser and planner on arbitrary bytes: `summarize_chat_request`, then
+//! `plan_chat_request` for a deployment of every provider kind serving the requested model.
+//!
+//! Checks:
+//! - a refusal is a typed 400 with an OpenAI error body, and planning refuses the same way;
+//! - an accepted body is a JSON object, the summary's spans point at its model and
+//!   `stream_options`;
+//! - the OpenAI plan accepts every request the summary accepts and sends the client's object
+//!   with only the model replaced and, for a stream without the client's usage chunk,
+//!   `stream_options.include_usage` forced on (so tokens are always counted);
+//! - the Anthropic plan sends a JSON object with the upstream model, a max_tokens of at least
+//!   1 and the client's stream flag, or refuses with a 400.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use serde_json::{Map, Value};
+use tollgate_core::gateway::{plan_chat_request, RequestPlan};
+use tollgate_core::proto::ProviderKind;
+use tollgate_core::request::{summarize_chat_request, ChatRequestSummary};
+use tollgate_core::GatewayError;
+use tollgate_core_fuzz::{assert_openai_error, json_object, state_serving, CONTEXT, MODEL, UPSTREAM_MODEL};
+
+fn assert_refusal(error: &GatewayError) {
+    assert_eq!(error.status(), 400, "{error}");
+    assert_openai_error(&error.to_json());
+}
+
+fn check_openai(client: &Map<String, Value>, summary: &ChatRequestSummary<'_>, plan: &RequestPlan) {
+    let mut expected = client.clone();
+    expected.insert("model".into(), UPSTREAM_MODEL.into());
+    if summary.stream && !summary.include_usage {
+        let mut options = client
+            .get("stream_options")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        options.insert("include_usage".into(), true.into());
+        expected.insert("stream_options".into(), options.into());
+    }
+    let sent = json_object(&plan.body);
+    assert!(sent == expected, "sent:\n{}\nexpected:\n{}", String::from_utf8_lossy(&plan.body), Value::from(expected.clone()));
+    assert!(plan.headers.contains(&("authorization", "Bearer sk-fuzz".into())));
+}
+
+fn check_anthropic(summary: &ChatRequestSummary<'_>, plan: &RequestPlan) {
+    let sent = json_object(&plan.body);
+    assert_eq!(sent["model"], UPSTREAM_MODEL);
+    assert!(sent["max_tokens"].as_u64().is_some_and(|max| max >= 1), "max_tokens {}", sent["max_tokens"]);
+    assert_eq!(sent.get("stream").and_then(Value::as_bool).unwrap_or(false), summary.stream);
+    assert!(sent["messages"].as_array().is_some_and(|messages| !messages.is_empty()));
+    assert!(plan.headers.contains(&("x-api-key", "sk-fuzz".into())));
+}
+
+fuzz_target!(|body: &[u8]| {
+    let summary = match summarize_chat_request(body) {
+        Ok(summary) => summary,
+        Err(error) => {
+            assert_refusal(&error);
+            let planned = plan_chat_request(&state_serving(MODEL, ProviderKind::Openai), body, &CONTEXT);
+            let refused = planned.err().expect("planning accepted what the summary refused");
+            assert_eq!(refused.to_string(), error.to_string());
+            return;
+        }
+    };
+    assert_eq!(body.trim_ascii_start().first(), Some(&b'{'), "an accepted body is not an object");
+    let model: String = serde_json::from_slice(&body[summary.model_span.clone()]).expect("the model span is a JSON string");
+    assert_eq!(model, summary.model);
+    if let Some(span) = summary.stream_options_span.clone() {
+        let raw = summary.stream_options.expect("a span comes with its value");
+        assert_eq!(&body[span], raw.get().as_bytes());
+    }
+    // The comparisons read the body as a JSON value, which holds no number out of f64's
+    // range; the parser passes such numbers in fields it does not read.
+    let client: Option<Map<String, Value>> = serde_json::from_slice(body).ok();
+    if let Some(client) = &client {
+        assert_eq!(client["model"], summary.model.as_ref());
+    }
+    let state = state_serving(&summary.model, ProviderKind::Openai);
+    match (plan_chat_request(&state, body, &CONTEXT), &client) {
+        (Ok(plan), Some(client)) => check_openai(client, &summary, &plan),
+        (Ok(_), None) => {}
+        (Err(error), Some(_)) => panic!("the OpenAI plan refused an accepted request: {error}"),
+        (Err(error), None) => assert_refusal(&error),
+    }
+    let state = state_serving(&summary.model, ProviderKind::Anthropic);
+    match plan_chat_request(&state, body, &CONTEXT) {
+        Ok(plan) if client.is_some() => check_anthropic(&summary, &plan),
+        Ok(_) => {}
+        Err(error) => assert_refusal(&error),
+    }
+});

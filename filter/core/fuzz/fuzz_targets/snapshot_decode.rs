@@ -1,0 +1,195 @@
+//! Snapshot decoding: `State::check_control_message` and `SnapshotMessage::into_state`.
+//!
+//! The input is used twice:
+//! - as the bytes of a control-plane message: the check and the state must not panic, and
+//!   agree with each other (version, number of keys);
+//! - as the source of a structured snapshot (`arbitrary`), encoded as the control plane does:
+//!   the check reads back its version and key count, and the state built key by key from the
+//!   message is the state built from the decoded snapshot at once.
+
+#![no_main]
+
+use arbitrary::{Arbitrary, Unstructured};
+use libfuzzer_sys::fuzz_target;
+use prost::Message;
+use tollgate_core::{proto, State};
+
+/// A snapshot as `arbitrary` builds it: fields drawn from small sets where the filter checks
+/// them, so that most deployments and keys are usable and the comparisons have content.
+#[derive(Arbitrary, Debug)]
+struct ArbitrarySnapshot {
+    version: u64,
+    settings: Option<ArbitrarySettings>,
+    deployments: Vec<ArbitraryDeployment>,
+    keys: Vec<ArbitraryKey>,
+}
+
+#[derive(Arbitrary, Debug)]
+struct ArbitrarySettings {
+    master_key: Digest,
+    max_request_body_bytes: u64,
+    max_response_body_bytes: u64,
+}
+
+/// A SHA-256 hex digest, or any text in its place.
+#[derive(Arbitrary, Debug)]
+enum Digest {
+    Valid([u8; 32]),
+    Text(String),
+}
+
+impl Digest {
+    fn hex(&self) -> String {
+        match self {
+            Digest::Valid(bytes) => bytes.iter().map(|byte| format!("{byte:02x}")).collect(),
+            Digest::Text(text) => text.clone(),
+        }
+    }
+}
+
+#[derive(Arbitrary, Debug)]
+struct ArbitraryDeployment {
+    id: String,
+    /// An index into `NAMES`, so that deployments share model names.
+    model_name: u8,
+    provider: i32,
+    provider_name: String,
+    upstream_model: String,
+    api_base: ApiBase,
+    api_key: String,
+    default_max_tokens: u32,
+    api_version: String,
+}
+
+#[derive(Arbitrary, Debug)]
+enum ApiBase {
+    Http(String),
+    Https(String),
+    Any(String),
+}
+
+#[derive(Arbitrary, Debug)]
+struct ArbitraryKey {
+    digest: Digest,
+    alias: String,
+    user_id: String,
+    team_id: String,
+    models: Vec<String>,
+    blocked: bool,
+    expires_unix_ms: u64,
+}
+
+const NAMES: [&str; 4] = ["", "gpt", "claude", "model with spaces/and:colons"];
+
+impl ArbitrarySnapshot {
+    fn proto(&self) -> proto::Snapshot {
+        proto::Snapshot {
+            version: self.version,
+            settings: self.settings.as_ref().map(|settings| proto::Settings {
+                master_key_sha256: settings.master_key.hex(),
+                max_request_body_bytes: settings.max_request_body_bytes,
+                max_response_body_bytes: settings.max_response_body_bytes,
+            }),
+            deployments: self
+                .deployments
+                .iter()
+                .map(|deployment| proto::Deployment {
+                    id: deployment.id.clone(),
+                    model_name: NAMES[usize::from(deployment.model_name) % NAMES.len()].into(),
+                    provider: deployment.provider % 4,
+                    provider_name: deployment.provider_name.clone(),
+                    upstream_model: deployment.upstream_model.clone(),
+                    api_base: match &deployment.api_base {
+                        ApiBase::Http(rest) => format!("http://{rest}"),
+                        ApiBase::Https(rest) => format!("https://{rest}"),
+                        ApiBase::Any(text) => text.clone(),
+                    },
+                    api_key: deployment.api_key.clone(),
+                    default_max_tokens: deployment.default_max_tokens,
+                    api_version: deployment.api_version.clone(),
+                })
+                .collect(),
+            keys: self
+                .keys
+                .iter()
+                .map(|key| proto::VirtualKey {
+                    key_sha256: key.digest.hex(),
+                    key_alias: key.alias.clone(),
+                    user_id: key.user_id.clone(),
+                    team_id: key.team_id.clone(),
+                    models: key.models.clone(),
+                    blocked: key.blocked,
+                    expires_unix_ms: key.expires_unix_ms,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Everything a state serves, as text, for comparing two states.
+fn describe(state: &State) -> String {
+    let models: Vec<String> = state
+        .model_names()
+        .iter()
+        .map(|name| format!("{name}: {:?}", state.model(name).map(|group| group.deployments())))
+        .collect();
+    format!(
+        "version {} master {:?} limits {} {} keys {} models {models:?} json {}",
+        state.version,
+        state.master_key_sha256,
+        state.max_request_body_bytes,
+        state.max_response_body_bytes,
+        state.key_count(),
+        String::from_utf8_lossy(state.models_json()),
+    )
+}
+
+fn digest_bytes(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.trim();
+    if hex.len() != 64 || !hex.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut bytes = [0; 32];
+    for (index, byte) in bytes.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * index..2 * index + 2], 16).ok()?;
+    }
+    Some(bytes)
+}
+
+fuzz_target!(|data: &[u8]| {
+    // The bytes as a message.
+    if let Ok(Some(message)) = State::check_control_message(data) {
+        let (version, key_count) = (message.version(), message.key_count());
+        let (state, problems) = message.into_state();
+        assert_eq!(state.version, version);
+        // Each key is served, refused with a problem, or replaced by a later one with its hash.
+        let refused = problems.iter().filter(|problem| problem.starts_with("keys[")).count();
+        assert!(state.key_count() + refused <= key_count, "{} + {refused} keys from {key_count}", state.key_count());
+        assert_eq!(key_count == 0, state.key_count() + refused == 0);
+    }
+
+    // The bytes as a structured snapshot.
+    let Ok(arbitrary) = ArbitrarySnapshot::arbitrary_take_rest(Unstructured::new(data)) else {
+        return;
+    };
+    let snapshot = arbitrary.proto();
+    let encoded = proto::ControlMessage {
+        kind: Some(proto::control_message::Kind::Snapshot(snapshot.clone())),
+    }
+    .encode_to_vec();
+    let message = State::check_control_message(&encoded)
+        .unwrap_or_else(|error| panic!("an encoded snapshot is refused: {error}"))
+        .expect("the message carries a snapshot");
+    assert_eq!(message.version(), snapshot.version);
+    assert_eq!(message.key_count(), snapshot.keys.len());
+    let (streamed, streamed_problems) = message.into_state();
+    let (direct, direct_problems) = State::from_snapshot(snapshot.clone());
+    assert_eq!(describe(&streamed), describe(&direct));
+    assert_eq!(streamed_problems, direct_problems);
+    for key in &snapshot.keys {
+        if let Some(digest) = digest_bytes(&key.key_sha256) {
+            let (streamed, direct) = (streamed.key(&digest), direct.key(&digest));
+            assert!(streamed.is_some() && streamed == direct, "key {}", key.key_sha256);
+        }
+    }
+});

@@ -1,0 +1,216 @@
+//! The seed corpus of every target, made from the golden fixtures of tollgate-core
+//! (`filter/core/fixtures`), so that fuzzing starts from real provider streams, bodies and
+//! client requests. `tests/corpus.rs` checks that `corpus/` holds exactly these files, and
+//! rewrites it under `UPDATE_CORPUS=1` (`make fuzz-corpus`).
+
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+use tollgate_core::proto;
+
+use crate::STATUSES;
+
+/// One seed: the target it feeds, its file name and its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seed {
+    /// The fuzz target (a directory under `corpus/`).
+    pub target: &'static str,
+    /// The file name.
+    pub name: String,
+    /// The input.
+    pub bytes: Vec<u8>,
+}
+
+/// Every target that has seeds.
+pub const TARGETS: [&str; 7] = [
+    "sse_parser",
+    "openai_stream",
+    "anthropic_stream",
+    "openai_body",
+    "anthropic_body",
+    "request_parser",
+    "snapshot_decode",
+];
+
+/// The directory of the golden fixtures.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
+}
+
+/// The directory of the committed corpus.
+pub fn corpus() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus")
+}
+
+/// A fixture case: its provider directory, its name and its path.
+struct Case {
+    provider: &'static str,
+    name: String,
+    path: PathBuf,
+}
+
+impl Case {
+    fn read(&self, file: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.path.join(file)).ok()
+    }
+
+    fn seed_name(&self) -> String {
+        format!("{}-{}", self.provider, self.name)
+    }
+
+    /// Whether the client asked for the usage chunk in `request.json`.
+    fn include_usage(&self) -> bool {
+        let request: serde_json::Value = self
+            .read("request.json")
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
+        request["stream_options"]["include_usage"] == true
+    }
+
+    /// The byte that picks the case's status from [`STATUSES`].
+    fn status_pick(&self) -> u8 {
+        let status: u16 = self
+            .read("status")
+            .and_then(|bytes| String::from_utf8_lossy(&bytes).trim().parse().ok())
+            .unwrap_or(200);
+        let index = STATUSES
+            .iter()
+            .position(|known| *known == status)
+            .unwrap_or_else(|| panic!("{}: status {status} is not in STATUSES", self.name));
+        u8::try_from(index).unwrap_or_else(|_| panic!("STATUSES has over 256 entries"))
+    }
+}
+
+fn cases() -> Vec<Case> {
+    let mut cases = Vec::new();
+    for provider in ["openai", "anthropic"] {
+        let directory = fixtures().join(provider);
+        let entries = std::fs::read_dir(&directory)
+            .unwrap_or_else(|error| panic!("{}: {error}", directory.display()));
+        for entry in entries {
+            let path = entry.unwrap_or_else(|error| panic!("{error}")).path();
+            if path.is_dir() {
+                let name = path
+                    .file_name()
+                    .map(|name| name.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                cases.push(Case {
+                    provider,
+                    name,
+                    path,
+                });
+            }
+        }
+    }
+    cases.sort_by(|a, b| (a.provider, &a.name).cmp(&(b.provider, &b.name)));
+    cases
+}
+
+/// The chunking byte of the stream seeds: chunks of 0 to 20 bytes.
+const SEED_CHUNKING: u8 = 5;
+
+/// An event stream with every line ending, comments, fields the parser skips, multi-line
+/// data and an unfinished event, for the parser's seeds.
+const LINE_ENDINGS: &[u8] = b": comment\r\nevent: message_start\r\ndata: {\"a\":1}\r\n\r\nid: 7\nretry: 10\nevent: ping\ndata: {}\n\ndata: line1\ndata:line2\n\ndata:nospace\r\r\xff\xfe\ndata: \xff\n\ndata: [DONE]\n\ndata: unfinished";
+
+/// Every seed of every target.
+pub fn all() -> Vec<Seed> {
+    let mut seeds = Vec::new();
+    let mut add = |target: &'static str, name: String, bytes: Vec<u8>| {
+        seeds.push(Seed {
+            target,
+            name,
+            bytes,
+        })
+    };
+    let prefixed = |head: &[u8], tail: &[u8]| [head, tail].concat();
+
+    add(
+        "sse_parser",
+        "line_endings".into(),
+        prefixed(&[u8::MAX, SEED_CHUNKING], LINE_ENDINGS),
+    );
+    add(
+        "sse_parser",
+        "line_endings-bounded".into(),
+        prefixed(&[8, 1], LINE_ENDINGS),
+    );
+    for case in cases() {
+        let name = case.seed_name();
+        if let Some(request) = case.read("request.json") {
+            add("request_parser", name.clone(), request);
+        }
+        if let Some(stream) = case.read("response.sse") {
+            let options = u8::from(case.include_usage());
+            let target = match case.provider {
+                "openai" => "openai_stream",
+                _ => "anthropic_stream",
+            };
+            add(target, name.clone(), prefixed(&[options, SEED_CHUNKING], &stream));
+            add(
+                "sse_parser",
+                name.clone(),
+                prefixed(&[u8::MAX, SEED_CHUNKING], &stream),
+            );
+        }
+        if let Some(body) = case.read("response.json").or_else(|| case.read("response.txt")) {
+            let target = match case.provider {
+                "openai" => "openai_body",
+                _ => "anthropic_body",
+            };
+            add(target, name.clone(), prefixed(&[case.status_pick()], &body));
+        }
+    }
+    for (name, snapshot) in snapshots() {
+        let message = proto::ControlMessage {
+            kind: Some(proto::control_message::Kind::Snapshot(snapshot)),
+        };
+        add("snapshot_decode", name.into(), message.encode_to_vec());
+    }
+    seeds
+}
+
+/// Snapshots as the control plane sends them: deployments of both providers, settings, and
+/// keys (valid, blocked, expiring, limited to models, and one with a broken hash).
+fn snapshots() -> Vec<(&'static str, proto::Snapshot)> {
+    let deployment = |model_name: &str, kind: proto::ProviderKind, api_base: &str| {
+        proto::Deployment {
+            api_base: api_base.into(),
+            ..crate::deployment(model_name, kind)
+        }
+    };
+    let key = |digit: char, models: &[&str]| proto::VirtualKey {
+        key_sha256: digit.to_string().repeat(64),
+        key_alias: format!("key-{digit}"),
+        user_id: "user".into(),
+        team_id: "team".into(),
+        models: models.iter().map(|model| model.to_string()).collect(),
+        blocked: digit == 'b',
+        expires_unix_ms: if digit == 'e' { 1_700_000_000_000 } else { 0 },
+    };
+    let full = proto::Snapshot {
+        version: 42,
+        settings: Some(proto::Settings {
+            master_key_sha256: "ab".repeat(32),
+            max_request_body_bytes: 1 << 20,
+            max_response_body_bytes: 0,
+        }),
+        deployments: vec![
+            deployment("gpt", proto::ProviderKind::Openai, "http://127.0.0.1:8000/v1"),
+            deployment("gpt", proto::ProviderKind::Openai, "https://api.openai.com/v1"),
+            deployment("claude", proto::ProviderKind::Anthropic, "https://api.anthropic.com"),
+            deployment("broken", proto::ProviderKind::Unspecified, "ftp://nowhere"),
+        ],
+        keys: vec![
+            key('a', &[]),
+            key('b', &[]),
+            key('e', &["gpt"]),
+            key('x', &["claude"]),
+        ],
+    };
+    let empty = proto::Snapshot {
+        version: 1,
+        ..proto::Snapshot::default()
+    };
+    vec![("snapshot-full", full), ("snapshot-empty", empty)]
+}
