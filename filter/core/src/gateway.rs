@@ -574,6 +574,20 @@ pub(crate) mod tests {
         );
     }
 
+    /// Checked by the `request_parser` fuzz target: `"stream_options": null` read as absent, so
+    /// the forced `include_usage` went in before it and the provider, reading the last
+    /// member, got `null` and counted no tokens.
+    #[test]
+    fn forces_include_usage_over_a_null_stream_options() {
+        let body = br#"{"model":"gpt","stream":true,"messages":[{"role":"user","content":"hi"}],"stream_options":null}"#;
+        let plan = plan_chat_request(&state(), body, &TranslateContext::default()).unwrap();
+        assert_eq!(
+            plan.body,
+            br#"{"model":"upstream-gpt","stream":true,"messages":[{"role":"user","content":"hi"}],"stream_options":{"include_usage":true}}"#
+        );
+        assert!(!summarize_chat_request(body).unwrap().include_usage);
+    }
+
     #[test]
     fn unknown_model_is_404() {
         let body = br#"{"model":"nope","messages":[{"role":"user","content":"hi"}]}"#;

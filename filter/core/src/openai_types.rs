@@ -653,7 +653,9 @@ impl ChunkFrame {
 }
 
 /// Whether `text` is the body of a JSON string (what goes between the quotes): no bare
-/// quote or control character, and only well-formed escapes.
+/// quote or control character, and only well-formed escapes. Surrogate escapes are refused
+/// too: serde refuses a lone one, so copying it would hand the client a string that is not
+/// JSON; a valid pair takes the general path, which decodes it.
 pub fn is_json_string_body(text: &[u8]) -> bool {
     let mut at = 0;
     while let Some(&byte) = text.get(at) {
@@ -662,9 +664,9 @@ pub fn is_json_string_body(text: &[u8]) -> bool {
             b'\\' => match text.get(at + 1) {
                 Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => 2,
                 Some(b'u')
-                    if text
-                        .get(at + 2..at + 6)
-                        .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)) =>
+                    if text.get(at + 2..at + 6).is_some_and(|hex| {
+                        hex.iter().all(u8::is_ascii_hexdigit) && !is_surrogate_escape(hex)
+                    }) =>
                 {
                     6
                 }
@@ -674,6 +676,14 @@ pub fn is_json_string_body(text: &[u8]) -> bool {
         };
     }
     true
+}
+
+/// Whether the four hex digits of a `\u` escape are a UTF-16 surrogate (D800 to DFFF).
+fn is_surrogate_escape(hex: &[u8]) -> bool {
+    matches!(
+        hex,
+        [b'd' | b'D', b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F', ..]
+    )
 }
 
 /// Appends `value` as a JSON string.
@@ -712,7 +722,18 @@ mod tests {
             };
             assert_eq!(parse(&fast), parse(&general), "{escaped}");
         }
-        for bad in ["a\"b", "tab\there", "end\\", r"\x", r"\u12", r"\u12g4"] {
+        // Surrogate escapes: a lone one is not JSON serde accepts, so none are copied as is.
+        for bad in [
+            "a\"b",
+            "tab\there",
+            "end\\",
+            r"\x",
+            r"\u12",
+            r"\u12g4",
+            r"\ud800",
+            r"\uDFFF",
+            r"\ud83d\ude00",
+        ] {
             assert!(!is_json_string_body(bad.as_bytes()), "{bad:?}");
         }
     }

@@ -20,9 +20,9 @@ pub struct ChatRequestSummary<'a> {
     pub stream: bool,
     /// Whether the client asked for the usage chunk at the end of a stream.
     pub include_usage: bool,
-    /// Where the `stream_options` object sits in the body, if present.
+    /// Where the `stream_options` value sits in the body, if present.
     pub stream_options_span: Option<Range<usize>>,
-    /// The `stream_options` object as sent, if present.
+    /// The `stream_options` value as sent (an object or `null`), if present.
     pub stream_options: Option<&'a RawValue>,
 }
 
@@ -33,7 +33,8 @@ struct ChatRequestView<'a> {
     #[serde(borrow)]
     messages: Option<Vec<MessageView<'a>>>,
     stream: Option<bool>,
-    #[serde(borrow)]
+    /// `null` included: its span must be known, so that it can be rewritten.
+    #[serde(borrow, default, deserialize_with = "raw_value_or_null")]
     stream_options: Option<&'a RawValue>,
     temperature: Option<f64>,
     top_p: Option<f64>,
@@ -46,6 +47,13 @@ struct ChatRequestView<'a> {
     tools: Option<&'a RawValue>,
     #[serde(borrow)]
     tool_choice: Option<&'a RawValue>,
+}
+
+/// Reads any value, `null` too, which `Option<&RawValue>` would read as absent.
+fn raw_value_or_null<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<&'a RawValue>, D::Error> {
+    <&'a RawValue>::deserialize(deserializer).map(Some)
 }
 
 #[derive(Deserialize)]
@@ -107,6 +115,13 @@ pub fn summarize_chat_request(body: &[u8]) -> Result<ChatRequestSummary<'_>, Gat
         Ok(view) => view,
         Err(_) => return Err(explain_invalid_request(body)),
     };
+    // serde also reads a struct from an array of its fields, in order.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(GatewayError::invalid(
+            "body",
+            "The request body must be a JSON object.",
+        ));
+    }
 
     let model_raw = view
         .model
@@ -142,9 +157,12 @@ pub fn summarize_chat_request(body: &[u8]) -> Result<ChatRequestSummary<'_>, Gat
         view.tool_choice,
         &[JsonKind::String, JsonKind::Object],
     )?;
-    check_json_kind("stream_options", view.stream_options, &[JsonKind::Object])?;
+    // `null` means no options, as for OpenAI; its span is still kept, so that a forced
+    // include_usage replaces it instead of going before it and being overridden by it.
+    let stream_options = view.stream_options.filter(|raw| raw.get() != "null");
+    check_json_kind("stream_options", stream_options, &[JsonKind::Object])?;
 
-    let include_usage = match view.stream_options {
+    let include_usage = match stream_options {
         Some(raw) => serde_json::from_str::<StreamOptionsView>(raw.get())
             .map_err(|_| {
                 GatewayError::invalid(
@@ -409,6 +427,16 @@ mod tests {
         }
         assert!(matches!(error_of("{"), GatewayError::InvalidJson(_)));
         assert!(matches!(error_of(""), GatewayError::InvalidRequest { .. }));
+    }
+
+    /// Checked by the `request_parser` fuzz target: serde reads a struct from an array of its
+    /// fields too, so an array passed as a request and was rewritten as if it were one.
+    #[test]
+    fn an_array_of_the_fields_is_not_a_request() {
+        let body = r#" ["m",[{"role":"user","content":"x"}],true,null,null,null,null,null,null,null,null,null]"#;
+        let error = error_of(body);
+        assert_eq!(error.status(), 400);
+        assert_eq!(error.param(), Some("body"));
     }
 
     #[test]

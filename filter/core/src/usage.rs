@@ -18,9 +18,10 @@ impl Usage {
         self.prompt_tokens.is_some() || self.completion_tokens.is_some()
     }
 
-    /// Sum of prompt and completion tokens, when both are known.
+    /// Sum of prompt and completion tokens, when both are known (saturating).
     pub fn total_tokens(&self) -> Option<u64> {
-        Some(self.prompt_tokens? + self.completion_tokens?)
+        // The provider chose both numbers.
+        Some(self.prompt_tokens?.saturating_add(self.completion_tokens?))
     }
 
     /// Merges a later report into this one: fields the later one reports win, fields it
@@ -251,6 +252,17 @@ mod tests {
         };
         assert!(zero.is_reported());
         assert_eq!(zero.total_tokens(), Some(0));
+    }
+
+    /// Checked by the `openai_body` fuzz target: a provider's counts overflowed the sum.
+    #[test]
+    fn total_tokens_saturate() {
+        let huge = Usage {
+            prompt_tokens: Some(u64::MAX),
+            completion_tokens: Some(1),
+            cached_prompt_tokens: None,
+        };
+        assert_eq!(huge.total_tokens(), Some(u64::MAX));
     }
 
     #[test]

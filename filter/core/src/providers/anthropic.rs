@@ -1391,6 +1391,38 @@ mod tests {
         }
     }
 
+    /// The fast path copied a text's escapes as they came, and serde refuses a lone surrogate
+    /// escape: the client got a chunk that is not JSON. Surrogate escapes now take the general
+    /// path, which decodes pairs and refuses lone ones.
+    #[test]
+    fn surrogate_escapes_take_the_general_path() {
+        let delta = |text: &str| {
+            format!(
+                "data: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"{text}\"}}}}\n\n"
+            )
+        };
+        let mut response = translator(false);
+        let (mut out, mut usage) = (Vec::new(), Usage::default());
+        response
+            .translate_stream(
+                delta(r"\ud83d\ude00").as_bytes(),
+                false,
+                &mut out,
+                &mut usage,
+            )
+            .unwrap();
+        let events = data_events(&out);
+        assert_eq!(events[1]["choices"][0]["delta"]["content"], "\u{1f600}");
+
+        let mut response = translator(false);
+        out.clear();
+        let error = response
+            .translate_stream(delta(r"\ud800").as_bytes(), false, &mut out, &mut usage)
+            .unwrap_err();
+        assert_eq!(error.status(), 502);
+        assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+    }
+
     #[test]
     fn stop_reasons() {
         assert_eq!(finish_reason("end_turn"), "stop");

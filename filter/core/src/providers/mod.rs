@@ -275,11 +275,16 @@ pub fn openai_shaped_error(status: u16, body: &[u8]) -> Vec<u8> {
         },
         Text(std::borrow::Cow<'a, str>),
     }
-    match serde_json::from_slice::<Envelope<'_>>(body) {
-        Ok(Envelope {
+    // From a `str`: the check skips the members it does not read, and a body passed through
+    // must be UTF-8 throughout to be JSON.
+    let envelope = std::str::from_utf8(body)
+        .ok()
+        .and_then(|text| serde_json::from_str::<Envelope<'_>>(text).ok());
+    match envelope {
+        Some(Envelope {
             error: Some(ErrorField::Object { .. }),
         }) => body.to_vec(),
-        Ok(Envelope {
+        Some(Envelope {
             error: Some(ErrorField::Text(message)),
         }) => error_body(&message, error_type_for_status(status), None, None),
         _ => {
@@ -320,5 +325,19 @@ mod tests {
             .unwrap()
             .contains("upstream exploded"));
         assert_eq!(text["error"]["type"], "api_error");
+    }
+
+    /// Found by the `anthropic_body` fuzz target: a body shaped like an OpenAI error passed
+    /// through with invalid UTF-8 in a member the check skips, and the client got invalid
+    /// JSON.
+    #[test]
+    fn an_error_body_that_is_not_utf8_is_wrapped() {
+        let body = b"{\"type\":\"\xfcrror\",\"error\":{\"message\":\"Overloaded\"}}";
+        let wrapped = openai_shaped_error(529, body);
+        let client: serde_json::Value = serde_json::from_slice(&wrapped).unwrap();
+        assert_eq!(
+            client["error"]["message"],
+            "The upstream provider returned HTTP 529: {\"type\":\"\u{fffd}rror\",\"error\":{\"message\":\"Overloaded\"}}"
+        );
     }
 }

@@ -31,10 +31,16 @@ pub fn build_request(
     if summary.stream && !summary.include_usage {
         match (&summary.stream_options_span, summary.stream_options) {
             (Some(span), Some(raw)) => {
+                // An object, or `null` (no options).
                 let mut options: serde_json::Map<String, serde_json::Value> =
-                    serde_json::from_str(raw.get()).map_err(|_| {
-                        GatewayError::invalid("stream_options", "stream_options must be an object")
-                    })?;
+                    serde_json::from_str::<Option<_>>(raw.get())
+                        .map_err(|_| {
+                            GatewayError::invalid(
+                                "stream_options",
+                                "stream_options must be an object",
+                            )
+                        })?
+                        .unwrap_or_default();
                 options.insert("include_usage".into(), serde_json::Value::Bool(true));
                 edits.push(Edit {
                     range: span.clone(),
@@ -121,10 +127,14 @@ fn buffered_usage(body: &[u8]) -> Option<OpenAiUsage> {
 /// the parser. `None` when that key is absent, nested or not followed by a well-formed tail
 /// of the top-level object: the caller then parses the whole body.
 ///
-/// A `"usage"` inside a string cannot match, because quotes in JSON strings are escaped; a
-/// nested `usage` object fails the tail check, since its parent object closes before the end.
+/// A `"usage"` whose opening quote is escaped is inside a string (a key or value such as
+/// `"x\"usage"`), and is left to the full parse; a nested `usage` object fails the tail
+/// check, since its parent object closes before the end.
 fn top_level_usage_in_tail(body: &[u8]) -> Option<Option<OpenAiUsage>> {
     let key = memchr::memmem::rfind(body, b"\"usage\"")?;
+    if is_escaped(body, key) {
+        return None;
+    }
     let value = body
         .get(key + b"\"usage\"".len()..)?
         .trim_ascii_start()
@@ -149,16 +159,36 @@ fn top_level_usage_in_tail(body: &[u8]) -> Option<Option<OpenAiUsage>> {
 fn may_carry_usage(data: &[u8]) -> bool {
     // With include_usage on, OpenAI ends every chunk but the last with `"usage":null}`: the
     // object's last member, so the top-level one, and no search is needed.
-    if data.trim_ascii_end().ends_with(br#""usage":null}"#) {
-        return false;
+    let trimmed = data.trim_ascii_end();
+    if let Some(head) = trimmed.strip_suffix(br#""usage":null}"#) {
+        if !is_escaped(trimmed, head.len()) {
+            return false;
+        }
     }
     memchr::memmem::find_iter(data, b"\"usage\"").any(|at| {
+        if is_escaped(data, at) {
+            // Inside a string: not a key.
+            return false;
+        }
         let rest = data.get(at + 7..).unwrap_or_default().trim_ascii_start();
         let Some(rest) = rest.strip_prefix(b":") else {
             return true;
         };
         !rest.trim_ascii_start().starts_with(b"null")
     })
+}
+
+/// Whether the byte at `at` is escaped: preceded by an odd number of backslashes, so a quote
+/// there is inside a string rather than its start.
+fn is_escaped(data: &[u8], at: usize) -> bool {
+    let backslashes = data
+        .get(..at)
+        .unwrap_or_default()
+        .iter()
+        .rev()
+        .take_while(|byte| **byte == b'\\')
+        .count();
+    backslashes % 2 == 1
 }
 
 /// Response side of an OpenAI-compatible request.
@@ -395,6 +425,19 @@ mod tests {
         );
         assert_eq!(prompt_tokens(r#"{"usage":null}"#), None);
         assert_eq!(prompt_tokens(r#"{"choices":[]}"#), None);
+    }
+
+    /// Checked by the `openai_body` and `openai_stream` fuzz targets: a key
+    /// ending in an escaped quote and `usage` (`"x\"usage"`) matched the search for the
+    /// `"usage"` key, so its value was taken for the usage, or its `null` hid the real one.
+    #[test]
+    fn a_key_ending_in_an_escaped_usage_is_not_the_usage() {
+        let body = r#"{"usage":{"prompt_tokens":1},"x\"usage":{"prompt_tokens":9}}"#;
+        assert_eq!(prompt_tokens(body), Some(1));
+        let chunk = br#"{"choices":[],"usage":{"prompt_tokens":1},"a\"usage":null}"#;
+        assert!(may_carry_usage(chunk));
+        // An escaped backslash before the quote leaves the quote unescaped.
+        assert!(!may_carry_usage(br#"{"choices":[],"a\\":1,"usage":null}"#));
     }
 
     #[test]
