@@ -1,5 +1,5 @@
 # The two commands of the README: `make run` and `make test`.
-.PHONY: run test wasm build bench
+.PHONY: run test wasm build bench fuzz fuzz-corpus
 
 run:
 	scripts/run.sh
@@ -16,3 +16,12 @@ build: wasm
 # What Tollgate costs on top of Envoy; writes BENCHMARKS.md (about 11 minutes).
 bench:
 	bench/run.sh
+
+# Fuzz tollgate-core: every cargo-fuzz target for FUZZ_SECONDS each (`make test` runs 15 s).
+FUZZ_SECONDS ?= 300
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
+
+# Rewrite the committed seed corpus (filter/core/fuzz/corpus) from the golden fixtures.
+fuzz-corpus:
+	UPDATE_CORPUS=1 cargo test --manifest-path filter/core/fuzz/Cargo.toml --test corpus

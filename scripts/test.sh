@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test: format and lint checks, unit and golden tests, end-to-end tests against a
-# real Envoy (Rust and the official Python SDKs), on SQLite and PostgreSQL.
+# Runs every test: format and lint checks, unit and golden tests, a short fuzzing run of the
+# core, end-to-end tests against a real Envoy (Rust and the official Python SDKs), on SQLite
+# and PostgreSQL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,8 +26,14 @@ export TOLLGATE_NATIVE="$PWD/target/release/libtollgate_native.so"
 export TOLLGATE_BIN_DIR="$PWD/target/debug"
 export TOLLGATE_TEST_PG_URL="${TOLLGATE_TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/test}"
 
-echo "==> cargo test (control plane end-to-end tests on SQLite)"
-cargo test --workspace -- --test-threads 2
+echo "==> cargo test (unit, golden and control-plane tests)"
+cargo test --workspace --exclude tollgate-e2e -- --test-threads 2
+
+echo "==> fuzz (every target of filter/core/fuzz for ${FUZZ_SECONDS:-15} s)"
+scripts/fuzz.sh
+
+echo "==> end-to-end tests (control plane on SQLite)"
+cargo test -p tollgate-e2e -- --test-threads 2
 
 echo "==> end-to-end tests again with the control plane on PostgreSQL"
 TOLLGATE_E2E_DB=postgres cargo test -p tollgate-e2e -- --test-threads 2

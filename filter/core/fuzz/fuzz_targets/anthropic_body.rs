@@ -23,7 +23,9 @@ fuzz_target!(|data: &[u8]| {
     let completed = plan.response.on_complete_body(body);
     let _ = plan.response.usage().total_tokens();
     assert!(plan.response.drops_content_length());
-    let client = completed.body.expect("Anthropic bodies are always rewritten");
+    let client = completed
+        .body
+        .expect("Anthropic bodies are always rewritten");
     match completed.status {
         Some(replaced) => {
             assert!((200..300).contains(&status), "an error status is kept");
@@ -34,7 +36,9 @@ fuzz_target!(|data: &[u8]| {
         None if (200..300).contains(&status) => {
             let completion = json_object(&client);
             assert_eq!(completion["object"], "chat.completion");
-            let choices = completion["choices"].as_array().expect("choices is an array");
+            let choices = completion["choices"]
+                .as_array()
+                .expect("choices is an array");
             assert_eq!(choices.len(), 1);
             assert_eq!(choices[0]["message"]["role"], "assistant");
             assert!(completion["model"].is_string());
@@ -43,7 +47,10 @@ fuzz_target!(|data: &[u8]| {
             match completion.get("usage") {
                 Some(told) => {
                     assert_eq!(told["prompt_tokens"], recorded.prompt_tokens.unwrap_or(0));
-                    assert_eq!(told["completion_tokens"], recorded.completion_tokens.unwrap_or(0));
+                    assert_eq!(
+                        told["completion_tokens"],
+                        recorded.completion_tokens.unwrap_or(0)
+                    );
                     let cached = recorded.cached_prompt_tokens.unwrap_or(0);
                     assert_eq!(told["prompt_tokens_details"]["cached_tokens"], cached);
                 }

@@ -33,7 +33,10 @@ fn reference_text(stream: &[u8]) -> Option<String> {
                 parses = false;
                 return Ok(());
             };
-            let kind = value.get("type").and_then(Value::as_str).unwrap_or(event.event);
+            let kind = value
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or(event.event);
             let (part, part_kind) = match kind {
                 "content_block_start" => (value.get("content_block"), "text"),
                 "content_block_delta" => (value.get("delta"), "text_delta"),
@@ -60,22 +63,39 @@ fuzz_target!(|data: &[u8]| {
     let whole = run_stream(&mut whole_plan.response, &[input.stream]);
     let mut cut_plan = streaming_plan(ProviderKind::Anthropic, input.include_usage);
     let cut = run_stream(&mut cut_plan.response, &input.chunks());
-    assert!(whole == cut, "cut:\n{}\nwhole:\n{}", String::from_utf8_lossy(&cut), String::from_utf8_lossy(&whole));
+    assert!(
+        whole == cut,
+        "cut:\n{}\nwhole:\n{}",
+        String::from_utf8_lossy(&cut),
+        String::from_utf8_lossy(&whole)
+    );
     assert_eq!(cut_plan.response.usage(), whole_plan.response.usage());
     let _ = whole_plan.response.usage().total_tokens();
 
     let events = data_events(&whole);
-    let (last, chunks) = events.split_last().expect("the stream always ends with an event");
+    let (last, chunks) = events
+        .split_last()
+        .expect("the stream always ends with an event");
     let mut text = String::new();
     let (mut finish_reasons, mut usage_chunks) = (0, 0);
     for (index, payload) in chunks.iter().enumerate() {
         let chunk = json_object(payload.as_bytes());
-        assert_eq!(chunk["object"], "chat.completion.chunk", "event {index}: {payload}");
-        assert_eq!(chunk.contains_key("usage"), input.include_usage, "event {index}: {payload}");
+        assert_eq!(
+            chunk["object"], "chat.completion.chunk",
+            "event {index}: {payload}"
+        );
+        assert_eq!(
+            chunk.contains_key("usage"),
+            input.include_usage,
+            "event {index}: {payload}"
+        );
         let choices = chunk["choices"].as_array().expect("choices is an array");
         if choices.is_empty() {
             usage_chunks += 1;
-            assert!(input.include_usage && index + 2 == events.len(), "usage chunk at {index}");
+            assert!(
+                input.include_usage && index + 2 == events.len(),
+                "usage chunk at {index}"
+            );
             assert!(chunk["usage"].is_object(), "{payload}");
             continue;
         }
@@ -86,10 +106,16 @@ fuzz_target!(|data: &[u8]| {
         }
         text.push_str(choice["delta"]["content"].as_str().unwrap_or_default());
     }
-    assert!(finish_reasons <= 1 && usage_chunks <= 1, "{finish_reasons} finish reasons, {usage_chunks} usage chunks");
+    assert!(
+        finish_reasons <= 1 && usage_chunks <= 1,
+        "{finish_reasons} finish reasons, {usage_chunks} usage chunks"
+    );
     let failed = *last != "[DONE]";
     if failed {
-        assert!(json_object(last.as_bytes())["error"].is_object(), "the last event: {last}");
+        assert!(
+            json_object(last.as_bytes())["error"].is_object(),
+            "the last event: {last}"
+        );
     }
     let bad_upstream = failed && last.contains("\"bad_upstream_response\"");
     if let Some(expected) = reference_text(input.stream).filter(|_| !bad_upstream) {

@@ -35,12 +35,14 @@ fn reference_usage(body: &[u8]) -> Option<Usage> {
     let reported = object
         .get("usage")
         .and_then(|usage| ReferenceUsage::deserialize(usage).ok());
-    Some(reported.map_or_else(Usage::default, |reported| Usage {
-        prompt_tokens: reported.prompt_tokens,
-        completion_tokens: reported.completion_tokens,
-        cached_prompt_tokens: reported
-            .prompt_tokens_details
-            .and_then(|details| details.cached_tokens),
+    Some(reported.map_or_else(Usage::default, |reported| {
+        Usage {
+            prompt_tokens: reported.prompt_tokens,
+            completion_tokens: reported.completion_tokens,
+            cached_prompt_tokens: reported
+                .prompt_tokens_details
+                .and_then(|details| details.cached_tokens),
+        }
     }))
 }
 
@@ -55,7 +57,10 @@ fuzz_target!(|data: &[u8]| {
     let _ = usage.total_tokens();
     assert_eq!(completed.status, None);
     if (200..300).contains(&status) {
-        assert_eq!(completed.body, None, "a success body is forwarded as it came");
+        assert_eq!(
+            completed.body, None,
+            "a success body is forwarded as it came"
+        );
         assert!(!plan.response.drops_content_length());
         if let Some(expected) = reference_usage(body) {
             assert_eq!(usage, expected, "{}", String::from_utf8_lossy(body));

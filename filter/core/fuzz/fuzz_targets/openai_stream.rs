@@ -4,8 +4,9 @@
 //! Input: see `StreamInput` (options byte, chunking byte, stream). Checks:
 //! - cut or whole, the client gets the same bytes and the same usage is recorded;
 //! - when the client asked for the usage chunk, the stream passes untouched;
-//! - otherwise the client gets the stream without the usage-only chunks (`"choices":[]` and
-//!   a usage object) the gateway forced on, byte for byte, and nothing else is changed;
+//! - otherwise the client gets the stream without the lines of the usage-only chunks
+//!   (`"choices":[]` and a usage object) the gateway forced on, byte for byte, and nothing
+//!   else is changed;
 //! - the usage recorded is every usage object of the stream merged in order.
 
 #![no_main]
@@ -40,7 +41,7 @@ struct ReferenceChunk {
 fn reference(stream: &[u8], strip: bool) -> (Vec<u8>, Usage) {
     let mut usage = Usage::default();
     let mut client = Vec::new();
-    let mut event_start = 0;
+    let mut kept_from = 0;
     let mut parser = SseParser::new(usize::MAX);
     parser
         .feed(stream, |event| {
@@ -57,14 +58,16 @@ fn reference(stream: &[u8], strip: bool) -> (Vec<u8>, Usage) {
                     usage_only = chunk.choices.is_some_and(|choices| choices.is_empty());
                 }
             }
-            if !(strip && usage_only) {
-                client.extend_from_slice(&stream[event_start..event.end]);
+            if strip && usage_only {
+                // The event's own lines go; blank lines and comments before it stay.
+                let start = event.start.expect("a whole feed lends every start");
+                client.extend_from_slice(&stream[kept_from..start]);
+                kept_from = event.end;
             }
-            event_start = event.end;
             Ok::<(), SseError>(())
         })
         .unwrap_or_else(|error| panic!("unbounded parser: {error}"));
-    client.extend_from_slice(&stream[event_start..]);
+    client.extend_from_slice(&stream[kept_from..]);
     (client, usage)
 }
 
@@ -76,7 +79,12 @@ fuzz_target!(|data: &[u8]| {
     let whole = run_stream(&mut whole_plan.response, &[input.stream]);
     let mut cut_plan = streaming_plan(ProviderKind::Openai, input.include_usage);
     let cut = run_stream(&mut cut_plan.response, &input.chunks());
-    assert!(whole == cut, "cut:\n{}\nwhole:\n{}", String::from_utf8_lossy(&cut), String::from_utf8_lossy(&whole));
+    assert!(
+        whole == cut,
+        "cut:\n{}\nwhole:\n{}",
+        String::from_utf8_lossy(&cut),
+        String::from_utf8_lossy(&whole)
+    );
     assert_eq!(cut_plan.response.usage(), whole_plan.response.usage());
 
     let (expected, usage) = reference(input.stream, !input.include_usage);

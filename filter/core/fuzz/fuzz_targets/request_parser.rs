@@ -19,7 +19,9 @@ use tollgate_core::gateway::{plan_chat_request, RequestPlan};
 use tollgate_core::proto::ProviderKind;
 use tollgate_core::request::{summarize_chat_request, ChatRequestSummary};
 use tollgate_core::GatewayError;
-use tollgate_core_fuzz::{assert_openai_error, json_object, state_serving, CONTEXT, MODEL, UPSTREAM_MODEL};
+use tollgate_core_fuzz::{
+    assert_openai_error, json_object, state_serving, CONTEXT, MODEL, UPSTREAM_MODEL,
+};
 
 fn assert_refusal(error: &GatewayError) {
     assert_eq!(error.status(), 400, "{error}");
@@ -39,16 +41,32 @@ fn check_openai(client: &Map<String, Value>, summary: &ChatRequestSummary<'_>, p
         expected.insert("stream_options".into(), options.into());
     }
     let sent = json_object(&plan.body);
-    assert!(sent == expected, "sent:\n{}\nexpected:\n{}", String::from_utf8_lossy(&plan.body), Value::from(expected.clone()));
-    assert!(plan.headers.contains(&("authorization", "Bearer sk-fuzz".into())));
+    assert!(
+        sent == expected,
+        "sent:\n{}\nexpected:\n{}",
+        String::from_utf8_lossy(&plan.body),
+        Value::from(expected.clone())
+    );
+    assert!(plan
+        .headers
+        .contains(&("authorization", "Bearer sk-fuzz".into())));
 }
 
 fn check_anthropic(summary: &ChatRequestSummary<'_>, plan: &RequestPlan) {
     let sent = json_object(&plan.body);
     assert_eq!(sent["model"], UPSTREAM_MODEL);
-    assert!(sent["max_tokens"].as_u64().is_some_and(|max| max >= 1), "max_tokens {}", sent["max_tokens"]);
-    assert_eq!(sent.get("stream").and_then(Value::as_bool).unwrap_or(false), summary.stream);
-    assert!(sent["messages"].as_array().is_some_and(|messages| !messages.is_empty()));
+    assert!(
+        sent["max_tokens"].as_u64().is_some_and(|max| max >= 1),
+        "max_tokens {}",
+        sent["max_tokens"]
+    );
+    assert_eq!(
+        sent.get("stream").and_then(Value::as_bool).unwrap_or(false),
+        summary.stream
+    );
+    assert!(sent["messages"]
+        .as_array()
+        .is_some_and(|messages| !messages.is_empty()));
     assert!(plan.headers.contains(&("x-api-key", "sk-fuzz".into())));
 }
 
@@ -57,14 +75,20 @@ fuzz_target!(|body: &[u8]| {
         Ok(summary) => summary,
         Err(error) => {
             assert_refusal(&error);
-            let planned = plan_chat_request(&state_serving(MODEL, ProviderKind::Openai), body, &CONTEXT);
-            let refused = planned.err().expect("planning accepted what the summary refused");
+            let planned =
+                plan_chat_request(&state_serving(MODEL, ProviderKind::Openai), body, &CONTEXT);
+            let refused = planned.expect_err("planning accepted what the summary refused");
             assert_eq!(refused.to_string(), error.to_string());
             return;
         }
     };
-    assert_eq!(body.trim_ascii_start().first(), Some(&b'{'), "an accepted body is not an object");
-    let model: String = serde_json::from_slice(&body[summary.model_span.clone()]).expect("the model span is a JSON string");
+    assert_eq!(
+        body.trim_ascii_start().first(),
+        Some(&b'{'),
+        "an accepted body is not an object"
+    );
+    let model: String = serde_json::from_slice(&body[summary.model_span.clone()])
+        .expect("the model span is a JSON string");
     assert_eq!(model, summary.model);
     if let Some(span) = summary.stream_options_span.clone() {
         let raw = summary.stream_options.expect("a span comes with its value");

@@ -131,7 +131,12 @@ fn describe(state: &State) -> String {
     let models: Vec<String> = state
         .model_names()
         .iter()
-        .map(|name| format!("{name}: {:?}", state.model(name).map(|group| group.deployments())))
+        .map(|name| {
+            format!(
+                "{name}: {:?}",
+                state.model(name).map(|group| group.deployments())
+            )
+        })
         .collect();
     format!(
         "version {} master {:?} limits {} {} keys {} models {models:?} json {}",
@@ -163,8 +168,15 @@ fuzz_target!(|data: &[u8]| {
         let (state, problems) = message.into_state();
         assert_eq!(state.version, version);
         // Each key is served, refused with a problem, or replaced by a later one with its hash.
-        let refused = problems.iter().filter(|problem| problem.starts_with("keys[")).count();
-        assert!(state.key_count() + refused <= key_count, "{} + {refused} keys from {key_count}", state.key_count());
+        let refused = problems
+            .iter()
+            .filter(|problem| problem.starts_with("keys["))
+            .count();
+        assert!(
+            state.key_count() + refused <= key_count,
+            "{} + {refused} keys from {key_count}",
+            state.key_count()
+        );
         assert_eq!(key_count == 0, state.key_count() + refused == 0);
     }
 
@@ -189,7 +201,11 @@ fuzz_target!(|data: &[u8]| {
     for key in &snapshot.keys {
         if let Some(digest) = digest_bytes(&key.key_sha256) {
             let (streamed, direct) = (streamed.key(&digest), direct.key(&digest));
-            assert!(streamed.is_some() && streamed == direct, "key {}", key.key_sha256);
+            assert!(
+                streamed.is_some() && streamed == direct,
+                "key {}",
+                key.key_sha256
+            );
         }
     }
 });

@@ -1,12 +1,17 @@
 //! `SseParser::feed` on arbitrary bytes cut at arbitrary points, with a small event bound.
 //!
 //! Input: one byte for the bound (`4 * byte` bytes; 255: none), one for the chunking, then
-//! the stream. Checked against a plain reference parser of the whole stream (the WHATWG
-//! event-stream rules the parser implements, without the byte-order mark):
-//! - the events, their names, data and end offsets are the reference's, however the stream is
-//!   cut (an event whose `\r\n` is cut between its two bytes ends after the `\r`);
-//! - a feed fails exactly when the undispatched bytes it leaves (the unfinished line and the
-//!   data lines of the unfinished event) exceed the bound, and then with `EventTooLarge`.
+//! the stream, fed whole and cut. Checked against a plain reference parser of the whole
+//! stream (the WHATWG event-stream rules the parser implements, without the byte-order mark):
+//! - every event with data is dispatched in the chunk holding its blank line, with the
+//!   reference's name, data, start and end offsets; `last_event_end` and `has_pending` say
+//!   what the reference says after every chunk;
+//! - the bound holds: a feed that returns has held no event (its raw lines, or its decoded
+//!   data) over the bound at the end of the chunk, and no line of an event ended over it;
+//! - a feed fails only with `EventTooLarge`, and only in a chunk where an event did grow over
+//!   the bound.
+//!
+//! Events are compared as owned values, and the feed stops at the first failure.
 
 #![no_main]
 
@@ -14,118 +19,222 @@ use libfuzzer_sys::fuzz_target;
 use tollgate_core::sse::{SseError, SseParser};
 use tollgate_core_fuzz::chunks;
 
-/// One event as the reference and the checks compare it: name, data, and the offset in the
-/// whole stream just past the blank line that ended it.
+/// One dispatched event: the chunk it was dispatched in and what the parser lent.
 #[derive(Debug, Clone, PartialEq)]
 struct Event {
+    chunk: usize,
     event: String,
     data: String,
+    start: Option<usize>,
     end: usize,
 }
 
-/// What the reference makes of a stream: its events, and how many bytes a parser must still
-/// hold for the unfinished event (its unfinished line, raw, and its data lines, decoded and
-/// joined with `\n`).
+/// An event of the reference, in offsets of the whole stream.
+#[derive(Debug)]
+struct ReferenceEvent {
+    /// Name and data; `None` for an event without data (which ends, but is not dispatched).
+    dispatched: Option<(String, String)>,
+    /// Where its first line starts.
+    start: usize,
+    /// The line terminator of its blank line, and the offset past that terminator.
+    terminator: usize,
+    end: usize,
+}
+
+/// What a parser holds when a chunk ends at some offset of the stream.
+#[derive(Debug, Clone, Copy, Default)]
+struct Held {
+    /// The larger of the event's raw bytes (its lines, terminators left out, and its
+    /// unfinished line) and its data as decoded.
+    bytes: usize,
+    /// Whether it holds part of an event: an unfinished line, data, or a name.
+    pending: bool,
+}
+
 #[derive(Debug)]
 struct Reference {
-    events: Vec<Event>,
-    pending: usize,
+    events: Vec<ReferenceEvent>,
+    /// By offset (`0..=len`): what is held when a chunk ends there.
+    held: Vec<Held>,
+    /// Every line of an event: its terminator and the raw bytes of the event's lines up to
+    /// and with it, which the parser checks against the bound when it reads the terminator.
+    lines: Vec<(usize, usize)>,
 }
 
 fn reference(stream: &[u8]) -> Reference {
     let mut events = Vec::new();
-    let (mut event, mut data, mut has_data) = (String::new(), String::new(), false);
+    let mut held = vec![Held::default(); stream.len() + 1];
+    let mut lines = Vec::new();
+    // The event being read.
+    let (mut name, mut data, mut has_data) = (String::new(), String::new(), false);
+    let (mut start, mut raw) = (None, 0);
     let mut at = 0;
-    while let Some(found) = stream[at..].iter().position(|b| *b == b'\n' || *b == b'\r') {
-        let line = &stream[at..at + found];
-        let mut next = at + found + 1;
-        if stream[at + found] == b'\r' && stream.get(next) == Some(&b'\n') {
+    loop {
+        let found = stream[at..].iter().position(|b| *b == b'\n' || *b == b'\r');
+        let line_end = found.map_or(stream.len(), |found| at + found);
+        // Cut inside the line (or before its terminator): the line so far is held raw.
+        for (read, held) in held[at..=line_end].iter_mut().enumerate() {
+            *held = Held {
+                bytes: (raw + read).max(data.len()),
+                pending: read > 0 || has_data || !name.is_empty(),
+            };
+        }
+        if found.is_none() {
+            break;
+        }
+        let mut next = line_end + 1;
+        if stream[line_end] == b'\r' && stream.get(next) == Some(&b'\n') {
             next += 1;
         }
+        let line = &stream[at..line_end];
         if line.is_empty() {
-            if has_data {
-                events.push(Event {
-                    event: event.clone(),
-                    data: data.clone(),
+            if let Some(start) = start.take() {
+                events.push(ReferenceEvent {
+                    dispatched: has_data.then(|| (name.clone(), data.clone())),
+                    start,
+                    terminator: line_end,
                     end: next,
                 });
             }
-            event.clear();
+            name.clear();
             data.clear();
             has_data = false;
-        } else if line[0] != b':' {
-            let (field, value) = match line.iter().position(|b| *b == b':') {
-                Some(colon) => {
-                    let value = &line[colon + 1..];
-                    (&line[..colon], value.strip_prefix(b" ").unwrap_or(value))
-                }
-                None => (line, &[][..]),
-            };
-            match field {
-                b"data" => {
-                    if has_data {
-                        data.push('\n');
+            raw = 0;
+        } else {
+            start.get_or_insert(at);
+            raw += line.len();
+            lines.push((line_end, raw));
+            if line[0] != b':' {
+                let (field, value) = match line.iter().position(|b| *b == b':') {
+                    Some(colon) => {
+                        let value = &line[colon + 1..];
+                        (&line[..colon], value.strip_prefix(b" ").unwrap_or(value))
                     }
-                    data.push_str(&String::from_utf8_lossy(value));
-                    has_data = true;
+                    None => (line, &[][..]),
+                };
+                match field {
+                    b"data" => {
+                        if has_data {
+                            data.push('\n');
+                        }
+                        data.push_str(&String::from_utf8_lossy(value));
+                        has_data = true;
+                    }
+                    b"event" => name = String::from_utf8_lossy(value).into_owned(),
+                    _ => {}
                 }
-                b"event" => event = String::from_utf8_lossy(value).into_owned(),
-                _ => {}
             }
         }
+        // Cut after the terminator (or between the `\r` and `\n` of one): the line is read.
+        held[line_end + 1..=next].fill(Held {
+            bytes: raw.max(data.len()),
+            pending: has_data || !name.is_empty(),
+        });
         at = next;
     }
     Reference {
         events,
-        pending: stream.len() - at + data.len(),
+        held,
+        lines,
     }
 }
 
-/// Whether `got` is `expected`, allowing an event to end after the `\r` of a `\r\n` cut
-/// between two chunks.
-fn same_events(stream: &[u8], got: &[Event], expected: &[Event]) -> bool {
-    got.len() == expected.len()
-        && got.iter().zip(expected).all(|(got, expected)| {
-            got.event == expected.event
-                && got.data == expected.data
-                && (got.end == expected.end
-                    || (got.end + 1 == expected.end
-                        && stream.get(got.end - 1..expected.end) == Some(b"\r\n")))
-        })
-}
+/// Checks a feed of `chunks` (which make up `stream`) to a parser bounded at `max` against
+/// the reference.
+fn check(stream: &[u8], reference: &Reference, chunks: &[&[u8]], max: usize) {
+    // Chunk `index` spans `offsets[index]..offsets[index + 1]`.
+    let mut offsets = vec![0];
+    for chunk in chunks {
+        offsets.push(offsets[offsets.len() - 1] + chunk.len());
+    }
+    assert_eq!(offsets[chunks.len()], stream.len());
+    let chunk_of = |offset: usize| offsets.partition_point(|start| *start <= offset) - 1;
 
-/// Feeds `chunks` (which make up `stream`) to a parser bounded at `max`; returns the events
-/// and the index of the chunk whose feed failed, if one did.
-fn parse(stream: &[u8], chunks: &[&[u8]], max: usize) -> (Vec<Event>, Option<usize>) {
+    let expected: Vec<Event> = reference
+        .events
+        .iter()
+        .filter_map(|event| {
+            let (name, data) = event.dispatched.clone()?;
+            let chunk = chunk_of(event.terminator);
+            let (from, to) = (offsets[chunk], offsets[chunk + 1]);
+            Some(Event {
+                chunk,
+                event: name,
+                data,
+                start: (event.start >= from).then(|| event.start - from),
+                end: event.end.min(to) - from,
+            })
+        })
+        .collect();
+
     let mut parser = SseParser::new(max);
     let mut events = Vec::new();
-    let mut offset = 0;
     for (index, chunk) in chunks.iter().enumerate() {
+        let (from, to) = (offsets[index], offsets[index + 1]);
         let fed = parser.feed(chunk, |event| {
-            assert!(event.end >= 1 && event.end <= chunk.len(), "end {}", event.end);
-            assert!(
-                matches!(chunk[event.end - 1], b'\n' | b'\r'),
-                "an event ends at byte {} of its chunk, not after a line terminator",
-                event.end
-            );
             events.push(Event {
+                chunk: index,
                 event: event.event.to_string(),
                 data: event.data.to_string(),
-                end: offset + event.end,
+                start: event.start,
+                end: event.end,
             });
             Ok::<(), SseError>(())
         });
-        offset += chunk.len();
+        let grew_over = reference.held[from..=to]
+            .iter()
+            .any(|held| held.bytes > max);
         match fed {
-            Ok(()) => {}
+            Ok(()) => {
+                let held = reference.held[to];
+                assert!(
+                    held.bytes <= max,
+                    "chunk {index} returned holding {} bytes over the bound {max}",
+                    held.bytes
+                );
+                for (terminator, raw) in &reference.lines {
+                    if (from..to).contains(terminator) {
+                        assert!(
+                            *raw <= max,
+                            "a line ending at {terminator} made its event {raw} bytes, over {max}"
+                        );
+                    }
+                }
+                assert_eq!(
+                    parser.has_pending(),
+                    held.pending,
+                    "pending after chunk {index}"
+                );
+                let last_end = reference
+                    .events
+                    .iter()
+                    .rfind(|event| (from..to).contains(&event.terminator))
+                    .map(|event| event.end.min(to) - from);
+                assert_eq!(
+                    parser.last_event_end(),
+                    last_end,
+                    "last event end in chunk {index}"
+                );
+            }
             Err(SseError::EventTooLarge(bound)) => {
                 assert_eq!(bound, max);
-                return (events, Some(index));
+                assert!(
+                    grew_over,
+                    "chunk {index} refused, but no event grew over {max} in it"
+                );
+                let before = expected.iter().filter(|event| event.chunk < index).count();
+                assert!(
+                    events.len() >= before && expected.starts_with(&events),
+                    "events before the failure: {events:?}, expected {expected:?}"
+                );
+                return;
             }
         }
     }
-    assert_eq!(offset, stream.len());
-    (events, None)
+    assert!(
+        events == expected,
+        "events: {events:?}\nexpected: {expected:?}"
+    );
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -137,31 +246,7 @@ fuzz_target!(|data: &[u8]| {
     } else {
         4 * usize::from(*bound)
     };
-    let whole = reference(stream);
-
-    // Fed whole: every event, and an error only for an unfinished event over the bound.
-    let (events, failed) = parse(stream, &[stream], max);
-    assert!(same_events(stream, &events, &whole.events), "whole feed: {events:?} != {:?}", whole.events);
-    assert_eq!(failed.is_some(), whole.pending > max, "whole feed, pending {}", whole.pending);
-
-    // Cut: the same events; a failure exactly where the bytes held first exceed the bound.
-    let chunks = chunks(*chunking, stream);
-    let (events, failed) = parse(stream, &chunks, max);
-    let fed = match failed {
-        Some(index) => chunks[..=index].iter().map(|chunk| chunk.len()).sum(),
-        None => stream.len(),
-    };
-    let prefix = reference(&stream[..fed]);
-    assert!(same_events(stream, &events, &prefix.events), "cut feed: {events:?} != {:?}", prefix.events);
-    assert_eq!(failed.is_some(), prefix.pending > max, "cut feed, pending {}", prefix.pending);
-    // Earlier feeds did not fail, so they held no more than the bound (checked for a bounded
-    // number of cuts: each check parses the prefix again).
-    if chunks.len() <= 64 {
-        let mut offset = 0;
-        for chunk in &chunks[..failed.unwrap_or(chunks.len())] {
-            offset += chunk.len();
-            let pending = reference(&stream[..offset]).pending;
-            assert!(pending <= max, "a feed held {pending} bytes over the bound {max}");
-        }
-    }
+    let reference = reference(stream);
+    check(stream, &reference, &[stream], max);
+    check(stream, &reference, &chunks(*chunking, stream), max);
 });

@@ -113,6 +113,47 @@ const SEED_CHUNKING: u8 = 5;
 /// data and an unfinished event, for the parser's seeds.
 const LINE_ENDINGS: &[u8] = b": comment\r\nevent: message_start\r\ndata: {\"a\":1}\r\n\r\nid: 7\nretry: 10\nevent: ping\ndata: {}\n\ndata: line1\ndata:line2\n\ndata:nospace\r\r\xff\xfe\ndata: \xff\n\ndata: [DONE]\n\ndata: unfinished";
 
+/// Inputs that broke a check once (each also has a unit test in tollgate-core), replayed by
+/// every run. The first byte of a body seed picks status 200 or 529 from [`STATUSES`], the
+/// first two of a stream seed are its options and chunking.
+const REGRESSIONS: [(&str, &str, &[u8]); 7] = [
+    (
+        "anthropic_body",
+        "error_not_utf8",
+        b"\x0e{\"type\": \"\xfcrror\", \"error\": {\"type\": \"overloaded_error\", \"message\": \"Overloaded\"}}",
+    ),
+    (
+        "request_parser",
+        "array_of_fields",
+        br#"["m",[{"role":"user","content":"x"}],true,null,null,null,null,null,null,null,null,null]"#,
+    ),
+    (
+        "request_parser",
+        "stream_options_null",
+        br#"{"model":"m","stream":true,"messages":[{"role":"user","content":"x"}],"stream_options":null}"#,
+    ),
+    (
+        "openai_body",
+        "escaped_usage_key",
+        b"\x00{\"usage\":{\"prompt_tokens\":1},\"x\\\"usage\":{\"prompt_tokens\":9}}",
+    ),
+    (
+        "openai_body",
+        "usage_overflow",
+        b"\x00{\"usage\":{\"prompt_tokens\":18446744073709551615,\"completion_tokens\":1}}",
+    ),
+    (
+        "openai_stream",
+        "escaped_usage_null",
+        b"\x00\x05data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1},\"a\\\"usage\":null}\n\n",
+    ),
+    (
+        "anthropic_stream",
+        "lone_surrogate",
+        b"\x00\x05data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"\\ud800\"}}\n\n",
+    ),
+];
+
 /// Every seed of every target.
 pub fn all() -> Vec<Seed> {
     let mut seeds = Vec::new();
@@ -146,20 +187,30 @@ pub fn all() -> Vec<Seed> {
                 "openai" => "openai_stream",
                 _ => "anthropic_stream",
             };
-            add(target, name.clone(), prefixed(&[options, SEED_CHUNKING], &stream));
+            add(
+                target,
+                name.clone(),
+                prefixed(&[options, SEED_CHUNKING], &stream),
+            );
             add(
                 "sse_parser",
                 name.clone(),
                 prefixed(&[u8::MAX, SEED_CHUNKING], &stream),
             );
         }
-        if let Some(body) = case.read("response.json").or_else(|| case.read("response.txt")) {
+        if let Some(body) = case
+            .read("response.json")
+            .or_else(|| case.read("response.txt"))
+        {
             let target = match case.provider {
                 "openai" => "openai_body",
                 _ => "anthropic_body",
             };
             add(target, name.clone(), prefixed(&[case.status_pick()], &body));
         }
+    }
+    for (target, name, bytes) in REGRESSIONS {
+        add(target, format!("regression-{name}"), bytes.to_vec());
     }
     for (name, snapshot) in snapshots() {
         let message = proto::ControlMessage {
@@ -173,12 +224,11 @@ pub fn all() -> Vec<Seed> {
 /// Snapshots as the control plane sends them: deployments of both providers, settings, and
 /// keys (valid, blocked, expiring, limited to models, and one with a broken hash).
 fn snapshots() -> Vec<(&'static str, proto::Snapshot)> {
-    let deployment = |model_name: &str, kind: proto::ProviderKind, api_base: &str| {
-        proto::Deployment {
+    let deployment =
+        |model_name: &str, kind: proto::ProviderKind, api_base: &str| proto::Deployment {
             api_base: api_base.into(),
             ..crate::deployment(model_name, kind)
-        }
-    };
+        };
     let key = |digit: char, models: &[&str]| proto::VirtualKey {
         key_sha256: digit.to_string().repeat(64),
         key_alias: format!("key-{digit}"),
@@ -196,9 +246,21 @@ fn snapshots() -> Vec<(&'static str, proto::Snapshot)> {
             max_response_body_bytes: 0,
         }),
         deployments: vec![
-            deployment("gpt", proto::ProviderKind::Openai, "http://127.0.0.1:8000/v1"),
-            deployment("gpt", proto::ProviderKind::Openai, "https://api.openai.com/v1"),
-            deployment("claude", proto::ProviderKind::Anthropic, "https://api.anthropic.com"),
+            deployment(
+                "gpt",
+                proto::ProviderKind::Openai,
+                "http://127.0.0.1:8000/v1",
+            ),
+            deployment(
+                "gpt",
+                proto::ProviderKind::Openai,
+                "https://api.openai.com/v1",
+            ),
+            deployment(
+                "claude",
+                proto::ProviderKind::Anthropic,
+                "https://api.anthropic.com",
+            ),
             deployment("broken", proto::ProviderKind::Unspecified, "ftp://nowhere"),
         ],
         keys: vec![

@@ -28,9 +28,18 @@ fn committed() -> BTreeMap<PathBuf, Vec<u8>> {
 fn generated() -> BTreeMap<PathBuf, Vec<u8>> {
     let mut files = BTreeMap::new();
     for seed in seeds::all() {
-        assert!(TARGETS.contains(&seed.target), "{} is not in TARGETS", seed.target);
+        assert!(
+            TARGETS.contains(&seed.target),
+            "{} is not in TARGETS",
+            seed.target
+        );
         let path = seeds::corpus().join(seed.target).join(&seed.name);
-        assert!(files.insert(path, seed.bytes).is_none(), "{}/{} twice", seed.target, seed.name);
+        assert!(
+            files.insert(path, seed.bytes).is_none(),
+            "{}/{} twice",
+            seed.target,
+            seed.name
+        );
     }
     files
 }
@@ -55,10 +64,19 @@ fn the_committed_corpus_is_made_from_the_fixtures() {
         "corpus/ is out of date: run `make fuzz-corpus`"
     );
     for (path, bytes) in &generated {
-        assert!(&committed[path] == bytes, "{} is out of date: run `make fuzz-corpus`", path.display());
+        assert!(
+            &committed[path] == bytes,
+            "{} is out of date: run `make fuzz-corpus`",
+            path.display()
+        );
     }
     for target in TARGETS {
-        assert!(generated.keys().any(|path| path.starts_with(seeds::corpus().join(target))), "no seed for {target}");
+        assert!(
+            generated
+                .keys()
+                .any(|path| path.starts_with(seeds::corpus().join(target))),
+            "no seed for {target}"
+        );
     }
     let total: usize = generated.values().map(Vec::len).sum();
     assert!(total < MAX_CORPUS_BYTES, "the corpus is {total} bytes");
