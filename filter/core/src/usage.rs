@@ -70,11 +70,11 @@ impl TokenCounts {
         }
     }
 
-    /// Adds another response's counts.
+    /// Adds another response's counts (saturating: providers choose the numbers).
     pub fn add(&mut self, other: TokenCounts) {
-        self.prompt += other.prompt;
-        self.completion += other.completion;
-        self.usage_missing += other.usage_missing;
+        self.prompt = self.prompt.saturating_add(other.prompt);
+        self.completion = self.completion.saturating_add(other.completion);
+        self.usage_missing = self.usage_missing.saturating_add(other.usage_missing);
     }
 }
 
@@ -263,6 +263,21 @@ mod tests {
             cached_prompt_tokens: None,
         };
         assert_eq!(huge.total_tokens(), Some(u64::MAX));
+    }
+
+    /// Checked by the fuzz targets: the counters of two responses with a provider's largest
+    /// counts overflowed (a panic in a debug build, a wrap in a release one).
+    #[test]
+    fn token_counts_saturate() {
+        let huge = Usage {
+            prompt_tokens: Some(u64::MAX),
+            completion_tokens: Some(u64::MAX),
+            cached_prompt_tokens: None,
+        };
+        let mut counts = TokenCounts::default();
+        counts.add(TokenCounts::of_response(200, &huge));
+        counts.add(TokenCounts::of_response(200, &huge));
+        assert_eq!((counts.prompt, counts.completion), (u64::MAX, u64::MAX));
     }
 
     #[test]
