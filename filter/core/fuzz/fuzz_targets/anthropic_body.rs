@@ -12,7 +12,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use tollgate_core::proto::ProviderKind;
-use tollgate_core_fuzz::{assert_openai_error, buffered_plan, json_object, STATUSES};
+use tollgate_core_fuzz::{
+    assert_openai_error, buffered_plan, check_usage_sums, json_object, STATUSES,
+};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&pick, body)) = data.split_first() else {
@@ -21,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
     let status = STATUSES[usize::from(pick) % STATUSES.len()];
     let mut plan = buffered_plan(ProviderKind::Anthropic, status);
     let completed = plan.response.on_complete_body(body);
-    let _ = plan.response.usage().total_tokens();
+    check_usage_sums(status, &plan.response.usage());
     assert!(plan.response.drops_content_length());
     let client = completed
         .body

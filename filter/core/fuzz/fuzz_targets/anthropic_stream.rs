@@ -16,7 +16,9 @@ use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use tollgate_core::proto::ProviderKind;
 use tollgate_core::sse::{SseError, SseParser};
-use tollgate_core_fuzz::{data_events, json_object, run_stream, streaming_plan, StreamInput};
+use tollgate_core_fuzz::{
+    check_usage_sums, data_events, json_object, run_stream, streaming_plan, StreamInput,
+};
 
 /// The text of the text blocks and deltas up to the stream's end, read with a generic JSON
 /// parser; `None` when an event before the end is not JSON.
@@ -70,7 +72,7 @@ fuzz_target!(|data: &[u8]| {
         String::from_utf8_lossy(&whole)
     );
     assert_eq!(cut_plan.response.usage(), whole_plan.response.usage());
-    let _ = whole_plan.response.usage().total_tokens();
+    check_usage_sums(200, &whole_plan.response.usage());
 
     let events = data_events(&whole);
     let (last, chunks) = events

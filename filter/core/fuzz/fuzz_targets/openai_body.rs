@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use tollgate_core::proto::ProviderKind;
 use tollgate_core::Usage;
-use tollgate_core_fuzz::{assert_openai_error, buffered_plan, STATUSES};
+use tollgate_core_fuzz::{assert_openai_error, buffered_plan, check_usage_sums, STATUSES};
 
 /// OpenAI's usage object, as the reference reads it.
 #[derive(Deserialize)]
@@ -54,7 +54,7 @@ fuzz_target!(|data: &[u8]| {
     let mut plan = buffered_plan(ProviderKind::Openai, status);
     let completed = plan.response.on_complete_body(body);
     let usage = plan.response.usage();
-    let _ = usage.total_tokens();
+    check_usage_sums(status, &usage);
     assert_eq!(completed.status, None);
     if (200..300).contains(&status) {
         assert_eq!(

@@ -1,11 +1,13 @@
-//! Snapshot decoding: `State::check_control_message` and `SnapshotMessage::into_state`.
+//! Control-plane message decoding: `State::check_control_message`,
+//! `SnapshotMessage::into_state` and `proto::acknowledged_batches`.
 //!
 //! The input is used twice:
-//! - as the bytes of a control-plane message: the check and the state must not panic, and
+//! - as the bytes of a control-plane message: nothing panics, and the check and the state
 //!   agree with each other (version, number of keys);
-//! - as the source of a structured snapshot (`arbitrary`), encoded as the control plane does:
-//!   the check reads back its version and key count, and the state built key by key from the
-//!   message is the state built from the decoded snapshot at once.
+//! - as the source of a structured snapshot and usage acknowledgement (`arbitrary`), encoded
+//!   as the control plane does: the check reads back the snapshot's version and key count,
+//!   the state built key by key from the message is the state built from the decoded
+//!   snapshot at once, and each message is told apart from the other kind.
 
 #![no_main]
 
@@ -22,6 +24,8 @@ struct ArbitrarySnapshot {
     settings: Option<ArbitrarySettings>,
     deployments: Vec<ArbitraryDeployment>,
     keys: Vec<ArbitraryKey>,
+    /// The batches of a usage acknowledgement.
+    acknowledged: Vec<u64>,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -163,6 +167,7 @@ fn digest_bytes(hex: &str) -> Option<[u8; 32]> {
 
 fuzz_target!(|data: &[u8]| {
     // The bytes as a message.
+    let _ = proto::acknowledged_batches(data);
     if let Ok(Some(message)) = State::check_control_message(data) {
         let (version, key_count) = (message.version(), message.key_count());
         let (state, problems) = message.into_state();
@@ -189,6 +194,7 @@ fuzz_target!(|data: &[u8]| {
         kind: Some(proto::control_message::Kind::Snapshot(snapshot.clone())),
     }
     .encode_to_vec();
+    assert_eq!(proto::acknowledged_batches(&encoded), None);
     let message = State::check_control_message(&encoded)
         .unwrap_or_else(|error| panic!("an encoded snapshot is refused: {error}"))
         .expect("the message carries a snapshot");
@@ -208,4 +214,16 @@ fuzz_target!(|data: &[u8]| {
             );
         }
     }
+
+    let ack = proto::ControlMessage {
+        kind: Some(proto::control_message::Kind::UsageAck(proto::UsageAck {
+            batch_ids: arbitrary.acknowledged.clone(),
+        })),
+    }
+    .encode_to_vec();
+    assert_eq!(
+        proto::acknowledged_batches(&ack),
+        Some(arbitrary.acknowledged)
+    );
+    assert!(matches!(State::check_control_message(&ack), Ok(None)));
 });

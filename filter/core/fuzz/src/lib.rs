@@ -6,7 +6,8 @@
 use serde_json::{Map, Value};
 use tollgate_core::gateway::{plan_chat_request, RequestPlan};
 use tollgate_core::providers::{ChunkOutput, ResponseHandler, ResponseMode, TranslateContext};
-use tollgate_core::{proto, State};
+use tollgate_core::usage::TokenCounts;
+use tollgate_core::{proto, State, Usage};
 
 pub mod seeds;
 
@@ -196,6 +197,19 @@ pub fn data_events(stream: &[u8]) -> Vec<&str> {
             payload
         })
         .collect()
+}
+
+/// The sums made of a response's usage: its total, and the stats' counters after this
+/// response and one more like it. The provider chose the numbers: no sum may overflow.
+pub fn check_usage_sums(status: u16, usage: &Usage) {
+    if let Some(total) = usage.total_tokens() {
+        assert!(total >= usage.prompt_tokens.unwrap_or(0));
+    }
+    let one = TokenCounts::of_response(status, usage);
+    let mut counts = TokenCounts::default();
+    counts.add(one);
+    counts.add(one);
+    assert!(counts.prompt >= one.prompt && counts.completion >= one.completion);
 }
 
 /// Parses `text` as one JSON object.
