@@ -12,18 +12,18 @@
 
 use libfuzzer_sys::fuzz_target;
 use tollgate_core::proto::ProviderKind;
-use tollgate_core_fuzz::{
-    assert_openai_error, buffered_plan, check_usage_sums, json_object, STATUSES,
-};
+use tollgate_core_fuzz::{assert_openai_error, json_object, run_buffered, Buffered};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&pick, body)) = data.split_first() else {
+    let Some(Buffered {
+        status,
+        plan,
+        completed,
+        ..
+    }) = run_buffered(ProviderKind::Anthropic, data)
+    else {
         return;
     };
-    let status = STATUSES[usize::from(pick) % STATUSES.len()];
-    let mut plan = buffered_plan(ProviderKind::Anthropic, status);
-    let completed = plan.response.on_complete_body(body);
-    check_usage_sums(status, &plan.response.usage());
     assert!(plan.response.drops_content_length());
     let client = completed
         .body

@@ -16,9 +16,7 @@ use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use tollgate_core::proto::ProviderKind;
 use tollgate_core::sse::{SseError, SseParser};
-use tollgate_core_fuzz::{
-    check_usage_sums, data_events, json_object, run_stream, streaming_plan, StreamInput,
-};
+use tollgate_core_fuzz::{data_events, json_object, run_whole_and_cut, StreamInput};
 
 /// The text of the text blocks and deltas up to the stream's end, read with a generic JSON
 /// parser; `None` when an event before the end is not JSON.
@@ -61,18 +59,7 @@ fuzz_target!(|data: &[u8]| {
     let Some(input) = StreamInput::parse(data) else {
         return;
     };
-    let mut whole_plan = streaming_plan(ProviderKind::Anthropic, input.include_usage);
-    let whole = run_stream(&mut whole_plan.response, &[input.stream]);
-    let mut cut_plan = streaming_plan(ProviderKind::Anthropic, input.include_usage);
-    let cut = run_stream(&mut cut_plan.response, &input.chunks());
-    assert!(
-        whole == cut,
-        "cut:\n{}\nwhole:\n{}",
-        String::from_utf8_lossy(&cut),
-        String::from_utf8_lossy(&whole)
-    );
-    assert_eq!(cut_plan.response.usage(), whole_plan.response.usage());
-    check_usage_sums(200, &whole_plan.response.usage());
+    let (whole, _) = run_whole_and_cut(ProviderKind::Anthropic, &input);
 
     let events = data_events(&whole);
     let (last, chunks) = events

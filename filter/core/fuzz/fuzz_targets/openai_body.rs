@@ -13,20 +13,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use tollgate_core::proto::ProviderKind;
 use tollgate_core::Usage;
-use tollgate_core_fuzz::{assert_openai_error, buffered_plan, check_usage_sums, STATUSES};
-
-/// OpenAI's usage object, as the reference reads it.
-#[derive(Deserialize)]
-struct ReferenceUsage {
-    prompt_tokens: Option<u64>,
-    completion_tokens: Option<u64>,
-    prompt_tokens_details: Option<ReferenceDetails>,
-}
-
-#[derive(Deserialize)]
-struct ReferenceDetails {
-    cached_tokens: Option<u64>,
-}
+use tollgate_core_fuzz::{assert_openai_error, run_buffered, Buffered, ReferenceUsage};
 
 /// The usage of a body that is a JSON object: its top-level `usage`, when that is a usage
 /// object; `None` for a body that is not a JSON object.
@@ -35,26 +22,20 @@ fn reference_usage(body: &[u8]) -> Option<Usage> {
     let reported = object
         .get("usage")
         .and_then(|usage| ReferenceUsage::deserialize(usage).ok());
-    Some(reported.map_or_else(Usage::default, |reported| {
-        Usage {
-            prompt_tokens: reported.prompt_tokens,
-            completion_tokens: reported.completion_tokens,
-            cached_prompt_tokens: reported
-                .prompt_tokens_details
-                .and_then(|details| details.cached_tokens),
-        }
-    }))
+    Some(reported.map_or_else(Usage::default, Usage::from))
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&pick, body)) = data.split_first() else {
+    let Some(Buffered {
+        status,
+        body,
+        plan,
+        completed,
+    }) = run_buffered(ProviderKind::Openai, data)
+    else {
         return;
     };
-    let status = STATUSES[usize::from(pick) % STATUSES.len()];
-    let mut plan = buffered_plan(ProviderKind::Openai, status);
-    let completed = plan.response.on_complete_body(body);
     let usage = plan.response.usage();
-    check_usage_sums(status, &usage);
     assert_eq!(completed.status, None);
     if (200..300).contains(&status) {
         assert_eq!(

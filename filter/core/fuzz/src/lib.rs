@@ -3,9 +3,12 @@
 //!
 //! Every target reaches tollgate-core through its public API only, as the glues do.
 
+use serde::Deserialize;
 use serde_json::{Map, Value};
 use tollgate_core::gateway::{plan_chat_request, RequestPlan};
-use tollgate_core::providers::{ChunkOutput, ResponseHandler, ResponseMode, TranslateContext};
+use tollgate_core::providers::{
+    ChunkOutput, CompletedBody, ResponseHandler, ResponseMode, TranslateContext,
+};
 use tollgate_core::usage::TokenCounts;
 use tollgate_core::{proto, State, Usage};
 
@@ -72,6 +75,79 @@ pub fn streaming_plan(kind: proto::ProviderKind, include_usage: bool) -> Request
         ResponseMode::Stream
     );
     plan
+}
+
+/// Runs the stream of `input` through a fresh `kind` plan twice, whole and cut as the input
+/// says, checks that the client gets the same bytes and the same usage is recorded, and
+/// checks the usage's sums. Returns what the client got and the usage.
+pub fn run_whole_and_cut(kind: proto::ProviderKind, input: &StreamInput<'_>) -> (Vec<u8>, Usage) {
+    let mut whole_plan = streaming_plan(kind, input.include_usage);
+    let whole = run_stream(&mut whole_plan.response, &[input.stream]);
+    let mut cut_plan = streaming_plan(kind, input.include_usage);
+    let cut = run_stream(&mut cut_plan.response, &input.chunks());
+    assert!(
+        whole == cut,
+        "cut:\n{}\nwhole:\n{}",
+        String::from_utf8_lossy(&cut),
+        String::from_utf8_lossy(&whole)
+    );
+    let usage = whole_plan.response.usage();
+    assert_eq!(cut_plan.response.usage(), usage);
+    check_usage_sums(200, &usage);
+    (whole, usage)
+}
+
+/// A buffered answer, as a body target reads it from its input and the gateway handled it.
+pub struct Buffered<'a> {
+    /// The provider's status, picked from [`STATUSES`] by the input's first byte.
+    pub status: u16,
+    /// The provider's body: the rest of the input.
+    pub body: &'a [u8],
+    /// The plan, after [`ResponseHandler::on_complete_body`].
+    pub plan: RequestPlan,
+    /// What that returned.
+    pub completed: CompletedBody,
+}
+
+/// Runs the buffered answer of `data` through a fresh `kind` plan and checks the usage's
+/// sums; `None` for an empty input.
+pub fn run_buffered(kind: proto::ProviderKind, data: &[u8]) -> Option<Buffered<'_>> {
+    let (&pick, body) = data.split_first()?;
+    let status = STATUSES[usize::from(pick) % STATUSES.len()];
+    let mut plan = buffered_plan(kind, status);
+    let completed = plan.response.on_complete_body(body);
+    check_usage_sums(status, &plan.response.usage());
+    Some(Buffered {
+        status,
+        body,
+        plan,
+        completed,
+    })
+}
+
+/// OpenAI's usage object, read apart from the core's reader, for the references.
+#[derive(Deserialize)]
+pub struct ReferenceUsage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    prompt_tokens_details: Option<ReferenceDetails>,
+}
+
+#[derive(Deserialize)]
+struct ReferenceDetails {
+    cached_tokens: Option<u64>,
+}
+
+impl From<ReferenceUsage> for Usage {
+    fn from(reported: ReferenceUsage) -> Self {
+        Usage {
+            prompt_tokens: reported.prompt_tokens,
+            completion_tokens: reported.completion_tokens,
+            cached_prompt_tokens: reported
+                .prompt_tokens_details
+                .and_then(|details| details.cached_tokens),
+        }
+    }
 }
 
 /// The plan of a buffered request to a `kind` deployment, after the provider answered
