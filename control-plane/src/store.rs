@@ -21,7 +21,10 @@ use sqlx::Row;
 use crate::config::{Config, DeploymentConfig, ProviderKind};
 use crate::proto;
 
-pub use management::{KeyRow, MemberRow, NewMember, StateSnapshot, TeamRow, UserRow};
+pub use management::{
+    KeyRow, MemberRow, NewMember, StateChanges, StateSnapshot, TeamRow, UserRow,
+    REMOVED_KEY_RETENTION_MS,
+};
 
 /// PostgreSQL channel every committed change is announced on (payload: the new version),
 /// so that other control-plane replicas on the same database rebuild their snapshot.
