@@ -428,6 +428,11 @@ async fn keys_lifecycle(db: Db) {
         .await;
     assert_eq!(by_path["key"], "sk-chosen-by-me");
     let current = "sk-chosen-by-me".to_string();
+    // The filters' snapshot follows: the regenerated hashes leave it.
+    let snapshot = settled(&plane).await;
+    assert!(key_in(&snapshot, &sha256_hex(&key)).is_none());
+    assert!(key_in(&snapshot, &sha256_hex(&new_key)).is_none());
+    assert!(key_in(&snapshot, &sha256_hex(&current)).is_some());
 
     // The clear keys never reach the database.
     let dump = db.dump().await;
@@ -445,6 +450,7 @@ async fn keys_lifecycle(db: Db) {
         .await;
     assert_eq!(deleted["deleted_keys"], json!([second_key, "app-1b"]));
     assert_eq!(api.ok_get("/key/list", &[]).await["total_count"], 0);
+    assert_eq!(settled(&plane).await.keys, []);
     assert_error(
         &api.get("/key/info", &[("key", &current)]).await,
         404,
