@@ -388,8 +388,11 @@ impl Store {
         );
         let key_sql = match since {
             None => format!("SELECT {KEY_COLUMNS} FROM virtual_keys ORDER BY token"),
+            // Ordered by the index the condition uses: ordered by token, SQLite would rather
+            // walk every key in token order than sort the few that changed.
             Some(_) => format!(
-                "SELECT {KEY_COLUMNS} FROM virtual_keys WHERE changed_version > $1 ORDER BY token"
+                "SELECT {KEY_COLUMNS} FROM virtual_keys WHERE changed_version > $1 \
+                 ORDER BY changed_version, token"
             ),
         };
         let postgres = self.backend() == Backend::Postgres;

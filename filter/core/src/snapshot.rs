@@ -12,9 +12,11 @@ use crate::proto;
 
 mod delta;
 mod kept;
+mod keys;
 
 pub use delta::DeltaMessage;
 pub use kept::{Kept, KeptUpdates};
+use keys::KeyMap;
 
 /// Body limit when the control plane does not set one (LiteLLM has none; Envoy buffers the
 /// body, so an unbounded limit would let one client exhaust a worker's memory).
@@ -221,7 +223,7 @@ pub struct State {
     deployments: Vec<DeploymentSlot>,
     models: HashMap<String, ModelGroup>,
     /// Virtual keys by the SHA-256 of the clear key.
-    keys: HashMap<[u8; 32], Arc<VirtualKey>>,
+    keys: KeyMap,
     /// Public model names in first-seen order, for /v1/models.
     model_order: Vec<String>,
     /// The /v1/models answer, built once per snapshot.
@@ -240,7 +242,7 @@ impl State {
             max_response_body_bytes: DEFAULT_MAX_RESPONSE_BODY_BYTES,
             deployments: Vec::with_capacity(snapshot.deployments.len()),
             models: HashMap::new(),
-            keys: HashMap::with_capacity(snapshot.keys.len()),
+            keys: KeyMap::with_capacity(snapshot.keys.len()),
             model_order: Vec::new(),
             models_json: Vec::new(),
         };
@@ -443,15 +445,15 @@ fn nonzero_or(value: u64, default: u64) -> u64 {
     }
 }
 
-pub(crate) fn decode_sha256(hex_digest: &str) -> Option<[u8; 32]> {
+fn decode_sha256(hex_digest: &str) -> Option<[u8; 32]> {
     let bytes = hex::decode(hex_digest.trim()).ok()?;
     bytes.try_into().ok()
 }
 
 /// Adds (or replaces) a key; one whose hash is not a SHA-256 hex digest is reported as
 /// `{list}[{index}]` and left out.
-pub(crate) fn add_key(
-    keys: &mut HashMap<[u8; 32], Arc<VirtualKey>>,
+fn add_key(
+    keys: &mut KeyMap,
     (list, index): (&str, usize),
     key: proto::VirtualKey,
     problems: &mut Vec<String>,
@@ -641,7 +643,7 @@ struct SnapshotWithoutKeys {
 
 /// Walks the fields of one protobuf message, handing each length-delimited field's tag and
 /// payload to `visit` and stepping over the others.
-pub(crate) fn for_each_length_delimited_field<'m>(
+fn for_each_length_delimited_field<'m>(
     mut message: &'m [u8],
     mut visit: impl FnMut(u32, &'m [u8]) -> Result<(), SnapshotDecodeError>,
 ) -> Result<(), SnapshotDecodeError> {

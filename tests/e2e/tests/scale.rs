@@ -81,8 +81,8 @@ fn a_hundred_thousand_keys_reach_every_worker_and_blocking_one_sends_a_delta() {
     let _control_plane =
         ControlPlane::start_with_http(dir.path(), &config_path, grpc_port, http_port, &database)
             .unwrap();
-    let envoy = Envoy::start_with_http(dir.path(), "envoy-scale", grpc_port, Some(http_port))
-        .unwrap();
+    let envoy =
+        Envoy::start_with_http(dir.path(), "envoy-scale", grpc_port, Some(http_port)).unwrap();
 
     // The first and the last key work on every worker.
     let (first, last) = (bulk_key(0), bulk_key(KEYS - 1));
