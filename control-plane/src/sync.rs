@@ -471,9 +471,15 @@ impl SyncHub {
         self.shutdown.send_replace(true);
     }
 
-    /// The tonic service for this hub.
+    /// The tonic service for this hub. A full snapshot of 100,000 keys is about 15 MB:
+    /// tonic's limit on what it sends is none (set here so it does not hang on a default),
+    /// its limit on what it receives (4 MiB) only ever meets usage batches. The filters'
+    /// clients take messages of that size: the native module raises tonic's 4 MiB, and
+    /// Envoy's gRPC client (the Wasm filter's stream) has no limit unless a GrpcService sets
+    /// `max_receive_message_length`.
     pub fn service(self: &Arc<Self>) -> FilterSyncServer<SyncService> {
         FilterSyncServer::new(SyncService { hub: self.clone() })
+            .max_encoding_message_size(usize::MAX)
     }
 
     fn register(&self, peer: Option<SocketAddr>) -> u64 {
