@@ -136,7 +136,7 @@ impl Served {
         self.advance(
             snapshot.version,
             snapshot.settings.unwrap_or_default(),
-            snapshot.deployments,
+            Some(snapshot.deployments),
             (upserted, removed),
             teams,
         );
@@ -148,6 +148,7 @@ impl Served {
     pub fn apply_changes(&mut self, changes: StateChanges) -> bool {
         let StateChanges {
             state,
+            deployments_changed,
             removed_keys,
             complete,
         } = changes;
@@ -177,27 +178,27 @@ impl Served {
         self.advance(
             state.version,
             next.settings.unwrap_or_default(),
-            next.deployments,
+            deployments_changed.then_some(next.deployments),
             (upserted, removed),
             Some(state.teams),
         );
         true
     }
 
-    /// Records the step to `version` (the keys are already changed) and builds the delta
-    /// onto the version before, which every stream holding it will need.
+    /// Records the step to `version` (the keys are already changed; `deployments` is `None`
+    /// when they did not) and builds the delta onto the version before, which every stream
+    /// holding it will need.
     fn advance(
         &mut self,
         version: u64,
         settings: proto::Settings,
-        deployments: Vec<proto::Deployment>,
+        deployments: Option<Vec<proto::Deployment>>,
         (keys, removed_keys): (Vec<proto::VirtualKey>, Vec<String>),
         teams: Option<Teams>,
     ) {
-        let deployments = if *self.deployments == deployments {
-            Arc::clone(&self.deployments)
-        } else {
-            Arc::new(deployments)
+        let deployments = match deployments {
+            Some(deployments) if *self.deployments != deployments => Arc::new(deployments),
+            _ => Arc::clone(&self.deployments),
         };
         let step = Step {
             base_version: self.version,

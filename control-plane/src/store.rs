@@ -381,6 +381,18 @@ macro_rules! bump_version {
     }};
 }
 
+/// Records that the deployments changed at `version` (inside the change's transaction), so
+/// a control plane reading what changed since an older version re-reads them and one
+/// reading since a newer version does not (see `Store::state_changes_since`).
+macro_rules! mark_deployments_changed {
+    ($tx:ident, $version:expr) => {{
+        sqlx::query("UPDATE state_version SET deployments_version = $1 WHERE id = 1")
+            .bind(to_i64($version))
+            .execute(&mut *$tx)
+            .await?;
+    }};
+}
+
 /// Announces a committed change to the other replicas (PostgreSQL delivers it on commit).
 macro_rules! notify_change {
     ($store:expr, $tx:ident, $version:expr) => {{
@@ -596,6 +608,7 @@ impl Store {
             let mut tx = pool.begin().await?;
             // First statement: takes the write lock that orders every change (see bump_version).
             let version = bump_version!(tx, now_unix_ms());
+            mark_deployments_changed!(tx, version);
             // Keep created_at of ids that survive the reload.
             let rows = sqlx::query("SELECT id, created_at FROM deployments WHERE source = 'config'")
                 .fetch_all(&mut *tx)
@@ -641,6 +654,7 @@ impl Store {
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let version = bump_version!(tx, now_unix_ms());
+            mark_deployments_changed!(tx, version);
             let created_at: Option<i64> = sqlx::query("SELECT created_at FROM deployments WHERE id = $1")
                 .bind(record.id.clone())
                 .fetch_optional(&mut *tx)
@@ -665,6 +679,7 @@ impl Store {
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let version = bump_version!(tx, now_unix_ms());
+            mark_deployments_changed!(tx, version);
             let affected = sqlx::query("DELETE FROM deployments WHERE id = $1")
                 .bind(id)
                 .execute(&mut *tx)

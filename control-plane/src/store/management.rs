@@ -120,9 +120,13 @@ pub struct StateSnapshot {
 /// What changed since a version (see [`Store::state_changes_since`]).
 #[derive(Debug, Clone)]
 pub struct StateChanges {
-    /// Version, deployments, settings and teams as a full read gives them; `keys` holds only
-    /// the keys written after the version asked about.
+    /// Version, settings and teams as a full read gives them; `keys` holds only the keys
+    /// written after the version asked about, `deployments` is empty unless
+    /// [`Self::deployments_changed`].
     pub state: StateSnapshot,
+    /// Whether the deployments changed after the version asked about (then `state` holds
+    /// all of them).
+    pub deployments_changed: bool,
     /// Tokens of the keys removed after it (none of them is in `state.keys`).
     pub removed_keys: Vec<String>,
     /// False when removals that old may have been forgotten (see
@@ -403,14 +407,21 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
             }
-            let version: i64 = sqlx::query("SELECT version FROM state_version WHERE id = 1")
+            let row = sqlx::query("SELECT version, deployments_version FROM state_version WHERE id = 1")
                 .fetch_one(&mut *tx)
-                .await?
-                .try_get("version")?;
-            let rows = sqlx::query(&deployment_sql).fetch_all(&mut *tx).await?;
-            let mut deployments = Vec::with_capacity(rows.len());
-            for row in &rows {
-                deployments.push(decode_deployment!(row));
+                .await?;
+            let version: i64 = row.try_get("version")?;
+            let deployments_version: i64 = row.try_get("deployments_version")?;
+            // 1,000 deployments take longer to read than the rest of a one-key change.
+            let deployments_changed =
+                since.is_none_or(|since| to_u64(deployments_version) > since);
+            let mut deployments = Vec::new();
+            if deployments_changed {
+                let rows = sqlx::query(&deployment_sql).fetch_all(&mut *tx).await?;
+                deployments.reserve(rows.len());
+                for row in &rows {
+                    deployments.push(decode_deployment!(row));
+                }
             }
             let rows = sqlx::query("SELECT key, value FROM settings").fetch_all(&mut *tx).await?;
             let mut settings = BTreeMap::new();
@@ -449,6 +460,7 @@ impl Store {
             let version = to_u64(version);
             Ok(StateChanges {
                 state: StateSnapshot { version, deployments, settings, keys, teams },
+                deployments_changed,
                 removed_keys,
                 complete: since.is_some_and(|since| {
                     since.saturating_add(REMOVED_KEY_RETENTION_MS) >= version
@@ -836,6 +848,7 @@ impl Store {
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let version = bump_version!(tx, now_unix_ms());
+            mark_deployments_changed!(tx, version);
             let taken = sqlx::query("SELECT id FROM deployments WHERE id = $1")
                 .bind(record.id.clone())
                 .fetch_optional(&mut *tx)
@@ -863,6 +876,7 @@ impl Store {
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let version = bump_version!(tx, now_unix_ms());
+            mark_deployments_changed!(tx, version);
             let row = sqlx::query("SELECT source, created_at FROM deployments WHERE id = $1")
                 .bind(id)
                 .fetch_optional(&mut *tx)
