@@ -23,7 +23,7 @@ const MIN_KEY_CHANGES_KEPT: usize = 4096;
 pub type Teams = BTreeMap<String, (Vec<String>, bool)>;
 
 /// What a stream needs to catch up with the served version.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum CatchUp {
     /// It has the served version.
     UpToDate,
@@ -39,8 +39,7 @@ pub enum CatchUp {
     Full(proto::Snapshot),
 }
 
-/// What changed from the version before to `version`.
-#[derive(Debug)]
+/// What changed from the version before (its deployments hold provider keys: no `Debug`).
 struct Step {
     base_version: u64,
     settings_before: proto::Settings,
@@ -58,7 +57,6 @@ impl Step {
 }
 
 /// The served state and its recent history.
-#[derive(Debug)]
 pub struct Served {
     version: u64,
     settings: proto::Settings,
@@ -285,6 +283,29 @@ impl Served {
     }
 }
 
+/// Versions and counts only: deployments hold provider keys.
+impl std::fmt::Debug for Served {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Served")
+            .field("version", &self.version)
+            .field("deployments", &self.deployments.len())
+            .field("keys", &self.keys.len())
+            .field("history", &self.history.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The kind and version only: snapshots and deltas hold provider keys.
+impl std::fmt::Debug for CatchUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CatchUp::UpToDate => f.write_str("UpToDate"),
+            CatchUp::Delta { version, .. } => write!(f, "Delta {{ version: {version} }}"),
+            CatchUp::Full(snapshot) => write!(f, "Full {{ version: {} }}", snapshot.version),
+        }
+    }
+}
+
 fn by_hash(keys: Vec<proto::VirtualKey>) -> BTreeMap<String, proto::VirtualKey> {
     keys.into_iter()
         .map(|key| (key.key_sha256.clone(), key))
@@ -292,7 +313,7 @@ fn by_hash(keys: Vec<proto::VirtualKey>) -> BTreeMap<String, proto::VirtualKey> 
 }
 
 /// The deployment fields of a delta.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Default)]
 struct DeploymentDiff {
     upserted: Vec<proto::Deployment>,
     removed: Vec<String>,
