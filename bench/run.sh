@@ -13,6 +13,8 @@ export PATH
 need_apt=()
 command -v valgrind >/dev/null 2>&1 || need_apt+=(valgrind)
 command -v taskset >/dev/null 2>&1 || need_apt+=(util-linux)
+# The 100,000-key rows put the keys straight into the control plane's SQLite database.
+command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
 if (( ${#need_apt[@]} )); then
   sudo_cmd=()
   [[ "$(id -u)" == 0 ]] || sudo_cmd=(sudo)

@@ -12,9 +12,12 @@
 //! (default BENCHMARKS.md in the repository root), `BENCH_PERF_DIR` (a perf profile of each
 //! throughput run's Envoy goes there), `BENCH_ONLY=throughput` (a quick look while
 //! optimising: only the 1 KB throughput runs, printed, BENCHMARKS.md left alone; with
-//! `BENCH_PATHS=NativeOpenAi,TollgateOpenAi,...` only those paths and bare Envoy).
+//! `BENCH_PATHS=NativeOpenAi,TollgateOpenAi,...` only those paths and bare Envoy),
+//! `BENCH_ONLY=scale` (only the snapshot-scale rows, printed: memory with `BENCH_SCALE_KEYS`
+//! keys, default 100000, and the time a one-key change takes to reach the filter).
 
 mod load;
+mod scale;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -316,9 +319,21 @@ impl BenchEnvoy {
         config: Option<&Path>,
         native: bool,
     ) -> Result<(BenchEnvoy, String)> {
+        Self::tollgate_with_http(dir, name, (grpc, None), config, native)
+    }
+
+    /// [`Self::tollgate`], routing the management API to the control plane's HTTP port
+    /// `http` when given (else its default).
+    fn tollgate_with_http(
+        dir: &Path,
+        name: &str,
+        (grpc, http): (u16, Option<u16>),
+        config: Option<&Path>,
+        native: bool,
+    ) -> Result<(BenchEnvoy, String)> {
         let (port, admin) = (free_port()?, free_port()?);
-        let yaml =
-            tollgate_envoy_config(port, admin, grpc, &format!("bench-{name}"), config, native)?;
+        let node = format!("bench-{name}");
+        let yaml = tollgate_envoy_config(port, admin, (grpc, http), &node, config, native)?;
         let bootstrap = dir.join(format!("envoy-{name}.yaml"));
         std::fs::write(&bootstrap, &yaml)?;
         let envoy = Proc::start(
@@ -594,7 +609,7 @@ impl Stack {
 fn tollgate_envoy_config(
     port: u16,
     admin: u16,
-    grpc: u16,
+    (grpc, http): (u16, Option<u16>),
     node_id: &str,
     config: Option<&Path>,
     native: bool,
@@ -607,6 +622,9 @@ fn tollgate_envoy_config(
         .args(["--grpc-port", &grpc.to_string()])
         .args(["--host", "127.0.0.1"])
         .args(["--node-id", node_id]);
+    if let Some(http) = http {
+        command.args(["--http-port", &http.to_string()]);
+    }
     if native {
         command.arg("--native");
     } else {
@@ -1276,6 +1294,9 @@ struct Results {
     native_idle_kb: u64,
     native_many_keys_idle_kb: u64,
     native_many_keys_load: Option<(RunResult, Usage)>,
+    /// Memory with 100,000 keys and the time a one-key change takes (see `scale`).
+    scale: Option<scale::Scale>,
+    scale_error: Option<String>,
     callgrind: Vec<Callgrind>,
     callgrind_error: Option<String>,
     /// Where each profiled path's Envoy CPU goes, by binary (perf).
@@ -1380,6 +1401,7 @@ async fn run() -> Result<()> {
     let lat_secs = Duration::from_secs(env_u64("BENCH_LATENCY_SECONDS", 4));
     let tp_secs = Duration::from_secs(env_u64("BENCH_SECONDS", 8));
     let keys_wanted = env_u64("BENCH_KEYS", 10_000) as usize;
+    let scale_keys = env_u64("BENCH_SCALE_KEYS", 100_000).max(1) as usize;
     let warmup = Duration::from_secs(1);
     let ticks_per_s: f64 = command_output("getconf", &["CLK_TCK"])
         .parse()
@@ -1394,6 +1416,7 @@ async fn run() -> Result<()> {
     match std::env::var("BENCH_ONLY").as_deref() {
         Ok("throughput") => return quick_throughput(&dir, tp_secs, ticks_per_s).await,
         Ok("memory") => return quick_memory(&dir, keys_wanted).await,
+        Ok("scale") => return quick_scale(&dir, scale_keys).await,
         _ => {}
     }
 
@@ -1573,6 +1596,15 @@ async fn run() -> Result<()> {
         results.keys_large = Some(large);
     }
 
+    eprintln!("==> {scale_keys} virtual keys in the first snapshot, then one-key changes");
+    match scale::measure(&dir, stack.mock_port, scale_keys).await {
+        Ok(measured) => results.scale = Some(measured),
+        Err(error) => {
+            eprintln!("    not measured: {error:#}");
+            results.scale_error = Some(format!("{error:#}"));
+        }
+    }
+
     let report = render(
         &results,
         rate,
@@ -1630,6 +1662,72 @@ async fn quick_memory(dir: &Path, keys_wanted: usize) -> Result<()> {
     println!("logs: {}", dir.display());
     drop(stack);
     Ok(())
+}
+
+/// `BENCH_ONLY=scale`: the snapshot-scale rows (see `scale`), printed, beside an idle bare
+/// Envoy. The directory is kept for the logs.
+async fn quick_scale(dir: &Path, keys: usize) -> Result<()> {
+    // Nothing reaches the mock here: the config only needs its address.
+    let mock_port = free_port()?;
+    let rendered = tollgate_envoy_config(0, 0, (0, None), "bench-render", None, false)?;
+    let buffer_limit = rendered
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("per_connection_buffer_limit_bytes:"))
+        .map(|v| v.trim().to_string())
+        .ok_or_else(|| anyhow!("no per_connection_buffer_limit_bytes in the Tollgate bootstrap"))?;
+    let bare = BenchEnvoy::start(
+        dir,
+        "envoy-bare",
+        "bare",
+        &[
+            ("{{MOCK_PORT}}", &mock_port.to_string()),
+            ("{{BUFFER_LIMIT_BYTES}}", &buffer_limit),
+        ],
+    )?;
+    wait_until("bare Envoy", Duration::from_secs(60), || {
+        envoy_ready(bare.admin)
+    })
+    .await?;
+    let measured = scale::measure(dir, mock_port, keys).await?;
+    let bare_kb = vm_rss_kb(bare.envoy.pid()).unwrap_or(0);
+    println!(
+        "bare Envoy, idle                                   {:>7.1} MB",
+        mb_f(bare_kb)
+    );
+    for (index, build) in scale::BUILDS.iter().enumerate() {
+        let (median, max) = scale::median_and_max_ms(&measured.propagation[index]);
+        let [snapshots, deltas, resyncs] = measured.counters[index];
+        println!(
+            "{build:<14} {keys} keys: first snapshot served after {:.1} s; idle {:.1} MB \
+             ({:+.1} MB over bare), {:.1} MB after the changes; a one-key change refused \
+             {median:.1} ms median, {max:.1} ms max after the request ({} changes: {:?} ms); \
+             counters: {snapshots} full snapshots, {deltas} deltas, {resyncs} resyncs",
+            measured.first_snapshot[index].as_secs_f64(),
+            mb_f(measured.idle_kb[index]),
+            mb_f(measured.idle_kb[index]) - mb_f(bare_kb),
+            mb_f(measured.after_changes_kb[index]),
+            measured.propagation[index].len(),
+            measured.propagation[index]
+                .iter()
+                .map(|t| (t.as_secs_f64() * 1e4).round() / 10.0)
+                .collect::<Vec<f64>>(),
+        );
+    }
+    let (median, max) = scale::median_and_max_ms(&measured.api_answer);
+    println!(
+        "the management API answered in {median:.1} ms median, {max:.1} ms max ({:?} ms)",
+        measured
+            .api_answer
+            .iter()
+            .map(|t| (t.as_secs_f64() * 1e4).round() / 10.0)
+            .collect::<Vec<f64>>()
+    );
+    println!("logs: {}", dir.join("scale").display());
+    Ok(())
+}
+
+fn mb_f(kb: u64) -> f64 {
+    kb as f64 / 1024.0
 }
 
 /// `BENCH_ONLY=throughput`: the 1 KB throughput runs of bare Envoy, the floor filters and
@@ -1719,6 +1817,57 @@ async fn quick_throughput(dir: &Path, duration: Duration, ticks_per_s: f64) -> R
 }
 
 // ---------------------------------------------------------------- BENCHMARKS.md
+
+/// The section on a one-key change among 100,000 keys.
+fn render_scale(s: &mut String, r: &Results) {
+    let Some(scale) = &r.scale else {
+        let _ = writeln!(
+            s,
+            "## One key changed among many\n\nNot measured: {}\n",
+            r.scale_error.as_deref().unwrap_or("skipped")
+        );
+        return;
+    };
+    let _ = writeln!(
+        s,
+        "## One key changed among {keys} keys\n\n\
+         A control plane of its own starts with {keys} virtual keys (put straight into its SQLite \
+         database) and {DEPLOYMENTS} deployments; one Envoy per build (`--concurrency 1`) gets them \
+         all in its first snapshot. After one change that is not timed (the first write after \
+         the bulk insert checkpoints SQLite's write-ahead log), one key at a time is blocked with \
+         `POST /key/block` (through the Wasm filter's Envoy): the time is from sending the request \
+         until `GET /v1/models` with that key is refused {refusals} times in a row on new \
+         connections (polled every 1 ms, both Envoys at once). The control plane reads only the keys \
+         changed since the version it serves and sends each stream a delta; the filter's counters \
+         show what each Envoy received.\n",
+        keys = scale.keys,
+        refusals = scale::REFUSALS_IN_A_ROW
+    );
+    let _ = writeln!(
+        s,
+        "| build | first snapshot served after | one-key change, request sent → key refused: median / max ({} changes) | idle MB before / after the changes | full snapshots / deltas / resyncs received |\n|---|---|---|---|---|",
+        scale.propagation[0].len()
+    );
+    for (index, build) in scale::BUILDS.iter().enumerate() {
+        let (median, max) = scale::median_and_max_ms(&scale.propagation[index]);
+        let [snapshots, deltas, resyncs] = scale.counters[index];
+        let _ = writeln!(
+            s,
+            "| {build} | {:.1} s | {median:.1} / {max:.1} ms | {} / {} | {snapshots} / {deltas} / {resyncs} |",
+            scale.first_snapshot[index].as_secs_f64(),
+            mb(scale.idle_kb[index]),
+            mb(scale.after_changes_kb[index]),
+        );
+    }
+    let (answer_median, answer_max) = scale::median_and_max_ms(&scale.api_answer);
+    let _ = writeln!(
+        s,
+        "\nThe management API answered in {answer_median:.1} ms median, {answer_max:.1} ms max: the \
+         change is committed by then, and its delta is often already on the way. The Wasm filter \
+         counts one full snapshot per VM (the worker's and the main thread's, which keeps it as \
+         bytes); the native module holds one for all workers.\n"
+    );
+}
 
 fn ms(us: f64) -> String {
     if us.is_nan() {
@@ -2390,7 +2539,19 @@ fn render(
             );
         }
     }
+    if let Some(scale) = &r.scale {
+        for (index, build) in scale::BUILDS.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "| with the {build} | {DEPLOYMENTS} deployments, {} virtual keys (all in its first snapshot) | {} (+{} over bare) | - |",
+                scale.keys,
+                mb(scale.idle_kb[index]),
+                mb(scale.idle_kb[index].saturating_sub(r.bare_idle_kb)),
+            );
+        }
+    }
     let _ = writeln!(s);
+    render_scale(&mut s, r);
 
     // Callgrind.
     let _ = writeln!(s, "## Filter CPU per request (callgrind)\n");

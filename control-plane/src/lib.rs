@@ -9,6 +9,7 @@ pub mod app;
 pub mod channel;
 pub mod client;
 pub mod config;
+pub mod delta;
 pub mod envoy;
 pub mod grpc_api;
 pub mod http_api;

@@ -22,7 +22,10 @@ use crate::config::{Config, DeploymentConfig, ProviderKind};
 use crate::proto;
 use crate::secrets::{self, CredentialError, CredentialKey};
 
-pub use management::{KeyRow, MemberRow, NewMember, StateSnapshot, TeamRow, UserRow};
+pub use management::{
+    KeyRow, MemberRow, NewMember, StateChanges, StateSnapshot, TeamRow, UserRow,
+    REMOVED_KEY_RETENTION_MS,
+};
 
 /// PostgreSQL channel every committed change is announced on (payload: the new version),
 /// so that other control-plane replicas on the same database rebuild their snapshot.
@@ -410,6 +413,18 @@ macro_rules! bump_version {
     }};
 }
 
+/// Records that the deployments changed at `version` (inside the change's transaction), so
+/// a control plane reading what changed since an older version re-reads them and one
+/// reading since a newer version does not (see `Store::state_changes_since`).
+macro_rules! mark_deployments_changed {
+    ($tx:ident, $version:expr) => {{
+        sqlx::query("UPDATE state_version SET deployments_version = $1 WHERE id = 1")
+            .bind(to_i64($version))
+            .execute(&mut *$tx)
+            .await?;
+    }};
+}
+
 /// Announces a committed change to the other replicas (PostgreSQL delivers it on commit).
 macro_rules! notify_change {
     ($store:expr, $tx:ident, $version:expr) => {{
@@ -777,6 +792,7 @@ impl Store {
             let mut tx = pool.begin().await?;
             // First statement: takes the write lock that orders every change (see bump_version).
             let version = bump_version!(tx, now_unix_ms());
+            mark_deployments_changed!(tx, version);
             // Keep created_at of ids that survive the reload.
             let rows = sqlx::query("SELECT id, created_at FROM deployments WHERE source = 'config'")
                 .fetch_all(&mut *tx)
@@ -822,6 +838,7 @@ impl Store {
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let version = bump_version!(tx, now_unix_ms());
+            mark_deployments_changed!(tx, version);
             let created_at: Option<i64> = sqlx::query("SELECT created_at FROM deployments WHERE id = $1")
                 .bind(record.id.clone())
                 .fetch_optional(&mut *tx)
@@ -846,6 +863,7 @@ impl Store {
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let version = bump_version!(tx, now_unix_ms());
+            mark_deployments_changed!(tx, version);
             let affected = sqlx::query("DELETE FROM deployments WHERE id = $1")
                 .bind(id)
                 .execute(&mut *tx)

@@ -2,11 +2,13 @@
 //! hub every filter stream shares, and the streams themselves). The server that composes
 //! it with the management API is [`crate::server`].
 //!
-//! The current snapshot lives in a `watch` channel: every stream sends it at once and then
-//! whatever is published next, and a stream that falls behind only ever gets the newest one
-//! (snapshots are whole, so skipping intermediate ones loses nothing). The registry of open
-//! streams is a `watch` channel too, so readiness checks and tests can wait for a change
-//! instead of polling.
+//! The hub keeps the state it serves ([`Served`]) and announces each new version in a
+//! `watch` channel: every stream sends a full snapshot at once and, after it, one delta per
+//! change onto the version it last sent (a stream that fell behind gets one delta composed
+//! over the versions it missed, or a full snapshot when the history no longer reaches back).
+//! A change is read from the store as what changed since the served version, not as every
+//! key again. The registry of open streams is a `watch` channel too, so readiness checks and
+//! tests can wait for a change instead of polling.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -18,6 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::delta::{CatchUp, Served, Teams};
 use crate::proto::filter_sync_server::{FilterSync, FilterSyncServer};
 use crate::proto::{self, control_message, filter_message};
 use crate::store::{
@@ -140,17 +143,25 @@ pub struct StreamInfo {
     pub hello_at: Option<Instant>,
     /// Newest snapshot version sent on this stream.
     pub sent_version: u64,
+    /// Full snapshots sent on this stream (the first, and any after a fall too far behind).
+    pub snapshots_sent: u64,
+    /// Deltas sent on this stream.
+    pub deltas_sent: u64,
     /// Usage records received and processed on this stream (new or resent).
     pub usage_records: u64,
     /// Unix milliseconds of the stream's start.
     pub opened_unix_ms: u64,
 }
 
-/// State shared by all streams: the snapshot channel, the stream registry and the store
-/// usage goes to.
+/// State shared by all streams: the served state, the version channel, the stream registry
+/// and the store usage goes to.
 pub struct SyncHub {
     store: Store,
-    snapshots: watch::Sender<Arc<proto::Snapshot>>,
+    served: std::sync::Mutex<Served>,
+    /// The served version; streams wait on it for changes.
+    versions: watch::Sender<u64>,
+    /// One refresh at a time (each reads what changed since the served version).
+    refreshing: tokio::sync::Mutex<()>,
     streams: watch::Sender<BTreeMap<u64, StreamInfo>>,
     next_stream_id: AtomicU64,
     shutdown: watch::Sender<bool>,
@@ -163,15 +174,25 @@ pub struct SyncHub {
 impl SyncHub {
     /// A hub serving the store's current state as its first snapshot.
     pub async fn start(store: Store) -> Result<Arc<SyncHub>, StoreError> {
-        let snapshot = load_snapshot(&store).await?;
-        Ok(Self::with_snapshot(store, snapshot))
+        let state = store.state_snapshot().await?;
+        let snapshot = snapshot_of_state(&state);
+        Ok(Self::serving(
+            store,
+            Served::new(snapshot, Some(state.teams)),
+        ))
     }
 
     /// A hub serving `snapshot` (tests, and callers that built the snapshot themselves).
     pub fn with_snapshot(store: Store, snapshot: proto::Snapshot) -> Arc<SyncHub> {
+        Self::serving(store, Served::new(snapshot, None))
+    }
+
+    fn serving(store: Store, served: Served) -> Arc<SyncHub> {
         Arc::new(SyncHub {
             store,
-            snapshots: watch::Sender::new(Arc::new(snapshot)),
+            versions: watch::Sender::new(served.version()),
+            served: std::sync::Mutex::new(served),
+            refreshing: tokio::sync::Mutex::new(()),
             streams: watch::Sender::new(BTreeMap::new()),
             next_stream_id: AtomicU64::new(1),
             shutdown: watch::Sender::new(false),
@@ -213,49 +234,87 @@ impl SyncHub {
         &self.store
     }
 
-    /// The snapshot streams currently get.
+    /// The full snapshot of the served version (built on each call: tests and logs).
     pub fn current(&self) -> Arc<proto::Snapshot> {
-        self.snapshots.borrow().clone()
+        Arc::new(self.served().snapshot())
     }
 
-    /// Sends `snapshot` to every open stream (and every stream opened later).
-    pub fn publish(&self, snapshot: proto::Snapshot) {
-        tracing::info!(
-            version = snapshot.version,
-            deployments = snapshot.deployments.len(),
-            "publishing snapshot"
-        );
-        self.snapshots.send_replace(Arc::new(snapshot));
+    /// The served version.
+    pub fn current_version(&self) -> u64 {
+        *self.versions.borrow()
     }
 
-    /// Publishes `snapshot` unless the current one is as new; true if published. Replicas
+    fn served(&self) -> std::sync::MutexGuard<'_, Served> {
+        self.served
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// What a stream last sent version `sent` needs to catch up.
+    fn catch_up(&self, sent: u64) -> CatchUp {
+        self.served().catch_up(sent)
+    }
+
+    /// Serves `snapshot` unless the served version is as new; true if it did. Replicas
     /// and concurrent rebuilds may produce snapshots out of order: the newest wins.
     pub fn publish_if_newer(&self, snapshot: proto::Snapshot) -> bool {
-        let version = snapshot.version;
-        let deployments = snapshot.deployments.len();
-        let keys = snapshot.keys.len();
-        let snapshot = Arc::new(snapshot);
-        let published = self.snapshots.send_if_modified(|current| {
-            if snapshot.version > current.version {
-                *current = snapshot.clone();
-                true
-            } else {
-                false
-            }
-        });
-        if published {
-            tracing::info!(version, deployments, keys, "publishing snapshot");
-        }
-        published
+        self.publish_full(snapshot, None)
     }
 
-    /// Rebuilds the snapshot from the store and publishes it if it is newer than the
-    /// current one; returns the stored version.
-    pub async fn refresh(&self) -> Result<u64, StoreError> {
-        let snapshot = load_snapshot(&self.store).await?;
+    /// [`Self::publish_if_newer`] with the teams the snapshot's keys were built from, when
+    /// known (a later refresh can then read only what changed).
+    fn publish_full(&self, snapshot: proto::Snapshot, teams: Option<Teams>) -> bool {
         let version = snapshot.version;
-        self.publish_if_newer(snapshot);
-        Ok(version)
+        {
+            let mut served = self.served();
+            if version <= served.version() {
+                return false;
+            }
+            served.replace(snapshot, teams);
+            self.log_published(&served, "full read");
+        }
+        self.versions.send_replace(version);
+        true
+    }
+
+    fn log_published(&self, served: &Served, read: &'static str) {
+        tracing::info!(
+            version = served.version(),
+            deployments = served.deployment_count(),
+            keys = served.key_count(),
+            keys_changed = served.last_key_changes(),
+            read,
+            "publishing snapshot"
+        );
+    }
+
+    /// Reads what changed in the store since the served version and serves the result if
+    /// it is newer; returns the stored version. A read of every key is needed only when the
+    /// changes are not enough (see [`Served::apply_changes`]).
+    pub async fn refresh(&self) -> Result<u64, StoreError> {
+        let _one_at_a_time = self.refreshing.lock().await;
+        let served_version = self.current_version();
+        let changes = self.store.state_changes_since(served_version).await?;
+        let stored = changes.state.version;
+        if stored <= served_version {
+            return Ok(stored);
+        }
+        let applied = {
+            let mut served = self.served();
+            let applied = served.apply_changes(changes);
+            if applied {
+                self.log_published(&served, "changes");
+            }
+            applied
+        };
+        if applied {
+            self.versions.send_replace(stored);
+        } else {
+            let state = self.store.state_snapshot().await?;
+            let snapshot = snapshot_of_state(&state);
+            self.publish_full(snapshot, Some(state.teams));
+        }
+        Ok(stored)
     }
 
     /// Hands out a new version, rebuilds the snapshot from the store and publishes it.
@@ -310,7 +369,7 @@ impl SyncHub {
                 }
                 _ = poll.tick() => {
                     match self.store.stored_version().await {
-                        Ok(stored) if stored > self.current().version => self.refresh_logged().await,
+                        Ok(stored) if stored > self.current_version() => self.refresh_logged().await,
                         Ok(_) => {}
                         Err(error) => tracing::debug!(%error, "version poll failed"),
                     }
@@ -325,7 +384,7 @@ impl SyncHub {
                         let newer = notification
                             .payload()
                             .parse::<u64>()
-                            .map_or(true, |version| version > self.current().version);
+                            .map_or(true, |version| version > self.current_version());
                         if newer {
                             self.refresh_logged().await;
                         }
@@ -375,7 +434,7 @@ impl SyncHub {
     /// long been installed). Readiness counts these rather than Hellos, so that no request
     /// reaches a VM that is still without configuration.
     pub fn streams_holding_current(&self, grace: Duration) -> usize {
-        let current = self.current().version;
+        let current = self.current_version();
         self.streams
             .borrow()
             .values()
@@ -412,9 +471,15 @@ impl SyncHub {
         self.shutdown.send_replace(true);
     }
 
-    /// The tonic service for this hub.
+    /// The tonic service for this hub. A full snapshot of 100,000 keys is about 15 MB:
+    /// tonic's limit on what it sends is none (set here so it does not hang on a default),
+    /// its limit on what it receives (4 MiB) only ever meets usage batches. The filters'
+    /// clients take messages of that size: the native module raises tonic's 4 MiB, and
+    /// Envoy's gRPC client (the Wasm filter's stream) has no limit unless a GrpcService sets
+    /// `max_receive_message_length`.
     pub fn service(self: &Arc<Self>) -> FilterSyncServer<SyncService> {
         FilterSyncServer::new(SyncService { hub: self.clone() })
+            .max_encoding_message_size(usize::MAX)
     }
 
     fn register(&self, peer: Option<SocketAddr>) -> u64 {
@@ -430,6 +495,8 @@ impl SyncHub {
             sends_acks: false,
             hello_at: None,
             sent_version: 0,
+            snapshots_sent: 0,
+            deltas_sent: 0,
             usage_records: 0,
             opened_unix_ms: now_unix_ms(),
         };
@@ -541,25 +608,43 @@ impl FilterSync for SyncService {
     }
 }
 
-fn snapshot_message(snapshot: &proto::Snapshot) -> proto::ControlMessage {
-    proto::ControlMessage {
-        kind: Some(control_message::Kind::Snapshot(snapshot.clone())),
-    }
-}
-
-async fn send_snapshot(
+/// Sends one control-plane message (a full snapshot or a delta) leading to `version`.
+async fn send_update(
     hub: &SyncHub,
     id: u64,
     sender: &mpsc::Sender<Result<proto::ControlMessage, Status>>,
-    snapshot: &proto::Snapshot,
+    message: proto::ControlMessage,
+    version: u64,
 ) -> bool {
-    if sender.send(Ok(snapshot_message(snapshot))).await.is_err() {
+    let full = matches!(message.kind, Some(control_message::Kind::Snapshot(_)));
+    if sender.send(Ok(message)).await.is_err() {
         return false;
     }
-    let version = snapshot.version;
-    hub.update(id, |info| info.sent_version = version);
-    tracing::debug!(stream = id, version, "snapshot sent");
+    hub.update(id, |info| {
+        info.sent_version = version;
+        if full {
+            info.snapshots_sent += 1;
+        } else {
+            info.deltas_sent += 1;
+        }
+    });
+    tracing::debug!(
+        stream = id,
+        version,
+        kind = if full { "snapshot" } else { "delta" },
+        "update sent"
+    );
     true
+}
+
+fn snapshot_message(snapshot: proto::Snapshot) -> (proto::ControlMessage, u64) {
+    let version = snapshot.version;
+    (
+        proto::ControlMessage {
+            kind: Some(control_message::Kind::Snapshot(snapshot)),
+        },
+        version,
+    )
 }
 
 async fn run_stream(
@@ -569,14 +654,15 @@ async fn run_stream(
 ) {
     let hub = registration.hub.clone();
     let id = registration.id;
-    let mut snapshots = hub.snapshots.subscribe();
+    let mut versions = hub.versions.subscribe();
     let mut shutdown = hub.shutdown.subscribe();
     // A shutdown that happened before this subscription must still end the stream.
     shutdown.mark_changed();
     // The filter cannot serve anything before its first snapshot: send it before even
-    // reading the Hello.
-    let first = snapshots.borrow_and_update().clone();
-    if !send_snapshot(&hub, id, &sender, &first).await {
+    // reading the Hello. A new stream always starts with a full one.
+    versions.borrow_and_update();
+    let (first, mut sent_version) = snapshot_message(hub.served().snapshot());
+    if !send_update(&hub, id, &sender, first, sent_version).await {
         return;
     }
     loop {
@@ -586,14 +672,20 @@ async fn run_stream(
                     break;
                 }
             }
-            changed = snapshots.changed() => {
+            changed = versions.changed() => {
                 if changed.is_err() {
                     break;
                 }
-                let snapshot = snapshots.borrow_and_update().clone();
-                if !send_snapshot(&hub, id, &sender, &snapshot).await {
+                versions.borrow_and_update();
+                let (message, version) = match hub.catch_up(sent_version) {
+                    CatchUp::UpToDate => continue,
+                    CatchUp::Delta { message, version } => (message.as_ref().clone(), version),
+                    CatchUp::Full(snapshot) => snapshot_message(snapshot),
+                };
+                if !send_update(&hub, id, &sender, message, version).await {
                     break;
                 }
+                sent_version = version;
             }
             message = inbound.message() => match message {
                 Ok(Some(message)) => {

@@ -15,13 +15,17 @@ use tokio::task::JoinHandle;
 use tollgate::app::start_control_plane;
 use tollgate::channel::{ChannelSecurity, FilterToken, ServerTlsFiles};
 use tollgate::config::{self, LoadedConfig, ProviderKind};
+use tollgate::delta::{CatchUp, Served};
 use tollgate::proto::management_client::ManagementClient;
 use tollgate::proto::{
-    filter_message, ProviderKind as WireKind, SnapshotAck, UsageBatch, UsageRecord,
+    self as pb, control_message, filter_message, ProviderKind as WireKind, SnapshotAck, UsageBatch,
+    UsageRecord,
 };
 use tollgate::server::{self, ServeError};
-use tollgate::store::{sha256_hex, DeploymentRecord, DeploymentSource, Store};
-use tollgate::sync::SyncHub;
+use tollgate::store::{sha256_hex, DeploymentRecord, DeploymentSource, KeyRow, Store};
+use tollgate::sync::{self, SyncHub};
+
+use common::Update;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -623,4 +627,263 @@ async fn unusable_tls_files_are_reported_at_start() {
         error.starts_with("the gRPC TLS certificate or key is unusable"),
         "{error}"
     );
+}
+
+/// A stored key with clear key `sk-delta-{i}`.
+fn key_row(i: usize) -> KeyRow {
+    KeyRow {
+        token: sha256_hex(&format!("sk-delta-{i}")),
+        key_name: format!("sk-...{i:04}"),
+        key_alias: Some(format!("delta-{i}")),
+        user_id: None,
+        team_id: None,
+        models: vec!["gpt".into()],
+        blocked: false,
+        expires_ms: None,
+        metadata: serde_json::json!({}),
+        created_at: 1,
+        updated_at: 1,
+    }
+}
+
+/// The snapshot entry of `key_row(i)`.
+fn wire_key(i: usize, blocked: bool) -> pb::VirtualKey {
+    pb::VirtualKey {
+        key_sha256: sha256_hex(&format!("sk-delta-{i}")),
+        key_alias: format!("delta-{i}"),
+        models: vec!["gpt".into()],
+        blocked,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn after_the_first_snapshot_a_key_change_arrives_as_a_delta_of_that_key() {
+    let (store, _dir) = common::sqlite_store().await;
+    let server = Server::start(store.clone(), &load(CONFIG)).await;
+    let hub = server.hub.clone();
+    for i in 0..200 {
+        store.insert_key(&key_row(i)).await.unwrap();
+    }
+    hub.refresh().await.unwrap();
+
+    let mut filter = common::FakeFilter::connect(server.address).await;
+    let Update::Snapshot(first) = filter.next_update().await else {
+        panic!("the first message is not a full snapshot");
+    };
+    assert_eq!(first.keys.len(), 200);
+    filter.hello("envoy-d", "1", 0).await;
+
+    // Block one key: the delta holds that key and nothing else.
+    store
+        .update_key(
+            &KeyRow {
+                blocked: true,
+                ..key_row(7)
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let blocked_at = hub.refresh().await.unwrap();
+    let Update::Delta(delta) = filter.next_update().await else {
+        panic!("a key change was sent as a full snapshot");
+    };
+    assert_eq!(
+        delta,
+        pb::SnapshotDelta {
+            base_version: first.version,
+            version: blocked_at,
+            keys: vec![wire_key(7, true)],
+            ..Default::default()
+        }
+    );
+
+    // Delete one, regenerate another (its hash changes), add one.
+    store
+        .delete_keys(&[sha256_hex("sk-delta-3")], &[])
+        .await
+        .unwrap();
+    store
+        .update_key(
+            &key_row(5),
+            Some((&sha256_hex("sk-delta-5-new"), "sk-...new")),
+        )
+        .await
+        .unwrap();
+    store.insert_key(&key_row(500)).await.unwrap();
+    let changed_at = hub.refresh().await.unwrap();
+    let Update::Delta(delta) = filter.next_update().await else {
+        panic!("key changes were sent as a full snapshot");
+    };
+    let mut removed = vec![sha256_hex("sk-delta-3"), sha256_hex("sk-delta-5")];
+    removed.sort();
+    let mut added = vec![
+        pb::VirtualKey {
+            key_sha256: sha256_hex("sk-delta-5-new"),
+            ..wire_key(5, false)
+        },
+        wire_key(500, false),
+    ];
+    added.sort_by(|a, b| a.key_sha256.cmp(&b.key_sha256));
+    assert_eq!(
+        delta,
+        pb::SnapshotDelta {
+            base_version: blocked_at,
+            version: changed_at,
+            keys: added,
+            removed_key_sha256: removed,
+            ..Default::default()
+        }
+    );
+    // What the deltas add up to is the served state, which is the stored one.
+    assert_eq!(filter.held.as_ref(), Some(hub.current().as_ref()));
+    assert_eq!(*hub.current(), sync::load_snapshot(&store).await.unwrap());
+    assert!(
+        hub.wait_for_streams(WAIT, |streams| streams
+            .iter()
+            .any(|s| s.snapshots_sent == 1
+                && s.deltas_sent == 2
+                && s.sent_version == changed_at))
+            .await,
+        "{:?}",
+        hub.streams()
+    );
+
+    // A reconnecting filter gets a full snapshot, whatever it says it holds.
+    drop(filter);
+    let mut again = common::FakeFilter::connect(server.address).await;
+    again.hello("envoy-d", "1", changed_at).await;
+    let Update::Snapshot(full) = again.next_update().await else {
+        panic!("a new stream did not start with a full snapshot");
+    };
+    assert_eq!(full, *hub.current());
+    assert_eq!(full.keys.len(), 200);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_snapshot_larger_than_tonics_default_limit_reaches_a_filter() {
+    let (store, _dir) = common::sqlite_store().await;
+    let server = Server::start(store.clone(), &load(CONFIG)).await;
+    // About 9 MB of keys: over the 4 MiB tonic refuses by default.
+    let keys: Vec<pb::VirtualKey> = (0..60_000).map(|i| wire_key(i, false)).collect();
+    let mut snapshot = (*server.hub.current()).clone();
+    snapshot.version += 1;
+    snapshot.keys = keys;
+    assert!(server.hub.publish_if_newer(snapshot.clone()));
+    let mut filter = common::FakeFilter::connect(server.address).await;
+    let Update::Snapshot(received) = filter.next_update().await else {
+        panic!("no full snapshot");
+    };
+    assert_eq!(received.keys.len(), 60_000);
+    assert!(prost::Message::encoded_len(&received) > 4 * 1024 * 1024);
+    assert_eq!(received, *server.hub.current());
+    server.shutdown().await;
+}
+
+/// A snapshot of keys `keys` (with `blocked` ones blocked) and deployments `deployments`.
+fn snapshot_of(
+    version: u64,
+    keys: std::ops::Range<usize>,
+    blocked: &[usize],
+    deployments: &[(&str, &str)],
+    master_key: &str,
+) -> pb::Snapshot {
+    pb::Snapshot {
+        version,
+        settings: Some(pb::Settings {
+            master_key_sha256: sha256_hex(master_key),
+            ..Default::default()
+        }),
+        deployments: deployments
+            .iter()
+            .map(|(id, upstream)| pb::Deployment {
+                id: (*id).into(),
+                model_name: "gpt".into(),
+                provider: WireKind::Openai as i32,
+                upstream_model: (*upstream).into(),
+                api_base: "http://127.0.0.1:9/v1".into(),
+                ..Default::default()
+            })
+            .collect(),
+        keys: {
+            let mut keys: Vec<pb::VirtualKey> =
+                keys.map(|i| wire_key(i, blocked.contains(&i))).collect();
+            keys.sort_by(|a, b| a.key_sha256.cmp(&b.key_sha256));
+            keys
+        },
+    }
+}
+
+#[test]
+fn a_stream_that_missed_versions_gets_one_delta_over_them_or_a_full_snapshot() {
+    let versions = [
+        snapshot_of(10, 0..20, &[], &[("a", "m1"), ("b", "m2")], "k1"),
+        // A key blocked, one added.
+        snapshot_of(11, 0..21, &[7], &[("a", "m1"), ("b", "m2")], "k1"),
+        // Keys removed, a deployment changed, one added in front (a new order).
+        snapshot_of(
+            12,
+            5..21,
+            &[7],
+            &[("c", "m3"), ("a", "m1"), ("b", "m2b")],
+            "k1",
+        ),
+        // The block lifted, a deployment removed, the settings changed.
+        snapshot_of(13, 5..21, &[], &[("c", "m3"), ("b", "m2b")], "k2"),
+    ];
+    let mut served = Served::new(versions[0].clone(), None);
+    for next in &versions[1..] {
+        served.replace(next.clone(), None);
+    }
+    assert_eq!(served.snapshot(), versions[3]);
+    for base in &versions[..3] {
+        let CatchUp::Delta { message, version } = served.catch_up(base.version) else {
+            panic!("no delta from {}", base.version);
+        };
+        assert_eq!(version, 13);
+        let Some(control_message::Kind::Delta(delta)) = &message.kind else {
+            panic!("not a delta");
+        };
+        let mut held = base.clone();
+        common::apply_delta(&mut held, delta);
+        assert_eq!(held, versions[3], "from {}", base.version);
+        // Built once per version: every stream at that version shares it.
+        let CatchUp::Delta { message: again, .. } = served.catch_up(base.version) else {
+            panic!("no delta the second time");
+        };
+        assert!(std::sync::Arc::ptr_eq(&message, &again));
+    }
+    // From 11 to 13 the key blocked and unblocked again is in the delta once, as it is now.
+    let CatchUp::Delta { message, .. } = served.catch_up(11) else {
+        panic!("no delta");
+    };
+    let Some(control_message::Kind::Delta(delta)) = &message.kind else {
+        panic!("not a delta");
+    };
+    assert_eq!(delta.keys, vec![wire_key(7, false)]);
+    assert_eq!(delta.removed_key_sha256.len(), 5);
+    assert_eq!(delta.deployment_order, ["c", "b"]);
+    assert!(delta.settings.is_some());
+    assert!(matches!(served.catch_up(13), CatchUp::UpToDate));
+    // A version the history never held: a full snapshot.
+    let CatchUp::Full(full) = served.catch_up(9) else {
+        panic!("no full snapshot for an unknown version");
+    };
+    assert_eq!(full, versions[3]);
+}
+
+#[test]
+fn the_history_is_bounded_and_older_streams_get_a_full_snapshot() {
+    let mut served = Served::new(snapshot_of(1, 0..10, &[], &[("a", "m")], "k"), None);
+    for version in 2..=200u64 {
+        let blocked = [usize::try_from(version % 10).unwrap()];
+        served.replace(
+            snapshot_of(version, 0..10, &blocked, &[("a", "m")], "k"),
+            None,
+        );
+    }
+    assert!(matches!(served.catch_up(1), CatchUp::Full(_)));
+    assert!(matches!(served.catch_up(190), CatchUp::Delta { .. }));
 }

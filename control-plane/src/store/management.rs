@@ -117,6 +117,28 @@ pub struct StateSnapshot {
     pub teams: BTreeMap<String, (Vec<String>, bool)>,
 }
 
+/// What changed since a version (see [`Store::state_changes_since`]).
+#[derive(Debug, Clone)]
+pub struct StateChanges {
+    /// Version, settings and teams as a full read gives them; `keys` holds only the keys
+    /// written after the version asked about, `deployments` is empty unless
+    /// [`Self::deployments_changed`].
+    pub state: StateSnapshot,
+    /// Whether the deployments changed after the version asked about (then `state` holds
+    /// all of them).
+    pub deployments_changed: bool,
+    /// Tokens of the keys removed after it (none of them is in `state.keys`).
+    pub removed_keys: Vec<String>,
+    /// False when removals that old may have been forgotten (see
+    /// [`REMOVED_KEY_RETENTION_MS`]): only a full read gives the stored state then.
+    pub complete: bool,
+}
+
+/// How long a removed key's token is remembered for [`Store::state_changes_since`]: a
+/// control plane further behind than this reads everything (a restarted one does anyway).
+/// Versions are unix milliseconds (or just above, when writes come faster).
+pub const REMOVED_KEY_RETENTION_MS: u64 = 7 * 24 * 3600 * 1000;
+
 fn json_list(text: &str) -> Vec<String> {
     serde_json::from_str(text).unwrap_or_default()
 }
@@ -191,13 +213,15 @@ macro_rules! decode_team {
     }};
 }
 
+/// Inserts a key written at `version` (its `changed_version`, see
+/// [`Store::state_changes_since`]).
 macro_rules! insert_key {
-    ($tx:ident, $key:expr) => {{
+    ($tx:ident, $key:expr, $version:expr) => {{
         let key: &KeyRow = $key;
         sqlx::query(
             "INSERT INTO virtual_keys (token, key_name, key_alias, user_id, team_id, models, \
-             blocked, expires, metadata, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             blocked, expires, metadata, created_at, updated_at, changed_version) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(key.token.clone())
         .bind(key.key_name.clone())
@@ -210,8 +234,29 @@ macro_rules! insert_key {
         .bind(key.metadata.to_string())
         .bind(key.created_at)
         .bind(key.updated_at)
+        .bind(to_i64($version))
         .execute(&mut *$tx)
         .await?;
+    }};
+}
+
+/// Records that the key `token` went away at `version` (deleted, or renamed by
+/// regeneration), for [`Store::state_changes_since`], and forgets removals older than
+/// [`REMOVED_KEY_RETENTION_MS`].
+macro_rules! record_removed_key {
+    ($tx:ident, $token:expr, $version:expr) => {{
+        sqlx::query(
+            "INSERT INTO removed_keys (token, version) VALUES ($1, $2) \
+             ON CONFLICT (token) DO UPDATE SET version = excluded.version",
+        )
+        .bind($token.to_string())
+        .bind(to_i64($version))
+        .execute(&mut *$tx)
+        .await?;
+        sqlx::query("DELETE FROM removed_keys WHERE version < $1")
+            .bind(to_i64($version.saturating_sub(REMOVED_KEY_RETENTION_MS)))
+            .execute(&mut *$tx)
+            .await?;
     }};
 }
 
@@ -328,11 +373,32 @@ impl Store {
     /// Reads everything a snapshot needs in one transaction (REPEATABLE READ on
     /// PostgreSQL), so the version matches the content.
     pub async fn state_snapshot(&self) -> Result<StateSnapshot, StoreError> {
+        Ok(self.read_state(None).await?.state)
+    }
+
+    /// Reads what a snapshot needs, but of the keys only those written after version
+    /// `since`, and the tokens of those removed after it: what a control plane serving
+    /// `since` needs to serve the stored version, without reading every key. Every write
+    /// that changes what a key's snapshot entry holds sets its `changed_version`; one that
+    /// makes a key go away records it in `removed_keys`.
+    pub async fn state_changes_since(&self, since: u64) -> Result<StateChanges, StoreError> {
+        self.read_state(Some(since)).await
+    }
+
+    async fn read_state(&self, since: Option<u64>) -> Result<StateChanges, StoreError> {
         let deployment_sql = format!(
             "SELECT {DEPLOYMENT_COLUMNS} FROM deployments \
              ORDER BY CASE source WHEN 'config' THEN 0 ELSE 1 END, position, created_at, id"
         );
-        let key_sql = format!("SELECT {KEY_COLUMNS} FROM virtual_keys ORDER BY created_at, token");
+        let key_sql = match since {
+            None => format!("SELECT {KEY_COLUMNS} FROM virtual_keys ORDER BY token"),
+            // Ordered by the index the condition uses: ordered by token, SQLite would rather
+            // walk every key in token order than sort the few that changed.
+            Some(_) => format!(
+                "SELECT {KEY_COLUMNS} FROM virtual_keys WHERE changed_version > $1 \
+                 ORDER BY changed_version, token"
+            ),
+        };
         let postgres = self.backend() == Backend::Postgres;
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
@@ -341,24 +407,48 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
             }
-            let version: i64 = sqlx::query("SELECT version FROM state_version WHERE id = 1")
+            let row = sqlx::query("SELECT version, deployments_version FROM state_version WHERE id = 1")
                 .fetch_one(&mut *tx)
-                .await?
-                .try_get("version")?;
-            let rows = sqlx::query(&deployment_sql).fetch_all(&mut *tx).await?;
-            let mut deployments = Vec::with_capacity(rows.len());
-            for row in &rows {
-                deployments.push(decode_deployment!(self, row));
+                .await?;
+            let version: i64 = row.try_get("version")?;
+            let deployments_version: i64 = row.try_get("deployments_version")?;
+            // 1,000 deployments take longer to read than the rest of a one-key change.
+            let deployments_changed =
+                since.is_none_or(|since| to_u64(deployments_version) > since);
+            let mut deployments = Vec::new();
+            if deployments_changed {
+                let rows = sqlx::query(&deployment_sql).fetch_all(&mut *tx).await?;
+                deployments.reserve(rows.len());
+                for row in &rows {
+                    deployments.push(decode_deployment!(self, row));
+                }
             }
             let rows = sqlx::query("SELECT key, value FROM settings").fetch_all(&mut *tx).await?;
             let mut settings = BTreeMap::new();
             for row in &rows {
                 settings.insert(row.try_get("key")?, row.try_get("value")?);
             }
-            let rows = sqlx::query(&key_sql).fetch_all(&mut *tx).await?;
+            let rows = sqlx::query(&key_sql)
+                .bind(to_i64(since.unwrap_or(0)))
+                .fetch_all(&mut *tx)
+                .await?;
             let mut keys = Vec::with_capacity(rows.len());
             for row in &rows {
                 keys.push(decode_key!(row));
+            }
+            let mut removed_keys = Vec::new();
+            if let Some(since) = since {
+                let rows = sqlx::query(
+                    "SELECT r.token AS token FROM removed_keys r \
+                     WHERE r.version > $1 AND NOT EXISTS \
+                     (SELECT 1 FROM virtual_keys k WHERE k.token = r.token) ORDER BY r.token",
+                )
+                .bind(to_i64(since))
+                .fetch_all(&mut *tx)
+                .await?;
+                for row in &rows {
+                    removed_keys.push(row.try_get("token")?);
+                }
             }
             let rows = sqlx::query("SELECT team_id, models, blocked FROM teams").fetch_all(&mut *tx).await?;
             let mut teams = BTreeMap::new();
@@ -367,7 +457,15 @@ impl Store {
                 teams.insert(row.try_get("team_id")?, (json_list(&models), row.try_get("blocked")?));
             }
             tx.commit().await?;
-            Ok(StateSnapshot { version: to_u64(version), deployments, settings, keys, teams })
+            let version = to_u64(version);
+            Ok(StateChanges {
+                state: StateSnapshot { version, deployments, settings, keys, teams },
+                deployments_changed,
+                removed_keys,
+                complete: since.is_some_and(|since| {
+                    since.saturating_add(REMOVED_KEY_RETENTION_MS) >= version
+                }),
+            })
         })
     }
 
@@ -392,7 +490,7 @@ impl Store {
             if taken.is_some() {
                 return Err(StoreError::AlreadyExists(Taken::Key));
             }
-            insert_key!(tx, key);
+            insert_key!(tx, key, version);
             notify_change!(self, tx, version);
             tx.commit().await?;
             Ok(version)
@@ -484,7 +582,7 @@ impl Store {
             sqlx::query(
                 "UPDATE virtual_keys SET token = $1, key_name = $2, key_alias = $3, user_id = $4, \
                  team_id = $5, models = $6, blocked = $7, expires = $8, metadata = $9, \
-                 updated_at = $10 WHERE token = $11",
+                 updated_at = $10, changed_version = $11 WHERE token = $12",
             )
             .bind(updated.token.clone())
             .bind(updated.key_name.clone())
@@ -496,9 +594,13 @@ impl Store {
             .bind(updated.expires_ms)
             .bind(updated.metadata.to_string())
             .bind(now)
+            .bind(to_i64(version))
             .bind(key.token.clone())
             .execute(&mut *tx)
             .await?;
+            if updated.token != key.token {
+                record_removed_key!(tx, key.token, version);
+            }
             notify_change!(self, tx, version);
             tx.commit().await?;
             Ok((updated, version))
@@ -525,6 +627,7 @@ impl Store {
                     return Err(StoreError::NotFound(Missing::KeyInBatch { index }));
                 }
                 if !deleted.contains(token) {
+                    record_removed_key!(tx, token, version);
                     deleted.push(token.clone());
                 }
             }
@@ -546,6 +649,7 @@ impl Store {
                     .bind(token.clone())
                     .execute(&mut *tx)
                     .await?;
+                record_removed_key!(tx, token, version);
                 deleted.push(token);
             }
             notify_change!(self, tx, version);
@@ -585,7 +689,7 @@ impl Store {
             .await?;
             if let Some(key) = key {
                 require_free_key_alias!(tx, key.key_alias.as_deref(), None::<&str>);
-                insert_key!(tx, key);
+                insert_key!(tx, key, version);
             }
             notify_change!(self, tx, version);
             tx.commit().await?;
@@ -744,6 +848,7 @@ impl Store {
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let version = bump_version!(tx, now_unix_ms());
+            mark_deployments_changed!(tx, version);
             let taken = sqlx::query("SELECT id FROM deployments WHERE id = $1")
                 .bind(record.id.clone())
                 .fetch_optional(&mut *tx)
@@ -771,6 +876,7 @@ impl Store {
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let version = bump_version!(tx, now_unix_ms());
+            mark_deployments_changed!(tx, version);
             let row = sqlx::query("SELECT source, created_at FROM deployments WHERE id = $1")
                 .bind(id)
                 .fetch_optional(&mut *tx)

@@ -178,14 +178,16 @@ fn database_name_replacement() {
 /// How long a fake filter waits for a control message.
 const FILTER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// One fake filter VM on the FilterSync stream: the sending half of its stream and the
-/// control messages it receives.
+/// One fake filter VM on the FilterSync stream: the sending half of its stream, the control
+/// messages it receives, and the snapshot they add up to.
 pub struct FakeFilter {
     outbound: tokio::sync::mpsc::Sender<tollgate::proto::FilterMessage>,
     /// The control messages the filter receives.
     pub inbound: tonic::Streaming<tollgate::proto::ControlMessage>,
     /// Usage acknowledgements received while waiting for a snapshot, oldest first.
     usage_acks: std::collections::VecDeque<Vec<u64>>,
+    /// The snapshot the messages received add up to.
+    pub held: Option<tollgate::proto::Snapshot>,
 }
 
 /// How a fake filter reaches the control plane: the token it presents and its TLS.
@@ -195,6 +197,15 @@ pub struct FilterConnection {
     pub token: Option<String>,
     /// TLS (`https://`) when set.
     pub tls: Option<tonic::transport::ClientTlsConfig>,
+}
+
+/// One snapshot message from the control plane, as a fake filter took it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Update {
+    /// A full snapshot.
+    Snapshot(tollgate::proto::Snapshot),
+    /// A delta (already applied to [`FakeFilter::held`]).
+    Delta(tollgate::proto::SnapshotDelta),
 }
 
 impl FakeFilter {
@@ -225,7 +236,9 @@ impl FakeFilter {
             .connect()
             .await
             .map_err(|error| format!("connect: {error:?}"))?;
-        let mut client = tollgate::proto::filter_sync_client::FilterSyncClient::new(channel);
+        let mut client = tollgate::proto::filter_sync_client::FilterSyncClient::new(channel)
+            // Snapshots of many keys are larger than tonic's default limit (4 MiB).
+            .max_decoding_message_size(usize::MAX);
         let (outbound, receiver) = tokio::sync::mpsc::channel(16);
         let mut request =
             tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(receiver));
@@ -250,6 +263,7 @@ impl FakeFilter {
             outbound,
             inbound,
             usage_acks: std::collections::VecDeque::new(),
+            held: None,
         })
     }
 
@@ -284,29 +298,53 @@ impl FakeFilter {
         message.kind.expect("empty control message")
     }
 
-    /// The next snapshot pushed on the stream (usage acknowledgements on the way are kept
-    /// for [`Self::next_usage_ack`]).
-    pub async fn next_snapshot(&mut self) -> tollgate::proto::Snapshot {
+    /// Takes a control message as a filter would: a snapshot replaces [`Self::held`], a
+    /// delta must apply onto the version held; a usage acknowledgement is kept for
+    /// [`Self::next_usage_ack`].
+    fn take(&mut self, kind: tollgate::proto::control_message::Kind) -> Option<Update> {
         use tollgate::proto::control_message::Kind;
-        loop {
-            match self.next_message().await {
-                Kind::Snapshot(snapshot) => return snapshot,
-                Kind::UsageAck(ack) => self.usage_acks.push_back(ack.batch_ids),
+        match kind {
+            Kind::Snapshot(snapshot) => {
+                self.held = Some(snapshot.clone());
+                Some(Update::Snapshot(snapshot))
+            }
+            Kind::Delta(delta) => {
+                let held = self.held.as_mut().expect("a delta before any snapshot");
+                apply_delta(held, &delta);
+                Some(Update::Delta(delta))
+            }
+            Kind::UsageAck(ack) => {
+                self.usage_acks.push_back(ack.batch_ids);
+                None
             }
         }
     }
 
-    /// The batch ids of the next usage acknowledgement.
-    pub async fn next_usage_ack(&mut self) -> Vec<u64> {
-        use tollgate::proto::control_message::Kind;
-        if let Some(ack) = self.usage_acks.pop_front() {
-            return ack;
-        }
+    /// The next snapshot or delta pushed on the stream, applied to [`Self::held`].
+    pub async fn next_update(&mut self) -> Update {
         loop {
-            match self.next_message().await {
-                Kind::UsageAck(ack) => return ack.batch_ids,
-                Kind::Snapshot(_) => {}
+            let kind = self.next_message().await;
+            if let Some(update) = self.take(kind) {
+                return update;
             }
+        }
+    }
+
+    /// The snapshot held after the next snapshot or delta.
+    pub async fn next_snapshot(&mut self) -> tollgate::proto::Snapshot {
+        self.next_update().await;
+        self.held.clone().unwrap()
+    }
+
+    /// The batch ids of the next usage acknowledgement (snapshots and deltas on the way are
+    /// taken into [`Self::held`]).
+    pub async fn next_usage_ack(&mut self) -> Vec<u64> {
+        loop {
+            if let Some(ack) = self.usage_acks.pop_front() {
+                return ack;
+            }
+            let kind = self.next_message().await;
+            self.take(kind);
         }
     }
 
@@ -315,7 +353,7 @@ impl FakeFilter {
         self.inbound
     }
 
-    /// Snapshots until one satisfies `predicate`.
+    /// Snapshots held until one satisfies `predicate`.
     pub async fn snapshot_where(
         &mut self,
         predicate: impl Fn(&tollgate::proto::Snapshot) -> bool,
@@ -332,4 +370,49 @@ impl FakeFilter {
             }
         }
     }
+}
+
+/// Applies a delta as `api/proto/tollgate/v1/sync.proto` defines it, onto a snapshot whose
+/// keys are in hash order (as the control plane sends them).
+pub fn apply_delta(held: &mut tollgate::proto::Snapshot, delta: &tollgate::proto::SnapshotDelta) {
+    assert_eq!(
+        held.version, delta.base_version,
+        "a delta onto another version"
+    );
+    held.version = delta.version;
+    if let Some(settings) = &delta.settings {
+        held.settings = Some(settings.clone());
+    }
+    held.deployments
+        .retain(|d| !delta.removed_deployment_ids.contains(&d.id));
+    for deployment in &delta.deployments {
+        match held.deployments.iter_mut().find(|d| d.id == deployment.id) {
+            Some(existing) => *existing = deployment.clone(),
+            None => held.deployments.push(deployment.clone()),
+        }
+    }
+    if !delta.deployment_order.is_empty() {
+        let mut ordered = Vec::new();
+        for id in &delta.deployment_order {
+            let at = held.deployments.iter().position(|d| &d.id == id).unwrap();
+            ordered.push(held.deployments.remove(at));
+        }
+        assert!(
+            held.deployments.is_empty(),
+            "the order leaves deployments out"
+        );
+        held.deployments = ordered;
+    }
+    let mut keys: std::collections::BTreeMap<String, tollgate::proto::VirtualKey> = held
+        .keys
+        .drain(..)
+        .map(|key| (key.key_sha256.clone(), key))
+        .collect();
+    for hash in &delta.removed_key_sha256 {
+        keys.remove(hash);
+    }
+    for key in &delta.keys {
+        keys.insert(key.key_sha256.clone(), key.clone());
+    }
+    held.keys = keys.into_values().collect();
 }

@@ -27,6 +27,14 @@ pub const TIME_TO_FIRST_TOKEN_MS: &str = "tollgate.time_to_first_token_ms";
 pub const RESPONSES_TOO_LARGE: &str = "tollgate.responses_too_large";
 /// Counter without tags: usage records dropped while the control plane was away.
 pub const USAGE_RECORDS_DROPPED: &str = "tollgate.usage_records_dropped";
+/// Counter without tags: full snapshots taken from the control plane (by each Wasm VM: a VM
+/// that serves nothing yet keeps them as bytes).
+pub const SNAPSHOTS_INSTALLED: &str = "tollgate.snapshots_installed";
+/// Counter without tags: snapshot deltas taken (see [`SNAPSHOTS_INSTALLED`]).
+pub const SNAPSHOT_DELTAS_INSTALLED: &str = "tollgate.snapshot_deltas_installed";
+/// Counter without tags: control-plane streams dropped to get a full snapshot, because a
+/// delta did not apply onto the version held or a message did not decode.
+pub const SNAPSHOT_RESYNCS: &str = "tollgate.snapshot_resyncs";
 
 /// Replaces every byte a stat segment cannot hold (`.` separates segments) with `_`.
 pub fn sanitize_stat_segment(value: &str) -> String {

@@ -3,24 +3,6 @@
 
 include!(concat!(env!("OUT_DIR"), "/tollgate.v1.rs"));
 
-/// The head of a [`ControlMessage`]: the snapshot's version and nothing else. Decoding it
-/// skips the keys and deployments without allocating, so a VM can acknowledge a snapshot it
-/// keeps as bytes without paying for its decoded form.
-#[derive(Clone, Copy, PartialEq, ::prost::Message)]
-pub struct ControlMessageHead {
-    /// `ControlMessage.kind.snapshot` (the oneof's only member, tag 1).
-    #[prost(message, optional, tag = "1")]
-    pub snapshot: ::core::option::Option<SnapshotHead>,
-}
-
-/// The version of a [`Snapshot`].
-#[derive(Clone, Copy, PartialEq, ::prost::Message)]
-pub struct SnapshotHead {
-    /// `Snapshot.version`.
-    #[prost(uint64, tag = "1")]
-    pub version: u64,
-}
-
 /// The usage acknowledgement of a [`ControlMessage`] and nothing else: decoding a snapshot
 /// message with it skips the snapshot without allocating.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -63,8 +45,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_head_reads_the_version_of_a_full_message() {
-        let full = ControlMessage {
+    fn a_usage_ack_is_told_apart_from_a_snapshot_and_a_delta() {
+        let snapshot = ControlMessage {
             kind: Some(control_message::Kind::Snapshot(Snapshot {
                 version: 42,
                 deployments: vec![Deployment {
@@ -79,16 +61,16 @@ mod tests {
                 ..Default::default()
             })),
         };
-        let head = ControlMessageHead::decode(full.encode_to_vec().as_slice()).unwrap();
-        assert_eq!(head.snapshot.map(|snapshot| snapshot.version), Some(42));
-        let empty =
-            ControlMessageHead::decode(ControlMessage::default().encode_to_vec().as_slice());
-        assert_eq!(empty.unwrap().snapshot, None);
-        assert_eq!(acknowledged_batches(&full.encode_to_vec()), None);
-    }
-
-    #[test]
-    fn a_usage_ack_is_told_apart_from_a_snapshot() {
+        assert_eq!(acknowledged_batches(&snapshot.encode_to_vec()), None);
+        let delta = ControlMessage {
+            kind: Some(control_message::Kind::Delta(SnapshotDelta {
+                base_version: 42,
+                version: 43,
+                removed_key_sha256: vec!["ab".repeat(32)],
+                ..Default::default()
+            })),
+        };
+        assert_eq!(acknowledged_batches(&delta.encode_to_vec()), None);
         let ack = ControlMessage {
             kind: Some(control_message::Kind::UsageAck(UsageAck {
                 batch_ids: vec![3, 4],
@@ -96,7 +78,8 @@ mod tests {
         };
         let bytes = ack.encode_to_vec();
         assert_eq!(acknowledged_batches(&bytes), Some(vec![3, 4]));
-        let head = ControlMessageHead::decode(bytes.as_slice()).unwrap();
-        assert_eq!(head.snapshot, None, "no snapshot in it");
+        assert!(crate::State::check_control_message(&bytes)
+            .unwrap()
+            .is_none());
     }
 }

@@ -10,6 +10,14 @@ use prost::Message;
 
 use crate::proto;
 
+mod delta;
+mod kept;
+mod keys;
+
+pub use delta::DeltaMessage;
+pub use kept::{Kept, KeptUpdates};
+use keys::KeyMap;
+
 /// Body limit when the control plane does not set one (LiteLLM has none; Envoy buffers the
 /// body, so an unbounded limit would let one client exhaust a worker's memory).
 pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 10 * 1024 * 1024;
@@ -134,6 +142,46 @@ pub struct ModelGroup {
     next: AtomicUsize,
 }
 
+impl Clone for ModelGroup {
+    /// The same deployments; the copy's round robin goes on from where this one is.
+    fn clone(&self) -> Self {
+        ModelGroup {
+            deployments: self.deployments.clone(),
+            next: AtomicUsize::new(self.next.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+/// One deployment of a snapshot, in the snapshot's order. One the filter cannot use keeps
+/// its place (by id), so that a delta onto this state gives the order a full snapshot would.
+#[derive(Debug, Clone)]
+enum DeploymentSlot {
+    Usable(Arc<Deployment>),
+    Unusable { id: String },
+}
+
+impl DeploymentSlot {
+    /// Builds the slot of a deployment as the control plane sent it; `label` names it in the
+    /// problem reported when it cannot be used.
+    fn build(deployment: proto::Deployment, label: &str, problems: &mut Vec<String>) -> Self {
+        let id = deployment.id.clone();
+        match build_deployment(deployment) {
+            Ok(deployment) => DeploymentSlot::Usable(Arc::new(deployment)),
+            Err(problem) => {
+                problems.push(format!("{label}: {problem}"));
+                DeploymentSlot::Unusable { id }
+            }
+        }
+    }
+
+    fn id(&self) -> &str {
+        match self {
+            DeploymentSlot::Usable(deployment) => &deployment.id,
+            DeploymentSlot::Unusable { id } => id,
+        }
+    }
+}
+
 impl ModelGroup {
     /// Picks the next deployment, round robin.
     pub fn pick(&self) -> Option<&Arc<Deployment>> {
@@ -174,8 +222,11 @@ impl VirtualKey {
     }
 }
 
-/// Everything the filter knows, from one snapshot.
-#[derive(Debug)]
+/// Everything the filter knows, from one snapshot (and the deltas applied onto it).
+///
+/// A clone shares every key and deployment with the original (they are behind `Arc`s): it
+/// copies the maps, not what they hold.
+#[derive(Debug, Clone)]
 pub struct State {
     /// Snapshot version.
     pub version: u64,
@@ -185,9 +236,11 @@ pub struct State {
     pub max_request_body_bytes: u64,
     /// Buffered response body limit in bytes.
     pub max_response_body_bytes: u64,
+    /// Every deployment in snapshot order, usable or not (what a delta applies onto).
+    deployments: Vec<DeploymentSlot>,
     models: HashMap<String, ModelGroup>,
     /// Virtual keys by the SHA-256 of the clear key.
-    keys: HashMap<[u8; 32], Arc<VirtualKey>>,
+    keys: KeyMap,
     /// Public model names in first-seen order, for /v1/models.
     model_order: Vec<String>,
     /// The /v1/models answer, built once per snapshot.
@@ -199,8 +252,33 @@ impl State {
     /// returned list, so one bad entry does not take the others down.
     pub fn from_snapshot(snapshot: proto::Snapshot) -> (State, Vec<String>) {
         let mut problems = Vec::new();
-        let settings = snapshot.settings.unwrap_or_default();
-        let master_key_sha256 = if settings.master_key_sha256.is_empty() {
+        let mut state = State {
+            version: snapshot.version,
+            master_key_sha256: None,
+            max_request_body_bytes: DEFAULT_MAX_REQUEST_BODY_BYTES,
+            max_response_body_bytes: DEFAULT_MAX_RESPONSE_BODY_BYTES,
+            deployments: Vec::with_capacity(snapshot.deployments.len()),
+            models: HashMap::new(),
+            keys: KeyMap::with_capacity(snapshot.keys.len()),
+            model_order: Vec::new(),
+            models_json: Vec::new(),
+        };
+        state.set_settings(snapshot.settings.unwrap_or_default(), &mut problems);
+        for (index, deployment) in snapshot.deployments.into_iter().enumerate() {
+            let slot =
+                DeploymentSlot::build(deployment, &format!("deployments[{index}]"), &mut problems);
+            state.deployments.push(slot);
+        }
+        state.rebuild_models();
+        for (index, key) in snapshot.keys.into_iter().enumerate() {
+            add_key(&mut state.keys, ("keys", index), key, &mut problems);
+        }
+        (state, problems)
+    }
+
+    /// Takes the settings of a snapshot (or of a delta that changes them).
+    fn set_settings(&mut self, settings: proto::Settings, problems: &mut Vec<String>) {
+        self.master_key_sha256 = if settings.master_key_sha256.is_empty() {
             None
         } else {
             match decode_sha256(&settings.master_key_sha256) {
@@ -212,77 +290,124 @@ impl State {
                 }
             }
         };
+        self.max_request_body_bytes = nonzero_or(
+            settings.max_request_body_bytes,
+            DEFAULT_MAX_REQUEST_BODY_BYTES,
+        );
+        self.max_response_body_bytes = nonzero_or(
+            settings.max_response_body_bytes,
+            DEFAULT_MAX_RESPONSE_BODY_BYTES,
+        );
+    }
+
+    /// Groups the usable deployments by public model name, in snapshot order, and renders
+    /// the /v1/models answer.
+    fn rebuild_models(&mut self) {
         let mut models: HashMap<String, ModelGroup> = HashMap::new();
         let mut model_order = Vec::new();
-        for (index, deployment) in snapshot.deployments.into_iter().enumerate() {
-            match build_deployment(deployment) {
-                Ok(deployment) => {
-                    let group = models
-                        .entry(deployment.model_name.clone())
-                        .or_insert_with(|| {
-                            model_order.push(deployment.model_name.clone());
-                            ModelGroup::default()
-                        });
-                    group.deployments.push(Arc::new(deployment));
-                }
-                Err(problem) => problems.push(format!("deployments[{index}]: {problem}")),
-            }
+        for slot in &self.deployments {
+            let DeploymentSlot::Usable(deployment) = slot else {
+                continue;
+            };
+            let group = models
+                .entry(deployment.model_name.clone())
+                .or_insert_with(|| {
+                    model_order.push(deployment.model_name.clone());
+                    ModelGroup::default()
+                });
+            group.deployments.push(Arc::clone(deployment));
         }
-        let mut keys = HashMap::with_capacity(snapshot.keys.len());
-        for (index, key) in snapshot.keys.into_iter().enumerate() {
-            add_key(&mut keys, index, key, &mut problems);
-        }
-        let models_json = render_models(&model_order, &models, |_| true);
-        let state = State {
-            version: snapshot.version,
-            master_key_sha256,
-            max_request_body_bytes: nonzero_or(
-                settings.max_request_body_bytes,
-                DEFAULT_MAX_REQUEST_BODY_BYTES,
-            ),
-            max_response_body_bytes: nonzero_or(
-                settings.max_response_body_bytes,
-                DEFAULT_MAX_RESPONSE_BODY_BYTES,
-            ),
-            models,
-            keys,
-            model_order,
-            models_json,
-        };
-        (state, problems)
+        self.models_json = render_models(&model_order, &models, |_| true);
+        self.models = models;
+        self.model_order = model_order;
     }
 
     /// Checks a control-plane message and decodes all of it but its keys; `Ok(None)` when it
-    /// carries no snapshot. [`SnapshotMessage::into_state`] then builds the state. Split so
-    /// a VM can let its current state go between the two: the check is what can fail.
+    /// carries neither a snapshot nor a delta. [`State::apply`] then builds or updates the
+    /// state. Split so a VM can let its current state go between the two: the check is what
+    /// can fail.
     pub fn check_control_message(
         message: &[u8],
-    ) -> Result<Option<SnapshotMessage<'_>>, SnapshotDecodeError> {
-        let mut snapshot_bytes = None;
+    ) -> Result<Option<ControlUpdate<'_>>, SnapshotDecodeError> {
+        // A oneof: the last of its fields on the wire is the one that counts.
+        let mut update = None;
         for_each_length_delimited_field(message, |tag, payload| {
-            if tag == CONTROL_MESSAGE_SNAPSHOT_TAG {
-                snapshot_bytes = Some(payload);
+            if tag == CONTROL_MESSAGE_SNAPSHOT_TAG || tag == CONTROL_MESSAGE_DELTA_TAG {
+                update = Some((tag, payload));
             }
             Ok(())
         })?;
-        let Some(snapshot_bytes) = snapshot_bytes else {
-            return Ok(None);
-        };
-        let mut key_count = 0;
-        for_each_length_delimited_field(snapshot_bytes, |tag, payload| {
-            if tag == SNAPSHOT_KEYS_TAG {
-                proto::VirtualKey::decode(payload)?;
-                key_count += 1;
+        match update {
+            None => Ok(None),
+            Some((CONTROL_MESSAGE_DELTA_TAG, delta_bytes)) => Ok(Some(ControlUpdate::Delta(
+                DeltaMessage::check(delta_bytes)?,
+            ))),
+            Some((_, snapshot_bytes)) => Ok(Some(ControlUpdate::Snapshot(SnapshotMessage::check(
+                snapshot_bytes,
+            )?))),
+        }
+    }
+
+    /// Installs a checked update in `current`: a full snapshot replaces it (dropped before
+    /// the new state is built, so the two are never in memory together here; holders of
+    /// other `Arc`s keep theirs), a delta changes it. A delta applies only onto the version
+    /// it was made from; otherwise `current` is left as it is and the caller must get a
+    /// full snapshot. The delta changes the state in place when nothing else holds it, else
+    /// a copy that shares every unchanged key and deployment.
+    pub fn apply(
+        current: &mut Option<Arc<State>>,
+        update: ControlUpdate<'_>,
+    ) -> Result<Applied, DeltaRefused> {
+        match update {
+            ControlUpdate::Snapshot(snapshot) => {
+                *current = None;
+                let keys = snapshot.key_count();
+                let (state, problems) = snapshot.into_state();
+                let applied = Applied {
+                    kind: UpdateKind::Snapshot,
+                    version: state.version,
+                    keys,
+                    problems,
+                };
+                *current = Some(Arc::new(state));
+                Ok(applied)
             }
-            Ok(())
-        })?;
-        // Everything but the keys (prost skips their field).
-        let head = SnapshotWithoutKeys::decode(snapshot_bytes)?;
-        Ok(Some(SnapshotMessage {
-            head,
-            snapshot_bytes,
-            key_count,
-        }))
+            ControlUpdate::Delta(delta) => {
+                let held = current.as_ref().map(|state| state.version);
+                let Some(state) = current
+                    .as_mut()
+                    .filter(|_| held == Some(delta.base_version()))
+                else {
+                    return Err(DeltaRefused {
+                        held,
+                        base_version: delta.base_version(),
+                    });
+                };
+                let keys = delta.key_changes();
+                let version = delta.version();
+                let problems = delta.apply_to(Arc::make_mut(state));
+                Ok(Applied {
+                    kind: UpdateKind::Delta,
+                    version,
+                    keys,
+                    problems,
+                })
+            }
+        }
+    }
+
+    /// Checks one control-plane message and applies its update to `current` (see
+    /// [`State::check_control_message`] and [`State::apply`]); `Ok(None)` when it carries
+    /// none. On an error `current` is as it was, and a refused delta means the filter needs
+    /// a full snapshot.
+    pub fn update(
+        current: &mut Option<Arc<State>>,
+        message: &[u8],
+    ) -> Result<Option<Applied>, UpdateError> {
+        match State::check_control_message(message)? {
+            Some(update) => Ok(Some(State::apply(current, update)?)),
+            None => Ok(None),
+        }
     }
 
     /// The deployments of a public model name.
@@ -342,15 +467,17 @@ fn decode_sha256(hex_digest: &str) -> Option<[u8; 32]> {
     bytes.try_into().ok()
 }
 
+/// Adds (or replaces) a key; one whose hash is not a SHA-256 hex digest is reported as
+/// `{list}[{index}]` and left out.
 fn add_key(
-    keys: &mut HashMap<[u8; 32], Arc<VirtualKey>>,
-    index: usize,
+    keys: &mut KeyMap,
+    (list, index): (&str, usize),
     key: proto::VirtualKey,
     problems: &mut Vec<String>,
 ) {
     let Some(hash) = decode_sha256(&key.key_sha256) else {
         problems.push(format!(
-            "keys[{index}]: key_sha256 is not a SHA-256 hex digest"
+            "{list}[{index}]: key_sha256 is not a SHA-256 hex digest"
         ));
         return;
     };
@@ -380,15 +507,101 @@ pub enum SnapshotDecodeError {
 
 /// `ControlMessage.kind.snapshot`.
 const CONTROL_MESSAGE_SNAPSHOT_TAG: u32 = 1;
+/// `ControlMessage.kind.delta`.
+const CONTROL_MESSAGE_DELTA_TAG: u32 = 2;
 /// `Snapshot.keys`.
 const SNAPSHOT_KEYS_TAG: u32 = 4;
 
-/// A checked control-plane message (see [`State::check_control_message`]).
+/// What a checked control-plane message carries (see [`State::check_control_message`]).
+#[derive(Debug)]
+pub enum ControlUpdate<'m> {
+    /// A full snapshot.
+    Snapshot(SnapshotMessage<'m>),
+    /// Changes onto an earlier snapshot.
+    Delta(DeltaMessage<'m>),
+}
+
+impl ControlUpdate<'_> {
+    /// The version the filter holds once the update is applied.
+    pub fn version(&self) -> u64 {
+        match self {
+            ControlUpdate::Snapshot(snapshot) => snapshot.version(),
+            ControlUpdate::Delta(delta) => delta.version(),
+        }
+    }
+}
+
+/// Whether an update was a full snapshot or a delta.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateKind {
+    /// A full snapshot replaced the state.
+    Snapshot,
+    /// A delta changed it.
+    Delta,
+}
+
+/// What [`State::apply`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Full snapshot or delta.
+    pub kind: UpdateKind,
+    /// The version now held.
+    pub version: u64,
+    /// Keys the update carried: all of them for a snapshot, those added, changed or
+    /// removed for a delta.
+    pub keys: usize,
+    /// Entries that could not be used (see [`State::from_snapshot`]).
+    pub problems: Vec<String>,
+}
+
+/// A delta that does not apply onto the state held: the filter needs a full snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a delta onto snapshot {base_version} cannot apply onto {}", held.map_or("no snapshot".to_string(), |version| format!("snapshot {version}")))]
+pub struct DeltaRefused {
+    /// The version held, if any.
+    pub held: Option<u64>,
+    /// The version the delta was made from.
+    pub base_version: u64,
+}
+
+/// Why a control-plane message changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    /// It does not decode.
+    #[error("undecodable control-plane message: {0}")]
+    Decode(#[from] SnapshotDecodeError),
+    /// It is a delta onto another version than the one held.
+    #[error(transparent)]
+    Refused(#[from] DeltaRefused),
+}
+
+/// A checked full snapshot (see [`State::check_control_message`]).
 #[derive(Debug)]
 pub struct SnapshotMessage<'m> {
     head: SnapshotWithoutKeys,
     snapshot_bytes: &'m [u8],
     key_count: usize,
+}
+
+impl<'m> SnapshotMessage<'m> {
+    /// Decodes everything but the keys, and checks that every key decodes.
+    fn check(snapshot_bytes: &'m [u8]) -> Result<Self, SnapshotDecodeError> {
+        let mut key_count = 0;
+        for_each_length_delimited_field(snapshot_bytes, |tag, payload| {
+            if tag == SNAPSHOT_KEYS_TAG {
+                proto::VirtualKey::decode(payload)?;
+                key_count += 1;
+            }
+            Ok(())
+        })?;
+        // Everything but the keys (prost skips their field).
+        let head = SnapshotWithoutKeys::decode(snapshot_bytes)?;
+        Ok(SnapshotMessage {
+            head,
+            snapshot_bytes,
+            key_count,
+        })
+    }
 }
 
 impl SnapshotMessage<'_> {
@@ -418,7 +631,7 @@ impl SnapshotMessage<'_> {
             if tag == SNAPSHOT_KEYS_TAG {
                 add_key(
                     &mut state.keys,
-                    index,
+                    ("keys", index),
                     proto::VirtualKey::decode(payload)?,
                     &mut problems,
                 );
@@ -625,7 +838,11 @@ pub(crate) mod tests {
             kind: Some(proto::control_message::Kind::Snapshot(snapshot.clone())),
         }
         .encode_to_vec();
-        let checked = State::check_control_message(&message).unwrap().unwrap();
+        let Some(ControlUpdate::Snapshot(checked)) =
+            State::check_control_message(&message).unwrap()
+        else {
+            panic!("not a snapshot");
+        };
         assert_eq!((checked.version(), checked.key_count()), (7, 41));
         let (streamed, streamed_problems) = checked.into_state();
         let (whole, whole_problems) = State::from_snapshot(snapshot);

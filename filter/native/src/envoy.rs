@@ -449,6 +449,9 @@ pub struct Metrics {
     usage_missing: usize,
     usage_records_dropped: usize,
     responses_too_large: usize,
+    snapshots_installed: usize,
+    snapshot_deltas_installed: usize,
+    snapshot_resyncs: usize,
     upstream_latency: usize,
     time_to_first_token: usize,
 }
@@ -467,6 +470,14 @@ impl Metrics {
             usage_missing: define(config, false, metrics::USAGE_MISSING, &MODEL_PROVIDER),
             usage_records_dropped: define(config, false, metrics::USAGE_RECORDS_DROPPED, &[]),
             responses_too_large: define(config, false, metrics::RESPONSES_TOO_LARGE, &[]),
+            snapshots_installed: define(config, false, metrics::SNAPSHOTS_INSTALLED, &[]),
+            snapshot_deltas_installed: define(
+                config,
+                false,
+                metrics::SNAPSHOT_DELTAS_INSTALLED,
+                &[],
+            ),
+            snapshot_resyncs: define(config, false, metrics::SNAPSHOT_RESYNCS, &[]),
             upstream_latency: define(config, true, metrics::UPSTREAM_LATENCY_MS, &MODEL_PROVIDER),
             time_to_first_token: define(
                 config,
@@ -520,6 +531,19 @@ impl Metrics {
     /// Buffered answers refused for their size.
     pub fn count_responses_too_large(&self, config: Config, count: u64) {
         increment(config, self.responses_too_large, &[], count);
+    }
+
+    /// Full snapshots and deltas installed, and streams dropped to get a full snapshot.
+    pub fn count_snapshot_updates(
+        &self,
+        config: Config,
+        snapshots: u64,
+        deltas: u64,
+        resyncs: u64,
+    ) {
+        increment(config, self.snapshots_installed, &[], snapshots);
+        increment(config, self.snapshot_deltas_installed, &[], deltas);
+        increment(config, self.snapshot_resyncs, &[], resyncs);
     }
 
     /// Upstream latency and, for streams, time to the first byte (worker thread).

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tollgate_core::exchange::Outcome;
-use tollgate_core::snapshot::Deployment;
+use tollgate_core::snapshot::{Deployment, UpdateError, UpdateKind};
 use tollgate_core::usage::{TokenCounts, UsageQueue};
 use tollgate_core::{metrics, proto, PluginConfig, State};
 
@@ -39,6 +39,21 @@ struct PendingCounts {
     gateway_answers: BTreeMap<u16, u64>,
     usage_records_dropped: u64,
     responses_too_large: u64,
+    snapshots_installed: u64,
+    snapshot_deltas_installed: u64,
+    snapshot_resyncs: u64,
+}
+
+/// What [`Shared::install`] made of a control-plane message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Installed {
+    /// Every worker now serves this version: acknowledge it.
+    Version(u64),
+    /// The message carries no snapshot or delta.
+    Nothing,
+    /// A delta did not apply onto the version held, or the message did not decode: the
+    /// stream must be dropped (the next one starts with a full snapshot).
+    NeedsSnapshot,
 }
 
 struct DeploymentCounts {
@@ -79,39 +94,54 @@ impl Shared {
         self.state().map_or(0, |state| state.version)
     }
 
-    /// Decodes a control-plane message and installs its snapshot for every worker; returns
-    /// its version. Requests in flight finish on the state they started with.
-    pub fn install(&self, message: &[u8]) -> Option<u64> {
-        let checked = match State::check_control_message(message) {
-            Ok(checked) => checked?,
+    /// Applies a control-plane message (a full snapshot or a delta) for every worker.
+    /// Requests in flight finish on the state they started with: a delta changes a copy
+    /// that shares every unchanged key and deployment with it.
+    pub fn install(&self, message: &[u8]) -> Installed {
+        let mut state = self.state();
+        let applied = match State::update(&mut state, message) {
+            Ok(Some(applied)) => applied,
+            Ok(None) => return Installed::Nothing,
             Err(error) => {
-                envoy::log_error(&format!(
-                    "tollgate: undecodable control-plane message: {error}"
-                ));
-                return None;
+                match &error {
+                    UpdateError::Decode(_) => {
+                        envoy::log_error(&format!("tollgate: {error}; getting a full snapshot"))
+                    }
+                    UpdateError::Refused(_) => {
+                        envoy::log_warn(&format!("tollgate: {error}; getting a full snapshot"))
+                    }
+                }
+                self.pending().snapshot_resyncs += 1;
+                return Installed::NeedsSnapshot;
             }
         };
-        let keys = checked.key_count();
-        let (state, problems) = checked.into_state();
-        for problem in &problems {
-            envoy::log_warn(&format!("tollgate: snapshot {}: {problem}", state.version));
+        for problem in &applied.problems {
+            envoy::log_warn(&format!(
+                "tollgate: snapshot {}: {problem}",
+                applied.version
+            ));
         }
+        let models = state.as_ref().map_or(0, |state| state.model_names().len());
+        let (what, keys) = match applied.kind {
+            UpdateKind::Snapshot => ("installed snapshot", "keys"),
+            UpdateKind::Delta => ("applied delta to snapshot", "keys changed"),
+        };
         envoy::log_info(&format!(
-            "tollgate: {} installed snapshot {} ({} models, {keys} keys)",
-            self.instance_id,
-            state.version,
-            state.model_names().len(),
+            "tollgate: {} {what} {} ({models} models, {} {keys})",
+            self.instance_id, applied.version, applied.keys,
         ));
-        let version = state.version;
-        let state = Arc::new(state);
-        let previous = self
-            .state
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .replace(state);
+        let previous = std::mem::replace(
+            &mut *self.state.write().unwrap_or_else(PoisonError::into_inner),
+            state,
+        );
         // The old state is freed here, outside the lock, if no request holds it.
         drop(previous);
-        Some(version)
+        let mut pending = self.pending();
+        match applied.kind {
+            UpdateKind::Snapshot => pending.snapshots_installed += 1,
+            UpdateKind::Delta => pending.snapshot_deltas_installed += 1,
+        }
+        Installed::Version(applied.version)
     }
 
     /// Records how an exchange ended: counters (handed to Envoy at the next flush), the
@@ -200,6 +230,12 @@ impl Shared {
             .count_usage_dropped(config, pending.usage_records_dropped);
         self.metrics
             .count_responses_too_large(config, pending.responses_too_large);
+        self.metrics.count_snapshot_updates(
+            config,
+            pending.snapshots_installed,
+            pending.snapshot_deltas_installed,
+            pending.snapshot_resyncs,
+        );
     }
 
     fn queue_usage(&self, record: proto::UsageRecord) {

@@ -19,7 +19,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
-use crate::shared::Shared;
+use crate::shared::{Installed, Shared};
 
 /// How often queued usage is sent, counters are flushed and a shutdown noticed.
 const TICK: Duration = Duration::from_millis(250);
@@ -27,6 +27,9 @@ const TICK: Duration = Duration::from_millis(250);
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
 /// `FilterSync.Sync` of `api/proto/tollgate/v1/sync.proto`.
 const SYNC_METHOD: &str = "/tollgate.v1.FilterSync/Sync";
+/// Largest control-plane message accepted. tonic's default (4 MiB) refuses a snapshot of
+/// about 27,000 keys; a key takes about 150 bytes, so this holds over 3 million.
+const MAX_CONTROL_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
 
 /// Starts the thread; it runs until [`Shared::stop`].
 pub fn spawn(shared: Arc<Shared>) -> io::Result<()> {
@@ -88,7 +91,7 @@ async fn run(shared: &Shared) {
 enum SessionEnd {
     /// The module is shutting down.
     Stopped,
-    /// The server ended the stream.
+    /// The server ended the stream, or the module did to get a full snapshot.
     Closed { delivered: bool },
 }
 
@@ -189,6 +192,8 @@ async fn session(
     token: Option<&FilterToken>,
     refusals: &mut RefusalLog,
 ) -> Result<SessionEnd, SessionError> {
+    let mut connected = false;
+    // Whether a message changed the state: proof that the stream works (resets the backoff).
     let mut delivered = false;
     let fail = |what: &str, error: &dyn std::fmt::Display, delivered: bool| {
         if delivered {
@@ -212,7 +217,8 @@ async fn session(
         ));
         SessionError { delivered: false }
     })?;
-    let mut grpc = tonic::client::Grpc::new(channel);
+    let mut grpc =
+        tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_CONTROL_MESSAGE_BYTES);
     grpc.ready()
         .await
         .map_err(|error| fail("connect", &error, false))?;
@@ -263,21 +269,27 @@ async fn session(
         tokio::select! {
             message = inbound.message() => match message {
                 Ok(Some(message)) => {
-                    if !delivered {
+                    if !connected {
                         crate::envoy::log_info(&format!("tollgate: connected to the control plane at {url}"));
-                        delivered = true;
+                        connected = true;
                     }
                     if let Some(batch_ids) = proto::acknowledged_batches(&message) {
                         shared.usage().acknowledge(&batch_ids);
                         continue;
                     }
-                    if let Some(version) = shared.install(&message) {
-                        let ack = proto::FilterMessage {
-                            kind: Some(filter_message::Kind::Ack(proto::SnapshotAck { version })),
-                        };
-                        if outbound.send(ack.encode_to_vec()).await.is_err() {
-                            return Err(fail("send", &"stream closed", delivered));
+                    match shared.install(&message) {
+                        Installed::Version(version) => {
+                            delivered = true;
+                            let ack = proto::FilterMessage {
+                                kind: Some(filter_message::Kind::Ack(proto::SnapshotAck { version })),
+                            };
+                            if outbound.send(ack.encode_to_vec()).await.is_err() {
+                                return Err(fail("send", &"stream closed", delivered));
+                            }
                         }
+                        Installed::Nothing => {}
+                        // A new stream starts with a full snapshot.
+                        Installed::NeedsSnapshot => return Ok(SessionEnd::Closed { delivered }),
                     }
                 }
                 Ok(None) => {

@@ -168,6 +168,11 @@ pub fn open_stream(cluster: &str, token: Option<&FilterToken>) -> Option<u32> {
     )
 }
 
+/// Ends the stream from this side (no close callback follows).
+pub fn cancel_stream(token: u32) {
+    report("cancel grpc stream", hostcalls::cancel_grpc_stream(token));
+}
+
 /// Sends one message on the stream; false when the host refused it.
 pub fn send_stream_message(token: u32, message: &[u8]) -> bool {
     report(

@@ -13,7 +13,7 @@ use proxy_wasm::types::{ContextType, MetricType};
 use tollgate_core::channel::{self, FilterToken};
 use tollgate_core::exchange::Outcome;
 use tollgate_core::proto::{self, filter_message};
-use tollgate_core::snapshot::Deployment;
+use tollgate_core::snapshot::{Applied, Deployment, Kept, KeptUpdates, UpdateKind};
 use tollgate_core::usage::{RecordIds, TokenCounts, UsageQueue};
 use tollgate_core::{metrics, PluginConfig, State};
 
@@ -32,11 +32,14 @@ pub struct VmShared {
     /// request yet, until it does).
     pub state: Option<Arc<State>>,
     /// Whether this VM has served a request. Envoy also runs a VM on its main thread, which
-    /// never does: until a VM serves, it keeps the newest snapshot as the bytes it came in
-    /// ([`Self::undecoded`]), a fraction of the decoded state's size.
+    /// never does: until a VM serves, it keeps the newest snapshot and the deltas after it
+    /// as the bytes they came in ([`Self::kept`]), a fraction of the decoded state's size.
     serving: bool,
-    /// The newest control-plane message, while the VM is not serving.
-    undecoded: Option<Vec<u8>>,
+    /// The control-plane messages kept while the VM is not serving.
+    kept: KeptUpdates,
+    /// A delta did not apply (or a message did not decode): the stream must be dropped and
+    /// reopened, which brings a full snapshot.
+    needs_snapshot: bool,
     /// Static plugin configuration.
     pub config: PluginConfig,
     usage: UsageQueue,
@@ -81,49 +84,115 @@ impl DeploymentMetrics {
 }
 
 impl VmShared {
-    /// Marks the VM as serving, decoding the snapshot it kept as bytes until now.
+    /// Marks the VM as serving, building the state from the messages it kept as bytes until
+    /// now.
     pub fn start_serving(&mut self, vm_id: &str) {
         if self.serving {
             return;
         }
         self.serving = true;
-        if let Some(message) = self.undecoded.take() {
-            self.install(message, vm_id);
+        let (state, applied, error) = std::mem::take(&mut self.kept).into_state();
+        self.state = state;
+        self.forget_removed_deployments();
+        for done in &applied {
+            self.log_applied(done, vm_id);
+        }
+        if let Some(error) = error {
+            log::error!("tollgate: vm {vm_id}: {error}; getting a full snapshot");
+            self.needs_snapshot = true;
         }
     }
 
-    /// Decodes a control-plane message and installs its snapshot; returns its version. The
-    /// old state goes before the new one is built, and the keys are never decoded all at
-    /// once: a VM's linear memory only grows, so this function's peak is what the VM keeps.
-    fn install(&mut self, message: Vec<u8>, vm_id: &str) -> Option<u64> {
-        let checked = match State::check_control_message(&message) {
-            Ok(checked) => checked?,
-            Err(error) => {
-                log::error!("tollgate: undecodable control-plane message: {error}");
-                return None;
-            }
-        };
-        let keys = checked.key_count();
-        // Requests in flight keep the old state alive through their own Arc; the VM does not
-        // need it while the new one is built (nothing else runs meanwhile).
-        self.state = None;
-        let (state, problems) = checked.into_state();
-        drop(message);
-        for problem in &problems {
-            log::warn!("tollgate: snapshot {}: {problem}", state.version);
+    /// Metric ids of deployments the state no longer has would otherwise stay for the VM's
+    /// life: a control plane that churns deployments must not grow it.
+    fn forget_removed_deployments(&mut self) {
+        if let Some(state) = &self.state {
+            forget_removed_deployments(&mut self.deployment_metrics, state);
         }
-        log::info!(
-            "tollgate: vm {vm_id} installed snapshot {} ({} models, {keys} keys; linear memory {} KiB)",
-            state.version,
-            state.model_names().len(),
-            linear_memory_kib()
-        );
-        let version = state.version;
-        // Metric ids of deployments the new snapshot no longer has would otherwise stay for
-        // the VM's life: a control plane that churns deployments must not grow it.
-        forget_removed_deployments(&mut self.deployment_metrics, &state);
-        self.state = Some(Arc::new(state));
-        Some(version)
+    }
+
+    /// The snapshot version this VM holds (decoded or kept); 0 for none.
+    fn held_version(&self) -> u64 {
+        if self.serving {
+            self.state.as_ref().map_or(0, |state| state.version)
+        } else {
+            self.kept.version()
+        }
+    }
+
+    /// Takes a control-plane message: applies its snapshot or delta in a serving VM, keeps
+    /// its bytes in one that is not. Returns the version now held when the message changed
+    /// it. A full snapshot replaces the old state only after the old one is let go, and its
+    /// keys are never decoded all at once: a VM's linear memory only grows, so this
+    /// function's peak is what the VM keeps. A delta changes the state in place when no
+    /// request holds it.
+    fn take_update(&mut self, message: Vec<u8>, vm_id: &str) -> Option<u64> {
+        if !self.serving {
+            return match self.kept.keep(message) {
+                Ok(Kept::Held { kind, version }) => {
+                    self.count_update(kind);
+                    Some(version)
+                }
+                Ok(Kept::NoUpdate) => None,
+                Ok(Kept::NeedsSnapshot) => {
+                    log::info!("tollgate: vm {vm_id}: the kept deltas do not add up; getting a full snapshot");
+                    self.needs_snapshot = true;
+                    None
+                }
+                Err(error) => {
+                    log::error!("tollgate: vm {vm_id}: undecodable control-plane message: {error}; getting a full snapshot");
+                    self.needs_snapshot = true;
+                    None
+                }
+            };
+        }
+        match State::update(&mut self.state, &message) {
+            Ok(Some(applied)) => {
+                drop(message);
+                self.forget_removed_deployments();
+                self.log_applied(&applied, vm_id);
+                self.count_update(applied.kind);
+                Some(applied.version)
+            }
+            Ok(None) => None,
+            Err(error) => {
+                log::warn!("tollgate: vm {vm_id}: {error}; getting a full snapshot");
+                self.needs_snapshot = true;
+                None
+            }
+        }
+    }
+
+    fn count_update(&mut self, kind: UpdateKind) {
+        let name = match kind {
+            UpdateKind::Snapshot => metrics::SNAPSHOTS_INSTALLED,
+            UpdateKind::Delta => metrics::SNAPSHOT_DELTAS_INSTALLED,
+        };
+        self.count(name, 1);
+    }
+
+    fn log_applied(&self, applied: &Applied, vm_id: &str) {
+        for problem in &applied.problems {
+            log::warn!("tollgate: snapshot {}: {problem}", applied.version);
+        }
+        let models = self
+            .state
+            .as_ref()
+            .map_or(0, |state| state.model_names().len());
+        match applied.kind {
+            UpdateKind::Snapshot => log::info!(
+                "tollgate: vm {vm_id} installed snapshot {} ({models} models, {} keys; linear memory {} KiB)",
+                applied.version,
+                applied.keys,
+                linear_memory_kib()
+            ),
+            UpdateKind::Delta => log::info!(
+                "tollgate: vm {vm_id} applied delta to snapshot {} ({models} models, {} keys changed; linear memory {} KiB)",
+                applied.version,
+                applied.keys,
+                linear_memory_kib()
+            ),
+        }
     }
 
     /// Records how an exchange ended: metrics, and for an upstream request its usage record.
@@ -279,7 +348,8 @@ impl TollgateRoot {
             shared: Rc::new(RefCell::new(VmShared {
                 state: None,
                 serving: false,
-                undecoded: None,
+                kept: KeptUpdates::default(),
+                needs_snapshot: false,
                 config: PluginConfig::default(),
                 usage: UsageQueue::default(),
                 record_ids: RecordIds::new(random_seed()),
@@ -318,7 +388,7 @@ impl TollgateRoot {
                 kind: Some(filter_message::Kind::Hello(proto::Hello {
                     node_id: shared.config.node_id.clone(),
                     vm_id: self.vm_id.clone(),
-                    snapshot_version: shared.state.as_ref().map_or(0, |state| state.version),
+                    snapshot_version: shared.held_version(),
                     filter_version: env!("CARGO_PKG_VERSION").to_string(),
                 })),
             };
@@ -353,39 +423,39 @@ impl TollgateRoot {
         }
     }
 
-    /// Takes a control-plane message: installs its snapshot in a serving VM, keeps its bytes
-    /// in one that is not, and acknowledges the version either way.
+    /// Takes a control-plane message and acknowledges the version it leads to; drops the
+    /// stream when the VM needs a full snapshot instead (the next stream starts with one).
     fn receive(&mut self, message: Vec<u8>) {
         if let Some(batch_ids) = proto::acknowledged_batches(&message) {
             self.shared.borrow_mut().usage.acknowledge(&batch_ids);
             return;
         }
-        let version = {
-            let mut shared = self.shared.borrow_mut();
-            if shared.serving {
-                shared.install(message, &self.vm_id)
-            } else {
-                match proto::ControlMessageHead::decode(message.as_slice()) {
-                    Ok(head) => {
-                        let version = head.snapshot.map(|snapshot| snapshot.version);
-                        if version.is_some() {
-                            shared.undecoded = Some(message);
-                        }
-                        version
-                    }
-                    Err(error) => {
-                        log::error!("tollgate: undecodable control-plane message: {error}");
-                        None
-                    }
-                }
-            }
-        };
+        let version = self.shared.borrow_mut().take_update(message, &self.vm_id);
         if let (Some(version), Some(token)) = (version, self.stream) {
+            // A message that changed the state proves the stream works: reset the backoff.
+            self.backoff_ms = 0;
+            self.next_attempt_ms = 0;
             let ack = proto::FilterMessage {
                 kind: Some(filter_message::Kind::Ack(proto::SnapshotAck { version })),
             };
             host::send_stream_message(token, &ack.encode_to_vec());
         }
+        self.resync_if_needed();
+    }
+
+    /// Drops the stream when the VM needs a full snapshot; `on_tick` opens the next one.
+    fn resync_if_needed(&mut self) {
+        let mut shared = self.shared.borrow_mut();
+        if !shared.needs_snapshot {
+            return;
+        }
+        shared.needs_snapshot = false;
+        shared.count(metrics::SNAPSHOT_RESYNCS, 1);
+        drop(shared);
+        if let Some(token) = self.stream.take() {
+            host::cancel_stream(token);
+        }
+        self.stream_healthy = false;
     }
 }
 
@@ -461,8 +531,6 @@ impl Context for TollgateRoot {
             log::info!("tollgate: vm {} connected to the control plane", self.vm_id);
             self.stream_healthy = true;
             self.logged_refusal = None;
-            self.backoff_ms = 0;
-            self.next_attempt_ms = 0;
         }
         if let Some(message) = host::grpc_message(message_size) {
             self.receive(message);
@@ -524,6 +592,8 @@ impl RootContext for TollgateRoot {
     }
 
     fn on_tick(&mut self) {
+        // A VM that started serving may have found its kept deltas broken.
+        self.resync_if_needed();
         self.shared.borrow_mut().flush_counts();
         if self.stream.is_none() {
             self.connect();
