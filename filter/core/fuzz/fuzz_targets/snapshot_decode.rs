@@ -14,6 +14,7 @@
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
+use tollgate_core::snapshot::ControlUpdate;
 use tollgate_core::{proto, State};
 
 /// A snapshot as `arbitrary` builds it: fields drawn from small sets where the filter checks
@@ -168,7 +169,15 @@ fn digest_bytes(hex: &str) -> Option<[u8; 32]> {
 fuzz_target!(|data: &[u8]| {
     // The bytes as a message.
     let _ = proto::acknowledged_batches(data);
-    if let Ok(Some(message)) = State::check_control_message(data) {
+    if let Ok(Some(ControlUpdate::Delta(delta))) = State::check_control_message(data) {
+        // A delta applies only onto the version it was made from: never onto nothing.
+        let version = delta.version();
+        let mut current = None;
+        let applied = State::apply(&mut current, ControlUpdate::Delta(delta));
+        assert!(applied.is_err(), "delta to {version} applied onto no state");
+        assert!(current.is_none());
+    }
+    if let Ok(Some(ControlUpdate::Snapshot(message))) = State::check_control_message(data) {
         let (version, key_count) = (message.version(), message.key_count());
         let (state, problems) = message.into_state();
         assert_eq!(state.version, version);
@@ -195,9 +204,13 @@ fuzz_target!(|data: &[u8]| {
     }
     .encode_to_vec();
     assert_eq!(proto::acknowledged_batches(&encoded), None);
-    let message = State::check_control_message(&encoded)
+    let message = match State::check_control_message(&encoded)
         .unwrap_or_else(|error| panic!("an encoded snapshot is refused: {error}"))
-        .expect("the message carries a snapshot");
+        .expect("the message carries a snapshot")
+    {
+        ControlUpdate::Snapshot(message) => message,
+        ControlUpdate::Delta(_) => panic!("a snapshot decoded as a delta"),
+    };
     assert_eq!(message.version(), snapshot.version);
     assert_eq!(message.key_count(), snapshot.keys.len());
     let (streamed, streamed_problems) = message.into_state();
