@@ -997,6 +997,7 @@ impl Store {
                     stream: row.try_get("stream")?,
                     key_hash: row.try_get("key_hash")?,
                     request_id: row.try_get("request_id")?,
+                    ..Default::default()
                 });
             }
             Ok(records)

@@ -57,6 +57,7 @@ pub fn build_snapshot(
                 .unwrap_or_default(),
             max_request_body_bytes: number(SETTING_MAX_REQUEST_BODY_BYTES),
             max_response_body_bytes: number(SETTING_MAX_RESPONSE_BODY_BYTES),
+            budgets: Vec::new(),
         }),
         deployments: deployments
             .iter()
@@ -72,6 +73,7 @@ pub fn build_snapshot(
                     api_key: record.api_key.clone().unwrap_or_default(),
                     default_max_tokens: record.default_max_tokens.unwrap_or(0),
                     api_version: record.api_version.clone().unwrap_or_default(),
+                    pricing: None,
                 }
             })
             .collect(),
@@ -102,6 +104,9 @@ pub fn snapshot_keys(
                 expires_unix_ms: key
                     .expires_ms
                     .map_or(0, |ms| u64::try_from(ms).unwrap_or(0).max(1)),
+                max_budget: None,
+                soft_budget: None,
+                model_max_budget: Default::default(),
             }
         })
         .collect()
@@ -746,6 +751,7 @@ async fn handle_message(
                 let ack = proto::ControlMessage {
                     kind: Some(control_message::Kind::UsageAck(proto::UsageAck {
                         batch_ids: vec![batch.batch_id],
+                        ledger_seq: 0,
                     })),
                 };
                 if sender.send(Ok(ack)).await.is_err() {

@@ -161,6 +161,7 @@ fn usage(id: &str, prompt: Option<u64>, completion: Option<u64>, started: u64) -
         stream: id.ends_with('s'),
         key_hash: "abc".into(),
         request_id: format!("client-{id}"),
+        ..Default::default()
     }
 }
 

@@ -116,6 +116,7 @@ fn usage(id: &str) -> UsageRecord {
         stream: false,
         key_hash: String::new(),
         request_id: format!("req-{id}"),
+        ..Default::default()
     }
 }
 

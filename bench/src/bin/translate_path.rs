@@ -227,6 +227,7 @@ fn run_requests(
             duration_ms: 1,
             stream,
             key_hash: String::new(),
+            ..Default::default()
         };
         bytes_out += black_box(record).model_name.len();
         black_box(&plan);

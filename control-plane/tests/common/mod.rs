@@ -186,6 +186,8 @@ pub struct FakeFilter {
     pub inbound: tonic::Streaming<tollgate::proto::ControlMessage>,
     /// Usage acknowledgements received while waiting for a snapshot, oldest first.
     usage_acks: std::collections::VecDeque<Vec<u64>>,
+    /// Spend updates received while waiting for something else, oldest first.
+    pub spend_updates: std::collections::VecDeque<tollgate::proto::SpendUpdate>,
     /// The snapshot the messages received add up to.
     pub held: Option<tollgate::proto::Snapshot>,
 }
@@ -263,6 +265,7 @@ impl FakeFilter {
             outbound,
             inbound,
             usage_acks: std::collections::VecDeque::new(),
+            spend_updates: std::collections::VecDeque::new(),
             held: None,
         })
     }
@@ -315,6 +318,10 @@ impl FakeFilter {
             }
             Kind::UsageAck(ack) => {
                 self.usage_acks.push_back(ack.batch_ids);
+                None
+            }
+            Kind::Spend(spend) => {
+                self.spend_updates.push_back(spend);
                 None
             }
         }

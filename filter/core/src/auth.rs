@@ -180,6 +180,9 @@ mod tests {
 
     fn virtual_key(clear: &str, models: &[&str], blocked: bool, expires: u64) -> proto::VirtualKey {
         proto::VirtualKey {
+            max_budget: None,
+            soft_budget: None,
+            model_max_budget: Default::default(),
             key_sha256: hex::encode(Sha256::digest(clear)),
             key_alias: format!("alias-{clear}"),
             user_id: "u1".into(),

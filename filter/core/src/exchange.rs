@@ -488,6 +488,7 @@ impl Exchange {
                     duration_ms: upstream_ms,
                     stream: plan.stream,
                     key_hash: caller.key_hash.clone(),
+                    ..Default::default()
                 };
                 Some(Outcome::Upstream(UpstreamOutcome {
                     plan,

@@ -74,6 +74,7 @@ mod tests {
         let ack = ControlMessage {
             kind: Some(control_message::Kind::UsageAck(UsageAck {
                 batch_ids: vec![3, 4],
+                ledger_seq: 0,
             })),
         };
         let bytes = ack.encode_to_vec();

@@ -787,6 +787,7 @@ pub(crate) mod tests {
         api_base: &str,
     ) -> proto::Deployment {
         proto::Deployment {
+            pricing: None,
             id: format!("id-{model_name}"),
             model_name: model_name.into(),
             provider: kind as i32,
@@ -915,6 +916,7 @@ pub(crate) mod tests {
             keys: Vec::new(),
             version: 7,
             settings: Some(proto::Settings {
+                budgets: Vec::new(),
                 master_key_sha256: hex::encode([1u8; 32]),
                 max_request_body_bytes: 0,
                 max_response_body_bytes: 5,

@@ -56,6 +56,7 @@ fn deployment(
         api_key: api_key.into(),
         default_max_tokens,
         api_version: api_version.into(),
+        pricing: None,
     }
 }
 

@@ -23,6 +23,7 @@ fn state() -> State {
         version: 1,
         settings: None,
         deployments: vec![proto::Deployment {
+            pricing: None,
             id: "d1".into(),
             model_name: "gpt-public".into(),
             provider: proto::ProviderKind::Openai as i32,

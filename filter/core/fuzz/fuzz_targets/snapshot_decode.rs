@@ -94,6 +94,7 @@ impl ArbitrarySnapshot {
                 master_key_sha256: settings.master_key.hex(),
                 max_request_body_bytes: settings.max_request_body_bytes,
                 max_response_body_bytes: settings.max_response_body_bytes,
+                budgets: Vec::new(),
             }),
             deployments: self
                 .deployments
@@ -112,6 +113,7 @@ impl ArbitrarySnapshot {
                     api_key: deployment.api_key.clone(),
                     default_max_tokens: deployment.default_max_tokens,
                     api_version: deployment.api_version.clone(),
+                    pricing: None,
                 })
                 .collect(),
             keys: self
@@ -125,6 +127,7 @@ impl ArbitrarySnapshot {
                     models: key.models.clone(),
                     blocked: key.blocked,
                     expires_unix_ms: key.expires_unix_ms,
+                    ..Default::default()
                 })
                 .collect(),
         }
@@ -231,6 +234,7 @@ fuzz_target!(|data: &[u8]| {
     let ack = proto::ControlMessage {
         kind: Some(proto::control_message::Kind::UsageAck(proto::UsageAck {
             batch_ids: arbitrary.acknowledged.clone(),
+            ledger_seq: 0,
         })),
     }
     .encode_to_vec();

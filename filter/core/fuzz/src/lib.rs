@@ -43,6 +43,7 @@ pub fn deployment(model_name: &str, kind: proto::ProviderKind) -> proto::Deploym
         api_key: "sk-fuzz".to_string(),
         default_max_tokens: 0,
         api_version: String::new(),
+        pricing: None,
     }
 }
 

@@ -237,6 +237,7 @@ fn snapshots() -> Vec<(&'static str, proto::Snapshot)> {
         models: models.iter().map(|model| model.to_string()).collect(),
         blocked: digit == 'b',
         expires_unix_ms: if digit == 'e' { 1_700_000_000_000 } else { 0 },
+        ..Default::default()
     };
     let full = proto::Snapshot {
         version: 42,
@@ -244,6 +245,7 @@ fn snapshots() -> Vec<(&'static str, proto::Snapshot)> {
             master_key_sha256: "ab".repeat(32),
             max_request_body_bytes: 1 << 20,
             max_response_body_bytes: 0,
+            budgets: Vec::new(),
         }),
         deployments: vec![
             deployment(

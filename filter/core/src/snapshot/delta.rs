@@ -322,6 +322,7 @@ mod tests {
         proto::Snapshot {
             version: 10,
             settings: Some(proto::Settings {
+                budgets: Vec::new(),
                 master_key_sha256: hex::encode([9; 32]),
                 max_request_body_bytes: 100,
                 max_response_body_bytes: 200,
@@ -568,6 +569,7 @@ mod tests {
             base_version: 11,
             version: 12,
             settings: Some(proto::Settings {
+                budgets: Vec::new(),
                 master_key_sha256: String::new(),
                 max_request_body_bytes: 5,
                 max_response_body_bytes: 0,
