@@ -37,7 +37,7 @@ impl<'a> Credentials<'a> {
 }
 
 /// The caller, once authenticated.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Caller {
     /// SHA-256 hex of the key used; empty when no key is required and none was checked.
     pub key_hash: String,

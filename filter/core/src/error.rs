@@ -66,6 +66,17 @@ pub enum GatewayError {
     /// The provider's response is over the buffering limit.
     #[error("The upstream response is over the limit of {0} bytes.")]
     UpstreamResponseTooLarge(u64),
+    /// A budget of the request's key, user, team, end user or of the whole gateway is
+    /// spent (LiteLLM answers 400 `budget_exceeded` too).
+    #[error("Budget has been exceeded! {scope} spent {spend} USD of its max budget of {max_budget} USD in this budget window.")]
+    BudgetExceeded {
+        /// Whose budget, for a person: "key my-alias", "team t1", "the gateway", ...
+        scope: String,
+        /// Spend of the window, US dollars.
+        spend: f64,
+        /// The budget, US dollars.
+        max_budget: f64,
+    },
     /// A bug in the gateway stopped this request (the native module survives it; the Wasm
     /// VM would not).
     #[error("The gateway failed on this request; the failure is in its log.")]
@@ -92,7 +103,8 @@ impl GatewayError {
         match self {
             GatewayError::InvalidJson(_)
             | GatewayError::InvalidRequest { .. }
-            | GatewayError::InvalidHeader { .. } => 400,
+            | GatewayError::InvalidHeader { .. }
+            | GatewayError::BudgetExceeded { .. } => 400,
             GatewayError::MissingApiKey
             | GatewayError::InvalidApiKey
             | GatewayError::KeyBlocked
@@ -116,6 +128,7 @@ impl GatewayError {
             | GatewayError::KeyExpired
             | GatewayError::ModelNotAllowed(_) => "authentication_error",
             GatewayError::NotReady => "service_unavailable",
+            GatewayError::BudgetExceeded { .. } => "budget_exceeded",
             GatewayError::BadUpstreamResponse(_)
             | GatewayError::UpstreamResponseTooLarge(_)
             | GatewayError::Internal => "api_error",
@@ -141,6 +154,7 @@ impl GatewayError {
             GatewayError::BadUpstreamResponse(_) => Some("bad_upstream_response"),
             GatewayError::UpstreamResponseTooLarge(_) => Some("upstream_response_too_large"),
             GatewayError::Internal => Some("internal_error"),
+            GatewayError::BudgetExceeded { .. } => Some("budget_exceeded"),
         }
     }
 

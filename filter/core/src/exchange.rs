@@ -7,7 +7,10 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::auth::{authenticate, Caller, Credentials};
+use crate::budget::{check_budgets, SoftBudgetCrossed};
+use crate::error::error_type_for_status;
 use crate::gateway::{classify, plan_chat_request_for, ROUTE_HEADER};
+use crate::pricing::cost_header_value;
 use crate::providers::{ChunkOutput, ResponseMode, TranslateContext};
 use crate::request::empty_body_error;
 use crate::usage::{RecordIds, TokenCounts, Usage};
@@ -38,7 +41,20 @@ pub trait Host {
     fn response_body(&mut self, size: usize) -> Cow<'_, [u8]>;
     /// Replaces the response body received so far (`size` bytes) with `body`.
     fn replace_response_body(&mut self, size: usize, body: &[u8]);
+    /// What `scope`/`id` has spent in its current budget window, as this filter knows it
+    /// (the spend the control plane pushed plus this filter's charges since: see
+    /// [`crate::spend::SpendBook`]). Only asked for scopes that have a budget.
+    fn spend(&mut self, scope: proto::BudgetScope, id: &str, now_ms: u64) -> f64;
 }
+
+/// The response header that carries a buffered response's cost, in US dollars (LiteLLM's
+/// name, which its users' tooling reads).
+pub const COST_HEADER: &str = "x-litellm-response-cost";
+/// The same cost under Tollgate's own name.
+pub const TOLLGATE_COST_HEADER: &str = "x-tollgate-response-cost";
+/// Set when a soft budget of the request is crossed; the value names the scope (`key`,
+/// `key_model`, `user`, `team`, `end_user`, `global`).
+pub const SOFT_BUDGET_HEADER: &str = "x-tollgate-soft-budget-exceeded";
 
 /// What the glue tells Envoy after an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +86,9 @@ pub struct RequestHeaders<'a> {
     pub content_length: Option<&'a str>,
     /// `x-request-id` (dropped when not UTF-8: it only labels the usage record).
     pub request_id: Option<&'a str>,
+    /// `x-litellm-tags`, comma-separated request tags (dropped when not UTF-8: they only
+    /// label the usage record).
+    pub tags: Option<&'a str>,
     /// Whether the client sent [`ROUTE_HEADER`], which only the filter may set.
     pub route_header: bool,
     /// The first header the filter reads whose value is not UTF-8.
@@ -99,6 +118,12 @@ impl<'a> RequestHeaders<'a> {
                 b"x-request-id" => {
                     if headers.request_id.is_none() {
                         headers.request_id = std::str::from_utf8(value).ok();
+                    }
+                    continue;
+                }
+                b"x-litellm-tags" => {
+                    if headers.tags.is_none() {
+                        headers.tags = std::str::from_utf8(value).ok();
                     }
                     continue;
                 }
@@ -165,9 +190,24 @@ enum Phase {
         /// The buffered response went over that limit: the client got a 502 instead, and
         /// the rest of the provider's body is dropped as it comes.
         response_too_large: bool,
+        /// A soft budget the request crossed, for the response header.
+        soft_budget: SoftBudgetCrossed,
     },
     /// Answered by the gateway itself.
-    Answered { status: u16 },
+    Answered {
+        status: u16,
+        /// What the refusal's record says; `None` for an answer that is not a refusal of
+        /// a request to a model (the model list).
+        refusal: Option<Box<Refusal>>,
+    },
+}
+
+/// What the usage record of a request the gateway refused says.
+struct Refusal {
+    error_type: &'static str,
+    caller: Option<Caller>,
+    model: String,
+    end_user: String,
 }
 
 /// One request and its response.
@@ -175,6 +215,10 @@ enum Phase {
 pub struct Exchange {
     phase: Phase,
     request_id: Option<String>,
+    /// The `x-litellm-tags` header's tags.
+    header_tags: Vec<String>,
+    /// When the request's headers arrived.
+    started_ms: u64,
     first_byte_ms: Option<u64>,
     stream_out: Vec<u8>,
 }
@@ -188,6 +232,8 @@ pub enum Outcome<'a> {
     Answered {
         /// Status sent.
         status: u16,
+        /// The usage record of a refused request (`None` for the model list).
+        record: Option<proto::UsageRecord>,
     },
     /// The request went upstream.
     Upstream(UpstreamOutcome<'a>),
@@ -236,12 +282,39 @@ impl Exchange {
     }
 
     fn reject(&mut self, host: &mut impl Host, error: &GatewayError) -> Verdict {
-        self.answer(host, error.status(), &error.to_json())
+        self.refuse(host, error, None, String::new(), String::new())
+    }
+
+    /// Refuses the request with `error`, remembering for its usage record who made it
+    /// (when known) and for which model.
+    fn refuse(
+        &mut self,
+        host: &mut impl Host,
+        error: &GatewayError,
+        caller: Option<Caller>,
+        model: String,
+        end_user: String,
+    ) -> Verdict {
+        let status = error.status();
+        host.send_json_response(status, &error.to_json());
+        self.phase = Phase::Answered {
+            status,
+            refusal: Some(Box::new(Refusal {
+                error_type: error.error_type(),
+                caller,
+                model,
+                end_user,
+            })),
+        };
+        Verdict::Pause
     }
 
     fn answer(&mut self, host: &mut impl Host, status: u16, body: &[u8]) -> Verdict {
         host.send_json_response(status, body);
-        self.phase = Phase::Answered { status };
+        self.phase = Phase::Answered {
+            status,
+            refusal: None,
+        };
         Verdict::Pause
     }
 
@@ -261,6 +334,9 @@ impl Exchange {
             return Verdict::Continue;
         }
         self.request_id = headers.request_id.map(str::to_string);
+        if let Some(tags) = headers.tags {
+            add_tags(&mut self.header_tags, tags.split(',').map(str::trim));
+        }
         if let Some(name) = headers.invalid {
             return self.reject(host, &GatewayError::InvalidHeader { name });
         }
@@ -280,6 +356,7 @@ impl Exchange {
             return self.reject(host, &GatewayError::NotReady);
         };
         let now_ms = host.now_ms();
+        self.started_ms = now_ms;
         let caller = match authenticate(state, headers.credentials(), now_ms) {
             Ok(caller) => caller,
             Err(error) => return self.reject(host, &error),
@@ -297,10 +374,17 @@ impl Exchange {
             .content_length
             .and_then(|value| value.trim().parse::<u64>().ok());
         if let Some(size) = announced.filter(|size| *size > limit) {
-            return self.reject(host, &GatewayError::BodyTooLarge { size, limit });
+            let error = GatewayError::BodyTooLarge { size, limit };
+            return self.refuse(host, &error, Some(caller), String::new(), String::new());
         }
         if end_of_stream {
-            return self.reject(host, &empty_body_error());
+            return self.refuse(
+                host,
+                &empty_body_error(),
+                Some(caller),
+                String::new(),
+                String::new(),
+            );
         }
         self.phase = Phase::AwaitingBody {
             state: state.clone(),
@@ -316,13 +400,15 @@ impl Exchange {
         body_size: usize,
         end_of_stream: bool,
     ) -> Verdict {
-        let Phase::AwaitingBody { state, .. } = &self.phase else {
+        let Phase::AwaitingBody { state, caller } = &self.phase else {
             return Verdict::Continue;
         };
         let limit = state.max_request_body_bytes;
         let size = u64::try_from(body_size).unwrap_or(u64::MAX);
         if size > limit {
-            return self.reject(host, &GatewayError::BodyTooLarge { size, limit });
+            let caller = Some(caller.clone());
+            let error = GatewayError::BodyTooLarge { size, limit };
+            return self.refuse(host, &error, caller, String::new(), String::new());
         }
         if !end_of_stream {
             return Verdict::Pause;
@@ -340,7 +426,20 @@ impl Exchange {
         };
         let plan = match planned {
             Ok(plan) => plan,
-            Err(error) => return self.reject(host, &error),
+            Err(error) => {
+                return self.refuse(host, &error, Some(caller), String::new(), String::new())
+            }
+        };
+        let model = &plan.deployment.model_name;
+        let budgets = check_budgets(&state, &caller, model, &plan.end_user, |scope, id| {
+            host.spend(scope, id, now_ms)
+        });
+        let soft_budget = match budgets {
+            Ok(soft_budget) => soft_budget,
+            Err(error) => {
+                let (model, end_user) = (model.clone(), plan.end_user.clone());
+                return self.refuse(host, &error, Some(caller), model, end_user);
+            }
         };
         host.write_upstream_request(&plan, body_size);
         self.phase = Phase::Upstream {
@@ -349,6 +448,7 @@ impl Exchange {
             sent_ms: now_ms,
             max_response_body_bytes: state.max_response_body_bytes,
             response_too_large: false,
+            soft_budget,
         };
         Verdict::Continue
     }
@@ -362,12 +462,18 @@ impl Exchange {
         content_type: Option<&str>,
         end_of_stream: bool,
     ) -> Verdict {
-        let Phase::Upstream { plan, .. } = &mut self.phase else {
+        let Phase::Upstream {
+            plan, soft_budget, ..
+        } = &mut self.phase
+        else {
             return Verdict::Continue;
         };
         let mode = plan
             .response
             .on_headers(status.unwrap_or(502), content_type);
+        if let Some(scope) = soft_budget {
+            host.set_response_header(SOFT_BUDGET_HEADER, scope);
+        }
         if end_of_stream {
             return Verdict::Continue;
         }
@@ -436,6 +542,12 @@ impl Exchange {
                     host.set_response_header("content-type", "application/json");
                     host.replace_response_body(body_size, &new_body);
                 }
+                // The headers are still held: the client gets the cost with the answer.
+                if let Some(cost) = plan.cost() {
+                    let value = cost_header_value(cost);
+                    host.set_response_header(COST_HEADER, &value);
+                    host.set_response_header(TOLLGATE_COST_HEADER, &value);
+                }
                 Verdict::Continue
             }
             ResponseMode::Stream => {
@@ -458,7 +570,12 @@ impl Exchange {
     /// usage record takes its id from `ids`.
     pub fn outcome(&self, now_ms: u64, ids: &mut RecordIds) -> Option<Outcome<'_>> {
         match &self.phase {
-            Phase::Answered { status } => Some(Outcome::Answered { status: *status }),
+            Phase::Answered { status, refusal } => Some(Outcome::Answered {
+                status: *status,
+                record: refusal
+                    .as_deref()
+                    .map(|refusal| self.refusal_record(*status, refusal, now_ms, ids)),
+            }),
             Phase::Upstream {
                 plan,
                 caller,
@@ -474,6 +591,12 @@ impl Exchange {
                 };
                 let usage = plan.response.usage();
                 let upstream_ms = now_ms.saturating_sub(*sent_ms);
+                let first_byte_ms = self
+                    .first_byte_ms
+                    .map(|first| first.saturating_sub(*sent_ms));
+                let mut tags = plan.tags.clone();
+                add_tags(&mut tags, self.header_tags.iter().map(String::as_str));
+                let (key_alias, user_id, team_id) = who(caller);
                 let record = proto::UsageRecord {
                     id: ids.next_id(),
                     request_id: self.request_id.clone().unwrap_or_default(),
@@ -488,7 +611,21 @@ impl Exchange {
                     duration_ms: upstream_ms,
                     stream: plan.stream,
                     key_hash: caller.key_hash.clone(),
-                    ..Default::default()
+                    reasoning_tokens: usage.reasoning_tokens,
+                    cache_creation_tokens: usage.cache_creation_tokens,
+                    cost: plan.cost(),
+                    key_alias,
+                    user_id,
+                    team_id,
+                    end_user: plan.end_user.clone(),
+                    tags,
+                    first_byte_ms,
+                    answered_by_gateway: false,
+                    error_type: if status >= 400 {
+                        error_type_for_status(status).to_string()
+                    } else {
+                        String::new()
+                    },
                 };
                 Some(Outcome::Upstream(UpstreamOutcome {
                     plan,
@@ -496,13 +633,62 @@ impl Exchange {
                     response_too_large: *response_too_large,
                     usage,
                     upstream_ms,
-                    first_byte_ms: self
-                        .first_byte_ms
-                        .map(|first| first.saturating_sub(*sent_ms)),
+                    first_byte_ms,
                     record,
                 }))
             }
             Phase::PassThrough | Phase::AwaitingBody { .. } => None,
+        }
+    }
+
+    /// The usage record of a request the gateway refused: no deployment, no tokens, a
+    /// cost of 0 (nothing was spent: not "unknown").
+    fn refusal_record(
+        &self,
+        status: u16,
+        refusal: &Refusal,
+        now_ms: u64,
+        ids: &mut RecordIds,
+    ) -> proto::UsageRecord {
+        let (key_alias, user_id, team_id) = refusal.caller.as_ref().map(who).unwrap_or_default();
+        proto::UsageRecord {
+            id: ids.next_id(),
+            request_id: self.request_id.clone().unwrap_or_default(),
+            model_name: refusal.model.clone(),
+            status: u32::from(status),
+            started_unix_ms: self.started_ms,
+            duration_ms: now_ms.saturating_sub(self.started_ms),
+            key_hash: refusal
+                .caller
+                .as_ref()
+                .map(|caller| caller.key_hash.clone())
+                .unwrap_or_default(),
+            cost: Some(0.0),
+            key_alias,
+            user_id,
+            team_id,
+            end_user: refusal.end_user.clone(),
+            tags: self.header_tags.clone(),
+            answered_by_gateway: true,
+            error_type: refusal.error_type.to_string(),
+            ..Default::default()
+        }
+    }
+}
+
+/// The key alias, user and team of a caller (empty for the master key).
+fn who(caller: &Caller) -> (String, String, String) {
+    match &caller.key {
+        Some(key) => (key.alias.clone(), key.user_id.clone(), key.team_id.clone()),
+        None => Default::default(),
+    }
+}
+
+/// Adds the non-empty `more` tags to `tags`, each once, in order.
+fn add_tags<'t>(tags: &mut Vec<String>, more: impl Iterator<Item = &'t str>) {
+    for tag in more {
+        if !tag.is_empty() && !tags.iter().any(|known| known == tag) {
+            tags.push(tag.to_string());
         }
     }
 }
@@ -523,6 +709,9 @@ mod tests {
         upstream: Option<(String, String, Vec<u8>)>,
         response_headers_set: Vec<(String, String)>,
         response_headers_removed: Vec<String>,
+        /// Spend by (scope, id); scopes asked for are recorded.
+        spend: std::collections::HashMap<(i32, String), f64>,
+        spend_asked: Vec<(proto::BudgetScope, String)>,
     }
 
     impl Host for FakeHost {
@@ -556,6 +745,13 @@ mod tests {
         fn replace_response_body(&mut self, size: usize, body: &[u8]) {
             assert_eq!(size, self.response_body.len());
             self.response_body = body.to_vec();
+        }
+        fn spend(&mut self, scope: proto::BudgetScope, id: &str, _now_ms: u64) -> f64 {
+            self.spend_asked.push((scope, id.to_string()));
+            self.spend
+                .get(&(scope as i32, id.to_string()))
+                .copied()
+                .unwrap_or(0.0)
         }
     }
 
@@ -670,10 +866,17 @@ mod tests {
         let (status, json) = host.local_reply.unwrap();
         assert_eq!(status, 503);
         assert_eq!(json["error"]["code"], "not_ready");
-        assert!(matches!(
-            exchange.outcome(0, &mut RecordIds::new(7)),
-            Some(Outcome::Answered { status: 503 })
-        ));
+        let Some(Outcome::Answered {
+            status: 503,
+            record: Some(record),
+        }) = exchange.outcome(0, &mut RecordIds::new(7))
+        else {
+            panic!("not a refusal with a record");
+        };
+        assert!(record.answered_by_gateway);
+        assert_eq!(record.error_type, "service_unavailable");
+        assert_eq!((record.status, record.cost), (503, Some(0.0)));
+        assert_eq!(record.request_id, "req-1");
     }
 
     #[test]
@@ -774,6 +977,258 @@ mod tests {
         assert_eq!(outcome.record.model_name, "gpt");
         assert_eq!(outcome.record.completion_tokens, Some(4));
         assert!(!outcome.record.stream);
+    }
+
+    /// A state with one priced deployment ("gpt": 1e-6 per input token, 2e-6 per output
+    /// token), a virtual key `sk-budget` (alias "demo", user u1, team t1) with `key_budget`,
+    /// and `budgets` in its settings.
+    fn priced_state(
+        key_budget: (Option<f64>, Option<f64>),
+        budgets: Vec<proto::Budget>,
+    ) -> Arc<State> {
+        use sha2::Digest;
+        let snapshot = proto::Snapshot {
+            version: 1,
+            settings: Some(proto::Settings {
+                master_key_sha256: hex::encode(sha2::Sha256::digest(b"sk-master")),
+                budgets,
+                ..Default::default()
+            }),
+            deployments: vec![proto::Deployment {
+                pricing: Some(proto::Pricing {
+                    input_cost_per_token: Some(1e-6),
+                    output_cost_per_token: Some(2e-6),
+                    ..Default::default()
+                }),
+                ..crate::snapshot::tests::deployment(
+                    "gpt",
+                    proto::ProviderKind::Openai,
+                    "http://127.0.0.1:9/v1",
+                )
+            }],
+            keys: vec![proto::VirtualKey {
+                key_sha256: hex::encode(sha2::Sha256::digest(b"sk-budget")),
+                key_alias: "demo".into(),
+                user_id: "u1".into(),
+                team_id: "t1".into(),
+                max_budget: key_budget.0,
+                soft_budget: key_budget.1,
+                ..Default::default()
+            }],
+        };
+        Arc::new(State::from_snapshot(snapshot).0)
+    }
+
+    const KEY_HEADER: &str = "Bearer sk-budget";
+
+    /// Sends `body` with the budgeted key; the host's spend is `spend`.
+    fn send_with_key(
+        state: &Arc<State>,
+        body: &[u8],
+        spend: &[(proto::BudgetScope, &str, f64)],
+        tags: Option<&str>,
+    ) -> (FakeHost, Exchange) {
+        let mut host = FakeHost {
+            now: 5_000,
+            request_body: body.to_vec(),
+            spend: spend
+                .iter()
+                .map(|(scope, id, amount)| ((*scope as i32, id.to_string()), *amount))
+                .collect(),
+            ..FakeHost::default()
+        };
+        let headers = RequestHeaders {
+            authorization: Some(KEY_HEADER),
+            tags,
+            ..chat_headers(None)
+        };
+        let mut exchange = Exchange::new();
+        exchange.on_request_headers(&mut host, Some(state), &headers, false);
+        exchange.on_request_body(&mut host, body.len(), true);
+        (host, exchange)
+    }
+
+    fn key_hash() -> String {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(b"sk-budget"))
+    }
+
+    #[test]
+    fn a_buffered_answer_carries_its_cost_and_the_record_says_who_pays() {
+        let state = priced_state((None, None), Vec::new());
+        let body = br#"{"model":"gpt","user":"alice","metadata":{"tags":["prod","a"]},"messages":[{"role":"user","content":"hi"}]}"#;
+        let (mut host, mut exchange) = send_with_key(&state, body, &[], Some("a, b,,"));
+        assert!(exchange.is_upstream(), "{:?}", host.local_reply);
+        exchange.on_response_headers(&mut host, Some(200), Some("application/json"), false);
+        host.response_body = br#"{"id":"x","object":"chat.completion","choices":[],"usage":{"prompt_tokens":1000,"completion_tokens":50,"total_tokens":1050,"prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":20}}}"#.to_vec();
+        let size = host.response_body.len();
+        exchange.on_response_body(&mut host, size, true);
+        let cost = 1000.0 * 1e-6 + 50.0 * 2e-6;
+        assert_eq!(cost, 0.0011);
+        assert!(host
+            .response_headers_set
+            .contains(&(COST_HEADER.to_string(), "0.0011".to_string())));
+        assert!(host
+            .response_headers_set
+            .contains(&(TOLLGATE_COST_HEADER.to_string(), "0.0011".to_string())));
+        let Some(Outcome::Upstream(outcome)) = exchange.outcome(5_100, &mut RecordIds::new(1))
+        else {
+            panic!("not an upstream outcome");
+        };
+        let record = outcome.record;
+        assert_eq!(record.cost, Some(0.0011));
+        assert_eq!(record.reasoning_tokens, Some(20));
+        assert_eq!(record.key_hash, key_hash());
+        assert_eq!(
+            (
+                record.key_alias.as_str(),
+                record.user_id.as_str(),
+                record.team_id.as_str()
+            ),
+            ("demo", "u1", "t1")
+        );
+        assert_eq!(record.end_user, "alice");
+        assert_eq!(record.tags, vec!["prod", "a", "b"]);
+        assert_eq!(
+            (record.answered_by_gateway, record.error_type.as_str()),
+            (false, "")
+        );
+    }
+
+    #[test]
+    fn an_unpriced_or_unreported_answer_has_no_cost_header() {
+        let state = Arc::new(state());
+        let body = br#"{"model":"gpt","messages":[{"role":"user","content":"hi"}]}"#;
+        let (mut host, mut exchange) = sent_upstream(&state, body);
+        exchange.on_response_headers(&mut host, Some(200), Some("application/json"), false);
+        host.response_body = br#"{"id":"x","object":"chat.completion","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4}}"#.to_vec();
+        let size = host.response_body.len();
+        exchange.on_response_body(&mut host, size, true);
+        assert!(host
+            .response_headers_set
+            .iter()
+            .all(|(name, _)| name != COST_HEADER));
+        let Some(Outcome::Upstream(outcome)) = exchange.outcome(1, &mut RecordIds::new(1)) else {
+            panic!("not an upstream outcome");
+        };
+        assert_eq!(outcome.record.cost, None, "unknown, not 0");
+    }
+
+    #[test]
+    fn a_spent_budget_refuses_with_400_and_a_record_of_the_refusal() {
+        let state = priced_state((Some(0.5), None), Vec::new());
+        let body = br#"{"model":"gpt","messages":[{"role":"user","content":"hi"}]}"#;
+        let hash = key_hash();
+        let (host, exchange) =
+            send_with_key(&state, body, &[(proto::BudgetScope::Key, &hash, 0.5)], None);
+        assert!(host.upstream.is_none());
+        let (status, json) = host.local_reply.clone().unwrap();
+        assert_eq!(status, 400);
+        assert_eq!(json["error"]["type"], "budget_exceeded");
+        assert_eq!(
+            json["error"]["message"],
+            "Budget has been exceeded! key demo spent 0.5 USD of its max budget of 0.5 USD in this budget window."
+        );
+        let Some(Outcome::Answered {
+            status: 400,
+            record: Some(record),
+        }) = exchange.outcome(5_000, &mut RecordIds::new(1))
+        else {
+            panic!("not a refusal");
+        };
+        assert_eq!(record.error_type, "budget_exceeded");
+        assert_eq!(
+            (record.model_name.as_str(), record.key_hash.as_str()),
+            ("gpt", hash.as_str())
+        );
+        assert_eq!(record.key_alias, "demo");
+
+        // Under the budget it goes upstream.
+        let (host, exchange) = send_with_key(
+            &state,
+            body,
+            &[(proto::BudgetScope::Key, &hash, 0.49)],
+            None,
+        );
+        assert!(exchange.is_upstream(), "{:?}", host.local_reply);
+        assert_eq!(
+            host.spend_asked,
+            vec![(proto::BudgetScope::Key, hash.clone())]
+        );
+    }
+
+    #[test]
+    fn team_and_global_budgets_refuse_too_and_a_soft_budget_only_warns() {
+        let budget = |scope: proto::BudgetScope, id: &str, max: Option<f64>, soft: Option<f64>| {
+            proto::Budget {
+                scope: scope as i32,
+                id: id.into(),
+                max_budget: max,
+                soft_budget: soft,
+            }
+        };
+        let state = priced_state(
+            (None, Some(0.1)),
+            vec![
+                budget(proto::BudgetScope::Team, "t1", Some(2.0), None),
+                budget(proto::BudgetScope::Global, "", Some(100.0), None),
+            ],
+        );
+        let body = br#"{"model":"gpt","messages":[{"role":"user","content":"hi"}]}"#;
+        let (host, _) = send_with_key(&state, body, &[(proto::BudgetScope::Team, "t1", 2.5)], None);
+        let (status, json) = host.local_reply.unwrap();
+        assert_eq!(status, 400);
+        assert!(json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("team t1 spent 2.5 USD"));
+        let (host, _) = send_with_key(
+            &state,
+            body,
+            &[(proto::BudgetScope::Global, "", 100.0)],
+            None,
+        );
+        assert_eq!(host.local_reply.unwrap().0, 400);
+
+        let hash = key_hash();
+        let (mut host, mut exchange) =
+            send_with_key(&state, body, &[(proto::BudgetScope::Key, &hash, 0.2)], None);
+        assert!(exchange.is_upstream());
+        exchange.on_response_headers(&mut host, Some(200), Some("application/json"), false);
+        assert!(host
+            .response_headers_set
+            .contains(&(SOFT_BUDGET_HEADER.to_string(), "key".to_string())));
+    }
+
+    #[test]
+    fn bad_user_and_tags_are_400s_naming_the_field() {
+        let state = priced_state((None, None), Vec::new());
+        for (body, param) in [
+            (
+                r#"{"model":"gpt","user":7,"messages":[{"role":"user","content":"hi"}]}"#,
+                "user",
+            ),
+            (
+                r#"{"model":"gpt","metadata":[],"messages":[{"role":"user","content":"hi"}]}"#,
+                "metadata",
+            ),
+            (
+                r#"{"model":"gpt","metadata":{"tags":"x"},"messages":[{"role":"user","content":"hi"}]}"#,
+                "metadata.tags",
+            ),
+            (
+                r#"{"model":"gpt","metadata":{"tags":[1]},"messages":[{"role":"user","content":"hi"}]}"#,
+                "metadata.tags",
+            ),
+        ] {
+            let (host, _) = send_with_key(&state, body.as_bytes(), &[], None);
+            let (status, json) = host.local_reply.unwrap();
+            assert_eq!(
+                (status, json["error"]["param"].as_str()),
+                (400, Some(param)),
+                "{body}"
+            );
+        }
     }
 
     /// A host and an exchange that sent the chat request `body` upstream.

@@ -1,5 +1,6 @@
 //! The request path: which endpoint, which deployment, what to send upstream.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -226,6 +227,10 @@ pub struct RequestPlan {
     pub stream: bool,
     /// The response side.
     pub response: ResponseHandler,
+    /// The request's `user` field (empty: none).
+    pub end_user: String,
+    /// The request's `metadata.tags`.
+    pub tags: Vec<String>,
 }
 
 impl std::fmt::Debug for RequestPlan {
@@ -245,6 +250,12 @@ impl std::fmt::Debug for RequestPlan {
 }
 
 impl RequestPlan {
+    /// What the response cost so far, in US dollars: `None` while the provider reported no
+    /// usage, or when the deployment is not priced.
+    pub fn cost(&self) -> Option<f64> {
+        self.deployment.prices?.cost(&self.response.usage())
+    }
+
     /// Whether the plan sets header `name` (lower case, as Envoy and the plan write names)
     /// itself, so a client's value never matters.
     fn sets_header(&self, name: &[u8]) -> bool {
@@ -325,6 +336,8 @@ pub fn plan_chat_request_for(
         stream: summary.stream,
         response: ResponseHandler::new(translator, summary.stream),
         deployment,
+        end_user: summary.end_user.map(Cow::into_owned).unwrap_or_default(),
+        tags: summary.tags.into_iter().map(Cow::into_owned).collect(),
     })
 }
 

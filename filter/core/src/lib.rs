@@ -10,17 +10,20 @@
 #![cfg_attr(test, allow(clippy::indexing_slicing, clippy::string_slice))]
 
 pub mod auth;
+pub mod budget;
 pub mod channel;
 pub mod error;
 pub mod exchange;
 pub mod gateway;
 pub mod metrics;
 pub mod openai_types;
+pub mod pricing;
 pub mod proto;
 pub mod providers;
 pub mod redact;
 pub mod request;
 pub mod snapshot;
+pub mod spend;
 pub mod sse;
 pub mod usage;
 

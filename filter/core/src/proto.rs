@@ -12,13 +12,24 @@ pub struct ControlMessageUsageAck {
     pub usage_ack: ::core::option::Option<UsageAck>,
 }
 
-/// The batch ids a control-plane message acknowledges, when it is a usage acknowledgement.
-pub fn acknowledged_batches(message: &[u8]) -> Option<Vec<u64>> {
+/// The spend update of a [`ControlMessage`] and nothing else.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ControlMessageSpend {
+    /// `ControlMessage.kind.spend` (tag 4).
+    #[prost(message, optional, tag = "4")]
+    pub spend: ::core::option::Option<SpendUpdate>,
+}
+
+/// The usage acknowledgement of a control-plane message, when it is one.
+pub fn acknowledged_batches(message: &[u8]) -> Option<UsageAck> {
     use prost::Message;
-    ControlMessageUsageAck::decode(message)
-        .ok()?
-        .usage_ack
-        .map(|ack| ack.batch_ids)
+    ControlMessageUsageAck::decode(message).ok()?.usage_ack
+}
+
+/// The spend update of a control-plane message, when it is one.
+pub fn spend_update(message: &[u8]) -> Option<SpendUpdate> {
+    use prost::Message;
+    ControlMessageSpend::decode(message).ok()?.spend
 }
 
 impl core::fmt::Debug for Deployment {
@@ -78,7 +89,11 @@ mod tests {
             })),
         };
         let bytes = ack.encode_to_vec();
-        assert_eq!(acknowledged_batches(&bytes), Some(vec![3, 4]));
+        assert_eq!(
+            acknowledged_batches(&bytes).map(|ack| ack.batch_ids),
+            Some(vec![3, 4])
+        );
+        assert_eq!(spend_update(&bytes), None);
         assert!(crate::State::check_control_message(&bytes)
             .unwrap()
             .is_none());

@@ -24,6 +24,11 @@ pub struct ChatRequestSummary<'a> {
     pub stream_options_span: Option<Range<usize>>,
     /// The `stream_options` value as sent (an object or `null`), if present.
     pub stream_options: Option<&'a RawValue>,
+    /// The `user` field: the end user the request is made for (budgets and spend are kept
+    /// per end user too).
+    pub end_user: Option<Cow<'a, str>>,
+    /// `metadata.tags`, LiteLLM's request tags, in order.
+    pub tags: Vec<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -47,6 +52,16 @@ struct ChatRequestView<'a> {
     tools: Option<&'a RawValue>,
     #[serde(borrow)]
     tool_choice: Option<&'a RawValue>,
+    #[serde(borrow)]
+    user: Option<&'a RawValue>,
+    #[serde(borrow)]
+    metadata: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct MetadataView<'a> {
+    #[serde(borrow)]
+    tags: Option<&'a RawValue>,
 }
 
 /// Reads any value, `null` too, which `Option<&RawValue>` would read as absent.
@@ -109,13 +124,20 @@ pub fn summarize_chat_request(body: &[u8]) -> Result<ChatRequestSummary<'_>, Gat
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(empty_body_error());
     }
+    // serde also reads a struct from an array of its fields, in order: refused first, so
+    // an array is not explained as a struct with a bad field either.
+    if body.trim_ascii_start().first() == Some(&b'[') {
+        return Err(GatewayError::invalid(
+            "body",
+            "The request body must be a JSON object.",
+        ));
+    }
     // Path tracking allocates a string per key it passes, so it runs only to explain a body
     // that failed the plain parse.
     let view: ChatRequestView<'_> = match serde_json::from_slice(body) {
         Ok(view) => view,
         Err(_) => return Err(explain_invalid_request(body)),
     };
-    // serde also reads a struct from an array of its fields, in order.
     if body.trim_ascii_start().first() != Some(&b'{') {
         return Err(GatewayError::invalid(
             "body",
@@ -175,6 +197,17 @@ pub fn summarize_chat_request(body: &[u8]) -> Result<ChatRequestSummary<'_>, Gat
         None => false,
     };
 
+    check_json_kind("user", view.user, &[JsonKind::String])?;
+    let end_user = match view.user {
+        Some(raw) => Some(
+            serde_json::from_str::<Cow<'_, str>>(raw.get())
+                .map_err(|_| GatewayError::invalid("user", "user must be a string"))?,
+        ),
+        None => None,
+    }
+    .filter(|user| !user.is_empty());
+    let tags = request_tags(view.metadata)?;
+
     Ok(ChatRequestSummary {
         model,
         model_span: span_of(body, model_raw),
@@ -182,7 +215,25 @@ pub fn summarize_chat_request(body: &[u8]) -> Result<ChatRequestSummary<'_>, Gat
         include_usage,
         stream_options_span: view.stream_options.map(|raw| span_of(body, raw)),
         stream_options: view.stream_options,
+        end_user,
+        tags,
     })
+}
+
+/// The tags of `metadata.tags` (LiteLLM's request tags): an array of strings.
+fn request_tags(metadata: Option<&RawValue>) -> Result<Vec<Cow<'_, str>>, GatewayError> {
+    let metadata = metadata.filter(|raw| raw.get() != "null");
+    check_json_kind("metadata", metadata, &[JsonKind::Object])?;
+    let Some(metadata) = metadata else {
+        return Ok(Vec::new());
+    };
+    let bad_tags =
+        || GatewayError::invalid("metadata.tags", "metadata.tags must be an array of strings");
+    let view: MetadataView<'_> = serde_json::from_str(metadata.get()).map_err(|_| bad_tags())?;
+    match view.tags.filter(|raw| raw.get() != "null") {
+        Some(raw) => serde_json::from_str::<Vec<Cow<'_, str>>>(raw.get()).map_err(|_| bad_tags()),
+        None => Ok(Vec::new()),
+    }
 }
 
 fn validate_message(index: usize, message: &MessageView<'_>) -> Result<(), GatewayError> {

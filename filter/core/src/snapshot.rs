@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::metrics::sanitize_stat_segment;
 use prost::Message;
 
+use crate::pricing::Prices;
 use crate::proto;
 
 mod delta;
@@ -115,6 +116,8 @@ pub struct Deployment {
     pub stat_model: String,
     /// `provider_name` made safe for a stat name.
     pub stat_provider: String,
+    /// What its tokens cost; `None`: not priced (costs are unknown, not 0).
+    pub prices: Option<Prices>,
 }
 
 impl std::fmt::Debug for Deployment {
@@ -131,6 +134,7 @@ impl std::fmt::Debug for Deployment {
             .field("api_version", &self.api_version)
             .field("stat_model", &self.stat_model)
             .field("stat_provider", &self.stat_provider)
+            .field("prices", &self.prices)
             .finish()
     }
 }
@@ -198,8 +202,80 @@ impl ModelGroup {
     }
 }
 
+/// A spending limit of one scope, in US dollars per budget window.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct BudgetLimit {
+    /// Requests are refused once the window's spend reaches it.
+    pub max: Option<f64>,
+    /// Crossing it is reported (a response header), never refused.
+    pub soft: Option<f64>,
+}
+
+impl BudgetLimit {
+    /// The limit the control plane sent, when it sets one (non-finite or negative amounts
+    /// are left out: the control plane validates them, so one here is a bug, not a limit).
+    pub fn of(max: Option<f64>, soft: Option<f64>) -> Option<BudgetLimit> {
+        let amount = |value: Option<f64>| value.filter(|v| v.is_finite() && *v >= 0.0);
+        let limit = BudgetLimit {
+            max: amount(max),
+            soft: amount(soft),
+        };
+        (limit != BudgetLimit::default()).then_some(limit)
+    }
+}
+
+/// The budgets of every scope but keys (keys carry their own), from the snapshot's settings.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Budgets {
+    /// `general_settings.max_budget`: every request counts.
+    pub global: Option<BudgetLimit>,
+    /// By user id.
+    pub users: HashMap<String, BudgetLimit>,
+    /// By team id.
+    pub teams: HashMap<String, BudgetLimit>,
+    /// By end user (the request's `user` field).
+    pub end_users: HashMap<String, BudgetLimit>,
+}
+
+impl Budgets {
+    fn from_proto(budgets: Vec<proto::Budget>, problems: &mut Vec<String>) -> Budgets {
+        let mut built = Budgets::default();
+        for (index, budget) in budgets.into_iter().enumerate() {
+            let Some(limit) = BudgetLimit::of(budget.max_budget, budget.soft_budget) else {
+                continue;
+            };
+            match proto::BudgetScope::try_from(budget.scope) {
+                Ok(proto::BudgetScope::Global) => built.global = Some(limit),
+                Ok(proto::BudgetScope::User) => {
+                    built.users.insert(budget.id, limit);
+                }
+                Ok(proto::BudgetScope::Team) => {
+                    built.teams.insert(budget.id, limit);
+                }
+                Ok(proto::BudgetScope::EndUser) => {
+                    built.end_users.insert(budget.id, limit);
+                }
+                _ => problems.push(format!(
+                    "settings.budgets[{index}]: scope {} is not one settings carry",
+                    budget.scope
+                )),
+            }
+        }
+        built
+    }
+
+    /// Whether no scope here has a budget (most installations: the request path then
+    /// looks nothing up).
+    pub fn is_empty(&self) -> bool {
+        self.global.is_none()
+            && self.users.is_empty()
+            && self.teams.is_empty()
+            && self.end_users.is_empty()
+    }
+}
+
 /// A virtual key, as the filter checks it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct VirtualKey {
     /// Operator-given name.
     pub alias: String,
@@ -213,6 +289,10 @@ pub struct VirtualKey {
     pub blocked: bool,
     /// Unix milliseconds after which the key is refused; 0 means never.
     pub expires_unix_ms: u64,
+    /// The key's own budget.
+    pub budget: Option<BudgetLimit>,
+    /// `model_max_budget`: US dollars per window for each public model name listed.
+    pub model_budgets: Vec<(String, f64)>,
 }
 
 impl VirtualKey {
@@ -236,6 +316,8 @@ pub struct State {
     pub max_request_body_bytes: u64,
     /// Buffered response body limit in bytes.
     pub max_response_body_bytes: u64,
+    /// Budgets of users, teams, end users and the whole gateway.
+    pub budgets: Budgets,
     /// Every deployment in snapshot order, usable or not (what a delta applies onto).
     deployments: Vec<DeploymentSlot>,
     models: HashMap<String, ModelGroup>,
@@ -257,6 +339,7 @@ impl State {
             master_key_sha256: None,
             max_request_body_bytes: DEFAULT_MAX_REQUEST_BODY_BYTES,
             max_response_body_bytes: DEFAULT_MAX_RESPONSE_BODY_BYTES,
+            budgets: Budgets::default(),
             deployments: Vec::with_capacity(snapshot.deployments.len()),
             models: HashMap::new(),
             keys: KeyMap::with_capacity(snapshot.keys.len()),
@@ -298,6 +381,7 @@ impl State {
             settings.max_response_body_bytes,
             DEFAULT_MAX_RESPONSE_BODY_BYTES,
         );
+        self.budgets = Budgets::from_proto(settings.budgets, problems);
     }
 
     /// Groups the usable deployments by public model name, in snapshot order, and renders
@@ -490,6 +574,17 @@ fn add_key(
             models: key.models,
             blocked: key.blocked,
             expires_unix_ms: key.expires_unix_ms,
+            budget: BudgetLimit::of(key.max_budget, key.soft_budget),
+            model_budgets: {
+                // Sorted, so that a key's state does not depend on the map's order.
+                let mut budgets: Vec<(String, f64)> = key
+                    .model_max_budget
+                    .into_iter()
+                    .filter(|(_, amount)| amount.is_finite() && *amount >= 0.0)
+                    .collect();
+                budgets.sort_by(|a, b| a.0.cmp(&b.0));
+                budgets
+            },
         }),
     );
 }
@@ -731,6 +826,7 @@ fn build_deployment(deployment: proto::Deployment) -> Result<Deployment, String>
             deployment.default_max_tokens
         },
         api_version: deployment.api_version,
+        prices: deployment.pricing.as_ref().and_then(Prices::from_proto),
     })
 }
 

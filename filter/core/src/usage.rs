@@ -1,5 +1,7 @@
 //! Token usage as providers report it.
 
+use crate::spend::{charges_of, merge_charges, Charges, SpendBook};
+
 /// Token counts of one response. `None` means the provider did not report the number,
 /// which is not the same as 0 (spend and limits must know the difference).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -10,6 +12,10 @@ pub struct Usage {
     pub completion_tokens: Option<u64>,
     /// The part of `prompt_tokens` served from the provider's prompt cache.
     pub cached_prompt_tokens: Option<u64>,
+    /// The part of `prompt_tokens` written to the provider's prompt cache.
+    pub cache_creation_tokens: Option<u64>,
+    /// The part of `completion_tokens` the model spent reasoning.
+    pub reasoning_tokens: Option<u64>,
 }
 
 impl Usage {
@@ -35,6 +41,12 @@ impl Usage {
         }
         if later.cached_prompt_tokens.is_some() {
             self.cached_prompt_tokens = later.cached_prompt_tokens;
+        }
+        if later.cache_creation_tokens.is_some() {
+            self.cache_creation_tokens = later.cache_creation_tokens;
+        }
+        if later.reasoning_tokens.is_some() {
+            self.reasoning_tokens = later.reasoning_tokens;
         }
     }
 }
@@ -89,7 +101,8 @@ impl TokenCounts {
 /// this holds then: at most `CAPACITY` records.
 #[derive(Debug, Default)]
 pub struct UsageQueue {
-    queued: std::collections::VecDeque<crate::proto::UsageRecord>,
+    /// Records not sent yet, with what each charges.
+    queued: std::collections::VecDeque<(crate::proto::UsageRecord, Charges)>,
     /// Sent batches not acknowledged yet, oldest first, as the encoded `FilterMessage` they
     /// went out as (resent byte for byte), with their record counts.
     unacked: std::collections::VecDeque<SentBatch>,
@@ -99,6 +112,9 @@ pub struct UsageQueue {
     last_batch_id: u64,
     /// Batches of [`Self::unacked`] before this index have been sent on the current stream.
     sent_on_stream: usize,
+    /// Spend per budgeted scope: pushed by the control plane plus the charges of the
+    /// records here (and of stored ones the pushed spend does not count yet).
+    pub spend: SpendBook,
 }
 
 #[derive(Debug)]
@@ -106,6 +122,8 @@ struct SentBatch {
     batch_id: u64,
     records: usize,
     message: Vec<u8>,
+    /// What its records charge, per scope.
+    charges: Charges,
 }
 
 impl UsageQueue {
@@ -119,16 +137,21 @@ impl UsageQueue {
     pub fn push(&mut self, record: crate::proto::UsageRecord) -> usize {
         let mut dropped = 0;
         if self.queued.len() + self.unacked_records >= Self::CAPACITY {
-            // The oldest records are those of the oldest unacknowledged batch.
+            // The oldest records are those of the oldest unacknowledged batch. What they
+            // charged will never reach the control plane: budgets stop counting it.
             if let Some(oldest) = self.unacked.pop_front() {
                 self.unacked_records -= oldest.records;
                 self.sent_on_stream = self.sent_on_stream.saturating_sub(1);
+                self.spend.release(&oldest.charges);
                 dropped = oldest.records;
-            } else if self.queued.pop_front().is_some() {
+            } else if let Some((_, charges)) = self.queued.pop_front() {
+                self.spend.release(&charges);
                 dropped = 1;
             }
         }
-        self.queued.push_back(record);
+        let charges = charges_of(&record);
+        self.spend.charge(&charges);
+        self.queued.push_back((record, charges));
         dropped
     }
 
@@ -147,8 +170,17 @@ impl UsageQueue {
         }
         let take = self.queued.len().min(Self::BATCH);
         self.last_batch_id += 1;
+        let mut charges = Charges::new();
+        let records = self
+            .queued
+            .drain(..take)
+            .map(|(record, record_charges)| {
+                merge_charges(&mut charges, record_charges);
+                record
+            })
+            .collect();
         let batch = crate::proto::UsageBatch {
-            records: self.queued.drain(..take).collect(),
+            records,
             batch_id: self.last_batch_id,
         };
         let message = crate::proto::FilterMessage {
@@ -158,14 +190,16 @@ impl UsageQueue {
             batch_id: self.last_batch_id,
             records: take,
             message: prost::Message::encode_to_vec(&message),
+            charges,
         });
         self.unacked_records += take;
         self.sent_on_stream = self.unacked.len();
         self.unacked.back().map(|batch| batch.message.as_slice())
     }
 
-    /// The control plane stored these batches: they are forgotten.
-    pub fn acknowledge(&mut self, batch_ids: &[u64]) {
+    /// The control plane stored these batches (at `ledger_seq`, see [`SpendBook`]): they
+    /// are forgotten, and their charges wait for a spend update that counts them.
+    pub fn acknowledge(&mut self, batch_ids: &[u64], ledger_seq: u64) {
         let mut at = 0;
         while at < self.unacked.len() {
             let acked = self
@@ -175,6 +209,7 @@ impl UsageQueue {
             if acked {
                 if let Some(batch) = self.unacked.remove(at) {
                     self.unacked_records -= batch.records;
+                    self.spend.stored(batch.charges, ledger_seq);
                 }
                 if at < self.sent_on_stream {
                     self.sent_on_stream -= 1;
@@ -189,6 +224,7 @@ impl UsageQueue {
     /// next one.
     pub fn stream_lost(&mut self) {
         self.sent_on_stream = 0;
+        self.spend.stream_lost();
     }
 
     /// Records waiting: queued, and sent but not acknowledged.
@@ -249,6 +285,7 @@ mod tests {
             prompt_tokens: Some(0),
             completion_tokens: Some(0),
             cached_prompt_tokens: None,
+            ..Default::default()
         };
         assert!(zero.is_reported());
         assert_eq!(zero.total_tokens(), Some(0));
@@ -261,6 +298,7 @@ mod tests {
             prompt_tokens: Some(u64::MAX),
             completion_tokens: Some(1),
             cached_prompt_tokens: None,
+            ..Default::default()
         };
         assert_eq!(huge.total_tokens(), Some(u64::MAX));
     }
@@ -273,6 +311,7 @@ mod tests {
             prompt_tokens: Some(u64::MAX),
             completion_tokens: Some(u64::MAX),
             cached_prompt_tokens: None,
+            ..Default::default()
         };
         let mut counts = TokenCounts::default();
         counts.add(TokenCounts::of_response(200, &huge));
@@ -286,11 +325,13 @@ mod tests {
             prompt_tokens: Some(10),
             completion_tokens: Some(1),
             cached_prompt_tokens: None,
+            ..Default::default()
         };
         usage.merge(Usage {
             prompt_tokens: None,
             completion_tokens: Some(7),
             cached_prompt_tokens: None,
+            ..Default::default()
         });
         assert_eq!(usage.prompt_tokens, Some(10));
         assert_eq!(usage.completion_tokens, Some(7));
@@ -302,6 +343,7 @@ mod tests {
             prompt_tokens: Some(3),
             completion_tokens: Some(0),
             cached_prompt_tokens: None,
+            ..Default::default()
         };
         assert_eq!(
             TokenCounts::of_response(200, &reported),
@@ -356,7 +398,7 @@ mod tests {
         );
 
         // The stream breaks before the first batch is acknowledged, after the second is.
-        queue.acknowledge(&[2]);
+        queue.acknowledge(&[2], 0);
         assert_eq!(queue.len(), UsageQueue::BATCH);
         queue.stream_lost();
         queue.push(record(9999));
@@ -365,7 +407,7 @@ mod tests {
         let new = batch_of(queue.next_message().unwrap());
         assert_eq!((new.batch_id, new.records[0].id.as_str()), (3, "9999"));
         assert!(queue.next_message().is_none());
-        queue.acknowledge(&[1, 3, 77]);
+        queue.acknowledge(&[1, 3, 77], 0);
         assert!(queue.is_empty());
         queue.stream_lost();
         assert!(queue.next_message().is_none());

@@ -181,6 +181,7 @@ fn usage_json(usage: Usage) -> Value {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "cached_prompt_tokens": usage.cached_prompt_tokens,
+        "cache_creation_tokens": usage.cache_creation_tokens,
     })
 }
 

@@ -66,6 +66,8 @@ fn expected_usage(case: &Path) -> Option<Usage> {
         prompt_tokens: value["prompt_tokens"].as_u64(),
         completion_tokens: value["completion_tokens"].as_u64(),
         cached_prompt_tokens: value["cached_prompt_tokens"].as_u64(),
+        cache_creation_tokens: value["cache_creation_tokens"].as_u64(),
+        reasoning_tokens: value["reasoning_tokens"].as_u64(),
     })
 }
 

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tollgate_core::exchange::Host;
 use tollgate_core::gateway::ROUTE_HEADER;
 use tollgate_core::usage::TokenCounts;
-use tollgate_core::{metrics, RequestPlan};
+use tollgate_core::{metrics, proto, RequestPlan};
 
 use crate::abi::{
     self, ConfigEnvoyPtr, EnvoyBuffer, EnvoyHttpHeader, FilterEnvoyPtr, ModuleBuffer,
@@ -284,18 +284,40 @@ unsafe fn envoy_array<T: Copy>(
 }
 
 /// [`Host`] for the native module, for one hook call.
-pub struct NativeHost {
+pub struct NativeHost<'s> {
     filter: Filter,
+    /// Where budgets are checked: the module's spend book (only the request body hook
+    /// checks them).
+    spend: Option<&'s dyn SpendSource>,
 }
 
-impl NativeHost {
-    /// The host of one hook call.
+/// What a scope has spent in its budget window, as the module knows it.
+pub trait SpendSource {
+    /// See [`Host::spend`].
+    fn spend(&self, scope: proto::BudgetScope, id: &str, now_ms: u64) -> f64;
+}
+
+impl NativeHost<'static> {
+    /// The host of one hook call that checks no budget.
     pub fn new(filter: Filter) -> Self {
-        NativeHost { filter }
+        NativeHost {
+            filter,
+            spend: None,
+        }
     }
 }
 
-impl Host for NativeHost {
+impl<'s> NativeHost<'s> {
+    /// The host of one hook call that may check budgets against `spend`.
+    pub fn with_spend(filter: Filter, spend: &'s dyn SpendSource) -> Self {
+        NativeHost {
+            filter,
+            spend: Some(spend),
+        }
+    }
+}
+
+impl Host for NativeHost<'_> {
     fn now_ms(&mut self) -> u64 {
         now_ms()
     }
@@ -370,6 +392,11 @@ impl Host for NativeHost {
 
     fn replace_response_body(&mut self, _size: usize, body: &[u8]) {
         self.filter.replace_body(Direction::Response, body);
+    }
+
+    fn spend(&mut self, scope: proto::BudgetScope, id: &str, now_ms: u64) -> f64 {
+        self.spend
+            .map_or(0.0, |source| source.spend(scope, id, now_ms))
     }
 }
 

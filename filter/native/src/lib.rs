@@ -305,7 +305,7 @@ fn on_body(
         }
         let envoy_filter = Filter::new(filter_envoy);
         let size = envoy_filter.body_size(direction);
-        let host = &mut NativeHost::new(envoy_filter);
+        let host = &mut NativeHost::with_spend(envoy_filter, this.shared.as_ref());
         let verdict = if request {
             this.exchange.on_request_body(host, size, end_of_stream)
         } else {

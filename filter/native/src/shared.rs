@@ -148,9 +148,14 @@ impl Shared {
     /// latency histograms, and the usage record for the control plane's next batch.
     pub fn record_outcome(&self, filter: envoy::Filter, outcome: Outcome<'_>) {
         match outcome {
-            Outcome::Answered { status } => {
-                let mut pending = self.pending();
-                *pending.gateway_answers.entry(status).or_insert(0) += 1;
+            Outcome::Answered { status, record } => {
+                {
+                    let mut pending = self.pending();
+                    *pending.gateway_answers.entry(status).or_insert(0) += 1;
+                }
+                if let Some(record) = record {
+                    self.queue_usage(record);
+                }
             }
             Outcome::Upstream(upstream) => {
                 let deployment = &upstream.plan.deployment;
@@ -249,6 +254,12 @@ impl Shared {
         }
     }
 
+    /// What `scope`/`id` has spent in its budget window (the spend book is in the usage
+    /// queue: charges leave it as the control plane's pushed spend counts them).
+    pub fn spend(&self, scope: proto::BudgetScope, id: &str, now_ms: u64) -> f64 {
+        self.usage().spend.spend(scope, id, now_ms)
+    }
+
     /// The queued usage records, for the control-plane thread.
     pub fn usage(&self) -> std::sync::MutexGuard<'_, UsageQueue> {
         self.usage.lock().unwrap_or_else(PoisonError::into_inner)
@@ -264,5 +275,11 @@ impl Shared {
     /// Whether [`Self::stop`] was called.
     pub fn stopped(&self) -> bool {
         self.stopped.load(Ordering::Relaxed)
+    }
+}
+
+impl crate::envoy::SpendSource for Shared {
+    fn spend(&self, scope: proto::BudgetScope, id: &str, now_ms: u64) -> f64 {
+        Shared::spend(self, scope, id, now_ms)
     }
 }

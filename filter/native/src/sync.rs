@@ -273,8 +273,12 @@ async fn session(
                         crate::envoy::log_info(&format!("tollgate: connected to the control plane at {url}"));
                         connected = true;
                     }
-                    if let Some(batch_ids) = proto::acknowledged_batches(&message) {
-                        shared.usage().acknowledge(&batch_ids);
+                    if let Some(ack) = proto::acknowledged_batches(&message) {
+                        shared.usage().acknowledge(&ack.batch_ids, ack.ledger_seq);
+                        continue;
+                    }
+                    if let Some(update) = proto::spend_update(&message) {
+                        shared.usage().spend.apply(&update);
                         continue;
                     }
                     match shared.install(&message) {

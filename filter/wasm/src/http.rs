@@ -8,7 +8,7 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType};
 use tollgate_core::exchange::{Exchange, Host, RequestHeaders, Verdict};
-use tollgate_core::RequestPlan;
+use tollgate_core::{proto, RequestPlan};
 
 use crate::header_map::HeaderPairs;
 use crate::host;
@@ -19,9 +19,10 @@ const JSON_HEADERS: [(&str, &str); 1] = [("content-type", "application/json")];
 /// The proxy-wasm side of [`Host`]. Keeps the client's request headers, read in one host
 /// call, so the upstream header map can be written back in one call too: every host call
 /// crosses the VM boundary.
-#[derive(Default)]
 struct WasmHost {
     request_headers: HeaderPairs,
+    /// The VM's spend book (in its usage queue) is what budgets are checked against.
+    shared: Rc<RefCell<VmShared>>,
 }
 
 impl Host for WasmHost {
@@ -62,6 +63,14 @@ impl Host for WasmHost {
     fn replace_response_body(&mut self, size: usize, body: &[u8]) {
         host::replace_body(BufferType::HttpResponseBody, size, body);
     }
+
+    fn spend(&mut self, scope: proto::BudgetScope, id: &str, now_ms: u64) -> f64 {
+        // Nothing else holds the VM's state while a request event runs (one thread per VM);
+        // were it held, refusing on a guess would be worse than one unchecked request.
+        self.shared
+            .try_borrow()
+            .map_or(0.0, |shared| shared.spend(scope, id, now_ms))
+    }
 }
 
 fn action(verdict: Verdict) -> Action {
@@ -82,8 +91,11 @@ impl TollgateHttp {
     /// A context for a new request.
     pub fn new(shared: Rc<RefCell<VmShared>>) -> Self {
         TollgateHttp {
+            host: WasmHost {
+                request_headers: HeaderPairs::default(),
+                shared: shared.clone(),
+            },
             shared,
-            host: WasmHost::default(),
             exchange: Exchange::new(),
         }
     }

@@ -195,10 +195,20 @@ impl VmShared {
         }
     }
 
+    /// What `scope`/`id` has spent in its budget window, as this VM knows it.
+    pub fn spend(&self, scope: proto::BudgetScope, id: &str, now_ms: u64) -> f64 {
+        self.usage.spend.spend(scope, id, now_ms)
+    }
+
     /// Records how an exchange ended: metrics, and for an upstream request its usage record.
     pub fn record_outcome(&mut self, outcome: Outcome<'_>) {
         match outcome {
-            Outcome::Answered { status } => self.count_gateway_answer(status),
+            Outcome::Answered { status, record } => {
+                self.count_gateway_answer(status);
+                if let Some(record) = record {
+                    self.queue_usage(record);
+                }
+            }
             Outcome::Upstream(upstream) => {
                 if upstream.response_too_large {
                     self.count(metrics::RESPONSES_TOO_LARGE, 1);
@@ -426,8 +436,15 @@ impl TollgateRoot {
     /// Takes a control-plane message and acknowledges the version it leads to; drops the
     /// stream when the VM needs a full snapshot instead (the next stream starts with one).
     fn receive(&mut self, message: Vec<u8>) {
-        if let Some(batch_ids) = proto::acknowledged_batches(&message) {
-            self.shared.borrow_mut().usage.acknowledge(&batch_ids);
+        if let Some(ack) = proto::acknowledged_batches(&message) {
+            self.shared
+                .borrow_mut()
+                .usage
+                .acknowledge(&ack.batch_ids, ack.ledger_seq);
+            return;
+        }
+        if let Some(update) = proto::spend_update(&message) {
+            self.shared.borrow_mut().usage.spend.apply(&update);
             return;
         }
         let version = self.shared.borrow_mut().take_update(message, &self.vm_id);

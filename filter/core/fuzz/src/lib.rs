@@ -132,11 +132,17 @@ pub struct ReferenceUsage {
     prompt_tokens: Option<u64>,
     completion_tokens: Option<u64>,
     prompt_tokens_details: Option<ReferenceDetails>,
+    completion_tokens_details: Option<ReferenceCompletionDetails>,
 }
 
 #[derive(Deserialize)]
 struct ReferenceDetails {
     cached_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct ReferenceCompletionDetails {
+    reasoning_tokens: Option<u64>,
 }
 
 impl From<ReferenceUsage> for Usage {
@@ -147,6 +153,10 @@ impl From<ReferenceUsage> for Usage {
             cached_prompt_tokens: reported
                 .prompt_tokens_details
                 .and_then(|details| details.cached_tokens),
+            cache_creation_tokens: None,
+            reasoning_tokens: reported
+                .completion_tokens_details
+                .and_then(|details| details.reasoning_tokens),
         }
     }
 }

@@ -665,6 +665,9 @@ impl AnthropicUsage {
             prompt_tokens: self.prompt_tokens(),
             completion_tokens: self.output_tokens,
             cached_prompt_tokens: self.cache_read_input_tokens,
+            cache_creation_tokens: self.cache_creation_input_tokens,
+            // Anthropic counts thinking in output_tokens and does not report it apart.
+            reasoning_tokens: None,
         }
     }
 

@@ -84,11 +84,17 @@ pub struct OpenAiUsage {
     prompt_tokens: Option<u64>,
     completion_tokens: Option<u64>,
     prompt_tokens_details: Option<PromptTokensDetails>,
+    completion_tokens_details: Option<CompletionTokensDetails>,
 }
 
 #[derive(Debug, Deserialize)]
 struct PromptTokensDetails {
     cached_tokens: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CompletionTokensDetails {
+    reasoning_tokens: Option<u64>,
 }
 
 impl From<OpenAiUsage> for Usage {
@@ -99,6 +105,11 @@ impl From<OpenAiUsage> for Usage {
             cached_prompt_tokens: usage
                 .prompt_tokens_details
                 .and_then(|details| details.cached_tokens),
+            // OpenAI does not report cache writes: they are priced as plain input.
+            cache_creation_tokens: None,
+            reasoning_tokens: usage
+                .completion_tokens_details
+                .and_then(|details| details.reasoning_tokens),
         }
     }
 }

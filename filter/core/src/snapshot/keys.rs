@@ -91,6 +91,8 @@ mod tests {
             models: Vec::new(),
             blocked: false,
             expires_unix_ms: 0,
+            budget: None,
+            model_budgets: Vec::new(),
         })
     }
 
