@@ -638,6 +638,8 @@ impl Manager {
             None => None,
         };
         let row = KeyRow {
+            budget: Default::default(),
+            model_max_budget: Default::default(),
             token: sha256_hex(&clear),
             key_name: mask_key(&clear),
             key_alias: non_empty("key_alias", request.key_alias)?,
@@ -770,6 +772,7 @@ impl Manager {
         }
         let now = i64::try_from(now_unix_ms()).unwrap_or(i64::MAX);
         let user = UserRow {
+            budget: Default::default(),
             user_id: non_empty("user_id", request.user_id)?.unwrap_or_else(new_id),
             user_email: non_empty("user_email", request.user_email)?,
             user_role: role,
@@ -787,6 +790,8 @@ impl Manager {
             Some((
                 clear.clone(),
                 KeyRow {
+                    budget: Default::default(),
+                    model_max_budget: Default::default(),
                     token: sha256_hex(&clear),
                     key_name: mask_key(&clear),
                     key_alias: non_empty("key_alias", request.key_alias)?,
@@ -849,6 +854,7 @@ impl Manager {
         Self::check_members("members_with_roles", &request.members)?;
         let now = i64::try_from(now_unix_ms()).unwrap_or(i64::MAX);
         let team = TeamRow {
+            budget: Default::default(),
             team_id: non_empty("team_id", request.team_id)?.unwrap_or_else(new_id),
             team_alias: non_empty("team_alias", request.team_alias)?,
             models: request.models,

@@ -353,6 +353,8 @@ async fn sqlite_url_without_mode_creates_the_file() {
 
 fn key_row(token: &str, alias: Option<&str>, team: Option<&str>) -> KeyRow {
     KeyRow {
+        budget: Default::default(),
+        model_max_budget: Default::default(),
         token: token.into(),
         key_name: "sk-...test".into(),
         key_alias: alias.map(str::to_string),
@@ -369,6 +371,7 @@ fn key_row(token: &str, alias: Option<&str>, team: Option<&str>) -> KeyRow {
 
 fn team_row(id: &str, alias: Option<&str>) -> TeamRow {
     TeamRow {
+        budget: Default::default(),
         team_id: id.into(),
         team_alias: alias.map(str::to_string),
         models: Vec::new(),
@@ -443,6 +446,7 @@ async fn management_writes_fail_with_store_errors(store: &Store) {
     assert!(store.key("t1").await.unwrap().is_some());
 
     let user = UserRow {
+        budget: Default::default(),
         user_id: "u1".into(),
         user_email: None,
         user_role: "internal_user".into(),

@@ -633,6 +633,8 @@ async fn unusable_tls_files_are_reported_at_start() {
 /// A stored key with clear key `sk-delta-{i}`.
 fn key_row(i: usize) -> KeyRow {
     KeyRow {
+        budget: Default::default(),
+        model_max_budget: Default::default(),
         token: sha256_hex(&format!("sk-delta-{i}")),
         key_name: format!("sk-...{i:04}"),
         key_alias: Some(format!("delta-{i}")),

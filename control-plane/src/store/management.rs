@@ -13,6 +13,26 @@ use super::{
 };
 use crate::config::ProviderKind;
 
+/// A spending limit as stored on a key, user or team (LiteLLM's fields).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BudgetFields {
+    /// US dollars per window; requests are refused once spent.
+    pub max_budget: Option<f64>,
+    /// US dollars per window; crossing it alerts, never refuses.
+    pub soft_budget: Option<f64>,
+    /// The window as written ("30d"); `None`: the spend never resets.
+    pub budget_duration: Option<String>,
+    /// [`Self::budget_duration`] in milliseconds (validated by the caller).
+    pub budget_duration_ms: Option<i64>,
+}
+
+impl BudgetFields {
+    /// Whether a budget or a window is set at all.
+    pub fn is_set(&self) -> bool {
+        self.max_budget.is_some() || self.soft_budget.is_some() || self.budget_duration.is_some()
+    }
+}
+
 /// A virtual key as stored (never the clear key).
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeyRow {
@@ -38,6 +58,10 @@ pub struct KeyRow {
     pub created_at: i64,
     /// Unix ms.
     pub updated_at: i64,
+    /// The key's budget.
+    pub budget: BudgetFields,
+    /// `model_max_budget`: US dollars per window for each public model name.
+    pub model_max_budget: BTreeMap<String, f64>,
 }
 
 /// A user.
@@ -57,6 +81,8 @@ pub struct UserRow {
     pub created_at: i64,
     /// Unix ms.
     pub updated_at: i64,
+    /// The user's budget.
+    pub budget: BudgetFields,
 }
 
 /// A team member as stored.
@@ -100,6 +126,8 @@ pub struct TeamRow {
     pub created_at: i64,
     /// Unix ms.
     pub updated_at: i64,
+    /// The team's budget.
+    pub budget: BudgetFields,
 }
 
 /// Everything a snapshot is built from, read in one consistent transaction.
@@ -152,10 +180,60 @@ fn list_text(list: &[String]) -> String {
 }
 
 const KEY_COLUMNS: &str = "token, key_name, key_alias, user_id, team_id, models, blocked, \
-     expires, metadata, created_at, updated_at";
-const USER_COLUMNS: &str =
-    "user_id, user_email, user_role, models, metadata, created_at, updated_at";
-const TEAM_COLUMNS: &str = "team_id, team_alias, models, metadata, blocked, created_at, updated_at";
+     expires, metadata, created_at, updated_at, max_budget, soft_budget, budget_duration, \
+     model_max_budget";
+const USER_COLUMNS: &str = "user_id, user_email, user_role, models, metadata, created_at, \
+     updated_at, max_budget, soft_budget, budget_duration";
+const TEAM_COLUMNS: &str =
+    "team_id, team_alias, models, metadata, blocked, created_at, updated_at, \
+     max_budget, soft_budget, budget_duration";
+
+/// The budget columns of a row. The duration in ms is not stored: it is parsed again from
+/// the text, which was validated when written.
+macro_rules! decode_budget {
+    ($row:expr) => {{
+        let row = $row;
+        let budget_duration: Option<String> = row.try_get("budget_duration")?;
+        BudgetFields {
+            max_budget: row.try_get("max_budget")?,
+            soft_budget: row.try_get("soft_budget")?,
+            budget_duration_ms: budget_duration
+                .as_deref()
+                .and_then(|text| crate::manage::parse_duration("budget_duration", text).ok()),
+            budget_duration,
+        }
+    }};
+}
+
+/// Reads a stored `model_max_budget` JSON object (written by this code: a bad one is empty).
+fn model_budgets(text: &str) -> BTreeMap<String, f64> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+/// Starts or keeps the budget window of `scope`/`id` in `spend_totals`: with a duration, the
+/// window ends `duration` after now unless one of that length is already running; without
+/// one, the spend never resets.
+macro_rules! set_budget_window {
+    ($tx:ident, $scope:expr, $id:expr, $budget:expr, $now:expr) => {{
+        let budget: &BudgetFields = $budget;
+        let duration_ms = budget.budget_duration_ms.unwrap_or(0).max(0);
+        let reset_at = if duration_ms > 0 { $now.saturating_add(duration_ms) } else { 0 };
+        sqlx::query(
+            "INSERT INTO spend_totals (scope, scope_id, spend, reset_at, budget_duration_ms, \
+             updated_ms) VALUES ($1, $2, 0, $3, $4, $5) ON CONFLICT (scope, scope_id) DO UPDATE \
+             SET reset_at = CASE WHEN spend_totals.budget_duration_ms = excluded.budget_duration_ms \
+             AND spend_totals.reset_at <> 0 THEN spend_totals.reset_at ELSE excluded.reset_at END, \
+             budget_duration_ms = excluded.budget_duration_ms, updated_ms = excluded.updated_ms",
+        )
+        .bind($scope)
+        .bind($id.to_string())
+        .bind(reset_at)
+        .bind(duration_ms)
+        .bind($now)
+        .execute(&mut *$tx)
+        .await?;
+    }};
+}
 
 macro_rules! decode_key {
     ($row:expr) => {{
@@ -174,6 +252,8 @@ macro_rules! decode_key {
             metadata: json_object(&metadata),
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
+            budget: decode_budget!(row),
+            model_max_budget: model_budgets(&row.try_get::<String, _>("model_max_budget")?),
         }
     }};
 }
@@ -191,6 +271,7 @@ macro_rules! decode_user {
             metadata: json_object(&metadata),
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
+            budget: decode_budget!(row),
         }
     }};
 }
@@ -209,6 +290,7 @@ macro_rules! decode_team {
             members: Vec::new(),
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
+            budget: decode_budget!(row),
         }
     }};
 }
@@ -220,8 +302,9 @@ macro_rules! insert_key {
         let key: &KeyRow = $key;
         sqlx::query(
             "INSERT INTO virtual_keys (token, key_name, key_alias, user_id, team_id, models, \
-             blocked, expires, metadata, created_at, updated_at, changed_version) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+             blocked, expires, metadata, created_at, updated_at, changed_version, max_budget, \
+             soft_budget, budget_duration, model_max_budget) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         )
         .bind(key.token.clone())
         .bind(key.key_name.clone())
@@ -235,8 +318,15 @@ macro_rules! insert_key {
         .bind(key.created_at)
         .bind(key.updated_at)
         .bind(to_i64($version))
+        .bind(key.budget.max_budget)
+        .bind(key.budget.soft_budget)
+        .bind(key.budget.budget_duration.clone())
+        .bind(serde_json::to_string(&key.model_max_budget).unwrap_or_else(|_| "{}".into()))
         .execute(&mut *$tx)
         .await?;
+        if key.budget.is_set() {
+            set_budget_window!($tx, "key", key.token, &key.budget, key.created_at);
+        }
     }};
 }
 
@@ -582,7 +672,8 @@ impl Store {
             sqlx::query(
                 "UPDATE virtual_keys SET token = $1, key_name = $2, key_alias = $3, user_id = $4, \
                  team_id = $5, models = $6, blocked = $7, expires = $8, metadata = $9, \
-                 updated_at = $10, changed_version = $11 WHERE token = $12",
+                 updated_at = $10, changed_version = $11, max_budget = $13, soft_budget = $14, \
+                 budget_duration = $15, model_max_budget = $16 WHERE token = $12",
             )
             .bind(updated.token.clone())
             .bind(updated.key_name.clone())
@@ -596,8 +687,25 @@ impl Store {
             .bind(now)
             .bind(to_i64(version))
             .bind(key.token.clone())
+            .bind(updated.budget.max_budget)
+            .bind(updated.budget.soft_budget)
+            .bind(updated.budget.budget_duration.clone())
+            .bind(serde_json::to_string(&updated.model_max_budget).unwrap_or_else(|_| "{}".into()))
             .execute(&mut *tx)
             .await?;
+            if updated.token != key.token {
+                // The spend of the key's window stays with the key under its new token.
+                sqlx::query(
+                    "UPDATE spend_totals SET scope_id = $1, updated_ms = $2 \
+                     WHERE scope = 'key' AND scope_id = $3",
+                )
+                .bind(updated.token.clone())
+                .bind(now)
+                .bind(key.token.clone())
+                .execute(&mut *tx)
+                .await?;
+            }
+            set_budget_window!(tx, "key", updated.token, &updated.budget, now);
             if updated.token != key.token {
                 record_removed_key!(tx, key.token, version);
             }
@@ -676,7 +784,8 @@ impl Store {
             }
             sqlx::query(
                 "INSERT INTO users (user_id, user_email, user_role, models, metadata, created_at, \
-                 updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                 updated_at, max_budget, soft_budget, budget_duration) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             )
             .bind(user.user_id.clone())
             .bind(user.user_email.clone())
@@ -685,8 +794,14 @@ impl Store {
             .bind(user.metadata.to_string())
             .bind(user.created_at)
             .bind(user.updated_at)
+            .bind(user.budget.max_budget)
+            .bind(user.budget.soft_budget)
+            .bind(user.budget.budget_duration.clone())
             .execute(&mut *tx)
             .await?;
+            if user.budget.is_set() {
+                set_budget_window!(tx, "user", user.user_id, &user.budget, user.created_at);
+            }
             if let Some(key) = key {
                 require_free_key_alias!(tx, key.key_alias.as_deref(), None::<&str>);
                 insert_key!(tx, key, version);
@@ -771,7 +886,8 @@ impl Store {
             }
             sqlx::query(
                 "INSERT INTO teams (team_id, team_alias, models, metadata, blocked, created_at, \
-                 updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                 updated_at, max_budget, soft_budget, budget_duration) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             )
             .bind(team.team_id.clone())
             .bind(team.team_alias.clone())
@@ -780,8 +896,14 @@ impl Store {
             .bind(team.blocked)
             .bind(team.created_at)
             .bind(team.updated_at)
+            .bind(team.budget.max_budget)
+            .bind(team.budget.soft_budget)
+            .bind(team.budget.budget_duration.clone())
             .execute(&mut *tx)
             .await?;
+            if team.budget.is_set() {
+                set_budget_window!(tx, "team", team.team_id, &team.budget, team.created_at);
+            }
             add_members!(tx, &team.team_id, members, now);
             notify_change!(self, tx, version);
             tx.commit().await?;
