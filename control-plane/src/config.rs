@@ -5,13 +5,14 @@
 //! Invalid values of the keys Tollgate does use are errors, also with the field's path, and
 //! every problem of a file is reported at once rather than one per run.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde_yaml::{Mapping, Value};
 use sha2::{Digest, Sha256};
 
+use crate::pricing::{check_price, Prices, PRICE_FIELDS};
 use crate::proto;
 
 /// `max_tokens` sent to Anthropic when neither the client nor the config gives one
@@ -150,7 +151,7 @@ const KNOWN_UNSUPPORTED_LITELLM_PARAMS: &[&str] = &[
     "aws_secret_access_key", "aws_session_token", "aws_region_name", "aws_role_name",
     "aws_session_name", "aws_profile_name", "aws_bedrock_runtime_endpoint",
     "aws_web_identity_token", "vertex_project", "vertex_location", "vertex_credentials",
-    "input_cost_per_token", "output_cost_per_token", "input_cost_per_second",
+    "input_cost_per_second",
     "output_cost_per_second", "input_cost_per_pixel", "output_cost_per_pixel",
     "custom_llm_provider", "tags", "extra_headers", "headers", "temperature", "top_p", "stop",
     "seed", "drop_params", "additional_drop_params", "merge_reasoning_content_in_choices",
@@ -219,6 +220,14 @@ pub struct GeneralSettings {
     pub max_request_size_mb: Option<f64>,
     /// Largest buffered response body, in MiB.
     pub max_response_size_mb: Option<f64>,
+    /// `cost_per_token`: public model name -> US dollars per token, one price for input and
+    /// output (see [`crate::pricing`] for where it stands among the prices).
+    pub cost_per_token: BTreeMap<String, f64>,
+    /// A price table in LiteLLM's `model_prices_and_context_window.json` format over the
+    /// built-in one. Tollgate's own key (`model_prices_file`), also set by
+    /// `--model-prices-file` / `TOLLGATE_MODEL_PRICES_FILE`; a relative path in the file is
+    /// relative to the config file's directory.
+    pub model_prices_file: Option<PathBuf>,
 }
 
 impl fmt::Debug for GeneralSettings {
@@ -235,6 +244,8 @@ impl fmt::Debug for GeneralSettings {
             .field("max_request_size_mb", &self.max_request_size_mb)
             .field("max_response_size_mb", &self.max_response_size_mb)
             .field("api_env_prefixes", &self.api_env_prefixes)
+            .field("cost_per_token", &self.cost_per_token)
+            .field("model_prices_file", &self.model_prices_file)
             .finish()
     }
 }
@@ -279,8 +290,10 @@ pub struct DeploymentConfig {
     pub api_version: Option<String>,
     /// `max_tokens` for providers that require one (Anthropic gets 4096 by default).
     pub default_max_tokens: Option<u32>,
-    /// `model_info`, kept as given.
+    /// `model_info`, kept as given (its prices and `base_model` were checked).
     pub model_info: Option<serde_json::Value>,
+    /// Prices given in `litellm_params`.
+    pub pricing: Prices,
 }
 
 impl fmt::Debug for DeploymentConfig {
@@ -297,6 +310,7 @@ impl fmt::Debug for DeploymentConfig {
             .field("api_version", &self.api_version)
             .field("default_max_tokens", &self.default_max_tokens)
             .field("model_info", &self.model_info)
+            .field("pricing", &self.pricing)
             .finish()
     }
 }
@@ -364,9 +378,16 @@ pub fn load_file(path: &Path) -> Result<LoadedConfig, ConfigError> {
         path: path.to_path_buf(),
         source,
     })?;
-    parse(&text, &path.display().to_string(), &|name| {
+    let mut loaded = parse(&text, &path.display().to_string(), &|name| {
         std::env::var(name).ok()
-    })
+    })?;
+    let general = &mut loaded.config.general;
+    if let (Some(file), Some(dir)) = (&general.model_prices_file, path.parent()) {
+        if file.is_relative() {
+            general.model_prices_file = Some(dir.join(file));
+        }
+    }
+    Ok(loaded)
 }
 
 /// The environment variables the management API may read, by name prefix: the operator's
@@ -816,6 +837,8 @@ impl Checker<'_> {
                 "max_request_size_mb",
                 "max_response_size_mb",
                 "api_env_prefixes",
+                "cost_per_token",
+                "model_prices_file",
             ],
             KNOWN_UNSUPPORTED_GENERAL_SETTINGS,
         );
@@ -854,13 +877,83 @@ impl Checker<'_> {
         let max_request_size_mb = size(self, "max_request_size_mb");
         let max_response_size_mb = size(self, "max_response_size_mb");
         let api_env_prefixes = self.api_env_prefixes(map, PATH);
+        let cost_per_token = self.cost_per_token(map, PATH);
+        let model_prices_file = match self.string(map, "model_prices_file", PATH) {
+            Some(file) if file.trim().is_empty() => {
+                self.error(
+                    &format!("{PATH}.model_prices_file"),
+                    "must not be empty (remove it to use the built-in prices alone)",
+                );
+                None
+            }
+            file => file.map(PathBuf::from),
+        };
         GeneralSettings {
             api_env_prefixes,
             master_key,
             database_url,
             max_request_size_mb,
             max_response_size_mb,
+            cost_per_token,
+            model_prices_file,
         }
+    }
+
+    /// A price field: absent is `None`; anything but a non-negative number is an error.
+    fn price(&mut self, map: &Mapping, key: &str, path: &str) -> Option<f64> {
+        let value = self.number(map, key, path)??;
+        match check_price(value) {
+            Ok(price) => Some(price),
+            Err(message) => {
+                self.error(&format!("{path}.{key}"), message);
+                None
+            }
+        }
+    }
+
+    /// The five prices of `map` (`litellm_params`), each checked.
+    fn prices(&mut self, map: &Mapping, path: &str) -> Prices {
+        let mut prices = Prices::default();
+        for field in PRICE_FIELDS {
+            prices.set(field, self.price(map, field, path));
+        }
+        prices
+    }
+
+    /// `cost_per_token`: a mapping of public model names to prices.
+    fn cost_per_token(&mut self, map: &Mapping, path: &str) -> BTreeMap<String, f64> {
+        let field = format!("{path}.cost_per_token");
+        let entries = match map.get("cost_per_token") {
+            None | Some(Value::Null) => return BTreeMap::new(),
+            Some(Value::Mapping(entries)) => entries,
+            Some(other) => {
+                self.error(
+                    &field,
+                    format!(
+                        "must be a mapping of model names to US dollars per token, got {}",
+                        type_name(other)
+                    ),
+                );
+                return BTreeMap::new();
+            }
+        };
+        let mut prices = BTreeMap::new();
+        for key in entries.keys() {
+            let name = key_name(key);
+            if name.trim().is_empty() {
+                self.error(&field, "a model name must not be empty");
+                continue;
+            }
+            // Keyed by the name as written, so a numeric key (`4: 1e-6`) is looked up as text.
+            let mut single = Mapping::new();
+            if let Some(value) = entries.get(key) {
+                single.insert(Value::String(name.clone()), value.clone());
+            }
+            if let Some(price) = self.price(&single, &name, &field) {
+                prices.insert(name, price);
+            }
+        }
+        prices
     }
 
     /// `api_env_prefixes`: a list of prefixes, or one string of comma-separated prefixes.
@@ -1020,9 +1113,21 @@ impl Checker<'_> {
         self.warn_other_keys(
             params,
             &params_path,
-            &["model", "api_key", "api_base", "api_version", "max_tokens"],
+            &[
+                "model",
+                "api_key",
+                "api_base",
+                "api_version",
+                "max_tokens",
+                "input_cost_per_token",
+                "output_cost_per_token",
+                "cache_read_input_token_cost",
+                "cache_creation_input_token_cost",
+                "output_cost_per_reasoning_token",
+            ],
             KNOWN_UNSUPPORTED_LITELLM_PARAMS,
         );
+        let pricing = self.prices(params, &params_path);
         let api_base_path = format!("{params_path}.api_base");
         let api_base = match self.string(params, "api_base", &params_path) {
             Some(base) => {
@@ -1084,6 +1189,7 @@ impl Checker<'_> {
             api_version,
             default_max_tokens,
             model_info,
+            pricing,
         })
     }
 
@@ -1115,6 +1221,43 @@ impl Checker<'_> {
                 );
                 return None;
             }
+        }
+        // Prices here are read when snapshots are built (see crate::pricing): check them now.
+        // model_info is kept as written, so its prices are numbers, never references.
+        let mut valid = true;
+        for field in PRICE_FIELDS {
+            let field_path = format!("{info_path}.{field}");
+            match info.get(field) {
+                None | Some(Value::Null) => {}
+                Some(Value::Number(number)) => {
+                    if let Err(message) = check_price(number.as_f64().unwrap_or(f64::NAN)) {
+                        self.error(&field_path, message);
+                        valid = false;
+                    }
+                }
+                Some(other) => {
+                    self.error(
+                        &field_path,
+                        format!("must be a number, got {}", type_name(other)),
+                    );
+                    valid = false;
+                }
+            }
+        }
+        match info.get("base_model") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(name)) if !name.trim().is_empty() => {}
+            Some(other) => {
+                let message = match other {
+                    Value::String(_) => "must not be empty".to_string(),
+                    other => format!("must be a string, got {}", type_name(other)),
+                };
+                self.error(&format!("{info_path}.base_model"), message);
+                valid = false;
+            }
+        }
+        if !valid {
+            return None;
         }
         match serde_json::to_value(Value::Mapping(info.clone())) {
             Ok(json) => Some(Some(json)),
