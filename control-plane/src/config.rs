@@ -1926,6 +1926,150 @@ model_list:
     }
 
     #[test]
+    fn price_keys_load_without_warnings() {
+        let text = r#"
+general_settings:
+  cost_per_token: {gpt-4: 0.00006, "local": 0}
+  model_prices_file: /etc/tollgate/prices.json
+model_list:
+  - model_name: a
+    litellm_params:
+      model: openai/gpt-4o
+      input_cost_per_token: 0.0000025
+      output_cost_per_token: 1.0e-5
+      cache_read_input_token_cost: "1.25e-6"
+      cache_creation_input_token_cost: os.environ/CACHE_WRITE_PRICE
+      output_cost_per_reasoning_token: 0
+    model_info:
+      base_model: gpt-4o-2024-08-06
+      input_cost_per_token: 0.000003
+      cache_read_input_token_cost: 0
+  - model_name: b
+    litellm_params: {model: anthropic/claude-haiku-4-5}
+"#;
+        let loaded = ok_env(text, &[("CACHE_WRITE_PRICE", "3e-6")]);
+        assert_eq!(warnings(&loaded), Vec::<String>::new());
+        let general = &loaded.config.general;
+        assert_eq!(
+            general.cost_per_token,
+            BTreeMap::from([("gpt-4".to_string(), 6e-5), ("local".to_string(), 0.0)])
+        );
+        assert_eq!(
+            general.model_prices_file.as_deref(),
+            Some(Path::new("/etc/tollgate/prices.json"))
+        );
+        let d = &loaded.config.deployments;
+        assert_eq!(
+            d[0].pricing,
+            Prices {
+                input_cost_per_token: Some(2.5e-6),
+                output_cost_per_token: Some(1e-5),
+                cache_read_input_token_cost: Some(1.25e-6),
+                cache_creation_input_token_cost: Some(3e-6),
+                output_cost_per_reasoning_token: Some(0.0),
+            }
+        );
+        assert_eq!(
+            d[0].model_info,
+            Some(serde_json::json!({"base_model": "gpt-4o-2024-08-06",
+                "input_cost_per_token": 0.000003, "cache_read_input_token_cost": 0}))
+        );
+        assert_eq!(d[1].pricing, Prices::default());
+        // The API takes the same keys (numbers or numeric strings).
+        let entry = serde_json::json!({"model_name": "m", "litellm_params": {
+            "model": "openai/x", "input_cost_per_token": "2e-7", "output_cost_per_token": 8e-7}});
+        let (deployment, warnings) = parse_model_entry(&entry).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(
+            deployment.pricing,
+            Prices {
+                input_cost_per_token: Some(2e-7),
+                output_cost_per_token: Some(8e-7),
+                ..Prices::default()
+            }
+        );
+    }
+
+    #[test]
+    fn bad_prices_are_errors_naming_the_path() {
+        let text = r#"
+general_settings:
+  cost_per_token: {gpt-4: -1, gpt-3: cheap, "": 1e-6}
+  model_prices_file: ""
+model_list:
+  - model_name: a
+    litellm_params:
+      model: openai/gpt-4o
+      input_cost_per_token: -0.000001
+      output_cost_per_token: [1]
+      cache_read_input_token_cost: free
+      cache_creation_input_token_cost: .inf
+      output_cost_per_reasoning_token: .nan
+  - model_name: b
+    litellm_params: {model: openai/gpt-4o}
+    model_info: {input_cost_per_token: "1e-6", output_cost_per_token: -2, base_model: 4}
+  - model_name: c
+    litellm_params: {model: openai/gpt-4o}
+    model_info: {base_model: " "}
+"#;
+        assert_eq!(
+            errors(text),
+            [
+                "general_settings.cost_per_token.gpt-4: must be a non-negative number (US dollars per token)",
+                "general_settings.cost_per_token.gpt-3: must be a number, got \"cheap\"",
+                "general_settings.cost_per_token: a model name must not be empty",
+                "general_settings.model_prices_file: must not be empty (remove it to use the built-in prices alone)",
+                "model_list[0].litellm_params.input_cost_per_token: must be a non-negative number (US dollars per token)",
+                "model_list[0].litellm_params.output_cost_per_token: must be a number, got a list",
+                "model_list[0].litellm_params.cache_read_input_token_cost: must be a number, got \"free\"",
+                "model_list[0].litellm_params.cache_creation_input_token_cost: must be a non-negative number (US dollars per token)",
+                "model_list[0].litellm_params.output_cost_per_reasoning_token: must be a non-negative number (US dollars per token)",
+                "model_list[1].model_info.input_cost_per_token: must be a number, got a string",
+                "model_list[1].model_info.output_cost_per_token: must be a non-negative number (US dollars per token)",
+                "model_list[1].model_info.base_model: must be a string, got a number",
+                "model_list[2].model_info.base_model: must not be empty",
+            ]
+        );
+        assert_eq!(
+            errors("general_settings:\n  cost_per_token: 0.00006\n"),
+            ["general_settings.cost_per_token: must be a mapping of model names to US dollars per token, got a number"]
+        );
+        // Through the API, with paths relative to the entry.
+        let entry = serde_json::json!({"model_name": "m", "litellm_params": {
+            "model": "openai/x", "output_cost_per_token": -1}});
+        let issues = parse_model_entry(&entry).unwrap_err();
+        assert_eq!(
+            issues.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["litellm_params.output_cost_per_token: must be a non-negative number (US dollars per token)"]
+        );
+    }
+
+    #[test]
+    fn a_relative_price_file_is_relative_to_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(
+            &path,
+            "general_settings:\n  model_prices_file: prices/mine.json\n",
+        )
+        .unwrap();
+        let loaded = load_file(&path).unwrap();
+        assert_eq!(
+            loaded.config.general.model_prices_file,
+            Some(dir.path().join("prices/mine.json"))
+        );
+        std::fs::write(
+            &path,
+            "general_settings:\n  model_prices_file: /abs/p.json\n",
+        )
+        .unwrap();
+        assert_eq!(
+            load_file(&path).unwrap().config.general.model_prices_file,
+            Some(PathBuf::from("/abs/p.json"))
+        );
+    }
+
+    #[test]
     fn secrets_are_not_in_debug_output() {
         let loaded = ok("general_settings: {master_key: sk-master-secret}\nmodel_list:\n  - model_name: a\n    litellm_params: {model: openai/x, api_key: sk-provider-secret}\n");
         let debug = format!("{:?}", loaded.config);
