@@ -15,13 +15,14 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use tollgate::app::{load_prices, start_control_plane, Database};
+use tollgate::app::{start_control_plane, Database};
 use tollgate::channel::{ChannelSecurity, FilterToken, ServerTlsFiles, FILTER_TOKEN_ENV};
 use tollgate::client::Client;
 use tollgate::config::{self, ConfigError, LoadedConfig};
 use tollgate::envoy::{self, BootstrapParams, ClientCertificate, ControlPlaneTls, FilterBuild};
 use tollgate::http_api;
 use tollgate::manage::Manager;
+use tollgate::pricing::PriceTable;
 use tollgate::secrets::CredentialKey;
 use tollgate::server::{self, ServeError};
 use tollgate::sync::SyncHub;
@@ -1219,12 +1220,8 @@ fn run_check_config(args: &CheckConfigArgs) -> ExitCode {
             }
             apply_model_prices_file(&mut loaded, &args.prices);
             if let Some(file) = &loaded.config.general.model_prices_file {
-                match load_prices(&loaded) {
-                    Ok(prices) => println!(
-                        "{}: OK, {} models",
-                        file.display(),
-                        prices.user_table().map_or(0, |table| table.len())
-                    ),
+                match PriceTable::load_file(file) {
+                    Ok(table) => println!("{}: OK, {} models", file.display(), table.len()),
                     Err(error) => {
                         println!("error: {error}");
                         return ExitCode::FAILURE;
