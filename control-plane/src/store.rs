@@ -531,6 +531,19 @@ fn pricing_json(prices: &Prices) -> Option<String> {
     serde_json::to_string(prices).ok()
 }
 
+/// The stored form of `general_settings.cost_per_token`: `None` when empty.
+fn cost_per_token_json(config: &Config) -> Option<String> {
+    let prices = &config.general.cost_per_token;
+    (!prices.is_empty()).then(|| {
+        serde_json::Value::from_iter(
+            prices
+                .iter()
+                .map(|(model, price)| (model.clone(), serde_json::Value::from(*price))),
+        )
+        .to_string()
+    })
+}
+
 /// A usage record's primary key: its own id, or for a record without one a hash of its
 /// content, so that resending the same record still counts once.
 fn usage_id(record: &proto::UsageRecord) -> String {
@@ -790,44 +803,33 @@ impl Store {
             .iter()
             .map(DeploymentRecord::from_config)
             .collect();
-        let settings: Vec<(&str, Option<String>)> =
-            vec![
-                (
-                    SETTING_MASTER_KEY_SHA256,
-                    config.general.master_key.as_deref().map(sha256_hex),
-                ),
-                (
-                    SETTING_MAX_REQUEST_BODY_BYTES,
-                    config
-                        .general
-                        .max_request_body_bytes()
-                        .map(|bytes| bytes.to_string()),
-                ),
-                (
-                    SETTING_MAX_RESPONSE_BODY_BYTES,
-                    config
-                        .general
-                        .max_response_body_bytes()
-                        .map(|bytes| bytes.to_string()),
-                ),
-                (
-                    SETTING_COST_PER_TOKEN,
-                    (!config.general.cost_per_token.is_empty()).then(|| {
-                        serde_json::Value::from_iter(
-                            config.general.cost_per_token.iter().map(|(model, price)| {
-                                (model.clone(), serde_json::Value::from(*price))
-                            }),
-                        )
-                        .to_string()
-                    }),
-                ),
-                (
-                    SETTING_API_ENV_PREFIXES,
-                    (!config.general.api_env_prefixes.is_empty()).then(|| {
-                        serde_json::Value::from(config.general.api_env_prefixes.clone()).to_string()
-                    }),
-                ),
-            ];
+        let settings: Vec<(&str, Option<String>)> = vec![
+            (
+                SETTING_MASTER_KEY_SHA256,
+                config.general.master_key.as_deref().map(sha256_hex),
+            ),
+            (
+                SETTING_MAX_REQUEST_BODY_BYTES,
+                config
+                    .general
+                    .max_request_body_bytes()
+                    .map(|bytes| bytes.to_string()),
+            ),
+            (
+                SETTING_MAX_RESPONSE_BODY_BYTES,
+                config
+                    .general
+                    .max_response_body_bytes()
+                    .map(|bytes| bytes.to_string()),
+            ),
+            (SETTING_COST_PER_TOKEN, cost_per_token_json(config)),
+            (
+                SETTING_API_ENV_PREFIXES,
+                (!config.general.api_env_prefixes.is_empty()).then(|| {
+                    serde_json::Value::from(config.general.api_env_prefixes.clone()).to_string()
+                }),
+            ),
+        ];
         let now = to_i64(now_unix_ms());
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
