@@ -27,6 +27,8 @@ use tollgate::server;
 use tollgate::store::Store;
 use tollgate::sync::{self, SyncHub};
 
+use common::Update;
+
 const MASTER: &str = "sk-test-master";
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -252,11 +254,23 @@ async fn prices_reach_the_filters(url: &str) {
         )
         .await;
     assert_eq!(status, 200, "{updated}");
+    // It arrives as a delta holding the changed deployment, as every deployment write does.
     let expected = pricing(Some(4e-7), Some(2e-6), Some(1e-7), None);
-    let snapshot = filter
-        .snapshot_where(|s| pricing_of(s, "api-1") == expected)
-        .await;
-    assert_eq!(pricing_of(&snapshot, "api-1"), expected);
+    loop {
+        match filter.next_update().await {
+            Update::Delta(delta)
+                if delta
+                    .deployments
+                    .iter()
+                    .any(|d| d.id == "api-1" && d.pricing == expected) =>
+            {
+                break
+            }
+            Update::Delta(_) => {}
+            Update::Snapshot(_) => panic!("a price change was sent as a full snapshot"),
+        }
+    }
+    assert_eq!(pricing_of(filter.held.as_ref().unwrap(), "api-1"), expected);
 
     // A bad price is refused with its field; nothing changes.
     let (status, refused) = plane
