@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::LoadedConfig;
+use crate::pricing::{PriceCatalog, PriceFileError};
 use crate::store::{redact_url, Store, StoreError};
 use crate::sync::SyncHub;
 
@@ -43,14 +44,44 @@ impl Database {
     }
 }
 
+/// Why the control plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The database refused, or holds what cannot be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The operator's price file (`model_prices_file`) could not be loaded.
+    #[error(transparent)]
+    Prices(#[from] PriceFileError),
+}
+
+/// The price tables of `config`: the built-in one and the operator's file
+/// (`general_settings.model_prices_file`), logged.
+pub fn load_prices(config: &LoadedConfig) -> Result<PriceCatalog, PriceFileError> {
+    let file = config.config.general.model_prices_file.as_deref();
+    let catalog = PriceCatalog::load(file)?;
+    match (file, catalog.user_table()) {
+        (Some(path), Some(table)) => tracing::info!(
+            "prices: the built-in table and {} models from {}",
+            table.len(),
+            path.display()
+        ),
+        _ => tracing::info!("prices: the built-in table"),
+    }
+    Ok(catalog)
+}
+
 /// Checks that the stored provider keys open with the store's credential key (sealing the
 /// clear ones of earlier versions), stores `config` (replacing the previous config rows) and
 /// starts a hub serving a snapshot of the result with a version above every earlier one, so
 /// filters still holding the previous run's snapshot take the new one when they reconnect.
+/// Every snapshot is priced from the built-in table and the config's price file, which is
+/// read first, so a bad file stops the start with nothing changed.
 pub async fn start_control_plane(
     store: Store,
     config: &LoadedConfig,
-) -> Result<Arc<SyncHub>, StoreError> {
+) -> Result<Arc<SyncHub>, StartError> {
+    let prices = Arc::new(load_prices(config)?);
     // Before the config is written: a wrong key must stop the start with nothing changed.
     let report = store.prepare_credentials().await?;
     match store.credential_key() {
@@ -73,7 +104,7 @@ pub async fn start_control_plane(
         );
     }
     store.replace_config(&config.config).await?;
-    let hub = SyncHub::start(store).await?;
+    let hub = SyncHub::start_priced(store, prices).await?;
     // Changes committed by other replicas on the same database (PostgreSQL) reach this
     // one's filters too.
     hub.spawn_change_watcher();

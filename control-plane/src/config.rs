@@ -5,13 +5,14 @@
 //! Invalid values of the keys Tollgate does use are errors, also with the field's path, and
 //! every problem of a file is reported at once rather than one per run.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde_yaml::{Mapping, Value};
 use sha2::{Digest, Sha256};
 
+use crate::pricing::{check_price, Prices, PRICE_FIELDS};
 use crate::proto;
 
 /// `max_tokens` sent to Anthropic when neither the client nor the config gives one
@@ -150,7 +151,7 @@ const KNOWN_UNSUPPORTED_LITELLM_PARAMS: &[&str] = &[
     "aws_secret_access_key", "aws_session_token", "aws_region_name", "aws_role_name",
     "aws_session_name", "aws_profile_name", "aws_bedrock_runtime_endpoint",
     "aws_web_identity_token", "vertex_project", "vertex_location", "vertex_credentials",
-    "input_cost_per_token", "output_cost_per_token", "input_cost_per_second",
+    "input_cost_per_second",
     "output_cost_per_second", "input_cost_per_pixel", "output_cost_per_pixel",
     "custom_llm_provider", "tags", "extra_headers", "headers", "temperature", "top_p", "stop",
     "seed", "drop_params", "additional_drop_params", "merge_reasoning_content_in_choices",
@@ -219,6 +220,14 @@ pub struct GeneralSettings {
     pub max_request_size_mb: Option<f64>,
     /// Largest buffered response body, in MiB.
     pub max_response_size_mb: Option<f64>,
+    /// `cost_per_token`: public model name -> US dollars per token, one price for input and
+    /// output (see [`crate::pricing`] for where it stands among the prices).
+    pub cost_per_token: BTreeMap<String, f64>,
+    /// A price table in LiteLLM's `model_prices_and_context_window.json` format over the
+    /// built-in one. Tollgate's own key (`model_prices_file`), also set by
+    /// `--model-prices-file` / `TOLLGATE_MODEL_PRICES_FILE`; a relative path in the file is
+    /// relative to the config file's directory.
+    pub model_prices_file: Option<PathBuf>,
 }
 
 impl fmt::Debug for GeneralSettings {
@@ -235,6 +244,8 @@ impl fmt::Debug for GeneralSettings {
             .field("max_request_size_mb", &self.max_request_size_mb)
             .field("max_response_size_mb", &self.max_response_size_mb)
             .field("api_env_prefixes", &self.api_env_prefixes)
+            .field("cost_per_token", &self.cost_per_token)
+            .field("model_prices_file", &self.model_prices_file)
             .finish()
     }
 }
@@ -279,8 +290,10 @@ pub struct DeploymentConfig {
     pub api_version: Option<String>,
     /// `max_tokens` for providers that require one (Anthropic gets 4096 by default).
     pub default_max_tokens: Option<u32>,
-    /// `model_info`, kept as given.
+    /// `model_info`, kept as given (its prices and `base_model` were checked).
     pub model_info: Option<serde_json::Value>,
+    /// Prices given in `litellm_params`.
+    pub pricing: Prices,
 }
 
 impl fmt::Debug for DeploymentConfig {
@@ -297,6 +310,7 @@ impl fmt::Debug for DeploymentConfig {
             .field("api_version", &self.api_version)
             .field("default_max_tokens", &self.default_max_tokens)
             .field("model_info", &self.model_info)
+            .field("pricing", &self.pricing)
             .finish()
     }
 }
@@ -364,9 +378,16 @@ pub fn load_file(path: &Path) -> Result<LoadedConfig, ConfigError> {
         path: path.to_path_buf(),
         source,
     })?;
-    parse(&text, &path.display().to_string(), &|name| {
+    let mut loaded = parse(&text, &path.display().to_string(), &|name| {
         std::env::var(name).ok()
-    })
+    })?;
+    let general = &mut loaded.config.general;
+    if let (Some(file), Some(dir)) = (&general.model_prices_file, path.parent()) {
+        if file.is_relative() {
+            general.model_prices_file = Some(dir.join(file));
+        }
+    }
+    Ok(loaded)
 }
 
 /// The environment variables the management API may read, by name prefix: the operator's
@@ -816,6 +837,8 @@ impl Checker<'_> {
                 "max_request_size_mb",
                 "max_response_size_mb",
                 "api_env_prefixes",
+                "cost_per_token",
+                "model_prices_file",
             ],
             KNOWN_UNSUPPORTED_GENERAL_SETTINGS,
         );
@@ -854,13 +877,83 @@ impl Checker<'_> {
         let max_request_size_mb = size(self, "max_request_size_mb");
         let max_response_size_mb = size(self, "max_response_size_mb");
         let api_env_prefixes = self.api_env_prefixes(map, PATH);
+        let cost_per_token = self.cost_per_token(map, PATH);
+        let model_prices_file = match self.string(map, "model_prices_file", PATH) {
+            Some(file) if file.trim().is_empty() => {
+                self.error(
+                    &format!("{PATH}.model_prices_file"),
+                    "must not be empty (remove it to use the built-in prices alone)",
+                );
+                None
+            }
+            file => file.map(PathBuf::from),
+        };
         GeneralSettings {
             api_env_prefixes,
             master_key,
             database_url,
             max_request_size_mb,
             max_response_size_mb,
+            cost_per_token,
+            model_prices_file,
         }
+    }
+
+    /// A price field: absent is `None`; anything but a non-negative number is an error.
+    fn price(&mut self, map: &Mapping, key: &str, path: &str) -> Option<f64> {
+        let value = self.number(map, key, path)??;
+        match check_price(value) {
+            Ok(price) => Some(price),
+            Err(message) => {
+                self.error(&format!("{path}.{key}"), message);
+                None
+            }
+        }
+    }
+
+    /// The five prices of `map` (`litellm_params`), each checked.
+    fn prices(&mut self, map: &Mapping, path: &str) -> Prices {
+        let mut prices = Prices::default();
+        for field in PRICE_FIELDS {
+            prices.set(field, self.price(map, field, path));
+        }
+        prices
+    }
+
+    /// `cost_per_token`: a mapping of public model names to prices.
+    fn cost_per_token(&mut self, map: &Mapping, path: &str) -> BTreeMap<String, f64> {
+        let field = format!("{path}.cost_per_token");
+        let entries = match map.get("cost_per_token") {
+            None | Some(Value::Null) => return BTreeMap::new(),
+            Some(Value::Mapping(entries)) => entries,
+            Some(other) => {
+                self.error(
+                    &field,
+                    format!(
+                        "must be a mapping of model names to US dollars per token, got {}",
+                        type_name(other)
+                    ),
+                );
+                return BTreeMap::new();
+            }
+        };
+        let mut prices = BTreeMap::new();
+        for key in entries.keys() {
+            let name = key_name(key);
+            if name.trim().is_empty() {
+                self.error(&field, "a model name must not be empty");
+                continue;
+            }
+            // Keyed by the name as written, so a numeric key (`4: 1e-6`) is looked up as text.
+            let mut single = Mapping::new();
+            if let Some(value) = entries.get(key) {
+                single.insert(Value::String(name.clone()), value.clone());
+            }
+            if let Some(price) = self.price(&single, &name, &field) {
+                prices.insert(name, price);
+            }
+        }
+        prices
     }
 
     /// `api_env_prefixes`: a list of prefixes, or one string of comma-separated prefixes.
@@ -1020,9 +1113,21 @@ impl Checker<'_> {
         self.warn_other_keys(
             params,
             &params_path,
-            &["model", "api_key", "api_base", "api_version", "max_tokens"],
+            &[
+                "model",
+                "api_key",
+                "api_base",
+                "api_version",
+                "max_tokens",
+                "input_cost_per_token",
+                "output_cost_per_token",
+                "cache_read_input_token_cost",
+                "cache_creation_input_token_cost",
+                "output_cost_per_reasoning_token",
+            ],
             KNOWN_UNSUPPORTED_LITELLM_PARAMS,
         );
+        let pricing = self.prices(params, &params_path);
         let api_base_path = format!("{params_path}.api_base");
         let api_base = match self.string(params, "api_base", &params_path) {
             Some(base) => {
@@ -1084,6 +1189,7 @@ impl Checker<'_> {
             api_version,
             default_max_tokens,
             model_info,
+            pricing,
         })
     }
 
@@ -1115,6 +1221,43 @@ impl Checker<'_> {
                 );
                 return None;
             }
+        }
+        // Prices here are read when snapshots are built (see crate::pricing): check them now.
+        // model_info is kept as written, so its prices are numbers, never references.
+        let mut valid = true;
+        for field in PRICE_FIELDS {
+            let field_path = format!("{info_path}.{field}");
+            match info.get(field) {
+                None | Some(Value::Null) => {}
+                Some(Value::Number(number)) => {
+                    if let Err(message) = check_price(number.as_f64().unwrap_or(f64::NAN)) {
+                        self.error(&field_path, message);
+                        valid = false;
+                    }
+                }
+                Some(other) => {
+                    self.error(
+                        &field_path,
+                        format!("must be a number, got {}", type_name(other)),
+                    );
+                    valid = false;
+                }
+            }
+        }
+        match info.get("base_model") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(name)) if !name.trim().is_empty() => {}
+            Some(other) => {
+                let message = match other {
+                    Value::String(_) => "must not be empty".to_string(),
+                    other => format!("must be a string, got {}", type_name(other)),
+                };
+                self.error(&format!("{info_path}.base_model"), message);
+                valid = false;
+            }
+        }
+        if !valid {
+            return None;
         }
         match serde_json::to_value(Value::Mapping(info.clone())) {
             Ok(json) => Some(Some(json)),
@@ -1779,6 +1922,150 @@ model_list:
         assert_eq!(
             errors("general_settings:\n  max_request_size_mb: lots\n"),
             ["general_settings.max_request_size_mb: must be a number, got \"lots\""]
+        );
+    }
+
+    #[test]
+    fn price_keys_load_without_warnings() {
+        let text = r#"
+general_settings:
+  cost_per_token: {gpt-4: 0.00006, "local": 0}
+  model_prices_file: /etc/tollgate/prices.json
+model_list:
+  - model_name: a
+    litellm_params:
+      model: openai/gpt-4o
+      input_cost_per_token: 0.0000025
+      output_cost_per_token: 1.0e-5
+      cache_read_input_token_cost: "1.25e-6"
+      cache_creation_input_token_cost: os.environ/CACHE_WRITE_PRICE
+      output_cost_per_reasoning_token: 0
+    model_info:
+      base_model: gpt-4o-2024-08-06
+      input_cost_per_token: 0.000003
+      cache_read_input_token_cost: 0
+  - model_name: b
+    litellm_params: {model: anthropic/claude-haiku-4-5}
+"#;
+        let loaded = ok_env(text, &[("CACHE_WRITE_PRICE", "3e-6")]);
+        assert_eq!(warnings(&loaded), Vec::<String>::new());
+        let general = &loaded.config.general;
+        assert_eq!(
+            general.cost_per_token,
+            BTreeMap::from([("gpt-4".to_string(), 6e-5), ("local".to_string(), 0.0)])
+        );
+        assert_eq!(
+            general.model_prices_file.as_deref(),
+            Some(Path::new("/etc/tollgate/prices.json"))
+        );
+        let d = &loaded.config.deployments;
+        assert_eq!(
+            d[0].pricing,
+            Prices {
+                input_cost_per_token: Some(2.5e-6),
+                output_cost_per_token: Some(1e-5),
+                cache_read_input_token_cost: Some(1.25e-6),
+                cache_creation_input_token_cost: Some(3e-6),
+                output_cost_per_reasoning_token: Some(0.0),
+            }
+        );
+        assert_eq!(
+            d[0].model_info,
+            Some(serde_json::json!({"base_model": "gpt-4o-2024-08-06",
+                "input_cost_per_token": 0.000003, "cache_read_input_token_cost": 0}))
+        );
+        assert_eq!(d[1].pricing, Prices::default());
+        // The API takes the same keys (numbers or numeric strings).
+        let entry = serde_json::json!({"model_name": "m", "litellm_params": {
+            "model": "openai/x", "input_cost_per_token": "2e-7", "output_cost_per_token": 8e-7}});
+        let (deployment, warnings) = parse_model_entry(&entry).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(
+            deployment.pricing,
+            Prices {
+                input_cost_per_token: Some(2e-7),
+                output_cost_per_token: Some(8e-7),
+                ..Prices::default()
+            }
+        );
+    }
+
+    #[test]
+    fn bad_prices_are_errors_naming_the_path() {
+        let text = r#"
+general_settings:
+  cost_per_token: {gpt-4: -1, gpt-3: cheap, "": 1e-6}
+  model_prices_file: ""
+model_list:
+  - model_name: a
+    litellm_params:
+      model: openai/gpt-4o
+      input_cost_per_token: -0.000001
+      output_cost_per_token: [1]
+      cache_read_input_token_cost: free
+      cache_creation_input_token_cost: .inf
+      output_cost_per_reasoning_token: .nan
+  - model_name: b
+    litellm_params: {model: openai/gpt-4o}
+    model_info: {input_cost_per_token: "1e-6", output_cost_per_token: -2, base_model: 4}
+  - model_name: c
+    litellm_params: {model: openai/gpt-4o}
+    model_info: {base_model: " "}
+"#;
+        assert_eq!(
+            errors(text),
+            [
+                "general_settings.cost_per_token.gpt-4: must be a non-negative number (US dollars per token)",
+                "general_settings.cost_per_token.gpt-3: must be a number, got \"cheap\"",
+                "general_settings.cost_per_token: a model name must not be empty",
+                "general_settings.model_prices_file: must not be empty (remove it to use the built-in prices alone)",
+                "model_list[0].litellm_params.input_cost_per_token: must be a non-negative number (US dollars per token)",
+                "model_list[0].litellm_params.output_cost_per_token: must be a number, got a list",
+                "model_list[0].litellm_params.cache_read_input_token_cost: must be a number, got \"free\"",
+                "model_list[0].litellm_params.cache_creation_input_token_cost: must be a non-negative number (US dollars per token)",
+                "model_list[0].litellm_params.output_cost_per_reasoning_token: must be a non-negative number (US dollars per token)",
+                "model_list[1].model_info.input_cost_per_token: must be a number, got a string",
+                "model_list[1].model_info.output_cost_per_token: must be a non-negative number (US dollars per token)",
+                "model_list[1].model_info.base_model: must be a string, got a number",
+                "model_list[2].model_info.base_model: must not be empty",
+            ]
+        );
+        assert_eq!(
+            errors("general_settings:\n  cost_per_token: 0.00006\n"),
+            ["general_settings.cost_per_token: must be a mapping of model names to US dollars per token, got a number"]
+        );
+        // Through the API, with paths relative to the entry.
+        let entry = serde_json::json!({"model_name": "m", "litellm_params": {
+            "model": "openai/x", "output_cost_per_token": -1}});
+        let issues = parse_model_entry(&entry).unwrap_err();
+        assert_eq!(
+            issues.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["litellm_params.output_cost_per_token: must be a non-negative number (US dollars per token)"]
+        );
+    }
+
+    #[test]
+    fn a_relative_price_file_is_relative_to_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(
+            &path,
+            "general_settings:\n  model_prices_file: prices/mine.json\n",
+        )
+        .unwrap();
+        let loaded = load_file(&path).unwrap();
+        assert_eq!(
+            loaded.config.general.model_prices_file,
+            Some(dir.path().join("prices/mine.json"))
+        );
+        std::fs::write(
+            &path,
+            "general_settings:\n  model_prices_file: /abs/p.json\n",
+        )
+        .unwrap();
+        assert_eq!(
+            load_file(&path).unwrap().config.general.model_prices_file,
+            Some(PathBuf::from("/abs/p.json"))
         );
     }
 

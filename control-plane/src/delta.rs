@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
+use crate::pricing::PriceCatalog;
 use crate::proto::{self, control_message};
 use crate::store::StateChanges;
 use crate::sync::{build_snapshot, snapshot_keys};
@@ -142,8 +143,8 @@ impl Served {
 
     /// Moves to the stored version from what changed since the served one; false when the
     /// changes are not enough (removals forgotten, a team changed, teams unknown) and only
-    /// a full read will do.
-    pub fn apply_changes(&mut self, changes: StateChanges) -> bool {
+    /// a full read will do. Deployments are priced from `prices`.
+    pub fn apply_changes(&mut self, changes: StateChanges, prices: &PriceCatalog) -> bool {
         let StateChanges {
             state,
             deployments_changed,
@@ -172,7 +173,7 @@ impl Served {
                 removed.push(hash);
             }
         }
-        let next = build_snapshot(state.version, &state.deployments, &state.settings);
+        let next = build_snapshot(state.version, &state.deployments, &state.settings, prices);
         self.advance(
             state.version,
             next.settings.unwrap_or_default(),

@@ -6,6 +6,7 @@ use serde_json::Value;
 use tonic::{Request, Response, Status};
 
 use crate::manage::{ApiError, ErrorKind, KeyGenerate, KeyUpdate, Manager, TeamCreate, UserCreate};
+use crate::pricing::{Prices, PRICE_FIELDS};
 use crate::proto::management_server::{Management, ManagementServer};
 use crate::proto::{self as pb};
 use crate::store::{DeploymentSource, KeyRow, NewMember, StoredDeployment, TeamRow, UserRow};
@@ -74,6 +75,22 @@ fn model_message(stored: &StoredDeployment) -> pb::Model {
             .unwrap_or_default(),
         created_at_unix_ms: ms(stored.created_at_ms),
         updated_at_unix_ms: ms(stored.updated_at_ms),
+        pricing: record.pricing.to_proto(),
+    }
+}
+
+/// Sets the litellm_params prices of `params` from `pricing`: each of the five to its value,
+/// or to null (cleared) when the message leaves it out.
+fn insert_prices(params: &mut serde_json::Map<String, Value>, pricing: &pb::Pricing) {
+    let prices = Prices::from_proto(pricing);
+    for field in PRICE_FIELDS {
+        let value = match prices.get(field) {
+            // A NaN or infinite price is no JSON number: sent as text, it is refused as such.
+            Some(price) => serde_json::Number::from_f64(price)
+                .map_or_else(|| Value::String(price.to_string()), Value::Number),
+            None => Value::Null,
+        };
+        params.insert(field.into(), value);
     }
 }
 
@@ -228,16 +245,17 @@ impl Management for GrpcManagement {
         if !body.model_name.is_empty() {
             entry.insert("model_name".into(), Value::String(body.model_name));
         }
-        entry.insert(
-            "litellm_params".into(),
-            Value::Object(litellm_params(
-                Some(body.model),
-                Some(body.api_base),
-                Some(body.api_key),
-                Some(body.api_version),
-                body.max_tokens,
-            )),
+        let mut params = litellm_params(
+            Some(body.model),
+            Some(body.api_base),
+            Some(body.api_key),
+            Some(body.api_version),
+            body.max_tokens,
         );
+        if let Some(pricing) = &body.pricing {
+            insert_prices(&mut params, pricing);
+        }
+        entry.insert("litellm_params".into(), Value::Object(params));
         entry.insert("model_info".into(), Value::Object(info));
         let created = self.manager.create_model(&Value::Object(entry)).await?;
         Ok(Response::new(model_message(&created)))
@@ -256,16 +274,17 @@ impl Management for GrpcManagement {
         if let Some(name) = body.model_name {
             patch.insert("model_name".into(), Value::String(name));
         }
-        patch.insert(
-            "litellm_params".into(),
-            Value::Object(litellm_params(
-                body.model,
-                body.api_base,
-                body.api_key,
-                body.api_version,
-                body.max_tokens,
-            )),
+        let mut params = litellm_params(
+            body.model,
+            body.api_base,
+            body.api_key,
+            body.api_version,
+            body.max_tokens,
         );
+        if let Some(pricing) = &body.pricing {
+            insert_prices(&mut params, pricing);
+        }
+        patch.insert("litellm_params".into(), Value::Object(params));
         if let Some(text) = body.model_info_json {
             if let Some(info) = json_field("model_info_json", &text)? {
                 patch.insert("model_info".into(), info);

@@ -14,6 +14,7 @@ pub mod envoy;
 pub mod grpc_api;
 pub mod http_api;
 pub mod manage;
+pub mod pricing;
 pub mod proto;
 pub mod secrets;
 pub mod server;

@@ -22,6 +22,7 @@ use tollgate::config::{self, ConfigError, LoadedConfig};
 use tollgate::envoy::{self, BootstrapParams, ClientCertificate, ControlPlaneTls, FilterBuild};
 use tollgate::http_api;
 use tollgate::manage::Manager;
+use tollgate::pricing::PriceTable;
 use tollgate::secrets::CredentialKey;
 use tollgate::server::{self, ServeError};
 use tollgate::sync::SyncHub;
@@ -282,6 +283,28 @@ struct UpArgs {
     token: FilterTokenArgs,
     #[command(flatten)]
     secrets: SecretArgs,
+    #[command(flatten)]
+    prices: PriceArgs,
+}
+
+/// Where prices come from besides the built-in table.
+#[derive(Args)]
+struct PriceArgs {
+    /// Price table in LiteLLM's model_prices_and_context_window.json format, over the
+    /// built-in one. Replaces general_settings.model_prices_file.
+    #[arg(long, env = "TOLLGATE_MODEL_PRICES_FILE")]
+    model_prices_file: Option<PathBuf>,
+}
+
+/// `--model-prices-file`, when given, replaces the config's `general_settings.model_prices_file`.
+fn apply_model_prices_file(loaded: &mut LoadedConfig, args: &PriceArgs) {
+    if let Some(file) = args
+        .model_prices_file
+        .as_ref()
+        .filter(|file| !file.as_os_str().is_empty())
+    {
+        loaded.config.general.model_prices_file = Some(file.clone());
+    }
 }
 
 /// The filter token every filter stream must present.
@@ -414,6 +437,8 @@ struct ServeArgs {
     tls: GrpcTlsArgs,
     #[command(flatten)]
     secrets: SecretArgs,
+    #[command(flatten)]
+    prices: PriceArgs,
 }
 
 #[derive(Args)]
@@ -464,6 +489,8 @@ struct CheckConfigArgs {
     /// LiteLLM-format config.yaml.
     #[arg(long)]
     config: PathBuf,
+    #[command(flatten)]
+    prices: PriceArgs,
 }
 
 fn main() -> ExitCode {
@@ -691,6 +718,7 @@ async fn run_serve(args: ServeArgs) -> Result<ExitCode> {
     let mut signals = Signals::register()?;
     let mut loaded = load_config(&args.config)?;
     apply_api_env_prefixes(&mut loaded, &args.secrets)?;
+    apply_model_prices_file(&mut loaded, &args.prices);
     let security = ChannelSecurity {
         filter_token: args.token.token()?,
         tls: args.tls.files().map(|files| files.load()).transpose()?,
@@ -746,6 +774,7 @@ async fn run_up(args: UpArgs) -> Result<ExitCode> {
     let mut signals = Signals::register()?;
     let mut loaded = load_config(&args.config)?;
     apply_api_env_prefixes(&mut loaded, &args.secrets)?;
+    apply_model_prices_file(&mut loaded, &args.prices);
     let envoy_env = std::env::var("TOLLGATE_ENVOY").ok();
     let wasm_env = std::env::var("TOLLGATE_WASM").ok();
     let envoy_binary = up::find_envoy(args.envoy.as_deref(), envoy_env.as_deref())?;
@@ -1185,9 +1214,19 @@ fn run_envoy_config(args: EnvoyConfigArgs) -> Result<ExitCode> {
 fn run_check_config(args: &CheckConfigArgs) -> ExitCode {
     let origin = args.config.display();
     match config::load_file(&args.config) {
-        Ok(loaded) => {
+        Ok(mut loaded) => {
             for warning in &loaded.warnings {
                 println!("warning: {warning}");
+            }
+            apply_model_prices_file(&mut loaded, &args.prices);
+            if let Some(file) = &loaded.config.general.model_prices_file {
+                match PriceTable::load_file(file) {
+                    Ok(table) => println!("{}: OK, {} models", file.display(), table.len()),
+                    Err(error) => {
+                        println!("error: {error}");
+                        return ExitCode::FAILURE;
+                    }
+                }
             }
             let models: std::collections::BTreeSet<&str> = loaded
                 .config

@@ -919,6 +919,13 @@ pub fn model_entry_json(record: &DeploymentRecord, with_secret: bool) -> Value {
     if let Some(tokens) = record.default_max_tokens {
         params.insert("max_tokens".into(), Value::from(tokens));
     }
+    // Prices given in litellm_params (an update rebuilds the entry from this, so they must
+    // be here to survive it).
+    for field in crate::pricing::PRICE_FIELDS {
+        if let Some(price) = record.pricing.get(field) {
+            params.insert(field.into(), Value::from(price));
+        }
+    }
     if with_secret {
         if let Some(key) = &record.api_key {
             params.insert("api_key".into(), Value::String(key.clone()));

@@ -28,6 +28,7 @@ impl std::fmt::Debug for Deployment {
             .field("api_key", &redacted(&self.api_key))
             .field("default_max_tokens", &self.default_max_tokens)
             .field("api_version", &self.api_version)
+            .field("pricing", &self.pricing)
             .finish()
     }
 }
@@ -43,6 +44,7 @@ impl std::fmt::Debug for CreateModelRequest {
             .field("max_tokens", &self.max_tokens)
             .field("id", &self.id)
             .field("model_info_json", &self.model_info_json)
+            .field("pricing", &self.pricing)
             .finish()
     }
 }
@@ -58,6 +60,7 @@ impl std::fmt::Debug for UpdateModelRequest {
             .field("api_version", &self.api_version)
             .field("max_tokens", &self.max_tokens)
             .field("model_info_json", &self.model_info_json)
+            .field("pricing", &self.pricing)
             .finish()
     }
 }

@@ -19,6 +19,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use sqlx::Row;
 
 use crate::config::{Config, DeploymentConfig, ProviderKind};
+use crate::pricing::Prices;
 use crate::proto;
 use crate::secrets::{self, CredentialError, CredentialKey};
 
@@ -48,6 +49,10 @@ pub const SETTING_CREDENTIAL_KEY_CHECK: &str = "credential_key_check";
 /// `settings` key of the `os.environ/` name prefixes the management API may resolve in
 /// credential fields (a JSON list; absent = none).
 pub const SETTING_API_ENV_PREFIXES: &str = "api_env_prefixes";
+/// `settings` key of `general_settings.cost_per_token` (a JSON object: public model name ->
+/// US dollars per token). Written only with the config, in the transaction that marks the
+/// deployments changed, since it changes their pricing (see `Store::replace_config`).
+pub const SETTING_COST_PER_TOKEN: &str = "cost_per_token";
 
 /// What [`SETTING_CREDENTIAL_KEY_CHECK`] seals.
 const CREDENTIAL_KEY_CHECK_TEXT: &str = "tollgate credential key check";
@@ -271,6 +276,9 @@ pub struct DeploymentRecord {
     pub default_max_tokens: Option<u32>,
     /// `model_info`, opaque.
     pub model_info: Option<serde_json::Value>,
+    /// Prices given in `litellm_params` (those of `model_info` stay in it); the snapshot's
+    /// pricing is resolved from these and the price tables (see [`crate::pricing`]).
+    pub pricing: Prices,
     /// Config or API.
     pub source: DeploymentSource,
     /// Place in `model_list` for config rows.
@@ -290,6 +298,7 @@ impl std::fmt::Debug for DeploymentRecord {
             .field("api_version", &self.api_version)
             .field("default_max_tokens", &self.default_max_tokens)
             .field("model_info", &self.model_info)
+            .field("pricing", &self.pricing)
             .field("source", &self.source)
             .field("position", &self.position)
             .finish()
@@ -310,6 +319,7 @@ impl DeploymentRecord {
             api_version: deployment.api_version.clone(),
             default_max_tokens: deployment.default_max_tokens,
             model_info: deployment.model_info.clone(),
+            pricing: deployment.pricing,
             source: DeploymentSource::Config,
             position: i64::try_from(deployment.index).unwrap_or(i64::MAX),
         }
@@ -379,12 +389,12 @@ fn to_u64(value: i64) -> u64 {
 
 const DEPLOYMENT_COLUMNS: &str = "id, model_name, provider_name, provider_kind, upstream_model, \
      api_base, api_key, api_version, default_max_tokens, model_info, source, position, \
-     created_at, updated_at";
+     created_at, updated_at, pricing";
 
 const INSERT_DEPLOYMENT: &str = "INSERT INTO deployments (id, model_name, provider_name, \
      provider_kind, upstream_model, api_base, api_key, api_version, default_max_tokens, \
-     model_info, source, position, created_at, updated_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
+     model_info, source, position, created_at, updated_at, pricing) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)";
 
 const INSERT_USAGE: &str = "INSERT INTO usage_records (id, model_name, deployment_id, provider, \
      status, prompt_tokens, completion_tokens, cached_prompt_tokens, started_unix_ms, \
@@ -458,6 +468,8 @@ macro_rules! bind_deployment {
             .bind(record.position)
             .bind($created)
             .bind($updated)
+            // NULL for none, so rows stored before prices were read look the same.
+            .bind($crate::store::pricing_json(&record.pricing))
     }};
 }
 
@@ -468,6 +480,7 @@ macro_rules! decode_deployment {
         let kind: String = row.try_get("provider_kind")?;
         let source: String = row.try_get("source")?;
         let model_info: Option<String> = row.try_get("model_info")?;
+        let pricing: Option<String> = row.try_get("pricing")?;
         let max_tokens: Option<i64> = row.try_get("default_max_tokens")?;
         let id: String = row.try_get("id")?;
         let api_key = $store.open_api_key(&id, row.try_get("api_key")?)?;
@@ -476,6 +489,12 @@ macro_rules! decode_deployment {
                 StoreError::Corrupt(format!("deployment {id}: model_info: {error}"))
             })?),
             None => None,
+        };
+        let pricing: $crate::pricing::Prices = match pricing {
+            Some(text) => serde_json::from_str(&text).map_err(|error| {
+                StoreError::Corrupt(format!("deployment {id}: pricing: {error}"))
+            })?,
+            None => $crate::pricing::Prices::default(),
         };
         StoredDeployment {
             record: DeploymentRecord {
@@ -493,6 +512,7 @@ macro_rules! decode_deployment {
                 api_version: row.try_get("api_version")?,
                 default_max_tokens: max_tokens.and_then(|value| u32::try_from(value).ok()),
                 model_info,
+                pricing,
                 position: row.try_get("position")?,
                 id,
             },
@@ -500,6 +520,28 @@ macro_rules! decode_deployment {
             updated_at_ms: row.try_get("updated_at")?,
         }
     }};
+}
+
+/// The `pricing` column of a deployment's prices: `NULL` when it has none.
+fn pricing_json(prices: &Prices) -> Option<String> {
+    if prices.is_empty() {
+        return None;
+    }
+    // Serializing plain optional numbers cannot fail; a failure would only drop the prices.
+    serde_json::to_string(prices).ok()
+}
+
+/// The stored form of `general_settings.cost_per_token`: `None` when empty.
+fn cost_per_token_json(config: &Config) -> Option<String> {
+    let prices = &config.general.cost_per_token;
+    (!prices.is_empty()).then(|| {
+        serde_json::Value::from_iter(
+            prices
+                .iter()
+                .map(|(model, price)| (model.clone(), serde_json::Value::from(*price))),
+        )
+        .to_string()
+    })
 }
 
 /// A usage record's primary key: its own id, or for a record without one a hash of its
@@ -780,6 +822,7 @@ impl Store {
                     .max_response_body_bytes()
                     .map(|bytes| bytes.to_string()),
             ),
+            (SETTING_COST_PER_TOKEN, cost_per_token_json(config)),
             (
                 SETTING_API_ENV_PREFIXES,
                 (!config.general.api_env_prefixes.is_empty()).then(|| {

@@ -21,11 +21,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::delta::{CatchUp, Served, Teams};
+use crate::pricing::{self, PriceCatalog, PricedDeployment};
 use crate::proto::filter_sync_server::{FilterSync, FilterSyncServer};
 use crate::proto::{self, control_message, filter_message};
 use crate::store::{
     now_unix_ms, KeyRow, StateSnapshot, Store, StoreError, StoredDeployment,
-    SETTING_MASTER_KEY_SHA256, SETTING_MAX_REQUEST_BODY_BYTES, SETTING_MAX_RESPONSE_BODY_BYTES,
+    SETTING_COST_PER_TOKEN, SETTING_MASTER_KEY_SHA256, SETTING_MAX_REQUEST_BODY_BYTES,
+    SETTING_MAX_RESPONSE_BODY_BYTES,
 };
 
 /// How often the stored version is compared with the published one, as a safety net for
@@ -35,12 +37,27 @@ pub const VERSION_POLL_INTERVAL: Duration = Duration::from_secs(2);
 /// Attempts at storing one usage batch before it is given up (and logged as lost).
 const USAGE_INSERT_ATTEMPTS: u32 = 3;
 
-/// Builds a snapshot from stored deployments and settings.
+/// `general_settings.cost_per_token` as stored; a stored value that does not parse (which
+/// only a hand edit of the database makes) prices nothing and is logged.
+fn stored_cost_per_token(settings: &BTreeMap<String, String>) -> BTreeMap<String, f64> {
+    let Some(text) = settings.get(SETTING_COST_PER_TOKEN) else {
+        return BTreeMap::new();
+    };
+    serde_json::from_str(text).unwrap_or_else(|error| {
+        tracing::warn!(%error, "stored {SETTING_COST_PER_TOKEN} is invalid; ignored");
+        BTreeMap::new()
+    })
+}
+
+/// Builds a snapshot from stored deployments and settings, each deployment priced from
+/// `prices` and the stored `cost_per_token` (see [`pricing::resolve`]).
 pub fn build_snapshot(
     version: u64,
     deployments: &[StoredDeployment],
     settings: &BTreeMap<String, String>,
+    prices: &PriceCatalog,
 ) -> proto::Snapshot {
+    let cost_per_token = stored_cost_per_token(settings);
     let number = |key: &str| {
         settings
             .get(key)
@@ -73,7 +90,11 @@ pub fn build_snapshot(
                     api_key: record.api_key.clone().unwrap_or_default(),
                     default_max_tokens: record.default_max_tokens.unwrap_or(0),
                     api_version: record.api_version.clone().unwrap_or_default(),
-                    pricing: None,
+                    pricing: pricing::resolve(
+                        &PricedDeployment::of(record),
+                        &cost_per_token,
+                        prices,
+                    ),
                 }
             })
             .collect(),
@@ -112,16 +133,25 @@ pub fn snapshot_keys(
         .collect()
 }
 
-/// A snapshot of a consistent read of the store.
-pub fn snapshot_of_state(state: &StateSnapshot) -> proto::Snapshot {
-    let mut snapshot = build_snapshot(state.version, &state.deployments, &state.settings);
+/// A snapshot of a consistent read of the store, priced from `prices`.
+pub fn snapshot_of_state(state: &StateSnapshot, prices: &PriceCatalog) -> proto::Snapshot {
+    let mut snapshot = build_snapshot(state.version, &state.deployments, &state.settings, prices);
     snapshot.keys = snapshot_keys(&state.keys, &state.teams);
     snapshot
 }
 
-/// Reads the store and builds the snapshot of its current state, with the stored version.
+/// Reads the store and builds the snapshot of its current state, with the stored version,
+/// priced from the built-in table alone.
 pub async fn load_snapshot(store: &Store) -> Result<proto::Snapshot, StoreError> {
-    Ok(snapshot_of_state(&store.state_snapshot().await?))
+    load_snapshot_priced(store, &PriceCatalog::default()).await
+}
+
+/// [`load_snapshot`] priced from `prices`.
+pub async fn load_snapshot_priced(
+    store: &Store,
+    prices: &PriceCatalog,
+) -> Result<proto::Snapshot, StoreError> {
+    Ok(snapshot_of_state(&store.state_snapshot().await?, prices))
 }
 
 /// What the control plane knows about one open filter stream.
@@ -162,6 +192,8 @@ pub struct StreamInfo {
 /// and the store usage goes to.
 pub struct SyncHub {
     store: Store,
+    /// The price tables every snapshot is priced from (loaded at startup).
+    prices: Arc<PriceCatalog>,
     served: std::sync::Mutex<Served>,
     /// The served version; streams wait on it for changes.
     versions: watch::Sender<u64>,
@@ -177,24 +209,40 @@ pub struct SyncHub {
 }
 
 impl SyncHub {
-    /// A hub serving the store's current state as its first snapshot.
+    /// A hub serving the store's current state as its first snapshot, priced from the
+    /// built-in table alone.
     pub async fn start(store: Store) -> Result<Arc<SyncHub>, StoreError> {
+        Self::start_priced(store, Arc::new(PriceCatalog::default())).await
+    }
+
+    /// A hub serving the store's current state, every snapshot priced from `prices`.
+    pub async fn start_priced(
+        store: Store,
+        prices: Arc<PriceCatalog>,
+    ) -> Result<Arc<SyncHub>, StoreError> {
         let state = store.state_snapshot().await?;
-        let snapshot = snapshot_of_state(&state);
+        let snapshot = snapshot_of_state(&state, &prices);
         Ok(Self::serving(
             store,
+            prices,
             Served::new(snapshot, Some(state.teams)),
         ))
     }
 
-    /// A hub serving `snapshot` (tests, and callers that built the snapshot themselves).
+    /// A hub serving `snapshot` (tests, and callers that built the snapshot themselves);
+    /// later snapshots are priced from the built-in table.
     pub fn with_snapshot(store: Store, snapshot: proto::Snapshot) -> Arc<SyncHub> {
-        Self::serving(store, Served::new(snapshot, None))
+        Self::serving(
+            store,
+            Arc::new(PriceCatalog::default()),
+            Served::new(snapshot, None),
+        )
     }
 
-    fn serving(store: Store, served: Served) -> Arc<SyncHub> {
+    fn serving(store: Store, prices: Arc<PriceCatalog>, served: Served) -> Arc<SyncHub> {
         Arc::new(SyncHub {
             store,
+            prices,
             versions: watch::Sender::new(served.version()),
             served: std::sync::Mutex::new(served),
             refreshing: tokio::sync::Mutex::new(()),
@@ -237,6 +285,11 @@ impl SyncHub {
     /// The store usage is written to.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The price tables snapshots are priced from.
+    pub fn prices(&self) -> &PriceCatalog {
+        &self.prices
     }
 
     /// The full snapshot of the served version (built on each call: tests and logs).
@@ -306,7 +359,7 @@ impl SyncHub {
         }
         let applied = {
             let mut served = self.served();
-            let applied = served.apply_changes(changes);
+            let applied = served.apply_changes(changes, &self.prices);
             if applied {
                 self.log_published(&served, "changes");
             }
@@ -316,7 +369,7 @@ impl SyncHub {
             self.versions.send_replace(stored);
         } else {
             let state = self.store.state_snapshot().await?;
-            let snapshot = snapshot_of_state(&state);
+            let snapshot = snapshot_of_state(&state, &self.prices);
             self.publish_full(snapshot, Some(state.teams));
         }
         Ok(stored)

@@ -93,6 +93,55 @@ fn check_config_reports_warnings_and_errors() {
 }
 
 #[test]
+fn check_config_loads_the_price_file_from_the_config_or_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("conf")).unwrap();
+    // A relative path in the config is relative to the config file's directory.
+    std::fs::write(
+        dir.path().join("conf/config.yaml"),
+        "general_settings:\n  model_prices_file: prices.json\nmodel_list:\n  - model_name: a\n    litellm_params: {model: openai/x, input_cost_per_token: 1e-6}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("conf/prices.json"),
+        r#"{"x": {"input_cost_per_token": 1e-6}, "y": {"output_cost_per_token": 2e-6}}"#,
+    )
+    .unwrap();
+    let output = tollgate(
+        &["check-config", "--config", "conf/config.yaml"],
+        dir.path(),
+    );
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", text(&output.stderr));
+    assert_eq!(
+        stdout,
+        "conf/prices.json: OK, 2 models\nconf/config.yaml: OK, 1 deployments of 1 models, 0 warnings\n"
+    );
+
+    // The flag replaces the config's file; a bad entry fails the check with its field.
+    std::fs::write(
+        dir.path().join("bad.json"),
+        r#"{"x": {"output_cost_per_token": -2e-6}}"#,
+    )
+    .unwrap();
+    let output = tollgate(
+        &[
+            "check-config",
+            "--config",
+            "conf/config.yaml",
+            "--model-prices-file",
+            "bad.json",
+        ],
+        dir.path(),
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        text(&output.stdout),
+        "error: bad.json: \"x\".output_cost_per_token: must be a non-negative number (US dollars per token)\n"
+    );
+}
+
+#[test]
 fn envoy_config_prints_the_rendered_bootstrap() {
     let dir = tempfile::tempdir().unwrap();
     let output = tollgate(

@@ -51,6 +51,7 @@ fn api_deployment(id: &str) -> DeploymentRecord {
         api_version: None,
         default_max_tokens: None,
         model_info: None,
+        pricing: Default::default(),
         source: DeploymentSource::Api,
         position: 0,
     }

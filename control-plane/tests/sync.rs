@@ -231,6 +231,7 @@ async fn filters_get_snapshots_and_usage_is_stored_once() {
             api_version: None,
             default_max_tokens: None,
             model_info: None,
+            pricing: Default::default(),
             source: DeploymentSource::Api,
             position: 0,
         })
