@@ -53,6 +53,15 @@ pub const SETTING_API_ENV_PREFIXES: &str = "api_env_prefixes";
 /// US dollars per token). Written only with the config, in the transaction that marks the
 /// deployments changed, since it changes their pricing (see `Store::replace_config`).
 pub const SETTING_COST_PER_TOKEN: &str = "cost_per_token";
+/// `general_settings.max_budget`: US dollars per window for every request together.
+pub const SETTING_MAX_BUDGET: &str = "max_budget";
+/// `general_settings.soft_budget`: alert threshold of the gateway's budget.
+pub const SETTING_SOFT_BUDGET: &str = "soft_budget";
+/// `general_settings.budget_duration`, as written ("30d").
+pub const SETTING_BUDGET_DURATION: &str = "budget_duration";
+/// `litellm_settings.max_end_user_budget`: US dollars per window for each end user (the
+/// request's `user` field) that has no budget of its own.
+pub const SETTING_MAX_END_USER_BUDGET: &str = "max_end_user_budget";
 
 /// What [`SETTING_CREDENTIAL_KEY_CHECK`] seals.
 const CREDENTIAL_KEY_CHECK_TEXT: &str = "tollgate credential key check";
