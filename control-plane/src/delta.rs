@@ -74,6 +74,37 @@ pub struct Served {
 }
 
 impl Served {
+    /// Whether the served state gives `scope`/`id` a budget (so its spend goes to the
+    /// filters): scopes as `spend_totals` names them.
+    pub fn is_budgeted(&self, scope: &str, id: &str) -> bool {
+        let in_settings = |wanted: proto::BudgetScope, id: &str| {
+            self.settings
+                .budgets
+                .iter()
+                .any(|budget| budget.scope == wanted as i32 && budget.id == id)
+        };
+        match scope {
+            "key" => self
+                .keys
+                .get(id)
+                .is_some_and(|key| key.max_budget.is_some() || key.soft_budget.is_some()),
+            "key_model" => id.split_once('/').is_some_and(|(hash, model)| {
+                self.keys
+                    .get(hash)
+                    .is_some_and(|key| key.model_max_budget.contains_key(model))
+            }),
+            "user" => in_settings(proto::BudgetScope::User, id),
+            "team" => in_settings(proto::BudgetScope::Team, id),
+            // An empty id is every end user's budget (max_end_user_budget).
+            "end_user" => {
+                in_settings(proto::BudgetScope::EndUser, id)
+                    || in_settings(proto::BudgetScope::EndUser, "")
+            }
+            "global" => in_settings(proto::BudgetScope::Global, ""),
+            _ => false,
+        }
+    }
+
     /// Serves `snapshot`; `teams` are those its keys were built with, when known.
     pub fn new(snapshot: proto::Snapshot, teams: Option<Teams>) -> Served {
         Served {
@@ -173,7 +204,13 @@ impl Served {
                 removed.push(hash);
             }
         }
-        let next = build_snapshot(state.version, &state.deployments, &state.settings, prices);
+        let next = build_snapshot(
+            state.version,
+            &state.deployments,
+            &state.settings,
+            &state.budgets,
+            prices,
+        );
         self.advance(
             state.version,
             next.settings.unwrap_or_default(),

@@ -18,6 +18,7 @@ pub mod pricing;
 pub mod proto;
 pub mod secrets;
 pub mod server;
+pub mod spend_push;
 pub mod store;
 pub mod sync;
 pub mod up;

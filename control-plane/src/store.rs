@@ -24,8 +24,8 @@ use crate::proto;
 use crate::secrets::{self, CredentialError, CredentialKey};
 
 pub use management::{
-    KeyRow, MemberRow, NewMember, StateChanges, StateSnapshot, TeamRow, UserRow,
-    REMOVED_KEY_RETENTION_MS,
+    BudgetFields, KeyRow, MemberRow, NewMember, ScopeBudget, StateChanges, StateSnapshot, TeamRow,
+    UserRow, REMOVED_KEY_RETENTION_MS,
 };
 
 /// PostgreSQL channel every committed change is announced on (payload: the new version),
@@ -565,6 +565,9 @@ fn usage_id(record: &proto::UsageRecord) -> String {
 }
 
 mod management;
+mod windows;
+
+pub use windows::SpendRow;
 
 impl Store {
     /// Opens (creating if the URL allows) the database at `url` and applies migrations.

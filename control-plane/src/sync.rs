@@ -24,10 +24,12 @@ use crate::delta::{CatchUp, Served, Teams};
 use crate::pricing::{self, PriceCatalog, PricedDeployment};
 use crate::proto::filter_sync_server::{FilterSync, FilterSyncServer};
 use crate::proto::{self, control_message, filter_message};
+use crate::spend_push::{run_spend_publisher, SpendView};
 use crate::store::{
-    now_unix_ms, KeyRow, StateSnapshot, Store, StoreError, StoredDeployment,
-    SETTING_COST_PER_TOKEN, SETTING_MASTER_KEY_SHA256, SETTING_MAX_REQUEST_BODY_BYTES,
-    SETTING_MAX_RESPONSE_BODY_BYTES,
+    now_unix_ms, KeyRow, ScopeBudget, StateSnapshot, Store, StoreError, StoredDeployment,
+    SETTING_COST_PER_TOKEN, SETTING_MASTER_KEY_SHA256, SETTING_MAX_BUDGET,
+    SETTING_MAX_END_USER_BUDGET, SETTING_MAX_REQUEST_BODY_BYTES, SETTING_MAX_RESPONSE_BODY_BYTES,
+    SETTING_SOFT_BUDGET,
 };
 
 /// How often the stored version is compared with the published one, as a safety net for
@@ -49,12 +51,59 @@ fn stored_cost_per_token(settings: &BTreeMap<String, String>) -> BTreeMap<String
     })
 }
 
-/// Builds a snapshot from stored deployments and settings, each deployment priced from
-/// `prices` and the stored `cost_per_token` (see [`pricing::resolve`]).
+/// The budgets the snapshot's settings carry: the users' and teams' in `scoped`, the
+/// gateway's (`general_settings.max_budget` / `soft_budget`) and the one of every end user
+/// without a budget of its own (`litellm_settings.max_end_user_budget`, id "").
+fn settings_budgets(
+    settings: &BTreeMap<String, String>,
+    scoped: &[ScopeBudget],
+) -> Vec<proto::Budget> {
+    let amount = |key: &str| {
+        settings
+            .get(key)
+            .and_then(|value| value.parse::<f64>().ok())
+    };
+    let mut budgets = Vec::with_capacity(scoped.len() + 2);
+    let (max_budget, soft_budget) = (amount(SETTING_MAX_BUDGET), amount(SETTING_SOFT_BUDGET));
+    if max_budget.is_some() || soft_budget.is_some() {
+        budgets.push(proto::Budget {
+            scope: proto::BudgetScope::Global as i32,
+            id: String::new(),
+            max_budget,
+            soft_budget,
+        });
+    }
+    if let Some(max_budget) = amount(SETTING_MAX_END_USER_BUDGET) {
+        budgets.push(proto::Budget {
+            scope: proto::BudgetScope::EndUser as i32,
+            id: String::new(),
+            max_budget: Some(max_budget),
+            soft_budget: None,
+        });
+    }
+    for budget in scoped {
+        let scope = match budget.scope {
+            "user" => proto::BudgetScope::User,
+            _ => proto::BudgetScope::Team,
+        };
+        budgets.push(proto::Budget {
+            scope: scope as i32,
+            id: budget.id.clone(),
+            max_budget: budget.max_budget,
+            soft_budget: budget.soft_budget,
+        });
+    }
+    budgets
+}
+
+/// Builds a snapshot from stored deployments, settings and the budgets of users and teams,
+/// each deployment priced from `prices` and the stored `cost_per_token` (see
+/// [`pricing::resolve`]).
 pub fn build_snapshot(
     version: u64,
     deployments: &[StoredDeployment],
     settings: &BTreeMap<String, String>,
+    budgets: &[ScopeBudget],
     prices: &PriceCatalog,
 ) -> proto::Snapshot {
     let cost_per_token = stored_cost_per_token(settings);
@@ -74,7 +123,7 @@ pub fn build_snapshot(
                 .unwrap_or_default(),
             max_request_body_bytes: number(SETTING_MAX_REQUEST_BODY_BYTES),
             max_response_body_bytes: number(SETTING_MAX_RESPONSE_BODY_BYTES),
-            budgets: Vec::new(),
+            budgets: settings_budgets(settings, budgets),
         }),
         deployments: deployments
             .iter()
@@ -125,9 +174,13 @@ pub fn snapshot_keys(
                 expires_unix_ms: key
                     .expires_ms
                     .map_or(0, |ms| u64::try_from(ms).unwrap_or(0).max(1)),
-                max_budget: None,
-                soft_budget: None,
-                model_max_budget: Default::default(),
+                max_budget: key.budget.max_budget,
+                soft_budget: key.budget.soft_budget,
+                model_max_budget: key
+                    .model_max_budget
+                    .iter()
+                    .map(|(model, amount)| (model.clone(), *amount))
+                    .collect(),
             }
         })
         .collect()
@@ -135,7 +188,13 @@ pub fn snapshot_keys(
 
 /// A snapshot of a consistent read of the store, priced from `prices`.
 pub fn snapshot_of_state(state: &StateSnapshot, prices: &PriceCatalog) -> proto::Snapshot {
-    let mut snapshot = build_snapshot(state.version, &state.deployments, &state.settings, prices);
+    let mut snapshot = build_snapshot(
+        state.version,
+        &state.deployments,
+        &state.settings,
+        &state.budgets,
+        prices,
+    );
     snapshot.keys = snapshot_keys(&state.keys, &state.teams);
     snapshot
 }
@@ -206,6 +265,11 @@ pub struct SyncHub {
     rebuild_pending: AtomicBool,
     /// A rebuild task is running (at most one at a time).
     rebuild_running: AtomicBool,
+    /// Counts stored usage batches: each acknowledgement carries the count after its batch
+    /// (see [`crate::spend_push`]).
+    ledger_seq: AtomicU64,
+    /// The spend every stream is pushed; streams wait on it for changes.
+    spend: watch::Sender<Arc<SpendView>>,
 }
 
 impl SyncHub {
@@ -240,7 +304,7 @@ impl SyncHub {
     }
 
     fn serving(store: Store, prices: Arc<PriceCatalog>, served: Served) -> Arc<SyncHub> {
-        Arc::new(SyncHub {
+        let hub = Arc::new(SyncHub {
             store,
             prices,
             versions: watch::Sender::new(served.version()),
@@ -251,7 +315,42 @@ impl SyncHub {
             shutdown: watch::Sender::new(false),
             rebuild_pending: AtomicBool::new(false),
             rebuild_running: AtomicBool::new(false),
-        })
+            ledger_seq: AtomicU64::new(0),
+            spend: watch::Sender::new(Arc::new(SpendView::default())),
+        });
+        // Every hub pushes spend; outside a runtime (never in the service) there is no
+        // stream to push it to either.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(run_spend_publisher(hub.clone()));
+        }
+        hub
+    }
+
+    /// This replica's ledger sequence (see [`crate::spend_push`]).
+    pub fn ledger_seq(&self) -> &AtomicU64 {
+        &self.ledger_seq
+    }
+
+    /// The spend view streams are sent.
+    pub fn spend_view(&self) -> Arc<SpendView> {
+        self.spend.borrow().clone()
+    }
+
+    /// Sends `view` to every stream.
+    pub fn publish_spend(&self, view: SpendView) {
+        self.spend.send_replace(Arc::new(view));
+    }
+
+    /// Runs `read` on the served state.
+    pub fn with_served<T>(&self, read: impl FnOnce(&Served) -> T) -> T {
+        read(&self.served())
+    }
+
+    /// Changes to true when the hub shuts down.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        let mut signal = self.shutdown.subscribe();
+        signal.mark_changed();
+        signal
     }
 
     /// Asks for a rebuild after a committed change, without waiting for it. Rebuilding reads
@@ -587,9 +686,10 @@ impl SyncHub {
         }
     }
 
-    /// Stores a usage batch (each record once by id); false when it could not be stored,
-    /// so it is not acknowledged and the filter keeps it for the next stream.
-    async fn store_usage(&self, stream: u64, records: &[proto::UsageRecord]) -> bool {
+    /// Stores a usage batch (each record once by id); returns the ledger sequence it was
+    /// stored at, or `None` when it could not be stored, so it is not acknowledged and the
+    /// filter keeps it for the next stream.
+    async fn store_usage(&self, stream: u64, records: &[proto::UsageRecord]) -> Option<u64> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -601,7 +701,8 @@ impl SyncHub {
                         inserted,
                         "usage batch stored"
                     );
-                    return true;
+                    // After the commit: a spend read that starts after this sees the batch.
+                    return Some(self.ledger_seq.fetch_add(1, Ordering::SeqCst) + 1);
                 }
                 Err(error) if attempt < USAGE_INSERT_ATTEMPTS => {
                     tracing::warn!(stream, attempt, %error, "storing usage failed, retrying");
@@ -614,7 +715,7 @@ impl SyncHub {
                         %error,
                         "storing usage failed; closing the stream so the filter sends the batch again"
                     );
-                    return false;
+                    return None;
                 }
             }
         }
@@ -695,6 +796,17 @@ async fn send_update(
     true
 }
 
+/// Sends a spend update; false when the stream is gone.
+async fn send_spend(
+    sender: &mpsc::Sender<Result<proto::ControlMessage, Status>>,
+    update: proto::SpendUpdate,
+) -> bool {
+    let message = proto::ControlMessage {
+        kind: Some(control_message::Kind::Spend(update)),
+    };
+    sender.send(Ok(message)).await.is_ok()
+}
+
 fn snapshot_message(snapshot: proto::Snapshot) -> (proto::ControlMessage, u64) {
     let version = snapshot.version;
     (
@@ -723,8 +835,25 @@ async fn run_stream(
     if !send_update(&hub, id, &sender, first, sent_version).await {
         return;
     }
+    // Then every budgeted scope's spend, so budgets hold from the first request.
+    let mut spend = hub.spend.subscribe();
+    let view = spend.borrow_and_update().clone();
+    let mut sent_spend = view.generation;
+    if !send_spend(&sender, view.full_update()).await {
+        return;
+    }
     loop {
         tokio::select! {
+            changed = spend.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let view = spend.borrow_and_update().clone();
+                if !send_spend(&sender, view.update_after(sent_spend)).await {
+                    break;
+                }
+                sent_spend = view.generation;
+            }
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow_and_update() {
                     break;
@@ -793,9 +922,9 @@ async fn handle_message(
             );
         }
         Some(filter_message::Kind::Usage(batch)) => {
-            if !hub.store_usage(id, &batch.records).await {
+            let Some(ledger_seq) = hub.store_usage(id, &batch.records).await else {
                 return Err(StreamBroken);
-            }
+            };
             // Counted after storing, so a waiter that sees the count also sees the rows.
             let count = u64::try_from(batch.records.len()).unwrap_or(u64::MAX);
             hub.update(id, |info| info.usage_records += count);
@@ -804,7 +933,7 @@ async fn handle_message(
                 let ack = proto::ControlMessage {
                     kind: Some(control_message::Kind::UsageAck(proto::UsageAck {
                         batch_ids: vec![batch.batch_id],
-                        ledger_seq: 0,
+                        ledger_seq,
                     })),
                 };
                 if sender.send(Ok(ack)).await.is_err() {

@@ -143,6 +143,21 @@ pub struct StateSnapshot {
     pub keys: Vec<KeyRow>,
     /// Models and blocked flag of every team, by id.
     pub teams: BTreeMap<String, (Vec<String>, bool)>,
+    /// Budgets of the users and teams that have one, users first, each by id.
+    pub budgets: Vec<ScopeBudget>,
+}
+
+/// A budget of a user or team, as the filters get it (in the snapshot's settings).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScopeBudget {
+    /// `"user"` or `"team"`.
+    pub scope: &'static str,
+    /// User or team id.
+    pub id: String,
+    /// US dollars per window.
+    pub max_budget: Option<f64>,
+    /// Alert threshold.
+    pub soft_budget: Option<f64>,
 }
 
 /// What changed since a version (see [`Store::state_changes_since`]).
@@ -546,10 +561,28 @@ impl Store {
                 let models: String = row.try_get("models")?;
                 teams.insert(row.try_get("team_id")?, (json_list(&models), row.try_get("blocked")?));
             }
+            // Few users and teams have budgets; all of them are read every time (their
+            // changes are not tracked like keys').
+            let mut budgets = Vec::new();
+            for (scope, sql) in [
+                ("user", "SELECT user_id AS id, max_budget, soft_budget FROM users \
+                          WHERE max_budget IS NOT NULL OR soft_budget IS NOT NULL ORDER BY user_id"),
+                ("team", "SELECT team_id AS id, max_budget, soft_budget FROM teams \
+                          WHERE max_budget IS NOT NULL OR soft_budget IS NOT NULL ORDER BY team_id"),
+            ] {
+                for row in sqlx::query(sql).fetch_all(&mut *tx).await? {
+                    budgets.push(ScopeBudget {
+                        scope,
+                        id: row.try_get("id")?,
+                        max_budget: row.try_get("max_budget")?,
+                        soft_budget: row.try_get("soft_budget")?,
+                    });
+                }
+            }
             tx.commit().await?;
             let version = to_u64(version);
             Ok(StateChanges {
-                state: StateSnapshot { version, deployments, settings, keys, teams },
+                state: StateSnapshot { version, deployments, settings, keys, teams, budgets },
                 deployments_changed,
                 removed_keys,
                 complete: since.is_some_and(|since| {

@@ -81,7 +81,11 @@ pub fn check_budgets(
     }
     let budgets = &state.budgets;
     if !end_user.is_empty() {
-        if let Some(limit) = budgets.end_users.get(end_user) {
+        let limit = budgets
+            .end_users
+            .get(end_user)
+            .or(budgets.every_end_user.as_ref());
+        if let Some(limit) = limit {
             check(limit, BudgetScope::EndUser, end_user, "end_user", &|| {
                 format!("end user {end_user}")
             })?;
@@ -158,6 +162,7 @@ mod tests {
             users: HashMap::from([("u1".to_string(), limit(10.0).unwrap())]),
             teams: HashMap::from([("t1".to_string(), limit(20.0).unwrap())]),
             end_users: HashMap::from([("alice".to_string(), limit(5.0).unwrap())]),
+            every_end_user: limit(1.0),
         };
         let state = state(budgets);
         let caller = caller(None, vec![("gpt".to_string(), 2.0)]);
@@ -200,6 +205,18 @@ mod tests {
             0.0
         });
         assert_eq!(other, Ok(None));
+        // An end user without a budget of its own has max_end_user_budget, spent per id.
+        let bob = check_budgets(&state, &caller, "claude", "bob", |scope, id| {
+            if (scope, id) == (BudgetScope::EndUser, "bob") {
+                1.0
+            } else {
+                0.0
+            }
+        });
+        assert!(bob
+            .unwrap_err()
+            .to_string()
+            .contains("end user bob spent 1 USD of its max budget of 1 USD"));
     }
 
     #[test]

@@ -235,6 +235,8 @@ pub struct Budgets {
     pub teams: HashMap<String, BudgetLimit>,
     /// By end user (the request's `user` field).
     pub end_users: HashMap<String, BudgetLimit>,
+    /// Of every end user not in [`Self::end_users`] (`max_end_user_budget`).
+    pub every_end_user: Option<BudgetLimit>,
 }
 
 impl Budgets {
@@ -251,6 +253,9 @@ impl Budgets {
                 }
                 Ok(proto::BudgetScope::Team) => {
                     built.teams.insert(budget.id, limit);
+                }
+                Ok(proto::BudgetScope::EndUser) if budget.id.is_empty() => {
+                    built.every_end_user = Some(limit);
                 }
                 Ok(proto::BudgetScope::EndUser) => {
                     built.end_users.insert(budget.id, limit);
@@ -271,6 +276,7 @@ impl Budgets {
             && self.users.is_empty()
             && self.teams.is_empty()
             && self.end_users.is_empty()
+            && self.every_end_user.is_none()
     }
 }
 
