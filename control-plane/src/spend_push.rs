@@ -165,7 +165,7 @@ pub async fn run_spend_publisher(hub: Arc<SyncHub>) {
         ticks = ticks.wrapping_add(1);
         let now = now_unix_ms();
         let mut full = read_for_version != Some(hub.current_version());
-        if ticks % clock_every == 0 {
+        if ticks.is_multiple_of(clock_every) {
             match hub.store().reset_budget_windows(now).await {
                 Ok(0) => {}
                 Ok(reset) => {
