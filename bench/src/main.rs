@@ -1200,6 +1200,9 @@ fn run_callgrind(dir: &Path) -> Result<Vec<Callgrind>> {
         ("anthropic", "buffered", 2000),
         ("openai", "stream", 200),
         ("anthropic", "stream", 200),
+        // A key with a budget (and a global one): budgets checked, cost booked.
+        ("openai", "buffered+budget", 2000),
+        ("openai", "stream+budget", 200),
     ] {
         let out = dir.join(format!("callgrind.{provider}.{mode}.out"));
         let status = Command::new("valgrind")

@@ -3,7 +3,11 @@
 //! stream through `on_stream_chunk`, one SSE event per call), plus what the glue builds per
 //! request around them (the upstream header map and the usage record), N times.
 //!
-//! `translate_path <openai|anthropic> <buffered|stream> <N>`
+//! `translate_path <openai|anthropic> <buffered|stream>[+budget] <N>`
+//!
+//! `+budget`: the deployment is priced and the caller's key has a budget (and the gateway a
+//! global one): each request also has its budgets checked against the spend book, its cost
+//! computed, and its record's charges booked, as the filter does for a budgeted key.
 //!
 //! `make bench` runs it under `valgrind --tool=callgrind` twice (N and a smaller N) and
 //! reports the difference per request, so setup (snapshot, bodies) is not counted.
@@ -11,9 +15,42 @@
 use std::hint::black_box;
 
 use anyhow::{bail, Context, Result};
+use tollgate_core::auth::Caller;
+use tollgate_core::budget::check_budgets;
 use tollgate_core::gateway::plan_chat_request;
 use tollgate_core::providers::TranslateContext;
+use tollgate_core::snapshot::{BudgetLimit, VirtualKey};
+use tollgate_core::spend::{charges_of, SpendBook};
 use tollgate_core::{proto, State};
+
+/// `state` with a global budget far from spent.
+fn priced_and_budgeted(mut state: State) -> State {
+    state.budgets.global = Some(BudgetLimit {
+        max: Some(1e12),
+        soft: None,
+    });
+    state
+}
+
+/// A caller whose key has a budget far from spent.
+fn budgeted_caller() -> Caller {
+    Caller {
+        key_hash: "ab".repeat(32),
+        key: Some(std::sync::Arc::new(VirtualKey {
+            alias: "bench".into(),
+            user_id: "bench-user".into(),
+            team_id: String::new(),
+            models: Vec::new(),
+            blocked: false,
+            expires_unix_ms: 0,
+            budget: Some(BudgetLimit {
+                max: Some(1e12),
+                soft: Some(1e11),
+            }),
+            model_budgets: Vec::new(),
+        })),
+    }
+}
 
 /// Chunks per stream, as the live benchmark's `mock:chunks=200`.
 const STREAM_CHUNKS: usize = 200;
@@ -37,6 +74,14 @@ fn deployment(
         upstream_model: upstream.to_string(),
         api_base: base.to_string(),
         api_key: "sk-mock-provider-key".to_string(),
+        // OpenAI's gpt-4o prices; `+budget` runs price their answers, the others do not
+        // ask (pricing is computed only for a record, or a buffered answer's header).
+        pricing: Some(proto::Pricing {
+            input_cost_per_token: Some(2.5e-6),
+            output_cost_per_token: Some(1e-5),
+            cache_read_input_token_cost: Some(1.25e-6),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -185,15 +230,24 @@ fn run_requests(
     response: &[u8],
     events: &[Vec<u8>],
     client_headers: &[(Vec<u8>, Vec<u8>)],
+    budget: Option<&Caller>,
     n: usize,
 ) -> Result<usize> {
     let mut out = Vec::with_capacity(4096);
     let mut bytes_out = 0usize;
     let mut ids = tollgate_core::usage::RecordIds::new(0x5eed);
+    let mut book = SpendBook::default();
     for _ in 0..n {
         let mut plan = plan_chat_request(state, black_box(body), context)
             .map_err(|error| anyhow::anyhow!("plan failed: {error:?}"))
             .context("plan_chat_request")?;
+        if let Some(caller) = budget {
+            let model = &plan.deployment.model_name;
+            check_budgets(state, caller, model, &plan.end_user, |scope, id| {
+                book.spend(scope, id, 1)
+            })
+            .map_err(|error| anyhow::anyhow!("budget refused: {error}"))?;
+        }
         bytes_out += plan.body.len() + plan.path.len() + plan.authority.len();
         plan.response.on_headers(200, Some(content_type));
         if stream {
@@ -226,9 +280,18 @@ fn run_requests(
             started_unix_ms: 1,
             duration_ms: 1,
             stream,
-            key_hash: String::new(),
+            key_hash: budget
+                .map(|caller| caller.key_hash.clone())
+                .unwrap_or_default(),
+            cost: plan.cost(),
             ..Default::default()
         };
+        if budget.is_some() {
+            // Booked when queued, released when the pushed spend counts it.
+            let charges = charges_of(&record);
+            book.charge(&charges);
+            book.release(&charges);
+        }
         bytes_out += black_box(record).model_name.len();
         black_box(&plan);
     }
@@ -241,10 +304,14 @@ fn main() -> Result<()> {
         [_, provider, mode, n] => (provider.as_str(), mode.as_str(), n.parse::<usize>()?),
         _ => bail!("usage: translate_path <openai|anthropic> <buffered|stream> <N>"),
     };
+    let (mode, budgeted) = match mode.strip_suffix("+budget") {
+        Some(mode) => (mode, true),
+        None => (mode, false),
+    };
     let stream = match mode {
         "buffered" => false,
         "stream" => true,
-        _ => bail!("mode must be buffered or stream"),
+        _ => bail!("mode must be buffered or stream, with or without +budget"),
     };
     let (model, response, events) = match provider {
         "openai" => ("gpt-mock", openai_body(), openai_stream()),
@@ -256,7 +323,10 @@ fn main() -> Result<()> {
     } else {
         "application/json"
     };
-    let state = state();
+    let mut state = state();
+    if budgeted {
+        state = priced_and_budgeted(state);
+    }
     let body = request(model, stream);
     let context = TranslateContext {
         now_unix: 1_795_321_596,
@@ -277,6 +347,7 @@ fn main() -> Result<()> {
     .into_iter()
     .map(|(name, value)| (name.as_bytes().to_vec(), value.as_bytes().to_vec()))
     .collect();
+    let budget = budgeted.then(budgeted_caller);
     let bytes_out = run_requests(
         &state,
         &body,
@@ -286,6 +357,7 @@ fn main() -> Result<()> {
         &response,
         &events,
         &client_headers,
+        budget.as_ref(),
         n,
     )?;
     println!("{provider} {mode} x{n}: {bytes_out} bytes out");
