@@ -901,3 +901,112 @@ fn the_history_is_bounded_and_older_streams_get_a_full_snapshot() {
     assert!(matches!(served.catch_up(1), CatchUp::Full(_)));
     assert!(matches!(served.catch_up(190), CatchUp::Delta { .. }));
 }
+
+/// A key with a budget gets its spend pushed (0 at first), then, after a usage
+/// batch is stored and acknowledged with its ledger sequence, an update at least that far
+/// along the ledger that counts the batch's cost (once, though the batch was sent twice);
+/// a key without a budget is not pushed.
+async fn spend_reaches_the_filter_and_counts_each_batch_once(store: Store) {
+    let server = Server::start(store.clone(), &load(CONFIG)).await;
+    let hub = server.hub.clone();
+    let budgeted = KeyRow {
+        budget: tollgate::store::BudgetFields {
+            max_budget: Some(1.0),
+            ..Default::default()
+        },
+        ..key_row(1)
+    };
+    store.insert_key(&budgeted).await.unwrap();
+    store.insert_key(&key_row(2)).await.unwrap();
+    hub.refresh().await.unwrap();
+
+    let mut filter = common::FakeFilter::connect(server.address).await;
+    let snapshot = filter.next_snapshot().await;
+    let key = snapshot
+        .keys
+        .iter()
+        .find(|key| key.key_sha256 == budgeted.token)
+        .unwrap();
+    assert_eq!(key.max_budget, Some(1.0));
+    filter.hello("envoy-s", "1", snapshot.version).await;
+    // The first update of the stream is full; the key's budget may reach the spend push
+    // in a later one (it reads budgets from the served state every 100 ms).
+    let first = filter
+        .spend_update_where(|update| update.spend.iter().any(|spend| spend.id == budgeted.token))
+        .await;
+    assert_eq!(
+        first.spend,
+        vec![pb::Spend {
+            scope: pb::BudgetScope::Key as i32,
+            id: budgeted.token.clone(),
+            spend: 0.0,
+            reset_at_unix_ms: 0,
+        }]
+    );
+
+    let record = |id: &str, key: &str| pb::UsageRecord {
+        id: id.into(),
+        key_hash: key.into(),
+        model_name: "gpt".into(),
+        cost: Some(0.25),
+        ..Default::default()
+    };
+    let batch = UsageBatch {
+        records: vec![
+            record("s1", &budgeted.token),
+            record("s2", &budgeted.token),
+            record("s3", &key_row(2).token),
+        ],
+        batch_id: 1,
+    };
+    filter.send(filter_message::Kind::Usage(batch.clone())).await;
+    let ack = filter.next_ack().await;
+    assert_eq!(ack.batch_ids, [1]);
+    assert!(ack.ledger_seq >= 1, "{ack:?}");
+    let counted = filter
+        .spend_update_where(|update| {
+            update.ledger_seq >= ack.ledger_seq
+                && update.spend.iter().any(|spend| spend.spend > 0.0)
+        })
+        .await;
+    assert_eq!(
+        counted.spend,
+        vec![pb::Spend {
+            scope: pb::BudgetScope::Key as i32,
+            id: budgeted.token.clone(),
+            spend: 0.5,
+            reset_at_unix_ms: 0,
+        }],
+        "only the budgeted key, its two records once"
+    );
+    // Sent again (a lost acknowledgement): stored once, so the spend does not move.
+    filter.send(filter_message::Kind::Usage(batch)).await;
+    let again = filter.next_ack().await;
+    assert!(again.ledger_seq > ack.ledger_seq);
+    let after = filter
+        .spend_update_where(|update| update.ledger_seq >= again.ledger_seq)
+        .await;
+    assert!(after.spend.is_empty(), "nothing changed: {after:?}");
+    assert_eq!(
+        store
+            .spend_total("key", &budgeted.token)
+            .await
+            .unwrap()
+            .map(|(spend, _)| spend),
+        Some(0.5)
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn spend_reaches_the_filter_and_counts_each_batch_once_on_sqlite() {
+    let (store, _dir) = common::sqlite_store().await;
+    spend_reaches_the_filter_and_counts_each_batch_once(store).await;
+}
+
+#[tokio::test]
+async fn spend_reaches_the_filter_and_counts_each_batch_once_on_postgres() {
+    let database = common::PgTestDb::create().await;
+    let store = common::connect(&database.url).await;
+    spend_reaches_the_filter_and_counts_each_batch_once(store).await;
+}

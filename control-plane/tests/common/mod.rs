@@ -185,7 +185,7 @@ pub struct FakeFilter {
     /// The control messages the filter receives.
     pub inbound: tonic::Streaming<tollgate::proto::ControlMessage>,
     /// Usage acknowledgements received while waiting for a snapshot, oldest first.
-    usage_acks: std::collections::VecDeque<Vec<u64>>,
+    usage_acks: std::collections::VecDeque<tollgate::proto::UsageAck>,
     /// Spend updates received while waiting for something else, oldest first.
     pub spend_updates: std::collections::VecDeque<tollgate::proto::SpendUpdate>,
     /// The snapshot the messages received add up to.
@@ -317,7 +317,7 @@ impl FakeFilter {
                 Some(Update::Delta(delta))
             }
             Kind::UsageAck(ack) => {
-                self.usage_acks.push_back(ack.batch_ids);
+                self.usage_acks.push_back(ack);
                 None
             }
             Kind::Spend(spend) => {
@@ -346,9 +346,31 @@ impl FakeFilter {
     /// The batch ids of the next usage acknowledgement (snapshots and deltas on the way are
     /// taken into [`Self::held`]).
     pub async fn next_usage_ack(&mut self) -> Vec<u64> {
+        self.next_ack().await.batch_ids
+    }
+
+    /// The next usage acknowledgement, whole (with its ledger sequence).
+    pub async fn next_ack(&mut self) -> tollgate::proto::UsageAck {
         loop {
             if let Some(ack) = self.usage_acks.pop_front() {
                 return ack;
+            }
+            let kind = self.next_message().await;
+            self.take(kind);
+        }
+    }
+
+    /// Spend updates received until one satisfies `wanted` (that one is returned; those
+    /// before it are dropped).
+    pub async fn spend_update_where(
+        &mut self,
+        wanted: impl Fn(&tollgate::proto::SpendUpdate) -> bool,
+    ) -> tollgate::proto::SpendUpdate {
+        loop {
+            while let Some(update) = self.spend_updates.pop_front() {
+                if wanted(&update) {
+                    return update;
+                }
             }
             let kind = self.next_message().await;
             self.take(kind);
