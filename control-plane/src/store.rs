@@ -27,7 +27,7 @@ pub use management::{
     REMOVED_KEY_RETENTION_MS,
 };
 pub use spend::{
-    ReportFilter, ReportGroup, ReportRow, SpendLogFilter, SpendScope, TagSpend, DAY_MS,
+    ReportFilter, ReportGroup, ReportRow, SpendLogFilter, SpendQuery, SpendScope, TagSpend, DAY_MS,
 };
 pub use synthetic::{
     synthetic_key_hash, synthetic_record, synthetic_started_ms, SYNTHETIC_BASE_MS, SYNTHETIC_DAYS,

@@ -485,16 +485,7 @@ impl Store {
         offset: u64,
         limit: u64,
     ) -> Result<Vec<proto::UsageRecord>, StoreError> {
-        let mut binds = Vec::new();
-        let condition = where_clause(filter, &mut binds);
-        binds.push(Bind::Int(to_i64(limit)));
-        let limit_at = binds.len();
-        binds.push(Bind::Int(to_i64(offset)));
-        let offset_at = binds.len();
-        let sql = format!(
-            "SELECT {USAGE_SELECT_COLUMNS} FROM usage_records{condition} \
-             ORDER BY started_unix_ms DESC, id DESC LIMIT ${limit_at} OFFSET ${offset_at}"
-        );
+        let (sql, binds) = spend_logs_query(filter, offset, limit);
         with_pool!(self, pool => {
             let rows = bind_all!(sqlx::query(&sql), binds).fetch_all(pool).await?;
             let mut records = Vec::with_capacity(rows.len());
@@ -507,9 +498,7 @@ impl Store {
 
     /// How many records match `filter`.
     pub async fn spend_logs_count(&self, filter: &SpendLogFilter) -> Result<u64, StoreError> {
-        let mut binds = Vec::new();
-        let condition = where_clause(filter, &mut binds);
-        let sql = format!("SELECT COUNT(*) AS n FROM usage_records{condition}");
+        let (sql, binds) = spend_count_query(filter);
         with_pool!(self, pool => {
             let count: i64 = bind_all!(sqlx::query(&sql), binds)
                 .fetch_one(pool)
@@ -528,58 +517,7 @@ impl Store {
         group: ReportGroup,
         restrict: &ReportFilter,
     ) -> Result<Vec<ReportRow>, StoreError> {
-        let day = format!("started_unix_ms / {DAY_MS}");
-        let grouped: &[&str] = match group {
-            ReportGroup::Team => &["day", "team_id", "model_name", "key_hash"],
-            ReportGroup::Customer => &["day", "end_user", "model_name", "key_hash"],
-            ReportGroup::ApiKey => &["key_hash", "model_name"],
-            ReportGroup::User => &["user_id", "model_name"],
-            ReportGroup::Model => &["model_name", "key_hash"],
-            ReportGroup::Day => &["day"],
-        };
-        let column = |name: &str, expression: &str, empty: &str| -> String {
-            if grouped.contains(&name) {
-                format!("{expression} AS {name}")
-            } else {
-                format!("{empty} AS {name}")
-            }
-        };
-        let selected = [
-            column("day", &day, "CAST(-1 AS BIGINT)"),
-            column("team_id", "team_id", "''"),
-            column("end_user", "end_user", "''"),
-            column("key_hash", "key_hash", "''"),
-            column("user_id", "user_id", "''"),
-            column("model_name", "model_name", "''"),
-        ]
-        .join(", ");
-        let group_by = grouped
-            .iter()
-            .map(|name| {
-                if *name == "day" {
-                    day.clone()
-                } else {
-                    (*name).to_string()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        let filter = SpendLogFilter {
-            key_hash: restrict.key_hash.clone(),
-            user_id: restrict.user_id.clone(),
-            start_ms: Some(start_ms),
-            end_ms: Some(end_ms),
-            ..Default::default()
-        };
-        let mut binds = Vec::new();
-        let condition = where_clause(&filter, &mut binds);
-        let sql = format!(
-            "SELECT {selected}, COALESCE(SUM(cost), 0.0) AS spend, \
-             CAST(COALESCE(SUM(prompt_tokens), 0) AS BIGINT) AS prompt_tokens, \
-             CAST(COALESCE(SUM(completion_tokens), 0) AS BIGINT) AS completion_tokens, \
-             COUNT(*) AS requests FROM usage_records{condition} GROUP BY {group_by} \
-             ORDER BY spend DESC, {group_by}"
-        );
+        let (sql, binds) = report_query(start_ms, end_ms, group, restrict);
         with_pool!(self, pool => {
             let rows = bind_all!(sqlx::query(&sql), binds).fetch_all(pool).await?;
             let mut report = Vec::with_capacity(rows.len());
@@ -609,25 +547,7 @@ impl Store {
         start_ms: Option<i64>,
         end_ms: Option<i64>,
     ) -> Result<Vec<TagSpend>, StoreError> {
-        let mut conditions = Vec::new();
-        let mut binds = Vec::new();
-        if let Some(start) = start_ms {
-            binds.push(Bind::Int(start));
-            conditions.push(format!("started_unix_ms >= ${}", binds.len()));
-        }
-        if let Some(end) = end_ms {
-            binds.push(Bind::Int(end));
-            conditions.push(format!("started_unix_ms < ${}", binds.len()));
-        }
-        let condition = if conditions.is_empty() {
-            String::new()
-        } else {
-            format!(" WHERE {}", conditions.join(" AND "))
-        };
-        let sql = format!(
-            "SELECT tag, COUNT(*) AS log_count, COALESCE(SUM(cost), 0.0) AS total_spend \
-             FROM usage_tags{condition} GROUP BY tag ORDER BY total_spend DESC, tag"
-        );
+        let (sql, binds) = tags_query(start_ms, end_ms);
         with_pool!(self, pool => {
             let rows = bind_all!(sqlx::query(&sql), binds).fetch_all(pool).await?;
             let mut tags = Vec::with_capacity(rows.len());
@@ -705,6 +625,154 @@ impl Store {
                 return Ok(deleted);
             }
         }
+    }
+}
+
+/// The SQL and binds of [`Store::spend_logs`].
+fn spend_logs_query(filter: &SpendLogFilter, offset: u64, limit: u64) -> (String, Vec<Bind>) {
+    let mut binds = Vec::new();
+    let condition = where_clause(filter, &mut binds);
+    binds.push(Bind::Int(to_i64(limit)));
+    let limit_at = binds.len();
+    binds.push(Bind::Int(to_i64(offset)));
+    let offset_at = binds.len();
+    let sql = format!(
+        "SELECT {USAGE_SELECT_COLUMNS} FROM usage_records{condition} \
+         ORDER BY started_unix_ms DESC, id DESC LIMIT ${limit_at} OFFSET ${offset_at}"
+    );
+    (sql, binds)
+}
+
+/// The SQL and binds of [`Store::spend_logs_count`].
+fn spend_count_query(filter: &SpendLogFilter) -> (String, Vec<Bind>) {
+    let mut binds = Vec::new();
+    let condition = where_clause(filter, &mut binds);
+    (
+        format!("SELECT COUNT(*) AS n FROM usage_records{condition}"),
+        binds,
+    )
+}
+
+/// The SQL and binds of [`Store::spend_report`].
+fn report_query(
+    start_ms: i64,
+    end_ms: i64,
+    group: ReportGroup,
+    restrict: &ReportFilter,
+) -> (String, Vec<Bind>) {
+    let day = format!("started_unix_ms / {DAY_MS}");
+    let grouped: &[&str] = match group {
+        ReportGroup::Team => &["day", "team_id", "model_name", "key_hash"],
+        ReportGroup::Customer => &["day", "end_user", "model_name", "key_hash"],
+        ReportGroup::ApiKey => &["key_hash", "model_name"],
+        ReportGroup::User => &["user_id", "model_name"],
+        ReportGroup::Model => &["model_name", "key_hash"],
+        ReportGroup::Day => &["day"],
+    };
+    let column = |name: &str, expression: &str, empty: &str| -> String {
+        if grouped.contains(&name) {
+            format!("{expression} AS {name}")
+        } else {
+            format!("{empty} AS {name}")
+        }
+    };
+    let selected = [
+        column("day", &day, "CAST(-1 AS BIGINT)"),
+        column("team_id", "team_id", "''"),
+        column("end_user", "end_user", "''"),
+        column("key_hash", "key_hash", "''"),
+        column("user_id", "user_id", "''"),
+        column("model_name", "model_name", "''"),
+    ]
+    .join(", ");
+    let group_by = grouped
+        .iter()
+        .map(|name| {
+            if *name == "day" {
+                day.clone()
+            } else {
+                (*name).to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let filter = SpendLogFilter {
+        key_hash: restrict.key_hash.clone(),
+        user_id: restrict.user_id.clone(),
+        start_ms: Some(start_ms),
+        end_ms: Some(end_ms),
+        ..Default::default()
+    };
+    let mut binds = Vec::new();
+    let condition = where_clause(&filter, &mut binds);
+    let sql = format!(
+        "SELECT {selected}, COALESCE(SUM(cost), 0.0) AS spend, \
+         CAST(COALESCE(SUM(prompt_tokens), 0) AS BIGINT) AS prompt_tokens, \
+         CAST(COALESCE(SUM(completion_tokens), 0) AS BIGINT) AS completion_tokens, \
+         COUNT(*) AS requests FROM usage_records{condition} GROUP BY {group_by} \
+         ORDER BY spend DESC, {group_by}"
+    );
+    (sql, binds)
+}
+
+/// The SQL and binds of [`Store::spend_by_tag`].
+fn tags_query(start_ms: Option<i64>, end_ms: Option<i64>) -> (String, Vec<Bind>) {
+    let mut conditions = Vec::new();
+    let mut binds = Vec::new();
+    if let Some(start) = start_ms {
+        binds.push(Bind::Int(start));
+        conditions.push(format!("started_unix_ms >= ${}", binds.len()));
+    }
+    if let Some(end) = end_ms {
+        binds.push(Bind::Int(end));
+        conditions.push(format!("started_unix_ms < ${}", binds.len()));
+    }
+    let condition = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conditions.join(" AND "))
+    };
+    let sql = format!(
+        "SELECT tag, COUNT(*) AS log_count, COALESCE(SUM(cost), 0.0) AS total_spend \
+         FROM usage_tags{condition} GROUP BY tag ORDER BY total_spend DESC, tag"
+    );
+    (sql, binds)
+}
+
+/// A spend query the bench explains ([`Store::explain_spend_query`]).
+#[derive(Debug, Clone)]
+pub enum SpendQuery {
+    /// [`Store::spend_logs`].
+    Logs(SpendLogFilter, u64, u64),
+    /// [`Store::spend_logs_count`].
+    Count(SpendLogFilter),
+    /// [`Store::spend_report`].
+    Report(i64, i64, ReportGroup, ReportFilter),
+    /// [`Store::spend_by_tag`].
+    Tags(Option<i64>, Option<i64>),
+}
+
+impl Store {
+    /// PostgreSQL's `EXPLAIN (ANALYZE, BUFFERS)` of the SQL a spend query runs, line by line
+    /// (the bench prints them; SQLite answers its own `EXPLAIN`, not a plan).
+    pub async fn explain_spend_query(&self, query: &SpendQuery) -> Result<Vec<String>, StoreError> {
+        let (sql, binds) = match query {
+            SpendQuery::Logs(filter, offset, limit) => spend_logs_query(filter, *offset, *limit),
+            SpendQuery::Count(filter) => spend_count_query(filter),
+            SpendQuery::Report(start, end, group, restrict) => {
+                report_query(*start, *end, *group, restrict)
+            }
+            SpendQuery::Tags(start, end) => tags_query(*start, *end),
+        };
+        let sql = format!("EXPLAIN (ANALYZE, BUFFERS) {sql}");
+        with_pool!(self, pool => {
+            let rows = bind_all!(sqlx::query(&sql), binds).fetch_all(pool).await?;
+            let mut lines = Vec::with_capacity(rows.len());
+            for row in &rows {
+                lines.push(row.try_get::<String, _>(0)?);
+            }
+            Ok(lines)
+        })
     }
 }
 

@@ -11,8 +11,6 @@
 //! their sums are exact in any order; every 20th record has no cost (unknown), every 100th
 //! failed with a 429.
 
-use sqlx::Row;
-
 use super::{to_i64, Pool, Store, StoreError};
 use crate::proto;
 
@@ -252,22 +250,6 @@ impl Store {
         with_pool!(self, pool => {
             sqlx::query("ANALYZE").execute(pool).await?;
             Ok(())
-        })
-    }
-
-    /// PostgreSQL's plan of `sql` with its text binds (`EXPLAIN`), for the bench's report.
-    pub async fn explain(&self, sql: &str, binds: &[String]) -> Result<Vec<String>, StoreError> {
-        with_pool!(self, pool => {
-            let mut query = sqlx::query(sql);
-            for bind in binds {
-                query = query.bind(bind.clone());
-            }
-            let rows = query.fetch_all(pool).await?;
-            let mut lines = Vec::with_capacity(rows.len());
-            for row in &rows {
-                lines.push(row.try_get::<String, _>(0)?);
-            }
-            Ok(lines)
         })
     }
 }
