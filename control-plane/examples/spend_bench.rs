@@ -33,6 +33,10 @@ struct Options {
     plans: bool,
     /// BENCHMARKS.md to write the results into (its spend section, to the end of the file).
     write: Option<String>,
+    /// Keep a bench database already loaded with `rows` records (from `--keep`).
+    reuse: bool,
+    /// Stop after loading (with `--keep`: load once, time many times).
+    load_only: bool,
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -46,6 +50,8 @@ fn options() -> anyhow::Result<Options> {
         keep: false,
         plans: false,
         write: None,
+        reuse: false,
+        load_only: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -57,6 +63,8 @@ fn options() -> anyhow::Result<Options> {
             "--url" => options.url = args.next().context("--url URL")?,
             "--keep" => options.keep = true,
             "--plans" => options.plans = true,
+            "--reuse" => options.reuse = true,
+            "--load-only" => options.load_only = true,
             "--write" => options.write = Some(args.next().context("--write FILE")?),
             other => bail!("unknown argument {other:?}"),
         }
@@ -127,14 +135,32 @@ async fn main() -> anyhow::Result<()> {
             tollgate::store::redact_url(&options.url)
         )
     })?;
-    admin
-        .execute(format!("DROP DATABASE IF EXISTS {BENCH_DATABASE} WITH (FORCE)").as_str())
-        .await?;
-    admin
-        .execute(format!("CREATE DATABASE {BENCH_DATABASE}").as_str())
-        .await?;
     let url = database_url(&options.url, BENCH_DATABASE)?;
-    let result = bench(&options, &url).await;
+    let loaded = if options.reuse {
+        match PgConnection::connect(&url).await {
+            Ok(mut bench) => {
+                let count: Option<i64> = sqlx::query("SELECT COUNT(*) FROM usage_records")
+                    .fetch_one(&mut bench)
+                    .await
+                    .ok()
+                    .and_then(|row| row.try_get(0).ok());
+                bench.close().await?;
+                count == Some(i64::try_from(options.rows)?)
+            }
+            Err(_) => false,
+        }
+    } else {
+        false
+    };
+    if !loaded {
+        admin
+            .execute(format!("DROP DATABASE IF EXISTS {BENCH_DATABASE} WITH (FORCE)").as_str())
+            .await?;
+        admin
+            .execute(format!("CREATE DATABASE {BENCH_DATABASE}").as_str())
+            .await?;
+    }
+    let result = bench(&options, &url, loaded).await;
     if !options.keep {
         admin
             .execute(format!("DROP DATABASE IF EXISTS {BENCH_DATABASE} WITH (FORCE)").as_str())
@@ -144,7 +170,7 @@ async fn main() -> anyhow::Result<()> {
     result
 }
 
-async fn bench(options: &Options, url: &str) -> anyhow::Result<()> {
+async fn bench(options: &Options, url: &str, loaded: bool) -> anyhow::Result<()> {
     let store = Store::connect(url).await?;
     let mut connection = PgConnection::connect(url).await?;
     let version: String = sqlx::query("SHOW server_version")
@@ -153,13 +179,34 @@ async fn bench(options: &Options, url: &str) -> anyhow::Result<()> {
         .try_get(0)?;
     println!("PostgreSQL {version}; {} usage records", options.rows);
 
+    let load_line = if loaded {
+        let line = "the database of an earlier run (--reuse)".to_string();
+        println!("{line}");
+        line
+    } else {
+        load(options, &store, &mut connection).await?
+    };
+    connection.close().await?;
+    if options.load_only {
+        store.close().await;
+        return Ok(());
+    }
+    queries(options, &store, &version, &load_line).await
+}
+
+/// Loads the synthetic ledger; returns what it took, for the report.
+async fn load(
+    options: &Options,
+    store: &Store,
+    connection: &mut PgConnection,
+) -> anyhow::Result<String> {
     // Load without the secondary indexes and build them afterwards (much faster than
     // maintaining them row by row); their definitions are the migrations' own.
     let indexes: Vec<(String, String)> = sqlx::query(
         "SELECT indexname, indexdef FROM pg_indexes WHERE tablename IN ('usage_records', 'usage_tags') \
          AND indexname NOT IN (SELECT conname FROM pg_constraint)",
     )
-    .fetch_all(&mut connection)
+    .fetch_all(&mut *connection)
     .await?
     .iter()
     .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
@@ -194,7 +241,7 @@ async fn bench(options: &Options, url: &str) -> anyhow::Result<()> {
         "SELECT pg_size_pretty(pg_total_relation_size('usage_records') + \
          pg_total_relation_size('usage_tags'))",
     )
-    .fetch_one(&mut connection)
+    .fetch_one(&mut *connection)
     .await?
     .try_get(0)?;
     let load_line = format!(
@@ -205,9 +252,18 @@ async fn bench(options: &Options, url: &str) -> anyhow::Result<()> {
         finishing.as_secs_f64()
     );
     println!("{load_line}");
+    Ok(load_line)
+}
+
+/// Times every query; prints the table (and writes it with `--write`).
+async fn queries(
+    options: &Options,
+    store: &Store,
+    version: &str,
+    load_line: &str,
+) -> anyhow::Result<()> {
     let mut table =
         String::from("| query | runs | p50 ms | p99 ms | rows |\n|---|---:|---:|---:|---:|\n");
-    connection.close().await?;
 
     let base = i64::try_from(SYNTHETIC_BASE_MS)?;
     let month = (base, base + 30 * DAY_MS);
@@ -423,10 +479,10 @@ async fn bench(options: &Options, url: &str) -> anyhow::Result<()> {
         let mut samples = Vec::with_capacity(case.iterations);
         let mut rows = 0;
         // One untimed run warms the cache as an interactive user's second click would.
-        run(&store, &case.query).await?;
+        run(store, &case.query).await?;
         for _ in 0..case.iterations {
             let started = Instant::now();
-            rows = run(&store, &case.query).await?;
+            rows = run(store, &case.query).await?;
             samples.push(started.elapsed());
         }
         let (p50, p99) = percentiles(&mut samples);
