@@ -1,5 +1,5 @@
 # The two commands of the README: `make run` and `make test`.
-.PHONY: run test wasm build bench fuzz fuzz-corpus
+.PHONY: run test wasm build bench bench-spend fuzz fuzz-corpus
 
 run:
 	scripts/run.sh
@@ -16,6 +16,14 @@ build: wasm
 # What Tollgate costs on top of Envoy; writes BENCHMARKS.md (about 11 minutes).
 bench:
 	bench/run.sh
+
+# The spend API's queries over 10 million usage records in a scratch PostgreSQL database
+# (tollgate_spend_bench, dropped after); writes its section of BENCHMARKS.md. About 15 minutes.
+# SPEND_BENCH_ARGS: e.g. --rows 1000000 --iterations 20 --plans (PostgreSQL's plan of each).
+TOLLGATE_BENCH_PG_URL ?= postgres://postgres@127.0.0.1:5432/postgres
+SPEND_BENCH_ARGS ?=
+bench-spend:
+	cargo run --release -p tollgate --example spend_bench -- --url $(TOLLGATE_BENCH_PG_URL) --write BENCHMARKS.md $(SPEND_BENCH_ARGS)
 
 # Fuzz tollgate-core: every cargo-fuzz target for FUZZ_SECONDS each (`make test` runs 15 s).
 FUZZ_SECONDS ?= 300

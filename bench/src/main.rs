@@ -1616,6 +1616,19 @@ async fn run() -> Result<()> {
         keys_wanted,
         started.elapsed(),
     );
+    // The spend bench (`make bench-spend`) keeps its own section of the file: carry it over.
+    let spend_section = std::fs::read_to_string(&out_path)
+        .ok()
+        .and_then(|old| {
+            old.find(SPEND_SECTION_START)
+                .map(|start| old[start..].to_string())
+        })
+        .unwrap_or_default();
+    let report = if spend_section.is_empty() {
+        report
+    } else {
+        format!("{}\n\n{spend_section}", report.trim_end())
+    };
     std::fs::write(&out_path, report)?;
     eprintln!(
         "==> wrote {} in {:.0} s",
@@ -1820,6 +1833,9 @@ async fn quick_throughput(dir: &Path, duration: Duration, ticks_per_s: f64) -> R
 }
 
 // ---------------------------------------------------------------- BENCHMARKS.md
+
+/// Where the section `make bench-spend` writes (to the end of the file) begins.
+const SPEND_SECTION_START: &str = "<!-- spend-bench: written by make bench-spend -->";
 
 /// The section on a one-key change among 100,000 keys.
 fn render_scale(s: &mut String, r: &Results) {

@@ -104,6 +104,13 @@ pub async fn start_control_plane(
         );
     }
     store.replace_config(&config.config).await?;
+    if let Some(retention_ms) = config.config.general.spend_logs_retention_ms {
+        crate::retention::spawn(
+            store.clone(),
+            retention_ms,
+            config.config.general.spend_logs_retention_interval_ms,
+        );
+    }
     let hub = SyncHub::start_priced(store, prices).await?;
     // Changes committed by other replicas on the same database (PostgreSQL) reach this
     // one's filters too.

@@ -180,7 +180,6 @@ const KNOWN_UNSUPPORTED_GENERAL_SETTINGS: &[&str] = &[
     "proxy_budget_rescheduler_max_time", "store_model_in_db", "store_prompts_in_spend_logs",
     "ui_access_mode", "health_check_interval", "background_health_checks", "health_check_details",
     "infer_model_from_keys", "max_parallel_requests", "global_max_parallel_requests",
-    "maximum_spend_logs_retention_period", "maximum_spend_logs_retention_interval",
     "user_header_name", "pass_through_endpoints", "embedding_model", "default_team_disabled",
     "forward_openai_org_id", "forward_client_headers_to_llm_api", "supported_db_objects",
     "service_account_settings", "enable_oauth2_auth", "use_x_forwarded_for",
@@ -228,7 +227,16 @@ pub struct GeneralSettings {
     /// `--model-prices-file` / `TOLLGATE_MODEL_PRICES_FILE`; a relative path in the file is
     /// relative to the config file's directory.
     pub model_prices_file: Option<PathBuf>,
+    /// How long usage records are kept (`maximum_spend_logs_retention_period`), in ms;
+    /// `None` keeps them forever.
+    pub spend_logs_retention_ms: Option<u64>,
+    /// How often old usage records are deleted (`maximum_spend_logs_retention_interval`), in
+    /// ms; LiteLLM's default is daily.
+    pub spend_logs_retention_interval_ms: u64,
 }
+
+/// LiteLLM's default `maximum_spend_logs_retention_interval`: once a day.
+pub const DEFAULT_RETENTION_INTERVAL_MS: u64 = 86_400_000;
 
 impl fmt::Debug for GeneralSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -246,6 +254,11 @@ impl fmt::Debug for GeneralSettings {
             .field("api_env_prefixes", &self.api_env_prefixes)
             .field("cost_per_token", &self.cost_per_token)
             .field("model_prices_file", &self.model_prices_file)
+            .field("spend_logs_retention_ms", &self.spend_logs_retention_ms)
+            .field(
+                "spend_logs_retention_interval_ms",
+                &self.spend_logs_retention_interval_ms,
+            )
             .finish()
     }
 }
@@ -839,6 +852,8 @@ impl Checker<'_> {
                 "api_env_prefixes",
                 "cost_per_token",
                 "model_prices_file",
+                "maximum_spend_logs_retention_period",
+                "maximum_spend_logs_retention_interval",
             ],
             KNOWN_UNSUPPORTED_GENERAL_SETTINGS,
         );
@@ -888,6 +903,15 @@ impl Checker<'_> {
             }
             file => file.map(PathBuf::from),
         };
+        let spend_logs_retention_ms =
+            self.retention_duration(map, "maximum_spend_logs_retention_period", PATH);
+        let interval = self.retention_duration(map, "maximum_spend_logs_retention_interval", PATH);
+        if interval.is_some() && spend_logs_retention_ms.is_none() {
+            self.warn(
+                &format!("{PATH}.maximum_spend_logs_retention_interval"),
+                "has no effect without maximum_spend_logs_retention_period, ignored",
+            );
+        }
         GeneralSettings {
             api_env_prefixes,
             master_key,
@@ -896,6 +920,31 @@ impl Checker<'_> {
             max_response_size_mb,
             cost_per_token,
             model_prices_file,
+            spend_logs_retention_ms,
+            spend_logs_retention_interval_ms: interval.unwrap_or(DEFAULT_RETENTION_INTERVAL_MS),
+        }
+    }
+
+    /// A LiteLLM duration (`"7d"`, `"24h"`, `"60m"`, `"3600s"`, also `w` and `mo`) of at
+    /// least a second, in ms.
+    fn retention_duration(&mut self, map: &Mapping, key: &str, path: &str) -> Option<u64> {
+        let field = format!("{path}.{key}");
+        let text = self.string(map, key, path)?;
+        match crate::manage::parse_duration(&field, &text) {
+            Ok(ms) if ms >= 1_000 => u64::try_from(ms).ok(),
+            Ok(_) => {
+                self.error(&field, format!("must be at least 1s, got {text:?}"));
+                None
+            }
+            Err(error) => {
+                let message = error
+                    .message
+                    .strip_prefix(&format!("{field}: "))
+                    .unwrap_or(&error.message)
+                    .to_string();
+                self.error(&field, message);
+                None
+            }
         }
     }
 
@@ -1874,6 +1923,46 @@ model_list:
         assert_eq!(
             deployment.api_key.as_deref(),
             Some("os.environ/LOOKS_LIKE_A_REFERENCE")
+        );
+    }
+
+    #[test]
+    fn spend_log_retention_is_checked() {
+        let loaded = ok("general_settings:\n  maximum_spend_logs_retention_period: 7d\n  maximum_spend_logs_retention_interval: 12h\n");
+        assert_eq!(
+            loaded.config.general.spend_logs_retention_ms,
+            Some(7 * 86_400_000)
+        );
+        assert_eq!(
+            loaded.config.general.spend_logs_retention_interval_ms,
+            12 * 3_600_000
+        );
+        assert!(warnings(&loaded).is_empty(), "{:?}", warnings(&loaded));
+        let loaded = ok("general_settings:\n  maximum_spend_logs_retention_period: 3600s\n");
+        assert_eq!(
+            loaded.config.general.spend_logs_retention_ms,
+            Some(3_600_000)
+        );
+        assert_eq!(
+            loaded.config.general.spend_logs_retention_interval_ms,
+            DEFAULT_RETENTION_INTERVAL_MS
+        );
+        let loaded = ok("general_settings:\n  maximum_spend_logs_retention_interval: 1d\n");
+        assert_eq!(loaded.config.general.spend_logs_retention_ms, None);
+        assert_eq!(
+            warnings(&loaded),
+            ["general_settings.maximum_spend_logs_retention_interval: has no effect without maximum_spend_logs_retention_period, ignored"]
+        );
+        assert_eq!(
+            errors("general_settings:\n  maximum_spend_logs_retention_period: 7 days\n  maximum_spend_logs_retention_interval: 0s\n"),
+            [
+                "general_settings.maximum_spend_logs_retention_period: unknown duration unit in \"7 days\" (use s, m, h, d, w or mo)",
+                "general_settings.maximum_spend_logs_retention_interval: must be at least 1s, got \"0s\"",
+            ]
+        );
+        assert_eq!(
+            errors("general_settings:\n  maximum_spend_logs_retention_period: [1]\n"),
+            ["general_settings.maximum_spend_logs_retention_period: must be a string, got a list"]
         );
     }
 

@@ -21,10 +21,19 @@ use crate::manage::{
     iso8601, model_entry_json, ApiError, ErrorKind, KeyGenerate, KeyUpdate, Manager, TeamCreate,
     UserCreate,
 };
-use crate::store::{KeyRow, NewMember, StoredDeployment, TeamRow, UserRow};
+use crate::spend_api::spend_of;
+use crate::store::{KeyRow, NewMember, SpendScope, StoredDeployment, TeamRow, UserRow};
 
 /// Path prefixes Envoy sends to this API on the gateway port.
-pub const ROUTED_PREFIXES: &[&str] = &["/key/", "/model/", "/user/", "/team/", "/organization/"];
+pub const ROUTED_PREFIXES: &[&str] = &[
+    "/key/",
+    "/model/",
+    "/user/",
+    "/team/",
+    "/organization/",
+    "/spend/",
+    "/global/",
+];
 
 fn status_of(kind: ErrorKind) -> (StatusCode, &'static str) {
     match kind {
@@ -317,8 +326,24 @@ fn model_json(stored: &StoredDeployment) -> Value {
 
 type Shared = Arc<Manager>;
 
+/// The spend of a key's current budget window, from `spend_totals`.
+async fn key_spend(m: &Manager, key: &KeyRow) -> Result<f64, ApiError> {
+    Ok(spend_of(m.hub().store(), SpendScope::Key, &key.token).await?)
+}
+
+/// `key_json` of each key, with its spend.
+async fn keys_with_spend(m: &Manager, keys: &[KeyRow]) -> Result<Vec<Value>, ApiError> {
+    let mut listed = Vec::with_capacity(keys.len());
+    for key in keys {
+        let mut map = key_json(key);
+        map.insert("spend".into(), json!(key_spend(m, key).await?));
+        listed.push(Value::Object(map));
+    }
+    Ok(listed)
+}
+
 /// Authenticates, then runs `work`; turns its result into a response.
-async fn handle<F, Fut>(manager: &Manager, headers: &HeaderMap, work: F) -> Response
+pub(crate) async fn handle<F, Fut>(manager: &Manager, headers: &HeaderMap, work: F) -> Response
 where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<Value, ApiError>>,
@@ -332,7 +357,8 @@ where
     }
 }
 
-fn query_map(
+/// The query string as a map; a malformed one is a 400 about `query`.
+pub(crate) fn query_map(
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<HashMap<String, String>, ApiError> {
     query
@@ -372,7 +398,9 @@ async fn key_info(
             None => credential(&headers).unwrap_or_default(),
         };
         let row = m.key_info(&key).await?;
-        Ok(json!({ "key": key, "info": Value::Object(key_json(&row)) }))
+        let mut info = key_json(&row);
+        info.insert("spend".into(), json!(key_spend(&m, &row).await?));
+        Ok(json!({ "key": key, "info": Value::Object(info) }))
     })
     .await
 }
@@ -555,10 +583,13 @@ async fn user_info(
             let (team, _) = m.team_info(team_id).await?;
             teams.push(team_json(&team));
         }
+        let mut user_info = user_json(&details.user, &details.teams);
+        let user_spend = spend_of(m.hub().store(), SpendScope::User, &details.user.user_id).await?;
+        user_info.insert("spend".into(), json!(user_spend));
         Ok(json!({
             "user_id": details.user.user_id,
-            "user_info": Value::Object(user_json(&details.user, &details.teams)),
-            "keys": details.keys.iter().map(|key| Value::Object(key_json(key))).collect::<Vec<_>>(),
+            "user_info": Value::Object(user_info),
+            "keys": keys_with_spend(&m, &details.keys).await?,
             "teams": teams,
         }))
     })
@@ -601,10 +632,13 @@ async fn team_info(
         let query = query_map(query)?;
         let team_id = query.get("team_id").cloned().unwrap_or_default();
         let (team, keys) = m.team_info(&team_id).await?;
+        let mut team_info = team_json(&team);
+        let team_spend = spend_of(m.hub().store(), SpendScope::Team, &team.team_id).await?;
+        team_info["spend"] = json!(team_spend);
         Ok(json!({
             "team_id": team.team_id,
-            "team_info": team_json(&team),
-            "keys": keys.iter().map(|key| Value::Object(key_json(key))).collect::<Vec<_>>(),
+            "team_info": team_info,
+            "keys": keys_with_spend(&m, &keys).await?,
             "team_memberships": [],
         }))
     })
@@ -760,6 +794,7 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route("/model/update", post(model_update))
         .route("/model/{id}/update", patch(model_patch))
         .route("/model/delete", post(model_delete))
+        .merge(crate::spend_api::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(wrong_method)
         .with_state(manager)

@@ -27,6 +27,14 @@ pub use management::{
     BudgetFields, KeyRow, MemberRow, NewMember, ScopeBudget, StateChanges, StateSnapshot, TeamRow,
     UserRow, REMOVED_KEY_RETENTION_MS,
 };
+pub use spend::{
+    ReportFilter, ReportGroup, ReportRow, SpendLogFilter, SpendQuery, SpendScope, TagSpend, DAY_MS,
+};
+pub use synthetic::{
+    synthetic_key_hash, synthetic_record, synthetic_started_ms, SYNTHETIC_BASE_MS, SYNTHETIC_DAYS,
+    SYNTHETIC_END_USERS, SYNTHETIC_KEYS, SYNTHETIC_MODELS, SYNTHETIC_TAGS, SYNTHETIC_TEAMS,
+    SYNTHETIC_USERS,
+};
 
 /// PostgreSQL channel every committed change is announced on (payload: the new version),
 /// so that other control-plane replicas on the same database rebuild their snapshot.
@@ -405,12 +413,6 @@ const INSERT_DEPLOYMENT: &str = "INSERT INTO deployments (id, model_name, provid
      model_info, source, position, created_at, updated_at, pricing) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)";
 
-const INSERT_USAGE: &str = "INSERT INTO usage_records (id, model_name, deployment_id, provider, \
-     status, prompt_tokens, completion_tokens, cached_prompt_tokens, started_unix_ms, \
-     duration_ms, stream, key_hash, received_unix_ms, request_id) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
-     ON CONFLICT (id) DO NOTHING";
-
 const UPSERT_SETTING: &str = "INSERT INTO settings (key, value) VALUES ($1, $2) \
      ON CONFLICT (key) DO UPDATE SET value = excluded.value";
 
@@ -568,6 +570,8 @@ mod management;
 mod windows;
 
 pub use windows::SpendRow;
+mod spend;
+mod synthetic;
 
 impl Store {
     /// Opens (creating if the URL allows) the database at `url` and applies migrations.
@@ -987,86 +991,6 @@ impl Store {
                 .await?
                 .try_get("version")?;
             Ok(to_u64(version))
-        })
-    }
-
-    /// Records a batch of usage; records whose id is already stored are skipped, so a batch
-    /// resent after a lost acknowledgement is counted once. Returns how many were new.
-    pub async fn insert_usage(&self, records: &[proto::UsageRecord]) -> Result<u64, StoreError> {
-        if records.is_empty() {
-            return Ok(0);
-        }
-        let received = to_i64(now_unix_ms());
-        with_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            let mut inserted = 0;
-            for record in records {
-                inserted += sqlx::query(INSERT_USAGE)
-                    .bind(usage_id(record))
-                    .bind(record.model_name.clone())
-                    .bind(record.deployment_id.clone())
-                    .bind(record.provider.clone())
-                    .bind(i64::from(record.status))
-                    .bind(record.prompt_tokens.map(to_i64))
-                    .bind(record.completion_tokens.map(to_i64))
-                    .bind(record.cached_prompt_tokens.map(to_i64))
-                    .bind(to_i64(record.started_unix_ms))
-                    .bind(to_i64(record.duration_ms))
-                    .bind(record.stream)
-                    .bind(record.key_hash.clone())
-                    .bind(received)
-                    .bind(record.request_id.clone())
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-            }
-            tx.commit().await?;
-            Ok(inserted)
-        })
-    }
-
-    /// The whole usage ledger, oldest first (tests and small installations; spend queries
-    /// will aggregate in SQL).
-    pub async fn usage_records(&self) -> Result<Vec<proto::UsageRecord>, StoreError> {
-        let sql = "SELECT id, model_name, deployment_id, provider, status, prompt_tokens, \
-                   completion_tokens, cached_prompt_tokens, started_unix_ms, duration_ms, stream, \
-                   key_hash, request_id FROM usage_records ORDER BY started_unix_ms, id";
-        with_pool!(self, pool => {
-            let rows = sqlx::query(sql).fetch_all(pool).await?;
-            let mut records = Vec::with_capacity(rows.len());
-            for row in &rows {
-                let status: i64 = row.try_get("status")?;
-                records.push(proto::UsageRecord {
-                    id: row.try_get("id")?,
-                    model_name: row.try_get("model_name")?,
-                    deployment_id: row.try_get("deployment_id")?,
-                    provider: row.try_get("provider")?,
-                    status: u32::try_from(status).unwrap_or(0),
-                    prompt_tokens: row.try_get::<Option<i64>, _>("prompt_tokens")?.map(to_u64),
-                    completion_tokens: row.try_get::<Option<i64>, _>("completion_tokens")?.map(to_u64),
-                    cached_prompt_tokens: row
-                        .try_get::<Option<i64>, _>("cached_prompt_tokens")?
-                        .map(to_u64),
-                    started_unix_ms: to_u64(row.try_get("started_unix_ms")?),
-                    duration_ms: to_u64(row.try_get("duration_ms")?),
-                    stream: row.try_get("stream")?,
-                    key_hash: row.try_get("key_hash")?,
-                    request_id: row.try_get("request_id")?,
-                    ..Default::default()
-                });
-            }
-            Ok(records)
-        })
-    }
-
-    /// Number of usage records stored.
-    pub async fn usage_count(&self) -> Result<u64, StoreError> {
-        with_pool!(self, pool => {
-            let count: i64 = sqlx::query("SELECT COUNT(*) AS n FROM usage_records")
-                .fetch_one(pool)
-                .await?
-                .try_get("n")?;
-            Ok(to_u64(count))
         })
     }
 }

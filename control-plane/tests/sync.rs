@@ -959,7 +959,9 @@ async fn spend_reaches_the_filter_and_counts_each_batch_once(store: Store) {
         ],
         batch_id: 1,
     };
-    filter.send(filter_message::Kind::Usage(batch.clone())).await;
+    filter
+        .send(filter_message::Kind::Usage(batch.clone()))
+        .await;
     let ack = filter.next_ack().await;
     assert_eq!(ack.batch_ids, [1]);
     assert!(ack.ledger_seq >= 1, "{ack:?}");
@@ -989,7 +991,7 @@ async fn spend_reaches_the_filter_and_counts_each_batch_once(store: Store) {
     assert!(after.spend.is_empty(), "nothing changed: {after:?}");
     assert_eq!(
         store
-            .spend_total("key", &budgeted.token)
+            .spend_total(tollgate::store::SpendScope::Key, &budgeted.token)
             .await
             .unwrap()
             .map(|(spend, _)| spend),
