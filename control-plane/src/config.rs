@@ -247,11 +247,13 @@ const DAY_MS: i64 = 86_400_000;
 impl GeneralSettings {
     /// When a gateway budget window started at `now_ms` (unix ms) ends: `budget_duration`
     /// later, moved on to the next `budget_reset_at` time of day when one is set (so a "1d"
-    /// window with "00:00" ends at a UTC midnight, whenever the config was loaded). `None`
-    /// without a `budget_duration`.
+    /// window with "00:00" ends at a UTC midnight, whenever the config was loaded). As
+    /// LiteLLM does with its reset time of day, a window shorter than a day ignores it.
+    /// `None` without a `budget_duration`.
     pub fn first_budget_reset(&self, now_ms: i64) -> Option<i64> {
-        let end = now_ms.saturating_add(self.budget_duration_ms?);
-        let Some(time_of_day) = self.budget_reset_at_ms else {
+        let duration_ms = self.budget_duration_ms?;
+        let end = now_ms.saturating_add(duration_ms);
+        let Some(time_of_day) = self.budget_reset_at_ms.filter(|_| duration_ms >= DAY_MS) else {
             return Some(end);
         };
         let at = end - end.rem_euclid(DAY_MS) + time_of_day;
@@ -269,6 +271,11 @@ pub struct LitellmSettings {
     /// `max_end_user_budget`: US dollars per window for each end user (the request's
     /// `user`) without a budget of its own.
     pub max_end_user_budget: Option<f64>,
+    /// The gateway's `max_budget` written here (LiteLLM's place for it); moved into
+    /// [`GeneralSettings::max_budget`] on load.
+    pub max_budget: Option<f64>,
+    /// Likewise `budget_duration`, as written and in milliseconds.
+    pub budget_duration: Option<(String, i64)>,
 }
 
 impl fmt::Debug for GeneralSettings {
@@ -867,6 +874,8 @@ impl Checker<'_> {
                 GeneralSettings::default()
             }
         };
+        let mut general = general;
+        self.merge_gateway_budget(&mut general, &litellm);
         let deployments = match root.get("model_list") {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Sequence(entries)) => self.model_list(entries),
@@ -887,7 +896,7 @@ impl Checker<'_> {
 
     fn litellm_settings(&mut self, map: &Mapping) -> LitellmSettings {
         const PATH: &str = "litellm_settings";
-        const SUPPORTED: &[&str] = &["max_end_user_budget"];
+        const SUPPORTED: &[&str] = &["max_end_user_budget", "max_budget", "budget_duration"];
         // Every other key is LiteLLM's (callbacks, caching, ...): ignored, as the whole
         // section was before Tollgate read any of it.
         for key in map.keys() {
@@ -899,8 +908,52 @@ impl Checker<'_> {
                 );
             }
         }
+        let max_budget = self.budget_amount(map, "max_budget", PATH);
+        let budget_duration = self.budget_duration(map, PATH);
         LitellmSettings {
             max_end_user_budget: self.budget_amount(map, "max_end_user_budget", PATH),
+            max_budget,
+            budget_duration,
+        }
+    }
+
+    /// LiteLLM documents the gateway's `max_budget` and `budget_duration` under
+    /// `litellm_settings`; the seed configs put them in `general_settings`. Either is read,
+    /// into [`GeneralSettings`]; both at once is an error, since they would disagree.
+    fn merge_gateway_budget(&mut self, general: &mut GeneralSettings, litellm: &LitellmSettings) {
+        if let Some(max_budget) = litellm.max_budget {
+            if general.max_budget.is_some() {
+                self.error(
+                    "litellm_settings.max_budget",
+                    "also set as general_settings.max_budget; set it once",
+                );
+            } else {
+                general.max_budget = Some(max_budget);
+            }
+        }
+        if let Some((text, ms)) = &litellm.budget_duration {
+            if general.budget_duration.is_some() {
+                self.error(
+                    "litellm_settings.budget_duration",
+                    "also set as general_settings.budget_duration; set it once",
+                );
+            } else {
+                general.budget_duration = Some(text.clone());
+                general.budget_duration_ms = Some(*ms);
+            }
+        }
+        let bad_duration = self
+            .errors
+            .iter()
+            .any(|issue| issue.path.ends_with(".budget_duration"));
+        if general.budget_reset_at_ms.is_some()
+            && general.budget_duration.is_none()
+            && !bad_duration
+        {
+            self.warn(
+                "general_settings.budget_reset_at",
+                "ignored without general_settings.budget_duration (the gateway's spend never resets)",
+            );
         }
     }
 
@@ -1050,15 +1103,6 @@ impl Checker<'_> {
         let soft_budget = self.budget_amount(map, "soft_budget", PATH);
         let budget_duration = self.budget_duration(map, PATH);
         let budget_reset_at_ms = self.budget_reset_at(map, PATH);
-        if budget_reset_at_ms.is_some()
-            && budget_duration.is_none()
-            && map.get("budget_duration").is_none()
-        {
-            self.warn(
-                &format!("{PATH}.budget_reset_at"),
-                "ignored without general_settings.budget_duration (the gateway's spend never resets)",
-            );
-        }
         let (budget_duration, budget_duration_ms) = match budget_duration {
             Some((text, ms)) => (Some(text), Some(ms)),
             None => (None, None),
@@ -1897,13 +1941,19 @@ litellm_settings:
             Some(1_738_454_400_000)
         );
         let loaded =
-            ok("general_settings:\n  budget_duration: 12h\n  budget_reset_at: '13:30:15'\n");
+            ok("general_settings:\n  budget_duration: 2d\n  budget_reset_at: '01:30:15'\n");
         let general = &loaded.config.general;
-        assert_eq!(general.budget_reset_at_ms, Some(48_615_000));
-        // 03:04:05.678 + 12h = 15:04:05.678, past 13:30:15: the next day's 13:30:15.
+        assert_eq!(general.budget_reset_at_ms, Some(5_415_000));
+        // 03:04:05.678 + 2d, past 01:30:15: the day after's 01:30:15.
         assert_eq!(
             general.first_budget_reset(1_735_787_045_678),
-            Some(1_735_787_045_678 - 11_045_678 + DAY_MS + 48_615_000)
+            Some(1_735_787_045_678 - 11_045_678 + 3 * DAY_MS + 5_415_000)
+        );
+        // Shorter than a day: the time of day does not apply.
+        let loaded = ok("general_settings:\n  budget_duration: 12h\n  budget_reset_at: '13:30'\n");
+        assert_eq!(
+            loaded.config.general.first_budget_reset(1_735_787_045_678),
+            Some(1_735_787_045_678 + 43_200_000)
         );
         let plain = ok("general_settings:\n  budget_duration: 1h\n");
         assert_eq!(
@@ -1945,6 +1995,29 @@ litellm_settings:
         assert_eq!(
             errors("litellm_settings: [1]\n"),
             ["litellm_settings: expected a mapping, got a list"]
+        );
+        // LiteLLM's documented place for the gateway's budget.
+        let loaded = ok("litellm_settings:\n  max_budget: 0\n  budget_duration: 30d\n");
+        assert_eq!(warnings(&loaded), Vec::<String>::new());
+        assert_eq!(loaded.config.general.max_budget, Some(0.0));
+        assert_eq!(
+            loaded.config.general.budget_duration.as_deref(),
+            Some("30d")
+        );
+        assert_eq!(loaded.config.general.budget_duration_ms, Some(30 * DAY_MS));
+        assert_eq!(
+            errors(
+                "general_settings:\n  max_budget: 1\n  budget_duration: 1d\n\
+                 litellm_settings:\n  max_budget: 2\n  budget_duration: 2d\n"
+            ),
+            [
+                "litellm_settings.max_budget: also set as general_settings.max_budget; set it once",
+                "litellm_settings.budget_duration: also set as general_settings.budget_duration; set it once",
+            ]
+        );
+        assert_eq!(
+            errors("litellm_settings:\n  budget_duration: 2x\n"),
+            ["litellm_settings.budget_duration: unknown duration unit in \"2x\" (use s, m, h, d, w or mo)"]
         );
     }
 
