@@ -137,7 +137,7 @@ const KNOWN_UNSUPPORTED_PROVIDERS: &[&str] = &[
 /// Top-level keys of a LiteLLM config that Tollgate does not implement yet.
 #[rustfmt::skip]
 const KNOWN_UNSUPPORTED_TOP_LEVEL: &[&str] = &[
-    "router_settings", "litellm_settings", "environment_variables", "callback_settings",
+    "router_settings", "environment_variables", "callback_settings",
     "credential_list", "guardrails", "include", "files_settings", "finetune_settings",
     "assistant_settings", "mcp_servers", "mcp_aliases", "search_tools", "vector_store_registry",
     "prompts", "model_group_alias", "pass_through_endpoints",
@@ -233,6 +233,54 @@ pub struct GeneralSettings {
     /// How often old usage records are deleted (`maximum_spend_logs_retention_interval`), in
     /// ms; LiteLLM's default is daily.
     pub spend_logs_retention_interval_ms: u64,
+    /// `max_budget`: US dollars per window for every request together.
+    pub max_budget: Option<f64>,
+    /// `soft_budget`: US dollars per window past which the gateway's spend alerts.
+    pub soft_budget: Option<f64>,
+    /// `budget_duration` as written ("30d"); `None`: the gateway's spend never resets.
+    pub budget_duration: Option<String>,
+    /// [`Self::budget_duration`] in milliseconds.
+    pub budget_duration_ms: Option<i64>,
+    /// `budget_reset_at` ("00:00"): the UTC time of day at which the gateway's window ends,
+    /// in milliseconds after midnight (see [`Self::first_budget_reset`]).
+    pub budget_reset_at_ms: Option<i64>,
+}
+
+/// Milliseconds in a day.
+const DAY_MS: i64 = 86_400_000;
+
+impl GeneralSettings {
+    /// When a gateway budget window started at `now_ms` (unix ms) ends: `budget_duration`
+    /// later, moved on to the next `budget_reset_at` time of day when one is set (so a "1d"
+    /// window with "00:00" ends at a UTC midnight, whenever the config was loaded). As
+    /// LiteLLM does with its reset time of day, a window shorter than a day ignores it.
+    /// `None` without a `budget_duration`.
+    pub fn first_budget_reset(&self, now_ms: i64) -> Option<i64> {
+        let duration_ms = self.budget_duration_ms?;
+        let end = now_ms.saturating_add(duration_ms);
+        let Some(time_of_day) = self.budget_reset_at_ms.filter(|_| duration_ms >= DAY_MS) else {
+            return Some(end);
+        };
+        let at = end - end.rem_euclid(DAY_MS) + time_of_day;
+        Some(if at < end {
+            at.saturating_add(DAY_MS)
+        } else {
+            at
+        })
+    }
+}
+
+/// `litellm_settings`, resolved (the keys Tollgate implements).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LitellmSettings {
+    /// `max_end_user_budget`: US dollars per window for each end user (the request's
+    /// `user`) without a budget of its own.
+    pub max_end_user_budget: Option<f64>,
+    /// The gateway's `max_budget` written here (LiteLLM's place for it); moved into
+    /// [`GeneralSettings::max_budget`] on load.
+    pub max_budget: Option<f64>,
+    /// Likewise `budget_duration`, as written and in milliseconds.
+    pub budget_duration: Option<(String, i64)>,
 }
 
 /// LiteLLM's default `maximum_spend_logs_retention_interval`: once a day.
@@ -259,6 +307,10 @@ impl fmt::Debug for GeneralSettings {
                 "spend_logs_retention_interval_ms",
                 &self.spend_logs_retention_interval_ms,
             )
+            .field("max_budget", &self.max_budget)
+            .field("soft_budget", &self.soft_budget)
+            .field("budget_duration", &self.budget_duration)
+            .field("budget_reset_at_ms", &self.budget_reset_at_ms)
             .finish()
     }
 }
@@ -335,6 +387,8 @@ pub struct Config {
     pub general: GeneralSettings,
     /// Served deployments, in file order; several may share a `model_name`.
     pub deployments: Vec<DeploymentConfig>,
+    /// `litellm_settings`.
+    pub litellm: LitellmSettings,
 }
 
 /// A valid configuration and what was ignored in it.
@@ -808,9 +862,20 @@ impl Checker<'_> {
         self.warn_other_keys(
             root,
             "",
-            &["model_list", "general_settings"],
+            &["model_list", "general_settings", "litellm_settings"],
             KNOWN_UNSUPPORTED_TOP_LEVEL,
         );
+        let litellm = match root.get("litellm_settings") {
+            None | Some(Value::Null) => LitellmSettings::default(),
+            Some(Value::Mapping(map)) => self.litellm_settings(map),
+            Some(other) => {
+                self.error(
+                    "litellm_settings",
+                    format!("expected a mapping, got {}", type_name(other)),
+                );
+                LitellmSettings::default()
+            }
+        };
         let general = match root.get("general_settings") {
             None | Some(Value::Null) => GeneralSettings::default(),
             Some(Value::Mapping(map)) => self.general_settings(map),
@@ -822,6 +887,8 @@ impl Checker<'_> {
                 GeneralSettings::default()
             }
         };
+        let mut general = general;
+        self.merge_gateway_budget(&mut general, &litellm);
         let deployments = match root.get("model_list") {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Sequence(entries)) => self.model_list(entries),
@@ -836,7 +903,147 @@ impl Checker<'_> {
         Config {
             general,
             deployments,
+            litellm,
         }
+    }
+
+    fn litellm_settings(&mut self, map: &Mapping) -> LitellmSettings {
+        const PATH: &str = "litellm_settings";
+        const SUPPORTED: &[&str] = &["max_end_user_budget", "max_budget", "budget_duration"];
+        // Every other key is LiteLLM's (callbacks, caching, ...): ignored, as the whole
+        // section was before Tollgate read any of it.
+        for key in map.keys() {
+            let name = key_name(key);
+            if !SUPPORTED.contains(&name.as_str()) {
+                self.warn(
+                    &format!("{PATH}.{name}"),
+                    "not supported by Tollgate yet, ignored",
+                );
+            }
+        }
+        let max_budget = self.budget_amount(map, "max_budget", PATH);
+        let budget_duration = self.budget_duration(map, PATH);
+        LitellmSettings {
+            max_end_user_budget: self.budget_amount(map, "max_end_user_budget", PATH),
+            max_budget,
+            budget_duration,
+        }
+    }
+
+    /// LiteLLM documents the gateway's `max_budget` and `budget_duration` under
+    /// `litellm_settings`; the seed configs put them in `general_settings`. Either is read,
+    /// into [`GeneralSettings`]; both at once is an error, since they would disagree.
+    fn merge_gateway_budget(&mut self, general: &mut GeneralSettings, litellm: &LitellmSettings) {
+        if let Some(max_budget) = litellm.max_budget {
+            if general.max_budget.is_some() {
+                self.error(
+                    "litellm_settings.max_budget",
+                    "also set as general_settings.max_budget; set it once",
+                );
+            } else {
+                general.max_budget = Some(max_budget);
+            }
+        }
+        if let Some((text, ms)) = &litellm.budget_duration {
+            if general.budget_duration.is_some() {
+                self.error(
+                    "litellm_settings.budget_duration",
+                    "also set as general_settings.budget_duration; set it once",
+                );
+            } else {
+                general.budget_duration = Some(text.clone());
+                general.budget_duration_ms = Some(*ms);
+            }
+        }
+        let bad_duration = self
+            .errors
+            .iter()
+            .any(|issue| issue.path.ends_with(".budget_duration"));
+        if general.budget_reset_at_ms.is_some()
+            && general.budget_duration.is_none()
+            && !bad_duration
+        {
+            self.warn(
+                "general_settings.budget_reset_at",
+                "ignored without general_settings.budget_duration (the gateway's spend never resets)",
+            );
+        }
+    }
+
+    /// A budget in US dollars: absent is `None`; anything but a finite number >= 0 is an
+    /// error.
+    fn budget_amount(&mut self, map: &Mapping, key: &str, path: &str) -> Option<f64> {
+        let value = self.number(map, key, path)??;
+        if value.is_finite() && value >= 0.0 {
+            Some(value)
+        } else {
+            self.error(
+                &format!("{path}.{key}"),
+                "must be a number of US dollars, 0 or more",
+            );
+            None
+        }
+    }
+
+    /// `budget_duration` ("30d") with its length in milliseconds.
+    fn budget_duration(&mut self, map: &Mapping, path: &str) -> Option<(String, i64)> {
+        let field = format!("{path}.budget_duration");
+        let text = self.string(map, "budget_duration", path)?;
+        match crate::manage::parse_duration(&field, &text) {
+            Ok(ms) if ms > 0 => Some((text, ms)),
+            Ok(_) => {
+                self.error(&field, "must be longer than 0");
+                None
+            }
+            Err(error) => {
+                self.errors.push(Issue {
+                    message: error
+                        .message
+                        .strip_prefix(&format!("{field}: "))
+                        .unwrap_or(&error.message)
+                        .to_string(),
+                    path: field,
+                });
+                None
+            }
+        }
+    }
+
+    /// `budget_reset_at`: a UTC time of day, "HH:MM" or "HH:MM:SS", in ms after midnight.
+    fn budget_reset_at(&mut self, map: &Mapping, path: &str) -> Option<i64> {
+        let field = format!("{path}.budget_reset_at");
+        let text = self.string(map, "budget_reset_at", path)?;
+        let parts: Vec<&str> = text.trim().split(':').collect();
+        let number = |part: Option<&&str>, limit: i64| -> Option<i64> {
+            let part = part?;
+            if part.len() != 2 {
+                return None;
+            }
+            part.parse::<i64>().ok().filter(|value| *value < limit)
+        };
+        let parsed = match parts.len() {
+            2 | 3 => {
+                let seconds = if parts.len() == 3 {
+                    number(parts.get(2), 60)
+                } else {
+                    Some(0)
+                };
+                match (number(parts.first(), 24), number(parts.get(1), 60), seconds) {
+                    (Some(hours), Some(minutes), Some(seconds)) => {
+                        Some(((hours * 60 + minutes) * 60 + seconds) * 1000)
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        if parsed.is_none() {
+            self.error(
+                &field,
+                format!("must be a UTC time of day like \"00:00\" or \"13:30:00\", got {text:?}"),
+            );
+        }
+        parsed
     }
 
     fn general_settings(&mut self, map: &Mapping) -> GeneralSettings {
@@ -854,6 +1061,10 @@ impl Checker<'_> {
                 "model_prices_file",
                 "maximum_spend_logs_retention_period",
                 "maximum_spend_logs_retention_interval",
+                "max_budget",
+                "soft_budget",
+                "budget_duration",
+                "budget_reset_at",
             ],
             KNOWN_UNSUPPORTED_GENERAL_SETTINGS,
         );
@@ -912,7 +1123,20 @@ impl Checker<'_> {
                 "has no effect without maximum_spend_logs_retention_period, ignored",
             );
         }
+        let max_budget = self.budget_amount(map, "max_budget", PATH);
+        let soft_budget = self.budget_amount(map, "soft_budget", PATH);
+        let budget_duration = self.budget_duration(map, PATH);
+        let budget_reset_at_ms = self.budget_reset_at(map, PATH);
+        let (budget_duration, budget_duration_ms) = match budget_duration {
+            Some((text, ms)) => (Some(text), Some(ms)),
+            None => (None, None),
+        };
         GeneralSettings {
+            max_budget,
+            soft_budget,
+            budget_duration,
+            budget_duration_ms,
+            budget_reset_at_ms,
             api_env_prefixes,
             master_key,
             database_url,
@@ -1727,9 +1951,9 @@ whatever: 1
             warnings(&loaded),
             [
                 "router_settings: not supported by Tollgate yet, ignored",
-                "litellm_settings: not supported by Tollgate yet, ignored",
                 "environment_variables: not supported by Tollgate yet, ignored",
                 "whatever: unknown key, ignored",
+                "litellm_settings.drop_params: not supported by Tollgate yet, ignored",
                 "general_settings.alerting: not supported by Tollgate yet, ignored",
                 "general_settings.mystery: unknown key, ignored",
                 "model_list[0].extra: unknown key, ignored",
@@ -1739,6 +1963,111 @@ whatever: 1
             ]
         );
         assert_eq!(loaded.config.deployments.len(), 1);
+    }
+
+    #[test]
+    fn budgets_are_read_and_checked() {
+        let loaded = ok(r#"
+general_settings:
+  max_budget: 100.0
+  soft_budget: 80
+  budget_duration: "30d"
+  budget_reset_at: "00:00"
+litellm_settings:
+  max_end_user_budget: 2.5
+"#);
+        assert_eq!(warnings(&loaded), Vec::<String>::new());
+        let general = &loaded.config.general;
+        assert_eq!(general.max_budget, Some(100.0));
+        assert_eq!(general.soft_budget, Some(80.0));
+        assert_eq!(general.budget_duration.as_deref(), Some("30d"));
+        assert_eq!(general.budget_duration_ms, Some(30 * DAY_MS));
+        assert_eq!(general.budget_reset_at_ms, Some(0));
+        assert_eq!(loaded.config.litellm.max_end_user_budget, Some(2.5));
+        // 2025-01-02T03:04:05.678Z + 30d, moved on to the next midnight: 2025-02-02T00:00Z.
+        assert_eq!(
+            general.first_budget_reset(1_735_787_045_678),
+            Some(1_738_454_400_000)
+        );
+        let loaded =
+            ok("general_settings:\n  budget_duration: 2d\n  budget_reset_at: '01:30:15'\n");
+        let general = &loaded.config.general;
+        assert_eq!(general.budget_reset_at_ms, Some(5_415_000));
+        // 03:04:05.678 + 2d, past 01:30:15: the day after's 01:30:15.
+        assert_eq!(
+            general.first_budget_reset(1_735_787_045_678),
+            Some(1_735_787_045_678 - 11_045_678 + 3 * DAY_MS + 5_415_000)
+        );
+        // Shorter than a day: the time of day does not apply.
+        let loaded = ok("general_settings:\n  budget_duration: 12h\n  budget_reset_at: '13:30'\n");
+        assert_eq!(
+            loaded.config.general.first_budget_reset(1_735_787_045_678),
+            Some(1_735_787_045_678 + 43_200_000)
+        );
+        let plain = ok("general_settings:\n  budget_duration: 1h\n");
+        assert_eq!(
+            plain.config.general.first_budget_reset(1_000),
+            Some(3_601_000)
+        );
+        assert_eq!(ok("").config.general.first_budget_reset(1_000), None);
+        assert_eq!(
+            warnings(&ok("general_settings:\n  budget_reset_at: '00:00'\n")),
+            ["general_settings.budget_reset_at: ignored without general_settings.budget_duration (the gateway's spend never resets)"]
+        );
+        assert_eq!(
+            errors(
+                r#"
+general_settings:
+  max_budget: -1
+  soft_budget: lots
+  budget_duration: 3y
+  budget_reset_at: "25:00"
+litellm_settings:
+  max_end_user_budget: [1]
+"#
+            ),
+            [
+                "litellm_settings.max_end_user_budget: must be a number, got a list",
+                "general_settings.max_budget: must be a number of US dollars, 0 or more",
+                "general_settings.soft_budget: must be a number, got \"lots\"",
+                "general_settings.budget_duration: unknown duration unit in \"3y\" (use s, m, h, d, w or mo)",
+                "general_settings.budget_reset_at: must be a UTC time of day like \"00:00\" or \"13:30:00\", got \"25:00\"",
+            ]
+        );
+        assert_eq!(
+            errors("general_settings:\n  budget_duration: 0s\n  budget_reset_at: '7:5'\n"),
+            [
+                "general_settings.budget_duration: must be longer than 0",
+                "general_settings.budget_reset_at: must be a UTC time of day like \"00:00\" or \"13:30:00\", got \"7:5\"",
+            ]
+        );
+        assert_eq!(
+            errors("litellm_settings: [1]\n"),
+            ["litellm_settings: expected a mapping, got a list"]
+        );
+        // LiteLLM's documented place for the gateway's budget.
+        let loaded = ok("litellm_settings:\n  max_budget: 0\n  budget_duration: 30d\n");
+        assert_eq!(warnings(&loaded), Vec::<String>::new());
+        assert_eq!(loaded.config.general.max_budget, Some(0.0));
+        assert_eq!(
+            loaded.config.general.budget_duration.as_deref(),
+            Some("30d")
+        );
+        assert_eq!(loaded.config.general.budget_duration_ms, Some(30 * DAY_MS));
+        assert_eq!(
+            errors(
+                "general_settings:\n  max_budget: 1\n  budget_duration: 1d\n\
+                 litellm_settings:\n  max_budget: 2\n  budget_duration: 2d\n"
+            ),
+            [
+                "litellm_settings.max_budget: also set as general_settings.max_budget; set it once",
+                "litellm_settings.budget_duration: also set as general_settings.budget_duration; set it once",
+            ]
+        );
+        assert_eq!(
+            errors("litellm_settings:\n  budget_duration: 2x\n"),
+            ["litellm_settings.budget_duration: unknown duration unit in \"2x\" (use s, m, h, d, w or mo)"]
+        );
     }
 
     #[test]

@@ -1,15 +1,21 @@
 //! `tollgate.v1.Management`: the gRPC face of [`crate::manage::Manager`].
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::Value;
 use tonic::{Request, Response, Status};
 
-use crate::manage::{ApiError, ErrorKind, KeyGenerate, KeyUpdate, Manager, TeamCreate, UserCreate};
+use crate::manage::{
+    ApiError, BudgetChange, ErrorKind, KeyGenerate, KeyUpdate, Manager, ModelBudget, TeamCreate,
+    TeamUpdate, UserCreate, UserUpdate,
+};
 use crate::pricing::{Prices, PRICE_FIELDS};
 use crate::proto::management_server::{Management, ManagementServer};
 use crate::proto::{self as pb};
-use crate::store::{DeploymentSource, KeyRow, NewMember, StoredDeployment, TeamRow, UserRow};
+use crate::store::{
+    BudgetFields, DeploymentSource, KeyRow, NewMember, StoredDeployment, TeamRow, UserRow,
+};
 
 /// The tonic service over `manager`.
 pub fn service(manager: Arc<Manager>) -> ManagementServer<GrpcManagement> {
@@ -94,8 +100,65 @@ fn insert_prices(params: &mut serde_json::Map<String, Value>, pricing: &pb::Pric
     }
 }
 
+/// A request's budget: absent changes nothing; present sets all three fields.
+fn budget_change(budget: Option<pb::BudgetLimits>) -> BudgetChange {
+    match budget {
+        None => BudgetChange::default(),
+        Some(budget) => BudgetChange {
+            max_budget: Some(budget.max_budget),
+            soft_budget: Some(budget.soft_budget),
+            budget_duration: Some(opt(budget.budget_duration)),
+        },
+    }
+}
+
+fn model_budgets(budgets: HashMapOfModelBudgets) -> BTreeMap<String, ModelBudget> {
+    budgets
+        .into_iter()
+        .map(|(model, budget)| {
+            (
+                model,
+                ModelBudget {
+                    budget_limit: budget.budget_limit,
+                    time_period: opt(budget.time_period),
+                    flat: false,
+                },
+            )
+        })
+        .collect()
+}
+
+type HashMapOfModelBudgets = std::collections::HashMap<String, pb::ModelBudgetLimit>;
+
+fn budget_message(fields: &BudgetFields, reset_at: Option<i64>) -> pb::BudgetLimits {
+    pb::BudgetLimits {
+        max_budget: fields.max_budget,
+        soft_budget: fields.soft_budget,
+        budget_duration: fields.budget_duration.clone().unwrap_or_default(),
+        budget_reset_at_unix_ms: reset_at.map_or(0, ms),
+    }
+}
+
 fn key_message(key: &KeyRow) -> pb::KeyInfo {
     pb::KeyInfo {
+        budget: Some(budget_message(&key.budget, None)),
+        model_max_budget: key
+            .model_max_budget
+            .iter()
+            .map(|(model, limit)| {
+                (
+                    model.clone(),
+                    pb::ModelBudgetLimit {
+                        budget_limit: *limit,
+                        time_period: key
+                            .model_budget_durations
+                            .get(model)
+                            .cloned()
+                            .unwrap_or_default(),
+                    },
+                )
+            })
+            .collect(),
         token: key.token.clone(),
         key_name: key.key_name.clone(),
         key_alias: key.key_alias.clone().unwrap_or_default(),
@@ -119,6 +182,7 @@ fn user_message(user: &UserRow, teams: Vec<String>) -> pb::User {
         metadata_json: user.metadata.to_string(),
         teams,
         created_at_unix_ms: ms(user.created_at),
+        budget: Some(budget_message(&user.budget, None)),
     }
 }
 
@@ -139,6 +203,7 @@ fn team_message(team: &TeamRow) -> pb::Team {
             })
             .collect(),
         created_at_unix_ms: ms(team.created_at),
+        budget: Some(budget_message(&team.budget, None)),
     }
 }
 
@@ -181,6 +246,52 @@ fn litellm_params(
 }
 
 impl GrpcManagement {
+    /// Sets `budget_reset_at_unix_ms` of `message`'s budget from the scope's window.
+    async fn with_reset(
+        &self,
+        budget: &mut Option<pb::BudgetLimits>,
+        scope: &str,
+        scope_id: &str,
+    ) -> Result<(), ApiError> {
+        if let Some(budget) = budget {
+            budget.budget_reset_at_unix_ms = self
+                .manager
+                .budget_reset_at(scope, scope_id)
+                .await?
+                .map_or(0, ms);
+        }
+        Ok(())
+    }
+
+    async fn key_info(&self, key: &KeyRow) -> Result<pb::KeyInfo, ApiError> {
+        let mut message = key_message(key);
+        self.with_reset(&mut message.budget, "key", &key.token)
+            .await?;
+        Ok(message)
+    }
+
+    async fn key_infos(&self, keys: &[KeyRow]) -> Result<Vec<pb::KeyInfo>, ApiError> {
+        let mut messages = Vec::with_capacity(keys.len());
+        for key in keys {
+            messages.push(self.key_info(key).await?);
+        }
+        Ok(messages)
+    }
+
+    async fn user_info(&self, user: &UserRow, teams: Vec<String>) -> Result<pb::User, ApiError> {
+        let mut message = user_message(user, teams);
+        self.with_reset(&mut message.budget, "user", &user.user_id)
+            .await?;
+        Ok(message)
+    }
+
+    async fn team_info(&self, team: &TeamRow) -> Result<pb::Team, ApiError> {
+        let mut message = team_message(team);
+        self.with_reset(&mut message.budget, "team", &team.team_id)
+            .await?;
+        Ok(message)
+    }
+
     async fn auth<T>(&self, request: &Request<T>) -> Result<(), Status> {
         let header = request
             .metadata()
@@ -327,11 +438,13 @@ impl Management for GrpcManagement {
                 metadata: json_field("metadata_json", &body.metadata_json)?,
                 key: opt(body.key),
                 blocked: body.blocked,
+                budget: budget_change(body.budget),
+                model_max_budget: Some(model_budgets(body.model_max_budget)),
             })
             .await?;
         Ok(Response::new(pb::GeneratedKey {
             key,
-            info: Some(key_message(&row)),
+            info: Some(self.key_info(&row).await?),
         }))
     }
 
@@ -359,13 +472,9 @@ impl Management for GrpcManagement {
             .unwrap_or(0)
             .saturating_mul(size_usize);
         let total_pages = u32::try_from(total.div_ceil(size_usize)).unwrap_or(u32::MAX);
+        let page_keys: Vec<KeyRow> = keys.iter().skip(start).take(size_usize).cloned().collect();
         Ok(Response::new(pb::ListKeysResponse {
-            keys: keys
-                .iter()
-                .skip(start)
-                .take(size_usize)
-                .map(key_message)
-                .collect(),
+            keys: self.key_infos(&page_keys).await?,
             total_count: u64::try_from(total).unwrap_or(u64::MAX),
             current_page: page,
             total_pages,
@@ -375,9 +484,8 @@ impl Management for GrpcManagement {
     async fn get_key(&self, request: Request<pb::KeyRef>) -> GrpcResult<pb::KeyInfo> {
         self.auth(&request).await?;
         let key = request.into_inner().key;
-        Ok(Response::new(key_message(
-            &self.manager.key_info(&key).await?,
-        )))
+        let row = self.manager.key_info(&key).await?;
+        Ok(Response::new(self.key_info(&row).await?))
     }
 
     async fn update_key(&self, request: Request<pb::UpdateKeyRequest>) -> GrpcResult<pb::KeyInfo> {
@@ -398,9 +506,13 @@ impl Management for GrpcManagement {
                 duration: body.duration.map(opt),
                 metadata,
                 blocked: body.blocked,
+                budget: budget_change(body.budget),
+                model_max_budget: body
+                    .model_max_budget
+                    .map(|budgets| Some(model_budgets(budgets.budgets))),
             })
             .await?;
-        Ok(Response::new(key_message(&row)))
+        Ok(Response::new(self.key_info(&row).await?))
     }
 
     async fn regenerate_key(
@@ -415,24 +527,22 @@ impl Management for GrpcManagement {
             .await?;
         Ok(Response::new(pb::GeneratedKey {
             key,
-            info: Some(key_message(&row)),
+            info: Some(self.key_info(&row).await?),
         }))
     }
 
     async fn block_key(&self, request: Request<pb::KeyRef>) -> GrpcResult<pb::KeyInfo> {
         self.auth(&request).await?;
         let key = request.into_inner().key;
-        Ok(Response::new(key_message(
-            &self.manager.set_blocked(&key, true).await?,
-        )))
+        let row = self.manager.set_blocked(&key, true).await?;
+        Ok(Response::new(self.key_info(&row).await?))
     }
 
     async fn unblock_key(&self, request: Request<pb::KeyRef>) -> GrpcResult<pb::KeyInfo> {
         self.auth(&request).await?;
         let key = request.into_inner().key;
-        Ok(Response::new(key_message(
-            &self.manager.set_blocked(&key, false).await?,
-        )))
+        let row = self.manager.set_blocked(&key, false).await?;
+        Ok(Response::new(self.key_info(&row).await?))
     }
 
     async fn delete_keys(
@@ -465,14 +575,19 @@ impl Management for GrpcManagement {
                 auto_create_key: !body.no_key,
                 key_alias: opt(body.key_alias),
                 duration: opt(body.duration),
+                budget: budget_change(body.budget),
             })
             .await?;
-        Ok(Response::new(pb::CreateUserResponse {
-            user: Some(user_message(&user, Vec::new())),
-            key: key.map(|(key, row)| pb::GeneratedKey {
+        let key = match key {
+            Some((key, row)) => Some(pb::GeneratedKey {
                 key,
-                info: Some(key_message(&row)),
+                info: Some(self.key_info(&row).await?),
             }),
+            None => None,
+        };
+        Ok(Response::new(pb::CreateUserResponse {
+            user: Some(self.user_info(&user, Vec::new()).await?),
+            key,
         }))
     }
 
@@ -483,9 +598,52 @@ impl Management for GrpcManagement {
             .user_info(&request.into_inner().user_id)
             .await?;
         Ok(Response::new(pb::UserInfo {
-            user: Some(user_message(&details.user, details.teams)),
-            keys: details.keys.iter().map(key_message).collect(),
+            user: Some(self.user_info(&details.user, details.teams).await?),
+            keys: self.key_infos(&details.keys).await?,
         }))
+    }
+
+    async fn update_user(&self, request: Request<pb::UpdateUserRequest>) -> GrpcResult<pb::User> {
+        self.auth(&request).await?;
+        let body = request.into_inner();
+        let metadata = match body.metadata_json {
+            Some(text) => Some(json_field("metadata_json", &text)?.unwrap_or(Value::Null)),
+            None => None,
+        };
+        let user = self
+            .manager
+            .update_user(UserUpdate {
+                user_id: body.user_id,
+                user_email: body.user_email.map(opt),
+                user_role: body.user_role,
+                models: body.models.map(|list| list.values),
+                metadata,
+                budget: budget_change(body.budget),
+            })
+            .await?;
+        let teams = self.manager.user_info(&user.user_id).await?.teams;
+        Ok(Response::new(self.user_info(&user, teams).await?))
+    }
+
+    async fn update_team(&self, request: Request<pb::UpdateTeamRequest>) -> GrpcResult<pb::Team> {
+        self.auth(&request).await?;
+        let body = request.into_inner();
+        let metadata = match body.metadata_json {
+            Some(text) => Some(json_field("metadata_json", &text)?.unwrap_or(Value::Null)),
+            None => None,
+        };
+        let team = self
+            .manager
+            .update_team(TeamUpdate {
+                team_id: body.team_id,
+                team_alias: body.team_alias.map(opt),
+                models: body.models.map(|list| list.values),
+                metadata,
+                blocked: body.blocked,
+                budget: budget_change(body.budget),
+            })
+            .await?;
+        Ok(Response::new(self.team_info(&team).await?))
     }
 
     async fn create_team(&self, request: Request<pb::CreateTeamRequest>) -> GrpcResult<pb::Team> {
@@ -499,9 +657,10 @@ impl Management for GrpcManagement {
                 models: body.models,
                 metadata: json_field("metadata_json", &body.metadata_json)?,
                 members: members(body.members),
+                budget: budget_change(body.budget),
             })
             .await?;
-        Ok(Response::new(team_message(&team)))
+        Ok(Response::new(self.team_info(&team).await?))
     }
 
     async fn get_team(&self, request: Request<pb::GetTeamRequest>) -> GrpcResult<pb::TeamInfo> {
@@ -511,8 +670,8 @@ impl Management for GrpcManagement {
             .team_info(&request.into_inner().team_id)
             .await?;
         Ok(Response::new(pb::TeamInfo {
-            team: Some(team_message(&team)),
-            keys: keys.iter().map(key_message).collect(),
+            team: Some(self.team_info(&team).await?),
+            keys: self.key_infos(&keys).await?,
         }))
     }
 
@@ -526,6 +685,6 @@ impl Management for GrpcManagement {
             .manager
             .add_team_members(&body.team_id, &members(body.members))
             .await?;
-        Ok(Response::new(team_message(&team)))
+        Ok(Response::new(self.team_info(&team).await?))
     }
 }

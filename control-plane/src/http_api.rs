@@ -3,7 +3,7 @@
 //! fields follow LiteLLM's proxy; errors are `{"error":{"message","type","param","code"}}`
 //! with 400 (bad field, named), 401, 403, 404, 409 or 500, never 422.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 
@@ -18,11 +18,13 @@ use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
 
 use crate::manage::{
-    iso8601, model_entry_json, ApiError, ErrorKind, KeyGenerate, KeyUpdate, Manager, TeamCreate,
-    UserCreate,
+    iso8601, model_entry_json, model_max_budget_json, ApiError, BudgetChange, ErrorKind,
+    KeyGenerate, KeyUpdate, Manager, ModelBudget, TeamCreate, TeamUpdate, UserCreate, UserUpdate,
 };
 use crate::spend_api::spend_of;
-use crate::store::{KeyRow, NewMember, SpendScope, StoredDeployment, TeamRow, UserRow};
+use crate::store::{
+    BudgetFields, KeyRow, NewMember, SpendScope, StoredDeployment, TeamRow, UserRow,
+};
 
 /// Path prefixes Envoy sends to this API on the gateway port.
 pub const ROUTED_PREFIXES: &[&str] = &[
@@ -204,6 +206,102 @@ impl Body {
     }
 }
 
+impl Body {
+    /// Absent: `None`; `null`: `Some(None)`; a number: `Some(Some(..))`.
+    fn nullable_number(&self, name: &str) -> Result<Option<Option<f64>>, ApiError> {
+        match self.0.get(name) {
+            None => Ok(None),
+            Some(Value::Null) => Ok(Some(None)),
+            Some(Value::Number(number)) => Ok(Some(number.as_f64())),
+            Some(other) => Err(ApiError::invalid(
+                name,
+                format!("must be a number, got {}", type_name(other)),
+            )),
+        }
+    }
+
+    /// `max_budget`, `soft_budget`, `budget_duration`.
+    fn budget(&self) -> Result<BudgetChange, ApiError> {
+        Ok(BudgetChange {
+            max_budget: self.nullable_number("max_budget")?,
+            soft_budget: self.nullable_number("soft_budget")?,
+            budget_duration: self.duration("budget_duration")?,
+        })
+    }
+
+    /// `model_max_budget` in either LiteLLM shape: `{"gpt-4o": 0.5}` or
+    /// `{"gpt-4o": {"budget_limit": 0.5, "time_period": "1d"}}`; `null`: `Some(None)`.
+    #[allow(clippy::type_complexity)]
+    fn model_budgets(
+        &self,
+        name: &str,
+    ) -> Result<Option<Option<BTreeMap<String, ModelBudget>>>, ApiError> {
+        let entries = match self.0.get(name) {
+            None => return Ok(None),
+            Some(Value::Null) => return Ok(Some(None)),
+            Some(Value::Object(entries)) => entries,
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    name,
+                    format!(
+                        "must be an object of model names to budgets, got {}",
+                        type_name(other)
+                    ),
+                ))
+            }
+        };
+        let mut budgets = BTreeMap::new();
+        for (model, entry) in entries {
+            let path = format!("{name}.{model}");
+            let budget = match entry {
+                Value::Number(number) => ModelBudget {
+                    budget_limit: number.as_f64().unwrap_or(f64::NAN),
+                    time_period: None,
+                    flat: true,
+                },
+                Value::Object(fields) => {
+                    let fields = Body(fields.clone());
+                    let budget_limit = match fields.get("budget_limit") {
+                        Some(Value::Number(number)) => number.as_f64().unwrap_or(f64::NAN),
+                        Some(other) => {
+                            return Err(ApiError::invalid(
+                                &format!("{path}.budget_limit"),
+                                format!("must be a number, got {}", type_name(other)),
+                            ))
+                        }
+                        None => {
+                            return Err(ApiError::invalid(
+                                &format!("{path}.budget_limit"),
+                                "required",
+                            ))
+                        }
+                    };
+                    let time_period = fields
+                        .duration("time_period")
+                        .map_err(|error| prefix(&path, error))?
+                        .flatten();
+                    ModelBudget {
+                        budget_limit,
+                        time_period,
+                        flat: false,
+                    }
+                }
+                other => {
+                    return Err(ApiError::invalid(
+                        &path,
+                        format!(
+                            "must be a number or {{\"budget_limit\", \"time_period\"}}, got {}",
+                            type_name(other)
+                        ),
+                    ))
+                }
+            };
+            budgets.insert(model.clone(), budget);
+        }
+        Ok(Some(Some(budgets)))
+    }
+}
+
 fn members_of(param: &str, value: &Value) -> Result<Vec<NewMember>, ApiError> {
     let items: Vec<&Value> = match value {
         Value::Array(items) => items.iter().collect(),
@@ -275,11 +373,66 @@ fn key_json(key: &KeyRow) -> Map<String, Value> {
     map
 }
 
-fn generated_json(clear: &str, key: &KeyRow) -> Value {
+/// Adds the budget fields of a row (its window is `scope`/`scope_id` in `spend_totals`).
+async fn add_budget(
+    m: &Manager,
+    map: &mut Map<String, Value>,
+    fields: &BudgetFields,
+    scope: &str,
+    scope_id: &str,
+) -> Result<(), ApiError> {
+    let reset_at = m.budget_reset_at(scope, scope_id).await?;
+    map.insert("max_budget".into(), json!(fields.max_budget));
+    map.insert("soft_budget".into(), json!(fields.soft_budget));
+    map.insert("budget_duration".into(), json!(fields.budget_duration));
+    map.insert("budget_reset_at".into(), reset_at.map_or(Value::Null, time));
+    Ok(())
+}
+
+/// A key as the API shows it, with its budget.
+async fn key_object(m: &Manager, key: &KeyRow) -> Result<Map<String, Value>, ApiError> {
     let mut map = key_json(key);
+    add_budget(m, &mut map, &key.budget, "key", &key.token).await?;
+    map.insert("model_max_budget".into(), model_max_budget_json(key));
+    map.insert("spend".into(), json!(key_spend(m, key).await?));
+    Ok(map)
+}
+
+async fn key_values(m: &Manager, keys: &[KeyRow]) -> Result<Vec<Value>, ApiError> {
+    let mut values = Vec::with_capacity(keys.len());
+    for key in keys {
+        values.push(Value::Object(key_object(m, key).await?));
+    }
+    Ok(values)
+}
+
+async fn user_object(
+    m: &Manager,
+    user: &UserRow,
+    teams: &[String],
+) -> Result<Map<String, Value>, ApiError> {
+    let mut map = user_json(user, teams);
+    add_budget(m, &mut map, &user.budget, "user", &user.user_id).await?;
+    let spend = spend_of(m.hub().store(), SpendScope::User, &user.user_id).await?;
+    map.insert("spend".into(), json!(spend));
+    Ok(map)
+}
+
+async fn team_value(m: &Manager, team: &TeamRow) -> Result<Value, ApiError> {
+    let mut value = team_json(team);
+    if let Value::Object(map) = &mut value {
+        add_budget(m, map, &team.budget, "team", &team.team_id).await?;
+        let spend = spend_of(m.hub().store(), SpendScope::Team, &team.team_id).await?;
+        map.insert("spend".into(), json!(spend));
+    }
+    Ok(value)
+}
+
+async fn generated_json(m: &Manager, clear: &str, key: &KeyRow) -> Result<Value, ApiError> {
+    let mut map = key_object(m, key).await?;
     map.insert("key".into(), clear.into());
     map.insert("token_id".into(), key.token.clone().into());
-    Value::Object(map)
+    Ok(Value::Object(map))
 }
 
 fn user_json(user: &UserRow, teams: &[String]) -> Map<String, Value> {
@@ -331,17 +484,6 @@ async fn key_spend(m: &Manager, key: &KeyRow) -> Result<f64, ApiError> {
     Ok(spend_of(m.hub().store(), SpendScope::Key, &key.token).await?)
 }
 
-/// `key_json` of each key, with its spend.
-async fn keys_with_spend(m: &Manager, keys: &[KeyRow]) -> Result<Vec<Value>, ApiError> {
-    let mut listed = Vec::with_capacity(keys.len());
-    for key in keys {
-        let mut map = key_json(key);
-        map.insert("spend".into(), json!(key_spend(m, key).await?));
-        listed.push(Value::Object(map));
-    }
-    Ok(listed)
-}
-
 /// Authenticates, then runs `work`; turns its result into a response.
 pub(crate) async fn handle<F, Fut>(manager: &Manager, headers: &HeaderMap, work: F) -> Response
 where
@@ -378,9 +520,11 @@ async fn key_generate(State(m): State<Shared>, headers: HeaderMap, bytes: Bytes)
             metadata: body.object("metadata")?,
             key: body.string("key")?,
             blocked: body.boolean("blocked")?.unwrap_or(false),
+            budget: body.budget()?,
+            model_max_budget: body.model_budgets("model_max_budget")?.flatten(),
         };
         let (clear, row) = m.generate_key(request).await?;
-        Ok(generated_json(&clear, &row))
+        generated_json(&m, &clear, &row).await
     })
     .await
 }
@@ -398,9 +542,7 @@ async fn key_info(
             None => credential(&headers).unwrap_or_default(),
         };
         let row = m.key_info(&key).await?;
-        let mut info = key_json(&row);
-        info.insert("spend".into(), json!(key_spend(&m, &row).await?));
-        Ok(json!({ "key": key, "info": Value::Object(info) }))
+        Ok(json!({ "key": key, "info": Value::Object(key_object(&m, &row).await?) }))
     })
     .await
 }
@@ -434,18 +576,20 @@ async fn key_list(
             )
             .await?;
         let total = keys.len();
-        let listed: Vec<Value> = keys
+        let page_keys: Vec<KeyRow> = keys
             .iter()
             .skip((page - 1).saturating_mul(size))
             .take(size)
-            .map(|key| {
-                if full {
-                    Value::Object(key_json(key))
-                } else {
-                    Value::String(key.token.clone())
-                }
-            })
+            .cloned()
             .collect();
+        let listed: Vec<Value> = if full {
+            key_values(&m, &page_keys).await?
+        } else {
+            page_keys
+                .iter()
+                .map(|key| Value::String(key.token.clone()))
+                .collect()
+        };
         Ok(json!({
             "keys": listed,
             "total_count": total,
@@ -469,9 +613,11 @@ async fn key_update(State(m): State<Shared>, headers: HeaderMap, bytes: Bytes) -
             duration: body.duration("duration")?,
             metadata: body.object("metadata")?,
             blocked: body.boolean("blocked")?,
+            budget: body.budget()?,
+            model_max_budget: body.model_budgets("model_max_budget")?,
         };
         let row = m.update_key(request).await?;
-        let mut map = key_json(&row);
+        let mut map = key_object(&m, &row).await?;
         map.insert("key".into(), key.into());
         Ok(Value::Object(map))
     })
@@ -493,7 +639,7 @@ async fn regenerate(
         None => body.required("key")?,
     };
     let (clear, row) = m.regenerate_key(&key, body.string("new_key")?).await?;
-    Ok(generated_json(&clear, &row))
+    generated_json(m, &clear, &row).await
 }
 
 async fn key_regenerate(State(m): State<Shared>, headers: HeaderMap, bytes: Bytes) -> Response {
@@ -526,7 +672,7 @@ async fn block(m: &Manager, bytes: &Bytes, blocked: bool) -> Result<Value, ApiEr
     let body = Body::parse(bytes)?;
     let key = body.required("key")?;
     let row = m.set_blocked(&key, blocked).await?;
-    Ok(Value::Object(key_json(&row)))
+    Ok(Value::Object(key_object(m, &row).await?))
 }
 
 async fn key_block(State(m): State<Shared>, headers: HeaderMap, bytes: Bytes) -> Response {
@@ -549,9 +695,10 @@ async fn user_new(State(m): State<Shared>, headers: HeaderMap, bytes: Bytes) -> 
             auto_create_key: body.boolean("auto_create_key")?.unwrap_or(true),
             key_alias: body.string("key_alias")?,
             duration: body.duration("duration")?.flatten(),
+            budget: body.budget()?,
         };
         let (user, key) = m.create_user(request).await?;
-        let mut map = user_json(&user, &[]);
+        let mut map = user_object(&m, &user, &[]).await?;
         match key {
             Some((clear, row)) => {
                 map.insert("key".into(), clear.into());
@@ -581,15 +728,12 @@ async fn user_info(
         let mut teams = Vec::new();
         for team_id in &details.teams {
             let (team, _) = m.team_info(team_id).await?;
-            teams.push(team_json(&team));
+            teams.push(team_value(&m, &team).await?);
         }
-        let mut user_info = user_json(&details.user, &details.teams);
-        let user_spend = spend_of(m.hub().store(), SpendScope::User, &details.user.user_id).await?;
-        user_info.insert("spend".into(), json!(user_spend));
         Ok(json!({
             "user_id": details.user.user_id,
-            "user_info": Value::Object(user_info),
-            "keys": keys_with_spend(&m, &details.keys).await?,
+            "user_info": Value::Object(user_object(&m, &details.user, &details.teams).await?),
+            "keys": key_values(&m, &details.keys).await?,
             "teams": teams,
         }))
     })
@@ -617,8 +761,43 @@ async fn team_new(State(m): State<Shared>, headers: HeaderMap, bytes: Bytes) -> 
             models: body.list("models")?.unwrap_or_default(),
             metadata: body.object("metadata")?,
             members,
+            budget: body.budget()?,
         };
-        Ok(team_json(&m.create_team(request).await?))
+        team_value(&m, &m.create_team(request).await?).await
+    })
+    .await
+}
+
+async fn user_update(State(m): State<Shared>, headers: HeaderMap, bytes: Bytes) -> Response {
+    handle(&m, &headers, || async {
+        let body = Body::parse(&bytes)?;
+        let request = UserUpdate {
+            user_id: body.required("user_id")?,
+            user_email: body.nullable("user_email")?,
+            user_role: body.string("user_role")?,
+            models: body.list("models")?,
+            metadata: body.object("metadata")?,
+            budget: body.budget()?,
+        };
+        let user = m.update_user(request).await?;
+        let teams = m.user_info(&user.user_id).await?.teams;
+        Ok(Value::Object(user_object(&m, &user, &teams).await?))
+    })
+    .await
+}
+
+async fn team_update(State(m): State<Shared>, headers: HeaderMap, bytes: Bytes) -> Response {
+    handle(&m, &headers, || async {
+        let body = Body::parse(&bytes)?;
+        let request = TeamUpdate {
+            team_id: body.required("team_id")?,
+            team_alias: body.nullable("team_alias")?,
+            models: body.list("models")?,
+            metadata: body.object("metadata")?,
+            blocked: body.boolean("blocked")?,
+            budget: body.budget()?,
+        };
+        team_value(&m, &m.update_team(request).await?).await
     })
     .await
 }
@@ -632,13 +811,10 @@ async fn team_info(
         let query = query_map(query)?;
         let team_id = query.get("team_id").cloned().unwrap_or_default();
         let (team, keys) = m.team_info(&team_id).await?;
-        let mut team_info = team_json(&team);
-        let team_spend = spend_of(m.hub().store(), SpendScope::Team, &team.team_id).await?;
-        team_info["spend"] = json!(team_spend);
         Ok(json!({
             "team_id": team.team_id,
-            "team_info": team_info,
-            "keys": keys_with_spend(&m, &keys).await?,
+            "team_info": team_value(&m, &team).await?,
+            "keys": key_values(&m, &keys).await?,
             "team_memberships": [],
         }))
     })
@@ -654,7 +830,7 @@ async fn team_member_add(State(m): State<Shared>, headers: HeaderMap, bytes: Byt
             None => return Err(ApiError::invalid("member", "required")),
         };
         let team = m.add_team_members(&team_id, &members).await?;
-        let mut value = team_json(&team);
+        let mut value = team_value(&m, &team).await?;
         let added: Vec<Value> = team
             .members
             .iter()
@@ -786,8 +962,10 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route("/key/unblock", post(key_unblock))
         .route("/user/new", post(user_new))
         .route("/user/info", get(user_info))
+        .route("/user/update", post(user_update))
         .route("/team/new", post(team_new))
         .route("/team/info", get(team_info))
+        .route("/team/update", post(team_update))
         .route("/team/member_add", post(team_member_add))
         .route("/model/new", post(model_new))
         .route("/model/info", get(model_info))

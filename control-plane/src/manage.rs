@@ -8,10 +8,12 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 use crate::config::{self, EnvAllowlist};
+use std::collections::BTreeMap;
+
 use crate::store::{
-    now_unix_ms, sha256_hex, DeploymentRecord, DeploymentSource, KeyRow, Missing, NewMember, Store,
-    StoreError, StoredDeployment, Taken, TeamRow, UserRow, SETTING_API_ENV_PREFIXES,
-    SETTING_MASTER_KEY_SHA256,
+    now_unix_ms, sha256_hex, BudgetFields, DeploymentRecord, DeploymentSource, KeyRow, Missing,
+    NewMember, Store, StoreError, StoredDeployment, Taken, TeamRow, UserRow,
+    SETTING_API_ENV_PREFIXES, SETTING_MASTER_KEY_SHA256,
 };
 use crate::sync::SyncHub;
 
@@ -153,6 +155,9 @@ impl From<StoreError> for ApiError {
                 ),
                 Missing::Deployment(id) => {
                     ApiError::not_found("id", format!("model {id:?} not found"))
+                }
+                Missing::User(id) => {
+                    ApiError::not_found("user_id", format!("user {id:?} not found"))
                 }
             },
             StoreError::AlreadyExists(taken) => match taken {
@@ -331,6 +336,127 @@ pub fn iso8601(ms: i64) -> String {
     )
 }
 
+/// Budget fields of a request (`max_budget`, `soft_budget`, `budget_duration`): `None`
+/// leaves a field as it is (unset, for a new row); `Some(None)` clears it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BudgetChange {
+    /// US dollars per window; requests are refused past it.
+    pub max_budget: Option<Option<f64>>,
+    /// US dollars per window; alerts only.
+    pub soft_budget: Option<Option<f64>>,
+    /// LiteLLM duration of the window ("30d").
+    pub budget_duration: Option<Option<String>>,
+}
+
+/// One model's entry of `model_max_budget`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelBudget {
+    /// US dollars.
+    pub budget_limit: f64,
+    /// LiteLLM duration of the model's own window; `None`: the key's window.
+    pub time_period: Option<String>,
+    /// Written in LiteLLM's older shape (`{"gpt-4o": 0.5}`), so an error names
+    /// `model_max_budget.gpt-4o` rather than its `budget_limit`.
+    pub flat: bool,
+}
+
+fn check_dollars(param: &str, value: f64) -> Result<f64, ApiError> {
+    if value.is_finite() && value >= 0.0 {
+        Ok(value)
+    } else {
+        Err(ApiError::invalid(
+            param,
+            "must be a number of US dollars, 0 or more",
+        ))
+    }
+}
+
+/// A budget window's length: a LiteLLM duration longer than 0.
+fn check_window(param: &str, text: &str) -> Result<i64, ApiError> {
+    match parse_duration(param, text)? {
+        0 => Err(ApiError::invalid(param, "must be longer than 0")),
+        ms => Ok(ms),
+    }
+}
+
+/// Applies `change` to `fields`, validating each value (errors name the field).
+pub fn apply_budget(fields: &mut BudgetFields, change: BudgetChange) -> Result<(), ApiError> {
+    if let Some(max_budget) = change.max_budget {
+        fields.max_budget = max_budget
+            .map(|value| check_dollars("max_budget", value))
+            .transpose()?;
+    }
+    if let Some(soft_budget) = change.soft_budget {
+        fields.soft_budget = soft_budget
+            .map(|value| check_dollars("soft_budget", value))
+            .transpose()?;
+    }
+    if let Some(duration) = change.budget_duration {
+        match duration {
+            Some(text) => {
+                fields.budget_duration_ms = Some(check_window("budget_duration", &text)?);
+                fields.budget_duration = Some(text.trim().to_string());
+            }
+            None => {
+                fields.budget_duration = None;
+                fields.budget_duration_ms = None;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Replaces a key's `model_max_budget` (validated; errors name
+/// `model_max_budget.<model>.budget_limit` / `.time_period`).
+pub fn apply_model_budgets(
+    key: &mut KeyRow,
+    budgets: BTreeMap<String, ModelBudget>,
+) -> Result<(), ApiError> {
+    let mut limits = BTreeMap::new();
+    let mut periods = BTreeMap::new();
+    for (model, budget) in budgets {
+        if model.trim().is_empty() {
+            return Err(ApiError::invalid(
+                "model_max_budget",
+                "a model name must not be empty",
+            ));
+        }
+        let limit_param = if budget.flat {
+            format!("model_max_budget.{model}")
+        } else {
+            format!("model_max_budget.{model}.budget_limit")
+        };
+        limits.insert(
+            model.clone(),
+            check_dollars(&limit_param, budget.budget_limit)?,
+        );
+        if let Some(period) = budget.time_period {
+            check_window(&format!("model_max_budget.{model}.time_period"), &period)?;
+            periods.insert(model, period.trim().to_string());
+        }
+    }
+    key.model_max_budget = limits;
+    key.model_budget_durations = periods;
+    Ok(())
+}
+
+/// A key's `model_max_budget` in LiteLLM's shapes: the model's dollars, or
+/// `{"budget_limit", "time_period"}` when it has a window of its own.
+pub fn model_max_budget_json(key: &KeyRow) -> Value {
+    let entries: serde_json::Map<String, Value> = key
+        .model_max_budget
+        .iter()
+        .map(|(model, limit)| {
+            let value = match key.model_budget_durations.get(model) {
+                Some(period) => json!({"budget_limit": limit, "time_period": period}),
+                None => json!(limit),
+            };
+            (model.clone(), value)
+        })
+        .collect();
+    Value::Object(entries)
+}
+
 /// A new key's fields (`/key/generate`).
 #[derive(Debug, Clone, Default)]
 pub struct KeyGenerate {
@@ -350,6 +476,10 @@ pub struct KeyGenerate {
     pub key: Option<String>,
     /// Create blocked.
     pub blocked: bool,
+    /// Budget.
+    pub budget: BudgetChange,
+    /// Per-model budgets.
+    pub model_max_budget: Option<BTreeMap<String, ModelBudget>>,
 }
 
 /// Changes to a key (`/key/update`): `None` leaves a field alone; `Some(None)` clears it.
@@ -371,6 +501,10 @@ pub struct KeyUpdate {
     pub metadata: Option<Value>,
     /// Blocked.
     pub blocked: Option<bool>,
+    /// Budget changes.
+    pub budget: BudgetChange,
+    /// Per-model budgets (replace); `Some(None)` clears them.
+    pub model_max_budget: Option<Option<BTreeMap<String, ModelBudget>>>,
 }
 
 /// A new user (`/user/new`).
@@ -392,6 +526,42 @@ pub struct UserCreate {
     pub key_alias: Option<String>,
     /// Lifetime of that key.
     pub duration: Option<String>,
+    /// The user's budget.
+    pub budget: BudgetChange,
+}
+
+/// Changes to a user (`/user/update`): `None` leaves a field alone; `Some(None)` clears it.
+#[derive(Debug, Clone, Default)]
+pub struct UserUpdate {
+    /// The user.
+    pub user_id: String,
+    /// Email.
+    pub user_email: Option<Option<String>>,
+    /// Role.
+    pub user_role: Option<String>,
+    /// Allowed models.
+    pub models: Option<Vec<String>>,
+    /// Metadata (replaces).
+    pub metadata: Option<Value>,
+    /// Budget changes.
+    pub budget: BudgetChange,
+}
+
+/// Changes to a team (`/team/update`): `None` leaves a field alone; `Some(None)` clears it.
+#[derive(Debug, Clone, Default)]
+pub struct TeamUpdate {
+    /// The team.
+    pub team_id: String,
+    /// Alias.
+    pub team_alias: Option<Option<String>>,
+    /// Models.
+    pub models: Option<Vec<String>>,
+    /// Metadata (replaces).
+    pub metadata: Option<Value>,
+    /// Blocked.
+    pub blocked: Option<bool>,
+    /// Budget changes.
+    pub budget: BudgetChange,
 }
 
 /// A new team (`/team/new`).
@@ -407,6 +577,8 @@ pub struct TeamCreate {
     pub metadata: Option<Value>,
     /// Members.
     pub members: Vec<NewMember>,
+    /// The team's budget.
+    pub budget: BudgetChange,
 }
 
 /// A user with its teams and keys.
@@ -637,9 +809,10 @@ impl Manager {
             Some(duration) => Some(now.saturating_add(parse_duration("duration", duration)?)),
             None => None,
         };
-        let row = KeyRow {
+        let mut row = KeyRow {
             budget: Default::default(),
             model_max_budget: Default::default(),
+            model_budget_durations: Default::default(),
             token: sha256_hex(&clear),
             key_name: mask_key(&clear),
             key_alias: non_empty("key_alias", request.key_alias)?,
@@ -652,6 +825,10 @@ impl Manager {
             created_at: now,
             updated_at: now,
         };
+        apply_budget(&mut row.budget, request.budget)?;
+        if let Some(budgets) = request.model_max_budget {
+            apply_model_budgets(&mut row, budgets)?;
+        }
         self.store().insert_key(&row).await?;
         self.changed().await;
         Ok((clear, row))
@@ -705,6 +882,10 @@ impl Manager {
         }
         if let Some(blocked) = request.blocked {
             row.blocked = blocked;
+        }
+        apply_budget(&mut row.budget, request.budget)?;
+        if let Some(budgets) = request.model_max_budget {
+            apply_model_budgets(&mut row, budgets.unwrap_or_default())?;
         }
         let (row, _) = self.store().update_key(&row, None).await?;
         self.changed().await;
@@ -771,7 +952,7 @@ impl Manager {
             ));
         }
         let now = i64::try_from(now_unix_ms()).unwrap_or(i64::MAX);
-        let user = UserRow {
+        let mut user = UserRow {
             budget: Default::default(),
             user_id: non_empty("user_id", request.user_id)?.unwrap_or_else(new_id),
             user_email: non_empty("user_email", request.user_email)?,
@@ -781,6 +962,7 @@ impl Manager {
             created_at: now,
             updated_at: now,
         };
+        apply_budget(&mut user.budget, request.budget)?;
         let key = if request.auto_create_key {
             let clear = new_key()?;
             let expires_ms = match &request.duration {
@@ -792,6 +974,7 @@ impl Manager {
                 KeyRow {
                     budget: Default::default(),
                     model_max_budget: Default::default(),
+                    model_budget_durations: Default::default(),
                     token: sha256_hex(&clear),
                     key_name: mask_key(&clear),
                     key_alias: non_empty("key_alias", request.key_alias)?,
@@ -829,6 +1012,43 @@ impl Manager {
         Ok(UserDetails { user, teams, keys })
     }
 
+    /// `/user/update`.
+    pub async fn update_user(&self, request: UserUpdate) -> Result<UserRow, ApiError> {
+        let mut user = self.user_info(&request.user_id).await?.user;
+        if let Some(email) = request.user_email {
+            user.user_email = non_empty("user_email", email)?;
+        }
+        if let Some(role) = request.user_role {
+            if !USER_ROLES.contains(&role.as_str()) {
+                return Err(ApiError::invalid(
+                    "user_role",
+                    format!("{role:?} is not one of {}", USER_ROLES.join(", ")),
+                ));
+            }
+            user.user_role = role;
+        }
+        if let Some(models) = request.models {
+            user.models = models;
+        }
+        if let Some(metadata) = request.metadata {
+            user.metadata = check_metadata("metadata", Some(metadata))?;
+        }
+        apply_budget(&mut user.budget, request.budget)?;
+        let (user, _) = self.store().update_user(&user).await?;
+        self.changed().await;
+        Ok(user)
+    }
+
+    /// When the budget window of `scope` (`key`, `user`, `team`, `key_model`, `global`) /
+    /// `scope_id` ends, in unix ms; `None` when its spend never resets.
+    pub async fn budget_reset_at(
+        &self,
+        scope: &str,
+        scope_id: &str,
+    ) -> Result<Option<i64>, ApiError> {
+        Ok(self.store().budget_reset_at(scope, scope_id).await?)
+    }
+
     // ---- teams ----
 
     fn check_members(param: &str, members: &[NewMember]) -> Result<(), ApiError> {
@@ -853,7 +1073,7 @@ impl Manager {
     pub async fn create_team(&self, request: TeamCreate) -> Result<TeamRow, ApiError> {
         Self::check_members("members_with_roles", &request.members)?;
         let now = i64::try_from(now_unix_ms()).unwrap_or(i64::MAX);
-        let team = TeamRow {
+        let mut team = TeamRow {
             budget: Default::default(),
             team_id: non_empty("team_id", request.team_id)?.unwrap_or_else(new_id),
             team_alias: non_empty("team_alias", request.team_alias)?,
@@ -864,6 +1084,7 @@ impl Manager {
             created_at: now,
             updated_at: now,
         };
+        apply_budget(&mut team.budget, request.budget)?;
         self.store().insert_team(&team, &request.members).await?;
         self.changed().await;
         Ok(self.team_info(&team.team_id).await?.0)
@@ -880,6 +1101,27 @@ impl Manager {
             })?;
         let keys = self.store().keys(None, Some(team_id), None).await?;
         Ok((team, keys))
+    }
+
+    /// `/team/update`.
+    pub async fn update_team(&self, request: TeamUpdate) -> Result<TeamRow, ApiError> {
+        let (mut team, _) = self.team_info(&request.team_id).await?;
+        if let Some(alias) = request.team_alias {
+            team.team_alias = non_empty("team_alias", alias)?;
+        }
+        if let Some(models) = request.models {
+            team.models = models;
+        }
+        if let Some(metadata) = request.metadata {
+            team.metadata = check_metadata("metadata", Some(metadata))?;
+        }
+        if let Some(blocked) = request.blocked {
+            team.blocked = blocked;
+        }
+        apply_budget(&mut team.budget, request.budget)?;
+        self.store().update_team(&team).await?;
+        self.changed().await;
+        Ok(self.team_info(&team.team_id).await?.0)
     }
 
     /// `/team/member_add`: all members or none.

@@ -24,8 +24,8 @@ use crate::proto;
 use crate::secrets::{self, CredentialError, CredentialKey};
 
 pub use management::{
-    BudgetFields, KeyRow, MemberRow, NewMember, ScopeBudget, StateChanges, StateSnapshot, TeamRow,
-    UserRow, REMOVED_KEY_RETENTION_MS,
+    key_model_scope_id, BudgetFields, KeyRow, MemberRow, NewMember, ScopeBudget, StateChanges,
+    StateSnapshot, TeamRow, UserRow, REMOVED_KEY_RETENTION_MS,
 };
 pub use spend::{
     ReportFilter, ReportGroup, ReportRow, SpendLogFilter, SpendQuery, SpendScope, TagSpend, DAY_MS,
@@ -153,6 +153,8 @@ pub enum Missing {
     },
     /// A deployment, by id.
     Deployment(String),
+    /// A user, by id.
+    User(String),
 }
 
 impl std::fmt::Display for Missing {
@@ -165,6 +167,7 @@ impl std::fmt::Display for Missing {
                 write!(f, "key alias {alias:?} ({index} of the batch)")
             }
             Missing::Deployment(id) => write!(f, "deployment {id:?}"),
+            Missing::User(id) => write!(f, "user {id:?}"),
         }
     }
 }
@@ -566,6 +569,8 @@ fn usage_id(record: &proto::UsageRecord) -> String {
     format!("anon-{}", hex::encode(hasher.finalize()))
 }
 
+// `macro_use`: replace_config starts the gateway's budget window with `set_budget_window!`.
+#[macro_use]
 mod management;
 mod windows;
 
@@ -840,6 +845,28 @@ impl Store {
             ),
             (SETTING_COST_PER_TOKEN, cost_per_token_json(config)),
             (
+                SETTING_MAX_BUDGET,
+                config.general.max_budget.map(|dollars| dollars.to_string()),
+            ),
+            (
+                SETTING_SOFT_BUDGET,
+                config
+                    .general
+                    .soft_budget
+                    .map(|dollars| dollars.to_string()),
+            ),
+            (
+                SETTING_BUDGET_DURATION,
+                config.general.budget_duration.clone(),
+            ),
+            (
+                SETTING_MAX_END_USER_BUDGET,
+                config
+                    .litellm
+                    .max_end_user_budget
+                    .map(|dollars| dollars.to_string()),
+            ),
+            (
                 SETTING_API_ENV_PREFIXES,
                 (!config.general.api_env_prefixes.is_empty()).then(|| {
                     serde_json::Value::from(config.general.api_env_prefixes.clone()).to_string()
@@ -875,6 +902,16 @@ impl Store {
                 }
                 result?;
             }
+            // The gateway's window: started (or kept, when one of the same length runs) with
+            // the settings that define it; without a duration its spend never resets.
+            let global_window = BudgetFields {
+                max_budget: config.general.max_budget,
+                soft_budget: config.general.soft_budget,
+                budget_duration: config.general.budget_duration.clone(),
+                budget_duration_ms: config.general.budget_duration_ms,
+            };
+            let first_reset = config.general.first_budget_reset(now).unwrap_or(0);
+            set_budget_window!(tx, "global", "", &global_window, now, first_reset = first_reset);
             for (key, value) in &settings {
                 match value {
                     Some(value) => {

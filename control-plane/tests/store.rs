@@ -356,6 +356,7 @@ fn key_row(token: &str, alias: Option<&str>, team: Option<&str>) -> KeyRow {
     KeyRow {
         budget: Default::default(),
         model_max_budget: Default::default(),
+        model_budget_durations: Default::default(),
         token: token.into(),
         key_name: "sk-...test".into(),
         key_alias: alias.map(str::to_string),

@@ -646,6 +646,7 @@ fn key_row(i: usize) -> KeyRow {
     KeyRow {
         budget: Default::default(),
         model_max_budget: Default::default(),
+        model_budget_durations: Default::default(),
         token: sha256_hex(&format!("sk-delta-{i}")),
         key_name: format!("sk-...{i:04}"),
         key_alias: Some(format!("delta-{i}")),

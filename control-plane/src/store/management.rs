@@ -62,6 +62,10 @@ pub struct KeyRow {
     pub budget: BudgetFields,
     /// `model_max_budget`: US dollars per window for each public model name.
     pub model_max_budget: BTreeMap<String, f64>,
+    /// The models of [`Self::model_max_budget`] whose budget has a window of its own
+    /// (LiteLLM's `time_period`, as written: "1d"); the others count in the key's window.
+    /// Each starts the window of scope `key_model`, id `<token>/<model>`, in `spend_totals`.
+    pub model_budget_durations: BTreeMap<String, String>,
 }
 
 /// A user.
@@ -220,9 +224,58 @@ macro_rules! decode_budget {
     }};
 }
 
-/// Reads a stored `model_max_budget` JSON object (written by this code: a bad one is empty).
-fn model_budgets(text: &str) -> BTreeMap<String, f64> {
-    serde_json::from_str(text).unwrap_or_default()
+/// Reads a stored `model_max_budget` JSON object (written by this code: a bad one is empty):
+/// each model maps to US dollars, or (when it has a window of its own) to LiteLLM's newer
+/// `{"budget_limit": dollars, "time_period": "1d"}`. Returns the limits and the periods.
+fn model_budgets(text: &str) -> (BTreeMap<String, f64>, BTreeMap<String, String>) {
+    let mut limits = BTreeMap::new();
+    let mut periods = BTreeMap::new();
+    let Ok(serde_json::Value::Object(entries)) = serde_json::from_str::<serde_json::Value>(text)
+    else {
+        return (limits, periods);
+    };
+    for (model, entry) in entries {
+        let (limit, period) = match &entry {
+            serde_json::Value::Object(fields) => (
+                fields
+                    .get("budget_limit")
+                    .and_then(serde_json::Value::as_f64),
+                fields
+                    .get("time_period")
+                    .and_then(serde_json::Value::as_str)
+                    .map(str::to_string),
+            ),
+            other => (other.as_f64(), None),
+        };
+        if let Some(limit) = limit {
+            if let Some(period) = period {
+                periods.insert(model.clone(), period);
+            }
+            limits.insert(model, limit);
+        }
+    }
+    (limits, periods)
+}
+
+/// The stored form of a key's `model_max_budget` (see [`model_budgets`]).
+fn model_budgets_text(key: &KeyRow) -> String {
+    let entries: serde_json::Map<String, serde_json::Value> = key
+        .model_max_budget
+        .iter()
+        .map(|(model, limit)| {
+            let value = match key.model_budget_durations.get(model) {
+                Some(period) => serde_json::json!({"budget_limit": limit, "time_period": period}),
+                None => serde_json::json!(limit),
+            };
+            (model.clone(), value)
+        })
+        .collect();
+    serde_json::Value::Object(entries).to_string()
+}
+
+/// The `spend_totals` id of a key x model window.
+pub fn key_model_scope_id(token: &str, model: &str) -> String {
+    format!("{token}/{model}")
 }
 
 /// Starts or keeps the budget window of `scope`/`id` in `spend_totals`: with a duration, the
@@ -232,7 +285,14 @@ macro_rules! set_budget_window {
     ($tx:ident, $scope:expr, $id:expr, $budget:expr, $now:expr) => {{
         let budget: &BudgetFields = $budget;
         let duration_ms = budget.budget_duration_ms.unwrap_or(0).max(0);
-        let reset_at = if duration_ms > 0 { $now.saturating_add(duration_ms) } else { 0 };
+        let first_reset: i64 = $now.saturating_add(duration_ms);
+        set_budget_window!($tx, $scope, $id, budget, $now, first_reset = first_reset);
+    }};
+    // `first_reset`: when a new window ends (the gateway's window may end at a time of day).
+    ($tx:ident, $scope:expr, $id:expr, $budget:expr, $now:expr, first_reset = $first:expr) => {{
+        let budget: &BudgetFields = $budget;
+        let duration_ms = budget.budget_duration_ms.unwrap_or(0).max(0);
+        let reset_at: i64 = if duration_ms > 0 { $first } else { 0 };
         sqlx::query(
             "INSERT INTO spend_totals (scope, scope_id, spend, reset_at, budget_duration_ms, \
              updated_ms) VALUES ($1, $2, 0, $3, $4, $5) ON CONFLICT (scope, scope_id) DO UPDATE \
@@ -250,11 +310,53 @@ macro_rules! set_budget_window {
     }};
 }
 
+/// Starts or keeps the window of every model of `key` with a `time_period` (scope
+/// `key_model`), and drops the windows of the key's models that no longer have one.
+macro_rules! set_key_model_windows {
+    ($tx:ident, $key:expr, $now:expr) => {{
+        let key: &KeyRow = $key;
+        let prefix = format!("{}/", key.token);
+        // Tokens are hex, so the prefix holds no LIKE wildcard.
+        let rows = sqlx::query(
+            "SELECT scope_id FROM spend_totals WHERE scope = 'key_model' AND scope_id LIKE $1",
+        )
+        .bind(format!("{prefix}%"))
+        .fetch_all(&mut *$tx)
+        .await?;
+        for row in &rows {
+            let scope_id: String = row.try_get("scope_id")?;
+            let model = scope_id.strip_prefix(&prefix).unwrap_or_default();
+            if !key.model_budget_durations.contains_key(model) {
+                sqlx::query("DELETE FROM spend_totals WHERE scope = 'key_model' AND scope_id = $1")
+                    .bind(scope_id.clone())
+                    .execute(&mut *$tx)
+                    .await?;
+            }
+        }
+        for (model, period) in &key.model_budget_durations {
+            let window = BudgetFields {
+                budget_duration: Some(period.clone()),
+                budget_duration_ms: crate::manage::parse_duration("time_period", period).ok(),
+                ..BudgetFields::default()
+            };
+            set_budget_window!(
+                $tx,
+                "key_model",
+                key_model_scope_id(&key.token, model),
+                &window,
+                $now
+            );
+        }
+    }};
+}
+
 macro_rules! decode_key {
     ($row:expr) => {{
         let row = $row;
         let models: String = row.try_get("models")?;
         let metadata: String = row.try_get("metadata")?;
+        let (model_max_budget, model_budget_durations) =
+            model_budgets(&row.try_get::<String, _>("model_max_budget")?);
         KeyRow {
             token: row.try_get("token")?,
             key_name: row.try_get("key_name")?,
@@ -268,7 +370,8 @@ macro_rules! decode_key {
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
             budget: decode_budget!(row),
-            model_max_budget: model_budgets(&row.try_get::<String, _>("model_max_budget")?),
+            model_max_budget,
+            model_budget_durations,
         }
     }};
 }
@@ -336,11 +439,14 @@ macro_rules! insert_key {
         .bind(key.budget.max_budget)
         .bind(key.budget.soft_budget)
         .bind(key.budget.budget_duration.clone())
-        .bind(serde_json::to_string(&key.model_max_budget).unwrap_or_else(|_| "{}".into()))
+        .bind(model_budgets_text(key))
         .execute(&mut *$tx)
         .await?;
         if key.budget.is_set() {
             set_budget_window!($tx, "key", key.token, &key.budget, key.created_at);
+        }
+        if !key.model_budget_durations.is_empty() {
+            set_key_model_windows!($tx, key, key.created_at);
         }
     }};
 }
@@ -723,7 +829,7 @@ impl Store {
             .bind(updated.budget.max_budget)
             .bind(updated.budget.soft_budget)
             .bind(updated.budget.budget_duration.clone())
-            .bind(serde_json::to_string(&updated.model_max_budget).unwrap_or_else(|_| "{}".into()))
+            .bind(model_budgets_text(&updated))
             .execute(&mut *tx)
             .await?;
             if updated.token != key.token {
@@ -737,8 +843,29 @@ impl Store {
                 .bind(key.token.clone())
                 .execute(&mut *tx)
                 .await?;
+                // And the key x model windows, whose ids start with the token.
+                let rows = sqlx::query(
+                    "SELECT scope_id FROM spend_totals WHERE scope = 'key_model' AND scope_id LIKE $1",
+                )
+                .bind(format!("{}/%", key.token))
+                .fetch_all(&mut *tx)
+                .await?;
+                for row in &rows {
+                    let old_id: String = row.try_get("scope_id")?;
+                    let model = old_id.strip_prefix(&format!("{}/", key.token)).unwrap_or_default();
+                    sqlx::query(
+                        "UPDATE spend_totals SET scope_id = $1, updated_ms = $2 \
+                         WHERE scope = 'key_model' AND scope_id = $3",
+                    )
+                    .bind(key_model_scope_id(&updated.token, model))
+                    .bind(now)
+                    .bind(old_id.clone())
+                    .execute(&mut *tx)
+                    .await?;
+                }
             }
             set_budget_window!(tx, "key", updated.token, &updated.budget, now);
+            set_key_model_windows!(tx, &updated, now);
             if updated.token != key.token {
                 record_removed_key!(tx, key.token, version);
             }
@@ -842,6 +969,107 @@ impl Store {
             notify_change!(self, tx, version);
             tx.commit().await?;
             Ok(version)
+        })
+    }
+
+    /// Replaces a user's fields (`user.user_id` names it; `created_at` is kept) and starts
+    /// or keeps its budget window. Fails on an unknown user.
+    pub async fn update_user(&self, user: &UserRow) -> Result<(UserRow, u64), StoreError> {
+        let now = to_i64(now_unix_ms());
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let version = bump_version!(tx, now_unix_ms());
+            let affected = sqlx::query(
+                "UPDATE users SET user_email = $1, user_role = $2, models = $3, metadata = $4, \
+                 updated_at = $5, max_budget = $6, soft_budget = $7, budget_duration = $8 \
+                 WHERE user_id = $9",
+            )
+            .bind(user.user_email.clone())
+            .bind(user.user_role.clone())
+            .bind(list_text(&user.models))
+            .bind(user.metadata.to_string())
+            .bind(now)
+            .bind(user.budget.max_budget)
+            .bind(user.budget.soft_budget)
+            .bind(user.budget.budget_duration.clone())
+            .bind(user.user_id.clone())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if affected == 0 {
+                return Err(StoreError::NotFound(Missing::User(user.user_id.clone())));
+            }
+            set_budget_window!(tx, "user", user.user_id, &user.budget, now);
+            notify_change!(self, tx, version);
+            tx.commit().await?;
+            let mut updated = user.clone();
+            updated.updated_at = now;
+            Ok((updated, version))
+        })
+    }
+
+    /// Replaces a team's own fields (alias, models, metadata, blocked, budget; not its
+    /// members) and starts or keeps its budget window. Fails on an unknown team or a taken
+    /// alias.
+    pub async fn update_team(&self, team: &TeamRow) -> Result<u64, StoreError> {
+        let now = to_i64(now_unix_ms());
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let version = bump_version!(tx, now_unix_ms());
+            require_team!(tx, team.team_id);
+            if let Some(alias) = &team.team_alias {
+                let holder: Option<String> =
+                    sqlx::query("SELECT team_id FROM teams WHERE team_alias = $1")
+                        .bind(alias.clone())
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .map(|row| row.try_get("team_id"))
+                        .transpose()?;
+                if holder.is_some_and(|holder| holder != team.team_id) {
+                    return Err(StoreError::AlreadyExists(Taken::TeamAlias(alias.clone())));
+                }
+            }
+            sqlx::query(
+                "UPDATE teams SET team_alias = $1, models = $2, metadata = $3, blocked = $4, \
+                 updated_at = $5, max_budget = $6, soft_budget = $7, budget_duration = $8 \
+                 WHERE team_id = $9",
+            )
+            .bind(team.team_alias.clone())
+            .bind(list_text(&team.models))
+            .bind(team.metadata.to_string())
+            .bind(team.blocked)
+            .bind(now)
+            .bind(team.budget.max_budget)
+            .bind(team.budget.soft_budget)
+            .bind(team.budget.budget_duration.clone())
+            .bind(team.team_id.clone())
+            .execute(&mut *tx)
+            .await?;
+            set_budget_window!(tx, "team", team.team_id, &team.budget, now);
+            notify_change!(self, tx, version);
+            tx.commit().await?;
+            Ok(version)
+        })
+    }
+
+    /// When the budget window of `scope`/`scope_id` ends (unix ms); `None` when it has no
+    /// window, or one that never resets.
+    pub async fn budget_reset_at(
+        &self,
+        scope: &str,
+        scope_id: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        with_pool!(self, pool => {
+            let reset_at: Option<i64> = sqlx::query(
+                "SELECT reset_at FROM spend_totals WHERE scope = $1 AND scope_id = $2",
+            )
+            .bind(scope)
+            .bind(scope_id)
+            .fetch_optional(pool)
+            .await?
+            .map(|row| row.try_get("reset_at"))
+            .transpose()?;
+            Ok(reset_at.filter(|reset_at| *reset_at > 0))
         })
     }
 
