@@ -18,7 +18,8 @@ bench:
 	bench/run.sh
 
 # The spend API's queries over 10 million usage records in a scratch PostgreSQL database
-# (tollgate_spend_bench, dropped after); writes its section of BENCHMARKS.md. About 15 minutes.
+# (tollgate_spend_bench, dropped after); writes its section of BENCHMARKS.md. About 25 minutes
+# on 2 cores (12 to load and index, the rest timing).
 # SPEND_BENCH_ARGS: e.g. --rows 1000000 --iterations 20 --plans (PostgreSQL's plan of each).
 TOLLGATE_BENCH_PG_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 SPEND_BENCH_ARGS ?=

@@ -35,6 +35,12 @@ const USAGE_SELECT_COLUMNS: &str = "id, model_name, deployment_id, provider, sta
      stream, key_hash, request_id, reasoning_tokens, cache_creation_tokens, cost, key_alias, \
      user_id, team_id, end_user, tags, first_byte_ms, answered_by_gateway, error_type";
 
+/// Run before PostgreSQL aggregates a date range (inside the query's transaction): with the
+/// default random_page_cost (4, for spinning disks) the planner prefers a parallel scan of
+/// the whole table to the started_unix_ms index for a day of 10 million records (11 s
+/// instead of 0.9 s, measured by `make bench-spend`); 1.1 is the usual value for SSDs.
+const RANGE_SCAN_COSTS: &str = "SET LOCAL random_page_cost = 1.1";
+
 /// Milliseconds per UTC day, the unit reports group by.
 pub const DAY_MS: i64 = 86_400_000;
 
@@ -499,11 +505,17 @@ impl Store {
     /// How many records match `filter`.
     pub async fn spend_logs_count(&self, filter: &SpendLogFilter) -> Result<u64, StoreError> {
         let (sql, binds) = spend_count_query(filter);
+        let postgres = matches!(self.pool, Pool::Postgres(_));
         with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            if postgres {
+                sqlx::query(RANGE_SCAN_COSTS).execute(&mut *tx).await?;
+            }
             let count: i64 = bind_all!(sqlx::query(&sql), binds)
-                .fetch_one(pool)
+                .fetch_one(&mut *tx)
                 .await?
                 .try_get("n")?;
+            tx.commit().await?;
             Ok(to_u64(count))
         })
     }
@@ -517,9 +529,15 @@ impl Store {
         group: ReportGroup,
         restrict: &ReportFilter,
     ) -> Result<Vec<ReportRow>, StoreError> {
-        let (sql, binds) = report_query(start_ms, end_ms, group, restrict);
+        let postgres = matches!(self.pool, Pool::Postgres(_));
+        let (sql, binds) = report_query(postgres, start_ms, end_ms, group, restrict);
         with_pool!(self, pool => {
-            let rows = bind_all!(sqlx::query(&sql), binds).fetch_all(pool).await?;
+            let mut tx = pool.begin().await?;
+            if postgres {
+                sqlx::query(RANGE_SCAN_COSTS).execute(&mut *tx).await?;
+            }
+            let rows = bind_all!(sqlx::query(&sql), binds).fetch_all(&mut *tx).await?;
+            tx.commit().await?;
             let mut report = Vec::with_capacity(rows.len());
             for row in &rows {
                 let day: i64 = row.try_get("day")?;
@@ -548,8 +566,14 @@ impl Store {
         end_ms: Option<i64>,
     ) -> Result<Vec<TagSpend>, StoreError> {
         let (sql, binds) = tags_query(start_ms, end_ms);
+        let postgres = matches!(self.pool, Pool::Postgres(_));
         with_pool!(self, pool => {
-            let rows = bind_all!(sqlx::query(&sql), binds).fetch_all(pool).await?;
+            let mut tx = pool.begin().await?;
+            if postgres {
+                sqlx::query(RANGE_SCAN_COSTS).execute(&mut *tx).await?;
+            }
+            let rows = bind_all!(sqlx::query(&sql), binds).fetch_all(&mut *tx).await?;
+            tx.commit().await?;
             let mut tags = Vec::with_capacity(rows.len());
             for row in &rows {
                 tags.push(TagSpend {
@@ -655,12 +679,22 @@ fn spend_count_query(filter: &SpendLogFilter) -> (String, Vec<Bind>) {
 
 /// The SQL and binds of [`Store::spend_report`].
 fn report_query(
+    postgres: bool,
     start_ms: i64,
     end_ms: i64,
     group: ReportGroup,
     restrict: &ReportFilter,
 ) -> (String, Vec<Bind>) {
     let day = format!("started_unix_ms / {DAY_MS}");
+    // PostgreSQL groups (and orders) text by its collation when it sorts, which costs
+    // seconds over a day of records with en_US; byte order ("C") groups the same rows.
+    let text = |name: &str| -> String {
+        if postgres {
+            format!("{name} COLLATE \"C\"")
+        } else {
+            name.to_string()
+        }
+    };
     let grouped: &[&str] = match group {
         ReportGroup::Team => &["day", "team_id", "model_name", "key_hash"],
         ReportGroup::Customer => &["day", "end_user", "model_name", "key_hash"],
@@ -678,11 +712,11 @@ fn report_query(
     };
     let selected = [
         column("day", &day, "CAST(-1 AS BIGINT)"),
-        column("team_id", "team_id", "''"),
-        column("end_user", "end_user", "''"),
-        column("key_hash", "key_hash", "''"),
-        column("user_id", "user_id", "''"),
-        column("model_name", "model_name", "''"),
+        column("team_id", &text("team_id"), "''"),
+        column("end_user", &text("end_user"), "''"),
+        column("key_hash", &text("key_hash"), "''"),
+        column("user_id", &text("user_id"), "''"),
+        column("model_name", &text("model_name"), "''"),
     ]
     .join(", ");
     let group_by = grouped
@@ -691,7 +725,7 @@ fn report_query(
             if *name == "day" {
                 day.clone()
             } else {
-                (*name).to_string()
+                text(name)
             }
         })
         .collect::<Vec<_>>()
@@ -759,14 +793,24 @@ impl Store {
         let (sql, binds) = match query {
             SpendQuery::Logs(filter, offset, limit) => spend_logs_query(filter, *offset, *limit),
             SpendQuery::Count(filter) => spend_count_query(filter),
-            SpendQuery::Report(start, end, group, restrict) => {
-                report_query(*start, *end, *group, restrict)
-            }
+            SpendQuery::Report(start, end, group, restrict) => report_query(
+                matches!(self.pool, Pool::Postgres(_)),
+                *start,
+                *end,
+                *group,
+                restrict,
+            ),
             SpendQuery::Tags(start, end) => tags_query(*start, *end),
         };
         let sql = format!("EXPLAIN (ANALYZE, BUFFERS) {sql}");
+        let postgres = matches!(self.pool, Pool::Postgres(_));
         with_pool!(self, pool => {
-            let rows = bind_all!(sqlx::query(&sql), binds).fetch_all(pool).await?;
+            let mut tx = pool.begin().await?;
+            if postgres {
+                sqlx::query(RANGE_SCAN_COSTS).execute(&mut *tx).await?;
+            }
+            let rows = bind_all!(sqlx::query(&sql), binds).fetch_all(&mut *tx).await?;
+            tx.commit().await?;
             let mut lines = Vec::with_capacity(rows.len());
             for row in &rows {
                 lines.push(row.try_get::<String, _>(0)?);

@@ -244,12 +244,22 @@ impl Store {
         })
     }
 
-    /// Runs `ANALYZE` (PostgreSQL; SQLite's planner statistics too), so the planner knows a
-    /// freshly loaded table.
+    /// Brings a freshly loaded ledger to the state a live one is in: planner statistics
+    /// (`ANALYZE`) and, on PostgreSQL, the visibility map `VACUUM` sets (autovacuum does so
+    /// on insert-only tables), without which index-only scans (counts) read the heap.
     pub async fn analyze(&self) -> Result<(), StoreError> {
-        with_pool!(self, pool => {
-            sqlx::query("ANALYZE").execute(pool).await?;
-            Ok(())
-        })
+        match &self.pool {
+            Pool::Sqlite(pool) => {
+                sqlx::query("ANALYZE").execute(pool).await?;
+            }
+            Pool::Postgres(pool) => {
+                for table in ["usage_records", "usage_tags", "spend_totals"] {
+                    sqlx::query(&format!("VACUUM (ANALYZE) {table}"))
+                        .execute(pool)
+                        .await?;
+                }
+            }
+        }
+        Ok(())
     }
 }
