@@ -90,6 +90,22 @@ fn wait_for_spend(url: &str, key: &str, expected: f64) {
     std::thread::sleep(Duration::from_millis(400));
 }
 
+/// Waits until every worker of the Envoys at `urls` knows `key` (a new key reaches the
+/// filters in tens of milliseconds; each try opens a new connection, so both workers answer).
+fn wait_for_key(urls: &[&str], key: &str) {
+    let start = Instant::now();
+    while urls
+        .iter()
+        .any(|url| (0..4).any(|_| chat(url, key, "no-such-model").status != 404))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "key never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 struct Answer {
     status: u16,
     cost_header: Option<String>,
@@ -134,6 +150,7 @@ fn answers_are_priced_and_a_budget_stops_the_key_then_resets() {
     // One priced answer: the header and the stored spend are the price table's exactly.
     let probe = management(url, "/key/generate", &json!({"key_alias": "probe"}));
     let probe_key = probe["key"].as_str().unwrap().to_string();
+    wait_for_key(&[url], &probe_key);
     let first = chat(url, &probe_key, "gpt-mock");
     assert_eq!(first.status, 200, "{}", first.body);
     let cost = priced(&first.body["usage"], GPT_INPUT, GPT_OUTPUT);
@@ -158,6 +175,7 @@ fn answers_are_priced_and_a_budget_stops_the_key_then_resets() {
         &json!({"key_alias": "limited", "max_budget": budget}),
     );
     let key = limited["key"].as_str().unwrap().to_string();
+    wait_for_key(&[url], &key);
     let mut spent = 0.0;
     for request in 1..=3 {
         let answer = chat(url, &key, "gpt-mock");
@@ -186,6 +204,7 @@ fn answers_are_priced_and_a_budget_stops_the_key_then_resets() {
         &json!({"key_alias": "windowed", "max_budget": 1.5 * cost, "budget_duration": "2s"}),
     );
     let key = windowed["key"].as_str().unwrap().to_string();
+    wait_for_key(&[url], &key);
     // Requests may straddle a window's end; what matters is that a spent window refuses
     // and the next one serves.
     let start = Instant::now();
@@ -238,6 +257,7 @@ fn a_budget_holds_across_two_envoys_and_sixteen_clients() {
     // The price of one answer, from a probe key.
     let probe = management(&url, "/key/generate", &json!({"key_alias": "probe"}));
     let probe_key = probe["key"].as_str().unwrap().to_string();
+    wait_for_key(&[&first.url, &second.url], &probe_key);
     let answer = chat(&url, &probe_key, "gpt-mock");
     assert_eq!(answer.status, 200, "{}", answer.body);
     let cost = priced(&answer.body["usage"], GPT_INPUT, GPT_OUTPUT);
@@ -250,17 +270,7 @@ fn a_budget_holds_across_two_envoys_and_sixteen_clients() {
     );
     let key = generated["key"].as_str().unwrap().to_string();
     // Both Envoys' workers know the key before the load starts.
-    let start = Instant::now();
-    while [&first.url, &second.url]
-        .iter()
-        .any(|envoy| (0..4).any(|_| chat(envoy, &key, "no-such-model").status != 404))
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "key never arrived"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_key(&[&first.url, &second.url], &key);
 
     let admitted = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
