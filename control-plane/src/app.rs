@@ -71,6 +71,9 @@ pub fn load_prices(config: &LoadedConfig) -> Result<PriceCatalog, PriceFileError
     Ok(catalog)
 }
 
+/// The environment variable budget alerts are POSTed to (LiteLLM's name).
+pub const ALERT_WEBHOOK_ENV: &str = "WEBHOOK_URL";
+
 /// Checks that the stored provider keys open with the store's credential key (sealing the
 /// clear ones of earlier versions), stores `config` (replacing the previous config rows) and
 /// starts a hub serving a snapshot of the result with a version above every earlier one, so
@@ -112,6 +115,14 @@ pub async fn start_control_plane(
         );
     }
     let hub = SyncHub::start_priced(store, prices).await?;
+    if config.config.general.alerting_webhook {
+        match std::env::var(ALERT_WEBHOOK_ENV) {
+            Ok(url) if !url.trim().is_empty() => hub.set_alert_webhook(url),
+            _ => tracing::warn!(
+                "general_settings.alerting lists webhook but {ALERT_WEBHOOK_ENV} is not set: no budget alerts are sent"
+            ),
+        }
+    }
     // Changes committed by other replicas on the same database (PostgreSQL) reach this
     // one's filters too.
     hub.spawn_change_watcher();

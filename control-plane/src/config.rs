@@ -175,7 +175,7 @@ const KNOWN_UNSUPPORTED_GENERAL_SETTINGS: &[&str] = &[
     "enforce_user_param", "allowed_routes", "admin_only_routes", "public_routes",
     "key_management_system", "key_management_settings", "use_azure_key_vault", "use_google_kms",
     "custom_auth", "custom_auth_settings", "custom_key_generate", "custom_sso", "allowed_ips",
-    "alerting", "alerting_threshold", "alerting_args", "alert_types", "alert_to_webhook_url",
+    "alerting_threshold", "alerting_args", "alert_types", "alert_to_webhook_url",
     "spend_report_frequency", "proxy_batch_write_at", "proxy_budget_rescheduler_min_time",
     "proxy_budget_rescheduler_max_time", "store_model_in_db", "store_prompts_in_spend_logs",
     "ui_access_mode", "health_check_interval", "background_health_checks", "health_check_details",
@@ -244,6 +244,8 @@ pub struct GeneralSettings {
     /// `budget_reset_at` ("00:00"): the UTC time of day at which the gateway's window ends,
     /// in milliseconds after midnight (see [`Self::first_budget_reset`]).
     pub budget_reset_at_ms: Option<i64>,
+    /// `alerting` lists `webhook`: budget alerts are POSTed to `WEBHOOK_URL` (LiteLLM's).
+    pub alerting_webhook: bool,
 }
 
 /// Milliseconds in a day.
@@ -311,6 +313,7 @@ impl fmt::Debug for GeneralSettings {
             .field("soft_budget", &self.soft_budget)
             .field("budget_duration", &self.budget_duration)
             .field("budget_reset_at_ms", &self.budget_reset_at_ms)
+            .field("alerting_webhook", &self.alerting_webhook)
             .finish()
     }
 }
@@ -1065,6 +1068,7 @@ impl Checker<'_> {
                 "soft_budget",
                 "budget_duration",
                 "budget_reset_at",
+                "alerting",
             ],
             KNOWN_UNSUPPORTED_GENERAL_SETTINGS,
         );
@@ -1131,7 +1135,9 @@ impl Checker<'_> {
             Some((text, ms)) => (Some(text), Some(ms)),
             None => (None, None),
         };
+        let alerting_webhook = self.alerting(map, PATH);
         GeneralSettings {
+            alerting_webhook,
             max_budget,
             soft_budget,
             budget_duration,
@@ -1147,6 +1153,39 @@ impl Checker<'_> {
             spend_logs_retention_ms,
             spend_logs_retention_interval_ms: interval.unwrap_or(DEFAULT_RETENTION_INTERVAL_MS),
         }
+    }
+
+    /// `alerting`: a list of alert channels; `webhook` is the one Tollgate has (budget
+    /// alerts to `WEBHOOK_URL`), the others are reported as ignored.
+    fn alerting(&mut self, map: &Mapping, path: &str) -> bool {
+        let field = format!("{path}.alerting");
+        let list = match map.get("alerting") {
+            None | Some(Value::Null) => return false,
+            Some(Value::Sequence(list)) => list,
+            Some(other) => {
+                self.error(
+                    &field,
+                    format!("must be a list of strings, got {}", type_name(other)),
+                );
+                return false;
+            }
+        };
+        let mut webhook = false;
+        for (index, item) in list.iter().enumerate() {
+            let item_path = format!("{field}[{index}]");
+            match item {
+                Value::String(channel) if channel == "webhook" => webhook = true,
+                Value::String(channel) => self.warn(
+                    &item_path,
+                    format!("{channel:?} alerts are not supported yet (only \"webhook\"), ignored"),
+                ),
+                other => self.error(
+                    &item_path,
+                    format!("must be a string, got {}", type_name(other)),
+                ),
+            }
+        }
+        webhook
     }
 
     /// A LiteLLM duration (`"7d"`, `"24h"`, `"60m"`, `"3600s"`, also `w` and `mo`) of at
@@ -1954,8 +1993,8 @@ whatever: 1
                 "environment_variables: not supported by Tollgate yet, ignored",
                 "whatever: unknown key, ignored",
                 "litellm_settings.drop_params: not supported by Tollgate yet, ignored",
-                "general_settings.alerting: not supported by Tollgate yet, ignored",
                 "general_settings.mystery: unknown key, ignored",
+                "general_settings.alerting[0]: \"slack\" alerts are not supported yet (only \"webhook\"), ignored",
                 "model_list[0].extra: unknown key, ignored",
                 "model_list[0].litellm_params.rpm: not supported by Tollgate yet, ignored",
                 "model_list[0].litellm_params.tpm: not supported by Tollgate yet, ignored",
@@ -2292,6 +2331,26 @@ model_list:
         assert_eq!(
             errors("general_settings:\n  maximum_spend_logs_retention_period: [1]\n"),
             ["general_settings.maximum_spend_logs_retention_period: must be a string, got a list"]
+        );
+    }
+
+    #[test]
+    fn alerting_webhook_is_read_and_other_channels_are_reported() {
+        let loaded = ok("general_settings:\n  alerting: [webhook, slack]\n");
+        assert!(loaded.config.general.alerting_webhook);
+        assert_eq!(
+            warnings(&loaded),
+            ["general_settings.alerting[1]: \"slack\" alerts are not supported yet (only \"webhook\"), ignored"]
+        );
+        assert!(
+            !ok("general_settings:\n  alerting: [slack]\n")
+                .config
+                .general
+                .alerting_webhook
+        );
+        assert_eq!(
+            errors("general_settings:\n  alerting: webhook\n"),
+            ["general_settings.alerting: must be a list of strings, got a string"]
         );
     }
 

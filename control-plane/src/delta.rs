@@ -73,7 +73,81 @@ pub struct Served {
     deltas: HashMap<u64, Arc<proto::ControlMessage>>,
 }
 
+/// What a budget alert says about its scope, from the served state.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BudgetOwner {
+    /// The budget, US dollars per window.
+    pub max_budget: Option<f64>,
+    /// The alert threshold.
+    pub soft_budget: Option<f64>,
+    /// For a key (and a key x model): its hash, alias, user and team.
+    pub token: Option<String>,
+    /// The key's alias.
+    pub key_alias: Option<String>,
+    /// The key's user, or the user whose budget it is.
+    pub user_id: Option<String>,
+    /// The key's team, or the team whose budget it is.
+    pub team_id: Option<String>,
+    /// The end user whose budget it is.
+    pub customer_id: Option<String>,
+}
+
 impl Served {
+    /// The budget of `scope`/`id` and who it belongs to, when the served state has one.
+    pub fn budget_owner(&self, scope: &str, id: &str) -> Option<BudgetOwner> {
+        let non_empty = |text: &str| (!text.is_empty()).then(|| text.to_string());
+        let settings_budget = |wanted: proto::BudgetScope, id: &str| {
+            self.settings
+                .budgets
+                .iter()
+                .find(|budget| budget.scope == wanted as i32 && budget.id == id)
+        };
+        let from_key =
+            |key: &proto::VirtualKey, max_budget: Option<f64>, soft_budget| BudgetOwner {
+                max_budget,
+                soft_budget,
+                token: Some(key.key_sha256.clone()),
+                key_alias: non_empty(&key.key_alias),
+                user_id: non_empty(&key.user_id),
+                team_id: non_empty(&key.team_id),
+                customer_id: None,
+            };
+        match scope {
+            "key" => self
+                .keys
+                .get(id)
+                .map(|key| from_key(key, key.max_budget, key.soft_budget)),
+            "key_model" => {
+                let (hash, model) = id.split_once('/')?;
+                let key = self.keys.get(hash)?;
+                let max = key.model_max_budget.get(model).copied()?;
+                Some(from_key(key, Some(max), None))
+            }
+            "user" | "team" | "end_user" | "global" => {
+                let wanted = match scope {
+                    "user" => proto::BudgetScope::User,
+                    "team" => proto::BudgetScope::Team,
+                    "end_user" => proto::BudgetScope::EndUser,
+                    _ => proto::BudgetScope::Global,
+                };
+                let budget = settings_budget(wanted, id).or_else(|| {
+                    (wanted == proto::BudgetScope::EndUser)
+                        .then(|| settings_budget(wanted, ""))
+                        .flatten()
+                })?;
+                Some(BudgetOwner {
+                    max_budget: budget.max_budget,
+                    soft_budget: budget.soft_budget,
+                    user_id: (scope == "user").then(|| id.to_string()),
+                    team_id: (scope == "team").then(|| id.to_string()),
+                    customer_id: (scope == "end_user").then(|| id.to_string()),
+                    ..BudgetOwner::default()
+                })
+            }
+            _ => None,
+        }
+    }
+
     /// Whether the served state gives `scope`/`id` a budget (so its spend goes to the
     /// filters): scopes as `spend_totals` names them.
     pub fn is_budgeted(&self, scope: &str, id: &str) -> bool {

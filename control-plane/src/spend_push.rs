@@ -11,9 +11,76 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::delta::BudgetOwner;
 use crate::proto;
-use crate::store::{now_unix_ms, SpendRow};
+use crate::store::{now_unix_ms, BudgetAlertKind, SpendRow};
 use crate::sync::SyncHub;
+
+/// How long a budget alert's POST may take.
+const ALERT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A budget crossed between two reads: what the webhook is told.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetAlert {
+    /// `spend_totals` scope name.
+    pub scope: &'static str,
+    /// The scope's id.
+    pub id: String,
+    /// Soft or max budget.
+    pub kind: BudgetAlertKind,
+    /// Spend of the window now.
+    pub spend: f64,
+    /// The window's end (unix ms, 0: never): one alert per kind per window.
+    pub reset_at: u64,
+    /// Whose budget.
+    pub owner: BudgetOwner,
+}
+
+impl BudgetAlert {
+    /// The event in LiteLLM's webhook shape (`soft_budget_crossed` / `budget_crossed`,
+    /// `event_group` key, user, team, customer or proxy).
+    pub fn payload(&self) -> serde_json::Value {
+        let (event, what) = match self.kind {
+            BudgetAlertKind::Soft => ("soft_budget_crossed", "Soft Budget Crossed"),
+            BudgetAlertKind::Max => ("budget_crossed", "Budget Crossed"),
+        };
+        let (group, label) = match self.scope {
+            "key" | "key_model" => ("key", "Key"),
+            "user" => ("user", "User"),
+            "team" => ("team", "Team"),
+            "end_user" => ("customer", "Customer"),
+            _ => ("proxy", "Proxy"),
+        };
+        serde_json::json!({
+            "spend": self.spend,
+            "max_budget": self.owner.max_budget,
+            "soft_budget": self.owner.soft_budget,
+            "token": self.owner.token,
+            "customer_id": self.owner.customer_id,
+            "user_id": self.owner.user_id,
+            "team_id": self.owner.team_id,
+            "user_email": null,
+            "key_alias": self.owner.key_alias,
+            "projected_exceeded_date": null,
+            "projected_spend": null,
+            "event": event,
+            "event_group": group,
+            "event_message": format!("{label} Budget: {what}"),
+        })
+    }
+}
+
+/// The `spend_totals` name of a protocol scope.
+fn scope_name(scope: i32) -> &'static str {
+    match proto::BudgetScope::try_from(scope) {
+        Ok(proto::BudgetScope::Key) => "key",
+        Ok(proto::BudgetScope::User) => "user",
+        Ok(proto::BudgetScope::Team) => "team",
+        Ok(proto::BudgetScope::EndUser) => "end_user",
+        Ok(proto::BudgetScope::KeyModel) => "key_model",
+        _ => "global",
+    }
+}
 
 /// How often the spend is read and, when it changed, pushed. Budgets overshoot by what the
 /// other filters spend in about this long (plus their usage flush): see README.
@@ -51,6 +118,43 @@ pub struct SpendView {
 }
 
 impl SpendView {
+    /// The budgets `next` crossed since this view: a threshold above the spend here and at
+    /// most the spend there. A scope this view did not have (a first read, a new budget) is
+    /// not compared: what it crossed before was not seen crossing.
+    pub fn crossed(
+        &self,
+        next: &SpendView,
+        owner: impl Fn(&str, &str) -> Option<BudgetOwner>,
+    ) -> Vec<BudgetAlert> {
+        let mut alerts = Vec::new();
+        for entry in &next.changed {
+            let key = (entry.scope, entry.id.clone());
+            let Some((before, _)) = self.totals.get(&key) else {
+                continue;
+            };
+            let scope = scope_name(entry.scope);
+            let Some(owner) = owner(scope, &entry.id) else {
+                continue;
+            };
+            for (kind, threshold) in [
+                (BudgetAlertKind::Soft, owner.soft_budget),
+                (BudgetAlertKind::Max, owner.max_budget),
+            ] {
+                if threshold.is_some_and(|limit| *before < limit && limit <= entry.spend) {
+                    alerts.push(BudgetAlert {
+                        scope,
+                        id: entry.id.clone(),
+                        kind,
+                        spend: entry.spend,
+                        reset_at: entry.reset_at_unix_ms,
+                        owner: owner.clone(),
+                    });
+                }
+            }
+        }
+        alerts
+    }
+
     /// Every budgeted scope's spend.
     pub fn full_update(&self) -> proto::SpendUpdate {
         let mut spend: Vec<proto::Spend> = self
@@ -195,15 +299,59 @@ pub async fn run_spend_publisher(hub: Arc<SyncHub>) {
             read_for_version = Some(version);
         }
         let current = hub.spend_view();
-        let next = hub.with_served(|served| {
-            current.next(rows, full, ledger_seq, |scope, id| {
+        let (next, alerts) = hub.with_served(|served| {
+            let next = current.next(rows, full, ledger_seq, |scope, id| {
                 served.is_budgeted(scope, id)
-            })
+            });
+            let alerts = match hub.alert_webhook() {
+                Some(_) => current.crossed(&next, |scope, id| served.budget_owner(scope, id)),
+                None => Vec::new(),
+            };
+            (next, alerts)
         });
+        if let Some(url) = hub.alert_webhook() {
+            for alert in alerts {
+                tokio::spawn(send_alert(hub.clone(), url.to_string(), alert));
+            }
+        }
         if next.changed.is_empty() && next.ledger_seq == current.ledger_seq && !full {
             continue;
         }
         hub.publish_spend(next);
+    }
+}
+
+/// Sends `alert` to the webhook, unless another replica (or an earlier read) already did for
+/// this window. A failed POST is logged, not retried: the alert is about a moment.
+async fn send_alert(hub: Arc<SyncHub>, url: String, alert: BudgetAlert) {
+    match hub
+        .store()
+        .claim_budget_alert(alert.scope, &alert.id, alert.kind, alert.reset_at)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(error) => {
+            tracing::warn!(%error, "claiming a budget alert failed; not sent");
+            return;
+        }
+    }
+    let client = reqwest::Client::new();
+    let sent = client
+        .post(&url)
+        .timeout(ALERT_TIMEOUT)
+        .json(&alert.payload())
+        .send()
+        .await;
+    match sent {
+        Ok(response) if response.status().is_success() => {
+            tracing::info!(scope = alert.scope, kind = ?alert.kind, "budget alert sent");
+        }
+        Ok(response) => {
+            tracing::warn!(status = %response.status(), "the alert webhook refused a budget alert");
+        }
+        // The URL may hold a token: the error is logged without it.
+        Err(error) => tracing::warn!(error = %error.without_url(), "budget alert not sent"),
     }
 }
 

@@ -574,7 +574,7 @@ fn usage_id(record: &proto::UsageRecord) -> String {
 mod management;
 mod windows;
 
-pub use windows::SpendRow;
+pub use windows::{BudgetAlertKind, SpendRow};
 mod spend;
 mod synthetic;
 

@@ -270,6 +270,8 @@ pub struct SyncHub {
     ledger_seq: AtomicU64,
     /// The spend every stream is pushed; streams wait on it for changes.
     spend: watch::Sender<Arc<SpendView>>,
+    /// Where budget alerts are POSTed (`general_settings.alerting: [webhook]`, `WEBHOOK_URL`).
+    alert_webhook: std::sync::OnceLock<String>,
 }
 
 impl SyncHub {
@@ -317,6 +319,7 @@ impl SyncHub {
             rebuild_running: AtomicBool::new(false),
             ledger_seq: AtomicU64::new(0),
             spend: watch::Sender::new(Arc::new(SpendView::default())),
+            alert_webhook: std::sync::OnceLock::new(),
         });
         // Every hub pushes spend; outside a runtime (never in the service) there is no
         // stream to push it to either.
@@ -324,6 +327,16 @@ impl SyncHub {
             runtime.spawn(run_spend_publisher(hub.clone()));
         }
         hub
+    }
+
+    /// Sends budget alerts to `url` from now on (once: a later call is ignored).
+    pub fn set_alert_webhook(&self, url: String) {
+        let _ = self.alert_webhook.set(url);
+    }
+
+    /// Where budget alerts go, if anywhere.
+    pub fn alert_webhook(&self) -> Option<&str> {
+        self.alert_webhook.get().map(String::as_str)
     }
 
     /// This replica's ledger sequence (see [`crate::spend_push`]).

@@ -1013,3 +1013,127 @@ async fn spend_reaches_the_filter_and_counts_each_batch_once_on_postgres() {
     let store = common::connect(&database.url).await;
     spend_reaches_the_filter_and_counts_each_batch_once(store).await;
 }
+
+/// Receives the JSON bodies POSTed to it.
+async fn webhook_capture() -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+) {
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+            let sender = sender.clone();
+            async move {
+                let _ = sender.send(body);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{address}/hook"), receiver)
+}
+
+/// Crossing a key's soft budget, then its budget, POSTs one event each to the alert webhook
+/// in LiteLLM's shape; the same window's alert is claimed once (so replicas send it once).
+async fn budget_alerts_reach_the_webhook_once(store: Store) {
+    let server = Server::start(store.clone(), &load(CONFIG)).await;
+    let hub = server.hub.clone();
+    let (url, mut alerts) = webhook_capture().await;
+    hub.set_alert_webhook(url);
+    let key = KeyRow {
+        budget: tollgate::store::BudgetFields {
+            max_budget: Some(1.0),
+            soft_budget: Some(0.5),
+            ..Default::default()
+        },
+        ..key_row(3)
+    };
+    store.insert_key(&key).await.unwrap();
+    hub.refresh().await.unwrap();
+    let mut filter = common::FakeFilter::connect(server.address).await;
+    let snapshot = filter.next_snapshot().await;
+    filter.hello("envoy-w", "1", snapshot.version).await;
+    let spend_of = |update: &pb::SpendUpdate| {
+        update
+            .spend
+            .iter()
+            .find(|spend| spend.id == key.token)
+            .map(|spend| spend.spend)
+    };
+    filter
+        .spend_update_where(|update| spend_of(update) == Some(0.0))
+        .await;
+    let charge = |id: u64, cost: f64| {
+        filter_message::Kind::Usage(UsageBatch {
+            records: vec![pb::UsageRecord {
+                id: format!("w{id}"),
+                key_hash: key.token.clone(),
+                model_name: "gpt".into(),
+                cost: Some(cost),
+                ..Default::default()
+            }],
+            batch_id: id,
+        })
+    };
+    filter.send(charge(1, 0.25)).await;
+    filter
+        .spend_update_where(|update| spend_of(update) == Some(0.25))
+        .await;
+    filter.send(charge(2, 0.5)).await;
+    let soft = tokio::time::timeout(WAIT, alerts.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        soft,
+        serde_json::json!({
+            "spend": 0.75, "max_budget": 1.0, "soft_budget": 0.5, "token": key.token,
+            "customer_id": null, "user_id": null, "team_id": null, "user_email": null,
+            "key_alias": "delta-3", "projected_exceeded_date": null, "projected_spend": null,
+            "event": "soft_budget_crossed", "event_group": "key",
+            "event_message": "Key Budget: Soft Budget Crossed",
+        })
+    );
+    filter
+        .spend_update_where(|update| spend_of(update) == Some(0.75))
+        .await;
+    filter.send(charge(3, 0.5)).await;
+    let max = tokio::time::timeout(WAIT, alerts.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(max["event"], "budget_crossed");
+    assert_eq!(max["spend"], 1.25);
+    // Nothing else was sent, and the window's alerts are taken.
+    filter
+        .spend_update_where(|update| spend_of(update) == Some(1.25))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(alerts.try_recv().is_err(), "an alert was sent twice");
+    for kind in [
+        tollgate::store::BudgetAlertKind::Soft,
+        tollgate::store::BudgetAlertKind::Max,
+    ] {
+        assert!(!store
+            .claim_budget_alert("key", &key.token, kind, 0)
+            .await
+            .unwrap());
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn budget_alerts_reach_the_webhook_once_on_sqlite() {
+    let (store, _dir) = common::sqlite_store().await;
+    budget_alerts_reach_the_webhook_once(store).await;
+}
+
+#[tokio::test]
+async fn budget_alerts_reach_the_webhook_once_on_postgres() {
+    let database = common::PgTestDb::create().await;
+    let store = common::connect(&database.url).await;
+    budget_alerts_reach_the_webhook_once(store).await;
+}

@@ -53,3 +53,45 @@ impl Store {
         })
     }
 }
+
+/// Which threshold of a budget an alert is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetAlertKind {
+    /// The soft budget was reached.
+    Soft,
+    /// The max budget was reached (requests are refused from now on).
+    Max,
+}
+
+impl Store {
+    /// Claims the alert of `kind` for the window of `scope`/`id` that ends at `reset_at`:
+    /// true for exactly one caller per window, across replicas (so each alert is sent once).
+    pub async fn claim_budget_alert(
+        &self,
+        scope: &str,
+        id: &str,
+        kind: BudgetAlertKind,
+        reset_at: u64,
+    ) -> Result<bool, StoreError> {
+        let sql = match kind {
+            BudgetAlertKind::Soft => {
+                "UPDATE spend_totals SET soft_alerted_reset_at = $3 \
+                 WHERE scope = $1 AND scope_id = $2 AND soft_alerted_reset_at <> $3"
+            }
+            BudgetAlertKind::Max => {
+                "UPDATE spend_totals SET max_alerted_reset_at = $3 \
+                 WHERE scope = $1 AND scope_id = $2 AND max_alerted_reset_at <> $3"
+            }
+        };
+        with_pool!(self, pool => {
+            let claimed = sqlx::query(sql)
+                .bind(scope.to_string())
+                .bind(id.to_string())
+                .bind(to_i64(reset_at))
+                .execute(pool)
+                .await?
+                .rows_affected();
+            Ok(claimed == 1)
+        })
+    }
+}
