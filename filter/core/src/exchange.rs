@@ -219,6 +219,9 @@ pub struct Exchange {
     header_tags: Vec<String>,
     /// When the request's headers arrived.
     started_ms: u64,
+    /// A request to a model (`/v1/chat/completions`): its refusal has a usage record; a
+    /// refused model listing has none.
+    model_request: bool,
     first_byte_ms: Option<u64>,
     stream_out: Vec<u8>,
 }
@@ -297,15 +300,15 @@ impl Exchange {
     ) -> Verdict {
         let status = error.status();
         host.send_json_response(status, &error.to_json());
-        self.phase = Phase::Answered {
-            status,
-            refusal: Some(Box::new(Refusal {
+        let refusal = self.model_request.then(|| {
+            Box::new(Refusal {
                 error_type: error.error_type(),
                 caller,
                 model,
                 end_user,
-            })),
-        };
+            })
+        });
+        self.phase = Phase::Answered { status, refusal };
         Verdict::Pause
     }
 
@@ -334,6 +337,7 @@ impl Exchange {
             return Verdict::Continue;
         }
         self.request_id = headers.request_id.map(str::to_string);
+        self.model_request = endpoint == Endpoint::ChatCompletions;
         if let Some(tags) = headers.tags {
             add_tags(&mut self.header_tags, tags.split(',').map(str::trim));
         }
@@ -863,7 +867,7 @@ mod tests {
         let mut exchange = Exchange::new();
         let verdict = exchange.on_request_headers(&mut host, None, &chat_headers(None), false);
         assert_eq!(verdict, Verdict::Pause);
-        let (status, json) = host.local_reply.unwrap();
+        let (status, json) = host.local_reply.clone().unwrap();
         assert_eq!(status, 503);
         assert_eq!(json["error"]["code"], "not_ready");
         let Some(Outcome::Answered {
@@ -877,6 +881,23 @@ mod tests {
         assert_eq!(record.error_type, "service_unavailable");
         assert_eq!((record.status, record.cost), (503, Some(0.0)));
         assert_eq!(record.request_id, "req-1");
+
+        // A model listing refused the same way is not a request to a model: no record.
+        let mut exchange = Exchange::new();
+        let listing = RequestHeaders {
+            method: "GET",
+            path: "/v1/models",
+            ..RequestHeaders::default()
+        };
+        exchange.on_request_headers(&mut host, None, &listing, true);
+        assert_eq!(host.local_reply.as_ref().unwrap().0, 503);
+        assert!(matches!(
+            exchange.outcome(0, &mut RecordIds::new(7)),
+            Some(Outcome::Answered {
+                status: 503,
+                record: None
+            })
+        ));
     }
 
     #[test]
