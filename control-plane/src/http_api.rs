@@ -21,7 +21,6 @@ use crate::manage::{
     iso8601, model_entry_json, model_max_budget_json, ApiError, BudgetChange, ErrorKind,
     KeyGenerate, KeyUpdate, Manager, ModelBudget, TeamCreate, TeamUpdate, UserCreate, UserUpdate,
 };
-use crate::spend_api::spend_of;
 use crate::store::{
     BudgetFields, KeyRow, NewMember, SpendScope, StoredDeployment, TeamRow, UserRow,
 };
@@ -366,22 +365,30 @@ fn key_json(key: &KeyRow) -> Map<String, Value> {
     map.insert("blocked".into(), key.blocked.into());
     map.insert("expires".into(), key.expires_ms.map_or(Value::Null, time));
     map.insert("metadata".into(), key.metadata.clone());
-    map.insert("spend".into(), json!(0.0));
-    map.insert("max_budget".into(), Value::Null);
     map.insert("created_at".into(), time(key.created_at));
     map.insert("updated_at".into(), time(key.updated_at));
     map
 }
 
-/// Adds the budget fields of a row (its window is `scope`/`scope_id` in `spend_totals`).
+/// Adds the budget fields of a row and its window's spend and end, read in one go from its
+/// `spend_totals` row (`scope`/`scope_id`; no row: nothing spent, no window).
 async fn add_budget(
     m: &Manager,
     map: &mut Map<String, Value>,
     fields: &BudgetFields,
-    scope: &str,
+    scope: SpendScope,
     scope_id: &str,
 ) -> Result<(), ApiError> {
-    let reset_at = m.budget_reset_at(scope, scope_id).await?;
+    let (spend, reset_at) = m
+        .hub()
+        .store()
+        .spend_total(scope, scope_id)
+        .await?
+        .unwrap_or((0.0, 0));
+    let reset_at = i64::try_from(reset_at)
+        .ok()
+        .filter(|reset_at| *reset_at > 0);
+    map.insert("spend".into(), json!(spend));
     map.insert("max_budget".into(), json!(fields.max_budget));
     map.insert("soft_budget".into(), json!(fields.soft_budget));
     map.insert("budget_duration".into(), json!(fields.budget_duration));
@@ -392,9 +399,8 @@ async fn add_budget(
 /// A key as the API shows it, with its budget.
 async fn key_object(m: &Manager, key: &KeyRow) -> Result<Map<String, Value>, ApiError> {
     let mut map = key_json(key);
-    add_budget(m, &mut map, &key.budget, "key", &key.token).await?;
+    add_budget(m, &mut map, &key.budget, SpendScope::Key, &key.token).await?;
     map.insert("model_max_budget".into(), model_max_budget_json(key));
-    map.insert("spend".into(), json!(key_spend(m, key).await?));
     Ok(map)
 }
 
@@ -412,18 +418,14 @@ async fn user_object(
     teams: &[String],
 ) -> Result<Map<String, Value>, ApiError> {
     let mut map = user_json(user, teams);
-    add_budget(m, &mut map, &user.budget, "user", &user.user_id).await?;
-    let spend = spend_of(m.hub().store(), SpendScope::User, &user.user_id).await?;
-    map.insert("spend".into(), json!(spend));
+    add_budget(m, &mut map, &user.budget, SpendScope::User, &user.user_id).await?;
     Ok(map)
 }
 
 async fn team_value(m: &Manager, team: &TeamRow) -> Result<Value, ApiError> {
     let mut value = team_json(team);
     if let Value::Object(map) = &mut value {
-        add_budget(m, map, &team.budget, "team", &team.team_id).await?;
-        let spend = spend_of(m.hub().store(), SpendScope::Team, &team.team_id).await?;
-        map.insert("spend".into(), json!(spend));
+        add_budget(m, map, &team.budget, SpendScope::Team, &team.team_id).await?;
     }
     Ok(value)
 }
@@ -443,8 +445,6 @@ fn user_json(user: &UserRow, teams: &[String]) -> Map<String, Value> {
     map.insert("models".into(), json!(user.models));
     map.insert("metadata".into(), user.metadata.clone());
     map.insert("teams".into(), json!(teams));
-    map.insert("spend".into(), json!(0.0));
-    map.insert("max_budget".into(), Value::Null);
     map.insert("created_at".into(), time(user.created_at));
     map.insert("updated_at".into(), time(user.updated_at));
     map
@@ -462,8 +462,6 @@ fn team_json(team: &TeamRow) -> Value {
             "user_email": member.user_email,
             "role": member.role,
         })).collect::<Vec<_>>(),
-        "spend": 0.0,
-        "max_budget": null,
         "created_at": iso8601(team.created_at),
         "updated_at": iso8601(team.updated_at),
     })
@@ -478,11 +476,6 @@ fn model_json(stored: &StoredDeployment) -> Value {
 }
 
 type Shared = Arc<Manager>;
-
-/// The spend of a key's current budget window, from `spend_totals`.
-async fn key_spend(m: &Manager, key: &KeyRow) -> Result<f64, ApiError> {
-    Ok(spend_of(m.hub().store(), SpendScope::Key, &key.token).await?)
-}
 
 /// Authenticates, then runs `work`; turns its result into a response.
 pub(crate) async fn handle<F, Fut>(manager: &Manager, headers: &HeaderMap, work: F) -> Response

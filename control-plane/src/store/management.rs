@@ -1059,18 +1059,14 @@ impl Store {
         scope: &str,
         scope_id: &str,
     ) -> Result<Option<i64>, StoreError> {
-        with_pool!(self, pool => {
-            let reset_at: Option<i64> = sqlx::query(
-                "SELECT reset_at FROM spend_totals WHERE scope = $1 AND scope_id = $2",
-            )
-            .bind(scope)
-            .bind(scope_id)
-            .fetch_optional(pool)
+        let Some(scope) = super::SpendScope::from_name(scope) else {
+            return Ok(None);
+        };
+        Ok(self
+            .spend_total(scope, scope_id)
             .await?
-            .map(|row| row.try_get("reset_at"))
-            .transpose()?;
-            Ok(reset_at.filter(|reset_at| *reset_at > 0))
-        })
+            .map(|(_, reset_at)| to_i64(reset_at))
+            .filter(|reset_at| *reset_at > 0))
     }
 
     /// One user.

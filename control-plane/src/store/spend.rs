@@ -73,6 +73,20 @@ impl SpendScope {
             SpendScope::KeyModel => "key_model",
         }
     }
+
+    /// The scope a `spend_totals.scope` value names.
+    pub fn from_name(name: &str) -> Option<SpendScope> {
+        [
+            SpendScope::Key,
+            SpendScope::User,
+            SpendScope::Team,
+            SpendScope::EndUser,
+            SpendScope::Global,
+            SpendScope::KeyModel,
+        ]
+        .into_iter()
+        .find(|scope| scope.as_str() == name)
+    }
 }
 
 /// Which scopes a record's cost is charged to, with their ids.
