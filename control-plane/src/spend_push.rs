@@ -104,6 +104,16 @@ fn scope_of(name: &str) -> Option<proto::BudgetScope> {
     })
 }
 
+/// The protocol's entry for one scope's spend and window end.
+fn spend_entry((scope, id): &(i32, String), (spend, reset_at): (f64, u64)) -> proto::Spend {
+    proto::Spend {
+        scope: *scope,
+        id: id.clone(),
+        spend,
+        reset_at_unix_ms: reset_at,
+    }
+}
+
 /// The spend of every budgeted scope, as last read, and what changed from the read before.
 #[derive(Debug, Default)]
 pub struct SpendView {
@@ -160,12 +170,7 @@ impl SpendView {
         let mut spend: Vec<proto::Spend> = self
             .totals
             .iter()
-            .map(|((scope, id), (spend, reset_at))| proto::Spend {
-                scope: *scope,
-                id: id.clone(),
-                spend: *spend,
-                reset_at_unix_ms: *reset_at,
-            })
+            .map(|(entry, value)| spend_entry(entry, *value))
             .collect();
         spend.sort_by(|a, b| (a.scope, &a.id).cmp(&(b.scope, &b.id)));
         proto::SpendUpdate {
@@ -216,22 +221,12 @@ impl SpendView {
         let mut changed: Vec<proto::Spend> = totals
             .iter()
             .filter(|(entry, value)| self.totals.get(*entry) != Some(*value))
-            .map(|((scope, id), (spend, reset_at))| proto::Spend {
-                scope: *scope,
-                id: id.clone(),
-                spend: *spend,
-                reset_at_unix_ms: *reset_at,
-            })
+            .map(|(entry, value)| spend_entry(entry, *value))
             .collect();
         // A scope no longer budgeted is sent at 0 once, so no filter keeps its old spend.
-        for (scope, id) in self.totals.keys() {
-            if !totals.contains_key(&(*scope, id.clone())) {
-                changed.push(proto::Spend {
-                    scope: *scope,
-                    id: id.clone(),
-                    spend: 0.0,
-                    reset_at_unix_ms: 0,
-                });
+        for entry in self.totals.keys() {
+            if !totals.contains_key(entry) {
+                changed.push(spend_entry(entry, (0.0, 0)));
             }
         }
         changed.sort_by(|a, b| (a.scope, &a.id).cmp(&(b.scope, &b.id)));
