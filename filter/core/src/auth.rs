@@ -183,6 +183,8 @@ mod tests {
             max_budget: None,
             soft_budget: None,
             model_max_budget: Default::default(),
+            limits: None,
+            model_limits: Default::default(),
             key_sha256: hex::encode(Sha256::digest(clear)),
             key_alias: format!("alias-{clear}"),
             user_id: "u1".into(),

@@ -119,6 +119,8 @@ mod tests {
                 expires_unix_ms: 0,
                 budget,
                 model_budgets,
+                limits: None,
+                model_limits: Vec::new(),
             })),
         }
     }

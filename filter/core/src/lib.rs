@@ -18,6 +18,7 @@ pub mod gateway;
 pub mod metrics;
 pub mod openai_types;
 pub mod pricing;
+pub mod ratelimit;
 pub mod proto;
 pub mod providers;
 pub mod redact;

@@ -9,6 +9,7 @@ use crate::metrics::sanitize_stat_segment;
 use prost::Message;
 
 use crate::pricing::Prices;
+use crate::ratelimit::{Limits, ScopeLimits};
 use crate::proto;
 
 mod delta;
@@ -118,6 +119,8 @@ pub struct Deployment {
     pub stat_provider: String,
     /// What its tokens cost; `None`: not priced (costs are unknown, not 0).
     pub prices: Option<Prices>,
+    /// litellm_params rpm / tpm / max_parallel_requests.
+    pub limits: Option<Limits>,
 }
 
 impl std::fmt::Debug for Deployment {
@@ -135,6 +138,7 @@ impl std::fmt::Debug for Deployment {
             .field("stat_model", &self.stat_model)
             .field("stat_provider", &self.stat_provider)
             .field("prices", &self.prices)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -299,6 +303,10 @@ pub struct VirtualKey {
     pub budget: Option<BudgetLimit>,
     /// `model_max_budget`: US dollars per window for each public model name listed.
     pub model_budgets: Vec<(String, f64)>,
+    /// rpm_limit / tpm_limit / max_parallel_requests.
+    pub limits: Option<Limits>,
+    /// model_rpm_limit / model_tpm_limit, per public model name (sorted by name).
+    pub model_limits: Vec<(String, Limits)>,
 }
 
 impl VirtualKey {
@@ -324,6 +332,8 @@ pub struct State {
     pub max_response_body_bytes: u64,
     /// Budgets of users, teams, end users and the whole gateway.
     pub budgets: Budgets,
+    /// Rate limits of users, teams and the whole gateway.
+    pub rate_limits: ScopeLimits,
     /// Every deployment in snapshot order, usable or not (what a delta applies onto).
     deployments: Vec<DeploymentSlot>,
     models: HashMap<String, ModelGroup>,
@@ -346,6 +356,7 @@ impl State {
             max_request_body_bytes: DEFAULT_MAX_REQUEST_BODY_BYTES,
             max_response_body_bytes: DEFAULT_MAX_RESPONSE_BODY_BYTES,
             budgets: Budgets::default(),
+            rate_limits: ScopeLimits::default(),
             deployments: Vec::with_capacity(snapshot.deployments.len()),
             models: HashMap::new(),
             keys: KeyMap::with_capacity(snapshot.keys.len()),
@@ -388,6 +399,7 @@ impl State {
             DEFAULT_MAX_RESPONSE_BODY_BYTES,
         );
         self.budgets = Budgets::from_proto(settings.budgets, problems);
+        self.rate_limits = ScopeLimits::from_proto(settings.rate_limits, problems);
     }
 
     /// Groups the usable deployments by public model name, in snapshot order, and renders
@@ -590,6 +602,16 @@ fn add_key(
                     .collect();
                 budgets.sort_by(|a, b| a.0.cmp(&b.0));
                 budgets
+            },
+            limits: Limits::of(key.limits.as_ref()),
+            model_limits: {
+                let mut limits: Vec<(String, Limits)> = key
+                    .model_limits
+                    .iter()
+                    .filter_map(|(model, limits)| Some((model.clone(), Limits::of(Some(limits))?)))
+                    .collect();
+                limits.sort_by(|a, b| a.0.cmp(&b.0));
+                limits
             },
         }),
     );
@@ -833,6 +855,7 @@ fn build_deployment(deployment: proto::Deployment) -> Result<Deployment, String>
         },
         api_version: deployment.api_version,
         prices: deployment.pricing.as_ref().and_then(Prices::from_proto),
+        limits: Limits::of(deployment.limits.as_ref()),
     })
 }
 
@@ -890,6 +913,7 @@ pub(crate) mod tests {
     ) -> proto::Deployment {
         proto::Deployment {
             pricing: None,
+            limits: None,
             id: format!("id-{model_name}"),
             model_name: model_name.into(),
             provider: kind as i32,
@@ -1019,6 +1043,7 @@ pub(crate) mod tests {
             version: 7,
             settings: Some(proto::Settings {
                 budgets: Vec::new(),
+                rate_limits: Vec::new(),
                 master_key_sha256: hex::encode([1u8; 32]),
                 max_request_body_bytes: 0,
                 max_response_body_bytes: 5,

@@ -57,6 +57,7 @@ fn deployment(
         default_max_tokens,
         api_version: api_version.into(),
         pricing: None,
+        limits: None,
     }
 }
 

@@ -24,6 +24,7 @@ fn state() -> State {
         settings: None,
         deployments: vec![proto::Deployment {
             pricing: None,
+            limits: None,
             id: "d1".into(),
             model_name: "gpt-public".into(),
             provider: proto::ProviderKind::Openai as i32,

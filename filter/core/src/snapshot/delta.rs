@@ -323,6 +323,7 @@ mod tests {
             version: 10,
             settings: Some(proto::Settings {
                 budgets: Vec::new(),
+                rate_limits: Vec::new(),
                 master_key_sha256: hex::encode([9; 32]),
                 max_request_body_bytes: 100,
                 max_response_body_bytes: 200,
@@ -570,6 +571,7 @@ mod tests {
             version: 12,
             settings: Some(proto::Settings {
                 budgets: Vec::new(),
+                rate_limits: Vec::new(),
                 master_key_sha256: String::new(),
                 max_request_body_bytes: 5,
                 max_response_body_bytes: 0,

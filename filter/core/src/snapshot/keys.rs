@@ -93,6 +93,8 @@ mod tests {
             expires_unix_ms: 0,
             budget: None,
             model_budgets: Vec::new(),
+            limits: None,
+            model_limits: Vec::new(),
         })
     }
 
