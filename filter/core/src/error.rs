@@ -77,6 +77,21 @@ pub enum GatewayError {
         /// The budget, US dollars.
         max_budget: f64,
     },
+    /// A rate limit of the request's key, key model, user, team, deployment or of the whole
+    /// gateway has nothing left for now (429, with `Retry-After`).
+    #[error("Rate limit reached for {scope} on {what}: limit {limit}, this request needs {requested}. Retry in {retry_after_secs}s.")]
+    RateLimited {
+        /// Whose limit, for a person: "key my-alias", "team t1", "the gateway", ...
+        scope: String,
+        /// Which limit: "requests per minute (rpm)", ...
+        what: &'static str,
+        /// The limit.
+        limit: u64,
+        /// What the request needed (1 request, or its estimated tokens).
+        requested: u64,
+        /// Seconds until it may have room (`Retry-After`).
+        retry_after_secs: u64,
+    },
     /// A bug in the gateway stopped this request (the native module survives it; the Wasm
     /// VM would not).
     #[error("The gateway failed on this request; the failure is in its log.")]
@@ -114,6 +129,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed { .. } => 405,
             GatewayError::BodyTooLarge { .. } => 413,
             GatewayError::BadUpstreamResponse(_) | GatewayError::UpstreamResponseTooLarge(_) => 502,
+            GatewayError::RateLimited { .. } => 429,
             GatewayError::NotReady => 503,
             GatewayError::Internal => 500,
         }
@@ -129,6 +145,7 @@ impl GatewayError {
             | GatewayError::ModelNotAllowed(_) => "authentication_error",
             GatewayError::NotReady => "service_unavailable",
             GatewayError::BudgetExceeded { .. } => "budget_exceeded",
+            GatewayError::RateLimited { .. } => "rate_limit_error",
             GatewayError::BadUpstreamResponse(_)
             | GatewayError::UpstreamResponseTooLarge(_)
             | GatewayError::Internal => "api_error",
@@ -155,6 +172,7 @@ impl GatewayError {
             GatewayError::UpstreamResponseTooLarge(_) => Some("upstream_response_too_large"),
             GatewayError::Internal => Some("internal_error"),
             GatewayError::BudgetExceeded { .. } => Some("budget_exceeded"),
+            GatewayError::RateLimited { .. } => Some("rate_limit_exceeded"),
         }
     }
 

@@ -12,6 +12,7 @@ use crate::error::error_type_for_status;
 use crate::gateway::{classify, plan_chat_request_for, ROUTE_HEADER};
 use crate::pricing::cost_header_value;
 use crate::providers::{ChunkOutput, ResponseMode, TranslateContext};
+use crate::ratelimit::{estimate_tokens, needs_of, Admission, Need, QuotaBook, RateHeaders};
 use crate::request::empty_body_error;
 use crate::usage::{RecordIds, TokenCounts, Usage};
 use crate::{proto, Endpoint, GatewayError, RequestPlan, State};
@@ -24,8 +25,8 @@ pub trait Host {
     fn now_ms(&mut self) -> u64;
     /// Removes a request header.
     fn remove_request_header(&mut self, name: &str);
-    /// Answers the request locally with a JSON body.
-    fn send_json_response(&mut self, status: u16, body: &[u8]);
+    /// Answers the request locally with a JSON body and `headers` (besides its content type).
+    fn send_json_response(&mut self, status: u16, headers: &[(&'static str, String)], body: &[u8]);
     /// The whole buffered request body (`size` bytes).
     fn request_body(&mut self, size: usize) -> Cow<'_, [u8]>;
     /// Rewrites the request for its upstream: headers as [`RequestPlan::upstream_headers`]
@@ -45,6 +46,12 @@ pub trait Host {
     /// (the spend the control plane pushed plus this filter's charges since: see
     /// [`crate::spend::SpendBook`]). Only asked for scopes that have a budget.
     fn spend(&mut self, scope: proto::BudgetScope, id: &str, now_ms: u64) -> f64;
+    /// Takes `needs` from this filter's rate-limit leases ([`QuotaBook::admit`], on the book
+    /// the filter's workers share), and sends the asks for the authority that it made. On
+    /// [`Admission::Wait`] the glue calls [`Exchange::on_quota`] again once the authority
+    /// answered (or [`crate::ratelimit::AUTHORITY_WAIT_MS`] passed). Only called for
+    /// requests that are rate limited.
+    fn admit(&mut self, needs: &[Need], now_ms: u64) -> Admission;
 }
 
 /// The response header that carries a buffered response's cost, in US dollars (LiteLLM's
@@ -180,6 +187,8 @@ enum Phase {
     PassThrough,
     /// Chat request waiting for its body.
     AwaitingBody { state: Arc<State>, caller: Caller },
+    /// Planned, waiting for a rate-limit lease from the authority.
+    AwaitingQuota(Box<Admitting>),
     /// Sent upstream.
     Upstream {
         plan: Box<RequestPlan>,
@@ -192,6 +201,10 @@ enum Phase {
         response_too_large: bool,
         /// A soft budget the request crossed, for the response header.
         soft_budget: SoftBudgetCrossed,
+        /// The rate-limit counters it took from (settled when it ends).
+        quota: Vec<Need>,
+        /// The `x-ratelimit-*` headers of its answer.
+        rate_headers: Option<RateHeaders>,
     },
     /// Answered by the gateway itself.
     Answered {
@@ -200,6 +213,16 @@ enum Phase {
         /// a request to a model (the model list).
         refusal: Option<Box<Refusal>>,
     },
+}
+
+/// A planned request on its way through the rate limits.
+struct Admitting {
+    state: Arc<State>,
+    caller: Caller,
+    plan: RequestPlan,
+    body_size: usize,
+    soft_budget: SoftBudgetCrossed,
+    needs: Vec<Need>,
 }
 
 /// What the usage record of a request the gateway refused says.
@@ -259,9 +282,24 @@ pub struct UpstreamOutcome<'a> {
     pub first_byte_ms: Option<u64>,
     /// The record the control plane prices and stores.
     pub record: proto::UsageRecord,
+    /// The rate-limit counters the request took from.
+    pub quota: &'a [Need],
 }
 
 impl UpstreamOutcome<'_> {
+    /// Gives back to `book` what the request held of it: parallel slots, and the
+    /// difference between its token estimate and the tokens the provider reported.
+    pub fn settle_quota(&self, book: &mut QuotaBook, now_ms: u64) {
+        if self.quota.is_empty() {
+            return;
+        }
+        let tokens = match (self.usage.prompt_tokens, self.usage.completion_tokens) {
+            (None, None) => None,
+            (prompt, completion) => Some(prompt.unwrap_or(0) + completion.unwrap_or(0)),
+        };
+        book.settle(self.quota, tokens, now_ms);
+    }
+
     /// What this response adds to the token counters.
     pub fn token_counts(&self) -> TokenCounts {
         TokenCounts::of_response(self.status, &self.usage)
@@ -277,6 +315,12 @@ impl Exchange {
     /// Whether a chat request is waiting for its body (so body events are the filter's).
     pub fn awaits_body(&self) -> bool {
         matches!(self.phase, Phase::AwaitingBody { .. })
+    }
+
+    /// Whether the request waits for a rate-limit lease (the glue calls [`Self::on_quota`]
+    /// when the authority answers).
+    pub fn awaits_quota(&self) -> bool {
+        matches!(self.phase, Phase::AwaitingQuota(_))
     }
 
     /// Whether the request went upstream (so the response is the filter's to translate).
@@ -298,8 +342,21 @@ impl Exchange {
         model: String,
         end_user: String,
     ) -> Verdict {
+        self.refuse_with(host, error, &[], caller, model, end_user)
+    }
+
+    /// [`Self::refuse`], with response headers.
+    fn refuse_with(
+        &mut self,
+        host: &mut impl Host,
+        error: &GatewayError,
+        headers: &[(&'static str, String)],
+        caller: Option<Caller>,
+        model: String,
+        end_user: String,
+    ) -> Verdict {
         let status = error.status();
-        host.send_json_response(status, &error.to_json());
+        host.send_json_response(status, headers, &error.to_json());
         let refusal = self.model_request.then(|| {
             Box::new(Refusal {
                 error_type: error.error_type(),
@@ -313,7 +370,7 @@ impl Exchange {
     }
 
     fn answer(&mut self, host: &mut impl Host, status: u16, body: &[u8]) -> Verdict {
-        host.send_json_response(status, body);
+        host.send_json_response(status, &[], body);
         self.phase = Phase::Answered {
             status,
             refusal: None,
@@ -445,6 +502,88 @@ impl Exchange {
                 return self.refuse(host, &error, Some(caller), model, end_user);
             }
         };
+        let needs = needs_of(
+            &state,
+            &caller,
+            model,
+            &plan.deployment,
+            estimate_tokens(body_size),
+        );
+        self.admit(
+            host,
+            Box::new(Admitting {
+                state,
+                caller,
+                plan,
+                body_size,
+                soft_budget,
+                needs,
+            }),
+            now_ms,
+        )
+    }
+
+    /// The authority answered (or took too long): a request waiting for a lease is admitted,
+    /// refused, or waits on. `Continue` means the glue must resume the request.
+    pub fn on_quota(&mut self, host: &mut impl Host) -> Verdict {
+        let Phase::AwaitingQuota(admitting) = std::mem::take(&mut self.phase) else {
+            return Verdict::Pause;
+        };
+        let now_ms = host.now_ms();
+        self.admit(host, admitting, now_ms)
+    }
+
+    /// Takes the request's rate-limit quota, then sends it upstream; or refuses it (429),
+    /// or waits for the authority.
+    fn admit(&mut self, host: &mut impl Host, admitting: Box<Admitting>, now_ms: u64) -> Verdict {
+        let rate_headers = if admitting.needs.is_empty() {
+            None
+        } else {
+            match host.admit(&admitting.needs, now_ms) {
+                Admission::Admitted(headers) => Some(headers),
+                Admission::Wait => {
+                    self.phase = Phase::AwaitingQuota(admitting);
+                    return Verdict::Pause;
+                }
+                Admission::Refused(refusal) => {
+                    let Admitting { caller, plan, .. } = *admitting;
+                    let error = GatewayError::RateLimited {
+                        scope: describe_scope(
+                            &refusal.counter,
+                            &caller,
+                            &plan.deployment.model_name,
+                        ),
+                        what: describe_kind(refusal.counter.kind),
+                        limit: refusal.limit,
+                        requested: refusal.requested,
+                        retry_after_secs: refusal.retry_after_ms.div_ceil(1000),
+                    };
+                    let mut headers = refusal.headers.headers();
+                    headers.push((
+                        "retry-after",
+                        refusal.retry_after_ms.div_ceil(1000).to_string(),
+                    ));
+                    headers.push(("retry-after-ms", refusal.retry_after_ms.to_string()));
+                    let model = plan.deployment.model_name.clone();
+                    return self.refuse_with(
+                        host,
+                        &error,
+                        &headers,
+                        Some(caller),
+                        model,
+                        plan.end_user,
+                    );
+                }
+            }
+        };
+        let Admitting {
+            state,
+            caller,
+            plan,
+            body_size,
+            soft_budget,
+            needs,
+        } = *admitting;
         host.write_upstream_request(&plan, body_size);
         self.phase = Phase::Upstream {
             plan: Box::new(plan),
@@ -453,6 +592,8 @@ impl Exchange {
             max_response_body_bytes: state.max_response_body_bytes,
             response_too_large: false,
             soft_budget,
+            quota: needs,
+            rate_headers,
         };
         Verdict::Continue
     }
@@ -467,7 +608,10 @@ impl Exchange {
         end_of_stream: bool,
     ) -> Verdict {
         let Phase::Upstream {
-            plan, soft_budget, ..
+            plan,
+            soft_budget,
+            rate_headers,
+            ..
         } = &mut self.phase
         else {
             return Verdict::Continue;
@@ -477,6 +621,11 @@ impl Exchange {
             .on_headers(status.unwrap_or(502), content_type);
         if let Some(scope) = soft_budget {
             host.set_response_header(SOFT_BUDGET_HEADER, scope);
+        }
+        if let Some(rate_headers) = rate_headers {
+            for (name, value) in rate_headers.headers() {
+                host.set_response_header(name, &value);
+            }
         }
         if end_of_stream {
             return Verdict::Continue;
@@ -585,6 +734,7 @@ impl Exchange {
                 caller,
                 sent_ms,
                 response_too_large,
+                quota,
                 ..
             } => {
                 let deployment = &plan.deployment;
@@ -639,9 +789,12 @@ impl Exchange {
                     upstream_ms,
                     first_byte_ms,
                     record,
+                    quota,
                 }))
             }
-            Phase::PassThrough | Phase::AwaitingBody { .. } => None,
+            // A request that waited for a lease and whose client left: it was neither
+            // answered nor sent.
+            Phase::PassThrough | Phase::AwaitingBody { .. } | Phase::AwaitingQuota(_) => None,
         }
     }
 
@@ -676,6 +829,34 @@ impl Exchange {
             answered_by_gateway: true,
             error_type: refusal.error_type.to_string(),
             ..Default::default()
+        }
+    }
+}
+
+/// Whose rate limit a counter is, for a person.
+fn describe_scope(counter: &crate::ratelimit::CounterId, caller: &Caller, model: &str) -> String {
+    let key = || match caller.key.as_deref() {
+        Some(key) if !key.alias.is_empty() => format!("key {}", key.alias),
+        _ => "this key".to_string(),
+    };
+    match counter.scope {
+        proto::BudgetScope::Key => key(),
+        proto::BudgetScope::KeyModel => format!("{} on model {model}", key()),
+        proto::BudgetScope::User => format!("user {}", counter.id),
+        proto::BudgetScope::Team => format!("team {}", counter.id),
+        proto::BudgetScope::Deployment => format!("model {model} (deployment {})", counter.id),
+        proto::BudgetScope::EndUser => format!("end user {}", counter.id),
+        proto::BudgetScope::Global | proto::BudgetScope::Unspecified => "the gateway".to_string(),
+    }
+}
+
+/// Which limit a counter is, for a person.
+fn describe_kind(kind: proto::LimitKind) -> &'static str {
+    match kind {
+        proto::LimitKind::Requests => "requests per minute (rpm)",
+        proto::LimitKind::Tokens => "tokens per minute (tpm)",
+        proto::LimitKind::Parallel | proto::LimitKind::Unspecified => {
+            "parallel requests (max_parallel_requests)"
         }
     }
 }
@@ -716,6 +897,9 @@ mod tests {
         /// Spend by (scope, id); scopes asked for are recorded.
         spend: std::collections::HashMap<(i32, String), f64>,
         spend_asked: Vec<(proto::BudgetScope, String)>,
+        /// The filter's rate-limit leases.
+        quota: QuotaBook,
+        local_reply_headers: Vec<(String, String)>,
     }
 
     impl Host for FakeHost {
@@ -725,9 +909,18 @@ mod tests {
         fn remove_request_header(&mut self, name: &str) {
             self.removed_request_headers.push(name.to_string());
         }
-        fn send_json_response(&mut self, status: u16, body: &[u8]) {
+        fn send_json_response(
+            &mut self,
+            status: u16,
+            headers: &[(&'static str, String)],
+            body: &[u8],
+        ) {
             let json = serde_json::from_slice(body).unwrap();
             self.local_reply = Some((status, json));
+            self.local_reply_headers = headers
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.clone()))
+                .collect();
         }
         fn request_body(&mut self, size: usize) -> Cow<'_, [u8]> {
             Cow::Borrowed(&self.request_body[..size])
@@ -756,6 +949,9 @@ mod tests {
                 .get(&(scope as i32, id.to_string()))
                 .copied()
                 .unwrap_or(0.0)
+        }
+        fn admit(&mut self, needs: &[Need], now_ms: u64) -> Admission {
+            self.quota.admit(needs, now_ms)
         }
     }
 
@@ -1219,6 +1415,170 @@ mod tests {
         assert!(host
             .response_headers_set
             .contains(&(SOFT_BUDGET_HEADER.to_string(), "key".to_string())));
+    }
+
+    fn limited_state(limits: proto::RateLimits) -> Arc<State> {
+        let mut snapshot = proto::Snapshot {
+            version: 1,
+            deployments: vec![crate::snapshot::tests::deployment(
+                "gpt",
+                proto::ProviderKind::Openai,
+                "http://127.0.0.1:9/v1",
+            )],
+            keys: vec![proto::VirtualKey {
+                key_sha256: key_hash(),
+                key_alias: "demo".into(),
+                user_id: "u1".into(),
+                team_id: "t1".into(),
+                limits: Some(limits),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        snapshot.settings = Some(proto::Settings {
+            master_key_sha256: "00".repeat(32),
+            ..Default::default()
+        });
+        Arc::new(State::from_snapshot(snapshot).0)
+    }
+
+    #[test]
+    fn a_rate_limited_request_waits_for_its_lease_and_carries_the_remaining_headers() {
+        let state = limited_state(proto::RateLimits {
+            rpm: Some(2),
+            ..Default::default()
+        });
+        let body = br#"{"model":"gpt","messages":[{"role":"user","content":"hi"}]}"#;
+        let mut host = FakeHost {
+            now: 120_000 + 15_000,
+            request_body: body.to_vec(),
+            ..FakeHost::default()
+        };
+        host.quota.set_connected(true);
+        let headers = RequestHeaders {
+            authorization: Some(KEY_HEADER),
+            ..chat_headers(None)
+        };
+        let mut exchange = Exchange::new();
+        exchange.on_request_headers(&mut host, Some(&state), &headers, false);
+        assert_eq!(
+            exchange.on_request_body(&mut host, body.len(), true),
+            Verdict::Pause
+        );
+        assert!(exchange.awaits_quota());
+        assert!(host.upstream.is_none());
+        let request = host.quota.take_request().expect("an ask");
+        let ask = &request.asks[0];
+        assert_eq!(
+            (
+                ask.scope,
+                ask.id.as_str(),
+                ask.kind,
+                ask.limit,
+                ask.window_start_unix_ms
+            ),
+            (
+                proto::BudgetScope::Key as i32,
+                key_hash().as_str(),
+                proto::LimitKind::Requests as i32,
+                2,
+                120_000
+            )
+        );
+        // Still nothing: waiting on.
+        assert_eq!(exchange.on_quota(&mut host), Verdict::Pause);
+        host.quota.apply(
+            &proto::QuotaGrant {
+                request_id: request.request_id,
+                leases: vec![proto::QuotaLease {
+                    scope: ask.scope,
+                    id: ask.id.clone(),
+                    kind: ask.kind,
+                    window_start_unix_ms: 120_000,
+                    granted: 1,
+                    remaining: 1,
+                }],
+            },
+            host.now,
+        );
+        assert_eq!(exchange.on_quota(&mut host), Verdict::Continue);
+        assert!(exchange.is_upstream());
+        assert!(host.upstream.is_some());
+        exchange.on_response_headers(&mut host, Some(200), Some("application/json"), false);
+        for expected in [
+            ("x-ratelimit-limit-requests", "2"),
+            ("x-ratelimit-remaining-requests", "1"),
+            ("x-ratelimit-reset-requests", "45s"),
+            ("x-tollgate-ratelimit-window", "120000"),
+        ] {
+            assert!(
+                host.response_headers_set
+                    .contains(&(expected.0.to_string(), expected.1.to_string())),
+                "{expected:?} in {:?}",
+                host.response_headers_set
+            );
+        }
+    }
+
+    #[test]
+    fn a_spent_rate_limit_is_a_429_with_retry_after_and_a_record() {
+        let state = limited_state(proto::RateLimits {
+            rpm: Some(1),
+            ..Default::default()
+        });
+        let body = br#"{"model":"gpt","messages":[{"role":"user","content":"hi"}]}"#;
+        // No stream to the authority: the filter counts alone against the whole limit.
+        let mut host = FakeHost {
+            now: 120_000 + 20_000,
+            request_body: body.to_vec(),
+            ..FakeHost::default()
+        };
+        let headers = RequestHeaders {
+            authorization: Some(KEY_HEADER),
+            ..chat_headers(None)
+        };
+        let mut first = Exchange::new();
+        first.on_request_headers(&mut host, Some(&state), &headers, false);
+        assert_eq!(
+            first.on_request_body(&mut host, body.len(), true),
+            Verdict::Continue
+        );
+        let mut second = Exchange::new();
+        second.on_request_headers(&mut host, Some(&state), &headers, false);
+        assert_eq!(
+            second.on_request_body(&mut host, body.len(), true),
+            Verdict::Pause
+        );
+        let (status, json) = host.local_reply.clone().expect("a refusal");
+        assert_eq!(status, 429);
+        assert_eq!(json["error"]["type"], "rate_limit_error");
+        assert_eq!(json["error"]["code"], "rate_limit_exceeded");
+        assert_eq!(
+            json["error"]["message"],
+            "Rate limit reached for key demo on requests per minute (rpm): limit 1, this request needs 1. Retry in 40s."
+        );
+        for expected in [
+            ("retry-after", "40"),
+            ("retry-after-ms", "40000"),
+            ("x-ratelimit-limit-requests", "1"),
+            ("x-ratelimit-remaining-requests", "0"),
+        ] {
+            assert!(
+                host.local_reply_headers
+                    .contains(&(expected.0.to_string(), expected.1.to_string())),
+                "{expected:?} in {:?}",
+                host.local_reply_headers
+            );
+        }
+        let Some(Outcome::Answered {
+            status: 429,
+            record: Some(record),
+        }) = second.outcome(140_001, &mut RecordIds::new(1))
+        else {
+            panic!("a refusal record");
+        };
+        assert_eq!(record.error_type, "rate_limit_error");
+        assert!(record.answered_by_gateway);
     }
 
     #[test]

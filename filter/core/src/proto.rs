@@ -20,6 +20,29 @@ pub struct ControlMessageSpend {
     pub spend: ::core::option::Option<SpendUpdate>,
 }
 
+/// The quota grant of a [`ControlMessage`] and nothing else.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ControlMessageQuota {
+    /// `ControlMessage.kind.quota` (tag 5).
+    #[prost(message, optional, tag = "5")]
+    pub quota: ::core::option::Option<QuotaGrant>,
+}
+
+/// The quota grant of a control-plane message, when it is one.
+pub fn quota_grant(message: &[u8]) -> Option<QuotaGrant> {
+    use prost::Message;
+    ControlMessageQuota::decode(message).ok()?.quota
+}
+
+/// A filter message carrying `request`.
+pub fn quota_message(request: QuotaRequest) -> Vec<u8> {
+    use prost::Message;
+    FilterMessage {
+        kind: Some(filter_message::Kind::Quota(request)),
+    }
+    .encode_to_vec()
+}
+
 /// The usage acknowledgement of a control-plane message, when it is one.
 pub fn acknowledged_batches(message: &[u8]) -> Option<UsageAck> {
     use prost::Message;

@@ -213,7 +213,10 @@ impl RateHeaders {
             headers.push(("x-ratelimit-reset-tokens", reset));
         }
         if self.requests.is_some() || self.tokens.is_some() {
-            headers.push(("x-tollgate-ratelimit-window", self.window_start_ms.to_string()));
+            headers.push((
+                "x-tollgate-ratelimit-window",
+                self.window_start_ms.to_string(),
+            ));
         }
         headers
     }
@@ -694,7 +697,11 @@ mod tests {
         }
     }
 
-    fn grant(request: &proto::QuotaRequest, granted: &[u64], remaining: &[u64]) -> proto::QuotaGrant {
+    fn grant(
+        request: &proto::QuotaRequest,
+        granted: &[u64],
+        remaining: &[u64],
+    ) -> proto::QuotaGrant {
         proto::QuotaGrant {
             request_id: request.request_id,
             leases: request
@@ -752,7 +759,10 @@ mod tests {
         assert_eq!(book.admit(&rpm, T0 + 10_000), Admission::Wait);
         let request = book.take_request().expect("ask");
         book.apply(&grant(&request, &[1], &[0]), T0 + 10_000);
-        assert!(matches!(book.admit(&rpm, T0 + 10_001), Admission::Admitted(_)));
+        assert!(matches!(
+            book.admit(&rpm, T0 + 10_001),
+            Admission::Admitted(_)
+        ));
         assert!(book.take_request().is_none(), "the authority has none left");
         assert_eq!(book.admit(&rpm, T0 + 10_002), Admission::Wait);
         let request = book.take_request().expect("ask");
@@ -772,7 +782,10 @@ mod tests {
         let key = need(LimitKind::Requests, 60, 1);
         let mut team = need(LimitKind::Requests, 1, 1);
         team.counter.scope = BudgetScope::Team;
-        assert_eq!(book.admit(&[key.clone(), team.clone()], T0), Admission::Wait);
+        assert_eq!(
+            book.admit(&[key.clone(), team.clone()], T0),
+            Admission::Wait
+        );
         let request = book.take_request().expect("asks");
         assert_eq!(request.asks.len(), 2);
         book.apply(&grant(&request, &[3, 0], &[57, 0]), T0);
@@ -782,7 +795,10 @@ mod tests {
         assert_eq!(refusal.counter.scope, BudgetScope::Team);
         // The key's lease is untouched: three requests on the key alone.
         for _ in 0..3 {
-            assert!(matches!(book.admit(&[key.clone()], T0), Admission::Admitted(_)));
+            assert!(matches!(
+                book.admit(&[key.clone()], T0),
+                Admission::Admitted(_)
+            ));
         }
     }
 

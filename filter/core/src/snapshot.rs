@@ -9,8 +9,8 @@ use crate::metrics::sanitize_stat_segment;
 use prost::Message;
 
 use crate::pricing::Prices;
-use crate::ratelimit::{Limits, ScopeLimits};
 use crate::proto;
+use crate::ratelimit::{Limits, ScopeLimits};
 
 mod delta;
 mod kept;
