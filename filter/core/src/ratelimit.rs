@@ -796,7 +796,7 @@ mod tests {
         // The key's lease is untouched: three requests on the key alone.
         for _ in 0..3 {
             assert!(matches!(
-                book.admit(&[key.clone()], T0),
+                book.admit(std::slice::from_ref(&key), T0),
                 Admission::Admitted(_)
             ));
         }

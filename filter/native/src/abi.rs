@@ -221,6 +221,19 @@ extern "C" {
     pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(
         scheduler: *mut c_void,
     );
+    /// A handle that runs `on_http_filter_scheduled` for this request on its worker thread
+    /// when committed, from any thread; the module deletes it once. It holds the request
+    /// weakly: a commit after the request ended runs nothing.
+    pub fn envoy_dynamic_module_callback_http_filter_scheduler_new(
+        filter: FilterEnvoyPtr,
+    ) -> *mut c_void;
+    pub fn envoy_dynamic_module_callback_http_filter_scheduler_commit(
+        scheduler: *mut c_void,
+        event_id: u64,
+    );
+    pub fn envoy_dynamic_module_callback_http_filter_scheduler_delete(scheduler: *mut c_void);
+    /// Resumes a request whose headers or body hook stopped it.
+    pub fn envoy_dynamic_module_callback_http_filter_continue_decoding(filter: FilterEnvoyPtr);
     pub fn envoy_dynamic_module_callback_http_filter_record_histogram_value(
         filter: FilterEnvoyPtr,
         id: usize,

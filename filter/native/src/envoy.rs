@@ -2,11 +2,13 @@
 //! each relying on what the ABI promises (see `abi.rs`).
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::ffi::c_void;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tollgate_core::exchange::Host;
 use tollgate_core::gateway::ROUTE_HEADER;
+use tollgate_core::ratelimit::{Admission, Need, RateHeaders};
 use tollgate_core::usage::TokenCounts;
 use tollgate_core::{metrics, proto, RequestPlan};
 
@@ -286,15 +288,18 @@ unsafe fn envoy_array<T: Copy>(
 /// [`Host`] for the native module, for one hook call.
 pub struct NativeHost<'s> {
     filter: Filter,
-    /// Where budgets are checked: the module's spend book (only the request body hook
-    /// checks them).
+    /// Where budgets and rate limits are checked: the module's spend and quota books (only
+    /// the request body and scheduled hooks check them).
     spend: Option<&'s dyn SpendSource>,
 }
 
-/// What a scope has spent in its budget window, as the module knows it.
+/// What a scope has spent in its budget window, and the rate-limit leases, as the module
+/// knows them.
 pub trait SpendSource {
     /// See [`Host::spend`].
     fn spend(&self, scope: proto::BudgetScope, id: &str, now_ms: u64) -> f64;
+    /// See [`Host::admit`].
+    fn admit(&self, needs: &[Need], now_ms: u64) -> Admission;
 }
 
 impl NativeHost<'static> {
@@ -329,14 +334,16 @@ impl Host for NativeHost<'_> {
         self.filter.clear_route_cache();
     }
 
-    fn send_json_response(&mut self, status: u16, body: &[u8]) {
-        let (name, value) = ("content-type", "application/json");
-        let mut headers = [abi::ModuleHttpHeader {
+    fn send_json_response(&mut self, status: u16, extra: &[(&'static str, String)], body: &[u8]) {
+        let header = |name: &str, value: &str| abi::ModuleHttpHeader {
             key_ptr: name.as_ptr().cast(),
             key_length: name.len(),
             value_ptr: value.as_ptr().cast(),
             value_length: value.len(),
-        }];
+        };
+        let mut headers = Vec::with_capacity(1 + extra.len());
+        headers.push(header("content-type", "application/json"));
+        headers.extend(extra.iter().map(|(name, value)| header(name, value)));
         // SAFETY: the filter is live; Envoy copies the headers, body and details.
         unsafe {
             abi::envoy_dynamic_module_callback_http_send_response(
@@ -398,6 +405,100 @@ impl Host for NativeHost<'_> {
         self.spend
             .map_or(0.0, |source| source.spend(scope, id, now_ms))
     }
+
+    fn admit(&mut self, needs: &[Need], now_ms: u64) -> Admission {
+        self.spend
+            .map_or(Admission::Admitted(RateHeaders::default()), |source| {
+                source.admit(needs, now_ms)
+            })
+    }
+}
+
+/// A request's own scheduler: makes Envoy call `on_http_filter_scheduled` for the request
+/// on its worker thread. Committed by the control-plane thread when a lease came for a
+/// request that waits for one; deleted with the request (see [`RequestWakers`]).
+pub struct RequestScheduler(*mut c_void);
+
+// SAFETY: Envoy's scheduler may be committed from any thread (it posts to the request's
+// worker); [`RequestWakers`] keeps commit and delete apart with its mutex.
+unsafe impl Send for RequestScheduler {}
+
+impl RequestScheduler {
+    /// A scheduler for the request of this hook (its worker thread).
+    pub fn new(filter: Filter) -> Option<Self> {
+        // SAFETY: the filter is live (in one of its hooks).
+        let pointer =
+            unsafe { abi::envoy_dynamic_module_callback_http_filter_scheduler_new(filter.0) };
+        (!pointer.is_null()).then_some(RequestScheduler(pointer))
+    }
+
+    /// Asks for the request's scheduled hook to run soon.
+    fn commit(&self) {
+        // SAFETY: not deleted (its owner holds the wakers' lock, or owns it); commit is safe
+        // from any thread, and runs nothing once the request is gone.
+        unsafe { abi::envoy_dynamic_module_callback_http_filter_scheduler_commit(self.0, 0) }
+    }
+
+    /// Frees it (the request is being destroyed, or no longer waits).
+    fn delete(self) {
+        // SAFETY: Envoy allocated it; `self` is consumed, so it is deleted once.
+        unsafe { abi::envoy_dynamic_module_callback_http_filter_scheduler_delete(self.0) }
+    }
+}
+
+/// The requests waiting for a rate-limit lease, by the module's request number, so that the
+/// control-plane thread can wake them when a lease comes; each request's scheduler is
+/// deleted under the same lock, so no commit runs on a deleted one.
+#[derive(Default)]
+pub struct RequestWakers {
+    waiting: std::sync::Mutex<HashMap<u64, RequestScheduler>>,
+}
+
+impl RequestWakers {
+    /// Remembers that request `id` waits; `scheduler` is what wakes it.
+    pub fn wait(&self, id: u64, scheduler: RequestScheduler) {
+        let previous = self
+            .waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id, scheduler);
+        if let Some(previous) = previous {
+            previous.delete();
+        }
+    }
+
+    /// Wakes every waiting request (each runs its scheduled hook, tries again, and waits
+    /// again if it must).
+    pub fn wake_all(&self) {
+        let waiting = std::mem::take(
+            &mut *self
+                .waiting
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for (_, scheduler) in waiting {
+            scheduler.commit();
+            scheduler.delete();
+        }
+    }
+
+    /// Request `id` is gone (or resumed): forget it.
+    pub fn forget(&self, id: u64) {
+        let removed = self
+            .waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&id);
+        if let Some(scheduler) = removed {
+            scheduler.delete();
+        }
+    }
+}
+
+/// Resumes a request stopped in its headers or body hook (from its scheduled hook).
+pub fn continue_request(filter: Filter) {
+    // SAFETY: the filter is live (in its scheduled hook, on its worker thread).
+    unsafe { abi::envoy_dynamic_module_callback_http_filter_continue_decoding(filter.0) }
 }
 
 /// Envoy's filter-configuration object, on the main thread (while Envoy creates the

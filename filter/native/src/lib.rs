@@ -25,7 +25,7 @@ use std::os::raw::c_char;
 use std::sync::Arc;
 
 use abi::{ConfigEnvoyPtr, EnvoyBuffer, EnvoyHttpHeader, FilterEnvoyPtr};
-use envoy::{Direction, Filter, Metrics, NativeHost, Scheduler};
+use envoy::{Direction, Filter, Metrics, NativeHost, RequestScheduler, Scheduler};
 use shared::Shared;
 use tollgate_core::exchange::{Exchange, Host, RequestHeaders, Verdict};
 use tollgate_core::gateway::ROUTE_HEADER;
@@ -100,7 +100,12 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: *co
 struct TollgateFilter {
     shared: Arc<Shared>,
     exchange: Exchange,
+    /// This request's number in the module (its key among the waiting requests).
+    id: u64,
 }
+
+/// Numbers the requests, so that the ones waiting for a lease can be told apart.
+static NEXT_REQUEST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// A filter for a new request.
 #[no_mangle]
@@ -117,6 +122,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
     let filter = Box::new(TollgateFilter {
         shared,
         exchange: Exchange::new(),
+        id: NEXT_REQUEST.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
     });
     Box::into_raw(filter).cast_const().cast()
 }
@@ -144,8 +150,11 @@ fn guarded(
             envoy::log_error(&format!("tollgate: bug: the {hook} hook panicked"));
             if request_side {
                 let error = GatewayError::Internal;
-                NativeHost::new(Filter::new(filter_envoy))
-                    .send_json_response(error.status(), &error.to_json());
+                NativeHost::new(Filter::new(filter_envoy)).send_json_response(
+                    error.status(),
+                    &[],
+                    &error.to_json(),
+                );
                 // Both request-side stop codes are 1 (StopIteration, StopIterationAndBuffer).
                 abi::HEADERS_STOP_ITERATION
             } else {
@@ -305,14 +314,60 @@ fn on_body(
         }
         let envoy_filter = Filter::new(filter_envoy);
         let size = envoy_filter.body_size(direction);
+        let generation = this.shared.quota_generation();
         let host = &mut NativeHost::with_spend(envoy_filter, this.shared.as_ref());
         let verdict = if request {
             this.exchange.on_request_body(host, size, end_of_stream)
         } else {
             this.exchange.on_response_body(host, size, end_of_stream)
         };
+        if request && this.exchange.awaits_quota() {
+            this.wait_for_quota(envoy_filter, generation);
+        }
         body_status(verdict)
     })
+}
+
+impl TollgateFilter {
+    /// The request waits for a rate-limit lease: the control-plane thread wakes it through
+    /// its scheduler when one comes.
+    /// `generation` is the module's wake-up count from before the request asked.
+    fn wait_for_quota(&self, envoy_filter: Filter, generation: u64) {
+        match RequestScheduler::new(envoy_filter) {
+            Some(scheduler) => self.shared.wakers.wait(self.id, scheduler),
+            None => envoy::log_error("tollgate: Envoy gave no scheduler for a request"),
+        }
+        // A grant that came between the ask and now woke the others, not this one.
+        if self.shared.quota_generation() != generation {
+            self.shared.wakers.wake_all();
+        }
+    }
+}
+
+/// A request that waits for a lease was woken (a grant came, or the wait ended): it is
+/// admitted and resumed, refused, or waits on.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
+    filter_envoy: FilterEnvoyPtr,
+    filter_module: *const c_void,
+    _event_id: u64,
+) {
+    guarded("scheduled", filter_envoy, true, || {
+        // SAFETY: Envoy passes the pointer `filter_new` returned, on the request's worker.
+        let this = unsafe { filter(filter_module) };
+        if !this.exchange.awaits_quota() {
+            return abi::CONTINUE;
+        }
+        let envoy_filter = Filter::new(filter_envoy);
+        let generation = this.shared.quota_generation();
+        let host = &mut NativeHost::with_spend(envoy_filter, this.shared.as_ref());
+        if this.exchange.on_quota(host) == Verdict::Continue {
+            envoy::continue_request(envoy_filter);
+        } else if this.exchange.awaits_quota() {
+            this.wait_for_quota(envoy_filter, generation);
+        }
+        abi::CONTINUE
+    });
 }
 
 /// Request trailers: nothing to do.
@@ -383,7 +438,10 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter_module: *const c_void) {
     // SAFETY: the pointer came from `Box::into_raw` in `filter_new`; Envoy destroys it once.
-    drop(unsafe { Box::from_raw(filter_module.cast_mut().cast::<TollgateFilter>()) });
+    let this = unsafe { Box::from_raw(filter_module.cast_mut().cast::<TollgateFilter>()) };
+    if this.exchange.awaits_quota() {
+        this.shared.wakers.forget(this.id);
+    }
 }
 
 /// The client reads slower than the response arrives: nothing to do (Envoy applies
@@ -442,5 +500,4 @@ never_called_hooks!(
     envoy_dynamic_module_on_http_filter_http_stream_trailers,
     envoy_dynamic_module_on_http_filter_per_route_config_destroy,
     envoy_dynamic_module_on_http_filter_per_route_config_new,
-    envoy_dynamic_module_on_http_filter_scheduled,
 );

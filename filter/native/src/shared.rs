@@ -11,7 +11,9 @@ use tollgate_core::snapshot::{Deployment, UpdateError, UpdateKind};
 use tollgate_core::usage::{TokenCounts, UsageQueue};
 use tollgate_core::{metrics, proto, PluginConfig, State};
 
-use crate::envoy::{self, Metrics, Scheduler};
+use tollgate_core::ratelimit::{Admission, Need, QuotaBook};
+
+use crate::envoy::{self, Metrics, RequestWakers, Scheduler};
 
 /// One filter configuration's shared state.
 pub struct Shared {
@@ -28,6 +30,15 @@ pub struct Shared {
     /// Whether [`Self::pending`] holds anything (read without the lock on every tick).
     pending_dirty: AtomicBool,
     scheduler: Scheduler,
+    /// The module's rate-limit leases, shared by every worker.
+    quota: Mutex<QuotaBook>,
+    /// The requests waiting for a lease.
+    pub wakers: RequestWakers,
+    /// Tells the control-plane thread that the quota book has asks to send.
+    pub quota_asks: tokio::sync::Notify,
+    /// Counts the grants applied (and waits ended), so that a request that starts waiting
+    /// just as a grant comes sees it did (the grant's wake-up went before it was waiting).
+    quota_generation: std::sync::atomic::AtomicU64,
 }
 
 /// Counter increments added up between flushes.
@@ -78,6 +89,10 @@ impl Shared {
             pending: Mutex::new(PendingCounts::default()),
             pending_dirty: AtomicBool::new(false),
             scheduler,
+            quota: Mutex::new(QuotaBook::new()),
+            wakers: RequestWakers::default(),
+            quota_asks: tokio::sync::Notify::new(),
+            quota_generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -158,6 +173,13 @@ impl Shared {
                 }
             }
             Outcome::Upstream(upstream) => {
+                if !upstream.quota.is_empty() {
+                    let mut quota = self.quota();
+                    upstream.settle_quota(&mut quota, envoy::now_ms());
+                    if quota.has_asks() {
+                        self.quota_asks.notify_one();
+                    }
+                }
                 let deployment = &upstream.plan.deployment;
                 {
                     let mut pending = self.pending();
@@ -260,6 +282,43 @@ impl Shared {
         self.usage().spend.spend(scope, id, now_ms)
     }
 
+    /// The quota book (workers admit from it, the control-plane thread applies grants).
+    pub fn quota(&self) -> std::sync::MutexGuard<'_, QuotaBook> {
+        self.quota.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes the authority's grant and wakes the requests waiting for one.
+    pub fn apply_grant(&self, grant: &proto::QuotaGrant) {
+        self.quota().apply(grant, envoy::now_ms());
+        self.quota_woken();
+    }
+
+    /// How many times waiting requests were woken.
+    pub fn quota_generation(&self) -> u64 {
+        self.quota_generation.load(Ordering::Acquire)
+    }
+
+    fn quota_woken(&self) {
+        self.quota_generation.fetch_add(1, Ordering::AcqRel);
+        self.wakers.wake_all();
+    }
+
+    /// Whether a stream to the authority is up; a lost one ends the waits (the requests
+    /// are then decided here alone).
+    pub fn set_quota_connected(&self, connected: bool) {
+        self.quota().set_connected(connected);
+        if !connected {
+            self.quota_woken();
+        }
+    }
+
+    /// Periodic upkeep of the quota book: waits the authority left too long end.
+    pub fn quota_tick(&self) {
+        if self.quota().tick(envoy::now_ms()) {
+            self.quota_woken();
+        }
+    }
+
     /// The queued usage records, for the control-plane thread.
     pub fn usage(&self) -> std::sync::MutexGuard<'_, UsageQueue> {
         self.usage.lock().unwrap_or_else(PoisonError::into_inner)
@@ -281,5 +340,14 @@ impl Shared {
 impl crate::envoy::SpendSource for Shared {
     fn spend(&self, scope: proto::BudgetScope, id: &str, now_ms: u64) -> f64 {
         Shared::spend(self, scope, id, now_ms)
+    }
+
+    fn admit(&self, needs: &[Need], now_ms: u64) -> Admission {
+        let mut quota = self.quota();
+        let admission = quota.admit(needs, now_ms);
+        if quota.has_asks() {
+            self.quota_asks.notify_one();
+        }
+        admission
     }
 }

@@ -75,7 +75,10 @@ async fn run(shared: &Shared) {
     let token = read_filter_token(&shared.config);
     let mut refusals = RefusalLog::default();
     while !shared.stopped() {
-        let delivered = match session(shared, token.as_ref(), &mut refusals).await {
+        let ended = session(shared, token.as_ref(), &mut refusals).await;
+        // No stream: requests are not kept waiting for leases that cannot come.
+        shared.set_quota_connected(false);
+        let delivered = match ended {
             Ok(SessionEnd::Stopped) => return,
             Ok(SessionEnd::Closed { delivered }) | Err(SessionError { delivered }) => delivered,
         };
@@ -264,6 +267,8 @@ async fn session(
             SessionError { delivered: false }
         })?;
     let mut inbound = response.into_inner();
+    // Rate limits ask this stream for leases from now on.
+    shared.set_quota_connected(true);
     let mut tick = tokio::time::interval(TICK);
     loop {
         tokio::select! {
@@ -279,6 +284,11 @@ async fn session(
                     }
                     if let Some(update) = proto::spend_update(&message) {
                         shared.usage().spend.apply(&update);
+                        continue;
+                    }
+                    if let Some(grant) = proto::quota_grant(&message) {
+                        shared.apply_grant(&grant);
+                        send_quota_asks(shared, &outbound).await.map_err(|()| fail("send", &"stream closed", delivered))?;
                         continue;
                     }
                     match shared.install(&message) {
@@ -304,10 +314,14 @@ async fn session(
                 }
                 Err(status) => return Err(fail("receive", &status, delivered)),
             },
+            () = shared.quota_asks.notified() => {
+                send_quota_asks(shared, &outbound).await.map_err(|()| fail("send", &"stream closed", delivered))?;
+            }
             _ = tick.tick() => {
                 if shared.stopped() {
                     return Ok(SessionEnd::Stopped);
                 }
+                shared.quota_tick();
                 send_usage(shared, &outbound).await.map_err(|()| fail("send", &"stream closed", delivered))?;
             }
         }
@@ -324,6 +338,17 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// Sends the quota book's asks for the authority.
+async fn send_quota_asks(shared: &Shared, outbound: &mpsc::Sender<Vec<u8>>) -> Result<(), ()> {
+    let Some(request) = shared.quota().take_request() else {
+        return Ok(());
+    };
+    outbound
+        .send(proto::quota_message(request))
+        .await
+        .map_err(|_| ())
 }
 
 /// Sends what the usage queue has for this stream: unacknowledged batches after a

@@ -182,6 +182,20 @@ pub fn send_stream_message(token: u32, message: &[u8]) -> bool {
     .is_some()
 }
 
+/// Makes the host calls that follow act on context `id` (a request, from the root context;
+/// the root, from a request) until the next switch or the end of this callback.
+pub fn set_effective_context(id: u32) {
+    report(
+        "set effective context",
+        hostcalls::set_effective_context(id),
+    );
+}
+
+/// Lets a paused request go on (on the effective context).
+pub fn resume_request() {
+    report("resume request", hostcalls::resume_http_request());
+}
+
 /// Sets the tick period.
 pub fn set_tick_period(period: Duration) {
     report("set tick period", hostcalls::set_tick_period(period));

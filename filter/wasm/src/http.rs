@@ -8,6 +8,7 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType};
 use tollgate_core::exchange::{Exchange, Host, RequestHeaders, Verdict};
+use tollgate_core::ratelimit::{Admission, Need, RateHeaders};
 use tollgate_core::{proto, RequestPlan};
 
 use crate::header_map::HeaderPairs;
@@ -21,8 +22,11 @@ const JSON_HEADERS: [(&str, &str); 1] = [("content-type", "application/json")];
 /// crosses the VM boundary.
 struct WasmHost {
     request_headers: HeaderPairs,
-    /// The VM's spend book (in its usage queue) is what budgets are checked against.
+    /// The VM's spend book (in its usage queue) is what budgets are checked against, its
+    /// quota book what rate limits are.
     shared: Rc<RefCell<VmShared>>,
+    /// This request's context id.
+    context_id: u32,
 }
 
 impl Host for WasmHost {
@@ -34,8 +38,10 @@ impl Host for WasmHost {
         host::set_request_header(name, None);
     }
 
-    fn send_json_response(&mut self, status: u16, body: &[u8]) {
-        host::send_response(status, JSON_HEADERS.to_vec(), body);
+    fn send_json_response(&mut self, status: u16, headers: &[(&'static str, String)], body: &[u8]) {
+        let mut all: Vec<(&str, &str)> = JSON_HEADERS.to_vec();
+        all.extend(headers.iter().map(|(name, value)| (*name, value.as_str())));
+        host::send_response(status, all, body);
     }
 
     fn request_body(&mut self, size: usize) -> Cow<'_, [u8]> {
@@ -71,6 +77,16 @@ impl Host for WasmHost {
             .try_borrow()
             .map_or(0.0, |shared| shared.spend(scope, id, now_ms))
     }
+
+    fn admit(&mut self, needs: &[Need], now_ms: u64) -> Admission {
+        // As for spend: the VM's state is free while a request event runs.
+        let Ok(mut shared) = self.shared.try_borrow_mut() else {
+            return Admission::Admitted(RateHeaders::default());
+        };
+        let admission = shared.quota.admit(needs, now_ms);
+        shared.send_quota_asks(Some(self.context_id));
+        admission
+    }
 }
 
 fn action(verdict: Verdict) -> Action {
@@ -80,23 +96,47 @@ fn action(verdict: Verdict) -> Action {
     }
 }
 
-/// One HTTP request.
-pub struct TollgateHttp {
-    shared: Rc<RefCell<VmShared>>,
+/// A request's exchange and its host, shared with the root context while the request
+/// waits for a rate-limit lease (the root resumes it when the lease comes).
+pub struct HttpExchange {
     host: WasmHost,
     exchange: Exchange,
 }
 
+impl HttpExchange {
+    /// The authority answered: whether the request must be resumed (it was admitted).
+    /// The caller has made this request's context the effective one.
+    pub fn on_quota(&mut self, _context_id: u32) -> bool {
+        self.exchange.on_quota(&mut self.host) == Verdict::Continue
+    }
+
+    /// Whether it still waits for a lease.
+    pub fn awaits_quota(&self) -> bool {
+        self.exchange.awaits_quota()
+    }
+}
+
+/// One HTTP request.
+pub struct TollgateHttp {
+    shared: Rc<RefCell<VmShared>>,
+    context_id: u32,
+    inner: Rc<RefCell<HttpExchange>>,
+}
+
 impl TollgateHttp {
     /// A context for a new request.
-    pub fn new(shared: Rc<RefCell<VmShared>>) -> Self {
+    pub fn new(shared: Rc<RefCell<VmShared>>, context_id: u32) -> Self {
         TollgateHttp {
-            host: WasmHost {
-                request_headers: HeaderPairs::default(),
-                shared: shared.clone(),
-            },
+            inner: Rc::new(RefCell::new(HttpExchange {
+                host: WasmHost {
+                    request_headers: HeaderPairs::default(),
+                    shared: shared.clone(),
+                    context_id,
+                },
+                exchange: Exchange::new(),
+            })),
             shared,
-            exchange: Exchange::new(),
+            context_id,
         }
     }
 }
@@ -111,25 +151,31 @@ impl HttpContext for TollgateHttp {
             all.iter()
                 .map(|(name, value)| (name.as_slice(), value.as_slice())),
         );
-        let verdict = self.exchange.on_request_headers(
-            &mut self.host,
-            state.as_ref(),
-            &headers,
-            end_of_stream,
-        );
-        self.host.request_headers = all;
+        let mut inner = self.inner.borrow_mut();
+        let HttpExchange { host, exchange } = &mut *inner;
+        let verdict = exchange.on_request_headers(host, state.as_ref(), &headers, end_of_stream);
+        host.request_headers = all;
         action(verdict)
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        action(
-            self.exchange
-                .on_request_body(&mut self.host, body_size, end_of_stream),
-        )
+        let verdict = {
+            let mut inner = self.inner.borrow_mut();
+            let HttpExchange { host, exchange } = &mut *inner;
+            exchange.on_request_body(host, body_size, end_of_stream)
+        };
+        if self.inner.borrow().awaits_quota() {
+            self.shared
+                .borrow_mut()
+                .wait_for_quota(self.context_id, &self.inner);
+        }
+        action(verdict)
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        if !self.exchange.is_upstream() {
+        let mut inner = self.inner.borrow_mut();
+        let HttpExchange { host, exchange } = &mut *inner;
+        if !exchange.is_upstream() {
             return Action::Continue;
         }
         let headers = host::response_headers();
@@ -140,26 +186,23 @@ impl HttpContext for TollgateHttp {
                 .and_then(|(_, value)| std::str::from_utf8(value).ok())
         };
         let status = header(":status").and_then(|value| value.parse::<u16>().ok());
-        action(self.exchange.on_response_headers(
-            &mut self.host,
-            status,
-            header("content-type"),
-            end_of_stream,
-        ))
+        action(exchange.on_response_headers(host, status, header("content-type"), end_of_stream))
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        action(
-            self.exchange
-                .on_response_body(&mut self.host, body_size, end_of_stream),
-        )
+        let mut inner = self.inner.borrow_mut();
+        let HttpExchange { host, exchange } = &mut *inner;
+        action(exchange.on_response_body(host, body_size, end_of_stream))
     }
 
     fn on_log(&mut self) {
+        let inner = self.inner.borrow();
         let mut shared = self.shared.borrow_mut();
         let now_ms = host::now_ms();
-        if let Some(outcome) = self.exchange.outcome(now_ms, &mut shared.record_ids) {
+        if let Some(outcome) = inner.exchange.outcome(now_ms, &mut shared.record_ids) {
             shared.record_outcome(outcome);
+            // Slots given back go to the authority at once.
+            shared.send_quota_asks(Some(self.context_id));
         }
     }
 }

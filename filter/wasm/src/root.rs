@@ -3,7 +3,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,11 +13,13 @@ use proxy_wasm::types::{ContextType, MetricType};
 use tollgate_core::channel::{self, FilterToken};
 use tollgate_core::exchange::Outcome;
 use tollgate_core::proto::{self, filter_message};
+use tollgate_core::ratelimit::QuotaBook;
 use tollgate_core::snapshot::{Applied, Deployment, Kept, KeptUpdates, UpdateKind};
 use tollgate_core::usage::{RecordIds, TokenCounts, UsageQueue};
 use tollgate_core::{metrics, PluginConfig, State};
 
 use crate::host;
+use crate::http::HttpExchange;
 
 /// How often the root context wakes up to flush usage and check the stream.
 const TICK: Duration = Duration::from_millis(250);
@@ -51,6 +53,14 @@ pub struct VmShared {
     /// Counter increments not yet handed to the host, by metric id. Adding them up here and
     /// flushing on the tick turns three host calls per request into a few per tick.
     pending_counts: HashMap<u32, u64>,
+    /// This VM's rate-limit leases.
+    pub quota: QuotaBook,
+    /// Requests waiting for a lease: their context ids and exchanges.
+    quota_waiters: Vec<(u32, Weak<RefCell<HttpExchange>>)>,
+    /// The root context's id and its stream, so that a request's context can send the
+    /// asks it made on the root's stream at once.
+    root_context_id: u32,
+    stream: Option<u32>,
 }
 
 /// The metric ids of one deployment (defined on its first request in this VM).
@@ -200,6 +210,38 @@ impl VmShared {
         self.usage.spend.spend(scope, id, now_ms)
     }
 
+    /// Sends the asks of the quota book on the stream. `from` is the context making the call
+    /// when it is a request's, not the root's: the stream is the root's, so the host calls
+    /// act on the root while sending.
+    pub fn send_quota_asks(&mut self, from: Option<u32>) {
+        if !self.quota.has_asks() {
+            return;
+        }
+        let Some(token) = self.stream else {
+            self.quota.set_connected(false);
+            return;
+        };
+        let Some(request) = self.quota.take_request() else {
+            return;
+        };
+        if let Some(_request_context) = from {
+            host::set_effective_context(self.root_context_id);
+        }
+        let sent = host::send_stream_message(token, &proto::quota_message(request));
+        if let Some(request_context) = from {
+            host::set_effective_context(request_context);
+        }
+        if !sent {
+            self.quota.set_connected(false);
+        }
+    }
+
+    /// Remembers a request that waits for a lease.
+    pub fn wait_for_quota(&mut self, context_id: u32, exchange: &Rc<RefCell<HttpExchange>>) {
+        self.quota_waiters
+            .push((context_id, Rc::downgrade(exchange)));
+    }
+
     /// Records how an exchange ended: metrics, and for an upstream request its usage record.
     pub fn record_outcome(&mut self, outcome: Outcome<'_>) {
         match outcome {
@@ -210,6 +252,7 @@ impl VmShared {
                 }
             }
             Outcome::Upstream(upstream) => {
+                upstream.settle_quota(&mut self.quota, host::now_ms());
                 if upstream.response_too_large {
                     self.count(metrics::RESPONSES_TOO_LARGE, 1);
                 }
@@ -366,6 +409,10 @@ impl TollgateRoot {
                 metric_ids: HashMap::new(),
                 deployment_metrics: HashMap::new(),
                 pending_counts: HashMap::new(),
+                quota: QuotaBook::new(),
+                quota_waiters: Vec::new(),
+                root_context_id: context_id,
+                stream: None,
             })),
             stream: None,
             stream_healthy: false,
@@ -413,9 +460,12 @@ impl TollgateRoot {
         if host::send_stream_message(token, &hello) {
             self.stream = Some(token);
             self.stream_healthy = false;
+            let mut shared = self.shared.borrow_mut();
             // Batches the last stream sent but the control plane did not acknowledge go
             // again on this one.
-            self.shared.borrow_mut().usage.stream_lost();
+            shared.usage.stream_lost();
+            shared.stream = Some(token);
+            shared.quota.set_connected(true);
         }
     }
 
@@ -427,7 +477,11 @@ impl TollgateRoot {
         while let Some(message) = shared.usage.next_message() {
             if !host::send_stream_message(token, message) {
                 shared.usage.stream_lost();
+                shared.stream = None;
+                shared.quota.set_connected(false);
                 self.stream = None;
+                drop(shared);
+                self.wake_quota_waiters();
                 return;
             }
         }
@@ -447,6 +501,11 @@ impl TollgateRoot {
             self.shared.borrow_mut().usage.spend.apply(&update);
             return;
         }
+        if let Some(grant) = proto::quota_grant(&message) {
+            self.shared.borrow_mut().quota.apply(&grant, host::now_ms());
+            self.wake_quota_waiters();
+            return;
+        }
         let version = self.shared.borrow_mut().take_update(message, &self.vm_id);
         if let (Some(version), Some(token)) = (version, self.stream) {
             // A message that changed the state proves the stream works: reset the backoff.
@@ -458,6 +517,35 @@ impl TollgateRoot {
             host::send_stream_message(token, &ack.encode_to_vec());
         }
         self.resync_if_needed();
+    }
+
+    /// Lets every request waiting for a lease try again: each is admitted (and resumed),
+    /// refused, or waits on. Then sends what they asked for.
+    fn wake_quota_waiters(&mut self) {
+        let waiters = std::mem::take(&mut self.shared.borrow_mut().quota_waiters);
+        if waiters.is_empty() {
+            return;
+        }
+        let mut still = Vec::new();
+        for (context_id, exchange) in waiters {
+            // A request whose client left is gone: nothing to resume.
+            let Some(exchange) = exchange.upgrade() else {
+                continue;
+            };
+            host::set_effective_context(context_id);
+            let mut http = exchange.borrow_mut();
+            if http.on_quota(context_id) {
+                host::resume_request();
+            }
+            if http.awaits_quota() {
+                still.push((context_id, Rc::downgrade(&exchange)));
+            }
+        }
+        host::set_effective_context(self.context_id);
+        let mut shared = self.shared.borrow_mut();
+        still.append(&mut shared.quota_waiters);
+        shared.quota_waiters = still;
+        shared.send_quota_asks(None);
     }
 
     /// Drops the stream when the VM needs a full snapshot; `on_tick` opens the next one.
@@ -581,6 +669,11 @@ impl Context for TollgateRoot {
             }
             self.stream = None;
             self.stream_healthy = false;
+            let mut shared = self.shared.borrow_mut();
+            shared.stream = None;
+            shared.quota.set_connected(false);
+            drop(shared);
+            self.wake_quota_waiters();
         }
     }
 }
@@ -616,12 +709,17 @@ impl RootContext for TollgateRoot {
             self.connect();
         }
         self.flush_usage();
+        // Requests the authority left waiting too long are decided here alone.
+        if self.shared.borrow_mut().quota.tick(host::now_ms()) {
+            self.wake_quota_waiters();
+        }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         self.shared.borrow_mut().start_serving(&self.vm_id);
         Some(Box::new(crate::http::TollgateHttp::new(
             self.shared.clone(),
+            context_id,
         )))
     }
 
