@@ -317,6 +317,14 @@ impl Counter {
     fn lease_size(&self, need: u64) -> u64 {
         (self.limit / 20).max(need).max(1)
     }
+
+    /// Whether the authority has plenty left (eight leases of `lease`): only then does this
+    /// filter ask ahead or keep spare parallel slots. Near the limit it holds no more than
+    /// its requests need, so that no filter sits on quota another filter's request is
+    /// refused for.
+    fn authority_has_plenty(&self, lease: u64) -> bool {
+        self.remaining >= lease.saturating_mul(8)
+    }
 }
 
 fn window_of(kind: LimitKind, now_ms: u64) -> u64 {
@@ -438,13 +446,12 @@ impl QuotaBook {
             counter.used = counter.used.saturating_add(need.amount);
             // Ask for the next lease before this one runs out, so that requests far from
             // the limit never wait.
-            let low_water = counter.lease_size(need.amount) / 2;
+            let want = counter.lease_size(need.amount);
             if counter.standing == Standing::Open
                 && self.connected
-                && counter.available() <= low_water
-                && counter.remaining > 0
+                && counter.available() <= want / 2
+                && counter.authority_has_plenty(want)
             {
-                let want = counter.lease_size(need.amount);
                 self.outbox.push(ask(&need.counter, counter, 1, want));
                 counter.overrun = 0;
                 counter.standing = Standing::Asking {
@@ -468,12 +475,13 @@ impl QuotaBook {
                     counter.used = counter.used.saturating_sub(need.amount);
                     let surplus = counter.held.saturating_sub(counter.used);
                     // Keep a lease's worth for the next request while the authority has
-                    // slots to spare; give everything back when it has none, so that no
-                    // slot sits idle here while another filter refuses for want of one.
-                    let keep = if counter.remaining == 0 {
-                        0
+                    // plenty; give everything back near the limit, so that no slot sits
+                    // idle here while another filter refuses for want of one.
+                    let lease = counter.lease_size(1);
+                    let keep = if counter.authority_has_plenty(lease) {
+                        lease
                     } else {
-                        counter.lease_size(1)
+                        0
                     };
                     if matches!(counter.standing, Standing::Exhausted { .. }) {
                         counter.standing = Standing::Open;
@@ -750,6 +758,20 @@ mod tests {
         // The third still comes from the lease while the ask is out.
         assert!(matches!(book.admit(&rpm, T0 + 3), Admission::Admitted(_)));
         assert_eq!(book.admit(&rpm, T0 + 4), Admission::Wait);
+    }
+
+    #[test]
+    fn near_its_limit_a_filter_asks_for_no_more_than_it_needs() {
+        let mut book = connected();
+        let rpm = [need(LimitKind::Requests, 3, 1)];
+        assert_eq!(book.admit(&rpm, T0), Admission::Wait);
+        let request = book.take_request().expect("an ask");
+        assert_eq!((request.asks[0].need, request.asks[0].want), (1, 1));
+        book.apply(&grant(&request, &[1], &[2]), T0);
+        assert!(matches!(book.admit(&rpm, T0), Admission::Admitted(_)));
+        // Two left at the authority: not plenty, so no lease is held ahead for this filter
+        // (another filter's next request may need it).
+        assert!(book.take_request().is_none());
     }
 
     #[test]
