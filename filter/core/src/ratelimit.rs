@@ -364,6 +364,12 @@ impl QuotaBook {
                 .or_insert_with(|| Counter::new(need.limit, window, now_ms));
             roll(counter, window, need.limit, now_ms);
             counter.last_used_ms = now_ms;
+            if let Standing::Exhausted { until_ms } = counter.standing {
+                if now_ms >= until_ms {
+                    // A parallel limit's slots may have been freed elsewhere: ask again.
+                    counter.standing = Standing::Open;
+                }
+            }
             let short = need.amount.saturating_sub(counter.available());
             if short == 0 {
                 continue;
@@ -863,6 +869,24 @@ mod tests {
         book.settle(&slot, None, T0 + 1);
         let release = book.take_request().expect("a release");
         assert_eq!((release.asks[0].release, release.asks[0].need), (1, 0));
+    }
+
+    #[test]
+    fn a_spent_parallel_limit_is_asked_again_after_a_moment() {
+        let mut book = connected();
+        let slot = [need(LimitKind::Parallel, 1, 1)];
+        assert_eq!(book.admit(&slot, T0), Admission::Wait);
+        let request = book.take_request().expect("ask");
+        book.apply(&grant(&request, &[0], &[0]), T0);
+        let Admission::Refused(refusal) = book.admit(&slot, T0 + 1) else {
+            panic!("refused");
+        };
+        assert_eq!(refusal.retry_after_ms, PARALLEL_EXHAUSTED_MS - 1);
+        assert_eq!(
+            book.admit(&slot, T0 + PARALLEL_EXHAUSTED_MS),
+            Admission::Wait
+        );
+        assert!(book.take_request().is_some());
     }
 
     #[test]
