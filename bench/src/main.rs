@@ -241,9 +241,15 @@ struct Stack {
     /// control plane.
     native_port: u16,
     native_envoy: Proc,
+    /// A key with a budget and rpm and tpm limits, all far from spent (the limited paths).
+    limited_key: String,
     _control_plane: Proc,
     _mock: Proc,
 }
+
+/// The limited paths' key: a budget, an rpm and a tpm limit, none of which the bench comes
+/// near, so every request is checked against all three (and priced) and admitted.
+const LIMITED_KEY_FIELDS: &str = r#"{"key_alias":"bench-limited","max_budget":1000000000,"rpm_limit":1000000000,"tpm_limit":1000000000000}"#;
 
 fn binary(name: &str) -> PathBuf {
     std::env::var_os("TOLLGATE_BIN_DIR")
@@ -394,9 +400,10 @@ fn bench_config(mock_port: u16) -> String {
     let _ = write!(
         config,
         "- model_name: gpt-mock\n  litellm_params:\n    model: openai/mock-gpt-4o\n    api_base: {base}/v1\n    api_key: sk-mock-openai\n\
-         - model_name: claude-mock\n  litellm_params:\n    model: anthropic/claude-mock-sonnet\n    api_base: {base}\n    api_key: sk-mock-anthropic\n"
+         - model_name: claude-mock\n  litellm_params:\n    model: anthropic/claude-mock-sonnet\n    api_base: {base}\n    api_key: sk-mock-anthropic\n\
+         - model_name: gpt-priced\n  litellm_params:\n    model: openai/mock-gpt-4o\n    api_base: {base}/v1\n    api_key: sk-mock-openai\n    input_cost_per_token: 0.0000025\n    output_cost_per_token: 0.00001\n"
     );
-    for i in 0..DEPLOYMENTS - 2 {
+    for i in 0..DEPLOYMENTS - 3 {
         let _ = write!(
             config,
             "- model_name: bench-model-{i}\n  litellm_params:\n    model: openai/bench-upstream-{i}\n    api_base: {base}/v1\n    api_key: sk-mock-openai-{i}\n"
@@ -454,8 +461,12 @@ impl Stack {
             Route::FloorNoopOpenAi => Some(self.floor_noop.envoy.pid()),
             Route::FloorBodyRoutingOpenAi => Some(self.floor_body_routing.envoy.pid()),
             Route::ExtraFloor(i) => self.extra_floors.get(i).map(|(_, floor)| floor.envoy.pid()),
-            Route::TollgateOpenAi | Route::TollgateAnthropic => Some(self.tollgate_envoy.pid()),
-            Route::NativeOpenAi | Route::NativeAnthropic => Some(self.native_envoy.pid()),
+            Route::TollgateOpenAi | Route::TollgateAnthropic | Route::TollgateLimitedOpenAi => {
+                Some(self.tollgate_envoy.pid())
+            }
+            Route::NativeOpenAi | Route::NativeAnthropic | Route::NativeLimitedOpenAi => {
+                Some(self.native_envoy.pid())
+            }
         }
     }
 
@@ -584,7 +595,31 @@ impl Stack {
         )
         .await
         .with_context(|| log("envoy-native.log"))?;
+        // The limited paths' key, through the gateway's management routes.
+        let limited = RequestSpec {
+            addr: local(tollgate_port),
+            host: local(tollgate_port).to_string(),
+            path: "/key/generate".to_string(),
+            headers: vec![(
+                "authorization".to_string(),
+                format!("Bearer {MASTER_KEY}"),
+            )],
+            body: Bytes::from_static(LIMITED_KEY_FIELDS.as_bytes()),
+            stream: false,
+        };
+        let mut sender = load::connect(local(tollgate_port)).await?;
+        let limited_key = key_request(&mut sender, &limited)
+            .await
+            .context("the limited paths' key")?;
+        for port in [tollgate_port, native_port] {
+            wait_until("the limited key", Duration::from_secs(60), || {
+                let key = limited_key.clone();
+                async move { models_listed(port, &key).await }
+            })
+            .await?;
+        }
         Ok(Stack {
+            limited_key,
             mock_port,
             bare_port,
             dfp_port,
@@ -670,11 +705,14 @@ enum Route {
     TollgateAnthropic,
     NativeOpenAi,
     NativeAnthropic,
+    /// `gpt-priced` (priced) with a key that has a budget and rpm and tpm limits.
+    TollgateLimitedOpenAi,
+    NativeLimitedOpenAi,
     /// `BENCH_ONLY=throughput` with `BENCH_FLOOR_STEPS`: the n-th extra floor-filter Envoy.
     ExtraFloor(usize),
 }
 
-const PATHS: [Route; 11] = [
+const PATHS: [Route; 13] = [
     Route::DirectOpenAi,
     Route::BareOpenAi,
     Route::DfpOpenAi,
@@ -686,6 +724,8 @@ const PATHS: [Route; 11] = [
     Route::TollgateAnthropic,
     Route::NativeOpenAi,
     Route::NativeAnthropic,
+    Route::TollgateLimitedOpenAi,
+    Route::NativeLimitedOpenAi,
 ];
 
 impl Route {
@@ -704,6 +744,12 @@ impl Route {
             Route::TollgateAnthropic => "Tollgate `claude-mock` (OpenAI -> Anthropic)",
             Route::NativeOpenAi => "Tollgate native module `gpt-mock` (OpenAI pass-through)",
             Route::NativeAnthropic => "Tollgate native module `claude-mock` (OpenAI -> Anthropic)",
+            Route::TollgateLimitedOpenAi => {
+                "Tollgate `gpt-priced`, key with budget + rpm + tpm (OpenAI pass-through)"
+            }
+            Route::NativeLimitedOpenAi => {
+                "Tollgate native module `gpt-priced`, key with budget + rpm + tpm (OpenAI pass-through)"
+            }
             Route::ExtraFloor(_) => "Envoy + Wasm filter doing some host calls (OpenAI API)",
         }
     }
@@ -728,6 +774,8 @@ impl Route {
         match self {
             Route::TollgateOpenAi
             | Route::NativeOpenAi
+            | Route::TollgateLimitedOpenAi
+            | Route::NativeLimitedOpenAi
             | Route::BareOpenAi
             | Route::DfpOpenAi
             | Route::FloorNoopOpenAi
@@ -804,6 +852,19 @@ impl Route {
                 "/v1/chat/completions",
                 gateway_headers,
                 chat_body(Api::OpenAi, "claude-mock", scenario),
+            ),
+            Route::TollgateLimitedOpenAi | Route::NativeLimitedOpenAi => (
+                if self == Route::TollgateLimitedOpenAi {
+                    stack.tollgate_port
+                } else {
+                    stack.native_port
+                },
+                "/v1/chat/completions",
+                vec![(
+                    "authorization".to_string(),
+                    format!("Bearer {}", stack.limited_key),
+                )],
+                chat_body(Api::OpenAi, "gpt-priced", scenario),
             ),
         };
         RequestSpec {
@@ -2129,6 +2190,16 @@ fn render(
             Route::NativeAnthropic,
             Route::BareAnthropic,
             "Anthropic translation, native module",
+        ),
+        (
+            Route::TollgateLimitedOpenAi,
+            Route::BareOpenAi,
+            "OpenAI pass-through, priced, key with budget + rpm + tpm, Wasm filter",
+        ),
+        (
+            Route::NativeLimitedOpenAi,
+            Route::BareOpenAi,
+            "OpenAI pass-through, priced, key with budget + rpm + tpm, native module",
         ),
     ] {
         for (scenario, what) in [
