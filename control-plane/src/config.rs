@@ -2116,8 +2116,6 @@ whatever: 1
                 "general_settings.mystery: unknown key, ignored",
                 "general_settings.alerting[0]: \"slack\" alerts are not supported yet (only \"webhook\"), ignored",
                 "model_list[0].extra: unknown key, ignored",
-                "model_list[0].litellm_params.rpm: not supported by Tollgate yet, ignored",
-                "model_list[0].litellm_params.tpm: not supported by Tollgate yet, ignored",
                 "model_list[0].litellm_params.temprature: unknown key, ignored",
             ]
         );
@@ -2411,6 +2409,159 @@ model_list:
         assert_eq!(
             deployment.api_key.as_deref(),
             Some("os.environ/LOOKS_LIKE_A_REFERENCE")
+        );
+    }
+
+    /// The rate-limiting block of the seed config (/work/shared/seeds/000_c61eacea6ba789f1.txt,
+    /// "Rate Limiting"), as written there.
+    const SEED_RATE_LIMITS: &str = r#"
+general_settings:
+  tpm_limit: 10000  # tokens per minute
+  rpm_limit: 100    # requests per minute
+  max_parallel_requests: 10
+  user_rate_limit:
+    "user-1": {"tpm": 5000, "rpm": 50}
+"#;
+
+    /// The seed's main config block (its "General Settings"), rate limits among keys
+    /// Tollgate does not implement.
+    const SEED_GENERAL_SETTINGS: &str = r#"
+general_settings:
+  master_key: sk-seed
+  track_cost_per_model: true
+  max_budget: 100.0
+  budget_duration: 30d
+  cache: true
+  # Rate Limiting
+  tpm_limit: 10000  # tokens per minute
+  rpm_limit: 100    # requests per minute
+  success_callback: ["langfuse"]
+  allowed_ips: ["*"]
+"#;
+
+    #[test]
+    fn seed_rate_limits_load_without_warnings() {
+        let loaded = ok(SEED_RATE_LIMITS);
+        assert!(warnings(&loaded).is_empty(), "{:?}", warnings(&loaded));
+        let general = &loaded.config.general;
+        assert_eq!(general.tpm_limit, Some(10_000));
+        assert_eq!(general.rpm_limit, Some(100));
+        assert_eq!(general.max_parallel_requests, Some(10));
+        assert_eq!(general.global_max_parallel_requests, None);
+        assert_eq!(
+            general.user_rate_limit,
+            BTreeMap::from([(
+                "user-1".to_string(),
+                RateLimitFields {
+                    rpm: Some(50),
+                    tpm: Some(5000),
+                    max_parallel_requests: None
+                }
+            )])
+        );
+
+        let loaded = ok(SEED_GENERAL_SETTINGS);
+        assert_eq!(
+            warnings(&loaded),
+            [
+                "general_settings.track_cost_per_model: unknown key, ignored",
+                "general_settings.cache: not supported by Tollgate yet, ignored",
+                "general_settings.success_callback: unknown key, ignored",
+                "general_settings.allowed_ips: not supported by Tollgate yet, ignored",
+            ]
+        );
+        assert_eq!(loaded.config.general.tpm_limit, Some(10_000));
+        assert_eq!(loaded.config.general.rpm_limit, Some(100));
+    }
+
+    #[test]
+    fn rate_limits_are_read_and_checked() {
+        let loaded = ok(r#"
+model_list:
+  - model_name: a
+    litellm_params:
+      model: openai/x
+      rpm: 10
+      tpm: 1000
+      max_parallel_requests: 2
+  - model_name: b
+    litellm_params:
+      model: openai/y
+      tpm: "500"
+general_settings:
+  global_max_parallel_requests: 100
+  max_parallel_requests: 0
+  user_rate_limit:
+    user-2: {max_parallel_requests: 3}
+    user-3: {}
+"#);
+        assert!(warnings(&loaded).is_empty(), "{:?}", warnings(&loaded));
+        let config = &loaded.config;
+        assert_eq!(
+            config.deployments[0].limits,
+            RateLimitFields {
+                rpm: Some(10),
+                tpm: Some(1000),
+                max_parallel_requests: Some(2)
+            }
+        );
+        assert_eq!(
+            config.deployments[1].limits,
+            RateLimitFields {
+                rpm: None,
+                tpm: Some(500),
+                max_parallel_requests: None
+            }
+        );
+        assert_eq!(config.general.global_max_parallel_requests, Some(100));
+        assert_eq!(config.general.max_parallel_requests, Some(0));
+        assert_eq!(config.general.rpm_limit, None);
+        // A user without any limit is left out.
+        assert_eq!(
+            config.general.user_rate_limit,
+            BTreeMap::from([(
+                "user-2".to_string(),
+                RateLimitFields {
+                    max_parallel_requests: Some(3),
+                    ..RateLimitFields::default()
+                }
+            )])
+        );
+
+        assert_eq!(
+            errors(r#"
+model_list:
+  - model_name: a
+    litellm_params:
+      model: openai/x
+      rpm: -1
+      tpm: 1.5
+      max_parallel_requests: many
+general_settings:
+  rpm_limit: -5
+  tpm_limit: 2.5
+  global_max_parallel_requests: [1]
+  max_parallel_requests: -1
+  user_rate_limit:
+    user-1: {rpm: -1, tpm: 0.5, burst: 3}
+    user-2: 7
+"#),
+            [
+                "general_settings.rpm_limit: must be a whole number, 0 or more",
+                "general_settings.tpm_limit: must be a whole number, 0 or more",
+                "general_settings.global_max_parallel_requests: must be a number, got a list",
+                "general_settings.max_parallel_requests: must be a whole number, 0 or more",
+                "general_settings.user_rate_limit.user-1.rpm: must be a whole number, 0 or more",
+                "general_settings.user_rate_limit.user-1.tpm: must be a whole number, 0 or more",
+                "general_settings.user_rate_limit.user-2: expected a mapping of rpm, tpm, max_parallel_requests, got a number",
+                "model_list[0].litellm_params.rpm: must be a whole number, 0 or more",
+                "model_list[0].litellm_params.tpm: must be a whole number, 0 or more",
+                "model_list[0].litellm_params.max_parallel_requests: must be a number, got \"many\"",
+            ]
+        );
+        assert_eq!(
+            errors("general_settings:\n  user_rate_limit: [user-1]\n"),
+            ["general_settings.user_rate_limit: expected a mapping of user ids to limits, got a list"]
         );
     }
 
