@@ -1202,7 +1202,10 @@ impl Checker<'_> {
             // Checked above: whole, non-negative and in range.
             Some(value as u64)
         } else {
-            self.error(&format!("{path}.{key}"), "must be a whole number, 0 or more");
+            self.error(
+                &format!("{path}.{key}"),
+                "must be a whole number, 0 or more",
+            );
             None
         }
     }

@@ -268,7 +268,10 @@ impl Body {
         };
         let mut limits = BTreeMap::new();
         for (model, value) in entries {
-            limits.insert(model.clone(), limit_value(&format!("{name}.{model}"), value)?);
+            limits.insert(
+                model.clone(),
+                limit_value(&format!("{name}.{model}"), value)?,
+            );
         }
         Ok(Some(Some(limits)))
     }
@@ -354,7 +357,10 @@ fn limit_value(param: &str, value: &Value) -> Result<u64, ApiError> {
         other => {
             return Err(ApiError::invalid(
                 param,
-                format!("must be a whole number, 0 or more, got {}", type_name(other)),
+                format!(
+                    "must be a whole number, 0 or more, got {}",
+                    type_name(other)
+                ),
             ))
         }
     };

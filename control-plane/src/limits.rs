@@ -111,7 +111,9 @@ pub type UserRateLimits = BTreeMap<String, RateLimitFields>;
 /// A stored limit setting; one that does not parse (which only a hand edit of the database
 /// makes) is no limit.
 fn limit_setting(settings: &BTreeMap<String, String>, key: &str) -> Option<u64> {
-    settings.get(key).and_then(|value| value.parse::<u64>().ok())
+    settings
+        .get(key)
+        .and_then(|value| value.parse::<u64>().ok())
 }
 
 /// `general_settings.max_parallel_requests` as stored: the limit of every key without one.
@@ -121,7 +123,10 @@ pub fn default_key_parallel(settings: &BTreeMap<String, String>) -> Option<u64> 
 
 /// A key's own limits as the filters get them, its `max_parallel_requests` falling back to
 /// `default_parallel` (`general_settings.max_parallel_requests`).
-pub fn key_limits(own: RateLimitFields, default_parallel: Option<u64>) -> Option<proto::RateLimits> {
+pub fn key_limits(
+    own: RateLimitFields,
+    default_parallel: Option<u64>,
+) -> Option<proto::RateLimits> {
     RateLimitFields {
         max_parallel_requests: own.max_parallel_requests.or(default_parallel),
         ..own

@@ -498,10 +498,14 @@ pub fn check_limit(param: &str, value: u64) -> Result<u64, ApiError> {
 /// Applies `change` to `fields`, validating each value (errors name the field).
 pub fn apply_limits(fields: &mut RateLimitFields, change: RateLimitChange) -> Result<(), ApiError> {
     if let Some(rpm) = change.rpm_limit {
-        fields.rpm = rpm.map(|value| check_limit("rpm_limit", value)).transpose()?;
+        fields.rpm = rpm
+            .map(|value| check_limit("rpm_limit", value))
+            .transpose()?;
     }
     if let Some(tpm) = change.tpm_limit {
-        fields.tpm = tpm.map(|value| check_limit("tpm_limit", value)).transpose()?;
+        fields.tpm = tpm
+            .map(|value| check_limit("tpm_limit", value))
+            .transpose()?;
     }
     if let Some(parallel) = change.max_parallel_requests {
         fields.max_parallel_requests = parallel
@@ -991,10 +995,12 @@ impl Manager {
         }
         apply_limits(&mut row.limits, request.limits)?;
         if let Some(limits) = request.model_rpm_limit {
-            row.model_rpm_limit = check_model_limits("model_rpm_limit", limits.unwrap_or_default())?;
+            row.model_rpm_limit =
+                check_model_limits("model_rpm_limit", limits.unwrap_or_default())?;
         }
         if let Some(limits) = request.model_tpm_limit {
-            row.model_tpm_limit = check_model_limits("model_tpm_limit", limits.unwrap_or_default())?;
+            row.model_tpm_limit =
+                check_model_limits("model_tpm_limit", limits.unwrap_or_default())?;
         }
         let (row, _) = self.store().update_key(&row, None).await?;
         self.changed().await;

@@ -27,8 +27,8 @@ use crate::proto::filter_sync_server::{FilterSync, FilterSyncServer};
 use crate::proto::{self, control_message, filter_message};
 use crate::spend_push::{run_spend_publisher, SpendView};
 use crate::store::{
-    now_unix_ms, KeyRow, ScopeBudget, ScopeRateLimits, StateSnapshot, Store, StoreError, StoredDeployment,
-    SETTING_COST_PER_TOKEN, SETTING_MASTER_KEY_SHA256, SETTING_MAX_BUDGET,
+    now_unix_ms, KeyRow, ScopeBudget, ScopeRateLimits, StateSnapshot, Store, StoreError,
+    StoredDeployment, SETTING_COST_PER_TOKEN, SETTING_MASTER_KEY_SHA256, SETTING_MAX_BUDGET,
     SETTING_MAX_END_USER_BUDGET, SETTING_MAX_REQUEST_BODY_BYTES, SETTING_MAX_RESPONSE_BODY_BYTES,
     SETTING_SOFT_BUDGET,
 };

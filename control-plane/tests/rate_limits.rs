@@ -174,8 +174,7 @@ impl Plane {
             "{answer}"
         );
     }
-
-    }
+}
 
 macro_rules! on_both {
     ($scenario:ident, $sqlite:ident, $postgres:ident) => {
@@ -383,12 +382,8 @@ on_both!(
 
 async fn bad_limits(db: Db) {
     let plane = Plane::start(db.url(), CONFIG).await;
-    plane
-        .ok("/key/generate", json!({"key_alias": "k"}))
-        .await;
-    let key = plane
-        .get("/key/list", &[("key_alias", "k")])
-        .await["keys"][0]
+    plane.ok("/key/generate", json!({"key_alias": "k"})).await;
+    let key = plane.get("/key/list", &[("key_alias", "k")]).await["keys"][0]
         .as_str()
         .unwrap()
         .to_string();
@@ -425,7 +420,11 @@ async fn bad_limits(db: Db) {
             json!({"model_rpm_limit": {"": 1}}),
             "model_rpm_limit",
         ),
-        ("/key/update", json!({"key": key, "tpm_limit": -3}), "tpm_limit"),
+        (
+            "/key/update",
+            json!({"key": key, "tpm_limit": -3}),
+            "tpm_limit",
+        ),
         (
             "/key/update",
             json!({"key": key, "model_rpm_limit": {"gpt": 0.5}}),
@@ -488,10 +487,7 @@ async fn bad_limits(db: Db) {
     assert_eq!(answer["error"]["type"], "bad_request_error");
     assert_eq!(answer["error"]["code"], "400");
     // Nothing was stored by the refused requests.
-    assert_eq!(
-        plane.get("/key/list", &[]).await["total_count"],
-        json!(1)
-    );
+    assert_eq!(plane.get("/key/list", &[]).await["total_count"], json!(1));
     plane.stop().await;
 }
 on_both!(bad_limits, bad_limits_sqlite, bad_limits_postgres);
@@ -521,7 +517,10 @@ async fn grpc_limits(db: Db) {
         .into_inner();
     let info = generated.info.unwrap();
     assert_eq!(info.limits, Some(limits(Some(10), None, Some(3))));
-    assert_eq!(info.model_rpm_limit, HashMap::from([("gpt".to_string(), 4)]));
+    assert_eq!(
+        info.model_rpm_limit,
+        HashMap::from([("gpt".to_string(), 4)])
+    );
     assert_eq!(
         info.model_tpm_limit,
         HashMap::from([("gpt".to_string(), 400), ("claude".to_string(), 0)])
@@ -762,9 +761,7 @@ async fn config_and_snapshot(db: Db) {
         .as_str()
         .unwrap()
         .to_string();
-    let defaulted = plane
-        .ok("/key/generate", json!({"rpm_limit": 3}))
-        .await["token"]
+    let defaulted = plane.ok("/key/generate", json!({"rpm_limit": 3})).await["token"]
         .as_str()
         .unwrap()
         .to_string();
@@ -824,12 +821,12 @@ async fn config_and_snapshot(db: Db) {
                 "user-1",
                 limits(Some(5), Some(5000), None)
             ),
+            scoped(pb::BudgetScope::User, "user-2", limits(None, None, Some(2))),
             scoped(
-                pb::BudgetScope::User,
-                "user-2",
-                limits(None, None, Some(2))
+                pb::BudgetScope::Team,
+                "team-a",
+                limits(None, Some(70), None)
             ),
-            scoped(pb::BudgetScope::Team, "team-a", limits(None, Some(70), None)),
         ]
     );
     let deployment = |id: &str| {
@@ -853,7 +850,11 @@ async fn config_and_snapshot(db: Db) {
         .await;
     let params = &info["data"][0]["litellm_params"];
     assert_eq!(
-        (&params["rpm"], &params["tpm"], &params["max_parallel_requests"]),
+        (
+            &params["rpm"],
+            &params["tpm"],
+            &params["max_parallel_requests"]
+        ),
         (&json!(600), &json!(90000), &json!(20))
     );
     let updated = plane
@@ -902,7 +903,11 @@ async fn config_and_snapshot(db: Db) {
         settings_limits(&snapshot),
         vec![
             scoped(pb::BudgetScope::User, "user-1", limits(Some(5), None, None)),
-            scoped(pb::BudgetScope::Team, "team-a", limits(None, Some(70), None)),
+            scoped(
+                pb::BudgetScope::Team,
+                "team-a",
+                limits(None, Some(70), None)
+            ),
         ]
     );
     assert_eq!(
@@ -927,9 +932,7 @@ async fn next_delta(filter: &mut common::FakeFilter) -> pb::SnapshotDelta {
 
 async fn changes_reach_filters_as_deltas(db: Db) {
     let plane = Plane::start(db.url(), LIMITS_CONFIG).await;
-    let created = plane
-        .ok("/key/generate", json!({"key_alias": "k"}))
-        .await;
+    let created = plane.ok("/key/generate", json!({"key_alias": "k"})).await;
     let clear = created["key"].as_str().unwrap().to_string();
     let token = created["token"].as_str().unwrap().to_string();
     plane
@@ -987,7 +990,11 @@ async fn changes_reach_filters_as_deltas(db: Db) {
     assert!(delta.keys.is_empty(), "{:?}", delta.keys);
     assert_eq!(
         delta.settings.unwrap().rate_limits.last(),
-        Some(&scoped(pb::BudgetScope::Team, "t1", limits(None, None, Some(6))))
+        Some(&scoped(
+            pb::BudgetScope::Team,
+            "t1",
+            limits(None, None, Some(6))
+        ))
     );
 
     // A new default max_parallel_requests changes every key without one of its own.
