@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde_yaml::{Mapping, Value};
 use sha2::{Digest, Sha256};
 
+use crate::limits::{RateLimitFields, MAX_LIMIT};
 use crate::pricing::{check_price, Prices, PRICE_FIELDS};
 use crate::proto;
 
@@ -146,7 +147,7 @@ const KNOWN_UNSUPPORTED_TOP_LEVEL: &[&str] = &[
 /// `litellm_params` keys LiteLLM knows and Tollgate does not implement yet.
 #[rustfmt::skip]
 const KNOWN_UNSUPPORTED_LITELLM_PARAMS: &[&str] = &[
-    "rpm", "tpm", "max_parallel_requests", "timeout", "stream_timeout", "max_retries",
+    "timeout", "stream_timeout", "max_retries",
     "num_retries", "organization", "weight", "order", "region_name", "aws_access_key_id",
     "aws_secret_access_key", "aws_session_token", "aws_region_name", "aws_role_name",
     "aws_session_name", "aws_profile_name", "aws_bedrock_runtime_endpoint",
@@ -179,8 +180,7 @@ const KNOWN_UNSUPPORTED_GENERAL_SETTINGS: &[&str] = &[
     "spend_report_frequency", "proxy_batch_write_at", "proxy_budget_rescheduler_min_time",
     "proxy_budget_rescheduler_max_time", "store_model_in_db", "store_prompts_in_spend_logs",
     "ui_access_mode", "health_check_interval", "background_health_checks", "health_check_details",
-    "infer_model_from_keys", "max_parallel_requests", "global_max_parallel_requests",
-    "user_header_name", "pass_through_endpoints", "embedding_model", "default_team_disabled",
+    "infer_model_from_keys", "user_header_name", "pass_through_endpoints", "embedding_model", "default_team_disabled",
     "forward_openai_org_id", "forward_client_headers_to_llm_api", "supported_db_objects",
     "service_account_settings", "enable_oauth2_auth", "use_x_forwarded_for",
     "use_redis_transaction_buffer", "disable_prisma_schema_update", "cache", "cache_params", "otel",
@@ -246,6 +246,17 @@ pub struct GeneralSettings {
     pub budget_reset_at_ms: Option<i64>,
     /// `alerting` lists `webhook`: budget alerts are POSTed to `WEBHOOK_URL` (LiteLLM's).
     pub alerting_webhook: bool,
+    /// `rpm_limit`: requests per minute for every request together (scope GLOBAL).
+    pub rpm_limit: Option<u64>,
+    /// `tpm_limit`: tokens per minute for every request together (scope GLOBAL).
+    pub tpm_limit: Option<u64>,
+    /// `global_max_parallel_requests`: requests in flight through the whole gateway.
+    pub global_max_parallel_requests: Option<u64>,
+    /// `max_parallel_requests`: the limit of every key that sets none of its own.
+    pub max_parallel_requests: Option<u64>,
+    /// `user_rate_limit`: user id -> `{rpm, tpm, max_parallel_requests}`; a user's own
+    /// (API-set) value wins, field by field.
+    pub user_rate_limit: BTreeMap<String, RateLimitFields>,
 }
 
 /// Milliseconds in a day.
@@ -314,6 +325,14 @@ impl fmt::Debug for GeneralSettings {
             .field("budget_duration", &self.budget_duration)
             .field("budget_reset_at_ms", &self.budget_reset_at_ms)
             .field("alerting_webhook", &self.alerting_webhook)
+            .field("rpm_limit", &self.rpm_limit)
+            .field("tpm_limit", &self.tpm_limit)
+            .field(
+                "global_max_parallel_requests",
+                &self.global_max_parallel_requests,
+            )
+            .field("max_parallel_requests", &self.max_parallel_requests)
+            .field("user_rate_limit", &self.user_rate_limit)
             .finish()
     }
 }
@@ -362,6 +381,8 @@ pub struct DeploymentConfig {
     pub model_info: Option<serde_json::Value>,
     /// Prices given in `litellm_params`.
     pub pricing: Prices,
+    /// `litellm_params` `rpm`, `tpm`, `max_parallel_requests` (scope DEPLOYMENT).
+    pub limits: RateLimitFields,
 }
 
 impl fmt::Debug for DeploymentConfig {
@@ -379,6 +400,7 @@ impl fmt::Debug for DeploymentConfig {
             .field("default_max_tokens", &self.default_max_tokens)
             .field("model_info", &self.model_info)
             .field("pricing", &self.pricing)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -1069,6 +1091,11 @@ impl Checker<'_> {
                 "budget_duration",
                 "budget_reset_at",
                 "alerting",
+                "rpm_limit",
+                "tpm_limit",
+                "global_max_parallel_requests",
+                "max_parallel_requests",
+                "user_rate_limit",
             ],
             KNOWN_UNSUPPORTED_GENERAL_SETTINGS,
         );
@@ -1136,7 +1163,18 @@ impl Checker<'_> {
             None => (None, None),
         };
         let alerting_webhook = self.alerting(map, PATH);
+        let rpm_limit = self.rate_limit(map, "rpm_limit", PATH);
+        let tpm_limit = self.rate_limit(map, "tpm_limit", PATH);
+        let global_max_parallel_requests =
+            self.rate_limit(map, "global_max_parallel_requests", PATH);
+        let max_parallel_requests = self.rate_limit(map, "max_parallel_requests", PATH);
+        let user_rate_limit = self.user_rate_limit(map, PATH);
         GeneralSettings {
+            rpm_limit,
+            tpm_limit,
+            global_max_parallel_requests,
+            max_parallel_requests,
+            user_rate_limit,
             alerting_webhook,
             max_budget,
             soft_budget,
@@ -1153,6 +1191,86 @@ impl Checker<'_> {
             spend_logs_retention_ms,
             spend_logs_retention_interval_ms: interval.unwrap_or(DEFAULT_RETENTION_INTERVAL_MS),
         }
+    }
+
+    /// A rate limit: absent is `None`; anything but a whole number >= 0 (that fits a signed
+    /// 64-bit integer, as the database stores it) is an error.
+    fn rate_limit(&mut self, map: &Mapping, key: &str, path: &str) -> Option<u64> {
+        let value = self.number(map, key, path)??;
+        // MAX_LIMIT as f64 rounds up to 2^63, so the comparison is strict.
+        if value.is_finite() && value >= 0.0 && value.fract() == 0.0 && value < MAX_LIMIT as f64 {
+            // Checked above: whole, non-negative and in range.
+            Some(value as u64)
+        } else {
+            self.error(
+                &format!("{path}.{key}"),
+                "must be a whole number, 0 or more",
+            );
+            None
+        }
+    }
+
+    /// `rpm`, `tpm`, `max_parallel_requests` of one mapping (`litellm_params`, a
+    /// `user_rate_limit` entry), the other keys left to the caller.
+    fn rate_limits(&mut self, map: &Mapping, path: &str) -> RateLimitFields {
+        RateLimitFields {
+            rpm: self.rate_limit(map, "rpm", path),
+            tpm: self.rate_limit(map, "tpm", path),
+            max_parallel_requests: self.rate_limit(map, "max_parallel_requests", path),
+        }
+    }
+
+    /// `user_rate_limit`: user id -> `{rpm, tpm, max_parallel_requests}`.
+    fn user_rate_limit(&mut self, map: &Mapping, path: &str) -> BTreeMap<String, RateLimitFields> {
+        let field = format!("{path}.user_rate_limit");
+        let entries = match map.get("user_rate_limit") {
+            None | Some(Value::Null) => return BTreeMap::new(),
+            Some(Value::Mapping(entries)) => entries,
+            Some(other) => {
+                self.error(
+                    &field,
+                    format!(
+                        "expected a mapping of user ids to limits, got {}",
+                        type_name(other)
+                    ),
+                );
+                return BTreeMap::new();
+            }
+        };
+        let mut limits = BTreeMap::new();
+        for (user, entry) in entries {
+            let user = key_name(user);
+            let entry_path = format!("{field}.{user}");
+            if user.trim().is_empty() {
+                self.error(&field, "a user id must not be empty");
+                continue;
+            }
+            let entry = match entry {
+                Value::Mapping(entry) => entry,
+                Value::Null => continue,
+                other => {
+                    self.error(
+                        &entry_path,
+                        format!(
+                            "expected a mapping of rpm, tpm, max_parallel_requests, got {}",
+                            type_name(other)
+                        ),
+                    );
+                    continue;
+                }
+            };
+            self.warn_other_keys(
+                entry,
+                &entry_path,
+                &["rpm", "tpm", "max_parallel_requests"],
+                &[],
+            );
+            let user_limits = self.rate_limits(entry, &entry_path);
+            if user_limits.is_set() {
+                limits.insert(user, user_limits);
+            }
+        }
+        limits
     }
 
     /// `alerting`: a list of alert channels; `webhook` is the one Tollgate has (budget
@@ -1436,10 +1554,14 @@ impl Checker<'_> {
                 "cache_read_input_token_cost",
                 "cache_creation_input_token_cost",
                 "output_cost_per_reasoning_token",
+                "rpm",
+                "tpm",
+                "max_parallel_requests",
             ],
             KNOWN_UNSUPPORTED_LITELLM_PARAMS,
         );
         let pricing = self.prices(params, &params_path);
+        let limits = self.rate_limits(params, &params_path);
         let api_base_path = format!("{params_path}.api_base");
         let api_base = match self.string(params, "api_base", &params_path) {
             Some(base) => {
@@ -1502,6 +1624,7 @@ impl Checker<'_> {
             default_max_tokens,
             model_info,
             pricing,
+            limits,
         })
     }
 
@@ -1996,8 +2119,6 @@ whatever: 1
                 "general_settings.mystery: unknown key, ignored",
                 "general_settings.alerting[0]: \"slack\" alerts are not supported yet (only \"webhook\"), ignored",
                 "model_list[0].extra: unknown key, ignored",
-                "model_list[0].litellm_params.rpm: not supported by Tollgate yet, ignored",
-                "model_list[0].litellm_params.tpm: not supported by Tollgate yet, ignored",
                 "model_list[0].litellm_params.temprature: unknown key, ignored",
             ]
         );
@@ -2291,6 +2412,159 @@ model_list:
         assert_eq!(
             deployment.api_key.as_deref(),
             Some("os.environ/LOOKS_LIKE_A_REFERENCE")
+        );
+    }
+
+    /// The rate-limiting block of the seed config (/work/shared/seeds/000_c61eacea6ba789f1.txt,
+    /// "Rate Limiting"), as written there.
+    const SEED_RATE_LIMITS: &str = r#"
+general_settings:
+  tpm_limit: 10000  # tokens per minute
+  rpm_limit: 100    # requests per minute
+  max_parallel_requests: 10
+  user_rate_limit:
+    "user-1": {"tpm": 5000, "rpm": 50}
+"#;
+
+    /// The seed's main config block (its "General Settings"), rate limits among keys
+    /// Tollgate does not implement.
+    const SEED_GENERAL_SETTINGS: &str = r#"
+general_settings:
+  master_key: sk-seed
+  track_cost_per_model: true
+  max_budget: 100.0
+  budget_duration: 30d
+  cache: true
+  # Rate Limiting
+  tpm_limit: 10000  # tokens per minute
+  rpm_limit: 100    # requests per minute
+  success_callback: ["langfuse"]
+  allowed_ips: ["*"]
+"#;
+
+    #[test]
+    fn seed_rate_limits_load_without_warnings() {
+        let loaded = ok(SEED_RATE_LIMITS);
+        assert!(warnings(&loaded).is_empty(), "{:?}", warnings(&loaded));
+        let general = &loaded.config.general;
+        assert_eq!(general.tpm_limit, Some(10_000));
+        assert_eq!(general.rpm_limit, Some(100));
+        assert_eq!(general.max_parallel_requests, Some(10));
+        assert_eq!(general.global_max_parallel_requests, None);
+        assert_eq!(
+            general.user_rate_limit,
+            BTreeMap::from([(
+                "user-1".to_string(),
+                RateLimitFields {
+                    rpm: Some(50),
+                    tpm: Some(5000),
+                    max_parallel_requests: None
+                }
+            )])
+        );
+
+        let loaded = ok(SEED_GENERAL_SETTINGS);
+        assert_eq!(
+            warnings(&loaded),
+            [
+                "general_settings.track_cost_per_model: unknown key, ignored",
+                "general_settings.cache: not supported by Tollgate yet, ignored",
+                "general_settings.success_callback: unknown key, ignored",
+                "general_settings.allowed_ips: not supported by Tollgate yet, ignored",
+            ]
+        );
+        assert_eq!(loaded.config.general.tpm_limit, Some(10_000));
+        assert_eq!(loaded.config.general.rpm_limit, Some(100));
+    }
+
+    #[test]
+    fn rate_limits_are_read_and_checked() {
+        let loaded = ok(r#"
+model_list:
+  - model_name: a
+    litellm_params:
+      model: openai/x
+      rpm: 10
+      tpm: 1000
+      max_parallel_requests: 2
+  - model_name: b
+    litellm_params:
+      model: openai/y
+      tpm: "500"
+general_settings:
+  global_max_parallel_requests: 100
+  max_parallel_requests: 0
+  user_rate_limit:
+    user-2: {max_parallel_requests: 3}
+    user-3: {}
+"#);
+        assert!(warnings(&loaded).is_empty(), "{:?}", warnings(&loaded));
+        let config = &loaded.config;
+        assert_eq!(
+            config.deployments[0].limits,
+            RateLimitFields {
+                rpm: Some(10),
+                tpm: Some(1000),
+                max_parallel_requests: Some(2)
+            }
+        );
+        assert_eq!(
+            config.deployments[1].limits,
+            RateLimitFields {
+                rpm: None,
+                tpm: Some(500),
+                max_parallel_requests: None
+            }
+        );
+        assert_eq!(config.general.global_max_parallel_requests, Some(100));
+        assert_eq!(config.general.max_parallel_requests, Some(0));
+        assert_eq!(config.general.rpm_limit, None);
+        // A user without any limit is left out.
+        assert_eq!(
+            config.general.user_rate_limit,
+            BTreeMap::from([(
+                "user-2".to_string(),
+                RateLimitFields {
+                    max_parallel_requests: Some(3),
+                    ..RateLimitFields::default()
+                }
+            )])
+        );
+
+        assert_eq!(
+            errors(r#"
+model_list:
+  - model_name: a
+    litellm_params:
+      model: openai/x
+      rpm: -1
+      tpm: 1.5
+      max_parallel_requests: many
+general_settings:
+  rpm_limit: -5
+  tpm_limit: 2.5
+  global_max_parallel_requests: [1]
+  max_parallel_requests: -1
+  user_rate_limit:
+    user-1: {rpm: -1, tpm: 0.5, burst: 3}
+    user-2: 7
+"#),
+            [
+                "general_settings.rpm_limit: must be a whole number, 0 or more",
+                "general_settings.tpm_limit: must be a whole number, 0 or more",
+                "general_settings.global_max_parallel_requests: must be a number, got a list",
+                "general_settings.max_parallel_requests: must be a whole number, 0 or more",
+                "general_settings.user_rate_limit.user-1.rpm: must be a whole number, 0 or more",
+                "general_settings.user_rate_limit.user-1.tpm: must be a whole number, 0 or more",
+                "general_settings.user_rate_limit.user-2: expected a mapping of rpm, tpm, max_parallel_requests, got a number",
+                "model_list[0].litellm_params.rpm: must be a whole number, 0 or more",
+                "model_list[0].litellm_params.tpm: must be a whole number, 0 or more",
+                "model_list[0].litellm_params.max_parallel_requests: must be a number, got \"many\"",
+            ]
+        );
+        assert_eq!(
+            errors("general_settings:\n  user_rate_limit: [user-1]\n"),
+            ["general_settings.user_rate_limit: expected a mapping of user ids to limits, got a list"]
         );
     }
 

@@ -266,7 +266,8 @@ impl Served {
             return false;
         }
         let mut upserted = Vec::new();
-        for key in snapshot_keys(&state.keys, &state.teams) {
+        let default_parallel = crate::limits::default_key_parallel(&state.settings);
+        for key in snapshot_keys(&state.keys, &state.teams, default_parallel) {
             if self.keys.get(&key.key_sha256) != Some(&key) {
                 self.keys.insert(key.key_sha256.clone(), key.clone());
                 upserted.push(key);
@@ -283,6 +284,7 @@ impl Served {
             &state.deployments,
             &state.settings,
             &state.budgets,
+            &state.rate_limits,
             prices,
         );
         self.advance(

@@ -7,14 +7,15 @@ use serde_json::Value;
 use tonic::{Request, Response, Status};
 
 use crate::manage::{
-    ApiError, BudgetChange, ErrorKind, KeyGenerate, KeyUpdate, Manager, ModelBudget, TeamCreate,
-    TeamUpdate, UserCreate, UserUpdate,
+    ApiError, BudgetChange, ErrorKind, KeyGenerate, KeyUpdate, Manager, ModelBudget,
+    RateLimitChange, TeamCreate, TeamUpdate, UserCreate, UserUpdate,
 };
 use crate::pricing::{Prices, PRICE_FIELDS};
 use crate::proto::management_server::{Management, ManagementServer};
 use crate::proto::{self as pb};
 use crate::store::{
-    BudgetFields, DeploymentSource, KeyRow, NewMember, StoredDeployment, TeamRow, UserRow,
+    BudgetFields, DeploymentSource, KeyRow, NewMember, RateLimitFields, StoredDeployment, TeamRow,
+    UserRow,
 };
 
 /// The tonic service over `manager`.
@@ -82,7 +83,32 @@ fn model_message(stored: &StoredDeployment) -> pb::Model {
         created_at_unix_ms: ms(stored.created_at_ms),
         updated_at_unix_ms: ms(stored.updated_at_ms),
         pricing: record.pricing.to_proto(),
+        limits: record.limits.to_proto(),
     }
+}
+
+/// A request's rate limits: absent changes nothing; present sets all three fields.
+fn limits_change(limits: Option<pb::RateLimits>) -> RateLimitChange {
+    match limits {
+        None => RateLimitChange::default(),
+        Some(limits) => RateLimitChange::exactly(RateLimitFields::from_proto(Some(&limits))),
+    }
+}
+
+/// Sets the litellm_params rate limits of `params` from `limits`: each of the three to its
+/// value, or to null (cleared) when the message leaves it out.
+fn insert_limits(params: &mut serde_json::Map<String, Value>, limits: &pb::RateLimits) {
+    for (field, value) in [
+        ("rpm", limits.rpm),
+        ("tpm", limits.tpm),
+        ("max_parallel_requests", limits.max_parallel_requests),
+    ] {
+        params.insert(field.into(), value.map_or(Value::Null, Value::from));
+    }
+}
+
+fn sorted_limits(limits: std::collections::HashMap<String, u64>) -> BTreeMap<String, u64> {
+    limits.into_iter().collect()
 }
 
 /// Sets the litellm_params prices of `params` from `pricing`: each of the five to its value,
@@ -159,6 +185,17 @@ fn key_message(key: &KeyRow) -> pb::KeyInfo {
                 )
             })
             .collect(),
+        limits: key.limits.to_proto(),
+        model_rpm_limit: key
+            .model_rpm_limit
+            .iter()
+            .map(|(model, limit)| (model.clone(), *limit))
+            .collect(),
+        model_tpm_limit: key
+            .model_tpm_limit
+            .iter()
+            .map(|(model, limit)| (model.clone(), *limit))
+            .collect(),
         token: key.token.clone(),
         key_name: key.key_name.clone(),
         key_alias: key.key_alias.clone().unwrap_or_default(),
@@ -183,6 +220,7 @@ fn user_message(user: &UserRow, teams: Vec<String>) -> pb::User {
         teams,
         created_at_unix_ms: ms(user.created_at),
         budget: Some(budget_message(&user.budget, None)),
+        limits: user.limits.to_proto(),
     }
 }
 
@@ -204,6 +242,7 @@ fn team_message(team: &TeamRow) -> pb::Team {
             .collect(),
         created_at_unix_ms: ms(team.created_at),
         budget: Some(budget_message(&team.budget, None)),
+        limits: team.limits.to_proto(),
     }
 }
 
@@ -366,6 +405,9 @@ impl Management for GrpcManagement {
         if let Some(pricing) = &body.pricing {
             insert_prices(&mut params, pricing);
         }
+        if let Some(limits) = &body.limits {
+            insert_limits(&mut params, limits);
+        }
         entry.insert("litellm_params".into(), Value::Object(params));
         entry.insert("model_info".into(), Value::Object(info));
         let created = self.manager.create_model(&Value::Object(entry)).await?;
@@ -394,6 +436,9 @@ impl Management for GrpcManagement {
         );
         if let Some(pricing) = &body.pricing {
             insert_prices(&mut params, pricing);
+        }
+        if let Some(limits) = &body.limits {
+            insert_limits(&mut params, limits);
         }
         patch.insert("litellm_params".into(), Value::Object(params));
         if let Some(text) = body.model_info_json {
@@ -440,6 +485,9 @@ impl Management for GrpcManagement {
                 blocked: body.blocked,
                 budget: budget_change(body.budget),
                 model_max_budget: Some(model_budgets(body.model_max_budget)),
+                limits: limits_change(body.limits),
+                model_rpm_limit: Some(sorted_limits(body.model_rpm_limit)),
+                model_tpm_limit: Some(sorted_limits(body.model_tpm_limit)),
             })
             .await?;
         Ok(Response::new(pb::GeneratedKey {
@@ -510,6 +558,13 @@ impl Management for GrpcManagement {
                 model_max_budget: body
                     .model_max_budget
                     .map(|budgets| Some(model_budgets(budgets.budgets))),
+                limits: limits_change(body.limits),
+                model_rpm_limit: body
+                    .model_rpm_limit
+                    .map(|limits| Some(sorted_limits(limits.limits))),
+                model_tpm_limit: body
+                    .model_tpm_limit
+                    .map(|limits| Some(sorted_limits(limits.limits))),
             })
             .await?;
         Ok(Response::new(self.key_info(&row).await?))
@@ -576,6 +631,7 @@ impl Management for GrpcManagement {
                 key_alias: opt(body.key_alias),
                 duration: opt(body.duration),
                 budget: budget_change(body.budget),
+                limits: limits_change(body.limits),
             })
             .await?;
         let key = match key {
@@ -619,6 +675,7 @@ impl Management for GrpcManagement {
                 models: body.models.map(|list| list.values),
                 metadata,
                 budget: budget_change(body.budget),
+                limits: limits_change(body.limits),
             })
             .await?;
         let teams = self.manager.user_info(&user.user_id).await?.teams;
@@ -641,6 +698,7 @@ impl Management for GrpcManagement {
                 metadata,
                 blocked: body.blocked,
                 budget: budget_change(body.budget),
+                limits: limits_change(body.limits),
             })
             .await?;
         Ok(Response::new(self.team_info(&team).await?))
@@ -658,6 +716,7 @@ impl Management for GrpcManagement {
                 metadata: json_field("metadata_json", &body.metadata_json)?,
                 members: members(body.members),
                 budget: budget_change(body.budget),
+                limits: limits_change(body.limits),
             })
             .await?;
         Ok(Response::new(self.team_info(&team).await?))

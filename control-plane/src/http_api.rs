@@ -19,10 +19,12 @@ use tokio::net::TcpListener;
 
 use crate::manage::{
     iso8601, model_entry_json, model_max_budget_json, ApiError, BudgetChange, ErrorKind,
-    KeyGenerate, KeyUpdate, Manager, ModelBudget, TeamCreate, TeamUpdate, UserCreate, UserUpdate,
+    KeyGenerate, KeyUpdate, Manager, ModelBudget, RateLimitChange, TeamCreate, TeamUpdate,
+    UserCreate, UserUpdate,
 };
 use crate::store::{
-    BudgetFields, KeyRow, NewMember, SpendScope, StoredDeployment, TeamRow, UserRow,
+    BudgetFields, KeyRow, NewMember, RateLimitFields, SpendScope, StoredDeployment, TeamRow,
+    UserRow,
 };
 
 /// Path prefixes Envoy sends to this API on the gateway port.
@@ -228,6 +230,52 @@ impl Body {
         })
     }
 
+    /// A rate limit: absent `None`; `null` `Some(None)`; a whole number >= 0
+    /// `Some(Some(..))`.
+    fn nullable_limit(&self, name: &str) -> Result<Option<Option<u64>>, ApiError> {
+        match self.0.get(name) {
+            None => Ok(None),
+            Some(Value::Null) => Ok(Some(None)),
+            Some(value) => limit_value(name, value).map(|limit| Some(Some(limit))),
+        }
+    }
+
+    /// `rpm_limit`, `tpm_limit`, `max_parallel_requests`.
+    fn limits(&self) -> Result<RateLimitChange, ApiError> {
+        Ok(RateLimitChange {
+            rpm_limit: self.nullable_limit("rpm_limit")?,
+            tpm_limit: self.nullable_limit("tpm_limit")?,
+            max_parallel_requests: self.nullable_limit("max_parallel_requests")?,
+        })
+    }
+
+    /// `model_rpm_limit` / `model_tpm_limit`: `{"gpt-4o": 10}`; `null`: `Some(None)`.
+    #[allow(clippy::type_complexity)]
+    fn model_limits(&self, name: &str) -> Result<Option<Option<BTreeMap<String, u64>>>, ApiError> {
+        let entries = match self.0.get(name) {
+            None => return Ok(None),
+            Some(Value::Null) => return Ok(Some(None)),
+            Some(Value::Object(entries)) => entries,
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    name,
+                    format!(
+                        "must be an object of model names to limits, got {}",
+                        type_name(other)
+                    ),
+                ))
+            }
+        };
+        let mut limits = BTreeMap::new();
+        for (model, value) in entries {
+            limits.insert(
+                model.clone(),
+                limit_value(&format!("{name}.{model}"), value)?,
+            );
+        }
+        Ok(Some(Some(limits)))
+    }
+
     /// `model_max_budget` in either LiteLLM shape: `{"gpt-4o": 0.5}` or
     /// `{"gpt-4o": {"budget_limit": 0.5, "time_period": "1d"}}`; `null`: `Some(None)`.
     #[allow(clippy::type_complexity)]
@@ -298,6 +346,56 @@ impl Body {
             budgets.insert(model.clone(), budget);
         }
         Ok(Some(Some(budgets)))
+    }
+}
+
+/// A rate limit's value: a whole number, 0 or more (`10.0` is 10, as JSON does not tell
+/// them apart).
+fn limit_value(param: &str, value: &Value) -> Result<u64, ApiError> {
+    let number = match value {
+        Value::Number(number) => number,
+        other => {
+            return Err(ApiError::invalid(
+                param,
+                format!(
+                    "must be a whole number, 0 or more, got {}",
+                    type_name(other)
+                ),
+            ))
+        }
+    };
+    let whole = number.as_u64().or_else(|| {
+        number
+            .as_f64()
+            .filter(|value| *value >= 0.0 && value.fract() == 0.0 && *value < 9.2e18)
+            // Checked: whole, non-negative and below 2^63.
+            .map(|value| value as u64)
+    });
+    match whole {
+        Some(limit) => crate::manage::check_limit(param, limit),
+        None => Err(ApiError::invalid(
+            param,
+            format!("must be a whole number, 0 or more, got {number}"),
+        )),
+    }
+}
+
+/// Adds `rpm_limit`, `tpm_limit`, `max_parallel_requests` (null when unset, as LiteLLM).
+fn add_limits(map: &mut Map<String, Value>, limits: &RateLimitFields) {
+    map.insert("rpm_limit".into(), json!(limits.rpm));
+    map.insert("tpm_limit".into(), json!(limits.tpm));
+    map.insert(
+        "max_parallel_requests".into(),
+        json!(limits.max_parallel_requests),
+    );
+}
+
+/// A model -> limit map as LiteLLM shows it: null when empty.
+fn model_limits_json(limits: &BTreeMap<String, u64>) -> Value {
+    if limits.is_empty() {
+        Value::Null
+    } else {
+        json!(limits)
     }
 }
 
@@ -401,6 +499,15 @@ async fn key_object(m: &Manager, key: &KeyRow) -> Result<Map<String, Value>, Api
     let mut map = key_json(key);
     add_budget(m, &mut map, &key.budget, SpendScope::Key, &key.token).await?;
     map.insert("model_max_budget".into(), model_max_budget_json(key));
+    add_limits(&mut map, &key.limits);
+    map.insert(
+        "model_rpm_limit".into(),
+        model_limits_json(&key.model_rpm_limit),
+    );
+    map.insert(
+        "model_tpm_limit".into(),
+        model_limits_json(&key.model_tpm_limit),
+    );
     Ok(map)
 }
 
@@ -419,6 +526,7 @@ async fn user_object(
 ) -> Result<Map<String, Value>, ApiError> {
     let mut map = user_json(user, teams);
     add_budget(m, &mut map, &user.budget, SpendScope::User, &user.user_id).await?;
+    add_limits(&mut map, &user.limits);
     Ok(map)
 }
 
@@ -426,6 +534,7 @@ async fn team_value(m: &Manager, team: &TeamRow) -> Result<Value, ApiError> {
     let mut value = team_json(team);
     if let Value::Object(map) = &mut value {
         add_budget(m, map, &team.budget, SpendScope::Team, &team.team_id).await?;
+        add_limits(map, &team.limits);
     }
     Ok(value)
 }
@@ -515,6 +624,9 @@ async fn key_generate(State(m): State<Shared>, headers: HeaderMap, bytes: Bytes)
             blocked: body.boolean("blocked")?.unwrap_or(false),
             budget: body.budget()?,
             model_max_budget: body.model_budgets("model_max_budget")?.flatten(),
+            limits: body.limits()?,
+            model_rpm_limit: body.model_limits("model_rpm_limit")?.flatten(),
+            model_tpm_limit: body.model_limits("model_tpm_limit")?.flatten(),
         };
         let (clear, row) = m.generate_key(request).await?;
         generated_json(&m, &clear, &row).await
@@ -608,6 +720,9 @@ async fn key_update(State(m): State<Shared>, headers: HeaderMap, bytes: Bytes) -
             blocked: body.boolean("blocked")?,
             budget: body.budget()?,
             model_max_budget: body.model_budgets("model_max_budget")?,
+            limits: body.limits()?,
+            model_rpm_limit: body.model_limits("model_rpm_limit")?,
+            model_tpm_limit: body.model_limits("model_tpm_limit")?,
         };
         let row = m.update_key(request).await?;
         let mut map = key_object(&m, &row).await?;
@@ -689,6 +804,7 @@ async fn user_new(State(m): State<Shared>, headers: HeaderMap, bytes: Bytes) -> 
             key_alias: body.string("key_alias")?,
             duration: body.duration("duration")?.flatten(),
             budget: body.budget()?,
+            limits: body.limits()?,
         };
         let (user, key) = m.create_user(request).await?;
         let mut map = user_object(&m, &user, &[]).await?;
@@ -755,6 +871,7 @@ async fn team_new(State(m): State<Shared>, headers: HeaderMap, bytes: Bytes) -> 
             metadata: body.object("metadata")?,
             members,
             budget: body.budget()?,
+            limits: body.limits()?,
         };
         team_value(&m, &m.create_team(request).await?).await
     })
@@ -771,6 +888,7 @@ async fn user_update(State(m): State<Shared>, headers: HeaderMap, bytes: Bytes) 
             models: body.list("models")?,
             metadata: body.object("metadata")?,
             budget: body.budget()?,
+            limits: body.limits()?,
         };
         let user = m.update_user(request).await?;
         let teams = m.user_info(&user.user_id).await?.teams;
@@ -789,6 +907,7 @@ async fn team_update(State(m): State<Shared>, headers: HeaderMap, bytes: Bytes) 
             metadata: body.object("metadata")?,
             blocked: body.boolean("blocked")?,
             budget: body.budget()?,
+            limits: body.limits()?,
         };
         team_value(&m, &m.update_team(request).await?).await
     })

@@ -13,6 +13,7 @@ pub mod delta;
 pub mod envoy;
 pub mod grpc_api;
 pub mod http_api;
+pub mod limits;
 pub mod manage;
 pub mod pricing;
 pub mod proto;

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use crate::store::{
     now_unix_ms, sha256_hex, BudgetFields, DeploymentRecord, DeploymentSource, KeyRow, Missing,
-    NewMember, Store, StoreError, StoredDeployment, Taken, TeamRow, UserRow,
+    NewMember, RateLimitFields, Store, StoreError, StoredDeployment, Taken, TeamRow, UserRow,
     SETTING_API_ENV_PREFIXES, SETTING_MASTER_KEY_SHA256,
 };
 use crate::sync::SyncHub;
@@ -457,6 +457,82 @@ pub fn model_max_budget_json(key: &KeyRow) -> Value {
     Value::Object(entries)
 }
 
+/// Rate-limit fields of a request (`rpm_limit`, `tpm_limit`, `max_parallel_requests`):
+/// `None` leaves a field as it is (unset, for a new row); `Some(None)` clears it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateLimitChange {
+    /// Requests per minute.
+    pub rpm_limit: Option<Option<u64>>,
+    /// Tokens per minute.
+    pub tpm_limit: Option<Option<u64>>,
+    /// Requests in flight at once.
+    pub max_parallel_requests: Option<Option<u64>>,
+}
+
+impl RateLimitChange {
+    /// A change that sets every field to `limits` (absent fields cleared).
+    pub fn exactly(limits: RateLimitFields) -> RateLimitChange {
+        RateLimitChange {
+            rpm_limit: Some(limits.rpm),
+            tpm_limit: Some(limits.tpm),
+            max_parallel_requests: Some(limits.max_parallel_requests),
+        }
+    }
+}
+
+/// A rate limit: a whole number that fits the database's signed 64-bit integers.
+pub fn check_limit(param: &str, value: u64) -> Result<u64, ApiError> {
+    if value <= crate::limits::MAX_LIMIT {
+        Ok(value)
+    } else {
+        Err(ApiError::invalid(
+            param,
+            format!(
+                "must be a whole number from 0 to {}",
+                crate::limits::MAX_LIMIT
+            ),
+        ))
+    }
+}
+
+/// Applies `change` to `fields`, validating each value (errors name the field).
+pub fn apply_limits(fields: &mut RateLimitFields, change: RateLimitChange) -> Result<(), ApiError> {
+    if let Some(rpm) = change.rpm_limit {
+        fields.rpm = rpm
+            .map(|value| check_limit("rpm_limit", value))
+            .transpose()?;
+    }
+    if let Some(tpm) = change.tpm_limit {
+        fields.tpm = tpm
+            .map(|value| check_limit("tpm_limit", value))
+            .transpose()?;
+    }
+    if let Some(parallel) = change.max_parallel_requests {
+        fields.max_parallel_requests = parallel
+            .map(|value| check_limit("max_parallel_requests", value))
+            .transpose()?;
+    }
+    Ok(())
+}
+
+/// A key's `model_rpm_limit` or `model_tpm_limit` (`param`), validated: errors name
+/// `<param>.<model>`.
+pub fn check_model_limits(
+    param: &str,
+    limits: BTreeMap<String, u64>,
+) -> Result<BTreeMap<String, u64>, ApiError> {
+    limits
+        .into_iter()
+        .map(|(model, value)| {
+            if model.trim().is_empty() {
+                return Err(ApiError::invalid(param, "a model name must not be empty"));
+            }
+            let value = check_limit(&format!("{param}.{model}"), value)?;
+            Ok((model, value))
+        })
+        .collect()
+}
+
 /// A new key's fields (`/key/generate`).
 #[derive(Debug, Clone, Default)]
 pub struct KeyGenerate {
@@ -480,6 +556,12 @@ pub struct KeyGenerate {
     pub budget: BudgetChange,
     /// Per-model budgets.
     pub model_max_budget: Option<BTreeMap<String, ModelBudget>>,
+    /// Rate limits.
+    pub limits: RateLimitChange,
+    /// `model_rpm_limit`: requests per minute per public model name.
+    pub model_rpm_limit: Option<BTreeMap<String, u64>>,
+    /// `model_tpm_limit`: tokens per minute per public model name.
+    pub model_tpm_limit: Option<BTreeMap<String, u64>>,
 }
 
 /// Changes to a key (`/key/update`): `None` leaves a field alone; `Some(None)` clears it.
@@ -505,6 +587,12 @@ pub struct KeyUpdate {
     pub budget: BudgetChange,
     /// Per-model budgets (replace); `Some(None)` clears them.
     pub model_max_budget: Option<Option<BTreeMap<String, ModelBudget>>>,
+    /// Rate-limit changes.
+    pub limits: RateLimitChange,
+    /// `model_rpm_limit` (replaces); `Some(None)` clears it.
+    pub model_rpm_limit: Option<Option<BTreeMap<String, u64>>>,
+    /// `model_tpm_limit` (replaces); `Some(None)` clears it.
+    pub model_tpm_limit: Option<Option<BTreeMap<String, u64>>>,
 }
 
 /// A new user (`/user/new`).
@@ -528,6 +616,8 @@ pub struct UserCreate {
     pub duration: Option<String>,
     /// The user's budget.
     pub budget: BudgetChange,
+    /// The user's rate limits (not its key's).
+    pub limits: RateLimitChange,
 }
 
 /// Changes to a user (`/user/update`): `None` leaves a field alone; `Some(None)` clears it.
@@ -545,6 +635,8 @@ pub struct UserUpdate {
     pub metadata: Option<Value>,
     /// Budget changes.
     pub budget: BudgetChange,
+    /// Rate-limit changes.
+    pub limits: RateLimitChange,
 }
 
 /// Changes to a team (`/team/update`): `None` leaves a field alone; `Some(None)` clears it.
@@ -562,6 +654,8 @@ pub struct TeamUpdate {
     pub blocked: Option<bool>,
     /// Budget changes.
     pub budget: BudgetChange,
+    /// Rate-limit changes.
+    pub limits: RateLimitChange,
 }
 
 /// A new team (`/team/new`).
@@ -579,6 +673,8 @@ pub struct TeamCreate {
     pub members: Vec<NewMember>,
     /// The team's budget.
     pub budget: BudgetChange,
+    /// The team's rate limits.
+    pub limits: RateLimitChange,
 }
 
 /// A user with its teams and keys.
@@ -813,6 +909,9 @@ impl Manager {
             budget: Default::default(),
             model_max_budget: Default::default(),
             model_budget_durations: Default::default(),
+            limits: Default::default(),
+            model_rpm_limit: Default::default(),
+            model_tpm_limit: Default::default(),
             token: sha256_hex(&clear),
             key_name: mask_key(&clear),
             key_alias: non_empty("key_alias", request.key_alias)?,
@@ -828,6 +927,13 @@ impl Manager {
         apply_budget(&mut row.budget, request.budget)?;
         if let Some(budgets) = request.model_max_budget {
             apply_model_budgets(&mut row, budgets)?;
+        }
+        apply_limits(&mut row.limits, request.limits)?;
+        if let Some(limits) = request.model_rpm_limit {
+            row.model_rpm_limit = check_model_limits("model_rpm_limit", limits)?;
+        }
+        if let Some(limits) = request.model_tpm_limit {
+            row.model_tpm_limit = check_model_limits("model_tpm_limit", limits)?;
         }
         self.store().insert_key(&row).await?;
         self.changed().await;
@@ -886,6 +992,15 @@ impl Manager {
         apply_budget(&mut row.budget, request.budget)?;
         if let Some(budgets) = request.model_max_budget {
             apply_model_budgets(&mut row, budgets.unwrap_or_default())?;
+        }
+        apply_limits(&mut row.limits, request.limits)?;
+        if let Some(limits) = request.model_rpm_limit {
+            row.model_rpm_limit =
+                check_model_limits("model_rpm_limit", limits.unwrap_or_default())?;
+        }
+        if let Some(limits) = request.model_tpm_limit {
+            row.model_tpm_limit =
+                check_model_limits("model_tpm_limit", limits.unwrap_or_default())?;
         }
         let (row, _) = self.store().update_key(&row, None).await?;
         self.changed().await;
@@ -954,6 +1069,7 @@ impl Manager {
         let now = i64::try_from(now_unix_ms()).unwrap_or(i64::MAX);
         let mut user = UserRow {
             budget: Default::default(),
+            limits: Default::default(),
             user_id: non_empty("user_id", request.user_id)?.unwrap_or_else(new_id),
             user_email: non_empty("user_email", request.user_email)?,
             user_role: role,
@@ -963,6 +1079,7 @@ impl Manager {
             updated_at: now,
         };
         apply_budget(&mut user.budget, request.budget)?;
+        apply_limits(&mut user.limits, request.limits)?;
         let key = if request.auto_create_key {
             let clear = new_key()?;
             let expires_ms = match &request.duration {
@@ -975,6 +1092,9 @@ impl Manager {
                     budget: Default::default(),
                     model_max_budget: Default::default(),
                     model_budget_durations: Default::default(),
+                    limits: Default::default(),
+                    model_rpm_limit: Default::default(),
+                    model_tpm_limit: Default::default(),
                     token: sha256_hex(&clear),
                     key_name: mask_key(&clear),
                     key_alias: non_empty("key_alias", request.key_alias)?,
@@ -1034,6 +1154,7 @@ impl Manager {
             user.metadata = check_metadata("metadata", Some(metadata))?;
         }
         apply_budget(&mut user.budget, request.budget)?;
+        apply_limits(&mut user.limits, request.limits)?;
         let (user, _) = self.store().update_user(&user).await?;
         self.changed().await;
         Ok(user)
@@ -1075,6 +1196,7 @@ impl Manager {
         let now = i64::try_from(now_unix_ms()).unwrap_or(i64::MAX);
         let mut team = TeamRow {
             budget: Default::default(),
+            limits: Default::default(),
             team_id: non_empty("team_id", request.team_id)?.unwrap_or_else(new_id),
             team_alias: non_empty("team_alias", request.team_alias)?,
             models: request.models,
@@ -1085,6 +1207,7 @@ impl Manager {
             updated_at: now,
         };
         apply_budget(&mut team.budget, request.budget)?;
+        apply_limits(&mut team.limits, request.limits)?;
         self.store().insert_team(&team, &request.members).await?;
         self.changed().await;
         Ok(self.team_info(&team.team_id).await?.0)
@@ -1119,6 +1242,7 @@ impl Manager {
             team.blocked = blocked;
         }
         apply_budget(&mut team.budget, request.budget)?;
+        apply_limits(&mut team.limits, request.limits)?;
         self.store().update_team(&team).await?;
         self.changed().await;
         Ok(self.team_info(&team.team_id).await?.0)
@@ -1166,6 +1290,16 @@ pub fn model_entry_json(record: &DeploymentRecord, with_secret: bool) -> Value {
     for field in crate::pricing::PRICE_FIELDS {
         if let Some(price) = record.pricing.get(field) {
             params.insert(field.into(), Value::from(price));
+        }
+    }
+    // Likewise the rate limits.
+    for (field, limit) in [
+        ("rpm", record.limits.rpm),
+        ("tpm", record.limits.tpm),
+        ("max_parallel_requests", record.limits.max_parallel_requests),
+    ] {
+        if let Some(limit) = limit {
+            params.insert(field.into(), Value::from(limit));
         }
     }
     if with_secret {

@@ -24,8 +24,8 @@ use crate::proto;
 use crate::secrets::{self, CredentialError, CredentialKey};
 
 pub use management::{
-    key_model_scope_id, BudgetFields, KeyRow, MemberRow, NewMember, ScopeBudget, StateChanges,
-    StateSnapshot, TeamRow, UserRow, REMOVED_KEY_RETENTION_MS,
+    key_model_scope_id, BudgetFields, KeyRow, MemberRow, NewMember, RateLimitFields, ScopeBudget,
+    ScopeRateLimits, StateChanges, StateSnapshot, TeamRow, UserRow, REMOVED_KEY_RETENTION_MS,
 };
 pub use spend::{
     ReportFilter, ReportGroup, ReportRow, SpendLogFilter, SpendQuery, SpendScope, TagSpend, DAY_MS,
@@ -70,6 +70,20 @@ pub const SETTING_BUDGET_DURATION: &str = "budget_duration";
 /// `litellm_settings.max_end_user_budget`: US dollars per window for each end user (the
 /// request's `user` field) that has no budget of its own.
 pub const SETTING_MAX_END_USER_BUDGET: &str = "max_end_user_budget";
+/// `general_settings.rpm_limit`: requests per minute for every request together.
+pub const SETTING_RPM_LIMIT: &str = "rpm_limit";
+/// `general_settings.tpm_limit`: tokens per minute for every request together.
+pub const SETTING_TPM_LIMIT: &str = "tpm_limit";
+/// `general_settings.global_max_parallel_requests`: requests in flight through the whole
+/// gateway.
+pub const SETTING_GLOBAL_MAX_PARALLEL_REQUESTS: &str = "global_max_parallel_requests";
+/// `general_settings.max_parallel_requests`: the `max_parallel_requests` of every key that
+/// sets none. Every key's snapshot entry depends on it, so a change of it marks every key
+/// changed (see `Store::replace_config`).
+pub const SETTING_MAX_PARALLEL_REQUESTS: &str = "max_parallel_requests";
+/// `general_settings.user_rate_limit`: a JSON object, user id -> `{rpm, tpm,
+/// max_parallel_requests}`.
+pub const SETTING_USER_RATE_LIMIT: &str = "user_rate_limit";
 
 /// What [`SETTING_CREDENTIAL_KEY_CHECK`] seals.
 const CREDENTIAL_KEY_CHECK_TEXT: &str = "tollgate credential key check";
@@ -299,6 +313,8 @@ pub struct DeploymentRecord {
     /// Prices given in `litellm_params` (those of `model_info` stay in it); the snapshot's
     /// pricing is resolved from these and the price tables (see [`crate::pricing`]).
     pub pricing: Prices,
+    /// `litellm_params` `rpm`, `tpm`, `max_parallel_requests`.
+    pub limits: RateLimitFields,
     /// Config or API.
     pub source: DeploymentSource,
     /// Place in `model_list` for config rows.
@@ -319,6 +335,7 @@ impl std::fmt::Debug for DeploymentRecord {
             .field("default_max_tokens", &self.default_max_tokens)
             .field("model_info", &self.model_info)
             .field("pricing", &self.pricing)
+            .field("limits", &self.limits)
             .field("source", &self.source)
             .field("position", &self.position)
             .finish()
@@ -340,6 +357,7 @@ impl DeploymentRecord {
             default_max_tokens: deployment.default_max_tokens,
             model_info: deployment.model_info.clone(),
             pricing: deployment.pricing,
+            limits: deployment.limits,
             source: DeploymentSource::Config,
             position: i64::try_from(deployment.index).unwrap_or(i64::MAX),
         }
@@ -409,12 +427,12 @@ fn to_u64(value: i64) -> u64 {
 
 const DEPLOYMENT_COLUMNS: &str = "id, model_name, provider_name, provider_kind, upstream_model, \
      api_base, api_key, api_version, default_max_tokens, model_info, source, position, \
-     created_at, updated_at, pricing";
+     created_at, updated_at, pricing, rate_limits";
 
 const INSERT_DEPLOYMENT: &str = "INSERT INTO deployments (id, model_name, provider_name, \
      provider_kind, upstream_model, api_base, api_key, api_version, default_max_tokens, \
-     model_info, source, position, created_at, updated_at, pricing) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)";
+     model_info, source, position, created_at, updated_at, pricing, rate_limits) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)";
 
 const UPSERT_SETTING: &str = "INSERT INTO settings (key, value) VALUES ($1, $2) \
      ON CONFLICT (key) DO UPDATE SET value = excluded.value";
@@ -484,6 +502,7 @@ macro_rules! bind_deployment {
             .bind($updated)
             // NULL for none, so rows stored before prices were read look the same.
             .bind($crate::store::pricing_json(&record.pricing))
+            .bind(record.limits.to_json_text())
     }};
 }
 
@@ -495,6 +514,7 @@ macro_rules! decode_deployment {
         let source: String = row.try_get("source")?;
         let model_info: Option<String> = row.try_get("model_info")?;
         let pricing: Option<String> = row.try_get("pricing")?;
+        let rate_limits: Option<String> = row.try_get("rate_limits")?;
         let max_tokens: Option<i64> = row.try_get("default_max_tokens")?;
         let id: String = row.try_get("id")?;
         let api_key = $store.open_api_key(&id, row.try_get("api_key")?)?;
@@ -509,6 +529,12 @@ macro_rules! decode_deployment {
                 StoreError::Corrupt(format!("deployment {id}: pricing: {error}"))
             })?,
             None => $crate::pricing::Prices::default(),
+        };
+        let limits: RateLimitFields = match rate_limits {
+            Some(text) => serde_json::from_str(&text).map_err(|error| {
+                StoreError::Corrupt(format!("deployment {id}: rate_limits: {error}"))
+            })?,
+            None => RateLimitFields::default(),
         };
         StoredDeployment {
             record: DeploymentRecord {
@@ -527,6 +553,7 @@ macro_rules! decode_deployment {
                 default_max_tokens: max_tokens.and_then(|value| u32::try_from(value).ok()),
                 model_info,
                 pricing,
+                limits,
                 position: row.try_get("position")?,
                 id,
             },
@@ -867,6 +894,34 @@ impl Store {
                     .map(|dollars| dollars.to_string()),
             ),
             (
+                SETTING_RPM_LIMIT,
+                config.general.rpm_limit.map(|limit| limit.to_string()),
+            ),
+            (
+                SETTING_TPM_LIMIT,
+                config.general.tpm_limit.map(|limit| limit.to_string()),
+            ),
+            (
+                SETTING_GLOBAL_MAX_PARALLEL_REQUESTS,
+                config
+                    .general
+                    .global_max_parallel_requests
+                    .map(|limit| limit.to_string()),
+            ),
+            (
+                SETTING_MAX_PARALLEL_REQUESTS,
+                config
+                    .general
+                    .max_parallel_requests
+                    .map(|limit| limit.to_string()),
+            ),
+            (
+                SETTING_USER_RATE_LIMIT,
+                (!config.general.user_rate_limit.is_empty())
+                    .then(|| serde_json::to_string(&config.general.user_rate_limit).ok())
+                    .flatten(),
+            ),
+            (
                 SETTING_API_ENV_PREFIXES,
                 (!config.general.api_env_prefixes.is_empty()).then(|| {
                     serde_json::Value::from(config.general.api_env_prefixes.clone()).to_string()
@@ -912,6 +967,25 @@ impl Store {
             };
             let first_reset = config.general.first_budget_reset(now).unwrap_or(0);
             set_budget_window!(tx, "global", "", &global_window, now, first_reset = first_reset);
+            // Every key without a max_parallel_requests of its own carries the default in its
+            // snapshot entry: when the default changes, every key's entry changes, and the
+            // changes since a version must name them all.
+            let stored_default: Option<String> =
+                sqlx::query("SELECT value FROM settings WHERE key = $1")
+                    .bind(SETTING_MAX_PARALLEL_REQUESTS)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|row| row.try_get("value"))
+                    .transpose()?;
+            let new_default = config.general.max_parallel_requests.map(|limit| limit.to_string());
+            if stored_default != new_default {
+                sqlx::query(
+                    "UPDATE virtual_keys SET changed_version = $1 WHERE max_parallel_requests IS NULL",
+                )
+                .bind(to_i64(version))
+                .execute(&mut *tx)
+                .await?;
+            }
             for (key, value) in &settings {
                 match value {
                     Some(value) => {

@@ -21,13 +21,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::delta::{CatchUp, Served, Teams};
+use crate::limits;
 use crate::pricing::{self, PriceCatalog, PricedDeployment};
 use crate::proto::filter_sync_server::{FilterSync, FilterSyncServer};
 use crate::proto::{self, control_message, filter_message};
 use crate::spend_push::{run_spend_publisher, SpendView};
 use crate::store::{
-    now_unix_ms, KeyRow, ScopeBudget, StateSnapshot, Store, StoreError, StoredDeployment,
-    SETTING_COST_PER_TOKEN, SETTING_MASTER_KEY_SHA256, SETTING_MAX_BUDGET,
+    now_unix_ms, KeyRow, ScopeBudget, ScopeRateLimits, StateSnapshot, Store, StoreError,
+    StoredDeployment, SETTING_COST_PER_TOKEN, SETTING_MASTER_KEY_SHA256, SETTING_MAX_BUDGET,
     SETTING_MAX_END_USER_BUDGET, SETTING_MAX_REQUEST_BODY_BYTES, SETTING_MAX_RESPONSE_BODY_BYTES,
     SETTING_SOFT_BUDGET,
 };
@@ -96,14 +97,15 @@ fn settings_budgets(
     budgets
 }
 
-/// Builds a snapshot from stored deployments, settings and the budgets of users and teams,
-/// each deployment priced from `prices` and the stored `cost_per_token` (see
-/// [`pricing::resolve`]).
+/// Builds a snapshot from stored deployments, settings and the budgets and rate limits of
+/// users and teams, each deployment priced from `prices` and the stored `cost_per_token`
+/// (see [`pricing::resolve`]).
 pub fn build_snapshot(
     version: u64,
     deployments: &[StoredDeployment],
     settings: &BTreeMap<String, String>,
     budgets: &[ScopeBudget],
+    rate_limits: &[ScopeRateLimits],
     prices: &PriceCatalog,
 ) -> proto::Snapshot {
     let cost_per_token = stored_cost_per_token(settings);
@@ -124,6 +126,7 @@ pub fn build_snapshot(
             max_request_body_bytes: number(SETTING_MAX_REQUEST_BODY_BYTES),
             max_response_body_bytes: number(SETTING_MAX_RESPONSE_BODY_BYTES),
             budgets: settings_budgets(settings, budgets),
+            rate_limits: limits::settings_rate_limits(settings, rate_limits),
         }),
         deployments: deployments
             .iter()
@@ -144,6 +147,7 @@ pub fn build_snapshot(
                         &cost_per_token,
                         prices,
                     ),
+                    limits: record.limits.to_proto(),
                 }
             })
             .collect(),
@@ -151,10 +155,12 @@ pub fn build_snapshot(
 }
 
 /// The filter's view of the keys: a key without models inherits its team's; a blocked
-/// team blocks its keys.
+/// team blocks its keys; a key without `max_parallel_requests` gets `default_parallel`
+/// (`general_settings.max_parallel_requests`, see [`limits::default_key_parallel`]).
 pub fn snapshot_keys(
     keys: &[KeyRow],
     teams: &BTreeMap<String, (Vec<String>, bool)>,
+    default_parallel: Option<u64>,
 ) -> Vec<proto::VirtualKey> {
     keys.iter()
         .map(|key| {
@@ -181,6 +187,8 @@ pub fn snapshot_keys(
                     .iter()
                     .map(|(model, amount)| (model.clone(), *amount))
                     .collect(),
+                limits: limits::key_limits(key.limits, default_parallel),
+                model_limits: limits::model_limits(&key.model_rpm_limit, &key.model_tpm_limit),
             }
         })
         .collect()
@@ -193,9 +201,14 @@ pub fn snapshot_of_state(state: &StateSnapshot, prices: &PriceCatalog) -> proto:
         &state.deployments,
         &state.settings,
         &state.budgets,
+        &state.rate_limits,
         prices,
     );
-    snapshot.keys = snapshot_keys(&state.keys, &state.teams);
+    snapshot.keys = snapshot_keys(
+        &state.keys,
+        &state.teams,
+        limits::default_key_parallel(&state.settings),
+    );
     snapshot
 }
 
@@ -961,6 +974,13 @@ async fn handle_message(
             });
             tracing::debug!(stream = id, version = ack.version, "snapshot acknowledged");
         }
+        // Placeholder so that this branch builds on the new protocol: the quota authority
+        // (another branch) answers these.
+        Some(filter_message::Kind::Quota(request)) => tracing::debug!(
+            stream = id,
+            request_id = request.request_id,
+            "quota request ignored"
+        ),
         None => tracing::debug!(stream = id, "empty filter message ignored"),
     }
     Ok(())

@@ -55,7 +55,7 @@ fn check_config_reports_warnings_and_errors() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("good.yaml"),
-        "model_list:\n  - model_name: a\n    litellm_params: {model: openai/x, rpm: 3}\n  - model_name: b\n    litellm_params: {model: gemini/g}\n",
+        "model_list:\n  - model_name: a\n    litellm_params: {model: openai/x, timeout: 3}\n  - model_name: b\n    litellm_params: {model: gemini/g}\n",
     )
     .unwrap();
     let output = tollgate(&["check-config", "--config", "good.yaml"], dir.path());
@@ -63,7 +63,7 @@ fn check_config_reports_warnings_and_errors() {
     assert!(output.status.success(), "{stdout}{}", text(&output.stderr));
     assert!(
         stdout.contains(
-            "warning: model_list[0].litellm_params.rpm: not supported by Tollgate yet, ignored"
+            "warning: model_list[0].litellm_params.timeout: not supported by Tollgate yet, ignored"
         ),
         "{stdout}"
     );

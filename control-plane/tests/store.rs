@@ -52,6 +52,7 @@ fn api_deployment(id: &str) -> DeploymentRecord {
         default_max_tokens: None,
         model_info: None,
         pricing: Default::default(),
+        limits: Default::default(),
         source: DeploymentSource::Api,
         position: 0,
     }
@@ -357,6 +358,9 @@ fn key_row(token: &str, alias: Option<&str>, team: Option<&str>) -> KeyRow {
         budget: Default::default(),
         model_max_budget: Default::default(),
         model_budget_durations: Default::default(),
+        limits: Default::default(),
+        model_rpm_limit: Default::default(),
+        model_tpm_limit: Default::default(),
         token: token.into(),
         key_name: "sk-...test".into(),
         key_alias: alias.map(str::to_string),
@@ -374,6 +378,7 @@ fn key_row(token: &str, alias: Option<&str>, team: Option<&str>) -> KeyRow {
 fn team_row(id: &str, alias: Option<&str>) -> TeamRow {
     TeamRow {
         budget: Default::default(),
+        limits: Default::default(),
         team_id: id.into(),
         team_alias: alias.map(str::to_string),
         models: Vec::new(),
@@ -449,6 +454,7 @@ async fn management_writes_fail_with_store_errors(store: &Store) {
 
     let user = UserRow {
         budget: Default::default(),
+        limits: Default::default(),
         user_id: "u1".into(),
         user_email: None,
         user_role: "internal_user".into(),

@@ -232,6 +232,7 @@ async fn filters_get_snapshots_and_usage_is_stored_once() {
             default_max_tokens: None,
             model_info: None,
             pricing: Default::default(),
+            limits: Default::default(),
             source: DeploymentSource::Api,
             position: 0,
         })
@@ -647,6 +648,9 @@ fn key_row(i: usize) -> KeyRow {
         budget: Default::default(),
         model_max_budget: Default::default(),
         model_budget_durations: Default::default(),
+        limits: Default::default(),
+        model_rpm_limit: Default::default(),
+        model_tpm_limit: Default::default(),
         token: sha256_hex(&format!("sk-delta-{i}")),
         key_name: format!("sk-...{i:04}"),
         key_alias: Some(format!("delta-{i}")),

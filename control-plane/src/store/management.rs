@@ -12,6 +12,7 @@ use super::{
     StoreError, StoredDeployment, Taken, CHANGES_CHANNEL, DEPLOYMENT_COLUMNS, INSERT_DEPLOYMENT,
 };
 use crate::config::ProviderKind;
+pub use crate::limits::{RateLimitFields, ScopeRateLimits};
 
 /// A spending limit as stored on a key, user or team (LiteLLM's fields).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -66,6 +67,12 @@ pub struct KeyRow {
     /// (LiteLLM's `time_period`, as written: "1d"); the others count in the key's window.
     /// Each starts the window of scope `key_model`, id `<token>/<model>`, in `spend_totals`.
     pub model_budget_durations: BTreeMap<String, String>,
+    /// `rpm_limit`, `tpm_limit`, `max_parallel_requests`.
+    pub limits: RateLimitFields,
+    /// `model_rpm_limit`: requests per minute for each public model name.
+    pub model_rpm_limit: BTreeMap<String, u64>,
+    /// `model_tpm_limit`: tokens per minute for each public model name.
+    pub model_tpm_limit: BTreeMap<String, u64>,
 }
 
 /// A user.
@@ -87,6 +94,10 @@ pub struct UserRow {
     pub updated_at: i64,
     /// The user's budget.
     pub budget: BudgetFields,
+    /// The user's own `rpm_limit`, `tpm_limit`, `max_parallel_requests` (those of
+    /// `general_settings.user_rate_limit` are not here: they fill the fields left unset when
+    /// the snapshot is built).
+    pub limits: RateLimitFields,
 }
 
 /// A team member as stored.
@@ -132,6 +143,8 @@ pub struct TeamRow {
     pub updated_at: i64,
     /// The team's budget.
     pub budget: BudgetFields,
+    /// `rpm_limit`, `tpm_limit`, `max_parallel_requests`.
+    pub limits: RateLimitFields,
 }
 
 /// Everything a snapshot is built from, read in one consistent transaction.
@@ -149,6 +162,8 @@ pub struct StateSnapshot {
     pub teams: BTreeMap<String, (Vec<String>, bool)>,
     /// Budgets of the users and teams that have one, users first, each by id.
     pub budgets: Vec<ScopeBudget>,
+    /// Rate limits of the users and teams that have one, users first, each by id.
+    pub rate_limits: Vec<ScopeRateLimits>,
 }
 
 /// A budget of a user or team, as the filters get it (in the snapshot's settings).
@@ -200,12 +215,14 @@ fn list_text(list: &[String]) -> String {
 
 const KEY_COLUMNS: &str = "token, key_name, key_alias, user_id, team_id, models, blocked, \
      expires, metadata, created_at, updated_at, max_budget, soft_budget, budget_duration, \
-     model_max_budget";
+     model_max_budget, rpm_limit, tpm_limit, max_parallel_requests, model_rpm_limit, \
+     model_tpm_limit";
 const USER_COLUMNS: &str = "user_id, user_email, user_role, models, metadata, created_at, \
-     updated_at, max_budget, soft_budget, budget_duration";
+     updated_at, max_budget, soft_budget, budget_duration, rpm_limit, tpm_limit, \
+     max_parallel_requests";
 const TEAM_COLUMNS: &str =
     "team_id, team_alias, models, metadata, blocked, created_at, updated_at, \
-     max_budget, soft_budget, budget_duration";
+     max_budget, soft_budget, budget_duration, rpm_limit, tpm_limit, max_parallel_requests";
 
 /// The budget columns of a row. The duration in ms is not stored: it is parsed again from
 /// the text, which was validated when written.
@@ -222,6 +239,49 @@ macro_rules! decode_budget {
             budget_duration,
         }
     }};
+}
+
+/// The rate-limit columns of a row (a negative value, which only a hand edit of the
+/// database makes, is no limit).
+macro_rules! decode_limits {
+    ($row:expr) => {{
+        let row = $row;
+        let limit = |value: Option<i64>| value.and_then(|value| u64::try_from(value).ok());
+        RateLimitFields {
+            rpm: limit(row.try_get("rpm_limit")?),
+            tpm: limit(row.try_get("tpm_limit")?),
+            max_parallel_requests: limit(row.try_get("max_parallel_requests")?),
+        }
+    }};
+}
+
+/// Reads a stored `model_rpm_limit` / `model_tpm_limit` JSON object (written by this code:
+/// a bad one, or a bad entry, is no limit).
+fn model_rate_limits(text: &str) -> BTreeMap<String, u64> {
+    let Ok(serde_json::Value::Object(entries)) = serde_json::from_str::<serde_json::Value>(text)
+    else {
+        return BTreeMap::new();
+    };
+    entries
+        .into_iter()
+        .filter_map(|(model, value)| value.as_u64().map(|value| (model, value)))
+        .collect()
+}
+
+/// The stored form of a model -> limit map.
+fn model_rate_limits_text(limits: &BTreeMap<String, u64>) -> String {
+    serde_json::Value::Object(
+        limits
+            .iter()
+            .map(|(model, value)| (model.clone(), serde_json::Value::from(*value)))
+            .collect(),
+    )
+    .to_string()
+}
+
+/// A limit as stored (limits are validated to fit).
+fn limit_column(value: Option<u64>) -> Option<i64> {
+    value.map(|value| i64::try_from(value).unwrap_or(i64::MAX))
 }
 
 /// Reads a stored `model_max_budget` JSON object (written by this code: a bad one is empty):
@@ -372,6 +432,9 @@ macro_rules! decode_key {
             budget: decode_budget!(row),
             model_max_budget,
             model_budget_durations,
+            limits: decode_limits!(row),
+            model_rpm_limit: model_rate_limits(&row.try_get::<String, _>("model_rpm_limit")?),
+            model_tpm_limit: model_rate_limits(&row.try_get::<String, _>("model_tpm_limit")?),
         }
     }};
 }
@@ -390,6 +453,7 @@ macro_rules! decode_user {
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
             budget: decode_budget!(row),
+            limits: decode_limits!(row),
         }
     }};
 }
@@ -409,6 +473,7 @@ macro_rules! decode_team {
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
             budget: decode_budget!(row),
+            limits: decode_limits!(row),
         }
     }};
 }
@@ -421,8 +486,10 @@ macro_rules! insert_key {
         sqlx::query(
             "INSERT INTO virtual_keys (token, key_name, key_alias, user_id, team_id, models, \
              blocked, expires, metadata, created_at, updated_at, changed_version, max_budget, \
-             soft_budget, budget_duration, model_max_budget) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+             soft_budget, budget_duration, model_max_budget, rpm_limit, tpm_limit, \
+             max_parallel_requests, model_rpm_limit, model_tpm_limit) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+             $17, $18, $19, $20, $21)",
         )
         .bind(key.token.clone())
         .bind(key.key_name.clone())
@@ -440,6 +507,11 @@ macro_rules! insert_key {
         .bind(key.budget.soft_budget)
         .bind(key.budget.budget_duration.clone())
         .bind(model_budgets_text(key))
+        .bind(limit_column(key.limits.rpm))
+        .bind(limit_column(key.limits.tpm))
+        .bind(limit_column(key.limits.max_parallel_requests))
+        .bind(model_rate_limits_text(&key.model_rpm_limit))
+        .bind(model_rate_limits_text(&key.model_tpm_limit))
         .execute(&mut *$tx)
         .await?;
         if key.budget.is_set() {
@@ -685,10 +757,36 @@ impl Store {
                     });
                 }
             }
+            // Likewise rate limits.
+            let mut rate_limits = Vec::new();
+            for (scope, sql) in [
+                ("user", "SELECT user_id AS id, rpm_limit, tpm_limit, max_parallel_requests \
+                          FROM users WHERE rpm_limit IS NOT NULL OR tpm_limit IS NOT NULL \
+                          OR max_parallel_requests IS NOT NULL ORDER BY user_id"),
+                ("team", "SELECT team_id AS id, rpm_limit, tpm_limit, max_parallel_requests \
+                          FROM teams WHERE rpm_limit IS NOT NULL OR tpm_limit IS NOT NULL \
+                          OR max_parallel_requests IS NOT NULL ORDER BY team_id"),
+            ] {
+                for row in sqlx::query(sql).fetch_all(&mut *tx).await? {
+                    rate_limits.push(ScopeRateLimits {
+                        scope,
+                        id: row.try_get("id")?,
+                        limits: decode_limits!(&row),
+                    });
+                }
+            }
             tx.commit().await?;
             let version = to_u64(version);
             Ok(StateChanges {
-                state: StateSnapshot { version, deployments, settings, keys, teams, budgets },
+                state: StateSnapshot {
+                    version,
+                    deployments,
+                    settings,
+                    keys,
+                    teams,
+                    budgets,
+                    rate_limits,
+                },
                 deployments_changed,
                 removed_keys,
                 complete: since.is_some_and(|since| {
@@ -812,7 +910,9 @@ impl Store {
                 "UPDATE virtual_keys SET token = $1, key_name = $2, key_alias = $3, user_id = $4, \
                  team_id = $5, models = $6, blocked = $7, expires = $8, metadata = $9, \
                  updated_at = $10, changed_version = $11, max_budget = $13, soft_budget = $14, \
-                 budget_duration = $15, model_max_budget = $16 WHERE token = $12",
+                 budget_duration = $15, model_max_budget = $16, rpm_limit = $17, \
+                 tpm_limit = $18, max_parallel_requests = $19, model_rpm_limit = $20, \
+                 model_tpm_limit = $21 WHERE token = $12",
             )
             .bind(updated.token.clone())
             .bind(updated.key_name.clone())
@@ -830,6 +930,11 @@ impl Store {
             .bind(updated.budget.soft_budget)
             .bind(updated.budget.budget_duration.clone())
             .bind(model_budgets_text(&updated))
+            .bind(limit_column(updated.limits.rpm))
+            .bind(limit_column(updated.limits.tpm))
+            .bind(limit_column(updated.limits.max_parallel_requests))
+            .bind(model_rate_limits_text(&updated.model_rpm_limit))
+            .bind(model_rate_limits_text(&updated.model_tpm_limit))
             .execute(&mut *tx)
             .await?;
             if updated.token != key.token {
@@ -944,8 +1049,9 @@ impl Store {
             }
             sqlx::query(
                 "INSERT INTO users (user_id, user_email, user_role, models, metadata, created_at, \
-                 updated_at, max_budget, soft_budget, budget_duration) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                 updated_at, max_budget, soft_budget, budget_duration, rpm_limit, tpm_limit, \
+                 max_parallel_requests) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
             )
             .bind(user.user_id.clone())
             .bind(user.user_email.clone())
@@ -957,6 +1063,9 @@ impl Store {
             .bind(user.budget.max_budget)
             .bind(user.budget.soft_budget)
             .bind(user.budget.budget_duration.clone())
+            .bind(limit_column(user.limits.rpm))
+            .bind(limit_column(user.limits.tpm))
+            .bind(limit_column(user.limits.max_parallel_requests))
             .execute(&mut *tx)
             .await?;
             if user.budget.is_set() {
@@ -981,7 +1090,8 @@ impl Store {
             let version = bump_version!(tx, now_unix_ms());
             let affected = sqlx::query(
                 "UPDATE users SET user_email = $1, user_role = $2, models = $3, metadata = $4, \
-                 updated_at = $5, max_budget = $6, soft_budget = $7, budget_duration = $8 \
+                 updated_at = $5, max_budget = $6, soft_budget = $7, budget_duration = $8, \
+                 rpm_limit = $10, tpm_limit = $11, max_parallel_requests = $12 \
                  WHERE user_id = $9",
             )
             .bind(user.user_email.clone())
@@ -993,6 +1103,9 @@ impl Store {
             .bind(user.budget.soft_budget)
             .bind(user.budget.budget_duration.clone())
             .bind(user.user_id.clone())
+            .bind(limit_column(user.limits.rpm))
+            .bind(limit_column(user.limits.tpm))
+            .bind(limit_column(user.limits.max_parallel_requests))
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -1031,7 +1144,8 @@ impl Store {
             }
             sqlx::query(
                 "UPDATE teams SET team_alias = $1, models = $2, metadata = $3, blocked = $4, \
-                 updated_at = $5, max_budget = $6, soft_budget = $7, budget_duration = $8 \
+                 updated_at = $5, max_budget = $6, soft_budget = $7, budget_duration = $8, \
+                 rpm_limit = $10, tpm_limit = $11, max_parallel_requests = $12 \
                  WHERE team_id = $9",
             )
             .bind(team.team_alias.clone())
@@ -1043,6 +1157,9 @@ impl Store {
             .bind(team.budget.soft_budget)
             .bind(team.budget.budget_duration.clone())
             .bind(team.team_id.clone())
+            .bind(limit_column(team.limits.rpm))
+            .bind(limit_column(team.limits.tpm))
+            .bind(limit_column(team.limits.max_parallel_requests))
             .execute(&mut *tx)
             .await?;
             set_budget_window!(tx, "team", team.team_id, &team.budget, now);
@@ -1143,8 +1260,9 @@ impl Store {
             }
             sqlx::query(
                 "INSERT INTO teams (team_id, team_alias, models, metadata, blocked, created_at, \
-                 updated_at, max_budget, soft_budget, budget_duration) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                 updated_at, max_budget, soft_budget, budget_duration, rpm_limit, tpm_limit, \
+                 max_parallel_requests) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
             )
             .bind(team.team_id.clone())
             .bind(team.team_alias.clone())
@@ -1156,6 +1274,9 @@ impl Store {
             .bind(team.budget.max_budget)
             .bind(team.budget.soft_budget)
             .bind(team.budget.budget_duration.clone())
+            .bind(limit_column(team.limits.rpm))
+            .bind(limit_column(team.limits.tpm))
+            .bind(limit_column(team.limits.max_parallel_requests))
             .execute(&mut *tx)
             .await?;
             if team.budget.is_set() {

@@ -324,6 +324,8 @@ impl FakeFilter {
                 self.spend_updates.push_back(spend);
                 None
             }
+            // Quota grants are not snapshots (the quota tests read them themselves).
+            Kind::Quota(_) => None,
         }
     }
 
