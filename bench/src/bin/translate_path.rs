@@ -7,7 +7,9 @@
 //!
 //! `+budget`: the deployment is priced and the caller's key has a budget (and the gateway a
 //! global one): each request also has its budgets checked against the spend book, its cost
-//! computed, and its record's charges booked, as the filter does for a budgeted key.
+//! computed, and its record's charges booked, as the filter does for a budgeted key; the key
+//! also has rpm and tpm limits far from reached, so each request is admitted by the quota
+//! book and settled after.
 //!
 //! `make bench` runs it under `valgrind --tool=callgrind` twice (N and a smaller N) and
 //! reports the difference per request, so setup (snapshot, bodies) is not counted.
@@ -19,6 +21,7 @@ use tollgate_core::auth::Caller;
 use tollgate_core::budget::check_budgets;
 use tollgate_core::gateway::plan_chat_request;
 use tollgate_core::providers::TranslateContext;
+use tollgate_core::ratelimit::{estimate_tokens, needs_of, Admission, Limits, QuotaBook};
 use tollgate_core::snapshot::{BudgetLimit, VirtualKey};
 use tollgate_core::spend::{charges_of, SpendBook};
 use tollgate_core::{proto, State};
@@ -48,6 +51,13 @@ fn budgeted_caller() -> Caller {
                 soft: Some(1e11),
             }),
             model_budgets: Vec::new(),
+            // Far from reached: every request takes from the rpm and tpm counters.
+            limits: Some(Limits {
+                rpm: Some(1_000_000_000_000),
+                tpm: Some(1_000_000_000_000_000),
+                parallel: None,
+            }),
+            model_limits: Vec::new(),
         })),
     }
 }
@@ -237,6 +247,9 @@ fn run_requests(
     let mut bytes_out = 0usize;
     let mut ids = tollgate_core::usage::RecordIds::new(0x5eed);
     let mut book = SpendBook::default();
+    // Without a control plane the book counts alone against the whole limit: the same
+    // lookups per request as admitting from a lease.
+    let mut quota = QuotaBook::new();
     for _ in 0..n {
         let mut plan = plan_chat_request(state, black_box(body), context)
             .map_err(|error| anyhow::anyhow!("plan failed: {error:?}"))
@@ -248,6 +261,25 @@ fn run_requests(
             })
             .map_err(|error| anyhow::anyhow!("budget refused: {error}"))?;
         }
+        let needs = match budget {
+            Some(caller) => {
+                let needs = needs_of(
+                    state,
+                    caller,
+                    &plan.deployment.model_name,
+                    &plan.deployment,
+                    estimate_tokens(body.len()),
+                );
+                match quota.admit(&needs, 1) {
+                    Admission::Admitted(headers) => {
+                        bytes_out += black_box(headers.headers()).len();
+                    }
+                    other => anyhow::bail!("rate limits refused: {other:?}"),
+                }
+                needs
+            }
+            None => Vec::new(),
+        };
         bytes_out += plan.body.len() + plan.path.len() + plan.authority.len();
         plan.response.on_headers(200, Some(content_type));
         if stream {
@@ -286,6 +318,10 @@ fn run_requests(
             cost: plan.cost(),
             ..Default::default()
         };
+        if !needs.is_empty() {
+            let tokens = usage.prompt_tokens.unwrap_or(0) + usage.completion_tokens.unwrap_or(0);
+            quota.settle(&needs, Some(tokens), 1);
+        }
         if budget.is_some() {
             // Booked when queued, released when the pushed spend counts it.
             let charges = charges_of(&record);
