@@ -16,6 +16,7 @@ pub mod http_api;
 pub mod manage;
 pub mod pricing;
 pub mod proto;
+pub mod quota;
 pub mod retention;
 pub mod secrets;
 pub mod server;
