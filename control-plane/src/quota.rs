@@ -20,7 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::proto::{self, BudgetScope, LimitKind};
-use crate::store::{now_unix_ms, QuotaCounter, QuotaKind, QuotaLease, QuotaWant, Store, StoreError};
+use crate::store::{
+    now_unix_ms, QuotaCounter, QuotaKind, QuotaLease, QuotaWant, Store, StoreError,
+};
 use crate::sync::SyncHub;
 
 /// Length of a REQUESTS / TOKENS window.
@@ -68,7 +70,7 @@ pub enum BadAsk {
     /// The kind is unspecified or unknown.
     #[error("asks[].kind is unspecified or unknown")]
     Kind,
-    /// `need` is 0.
+    /// `need` is 0 (and the ask releases no PARALLEL slots).
     #[error("asks[].need is 0")]
     Need,
     /// A REQUESTS / TOKENS window that does not start at a minute.
@@ -118,7 +120,8 @@ fn checked(ask: &proto::QuotaAsk, now_ms: u64) -> Result<Checked, BadAsk> {
         Ok(LimitKind::Parallel) => QuotaKind::Parallel,
         Ok(LimitKind::Unspecified) | Err(_) => return Err(BadAsk::Kind),
     };
-    if ask.need == 0 {
+    // A PARALLEL ask may only give slots back.
+    if ask.need == 0 && !(kind == QuotaKind::Parallel && ask.release > 0) {
         return Err(BadAsk::Need);
     }
     let start = ask.window_start_unix_ms;
@@ -158,7 +161,11 @@ fn random_replica_id() -> String {
         Err(error) => {
             // Unique enough on one machine; replicas on several machines have randomness.
             tracing::warn!(%error, "no randomness for the replica id; using time and pid");
-            format!("{:010x}{:06x}", now_unix_ms(), std::process::id() & 0xff_ffff)
+            format!(
+                "{:010x}{:06x}",
+                now_unix_ms(),
+                std::process::id() & 0xff_ffff
+            )
         }
     }
 }
@@ -271,7 +278,13 @@ impl QuotaAuthority {
                 }
                 None => {
                     store
-                        .grant_quota_window(counter, valid.kind, ask.window_start_unix_ms, want, now)
+                        .grant_quota_window(
+                            counter,
+                            valid.kind,
+                            ask.window_start_unix_ms,
+                            want,
+                            now,
+                        )
                         .await
                 }
             };

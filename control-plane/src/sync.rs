@@ -976,7 +976,10 @@ async fn run_stream(
     })
     .await;
     if drained.is_err() {
-        tracing::warn!(stream = id, "stream tasks still running at its end; abandoned");
+        tracing::warn!(
+            stream = id,
+            "stream tasks still running at its end; abandoned"
+        );
         usage_task.abort();
         quota.shutdown().await;
     }
