@@ -602,8 +602,11 @@ mod management;
 mod windows;
 
 pub use windows::{BudgetAlertKind, SpendRow};
+mod quota;
 mod spend;
 mod synthetic;
+
+pub use quota::{quota_grant, QuotaCounter, QuotaKind, QuotaLease, QuotaWant, QUOTA_VALUE_CAP};
 
 impl Store {
     /// Opens (creating if the URL allows) the database at `url` and applies migrations.

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -25,6 +26,7 @@ use crate::limits;
 use crate::pricing::{self, PriceCatalog, PricedDeployment};
 use crate::proto::filter_sync_server::{FilterSync, FilterSyncServer};
 use crate::proto::{self, control_message, filter_message};
+use crate::quota::{self, QuotaAuthority};
 use crate::spend_push::{run_spend_publisher, SpendView};
 use crate::store::{
     now_unix_ms, KeyRow, ScopeBudget, ScopeRateLimits, StateSnapshot, Store, StoreError,
@@ -39,6 +41,16 @@ pub const VERSION_POLL_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Attempts at storing one usage batch before it is given up (and logged as lost).
 const USAGE_INSERT_ATTEMPTS: u32 = 3;
+
+/// Usage batches a stream queues for its storing task; the stream waits only when this
+/// many are queued.
+const USAGE_QUEUE: usize = 16;
+
+/// Quota requests a stream answers at once; the stream reads on when one finishes.
+const QUOTA_IN_FLIGHT: usize = 64;
+
+/// How long an ending stream waits for its usage and quota tasks before it abandons them.
+const STREAM_DRAIN: Duration = Duration::from_secs(5);
 
 /// `general_settings.cost_per_token` as stored; a stored value that does not parse (which
 /// only a hand edit of the database makes) prices nothing and is logged.
@@ -285,6 +297,8 @@ pub struct SyncHub {
     spend: watch::Sender<Arc<SpendView>>,
     /// Where budget alerts are POSTed (`general_settings.alerting: [webhook]`, `WEBHOOK_URL`).
     alert_webhook: std::sync::OnceLock<String>,
+    /// The quota authority's state (replica id, streams holding parallel slots).
+    quota: QuotaAuthority,
 }
 
 impl SyncHub {
@@ -333,11 +347,13 @@ impl SyncHub {
             ledger_seq: AtomicU64::new(0),
             spend: watch::Sender::new(Arc::new(SpendView::default())),
             alert_webhook: std::sync::OnceLock::new(),
+            quota: QuotaAuthority::new(),
         });
         // Every hub pushes spend; outside a runtime (never in the service) there is no
         // stream to push it to either.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(run_spend_publisher(hub.clone()));
+            runtime.spawn(quota::run_maintenance(hub.clone()));
         }
         hub
     }
@@ -350,6 +366,11 @@ impl SyncHub {
     /// Where budget alerts go, if anywhere.
     pub fn alert_webhook(&self) -> Option<&str> {
         self.alert_webhook.get().map(String::as_str)
+    }
+
+    /// The quota authority of this process.
+    pub fn quota(&self) -> &QuotaAuthority {
+        &self.quota
     }
 
     /// This replica's ledger sequence (see [`crate::spend_push`]).
@@ -843,10 +864,23 @@ fn snapshot_message(snapshot: proto::Snapshot) -> (proto::ControlMessage, u64) {
     )
 }
 
+type ControlSender = mpsc::Sender<Result<proto::ControlMessage, Status>>;
+
+/// What a stream runs beside its loop, so that no database call holds up the messages
+/// behind it: the task storing its usage batches (in order) and the tasks answering its
+/// quota requests (at once, each on its own).
+struct StreamWork {
+    usage: mpsc::Sender<proto::UsageBatch>,
+    usage_task: tokio::task::JoinHandle<()>,
+    /// The usage task ended (a batch could not be stored): the stream must end.
+    usage_ended: bool,
+    quota: JoinSet<()>,
+}
+
 async fn run_stream(
     registration: Registration,
     mut inbound: Streaming<proto::FilterMessage>,
-    sender: mpsc::Sender<Result<proto::ControlMessage, Status>>,
+    sender: ControlSender,
 ) {
     let hub = registration.hub.clone();
     let id = registration.id;
@@ -868,6 +902,18 @@ async fn run_stream(
     if !send_spend(&sender, view.full_update()).await {
         return;
     }
+    let (usage, usage_queue) = mpsc::channel(USAGE_QUEUE);
+    let mut work = StreamWork {
+        usage,
+        usage_task: tokio::spawn(store_usage_batches(
+            hub.clone(),
+            id,
+            usage_queue,
+            sender.clone(),
+        )),
+        usage_ended: false,
+        quota: JoinSet::new(),
+    };
     loop {
         tokio::select! {
             changed = spend.changed() => {
@@ -902,7 +948,7 @@ async fn run_stream(
             }
             message = inbound.message() => match message {
                 Ok(Some(message)) => {
-                    if handle_message(&hub, id, message, &sender).await.is_err() {
+                    if handle_message(&hub, id, message, &sender, &mut work).await.is_err() {
                         break;
                     }
                 }
@@ -912,20 +958,83 @@ async fn run_stream(
                     break;
                 }
             },
+            _ = &mut work.usage_task => {
+                work.usage_ended = true;
+                break;
+            }
+            Some(_) = work.quota.join_next(), if !work.quota.is_empty() => {}
             () = sender.closed() => break,
         }
     }
+    // The batches queued are still stored (and acknowledged while the filter listens), the
+    // quota requests read are still answered, then the stream's slots are freed: after
+    // its last grant, so none is left behind.
+    let StreamWork {
+        usage,
+        mut usage_task,
+        usage_ended,
+        mut quota,
+    } = work;
+    drop(usage);
+    let drained = tokio::time::timeout(STREAM_DRAIN, async {
+        if !usage_ended {
+            let _ = (&mut usage_task).await;
+        }
+        while quota.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            stream = id,
+            "stream tasks still running at its end; abandoned"
+        );
+        usage_task.abort();
+        quota.shutdown().await;
+    }
+    hub.quota.stream_ended(&hub.store, id).await;
     drop(registration);
+}
+
+/// Stores a stream's usage batches in the order received and acknowledges each; ends when
+/// the stream stops queueing, or when a batch could not be stored (the stream then ends
+/// too, so the filter sends the batch again on its next stream).
+async fn store_usage_batches(
+    hub: Arc<SyncHub>,
+    id: u64,
+    mut queue: mpsc::Receiver<proto::UsageBatch>,
+    sender: ControlSender,
+) {
+    while let Some(batch) = queue.recv().await {
+        let Some(ledger_seq) = hub.store_usage(id, &batch.records).await else {
+            return;
+        };
+        // Counted after storing, so a waiter that sees the count also sees the rows.
+        let count = u64::try_from(batch.records.len()).unwrap_or(u64::MAX);
+        hub.update(id, |info| info.usage_records += count);
+        // Filters of earlier versions send no batch id (0) and expect no acknowledgement.
+        if batch.batch_id != 0 {
+            let ack = proto::ControlMessage {
+                kind: Some(control_message::Kind::UsageAck(proto::UsageAck {
+                    batch_ids: vec![batch.batch_id],
+                    ledger_seq,
+                })),
+            };
+            if sender.send(Ok(ack)).await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// Why a stream ends on the control plane's side.
 struct StreamBroken;
 
 async fn handle_message(
-    hub: &SyncHub,
+    hub: &Arc<SyncHub>,
     id: u64,
     message: proto::FilterMessage,
-    sender: &mpsc::Sender<Result<proto::ControlMessage, Status>>,
+    sender: &ControlSender,
+    work: &mut StreamWork,
 ) -> Result<(), StreamBroken> {
     match message.kind {
         Some(filter_message::Kind::Hello(hello)) => {
@@ -948,23 +1057,9 @@ async fn handle_message(
             );
         }
         Some(filter_message::Kind::Usage(batch)) => {
-            let Some(ledger_seq) = hub.store_usage(id, &batch.records).await else {
+            // Waits only when the queue is full (the database is far behind the filter).
+            if work.usage.send(batch).await.is_err() {
                 return Err(StreamBroken);
-            };
-            // Counted after storing, so a waiter that sees the count also sees the rows.
-            let count = u64::try_from(batch.records.len()).unwrap_or(u64::MAX);
-            hub.update(id, |info| info.usage_records += count);
-            // Filters of earlier versions send no batch id (0) and expect no acknowledgement.
-            if batch.batch_id != 0 {
-                let ack = proto::ControlMessage {
-                    kind: Some(control_message::Kind::UsageAck(proto::UsageAck {
-                        batch_ids: vec![batch.batch_id],
-                        ledger_seq,
-                    })),
-                };
-                if sender.send(Ok(ack)).await.is_err() {
-                    return Err(StreamBroken);
-                }
             }
         }
         Some(filter_message::Kind::Ack(ack)) => {
@@ -974,13 +1069,23 @@ async fn handle_message(
             });
             tracing::debug!(stream = id, version = ack.version, "snapshot acknowledged");
         }
-        // Placeholder so that this branch builds on the new protocol: the quota authority
-        // (another branch) answers these.
-        Some(filter_message::Kind::Quota(request)) => tracing::debug!(
-            stream = id,
-            request_id = request.request_id,
-            "quota request ignored"
-        ),
+        Some(filter_message::Kind::Quota(request)) => {
+            while work.quota.len() >= QUOTA_IN_FLIGHT {
+                work.quota.join_next().await;
+            }
+            let hub = hub.clone();
+            let sender = sender.clone();
+            work.quota.spawn(async move {
+                let Some(grant) = hub.quota.answer(&hub.store, id, &request).await else {
+                    return;
+                };
+                let message = proto::ControlMessage {
+                    kind: Some(control_message::Kind::Quota(grant)),
+                };
+                // A closed stream has no one to tell.
+                let _ = sender.send(Ok(message)).await;
+            });
+        }
         None => tracing::debug!(stream = id, "empty filter message ignored"),
     }
     Ok(())

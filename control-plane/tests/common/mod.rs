@@ -188,6 +188,8 @@ pub struct FakeFilter {
     usage_acks: std::collections::VecDeque<tollgate::proto::UsageAck>,
     /// Spend updates received while waiting for something else, oldest first.
     pub spend_updates: std::collections::VecDeque<tollgate::proto::SpendUpdate>,
+    /// Quota grants received while waiting for something else, oldest first.
+    pub quota_grants: std::collections::VecDeque<tollgate::proto::QuotaGrant>,
     /// The snapshot the messages received add up to.
     pub held: Option<tollgate::proto::Snapshot>,
 }
@@ -266,6 +268,7 @@ impl FakeFilter {
             inbound,
             usage_acks: std::collections::VecDeque::new(),
             spend_updates: std::collections::VecDeque::new(),
+            quota_grants: std::collections::VecDeque::new(),
             held: None,
         })
     }
@@ -324,8 +327,10 @@ impl FakeFilter {
                 self.spend_updates.push_back(spend);
                 None
             }
-            // Quota grants are not snapshots (the quota tests read them themselves).
-            Kind::Quota(_) => None,
+            Kind::Quota(grant) => {
+                self.quota_grants.push_back(grant);
+                None
+            }
         }
     }
 
@@ -373,6 +378,25 @@ impl FakeFilter {
                 if wanted(&update) {
                     return update;
                 }
+            }
+            let kind = self.next_message().await;
+            self.take(kind);
+        }
+    }
+
+    /// Sends a quota request.
+    pub async fn ask_quota(&self, request_id: u64, asks: Vec<tollgate::proto::QuotaAsk>) {
+        self.send(tollgate::proto::filter_message::Kind::Quota(
+            tollgate::proto::QuotaRequest { request_id, asks },
+        ))
+        .await;
+    }
+
+    /// The next quota grant (whatever else arrives on the way is taken as usual).
+    pub async fn next_quota_grant(&mut self) -> tollgate::proto::QuotaGrant {
+        loop {
+            if let Some(grant) = self.quota_grants.pop_front() {
+                return grant;
             }
             let kind = self.next_message().await;
             self.take(kind);
