@@ -16,6 +16,7 @@ use serde_json::value::RawValue;
 
 use crate::error::error_body;
 use crate::openai_types::{self as oa, ChunkFrame, Content, ContentPart, Str};
+use crate::pricing::{stream_cost, Prices};
 use crate::providers::{
     openai_shaped_error, ChunkOutput, ProviderResponse, TranslateContext, UpstreamRequest,
 };
@@ -681,6 +682,7 @@ impl AnthropicUsage {
             prompt_tokens_details: oa::PromptTokensDetails {
                 cached_tokens: self.cache_read_input_tokens.unwrap_or(0),
             },
+            cost: None,
         }
     }
 }
@@ -858,11 +860,19 @@ pub struct AnthropicResponse {
     /// Content block index → OpenAI tool call index, for the tool_use blocks seen.
     tool_blocks: Vec<(u64, u32)>,
     tokens: AnthropicUsage,
+    /// The deployment's prices, for the cost on the usage chunk.
+    prices: Option<Prices>,
 }
 
 impl AnthropicResponse {
-    /// Response side for a request sent with `stream` and the client's `include_usage`.
-    pub fn new(context: &TranslateContext, _stream: bool, include_usage: bool) -> Self {
+    /// Response side for a request sent with `stream` and the client's `include_usage`, to a
+    /// deployment with these `prices`.
+    pub fn new(
+        context: &TranslateContext,
+        _stream: bool,
+        include_usage: bool,
+        prices: Option<Prices>,
+    ) -> Self {
         AnthropicResponse {
             created: context.now_unix,
             include_usage,
@@ -875,6 +885,7 @@ impl AnthropicResponse {
             done: false,
             tool_blocks: Vec::new(),
             tokens: AnthropicUsage::default(),
+            prices,
         }
     }
 
@@ -1069,13 +1080,19 @@ impl AnthropicResponse {
             "message_stop" => {
                 self.finish(out, "stop")?;
                 if self.include_usage {
+                    // The headers are long gone: the usage chunk is where the client learns
+                    // the cost (the same the usage record gets, from the same usage).
+                    let usage_out = oa::CompletionUsage {
+                        cost: stream_cost(self.prices.as_ref(), usage).map(oa::Cost),
+                        ..self.tokens.openai()
+                    };
                     let chunk = oa::ChatCompletionChunk {
                         id: &self.id,
                         object: oa::CHAT_COMPLETION_CHUNK,
                         created: self.created,
                         model: &self.model,
                         choices: &[],
-                        usage: Some(Some(self.tokens.openai())),
+                        usage: Some(Some(usage_out)),
                     };
                     write_json_event(out, &chunk)?;
                 }
@@ -1232,7 +1249,7 @@ mod tests {
     use super::*;
 
     fn translator(include_usage: bool) -> AnthropicResponse {
-        AnthropicResponse::new(&TranslateContext { now_unix: 7 }, true, include_usage)
+        AnthropicResponse::new(&TranslateContext { now_unix: 7 }, true, include_usage, None)
     }
 
     fn data_events(out: &[u8]) -> Vec<serde_json::Value> {
