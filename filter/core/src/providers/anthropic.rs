@@ -1327,6 +1327,41 @@ mod tests {
         );
     }
 
+    /// A priced stream: the usage chunk says what the usage record will, in plain decimal.
+    #[test]
+    fn the_usage_chunk_carries_the_cost_when_priced() {
+        let stream = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"c\",\"usage\":{\"input_tokens\":3,\"output_tokens\":1}}}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":2}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+        let prices = Prices {
+            input: Some(1e-8),
+            output: Some(2e-8),
+            ..Prices::default()
+        };
+        let run = |prices: Option<Prices>, include_usage: bool| {
+            let mut response = AnthropicResponse::new(
+                &TranslateContext { now_unix: 7 },
+                true,
+                include_usage,
+                prices,
+            );
+            let (mut out, mut usage) = (Vec::new(), Usage::default());
+            response
+                .translate_stream(stream.as_bytes(), true, &mut out, &mut usage)
+                .unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        // 3 * 1e-8 + 2 * 2e-8, which serde_json alone would write as 7e-8.
+        assert_eq!(3.0 * 1e-8 + 2.0 * 2e-8, 0.00000007);
+        let priced = run(Some(prices), true);
+        assert!(
+            priced.contains("data: {\"id\":\"m\",\"object\":\"chat.completion.chunk\",\"created\":7,\"model\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2,\"total_tokens\":5,\"prompt_tokens_details\":{\"cached_tokens\":0},\"cost\":0.00000007}}\n\ndata: [DONE]\n\n"),
+            "{priced}"
+        );
+        // Unpriced: the same stream without the member; without include_usage: no usage chunk.
+        assert_eq!(priced.replace(",\"cost\":0.00000007", ""), run(None, true));
+        assert_eq!(run(Some(prices), false), run(None, false));
+        assert!(!run(Some(prices), false).contains("\"usage\""));
+    }
+
     #[test]
     fn nothing_after_the_end_of_the_stream() {
         let mut response = translator(false);

@@ -391,12 +391,14 @@ impl OpenAiResponse {
         let ended = self.parser.last_event_end();
         // Bytes from here on belong to an event still open, and may be held back.
         let open = ended.unwrap_or(0);
+        if ended.is_none() && !self.held.is_empty() && !end_of_stream {
+            // The held event goes on.
+            self.held.extend_from_slice(chunk);
+            return ChunkOutput::Replaced;
+        }
         let hold_from = if end_of_stream {
             // A stream that ends inside an event still delivers that event's bytes.
             chunk.len()
-        } else if ended.is_none() && !self.held.is_empty() {
-            // The held event goes on.
-            0
         } else {
             open + hold_point(chunk.get(open..).unwrap_or_default())
         };
@@ -519,9 +521,241 @@ impl ProviderResponse for OpenAiResponse {
 
 #[cfg(test)]
 mod tests {
-    use super::{buffered_usage, may_carry_usage, top_level_usage_in_tail, OpenAiResponse};
+    use super::{
+        buffered_usage, hold_point, may_carry_usage, top_level_usage_in_tail, usage_close_brace,
+        OpenAiResponse,
+    };
+    use crate::pricing::Prices;
     use crate::providers::{ChunkOutput, ProviderResponse};
     use crate::Usage;
+
+    /// $1e-6 per input token, $2e-6 per output token.
+    const PRICES: Prices = Prices {
+        input: Some(1e-6),
+        output: Some(2e-6),
+        cache_read: None,
+        cache_creation: None,
+        reasoning: None,
+    };
+
+    /// Feeds `chunks` to a priced response whose client asked for usage; gives what the
+    /// client gets and what each chunk became.
+    fn priced(chunks: &[&[u8]]) -> (String, Vec<ChunkOutput>, Usage) {
+        let mut response = OpenAiResponse::new(true, true, Some(PRICES));
+        let mut usage = Usage::default();
+        let mut client = Vec::new();
+        let mut outputs = Vec::new();
+        for (index, chunk) in chunks.iter().enumerate() {
+            let mut out = Vec::new();
+            let output = response
+                .translate_stream(chunk, index + 1 == chunks.len(), &mut out, &mut usage)
+                .unwrap();
+            match output {
+                ChunkOutput::Unchanged => client.extend_from_slice(chunk),
+                ChunkOutput::Replaced => client.extend_from_slice(&out),
+            }
+            outputs.push(output);
+        }
+        (String::from_utf8(client).unwrap(), outputs, usage)
+    }
+
+    /// 1000 input and 50 output tokens: 0.0011 dollars.
+    const USAGE: &str = r#""usage":{"prompt_tokens":1000,"completion_tokens":50}"#;
+
+    #[test]
+    fn the_usage_chunk_gets_the_cost_inside_its_usage_object() {
+        let content = "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}],\"usage\":null}\n\n";
+        let last = format!("data: {{\"choices\":[],{USAGE}}}\n\ndata: [DONE]\n\n");
+        let (client, outputs, usage) = priced(&[content.as_bytes(), last.as_bytes()]);
+        assert_eq!(
+            client,
+            format!(
+                "{content}data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":1000,\"completion_tokens\":50,\"cost\":0.0011}}}}\n\ndata: [DONE]\n\n"
+            )
+        );
+        // The content chunk went through as it came; only the usage chunk was rewritten.
+        assert_eq!(outputs, [ChunkOutput::Unchanged, ChunkOutput::Replaced]);
+        assert_eq!(usage.prompt_tokens, Some(1000));
+        // Members after the usage object stay where they were, and so does the rest.
+        let (client, _, _) =
+            priced(&[
+                format!("data: {{\"choices\":[],{USAGE},\"obfuscation\":\"}}\"}}\r\n\r\n")
+                    .as_bytes(),
+            ]);
+        assert_eq!(
+            client,
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1000,\"completion_tokens\":50,\"cost\":0.0011},\"obfuscation\":\"}\"}\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn a_usage_key_inside_a_string_is_not_the_usage_object() {
+        // "usage" as a string value, a key ending in an escaped `"usage"`, and quoted text
+        // that looks like the key: the cost goes into the top-level usage only.
+        let chunk = format!(
+            "data: {{\"choices\":[],\"note\":\"usage\",{USAGE},\"x\\\"usage\":{{\"prompt_tokens\":9}},\"t\":\"\\\"usage\\\":{{}}\"}}\n\n"
+        );
+        let (client, _, usage) = priced(&[chunk.as_bytes()]);
+        assert_eq!(
+            client,
+            "data: {\"choices\":[],\"note\":\"usage\",\"usage\":{\"prompt_tokens\":1000,\"completion_tokens\":50,\"cost\":0.0011},\"x\\\"usage\":{\"prompt_tokens\":9},\"t\":\"\\\"usage\\\":{}\"}\n\n"
+        );
+        assert_eq!(usage.prompt_tokens, Some(1000));
+        let value: serde_json::Value =
+            serde_json::from_str(client.trim().strip_prefix("data: ").unwrap()).unwrap();
+        assert_eq!(value["usage"]["cost"], 0.0011);
+        assert_eq!(value["x\"usage"]["prompt_tokens"], 9);
+    }
+
+    #[test]
+    fn whitespace_around_the_usage_object_is_kept() {
+        let chunk = "data: { \"choices\" : [ ] , \"usage\" :\t{ \"prompt_tokens\" : 1000 ,\"completion_tokens\":50 } }\n\n";
+        let (client, _, _) = priced(&[chunk.as_bytes()]);
+        assert_eq!(
+            client,
+            "data: { \"choices\" : [ ] , \"usage\" :\t{ \"prompt_tokens\" : 1000 ,\"completion_tokens\":50 ,\"cost\":0.0011} }\n\n"
+        );
+        // An empty object gets the member without a comma (and here, nothing was reported,
+        // so there is no cost to give).
+        assert_eq!(
+            usage_close_brace(b"data: {\"usage\": { } }\n\n"),
+            Some((18, true))
+        );
+        let (client, _, _) = priced(&[b"data: {\"choices\":[],\"usage\":{ }}\n\n"]);
+        assert_eq!(client, "data: {\"choices\":[],\"usage\":{ }}\n\n");
+    }
+
+    #[test]
+    fn only_the_bytes_from_a_usage_key_on_are_held_back() {
+        // A chunk cut inside an event with no usage in sight: out at once, untouched.
+        let (client, outputs, _) = priced(&[
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"Hel",
+            b"lo\"}}],\"usage\":null",
+            b"}\n\ndata: {\"choices\":[],",
+            b"\"usage\":{\"prompt_tokens\":1000,\"completion",
+            b"_tokens\":50}}\n",
+            b"\ndata: [DONE]\n\n",
+        ]);
+        assert_eq!(
+            outputs,
+            [
+                ChunkOutput::Unchanged,
+                ChunkOutput::Unchanged,
+                ChunkOutput::Unchanged,
+                ChunkOutput::Replaced,
+                ChunkOutput::Replaced,
+                ChunkOutput::Replaced,
+            ]
+        );
+        assert_eq!(
+            client,
+            "data: {\"choices\":[{\"delta\":{\"content\":\"Hello\"}}],\"usage\":null}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":1000,\"completion_tokens\":50,\"cost\":0.0011}}\n\ndata: [DONE]\n\n"
+        );
+        // Where holding starts in the bytes of an open event.
+        assert_eq!(hold_point(b"data: {\"a\":1"), 12);
+        // `"usage":null` is passed over; a closing quote at the end may open `"usage"`.
+        assert_eq!(hold_point(b"data: {\"a\":1,\"usage\":null,\"b\""), 28);
+        assert_eq!(hold_point(b"data: {\"a\":\"usage\",\"b\""), 21);
+        assert_eq!(hold_point(b"data: {\"usage\":{"), 7);
+        assert_eq!(hold_point(b"data: {\"usage\" "), 7);
+        assert_eq!(hold_point(b"data: {\"usage\":nu"), 7);
+        assert_eq!(hold_point(b"data: {\"a\":1,\"usa"), 13);
+        // Backslashes are held with what follows them.
+        assert_eq!(hold_point(b"data: {\"a\":\"x\\\\"), 13);
+        assert_eq!(hold_point(b"data: {\"a\":\"x\\\\\\\"usage\":{"), 13);
+    }
+
+    #[test]
+    fn an_unpriced_or_unreported_stream_passes_untouched() {
+        let stream: &[u8] = b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1}}\n\ndata: [DONE]\n\n";
+        let mut unpriced = OpenAiResponse::new(true, true, None);
+        let mut usage = Usage::default();
+        let mut out = Vec::new();
+        assert_eq!(
+            unpriced
+                .translate_stream(stream, true, &mut out, &mut usage)
+                .unwrap(),
+            ChunkOutput::Unchanged
+        );
+        // Priced, but the tokens of an unpriced kind were used: unknown, not 0.
+        let input_only = Prices {
+            output: None,
+            ..PRICES
+        };
+        let mut response = OpenAiResponse::new(true, true, Some(input_only));
+        assert_eq!(
+            response
+                .translate_stream(stream, true, &mut out, &mut usage)
+                .unwrap(),
+            ChunkOutput::Unchanged
+        );
+        // A usage object spread over two data lines: counted, sent as it came, no cost.
+        let (client, _, usage) = priced(&[
+            b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1000,\ndata: \"completion_tokens\":50}}\n\n",
+        ]);
+        assert_eq!(
+            client,
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1000,\ndata: \"completion_tokens\":50}}\n\n"
+        );
+        assert_eq!(usage.completion_tokens, Some(50));
+    }
+
+    #[test]
+    fn a_priced_stream_cut_anywhere_gives_the_same_bytes() {
+        let stream: &[u8] = b"data: {\"choices\":[{\"delta\":{\"content\":\"a\\\\\"usage\\\"\"}}],\"usage\":null}\r\n\r\n: c\n\ndata: {\"choices\":[],\"usage\" : {\"prompt_tokens\":1000,\"completion_tokens\":50},\"z\":\"\\\\\"}\n\ndata: [DONE]\n\n";
+        let (whole, _, _) = priced(&[stream]);
+        assert!(
+            whole.contains(r#""completion_tokens":50,"cost":0.0011},"z""#),
+            "{whole}"
+        );
+        for first in 0..=stream.len() {
+            for second in first..=stream.len() {
+                let chunks = [&stream[..first], &stream[first..second], &stream[second..]];
+                let (client, _, usage) = priced(&chunks);
+                assert_eq!(client, whole, "cut at {first} and {second}");
+                assert_eq!(usage.completion_tokens, Some(50));
+            }
+        }
+    }
+
+    #[test]
+    fn a_tiny_cost_is_written_in_plain_decimal() {
+        let chunk =
+            b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":0}}\n\n";
+        let mut response = OpenAiResponse::new(
+            true,
+            true,
+            Some(Prices {
+                input: Some(1e-8),
+                ..PRICES
+            }),
+        );
+        let (mut out, mut usage) = (Vec::new(), Usage::default());
+        response
+            .translate_stream(chunk, false, &mut out, &mut usage)
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":0,\"cost\":0.00000001}}\n\n"
+        );
+    }
+
+    #[test]
+    fn a_stripped_usage_chunk_gets_no_cost() {
+        // The gateway forced include_usage on: the chunk goes, priced or not.
+        let mut response = OpenAiResponse::new(true, false, Some(PRICES));
+        let (mut out, mut usage) = (Vec::new(), Usage::default());
+        response
+            .translate_stream(
+                b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1000,\"completion_tokens\":50}}\n\ndata: [DONE]\n\n",
+                true,
+                &mut out,
+                &mut usage,
+            )
+            .unwrap();
+        assert_eq!(out, b"data: [DONE]\n\n");
+        assert_eq!(usage.prompt_tokens, Some(1000));
+    }
 
     #[test]
     fn held_bytes_go_out_when_their_event_ends_or_the_stream_does() {
