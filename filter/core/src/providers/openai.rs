@@ -298,7 +298,9 @@ fn insert_cost(out: &mut Vec<u8>, event: Range<usize>, cost: f64) {
     member.extend_from_slice(b"\"cost\":");
     member.extend_from_slice(cost_header_value(cost).as_bytes());
     let at = event.start + brace;
-    out.splice(at..at, member);
+    if at < out.len() {
+        out.splice(at..at, member);
+    }
 }
 
 /// Whether a stream chunk may report usage: it has a `"usage"` key whose value is not
