@@ -488,7 +488,7 @@ pub struct FunctionCallOut<'a> {
 }
 
 /// OpenAI's usage object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct CompletionUsage {
     /// Input tokens, cached ones included.
     pub prompt_tokens: u64,
@@ -498,6 +498,24 @@ pub struct CompletionUsage {
     pub total_tokens: u64,
     /// Cached input tokens.
     pub prompt_tokens_details: PromptTokensDetails,
+    /// What the response cost, on a stream's usage chunk (a stream's headers leave before
+    /// the cost is known); absent when it is unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<Cost>,
+}
+
+/// A cost in US dollars, serialised as the `x-litellm-response-cost` header writes it
+/// ([`crate::pricing::cost_header_value`]: plain decimal, never exponent notation), so that a
+/// stream's `usage.cost` and a buffered answer's header read the same. Only for serde_json.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cost(pub f64);
+
+impl Serialize for Cost {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let text = crate::pricing::cost_header_value(self.0);
+        let raw = RawValue::from_string(text).map_err(serde::ser::Error::custom)?;
+        raw.serialize(serializer)
+    }
 }
 
 /// `usage.prompt_tokens_details`.

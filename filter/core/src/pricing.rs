@@ -99,6 +99,13 @@ pub fn cost_header_value(cost: f64) -> String {
     format!("{cost}")
 }
 
+/// The cost a stream's usage chunk carries: the deployment's price of the usage reported so
+/// far, or `None` when it is unknown (no prices, no usage) or not a JSON number (a price so
+/// large the product overflows).
+pub fn stream_cost(prices: Option<&Prices>, usage: &Usage) -> Option<f64> {
+    prices?.cost(usage).filter(|cost| cost.is_finite())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -45,6 +45,7 @@ fn deployment(
     api_key: &str,
     default_max_tokens: u32,
     api_version: &str,
+    pricing: Option<proto::Pricing>,
 ) -> proto::Deployment {
     proto::Deployment {
         id: format!("id-{model_name}"),
@@ -56,14 +57,19 @@ fn deployment(
         api_key: api_key.into(),
         default_max_tokens,
         api_version: api_version.into(),
-        pricing: None,
+        pricing,
         limits: None,
     }
 }
 
 /// `claude`: defaults everywhere. `claude-configured`: no key, its own max_tokens default,
-/// API version and a base path that already ends in /v1.
+/// API version and a base path that already ends in /v1. `claude` is priced as the case's
+/// `pricing.json` says (not priced without one).
 fn state() -> State {
+    state_priced(None)
+}
+
+fn state_priced(pricing: Option<proto::Pricing>) -> State {
     let snapshot = proto::Snapshot {
         keys: Vec::new(),
         version: 1,
@@ -76,6 +82,7 @@ fn state() -> State {
                 "sk-ant-test",
                 0,
                 "",
+                pricing,
             ),
             deployment(
                 "claude-configured",
@@ -84,6 +91,7 @@ fn state() -> State {
                 "",
                 1024,
                 "2023-01-01",
+                None,
             ),
         ],
     };
@@ -94,6 +102,44 @@ fn state() -> State {
 
 fn update() -> bool {
     std::env::var("UPDATE_GOLDEN").is_ok_and(|value| value == "1")
+}
+
+/// The case's `pricing.json` (`{"input_cost_per_token": …, …}`, the snapshot's names), or
+/// `None`: the deployment is not priced.
+fn pricing(case: &Path) -> Option<proto::Pricing> {
+    let value: Value = serde_json::from_slice(&std::fs::read(case.join("pricing.json")).ok()?)
+        .unwrap_or_else(|error| panic!("{}/pricing.json: {error}", case.display()));
+    let price = |name: &str| value.get(name).and_then(Value::as_f64);
+    Some(proto::Pricing {
+        input_cost_per_token: price("input_cost_per_token"),
+        output_cost_per_token: price("output_cost_per_token"),
+        cache_read_input_token_cost: price("cache_read_input_token_cost"),
+        cache_creation_input_token_cost: price("cache_creation_input_token_cost"),
+        output_cost_per_reasoning_token: price("output_cost_per_reasoning_token"),
+    })
+}
+
+/// The cost a priced stream's usage chunk must carry, as the case's `expected_cost` writes
+/// it (the text of the JSON number, as the cost header would write it); `None` without
+/// `pricing.json`. Checked against the bytes, since comparing JSON would accept `3.75e-5`.
+fn check_cost(case: &Path, name: &str, output: &[u8], cost: Option<f64>) {
+    let text = String::from_utf8_lossy(output);
+    match read(case, "expected_cost") {
+        Some(expected) => {
+            let expected = String::from_utf8_lossy(&expected).trim().to_string();
+            assert_eq!(
+                cost.map(tollgate_core::pricing::cost_header_value),
+                Some(expected.clone()),
+                "{name}: the usage record's cost"
+            );
+            assert_eq!(
+                text.matches(&format!("\"cost\":{expected}}}")).count(),
+                1,
+                "{name}: one usage chunk with the cost:\n{text}"
+            );
+        }
+        None => assert!(!text.contains("\"cost\""), "{name}: no cost:\n{text}"),
+    }
 }
 
 fn read(case: &Path, name: &str) -> Option<Vec<u8>> {
@@ -189,7 +235,18 @@ fn usage_json(usage: Usage) -> Value {
 /// Runs a provider stream through a fresh plan, fed in `chunks` (the last one ends the
 /// stream unless `end` is false).
 fn run_stream(request: &[u8], chunks: &[&[u8]], end: bool) -> (Vec<u8>, Usage) {
-    let state = state();
+    let (output, usage, _) = run_priced_stream(None, request, chunks, end);
+    (output, usage)
+}
+
+/// [`run_stream`] for a `claude` priced with `pricing`; also gives the record's cost.
+fn run_priced_stream(
+    pricing: Option<proto::Pricing>,
+    request: &[u8],
+    chunks: &[&[u8]],
+    end: bool,
+) -> (Vec<u8>, Usage, Option<f64>) {
+    let state = state_priced(pricing);
     let mut plan = plan_chat_request(&state, request, &CONTEXT).unwrap();
     assert_eq!(
         plan.response
@@ -209,11 +266,16 @@ fn run_stream(request: &[u8], chunks: &[&[u8]], end: bool) -> (Vec<u8>, Usage) {
             ChunkOutput::Unchanged => panic!("Anthropic streams are always rewritten"),
         }
     }
-    (output, plan.response.usage())
+    (output, plan.response.usage(), plan.cost())
 }
 
 fn check_stream(case: &Path, name: &str, request: &[u8], stream: &[u8]) {
-    let (whole, usage) = run_stream(request, &[stream], true);
+    let run_stream = |request: &[u8], chunks: &[&[u8]], end: bool| {
+        let (output, usage, _) = run_priced_stream(pricing(case), request, chunks, end);
+        (output, usage)
+    };
+    let (whole, usage, cost) = run_priced_stream(pricing(case), request, &[stream], true);
+    check_cost(case, name, &whole, cost);
     golden_sse(case, "expected_response.sse", &whole);
     golden_json(case, "usage.json", &usage_json(usage));
 
@@ -276,7 +338,7 @@ fn memchr_find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 fn check_case(case: &Path) {
     let name = case.file_name().unwrap().to_string_lossy().to_string();
     let request = read(case, "request.json").unwrap_or_else(|| panic!("{name}: no request.json"));
-    let state = state();
+    let state = state_priced(pricing(case));
     let plan = plan_chat_request(&state, &request, &CONTEXT)
         .unwrap_or_else(|error| panic!("{name}: {error}"));
 

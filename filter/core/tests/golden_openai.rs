@@ -17,13 +17,14 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/openai")
 }
 
-fn state() -> State {
+/// One OpenAI deployment, `gpt-public`, priced as the case says.
+fn state(case: &Path) -> State {
     let snapshot = proto::Snapshot {
         keys: Vec::new(),
         version: 1,
         settings: None,
         deployments: vec![proto::Deployment {
-            pricing: None,
+            pricing: pricing(case),
             limits: None,
             id: "d1".into(),
             model_name: "gpt-public".into(),
@@ -37,6 +38,44 @@ fn state() -> State {
         }],
     };
     State::from_snapshot(snapshot).0
+}
+
+/// The case's `pricing.json` (`{"input_cost_per_token": …, …}`, the snapshot's names), or
+/// `None`: the deployment is not priced.
+fn pricing(case: &Path) -> Option<proto::Pricing> {
+    let value: Value = serde_json::from_slice(&std::fs::read(case.join("pricing.json")).ok()?)
+        .unwrap_or_else(|error| panic!("{}/pricing.json: {error}", case.display()));
+    let price = |name: &str| value.get(name).and_then(Value::as_f64);
+    Some(proto::Pricing {
+        input_cost_per_token: price("input_cost_per_token"),
+        output_cost_per_token: price("output_cost_per_token"),
+        cache_read_input_token_cost: price("cache_read_input_token_cost"),
+        cache_creation_input_token_cost: price("cache_creation_input_token_cost"),
+        output_cost_per_reasoning_token: price("output_cost_per_reasoning_token"),
+    })
+}
+
+/// The cost a priced stream's usage chunk must carry, as the case's `expected_cost` writes
+/// it (the text of the JSON number, as the cost header would write it); `None` without
+/// `pricing.json`. Checked against the bytes, since comparing JSON would accept `3.75e-5`.
+fn check_cost(case: &Path, name: &str, output: &[u8], cost: Option<f64>) {
+    let text = String::from_utf8_lossy(output);
+    match read(case, "expected_cost") {
+        Some(expected) => {
+            let expected = String::from_utf8_lossy(&expected).trim().to_string();
+            assert_eq!(
+                cost.map(tollgate_core::pricing::cost_header_value),
+                Some(expected.clone()),
+                "{name}: the usage record's cost"
+            );
+            assert_eq!(
+                text.matches(&format!("\"cost\":{expected}}}")).count(),
+                1,
+                "{name}: one usage chunk with the cost:\n{text}"
+            );
+        }
+        None => assert!(!text.contains("\"cost\""), "{name}: no cost:\n{text}"),
+    }
 }
 
 fn read(case: &Path, name: &str) -> Option<Vec<u8>> {
@@ -72,9 +111,10 @@ fn expected_usage(case: &Path) -> Option<Usage> {
     })
 }
 
-/// Runs a stream through a fresh plan, fed in the given chunks.
-fn run_stream(request: &[u8], chunks: &[&[u8]]) -> (Vec<u8>, Usage) {
-    let state = state();
+/// Runs a stream through a fresh plan, fed in the given chunks; gives the output, the usage
+/// and the cost the usage record gets.
+fn run_stream(case: &Path, request: &[u8], chunks: &[&[u8]]) -> (Vec<u8>, Usage, Option<f64>) {
+    let state = state(case);
     let mut plan = plan_chat_request(
         &state,
         request,
@@ -99,13 +139,13 @@ fn run_stream(request: &[u8], chunks: &[&[u8]]) -> (Vec<u8>, Usage) {
             ChunkOutput::Replaced => output.extend_from_slice(&out),
         }
     }
-    (output, plan.response.usage())
+    (output, plan.response.usage(), plan.cost())
 }
 
 fn check_case(case: &Path) {
     let name = case.file_name().unwrap().to_string_lossy().to_string();
     let request = read(case, "request.json").unwrap();
-    let state = state();
+    let state = state(case);
     let mut plan = plan_chat_request(
         &state,
         &request,
@@ -145,15 +185,22 @@ fn check_case(case: &Path) {
         read(case, "status").map_or(200, |s| String::from_utf8_lossy(&s).trim().parse().unwrap());
     if let Some(stream) = read(case, "response.sse") {
         let expected = read(case, "expected_response.sse").unwrap();
-        let (whole, usage) = run_stream(&request, &[&stream]);
+        let (whole, usage, cost) = run_stream(case, &request, &[&stream]);
         assert_eq!(
             data_events(&whole),
             data_events(&expected),
             "{name}: stream"
         );
         assert_eq!(Some(usage), expected_usage(case), "{name}: usage");
+        check_cost(case, &name, &whole, cost);
+        for event in data_events(&whole) {
+            if event != "[DONE]" {
+                json(event.as_bytes());
+            }
+        }
         for split in 0..=stream.len() {
-            let (output, split_usage) = run_stream(&request, &[&stream[..split], &stream[split..]]);
+            let (output, split_usage, _) =
+                run_stream(case, &request, &[&stream[..split], &stream[split..]]);
             assert_eq!(
                 data_events(&output),
                 data_events(&expected),
@@ -164,7 +211,7 @@ fn check_case(case: &Path) {
             assert!(output == whole, "{name}: bytes, split at {split}");
         }
         let bytes: Vec<&[u8]> = stream.chunks(1).collect();
-        let (output, _) = run_stream(&request, &bytes);
+        let (output, _, _) = run_stream(case, &request, &bytes);
         assert!(output == whole, "{name}: bytes, byte by byte");
         assert_eq!(
             data_events(&output),

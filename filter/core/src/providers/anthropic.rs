@@ -16,6 +16,7 @@ use serde_json::value::RawValue;
 
 use crate::error::error_body;
 use crate::openai_types::{self as oa, ChunkFrame, Content, ContentPart, Str};
+use crate::pricing::{stream_cost, Prices};
 use crate::providers::{
     openai_shaped_error, ChunkOutput, ProviderResponse, TranslateContext, UpstreamRequest,
 };
@@ -681,6 +682,7 @@ impl AnthropicUsage {
             prompt_tokens_details: oa::PromptTokensDetails {
                 cached_tokens: self.cache_read_input_tokens.unwrap_or(0),
             },
+            cost: None,
         }
     }
 }
@@ -858,11 +860,19 @@ pub struct AnthropicResponse {
     /// Content block index → OpenAI tool call index, for the tool_use blocks seen.
     tool_blocks: Vec<(u64, u32)>,
     tokens: AnthropicUsage,
+    /// The deployment's prices, for the cost on the usage chunk.
+    prices: Option<Prices>,
 }
 
 impl AnthropicResponse {
-    /// Response side for a request sent with `stream` and the client's `include_usage`.
-    pub fn new(context: &TranslateContext, _stream: bool, include_usage: bool) -> Self {
+    /// Response side for a request sent with `stream` and the client's `include_usage`, to a
+    /// deployment with these `prices`.
+    pub fn new(
+        context: &TranslateContext,
+        _stream: bool,
+        include_usage: bool,
+        prices: Option<Prices>,
+    ) -> Self {
         AnthropicResponse {
             created: context.now_unix,
             include_usage,
@@ -875,6 +885,7 @@ impl AnthropicResponse {
             done: false,
             tool_blocks: Vec::new(),
             tokens: AnthropicUsage::default(),
+            prices,
         }
     }
 
@@ -1069,13 +1080,19 @@ impl AnthropicResponse {
             "message_stop" => {
                 self.finish(out, "stop")?;
                 if self.include_usage {
+                    // The headers are long gone: the usage chunk is where the client learns
+                    // the cost (the same the usage record gets, from the same usage).
+                    let usage_out = oa::CompletionUsage {
+                        cost: stream_cost(self.prices.as_ref(), usage).map(oa::Cost),
+                        ..self.tokens.openai()
+                    };
                     let chunk = oa::ChatCompletionChunk {
                         id: &self.id,
                         object: oa::CHAT_COMPLETION_CHUNK,
                         created: self.created,
                         model: &self.model,
                         choices: &[],
-                        usage: Some(Some(self.tokens.openai())),
+                        usage: Some(Some(usage_out)),
                     };
                     write_json_event(out, &chunk)?;
                 }
@@ -1232,7 +1249,7 @@ mod tests {
     use super::*;
 
     fn translator(include_usage: bool) -> AnthropicResponse {
-        AnthropicResponse::new(&TranslateContext { now_unix: 7 }, true, include_usage)
+        AnthropicResponse::new(&TranslateContext { now_unix: 7 }, true, include_usage, None)
     }
 
     fn data_events(out: &[u8]) -> Vec<serde_json::Value> {
@@ -1308,6 +1325,41 @@ mod tests {
                 {"type": "text", "text": "b"}
             ]}])
         );
+    }
+
+    /// A priced stream: the usage chunk says what the usage record will, in plain decimal.
+    #[test]
+    fn the_usage_chunk_carries_the_cost_when_priced() {
+        let stream = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"c\",\"usage\":{\"input_tokens\":3,\"output_tokens\":1}}}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":2}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+        let prices = Prices {
+            input: Some(1e-8),
+            output: Some(2e-8),
+            ..Prices::default()
+        };
+        let run = |prices: Option<Prices>, include_usage: bool| {
+            let mut response = AnthropicResponse::new(
+                &TranslateContext { now_unix: 7 },
+                true,
+                include_usage,
+                prices,
+            );
+            let (mut out, mut usage) = (Vec::new(), Usage::default());
+            response
+                .translate_stream(stream.as_bytes(), true, &mut out, &mut usage)
+                .unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        // 3 * 1e-8 + 2 * 2e-8, which serde_json alone would write as 7e-8.
+        assert_eq!(3.0 * 1e-8 + 2.0 * 2e-8, 0.00000007);
+        let priced = run(Some(prices), true);
+        assert!(
+            priced.contains("data: {\"id\":\"m\",\"object\":\"chat.completion.chunk\",\"created\":7,\"model\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2,\"total_tokens\":5,\"prompt_tokens_details\":{\"cached_tokens\":0},\"cost\":0.00000007}}\n\ndata: [DONE]\n\n"),
+            "{priced}"
+        );
+        // Unpriced: the same stream without the member; without include_usage: no usage chunk.
+        assert_eq!(priced.replace(",\"cost\":0.00000007", ""), run(None, true));
+        assert_eq!(run(Some(prices), false), run(None, false));
+        assert!(!run(Some(prices), false).contains("\"usage\""));
     }
 
     #[test]

@@ -113,13 +113,21 @@ pub fn translate_request(
     match deployment.provider {
         ProviderKind::OpenAi => {
             let request = openai::build_request(summary, body, deployment)?;
-            let response = openai::OpenAiResponse::new(summary.stream, summary.include_usage);
+            let response = openai::OpenAiResponse::new(
+                summary.stream,
+                summary.include_usage,
+                deployment.prices,
+            );
             Ok((request, ResponseTranslator::OpenAi(response)))
         }
         ProviderKind::Anthropic => {
             let request = anthropic::build_request(summary, body, deployment, context)?;
-            let response =
-                anthropic::AnthropicResponse::new(context, summary.stream, summary.include_usage);
+            let response = anthropic::AnthropicResponse::new(
+                context,
+                summary.stream,
+                summary.include_usage,
+                deployment.prices,
+            );
             Ok((request, ResponseTranslator::Anthropic(response)))
         }
     }
