@@ -354,7 +354,8 @@ impl QuotaBook {
     /// Takes what `needs` asks for, if every counter has it; else asks the authority, or
     /// refuses when a counter is spent. Nothing is taken unless everything is.
     pub fn admit(&mut self, needs: &[Need], now_ms: u64) -> Admission {
-        let mut waiting = false;
+        // First whether a counter refuses, with no ask sent: a refused request must not
+        // make this filter hold quota it will not use (another filter's request may need it).
         let mut refused: Option<RateRefusal> = None;
         for need in needs {
             let window = window_of(need.counter.kind, now_ms);
@@ -364,83 +365,59 @@ impl QuotaBook {
                 .or_insert_with(|| Counter::new(need.limit, window, now_ms));
             roll(counter, window, need.limit, now_ms);
             counter.last_used_ms = now_ms;
-            if let Standing::Exhausted { until_ms } = counter.standing {
-                if now_ms >= until_ms {
+            match counter.standing {
+                Standing::Exhausted { until_ms } if now_ms >= until_ms => {
                     // A parallel limit's slots may have been freed elsewhere: ask again.
                     counter.standing = Standing::Open;
                 }
+                Standing::Asking { since_ms, .. }
+                    if now_ms.saturating_sub(since_ms) >= AUTHORITY_WAIT_MS =>
+                {
+                    counter.standing = Standing::Alone;
+                }
+                Standing::Open if !self.connected => counter.standing = Standing::Alone,
+                _ => {}
             }
-            let short = need.amount.saturating_sub(counter.available());
-            if short == 0 {
+            if counter.available() >= need.amount || refused.is_some() {
                 continue;
             }
-            match counter.standing {
-                Standing::Exhausted { until_ms } => {
-                    if refused.is_none() {
-                        refused = Some(RateRefusal {
-                            counter: need.counter.clone(),
-                            limit: need.limit,
-                            requested: need.amount,
-                            retry_after_ms: until_ms.saturating_sub(now_ms).max(1),
-                            headers: RateHeaders::default(),
-                        });
-                    }
-                }
-                Standing::Alone => {
-                    if refused.is_none() {
-                        refused = Some(RateRefusal {
-                            counter: need.counter.clone(),
-                            limit: need.limit,
-                            requested: need.amount,
-                            retry_after_ms: retry_after_alone(need.counter.kind, now_ms),
-                            headers: RateHeaders::default(),
-                        });
-                    }
-                }
-                Standing::Asking { since_ms, .. } => {
-                    if now_ms.saturating_sub(since_ms) >= AUTHORITY_WAIT_MS {
-                        counter.standing = Standing::Alone;
-                        if counter.available() < need.amount && refused.is_none() {
-                            refused = Some(RateRefusal {
-                                counter: need.counter.clone(),
-                                limit: need.limit,
-                                requested: need.amount,
-                                retry_after_ms: retry_after_alone(need.counter.kind, now_ms),
-                                headers: RateHeaders::default(),
-                            });
-                        }
-                    } else {
-                        waiting = true;
-                    }
-                }
-                Standing::Open => {
-                    if self.connected {
-                        let want = counter.lease_size(short);
-                        self.outbox.push(ask(&need.counter, counter, short, want));
-                        counter.overrun = 0;
-                        counter.standing = Standing::Asking {
-                            since_ms: now_ms,
-                            need: short,
-                        };
-                        waiting = true;
-                    } else {
-                        counter.standing = Standing::Alone;
-                        if counter.available() < need.amount && refused.is_none() {
-                            refused = Some(RateRefusal {
-                                counter: need.counter.clone(),
-                                limit: need.limit,
-                                requested: need.amount,
-                                retry_after_ms: retry_after_alone(need.counter.kind, now_ms),
-                                headers: RateHeaders::default(),
-                            });
-                        }
-                    }
-                }
-            }
+            let retry_after_ms = match counter.standing {
+                Standing::Exhausted { until_ms } => until_ms.saturating_sub(now_ms).max(1),
+                Standing::Alone => retry_after_alone(need.counter.kind, now_ms),
+                Standing::Open | Standing::Asking { .. } => continue,
+            };
+            refused = Some(RateRefusal {
+                counter: need.counter.clone(),
+                limit: need.limit,
+                requested: need.amount,
+                retry_after_ms,
+                headers: RateHeaders::default(),
+            });
         }
         if let Some(mut refusal) = refused {
             refusal.headers = self.headers(needs, now_ms);
             return Admission::Refused(Box::new(refusal));
+        }
+        // Then a lease for every counter that has too little (each asked once at a time).
+        let mut waiting = false;
+        for need in needs {
+            let Some(counter) = self.counters.get_mut(&need.counter) else {
+                continue;
+            };
+            let short = need.amount.saturating_sub(counter.available());
+            if short == 0 {
+                continue;
+            }
+            waiting = true;
+            if counter.standing == Standing::Open {
+                let want = counter.lease_size(short);
+                self.outbox.push(ask(&need.counter, counter, short, want));
+                counter.overrun = 0;
+                counter.standing = Standing::Asking {
+                    since_ms: now_ms,
+                    need: short,
+                };
+            }
         }
         if waiting {
             return Admission::Wait;
@@ -828,6 +805,23 @@ mod tests {
                 Admission::Admitted(_)
             ));
         }
+    }
+
+    #[test]
+    fn a_refused_request_asks_for_nothing() {
+        let mut book = connected();
+        let mut team = need(LimitKind::Requests, 1, 1);
+        team.counter.scope = BudgetScope::Team;
+        assert_eq!(book.admit(std::slice::from_ref(&team), T0), Admission::Wait);
+        let request = book.take_request().expect("ask");
+        book.apply(&grant(&request, &[0], &[0]), T0);
+        // The team is spent: the key's counter, new, gets no lease asked for.
+        let key = need(LimitKind::Requests, 60, 1);
+        assert!(matches!(
+            book.admit(&[team, key], T0),
+            Admission::Refused(_)
+        ));
+        assert!(book.take_request().is_none());
     }
 
     #[test]
