@@ -120,8 +120,8 @@ fn checked(ask: &proto::QuotaAsk, now_ms: u64) -> Result<Checked, BadAsk> {
         Ok(LimitKind::Parallel) => QuotaKind::Parallel,
         Ok(LimitKind::Unspecified) | Err(_) => return Err(BadAsk::Kind),
     };
-    // A PARALLEL ask may only give slots back.
-    if ask.need == 0 && !(kind == QuotaKind::Parallel && ask.release > 0) {
+    // An ask may only give quota back (need 0, release > 0).
+    if ask.need == 0 && ask.release == 0 {
         return Err(BadAsk::Need);
     }
     let start = ask.window_start_unix_ms;

@@ -284,6 +284,34 @@ on_both!(
     overrun_is_charged_postgres
 );
 
+async fn unused_window_quota_can_be_given_back(db: Db) {
+    let server = Server::start(db.url()).await;
+    let mut filter = server.filter().await;
+    let window = this_window();
+    let requests = |need, want, release| QuotaAsk {
+        release,
+        ..window_ask(LimitKind::Requests, window, 4, need, want)
+    };
+    for (n, remaining) in [3, 2, 1, 0].into_iter().enumerate() {
+        assert_eq!(
+            ask_one(&mut filter, n as u64, requests(1, 1, 0)).await,
+            (1, remaining)
+        );
+    }
+    assert_eq!(ask_one(&mut filter, 10, requests(1, 1, 0)).await, (0, 0));
+    // Two leased and unused go back (a release alone, need 0): another request gets one.
+    assert_eq!(ask_one(&mut filter, 11, requests(0, 0, 2)).await, (0, 2));
+    assert_eq!(ask_one(&mut filter, 12, requests(1, 1, 0)).await, (1, 1));
+    // More given back than was leased leaves the window at 0, not below.
+    assert_eq!(ask_one(&mut filter, 13, requests(0, 0, 100)).await, (0, 4));
+    server.shutdown().await;
+}
+on_both!(
+    unused_window_quota_can_be_given_back,
+    unused_window_quota_can_be_given_back_sqlite,
+    unused_window_quota_can_be_given_back_postgres
+);
+
 async fn parallel_slots(db: Db) {
     let server = Server::start(db.url()).await;
     let mut a = server.filter().await;

@@ -10,7 +10,9 @@
 //!   nothing is granted; else `grant = min(left, max(need, min(want, left / 8)))`: at least
 //!   `need` while that much is left, but never more than an eighth of what is left beyond
 //!   it, so leases shrink near the limit and no filter sits on quota others need. The
-//!   grant is added to the total; `remaining = left - grant`.
+//!   grant is added to the total; `remaining = left - grant`. `release` (quota the filter
+//!   was leased and gives back unused, so that another filter's request may have it) is
+//!   taken off the total first, never below 0.
 //! - PARALLEL (window 0): the holder first gives back `min(release, what it holds)`; then
 //!   the same rule against `limit - slots held by every unexpired holder`, and the holder's
 //!   slots grow by the grant. `overrun` means nothing here and is ignored.
@@ -85,7 +87,7 @@ pub struct QuotaWant {
     pub want: u64,
     /// REQUESTS / TOKENS: charged to the window before the grant, even past the limit.
     pub overrun: u64,
-    /// PARALLEL: slots given back before the grant.
+    /// Given back before the grant: PARALLEL slots, or REQUESTS / TOKENS leased and unused.
     pub release: u64,
 }
 
@@ -129,11 +131,13 @@ fn grant_sql(charged: &str) -> String {
 }
 
 /// One window ask: `$1` scope, `$2` id, `$3` kind, `$4` window start, `$5` limit, `$6` need,
-/// `$7` want, `$8` overrun (all capped), `$9` now. A new row starts from total 0.
+/// `$7` want, `$8` overrun, `$10` release (all capped), `$9` now. A new row starts from
+/// total 0 (a release there gives back nothing).
 static GRANT_WINDOW_SQL: LazyLock<String> = LazyLock::new(|| {
+    let charged = "(quota_counters.total + $8)";
     let old = format!(
-        "(CASE WHEN quota_counters.total + $8 > {QUOTA_VALUE_CAP} THEN {QUOTA_VALUE_CAP} \
-         ELSE quota_counters.total + $8 END)"
+        "(CASE WHEN {charged} > {QUOTA_VALUE_CAP} + $10 THEN {QUOTA_VALUE_CAP} \
+         WHEN {charged} > $10 THEN {charged} - $10 ELSE 0 END)"
     );
     let fresh_grant = grant_sql("$8");
     let grant = grant_sql(&old);
@@ -178,6 +182,7 @@ impl Store {
                 .bind(to_i64(ask.want))
                 .bind(to_i64(ask.overrun))
                 .bind(to_i64(now_ms))
+                .bind(to_i64(ask.release))
                 .fetch_one(pool)
                 .await?;
             (row.try_get("total")?, row.try_get("last_grant")?)

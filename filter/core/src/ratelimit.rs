@@ -396,6 +396,7 @@ impl QuotaBook {
         }
         if let Some(mut refusal) = refused {
             refusal.headers = self.headers(needs, now_ms);
+            self.give_back_unused(needs, &refusal.counter);
             return Admission::Refused(Box::new(refusal));
         }
         // Then a lease for every counter that has too little (each asked once at a time).
@@ -444,6 +445,45 @@ impl QuotaBook {
             }
         }
         Admission::Admitted(self.headers(needs, now_ms))
+    }
+
+    /// After a refusal: the leases this filter holds on the request's other counters, near
+    /// their limits, go back to the authority (a request that waited for several counters
+    /// and was refused by one holds the others' grants, which another filter's request may
+    /// need; far from a limit they stay, for this filter's next requests).
+    fn give_back_unused(&mut self, needs: &[Need], refused: &CounterId) {
+        if !self.connected {
+            return;
+        }
+        for need in needs {
+            if &need.counter == refused {
+                continue;
+            }
+            let Some(counter) = self.counters.get_mut(&need.counter) else {
+                continue;
+            };
+            let unused = counter.available();
+            let lease = counter.lease_size(need.amount);
+            if unused == 0
+                || counter.authority_has_plenty(lease)
+                || matches!(counter.standing, Standing::Alone | Standing::Asking { .. })
+            {
+                continue;
+            }
+            counter.held -= unused;
+            counter.remaining = counter.remaining.saturating_add(unused);
+            self.outbox.push(proto::QuotaAsk {
+                scope: need.counter.scope as i32,
+                id: need.counter.id.clone(),
+                kind: need.counter.kind as i32,
+                limit: counter.limit,
+                window_start_unix_ms: counter.window_start_ms,
+                need: 0,
+                want: 0,
+                overrun: 0,
+                release: unused,
+            });
+        }
     }
 
     /// A finished request gives back what it held: its parallel slots, and the difference
@@ -822,6 +862,27 @@ mod tests {
             Admission::Refused(_)
         ));
         assert!(book.take_request().is_none());
+    }
+
+    #[test]
+    fn a_refused_request_gives_back_the_leases_it_waited_for() {
+        let mut book = connected();
+        let key = need(LimitKind::Requests, 4, 1);
+        let mut user = need(LimitKind::Requests, 2, 1);
+        user.counter.scope = BudgetScope::User;
+        let both = [key.clone(), user];
+        assert_eq!(book.admit(&both, T0), Admission::Wait);
+        let request = book.take_request().expect("asks");
+        // The key gets its one, the user's limit is spent elsewhere.
+        book.apply(&grant(&request, &[1, 0], &[3, 0]), T0);
+        assert!(matches!(book.admit(&both, T0), Admission::Refused(_)));
+        let release = book.take_request().expect("the key's lease goes back");
+        assert_eq!(release.asks.len(), 1);
+        let ask = &release.asks[0];
+        assert_eq!(
+            (ask.scope, ask.need, ask.release, ask.window_start_unix_ms),
+            (BudgetScope::Key as i32, 0, 1, T0)
+        );
     }
 
     #[test]

@@ -323,9 +323,11 @@ fn each_limit_kind_refuses_at_the_right_count() {
     for request in slow {
         assert_eq!(request.join().unwrap(), 200);
     }
+    // A slot is free again once its filter has told the authority: a round trip after the
+    // answer went out.
+    std::thread::sleep(Duration::from_millis(300));
     served(url, &key, "gpt-mock");
 
-    // Every refusal above has its usage record.
     assert!(
         gateway.filter_failures().is_empty(),
         "{:?}",
@@ -426,6 +428,7 @@ fn limits_hold_across_two_envoys() {
     for request in slow {
         assert_eq!(request.join().unwrap(), 200);
     }
+    std::thread::sleep(Duration::from_millis(300));
     for url in urls {
         served(url, &key, "gpt-mock");
     }
