@@ -600,10 +600,7 @@ impl Stack {
             addr: local(tollgate_port),
             host: local(tollgate_port).to_string(),
             path: "/key/generate".to_string(),
-            headers: vec![(
-                "authorization".to_string(),
-                format!("Bearer {MASTER_KEY}"),
-            )],
+            headers: vec![("authorization".to_string(), format!("Bearer {MASTER_KEY}"))],
             body: Bytes::from_static(LIMITED_KEY_FIELDS.as_bytes()),
             stream: false,
         };

@@ -96,7 +96,10 @@ fn wait_for_key(url: &str, key: &str, answers: &AtomicU64, spent: &Mutex) {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        assert!(start.elapsed() < Duration::from_secs(20), "key never arrived");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "key never arrived"
+        );
     }
 }
 
@@ -175,7 +178,12 @@ fn restarts_mid_load_lose_no_record_and_count_none_twice() {
                             _ => urls.0.clone(),
                         }
                     };
-                    match chat(&url, &key, &format!("client {number} request {n}"), &answers) {
+                    match chat(
+                        &url,
+                        &key,
+                        &format!("client {number} request {n}"),
+                        &answers,
+                    ) {
                         Ok(body) => {
                             answered.fetch_add(1, Ordering::SeqCst);
                             spent.add(cost(&body));
@@ -192,7 +200,10 @@ fn restarts_mid_load_lose_no_record_and_count_none_twice() {
             std::thread::sleep(Duration::from_millis(20));
         }
         let now = answered.load(Ordering::SeqCst);
-        assert!(now >= at_least, "the gateway stopped serving ({now} < {at_least})");
+        assert!(
+            now >= at_least,
+            "the gateway stopped serving ({now} < {at_least})"
+        );
         now
     };
 
@@ -220,18 +231,25 @@ fn restarts_mid_load_lose_no_record_and_count_none_twice() {
         client.join().unwrap();
     }
     let failures = failures.lock().unwrap().clone();
-    assert!(failures.is_empty(), "{} failed, first: {:?}", failures.len(), failures.first());
+    assert!(
+        failures.is_empty(),
+        "{} failed, first: {:?}",
+        failures.len(),
+        failures.first()
+    );
     let answers = answers.load(Ordering::SeqCst);
     let spent = spent.get();
 
     // Exactly one record per answered request, and exactly their cost in the key's spend.
     assert!(
-        eventually(Duration::from_secs(30), || stored_records(&database) >= answers),
+        eventually(Duration::from_secs(30), || stored_records(&database)
+            >= answers),
         "stored {} of {answers} records",
         stored_records(&database)
     );
     assert!(
-        eventually(Duration::from_secs(30), || key_spend(&first.url, &key) == Some(spent)),
+        eventually(Duration::from_secs(30), || key_spend(&first.url, &key)
+            == Some(spent)),
         "key spend {:?}, answered requests cost {spent}",
         key_spend(&first.url, &key)
     );
