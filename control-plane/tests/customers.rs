@@ -207,7 +207,6 @@ macro_rules! on_both {
     };
 }
 
-
 /// A priced record of end user `end_user`.
 fn usage(id: &str, end_user: &str, cost: f64) -> UsageRecord {
     UsageRecord {
@@ -289,9 +288,7 @@ async fn round_trip(db: Db) {
     );
 
     // Without a budget: no budget table, no window, spend 0.
-    let plain = plane
-        .ok("/end_user/new", json!({"user_id": "bob"}))
-        .await;
+    let plain = plane.ok("/end_user/new", json!({"user_id": "bob"})).await;
     assert_eq!(plain["litellm_budget_table"], Value::Null);
     assert_eq!(plain["max_budget"], Value::Null);
     assert_eq!(plain["budget_reset_at"], Value::Null);
@@ -365,7 +362,10 @@ async fn validation(db: Db) {
     for (body, param) in [
         (json!({"blocked": true}), "blocked"),
         (json!({"blocked": "yes"}), "blocked"),
-        (json!({"allowed_model_region": "eu"}), "allowed_model_region"),
+        (
+            json!({"allowed_model_region": "eu"}),
+            "allowed_model_region",
+        ),
         (json!({"budget_id": "free_tier"}), "budget_id"),
         (json!({"rpm_limit": 10}), "rpm_limit"),
         (json!({"tpm_limit": 10}), "tpm_limit"),
@@ -373,7 +373,10 @@ async fn validation(db: Db) {
         (json!({"model_max_budget": {"gpt": 1}}), "model_max_budget"),
         (json!({"spend": 1.5}), "spend"),
         (json!({"budget_reset_at": "2030-01-01"}), "budget_reset_at"),
-        (json!({"object_permission": {"mcp_servers": ["s"]}}), "object_permission"),
+        (
+            json!({"object_permission": {"mcp_servers": ["s"]}}),
+            "object_permission",
+        ),
         (json!({"max_budget": -1}), "max_budget"),
         (json!({"max_budget": "10"}), "max_budget"),
         (json!({"soft_budget": -0.5}), "soft_budget"),
@@ -393,9 +396,7 @@ async fn validation(db: Db) {
     plane
         .ok("/customer/new", json!({"user_id": "c1", "max_budget": 1}))
         .await;
-    let (status, answer) = plane
-        .post("/customer/new", json!({"user_id": "c1"}))
-        .await;
+    let (status, answer) = plane.post("/customer/new", json!({"user_id": "c1"})).await;
     assert_eq!(status, 409, "{answer}");
     assert_eq!(answer["error"]["param"], "user_id");
     for (body, param) in [
@@ -412,7 +413,10 @@ async fn validation(db: Db) {
         .bad("/customer/update", json!({"max_budget": 2}), "user_id")
         .await;
     let (status, answer) = plane
-        .post("/customer/update", json!({"user_id": "ghost", "max_budget": 2}))
+        .post(
+            "/customer/update",
+            json!({"user_id": "ghost", "max_budget": 2}),
+        )
         .await;
     assert_eq!(status, 404, "{answer}");
     assert_eq!(answer["error"]["param"], "user_id");
@@ -421,9 +425,7 @@ async fn validation(db: Db) {
         "user_id: End User Id=ghost does not exist in db"
     );
     // The refused updates changed nothing.
-    let info = plane
-        .get("/customer/info", &[("end_user_id", "c1")])
-        .await;
+    let info = plane.get("/customer/info", &[("end_user_id", "c1")]).await;
     assert_eq!(info["max_budget"], 1.0);
 
     let (status, answer) = plane
@@ -461,7 +463,11 @@ async fn delete(db: Db) {
         .bad("/customer/delete", json!({"user_ids": "a"}), "user_ids")
         .await;
     plane
-        .bad("/customer/delete", json!({"user_ids": ["a", ""]}), "user_ids[1]")
+        .bad(
+            "/customer/delete",
+            json!({"user_ids": ["a", ""]}),
+            "user_ids[1]",
+        )
         .await;
     // An unknown id deletes nothing.
     let (status, answer) = plane
@@ -469,7 +475,15 @@ async fn delete(db: Db) {
         .await;
     assert_eq!(status, 404, "{answer}");
     assert_eq!(answer["error"]["param"], "user_ids[2]");
-    assert_eq!(plane.get("/customer/list", &[]).await.as_array().unwrap().len(), 3);
+    assert_eq!(
+        plane
+            .get("/customer/list", &[])
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
 
     let deleted = plane
         .ok("/end_user/delete", json!({"user_ids": ["a", "c"]}))
@@ -496,9 +510,7 @@ async fn delete(db: Db) {
     assert_eq!(plane.reset_at("end_user", "a").await, None);
     assert!(plane.reset_at("end_user", "b").await.is_some());
     // The id is free again.
-    plane
-        .ok("/customer/new", json!({"user_id": "a"}))
-        .await;
+    plane.ok("/customer/new", json!({"user_id": "a"})).await;
     plane.stop().await;
 }
 on_both!(delete, delete_sqlite, delete_postgres);
@@ -531,11 +543,17 @@ async fn snapshot_and_filters(db: Db) {
         )
         .await;
     plane
-        .ok("/customer/new", json!({"user_id": "amy", "soft_budget": 1.25}))
+        .ok(
+            "/customer/new",
+            json!({"user_id": "amy", "soft_budget": 1.25}),
+        )
         .await;
     // No budget: not an entry (max_end_user_budget applies).
     plane
-        .ok("/customer/new", json!({"user_id": "nobudget", "alias": "n"}))
+        .ok(
+            "/customer/new",
+            json!({"user_id": "nobudget", "alias": "n"}),
+        )
         .await;
     plane.hub.refresh().await.unwrap();
 
