@@ -217,7 +217,7 @@ fn usage(id: &str, end_user: &str, cost: f64) -> UsageRecord {
         status: 200,
         prompt_tokens: Some(10),
         completion_tokens: Some(5),
-        started_unix_ms: u64::try_from(tollgate::store::now_unix_ms()).unwrap(),
+        started_unix_ms: tollgate::store::now_unix_ms(),
         duration_ms: 100,
         end_user: end_user.into(),
         cost: Some(cost),
