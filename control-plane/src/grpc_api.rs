@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use tonic::{Request, Response, Status};
 
+use crate::manage::token_of;
 use crate::manage::{
     ApiError, BudgetChange, ErrorKind, KeyGenerate, KeyUpdate, Manager, ModelBudget,
     RateLimitChange, TeamCreate, TeamUpdate, UserCreate, UserUpdate,
@@ -13,9 +14,10 @@ use crate::manage::{
 use crate::pricing::{Prices, PRICE_FIELDS};
 use crate::proto::management_server::{Management, ManagementServer};
 use crate::proto::{self as pb};
+use crate::spend_api::MAX_PAGE_SIZE;
 use crate::store::{
-    BudgetFields, DeploymentSource, KeyRow, NewMember, RateLimitFields, StoredDeployment, TeamRow,
-    UserRow,
+    BudgetFields, DeploymentSource, KeyRow, NewMember, RateLimitFields, ReportFilter, ReportGroup,
+    SpendLogFilter, SpendScope, StoredDeployment, TeamRow, UserRow, DAY_MS,
 };
 
 /// The tonic service over `manager`.
@@ -350,6 +352,67 @@ impl GrpcManagement {
 }
 
 type GrpcResult<T> = Result<Response<T>, Status>;
+
+/// A unix ms bound of a spend query: 0 is none.
+fn bound(value: u64) -> Option<i64> {
+    (value > 0).then(|| i64::try_from(value).unwrap_or(i64::MAX))
+}
+
+/// A range of a spend query; an end at or before the start is refused (as over HTTP).
+fn spend_range(
+    start: u64,
+    end: u64,
+    end_param: &str,
+) -> Result<(Option<i64>, Option<i64>), ApiError> {
+    let (start, end) = (bound(start), bound(end));
+    if let (Some(start), Some(end)) = (start, end) {
+        if end <= start {
+            return Err(ApiError::invalid(end_param, "must be after the start"));
+        }
+    }
+    Ok((start, end))
+}
+
+/// A key of a spend query: a clear key (hashed) or its SHA-256 hex, as `/spend/logs` takes it.
+fn key_hash_of(api_key: String) -> Option<String> {
+    opt(api_key.trim().to_string()).map(|key| token_of(&key))
+}
+
+fn spend_log_filter(filter: pb::SpendLogFilter) -> Result<SpendLogFilter, ApiError> {
+    let (start_ms, end_ms) = spend_range(
+        filter.start_unix_ms,
+        filter.end_unix_ms,
+        "filter.end_unix_ms",
+    )?;
+    let text = |value: String| opt(value.trim().to_string());
+    Ok(SpendLogFilter {
+        key_hash: key_hash_of(filter.api_key),
+        user_id: text(filter.user_id),
+        team_id: text(filter.team_id),
+        model: text(filter.model),
+        end_user: text(filter.end_user),
+        request_id: text(filter.request_id),
+        start_ms,
+        end_ms,
+    })
+}
+
+fn report_group(value: i32) -> Result<ReportGroup, ApiError> {
+    Ok(match pb::SpendReportGroup::try_from(value) {
+        Ok(pb::SpendReportGroup::Unspecified | pb::SpendReportGroup::Team) => ReportGroup::Team,
+        Ok(pb::SpendReportGroup::Customer) => ReportGroup::Customer,
+        Ok(pb::SpendReportGroup::ApiKey) => ReportGroup::ApiKey,
+        Ok(pb::SpendReportGroup::User) => ReportGroup::User,
+        Ok(pb::SpendReportGroup::Model) => ReportGroup::Model,
+        Ok(pb::SpendReportGroup::Day) => ReportGroup::Day,
+        Err(_) => {
+            return Err(ApiError::invalid(
+                "group_by",
+                format!("{value} is not a SpendReportGroup"),
+            ))
+        }
+    })
+}
 
 #[tonic::async_trait]
 impl Management for GrpcManagement {
@@ -745,5 +808,134 @@ impl Management for GrpcManagement {
             .add_team_members(&body.team_id, &members(body.members))
             .await?;
         Ok(Response::new(self.team_info(&team).await?))
+    }
+
+    async fn list_spend_logs(
+        &self,
+        request: Request<pb::ListSpendLogsRequest>,
+    ) -> GrpcResult<pb::ListSpendLogsResponse> {
+        self.auth(&request).await?;
+        let body = request.into_inner();
+        let filter = spend_log_filter(body.filter.unwrap_or_default())?;
+        let page = body.page.max(1);
+        let page_size = match body.page_size {
+            0 => 50,
+            size if size <= MAX_PAGE_SIZE => size,
+            size => {
+                return Err(ApiError::invalid(
+                    "page_size",
+                    format!("must be an integer from 1 to {MAX_PAGE_SIZE}, got {size}"),
+                )
+                .into())
+            }
+        };
+        let store = self.manager.hub().store();
+        let offset = (page - 1).saturating_mul(page_size);
+        let records = store
+            .spend_logs(&filter, offset, page_size)
+            .await
+            .map_err(ApiError::from)?;
+        let total = store
+            .spend_logs_count(&filter)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::ListSpendLogsResponse {
+            records,
+            total,
+            page,
+            page_size,
+            total_pages: total.div_ceil(page_size),
+        }))
+    }
+
+    async fn get_global_spend(
+        &self,
+        request: Request<pb::GetGlobalSpendRequest>,
+    ) -> GrpcResult<pb::GlobalSpend> {
+        self.auth(&request).await?;
+        let (spend, reset_at) = self
+            .manager
+            .hub()
+            .store()
+            .spend_total(SpendScope::Global, "")
+            .await
+            .map_err(ApiError::from)?
+            .unwrap_or((0.0, 0));
+        Ok(Response::new(pb::GlobalSpend {
+            spend,
+            budget_reset_at_unix_ms: reset_at,
+        }))
+    }
+
+    async fn get_spend_report(
+        &self,
+        request: Request<pb::GetSpendReportRequest>,
+    ) -> GrpcResult<pb::SpendReport> {
+        self.auth(&request).await?;
+        let body = request.into_inner();
+        let (start, end) = spend_range(body.start_unix_ms, body.end_unix_ms, "end_unix_ms")?;
+        let start = start.ok_or_else(|| ApiError::invalid("start_unix_ms", "required"))?;
+        let end = end.ok_or_else(|| ApiError::invalid("end_unix_ms", "required"))?;
+        let group = report_group(body.group_by)?;
+        let restrict = ReportFilter {
+            key_hash: key_hash_of(body.api_key),
+            user_id: opt(body.internal_user_id.trim().to_string()),
+        };
+        let store = self.manager.hub().store();
+        let rows = store
+            .spend_report(start, end, group, &restrict)
+            .await
+            .map_err(ApiError::from)?;
+        let aliases = if group == ReportGroup::Team {
+            store.team_aliases().await.map_err(ApiError::from)?
+        } else {
+            BTreeMap::new()
+        };
+        Ok(Response::new(pb::SpendReport {
+            rows: rows
+                .into_iter()
+                .map(|row| pb::SpendReportRow {
+                    day_unix_ms: row
+                        .day
+                        .and_then(|day| u64::try_from(day.saturating_mul(DAY_MS)).ok()),
+                    team_alias: aliases.get(&row.team_id).cloned().unwrap_or_default(),
+                    team_id: row.team_id,
+                    end_user: row.end_user,
+                    key_hash: row.key_hash,
+                    user_id: row.user_id,
+                    model: row.model,
+                    spend: row.spend,
+                    prompt_tokens: row.prompt_tokens,
+                    completion_tokens: row.completion_tokens,
+                    requests: row.requests,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn list_spend_tags(
+        &self,
+        request: Request<pb::ListSpendTagsRequest>,
+    ) -> GrpcResult<pb::ListSpendTagsResponse> {
+        self.auth(&request).await?;
+        let body = request.into_inner();
+        let (start, end) = spend_range(body.start_unix_ms, body.end_unix_ms, "end_unix_ms")?;
+        let tags = self
+            .manager
+            .hub()
+            .store()
+            .spend_by_tag(start, end)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::ListSpendTagsResponse {
+            tags: tags
+                .into_iter()
+                .map(|tag| pb::TagSpend {
+                    tag: tag.tag,
+                    log_count: tag.log_count,
+                    total_spend: tag.total_spend,
+                })
+                .collect(),
+        }))
     }
 }

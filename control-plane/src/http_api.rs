@@ -18,13 +18,13 @@ use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
 
 use crate::manage::{
-    iso8601, model_entry_json, model_max_budget_json, ApiError, BudgetChange, ErrorKind,
-    KeyGenerate, KeyUpdate, Manager, ModelBudget, RateLimitChange, TeamCreate, TeamUpdate,
-    UserCreate, UserUpdate,
+    iso8601, model_entry_json, model_max_budget_json, ApiError, BudgetChange, CustomerCreate,
+    CustomerUpdate, ErrorKind, KeyGenerate, KeyUpdate, Manager, ModelBudget, RateLimitChange,
+    TeamCreate, TeamUpdate, UserCreate, UserUpdate,
 };
 use crate::store::{
-    BudgetFields, KeyRow, NewMember, RateLimitFields, SpendScope, StoredDeployment, TeamRow,
-    UserRow,
+    BudgetFields, CustomerRow, KeyRow, NewMember, RateLimitFields, SpendScope, StoredDeployment,
+    TeamRow, UserRow,
 };
 
 /// Path prefixes Envoy sends to this API on the gateway port.
@@ -36,6 +36,8 @@ pub const ROUTED_PREFIXES: &[&str] = &[
     "/organization/",
     "/spend/",
     "/global/",
+    "/customer/",
+    "/end_user/",
 ];
 
 fn status_of(kind: ErrorKind) -> (StatusCode, &'static str) {
@@ -1046,6 +1048,167 @@ async fn model_delete(State(m): State<Shared>, headers: HeaderMap, bytes: Bytes)
     .await
 }
 
+// ---- customers (LiteLLM's end users) ----
+
+/// LiteLLM's customer fields Tollgate cannot enforce yet, with why: given (not null), each
+/// is a 400 rather than a setting that silently does nothing. `blocked: false` is accepted
+/// (it is what every customer is).
+const UNSUPPORTED_CUSTOMER_FIELDS: &[(&str, &str)] = &[
+    ("allowed_model_region", "Tollgate does not route by region"),
+    ("budget_id", "Tollgate has no budget table; set max_budget, soft_budget and budget_duration on the customer"),
+    ("rpm_limit", "Tollgate has no per-customer rate limits"),
+    ("tpm_limit", "Tollgate has no per-customer rate limits"),
+    ("max_parallel_requests", "Tollgate has no per-customer rate limits"),
+    ("model_max_budget", "Tollgate has no per-customer model budgets"),
+    ("spend", "a customer's spend is what its requests cost"),
+    ("budget_reset_at", "the window ends budget_duration after it starts"),
+    ("object_permission", "Tollgate serves no MCP servers, vector stores or agents"),
+];
+
+fn refuse_unsupported_customer_fields(body: &Body) -> Result<(), ApiError> {
+    if body.boolean("blocked")? == Some(true) {
+        return Err(ApiError::invalid(
+            "blocked",
+            "not supported yet: Tollgate cannot refuse an end user's requests",
+        ));
+    }
+    for (field, why) in UNSUPPORTED_CUSTOMER_FIELDS {
+        if body.get(field).is_some() {
+            return Err(ApiError::invalid(
+                field,
+                format!("not supported yet for customers: {why}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A customer in LiteLLM's `LiteLLM_EndUserTable` shape (its budget in
+/// `litellm_budget_table`, null without one), with the budget fields also at the top
+/// level as `/user/info` shows them.
+async fn customer_value(m: &Manager, customer: &CustomerRow) -> Result<Value, ApiError> {
+    let mut map = Map::new();
+    map.insert("user_id".into(), customer.user_id.clone().into());
+    map.insert("alias".into(), json!(customer.alias));
+    map.insert("blocked".into(), false.into());
+    map.insert("allowed_model_region".into(), Value::Null);
+    map.insert("default_model".into(), json!(customer.default_model));
+    map.insert("budget_id".into(), Value::Null);
+    map.insert("metadata".into(), customer.metadata.clone());
+    map.insert("object_permission".into(), Value::Null);
+    add_budget(
+        m,
+        &mut map,
+        &customer.budget,
+        SpendScope::EndUser,
+        &customer.user_id,
+    )
+    .await?;
+    let table = if customer.budget.is_set() {
+        json!({
+            "max_budget": map["max_budget"],
+            "soft_budget": map["soft_budget"],
+            "budget_duration": map["budget_duration"],
+            "budget_reset_at": map["budget_reset_at"],
+            "tpm_limit": null,
+            "rpm_limit": null,
+            "max_parallel_requests": null,
+            "model_max_budget": null,
+        })
+    } else {
+        Value::Null
+    };
+    map.insert("litellm_budget_table".into(), table);
+    map.insert("created_at".into(), time(customer.created_at));
+    map.insert("updated_at".into(), time(customer.updated_at));
+    Ok(Value::Object(map))
+}
+
+async fn customer_new(State(m): State<Shared>, headers: HeaderMap, bytes: Bytes) -> Response {
+    handle(&m, &headers, || async {
+        let body = Body::parse(&bytes)?;
+        let user_id = body.required("user_id")?;
+        refuse_unsupported_customer_fields(&body)?;
+        let request = CustomerCreate {
+            user_id,
+            alias: body.string("alias")?,
+            default_model: body.string("default_model")?,
+            metadata: body.object("metadata")?,
+            budget: body.budget()?,
+        };
+        customer_value(&m, &m.create_customer(request).await?).await
+    })
+    .await
+}
+
+async fn customer_info(
+    State(m): State<Shared>,
+    headers: HeaderMap,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Response {
+    handle(&m, &headers, || async {
+        let query = query_map(query)?;
+        let user_id = query.get("end_user_id").cloned().unwrap_or_default();
+        customer_value(&m, &m.customer_info(&user_id).await?).await
+    })
+    .await
+}
+
+async fn customer_update(State(m): State<Shared>, headers: HeaderMap, bytes: Bytes) -> Response {
+    handle(&m, &headers, || async {
+        let body = Body::parse(&bytes)?;
+        let user_id = body.required("user_id")?;
+        refuse_unsupported_customer_fields(&body)?;
+        let request = CustomerUpdate {
+            user_id,
+            alias: body.nullable("alias")?,
+            default_model: body.nullable("default_model")?,
+            metadata: body.object("metadata")?,
+            budget: body.budget()?,
+        };
+        customer_value(&m, &m.update_customer(request).await?).await
+    })
+    .await
+}
+
+async fn customer_delete(State(m): State<Shared>, headers: HeaderMap, bytes: Bytes) -> Response {
+    handle(&m, &headers, || async {
+        let body = Body::parse(&bytes)?;
+        let user_ids = body
+            .list("user_ids")?
+            .ok_or_else(|| ApiError::invalid("user_ids", "required"))?;
+        let deleted = m.delete_customers(&user_ids).await?;
+        Ok(json!({
+            "deleted_customers": deleted,
+            "message": format!("Successfully deleted customers with ids: {user_ids:?}"),
+        }))
+    })
+    .await
+}
+
+async fn customer_list(State(m): State<Shared>, headers: HeaderMap) -> Response {
+    handle(&m, &headers, || async {
+        let mut values = Vec::new();
+        for customer in m.list_customers().await? {
+            values.push(customer_value(&m, &customer).await?);
+        }
+        Ok(Value::Array(values))
+    })
+    .await
+}
+
+/// `/customer/block` and `/customer/unblock`: refused until the filters can refuse an end
+/// user (accepting them would promise a block that does not happen).
+async fn customer_block(State(m): State<Shared>, headers: HeaderMap) -> Response {
+    handle(&m, &headers, || async {
+        Err(ApiError::invalid(
+            "user_ids",
+            "blocking customers is not supported yet: Tollgate cannot refuse an end user's requests",
+        ))
+    })
+    .await
+}
+
 async fn not_found() -> Response {
     ApiError::not_found("path", "Unknown management URL").into_response()
 }
@@ -1084,6 +1247,21 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route("/model/update", post(model_update))
         .route("/model/{id}/update", patch(model_patch))
         .route("/model/delete", post(model_delete))
+        .route("/customer/new", post(customer_new))
+        .route("/customer/info", get(customer_info))
+        .route("/customer/update", post(customer_update))
+        .route("/customer/delete", post(customer_delete))
+        .route("/customer/list", get(customer_list))
+        .route("/customer/block", post(customer_block))
+        .route("/customer/unblock", post(customer_block))
+        // LiteLLM's older names of the same endpoints.
+        .route("/end_user/new", post(customer_new))
+        .route("/end_user/info", get(customer_info))
+        .route("/end_user/update", post(customer_update))
+        .route("/end_user/delete", post(customer_delete))
+        .route("/end_user/list", get(customer_list))
+        .route("/end_user/block", post(customer_block))
+        .route("/end_user/unblock", post(customer_block))
         .merge(crate::spend_api::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(wrong_method)

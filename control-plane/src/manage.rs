@@ -11,9 +11,9 @@ use crate::config::{self, EnvAllowlist};
 use std::collections::BTreeMap;
 
 use crate::store::{
-    now_unix_ms, sha256_hex, BudgetFields, DeploymentRecord, DeploymentSource, KeyRow, Missing,
-    NewMember, RateLimitFields, Store, StoreError, StoredDeployment, Taken, TeamRow, UserRow,
-    SETTING_API_ENV_PREFIXES, SETTING_MASTER_KEY_SHA256,
+    now_unix_ms, sha256_hex, BudgetFields, CustomerRow, DeploymentRecord, DeploymentSource, KeyRow,
+    Missing, NewMember, RateLimitFields, Store, StoreError, StoredDeployment, Taken, TeamRow,
+    UserRow, SETTING_API_ENV_PREFIXES, SETTING_MASTER_KEY_SHA256,
 };
 use crate::sync::SyncHub;
 
@@ -159,6 +159,13 @@ impl From<StoreError> for ApiError {
                 Missing::User(id) => {
                     ApiError::not_found("user_id", format!("user {id:?} not found"))
                 }
+                Missing::Customer(id) => {
+                    ApiError::not_found("user_id", format!("End User Id={id} does not exist in db"))
+                }
+                Missing::CustomerInBatch { index, user_id } => ApiError::not_found(
+                    &format!("user_ids[{index}]"),
+                    format!("End User Id={user_id} does not exist in db; nothing was deleted"),
+                ),
             },
             StoreError::AlreadyExists(taken) => match taken {
                 Taken::Key => ApiError::already_exists("key", "this key already exists"),
@@ -183,6 +190,12 @@ impl From<StoreError> for ApiError {
                 Taken::Deployment(id) => ApiError::already_exists(
                     "model_info.id",
                     format!("a model with id {id:?} already exists"),
+                ),
+                Taken::Customer(id) => ApiError::already_exists(
+                    "user_id",
+                    format!(
+                        "Customer already exists, passed user_id={id}. Please pass a new user_id."
+                    ),
                 ),
             },
             StoreError::ConfigDeployment(id) => ApiError::config_model(&id),
@@ -677,7 +690,38 @@ pub struct TeamCreate {
     pub limits: RateLimitChange,
 }
 
-/// A user with its teams and keys.
+/// A `/customer/new` request (the fields Tollgate takes; the HTTP layer refuses the ones
+/// it cannot enforce).
+#[derive(Debug, Clone, Default)]
+pub struct CustomerCreate {
+    /// Required: the request's `user` field this customer is.
+    pub user_id: String,
+    /// Human-friendly name.
+    pub alias: Option<String>,
+    /// A public model name of the gateway (stored, not used yet).
+    pub default_model: Option<String>,
+    /// JSON object.
+    pub metadata: Option<Value>,
+    /// `max_budget`, `soft_budget`, `budget_duration`.
+    pub budget: BudgetChange,
+}
+
+/// A `/customer/update` request: `None` leaves a field as it is, `Some(None)` clears it.
+#[derive(Debug, Clone, Default)]
+pub struct CustomerUpdate {
+    /// The customer to change.
+    pub user_id: String,
+    /// Human-friendly name.
+    pub alias: Option<Option<String>>,
+    /// A public model name of the gateway.
+    pub default_model: Option<Option<String>>,
+    /// JSON object (replaces the stored one).
+    pub metadata: Option<Value>,
+    /// `max_budget`, `soft_budget`, `budget_duration`.
+    pub budget: BudgetChange,
+}
+
+/// A user with its teams and keys (`/user/info`).
 #[derive(Debug, Clone)]
 pub struct UserDetails {
     /// The user.
@@ -1168,6 +1212,130 @@ impl Manager {
         scope_id: &str,
     ) -> Result<Option<i64>, ApiError> {
         Ok(self.store().budget_reset_at(scope, scope_id).await?)
+    }
+
+    // ---- customers (end users) ----
+
+    /// Fails unless `model` is a public model name of the gateway (LiteLLM checks
+    /// `default_model` the same way).
+    async fn check_default_model(&self, model: Option<String>) -> Result<Option<String>, ApiError> {
+        let Some(model) = non_empty("default_model", model)? else {
+            return Ok(None);
+        };
+        let known = self.store().deployments().await?;
+        if known.iter().any(|stored| stored.record.model_name == model) {
+            Ok(Some(model))
+        } else {
+            Err(ApiError::invalid(
+                "default_model",
+                format!("{model:?} is not a model of this gateway"),
+            ))
+        }
+    }
+
+    /// `/customer/new`.
+    pub async fn create_customer(&self, request: CustomerCreate) -> Result<CustomerRow, ApiError> {
+        let user_id = request.user_id;
+        if user_id.trim().is_empty() {
+            return Err(ApiError::invalid("user_id", "required"));
+        }
+        let now = i64::try_from(now_unix_ms()).unwrap_or(i64::MAX);
+        let mut customer = CustomerRow {
+            user_id,
+            alias: non_empty("alias", request.alias)?,
+            default_model: self.check_default_model(request.default_model).await?,
+            metadata: check_metadata("metadata", request.metadata)?,
+            created_at: now,
+            updated_at: now,
+            budget: BudgetFields::default(),
+        };
+        apply_budget(&mut customer.budget, request.budget)?;
+        self.store().insert_customer(&customer).await?;
+        self.changed().await;
+        Ok(customer)
+    }
+
+    /// `/customer/info`.
+    pub async fn customer_info(&self, user_id: &str) -> Result<CustomerRow, ApiError> {
+        if user_id.trim().is_empty() {
+            return Err(ApiError::invalid("end_user_id", "required"));
+        }
+        self.store().customer(user_id).await?.ok_or_else(|| {
+            ApiError::not_found(
+                "end_user_id",
+                format!("End User Id={user_id} does not exist in db"),
+            )
+        })
+    }
+
+    /// `/customer/list`.
+    pub async fn list_customers(&self) -> Result<Vec<CustomerRow>, ApiError> {
+        Ok(self.store().customers().await?)
+    }
+
+    /// `/customer/update`.
+    pub async fn update_customer(&self, request: CustomerUpdate) -> Result<CustomerRow, ApiError> {
+        if request.user_id.trim().is_empty() {
+            return Err(ApiError::invalid("user_id", "required"));
+        }
+        let mut customer = self
+            .store()
+            .customer(&request.user_id)
+            .await?
+            .ok_or_else(|| {
+                ApiError::from(StoreError::NotFound(Missing::Customer(
+                    request.user_id.clone(),
+                )))
+            })?;
+        if let Some(alias) = request.alias {
+            customer.alias = non_empty("alias", alias)?;
+        }
+        if let Some(model) = request.default_model {
+            customer.default_model = self.check_default_model(model).await?;
+        }
+        if let Some(metadata) = request.metadata {
+            customer.metadata = check_metadata("metadata", Some(metadata))?;
+        }
+        apply_budget(&mut customer.budget, request.budget)?;
+        let (customer, _) = self.store().update_customer(&customer).await?;
+        self.changed().await;
+        Ok(customer)
+    }
+
+    /// `/customer/delete`: all or nothing (an unknown id deletes none); returns how many
+    /// were deleted.
+    pub async fn delete_customers(&self, user_ids: &[String]) -> Result<usize, ApiError> {
+        if user_ids.is_empty() {
+            return Err(ApiError::invalid(
+                "user_ids",
+                "give at least one user_id to delete",
+            ));
+        }
+        let mut unique: Vec<String> = Vec::with_capacity(user_ids.len());
+        for (index, user_id) in user_ids.iter().enumerate() {
+            if user_id.trim().is_empty() {
+                return Err(ApiError::invalid(
+                    &format!("user_ids[{index}]"),
+                    "must not be empty",
+                ));
+            }
+            if !unique.contains(user_id) {
+                unique.push(user_id.clone());
+            }
+        }
+        match self.store().delete_customers(&unique).await {
+            Ok(_) => {}
+            // The store counts in the list without repeats; the error names the request's.
+            Err(StoreError::NotFound(Missing::CustomerInBatch { user_id, .. })) => {
+                let index = user_ids.iter().position(|id| *id == user_id).unwrap_or(0);
+                return Err(
+                    StoreError::NotFound(Missing::CustomerInBatch { index, user_id }).into(),
+                );
+            }
+            Err(other) => return Err(other.into()),
+        }
+        self.changed().await;
+        Ok(unique.len())
     }
 
     // ---- teams ----

@@ -169,6 +169,15 @@ pub enum Missing {
     Deployment(String),
     /// A user, by id.
     User(String),
+    /// A customer (end user), by id.
+    Customer(String),
+    /// A customer of a batch deletion, by its position among the ids given.
+    CustomerInBatch {
+        /// Position among the ids.
+        index: usize,
+        /// The id.
+        user_id: String,
+    },
 }
 
 impl std::fmt::Display for Missing {
@@ -182,6 +191,10 @@ impl std::fmt::Display for Missing {
             }
             Missing::Deployment(id) => write!(f, "deployment {id:?}"),
             Missing::User(id) => write!(f, "user {id:?}"),
+            Missing::Customer(id) => write!(f, "customer {id:?}"),
+            Missing::CustomerInBatch { index, user_id } => {
+                write!(f, "customer {user_id:?} ({index} of the batch)")
+            }
         }
     }
 }
@@ -208,6 +221,8 @@ pub enum Taken {
     },
     /// A deployment id.
     Deployment(String),
+    /// A customer (end user) id.
+    Customer(String),
 }
 
 impl std::fmt::Display for Taken {
@@ -222,6 +237,7 @@ impl std::fmt::Display for Taken {
                 write!(f, "membership of user {user_id:?} in team {team_id:?}")
             }
             Taken::Deployment(id) => write!(f, "deployment {id:?}"),
+            Taken::Customer(id) => write!(f, "customer {id:?}"),
         }
     }
 }
@@ -599,7 +615,10 @@ fn usage_id(record: &proto::UsageRecord) -> String {
 // `macro_use`: replace_config starts the gateway's budget window with `set_budget_window!`.
 #[macro_use]
 mod management;
+mod customers;
 mod windows;
+
+pub use customers::CustomerRow;
 
 pub use windows::{BudgetAlertKind, SpendRow};
 mod quota;

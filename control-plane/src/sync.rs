@@ -97,6 +97,7 @@ fn settings_budgets(
     for budget in scoped {
         let scope = match budget.scope {
             "user" => proto::BudgetScope::User,
+            "end_user" => proto::BudgetScope::EndUser,
             _ => proto::BudgetScope::Team,
         };
         budgets.push(proto::Budget {

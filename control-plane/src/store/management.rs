@@ -160,16 +160,17 @@ pub struct StateSnapshot {
     pub keys: Vec<KeyRow>,
     /// Models and blocked flag of every team, by id.
     pub teams: BTreeMap<String, (Vec<String>, bool)>,
-    /// Budgets of the users and teams that have one, users first, each by id.
+    /// Budgets of the users, teams and customers (end users) that have one, in that order,
+    /// each by id.
     pub budgets: Vec<ScopeBudget>,
     /// Rate limits of the users and teams that have one, users first, each by id.
     pub rate_limits: Vec<ScopeRateLimits>,
 }
 
-/// A budget of a user or team, as the filters get it (in the snapshot's settings).
+/// A budget of a user, team or customer, as the filters get it (in the snapshot's settings).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScopeBudget {
-    /// `"user"` or `"team"`.
+    /// `"user"`, `"team"` or `"end_user"` (a customer).
     pub scope: &'static str,
     /// User or team id.
     pub id: String,
@@ -747,6 +748,8 @@ impl Store {
                           WHERE max_budget IS NOT NULL OR soft_budget IS NOT NULL ORDER BY user_id"),
                 ("team", "SELECT team_id AS id, max_budget, soft_budget FROM teams \
                           WHERE max_budget IS NOT NULL OR soft_budget IS NOT NULL ORDER BY team_id"),
+                ("end_user", "SELECT user_id AS id, max_budget, soft_budget FROM end_users \
+                          WHERE max_budget IS NOT NULL OR soft_budget IS NOT NULL ORDER BY user_id"),
             ] {
                 for row in sqlx::query(sql).fetch_all(&mut *tx).await? {
                     budgets.push(ScopeBudget {
