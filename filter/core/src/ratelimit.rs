@@ -254,8 +254,14 @@ pub enum Admission {
 enum Standing {
     /// Leases can be asked for.
     Open,
-    /// A lease was asked for at this time (unix ms) and needs this much.
-    Asking { since_ms: u64, need: u64 },
+    /// A lease was asked for at this time (unix ms), needing this much, in the quota
+    /// request with this id (only its answer settles the ask: a release sent meanwhile is
+    /// answered with 0, which is no refusal).
+    Asking {
+        since_ms: u64,
+        need: u64,
+        request_id: u64,
+    },
     /// The authority has nothing left until this time (unix ms).
     Exhausted { until_ms: u64 },
     /// The authority could not be reached: the filter counts alone against the whole limit
@@ -417,6 +423,7 @@ impl QuotaBook {
                 counter.standing = Standing::Asking {
                     since_ms: now_ms,
                     need: short,
+                    request_id: self.next_request_id + 1,
                 };
             }
         }
@@ -441,6 +448,7 @@ impl QuotaBook {
                 counter.standing = Standing::Asking {
                     since_ms: now_ms,
                     need: 1,
+                    request_id: self.next_request_id + 1,
                 };
             }
         }
@@ -571,7 +579,13 @@ impl QuotaBook {
             }
             counter.held = counter.held.saturating_add(lease.granted);
             counter.remaining = lease.remaining;
-            if let Standing::Asking { need, .. } = counter.standing {
+            if let Standing::Asking {
+                need, request_id, ..
+            } = counter.standing
+            {
+                if request_id != grant.request_id {
+                    continue;
+                }
                 counter.standing = if lease.granted < need {
                     let until_ms = match kind {
                         LimitKind::Parallel => now_ms + PARALLEL_EXHAUSTED_MS,
@@ -942,6 +956,34 @@ mod tests {
             Admission::Wait
         );
         assert!(book.take_request().is_some());
+    }
+
+    #[test]
+    fn only_the_answer_to_its_ask_settles_a_counter() {
+        let mut book = connected();
+        let slot = [need(LimitKind::Parallel, 100, 1)];
+        assert_eq!(book.admit(&slot, T0), Admission::Wait);
+        let first = book.take_request().expect("ask");
+        book.apply(&grant(&first, &[8], &[92]), T0);
+        assert!(matches!(book.admit(&slot, T0), Admission::Admitted(_)));
+        // Done: what is over a lease (5) goes back.
+        book.settle(&slot, None, T0);
+        let release = book.take_request().expect("a release");
+        assert_eq!((release.asks[0].need, release.asks[0].release), (0, 3));
+        // Three requests in flight: at two left the filter asks ahead.
+        for _ in 0..3 {
+            assert!(matches!(book.admit(&slot, T0), Admission::Admitted(_)));
+        }
+        let ahead = book.take_request().expect("an ask ahead");
+        assert_eq!(ahead.asks[0].need, 1);
+        // The release's answer (nothing granted) comes first: it is no refusal.
+        book.apply(&grant(&release, &[0], &[95]), T0);
+        for _ in 0..2 {
+            assert!(matches!(book.admit(&slot, T0), Admission::Admitted(_)));
+        }
+        assert_eq!(book.admit(&slot, T0), Admission::Wait, "waits, not refused");
+        book.apply(&grant(&ahead, &[5], &[90]), T0);
+        assert!(matches!(book.admit(&slot, T0), Admission::Admitted(_)));
     }
 
     #[test]
