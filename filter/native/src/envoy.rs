@@ -200,10 +200,12 @@ impl Filter {
         unsafe {
             let buffered_size = self.buffer_size(buffered);
             abi::envoy_dynamic_module_callback_http_drain_body(self.0, buffered, buffered_size);
-            let target = if received_is_buffered {
+            let received_size = self.buffer_size(received);
+            // Outside a body hook (a request resumed from its scheduled hook) there is no
+            // received data: the whole body is Envoy's buffered one, and goes back there.
+            let target = if received_is_buffered || received_size == 0 {
                 buffered
             } else {
-                let received_size = self.buffer_size(received);
                 abi::envoy_dynamic_module_callback_http_drain_body(self.0, received, received_size);
                 received
             };

@@ -95,6 +95,7 @@ impl ArbitrarySnapshot {
                 max_request_body_bytes: settings.max_request_body_bytes,
                 max_response_body_bytes: settings.max_response_body_bytes,
                 budgets: Vec::new(),
+                rate_limits: Vec::new(),
             }),
             deployments: self
                 .deployments
@@ -114,6 +115,7 @@ impl ArbitrarySnapshot {
                     default_max_tokens: deployment.default_max_tokens,
                     api_version: deployment.api_version.clone(),
                     pricing: None,
+                    limits: None,
                 })
                 .collect(),
             keys: self

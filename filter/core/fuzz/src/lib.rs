@@ -44,6 +44,7 @@ pub fn deployment(model_name: &str, kind: proto::ProviderKind) -> proto::Deploym
         default_max_tokens: 0,
         api_version: String::new(),
         pricing: None,
+        limits: None,
     }
 }
 

@@ -246,6 +246,7 @@ fn snapshots() -> Vec<(&'static str, proto::Snapshot)> {
             max_request_body_bytes: 1 << 20,
             max_response_body_bytes: 0,
             budgets: Vec::new(),
+            rate_limits: Vec::new(),
         }),
         deployments: vec![
             deployment(
