@@ -423,7 +423,7 @@ impl QuotaBook {
                 counter.standing = Standing::Asking {
                     since_ms: now_ms,
                     need: short,
-                    request_id: self.next_request_id + 1,
+                    request_id: self.next_request_id.wrapping_add(1),
                 };
             }
         }
@@ -448,7 +448,7 @@ impl QuotaBook {
                 counter.standing = Standing::Asking {
                     since_ms: now_ms,
                     need: 1,
-                    request_id: self.next_request_id + 1,
+                    request_id: self.next_request_id.wrapping_add(1),
                 };
             }
         }
@@ -536,7 +536,7 @@ impl QuotaBook {
                 LimitKind::Tokens => {
                     let Some(tokens) = tokens else { continue };
                     if counter.window_start_ms != window_of(LimitKind::Tokens, now_ms)
-                        && counter.window_start_ms + WINDOW_MS <= now_ms
+                        && counter.window_start_ms.saturating_add(WINDOW_MS) <= now_ms
                     {
                         // The window it was estimated in is over: nothing to correct.
                         continue;
@@ -544,7 +544,8 @@ impl QuotaBook {
                     if tokens >= need.amount {
                         counter.used = counter.used.saturating_add(tokens - need.amount);
                         if counter.standing != Standing::Alone && counter.used > counter.held {
-                            counter.overrun += counter.used - counter.held;
+                            counter.overrun =
+                                counter.overrun.saturating_add(counter.used - counter.held);
                             counter.held = counter.used;
                         }
                     } else {
@@ -588,8 +589,8 @@ impl QuotaBook {
                 }
                 counter.standing = if lease.granted < need {
                     let until_ms = match kind {
-                        LimitKind::Parallel => now_ms + PARALLEL_EXHAUSTED_MS,
-                        _ => counter.window_start_ms + WINDOW_MS,
+                        LimitKind::Parallel => now_ms.saturating_add(PARALLEL_EXHAUSTED_MS),
+                        _ => counter.window_start_ms.saturating_add(WINDOW_MS),
                     };
                     Standing::Exhausted { until_ms }
                 } else {
@@ -655,7 +656,7 @@ impl QuotaBook {
         if self.outbox.is_empty() {
             return None;
         }
-        self.next_request_id += 1;
+        self.next_request_id = self.next_request_id.wrapping_add(1);
         Some(proto::QuotaRequest {
             request_id: self.next_request_id,
             asks: std::mem::take(&mut self.outbox),
@@ -689,7 +690,7 @@ impl QuotaBook {
             headers.window_start_ms = counter.window_start_ms;
         }
         let window = now_ms - now_ms % WINDOW_MS;
-        headers.reset_ms = window + WINDOW_MS - now_ms;
+        headers.reset_ms = WINDOW_MS - (now_ms - window);
         headers
     }
 }
