@@ -490,6 +490,12 @@ async fn add_budget(
         .filter(|reset_at| *reset_at > 0);
     map.insert("spend".into(), json!(spend));
     map.insert("max_budget".into(), json!(fields.max_budget));
+    // What is left of the window's budget (0 once spent, also when overshot); null without
+    // a budget.
+    map.insert(
+        "remaining_budget".into(),
+        json!(fields.max_budget.map(|max| (max - spend).max(0.0))),
+    );
     map.insert("soft_budget".into(), json!(fields.soft_budget));
     map.insert("budget_duration".into(), json!(fields.budget_duration));
     map.insert("budget_reset_at".into(), reset_at.map_or(Value::Null, time));

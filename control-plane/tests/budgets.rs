@@ -243,6 +243,8 @@ async fn key_budgets(db: Db) {
         "claude": {"budget_limit": 1.25, "time_period": "1d"},
     });
     assert_eq!(budget_of(&created), expected);
+    // Nothing spent yet: the whole budget is left.
+    assert_eq!(created["remaining_budget"], json!(12.5));
     assert_eq!(created["model_max_budget"], model_budgets);
     assert_eq!(plane.reset_at("key", &token).await, Some(window_end));
     // Only the model with a time_period has a window of its own.

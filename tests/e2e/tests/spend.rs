@@ -193,9 +193,19 @@ fn answers_are_priced_and_a_budget_stops_the_key_then_resets() {
         )
     );
     assert_eq!(refused.cost_header, None);
-    // The refusal is not charged.
+    // The refusal is not charged, and nothing of the budget is left.
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(key_spend(url, &key), spent);
+    let info: Value = client()
+        .get(format!("{url}/key/info"))
+        .query(&[("key", key.as_str())])
+        .bearer_auth(MASTER_KEY)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(info["info"]["remaining_budget"], json!(0.0));
+    assert_eq!(info["info"]["max_budget"], json!(budget));
 
     // A budget with a 2 s window: refused once spent, served again after the reset.
     let windowed = management(
