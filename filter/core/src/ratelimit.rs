@@ -344,7 +344,7 @@ fn window_of(kind: LimitKind, now_ms: u64) -> u64 {
 /// for the authority.
 #[derive(Debug, Default)]
 pub struct QuotaBook {
-    counters: HashMap<CounterId, Counter>,
+    counters: HashMap<CounterId, Counter, foldhash::fast::RandomState>,
     outbox: Vec<proto::QuotaAsk>,
     next_request_id: u64,
     connected: bool,
@@ -365,10 +365,14 @@ impl QuotaBook {
         let mut refused: Option<RateRefusal> = None;
         for need in needs {
             let window = window_of(need.counter.kind, now_ms);
-            let counter = self
-                .counters
-                .entry(need.counter.clone())
-                .or_insert_with(|| Counter::new(need.limit, window, now_ms));
+            // Looked up first: the id is cloned only for a counter this book has not seen.
+            let counter = match self.counters.get_mut(&need.counter) {
+                Some(counter) => counter,
+                None => self
+                    .counters
+                    .entry(need.counter.clone())
+                    .or_insert_with(|| Counter::new(need.limit, window, now_ms)),
+            };
             roll(counter, window, need.limit, now_ms);
             counter.last_used_ms = now_ms;
             match counter.standing {
