@@ -59,6 +59,9 @@ pub async fn measure(dir: &Path, mock_port: u16, keys: usize) -> Result<Scale> {
         let mut command = Command::new(binary("tollgate"));
         command
             .arg("serve")
+            // The bench config holds provider keys, which serve stores only encrypted.
+            .env("LITELLM_SALT_KEY", "tollgate-bench-salt-key")
+            .env_remove("TOLLGATE_SALT_KEY")
             .arg("--config")
             .arg(&config)
             .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
