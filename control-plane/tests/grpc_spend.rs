@@ -6,7 +6,7 @@
 
 mod common;
 
-use tonic::Code;
+use tonic::{Code, Request};
 
 use common::{authed, on_both, Db, Plane, CONFIG};
 use tollgate::proto::{self as pb, UsageRecord};

@@ -540,6 +540,8 @@ impl Db {
 
 /// Makes two tests of `async fn scenario(db: Db)`: one on SQLite, one on PostgreSQL, on a
 /// multi-threaded runtime of 4 workers unless `worker_threads = N` says otherwise.
+// Test files that run nothing on both databases do not use it.
+#[allow(unused_macros)]
 macro_rules! on_both {
     ($scenario:ident, $sqlite:ident, $postgres:ident $(,)?) => {
         $crate::common::on_both!($scenario, $sqlite, $postgres, worker_threads = 4);
@@ -555,7 +557,6 @@ macro_rules! on_both {
         }
     };
 }
-// Test files that run nothing on both databases do not use it.
 #[allow(unused_imports)]
 pub(crate) use on_both;
 
