@@ -251,22 +251,35 @@ impl Body {
         })
     }
 
+    /// A per-model object (`{"gpt-4o": ...}`) of `what` (named in the error); `null`:
+    /// `Some(None)`.
+    #[allow(clippy::type_complexity)]
+    fn model_map(
+        &self,
+        name: &str,
+        what: &str,
+    ) -> Result<Option<Option<&Map<String, Value>>>, ApiError> {
+        match self.0.get(name) {
+            None => Ok(None),
+            Some(Value::Null) => Ok(Some(None)),
+            Some(Value::Object(entries)) => Ok(Some(Some(entries))),
+            Some(other) => Err(ApiError::invalid(
+                name,
+                format!(
+                    "must be an object of model names to {what}, got {}",
+                    type_name(other)
+                ),
+            )),
+        }
+    }
+
     /// `model_rpm_limit` / `model_tpm_limit`: `{"gpt-4o": 10}`; `null`: `Some(None)`.
     #[allow(clippy::type_complexity)]
     fn model_limits(&self, name: &str) -> Result<Option<Option<BTreeMap<String, u64>>>, ApiError> {
-        let entries = match self.0.get(name) {
+        let entries = match self.model_map(name, "limits")? {
             None => return Ok(None),
-            Some(Value::Null) => return Ok(Some(None)),
-            Some(Value::Object(entries)) => entries,
-            Some(other) => {
-                return Err(ApiError::invalid(
-                    name,
-                    format!(
-                        "must be an object of model names to limits, got {}",
-                        type_name(other)
-                    ),
-                ))
-            }
+            Some(None) => return Ok(Some(None)),
+            Some(Some(entries)) => entries,
         };
         let mut limits = BTreeMap::new();
         for (model, value) in entries {
@@ -285,19 +298,10 @@ impl Body {
         &self,
         name: &str,
     ) -> Result<Option<Option<BTreeMap<String, ModelBudget>>>, ApiError> {
-        let entries = match self.0.get(name) {
+        let entries = match self.model_map(name, "budgets")? {
             None => return Ok(None),
-            Some(Value::Null) => return Ok(Some(None)),
-            Some(Value::Object(entries)) => entries,
-            Some(other) => {
-                return Err(ApiError::invalid(
-                    name,
-                    format!(
-                        "must be an object of model names to budgets, got {}",
-                        type_name(other)
-                    ),
-                ))
-            }
+            Some(None) => return Ok(Some(None)),
+            Some(Some(entries)) => entries,
         };
         let mut budgets = BTreeMap::new();
         for (model, entry) in entries {

@@ -6,148 +6,15 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
-
-use tokio::sync::oneshot;
 use tonic::{Code, Request};
 
-use tollgate::app::start_control_plane;
-use tollgate::config::{self, LoadedConfig};
-use tollgate::http_api;
-use tollgate::manage::Manager;
-use tollgate::proto::management_client::ManagementClient;
+use common::{authed, on_both, Db, Plane, CONFIG};
 use tollgate::proto::{self as pb, UsageRecord};
-use tollgate::store::{sha256_hex, Store};
-use tollgate::sync::SyncHub;
+use tollgate::store::sha256_hex;
 
-const MASTER: &str = "sk-test-master";
 const DAY_MS: u64 = 86_400_000;
 /// 2025-01-31T00:00:00Z.
 const BASE: u64 = 1_738_281_600_000;
-
-const CONFIG: &str = r#"
-general_settings:
-  master_key: sk-test-master
-model_list:
-  - model_name: gpt
-    litellm_params:
-      model: openai/gpt-4o
-      api_key: sk-upstream-config
-"#;
-
-fn load(text: &str) -> LoadedConfig {
-    config::parse(text, "grpc-spend-test.yaml", &|_| None).unwrap()
-}
-
-/// A database for one test: a SQLite file or a fresh PostgreSQL database.
-enum Db {
-    Sqlite(#[allow(dead_code)] tempfile::TempDir, String),
-    Postgres(common::PgTestDb),
-}
-
-impl Db {
-    async fn new(postgres: bool) -> Db {
-        if postgres {
-            Db::Postgres(common::PgTestDb::create().await)
-        } else {
-            let dir = tempfile::tempdir().unwrap();
-            let url = format!(
-                "sqlite://{}?mode=rwc",
-                dir.path().join("tollgate.db").display()
-            );
-            Db::Sqlite(dir, url)
-        }
-    }
-
-    fn url(&self) -> &str {
-        match self {
-            Db::Sqlite(_, url) => url,
-            Db::Postgres(db) => &db.url,
-        }
-    }
-}
-
-/// A control plane: gRPC and HTTP on ephemeral ports.
-struct Plane {
-    _hub: Arc<SyncHub>,
-    store: Store,
-    grpc: SocketAddr,
-    _http: SocketAddr,
-    stops: Vec<oneshot::Sender<()>>,
-}
-
-impl Plane {
-    async fn start(url: &str, config: &str) -> Plane {
-        let store = common::connect(url).await;
-        let hub = start_control_plane(store.clone(), &load(config))
-            .await
-            .unwrap();
-        let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let grpc = grpc_listener.local_addr().unwrap();
-        let http = http_listener.local_addr().unwrap();
-        let (stop_grpc, grpc_stopped) = oneshot::channel::<()>();
-        let (stop_http, http_stopped) = oneshot::channel::<()>();
-        tokio::spawn({
-            let hub = hub.clone();
-            async move {
-                tollgate::server::serve(hub, grpc_listener, async {
-                    let _ = grpc_stopped.await;
-                })
-                .await
-                .unwrap();
-            }
-        });
-        tokio::spawn({
-            let manager = Manager::new(hub.clone());
-            async move {
-                http_api::serve(manager, http_listener, async {
-                    let _ = http_stopped.await;
-                })
-                .await
-                .unwrap();
-            }
-        });
-        Plane {
-            _hub: hub,
-            store,
-            grpc,
-            _http: http,
-            stops: vec![stop_grpc, stop_http],
-        }
-    }
-
-    async fn stop(self) {
-        for stop in self.stops {
-            let _ = stop.send(());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        self.store.close().await;
-    }
-}
-
-macro_rules! on_both {
-    ($scenario:ident, $sqlite:ident, $postgres:ident) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn $sqlite() {
-            $scenario(Db::new(false).await).await;
-        }
-        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn $postgres() {
-            $scenario(Db::new(true).await).await;
-        }
-    };
-}
-
-fn authed<T>(message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {MASTER}").parse().unwrap());
-    request
-}
 
 #[allow(clippy::too_many_arguments)]
 fn record(
@@ -268,9 +135,7 @@ fn row(day: Option<u64>, columns: [&str; 5], spend: f64, requests: u64) -> pb::S
 async fn spend_over_grpc(db: Db) {
     let plane = Plane::start(db.url(), CONFIG).await;
     assert_eq!(plane.store.insert_usage(&records()).await.unwrap(), 5);
-    let mut client = ManagementClient::connect(format!("http://{}", plane.grpc))
-        .await
-        .unwrap();
+    let mut client = plane.grpc_client().await;
 
     // Logs: newest first, whole records, paged.
     let page = client
@@ -471,9 +336,7 @@ on_both!(
 
 async fn spend_errors(db: Db) {
     let plane = Plane::start(db.url(), CONFIG).await;
-    let mut client = ManagementClient::connect(format!("http://{}", plane.grpc))
-        .await
-        .unwrap();
+    let mut client = plane.grpc_client().await;
     let status = client
         .get_global_spend(Request::new(pb::GetGlobalSpendRequest {}))
         .await

@@ -6,23 +6,16 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
 use tonic::{Code, Request};
 
-use tollgate::app::start_control_plane;
+use common::{on_both, Db, Plane, MASTER};
 use tollgate::config::{self, LoadedConfig};
-use tollgate::http_api;
 use tollgate::manage::Manager;
-use tollgate::proto::management_client::ManagementClient;
 use tollgate::proto::{self as pb, Snapshot};
-use tollgate::secrets::CredentialKey;
-use tollgate::server;
-use tollgate::store::{sha256_hex, Store};
+use tollgate::store::sha256_hex;
 use tollgate::sync::{self, SyncHub};
 
 /// The hub's snapshot once it has caught up with every committed change (publishing runs
@@ -47,7 +40,6 @@ async fn settled(plane: &Plane) -> std::sync::Arc<tollgate::proto::Snapshot> {
     served
 }
 
-const MASTER: &str = "sk-test-master";
 const WAIT: Duration = Duration::from_secs(10);
 
 const CONFIG: &str = r#"
@@ -68,33 +60,9 @@ fn load(text: &str) -> LoadedConfig {
     config::parse(text, "management-test.yaml", &|_| None).unwrap()
 }
 
-/// A database for one test: a SQLite file or a fresh PostgreSQL database.
-enum Db {
-    Sqlite(tempfile::TempDir, String),
-    Postgres(common::PgTestDb),
-}
+// Helpers only these tests use, on the shared `Db` and `Plane`.
 
 impl Db {
-    async fn new(postgres: bool) -> Db {
-        if postgres {
-            Db::Postgres(common::PgTestDb::create().await)
-        } else {
-            let dir = tempfile::tempdir().unwrap();
-            let url = format!(
-                "sqlite://{}?mode=rwc",
-                dir.path().join("tollgate.db").display()
-            );
-            Db::Sqlite(dir, url)
-        }
-    }
-
-    fn url(&self) -> &str {
-        match self {
-            Db::Sqlite(_, url) => url,
-            Db::Postgres(db) => &db.url,
-        }
-    }
-
     /// Everything stored, as text: every row of every table (PostgreSQL) or the raw
     /// database files (SQLite, WAL included).
     async fn dump(&self) -> String {
@@ -136,88 +104,14 @@ impl Db {
     }
 }
 
-/// A control plane: gRPC (FilterSync + Management) and HTTP on ephemeral ports.
-struct Plane {
-    hub: Arc<SyncHub>,
-    store: Store,
-    grpc: SocketAddr,
-    http: SocketAddr,
-    stops: Vec<oneshot::Sender<()>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
 impl Plane {
-    async fn start(url: &str) -> Plane {
-        Self::start_with(url, CONFIG, Some(common::credential_key())).await
-    }
-
-    /// A plane on `config`, sealing provider keys with `key` (`None`: no credential key).
-    async fn start_with(url: &str, config: &str, key: Option<CredentialKey>) -> Plane {
-        let store = Store::connect(url).await.unwrap().with_credential_key(key);
-        let hub = start_control_plane(store.clone(), &load(config))
-            .await
-            .unwrap();
-        let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let grpc = grpc_listener.local_addr().unwrap();
-        let http = http_listener.local_addr().unwrap();
-        let (stop_grpc, grpc_stopped) = oneshot::channel::<()>();
-        let (stop_http, http_stopped) = oneshot::channel::<()>();
-        let grpc_task = tokio::spawn({
-            let hub = hub.clone();
-            async move {
-                server::serve(hub, grpc_listener, async {
-                    let _ = grpc_stopped.await;
-                })
-                .await
-                .unwrap();
-            }
-        });
-        let http_task = tokio::spawn({
-            let manager = Manager::new(hub.clone());
-            async move {
-                http_api::serve(manager, http_listener, async {
-                    let _ = http_stopped.await;
-                })
-                .await
-                .unwrap();
-            }
-        });
-        Plane {
-            hub,
-            store,
-            grpc,
-            http,
-            stops: vec![stop_grpc, stop_http],
-            tasks: vec![grpc_task, http_task],
-        }
-    }
-
-    async fn stop(self) {
-        for stop in self.stops {
-            let _ = stop.send(());
-        }
-        for task in self.tasks {
-            tokio::time::timeout(WAIT, task)
-                .await
-                .expect("server did not stop")
-                .unwrap();
-        }
-        self.store.close().await;
-    }
-
+    /// An HTTP client of the plane's API with the master key.
     fn api(&self) -> Api {
         Api {
             base: format!("http://{}", self.http),
             key: Some(MASTER.to_string()),
             http: reqwest::Client::new(),
         }
-    }
-
-    async fn grpc_client(&self) -> ManagementClient<tonic::transport::Channel> {
-        ManagementClient::connect(format!("http://{}", self.grpc))
-            .await
-            .unwrap()
     }
 }
 
@@ -311,24 +205,11 @@ fn key_in<'a>(snapshot: &'a Snapshot, token: &str) -> Option<&'a pb::VirtualKey>
     snapshot.keys.iter().find(|key| key.key_sha256 == token)
 }
 
-macro_rules! on_both {
-    ($scenario:ident, $sqlite:ident, $postgres:ident) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn $sqlite() {
-            $scenario(Db::new(false).await).await;
-        }
-        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn $postgres() {
-            $scenario(Db::new(true).await).await;
-        }
-    };
-}
-
 // ---------------------------------------------------------------------------------------
 // Keys over HTTP.
 
 async fn keys_lifecycle(db: Db) {
-    let plane = Plane::start(db.url()).await;
+    let plane = Plane::start(db.url(), CONFIG).await;
     let api = plane.api();
 
     let created = api
@@ -475,7 +356,7 @@ on_both!(
 // Users and teams over HTTP; admin keys.
 
 async fn users_teams_and_admin_keys(db: Db) {
-    let plane = Plane::start(db.url()).await;
+    let plane = Plane::start(db.url(), CONFIG).await;
     let api = plane.api();
 
     let user = api
@@ -586,7 +467,7 @@ on_both!(
 // Bad input over HTTP, and nothing half-written.
 
 async fn bad_input(db: Db) {
-    let plane = Plane::start(db.url()).await;
+    let plane = Plane::start(db.url(), CONFIG).await;
     let api = plane.api();
     let key = api.ok("/key/generate", json!({"key_alias": "taken"})).await["key"]
         .as_str()
@@ -936,12 +817,7 @@ fn model_entry(name: &str, params: Value) -> Value {
 async fn api_env_references(db: Db) {
     let package = std::env::var("CARGO_PKG_NAME").unwrap();
     let version = std::env::var("CARGO_PKG_VERSION").unwrap();
-    let plane = Plane::start_with(
-        db.url(),
-        CONFIG_WITH_ENV_PREFIX,
-        Some(common::credential_key()),
-    )
-    .await;
+    let plane = Plane::start(db.url(), CONFIG_WITH_ENV_PREFIX).await;
     let api = plane.api();
     // The repro: neither the model name nor a key outside the allowlist is read.
     for (entry, param) in [
@@ -1128,7 +1004,7 @@ async fn api_env_references(db: Db) {
     plane.stop().await;
 
     // The default allows no variable at all.
-    let plane = Plane::start(db.url()).await;
+    let plane = Plane::start(db.url(), CONFIG).await;
     let answer = plane
         .api()
         .post(
@@ -1155,7 +1031,7 @@ on_both!(
 
 async fn without_a_credential_key_no_provider_key_is_stored(db: Db) {
     let config = "general_settings:\n  master_key: sk-test-master\n";
-    let plane = Plane::start_with(db.url(), config, None).await;
+    let plane = Plane::start_with(db.url(), &load(config), None).await;
     let api = plane.api();
     let answer = api
         .post(
@@ -1200,7 +1076,7 @@ on_both!(
 // Models: config and API side by side, restarts.
 
 async fn models_side_by_side(db: Db) {
-    let plane = Plane::start(db.url()).await;
+    let plane = Plane::start(db.url(), CONFIG).await;
     let api = plane.api();
     let created = api
         .ok(
@@ -1339,7 +1215,7 @@ async fn models_side_by_side(db: Db) {
         .await;
     let version_before = settled(&plane).await.version;
     plane.stop().await;
-    let plane = Plane::start(db.url()).await;
+    let plane = Plane::start(db.url(), CONFIG).await;
     let api = plane.api();
     let info = api.ok_get("/model/info", &[]).await;
     let names: Vec<&str> = info["data"]
@@ -1381,7 +1257,7 @@ fn authed<T>(message: T, key: &str) -> Request<T> {
 }
 
 async fn grpc_api(db: Db) {
-    let plane = Plane::start(db.url()).await;
+    let plane = Plane::start(db.url(), CONFIG).await;
     let mut client = plane.grpc_client().await;
 
     // Auth.
@@ -1757,7 +1633,7 @@ on_both!(grpc_api, sqlite_grpc_api, postgres_grpc_api);
 async fn grpc_reflection_lists_the_management_service() {
     use tonic_reflection_probe::list_services;
     let db = Db::new(false).await;
-    let plane = Plane::start(db.url()).await;
+    let plane = Plane::start(db.url(), CONFIG).await;
     let services = list_services(plane.grpc).await;
     assert!(
         services.contains(&"tollgate.v1.Management".to_string()),
@@ -1808,7 +1684,7 @@ mod tonic_reflection_probe {
 // Live push to connected filters.
 
 async fn live_push(db: Db) {
-    let plane = Plane::start(db.url()).await;
+    let plane = Plane::start(db.url(), CONFIG).await;
     let api = plane.api();
     let mut filters = vec![
         common::FakeFilter::connect(plane.grpc).await,
@@ -1906,8 +1782,8 @@ fn backend(db: &Db) -> &'static str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_two_replicas_share_changes() {
     let db = Db::new(true).await;
-    let a = Plane::start(db.url()).await;
-    let b = Plane::start(db.url()).await;
+    let a = Plane::start(db.url(), CONFIG).await;
+    let b = Plane::start(db.url(), CONFIG).await;
     let mut on_b = common::FakeFilter::connect(b.grpc).await;
     let mut on_a = common::FakeFilter::connect(a.grpc).await;
     on_b.next_snapshot().await;
@@ -1962,7 +1838,7 @@ async fn postgres_two_replicas_share_changes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_version_poll_catches_changes_from_another_process() {
     let db = Db::new(false).await;
-    let plane = Plane::start(db.url()).await;
+    let plane = Plane::start(db.url(), CONFIG).await;
     let mut filter = common::FakeFilter::connect(plane.grpc).await;
     filter.next_snapshot().await;
     // A second store on the same file stands for another process writing.
@@ -1996,7 +1872,7 @@ fn cli(args: &[&str]) -> std::process::Output {
 }
 
 async fn cli_commands(db: Db) {
-    let plane = Plane::start(db.url()).await;
+    let plane = Plane::start(db.url(), CONFIG).await;
     let url = format!("http://{}", plane.http);
     tokio::task::spawn_blocking(move || cli_session(&url))
         .await
@@ -2129,9 +2005,9 @@ on_both!(cli_commands, sqlite_cli_commands, postgres_cli_commands);
 /// own version and every replica ends on the same snapshot.
 async fn concurrent_changes(db: Db) {
     let postgres = matches!(db, Db::Postgres(_));
-    let a = Plane::start(db.url()).await;
+    let a = Plane::start(db.url(), CONFIG).await;
     let b = if postgres {
-        Some(Plane::start(db.url()).await)
+        Some(Plane::start(db.url(), CONFIG).await)
     } else {
         None
     };
@@ -2187,8 +2063,8 @@ on_both!(
 async fn postgres_listener_reconnects() {
     use sqlx::{Connection, Row};
     let db = Db::new(true).await;
-    let a = Plane::start(db.url()).await;
-    let b = Plane::start(db.url()).await;
+    let a = Plane::start(db.url(), CONFIG).await;
+    let b = Plane::start(db.url(), CONFIG).await;
     let mut on_b = common::FakeFilter::connect(b.grpc).await;
     on_b.next_snapshot().await;
 

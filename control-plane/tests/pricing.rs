@@ -8,29 +8,15 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
-
-use serde_json::{json, Value};
-use tokio::sync::oneshot;
-use tonic::Request;
+use serde_json::json;
 
 use tollgate::app::{start_control_plane, StartError};
 use tollgate::config::{self, LoadedConfig};
-use tollgate::http_api;
-use tollgate::manage::Manager;
 use tollgate::pricing::PriceFileError;
-use tollgate::proto::management_client::ManagementClient;
 use tollgate::proto::{self as pb, Pricing, Snapshot};
-use tollgate::server;
-use tollgate::store::Store;
-use tollgate::sync::{self, SyncHub};
+use tollgate::sync;
 
-use common::Update;
-
-const MASTER: &str = "sk-test-master";
-const WAIT: Duration = Duration::from_secs(10);
+use common::{authed, on_both, Db, Plane, Update, MASTER};
 
 /// The operator's file: one model of their own, and an input price for gpt-4o over the
 /// built-in one.
@@ -105,102 +91,13 @@ fn pricing_of(snapshot: &Snapshot, id: &str) -> Option<Pricing> {
         .pricing
 }
 
-/// A control plane on ephemeral ports: gRPC (FilterSync + Management) and HTTP.
-struct Plane {
-    hub: Arc<SyncHub>,
-    store: Store,
-    grpc: SocketAddr,
-    http: SocketAddr,
-    stops: Vec<oneshot::Sender<()>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Plane {
-    async fn start(url: &str, config: &LoadedConfig) -> Plane {
-        let store = common::connect(url).await;
-        let hub = start_control_plane(store.clone(), config).await.unwrap();
-        let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let grpc = grpc_listener.local_addr().unwrap();
-        let http = http_listener.local_addr().unwrap();
-        let (stop_grpc, grpc_stopped) = oneshot::channel::<()>();
-        let (stop_http, http_stopped) = oneshot::channel::<()>();
-        let grpc_task = tokio::spawn({
-            let hub = hub.clone();
-            async move {
-                server::serve(hub, grpc_listener, async {
-                    let _ = grpc_stopped.await;
-                })
-                .await
-                .unwrap();
-            }
-        });
-        let http_task = tokio::spawn({
-            let manager = Manager::new(hub.clone());
-            async move {
-                http_api::serve(manager, http_listener, async {
-                    let _ = http_stopped.await;
-                })
-                .await
-                .unwrap();
-            }
-        });
-        Plane {
-            hub,
-            store,
-            grpc,
-            http,
-            stops: vec![stop_grpc, stop_http],
-            tasks: vec![grpc_task, http_task],
-        }
-    }
-
-    async fn stop(self) {
-        for stop in self.stops {
-            let _ = stop.send(());
-        }
-        for task in self.tasks {
-            tokio::time::timeout(WAIT, task)
-                .await
-                .expect("server did not stop")
-                .unwrap();
-        }
-        self.store.close().await;
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let response = reqwest::Client::new()
-            .post(format!("http://{}{path}", self.http))
-            .bearer_auth(MASTER)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap())
-    }
-
-    async fn grpc_client(&self) -> ManagementClient<tonic::transport::Channel> {
-        ManagementClient::connect(format!("http://{}", self.grpc))
-            .await
-            .unwrap()
-    }
-}
-
-fn authed<T>(message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {MASTER}").parse().unwrap());
-    request
-}
-
-async fn prices_reach_the_filters(url: &str) {
+async fn prices_reach_the_filters(db: Db) {
+    let url = db.url();
     let dir = tempfile::tempdir().unwrap();
     let price_file = dir.path().join("prices.json");
     std::fs::write(&price_file, PRICE_FILE).unwrap();
     let config = load(&config_text(&price_file));
-    let plane = Plane::start(url, &config).await;
+    let plane = Plane::start_loaded(url, &config).await;
     let mut filter = common::FakeFilter::connect(plane.grpc).await;
     let first = filter.next_snapshot().await;
     filter.hello("envoy-prices", "1", 0).await;
@@ -364,7 +261,7 @@ async fn prices_reach_the_filters(url: &str) {
     plane.stop().await;
 
     // After a restart the API models keep their prices (stored), the config's are the same.
-    let plane = Plane::start(url, &config).await;
+    let plane = Plane::start_loaded(url, &config).await;
     let mut filter = common::FakeFilter::connect(plane.grpc).await;
     let snapshot = filter.next_snapshot().await;
     assert_eq!(priced(&snapshot), before_restart);
@@ -398,15 +295,8 @@ async fn prices_reach_the_filters(url: &str) {
     store.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn prices_reach_the_filters_on_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("cp.db").display());
-    prices_reach_the_filters(&url).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn prices_reach_the_filters_on_postgres() {
-    let db = common::PgTestDb::create().await;
-    prices_reach_the_filters(&db.url).await;
-}
+on_both!(
+    prices_reach_the_filters,
+    prices_reach_the_filters_on_sqlite,
+    prices_reach_the_filters_on_postgres
+);

@@ -20,58 +20,9 @@ use tollgate::server::{self, ServeError};
 use tollgate::store::{now_unix_ms, QuotaCounter, QuotaKind, QuotaLease, QuotaWant, Store};
 use tollgate::sync::SyncHub;
 
-use common::FakeFilter;
+use common::{on_both, Db, FakeFilter};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// A database for one test: a SQLite file or a fresh PostgreSQL database.
-enum Db {
-    // The directory is kept (not read) so the SQLite file lives as long as the test.
-    Sqlite(#[allow(dead_code)] tempfile::TempDir, String),
-    Postgres(common::PgTestDb),
-}
-
-impl Db {
-    async fn new(postgres: bool) -> Db {
-        if postgres {
-            Db::Postgres(common::PgTestDb::create().await)
-        } else {
-            let dir = tempfile::tempdir().unwrap();
-            let url = format!(
-                "sqlite://{}?mode=rwc",
-                dir.path().join("tollgate.db").display()
-            );
-            Db::Sqlite(dir, url)
-        }
-    }
-
-    fn url(&self) -> &str {
-        match self {
-            Db::Sqlite(_, url) => url,
-            Db::Postgres(db) => &db.url,
-        }
-    }
-
-    fn name(&self) -> &'static str {
-        match self {
-            Db::Sqlite(..) => "sqlite",
-            Db::Postgres(_) => "postgres",
-        }
-    }
-}
-
-macro_rules! on_both {
-    ($scenario:ident, $sqlite:ident, $postgres:ident) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $sqlite() {
-            $scenario(Db::new(false).await).await;
-        }
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $postgres() {
-            $scenario(Db::new(true).await).await;
-        }
-    };
-}
 
 /// One control plane serving FilterSync on 127.0.0.1.
 struct Server {
@@ -249,7 +200,8 @@ async fn rule_gives_exact_leases(db: Db) {
 on_both!(
     rule_gives_exact_leases,
     rule_gives_exact_leases_sqlite,
-    rule_gives_exact_leases_postgres
+    rule_gives_exact_leases_postgres,
+    worker_threads = 2
 );
 
 async fn overrun_is_charged(db: Db) {
@@ -281,7 +233,8 @@ async fn overrun_is_charged(db: Db) {
 on_both!(
     overrun_is_charged,
     overrun_is_charged_sqlite,
-    overrun_is_charged_postgres
+    overrun_is_charged_postgres,
+    worker_threads = 2
 );
 
 async fn unused_window_quota_can_be_given_back(db: Db) {
@@ -309,7 +262,8 @@ async fn unused_window_quota_can_be_given_back(db: Db) {
 on_both!(
     unused_window_quota_can_be_given_back,
     unused_window_quota_can_be_given_back_sqlite,
-    unused_window_quota_can_be_given_back_postgres
+    unused_window_quota_can_be_given_back_postgres,
+    worker_threads = 2
 );
 
 async fn parallel_slots(db: Db) {
@@ -372,7 +326,8 @@ async fn parallel_slots(db: Db) {
 on_both!(
     parallel_slots,
     parallel_slots_sqlite,
-    parallel_slots_postgres
+    parallel_slots_postgres,
+    worker_threads = 2
 );
 
 async fn bad_asks_get_nothing(db: Db) {
@@ -437,7 +392,8 @@ async fn bad_asks_get_nothing(db: Db) {
 on_both!(
     bad_asks_get_nothing,
     bad_asks_get_nothing_sqlite,
-    bad_asks_get_nothing_postgres
+    bad_asks_get_nothing_postgres,
+    worker_threads = 2
 );
 
 /// Two control planes on one database, eight streams (four on each) asking for one request
@@ -486,7 +442,8 @@ async fn two_replicas_never_grant_past_the_limit(db: Db) {
 on_both!(
     two_replicas_never_grant_past_the_limit,
     two_replicas_never_grant_past_the_limit_sqlite,
-    two_replicas_never_grant_past_the_limit_postgres
+    two_replicas_never_grant_past_the_limit_postgres,
+    worker_threads = 2
 );
 
 /// Store level, with explicit clocks: a holder's slots stop counting when it expires, a
@@ -598,7 +555,8 @@ async fn holders_expire_and_windows_are_pruned(db: Db) {
 on_both!(
     holders_expire_and_windows_are_pruned,
     holders_expire_and_windows_are_pruned_sqlite,
-    holders_expire_and_windows_are_pruned_postgres
+    holders_expire_and_windows_are_pruned_postgres,
+    worker_threads = 2
 );
 
 /// Not a check of speed: measures one grant (p50 and p99 of 1,000 asks) straight on the
@@ -672,7 +630,12 @@ async fn grant_latency(db: Db) {
     );
     server.shutdown().await;
 }
-on_both!(grant_latency, grant_latency_sqlite, grant_latency_postgres);
+on_both!(
+    grant_latency,
+    grant_latency_sqlite,
+    grant_latency_postgres,
+    worker_threads = 2
+);
 
 fn percentiles(times: &mut [Duration]) -> (Duration, Duration) {
     times.sort();

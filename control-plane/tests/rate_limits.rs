@@ -8,186 +8,12 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
-use tonic::Request;
 
-use common::Update;
-use tollgate::app::start_control_plane;
-use tollgate::config::{self, LoadedConfig};
-use tollgate::http_api;
-use tollgate::manage::Manager;
-use tollgate::proto::management_client::ManagementClient;
+use common::{authed, load, on_both, Db, Plane, Update, CONFIG};
 use tollgate::proto::{self as pb};
-use tollgate::store::Store;
-use tollgate::sync::{load_snapshot, SyncHub};
-
-const MASTER: &str = "sk-test-master";
-
-const CONFIG: &str = r#"
-general_settings:
-  master_key: sk-test-master
-model_list:
-  - model_name: gpt
-    litellm_params:
-      model: openai/gpt-4o
-      api_key: sk-upstream-config
-"#;
-
-fn load(text: &str) -> LoadedConfig {
-    config::parse(text, "rate-limits-test.yaml", &|_| None).unwrap()
-}
-
-/// A database for one test: a SQLite file or a fresh PostgreSQL database.
-enum Db {
-    Sqlite(#[allow(dead_code)] tempfile::TempDir, String),
-    Postgres(common::PgTestDb),
-}
-
-impl Db {
-    async fn new(postgres: bool) -> Db {
-        if postgres {
-            Db::Postgres(common::PgTestDb::create().await)
-        } else {
-            let dir = tempfile::tempdir().unwrap();
-            let url = format!(
-                "sqlite://{}?mode=rwc",
-                dir.path().join("tollgate.db").display()
-            );
-            Db::Sqlite(dir, url)
-        }
-    }
-
-    fn url(&self) -> &str {
-        match self {
-            Db::Sqlite(_, url) => url,
-            Db::Postgres(db) => &db.url,
-        }
-    }
-}
-
-/// A control plane: gRPC and HTTP on ephemeral ports.
-struct Plane {
-    hub: Arc<SyncHub>,
-    store: Store,
-    grpc: SocketAddr,
-    http: SocketAddr,
-    stops: Vec<oneshot::Sender<()>>,
-}
-
-impl Plane {
-    async fn start(url: &str, config: &str) -> Plane {
-        let store = common::connect(url).await;
-        let hub = start_control_plane(store.clone(), &load(config))
-            .await
-            .unwrap();
-        let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let grpc = grpc_listener.local_addr().unwrap();
-        let http = http_listener.local_addr().unwrap();
-        let (stop_grpc, grpc_stopped) = oneshot::channel::<()>();
-        let (stop_http, http_stopped) = oneshot::channel::<()>();
-        tokio::spawn({
-            let hub = hub.clone();
-            async move {
-                tollgate::server::serve(hub, grpc_listener, async {
-                    let _ = grpc_stopped.await;
-                })
-                .await
-                .unwrap();
-            }
-        });
-        tokio::spawn({
-            let manager = Manager::new(hub.clone());
-            async move {
-                http_api::serve(manager, http_listener, async {
-                    let _ = http_stopped.await;
-                })
-                .await
-                .unwrap();
-            }
-        });
-        Plane {
-            hub,
-            store,
-            grpc,
-            http,
-            stops: vec![stop_grpc, stop_http],
-        }
-    }
-
-    async fn stop(self) {
-        for stop in self.stops {
-            let _ = stop.send(());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        self.store.close().await;
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let response = reqwest::Client::new()
-            .post(format!("http://{}{path}", self.http))
-            .bearer_auth(MASTER)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap())
-    }
-
-    async fn ok(&self, path: &str, body: Value) -> Value {
-        let (status, answer) = self.post(path, body.clone()).await;
-        assert_eq!(status, 200, "POST {path} {body}: {answer}");
-        answer
-    }
-
-    async fn get(&self, path: &str, query: &[(&str, &str)]) -> Value {
-        let response = reqwest::Client::new()
-            .get(format!("http://{}{path}", self.http))
-            .bearer_auth(MASTER)
-            .query(query)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status().as_u16(), 200, "GET {path} {query:?}");
-        response.json().await.unwrap()
-    }
-
-    /// Asserts a 400 whose `param` is `param` and whose message names it.
-    async fn bad(&self, path: &str, body: Value, param: &str) {
-        let (status, answer) = self.post(path, body.clone()).await;
-        assert_eq!(status, 400, "POST {path} {body}: {answer}");
-        assert_eq!(
-            answer["error"]["param"], param,
-            "POST {path} {body}: {answer}"
-        );
-        assert!(
-            answer["error"]["message"]
-                .as_str()
-                .unwrap()
-                .starts_with(param),
-            "{answer}"
-        );
-    }
-}
-
-macro_rules! on_both {
-    ($scenario:ident, $sqlite:ident, $postgres:ident) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn $sqlite() {
-            $scenario(Db::new(false).await).await;
-        }
-        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn $postgres() {
-            $scenario(Db::new(true).await).await;
-        }
-    };
-}
+use tollgate::sync::load_snapshot;
 
 /// The rate-limit fields of a key answer, for one exact comparison.
 fn key_limits_of(value: &Value) -> Value {
@@ -492,19 +318,9 @@ async fn bad_limits(db: Db) {
 }
 on_both!(bad_limits, bad_limits_sqlite, bad_limits_postgres);
 
-fn authed<T>(message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {MASTER}").parse().unwrap());
-    request
-}
-
 async fn grpc_limits(db: Db) {
     let plane = Plane::start(db.url(), CONFIG).await;
-    let mut client = ManagementClient::connect(format!("http://{}", plane.grpc))
-        .await
-        .unwrap();
+    let mut client = plane.grpc_client().await;
     let generated = client
         .generate_key(authed(pb::GenerateKeyRequest {
             limits: Some(limits(Some(10), None, Some(3))),

@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
+use common::{on_both, Db};
 use tollgate::app::start_control_plane;
 use tollgate::config;
 use tollgate::http_api;
@@ -26,48 +27,6 @@ use tollgate::store::{
 
 const MASTER: &str = "sk-spend-master";
 const CONFIG: &str = "general_settings:\n  master_key: sk-spend-master\n";
-
-/// A database for one test: a SQLite file or a fresh PostgreSQL database.
-enum Db {
-    // The directory is kept (not read) so the SQLite file lives as long as the test.
-    Sqlite(#[allow(dead_code)] tempfile::TempDir, String),
-    Postgres(common::PgTestDb),
-}
-
-impl Db {
-    async fn new(postgres: bool) -> Db {
-        if postgres {
-            Db::Postgres(common::PgTestDb::create().await)
-        } else {
-            let dir = tempfile::tempdir().unwrap();
-            let url = format!(
-                "sqlite://{}?mode=rwc",
-                dir.path().join("tollgate.db").display()
-            );
-            Db::Sqlite(dir, url)
-        }
-    }
-
-    fn url(&self) -> &str {
-        match self {
-            Db::Sqlite(_, url) => url,
-            Db::Postgres(db) => &db.url,
-        }
-    }
-}
-
-macro_rules! on_both {
-    ($scenario:ident, $sqlite:ident, $postgres:ident) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $sqlite() {
-            $scenario(Db::new(false).await).await;
-        }
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $postgres() {
-            $scenario(Db::new(true).await).await;
-        }
-    };
-}
 
 #[allow(clippy::too_many_arguments)]
 fn record(
@@ -236,7 +195,8 @@ async fn resent_batch_charges_once(db: Db) {
 on_both!(
     resent_batch_charges_once,
     sqlite_resent_batch_charges_once,
-    postgres_resent_batch_charges_once
+    postgres_resent_batch_charges_once,
+    worker_threads = 2
 );
 
 // ---------------------------------------------------------------------------------------
@@ -563,7 +523,8 @@ async fn synthetic_ledger_queries(db: Db) {
 on_both!(
     synthetic_ledger_queries,
     sqlite_synthetic_ledger_queries,
-    postgres_synthetic_ledger_queries
+    postgres_synthetic_ledger_queries,
+    worker_threads = 2
 );
 
 // ---------------------------------------------------------------------------------------
@@ -646,7 +607,8 @@ async fn retention_deletes_only_old_rows(db: Db) {
 on_both!(
     retention_deletes_only_old_rows,
     sqlite_retention_deletes_only_old_rows,
-    postgres_retention_deletes_only_old_rows
+    postgres_retention_deletes_only_old_rows,
+    worker_threads = 2
 );
 
 // ---------------------------------------------------------------------------------------
@@ -1175,5 +1137,6 @@ fn sort_details(report: &mut Value, list: &str, field: &str) {
 on_both!(
     spend_endpoints,
     sqlite_spend_endpoints,
-    postgres_spend_endpoints
+    postgres_spend_endpoints,
+    worker_threads = 2
 );

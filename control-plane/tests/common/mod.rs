@@ -471,3 +471,266 @@ pub fn apply_delta(held: &mut tollgate::proto::Snapshot, delta: &tollgate::proto
     }
     held.keys = keys.into_values().collect();
 }
+
+// ---------------------------------------------------------------------------------------
+// A control plane on one database, for the tests that run each scenario on SQLite and on
+// PostgreSQL.
+
+/// The master key of [`CONFIG`] (and of the other test configs that name it).
+pub const MASTER: &str = "sk-test-master";
+
+/// A config with the master key and one model, `gpt`.
+pub const CONFIG: &str = r#"
+general_settings:
+  master_key: sk-test-master
+model_list:
+  - model_name: gpt
+    litellm_params:
+      model: openai/gpt-4o
+      api_key: sk-upstream-config
+"#;
+
+/// How long a stopping plane's servers may take to end.
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `text` parsed as a config file (no environment).
+pub fn load(text: &str) -> tollgate::config::LoadedConfig {
+    tollgate::config::parse(text, "test-config.yaml", &|_| None).unwrap()
+}
+
+/// A database for one test: a SQLite file or a fresh PostgreSQL database.
+pub enum Db {
+    /// The directory is kept so the SQLite file lives as long as the test.
+    Sqlite(tempfile::TempDir, String),
+    /// Dropped (the database with it) at the end of the test.
+    Postgres(PgTestDb),
+}
+
+impl Db {
+    /// A fresh PostgreSQL database when `postgres`, a SQLite file otherwise.
+    pub async fn new(postgres: bool) -> Db {
+        if postgres {
+            Db::Postgres(PgTestDb::create().await)
+        } else {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!(
+                "sqlite://{}?mode=rwc",
+                dir.path().join("tollgate.db").display()
+            );
+            Db::Sqlite(dir, url)
+        }
+    }
+
+    /// The URL the store connects to.
+    pub fn url(&self) -> &str {
+        match self {
+            Db::Sqlite(_, url) => url,
+            Db::Postgres(db) => &db.url,
+        }
+    }
+
+    /// `sqlite` or `postgres`, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Db::Sqlite(..) => "sqlite",
+            Db::Postgres(_) => "postgres",
+        }
+    }
+}
+
+/// Makes two tests of `async fn scenario(db: Db)`: one on SQLite, one on PostgreSQL, on a
+/// multi-threaded runtime of 4 workers unless `worker_threads = N` says otherwise.
+// Test files that run nothing on both databases do not use it.
+#[allow(unused_macros)]
+macro_rules! on_both {
+    ($scenario:ident, $sqlite:ident, $postgres:ident $(,)?) => {
+        $crate::common::on_both!($scenario, $sqlite, $postgres, worker_threads = 4);
+    };
+    ($scenario:ident, $sqlite:ident, $postgres:ident, worker_threads = $threads:tt $(,)?) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = $threads)]
+        async fn $sqlite() {
+            $scenario($crate::common::Db::new(false).await).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = $threads)]
+        async fn $postgres() {
+            $scenario($crate::common::Db::new(true).await).await;
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use on_both;
+
+/// `message` with the master key as its bearer token.
+pub fn authed<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {MASTER}").parse().unwrap());
+    request
+}
+
+/// A control plane: gRPC (FilterSync + Management) and HTTP on ephemeral ports.
+pub struct Plane {
+    /// The hub the servers share.
+    pub hub: std::sync::Arc<tollgate::sync::SyncHub>,
+    /// The plane's store.
+    pub store: Store,
+    /// Where gRPC listens.
+    pub grpc: std::net::SocketAddr,
+    /// Where HTTP listens.
+    pub http: std::net::SocketAddr,
+    stops: Vec<tokio::sync::oneshot::Sender<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Plane {
+    /// A plane on `config` (config file text), with the tests' credential key.
+    pub async fn start(url: &str, config: &str) -> Plane {
+        Self::start_loaded(url, &load(config)).await
+    }
+
+    /// A plane on a parsed config, with the tests' credential key.
+    pub async fn start_loaded(url: &str, config: &tollgate::config::LoadedConfig) -> Plane {
+        Self::start_with(url, config, Some(credential_key())).await
+    }
+
+    /// A plane on `config`, sealing provider keys with `key` (`None`: no credential key).
+    pub async fn start_with(
+        url: &str,
+        config: &tollgate::config::LoadedConfig,
+        key: Option<CredentialKey>,
+    ) -> Plane {
+        let store = Store::connect(url).await.unwrap().with_credential_key(key);
+        let hub = tollgate::app::start_control_plane(store.clone(), config)
+            .await
+            .unwrap();
+        let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc = grpc_listener.local_addr().unwrap();
+        let http = http_listener.local_addr().unwrap();
+        let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
+        let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+        let grpc_task = tokio::spawn({
+            let hub = hub.clone();
+            async move {
+                tollgate::server::serve(hub, grpc_listener, async {
+                    let _ = grpc_stopped.await;
+                })
+                .await
+                .unwrap();
+            }
+        });
+        let http_task = tokio::spawn({
+            let manager = tollgate::manage::Manager::new(hub.clone());
+            async move {
+                tollgate::http_api::serve(manager, http_listener, async {
+                    let _ = http_stopped.await;
+                })
+                .await
+                .unwrap();
+            }
+        });
+        Plane {
+            hub,
+            store,
+            grpc,
+            http,
+            stops: vec![stop_grpc, stop_http],
+            tasks: vec![grpc_task, http_task],
+        }
+    }
+
+    /// Stops both servers, waits for them to end, and closes the store.
+    pub async fn stop(self) {
+        for stop in self.stops {
+            let _ = stop.send(());
+        }
+        for task in self.tasks {
+            tokio::time::timeout(STOP_WAIT, task)
+                .await
+                .expect("server did not stop")
+                .unwrap();
+        }
+        self.store.close().await;
+    }
+
+    /// A client of the Management gRPC service.
+    pub async fn grpc_client(
+        &self,
+    ) -> tollgate::proto::management_client::ManagementClient<tonic::transport::Channel> {
+        tollgate::proto::management_client::ManagementClient::connect(format!(
+            "http://{}",
+            self.grpc
+        ))
+        .await
+        .unwrap()
+    }
+
+    /// A POST with the master key: its status and JSON body.
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let response = reqwest::Client::new()
+            .post(format!("http://{}{path}", self.http))
+            .bearer_auth(MASTER)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    /// Asserts a 200 to a POST and returns the body.
+    pub async fn ok(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let (status, answer) = self.post(path, body.clone()).await;
+        assert_eq!(status, 200, "POST {path} {body}: {answer}");
+        answer
+    }
+
+    /// A GET with the master key: its status and JSON body (for the error cases).
+    pub async fn get_status(&self, path: &str, query: &[(&str, &str)]) -> (u16, serde_json::Value) {
+        let response = reqwest::Client::new()
+            .get(format!("http://{}{path}", self.http))
+            .bearer_auth(MASTER)
+            .query(query)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    /// Asserts a 200 to a GET and returns the body.
+    pub async fn get(&self, path: &str, query: &[(&str, &str)]) -> serde_json::Value {
+        let (status, answer) = self.get_status(path, query).await;
+        assert_eq!(status, 200, "GET {path} {query:?}: {answer}");
+        answer
+    }
+
+    /// Asserts a 400 to a POST whose `param` is `param` and whose message names it.
+    pub async fn bad(&self, path: &str, body: serde_json::Value, param: &str) {
+        let (status, answer) = self.post(path, body.clone()).await;
+        assert_eq!(status, 400, "POST {path} {body}: {answer}");
+        assert_eq!(
+            answer["error"]["param"], param,
+            "POST {path} {body}: {answer}"
+        );
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with(param),
+            "{answer}"
+        );
+    }
+
+    /// `(created_at, updated_at)` of the key whose hash is `token`.
+    pub async fn key_ms(&self, token: &str) -> (i64, i64) {
+        let row = self.store.key(token).await.unwrap().unwrap();
+        (row.created_at, row.updated_at)
+    }
+
+    /// When the budget window of `scope`/`id` resets, as stored.
+    pub async fn reset_at(&self, scope: &str, id: &str) -> Option<i64> {
+        self.store.budget_reset_at(scope, id).await.unwrap()
+    }
+}
