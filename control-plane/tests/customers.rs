@@ -76,6 +76,7 @@ async fn round_trip(db: Db) {
         "object_permission": null,
         "spend": 0.25,
         "max_budget": 10.5,
+        "remaining_budget": 10.25,
         "soft_budget": 8.0,
         "budget_duration": "1d",
         "budget_reset_at": iso8601(window_end),
@@ -112,6 +113,7 @@ async fn round_trip(db: Db) {
     let plain = plane.ok("/end_user/new", json!({"user_id": "bob"})).await;
     assert_eq!(plain["litellm_budget_table"], Value::Null);
     assert_eq!(plain["max_budget"], Value::Null);
+    assert_eq!(plain["remaining_budget"], Value::Null);
     assert_eq!(plain["budget_reset_at"], Value::Null);
     assert_eq!(plain["spend"], 0.0);
     assert_eq!(plain["alias"], Value::Null);
