@@ -46,8 +46,11 @@ const USAGE_INSERT_ATTEMPTS: u32 = 3;
 /// many are queued.
 const USAGE_QUEUE: usize = 16;
 
-/// Quota requests a stream answers at once; the stream reads on when one finishes.
-const QUOTA_IN_FLIGHT: usize = 64;
+/// Quota requests a stream answers at once: one, so that they are answered in the order
+/// the filter sent them (quota it gives back must be back before its next ask is granted,
+/// or that ask can be refused for quota the same filter just released). The stream reads
+/// on when it is answered, a statement later.
+const QUOTA_IN_FLIGHT: usize = 1;
 
 /// How long an ending stream waits for its usage and quota tasks before it abandons them.
 const STREAM_DRAIN: Duration = Duration::from_secs(5);
@@ -868,8 +871,8 @@ fn snapshot_message(snapshot: proto::Snapshot) -> (proto::ControlMessage, u64) {
 type ControlSender = mpsc::Sender<Result<proto::ControlMessage, Status>>;
 
 /// What a stream runs beside its loop, so that no database call holds up the messages
-/// behind it: the task storing its usage batches (in order) and the tasks answering its
-/// quota requests (at once, each on its own).
+/// behind it: the task storing its usage batches (in order) and the task answering its
+/// quota requests (in order, one at a time).
 struct StreamWork {
     usage: mpsc::Sender<proto::UsageBatch>,
     usage_task: tokio::task::JoinHandle<()>,

@@ -554,6 +554,33 @@ impl QuotaBook {
                         }
                     } else {
                         counter.used = counter.used.saturating_sub(need.amount - tokens);
+                        // The estimate was high: near the limit what it held beyond the tokens
+                        // used goes back, so that another filter's request may have it.
+                        let unused = counter.available();
+                        let lease = counter.lease_size(need.amount);
+                        if self.connected
+                            && unused > 0
+                            && !counter.authority_has_plenty(lease)
+                            && matches!(
+                                counter.standing,
+                                Standing::Open | Standing::Exhausted { .. }
+                            )
+                        {
+                            counter.held -= unused;
+                            counter.remaining = counter.remaining.saturating_add(unused);
+                            counter.standing = Standing::Open;
+                            self.outbox.push(proto::QuotaAsk {
+                                scope: need.counter.scope as i32,
+                                id: need.counter.id.clone(),
+                                kind: LimitKind::Tokens as i32,
+                                limit: counter.limit,
+                                window_start_unix_ms: counter.window_start_ms,
+                                need: 0,
+                                want: 0,
+                                overrun: 0,
+                                release: unused,
+                            });
+                        }
                     }
                 }
                 _ => {}
@@ -923,12 +950,19 @@ mod tests {
         // An answer smaller than its estimate gives the difference back.
         book.apply(&grant(&request, &[10], &[70]), T0 + 6);
         assert!(matches!(book.admit(&tpm, T0 + 7), Admission::Admitted(_)));
+        // Near the limit (70 left is under eight leases of 10), the 6 it did not use go back
+        // to the authority at once, for any filter's next request.
         book.settle(&tpm, Some(4), T0 + 8);
-        let six = [need(LimitKind::Tokens, 100, 6)];
-        let Admission::Admitted(headers) = book.admit(&six, T0 + 9) else {
-            panic!("admitted from the 6 given back");
-        };
-        assert_eq!(headers.tokens, Some((100, 70)));
+        let release = book.take_request().expect("a release");
+        assert_eq!(
+            (
+                release.asks[0].need,
+                release.asks[0].release,
+                release.asks[0].kind
+            ),
+            (0, 6, LimitKind::Tokens as i32)
+        );
+        assert_eq!(book.admit(&tpm, T0 + 9), Admission::Wait);
     }
 
     #[test]

@@ -409,6 +409,31 @@ fn limits_hold_across_two_envoys() {
         .collect();
     assert_eq!(statuses, [200, 200, 429, 429]);
 
+    // tpm across Envoys: each filter gives back what its estimate held beyond the tokens
+    // used (near the limit), so the count is the one filter's: a request is admitted while
+    // the window's tokens plus its estimate fit. A pause between requests lets each give-back
+    // (a round trip) land first.
+    let tpm = 60;
+    let key = new_key(urls[0], json!({"tpm_limit": tpm}));
+    wait_for_key(&urls, &key);
+    let estimate = serde_json::to_vec(&chat_body("gpt-mock", "hi"))
+        .unwrap()
+        .len()
+        .div_ceil(4) as u64;
+    let allowed = (tpm - estimate) / 3 + 1;
+    let statuses: Vec<u16> = (0..allowed + 2)
+        .map(|number| {
+            std::thread::sleep(Duration::from_millis(100));
+            chat(urls[number as usize % 2], &key, "gpt-mock").status
+        })
+        .collect();
+    let mut expected = vec![200; allowed as usize];
+    expected.extend([429, 429]);
+    assert_eq!(
+        statuses, expected,
+        "{allowed} allowed at tpm {tpm}, estimate {estimate}"
+    );
+
     // Parallel slots across Envoys: one slow request on each, a third is refused anywhere.
     let key = new_key(urls[0], json!({"max_parallel_requests": 2}));
     wait_for_key(&urls, &key);
