@@ -526,6 +526,10 @@ impl Exchange {
     /// The authority answered (or took too long): a request waiting for a lease is admitted,
     /// refused, or waits on. `Continue` means the glue must resume the request.
     pub fn on_quota(&mut self, host: &mut impl Host) -> Verdict {
+        // Checked before the phase is taken: an exchange that is not waiting keeps its own.
+        if !self.awaits_quota() {
+            return Verdict::Pause;
+        }
         let Phase::AwaitingQuota(admitting) = std::mem::take(&mut self.phase) else {
             return Verdict::Pause;
         };
@@ -1502,6 +1506,9 @@ mod tests {
             host.now,
         );
         assert_eq!(exchange.on_quota(&mut host), Verdict::Continue);
+        assert!(exchange.is_upstream());
+        // A wake-up for an exchange no longer waiting leaves it as it is.
+        assert_eq!(exchange.on_quota(&mut host), Verdict::Pause);
         assert!(exchange.is_upstream());
         assert!(host.upstream.is_some());
         exchange.on_response_headers(&mut host, Some(200), Some("application/json"), false);

@@ -422,13 +422,9 @@ impl QuotaBook {
             waiting = true;
             if counter.standing == Standing::Open {
                 let want = counter.lease_size(short);
-                self.outbox.push(ask(&need.counter, counter, short, want));
-                counter.overrun = 0;
-                counter.standing = Standing::Asking {
-                    since_ms: now_ms,
-                    need: short,
-                    request_id: self.next_request_id.wrapping_add(1),
-                };
+                let request_id = self.next_request_id.wrapping_add(1);
+                self.outbox
+                    .push(ask(&need.counter, counter, short, want, request_id, now_ms));
             }
         }
         if waiting {
@@ -447,13 +443,9 @@ impl QuotaBook {
                 && counter.available() <= want / 2
                 && counter.authority_has_plenty(want)
             {
-                self.outbox.push(ask(&need.counter, counter, 1, want));
-                counter.overrun = 0;
-                counter.standing = Standing::Asking {
-                    since_ms: now_ms,
-                    need: 1,
-                    request_id: self.next_request_id.wrapping_add(1),
-                };
+                let request_id = self.next_request_id.wrapping_add(1);
+                self.outbox
+                    .push(ask(&need.counter, counter, 1, want, request_id, now_ms));
             }
         }
         Admission::Admitted(self.headers(needs, now_ms))
@@ -484,17 +476,7 @@ impl QuotaBook {
             }
             counter.held -= unused;
             counter.remaining = counter.remaining.saturating_add(unused);
-            self.outbox.push(proto::QuotaAsk {
-                scope: need.counter.scope as i32,
-                id: need.counter.id.clone(),
-                kind: need.counter.kind as i32,
-                limit: counter.limit,
-                window_start_unix_ms: counter.window_start_ms,
-                need: 0,
-                want: 0,
-                overrun: 0,
-                release: unused,
-            });
+            self.outbox.push(release(&need.counter, counter, unused));
         }
     }
 
@@ -522,19 +504,9 @@ impl QuotaBook {
                         counter.standing = Standing::Open;
                     }
                     if surplus > keep && self.connected && counter.standing != Standing::Alone {
-                        let release = surplus - keep;
-                        counter.held -= release;
-                        self.outbox.push(proto::QuotaAsk {
-                            scope: need.counter.scope as i32,
-                            id: need.counter.id.clone(),
-                            kind: LimitKind::Parallel as i32,
-                            limit: counter.limit,
-                            window_start_unix_ms: 0,
-                            need: 0,
-                            want: 0,
-                            overrun: 0,
-                            release,
-                        });
+                        let spare = surplus - keep;
+                        counter.held -= spare;
+                        self.outbox.push(release(&need.counter, counter, spare));
                     }
                 }
                 LimitKind::Tokens => {
@@ -569,17 +541,7 @@ impl QuotaBook {
                             counter.held -= unused;
                             counter.remaining = counter.remaining.saturating_add(unused);
                             counter.standing = Standing::Open;
-                            self.outbox.push(proto::QuotaAsk {
-                                scope: need.counter.scope as i32,
-                                id: need.counter.id.clone(),
-                                kind: LimitKind::Tokens as i32,
-                                limit: counter.limit,
-                                window_start_unix_ms: counter.window_start_ms,
-                                need: 0,
-                                want: 0,
-                                overrun: 0,
-                                release: unused,
-                            });
+                            self.outbox.push(release(&need.counter, counter, unused));
                         }
                     }
                 }
@@ -735,17 +697,43 @@ fn roll(counter: &mut Counter, window: u64, limit: u64, now_ms: u64) {
     *counter = Counter::new(limit, window, now_ms);
 }
 
-fn ask(id: &CounterId, counter: &Counter, need: u64, want: u64) -> proto::QuotaAsk {
+/// An ask for a lease on `counter` (carrying its unreported overrun), which then waits for
+/// the answer to quota request `request_id`.
+fn ask(
+    id: &CounterId,
+    counter: &mut Counter,
+    need: u64,
+    want: u64,
+    request_id: u64,
+    now_ms: u64,
+) -> proto::QuotaAsk {
+    let ask = proto::QuotaAsk {
+        need,
+        want: want.max(need),
+        overrun: counter.overrun,
+        ..release(id, counter, 0)
+    };
+    counter.overrun = 0;
+    counter.standing = Standing::Asking {
+        since_ms: now_ms,
+        need,
+        request_id,
+    };
+    ask
+}
+
+/// An ask that only gives `amount` of `counter` back to the authority.
+fn release(id: &CounterId, counter: &Counter, amount: u64) -> proto::QuotaAsk {
     proto::QuotaAsk {
         scope: id.scope as i32,
         id: id.id.clone(),
         kind: id.kind as i32,
         limit: counter.limit,
         window_start_unix_ms: counter.window_start_ms,
-        need,
-        want: want.max(need),
-        overrun: counter.overrun,
-        release: 0,
+        need: 0,
+        want: 0,
+        overrun: 0,
+        release: amount,
     }
 }
 
