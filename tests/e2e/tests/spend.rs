@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tollgate_e2e::{
-    client, free_port, test_database, ControlPlane, Envoy, Gateway, Mock, MOCK_ANTHROPIC_KEY,
-    MOCK_OPENAI_KEY,
+    client, free_port, read_body, sse_data, test_database, ControlPlane, Envoy, Gateway, Mock,
+    MOCK_ANTHROPIC_KEY, MOCK_OPENAI_KEY,
 };
 
 const MASTER_KEY: &str = "sk-master-spend";
@@ -165,6 +165,36 @@ fn answers_are_priced_and_a_budget_stops_the_key_then_resets() {
         claude_cost
     );
     wait_for_spend(url, &probe_key, cost + claude_cost);
+
+    // A stream with include_usage carries its cost in the final usage chunk, exactly the
+    // price table's (OpenAI pass-through and Anthropic translation alike).
+    let mut streamed = cost + claude_cost;
+    for (model, input, output) in [
+        ("gpt-mock", GPT_INPUT, GPT_OUTPUT),
+        ("claude-mock", CLAUDE_INPUT, CLAUDE_OUTPUT),
+    ] {
+        let response = client()
+            .post(format!("{url}/v1/chat/completions"))
+            .bearer_auth(&probe_key)
+            .json(&json!({"model": model, "stream": true,
+                          "stream_options": {"include_usage": true},
+                          "messages": [{"role": "user", "content": "count my words please"}]}))
+            .send()
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        let body = read_body(response).unwrap();
+        let usage_chunk: Value = sse_data(&body)
+            .iter()
+            .filter(|data| *data != "[DONE]")
+            .map(|data| serde_json::from_str::<Value>(data).unwrap())
+            .find(|chunk| chunk["usage"].is_object())
+            .unwrap_or_else(|| panic!("no usage chunk in {body}"));
+        let usage = &usage_chunk["usage"];
+        let expected = priced(usage, input, output);
+        assert_eq!(usage["cost"].as_f64(), Some(expected), "{model}: {usage}");
+        streamed += expected;
+        wait_for_spend(url, &probe_key, streamed);
+    }
 
     // A key whose budget is 2.5 answers: the third is allowed (spend 2 before it), the
     // fourth is refused with the spend and the budget in the message.
