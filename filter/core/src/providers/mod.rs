@@ -269,32 +269,22 @@ impl ResponseHandler {
 /// `{"error":{"message":...}}` object pass through; anything else (plain text, HTML, other
 /// JSON) becomes the message of a new error object.
 pub fn openai_shaped_error(status: u16, body: &[u8]) -> Vec<u8> {
-    #[derive(serde::Deserialize)]
-    struct Envelope<'a> {
-        #[serde(borrow)]
-        error: Option<ErrorField<'a>>,
-    }
-    #[derive(serde::Deserialize)]
-    #[serde(untagged)]
-    enum ErrorField<'a> {
-        Object {
-            #[serde(borrow, rename = "message")]
-            _message: std::borrow::Cow<'a, str>,
-        },
-        Text(std::borrow::Cow<'a, str>),
-    }
-    // From a `str`: the check skips the members it does not read, and a body passed through
-    // must be UTF-8 throughout to be JSON.
-    let envelope = std::str::from_utf8(body)
-        .ok()
-        .and_then(|text| serde_json::from_str::<Envelope<'_>>(text).ok());
-    match envelope {
-        Some(Envelope {
-            error: Some(ErrorField::Object { .. }),
-        }) => body.to_vec(),
-        Some(Envelope {
-            error: Some(ErrorField::Text(message)),
-        }) => error_body(&message, error_type_for_status(status), None, None),
+    // Parsed whole (an error path, not the hot one): a check that skipped the members it
+    // does not read would pass through a body that is not JSON (a lone surrogate escape in
+    // an unread string, say).
+    let parsed = serde_json::from_slice::<serde_json::Value>(body).ok();
+    let error = parsed.as_ref().and_then(|value| value.get("error"));
+    match error {
+        Some(serde_json::Value::Object(object))
+            if object
+                .get("message")
+                .is_some_and(serde_json::Value::is_string) =>
+        {
+            body.to_vec()
+        }
+        Some(serde_json::Value::String(message)) => {
+            error_body(message, error_type_for_status(status), None, None)
+        }
         _ => {
             let text = String::from_utf8_lossy(body);
             let text = text.trim();
@@ -338,6 +328,19 @@ mod tests {
     /// Found by the `anthropic_body` fuzz target: a body shaped like an OpenAI error passed
     /// through with invalid UTF-8 in a member the check skips, and the client got invalid
     /// JSON.
+    #[test]
+    fn an_error_body_that_is_not_json_throughout_is_wrapped() {
+        // OpenAI-shaped, but a member the shape check does not read holds a lone surrogate
+        // escape: passing it through would give the client a body that is not JSON.
+        let body = br#"{"error":{"message":"bad","type":"x"},"request_id":"req_\udc00"}"#;
+        let wrapped = openai_shaped_error(400, body);
+        let value: serde_json::Value = serde_json::from_slice(&wrapped).unwrap();
+        assert!(value["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("The upstream provider returned HTTP 400: "));
+    }
+
     #[test]
     fn an_error_body_that_is_not_utf8_is_wrapped() {
         let body = b"{\"type\":\"\xfcrror\",\"error\":{\"message\":\"Overloaded\"}}";
