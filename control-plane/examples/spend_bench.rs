@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use sqlx::{Connection, Executor, PgConnection, Row};
 use tollgate::store::{
-    synthetic_key_hash, ReportFilter, ReportGroup, SpendLogFilter, SpendQuery, SpendScope, Store,
-    DAY_MS, SYNTHETIC_BASE_MS,
+    synthetic_key_hash, synthetic_record, ReportFilter, ReportGroup, SpendLogFilter, SpendQuery,
+    SpendScope, Store, DAY_MS, SYNTHETIC_BASE_MS,
 };
 
 const BENCH_DATABASE: &str = "tollgate_spend_bench";
@@ -37,6 +37,8 @@ struct Options {
     reuse: bool,
     /// Stop after loading (with `--keep`: load once, time many times).
     load_only: bool,
+    /// Time only the cases whose name contains this.
+    only: Option<String>,
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -52,6 +54,7 @@ fn options() -> anyhow::Result<Options> {
         write: None,
         reuse: false,
         load_only: false,
+        only: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -65,6 +68,7 @@ fn options() -> anyhow::Result<Options> {
             "--plans" => options.plans = true,
             "--reuse" => options.reuse = true,
             "--load-only" => options.load_only = true,
+            "--only" => options.only = Some(args.next().context("--only TEXT")?),
             "--write" => options.write = Some(args.next().context("--write FILE")?),
             other => bail!("unknown argument {other:?}"),
         }
@@ -253,6 +257,64 @@ async fn load(
     );
     println!("{load_line}");
     Ok(load_line)
+}
+
+/// Records of one ingest batch, as a filter sends them ([`USAGE_BATCH`] of them, the
+/// filter's batch size).
+const USAGE_BATCH: u64 = 500;
+
+/// Times what writers do to the loaded ledger: `insert_usage` of a filter's batch (500
+/// records spread over the keys, models and tags as the synthetic ones are), then retention
+/// deleting them again, 500 at a time. The batches are dated the day before the ledger, so
+/// no timed query sees them and the ledger is as loaded afterwards (`--reuse` finds it).
+async fn ingest(
+    store: &Store,
+    iterations: usize,
+    wanted: &dyn Fn(&str) -> bool,
+) -> anyhow::Result<Vec<(String, f64, f64, u64)>> {
+    let insert_name = "ingest: insert_usage, batch of 500";
+    let delete_name = "retention: delete batch of 500";
+    if !wanted(insert_name) && !wanted(delete_name) {
+        return Ok(Vec::new());
+    }
+    let before = i64::try_from(SYNTHETIC_BASE_MS)?;
+    let mut inserts = Vec::with_capacity(iterations);
+    for batch in 0..iterations as u64 {
+        let records: Vec<_> = (0..USAGE_BATCH)
+            .map(|j| {
+                let i = batch * USAGE_BATCH + j;
+                let mut record = synthetic_record(i, 1);
+                record.id = format!("ingest-{i:08}");
+                record.request_id = format!("ingest-req-{i}");
+                record.started_unix_ms = SYNTHETIC_BASE_MS - 86_400_000 + i;
+                record
+            })
+            .collect();
+        let started = Instant::now();
+        let stored = store.insert_usage(&records).await?;
+        inserts.push(started.elapsed());
+        if stored != USAGE_BATCH {
+            bail!("batch {batch}: {stored} of {USAGE_BATCH} records stored");
+        }
+    }
+    let mut deletes = Vec::with_capacity(iterations);
+    loop {
+        let started = Instant::now();
+        let gone = store.delete_usage_batch(before, USAGE_BATCH).await?;
+        if gone == 0 {
+            break;
+        }
+        deletes.push(started.elapsed());
+    }
+    if deletes.len() != iterations {
+        bail!("retention took {} batches for {iterations}", deletes.len());
+    }
+    let (insert_p50, insert_p99) = percentiles(&mut inserts);
+    let (delete_p50, delete_p99) = percentiles(&mut deletes);
+    Ok(vec![
+        (insert_name.to_string(), insert_p50, insert_p99, USAGE_BATCH),
+        (delete_name.to_string(), delete_p50, delete_p99, USAGE_BATCH),
+    ])
 }
 
 /// Times every query; prints the table (and writes it with `--write`).
@@ -449,6 +511,7 @@ async fn queries(
         query: SpendQuery::Tags(None, None),
     });
 
+    let wanted = |name: &str| options.only.as_deref().is_none_or(|only| name.contains(only));
     println!();
     println!(
         "{:<44} {:>6} {:>9} {:>9} {:>8}",
@@ -473,10 +536,20 @@ async fn queries(
             store.spend_total(scope, &id).await?;
             samples.push(started.elapsed());
         }
+        if !wanted(name) {
+            continue;
+        }
         let (p50, p99) = percentiles(&mut samples);
         println!("{name:<44} {n:>6} {p50:>9.2} {p99:>9.2} {:>8}", 1);
         table.push_str(&format!("| {name} | {n} | {p50:.2} | {p99:.2} | 1 |\n"));
     }
+    let wanted = |name: &str| {
+        options
+            .only
+            .as_deref()
+            .is_none_or(|only| name.contains(only))
+    };
+    cases.retain(|case| wanted(&case.name));
     for case in &cases {
         let mut samples = Vec::with_capacity(case.iterations);
         let mut rows = 0;
@@ -495,6 +568,12 @@ async fn queries(
         table.push_str(&format!(
             "| {} | {} | {p50:.2} | {p99:.2} | {rows} |\n",
             case.name, case.iterations
+        ));
+    }
+    for (name, p50, p99, rows) in ingest(store, n, &wanted).await? {
+        println!("{name:<44} {n:>6} {p50:>9.2} {p99:>9.2} {rows:>8}");
+        table.push_str(&format!(
+            "| {name} | {n} | {p50:.2} | {p99:.2} | {rows} |\n"
         ));
     }
     if let Some(path) = &options.write {
