@@ -175,7 +175,11 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn bench(options: &Options, url: &str, loaded: bool) -> anyhow::Result<()> {
+    // Connecting runs the migrations: on a database of an earlier run (`--reuse`) that
+    // includes any added since, over its whole ledger.
+    let started = Instant::now();
     let store = Store::connect(url).await?;
+    let migrations = started.elapsed();
     let mut connection = PgConnection::connect(url).await?;
     let version: String = sqlx::query("SHOW server_version")
         .fetch_one(&mut connection)
@@ -184,7 +188,10 @@ async fn bench(options: &Options, url: &str, loaded: bool) -> anyhow::Result<()>
     println!("PostgreSQL {version}; {} usage records", options.rows);
 
     let load_line = if loaded {
-        let line = "the database of an earlier run (--reuse)".to_string();
+        let line = format!(
+            "the database of an earlier run (--reuse); connecting (migrations) took {:.1} s",
+            migrations.as_secs_f64()
+        );
         println!("{line}");
         line
     } else {
@@ -511,7 +518,12 @@ async fn queries(
         query: SpendQuery::Tags(None, None),
     });
 
-    let wanted = |name: &str| options.only.as_deref().is_none_or(|only| name.contains(only));
+    let wanted = |name: &str| {
+        options
+            .only
+            .as_deref()
+            .is_none_or(|only| name.contains(only))
+    };
     println!();
     println!(
         "{:<44} {:>6} {:>9} {:>9} {:>8}",

@@ -1,8 +1,10 @@
 //! Spend log retention (`general_settings.maximum_spend_logs_retention_period` and
 //! `maximum_spend_logs_retention_interval`, as LiteLLM's): a background task deletes the
-//! usage records older than the period, and their tags, every interval. It deletes
-//! [`RETENTION_BATCH`] records per transaction so the table is never locked for long, and
-//! never touches `spend_totals` (budgets count what was spent, not what is still logged).
+//! usage records older than the period, and their tags, every interval, and takes them out
+//! of the daily rollups in the same transaction (reports add up the records that are kept,
+//! as LiteLLM's, which read its spend logs). It deletes [`RETENTION_BATCH`] records per
+//! transaction so the table is never locked for long, and never touches `spend_totals`
+//! (budgets count what was spent, not what is still logged).
 
 use std::time::Duration;
 

@@ -622,6 +622,7 @@ pub use customers::CustomerRow;
 
 pub use windows::{BudgetAlertKind, SpendRow};
 mod quota;
+mod rollup;
 mod spend;
 mod synthetic;
 

@@ -334,20 +334,145 @@ fn sorted(mut rows: Vec<ReportRow>) -> Vec<ReportRow> {
     rows
 }
 
+/// Asserts every report shape, spend per tag and the count of every filter over each range
+/// against what `records` (the ledger as stored) add up to.
+async fn assert_summaries(
+    store: &Store,
+    records: &[UsageRecord],
+    ranges: &[(i64, i64)],
+    filters: &[SpendLogFilter],
+) {
+    for filter in filters {
+        let expected = records
+            .iter()
+            .filter(|record| matches(filter, record))
+            .count();
+        assert_eq!(
+            store.spend_logs_count(filter).await.unwrap(),
+            expected as u64,
+            "{filter:?}"
+        );
+    }
+    for &(start, end) in ranges {
+        for group in [
+            ReportGroup::Team,
+            ReportGroup::Customer,
+            ReportGroup::ApiKey,
+            ReportGroup::User,
+            ReportGroup::Model,
+            ReportGroup::Day,
+        ] {
+            let report = store
+                .spend_report(start, end, group, &ReportFilter::default())
+                .await
+                .unwrap();
+            // Largest spend first.
+            assert!(report.windows(2).all(|pair| pair[0].spend >= pair[1].spend));
+            assert_eq!(
+                sorted(report),
+                sorted(expected_report(records, start, end, group)),
+                "{group:?} {start}..{end}"
+            );
+        }
+        for restrict in [
+            ReportFilter {
+                key_hash: Some(synthetic_key_hash(3)),
+                user_id: None,
+            },
+            ReportFilter {
+                key_hash: None,
+                user_id: Some("user-3".into()),
+            },
+        ] {
+            let restricted: Vec<UsageRecord> = records
+                .iter()
+                .filter(|record| {
+                    restrict
+                        .key_hash
+                        .as_ref()
+                        .is_none_or(|key| *key == record.key_hash)
+                        && restrict
+                            .user_id
+                            .as_ref()
+                            .is_none_or(|user| *user == record.user_id)
+                })
+                .cloned()
+                .collect();
+            let report = store
+                .spend_report(start, end, ReportGroup::ApiKey, &restrict)
+                .await
+                .unwrap();
+            assert_eq!(
+                sorted(report),
+                sorted(expected_report(
+                    &restricted,
+                    start,
+                    end,
+                    ReportGroup::ApiKey
+                )),
+                "{restrict:?} {start}..{end}"
+            );
+        }
+    }
+    let tag_ranges = ranges
+        .iter()
+        .map(|&(start, end)| (Some(start), Some(end)))
+        .chain([
+            (None, None),
+            (ranges.first().map(|range| range.0 + 5), None),
+        ]);
+    for (start, end) in tag_ranges {
+        let mut expected: BTreeMap<String, (u64, f64)> = BTreeMap::new();
+        for record in records {
+            let started = i64::try_from(record.started_unix_ms).unwrap();
+            if start.is_some_and(|s| started < s) || end.is_some_and(|e| started >= e) {
+                continue;
+            }
+            for tag in &record.tags {
+                let entry = expected.entry(tag.clone()).or_default();
+                entry.0 += 1;
+                entry.1 += record.cost.unwrap_or(0.0);
+            }
+        }
+        let mut tags = store.spend_by_tag(start, end).await.unwrap();
+        assert!(tags
+            .windows(2)
+            .all(|pair| pair[0].total_spend >= pair[1].total_spend));
+        tags.sort_by(|a, b| a.tag.cmp(&b.tag));
+        let expected: Vec<TagSpend> = expected
+            .into_iter()
+            .map(|(tag, (log_count, total_spend))| TagSpend {
+                tag,
+                log_count,
+                total_spend,
+            })
+            .collect();
+        assert_eq!(tags, expected, "tags {start:?}..{end:?}");
+    }
+}
+
 async fn synthetic_ledger_queries(db: Db) {
     let store = common::connect(db.url()).await;
-    // Two loads, as the bench loads in chunks.
-    store.load_synthetic_usage(0, 4_000, SMALL).await.unwrap();
+    // The first 4,000 records as the bench loads them (in chunks, generated in SQL, then
+    // totals and rollups rebuilt); the other 6,000 stored as filters send them, in batches
+    // of 500, which keeps the rollups in step record by record.
+    store.load_synthetic_usage(0, 2_000, SMALL).await.unwrap();
     store
-        .load_synthetic_usage(4_000, SMALL, SMALL)
+        .load_synthetic_usage(2_000, 4_000, SMALL)
         .await
         .unwrap();
     store.rebuild_synthetic_totals().await.unwrap();
-    store.analyze().await.unwrap();
     let records: Vec<UsageRecord> = (0..SMALL).map(|i| synthetic_record(i, SMALL)).collect();
+    for batch in records[4_000..].chunks(500) {
+        assert_eq!(store.insert_usage(batch).await.unwrap(), 500);
+    }
+    // Resent: counted once.
+    assert_eq!(store.insert_usage(&records[9_500..]).await.unwrap(), 0);
+    store.analyze().await.unwrap();
     assert_eq!(store.usage_records().await.unwrap(), records);
 
     let day = i64::try_from(SYNTHETIC_BASE_MS).unwrap();
+    let hour = DAY_MS / 24;
     let filters = [
         SpendLogFilter::default(),
         SpendLogFilter {
@@ -397,11 +522,6 @@ async fn synthetic_ledger_queries(db: Db) {
             .cloned()
             .collect();
         newest_first(&mut expected);
-        assert_eq!(
-            store.spend_logs_count(filter).await.unwrap(),
-            expected.len() as u64,
-            "{filter:?}"
-        );
         // The first page and a deep one.
         for (offset, limit) in [(0u64, 50u64), (expected.len() as u64 / 2, 25)] {
             let page = store.spend_logs(filter, offset, limit).await.unwrap();
@@ -425,86 +545,35 @@ async fn synthetic_ledger_queries(db: Db) {
         ["r0000004242"]
     );
 
-    for (start, end) in [
+    // Whole days (rollups only), ranges starting and ending inside days (rollups and both
+    // edges from the records), inside one day and across one midnight (records only).
+    let ranges = [
         (day, day + 30 * DAY_MS),
         (day + 2 * DAY_MS, day + 3 * DAY_MS),
-    ] {
-        for group in [
-            ReportGroup::Team,
-            ReportGroup::Customer,
-            ReportGroup::ApiKey,
-            ReportGroup::User,
-            ReportGroup::Model,
-            ReportGroup::Day,
-        ] {
-            let report = store
-                .spend_report(start, end, group, &ReportFilter::default())
-                .await
-                .unwrap();
-            // Largest spend first.
-            assert!(report.windows(2).all(|pair| pair[0].spend >= pair[1].spend));
-            assert_eq!(
-                sorted(report),
-                sorted(expected_report(&records, start, end, group)),
-                "{group:?} {start}..{end}"
-            );
+        (
+            day + 2 * DAY_MS + 3 * hour + 17,
+            day + 9 * DAY_MS + 5 * hour,
+        ),
+        (day + 4 * DAY_MS + hour, day + 4 * DAY_MS + 20 * hour),
+        (day + 4 * DAY_MS + 20 * hour, day + 5 * DAY_MS + 2 * hour),
+    ];
+    let mut count_filters = filters.to_vec();
+    for (start, end) in &ranges[2..] {
+        for filter in &filters[..6] {
+            count_filters.push(SpendLogFilter {
+                start_ms: Some(*start),
+                end_ms: Some(*end),
+                ..filter.clone()
+            });
         }
     }
-    let one_key = store
-        .spend_report(
-            day,
-            day + 30 * DAY_MS,
-            ReportGroup::ApiKey,
-            &ReportFilter {
-                key_hash: Some(synthetic_key_hash(3)),
-                user_id: None,
-            },
-        )
-        .await
-        .unwrap();
-    let key_records: Vec<UsageRecord> = records
-        .iter()
-        .filter(|record| record.key_hash == synthetic_key_hash(3))
-        .cloned()
-        .collect();
-    assert_eq!(
-        sorted(one_key),
-        sorted(expected_report(
-            &key_records,
-            day,
-            day + 30 * DAY_MS,
-            ReportGroup::ApiKey
-        ))
-    );
-
-    for (start, end) in [(None, None), (Some(day + DAY_MS), Some(day + 2 * DAY_MS))] {
-        let mut expected: BTreeMap<String, (u64, f64)> = BTreeMap::new();
-        for record in &records {
-            let started = i64::try_from(record.started_unix_ms).unwrap();
-            if start.is_some_and(|s| started < s) || end.is_some_and(|e| started >= e) {
-                continue;
-            }
-            for tag in &record.tags {
-                let entry = expected.entry(tag.clone()).or_default();
-                entry.0 += 1;
-                entry.1 += record.cost.unwrap_or(0.0);
-            }
-        }
-        let mut tags = store.spend_by_tag(start, end).await.unwrap();
-        assert!(tags
-            .windows(2)
-            .all(|pair| pair[0].total_spend >= pair[1].total_spend));
-        tags.sort_by(|a, b| a.tag.cmp(&b.tag));
-        let expected: Vec<TagSpend> = expected
-            .into_iter()
-            .map(|(tag, (log_count, total_spend))| TagSpend {
-                tag,
-                log_count,
-                total_spend,
-            })
-            .collect();
-        assert_eq!(tags, expected);
-    }
+    count_filters.push(SpendLogFilter {
+        request_id: Some("req-4243".into()),
+        start_ms: Some(day + DAY_MS),
+        end_ms: None,
+        ..Default::default()
+    });
+    assert_summaries(&store, &records, &ranges, &count_filters).await;
 
     let key_spend: f64 = records
         .iter()
@@ -516,6 +585,31 @@ async fn synthetic_ledger_queries(db: Db) {
         Some((key_spend, 0))
     );
     let all: f64 = records.iter().filter_map(|record| record.cost).sum();
+    assert_eq!(total(&store, SpendScope::Global, "").await, Some((all, 0)));
+
+    // Retention from inside a day: what it deletes leaves the rollups too, so every summary
+    // still adds up the records that are left, and the days it emptied are gone.
+    let cutoff = day + 5 * DAY_MS + 3 * hour;
+    let kept: Vec<UsageRecord> = records
+        .iter()
+        .filter(|record| i64::try_from(record.started_unix_ms).unwrap() >= cutoff)
+        .cloned()
+        .collect();
+    let deleted = store.delete_usage_before(cutoff, 700).await.unwrap();
+    assert_eq!(deleted, (records.len() - kept.len()) as u64);
+    assert_eq!(store.usage_count().await.unwrap(), kept.len() as u64);
+    assert_summaries(&store, &kept, &ranges, &count_filters).await;
+    let days = store
+        .spend_report(
+            day,
+            day + 30 * DAY_MS,
+            ReportGroup::Day,
+            &ReportFilter::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(days.len(), 25, "days 5 to 29 are left");
+    // Budgets count what was spent, not what is still logged.
     assert_eq!(total(&store, SpendScope::Global, "").await, Some((all, 0)));
     store.close().await;
 }

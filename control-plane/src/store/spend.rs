@@ -1,15 +1,19 @@
 //! The spend ledger: usage records as the filters send them, the running spend of every
-//! budget scope (`spend_totals`), and the queries of the spend API (`/spend/logs`,
-//! `/global/spend/report`, `/spend/tags`) and of retention.
+//! budget scope (`spend_totals`), the daily rollups (see [`super::rollup`]), and the
+//! queries of the spend API (`/spend/logs`, `/global/spend/report`, `/spend/tags`) and of
+//! retention.
 //!
-//! Every query here is written for the indexes of the `*_spend_indexes` migration: filters
+//! Pages of records are written for the indexes of the `*_spend_indexes` migration: filters
 //! are equalities on one column plus a range of `started_unix_ms`, and pages are ordered by
 //! `(started_unix_ms, id)` so an index on `(column, started_unix_ms, id)` answers both.
+//! Sums (counts, reports, spend per tag) read whole days from the rollups and only the
+//! parts of days at the ends of their range from the records.
 
 use std::collections::{BTreeMap, HashSet};
 
 use sqlx::Row;
 
+use super::rollup::{split_range, RolledRecord, RollupChanges, Source};
 use super::{now_unix_ms, to_i64, to_u64, usage_id, Pool, Store, StoreError};
 use crate::proto;
 
@@ -25,9 +29,10 @@ const USAGE_INSERT_WIDTH: usize = 25;
 /// sqlx bundles a newer one) and PostgreSQL 65,535: 500 rows of 25 stay far below both.
 const USAGE_ROWS_PER_INSERT: usize = 500;
 const _: () = assert!(USAGE_ROWS_PER_INSERT * USAGE_INSERT_WIDTH < 32_766);
-/// Rows per multi-row INSERT of `usage_tags` (3 values each) and `spend_totals` (4 each).
-const SMALL_ROWS_PER_INSERT: usize = 2_000;
-const _: () = assert!(SMALL_ROWS_PER_INSERT * 4 < 32_766);
+/// Rows per multi-row INSERT of `usage_tags` and `spend_totals` (4 values each) and of the
+/// rollups (at most 10 each).
+pub(super) const SMALL_ROWS_PER_INSERT: usize = 2_000;
+const _: () = assert!(SMALL_ROWS_PER_INSERT * 10 < 32_766);
 
 /// Columns [`Store::spend_logs`] and [`Store::usage_records`] read.
 const USAGE_SELECT_COLUMNS: &str = "id, model_name, deployment_id, provider, status, \
@@ -131,7 +136,7 @@ fn spend_per_scope<'a>(
 }
 
 /// `($1, $2, ...), ($n, ...)`: placeholders of `rows` rows of `width` values.
-fn placeholders(rows: usize, width: usize) -> String {
+pub(super) fn placeholders(rows: usize, width: usize) -> String {
     let mut text = String::with_capacity(rows * width * 5);
     for row in 0..rows {
         if row > 0 {
@@ -172,13 +177,17 @@ pub struct SpendLogFilter {
 }
 
 /// A value bound to a built query.
-enum Bind {
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Bind {
     Text(String),
     Int(i64),
+    Float(f64),
 }
 
-/// `WHERE ...` of `filter` (or empty), with the values it binds from `$1`.
-fn where_clause(filter: &SpendLogFilter, binds: &mut Vec<Bind>) -> String {
+/// `WHERE ...` of `filter` (or empty), with the values it binds from `$1`. Its range
+/// (`start_ms`, `end_ms`) bounds `range_column`: `started_unix_ms` of the records, or `day`
+/// of a rollup (the bounds are then day numbers).
+fn where_clause(filter: &SpendLogFilter, range_column: &str, binds: &mut Vec<Bind>) -> String {
     let mut conditions: Vec<String> = Vec::new();
     for (column, value) in [
         ("key_hash", &filter.key_hash),
@@ -199,11 +208,11 @@ fn where_clause(filter: &SpendLogFilter, binds: &mut Vec<Bind>) -> String {
     }
     if let Some(start) = filter.start_ms {
         binds.push(Bind::Int(start));
-        conditions.push(format!("started_unix_ms >= ${}", binds.len()));
+        conditions.push(format!("{range_column} >= ${}", binds.len()));
     }
     if let Some(end) = filter.end_ms {
         binds.push(Bind::Int(end));
-        conditions.push(format!("started_unix_ms < ${}", binds.len()));
+        conditions.push(format!("{range_column} < ${}", binds.len()));
     }
     if conditions.is_empty() {
         String::new()
@@ -220,6 +229,7 @@ macro_rules! bind_all {
             query = match bind {
                 Bind::Text(text) => query.bind(text),
                 Bind::Int(number) => query.bind(number),
+                Bind::Float(number) => query.bind(number),
             };
         }
         query
@@ -445,6 +455,17 @@ impl Store {
                 }
                 query.execute(&mut *tx).await?;
             }
+
+            let mut rollups = RollupChanges::default();
+            for (_, record) in &new {
+                rollups.record(&RolledRecord::of(record), 1);
+            }
+            for (_, tag, started, cost) in &tag_rows {
+                rollups.tag(tag, *started, *cost, 1);
+            }
+            for (sql, binds) in rollups.statements() {
+                bind_all!(sqlx::query(&sql), binds).execute(&mut *tx).await?;
+            }
             tx.commit().await?;
             Ok(u64::try_from(new.len()).unwrap_or(u64::MAX))
         })
@@ -516,26 +537,32 @@ impl Store {
         })
     }
 
-    /// How many records match `filter`.
+    /// How many records match `filter`: whole days of its range from the daily rollups,
+    /// the rest from the records.
     pub async fn spend_logs_count(&self, filter: &SpendLogFilter) -> Result<u64, StoreError> {
-        let (sql, binds) = spend_count_query(filter);
+        let statements = count_statements(filter);
         let postgres = matches!(self.pool, Pool::Postgres(_));
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             if postgres {
                 sqlx::query(RANGE_SCAN_COSTS).execute(&mut *tx).await?;
             }
-            let count: i64 = bind_all!(sqlx::query(&sql), binds)
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get("n")?;
+            let mut count = 0u64;
+            for (sql, binds) in statements {
+                let part: i64 = bind_all!(sqlx::query(&sql), binds)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("n")?;
+                count = count.saturating_add(to_u64(part));
+            }
             tx.commit().await?;
-            Ok(to_u64(count))
+            Ok(count)
         })
     }
 
     /// Spend of the records started in `[start_ms, end_ms)`, summed per the columns `group`
-    /// names, largest spend first.
+    /// names, largest spend first (ties in the order of the grouped columns). Whole days of
+    /// the range are read from the daily rollups, the rest from the records.
     pub async fn spend_report(
         &self,
         start_ms: i64,
@@ -544,59 +571,67 @@ impl Store {
         restrict: &ReportFilter,
     ) -> Result<Vec<ReportRow>, StoreError> {
         let postgres = matches!(self.pool, Pool::Postgres(_));
-        let (sql, binds) = report_query(postgres, start_ms, end_ms, group, restrict);
+        let statements = report_statements(postgres, start_ms, end_ms, group, restrict);
+        let parts = statements.len();
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             if postgres {
                 sqlx::query(RANGE_SCAN_COSTS).execute(&mut *tx).await?;
             }
-            let rows = bind_all!(sqlx::query(&sql), binds).fetch_all(&mut *tx).await?;
-            tx.commit().await?;
-            let mut report = Vec::with_capacity(rows.len());
-            for row in &rows {
-                let day: i64 = row.try_get("day")?;
-                report.push(ReportRow {
-                    day: (day >= 0).then_some(day),
-                    team_id: row.try_get("team_id")?,
-                    end_user: row.try_get("end_user")?,
-                    key_hash: row.try_get("key_hash")?,
-                    user_id: row.try_get("user_id")?,
-                    model: row.try_get("model_name")?,
-                    spend: row.try_get("spend")?,
-                    prompt_tokens: to_u64(row.try_get("prompt_tokens")?),
-                    completion_tokens: to_u64(row.try_get("completion_tokens")?),
-                    requests: to_u64(row.try_get("requests")?),
-                });
+            let mut report = Vec::new();
+            for (sql, binds) in statements {
+                let rows = bind_all!(sqlx::query(&sql), binds).fetch_all(&mut *tx).await?;
+                report.reserve(rows.len());
+                for row in &rows {
+                    let day: i64 = row.try_get("day")?;
+                    report.push(ReportRow {
+                        day: (day >= 0).then_some(day),
+                        team_id: row.try_get("team_id")?,
+                        end_user: row.try_get("end_user")?,
+                        key_hash: row.try_get("key_hash")?,
+                        user_id: row.try_get("user_id")?,
+                        model: row.try_get("model_name")?,
+                        spend: row.try_get("spend")?,
+                        prompt_tokens: to_u64(row.try_get("prompt_tokens")?),
+                        completion_tokens: to_u64(row.try_get("completion_tokens")?),
+                        requests: to_u64(row.try_get("requests")?),
+                    });
+                }
             }
-            Ok(report)
+            tx.commit().await?;
+            Ok(finish_report(report, parts > 1))
         })
     }
 
     /// Spend per tag of the records started in `[start_ms, end_ms)` (either bound may be
-    /// open), largest spend first.
+    /// open), largest spend first (ties by tag). Whole days from the daily rollups, the rest
+    /// from the records' tags.
     pub async fn spend_by_tag(
         &self,
         start_ms: Option<i64>,
         end_ms: Option<i64>,
     ) -> Result<Vec<TagSpend>, StoreError> {
-        let (sql, binds) = tags_query(start_ms, end_ms);
+        let statements = tags_statements(start_ms, end_ms);
+        let parts = statements.len();
         let postgres = matches!(self.pool, Pool::Postgres(_));
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             if postgres {
                 sqlx::query(RANGE_SCAN_COSTS).execute(&mut *tx).await?;
             }
-            let rows = bind_all!(sqlx::query(&sql), binds).fetch_all(&mut *tx).await?;
-            tx.commit().await?;
-            let mut tags = Vec::with_capacity(rows.len());
-            for row in &rows {
-                tags.push(TagSpend {
-                    tag: row.try_get("tag")?,
-                    log_count: to_u64(row.try_get("log_count")?),
-                    total_spend: row.try_get("total_spend")?,
-                });
+            let mut tags = Vec::new();
+            for (sql, binds) in statements {
+                let rows = bind_all!(sqlx::query(&sql), binds).fetch_all(&mut *tx).await?;
+                for row in &rows {
+                    tags.push(TagSpend {
+                        tag: row.try_get("tag")?,
+                        log_count: to_u64(row.try_get("log_count")?),
+                        total_spend: row.try_get("total_spend")?,
+                    });
+                }
             }
-            Ok(tags)
+            tx.commit().await?;
+            Ok(finish_tags(tags, parts > 1))
         })
     }
 
@@ -617,34 +652,67 @@ impl Store {
     }
 
     /// Deletes at most `batch` usage records started before `cutoff_ms` (oldest first) and
-    /// their tags, in one short transaction; returns how many records went. `spend_totals`
-    /// is left alone: budgets count what was spent, not what is still logged.
+    /// their tags, in one short transaction, and takes them out of the daily rollups; returns
+    /// how many records went. `spend_totals` is left alone: budgets count what was spent,
+    /// not what is still logged.
     pub async fn delete_usage_batch(&self, cutoff_ms: i64, batch: u64) -> Result<u64, StoreError> {
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let rows = sqlx::query(
                 "DELETE FROM usage_records WHERE id IN (SELECT id FROM usage_records \
-                 WHERE started_unix_ms < $1 ORDER BY started_unix_ms LIMIT $2) RETURNING id",
+                 WHERE started_unix_ms < $1 ORDER BY started_unix_ms LIMIT $2) RETURNING id, \
+                 started_unix_ms, key_hash, model_name, team_id, user_id, end_user, cost, \
+                 prompt_tokens, completion_tokens",
             )
             .bind(cutoff_ms)
             .bind(to_i64(batch))
             .fetch_all(&mut *tx)
             .await?;
+            let mut rollups = RollupChanges::default();
             let mut ids = Vec::with_capacity(rows.len());
             for row in &rows {
                 ids.push(row.try_get::<String, _>("id")?);
+                let texts: [String; 5] = [
+                    row.try_get("key_hash")?,
+                    row.try_get("model_name")?,
+                    row.try_get("team_id")?,
+                    row.try_get("user_id")?,
+                    row.try_get("end_user")?,
+                ];
+                let [key_hash, model_name, team_id, user_id, end_user] = &texts;
+                let record = RolledRecord {
+                    started_ms: row.try_get("started_unix_ms")?,
+                    key_hash,
+                    model_name,
+                    team_id,
+                    user_id,
+                    end_user,
+                    cost: row.try_get("cost")?,
+                    prompt_tokens: row.try_get("prompt_tokens")?,
+                    completion_tokens: row.try_get("completion_tokens")?,
+                };
+                rollups.record(&record, -1);
             }
             for chunk in ids.chunks(SMALL_ROWS_PER_INSERT) {
                 let list = (1..=chunk.len())
                     .map(|n| format!("${n}"))
                     .collect::<Vec<_>>()
                     .join(", ");
-                let sql = format!("DELETE FROM usage_tags WHERE record_id IN ({list})");
+                let sql = format!(
+                    "DELETE FROM usage_tags WHERE record_id IN ({list}) \
+                     RETURNING tag, started_unix_ms, cost"
+                );
                 let mut query = sqlx::query(&sql);
                 for id in chunk {
                     query = query.bind(id.clone());
                 }
-                query.execute(&mut *tx).await?;
+                for row in query.fetch_all(&mut *tx).await? {
+                    let tag: String = row.try_get("tag")?;
+                    rollups.tag(&tag, row.try_get("started_unix_ms")?, row.try_get("cost")?, -1);
+                }
+            }
+            for (sql, binds) in rollups.statements().into_iter().chain(rollups.prune_statements()) {
+                bind_all!(sqlx::query(&sql), binds).execute(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok(u64::try_from(ids.len()).unwrap_or(u64::MAX))
@@ -669,7 +737,7 @@ impl Store {
 /// The SQL and binds of [`Store::spend_logs`].
 fn spend_logs_query(filter: &SpendLogFilter, offset: u64, limit: u64) -> (String, Vec<Bind>) {
     let mut binds = Vec::new();
-    let condition = where_clause(filter, &mut binds);
+    let condition = where_clause(filter, "started_unix_ms", &mut binds);
     binds.push(Bind::Int(to_i64(limit)));
     let limit_at = binds.len();
     binds.push(Bind::Int(to_i64(offset)));
@@ -681,27 +749,99 @@ fn spend_logs_query(filter: &SpendLogFilter, offset: u64, limit: u64) -> (String
     (sql, binds)
 }
 
-/// The SQL and binds of [`Store::spend_logs_count`].
-fn spend_count_query(filter: &SpendLogFilter) -> (String, Vec<Bind>) {
-    let mut binds = Vec::new();
-    let condition = where_clause(filter, &mut binds);
-    (
-        format!("SELECT COUNT(*) AS n FROM usage_records{condition}"),
-        binds,
-    )
+/// The statements of [`Store::spend_logs_count`], one per part of the filter's range. A
+/// filter by request id is a lookup of one record: it reads the records.
+fn count_statements(filter: &SpendLogFilter) -> Vec<(String, Vec<Bind>)> {
+    let parts = if filter.request_id.is_some() {
+        vec![Source::Records(filter.start_ms, filter.end_ms)]
+    } else {
+        split_range(filter.start_ms, filter.end_ms)
+    };
+    parts
+        .into_iter()
+        .map(|source| {
+            let mut binds = Vec::new();
+            let (table, counted, range_column, start_ms, end_ms) = match source {
+                Source::Records(start, end) => {
+                    ("usage_records", "COUNT(*)", "started_unix_ms", start, end)
+                }
+                // Only the end users' rollup has the end user column.
+                Source::Days(first, end) => (
+                    if filter.end_user.is_some() {
+                        "spend_daily_end_users"
+                    } else {
+                        "spend_daily"
+                    },
+                    "SUM(requests)",
+                    "day",
+                    first,
+                    end,
+                ),
+            };
+            let part = SpendLogFilter {
+                start_ms,
+                end_ms,
+                ..filter.clone()
+            };
+            let condition = where_clause(&part, range_column, &mut binds);
+            (
+                format!(
+                    "SELECT CAST(COALESCE({counted}, 0) AS BIGINT) AS n FROM {table}{condition}"
+                ),
+                binds,
+            )
+        })
+        .collect()
 }
 
-/// The SQL and binds of [`Store::spend_report`].
-fn report_query(
+/// The statements of [`Store::spend_report`], one per part of the range.
+fn report_statements(
     postgres: bool,
     start_ms: i64,
     end_ms: i64,
     group: ReportGroup,
     restrict: &ReportFilter,
+) -> Vec<(String, Vec<Bind>)> {
+    split_range(Some(start_ms), Some(end_ms))
+        .into_iter()
+        .map(|source| report_query(postgres, source, group, restrict))
+        .collect()
+}
+
+/// The SQL and binds of one part of [`Store::spend_report`].
+fn report_query(
+    postgres: bool,
+    source: Source,
+    group: ReportGroup,
+    restrict: &ReportFilter,
 ) -> (String, Vec<Bind>) {
-    let day = format!("started_unix_ms / {DAY_MS}");
-    // PostgreSQL groups (and orders) text by its collation when it sorts, which costs
-    // seconds over a day of records with en_US; byte order ("C") groups the same rows.
+    let (table, day, spent, counted, range_column, start_ms, end_ms) = match source {
+        Source::Records(start, end) => (
+            "usage_records",
+            format!("started_unix_ms / {DAY_MS}"),
+            "cost",
+            "COUNT(*)",
+            "started_unix_ms",
+            start,
+            end,
+        ),
+        Source::Days(first, end) => (
+            // Only the end users' rollup has the end user column.
+            if group == ReportGroup::Customer {
+                "spend_daily_end_users"
+            } else {
+                "spend_daily"
+            },
+            "day".to_string(),
+            "spend",
+            "SUM(requests)",
+            "day",
+            first,
+            end,
+        ),
+    };
+    // PostgreSQL groups text by its collation when it sorts, which costs seconds over a day
+    // of records with en_US; byte order ("C") groups the same rows.
     let text = |name: &str| -> String {
         if postgres {
             format!("{name} COLLATE \"C\"")
@@ -747,44 +887,156 @@ fn report_query(
     let filter = SpendLogFilter {
         key_hash: restrict.key_hash.clone(),
         user_id: restrict.user_id.clone(),
-        start_ms: Some(start_ms),
-        end_ms: Some(end_ms),
+        start_ms,
+        end_ms,
         ..Default::default()
     };
     let mut binds = Vec::new();
-    let condition = where_clause(&filter, &mut binds);
+    let condition = where_clause(&filter, range_column, &mut binds);
     let sql = format!(
-        "SELECT {selected}, COALESCE(SUM(cost), 0.0) AS spend, \
+        "SELECT {selected}, COALESCE(SUM({spent}), 0.0) AS spend, \
          CAST(COALESCE(SUM(prompt_tokens), 0) AS BIGINT) AS prompt_tokens, \
          CAST(COALESCE(SUM(completion_tokens), 0) AS BIGINT) AS completion_tokens, \
-         COUNT(*) AS requests FROM usage_records{condition} GROUP BY {group_by} \
-         ORDER BY spend DESC, {group_by}"
+         CAST(COALESCE({counted}, 0) AS BIGINT) AS requests FROM {table}{condition} \
+         GROUP BY {group_by}"
     );
     (sql, binds)
 }
 
-/// The SQL and binds of [`Store::spend_by_tag`].
-fn tags_query(start_ms: Option<i64>, end_ms: Option<i64>) -> (String, Vec<Bind>) {
-    let mut conditions = Vec::new();
-    let mut binds = Vec::new();
-    if let Some(start) = start_ms {
-        binds.push(Bind::Int(start));
-        conditions.push(format!("started_unix_ms >= ${}", binds.len()));
-    }
-    if let Some(end) = end_ms {
-        binds.push(Bind::Int(end));
-        conditions.push(format!("started_unix_ms < ${}", binds.len()));
-    }
-    let condition = if conditions.is_empty() {
-        String::new()
+/// A report's rows, the groups read from several parts of the range added up (`merge`),
+/// largest spend first, ties in the order of the grouped columns.
+fn finish_report(rows: Vec<ReportRow>, merge: bool) -> Vec<ReportRow> {
+    let mut rows = if merge {
+        type Group = (Option<i64>, String, String, String, String, String);
+        let mut groups: std::collections::HashMap<Group, ReportRow> =
+            std::collections::HashMap::with_capacity(rows.len());
+        for row in rows {
+            let group = (
+                row.day,
+                row.team_id.clone(),
+                row.end_user.clone(),
+                row.key_hash.clone(),
+                row.user_id.clone(),
+                row.model.clone(),
+            );
+            match groups.entry(group) {
+                std::collections::hash_map::Entry::Occupied(mut entry) => {
+                    let sum = entry.get_mut();
+                    sum.spend += row.spend;
+                    sum.prompt_tokens = sum.prompt_tokens.saturating_add(row.prompt_tokens);
+                    sum.completion_tokens =
+                        sum.completion_tokens.saturating_add(row.completion_tokens);
+                    sum.requests = sum.requests.saturating_add(row.requests);
+                }
+                std::collections::hash_map::Entry::Vacant(entry) => {
+                    entry.insert(row);
+                }
+            }
+        }
+        groups.into_values().collect()
     } else {
-        format!(" WHERE {}", conditions.join(" AND "))
+        rows
     };
-    let sql = format!(
-        "SELECT tag, COUNT(*) AS log_count, COALESCE(SUM(cost), 0.0) AS total_spend \
-         FROM usage_tags{condition} GROUP BY tag ORDER BY total_spend DESC, tag"
-    );
-    (sql, binds)
+    rows.sort_by(|a, b| {
+        b.spend.total_cmp(&a.spend).then_with(|| {
+            (
+                a.day,
+                &a.team_id,
+                &a.end_user,
+                &a.key_hash,
+                &a.user_id,
+                &a.model,
+            )
+                .cmp(&(
+                    b.day,
+                    &b.team_id,
+                    &b.end_user,
+                    &b.key_hash,
+                    &b.user_id,
+                    &b.model,
+                ))
+        })
+    });
+    rows
+}
+
+/// The statements of [`Store::spend_by_tag`], one per part of the range.
+fn tags_statements(start_ms: Option<i64>, end_ms: Option<i64>) -> Vec<(String, Vec<Bind>)> {
+    split_range(start_ms, end_ms)
+        .into_iter()
+        .map(|source| {
+            let (table, counted, spent, range_column, start, end) = match source {
+                Source::Records(start, end) => (
+                    "usage_tags",
+                    "COUNT(*)",
+                    "cost",
+                    "started_unix_ms",
+                    start,
+                    end,
+                ),
+                Source::Days(first, end) => (
+                    "spend_daily_tags",
+                    "SUM(requests)",
+                    "spend",
+                    "day",
+                    first,
+                    end,
+                ),
+            };
+            let mut conditions = Vec::new();
+            let mut binds = Vec::new();
+            if let Some(start) = start {
+                binds.push(Bind::Int(start));
+                conditions.push(format!("{range_column} >= ${}", binds.len()));
+            }
+            if let Some(end) = end {
+                binds.push(Bind::Int(end));
+                conditions.push(format!("{range_column} < ${}", binds.len()));
+            }
+            let condition = if conditions.is_empty() {
+                String::new()
+            } else {
+                format!(" WHERE {}", conditions.join(" AND "))
+            };
+            (
+                format!(
+                    "SELECT tag, CAST(COALESCE({counted}, 0) AS BIGINT) AS log_count, \
+                     COALESCE(SUM({spent}), 0.0) AS total_spend FROM {table}{condition} \
+                     GROUP BY tag"
+                ),
+                binds,
+            )
+        })
+        .collect()
+}
+
+/// Spend per tag, the tags read from several parts of the range added up (`merge`),
+/// largest spend first, ties by tag.
+fn finish_tags(tags: Vec<TagSpend>, merge: bool) -> Vec<TagSpend> {
+    let mut tags = if merge {
+        let mut merged: BTreeMap<String, TagSpend> = BTreeMap::new();
+        for tag in tags {
+            match merged.entry(tag.tag.clone()) {
+                std::collections::btree_map::Entry::Occupied(mut entry) => {
+                    let sum = entry.get_mut();
+                    sum.log_count = sum.log_count.saturating_add(tag.log_count);
+                    sum.total_spend += tag.total_spend;
+                }
+                std::collections::btree_map::Entry::Vacant(entry) => {
+                    entry.insert(tag);
+                }
+            }
+        }
+        merged.into_values().collect()
+    } else {
+        tags
+    };
+    tags.sort_by(|a, b| {
+        b.total_spend
+            .total_cmp(&a.total_spend)
+            .then_with(|| a.tag.cmp(&b.tag))
+    });
+    tags
 }
 
 /// A spend query the bench explains ([`Store::explain_spend_query`]).
@@ -804,31 +1056,32 @@ impl Store {
     /// PostgreSQL's `EXPLAIN (ANALYZE, BUFFERS)` of the SQL a spend query runs, line by line
     /// (the bench prints them; SQLite answers its own `EXPLAIN`, not a plan).
     pub async fn explain_spend_query(&self, query: &SpendQuery) -> Result<Vec<String>, StoreError> {
-        let (sql, binds) = match query {
-            SpendQuery::Logs(filter, offset, limit) => spend_logs_query(filter, *offset, *limit),
-            SpendQuery::Count(filter) => spend_count_query(filter),
-            SpendQuery::Report(start, end, group, restrict) => report_query(
-                matches!(self.pool, Pool::Postgres(_)),
-                *start,
-                *end,
-                *group,
-                restrict,
-            ),
-            SpendQuery::Tags(start, end) => tags_query(*start, *end),
-        };
-        let sql = format!("EXPLAIN (ANALYZE, BUFFERS) {sql}");
         let postgres = matches!(self.pool, Pool::Postgres(_));
+        let statements = match query {
+            SpendQuery::Logs(filter, offset, limit) => {
+                vec![spend_logs_query(filter, *offset, *limit)]
+            }
+            SpendQuery::Count(filter) => count_statements(filter),
+            SpendQuery::Report(start, end, group, restrict) => {
+                report_statements(postgres, *start, *end, *group, restrict)
+            }
+            SpendQuery::Tags(start, end) => tags_statements(*start, *end),
+        };
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             if postgres {
                 sqlx::query(RANGE_SCAN_COSTS).execute(&mut *tx).await?;
             }
-            let rows = bind_all!(sqlx::query(&sql), binds).fetch_all(&mut *tx).await?;
-            tx.commit().await?;
-            let mut lines = Vec::with_capacity(rows.len());
-            for row in &rows {
-                lines.push(row.try_get::<String, _>(0)?);
+            let mut lines = Vec::new();
+            for (sql, binds) in statements {
+                lines.push(format!("-- {sql}"));
+                let explain = format!("EXPLAIN (ANALYZE, BUFFERS) {sql}");
+                let rows = bind_all!(sqlx::query(&explain), binds).fetch_all(&mut *tx).await?;
+                for row in &rows {
+                    lines.push(row.try_get::<String, _>(0)?);
+                }
             }
+            tx.commit().await?;
             Ok(lines)
         })
     }

@@ -209,8 +209,9 @@ impl Store {
     }
 
     /// Sets `spend_totals` of every key, user, team and the global scope to the sum of the
-    /// stored records' costs (what [`Store::insert_usage`] would have added), for a ledger
-    /// loaded with [`Store::load_synthetic_usage`].
+    /// stored records' costs, and the daily rollups to the records' (what
+    /// [`Store::insert_usage`] would have added), for a ledger loaded with
+    /// [`Store::load_synthetic_usage`].
     pub async fn rebuild_synthetic_totals(&self) -> Result<(), StoreError> {
         let now = to_i64(super::now_unix_ms());
         with_pool!(self, pool => {
@@ -239,6 +240,9 @@ impl Store {
                 };
                 sqlx::query(&sql).bind(scope).bind(now).execute(&mut *tx).await?;
             }
+            for sql in super::rollup::REBUILD {
+                sqlx::query(sql).execute(&mut *tx).await?;
+            }
             tx.commit().await?;
             Ok(())
         })
@@ -253,7 +257,14 @@ impl Store {
                 sqlx::query("ANALYZE").execute(pool).await?;
             }
             Pool::Postgres(pool) => {
-                for table in ["usage_records", "usage_tags", "spend_totals"] {
+                for table in [
+                    "usage_records",
+                    "usage_tags",
+                    "spend_totals",
+                    "spend_daily",
+                    "spend_daily_end_users",
+                    "spend_daily_tags",
+                ] {
                     sqlx::query(&format!("VACUUM (ANALYZE) {table}"))
                         .execute(pool)
                         .await?;
