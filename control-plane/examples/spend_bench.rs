@@ -256,7 +256,7 @@ async fn load(
     .await?
     .try_get(0)?;
     let load_line = format!(
-        "load {:.0} s, {} indexes {:.0} s, spend_totals + VACUUM ANALYZE {:.0} s; tables with indexes: {size}",
+        "load {:.0} s, {} indexes {:.0} s, spend_totals and daily rollups + VACUUM ANALYZE {:.0} s; tables with indexes: {size}",
         load.as_secs_f64(),
         indexes.len(),
         indexing.as_secs_f64(),
@@ -591,7 +591,7 @@ async fn queries(
     if let Some(path) = &options.write {
         let section = format!(
             "{SECTION_START}\n## Spend queries over {} usage records (PostgreSQL)\n\n\
-             `make bench-spend` ({}): a synthetic ledger (1,000 keys, 100 users, 20 teams, 10 \
+             `make bench-spend` (PostgreSQL {}): a synthetic ledger (1,000 keys, 100 users, 20 teams, 10 \
              models, 50 tags, 200 end users, 30 days) in a scratch database with the real \
              migrations; each query through `tollgate::store` (the spend API's own calls), \
              after one untimed run. Pages are 50 rows; \"rows\" is what the query returned.\n\n\

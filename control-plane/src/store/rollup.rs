@@ -134,80 +134,70 @@ impl RollupChanges {
 
     /// The upserts that add these changes to the rollups, table by table in a fixed order.
     pub fn statements(&self) -> Vec<(String, Vec<Bind>)> {
-        let mut statements = Vec::new();
-        let sums = |binds: &mut Vec<Bind>, sums: &Sums| {
-            binds.push(Bind::Float(sums.spend));
-            binds.push(Bind::Int(sums.prompt_tokens));
-            binds.push(Bind::Int(sums.completion_tokens));
-            binds.push(Bind::Int(sums.requests));
+        const SUMS: &[&str] = &["spend", "prompt_tokens", "completion_tokens", "requests"];
+        let sums = |row: &mut Vec<Bind>, sums: &Sums| {
+            row.push(Bind::Float(sums.spend));
+            row.push(Bind::Int(sums.prompt_tokens));
+            row.push(Bind::Int(sums.completion_tokens));
+            row.push(Bind::Int(sums.requests));
         };
-        let added = "spend = {t}.spend + excluded.spend, \
-             prompt_tokens = {t}.prompt_tokens + excluded.prompt_tokens, \
-             completion_tokens = {t}.completion_tokens + excluded.completion_tokens, \
-             requests = {t}.requests + excluded.requests";
-        let daily: Vec<_> = self.daily.iter().collect();
-        for chunk in daily.chunks(SMALL_ROWS_PER_INSERT) {
-            let mut binds = Vec::with_capacity(chunk.len() * 9);
-            for ((day, key, model, team, user), group) in chunk {
-                binds.push(Bind::Int(*day));
-                for text in [key, model, team, user] {
-                    binds.push(Bind::Text(text.clone()));
-                }
-                sums(&mut binds, group);
-            }
-            statements.push((
-                format!(
-                    "INSERT INTO spend_daily (day, key_hash, model_name, team_id, user_id, \
-                     spend, prompt_tokens, completion_tokens, requests) VALUES {} \
-                     ON CONFLICT (day, key_hash, model_name, team_id, user_id) DO UPDATE SET {}",
-                    placeholders(chunk.len(), 9),
-                    added.replace("{t}", "spend_daily")
-                ),
-                binds,
-            ));
-        }
-        let end_users: Vec<_> = self.end_users.iter().collect();
-        for chunk in end_users.chunks(SMALL_ROWS_PER_INSERT) {
-            let mut binds = Vec::with_capacity(chunk.len() * 10);
-            for ((day, end_user, key, model, team, user), group) in chunk {
-                binds.push(Bind::Int(*day));
-                for text in [end_user, key, model, team, user] {
-                    binds.push(Bind::Text(text.clone()));
-                }
-                sums(&mut binds, group);
-            }
-            statements.push((
-                format!(
-                    "INSERT INTO spend_daily_end_users (day, end_user, key_hash, model_name, \
-                     team_id, user_id, spend, prompt_tokens, completion_tokens, requests) \
-                     VALUES {} ON CONFLICT (day, end_user, key_hash, model_name, team_id, \
-                     user_id) DO UPDATE SET {}",
-                    placeholders(chunk.len(), 10),
-                    added.replace("{t}", "spend_daily_end_users")
-                ),
-                binds,
-            ));
-        }
-        let tags: Vec<_> = self.tags.iter().collect();
-        for chunk in tags.chunks(SMALL_ROWS_PER_INSERT) {
-            let mut binds = Vec::with_capacity(chunk.len() * 4);
-            for ((day, tag), group) in chunk {
-                binds.push(Bind::Int(*day));
-                binds.push(Bind::Text(tag.clone()));
-                binds.push(Bind::Float(group.spend));
-                binds.push(Bind::Int(group.requests));
-            }
-            statements.push((
-                format!(
-                    "INSERT INTO spend_daily_tags (day, tag, spend, requests) VALUES {} \
-                     ON CONFLICT (day, tag) DO UPDATE SET \
-                     spend = spend_daily_tags.spend + excluded.spend, \
-                     requests = spend_daily_tags.requests + excluded.requests",
-                    placeholders(chunk.len(), 4)
-                ),
-                binds,
-            ));
-        }
+        let mut statements = Vec::new();
+        let daily = self
+            .daily
+            .iter()
+            .map(|((day, key, model, team, user), group)| {
+                let mut row = vec![Bind::Int(*day)];
+                row.extend([key, model, team, user].map(|text| Bind::Text(text.clone())));
+                sums(&mut row, group);
+                row
+            });
+        upserts(
+            &mut statements,
+            "spend_daily",
+            &["day", "key_hash", "model_name", "team_id", "user_id"],
+            SUMS,
+            daily,
+        );
+        let end_users =
+            self.end_users
+                .iter()
+                .map(|((day, end_user, key, model, team, user), group)| {
+                    let mut row = vec![Bind::Int(*day)];
+                    row.extend(
+                        [end_user, key, model, team, user].map(|text| Bind::Text(text.clone())),
+                    );
+                    sums(&mut row, group);
+                    row
+                });
+        upserts(
+            &mut statements,
+            "spend_daily_end_users",
+            &[
+                "day",
+                "end_user",
+                "key_hash",
+                "model_name",
+                "team_id",
+                "user_id",
+            ],
+            SUMS,
+            end_users,
+        );
+        let tags = self.tags.iter().map(|((day, tag), group)| {
+            vec![
+                Bind::Int(*day),
+                Bind::Text(tag.clone()),
+                Bind::Float(group.spend),
+                Bind::Int(group.requests),
+            ]
+        });
+        upserts(
+            &mut statements,
+            "spend_daily_tags",
+            &["day", "tag"],
+            &["spend", "requests"],
+            tags,
+        );
         statements
     }
 
@@ -226,6 +216,37 @@ impl RollupChanges {
                 )
             })
             .collect()
+    }
+}
+
+/// Appends to `statements` the multi-row upserts of `rows` (each the values of `groups`
+/// then of `sums`) into `table`: a new group is inserted, an existing one has the values of
+/// `sums` added.
+fn upserts(
+    statements: &mut Vec<(String, Vec<Bind>)>,
+    table: &str,
+    groups: &[&str],
+    sums: &[&str],
+    rows: impl Iterator<Item = Vec<Bind>>,
+) {
+    let width = groups.len() + sums.len();
+    let added = sums
+        .iter()
+        .map(|column| format!("{column} = {table}.{column} + excluded.{column}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let rows: Vec<Vec<Bind>> = rows.collect();
+    for chunk in rows.chunks(SMALL_ROWS_PER_INSERT) {
+        statements.push((
+            format!(
+                "INSERT INTO {table} ({}, {}) VALUES {} ON CONFLICT ({}) DO UPDATE SET {added}",
+                groups.join(", "),
+                sums.join(", "),
+                placeholders(chunk.len(), width),
+                groups.join(", "),
+            ),
+            chunk.iter().flatten().cloned().collect(),
+        ));
     }
 }
 
