@@ -16,10 +16,6 @@ use crate::limits::{RateLimitFields, MAX_LIMIT};
 use crate::pricing::{check_price, Prices, PRICE_FIELDS};
 use crate::proto;
 
-/// `max_tokens` sent to Anthropic when neither the client nor the config gives one
-/// (the Messages API requires it).
-pub const DEFAULT_ANTHROPIC_MAX_TOKENS: u32 = 4096;
-
 /// Envoy's buffer limits are 32-bit, so a larger request limit could never be honoured.
 const MAX_REQUEST_SIZE_MB: f64 = 4095.0;
 
@@ -40,100 +36,15 @@ pub const CREDENTIAL_PARAMS: &[&str] = &[
     "azure_ad_token",
 ];
 
-/// Wire protocol family of a provider: the filter translates per kind, not per provider.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ProviderKind {
-    /// OpenAI and every OpenAI-compatible server.
-    OpenAi,
-    /// Anthropic Messages API.
-    Anthropic,
-}
+pub use tollgate_catalogue::{Provider, Wire, DEFAULT_ANTHROPIC_MAX_TOKENS};
 
-impl ProviderKind {
-    /// Name stored in the database.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProviderKind::OpenAi => "openai",
-            ProviderKind::Anthropic => "anthropic",
-        }
-    }
-
-    /// Inverse of [`ProviderKind::as_str`].
-    pub fn parse(name: &str) -> Option<ProviderKind> {
-        match name {
-            "openai" => Some(ProviderKind::OpenAi),
-            "anthropic" => Some(ProviderKind::Anthropic),
-            _ => None,
-        }
-    }
-
-    /// The protocol enum sent to filters.
-    pub fn to_proto(self) -> proto::ProviderKind {
-        match self {
-            ProviderKind::OpenAi => proto::ProviderKind::Openai,
-            ProviderKind::Anthropic => proto::ProviderKind::Anthropic,
-        }
+/// The protocol enum sent to filters for a wire.
+pub fn wire_to_proto(wire: Wire) -> proto::ProviderKind {
+    match wire {
+        Wire::OpenAi => proto::ProviderKind::Openai,
+        Wire::Anthropic => proto::ProviderKind::Anthropic,
     }
 }
-
-/// A provider prefix Tollgate serves, as written in `litellm_params.model`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProviderSpec {
-    /// The prefix ("openai", "hosted_vllm", ...).
-    pub name: &'static str,
-    /// How the filter talks to it.
-    pub kind: ProviderKind,
-    /// Used when the entry has no `api_base`; `None` means `api_base` is required.
-    pub default_api_base: Option<&'static str>,
-}
-
-const fn spec(name: &'static str, kind: ProviderKind, base: Option<&'static str>) -> ProviderSpec {
-    ProviderSpec {
-        name,
-        kind,
-        default_api_base: base,
-    }
-}
-
-/// Providers Tollgate serves today.
-#[rustfmt::skip]
-pub const SUPPORTED_PROVIDERS: &[ProviderSpec] = &[
-    spec("openai", ProviderKind::OpenAi, Some("https://api.openai.com/v1")),
-    spec("hosted_vllm", ProviderKind::OpenAi, None),
-    spec("lm_studio", ProviderKind::OpenAi, Some("http://localhost:1234/v1")),
-    spec("openai_like", ProviderKind::OpenAi, None),
-    spec("custom_openai", ProviderKind::OpenAi, None),
-    spec("groq", ProviderKind::OpenAi, Some("https://api.groq.com/openai/v1")),
-    spec("deepseek", ProviderKind::OpenAi, Some("https://api.deepseek.com/v1")),
-    spec("mistral", ProviderKind::OpenAi, Some("https://api.mistral.ai/v1")),
-    spec("together_ai", ProviderKind::OpenAi, Some("https://api.together.xyz/v1")),
-    spec("fireworks_ai", ProviderKind::OpenAi, Some("https://api.fireworks.ai/inference/v1")),
-    spec("xai", ProviderKind::OpenAi, Some("https://api.x.ai/v1")),
-    spec("openrouter", ProviderKind::OpenAi, Some("https://openrouter.ai/api/v1")),
-    spec("perplexity", ProviderKind::OpenAi, Some("https://api.perplexity.ai")),
-    spec("anthropic", ProviderKind::Anthropic, Some("https://api.anthropic.com")),
-];
-
-/// The spec of a supported provider prefix.
-pub fn provider_spec(name: &str) -> Option<&'static ProviderSpec> {
-    SUPPORTED_PROVIDERS.iter().find(|spec| spec.name == name)
-}
-
-/// LiteLLM providers Tollgate does not serve yet; only used to word the warning (a prefix
-/// outside both lists is most likely a typo).
-#[rustfmt::skip]
-const KNOWN_UNSUPPORTED_PROVIDERS: &[&str] = &[
-    "gemini", "vertex_ai", "vertex_ai_beta", "bedrock", "sagemaker", "sagemaker_chat", "azure",
-    "azure_ai", "azure_text", "cohere", "cohere_chat", "ollama", "ollama_chat", "huggingface",
-    "replicate", "watsonx", "watsonx_text", "databricks", "cloudflare", "voyage", "nvidia_nim",
-    "cerebras", "sambanova", "ai21", "ai21_chat", "nlp_cloud", "aleph_alpha", "palm",
-    "text-completion-openai", "text-completion-codestral", "codestral", "friendliai", "deepinfra",
-    "anyscale", "predibase", "triton", "clarifai", "github", "github_copilot", "litellm_proxy",
-    "dashscope", "moonshot", "nebius", "novita", "lambda_ai", "hyperbolic", "featherless_ai",
-    "snowflake", "oci", "baseten", "infinity", "jina_ai", "llamafile", "volcengine", "nscale",
-    "meta_llama", "v0", "vllm", "xinference", "petals", "empower", "galadriel", "topaz",
-    "assemblyai", "elevenlabs", "deepgram",
-];
 
 /// Top-level keys of a LiteLLM config that Tollgate does not implement yet.
 #[rustfmt::skip]
@@ -366,7 +277,7 @@ pub struct DeploymentConfig {
     /// Provider prefix as written ("hosted_vllm").
     pub provider_name: String,
     /// Wire protocol family.
-    pub kind: ProviderKind,
+    pub kind: Wire,
     /// Model name the provider expects (everything after the first `/`).
     pub upstream_model: String,
     /// Explicit or default base URL, without a trailing slash.
@@ -1531,8 +1442,9 @@ impl Checker<'_> {
                 return None;
             }
         };
-        let Some(provider) = provider_spec(&provider_name) else {
-            let reason = if KNOWN_UNSUPPORTED_PROVIDERS.contains(&provider_name.as_str()) {
+        let Some(provider) = tollgate_catalogue::find(&provider_name) else {
+            let reason = if tollgate_catalogue::KNOWN_UNSUPPORTED.contains(&provider_name.as_str())
+            {
                 format!("provider \"{provider_name}\" is not supported by Tollgate yet")
             } else {
                 format!("unknown provider \"{provider_name}\"")
@@ -1600,10 +1512,7 @@ impl Checker<'_> {
             }
             _ => None,
         };
-        let default_max_tokens = match provider.kind {
-            ProviderKind::Anthropic => Some(max_tokens.unwrap_or(DEFAULT_ANTHROPIC_MAX_TOKENS)),
-            ProviderKind::OpenAi => max_tokens,
-        };
+        let default_max_tokens = max_tokens.or(provider.wire.required_max_tokens());
         let model_name = model_name?;
         let api_base = api_base?;
         let model_info = model_info?;
@@ -1616,7 +1525,7 @@ impl Checker<'_> {
             index,
             model_name,
             provider_name,
-            kind: provider.kind,
+            kind: provider.wire,
             upstream_model,
             api_base,
             api_key,
@@ -1825,7 +1734,7 @@ general_settings:
 
         assert_eq!(d[0].model_name, "gpt-4o");
         assert_eq!(d[0].provider_name, "openai");
-        assert_eq!(d[0].kind, ProviderKind::OpenAi);
+        assert_eq!(d[0].kind, Wire::OpenAi);
         assert_eq!(d[0].upstream_model, "gpt-4o");
         assert_eq!(d[0].api_base, "https://api.openai.com/v1");
         assert_eq!(d[0].api_key.as_deref(), Some("sk-openai"));
@@ -1847,7 +1756,7 @@ general_settings:
             Some(serde_json::json!({"id": "gpt-4o-eu", "mode": "chat"}))
         );
 
-        assert_eq!(d[2].kind, ProviderKind::Anthropic);
+        assert_eq!(d[2].kind, Wire::Anthropic);
         assert_eq!(d[2].api_base, "https://api.anthropic.com");
         assert_eq!(d[2].default_max_tokens, Some(4096));
         assert_eq!(d[3].default_max_tokens, Some(1024));
@@ -1862,7 +1771,7 @@ general_settings:
 
     #[test]
     fn every_supported_provider_has_its_default_base() {
-        for spec in SUPPORTED_PROVIDERS {
+        for spec in tollgate_catalogue::PROVIDERS {
             let text = format!(
                 "model_list:\n  - model_name: m\n    litellm_params:\n      model: {}/x\n",
                 spec.name
@@ -1871,7 +1780,7 @@ general_settings:
                 Some(base) => {
                     let loaded = ok(&text);
                     assert_eq!(loaded.config.deployments[0].api_base, base, "{}", spec.name);
-                    assert_eq!(loaded.config.deployments[0].kind, spec.kind);
+                    assert_eq!(loaded.config.deployments[0].kind, spec.wire);
                 }
                 None => assert_eq!(
                     errors(&text),
@@ -1883,11 +1792,11 @@ general_settings:
             }
         }
         assert_eq!(
-            provider_spec("groq").map(|s| s.default_api_base),
+            tollgate_catalogue::find("groq").map(|s| s.default_api_base),
             Some(Some("https://api.groq.com/openai/v1"))
         );
         assert_eq!(
-            provider_spec("perplexity").map(|s| s.default_api_base),
+            tollgate_catalogue::find("perplexity").map(|s| s.default_api_base),
             Some(Some("https://api.perplexity.ai"))
         );
     }

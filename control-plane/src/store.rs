@@ -18,7 +18,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::Row;
 
-use crate::config::{Config, DeploymentConfig, ProviderKind};
+use crate::config::{Config, DeploymentConfig, Wire};
 use crate::pricing::Prices;
 use crate::proto;
 use crate::secrets::{self, CredentialError, CredentialKey};
@@ -312,7 +312,7 @@ pub struct DeploymentRecord {
     /// Provider prefix as configured.
     pub provider_name: String,
     /// Wire protocol family.
-    pub kind: ProviderKind,
+    pub kind: Wire,
     /// Model name the provider expects.
     pub upstream_model: String,
     /// Resolved base URL.
@@ -505,7 +505,7 @@ macro_rules! bind_deployment {
             .bind(record.id.clone())
             .bind(record.model_name.clone())
             .bind(record.provider_name.clone())
-            .bind(record.kind.as_str())
+            .bind(record.kind.name())
             .bind(record.upstream_model.clone())
             .bind(record.api_base.clone())
             .bind(sealed_api_key)
@@ -554,7 +554,7 @@ macro_rules! decode_deployment {
         };
         StoredDeployment {
             record: DeploymentRecord {
-                kind: ProviderKind::parse(&kind).ok_or_else(|| {
+                kind: Wire::from_name(&kind).ok_or_else(|| {
                     StoreError::Corrupt(format!("deployment {id}: provider_kind {kind:?}"))
                 })?,
                 source: DeploymentSource::parse(&source).ok_or_else(|| {

@@ -151,7 +151,7 @@ pub fn build_snapshot(
                 proto::Deployment {
                     id: record.id.clone(),
                     model_name: record.model_name.clone(),
-                    provider: record.kind.to_proto() as i32,
+                    provider: crate::config::wire_to_proto(record.kind) as i32,
                     provider_name: record.provider_name.clone(),
                     upstream_model: record.upstream_model.clone(),
                     api_base: record.api_base.clone(),

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{sqlite_store, PgTestDb};
-use tollgate::config::{self, Config, ProviderKind};
+use tollgate::config::{self, Config, Wire};
 use tollgate::proto::UsageRecord;
 use tollgate::secrets::CredentialError;
 use tollgate::store::{
@@ -44,7 +44,7 @@ fn api_deployment(id: &str) -> DeploymentRecord {
         id: id.to_string(),
         model_name: "from-api".into(),
         provider_name: "openai".into(),
-        kind: ProviderKind::OpenAi,
+        kind: Wire::OpenAi,
         upstream_model: "gpt-4o-mini".into(),
         api_base: "https://api.openai.com/v1".into(),
         api_key: Some("sk-api".into()),
@@ -76,7 +76,7 @@ async fn config_replace_keeps_api_rows(store: &Store) {
     assert_eq!(gpt.api_base, "https://api.openai.com/v1");
     assert_eq!(gpt.position, 0);
     let claude = &rows[1];
-    assert_eq!(claude.record.kind, ProviderKind::Anthropic);
+    assert_eq!(claude.record.kind, Wire::Anthropic);
     assert_eq!(claude.record.default_max_tokens, Some(4096));
     assert_eq!(
         claude.record.model_info,

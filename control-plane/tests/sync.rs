@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 use tollgate::app::start_control_plane;
 use tollgate::channel::{ChannelSecurity, FilterToken, ServerTlsFiles};
-use tollgate::config::{self, LoadedConfig, ProviderKind};
+use tollgate::config::{self, LoadedConfig, Wire};
 use tollgate::delta::{CatchUp, Served};
 use tollgate::proto::management_client::ManagementClient;
 use tollgate::proto::{
@@ -224,7 +224,7 @@ async fn filters_get_snapshots_and_usage_is_stored_once() {
             id: "api-1".into(),
             model_name: "mini".into(),
             provider_name: "openai".into(),
-            kind: ProviderKind::OpenAi,
+            kind: Wire::OpenAi,
             upstream_model: "gpt-4o-mini".into(),
             api_base: "https://api.openai.com/v1".into(),
             api_key: None,

@@ -11,7 +11,7 @@ use super::{
     now_unix_ms, to_i64, to_u64, Backend, DeploymentRecord, DeploymentSource, Missing, Pool, Store,
     StoreError, StoredDeployment, Taken, CHANGES_CHANNEL, DEPLOYMENT_COLUMNS, INSERT_DEPLOYMENT,
 };
-use crate::config::ProviderKind;
+use crate::config::Wire;
 pub use crate::limits::{RateLimitFields, ScopeRateLimits};
 
 /// A spending limit as stored on a key, user or team (LiteLLM's fields).

@@ -25,17 +25,13 @@ use keys::KeyMap;
 pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 10 * 1024 * 1024;
 /// Limit for buffered (non-streaming) response bodies.
 pub const DEFAULT_MAX_RESPONSE_BODY_BYTES: u64 = 10 * 1024 * 1024;
-/// max_tokens for providers that require it when neither client nor config gave one.
-pub const DEFAULT_MAX_TOKENS: u32 = 4096;
+/// max_tokens for providers that require it when neither client nor config gave one (the
+/// catalogue's, so the control plane and the filter agree).
+pub const DEFAULT_MAX_TOKENS: u32 = tollgate_catalogue::DEFAULT_ANTHROPIC_MAX_TOKENS;
 
-/// The providers the filter can translate to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProviderKind {
-    /// OpenAI and every OpenAI-compatible server.
-    OpenAi,
-    /// Anthropic Messages API.
-    Anthropic,
-}
+/// The wire protocols the filter translates to (the provider catalogue the control plane
+/// shares).
+pub use tollgate_catalogue::Wire;
 
 /// Whether the upstream speaks TLS; picks the Envoy cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,7 +96,7 @@ pub struct Deployment {
     /// Public model name.
     pub model_name: String,
     /// Translation to use.
-    pub provider: ProviderKind,
+    pub provider: Wire,
     /// Provider prefix from config ("openai", "hosted_vllm", "anthropic" ...).
     pub provider_name: String,
     /// Model name the provider expects.
@@ -823,8 +819,8 @@ fn for_each_length_delimited_field<'m>(
 
 fn build_deployment(deployment: proto::Deployment) -> Result<Deployment, String> {
     let provider = match proto::ProviderKind::try_from(deployment.provider) {
-        Ok(proto::ProviderKind::Openai) => ProviderKind::OpenAi,
-        Ok(proto::ProviderKind::Anthropic) => ProviderKind::Anthropic,
+        Ok(proto::ProviderKind::Openai) => Wire::OpenAi,
+        Ok(proto::ProviderKind::Anthropic) => Wire::Anthropic,
         _ => return Err(format!("unknown provider kind {}", deployment.provider)),
     };
     if deployment.model_name.is_empty() {

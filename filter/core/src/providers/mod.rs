@@ -1,4 +1,5 @@
-//! One module per provider, behind one closed enum.
+//! One module per wire protocol of the provider catalogue (`tollgate_catalogue::Wire`),
+//! behind one closed enum.
 //!
 //! Each provider module turns an OpenAI chat request into the provider's request
 //! (`build_request`) and implements [`ProviderResponse`] to turn the provider's answer back
@@ -9,7 +10,7 @@ pub mod openai;
 
 use crate::error::{error_body, error_type_for_status};
 use crate::request::ChatRequestSummary;
-use crate::snapshot::{Deployment, ProviderKind};
+use crate::snapshot::{Deployment, Wire};
 use crate::{GatewayError, Usage};
 
 /// Per-request facts a translation may need and must not fetch itself (the core reads no
@@ -111,7 +112,7 @@ pub fn translate_request(
     context: &TranslateContext,
 ) -> Result<(UpstreamRequest, ResponseTranslator), GatewayError> {
     match deployment.provider {
-        ProviderKind::OpenAi => {
+        Wire::OpenAi => {
             let request = openai::build_request(summary, body, deployment)?;
             let response = openai::OpenAiResponse::new(
                 summary.stream,
@@ -120,7 +121,7 @@ pub fn translate_request(
             );
             Ok((request, ResponseTranslator::OpenAi(response)))
         }
-        ProviderKind::Anthropic => {
+        Wire::Anthropic => {
             let request = anthropic::build_request(summary, body, deployment, context)?;
             let response = anthropic::AnthropicResponse::new(
                 context,

@@ -1,0 +1,157 @@
+//! The provider catalogue: every provider prefix Tollgate serves (as written in LiteLLM's
+//! `litellm_params.model`, `"<provider>/<model>"`), the wire protocol the filter speaks to
+//! it, and its defaults. The control plane reads configs and stores deployments with it;
+//! the filter picks its translator with it. One table, so adding a provider is one row here
+//! (and, for a new wire protocol, one translator in the filter).
+//!
+//! No dependencies: the filter builds it for wasm32 and the control plane for its host.
+
+/// The wire protocol a provider speaks; the filter translates per wire, not per provider.
+/// Its [`Wire::name`] is what the control plane stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Wire {
+    /// OpenAI's chat completions, and every OpenAI-compatible server.
+    OpenAi,
+    /// Anthropic Messages.
+    Anthropic,
+}
+
+impl Wire {
+    /// Every wire protocol.
+    pub const ALL: [Wire; 2] = [Wire::OpenAi, Wire::Anthropic];
+
+    /// The stored name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Wire::OpenAi => "openai",
+            Wire::Anthropic => "anthropic",
+        }
+    }
+
+    /// The wire a stored name names.
+    pub fn from_name(name: &str) -> Option<Wire> {
+        Wire::ALL.into_iter().find(|wire| wire.name() == name)
+    }
+
+    /// `max_tokens` sent when neither the client nor the deployment gives one, for wires
+    /// whose API requires it (Anthropic's Messages API does).
+    pub const fn required_max_tokens(self) -> Option<u32> {
+        match self {
+            Wire::OpenAi => None,
+            Wire::Anthropic => Some(DEFAULT_ANTHROPIC_MAX_TOKENS),
+        }
+    }
+}
+
+/// `max_tokens` sent to Anthropic when neither the client nor the config gives one.
+pub const DEFAULT_ANTHROPIC_MAX_TOKENS: u32 = 4096;
+
+/// One provider prefix Tollgate serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Provider {
+    /// The prefix ("openai", "hosted_vllm", ...).
+    pub name: &'static str,
+    /// How the filter talks to it.
+    pub wire: Wire,
+    /// Used when a deployment has no `api_base`; `None`: `api_base` is required (the
+    /// provider runs wherever its operator put it).
+    pub default_api_base: Option<&'static str>,
+}
+
+const fn provider(name: &'static str, wire: Wire, base: Option<&'static str>) -> Provider {
+    Provider {
+        name,
+        wire,
+        default_api_base: base,
+    }
+}
+
+/// Every provider Tollgate serves. Base URLs are the providers' documented OpenAI-compatible
+/// endpoints.
+#[rustfmt::skip]
+pub const PROVIDERS: &[Provider] = &[
+    provider("openai", Wire::OpenAi, Some("https://api.openai.com/v1")),
+    provider("hosted_vllm", Wire::OpenAi, None),
+    provider("lm_studio", Wire::OpenAi, Some("http://localhost:1234/v1")),
+    provider("openai_like", Wire::OpenAi, None),
+    provider("custom_openai", Wire::OpenAi, None),
+    provider("groq", Wire::OpenAi, Some("https://api.groq.com/openai/v1")),
+    provider("deepseek", Wire::OpenAi, Some("https://api.deepseek.com/v1")),
+    provider("mistral", Wire::OpenAi, Some("https://api.mistral.ai/v1")),
+    provider("together_ai", Wire::OpenAi, Some("https://api.together.xyz/v1")),
+    provider("fireworks_ai", Wire::OpenAi, Some("https://api.fireworks.ai/inference/v1")),
+    provider("xai", Wire::OpenAi, Some("https://api.x.ai/v1")),
+    provider("openrouter", Wire::OpenAi, Some("https://openrouter.ai/api/v1")),
+    provider("perplexity", Wire::OpenAi, Some("https://api.perplexity.ai")),
+    provider("anthropic", Wire::Anthropic, Some("https://api.anthropic.com")),
+];
+
+/// The provider a prefix names.
+pub fn find(name: &str) -> Option<&'static Provider> {
+    PROVIDERS.iter().find(|provider| provider.name == name)
+}
+
+/// LiteLLM providers Tollgate does not serve yet. Only words the config warning: a prefix in
+/// neither list is most likely a typo.
+#[rustfmt::skip]
+pub const KNOWN_UNSUPPORTED: &[&str] = &[
+    "gemini", "vertex_ai", "vertex_ai_beta", "bedrock", "sagemaker", "sagemaker_chat", "azure",
+    "azure_ai", "azure_text", "cohere", "cohere_chat", "ollama", "ollama_chat", "huggingface",
+    "replicate", "watsonx", "watsonx_text", "databricks", "cloudflare", "voyage", "nvidia_nim",
+    "cerebras", "sambanova", "ai21", "ai21_chat", "nlp_cloud", "aleph_alpha", "palm",
+    "text-completion-openai", "text-completion-codestral", "codestral", "friendliai", "deepinfra",
+    "anyscale", "predibase", "triton", "clarifai", "github", "github_copilot", "litellm_proxy",
+    "dashscope", "moonshot", "nebius", "novita", "lambda_ai", "hyperbolic", "featherless_ai",
+    "snowflake", "oci", "baseten", "infinity", "jina_ai", "llamafile", "volcengine", "nscale",
+    "meta_llama", "v0", "vllm", "xinference", "petals", "empower", "galadriel", "topaz",
+    "assemblyai", "elevenlabs", "deepgram",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_not_also_unsupported() {
+        for (at, provider) in PROVIDERS.iter().enumerate() {
+            assert_eq!(find(provider.name), Some(provider));
+            assert!(
+                PROVIDERS[at + 1..]
+                    .iter()
+                    .all(|other| other.name != provider.name),
+                "{} twice",
+                provider.name
+            );
+            assert!(
+                !KNOWN_UNSUPPORTED.contains(&provider.name),
+                "{}",
+                provider.name
+            );
+        }
+        assert_eq!(find("gemini"), None);
+    }
+
+    #[test]
+    fn wire_names_round_trip() {
+        for wire in Wire::ALL {
+            assert_eq!(Wire::from_name(wire.name()), Some(wire));
+        }
+        assert_eq!(Wire::from_name("bedrock"), None);
+        assert_eq!(Wire::Anthropic.required_max_tokens(), Some(4096));
+        assert_eq!(Wire::OpenAi.required_max_tokens(), None);
+    }
+
+    #[test]
+    fn default_bases_are_https_but_for_local_servers() {
+        for provider in PROVIDERS {
+            if let Some(base) = provider.default_api_base {
+                assert!(
+                    base.starts_with("https://") || base.starts_with("http://localhost:"),
+                    "{}: {base}",
+                    provider.name
+                );
+                assert!(!base.ends_with('/'), "{}: {base}", provider.name);
+            }
+        }
+    }
+}
