@@ -325,7 +325,7 @@ pub fn plan_chat_request_for(
         .clone();
     let (upstream, translator) = translate_request(&summary, body, &deployment, context)?;
     let target = &deployment.target;
-    let path = join_path(&target.base_path, &upstream.path);
+    let path = join_url(&target.base_path, &target.base_query, &upstream.path);
     Ok(RequestPlan {
         route_value: target.scheme.route_value(),
         authority: target.authority.clone(),
@@ -339,6 +339,23 @@ pub fn plan_chat_request_for(
         end_user: summary.end_user.map(Cow::into_owned).unwrap_or_default(),
         tags: summary.tags.into_iter().map(Cow::into_owned).collect(),
     })
+}
+
+/// The request's `:path`: the base path joined with the translator's endpoint path, then
+/// the base's query and the endpoint's (Azure's `api-version` from api_base, Gemini's
+/// `alt=sse` from the translator), in that order.
+fn join_url(base_path: &str, base_query: &str, endpoint: &str) -> String {
+    let (endpoint_path, endpoint_query) = endpoint.split_once('?').unwrap_or((endpoint, ""));
+    let mut path = join_path(base_path, endpoint_path);
+    for (at, query) in [base_query, endpoint_query]
+        .into_iter()
+        .filter(|query| !query.is_empty())
+        .enumerate()
+    {
+        path.push(if at == 0 { '?' } else { '&' });
+        path.push_str(query);
+    }
+    path
 }
 
 /// Joins a base path and an endpoint path, without doubling a segment the base already
@@ -407,6 +424,58 @@ pub(crate) mod tests {
         assert_eq!(
             join_path("/proxy/v1/messages", "/v1/messages"),
             "/proxy/v1/messages"
+        );
+    }
+
+    #[test]
+    fn a_base_query_reaches_the_upstream_path() {
+        let snapshot = proto::Snapshot {
+            deployments: vec![deployment(
+                "azure-gpt",
+                proto::ProviderKind::Openai,
+                "https://r.openai.azure.com/openai/deployments/gpt?api-version=2024-10-21",
+            )],
+            ..Default::default()
+        };
+        let state = State::from_snapshot(snapshot).0;
+        let body = br#"{"model":"azure-gpt","messages":[{"role":"user","content":"hi"}]}"#;
+        let plan = plan_chat_request(&state, body, &TranslateContext::default()).unwrap();
+        assert_eq!(plan.authority, "r.openai.azure.com");
+        assert_eq!(
+            plan.path,
+            "/openai/deployments/gpt/chat/completions?api-version=2024-10-21"
+        );
+    }
+
+    #[test]
+    fn queries_of_the_base_and_the_endpoint_are_both_kept() {
+        assert_eq!(
+            join_url(
+                "/openai/deployments/gpt",
+                "api-version=2024-10-21",
+                "/chat/completions"
+            ),
+            "/openai/deployments/gpt/chat/completions?api-version=2024-10-21"
+        );
+        assert_eq!(
+            join_url(
+                "/v1beta",
+                "",
+                "/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+            ),
+            "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+        );
+        assert_eq!(
+            join_url(
+                "/v1beta",
+                "key=k",
+                "/models/g:streamGenerateContent?alt=sse"
+            ),
+            "/v1beta/models/g:streamGenerateContent?key=k&alt=sse"
+        );
+        assert_eq!(
+            join_url("/v1", "", "/chat/completions"),
+            "/v1/chat/completions"
         );
     }
 

@@ -53,7 +53,7 @@ impl Scheme {
 }
 
 /// Where a deployment's requests go.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct UpstreamTarget {
     /// TLS or not.
     pub scheme: Scheme,
@@ -61,10 +61,32 @@ pub struct UpstreamTarget {
     pub authority: String,
     /// Path prefix from api_base, without a trailing slash ("" or "/v1").
     pub base_path: String,
+    /// api_base's query string, without the `?` ("" when it has none): kept on every
+    /// request, for providers that take parameters there (Azure's `api-version`).
+    pub base_query: String,
+}
+
+impl std::fmt::Debug for UpstreamTarget {
+    /// The query is left out: a provider may take its key there (Gemini's `key=`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTarget")
+            .field("scheme", &self.scheme)
+            .field("authority", &self.authority)
+            .field("base_path", &self.base_path)
+            .field(
+                "base_query",
+                &if self.base_query.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .finish()
+    }
 }
 
 impl UpstreamTarget {
-    /// Parses an `http(s)://host[:port][/path]` base URL.
+    /// Parses an `http(s)://host[:port][/path][?query]` base URL.
     pub fn parse(api_base: &str) -> Result<Self, String> {
         let (scheme, rest) = if let Some(rest) = api_base.strip_prefix("https://") {
             (Scheme::Https, rest)
@@ -80,11 +102,14 @@ impl UpstreamTarget {
         if authority.is_empty() || authority.contains(['@', '?', '#', ' ']) {
             return Err(format!("api_base {api_base:?} has no usable host"));
         }
-        let path = path.split(['?', '#']).next().unwrap_or("");
+        // A fragment is never sent; a query is kept.
+        let path = path.split('#').next().unwrap_or("");
+        let (path, query) = path.split_once('?').unwrap_or((path, ""));
         Ok(UpstreamTarget {
             scheme,
             authority: authority.to_string(),
             base_path: path.trim_end_matches('/').to_string(),
+            base_query: query.to_string(),
         })
     }
 }
@@ -1030,6 +1055,22 @@ pub(crate) mod tests {
         assert_eq!(target.base_path, "");
         assert!(UpstreamTarget::parse("ftp://x").is_err());
         assert!(UpstreamTarget::parse("https:///v1").is_err());
+        // Azure's api-version stays on the base; a fragment goes.
+        let target = UpstreamTarget::parse(
+            "https://r.openai.azure.com/openai/deployments/gpt/?api-version=2024-10-21#x",
+        )
+        .unwrap();
+        assert_eq!(target.base_path, "/openai/deployments/gpt");
+        assert_eq!(target.base_query, "api-version=2024-10-21");
+        let target = UpstreamTarget::parse("https://g.example/v1beta?key=secret").unwrap();
+        assert_eq!(target.base_query, "key=secret");
+        assert!(!format!("{target:?}").contains("secret"));
+        assert_eq!(
+            UpstreamTarget::parse("https://api.anthropic.com/#top")
+                .unwrap()
+                .base_query,
+            ""
+        );
     }
 
     #[test]
