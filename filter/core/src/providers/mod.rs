@@ -51,8 +51,45 @@ pub enum ChunkOutput {
     Replaced,
 }
 
+/// How a provider frames a streamed answer. The translator says which one it reads, and
+/// the answer is streamed only when its content type is that framing's (an answer in
+/// another type, a JSON error say, is buffered and translated whole).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// Server-sent events (`text/event-stream`): OpenAI, Anthropic, Gemini's `alt=sse`,
+    /// Cohere.
+    Sse,
+    /// Newline-delimited JSON (`application/x-ndjson`): Ollama's native API.
+    Ndjson,
+    /// AWS event stream (`application/vnd.amazon.eventstream`): binary frames with CRCs,
+    /// Bedrock's ConverseStream.
+    AwsEventStream,
+}
+
+impl Framing {
+    /// The media type this framing is sent with.
+    pub const fn media_type(self) -> &'static str {
+        match self {
+            Framing::Sse => "text/event-stream",
+            Framing::Ndjson => "application/x-ndjson",
+            Framing::AwsEventStream => "application/vnd.amazon.eventstream",
+        }
+    }
+
+    /// Whether a response `content-type` (parameters and case aside) is this framing's.
+    pub fn matches(self, content_type: &str) -> bool {
+        let media_type = content_type.split(';').next().unwrap_or("").trim();
+        media_type.eq_ignore_ascii_case(self.media_type())
+    }
+}
+
 /// The response direction of a provider translation.
 pub trait ProviderResponse {
+    /// How the provider frames a stream; the translator's `translate_stream` reads it.
+    fn framing(&self) -> Framing {
+        Framing::Sse
+    }
+
     /// Whether a successful buffered body is rewritten (false: forwarded as is, so its
     /// content-length stays valid).
     fn rewrites_body(&self) -> bool;
@@ -181,9 +218,9 @@ impl ResponseHandler {
     /// Called with the provider's status and content type; says how to read the body.
     pub fn on_headers(&mut self, status: u16, content_type: Option<&str>) -> ResponseMode {
         self.status = status;
-        let is_event_stream = content_type
-            .is_some_and(|value| value.to_ascii_lowercase().contains("text/event-stream"));
-        self.mode = if (200..300).contains(&status) && self.client_stream && is_event_stream {
+        let framing = self.translator.inner_ref().framing();
+        let is_stream = content_type.is_some_and(|value| framing.matches(value));
+        self.mode = if (200..300).contains(&status) && self.client_stream && is_stream {
             ResponseMode::Stream
         } else {
             ResponseMode::Buffer
@@ -303,6 +340,17 @@ pub fn openai_shaped_error(status: u16, body: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn framings_match_their_media_type_only() {
+        assert!(Framing::Sse.matches("text/event-stream"));
+        assert!(Framing::Sse.matches("Text/Event-Stream; charset=utf-8"));
+        assert!(!Framing::Sse.matches("application/json"));
+        assert!(!Framing::Sse.matches("text/event-streamx"));
+        assert!(Framing::Ndjson.matches("application/x-ndjson"));
+        assert!(!Framing::Ndjson.matches("text/event-stream"));
+        assert!(Framing::AwsEventStream.matches("application/vnd.amazon.eventstream"));
+    }
 
     #[test]
     fn openai_errors_pass_and_others_are_wrapped() {
