@@ -15,14 +15,15 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 
 use crate::error::error_body;
-use crate::openai_types::{self as oa, ChunkFrame, Content, ContentPart, Str};
+use crate::openai_types::{self as oa, Content, ContentPart, Str};
 use crate::pricing::{stream_cost, Prices};
+use crate::providers::chunks::ChunkWriter;
 use crate::providers::{
     openai_shaped_error, ChunkOutput, ProviderResponse, TranslateContext, UpstreamRequest,
 };
 use crate::request::ChatRequestSummary;
 use crate::snapshot::Deployment;
-use crate::sse::{write_data_event, SseEventRef, SseParser, DONE_EVENT};
+use crate::sse::{SseEventRef, SseParser};
 use crate::{GatewayError, Usage};
 
 /// Endpoint path, joined with the deployment's base path.
@@ -829,36 +830,15 @@ fn plain_text_delta(data: &str) -> Option<&str> {
     oa::is_json_string_body(text.as_bytes()).then_some(text)
 }
 
-/// Writes `data: <json>\n\n`.
-fn write_json_event<T: Serialize>(out: &mut Vec<u8>, value: &T) -> Result<(), GatewayError> {
-    out.extend_from_slice(b"data: ");
-    serde_json::to_writer(&mut *out, value)
-        .map_err(|error| GatewayError::BadUpstreamResponse(error.to_string()))?;
-    out.extend_from_slice(b"\n\n");
-    Ok(())
-}
-
 /// Response side of an Anthropic request.
 #[derive(Debug)]
 pub struct AnthropicResponse {
     created: u64,
-    include_usage: bool,
     /// Boxed so that lending it out for a feed moves a pointer, not the parser (a move of
     /// the parser costs a memcpy per chunk).
     parser: Option<Box<SseParser>>,
-    /// Message id and model, from `message_start`.
-    id: String,
-    model: String,
-    /// What every chunk shares; built from id and model when the first chunk is written.
-    frame: Option<ChunkFrame>,
-    /// The first chunk (role) was sent.
-    started: bool,
-    /// The chunk with `finish_reason` was sent.
-    finished: bool,
-    /// The stream is over (message_stop, error, or cut): later bytes are dropped.
-    done: bool,
-    /// Content block index → OpenAI tool call index, for the tool_use blocks seen.
-    tool_blocks: Vec<(u64, u32)>,
+    /// The OpenAI stream the client gets (content block indexes key its tool calls).
+    writer: ChunkWriter,
     tokens: AnthropicUsage,
     /// The deployment's prices, for the cost on the usage chunk.
     prices: Option<Prices>,
@@ -875,98 +855,11 @@ impl AnthropicResponse {
     ) -> Self {
         AnthropicResponse {
             created: context.now_unix,
-            include_usage,
             parser: Some(Box::default()),
-            id: String::new(),
-            model: String::new(),
-            frame: None,
-            started: false,
-            finished: false,
-            done: false,
-            tool_blocks: Vec::new(),
+            writer: ChunkWriter::new(context.now_unix, include_usage),
             tokens: AnthropicUsage::default(),
             prices,
         }
-    }
-
-    fn write_chunk(
-        &mut self,
-        out: &mut Vec<u8>,
-        delta: oa::Delta<'_>,
-        finish_reason: Option<&str>,
-    ) -> Result<(), GatewayError> {
-        self.frame()
-            .write(out, &delta, finish_reason)
-            .map_err(|error| GatewayError::BadUpstreamResponse(error.to_string()))
-    }
-
-    /// The frame of this stream's chunks, built from id and model on first use.
-    fn frame(&mut self) -> &ChunkFrame {
-        self.frame.get_or_insert_with(|| {
-            ChunkFrame::new(&self.id, self.created, &self.model, self.include_usage)
-        })
-    }
-
-    /// Sends the first chunk (`role: assistant`) if it has not gone out yet.
-    fn start(&mut self, out: &mut Vec<u8>) -> Result<(), GatewayError> {
-        if self.started {
-            return Ok(());
-        }
-        self.started = true;
-        let delta = oa::Delta {
-            role: Some("assistant"),
-            content: Some(""),
-            tool_calls: None,
-        };
-        self.write_chunk(out, delta, None)
-    }
-
-    fn write_text(&mut self, out: &mut Vec<u8>, text: &str) -> Result<(), GatewayError> {
-        if text.is_empty() {
-            return Ok(());
-        }
-        self.start(out)?;
-        let delta = oa::Delta {
-            content: Some(text),
-            ..oa::Delta::default()
-        };
-        self.write_chunk(out, delta, None)
-    }
-
-    /// [`Self::write_text`] for text that is already the body of a JSON string.
-    fn write_escaped_text(
-        &mut self,
-        out: &mut Vec<u8>,
-        escaped_text: &str,
-    ) -> Result<(), GatewayError> {
-        if escaped_text.is_empty() {
-            return Ok(());
-        }
-        self.start(out)?;
-        self.frame().write_escaped_content(out, escaped_text);
-        Ok(())
-    }
-
-    fn write_tool_delta(
-        &mut self,
-        out: &mut Vec<u8>,
-        call: oa::ToolCallDelta<'_>,
-    ) -> Result<(), GatewayError> {
-        self.start(out)?;
-        let delta = oa::Delta {
-            tool_calls: Some(std::slice::from_ref(&call)),
-            ..oa::Delta::default()
-        };
-        self.write_chunk(out, delta, None)
-    }
-
-    fn finish(&mut self, out: &mut Vec<u8>, reason: &'static str) -> Result<(), GatewayError> {
-        if self.finished {
-            return Ok(());
-        }
-        self.start(out)?;
-        self.finished = true;
-        self.write_chunk(out, oa::Delta::default(), Some(reason))
     }
 
     fn handle_event(
@@ -986,12 +879,10 @@ impl AnthropicResponse {
             "message_start" => {
                 if let Some(message) = parsed.message {
                     if let Some(id) = message.id {
-                        self.id = id.0.into_owned();
-                        self.frame = None;
+                        self.writer.set_id(id.0.into_owned());
                     }
                     if let Some(model) = message.model {
-                        self.model = model.0.into_owned();
-                        self.frame = None;
+                        self.writer.set_model(model.0.into_owned());
                     }
                     if let Some(reported) = message.usage {
                         // output_tokens here is a placeholder; message_delta has the count.
@@ -1002,29 +893,22 @@ impl AnthropicResponse {
                         usage.merge(self.tokens.record());
                     }
                 }
-                self.start(out)
+                self.writer.start(out)
             }
             "content_block_start" => {
                 let Some(block) = parsed.content_block else {
                     return Ok(());
                 };
                 match block.kind.as_str() {
-                    "text" => self.write_text(out, block.text.as_deref().unwrap_or_default()),
-                    "tool_use" => {
-                        let index = u32::try_from(self.tool_blocks.len()).unwrap_or(u32::MAX);
-                        self.tool_blocks
-                            .push((parsed.index.unwrap_or(u64::MAX), index));
-                        let call = oa::ToolCallDelta {
-                            index,
-                            id: Some(block.id.as_deref().unwrap_or_default()),
-                            kind: Some("function"),
-                            function: oa::FunctionDelta {
-                                name: Some(block.name.as_deref().unwrap_or_default()),
-                                arguments: Some(""),
-                            },
-                        };
-                        self.write_tool_delta(out, call)
-                    }
+                    "text" => self
+                        .writer
+                        .text(out, block.text.as_deref().unwrap_or_default()),
+                    "tool_use" => self.writer.tool_call_start(
+                        out,
+                        parsed.index.unwrap_or(u64::MAX),
+                        block.id.as_deref().unwrap_or_default(),
+                        block.name.as_deref().unwrap_or_default(),
+                    ),
                     // thinking, redacted_thinking, server tools ...: not part of the
                     // Chat Completions answer.
                     _ => Ok(()),
@@ -1035,33 +919,14 @@ impl AnthropicResponse {
                     return Ok(());
                 };
                 match delta.kind.as_deref() {
-                    Some("text_delta") => {
-                        self.write_text(out, delta.text.as_deref().unwrap_or_default())
-                    }
-                    Some("input_json_delta") => {
-                        let partial = delta.partial_json.as_deref().unwrap_or_default();
-                        let block = parsed.index.unwrap_or(u64::MAX);
-                        let tool = self
-                            .tool_blocks
-                            .iter()
-                            .find(|(index, _)| *index == block)
-                            .map(|(_, tool)| *tool);
-                        match tool {
-                            Some(index) if !partial.is_empty() => {
-                                let call = oa::ToolCallDelta {
-                                    index,
-                                    id: None,
-                                    kind: None,
-                                    function: oa::FunctionDelta {
-                                        name: None,
-                                        arguments: Some(partial),
-                                    },
-                                };
-                                self.write_tool_delta(out, call)
-                            }
-                            _ => Ok(()),
-                        }
-                    }
+                    Some("text_delta") => self
+                        .writer
+                        .text(out, delta.text.as_deref().unwrap_or_default()),
+                    Some("input_json_delta") => self.writer.tool_call_arguments(
+                        out,
+                        parsed.index.unwrap_or(u64::MAX),
+                        delta.partial_json.as_deref().unwrap_or_default(),
+                    ),
                     // thinking_delta, signature_delta, citations_delta ...
                     _ => Ok(()),
                 }
@@ -1073,32 +938,18 @@ impl AnthropicResponse {
                     usage.merge(self.tokens.record());
                 }
                 match parsed.delta.and_then(|delta| delta.stop_reason) {
-                    Some(reason) => self.finish(out, finish_reason(&reason)),
+                    Some(reason) => self.writer.finish(out, finish_reason(&reason)),
                     None => Ok(()),
                 }
             }
             "message_stop" => {
-                self.finish(out, "stop")?;
-                if self.include_usage {
-                    // The headers are long gone: the usage chunk is where the client learns
-                    // the cost (the same the usage record gets, from the same usage).
-                    let usage_out = oa::CompletionUsage {
-                        cost: stream_cost(self.prices.as_ref(), usage).map(oa::Cost),
-                        ..self.tokens.openai()
-                    };
-                    let chunk = oa::ChatCompletionChunk {
-                        id: &self.id,
-                        object: oa::CHAT_COMPLETION_CHUNK,
-                        created: self.created,
-                        model: &self.model,
-                        choices: &[],
-                        usage: Some(Some(usage_out)),
-                    };
-                    write_json_event(out, &chunk)?;
-                }
-                out.extend_from_slice(DONE_EVENT);
-                self.done = true;
-                Ok(())
+                // The headers are long gone: the usage chunk is where the client learns the
+                // cost (the same the usage record gets, from the same usage).
+                let usage_out = oa::CompletionUsage {
+                    cost: stream_cost(self.prices.as_ref(), usage).map(oa::Cost),
+                    ..self.tokens.openai()
+                };
+                self.writer.end(out, usage_out)
             }
             "error" => {
                 let body = match &parsed.error {
@@ -1110,8 +961,7 @@ impl AnthropicResponse {
                         None,
                     ),
                 };
-                write_data_event(out, &body);
-                self.done = true;
+                self.writer.fail(out, &body);
                 Ok(())
             }
             // ping, content_block_stop, and event types Anthropic may add.
@@ -1212,25 +1062,24 @@ impl ProviderResponse for AnthropicResponse {
         out: &mut Vec<u8>,
         usage: &mut Usage,
     ) -> Result<ChunkOutput, GatewayError> {
-        if self.done {
+        if self.writer.is_done() {
             return Ok(ChunkOutput::Replaced);
         }
         // The parser lends events while the translator writes: take it out for the feed.
         let mut parser = self.parser.take().unwrap_or_default();
         let result = parser.feed(chunk, |event| {
-            if self.done {
+            if self.writer.is_done() {
                 return Ok(());
             }
             match plain_text_delta(event.data) {
-                Some(escaped_text) => self.write_escaped_text(out, escaped_text),
+                Some(escaped_text) => self.writer.escaped_text(out, escaped_text),
                 None => self.handle_event(event, out, usage),
             }
         });
         self.parser = Some(parser);
         result?;
-        if end_of_stream && !self.done {
-            self.done = true;
-            write_data_event(
+        if end_of_stream && !self.writer.is_done() {
+            self.writer.fail(
                 out,
                 &error_body(
                     "The upstream stream ended before the response was complete.",

@@ -6,6 +6,7 @@
 //! into OpenAI's format: a buffered body, an error body, or a stream chunk by chunk.
 
 pub mod anthropic;
+pub mod chunks;
 pub mod openai;
 
 use crate::error::{error_body, error_type_for_status};
