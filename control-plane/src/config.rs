@@ -1499,6 +1499,17 @@ impl Checker<'_> {
         };
         let api_key = self.string(params, "api_key", &params_path);
         let api_version = self.string(params, "api_version", &params_path);
+        let api_version_path = format!("{params_path}.api_version");
+        if provider.requires_api_version
+            && api_version.is_none()
+            && !self.has_error_at(&api_version_path)
+        {
+            // Azure answers 404 to a request without one.
+            self.error(
+                &api_version_path,
+                format!("required for provider \"{provider_name}\" (for example \"2024-10-21\")"),
+            );
+        }
         let max_tokens_path = format!("{params_path}.max_tokens");
         let max_tokens = match self.number(params, "max_tokens", &params_path) {
             Some(Some(value))
@@ -1770,6 +1781,22 @@ general_settings:
     }
 
     #[test]
+    fn azure_deployments_need_a_base_and_an_api_version() {
+        let text = "model_list:\n  - model_name: gpt\n    litellm_params:\n      model: azure/my-gpt-4o\n      api_base: https://r.openai.azure.com\n      api_version: \"2024-10-21\"\n      api_key: k\n";
+        let loaded = ok(text);
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        let deployment = &loaded.config.deployments[0];
+        assert_eq!(deployment.kind, Wire::OpenAi);
+        assert_eq!(deployment.provider_name, "azure");
+        assert_eq!(deployment.upstream_model, "my-gpt-4o");
+        assert_eq!(deployment.api_version.as_deref(), Some("2024-10-21"));
+        assert_eq!(
+            errors(&text.replace("      api_version: \"2024-10-21\"\n", "")),
+            ["model_list[0].litellm_params.api_version: required for provider \"azure\" (for example \"2024-10-21\")"]
+        );
+    }
+
+    #[test]
     fn every_supported_provider_has_its_default_base() {
         for spec in tollgate_catalogue::PROVIDERS {
             let text = format!(
@@ -1782,13 +1809,21 @@ general_settings:
                     assert_eq!(loaded.config.deployments[0].api_base, base, "{}", spec.name);
                     assert_eq!(loaded.config.deployments[0].kind, spec.wire);
                 }
-                None => assert_eq!(
-                    errors(&text),
-                    [format!(
+                None => {
+                    let mut expected = vec![format!(
                         "model_list[0].litellm_params.api_base: required for provider \"{}\"",
                         spec.name
-                    )]
-                ),
+                    )];
+                    if spec.requires_api_version {
+                        expected.push(format!(
+                            "model_list[0].litellm_params.api_version: required for provider \"{}\" (for example \"2024-10-21\")",
+                            spec.name
+                        ));
+                    }
+                    let mut found = errors(&text);
+                    found.sort();
+                    assert_eq!(found, expected, "{}", spec.name);
+                }
             }
         }
         assert_eq!(
@@ -2148,7 +2183,7 @@ model_list:
   - model_name: gpt
     litellm_params: {model: openai/gpt-4o}
   - model_name: az
-    litellm_params: {model: azure/my-deploy, api_base: "not a url"}
+    litellm_params: {model: cohere_chat/command-r, api_base: "not a url"}
   - model_name: typo
     litellm_params: {model: opneai/gpt-4o}
   - model_name: ol
@@ -2159,7 +2194,7 @@ model_list:
             warnings(&loaded),
             [
                 "model_list[0].litellm_params.model: provider \"gemini\" is not supported by Tollgate yet; deployment skipped",
-                "model_list[2].litellm_params.model: provider \"azure\" is not supported by Tollgate yet; deployment skipped",
+                "model_list[2].litellm_params.model: provider \"cohere_chat\" is not supported by Tollgate yet; deployment skipped",
                 "model_list[3].litellm_params.model: unknown provider \"opneai\"; deployment skipped",
                 "model_list[4].litellm_params.model: provider \"ollama_chat\" is not supported by Tollgate yet; deployment skipped",
             ]

@@ -19,6 +19,7 @@ FILTER_ARGS = (["--native", str(NATIVE)] if os.environ.get("TOLLGATE_E2E_FILTER"
 MASTER_KEY = "sk-master-python"
 OPENAI_KEY = "sk-mock-openai"
 ANTHROPIC_KEY = "sk-mock-anthropic"
+AZURE_KEY = "mock-azure-key"
 
 
 def free_port() -> int:
@@ -56,7 +57,8 @@ def gateway():
     work = Path(tempfile.mkdtemp(prefix="tollgate-py-"))
     mock_log = work / "mock.log"
     mock = subprocess.Popen(
-        [str(BIN_DIR / "tollgate-mock"), "--port", "0", "--openai-key", OPENAI_KEY, "--anthropic-key", ANTHROPIC_KEY],
+        [str(BIN_DIR / "tollgate-mock"), "--port", "0", "--openai-key", OPENAI_KEY, "--anthropic-key", ANTHROPIC_KEY,
+         "--azure-key", AZURE_KEY],
         stdout=subprocess.PIPE, stderr=mock_log.open("w"), text=True,
     )
     mock_url = wait_for_line(mock, "listening on", 20, mock_log).split()[-1].rstrip("/")
@@ -75,6 +77,12 @@ model_list:
       model: anthropic/claude-mock-sonnet
       api_base: {mock_url}
       api_key: os.environ/TOLLGATE_TEST_ANTHROPIC_KEY
+  - model_name: azure-mock
+    litellm_params:
+      model: azure/gpt-4o-deployment
+      api_base: {mock_url}
+      api_version: "2024-10-21"
+      api_key: {AZURE_KEY}
 """
     )
     env = dict(os.environ, TOLLGATE_TEST_ANTHROPIC_KEY=ANTHROPIC_KEY)

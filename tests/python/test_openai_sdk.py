@@ -13,7 +13,7 @@ def client(gateway):
     return openai.OpenAI(base_url=gateway["url"] + "/v1", api_key=MASTER_KEY, max_retries=0)
 
 
-@pytest.mark.parametrize("model", ["gpt-mock", "claude-mock"])
+@pytest.mark.parametrize("model", ["gpt-mock", "claude-mock", "azure-mock"])
 def test_chat(client, model):
     completion = client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": "hello from python"}]
@@ -24,7 +24,7 @@ def test_chat(client, model):
     assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
 
 
-@pytest.mark.parametrize("model", ["gpt-mock", "claude-mock"])
+@pytest.mark.parametrize("model", ["gpt-mock", "claude-mock", "azure-mock"])
 def test_stream(client, model):
     stream = client.chat.completions.create(
         model=model, stream=True, messages=[{"role": "user", "content": "stream this text"}]
@@ -37,7 +37,7 @@ def test_stream(client, model):
     assert all(c.choices for c in chunks)
 
 
-@pytest.mark.parametrize("model", ["gpt-mock", "claude-mock"])
+@pytest.mark.parametrize("model", ["gpt-mock", "claude-mock", "azure-mock"])
 def test_stream_with_usage(client, model):
     stream = client.chat.completions.create(
         model=model, stream=True, stream_options={"include_usage": True},
@@ -49,7 +49,7 @@ def test_stream_with_usage(client, model):
 
 
 def test_models_list(client):
-    assert [model.id for model in client.models.list()] == ["gpt-mock", "claude-mock"]
+    assert [model.id for model in client.models.list()] == ["gpt-mock", "claude-mock", "azure-mock"]
 
 
 def test_tool_call_through_anthropic(client):

@@ -46,6 +46,26 @@ impl Wire {
 /// `max_tokens` sent to Anthropic when neither the client nor the config gives one.
 pub const DEFAULT_ANTHROPIC_MAX_TOKENS: u32 = 4096;
 
+/// How a provider of the OpenAI wire takes its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    /// `authorization: Bearer <key>`.
+    Bearer,
+    /// The key as the value of this header (Azure OpenAI's `api-key`).
+    Header(&'static str),
+}
+
+/// Where a provider of the OpenAI wire serves chat completions, below its `api_base`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChatPath {
+    /// `/chat/completions`.
+    OpenAi,
+    /// Azure OpenAI: `/openai/deployments/<deployment>/chat/completions?api-version=<v>`,
+    /// the deployment being the model name after the prefix and `v` the deployment's
+    /// `api_version`.
+    AzureDeployment,
+}
+
 /// One provider prefix Tollgate serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Provider {
@@ -56,6 +76,12 @@ pub struct Provider {
     /// Used when a deployment has no `api_base`; `None`: `api_base` is required (the
     /// provider runs wherever its operator put it).
     pub default_api_base: Option<&'static str>,
+    /// How the key is sent (OpenAI wire; Anthropic's translator sends `x-api-key`).
+    pub auth: Auth,
+    /// Where chat completions are (OpenAI wire).
+    pub chat_path: ChatPath,
+    /// Whether a deployment must give `api_version` (Azure answers 404 without one).
+    pub requires_api_version: bool,
 }
 
 const fn provider(name: &'static str, wire: Wire, base: Option<&'static str>) -> Provider {
@@ -63,8 +89,15 @@ const fn provider(name: &'static str, wire: Wire, base: Option<&'static str>) ->
         name,
         wire,
         default_api_base: base,
+        auth: Auth::Bearer,
+        chat_path: ChatPath::OpenAi,
+        requires_api_version: false,
     }
 }
+
+/// The behaviour of a provider of the OpenAI wire whose name the catalogue does not know
+/// (a control plane newer than the filter): OpenAI's own.
+pub const OPENAI_COMPATIBLE: Provider = provider("openai", Wire::OpenAi, None);
 
 /// Every provider Tollgate serves. Base URLs are the providers' documented OpenAI-compatible
 /// endpoints.
@@ -84,6 +117,13 @@ pub const PROVIDERS: &[Provider] = &[
     provider("openrouter", Wire::OpenAi, Some("https://openrouter.ai/api/v1")),
     provider("perplexity", Wire::OpenAi, Some("https://api.perplexity.ai")),
     provider("anthropic", Wire::Anthropic, Some("https://api.anthropic.com")),
+    // `https://<resource>.openai.azure.com`; the deployment is the model after `azure/`.
+    Provider {
+        auth: Auth::Header("api-key"),
+        chat_path: ChatPath::AzureDeployment,
+        requires_api_version: true,
+        ..provider("azure", Wire::OpenAi, None)
+    },
 ];
 
 /// The provider a prefix names.
@@ -95,7 +135,7 @@ pub fn find(name: &str) -> Option<&'static Provider> {
 /// neither list is most likely a typo.
 #[rustfmt::skip]
 pub const KNOWN_UNSUPPORTED: &[&str] = &[
-    "gemini", "vertex_ai", "vertex_ai_beta", "bedrock", "sagemaker", "sagemaker_chat", "azure",
+    "gemini", "vertex_ai", "vertex_ai_beta", "bedrock", "sagemaker", "sagemaker_chat",
     "azure_ai", "azure_text", "cohere", "cohere_chat", "ollama", "ollama_chat", "huggingface",
     "replicate", "watsonx", "watsonx_text", "databricks", "cloudflare", "voyage", "nvidia_nim",
     "cerebras", "sambanova", "ai21", "ai21_chat", "nlp_cloud", "aleph_alpha", "palm",
@@ -129,6 +169,11 @@ mod tests {
             );
         }
         assert_eq!(find("gemini"), None);
+        let azure = find("azure").unwrap();
+        assert_eq!(azure.auth, Auth::Header("api-key"));
+        assert_eq!(azure.chat_path, ChatPath::AzureDeployment);
+        assert!(azure.requires_api_version);
+        assert_eq!(find("groq").unwrap().auth, Auth::Bearer);
     }
 
     #[test]

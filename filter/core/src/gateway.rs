@@ -448,6 +448,36 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn azure_deployments_get_their_path_version_and_key_header() {
+        let snapshot = proto::Snapshot {
+            deployments: vec![proto::Deployment {
+                provider_name: "azure".into(),
+                upstream_model: "my gpt/4o".into(),
+                api_key: "azure-key".into(),
+                api_version: "2024-10-21".into(),
+                ..deployment(
+                    "azure-gpt",
+                    proto::ProviderKind::Openai,
+                    "https://r.openai.azure.com",
+                )
+            }],
+            ..Default::default()
+        };
+        let state = State::from_snapshot(snapshot).0;
+        let body = br#"{"model":"azure-gpt","messages":[{"role":"user","content":"hi"}]}"#;
+        let plan = plan_chat_request(&state, body, &TranslateContext::default()).unwrap();
+        assert_eq!(
+            plan.path,
+            "/openai/deployments/my%20gpt%2F4o/chat/completions?api-version=2024-10-21"
+        );
+        assert!(plan.headers.contains(&("api-key", "azure-key".to_string())));
+        assert!(plan
+            .headers
+            .iter()
+            .all(|(name, _)| *name != "authorization"));
+    }
+
+    #[test]
     fn queries_of_the_base_and_the_endpoint_are_both_kept() {
         assert_eq!(
             join_url(

@@ -124,6 +124,8 @@ pub struct Deployment {
     pub provider: Wire,
     /// Provider prefix from config ("openai", "hosted_vllm", "anthropic" ...).
     pub provider_name: String,
+    /// The catalogue's entry for `provider_name`: its auth and paths.
+    pub spec: &'static tollgate_catalogue::Provider,
     /// Model name the provider expects.
     pub upstream_model: String,
     /// Where requests go.
@@ -151,6 +153,7 @@ impl std::fmt::Debug for Deployment {
             .field("model_name", &self.model_name)
             .field("provider", &self.provider)
             .field("provider_name", &self.provider_name)
+            .field("spec", &self.spec.name)
             .field("upstream_model", &self.upstream_model)
             .field("target", &self.target)
             .field("api_key", &crate::redact::secret(&self.api_key))
@@ -865,6 +868,10 @@ fn build_deployment(deployment: proto::Deployment) -> Result<Deployment, String>
         id: deployment.id,
         model_name: deployment.model_name,
         provider,
+        // A name this filter does not know (a newer control plane) behaves as OpenAI does.
+        spec: tollgate_catalogue::find(&deployment.provider_name)
+            .filter(|spec| spec.wire == provider)
+            .unwrap_or(&tollgate_catalogue::OPENAI_COMPATIBLE),
         provider_name: deployment.provider_name,
         upstream_model: deployment.upstream_model,
         target,

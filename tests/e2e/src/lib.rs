@@ -205,6 +205,9 @@ pub const MOCK_OPENAI_KEY: &str = "sk-mock-openai";
 /// See [`MOCK_OPENAI_KEY`].
 pub const MOCK_ANTHROPIC_KEY: &str = "sk-mock-anthropic";
 
+/// The `api-key` the mock requires on its Azure OpenAI paths.
+pub const MOCK_AZURE_KEY: &str = "mock-azure-key";
+
 /// The secret `tollgate serve` gets as `LITELLM_SALT_KEY` in these tests (the same for every
 /// start, so a restarted control plane reads what an earlier one stored).
 pub const E2E_SALT_KEY: &str = "tollgate-e2e-salt-key";
@@ -225,6 +228,8 @@ impl Mock {
             openai_key,
             "--anthropic-key",
             anthropic_key,
+            "--azure-key",
+            MOCK_AZURE_KEY,
         ]);
         let mut process = Process::start("tollgate-mock", command, &dir.join("mock.log"))?;
         let line = process.wait_for_line("listening on", Duration::from_secs(20))?;

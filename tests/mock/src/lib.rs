@@ -10,6 +10,7 @@
 //! `mock:raw_error`) shape the answer. See README.md.
 
 mod anthropic;
+mod azure;
 mod body;
 mod common;
 mod openai;
@@ -47,6 +48,8 @@ pub struct MockConfig {
     pub openai_api_key: Option<String>,
     /// Required `x-api-key: <key>` on Anthropic endpoints, if set.
     pub anthropic_api_key: Option<String>,
+    /// Required `api-key: <key>` on Azure OpenAI endpoints, if set.
+    pub azure_api_key: Option<String>,
 }
 
 /// One request seen on a provider endpoint.
@@ -148,6 +151,8 @@ impl State {
 enum Provider {
     OpenAi,
     Anthropic,
+    /// Azure OpenAI: `/openai/deployments/<deployment>/chat/completions?api-version=...`.
+    Azure,
 }
 
 fn provider_error(
@@ -158,6 +163,7 @@ fn provider_error(
 ) -> Response<MockBody> {
     match provider {
         Provider::OpenAi => openai::error(status, message, "invalid_request_error", None, None),
+        Provider::Azure => azure::error(status, message),
         Provider::Anthropic => {
             let request_id = format!("req_mock_{}", state.next_id());
             anthropic::error(status, anthropic::error_type(status), message, &request_id)
@@ -180,13 +186,16 @@ async fn route(
     req: Request<Incoming>,
 ) -> Result<Response<MockBody>, Infallible> {
     let path = req.uri().path();
-    let provider = if path.ends_with("/chat/completions") {
-        Provider::OpenAi
-    } else if path.ends_with("/v1/messages") {
-        Provider::Anthropic
-    } else {
-        return Ok(mock_endpoint(&state, req.method(), path));
-    };
+    let provider =
+        if path.starts_with("/openai/deployments/") && path.ends_with("/chat/completions") {
+            Provider::Azure
+        } else if path.ends_with("/chat/completions") {
+            Provider::OpenAi
+        } else if path.ends_with("/v1/messages") {
+            Provider::Anthropic
+        } else {
+            return Ok(mock_endpoint(&state, req.method(), path));
+        };
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
         Ok(collected) => collected.to_bytes(),
@@ -228,6 +237,7 @@ async fn route(
     Ok(match provider {
         Provider::OpenAi => openai::handle(&state, &parts, &body).await,
         Provider::Anthropic => anthropic::handle(&state, &parts, &body).await,
+        Provider::Azure => azure::handle(&state, &parts, &body).await,
     })
 }
 

@@ -1,4 +1,5 @@
-//! `tollgate-mock --port N [--host 127.0.0.1] [--openai-key K] [--anthropic-key K]`
+//! `tollgate-mock --port N [--host 127.0.0.1] [--openai-key K] [--anthropic-key K]
+//! [--azure-key K]`
 
 use std::io::Write;
 
@@ -23,6 +24,9 @@ struct Args {
     /// Require `x-api-key: <KEY>` on Anthropic endpoints.
     #[arg(long, env = "TOLLGATE_MOCK_ANTHROPIC_KEY")]
     anthropic_key: Option<String>,
+    /// Require `api-key: <KEY>` on Azure OpenAI endpoints.
+    #[arg(long, env = "TOLLGATE_MOCK_AZURE_KEY")]
+    azure_key: Option<String>,
     /// Tokio worker threads (default: one per CPU).
     #[arg(long)]
     threads: Option<usize>,
@@ -54,6 +58,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let config = MockConfig {
         openai_api_key: args.openai_key,
         anthropic_api_key: args.anthropic_key,
+        azure_api_key: args.azure_key,
     };
     tokio::select! {
         res = serve(listener, config) => res,

@@ -405,6 +405,11 @@ pub(crate) async fn handle(state: &State, parts: &Parts, body: &Bytes) -> Respon
     if let Some(resp) = check_auth(state, parts) {
         return resp;
     }
+    answer(state, body).await
+}
+
+/// A chat completion request whose caller was authenticated (OpenAI's way or Azure's).
+pub(crate) async fn answer(state: &State, body: &Bytes) -> Response<MockBody> {
     let req: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(_) => {

@@ -460,3 +460,57 @@ async fn path_variants() {
         assert_eq!(resp.status(), 200, "{path}");
     }
 }
+
+#[tokio::test]
+async fn azure_deployments_want_an_api_version_and_their_api_key() {
+    let base = start(MockConfig {
+        azure_api_key: Some("azure-key-1".into()),
+        openai_api_key: Some("sk-not-for-azure".into()),
+        ..Default::default()
+    })
+    .await;
+    let body = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]});
+    let path = format!("{base}/openai/deployments/my-gpt/chat/completions");
+
+    let no_version = client()
+        .post(&path)
+        .header("api-key", "azure-key-1")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_version.status(), 404);
+    let v: Value = no_version.json().await.unwrap();
+    assert_eq!(
+        v,
+        json!({"error": {"code": "404", "message": "Resource not found"}})
+    );
+
+    let url = format!("{path}?api-version=2024-10-21");
+    for bearer in [true, false] {
+        let mut request = client().post(&url).json(&body);
+        if bearer {
+            // OpenAI's way is not Azure's.
+            request = request.bearer_auth("azure-key-1");
+        }
+        let refused = request.send().await.unwrap();
+        assert_eq!(refused.status(), 401);
+        let v: Value = refused.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "401");
+        assert!(
+            v["error"].get("type").is_none(),
+            "Azure's shape has no type"
+        );
+    }
+
+    let ok = client()
+        .post(&url)
+        .header("api-key", "azure-key-1")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let v: Value = ok.json().await.unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "echo: hi");
+}

@@ -12,7 +12,9 @@ use crate::pricing::{cost_header_value, stream_cost, Prices};
 use crate::providers::{openai_shaped_error, ChunkOutput, ProviderResponse, UpstreamRequest};
 use crate::request::{apply_edits, object_insert_point, ChatRequestSummary, Edit};
 use crate::snapshot::Deployment;
+use std::fmt::Write as _;
 use std::ops::Range;
+use tollgate_catalogue::{Auth, ChatPath};
 
 use crate::sse::SseParser;
 use crate::{GatewayError, Usage};
@@ -67,13 +69,47 @@ pub fn build_request(
     };
     let mut headers = vec![("content-type", "application/json".to_string())];
     if !deployment.api_key.is_empty() {
-        headers.push(("authorization", ["Bearer ", &deployment.api_key].concat()));
+        headers.push(match deployment.spec.auth {
+            Auth::Bearer => ("authorization", ["Bearer ", &deployment.api_key].concat()),
+            Auth::Header(name) => (name, deployment.api_key.clone()),
+        });
     }
     Ok(UpstreamRequest {
-        path: "/chat/completions".to_string(),
+        path: chat_path(deployment),
         headers,
         body,
     })
+}
+
+/// Where the deployment serves chat completions, below its base path.
+fn chat_path(deployment: &Deployment) -> String {
+    match deployment.spec.chat_path {
+        ChatPath::OpenAi => "/chat/completions".to_string(),
+        ChatPath::AzureDeployment => {
+            let mut path = String::with_capacity(64 + deployment.upstream_model.len());
+            path.push_str("/openai/deployments/");
+            push_path_segment(&mut path, &deployment.upstream_model);
+            path.push_str("/chat/completions");
+            if !deployment.api_version.is_empty() {
+                path.push_str("?api-version=");
+                push_path_segment(&mut path, &deployment.api_version);
+            }
+            path
+        }
+    }
+}
+
+/// Appends `text` percent-encoded but for RFC 3986's unreserved characters, so a name with
+/// `/`, `?` or spaces stays one segment (or one query value).
+fn push_path_segment(path: &mut String, text: &str) {
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            path.push(char::from(byte));
+        } else {
+            // Writing to a String cannot fail.
+            let _ = write!(path, "%{byte:02X}");
+        }
+    }
 }
 
 fn json_string(value: &str) -> Vec<u8> {
