@@ -542,25 +542,19 @@ async fn queries(
             key.clone(),
         ),
     ] {
+        if !wanted(name) {
+            continue;
+        }
         let mut samples = Vec::with_capacity(n);
         for _ in 0..n {
             let started = Instant::now();
             store.spend_total(scope, &id).await?;
             samples.push(started.elapsed());
         }
-        if !wanted(name) {
-            continue;
-        }
         let (p50, p99) = percentiles(&mut samples);
         println!("{name:<44} {n:>6} {p50:>9.2} {p99:>9.2} {:>8}", 1);
         table.push_str(&format!("| {name} | {n} | {p50:.2} | {p99:.2} | 1 |\n"));
     }
-    let wanted = |name: &str| {
-        options
-            .only
-            .as_deref()
-            .is_none_or(|only| name.contains(only))
-    };
     cases.retain(|case| wanted(&case.name));
     for case in &cases {
         let mut samples = Vec::with_capacity(case.iterations);
