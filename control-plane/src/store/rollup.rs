@@ -24,14 +24,30 @@ struct Sums {
 }
 
 impl Sums {
-    fn add(&mut self, record: &RolledRecord<'_>, sign: i64) {
+    /// Counts one record (or tag) with this cost and these tokens in (`sign` 1) or out (-1).
+    fn count(
+        &mut self,
+        cost: Option<f64>,
+        prompt_tokens: Option<i64>,
+        completion_tokens: Option<i64>,
+        sign: i64,
+    ) {
         // Unknown cost adds nothing to the spend, as SUM(cost) skips NULL.
-        if let Some(cost) = record.cost.filter(|cost| cost.is_finite()) {
+        if let Some(cost) = cost.filter(|cost| cost.is_finite()) {
             self.spend += cost * sign as f64;
         }
-        self.prompt_tokens += record.prompt_tokens.unwrap_or(0) * sign;
-        self.completion_tokens += record.completion_tokens.unwrap_or(0) * sign;
+        self.prompt_tokens += prompt_tokens.unwrap_or(0) * sign;
+        self.completion_tokens += completion_tokens.unwrap_or(0) * sign;
         self.requests += sign;
+    }
+
+    fn add(&mut self, record: &RolledRecord<'_>, sign: i64) {
+        self.count(
+            record.cost,
+            record.prompt_tokens,
+            record.completion_tokens,
+            sign,
+        );
     }
 }
 
@@ -81,15 +97,12 @@ pub(super) struct RollupChanges {
     daily: BTreeMap<DailyGroup, Sums>,
     end_users: BTreeMap<EndUserGroup, Sums>,
     tags: BTreeMap<TagGroup, Sums>,
-    /// Days touched, for [`RollupChanges::prune_statements`].
-    days: Option<(i64, i64)>,
 }
 
 impl RollupChanges {
     /// Counts a record in (`sign` 1) or out (-1). Its tags go through [`Self::tag`].
     pub fn record(&mut self, record: &RolledRecord<'_>, sign: i64) {
         let day = record.started_ms.div_euclid(DAY_MS);
-        self.touch(day);
         let text = |value: &str| value.to_string();
         self.daily
             .entry((
@@ -117,19 +130,27 @@ impl RollupChanges {
     /// Counts a tag of a record started at `started_ms` in (`sign` 1) or out (-1).
     pub fn tag(&mut self, tag: &str, started_ms: i64, cost: Option<f64>, sign: i64) {
         let day = started_ms.div_euclid(DAY_MS);
-        self.touch(day);
-        let sums = self.tags.entry((day, tag.to_string())).or_default();
-        if let Some(cost) = cost.filter(|cost| cost.is_finite()) {
-            sums.spend += cost * sign as f64;
-        }
-        sums.requests += sign;
+        self.tags
+            .entry((day, tag.to_string()))
+            .or_default()
+            .count(cost, None, None, sign);
     }
 
-    fn touch(&mut self, day: i64) {
-        self.days = Some(match self.days {
-            None => (day, day),
-            Some((first, last)) => (first.min(day), last.max(day)),
-        });
+    /// The first and last day these changes touch (groups are sorted by day first;
+    /// `end_users` has the days of `daily`).
+    fn days(&self) -> Option<(i64, i64)> {
+        let first = [
+            self.daily.first_key_value().map(|(group, _)| group.0),
+            self.tags.first_key_value().map(|(group, _)| group.0),
+        ];
+        let last = [
+            self.daily.last_key_value().map(|(group, _)| group.0),
+            self.tags.last_key_value().map(|(group, _)| group.0),
+        ];
+        Some((
+            first.into_iter().flatten().min()?,
+            last.into_iter().flatten().max()?,
+        ))
     }
 
     /// The upserts that add these changes to the rollups, table by table in a fixed order.
@@ -204,7 +225,7 @@ impl RollupChanges {
     /// After records were taken away: deletes the groups of the days touched that no record
     /// is left in (their spend would otherwise linger as a rounding residue).
     pub fn prune_statements(&self) -> Vec<(String, Vec<Bind>)> {
-        let Some((first, last)) = self.days else {
+        let Some((first, last)) = self.days() else {
             return Vec::new();
         };
         ["spend_daily", "spend_daily_end_users", "spend_daily_tags"]
@@ -280,6 +301,17 @@ pub(super) enum Source {
     Records(Option<i64>, Option<i64>),
     /// The rollups of UTC days `[first, end)` (day numbers; `None`: open).
     Days(Option<i64>, Option<i64>),
+}
+
+impl Source {
+    /// The column this part's range bounds, and its bounds: `started_unix_ms` of the records
+    /// (unix ms) or `day` of a rollup (day numbers).
+    pub fn range(self) -> (&'static str, Option<i64>, Option<i64>) {
+        match self {
+            Source::Records(start, end) => ("started_unix_ms", start, end),
+            Source::Days(first, end) => ("day", first, end),
+        }
+    }
 }
 
 /// The parts a date range `[start, end)` (unix ms, either open) is read from: its whole UTC
@@ -415,7 +447,7 @@ mod tests {
             }]
         );
         assert_eq!(changes.end_users.len(), 1);
-        assert_eq!(changes.days, Some((2, 2)));
+        assert_eq!(changes.days(), Some((2, 2)));
         changes.record(&record, -1);
         assert_eq!(
             changes.daily.values().next().map(|sums| sums.requests),

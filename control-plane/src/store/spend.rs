@@ -221,6 +221,18 @@ fn where_clause(filter: &SpendLogFilter, range_column: &str, binds: &mut Vec<Bin
     }
 }
 
+/// `WHERE ...` of `filter` restricted to the range of `source` (the filter's own range is
+/// replaced), with the values it binds from `$1`.
+fn part_where_clause(filter: &SpendLogFilter, source: Source, binds: &mut Vec<Bind>) -> String {
+    let (range_column, start_ms, end_ms) = source.range();
+    let part = SpendLogFilter {
+        start_ms,
+        end_ms,
+        ..filter.clone()
+    };
+    where_clause(&part, range_column, binds)
+}
+
 /// Binds `$binds` in order onto `$query`.
 macro_rules! bind_all {
     ($query:expr, $binds:expr) => {{
@@ -760,30 +772,16 @@ fn count_statements(filter: &SpendLogFilter) -> Vec<(String, Vec<Bind>)> {
     parts
         .into_iter()
         .map(|source| {
-            let mut binds = Vec::new();
-            let (table, counted, range_column, start_ms, end_ms) = match source {
-                Source::Records(start, end) => {
-                    ("usage_records", "COUNT(*)", "started_unix_ms", start, end)
-                }
+            let (table, counted) = match source {
+                Source::Records(..) => ("usage_records", "COUNT(*)"),
                 // Only the end users' rollup has the end user column.
-                Source::Days(first, end) => (
-                    if filter.end_user.is_some() {
-                        "spend_daily_end_users"
-                    } else {
-                        "spend_daily"
-                    },
-                    "SUM(requests)",
-                    "day",
-                    first,
-                    end,
-                ),
+                Source::Days(..) if filter.end_user.is_some() => {
+                    ("spend_daily_end_users", "SUM(requests)")
+                }
+                Source::Days(..) => ("spend_daily", "SUM(requests)"),
             };
-            let part = SpendLogFilter {
-                start_ms,
-                end_ms,
-                ..filter.clone()
-            };
-            let condition = where_clause(&part, range_column, &mut binds);
+            let mut binds = Vec::new();
+            let condition = part_where_clause(filter, source, &mut binds);
             (
                 format!(
                     "SELECT CAST(COALESCE({counted}, 0) AS BIGINT) AS n FROM {table}{condition}"
@@ -815,17 +813,14 @@ fn report_query(
     group: ReportGroup,
     restrict: &ReportFilter,
 ) -> (String, Vec<Bind>) {
-    let (table, day, spent, counted, range_column, start_ms, end_ms) = match source {
-        Source::Records(start, end) => (
+    let (table, day, spent, counted) = match source {
+        Source::Records(..) => (
             "usage_records",
             format!("started_unix_ms / {DAY_MS}"),
             "cost",
             "COUNT(*)",
-            "started_unix_ms",
-            start,
-            end,
         ),
-        Source::Days(first, end) => (
+        Source::Days(..) => (
             // Only the end users' rollup has the end user column.
             if group == ReportGroup::Customer {
                 "spend_daily_end_users"
@@ -835,9 +830,6 @@ fn report_query(
             "day".to_string(),
             "spend",
             "SUM(requests)",
-            "day",
-            first,
-            end,
         ),
     };
     // PostgreSQL groups text by its collation when it sorts, which costs seconds over a day
@@ -887,12 +879,10 @@ fn report_query(
     let filter = SpendLogFilter {
         key_hash: restrict.key_hash.clone(),
         user_id: restrict.user_id.clone(),
-        start_ms,
-        end_ms,
         ..Default::default()
     };
     let mut binds = Vec::new();
-    let condition = where_clause(&filter, range_column, &mut binds);
+    let condition = part_where_clause(&filter, source, &mut binds);
     let sql = format!(
         "SELECT {selected}, COALESCE(SUM({spent}), 0.0) AS spend, \
          CAST(COALESCE(SUM(prompt_tokens), 0) AS BIGINT) AS prompt_tokens, \
@@ -965,39 +955,12 @@ fn tags_statements(start_ms: Option<i64>, end_ms: Option<i64>) -> Vec<(String, V
     split_range(start_ms, end_ms)
         .into_iter()
         .map(|source| {
-            let (table, counted, spent, range_column, start, end) = match source {
-                Source::Records(start, end) => (
-                    "usage_tags",
-                    "COUNT(*)",
-                    "cost",
-                    "started_unix_ms",
-                    start,
-                    end,
-                ),
-                Source::Days(first, end) => (
-                    "spend_daily_tags",
-                    "SUM(requests)",
-                    "spend",
-                    "day",
-                    first,
-                    end,
-                ),
+            let (table, counted, spent) = match source {
+                Source::Records(..) => ("usage_tags", "COUNT(*)", "cost"),
+                Source::Days(..) => ("spend_daily_tags", "SUM(requests)", "spend"),
             };
-            let mut conditions = Vec::new();
             let mut binds = Vec::new();
-            if let Some(start) = start {
-                binds.push(Bind::Int(start));
-                conditions.push(format!("{range_column} >= ${}", binds.len()));
-            }
-            if let Some(end) = end {
-                binds.push(Bind::Int(end));
-                conditions.push(format!("{range_column} < ${}", binds.len()));
-            }
-            let condition = if conditions.is_empty() {
-                String::new()
-            } else {
-                format!(" WHERE {}", conditions.join(" AND "))
-            };
+            let condition = part_where_clause(&SpendLogFilter::default(), source, &mut binds);
             (
                 format!(
                     "SELECT tag, CAST(COALESCE({counted}, 0) AS BIGINT) AS log_count, \
