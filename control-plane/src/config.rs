@@ -36,7 +36,7 @@ pub const CREDENTIAL_PARAMS: &[&str] = &[
     "azure_ad_token",
 ];
 
-pub use tollgate_catalogue::{Provider, Wire, DEFAULT_ANTHROPIC_MAX_TOKENS};
+pub use tollgate_catalogue::Wire;
 
 /// The protocol enum sent to filters for a wire.
 pub fn wire_to_proto(wire: Wire) -> proto::ProviderKind {
