@@ -6,8 +6,10 @@ use std::path::PathBuf;
 use prost::Message;
 
 /// Messages whose `Debug` is written by hand in `src/proto.rs`.
-const SECRET_MESSAGES: [&str; 4] = [
+const SECRET_MESSAGES: [&str; 6] = [
     ".tollgate.v1.Deployment",
+    ".tollgate.v1.AwsCredentials",
+    ".tollgate.v1.VertexSettings",
     ".tollgate.v1.CreateModelRequest",
     ".tollgate.v1.UpdateModelRequest",
     ".tollgate.v1.GeneratedKey",
@@ -32,7 +34,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        // Messages holding a provider key or a clear virtual key get a redacting Debug
+        // Messages holding a provider key, AWS credentials, an access token or a clear
+        // virtual key get a redacting Debug
         // (src/proto.rs) instead of prost's, which prints every field.
         .skip_debug(SECRET_MESSAGES)
         .compile_fds(descriptors)?;

@@ -12,9 +12,152 @@ use std::path::{Path, PathBuf};
 use serde_yaml::{Mapping, Value};
 use sha2::{Digest, Sha256};
 
+use tollgate_catalogue::Settings;
+
 use crate::limits::{RateLimitFields, MAX_LIMIT};
 use crate::pricing::{check_price, Prices, PRICE_FIELDS};
 use crate::proto;
+use crate::provider_settings::{AwsCredentials, BedrockSettings, ProviderSettings, VertexSettings};
+
+/// Request parameters a deployment's `litellm_params` may give defaults for, sent by the
+/// filter when the client gives none (the filter's `defaults::Param` knows the same names).
+/// `max_tokens` is one too, read with the deployment's other fields (it is also the
+/// `max_tokens` of providers that require one).
+const DEFAULT_PARAMS: &[(&str, ParamKind)] = &[
+    (
+        "temperature",
+        ParamKind::Number {
+            min: 0.0,
+            max: 2.0,
+            integer: false,
+        },
+    ),
+    (
+        "top_p",
+        ParamKind::Number {
+            min: 0.0,
+            max: 1.0,
+            integer: false,
+        },
+    ),
+    (
+        "max_completion_tokens",
+        ParamKind::Number {
+            min: 1.0,
+            max: 4_294_967_295.0,
+            integer: true,
+        },
+    ),
+    ("stop", ParamKind::Stop),
+    (
+        "seed",
+        ParamKind::Number {
+            min: -9_007_199_254_740_991.0,
+            max: 9_007_199_254_740_991.0,
+            integer: true,
+        },
+    ),
+    (
+        "frequency_penalty",
+        ParamKind::Number {
+            min: -2.0,
+            max: 2.0,
+            integer: false,
+        },
+    ),
+    (
+        "presence_penalty",
+        ParamKind::Number {
+            min: -2.0,
+            max: 2.0,
+            integer: false,
+        },
+    ),
+    ("response_format", ParamKind::ResponseFormat),
+    (
+        "reasoning_effort",
+        ParamKind::OneOf(&["none", "minimal", "low", "medium", "high"]),
+    ),
+];
+
+/// How a default request parameter is checked.
+enum ParamKind {
+    /// A number within bounds (an integer if `integer`).
+    Number { min: f64, max: f64, integer: bool },
+    /// A string or a list of up to 4 (OpenAI's limit).
+    Stop,
+    /// One of these strings.
+    OneOf(&'static [&'static str]),
+    /// An OpenAI `response_format` object.
+    ResponseFormat,
+}
+
+/// Default request parameters by name, as JSON values.
+pub type DefaultParams = serde_json::Map<String, serde_json::Value>;
+
+/// `vertex_location` when a deployment gives none (LiteLLM's default).
+pub const DEFAULT_VERTEX_LOCATION: &str = "us-central1";
+
+/// The `litellm_params` a provider's typed settings are read from.
+fn settings_params(settings: Settings) -> &'static [&'static str] {
+    match settings {
+        Settings::None | Settings::Azure => &[],
+        Settings::Bedrock => &[
+            "aws_bedrock_runtime_endpoint",
+            "aws_region_name",
+            "aws_access_key_id",
+            "aws_secret_access_key",
+            "aws_session_token",
+        ],
+        Settings::Vertex => &["vertex_project", "vertex_location", "vertex_credentials"],
+    }
+}
+
+/// Whether `name` has the shape of an AWS region or a Google Cloud location ("us-east-1",
+/// "europe-west4"): it becomes part of a host name and of a signature's scope.
+fn is_aws_region(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// A value for an error message: short ones quoted, long ones cut (they may be pasted
+/// secrets in the wrong field).
+fn shown_value(value: &str) -> String {
+    if value.chars().count() <= 40 {
+        format!("{value:?}")
+    } else {
+        "(a long value)".into()
+    }
+}
+
+/// Checks a service account key's JSON: the fields the token exchange signs with.
+fn check_service_account(text: &str) -> Result<(), String> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|error| {
+        format!(
+            "not JSON (at line {}, column {})",
+            error.line(),
+            error.column()
+        )
+    })?;
+    if value.get("type").and_then(serde_json::Value::as_str) != Some("service_account") {
+        return Err("not a service account key (\"type\" is not \"service_account\")".into());
+    }
+    for field in ["client_email", "private_key", "token_uri"] {
+        if value
+            .get(field)
+            .and_then(serde_json::Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            return Err(format!("the service account key has no \"{field}\""));
+        }
+    }
+    Ok(())
+}
 
 /// Envoy's buffer limits are 32-bit, so a larger request limit could never be honoured.
 const MAX_REQUEST_SIZE_MB: f64 = 4095.0;
@@ -43,6 +186,8 @@ pub fn wire_to_proto(wire: Wire) -> proto::ProviderKind {
     match wire {
         Wire::OpenAi => proto::ProviderKind::Openai,
         Wire::Anthropic => proto::ProviderKind::Anthropic,
+        Wire::Gemini => proto::ProviderKind::Gemini,
+        Wire::Bedrock => proto::ProviderKind::Bedrock,
     }
 }
 
@@ -65,13 +210,13 @@ const KNOWN_UNSUPPORTED_LITELLM_PARAMS: &[&str] = &[
     "aws_web_identity_token", "vertex_project", "vertex_location", "vertex_credentials",
     "input_cost_per_second",
     "output_cost_per_second", "input_cost_per_pixel", "output_cost_per_pixel",
-    "custom_llm_provider", "tags", "extra_headers", "headers", "temperature", "top_p", "stop",
-    "seed", "drop_params", "additional_drop_params", "merge_reasoning_content_in_choices",
+    "custom_llm_provider", "tags", "extra_headers", "headers", 
+    "drop_params", "additional_drop_params", "merge_reasoning_content_in_choices",
     "mock_response", "use_in_pass_through", "configurable_clientside_auth_params",
     "litellm_credential_name", "api_type", "azure_ad_token", "azure_ad_token_provider", "tenant_id",
     "client_id", "client_secret", "base_model", "cache_control_injection_points",
     "use_litellm_proxy", "max_budget", "budget_duration", "supports_system_message",
-    "response_format", "reasoning_effort", "thinking", "stream", "model_info", "metadata",
+    "thinking", "stream", "model_info", "metadata",
     "watsonx_region_name", "project_id", "space_id", "auto_router_config_path",
     "auto_router_config", "auto_router_default_model", "auto_router_embedding_model", "guardrails",
     "mock_timeout", "health_check_timeout", "litellm_trace_id",
@@ -294,6 +439,10 @@ pub struct DeploymentConfig {
     pub pricing: Prices,
     /// `litellm_params` `rpm`, `tpm`, `max_parallel_requests` (scope DEPLOYMENT).
     pub limits: RateLimitFields,
+    /// The provider's typed settings (Bedrock's region and credentials, ...).
+    pub provider_settings: ProviderSettings,
+    /// Request parameters sent when the client gives none (`temperature`, `max_tokens`, ...).
+    pub default_params: DefaultParams,
 }
 
 impl fmt::Debug for DeploymentConfig {
@@ -312,6 +461,8 @@ impl fmt::Debug for DeploymentConfig {
             .field("model_info", &self.model_info)
             .field("pricing", &self.pricing)
             .field("limits", &self.limits)
+            .field("provider_settings", &self.provider_settings)
+            .field("default_params", &self.default_params)
             .finish()
     }
 }
@@ -1452,30 +1603,46 @@ impl Checker<'_> {
             self.warn(&model_path, format!("{reason}; deployment skipped"));
             return None;
         };
+        let supported: Vec<&str> = [
+            "model",
+            "api_key",
+            "api_base",
+            "api_version",
+            "max_tokens",
+            "input_cost_per_token",
+            "output_cost_per_token",
+            "cache_read_input_token_cost",
+            "cache_creation_input_token_cost",
+            "output_cost_per_reasoning_token",
+            "rpm",
+            "tpm",
+            "max_parallel_requests",
+        ]
+        .into_iter()
+        .chain(DEFAULT_PARAMS.iter().map(|(name, _)| *name))
+        .chain(settings_params(provider.settings).iter().copied())
+        .collect();
         self.warn_other_keys(
             params,
             &params_path,
-            &[
-                "model",
-                "api_key",
-                "api_base",
-                "api_version",
-                "max_tokens",
-                "input_cost_per_token",
-                "output_cost_per_token",
-                "cache_read_input_token_cost",
-                "cache_creation_input_token_cost",
-                "output_cost_per_reasoning_token",
-                "rpm",
-                "tpm",
-                "max_parallel_requests",
-            ],
+            &supported,
             KNOWN_UNSUPPORTED_LITELLM_PARAMS,
         );
+        let provider_settings = self.provider_settings(provider, params, &params_path);
         let pricing = self.prices(params, &params_path);
         let limits = self.rate_limits(params, &params_path);
-        let api_base_path = format!("{params_path}.api_base");
-        let api_base = match self.string(params, "api_base", &params_path) {
+        let default_params = self.default_params(params, &params_path);
+        // Bedrock's endpoint may also be given as LiteLLM's aws_bedrock_runtime_endpoint.
+        let base_field = if provider.settings == Settings::Bedrock
+            && !params.contains_key("api_base")
+            && params.contains_key("aws_bedrock_runtime_endpoint")
+        {
+            "aws_bedrock_runtime_endpoint"
+        } else {
+            "api_base"
+        };
+        let api_base_path = format!("{params_path}.{base_field}");
+        let api_base = match self.string(params, base_field, &params_path) {
             Some(base) => {
                 let base = base.trim_end_matches('/').to_string();
                 if is_http_url(&base) {
@@ -1486,8 +1653,16 @@ impl Checker<'_> {
                 }
             }
             None if self.has_error_at(&api_base_path) => None,
-            None => match provider.default_api_base {
-                Some(default) => Some(default.to_string()),
+            None => match provider.default_api_base.map(str::to_string).or_else(|| {
+                // Bedrock's and Vertex's endpoints are in the deployment's region.
+                provider_settings
+                    .as_ref()
+                    .and_then(ProviderSettings::default_api_base)
+            }) {
+                Some(base) => Some(base),
+                // Settings that were invalid are reported already; without them the
+                // endpoint is unknown rather than missing.
+                None if provider_settings.is_none() => None,
                 None => {
                     self.error(
                         &api_base_path,
@@ -1500,7 +1675,7 @@ impl Checker<'_> {
         let api_key = self.string(params, "api_key", &params_path);
         let api_version = self.string(params, "api_version", &params_path);
         let api_version_path = format!("{params_path}.api_version");
-        if provider.requires_api_version
+        if provider.settings == tollgate_catalogue::Settings::Azure
             && api_version.is_none()
             && !self.has_error_at(&api_version_path)
         {
@@ -1524,7 +1699,12 @@ impl Checker<'_> {
             _ => None,
         };
         let default_max_tokens = max_tokens.or(provider.wire.required_max_tokens());
+        let mut default_params = default_params;
+        if let Some(max_tokens) = max_tokens {
+            default_params.insert("max_tokens".into(), serde_json::Value::from(max_tokens));
+        }
         let model_name = model_name?;
+        let provider_settings = provider_settings?;
         let api_base = api_base?;
         let model_info = model_info?;
         let id = match model_info.as_ref().and_then(explicit_id) {
@@ -1545,7 +1725,294 @@ impl Checker<'_> {
             model_info,
             pricing,
             limits,
+            provider_settings,
+            default_params,
         })
+    }
+
+    /// The request parameters of [`DEFAULT_PARAMS`] given in `litellm_params`, checked, as
+    /// the JSON members the filter writes into requests that lack them.
+    fn default_params(&mut self, params: &Mapping, params_path: &str) -> DefaultParams {
+        let mut defaults = DefaultParams::new();
+        for (name, kind) in DEFAULT_PARAMS {
+            let path = format!("{params_path}.{name}");
+            let value = match kind {
+                ParamKind::Number { min, max, integer } => {
+                    match self.number(params, name, params_path) {
+                        Some(Some(value))
+                            if value >= *min
+                                && value <= *max
+                                && (!integer || value.fract() == 0.0) =>
+                        {
+                            if *integer {
+                                // Checked integral and within i64 (bounds below 2^63).
+                                serde_json::Value::from(value as i64)
+                            } else {
+                                serde_json::Value::from(value)
+                            }
+                        }
+                        Some(Some(_)) => {
+                            let what = if *integer { "an integer" } else { "a number" };
+                            self.error(&path, format!("must be {what} from {min} to {max}"));
+                            continue;
+                        }
+                        _ => continue,
+                    }
+                }
+                ParamKind::Stop => match params.get(*name) {
+                    None | Some(Value::Null) => continue,
+                    Some(Value::String(_)) => match self.string(params, name, params_path) {
+                        Some(stop) => serde_json::Value::String(stop),
+                        None => continue,
+                    },
+                    Some(Value::Sequence(items))
+                        if (1..=4).contains(&items.len())
+                            && items.iter().all(|item| item.as_str().is_some()) =>
+                    {
+                        serde_json::Value::from_iter(
+                            items.iter().filter_map(Value::as_str).map(str::to_string),
+                        )
+                    }
+                    Some(_) => {
+                        self.error(&path, "must be a string or a list of 1 to 4 strings");
+                        continue;
+                    }
+                },
+                ParamKind::OneOf(allowed) => match self.string(params, name, params_path) {
+                    Some(value) if allowed.contains(&value.as_str()) => {
+                        serde_json::Value::String(value)
+                    }
+                    Some(value) => {
+                        self.error(
+                            &path,
+                            format!(
+                                "must be one of {}, got {}",
+                                allowed.join(", "),
+                                shown_value(&value)
+                            ),
+                        );
+                        continue;
+                    }
+                    None => continue,
+                },
+                ParamKind::ResponseFormat => match params.get(*name) {
+                    None | Some(Value::Null) => continue,
+                    Some(format @ Value::Mapping(map))
+                        if map.get("type").and_then(Value::as_str).is_some_and(|kind| {
+                            ["text", "json_object", "json_schema"].contains(&kind)
+                        }) =>
+                    {
+                        match serde_json::to_value(format) {
+                            Ok(value) => value,
+                            Err(error) => {
+                                self.error(&path, format!("not representable as JSON: {error}"));
+                                continue;
+                            }
+                        }
+                    }
+                    Some(_) => {
+                        self.error(
+                            &path,
+                            "must be a mapping with type text, json_object or json_schema",
+                        );
+                        continue;
+                    }
+                },
+            };
+            defaults.insert((*name).to_string(), value);
+        }
+        defaults
+    }
+
+    /// The typed settings `provider` takes, from `litellm_params`; `None` when invalid
+    /// (errors recorded).
+    fn provider_settings(
+        &mut self,
+        provider: &tollgate_catalogue::Provider,
+        params: &Mapping,
+        params_path: &str,
+    ) -> Option<ProviderSettings> {
+        match provider.settings {
+            // Azure's api_version is read with the other flat fields.
+            Settings::None | Settings::Azure => Some(ProviderSettings::None),
+            Settings::Bedrock => self
+                .bedrock_settings(params, params_path)
+                .map(ProviderSettings::Bedrock),
+            Settings::Vertex => self
+                .vertex_settings(params, params_path)
+                .map(ProviderSettings::Vertex),
+        }
+    }
+
+    /// An environment variable LiteLLM falls back to, when reading a file (never through
+    /// the management API, whose values are literal).
+    fn fallback_env(&self, name: &str) -> Option<String> {
+        match self.env {
+            EnvReferences::Resolve(env) => env(name).filter(|value| !value.trim().is_empty()),
+            EnvReferences::Literal => None,
+        }
+    }
+
+    /// `aws_region_name` and the access key, each falling back to the AWS environment
+    /// variables as LiteLLM (and every AWS SDK) does.
+    fn bedrock_settings(&mut self, params: &Mapping, params_path: &str) -> Option<BedrockSettings> {
+        let region_path = format!("{params_path}.aws_region_name");
+        let region = self
+            .string(params, "aws_region_name", params_path)
+            .or_else(|| self.fallback_env("AWS_REGION"))
+            .or_else(|| self.fallback_env("AWS_DEFAULT_REGION"));
+        let region = match region {
+            Some(region) if is_aws_region(&region) => Some(region),
+            Some(region) => {
+                self.error(
+                    &region_path,
+                    format!("not an AWS region name: {}", shown_value(&region)),
+                );
+                None
+            }
+            None if self.has_error_at(&region_path) => None,
+            None => {
+                self.error(
+                    &region_path,
+                    "required for provider \"bedrock\" (or set AWS_REGION)",
+                );
+                None
+            }
+        };
+        let key_id_path = format!("{params_path}.aws_access_key_id");
+        let secret_path = format!("{params_path}.aws_secret_access_key");
+        let given_id = self.string(params, "aws_access_key_id", params_path);
+        let given_secret = self.string(params, "aws_secret_access_key", params_path);
+        let given_token = self.string(params, "aws_session_token", params_path);
+        if self.has_error_at(&key_id_path) || self.has_error_at(&secret_path) {
+            return None;
+        }
+        let credentials = match (given_id, given_secret) {
+            (Some(access_key_id), Some(secret_access_key)) => Some(AwsCredentials {
+                access_key_id,
+                secret_access_key,
+                session_token: given_token,
+            }),
+            (Some(_), None) => {
+                self.error(&secret_path, "required with aws_access_key_id");
+                None
+            }
+            (None, Some(_)) => {
+                self.error(&key_id_path, "required with aws_secret_access_key");
+                None
+            }
+            (None, None) => match (
+                self.fallback_env("AWS_ACCESS_KEY_ID"),
+                self.fallback_env("AWS_SECRET_ACCESS_KEY"),
+            ) {
+                (Some(access_key_id), Some(secret_access_key)) => Some(AwsCredentials {
+                    access_key_id,
+                    secret_access_key,
+                    session_token: given_token.or_else(|| self.fallback_env("AWS_SESSION_TOKEN")),
+                }),
+                _ => {
+                    self.error(
+                        &key_id_path,
+                        "required for provider \"bedrock\", with aws_secret_access_key (or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY); roles and profiles are not supported yet",
+                    );
+                    None
+                }
+            },
+        };
+        let credentials = credentials?;
+        for (field, value) in [
+            ("aws_access_key_id", Some(&credentials.access_key_id)),
+            (
+                "aws_secret_access_key",
+                Some(&credentials.secret_access_key),
+            ),
+            ("aws_session_token", credentials.session_token.as_ref()),
+        ] {
+            // They go into HTTP headers and the signature: no whitespace or controls.
+            if value.is_some_and(|value| {
+                value.is_empty() || value.bytes().any(|byte| !byte.is_ascii_graphic())
+            }) {
+                self.error(
+                    &format!("{params_path}.{field}"),
+                    "must be non-empty printable ASCII without spaces",
+                );
+                return None;
+            }
+        }
+        Some(BedrockSettings {
+            region: region?,
+            credentials,
+        })
+    }
+
+    /// `vertex_project`, `vertex_location` (default us-central1) and `vertex_credentials`:
+    /// a service account key's JSON, or (in a file) the path of the key file, falling back
+    /// to GOOGLE_APPLICATION_CREDENTIALS.
+    fn vertex_settings(&mut self, params: &Mapping, params_path: &str) -> Option<VertexSettings> {
+        let project_path = format!("{params_path}.vertex_project");
+        let project = self.string(params, "vertex_project", params_path);
+        if project.is_none() && !self.has_error_at(&project_path) {
+            self.error(&project_path, "required for provider \"vertex_ai\"");
+        }
+        let location_path = format!("{params_path}.vertex_location");
+        let location = self
+            .string(params, "vertex_location", params_path)
+            .unwrap_or_else(|| DEFAULT_VERTEX_LOCATION.to_string());
+        if !is_aws_region(&location) {
+            // Google's location names have the shape of AWS's: lowercase, digits, dashes.
+            self.error(
+                &location_path,
+                format!("not a Vertex AI location: {}", shown_value(&location)),
+            );
+            return None;
+        }
+        let credentials_path = format!("{params_path}.vertex_credentials");
+        let given = self.string(params, "vertex_credentials", params_path);
+        if self.has_error_at(&credentials_path) {
+            return None;
+        }
+        let text = match given {
+            Some(text) if text.trim_start().starts_with('{') => text,
+            Some(file) if matches!(self.env, EnvReferences::Resolve(_)) => {
+                self.read_credentials_file(&credentials_path, &file)?
+            }
+            Some(_) => {
+                self.error(
+                    &credentials_path,
+                    "must be the service account key's JSON (a file path is read only from the config file)",
+                );
+                return None;
+            }
+            None => match self.fallback_env("GOOGLE_APPLICATION_CREDENTIALS") {
+                Some(file) => self.read_credentials_file(&credentials_path, &file)?,
+                None => {
+                    self.error(
+                        &credentials_path,
+                        "required for provider \"vertex_ai\": a service account key (or set GOOGLE_APPLICATION_CREDENTIALS)",
+                    );
+                    return None;
+                }
+            },
+        };
+        if let Err(message) = check_service_account(&text) {
+            self.error(&credentials_path, message);
+            return None;
+        }
+        Some(VertexSettings {
+            project: project?,
+            location,
+            service_account_json: text,
+        })
+    }
+
+    fn read_credentials_file(&mut self, path: &str, file: &str) -> Option<String> {
+        match std::fs::read_to_string(file) {
+            Ok(text) => Some(text),
+            Err(error) => {
+                self.error(path, format!("cannot read {file}: {error}"));
+                None
+            }
+        }
     }
 
     /// `Some(None)` when absent, `None` when invalid.
@@ -1664,6 +2131,360 @@ mod tests {
 
     fn errors(text: &str) -> Vec<String> {
         errors_env(text, &[])
+    }
+
+    /// The typed settings of `params` (YAML) for a provider taking `kind`, read as from a
+    /// file with `env`; the settings or the errors.
+    fn settings_of(
+        kind: Settings,
+        params: &str,
+        env: &[(&str, &str)],
+    ) -> Result<ProviderSettings, Vec<String>> {
+        let env = env_of(env);
+        let mut checker = Checker {
+            env: EnvReferences::Resolve(&env),
+            errors: Vec::new(),
+            warnings: Vec::new(),
+        };
+        let provider = tollgate_catalogue::Provider {
+            settings: kind,
+            ..*tollgate_catalogue::find("openai").unwrap()
+        };
+        let Value::Mapping(params) = serde_yaml::from_str(params).unwrap() else {
+            panic!("not a mapping: {params}");
+        };
+        let settings = checker.provider_settings(&provider, &params, "p");
+        match settings {
+            Some(settings) if checker.errors.is_empty() => Ok(settings),
+            _ => Err(checker.errors.iter().map(ToString::to_string).collect()),
+        }
+    }
+
+    fn aws(key_id: &str, secret: &str, token: Option<&str>) -> AwsCredentials {
+        AwsCredentials {
+            access_key_id: key_id.into(),
+            secret_access_key: secret.into(),
+            session_token: token.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn default_request_params_are_read_and_checked() {
+        let loaded = ok(r#"
+model_list:
+  - model_name: gpt-4
+    litellm_params:
+      model: openai/gpt-4
+      max_tokens: 4096
+      temperature: 0.7
+  - model_name: all
+    litellm_params:
+      model: openai/gpt-4o
+      top_p: "0.5"
+      max_completion_tokens: 100
+      stop: ["END", "STOP"]
+      seed: 42
+      frequency_penalty: -1.5
+      presence_penalty: 2
+      response_format: {type: json_object}
+      reasoning_effort: low
+  - model_name: one-stop
+    litellm_params: {model: openai/gpt-4o, stop: "\n\n"}
+  - model_name: claude
+    litellm_params: {model: anthropic/claude-x}
+"#);
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        let defaults: Vec<serde_json::Value> = loaded
+            .config
+            .deployments
+            .iter()
+            .map(|d| serde_json::Value::Object(d.default_params.clone()))
+            .collect();
+        assert_eq!(
+            defaults,
+            [
+                serde_json::json!({"max_tokens": 4096, "temperature": 0.7}),
+                serde_json::json!({
+                    "top_p": 0.5, "max_completion_tokens": 100, "stop": ["END", "STOP"],
+                    "seed": 42, "frequency_penalty": -1.5, "presence_penalty": 2.0,
+                    "response_format": {"type": "json_object"}, "reasoning_effort": "low"
+                }),
+                serde_json::json!({"stop": "\n\n"}),
+                // The wire's required max_tokens is not a default the client gets.
+                serde_json::json!({}),
+            ]
+        );
+        assert_eq!(loaded.config.deployments[3].default_max_tokens, Some(4096));
+
+        let text = r#"
+model_list:
+  - model_name: bad
+    litellm_params:
+      model: openai/gpt-4o
+      temperature: 3
+      top_p: high
+      seed: 1.5
+      stop: [1, 2]
+      response_format: {type: yaml}
+      reasoning_effort: extreme
+"#;
+        assert_eq!(
+            errors(text),
+            [
+                "model_list[0].litellm_params.temperature: must be a number from 0 to 2",
+                "model_list[0].litellm_params.top_p: must be a number, got \"high\"",
+                "model_list[0].litellm_params.stop: must be a string or a list of 1 to 4 strings",
+                "model_list[0].litellm_params.seed: must be an integer from -9007199254740991 to 9007199254740991",
+                "model_list[0].litellm_params.response_format: must be a mapping with type text, json_object or json_schema",
+                "model_list[0].litellm_params.reasoning_effort: must be one of none, minimal, low, medium, high, got \"extreme\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn bedrock_settings_are_read_from_litellm_params() {
+        let settings = settings_of(
+            Settings::Bedrock,
+            "{aws_region_name: eu-west-1, aws_access_key_id: AKIDEXAMPLE, aws_secret_access_key: os.environ/AWS_SECRET, aws_session_token: tok}",
+            &[("AWS_SECRET", "s3cr3t"), ("AWS_REGION", "us-west-2")],
+        );
+        assert_eq!(
+            settings.unwrap(),
+            ProviderSettings::Bedrock(BedrockSettings {
+                region: "eu-west-1".into(),
+                credentials: aws("AKIDEXAMPLE", "s3cr3t", Some("tok")),
+            })
+        );
+    }
+
+    #[test]
+    fn bedrock_settings_fall_back_to_the_aws_environment() {
+        let settings = settings_of(
+            Settings::Bedrock,
+            "{}",
+            &[
+                ("AWS_DEFAULT_REGION", "ap-south-1"),
+                ("AWS_ACCESS_KEY_ID", "AKIDENV"),
+                ("AWS_SECRET_ACCESS_KEY", "env-secret"),
+                ("AWS_SESSION_TOKEN", "env-token"),
+            ],
+        );
+        assert_eq!(
+            settings.unwrap(),
+            ProviderSettings::Bedrock(BedrockSettings {
+                region: "ap-south-1".into(),
+                credentials: aws("AKIDENV", "env-secret", Some("env-token")),
+            })
+        );
+        // AWS_REGION comes before AWS_DEFAULT_REGION, as in the AWS SDKs.
+        let settings = settings_of(
+            Settings::Bedrock,
+            "{aws_access_key_id: A, aws_secret_access_key: B}",
+            &[
+                ("AWS_REGION", "us-east-2"),
+                ("AWS_DEFAULT_REGION", "ap-south-1"),
+            ],
+        );
+        assert_eq!(
+            settings.unwrap(),
+            ProviderSettings::Bedrock(BedrockSettings {
+                region: "us-east-2".into(),
+                credentials: aws("A", "B", None),
+            })
+        );
+    }
+
+    /// A LiteLLM Bedrock entry: the Converse wire, its typed settings, the region's runtime
+    /// endpoint as api_base (or LiteLLM's aws_bedrock_runtime_endpoint), no warning.
+    #[test]
+    fn a_bedrock_entry_loads_with_its_settings_and_regional_base() {
+        let loaded = ok_env(
+            "model_list:\n\
+             \x20 - model_name: claude\n\
+             \x20   litellm_params:\n\
+             \x20     model: bedrock/anthropic.claude-3-5-sonnet-20240620-v1:0\n\
+             \x20     aws_region_name: eu-west-3\n\
+             \x20     aws_access_key_id: AKIDEXAMPLE\n\
+             \x20     aws_secret_access_key: os.environ/BEDROCK_SECRET\n\
+             \x20     aws_session_token: the-token\n\
+             \x20 - model_name: nova\n\
+             \x20   litellm_params:\n\
+             \x20     model: bedrock/us.amazon.nova-pro-v1:0\n\
+             \x20     aws_region_name: us-east-1\n\
+             \x20     aws_bedrock_runtime_endpoint: https://vpce-1.bedrock-runtime.us-east-1.vpce.amazonaws.com/\n",
+            &[
+                ("BEDROCK_SECRET", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"),
+                ("AWS_ACCESS_KEY_ID", "AKIDFROMENV"),
+                ("AWS_SECRET_ACCESS_KEY", "env-secret"),
+            ],
+        );
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        let d = &loaded.config.deployments;
+        assert_eq!(d[0].kind, Wire::Bedrock);
+        assert_eq!(wire_to_proto(d[0].kind), proto::ProviderKind::Bedrock);
+        assert_eq!(d[0].provider_name, "bedrock");
+        assert_eq!(
+            d[0].upstream_model,
+            "anthropic.claude-3-5-sonnet-20240620-v1:0"
+        );
+        assert_eq!(
+            d[0].api_base,
+            "https://bedrock-runtime.eu-west-3.amazonaws.com"
+        );
+        assert_eq!(d[0].api_key, None);
+        assert_eq!(d[0].default_max_tokens, None);
+        assert_eq!(
+            d[0].provider_settings,
+            ProviderSettings::Bedrock(BedrockSettings {
+                region: "eu-west-3".into(),
+                credentials: aws(
+                    "AKIDEXAMPLE",
+                    "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+                    Some("the-token")
+                ),
+            })
+        );
+        assert_eq!(
+            d[1].api_base,
+            "https://vpce-1.bedrock-runtime.us-east-1.vpce.amazonaws.com"
+        );
+        assert_eq!(
+            d[1].provider_settings,
+            ProviderSettings::Bedrock(BedrockSettings {
+                region: "us-east-1".into(),
+                credentials: aws("AKIDFROMENV", "env-secret", None),
+            })
+        );
+        // The secret is not in the deployment's Debug output.
+        let printed = format!("{:?}", d[0]);
+        assert!(!printed.contains("wJalrXUtnFEMI"), "{printed}");
+        assert!(!printed.contains("the-token"), "{printed}");
+    }
+
+    #[test]
+    fn bedrock_settings_errors_name_the_field() {
+        assert_eq!(
+            settings_of(Settings::Bedrock, "{}", &[]).unwrap_err(),
+            [
+                "p.aws_region_name: required for provider \"bedrock\" (or set AWS_REGION)",
+                "p.aws_access_key_id: required for provider \"bedrock\", with aws_secret_access_key (or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY); roles and profiles are not supported yet",
+            ]
+        );
+        assert_eq!(
+            settings_of(
+                Settings::Bedrock,
+                "{aws_region_name: 'us east', aws_access_key_id: A}",
+                &[]
+            )
+            .unwrap_err(),
+            [
+                "p.aws_region_name: not an AWS region name: \"us east\"",
+                "p.aws_secret_access_key: required with aws_access_key_id",
+            ]
+        );
+        assert_eq!(
+            settings_of(
+                Settings::Bedrock,
+                "{aws_region_name: us-east-1, aws_access_key_id: A, aws_secret_access_key: 'has space'}",
+                &[]
+            )
+            .unwrap_err(),
+            ["p.aws_secret_access_key: must be non-empty printable ASCII without spaces"]
+        );
+        // Through the management API the environment is not read.
+        let checker = Checker {
+            env: EnvReferences::Literal,
+            errors: Vec::new(),
+            warnings: Vec::new(),
+        };
+        assert_eq!(checker.fallback_env("AWS_REGION"), None);
+    }
+
+    #[test]
+    fn bedrock_settings_give_the_regional_endpoint() {
+        let settings = settings_of(
+            Settings::Bedrock,
+            "{aws_region_name: eu-central-1, aws_access_key_id: A, aws_secret_access_key: B}",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            settings.default_api_base().as_deref(),
+            Some("https://bedrock-runtime.eu-central-1.amazonaws.com")
+        );
+    }
+
+    const SERVICE_ACCOUNT: &str = r#"{"type":"service_account","client_email":"sa@p.iam.gserviceaccount.com","private_key":"-----BEGIN PRIVATE KEY-----\nMII\n-----END PRIVATE KEY-----\n","token_uri":"https://oauth2.googleapis.com/token"}"#;
+
+    #[test]
+    fn vertex_settings_take_the_key_json_or_its_file() {
+        let params = format!(
+            "{{vertex_project: p-1, vertex_credentials: {}}}",
+            serde_json::to_string(SERVICE_ACCOUNT).unwrap()
+        );
+        let expected = ProviderSettings::Vertex(VertexSettings {
+            project: "p-1".into(),
+            location: "us-central1".into(),
+            service_account_json: SERVICE_ACCOUNT.into(),
+        });
+        assert_eq!(
+            settings_of(Settings::Vertex, &params, &[]).unwrap(),
+            expected
+        );
+        assert_eq!(
+            expected.default_api_base().as_deref(),
+            Some("https://us-central1-aiplatform.googleapis.com")
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sa.json");
+        std::fs::write(&file, SERVICE_ACCOUNT).unwrap();
+        let file = file.display().to_string();
+        let from_env = settings_of(
+            Settings::Vertex,
+            "{vertex_project: p-1, vertex_location: europe-west4}",
+            &[("GOOGLE_APPLICATION_CREDENTIALS", &file)],
+        )
+        .unwrap();
+        let ProviderSettings::Vertex(vertex) = from_env else {
+            panic!("{from_env:?}");
+        };
+        assert_eq!(vertex.location, "europe-west4");
+        assert_eq!(vertex.service_account_json, SERVICE_ACCOUNT);
+    }
+
+    #[test]
+    fn vertex_settings_errors_name_the_field_and_no_key_text() {
+        assert_eq!(
+            settings_of(Settings::Vertex, "{}", &[]).unwrap_err(),
+            [
+                "p.vertex_project: required for provider \"vertex_ai\"",
+                "p.vertex_credentials: required for provider \"vertex_ai\": a service account key (or set GOOGLE_APPLICATION_CREDENTIALS)",
+            ]
+        );
+        let not_a_service_account = r#"{"type":"authorized_user","private_key":"pk-secret"}"#;
+        let errors = settings_of(
+            Settings::Vertex,
+            &format!(
+                "{{vertex_project: p, vertex_credentials: {}}}",
+                serde_json::to_string(not_a_service_account).unwrap()
+            ),
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(
+            errors,
+            ["p.vertex_credentials: not a service account key (\"type\" is not \"service_account\")"]
+        );
+        let errors = settings_of(
+            Settings::Vertex,
+            "{vertex_project: p, vertex_credentials: '{\"private_key\": pk-secret'}",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(
+            errors,
+            ["p.vertex_credentials: not JSON (at line 1, column 17)"]
+        );
     }
 
     fn errors_env(text: &str, pairs: &[(&str, &str)]) -> Vec<String> {
@@ -1797,12 +2618,43 @@ general_settings:
     }
 
     #[test]
+    fn gemini_deployments_speak_the_gemini_wire() {
+        let text = "model_list:\n  - model_name: flash\n    litellm_params:\n      model: gemini/gemini-2.5-flash\n      api_key: os.environ/GEMINI_API_KEY\n  - model_name: flash-proxied\n    litellm_params:\n      model: gemini/gemini-2.5-pro\n      api_base: https://proxy.example.com/v1beta/\n";
+        let loaded = ok_env(text, &[("GEMINI_API_KEY", "AIza-test")]);
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        let d = &loaded.config.deployments;
+        assert_eq!(d[0].kind, Wire::Gemini);
+        assert_eq!(d[0].provider_name, "gemini");
+        assert_eq!(d[0].upstream_model, "gemini-2.5-flash");
+        assert_eq!(d[0].api_base, "https://generativelanguage.googleapis.com");
+        assert_eq!(d[0].api_key.as_deref(), Some("AIza-test"));
+        // Gemini needs no max_tokens: none is invented.
+        assert_eq!(d[0].default_max_tokens, None);
+        assert_eq!(d[1].api_base, "https://proxy.example.com/v1beta");
+        assert_eq!(wire_to_proto(d[1].kind), proto::ProviderKind::Gemini);
+    }
+
+    #[test]
     fn every_supported_provider_has_its_default_base() {
         for spec in tollgate_catalogue::PROVIDERS {
             let text = format!(
                 "model_list:\n  - model_name: m\n    litellm_params:\n      model: {}/x\n",
                 spec.name
             );
+            if spec.settings == Settings::Bedrock {
+                // No fixed base: the region's endpoint, once the settings give the region.
+                assert_eq!(spec.default_api_base, None);
+                let text = format!(
+                    "{text}      aws_region_name: ap-northeast-1\n      aws_access_key_id: AKIDEXAMPLE\n      aws_secret_access_key: s3cr3t\n"
+                );
+                let loaded = ok(&text);
+                assert_eq!(
+                    loaded.config.deployments[0].api_base,
+                    "https://bedrock-runtime.ap-northeast-1.amazonaws.com"
+                );
+                assert_eq!(loaded.config.deployments[0].kind, spec.wire);
+                continue;
+            }
             match spec.default_api_base {
                 Some(base) => {
                     let loaded = ok(&text);
@@ -1814,7 +2666,7 @@ general_settings:
                         "model_list[0].litellm_params.api_base: required for provider \"{}\"",
                         spec.name
                     )];
-                    if spec.requires_api_version {
+                    if spec.settings == tollgate_catalogue::Settings::Azure {
                         expected.push(format!(
                             "model_list[0].litellm_params.api_version: required for provider \"{}\" (for example \"2024-10-21\")",
                             spec.name
@@ -2178,8 +3030,8 @@ litellm_settings:
     fn unsupported_providers_are_skipped_with_a_warning() {
         let text = r#"
 model_list:
-  - model_name: gem
-    litellm_params: {model: gemini/gemini-1.5-pro, api_key: os.environ/UNSET_GEMINI_KEY}
+  - model_name: hf
+    litellm_params: {model: huggingface/zephyr-7b, api_key: os.environ/UNSET_HF_KEY}
   - model_name: gpt
     litellm_params: {model: openai/gpt-4o}
   - model_name: az
@@ -2193,7 +3045,7 @@ model_list:
         assert_eq!(
             warnings(&loaded),
             [
-                "model_list[0].litellm_params.model: provider \"gemini\" is not supported by Tollgate yet; deployment skipped",
+                "model_list[0].litellm_params.model: provider \"huggingface\" is not supported by Tollgate yet; deployment skipped",
                 "model_list[2].litellm_params.model: provider \"cohere_chat\" is not supported by Tollgate yet; deployment skipped",
                 "model_list[3].litellm_params.model: unknown provider \"opneai\"; deployment skipped",
                 "model_list[4].litellm_params.model: provider \"ollama_chat\" is not supported by Tollgate yet; deployment skipped",

@@ -17,6 +17,7 @@ pub mod limits;
 pub mod manage;
 pub mod pricing;
 pub mod proto;
+pub mod provider_settings;
 pub mod quota;
 pub mod retention;
 pub mod secrets;

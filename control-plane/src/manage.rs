@@ -8,6 +8,7 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 use crate::config::{self, EnvAllowlist};
+use crate::provider_settings::ProviderSettings;
 use std::collections::BTreeMap;
 
 use crate::store::{
@@ -924,6 +925,21 @@ impl Manager {
                 Some(_) => return Err(ApiError::invalid(section, "must be an object")),
             }
         }
+        // A session token belongs to the AWS key pair it was issued with: new credentials
+        // without a token of their own are long-term ones, not the old token's.
+        let names = |field: &str| {
+            patch
+                .get("litellm_params")
+                .and_then(|params| params.get(field))
+                .is_some()
+        };
+        if (names("aws_access_key_id") || names("aws_secret_access_key"))
+            && !names("aws_session_token")
+        {
+            if let Some(Value::Object(params)) = entry.get_mut("litellm_params") {
+                params.remove("aws_session_token");
+            }
+        }
         let record = Self::record_from_entry(&entry, id.to_string())?;
         self.store()
             .change_api_deployment(id, Some(&record))
@@ -1473,6 +1489,49 @@ pub fn model_entry_json(record: &DeploymentRecord, with_secret: bool) -> Value {
     if with_secret {
         if let Some(key) = &record.api_key {
             params.insert("api_key".into(), Value::String(key.clone()));
+        }
+    }
+    for (name, value) in &record.default_params {
+        params.insert(name.clone(), value.clone());
+    }
+    // The typed settings as LiteLLM's flat params, their credentials only with the secret.
+    match &record.provider_settings {
+        ProviderSettings::None => {}
+        ProviderSettings::Bedrock(bedrock) => {
+            params.insert(
+                "aws_region_name".into(),
+                Value::String(bedrock.region.clone()),
+            );
+            if with_secret {
+                let credentials = &bedrock.credentials;
+                params.insert(
+                    "aws_access_key_id".into(),
+                    Value::String(credentials.access_key_id.clone()),
+                );
+                params.insert(
+                    "aws_secret_access_key".into(),
+                    Value::String(credentials.secret_access_key.clone()),
+                );
+                if let Some(token) = &credentials.session_token {
+                    params.insert("aws_session_token".into(), Value::String(token.clone()));
+                }
+            }
+        }
+        ProviderSettings::Vertex(vertex) => {
+            params.insert(
+                "vertex_project".into(),
+                Value::String(vertex.project.clone()),
+            );
+            params.insert(
+                "vertex_location".into(),
+                Value::String(vertex.location.clone()),
+            );
+            if with_secret {
+                params.insert(
+                    "vertex_credentials".into(),
+                    Value::String(vertex.service_account_json.clone()),
+                );
+            }
         }
     }
     let mut info = match &record.model_info {

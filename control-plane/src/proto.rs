@@ -29,6 +29,50 @@ impl std::fmt::Debug for Deployment {
             .field("default_max_tokens", &self.default_max_tokens)
             .field("api_version", &self.api_version)
             .field("pricing", &self.pricing)
+            .field("provider_settings", &self.provider_settings)
+            .field("default_params_json", &self.default_params_json)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for deployment::ProviderSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Each message's own Debug hides its secrets.
+        match self {
+            deployment::ProviderSettings::Azure(azure) => {
+                f.debug_tuple("Azure").field(azure).finish()
+            }
+            deployment::ProviderSettings::Bedrock(bedrock) => {
+                f.debug_tuple("Bedrock").field(bedrock).finish()
+            }
+            deployment::ProviderSettings::Vertex(vertex) => {
+                f.debug_tuple("Vertex").field(vertex).finish()
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for AwsCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key id names the key (AWS logs it too); the secret and the token are secrets.
+        f.debug_struct("AwsCredentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &redacted(&self.secret_access_key))
+            .field("session_token", &redacted(&self.session_token))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for VertexSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VertexSettings")
+            .field("project", &self.project)
+            .field("location", &self.location)
+            .field("access_token", &redacted(&self.access_token))
+            .field(
+                "access_token_expires_unix_ms",
+                &self.access_token_expires_unix_ms,
+            )
             .finish()
     }
 }

@@ -21,6 +21,7 @@ use sqlx::Row;
 use crate::config::{Config, DeploymentConfig, Wire};
 use crate::pricing::Prices;
 use crate::proto;
+use crate::provider_settings::ProviderSettings;
 use crate::secrets::{self, CredentialError, CredentialKey};
 
 pub use management::{
@@ -93,6 +94,11 @@ const CREDENTIAL_KEY_CHECK_CONTEXT: &str = "settings:credential_key_check";
 /// The associated data a deployment's provider key is sealed with.
 fn api_key_context(deployment_id: &str) -> String {
     format!("deployment:{deployment_id}:api_key")
+}
+
+/// The associated data a deployment's provider credentials are sealed with.
+fn provider_secret_context(deployment_id: &str) -> String {
+    format!("deployment:{deployment_id}:provider_secret")
 }
 
 /// Why a storage operation failed.
@@ -331,6 +337,10 @@ pub struct DeploymentRecord {
     pub pricing: Prices,
     /// `litellm_params` `rpm`, `tpm`, `max_parallel_requests`.
     pub limits: RateLimitFields,
+    /// The provider's typed settings; their credentials are sealed at rest like `api_key`.
+    pub provider_settings: ProviderSettings,
+    /// Request parameters sent when the client gives none.
+    pub default_params: crate::config::DefaultParams,
     /// Config or API.
     pub source: DeploymentSource,
     /// Place in `model_list` for config rows.
@@ -352,6 +362,8 @@ impl std::fmt::Debug for DeploymentRecord {
             .field("model_info", &self.model_info)
             .field("pricing", &self.pricing)
             .field("limits", &self.limits)
+            .field("provider_settings", &self.provider_settings)
+            .field("default_params", &self.default_params)
             .field("source", &self.source)
             .field("position", &self.position)
             .finish()
@@ -374,6 +386,8 @@ impl DeploymentRecord {
             model_info: deployment.model_info.clone(),
             pricing: deployment.pricing,
             limits: deployment.limits,
+            provider_settings: deployment.provider_settings.clone(),
+            default_params: deployment.default_params.clone(),
             source: DeploymentSource::Config,
             position: i64::try_from(deployment.index).unwrap_or(i64::MAX),
         }
@@ -443,12 +457,15 @@ fn to_u64(value: i64) -> u64 {
 
 const DEPLOYMENT_COLUMNS: &str = "id, model_name, provider_name, provider_kind, upstream_model, \
      api_base, api_key, api_version, default_max_tokens, model_info, source, position, \
-     created_at, updated_at, pricing, rate_limits";
+     created_at, updated_at, pricing, rate_limits, provider_settings, provider_secret, \
+     default_params";
 
 const INSERT_DEPLOYMENT: &str = "INSERT INTO deployments (id, model_name, provider_name, \
      provider_kind, upstream_model, api_base, api_key, api_version, default_max_tokens, \
-     model_info, source, position, created_at, updated_at, pricing, rate_limits) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)";
+     model_info, source, position, created_at, updated_at, pricing, rate_limits, \
+     provider_settings, provider_secret, default_params) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
+     $19)";
 
 const UPSERT_SETTING: &str = "INSERT INTO settings (key, value) VALUES ($1, $2) \
      ON CONFLICT (key) DO UPDATE SET value = excluded.value";
@@ -501,6 +518,8 @@ macro_rules! bind_deployment {
     ($store:expr, $query:expr, $record:expr, $created:expr, $updated:expr) => {{
         let record: &DeploymentRecord = $record;
         let sealed_api_key = $store.seal_api_key(record)?;
+        let (provider_settings, provider_secret) = record.provider_settings.to_columns();
+        let sealed_provider_secret = $store.seal_provider_secret(&record.id, provider_secret)?;
         $query
             .bind(record.id.clone())
             .bind(record.model_name.clone())
@@ -519,6 +538,13 @@ macro_rules! bind_deployment {
             // NULL for none, so rows stored before prices were read look the same.
             .bind($crate::store::pricing_json(&record.pricing))
             .bind(record.limits.to_json_text())
+            .bind(provider_settings)
+            .bind(sealed_provider_secret)
+            // NULL for none, as rows stored before defaults were read.
+            .bind(
+                (!record.default_params.is_empty())
+                    .then(|| serde_json::Value::Object(record.default_params.clone()).to_string()),
+            )
     }};
 }
 
@@ -534,6 +560,20 @@ macro_rules! decode_deployment {
         let max_tokens: Option<i64> = row.try_get("default_max_tokens")?;
         let id: String = row.try_get("id")?;
         let api_key = $store.open_api_key(&id, row.try_get("api_key")?)?;
+        let provider_settings: Option<String> = row.try_get("provider_settings")?;
+        let default_params: Option<String> = row.try_get("default_params")?;
+        let default_params: $crate::config::DefaultParams = match default_params {
+            Some(text) => serde_json::from_str(&text).map_err(|error| {
+                StoreError::Corrupt(format!("deployment {id}: default_params: {error}"))
+            })?,
+            None => $crate::config::DefaultParams::new(),
+        };
+        let provider_secret = $store.open_provider_secret(&id, row.try_get("provider_secret")?)?;
+        let provider_settings = $crate::provider_settings::ProviderSettings::from_columns(
+            provider_settings.as_deref(),
+            provider_secret.as_deref(),
+        )
+        .map_err(|error| StoreError::Corrupt(format!("deployment {id}: {error}")))?;
         let model_info = match model_info {
             Some(text) => Some(serde_json::from_str(&text).map_err(|error| {
                 StoreError::Corrupt(format!("deployment {id}: model_info: {error}"))
@@ -570,6 +610,8 @@ macro_rules! decode_deployment {
                 model_info,
                 pricing,
                 limits,
+                provider_settings,
+                default_params,
                 position: row.try_get("position")?,
                 id,
             },
@@ -725,24 +767,80 @@ impl Store {
     /// The provider key of `record` as stored: sealed, or an error when there is a key to
     /// store and no credential key.
     fn seal_api_key(&self, record: &DeploymentRecord) -> Result<Option<String>, StoreError> {
-        let Some(api_key) = &record.api_key else {
+        self.seal_secret(
+            &record.id,
+            &api_key_context(&record.id),
+            record.api_key.as_deref(),
+        )
+    }
+
+    /// The stored form of a deployment's provider credentials (see [`Self::seal_api_key`]).
+    fn seal_provider_secret(
+        &self,
+        id: &str,
+        secret: Option<String>,
+    ) -> Result<Option<String>, StoreError> {
+        self.seal_secret(id, &provider_secret_context(id), secret.as_deref())
+    }
+
+    fn seal_secret(
+        &self,
+        id: &str,
+        context: &str,
+        secret: Option<&str>,
+    ) -> Result<Option<String>, StoreError> {
+        let Some(secret) = secret else {
             return Ok(None);
         };
         let Some(key) = &self.credentials else {
             return Err(CredentialError::NoKeyToSeal {
-                deployment: record.id.clone(),
+                deployment: id.to_string(),
             }
             .into());
         };
-        key.seal(&api_key_context(&record.id), api_key)
+        key.seal(context, secret).map(Some).map_err(|source| {
+            CredentialError::Seal {
+                deployment: id.to_string(),
+                source,
+            }
+            .into()
+        })
+    }
+
+    /// The clear provider credentials of deployment `id` from their stored form; unlike a
+    /// provider key, they are never stored in clear.
+    fn open_provider_secret(
+        &self,
+        id: &str,
+        stored: Option<String>,
+    ) -> Result<Option<String>, StoreError> {
+        let Some(stored) = stored else {
+            return Ok(None);
+        };
+        if !secrets::is_sealed(&stored) {
+            return Err(StoreError::Corrupt(format!(
+                "deployment {id}: provider_secret is not encrypted"
+            )));
+        }
+        self.open_sealed(id, &provider_secret_context(id), &stored)
             .map(Some)
-            .map_err(|source| {
-                CredentialError::Seal {
-                    deployment: record.id.clone(),
-                    source,
-                }
-                .into()
-            })
+    }
+
+    fn open_sealed(&self, id: &str, context: &str, stored: &str) -> Result<String, StoreError> {
+        let Some(key) = &self.credentials else {
+            return Err(CredentialError::NoKeyToOpen {
+                deployment: id.to_string(),
+            }
+            .into());
+        };
+        key.open(context, stored).map_err(|source| {
+            CredentialError::Unreadable {
+                deployment: id.to_string(),
+                key_source: key.source().clone(),
+                source,
+            }
+            .into()
+        })
     }
 
     /// The clear provider key of deployment `id` from its stored form. A sealed key that does
@@ -755,22 +853,8 @@ impl Store {
         if !secrets::is_sealed(&stored) {
             return Ok(Some(stored));
         }
-        let Some(key) = &self.credentials else {
-            return Err(CredentialError::NoKeyToOpen {
-                deployment: id.to_string(),
-            }
-            .into());
-        };
-        key.open(&api_key_context(id), &stored)
+        self.open_sealed(id, &api_key_context(id), &stored)
             .map(Some)
-            .map_err(|source| {
-                CredentialError::Unreadable {
-                    deployment: id.to_string(),
-                    key_source: key.source().clone(),
-                    source,
-                }
-                .into()
-            })
     }
 
     /// Checks at startup that every stored provider key can be read, and seals the clear ones
@@ -810,6 +894,17 @@ impl Store {
                     }
                     Some(_) => clear.push((id, stored)),
                 }
+            }
+            let secrets = sqlx::query(
+                "SELECT id, provider_secret FROM deployments WHERE provider_secret IS NOT NULL \
+                 ORDER BY id",
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in &secrets {
+                let id: String = row.try_get("id")?;
+                self.open_provider_secret(&id, row.try_get("provider_secret")?)?;
+                report.sealed += 1;
             }
             let Some(key) = &self.credentials else {
                 tx.rollback().await?;

@@ -164,6 +164,12 @@ pub fn build_snapshot(
                         prices,
                     ),
                     limits: record.limits.to_proto(),
+                    provider_settings: crate::provider_settings::to_proto(record),
+                    default_params_json: if record.default_params.is_empty() {
+                        String::new()
+                    } else {
+                        serde_json::Value::Object(record.default_params.clone()).to_string()
+                    },
                 }
             })
             .collect(),

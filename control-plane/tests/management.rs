@@ -1029,6 +1029,110 @@ on_both!(
     postgres_api_env_references
 );
 
+/// A Bedrock deployment through the management API: its AWS credentials are stored sealed,
+/// pushed to the filters, kept across an update that does not name them, replaced by one that
+/// does, and never shown by `/model/new`, `/model/update` or `/model/info`.
+async fn bedrock_credentials_through_the_api(db: Db) {
+    const SECRET: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
+    const TOKEN: &str = "FwoGZXIvYXdzEXAMPLE-session-token";
+    let plane = Plane::start(db.url(), CONFIG).await;
+    let api = plane.api();
+    let created = api
+        .ok(
+            "/model/new",
+            json!({"model_name": "claude-bedrock", "model_info": {"id": "bedrock-1"},
+                   "litellm_params": {"model": "bedrock/anthropic.claude-3-5-sonnet-20240620-v1:0",
+                       "aws_region_name": "eu-central-1", "aws_access_key_id": "ASIAEXAMPLE",
+                       "aws_secret_access_key": SECRET, "aws_session_token": TOKEN}}),
+        )
+        .await;
+    assert_eq!(
+        created["litellm_params"]["api_base"],
+        "https://bedrock-runtime.eu-central-1.amazonaws.com"
+    );
+    assert_eq!(created["litellm_params"]["aws_region_name"], "eu-central-1");
+    let settings_of = |snapshot: &Snapshot| {
+        let deployment = snapshot
+            .deployments
+            .iter()
+            .find(|d| d.id == "bedrock-1")
+            .unwrap()
+            .clone();
+        assert_eq!(deployment.provider, pb::ProviderKind::Bedrock as i32);
+        match deployment.provider_settings {
+            Some(pb::deployment::ProviderSettings::Bedrock(bedrock)) => bedrock,
+            other => panic!("not Bedrock settings: {other:?}"),
+        }
+    };
+    let pushed = settings_of(&*settled(&plane).await);
+    assert_eq!(pushed.region, "eu-central-1");
+    let credentials = pushed.credentials.unwrap();
+    assert_eq!(
+        (
+            credentials.access_key_id.as_str(),
+            credentials.secret_access_key.as_str(),
+            credentials.session_token.as_str()
+        ),
+        ("ASIAEXAMPLE", SECRET, TOKEN)
+    );
+
+    // An update that names no credential keeps them.
+    let updated = api
+        .ok(
+            "/model/update",
+            json!({"model_info": {"id": "bedrock-1"}, "litellm_params": {"rpm": 10}}),
+        )
+        .await;
+    assert_eq!(updated["model_name"], "claude-bedrock");
+    let kept = settings_of(&*settled(&plane).await);
+    assert_eq!(
+        kept,
+        pb::BedrockSettings {
+            region: "eu-central-1".into(),
+            credentials: Some(credentials.clone())
+        }
+    );
+    // One that names new ones replaces them (a long-term key: no token).
+    api.ok(
+        "/model/update",
+        json!({"model_info": {"id": "bedrock-1"}, "litellm_params": {
+            "aws_access_key_id": "AKIDEXAMPLE", "aws_secret_access_key": "second-secret"}}),
+    )
+    .await;
+    let replaced = settings_of(&*settled(&plane).await).credentials.unwrap();
+    assert_eq!(
+        (
+            replaced.access_key_id.as_str(),
+            replaced.secret_access_key.as_str(),
+            replaced.session_token.as_str()
+        ),
+        ("AKIDEXAMPLE", "second-secret", "")
+    );
+
+    for shown in [
+        created.to_string(),
+        updated.to_string(),
+        api.ok_get("/model/info", &[]).await.to_string(),
+        api.ok_get("/model/info", &[("litellm_model_id", "bedrock-1")])
+            .await
+            .to_string(),
+    ] {
+        for secret in [SECRET, TOKEN, "second-secret"] {
+            assert!(!shown.contains(secret), "{secret} shown: {shown}");
+        }
+    }
+    let dump = db.dump().await;
+    for secret in [SECRET, TOKEN, "second-secret"] {
+        assert!(!dump.contains(secret), "{secret} stored in clear");
+    }
+    plane.stop().await;
+}
+on_both!(
+    bedrock_credentials_through_the_api,
+    sqlite_bedrock_credentials_through_the_api,
+    postgres_bedrock_credentials_through_the_api
+);
+
 async fn without_a_credential_key_no_provider_key_is_stored(db: Db) {
     let config = "general_settings:\n  master_key: sk-test-master\n";
     let plane = Plane::start_with(db.url(), &load(config), None).await;

@@ -6,7 +6,8 @@ mod common;
 
 use common::{sqlite_store, PgTestDb};
 use tollgate::config::{self, Config, Wire};
-use tollgate::proto::UsageRecord;
+use tollgate::proto::{self, deployment::ProviderSettings as ProtoSettings, UsageRecord};
+use tollgate::provider_settings::{AwsCredentials, BedrockSettings, ProviderSettings};
 use tollgate::secrets::CredentialError;
 use tollgate::store::{
     sha256_hex, Backend, CredentialReport, DeploymentRecord, DeploymentSource, KeyRow, Missing,
@@ -53,6 +54,8 @@ fn api_deployment(id: &str) -> DeploymentRecord {
         model_info: None,
         pricing: Default::default(),
         limits: Default::default(),
+        provider_settings: Default::default(),
+        default_params: Default::default(),
         source: DeploymentSource::Api,
         position: 0,
     }
@@ -788,4 +791,140 @@ async fn sqlite_clear_keys_of_earlier_versions_are_sealed_at_startup() {
 async fn postgres_clear_keys_of_earlier_versions_are_sealed_at_startup() {
     let (url, _db) = fresh_database(true).await;
     clear_keys_of_earlier_versions_are_sealed_at_startup(&url).await;
+}
+
+fn bedrock_deployment(id: &str) -> DeploymentRecord {
+    DeploymentRecord {
+        provider_name: "bedrock".into(),
+        upstream_model: "anthropic.claude-3-5-haiku-20241022-v1:0".into(),
+        api_base: "https://bedrock-runtime.eu-west-1.amazonaws.com".into(),
+        api_key: None,
+        provider_settings: ProviderSettings::Bedrock(BedrockSettings {
+            region: "eu-west-1".into(),
+            credentials: AwsCredentials {
+                access_key_id: "AKIDEXAMPLE".into(),
+                secret_access_key: "aws-secret-value".into(),
+                session_token: Some("aws-token-value".into()),
+            },
+        }),
+        default_params: serde_json::json!({"temperature": 0.2, "stop": ["END"]})
+            .as_object()
+            .cloned()
+            .unwrap(),
+        ..api_deployment(id)
+    }
+}
+
+async fn provider_credentials_are_encrypted_at_rest(url: &str) {
+    let store = common::connect(url).await;
+    store.prepare_credentials().await.unwrap();
+    let bedrock = bedrock_deployment("bedrock-1");
+    store.upsert_deployment(&bedrock).await.unwrap();
+    store
+        .upsert_deployment(&api_deployment("plain"))
+        .await
+        .unwrap();
+
+    // Read back whole; stored as plain settings beside sealed credentials.
+    let rows = store.deployments().await.unwrap();
+    assert_eq!(rows[0].record, bedrock);
+    assert_eq!(rows[1].record.provider_settings, ProviderSettings::None);
+    let raw = common::raw_provider_settings(url).await;
+    assert_eq!(raw[0].0, "bedrock-1");
+    assert_eq!(
+        raw[0].1.as_deref(),
+        Some(r#"{"bedrock":{"region":"eu-west-1"}}"#)
+    );
+    let sealed = raw[0].2.as_deref().unwrap();
+    assert!(sealed.starts_with("enc:v1:"), "{sealed}");
+    assert!(
+        !sealed.contains("AKID") && !sealed.contains("secret") && !sealed.contains("token"),
+        "{sealed}"
+    );
+    assert_eq!(raw[1], ("plain".to_string(), None, None));
+
+    // The filter gets them typed.
+    let snapshot = store.state_snapshot().await.unwrap();
+    let pushed = tollgate::provider_settings::to_proto(&snapshot.deployments[0].record);
+    assert_eq!(
+        pushed,
+        Some(ProtoSettings::Bedrock(proto::BedrockSettings {
+            region: "eu-west-1".into(),
+            credentials: Some(proto::AwsCredentials {
+                access_key_id: "AKIDEXAMPLE".into(),
+                secret_access_key: "aws-secret-value".into(),
+                session_token: "aws-token-value".into(),
+            }),
+        }))
+    );
+    assert_eq!(
+        tollgate::provider_settings::to_proto(&snapshot.deployments[1].record),
+        None
+    );
+    store.close().await;
+
+    // At the next start the sealed credentials are checked with the provider keys.
+    let store = common::connect(url).await;
+    assert_eq!(
+        store.prepare_credentials().await.unwrap(),
+        CredentialReport {
+            sealed: 2,
+            migrated: 0
+        }
+    );
+    store.close().await;
+    let store = Store::connect(url)
+        .await
+        .unwrap()
+        .with_credential_key(Some(common::credential_key_of("another key")));
+    assert!(matches!(
+        store.prepare_credentials().await,
+        Err(StoreError::Credentials(CredentialError::Unreadable { .. }))
+    ));
+    store.close().await;
+
+    // Sealed for its deployment: moved to another row it does not open.
+    let store = common::connect(url).await;
+    store
+        .upsert_deployment(&bedrock_deployment("bedrock-2"))
+        .await
+        .unwrap();
+    store.close().await;
+    common::raw_execute(
+        url,
+        "UPDATE deployments SET provider_secret = \
+         (SELECT provider_secret FROM deployments WHERE id = 'bedrock-1') WHERE id = 'bedrock-2'",
+    )
+    .await;
+    let store = common::connect(url).await;
+    assert!(matches!(
+        store.deployments().await,
+        Err(StoreError::Credentials(CredentialError::Unreadable { .. }))
+    ));
+    // Credentials in clear are never taken as they are.
+    common::raw_execute(
+        url,
+        "UPDATE deployments SET provider_secret = '{\"aws\":{}}' WHERE id = 'bedrock-2'",
+    )
+    .await;
+    match store.deployments().await {
+        Err(StoreError::Corrupt(message)) => assert_eq!(
+            message,
+            "deployment bedrock-2: provider_secret is not encrypted"
+        ),
+        other => panic!("{other:?}"),
+    }
+    store.close().await;
+}
+
+#[tokio::test]
+async fn sqlite_provider_credentials_are_encrypted_at_rest() {
+    let (url, _db) = fresh_database(false).await;
+    provider_credentials_are_encrypted_at_rest(&url).await;
+}
+
+#[tokio::test]
+async fn postgres_provider_credentials_are_encrypted_at_rest() {
+    let (url, _db) = fresh_database(true).await;
+    provider_credentials_are_encrypted_at_rest(&url).await;
 }

@@ -233,6 +233,8 @@ async fn filters_get_snapshots_and_usage_is_stored_once() {
             model_info: None,
             pricing: Default::default(),
             limits: Default::default(),
+            provider_settings: Default::default(),
+            default_params: Default::default(),
             source: DeploymentSource::Api,
             position: 0,
         })

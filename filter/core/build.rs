@@ -7,8 +7,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={proto}");
     let descriptors = protox::compile([proto], [proto_root])?;
     prost_build::Config::new()
-        // A deployment holds its provider key: src/proto.rs writes a Debug that hides it.
-        .skip_debug([".tollgate.v1.Deployment"])
+        // These hold provider keys, AWS credentials or access tokens: src/proto.rs writes
+        // a Debug that hides them.
+        .skip_debug([
+            ".tollgate.v1.Deployment",
+            ".tollgate.v1.AwsCredentials",
+            ".tollgate.v1.VertexSettings",
+        ])
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -20,6 +20,11 @@ MASTER_KEY = "sk-master-python"
 OPENAI_KEY = "sk-mock-openai"
 ANTHROPIC_KEY = "sk-mock-anthropic"
 AZURE_KEY = "mock-azure-key"
+GEMINI_KEY = "mock-gemini-key"
+# Temporary AWS credentials the mock's Bedrock paths accept (it verifies SigV4 signatures).
+AWS_ACCESS_KEY_ID = "ASIAMOCKPYTHON"
+AWS_SECRET_ACCESS_KEY = "mock/python+bedrock-secret"
+AWS_SESSION_TOKEN = "FwoGZXIvYXdzMockPythonToken=="
 
 
 def free_port() -> int:
@@ -58,7 +63,9 @@ def gateway():
     mock_log = work / "mock.log"
     mock = subprocess.Popen(
         [str(BIN_DIR / "tollgate-mock"), "--port", "0", "--openai-key", OPENAI_KEY, "--anthropic-key", ANTHROPIC_KEY,
-         "--azure-key", AZURE_KEY],
+         "--azure-key", AZURE_KEY, "--gemini-key", GEMINI_KEY,
+         "--aws-access-key-id", AWS_ACCESS_KEY_ID, "--aws-secret-access-key", AWS_SECRET_ACCESS_KEY,
+         f"--aws-session-token={AWS_ACCESS_KEY_ID}={AWS_SESSION_TOKEN}"],
         stdout=subprocess.PIPE, stderr=mock_log.open("w"), text=True,
     )
     mock_url = wait_for_line(mock, "listening on", 20, mock_log).split()[-1].rstrip("/")
@@ -83,6 +90,27 @@ model_list:
       api_base: {mock_url}
       api_version: "2024-10-21"
       api_key: {AZURE_KEY}
+  - model_name: gemini-mock
+    litellm_params:
+      model: gemini/gemini-2.5-flash
+      api_base: {mock_url}
+      api_key: {GEMINI_KEY}
+  - model_name: bedrock-mock
+    litellm_params:
+      model: bedrock/anthropic.claude-3-5-sonnet-20240620-v1:0
+      api_base: {mock_url}
+      aws_region_name: us-west-2
+      aws_access_key_id: {AWS_ACCESS_KEY_ID}
+      aws_secret_access_key: {AWS_SECRET_ACCESS_KEY}
+      aws_session_token: {AWS_SESSION_TOKEN}
+  - model_name: bedrock-wrong-secret
+    litellm_params:
+      model: bedrock/anthropic.claude-3-5-sonnet-20240620-v1:0
+      api_base: {mock_url}
+      aws_region_name: us-west-2
+      aws_access_key_id: {AWS_ACCESS_KEY_ID}
+      aws_secret_access_key: not-the-secret
+      aws_session_token: {AWS_SESSION_TOKEN}
 """
     )
     env = dict(os.environ, TOLLGATE_TEST_ANTHROPIC_KEY=ANTHROPIC_KEY)

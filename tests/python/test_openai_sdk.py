@@ -13,7 +13,7 @@ def client(gateway):
     return openai.OpenAI(base_url=gateway["url"] + "/v1", api_key=MASTER_KEY, max_retries=0)
 
 
-@pytest.mark.parametrize("model", ["gpt-mock", "claude-mock", "azure-mock"])
+@pytest.mark.parametrize("model", ["gpt-mock", "claude-mock", "azure-mock", "gemini-mock", "bedrock-mock"])
 def test_chat(client, model):
     completion = client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": "hello from python"}]
@@ -24,7 +24,7 @@ def test_chat(client, model):
     assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
 
 
-@pytest.mark.parametrize("model", ["gpt-mock", "claude-mock", "azure-mock"])
+@pytest.mark.parametrize("model", ["gpt-mock", "claude-mock", "azure-mock", "gemini-mock", "bedrock-mock"])
 def test_stream(client, model):
     stream = client.chat.completions.create(
         model=model, stream=True, messages=[{"role": "user", "content": "stream this text"}]
@@ -37,7 +37,7 @@ def test_stream(client, model):
     assert all(c.choices for c in chunks)
 
 
-@pytest.mark.parametrize("model", ["gpt-mock", "claude-mock", "azure-mock"])
+@pytest.mark.parametrize("model", ["gpt-mock", "claude-mock", "azure-mock", "gemini-mock", "bedrock-mock"])
 def test_stream_with_usage(client, model):
     stream = client.chat.completions.create(
         model=model, stream=True, stream_options={"include_usage": True},
@@ -49,7 +49,8 @@ def test_stream_with_usage(client, model):
 
 
 def test_models_list(client):
-    assert [model.id for model in client.models.list()] == ["gpt-mock", "claude-mock", "azure-mock"]
+    assert [model.id for model in client.models.list()] == [
+        "gpt-mock", "claude-mock", "azure-mock", "gemini-mock", "bedrock-mock", "bedrock-wrong-secret"]
 
 
 def test_tool_call_through_anthropic(client):
@@ -62,6 +63,93 @@ def test_tool_call_through_anthropic(client):
     assert completion.choices[0].finish_reason == "tool_calls"
     assert call.function.name == "get_weather"
     assert json.loads(call.function.arguments)["location"] == "Paris"
+
+
+def test_tool_round_trip_through_gemini(client):
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"location": {"type": "string"}}}}}]
+    messages = [{"role": "user", "content": "weather in Paris?"}]
+    completion = client.chat.completions.create(model="gemini-mock", tools=tools, messages=messages)
+    assert completion.choices[0].finish_reason == "tool_calls"
+    call = completion.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"location": "Paris", "unit": "celsius"}
+    # The SDK sends the assistant message back as it got it; the mock refuses the turn if the
+    # thought signature carried in the call's id does not come back with the call.
+    messages += [completion.choices[0].message.model_dump(exclude_none=True),
+                 {"role": "tool", "tool_call_id": call.id, "content": "18C and sunny"}]
+    answer = client.chat.completions.create(model="gemini-mock", tools=tools, messages=messages)
+    assert answer.choices[0].message.content == "echo: 18C and sunny"
+    assert answer.choices[0].finish_reason == "stop"
+
+
+def test_gemini_usage_and_images(client):
+    completion = client.chat.completions.create(model="gemini-mock", messages=[{"role": "user", "content": [
+        {"type": "text", "text": "think about this mock:thoughts=4"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}])
+    assert completion.choices[0].message.content == "echo: think about this mock:thoughts=4 [images: 1]"
+    # 4 words in; 7 answer words and 4 thought tokens out.
+    assert completion.usage.prompt_tokens == 4
+    assert completion.usage.completion_tokens == 11
+    assert completion.usage.completion_tokens_details.reasoning_tokens == 4
+    stream = client.chat.completions.create(model="gemini-mock", stream=True, stream_options={"include_usage": True},
+                                            messages=[{"role": "user", "content": "count these words"}])
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "echo: count these words"
+    assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (3, 4)
+
+
+def test_gemini_errors_map_to_sdk_exceptions(client):
+    with pytest.raises(openai.RateLimitError) as error:
+        client.chat.completions.create(model="gemini-mock", messages=[{"role": "user", "content": "mock:status=429"}])
+    assert error.value.code == "resource_exhausted"
+    with pytest.raises(openai.BadRequestError) as error:
+        client.chat.completions.create(model="gemini-mock", n=2, messages=[{"role": "user", "content": "x"}])
+    assert error.value.param == "n"
+
+
+def test_bedrock_tool_round_trip_images_and_usage(client):
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"location": {"type": "string"}}}}}]
+    messages = [{"role": "user", "content": "weather in Paris?"}]
+    completion = client.chat.completions.create(model="bedrock-mock", tools=tools, messages=messages)
+    assert completion.choices[0].finish_reason == "tool_calls"
+    assert completion.choices[0].message.content == "Let me check."
+    call = completion.choices[0].message.tool_calls[0]
+    assert (call.id, call.function.name) == ("tooluse_mock_1", "get_weather")
+    assert json.loads(call.function.arguments) == {"location": "Paris", "unit": "celsius"}
+    # 3 words in; "Let me check." and the arguments' one word out.
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (3, 4)
+    messages += [completion.choices[0].message.model_dump(exclude_none=True),
+                 {"role": "tool", "tool_call_id": call.id, "content": "18C and sunny"}]
+    answer = client.chat.completions.create(model="bedrock-mock", tools=tools, messages=messages)
+    assert answer.choices[0].message.content == "echo: 18C and sunny"
+    assert answer.choices[0].finish_reason == "stop"
+    completion = client.chat.completions.create(model="bedrock-mock", messages=[{"role": "user", "content": [
+        {"type": "text", "text": "what is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}])
+    assert completion.choices[0].message.content == "echo: what is this? [images: 1]"
+    stream = client.chat.completions.create(model="bedrock-mock", stream=True, stream_options={"include_usage": True},
+                                            messages=[{"role": "user", "content": "count these words"}])
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "echo: count these words"
+    assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (3, 4)
+
+
+def test_bedrock_errors_map_to_sdk_exceptions(client):
+    # The mock recomputes the SigV4 signature with the real secret: Bedrock's 403.
+    with pytest.raises(openai.PermissionDeniedError) as error:
+        client.chat.completions.create(model="bedrock-wrong-secret", messages=[{"role": "user", "content": "x"}])
+    assert error.value.status_code == 403
+    assert error.value.code == "invalid_api_key"
+    assert error.value.type == "authentication_error"
+    with pytest.raises(openai.RateLimitError) as error:
+        client.chat.completions.create(model="bedrock-mock", messages=[{"role": "user", "content": "mock:status=429"}])
+    assert error.value.code == "rate_limit_exceeded"
+    with pytest.raises(openai.BadRequestError) as error:
+        client.chat.completions.create(model="bedrock-mock", messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}])
+    assert error.value.param == "messages[0].content[0].image_url.url"
 
 
 def test_errors_map_to_sdk_exceptions(gateway, client):

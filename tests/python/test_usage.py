@@ -36,8 +36,10 @@ def test_usage_records_reach_the_ledger(gateway):
                                    messages=[{"role": "user", "content": "ledger one two"}])
     list(client.chat.completions.create(model="gpt-mock", stream=True, user=marker,
                                         messages=[{"role": "user", "content": "ledger stream"}]))
-    rows = wait_for_rows(gateway["database"], marker, 2)
-    assert len(rows) == 2, rows
+    list(client.chat.completions.create(model="bedrock-mock", stream=True, user=marker,
+                                        messages=[{"role": "user", "content": "ledger bedrock stream"}]))
+    rows = wait_for_rows(gateway["database"], marker, 3)
+    assert len(rows) == 3, rows
     by_model = {(row[0], bool(row[5])): row for row in rows}
     claude = by_model[("claude-mock", False)]
     # The mock counts a token per word: 3 in ("ledger one two"), 4 out ("echo: ledger one two").
@@ -46,3 +48,5 @@ def test_usage_records_reach_the_ledger(gateway):
     # Tokens of a stream the client did not ask usage for are still counted.
     assert streamed[1:5] == ("openai", 200, 2, 3)
     assert streamed[6] == hashlib.sha256(MASTER_KEY.encode()).hexdigest()
+    # Bedrock's stream reports its usage in its last event (metadata): 3 in, 4 out.
+    assert by_model[("bedrock-mock", True)][1:5] == ("bedrock", 200, 3, 4)

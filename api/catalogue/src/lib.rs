@@ -14,17 +14,24 @@ pub enum Wire {
     OpenAi,
     /// Anthropic Messages.
     Anthropic,
+    /// Google's Gemini API (`generateContent` / `streamGenerateContent`).
+    Gemini,
+    /// AWS Bedrock's Converse API (`/model/<id>/converse` and `/converse-stream`), signed
+    /// with SigV4.
+    Bedrock,
 }
 
 impl Wire {
     /// Every wire protocol.
-    pub const ALL: [Wire; 2] = [Wire::OpenAi, Wire::Anthropic];
+    pub const ALL: [Wire; 4] = [Wire::OpenAi, Wire::Anthropic, Wire::Gemini, Wire::Bedrock];
 
     /// The stored name.
     pub const fn name(self) -> &'static str {
         match self {
             Wire::OpenAi => "openai",
             Wire::Anthropic => "anthropic",
+            Wire::Gemini => "gemini",
+            Wire::Bedrock => "bedrock",
         }
     }
 
@@ -37,7 +44,8 @@ impl Wire {
     /// whose API requires it (Anthropic's Messages API does).
     pub const fn required_max_tokens(self) -> Option<u32> {
         match self {
-            Wire::OpenAi => None,
+            // Converse's inferenceConfig.maxTokens is optional: the model's maximum.
+            Wire::OpenAi | Wire::Gemini | Wire::Bedrock => None,
             Wire::Anthropic => Some(DEFAULT_ANTHROPIC_MAX_TOKENS),
         }
     }
@@ -46,12 +54,13 @@ impl Wire {
 /// `max_tokens` sent to Anthropic when neither the client nor the config gives one.
 pub const DEFAULT_ANTHROPIC_MAX_TOKENS: u32 = 4096;
 
-/// How a provider of the OpenAI wire takes its key.
+/// How a provider of the OpenAI or Gemini wire takes its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Auth {
     /// `authorization: Bearer <key>`.
     Bearer,
-    /// The key as the value of this header (Azure OpenAI's `api-key`).
+    /// The key as the value of this header (Azure OpenAI's `api-key`, Gemini's
+    /// `x-goog-api-key`).
     Header(&'static str),
 }
 
@@ -76,12 +85,28 @@ pub struct Provider {
     /// Used when a deployment has no `api_base`; `None`: `api_base` is required (the
     /// provider runs wherever its operator put it).
     pub default_api_base: Option<&'static str>,
-    /// How the key is sent (OpenAI wire; Anthropic's translator sends `x-api-key`).
+    /// How the key is sent (OpenAI and Gemini wires; Anthropic's translator sends `x-api-key`).
     pub auth: Auth,
     /// Where chat completions are (OpenAI wire).
     pub chat_path: ChatPath,
-    /// Whether a deployment must give `api_version` (Azure answers 404 without one).
-    pub requires_api_version: bool,
+    /// The typed settings its deployments carry beyond `api_base` and `api_key`.
+    pub settings: Settings,
+}
+
+/// Which typed settings a provider's deployments carry (the control plane reads them from
+/// `litellm_params` and pushes them in the deployment's `provider_settings`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settings {
+    /// None beyond `api_base` and `api_key`.
+    None,
+    /// Azure OpenAI: `api_version` is required (Azure answers 404 without one).
+    Azure,
+    /// AWS Bedrock: region and AWS credentials (`aws_region_name`, `aws_access_key_id`,
+    /// `aws_secret_access_key`, `aws_session_token`); requests are signed with SigV4.
+    Bedrock,
+    /// Google Vertex AI: project, location and a service account (`vertex_project`,
+    /// `vertex_location`, `vertex_credentials`) the control plane turns into access tokens.
+    Vertex,
 }
 
 const fn provider(name: &'static str, wire: Wire, base: Option<&'static str>) -> Provider {
@@ -91,7 +116,7 @@ const fn provider(name: &'static str, wire: Wire, base: Option<&'static str>) ->
         default_api_base: base,
         auth: Auth::Bearer,
         chat_path: ChatPath::OpenAi,
-        requires_api_version: false,
+        settings: Settings::None,
     }
 }
 
@@ -117,12 +142,25 @@ pub const PROVIDERS: &[Provider] = &[
     provider("openrouter", Wire::OpenAi, Some("https://openrouter.ai/api/v1")),
     provider("perplexity", Wire::OpenAi, Some("https://api.perplexity.ai")),
     provider("anthropic", Wire::Anthropic, Some("https://api.anthropic.com")),
+    // Google AI Studio; requests go to `<api_base>/v1beta/models/<model>:generateContent`.
+    Provider {
+        auth: Auth::Header("x-goog-api-key"),
+        ..provider("gemini", Wire::Gemini, Some("https://generativelanguage.googleapis.com"))
+    },
     // `https://<resource>.openai.azure.com`; the deployment is the model after `azure/`.
     Provider {
         auth: Auth::Header("api-key"),
         chat_path: ChatPath::AzureDeployment,
-        requires_api_version: true,
+        settings: Settings::Azure,
         ..provider("azure", Wire::OpenAi, None)
+    },
+    // AWS Bedrock's Converse API; the model after `bedrock/` is a model id or inference
+    // profile (`anthropic.claude-3-5-sonnet-20240620-v1:0`, `us.amazon.nova-pro-v1:0`). No
+    // default base: the control plane derives `https://bedrock-runtime.<region>.amazonaws.com`
+    // from the deployment's region. Requests are signed with SigV4, so no key header.
+    Provider {
+        settings: Settings::Bedrock,
+        ..provider("bedrock", Wire::Bedrock, None)
     },
 ];
 
@@ -135,7 +173,7 @@ pub fn find(name: &str) -> Option<&'static Provider> {
 /// neither list is most likely a typo.
 #[rustfmt::skip]
 pub const KNOWN_UNSUPPORTED: &[&str] = &[
-    "gemini", "vertex_ai", "vertex_ai_beta", "bedrock", "sagemaker", "sagemaker_chat",
+    "vertex_ai", "vertex_ai_beta", "sagemaker", "sagemaker_chat",
     "azure_ai", "azure_text", "cohere", "cohere_chat", "ollama", "ollama_chat", "huggingface",
     "replicate", "watsonx", "watsonx_text", "databricks", "cloudflare", "voyage", "nvidia_nim",
     "cerebras", "sambanova", "ai21", "ai21_chat", "nlp_cloud", "aleph_alpha", "palm",
@@ -168,12 +206,22 @@ mod tests {
                 provider.name
             );
         }
-        assert_eq!(find("gemini"), None);
+        let gemini = find("gemini").unwrap();
+        assert_eq!(gemini.wire, Wire::Gemini);
+        assert_eq!(gemini.auth, Auth::Header("x-goog-api-key"));
+        assert_eq!(
+            gemini.default_api_base,
+            Some("https://generativelanguage.googleapis.com")
+        );
         let azure = find("azure").unwrap();
         assert_eq!(azure.auth, Auth::Header("api-key"));
         assert_eq!(azure.chat_path, ChatPath::AzureDeployment);
-        assert!(azure.requires_api_version);
+        assert_eq!(azure.settings, Settings::Azure);
         assert_eq!(find("groq").unwrap().auth, Auth::Bearer);
+        let bedrock = find("bedrock").unwrap();
+        assert_eq!(bedrock.wire, Wire::Bedrock);
+        assert_eq!(bedrock.settings, Settings::Bedrock);
+        assert_eq!(bedrock.default_api_base, None);
     }
 
     #[test]
@@ -181,9 +229,12 @@ mod tests {
         for wire in Wire::ALL {
             assert_eq!(Wire::from_name(wire.name()), Some(wire));
         }
-        assert_eq!(Wire::from_name("bedrock"), None);
+        assert_eq!(Wire::from_name("bedrock"), Some(Wire::Bedrock));
+        assert_eq!(Wire::from_name("vertex_ai"), None);
         assert_eq!(Wire::Anthropic.required_max_tokens(), Some(4096));
         assert_eq!(Wire::OpenAi.required_max_tokens(), None);
+        assert_eq!(Wire::Gemini.required_max_tokens(), None);
+        assert_eq!(Wire::Bedrock.required_max_tokens(), None);
     }
 
     #[test]

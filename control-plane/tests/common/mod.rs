@@ -57,6 +57,26 @@ pub async fn raw_api_keys(url: &str) -> Vec<(String, Option<String>)> {
         .collect()
 }
 
+/// `(id, provider_settings, provider_secret)` of every deployment row, as stored.
+pub async fn raw_provider_settings(url: &str) -> Vec<(String, Option<String>, Option<String>)> {
+    let mut connection = raw_connection(url).await;
+    let rows =
+        sqlx::query("SELECT id, provider_settings, provider_secret FROM deployments ORDER BY id")
+            .fetch_all(&mut connection)
+            .await
+            .unwrap();
+    connection.close().await.unwrap();
+    rows.iter()
+        .map(|row| {
+            (
+                row.get("id"),
+                row.get("provider_settings"),
+                row.get("provider_secret"),
+            )
+        })
+        .collect()
+}
+
 /// PostgreSQL server the tests use; CI has one, so an unreachable server fails the tests.
 pub fn pg_base_url() -> String {
     std::env::var("TOLLGATE_TEST_PG_URL")

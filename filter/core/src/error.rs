@@ -92,6 +92,11 @@ pub enum GatewayError {
         /// Seconds until it may have room (`Retry-After`).
         retry_after_secs: u64,
     },
+    /// The request could not be signed for its provider: the deployment's settings hold
+    /// something the signer refuses (an AWS region or access key id of the wrong shape). The
+    /// text names the problem, never a credential.
+    #[error("The gateway could not sign the request for its provider: {0}")]
+    UpstreamSigning(String),
     /// A bug in the gateway stopped this request (the native module survives it; the Wasm
     /// VM would not).
     #[error("The gateway failed on this request; the failure is in its log.")]
@@ -131,7 +136,7 @@ impl GatewayError {
             GatewayError::BadUpstreamResponse(_) | GatewayError::UpstreamResponseTooLarge(_) => 502,
             GatewayError::RateLimited { .. } => 429,
             GatewayError::NotReady => 503,
-            GatewayError::Internal => 500,
+            GatewayError::UpstreamSigning(_) | GatewayError::Internal => 500,
         }
     }
 
@@ -148,6 +153,7 @@ impl GatewayError {
             GatewayError::RateLimited { .. } => "rate_limit_error",
             GatewayError::BadUpstreamResponse(_)
             | GatewayError::UpstreamResponseTooLarge(_)
+            | GatewayError::UpstreamSigning(_)
             | GatewayError::Internal => "api_error",
             _ => "invalid_request_error",
         }
@@ -170,6 +176,7 @@ impl GatewayError {
             GatewayError::NotReady => Some("not_ready"),
             GatewayError::BadUpstreamResponse(_) => Some("bad_upstream_response"),
             GatewayError::UpstreamResponseTooLarge(_) => Some("upstream_response_too_large"),
+            GatewayError::UpstreamSigning(_) => Some("upstream_signing_failed"),
             GatewayError::Internal => Some("internal_error"),
             GatewayError::BudgetExceeded { .. } => Some("budget_exceeded"),
             GatewayError::RateLimited { .. } => Some("rate_limit_exceeded"),

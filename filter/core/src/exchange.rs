@@ -637,6 +637,9 @@ impl Exchange {
         if plan.response.drops_content_length() {
             host.remove_response_header("content-length");
         }
+        if plan.response.streams_in_another_framing() {
+            host.set_response_header("content-type", crate::providers::Framing::Sse.media_type());
+        }
         match mode {
             // Held so a translated error can still change status and content type.
             ResponseMode::Buffer => Verdict::Pause,

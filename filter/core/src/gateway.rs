@@ -6,7 +6,9 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::auth::Caller;
-use crate::providers::{translate_request, ResponseHandler, TranslateContext};
+use crate::aws::sigv4;
+use crate::proto;
+use crate::providers::{bedrock, translate_request, ResponseHandler, TranslateContext};
 use crate::request::summarize_chat_request;
 use crate::snapshot::Deployment;
 use crate::{GatewayError, State};
@@ -323,14 +325,30 @@ pub fn plan_chat_request_for(
         .and_then(|group| group.pick())
         .ok_or_else(|| GatewayError::ModelNotFound(summary.model.to_string()))?
         .clone();
+    // The deployment's default parameters the client did not give: the request with them is
+    // summarized again (its spans moved), and only then translated.
+    let with_defaults = deployment.default_params.apply(body)?;
+    let (summary, body) = match &with_defaults {
+        Some(merged) => (summarize_chat_request(merged)?, merged.as_slice()),
+        None => (summary, body),
+    };
     let (upstream, translator) = translate_request(&summary, body, &deployment, context)?;
     let target = &deployment.target;
     let path = join_url(&target.base_path, &target.base_query, &upstream.path);
+    let mut headers = upstream.headers;
+    sign_for_provider(
+        &deployment,
+        &target.authority,
+        &path,
+        &upstream.body,
+        context,
+        &mut headers,
+    )?;
     Ok(RequestPlan {
         route_value: target.scheme.route_value(),
         authority: target.authority.clone(),
         path,
-        headers: upstream.headers,
+        headers,
         body_length: upstream.body.len().to_string(),
         body: upstream.body,
         stream: summary.stream,
@@ -339,6 +357,79 @@ pub fn plan_chat_request_for(
         end_user: summary.end_user.map(Cow::into_owned).unwrap_or_default(),
         tags: summary.tags.into_iter().map(Cow::into_owned).collect(),
     })
+}
+
+/// The last step of a plan, once the request's authority, path (with its query), headers and
+/// body are final: providers that authenticate each request by its content get their
+/// signature headers. Deployments with Bedrock settings are signed with SigV4 (service
+/// `bedrock`, their region and credentials, the time of the request); the others need
+/// nothing here.
+///
+/// What the signature covers is `host`, `x-amz-date`, `x-amz-security-token` (temporary
+/// credentials) and `content-type`, all set by the plan: the glues write the plan's headers
+/// over the client's, and the client headers that reach the provider
+/// ([`FORWARDED_CLIENT_HEADERS`]) are not signed, which SigV4 allows.
+fn sign_for_provider(
+    deployment: &Deployment,
+    authority: &str,
+    path_and_query: &str,
+    body: &[u8],
+    context: &TranslateContext,
+    headers: &mut Vec<(&'static str, String)>,
+) -> Result<(), GatewayError> {
+    match &deployment.settings {
+        Some(proto::deployment::ProviderSettings::Bedrock(settings)) => {
+            sign_sigv4(settings, authority, path_and_query, body, context, headers)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Adds SigV4's `authorization`, `x-amz-date` and (temporary credentials)
+/// `x-amz-security-token` for a Bedrock runtime request. The body is hashed once, here.
+fn sign_sigv4(
+    settings: &proto::BedrockSettings,
+    authority: &str,
+    path_and_query: &str,
+    body: &[u8],
+    context: &TranslateContext,
+    headers: &mut Vec<(&'static str, String)>,
+) -> Result<(), GatewayError> {
+    let stored = settings.credentials.as_ref().ok_or_else(|| {
+        GatewayError::UpstreamSigning("the deployment has no AWS credentials".into())
+    })?;
+    let credentials = sigv4::Credentials {
+        access_key_id: stored.access_key_id.clone(),
+        secret_access_key: stored.secret_access_key.clone(),
+        session_token: (!stored.session_token.is_empty()).then(|| stored.session_token.clone()),
+    };
+    let (path, query) = path_and_query
+        .split_once('?')
+        .unwrap_or((path_and_query, ""));
+    let signed_headers: Vec<(&str, &str)> = headers
+        .iter()
+        .filter(|(name, _)| *name == "content-type")
+        .map(|(name, value)| (*name, value.as_str()))
+        .collect();
+    let request = sigv4::SignableRequest {
+        method: "POST",
+        host: authority,
+        path,
+        query,
+        headers: &signed_headers,
+        body,
+    };
+    let params = sigv4::SigningParams {
+        credentials: &credentials,
+        region: &settings.region,
+        service: bedrock::SIGNING_SERVICE,
+        unix_seconds: context.now_unix,
+        settings: sigv4::SigningSettings::default(),
+    };
+    let signed = sigv4::sign(&request, &params)
+        .map_err(|error| GatewayError::UpstreamSigning(error.to_string()))?;
+    headers.extend(signed.iter().map(|(name, value)| (name, value.to_string())));
+    Ok(())
 }
 
 /// The request's `:path`: the base path joined with the translator's endpoint path, then
@@ -359,17 +450,32 @@ fn join_url(base_path: &str, base_query: &str, endpoint: &str) -> String {
 }
 
 /// Joins a base path and an endpoint path, without doubling a segment the base already
-/// ends with (api_base ".../v1/messages" or ".../v1" with "/v1/messages").
+/// ends with (api_base ".../v1/messages" or ".../v1" with "/v1/messages", ".../v1beta" with
+/// "/v1beta/models/...").
 fn join_path(base: &str, endpoint: &str) -> String {
     if base.ends_with(endpoint) {
         return base.to_string();
     }
-    if let Some(rest) = endpoint.strip_prefix("/v1") {
-        if base.ends_with("/v1") {
+    if let Some(version) = version_segment(endpoint) {
+        if base.ends_with(version) {
+            let rest = endpoint.get(version.len()..).unwrap_or_default();
             return [base, rest].concat();
         }
     }
     [base, endpoint].concat()
+}
+
+/// The endpoint's first segment when it is an API version ("/v1", "/v1beta", "/v2alpha").
+fn version_segment(endpoint: &str) -> Option<&str> {
+    let rest = endpoint.strip_prefix("/v")?;
+    let end = rest.find('/').unwrap_or(rest.len());
+    let name = rest.get(..end)?;
+    if !name.starts_with(|c: char| c.is_ascii_digit())
+        || !name.bytes().all(|b| b.is_ascii_alphanumeric())
+    {
+        return None;
+    }
+    endpoint.get(..end + 2)
 }
 
 #[cfg(test)]
@@ -447,14 +553,18 @@ pub(crate) mod tests {
         );
     }
 
-    #[test]
-    fn azure_deployments_get_their_path_version_and_key_header() {
+    fn azure_plan(settings_version: Option<&str>, flat_version: &str) -> RequestPlan {
         let snapshot = proto::Snapshot {
             deployments: vec![proto::Deployment {
                 provider_name: "azure".into(),
                 upstream_model: "my gpt/4o".into(),
                 api_key: "azure-key".into(),
-                api_version: "2024-10-21".into(),
+                api_version: flat_version.into(),
+                provider_settings: settings_version.map(|version| {
+                    proto::deployment::ProviderSettings::Azure(proto::AzureSettings {
+                        api_version: version.into(),
+                    })
+                }),
                 ..deployment(
                     "azure-gpt",
                     proto::ProviderKind::Openai,
@@ -465,7 +575,46 @@ pub(crate) mod tests {
         };
         let state = State::from_snapshot(snapshot).0;
         let body = br#"{"model":"azure-gpt","messages":[{"role":"user","content":"hi"}]}"#;
-        let plan = plan_chat_request(&state, body, &TranslateContext::default()).unwrap();
+        plan_chat_request(&state, body, &TranslateContext::default()).unwrap()
+    }
+
+    fn plan_with_defaults(kind: proto::ProviderKind, body: &str) -> RequestPlan {
+        let snapshot = proto::Snapshot {
+            deployments: vec![proto::Deployment {
+                default_params_json: r#"{"temperature":0.7,"max_tokens":4096,"stop":["END"]}"#
+                    .into(),
+                ..deployment("m", kind, "http://127.0.0.1:9/v1")
+            }],
+            ..Default::default()
+        };
+        let state = State::from_snapshot(snapshot).0;
+        plan_chat_request(&state, body.as_bytes(), &TranslateContext::default()).unwrap()
+    }
+
+    #[test]
+    fn default_params_fill_what_the_client_left_out() {
+        let plan = plan_with_defaults(
+            proto::ProviderKind::Openai,
+            r#"{"model":"m","temperature":0.1,"messages":[{"role":"user","content":"hi"}]}"#,
+        );
+        assert_eq!(
+            String::from_utf8(plan.body).unwrap(),
+            r#"{"max_tokens":4096,"stop":["END"],"model":"upstream-m","temperature":0.1,"messages":[{"role":"user","content":"hi"}]}"#
+        );
+        // Translated like the client's own values.
+        let plan = plan_with_defaults(
+            proto::ProviderKind::Anthropic,
+            r#"{"model":"m","max_completion_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#,
+        );
+        let sent: serde_json::Value = serde_json::from_slice(&plan.body).unwrap();
+        assert_eq!(sent["temperature"], 0.7);
+        assert_eq!(sent["max_tokens"], 5);
+        assert_eq!(sent["stop_sequences"], serde_json::json!(["END"]));
+    }
+
+    #[test]
+    fn azure_deployments_get_their_path_version_and_key_header() {
+        let plan = azure_plan(Some("2024-10-21"), "");
         assert_eq!(
             plan.path,
             "/openai/deployments/my%20gpt%2F4o/chat/completions?api-version=2024-10-21"
@@ -475,6 +624,49 @@ pub(crate) mod tests {
             .headers
             .iter()
             .all(|(name, _)| *name != "authorization"));
+    }
+
+    /// A control plane from before typed settings sends the version in `api_version`.
+    #[test]
+    fn azure_settings_win_over_the_flat_api_version() {
+        assert_eq!(
+            azure_plan(None, "2024-02-01").path,
+            "/openai/deployments/my%20gpt%2F4o/chat/completions?api-version=2024-02-01"
+        );
+        assert_eq!(
+            azure_plan(Some("2024-10-21"), "2024-02-01").path,
+            "/openai/deployments/my%20gpt%2F4o/chat/completions?api-version=2024-10-21"
+        );
+    }
+
+    #[test]
+    fn bedrock_settings_without_credentials_refuse_the_deployment() {
+        let bedrock = |credentials: Option<proto::AwsCredentials>| proto::Snapshot {
+            deployments: vec![proto::Deployment {
+                provider_settings: Some(proto::deployment::ProviderSettings::Bedrock(
+                    proto::BedrockSettings {
+                        region: "us-east-1".into(),
+                        credentials,
+                    },
+                )),
+                ..deployment("b", proto::ProviderKind::Openai, "https://b.example")
+            }],
+            ..Default::default()
+        };
+        let (state, problems) = State::from_snapshot(bedrock(None));
+        assert!(state.model("b").is_none());
+        assert_eq!(
+            problems,
+            ["deployments[0]: b: Bedrock settings without credentials"]
+        );
+        let credentials = proto::AwsCredentials {
+            access_key_id: "AKIDEXAMPLE".into(),
+            secret_access_key: "secret".into(),
+            session_token: String::new(),
+        };
+        let (state, problems) = State::from_snapshot(bedrock(Some(credentials)));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert!(state.model("b").is_some());
     }
 
     #[test]
@@ -507,6 +699,29 @@ pub(crate) mod tests {
             join_url("/v1", "", "/chat/completions"),
             "/v1/chat/completions"
         );
+        // Gemini's endpoint carries its version: a base that ends with it does not double it.
+        let gemini = "/v1beta/models/g:streamGenerateContent?alt=sse";
+        for (base, joined) in [
+            ("", "/v1beta/models/g:streamGenerateContent?alt=sse"),
+            ("/v1beta", "/v1beta/models/g:streamGenerateContent?alt=sse"),
+            (
+                "/proxy/v1beta",
+                "/proxy/v1beta/models/g:streamGenerateContent?alt=sse",
+            ),
+            ("/v1", "/v1/v1beta/models/g:streamGenerateContent?alt=sse"),
+            (
+                "/gemini",
+                "/gemini/v1beta/models/g:streamGenerateContent?alt=sse",
+            ),
+        ] {
+            assert_eq!(join_url(base, "", gemini), joined, "{base}");
+        }
+        assert_eq!(version_segment("/v1/messages"), Some("/v1"));
+        assert_eq!(version_segment("/v1beta/models/x"), Some("/v1beta"));
+        assert_eq!(version_segment("/v1beta"), Some("/v1beta"));
+        assert_eq!(version_segment("/video/x"), None);
+        assert_eq!(version_segment("/v/x"), None);
+        assert_eq!(version_segment("/chat/completions"), None);
     }
 
     #[test]

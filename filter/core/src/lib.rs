@@ -10,8 +10,10 @@
 #![cfg_attr(test, allow(clippy::indexing_slicing, clippy::string_slice))]
 
 pub mod auth;
+pub mod aws;
 pub mod budget;
 pub mod channel;
+pub mod defaults;
 pub mod error;
 pub mod exchange;
 pub mod gateway;

@@ -122,6 +122,41 @@ pub struct ChatRequest<'a> {
     /// The deprecated `functions` list (replaced by `tools`).
     #[serde(borrow, default)]
     pub functions: Option<&'a RawValue>,
+    /// Sampling seed.
+    #[serde(default)]
+    pub seed: Option<i64>,
+    /// `{"type": "text" | "json_object" | "json_schema", ...}` as sent, for the translators
+    /// that map it (see [`ResponseFormat`]); the others leave it alone.
+    #[serde(borrow, default)]
+    pub response_format: Option<&'a RawValue>,
+}
+
+/// `response_format`, read by a translator from [`ChatRequest::response_format`].
+#[derive(Debug, Deserialize)]
+pub struct ResponseFormat<'a> {
+    /// `text`, `json_object` or `json_schema`.
+    #[serde(rename = "type", borrow)]
+    pub kind: Str<'a>,
+    /// The schema, for `json_schema`.
+    #[serde(borrow, default)]
+    pub json_schema: Option<JsonSchemaFormat<'a>>,
+}
+
+/// `response_format.json_schema`.
+#[derive(Debug, Deserialize)]
+pub struct JsonSchemaFormat<'a> {
+    /// The schema's name.
+    #[serde(borrow)]
+    pub name: Str<'a>,
+    /// What the answer is for.
+    #[serde(borrow, default)]
+    pub description: Option<Str<'a>>,
+    /// The JSON Schema, as sent.
+    #[serde(borrow, default)]
+    pub schema: Option<&'a RawValue>,
+    /// Structured-outputs strictness.
+    #[serde(default)]
+    pub strict: Option<bool>,
 }
 
 /// `stream_options`.
@@ -498,6 +533,9 @@ pub struct CompletionUsage {
     pub total_tokens: u64,
     /// Cached input tokens.
     pub prompt_tokens_details: PromptTokensDetails,
+    /// Reasoning tokens, when the provider reports them apart (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completion_tokens_details: Option<CompletionTokensDetails>,
     /// What the response cost, on a stream's usage chunk (a stream's headers leave before
     /// the cost is known); absent when it is unknown.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -516,6 +554,13 @@ impl Serialize for Cost {
         let raw = RawValue::from_string(text).map_err(serde::ser::Error::custom)?;
         raw.serialize(serializer)
     }
+}
+
+/// `usage.completion_tokens_details`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CompletionTokensDetails {
+    /// The part of `completion_tokens` the model spent reasoning.
+    pub reasoning_tokens: u64,
 }
 
 /// `usage.prompt_tokens_details`.

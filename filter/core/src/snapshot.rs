@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::metrics::sanitize_stat_segment;
 use prost::Message;
 
+use crate::defaults::DefaultParams;
 use crate::pricing::Prices;
 use crate::proto;
 use crate::ratelimit::{Limits, ScopeLimits};
@@ -134,8 +135,14 @@ pub struct Deployment {
     pub api_key: String,
     /// max_tokens when the client sends none (providers that require it).
     pub default_max_tokens: u32,
-    /// Provider API version, when the provider has one (Anthropic's `anthropic-version`).
+    /// Provider API version, when the provider has one (Anthropic's `anthropic-version`,
+    /// Azure's `api-version` from its settings).
     pub api_version: String,
+    /// What the provider takes beyond base and key (Bedrock's region and credentials, ...),
+    /// checked when the snapshot is built: a Bedrock deployment has its credentials.
+    pub settings: Option<proto::deployment::ProviderSettings>,
+    /// Request parameters sent when the client gives none.
+    pub default_params: DefaultParams,
     /// `model_name` made safe for a stat name.
     pub stat_model: String,
     /// `provider_name` made safe for a stat name.
@@ -159,6 +166,8 @@ impl std::fmt::Debug for Deployment {
             .field("api_key", &crate::redact::secret(&self.api_key))
             .field("default_max_tokens", &self.default_max_tokens)
             .field("api_version", &self.api_version)
+            .field("settings", &self.settings)
+            .field("default_params", &self.default_params)
             .field("stat_model", &self.stat_model)
             .field("stat_provider", &self.stat_provider)
             .field("prices", &self.prices)
@@ -849,6 +858,8 @@ fn build_deployment(deployment: proto::Deployment) -> Result<Deployment, String>
     let provider = match proto::ProviderKind::try_from(deployment.provider) {
         Ok(proto::ProviderKind::Openai) => Wire::OpenAi,
         Ok(proto::ProviderKind::Anthropic) => Wire::Anthropic,
+        Ok(proto::ProviderKind::Gemini) => Wire::Gemini,
+        Ok(proto::ProviderKind::Bedrock) => Wire::Bedrock,
         _ => return Err(format!("unknown provider kind {}", deployment.provider)),
     };
     if deployment.model_name.is_empty() {
@@ -862,6 +873,19 @@ fn build_deployment(deployment: proto::Deployment) -> Result<Deployment, String>
     }
     let target = UpstreamTarget::parse(&deployment.api_base)
         .map_err(|problem| format!("{}: {problem}", deployment.model_name))?;
+    check_settings(deployment.provider_settings.as_ref())
+        .map_err(|problem| format!("{}: {problem}", deployment.model_name))?;
+    let default_params = DefaultParams::parse(&deployment.default_params_json)
+        .map_err(|problem| format!("{}: {problem}", deployment.model_name))?;
+    // Azure's api-version is in its settings (field 9 from a control plane before them).
+    let api_version = match &deployment.provider_settings {
+        Some(proto::deployment::ProviderSettings::Azure(azure))
+            if !azure.api_version.is_empty() =>
+        {
+            azure.api_version.clone()
+        }
+        _ => deployment.api_version,
+    };
     Ok(Deployment {
         stat_model: sanitize_stat_segment(&deployment.model_name),
         stat_provider: sanitize_stat_segment(&deployment.provider_name),
@@ -881,10 +905,37 @@ fn build_deployment(deployment: proto::Deployment) -> Result<Deployment, String>
         } else {
             deployment.default_max_tokens
         },
-        api_version: deployment.api_version,
+        api_version,
+        settings: deployment.provider_settings,
+        default_params,
         prices: deployment.pricing.as_ref().and_then(Prices::from_proto),
         limits: Limits::of(deployment.limits.as_ref()),
     })
+}
+
+/// Settings a request could not be sent with are refused with the snapshot's deployment,
+/// not at request time.
+fn check_settings(settings: Option<&proto::deployment::ProviderSettings>) -> Result<(), String> {
+    use proto::deployment::ProviderSettings;
+    match settings {
+        None | Some(ProviderSettings::Azure(_)) => Ok(()),
+        Some(ProviderSettings::Bedrock(bedrock)) => {
+            let has_key = bedrock.credentials.as_ref().is_some_and(|credentials| {
+                !credentials.access_key_id.is_empty() && !credentials.secret_access_key.is_empty()
+            });
+            if bedrock.region.is_empty() {
+                Err("Bedrock settings without a region".into())
+            } else if !has_key {
+                Err("Bedrock settings without credentials".into())
+            } else {
+                Ok(())
+            }
+        }
+        Some(ProviderSettings::Vertex(vertex)) if vertex.project.is_empty() => {
+            Err("Vertex settings without a project".into())
+        }
+        Some(ProviderSettings::Vertex(_)) => Ok(()),
+    }
 }
 
 #[derive(serde::Serialize)]
@@ -947,6 +998,8 @@ pub(crate) mod tests {
             provider: kind as i32,
             provider_name: match kind {
                 proto::ProviderKind::Anthropic => "anthropic".into(),
+                proto::ProviderKind::Gemini => "gemini".into(),
+                proto::ProviderKind::Bedrock => "bedrock".into(),
                 _ => "openai".into(),
             },
             upstream_model: format!("upstream-{model_name}"),
@@ -954,6 +1007,8 @@ pub(crate) mod tests {
             api_key: "sk-provider".into(),
             default_max_tokens: 0,
             api_version: String::new(),
+            provider_settings: None,
+            default_params_json: String::new(),
         }
     }
 

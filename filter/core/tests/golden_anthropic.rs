@@ -59,6 +59,8 @@ fn deployment(
         api_version: api_version.into(),
         pricing,
         limits: None,
+        provider_settings: None,
+        default_params_json: String::new(),
     }
 }
 

@@ -26,6 +26,8 @@ fn state(case: &Path) -> State {
         deployments: vec![proto::Deployment {
             pricing: pricing(case),
             limits: None,
+            provider_settings: None,
+            default_params_json: String::new(),
             id: "d1".into(),
             model_name: "gpt-public".into(),
             provider: proto::ProviderKind::Openai as i32,

@@ -47,13 +47,20 @@ pub fn now_ms() -> u64 {
 
 /// Envoy's side of one request, valid from `on_http_filter_new` to `on_http_filter_destroy`
 /// (Envoy's promise); the hooks hand it over on every call.
+/// The flag: whether the hook is a body hook (it has a part of the body it received, empty
+/// on an end-of-stream call without data).
 #[derive(Clone, Copy)]
-pub struct Filter(FilterEnvoyPtr);
+pub struct Filter(FilterEnvoyPtr, bool);
 
 impl Filter {
-    /// Wraps the pointer a hook received.
+    /// Wraps the pointer a hook other than a body hook received.
     pub fn new(pointer: FilterEnvoyPtr) -> Self {
-        Filter(pointer)
+        Filter(pointer, false)
+    }
+
+    /// Wraps the pointer a body hook received.
+    pub fn in_body_hook(pointer: FilterEnvoyPtr) -> Self {
+        Filter(pointer, true)
     }
 
     /// Every header of a map (`abi::REQUEST_HEADERS` or `abi::RESPONSE_HEADERS`), as Envoy's
@@ -200,12 +207,15 @@ impl Filter {
         unsafe {
             let buffered_size = self.buffer_size(buffered);
             abi::envoy_dynamic_module_callback_http_drain_body(self.0, buffered, buffered_size);
-            let received_size = self.buffer_size(received);
             // Outside a body hook (a request resumed from its scheduled hook) there is no
-            // received data: the whole body is Envoy's buffered one, and goes back there.
-            let target = if received_is_buffered || received_size == 0 {
+            // received data: the whole body is Envoy's buffered one, and goes back there. In
+            // a body hook the new bytes go into the received part, even an empty one (an
+            // end-of-stream call without data): Envoy does not pass on bytes appended to the
+            // buffered part of a body it streams, so a stream's last words would be lost.
+            let target = if received_is_buffered || !self.1 {
                 buffered
             } else {
+                let received_size = self.buffer_size(received);
                 abi::envoy_dynamic_module_callback_http_drain_body(self.0, received, received_size);
                 received
             };

@@ -312,7 +312,7 @@ fn on_body(
         if !wanted {
             return abi::BODY_CONTINUE;
         }
-        let envoy_filter = Filter::new(filter_envoy);
+        let envoy_filter = Filter::in_body_hook(filter_envoy);
         let size = envoy_filter.body_size(direction);
         let generation = this.shared.quota_generation();
         let host = &mut NativeHost::with_spend(envoy_filter, this.shared.as_ref());

@@ -208,6 +208,20 @@ pub const MOCK_ANTHROPIC_KEY: &str = "sk-mock-anthropic";
 /// The `api-key` the mock requires on its Azure OpenAI paths.
 pub const MOCK_AZURE_KEY: &str = "mock-azure-key";
 
+/// The `x-goog-api-key` the mock requires on its Gemini paths.
+pub const MOCK_GEMINI_KEY: &str = "mock-gemini-key";
+
+/// The AWS access key id the mock's Bedrock paths accept (they verify SigV4 signatures).
+pub const MOCK_AWS_ACCESS_KEY_ID: &str = "AKIDMOCKE2EBEDROCK";
+/// The secret of [`MOCK_AWS_ACCESS_KEY_ID`].
+pub const MOCK_AWS_SECRET_ACCESS_KEY: &str = "mock/e2e+bedrock/secret";
+/// Temporary AWS credentials the mock's Bedrock paths accept, with their session token.
+pub const MOCK_AWS_TEMP_ACCESS_KEY_ID: &str = "ASIAMOCKE2ETEMP";
+/// The secret of [`MOCK_AWS_TEMP_ACCESS_KEY_ID`].
+pub const MOCK_AWS_TEMP_SECRET_ACCESS_KEY: &str = "mock-e2e-temporary-secret";
+/// The session token [`MOCK_AWS_TEMP_ACCESS_KEY_ID`] must come with.
+pub const MOCK_AWS_SESSION_TOKEN: &str = "FwoGZXIvYXdzMockE2ESessionToken//==";
+
 /// The secret `tollgate serve` gets as `LITELLM_SALT_KEY` in these tests (the same for every
 /// start, so a restarted control plane reads what an earlier one stored).
 pub const E2E_SALT_KEY: &str = "tollgate-e2e-salt-key";
@@ -230,7 +244,20 @@ impl Mock {
             anthropic_key,
             "--azure-key",
             MOCK_AZURE_KEY,
+            "--gemini-key",
+            MOCK_GEMINI_KEY,
+            "--aws-access-key-id",
+            MOCK_AWS_ACCESS_KEY_ID,
+            "--aws-secret-access-key",
+            MOCK_AWS_SECRET_ACCESS_KEY,
+            "--aws-access-key-id",
+            MOCK_AWS_TEMP_ACCESS_KEY_ID,
+            "--aws-secret-access-key",
+            MOCK_AWS_TEMP_SECRET_ACCESS_KEY,
         ]);
+        command.arg(format!(
+            "--aws-session-token={MOCK_AWS_TEMP_ACCESS_KEY_ID}={MOCK_AWS_SESSION_TOKEN}"
+        ));
         let mut process = Process::start("tollgate-mock", command, &dir.join("mock.log"))?;
         let line = process.wait_for_line("listening on", Duration::from_secs(20))?;
         let url = line

@@ -196,6 +196,26 @@ fn anthropic_stream(env: &Env) {
     let usage_chunk = chunks.last().unwrap();
     assert_eq!(usage_chunk["choices"], json!([]));
     assert!(usage_chunk["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+
+    // A stream the provider drops ends with the gateway's error event, in both builds (the
+    // native module once lost what it wrote on the empty end-of-stream call).
+    let data = env.stream(&json!({
+        "model": "claude-mock", "stream": true, "messages": user("cut mock:stream_cut")
+    }));
+    let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
+    assert_eq!(
+        last,
+        json!({"error": {
+            "message": "The upstream stream ended before the response was complete.",
+            "type": "api_error", "param": null, "code": "upstream_stream_cut"}}),
+        "{data:?}"
+    );
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|chunk| serde_json::from_str(chunk).unwrap())
+        .collect();
+    assert_eq!(streamed_text(&chunks), "echo:");
+    assert!(!data.iter().any(|event| event == "[DONE]"));
 }
 
 fn tools() -> Value {

@@ -712,6 +712,7 @@ pub(crate) async fn handle(state: &State, parts: &Parts, body: &Bytes) -> Respon
             reply: &reply,
             input: &input,
             stream_error: directives.stream_error,
+            stream_cut: directives.stream_cut,
         });
         sse_response(events, directives.delay())
     } else {
@@ -764,6 +765,7 @@ struct StreamCtx<'a> {
     reply: &'a Reply,
     input: &'a Value,
     stream_error: bool,
+    stream_cut: bool,
 }
 
 fn event(e: &wire::Event<'_>) -> Bytes {
@@ -811,6 +813,9 @@ fn stream_events(ctx: &StreamCtx<'_>) -> Vec<Bytes> {
                     message: "Overloaded",
                 },
             }));
+            return events;
+        }
+        if i == 0 && ctx.stream_cut {
             return events;
         }
     }

@@ -24,6 +24,9 @@ pub(crate) struct Directives {
     pub delay_ms: Option<u64>,
     /// `mock:stream_error`: break the stream with an error event after the first content chunk.
     pub stream_error: bool,
+    /// `mock:stream_cut`: end the stream after the first content chunk, without an error or
+    /// the provider's closing events (a connection the provider dropped; Anthropic only).
+    pub stream_cut: bool,
     /// `mock:raw_error`: 500 with a non-JSON body.
     pub raw_error: bool,
 }
@@ -62,6 +65,7 @@ impl Directives {
                     }
                 }
                 ("stream_error", None) => d.stream_error = true,
+                ("stream_cut", None) => d.stream_cut = true,
                 ("raw_error", None) => d.raw_error = true,
                 _ => {}
             }

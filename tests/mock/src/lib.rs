@@ -3,6 +3,9 @@
 //!
 //! * `POST …/chat/completions`: OpenAI Chat Completions.
 //! * `POST …/v1/messages`: Anthropic Messages.
+//! * `POST /v1beta/models/<model>:generateContent` and `:streamGenerateContent`: Gemini.
+//! * `POST /model/<model id>/converse` and `/converse-stream`: AWS Bedrock Converse, SigV4
+//!   signatures verified.
 //! * `GET /_mock/requests`, `DELETE /_mock/requests`, `GET /_mock/health`: introspection.
 //!
 //! Replies are deterministic (`"echo: " + last user text`), and directives in the last user
@@ -11,8 +14,11 @@
 
 mod anthropic;
 mod azure;
+mod bedrock;
 mod body;
 mod common;
+mod eventstream;
+mod gemini;
 mod openai;
 mod wire;
 
@@ -34,6 +40,7 @@ use hyper_util::server::conn::auto;
 use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
 
+pub use bedrock::AwsCredentials;
 pub use body::MockBody;
 
 /// How many requests `/_mock/requests` remembers.
@@ -50,6 +57,11 @@ pub struct MockConfig {
     pub anthropic_api_key: Option<String>,
     /// Required `api-key: <key>` on Azure OpenAI endpoints, if set.
     pub azure_api_key: Option<String>,
+    /// Required `x-goog-api-key: <key>` (or `?key=<key>`) on Gemini endpoints, if set.
+    pub gemini_api_key: Option<String>,
+    /// AWS credentials Bedrock endpoints accept (SigV4 is verified against them); with none,
+    /// every Bedrock request is refused as AWS refuses an unknown key.
+    pub aws_credentials: Vec<AwsCredentials>,
 }
 
 /// One request seen on a provider endpoint.
@@ -153,6 +165,10 @@ enum Provider {
     Anthropic,
     /// Azure OpenAI: `/openai/deployments/<deployment>/chat/completions?api-version=...`.
     Azure,
+    /// Gemini: `/v1beta/models/<model>:generateContent` / `:streamGenerateContent`.
+    Gemini,
+    /// Bedrock: `/model/<model id>/converse` / `/converse-stream`.
+    Bedrock,
 }
 
 fn provider_error(
@@ -164,6 +180,8 @@ fn provider_error(
     match provider {
         Provider::OpenAi => openai::error(status, message, "invalid_request_error", None, None),
         Provider::Azure => azure::error(status, message),
+        Provider::Gemini => gemini::error(status, message, None),
+        Provider::Bedrock => bedrock::error(status, bedrock::error_type(status), message),
         Provider::Anthropic => {
             let request_id = format!("req_mock_{}", state.next_id());
             anthropic::error(status, anthropic::error_type(status), message, &request_id)
@@ -174,7 +192,7 @@ fn provider_error(
 fn not_found(method: &Method, path: &str) -> Response<MockBody> {
     openai::error(
         StatusCode::NOT_FOUND,
-        &format!("Unknown request URL: {method} {path}. tollgate-mock serves POST .../chat/completions, POST .../v1/messages and /_mock/*."),
+        &format!("Unknown request URL: {method} {path}. tollgate-mock serves POST .../chat/completions, POST .../v1/messages, POST /v1beta/models/<model>:generateContent (and :streamGenerateContent), POST /model/<model id>/converse (and /converse-stream) and /_mock/*."),
         "invalid_request_error",
         None,
         Some("unknown_url"),
@@ -193,6 +211,10 @@ async fn route(
             Provider::OpenAi
         } else if path.ends_with("/v1/messages") {
             Provider::Anthropic
+        } else if path.ends_with(":generateContent") || path.ends_with(":streamGenerateContent") {
+            Provider::Gemini
+        } else if bedrock::is_bedrock_path(path) {
+            Provider::Bedrock
         } else {
             return Ok(mock_endpoint(&state, req.method(), path));
         };
@@ -238,6 +260,8 @@ async fn route(
         Provider::OpenAi => openai::handle(&state, &parts, &body).await,
         Provider::Anthropic => anthropic::handle(&state, &parts, &body).await,
         Provider::Azure => azure::handle(&state, &parts, &body).await,
+        Provider::Gemini => gemini::handle(&state, &parts, &body).await,
+        Provider::Bedrock => bedrock::handle(&state, &parts, &body).await,
     })
 }
 

@@ -1,14 +1,15 @@
 //! `tollgate-mock --port N [--host 127.0.0.1] [--openai-key K] [--anthropic-key K]
-//! [--azure-key K]`
+//! [--azure-key K] [--gemini-key K] [--aws-access-key-id ID --aws-secret-access-key S
+//! [--aws-session-token T]]...`
 
 use std::io::Write;
 
 use anyhow::Context;
 use clap::Parser;
 use tokio::net::TcpListener;
-use tollgate_mock::{serve, MockConfig};
+use tollgate_mock::{serve, AwsCredentials, MockConfig};
 
-/// Mock OpenAI Chat Completions and Anthropic Messages provider for tests and benchmarks.
+/// Mock OpenAI Chat Completions, Anthropic Messages and Gemini provider for tests and benchmarks.
 #[derive(Debug, Parser)]
 #[command(name = "tollgate-mock", version)]
 struct Args {
@@ -27,6 +28,19 @@ struct Args {
     /// Require `api-key: <KEY>` on Azure OpenAI endpoints.
     #[arg(long, env = "TOLLGATE_MOCK_AZURE_KEY")]
     azure_key: Option<String>,
+    /// Require `x-goog-api-key: <KEY>` on Gemini endpoints.
+    #[arg(long, env = "TOLLGATE_MOCK_GEMINI_KEY")]
+    gemini_key: Option<String>,
+    /// An AWS access key id Bedrock endpoints accept (repeat for several, each with its
+    /// `--aws-secret-access-key`, in the same order).
+    #[arg(long)]
+    aws_access_key_id: Vec<String>,
+    /// The secret of each `--aws-access-key-id`.
+    #[arg(long)]
+    aws_secret_access_key: Vec<String>,
+    /// `ID=TOKEN`: the session token the temporary key ID must come with.
+    #[arg(long)]
+    aws_session_token: Vec<String>,
     /// Tokio worker threads (default: one per CPU).
     #[arg(long)]
     threads: Option<usize>,
@@ -55,10 +69,36 @@ async fn run(args: Args) -> anyhow::Result<()> {
         writeln!(out, "tollgate-mock listening on http://{addr}")?;
         out.flush()?;
     }
+    anyhow::ensure!(
+        args.aws_access_key_id.len() == args.aws_secret_access_key.len(),
+        "every --aws-access-key-id needs its --aws-secret-access-key"
+    );
+    let mut tokens = Vec::new();
+    for pair in &args.aws_session_token {
+        let (id, token) = pair
+            .split_once('=')
+            .context("--aws-session-token takes ID=TOKEN")?;
+        tokens.push((id.to_string(), token.to_string()));
+    }
+    let aws_credentials = args
+        .aws_access_key_id
+        .iter()
+        .zip(&args.aws_secret_access_key)
+        .map(|(id, secret)| AwsCredentials {
+            access_key_id: id.clone(),
+            secret_access_key: secret.clone(),
+            session_token: tokens
+                .iter()
+                .find(|(token_id, _)| token_id == id)
+                .map(|(_, token)| token.clone()),
+        })
+        .collect();
     let config = MockConfig {
         openai_api_key: args.openai_key,
         anthropic_api_key: args.anthropic_key,
         azure_api_key: args.azure_key,
+        gemini_api_key: args.gemini_key,
+        aws_credentials,
     };
     tokio::select! {
         res = serve(listener, config) => res,

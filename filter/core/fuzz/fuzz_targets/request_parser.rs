@@ -9,7 +9,11 @@
 //!   with only the model replaced and, for a stream without the client's usage chunk,
 //!   `stream_options.include_usage` forced on (so tokens are always counted);
 //! - the Anthropic plan sends a JSON object with the upstream model, a max_tokens of at least
-//!   1 and the client's stream flag, or refuses with a 400.
+//!   1 and the client's stream flag, or refuses with a 400;
+//! - the Gemini plan sends a JSON object with non-empty `contents` of roles `user` and
+//!   `model` (alternating, as they are merged), to the upstream model's `generateContent`
+//!   (`streamGenerateContent?alt=sse` for a stream) with the key in `x-goog-api-key`, or
+//!   refuses with a 400.
 
 #![no_main]
 
@@ -70,6 +74,36 @@ fn check_anthropic(summary: &ChatRequestSummary<'_>, plan: &RequestPlan) {
     assert!(plan.headers.contains(&("x-api-key", "sk-fuzz".into())));
 }
 
+fn check_gemini(summary: &ChatRequestSummary<'_>, plan: &RequestPlan) {
+    let sent = json_object(&plan.body);
+    let contents = sent["contents"].as_array().expect("contents is an array");
+    assert!(!contents.is_empty());
+    let roles: Vec<&str> = contents
+        .iter()
+        .map(|content| content["role"].as_str().expect("a role"))
+        .collect();
+    assert!(
+        roles.iter().all(|role| matches!(*role, "user" | "model")),
+        "{roles:?}"
+    );
+    assert!(roles.windows(2).all(|pair| pair[0] != pair[1]), "{roles:?}");
+    for content in contents {
+        assert!(content["parts"]
+            .as_array()
+            .is_some_and(|parts| !parts.is_empty()));
+    }
+    let endpoint = if summary.stream {
+        ":streamGenerateContent?alt=sse"
+    } else {
+        ":generateContent"
+    };
+    assert_eq!(
+        plan.path,
+        format!("/v1/v1beta/models/{UPSTREAM_MODEL}{endpoint}")
+    );
+    assert!(plan.headers.contains(&("x-goog-api-key", "sk-fuzz".into())));
+}
+
 fuzz_target!(|body: &[u8]| {
     let summary = match summarize_chat_request(body) {
         Ok(summary) => summary,
@@ -110,6 +144,12 @@ fuzz_target!(|body: &[u8]| {
     let state = state_serving(&summary.model, ProviderKind::Anthropic);
     match plan_chat_request(&state, body, &CONTEXT) {
         Ok(plan) if client.is_some() => check_anthropic(&summary, &plan),
+        Ok(_) => {}
+        Err(error) => assert_refusal(&error),
+    }
+    let state = state_serving(&summary.model, ProviderKind::Gemini);
+    match plan_chat_request(&state, body, &CONTEXT) {
+        Ok(plan) if client.is_some() => check_gemini(&summary, &plan),
         Ok(_) => {}
         Err(error) => assert_refusal(&error),
     }

@@ -64,6 +64,55 @@ struct ArbitraryDeployment {
     api_key: String,
     default_max_tokens: u32,
     api_version: String,
+    provider_settings: Option<ArbitraryProviderSettings>,
+    /// Any text: the filter must refuse what is not a JSON object, never panic.
+    default_params_json: String,
+}
+
+/// Typed provider settings, complete or not (a Bedrock deployment without credentials must
+/// be refused, never used).
+#[derive(Arbitrary, Debug)]
+enum ArbitraryProviderSettings {
+    Azure(String),
+    Bedrock {
+        region: String,
+        credentials: Option<(String, String, String)>,
+    },
+    Vertex(String, String, String),
+}
+
+impl ArbitraryProviderSettings {
+    fn to_proto(&self) -> proto::deployment::ProviderSettings {
+        use proto::deployment::ProviderSettings;
+        match self {
+            ArbitraryProviderSettings::Azure(api_version) => {
+                ProviderSettings::Azure(proto::AzureSettings {
+                    api_version: api_version.clone(),
+                })
+            }
+            ArbitraryProviderSettings::Bedrock {
+                region,
+                credentials,
+            } => ProviderSettings::Bedrock(proto::BedrockSettings {
+                region: region.clone(),
+                credentials: credentials.as_ref().map(|(id, secret, token)| {
+                    proto::AwsCredentials {
+                        access_key_id: id.clone(),
+                        secret_access_key: secret.clone(),
+                        session_token: token.clone(),
+                    }
+                }),
+            }),
+            ArbitraryProviderSettings::Vertex(project, location, token) => {
+                ProviderSettings::Vertex(proto::VertexSettings {
+                    project: project.clone(),
+                    location: location.clone(),
+                    access_token: token.clone(),
+                    access_token_expires_unix_ms: 0,
+                })
+            }
+        }
+    }
 }
 
 #[derive(Arbitrary, Debug)]
@@ -116,6 +165,11 @@ impl ArbitrarySnapshot {
                     api_version: deployment.api_version.clone(),
                     pricing: None,
                     limits: None,
+                    provider_settings: deployment
+                        .provider_settings
+                        .as_ref()
+                        .map(ArbitraryProviderSettings::to_proto),
+                    default_params_json: deployment.default_params_json.clone(),
                 })
                 .collect(),
             keys: self

@@ -12,6 +12,7 @@ use tollgate_core::providers::{
 use tollgate_core::usage::TokenCounts;
 use tollgate_core::{proto, State, Usage};
 
+pub mod eventstream;
 pub mod seeds;
 
 /// The clock every target runs with (the core reads none).
@@ -45,6 +46,18 @@ pub fn deployment(model_name: &str, kind: proto::ProviderKind) -> proto::Deploym
         api_version: String::new(),
         pricing: None,
         limits: None,
+        // Bedrock deployments are signed: the plan's signing step runs on every input.
+        provider_settings: (kind == proto::ProviderKind::Bedrock).then(|| {
+            proto::deployment::ProviderSettings::Bedrock(proto::BedrockSettings {
+                region: "us-east-1".to_string(),
+                credentials: Some(proto::AwsCredentials {
+                    access_key_id: "AKIDFUZZ".to_string(),
+                    secret_access_key: "fuzz-secret".to_string(),
+                    session_token: String::new(),
+                }),
+            })
+        }),
+        default_params_json: String::new(),
     }
 }
 
@@ -72,8 +85,14 @@ pub fn streaming_plan(kind: proto::ProviderKind, include_usage: bool) -> Request
     });
     let mut plan = plan_chat_request(&state, request.to_string().as_bytes(), &CONTEXT)
         .unwrap_or_else(|error| panic!("the fixed request is refused: {error}"));
+    // Each translator streams only its own framing (Bedrock's is the AWS event stream).
+    let content_type = if kind == proto::ProviderKind::Bedrock {
+        "application/vnd.amazon.eventstream"
+    } else {
+        "text/event-stream"
+    };
     assert_eq!(
-        plan.response.on_headers(200, Some("text/event-stream")),
+        plan.response.on_headers(200, Some(content_type)),
         ResponseMode::Stream
     );
     plan

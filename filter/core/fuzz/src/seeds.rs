@@ -22,14 +22,19 @@ pub struct Seed {
 }
 
 /// Every target that has seeds.
-pub const TARGETS: [&str; 7] = [
+pub const TARGETS: [&str; 12] = [
     "sse_parser",
     "openai_stream",
     "anthropic_stream",
     "openai_body",
     "anthropic_body",
+    "gemini_stream",
+    "gemini_body",
     "request_parser",
     "snapshot_decode",
+    "aws_eventstream",
+    "bedrock_stream",
+    "bedrock_body",
 ];
 
 /// The directory of the golden fixtures.
@@ -83,7 +88,7 @@ impl Case {
 
 fn cases() -> Vec<Case> {
     let mut cases = Vec::new();
-    for provider in ["openai", "anthropic"] {
+    for provider in ["openai", "anthropic", "gemini", "bedrock"] {
         let directory = fixtures().join(provider);
         let entries = std::fs::read_dir(&directory)
             .unwrap_or_else(|error| panic!("{}: {error}", directory.display()));
@@ -185,6 +190,7 @@ pub fn all() -> Vec<Seed> {
             let options = u8::from(case.include_usage());
             let target = match case.provider {
                 "openai" => "openai_stream",
+                "gemini" => "gemini_stream",
                 _ => "anthropic_stream",
             };
             add(
@@ -198,12 +204,22 @@ pub fn all() -> Vec<Seed> {
                 prefixed(&[u8::MAX, SEED_CHUNKING], &stream),
             );
         }
+        if let Some(events) = case.read("response.events.json") {
+            let options = u8::from(case.include_usage());
+            add(
+                "bedrock_stream",
+                name.clone(),
+                prefixed(&[options, SEED_CHUNKING], &bedrock_stream(&events)),
+            );
+        }
         if let Some(body) = case
             .read("response.json")
             .or_else(|| case.read("response.txt"))
         {
             let target = match case.provider {
                 "openai" => "openai_body",
+                "gemini" => "gemini_body",
+                "bedrock" => "bedrock_body",
                 _ => "anthropic_body",
             };
             add(target, name.clone(), prefixed(&[case.status_pick()], &body));
@@ -211,6 +227,9 @@ pub fn all() -> Vec<Seed> {
     }
     for (target, name, bytes) in REGRESSIONS {
         add(target, format!("regression-{name}"), bytes.to_vec());
+    }
+    for (name, bytes) in eventstream_seeds() {
+        add("aws_eventstream", name, bytes);
     }
     for (name, snapshot) in snapshots() {
         let message = proto::ControlMessage {
@@ -221,7 +240,124 @@ pub fn all() -> Vec<Seed> {
     seeds
 }
 
-/// Snapshots as the control plane sends them: deployments of both providers, settings, and
+/// The binary event stream of a Bedrock fixture's `response.events.json` (frames
+/// `{"event"|"exception": type, "payload": {...}, "corrupt"?: true}`, encoded as the golden
+/// test `golden_bedrock.rs` encodes them).
+fn bedrock_stream(events: &[u8]) -> Vec<u8> {
+    let events: serde_json::Value =
+        serde_json::from_slice(events).unwrap_or_else(|error| panic!("{error}"));
+    let string = |name: &str, value: &str| {
+        (
+            name.to_string(),
+            crate::eventstream::Value::String(value.to_string()),
+        )
+    };
+    let mut stream = Vec::new();
+    for event in events.as_array().into_iter().flatten() {
+        let (kind_header, kind, message_type) = match (event["event"].as_str(), event["exception"].as_str()) {
+            (Some(name), _) => (":event-type", name, "event"),
+            (None, Some(name)) => (":exception-type", name, "exception"),
+            (None, None) => panic!("a frame is an event or an exception: {event}"),
+        };
+        let mut bytes = crate::eventstream::encode(&crate::eventstream::OwnedMessage {
+            headers: vec![
+                string(kind_header, kind),
+                string(":content-type", "application/json"),
+                string(":message-type", message_type),
+            ],
+            payload: serde_json::to_vec(&event["payload"]).unwrap_or_default(),
+        });
+        if event["corrupt"] == true {
+            let at = bytes.len() - 6;
+            bytes[at] ^= 0x20;
+        }
+        stream.extend_from_slice(&bytes);
+    }
+    stream
+}
+
+/// AWS's published event stream vectors (`tests/data/aws/eventstream/encoded`, in
+/// tollgate-core), each alone and the valid ones back to back (also under a bound the largest
+/// is over), and a Bedrock-shaped ConverseStream with an exception at its end.
+fn eventstream_seeds() -> Vec<(String, Vec<u8>)> {
+    let encoded =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/aws/eventstream/encoded");
+    let mut seeds = Vec::new();
+    let mut all_positive = Vec::new();
+    for kind in ["positive", "negative"] {
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(encoded.join(kind))
+            .unwrap_or_else(|error| panic!("{}: {error}", encoded.display()))
+            .map(|entry| entry.unwrap_or_else(|error| panic!("{error}")).path())
+            .collect();
+        paths.sort();
+        for path in paths {
+            let bytes = std::fs::read(&path).unwrap_or_else(|error| panic!("{error}"));
+            let name = path
+                .file_name()
+                .map(|name| name.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if kind == "positive" {
+                all_positive.extend_from_slice(&bytes);
+            }
+            seeds.push((
+                format!("eventstream-{kind}-{name}"),
+                [&[u8::MAX, SEED_CHUNKING][..], &bytes].concat(),
+            ));
+        }
+    }
+    seeds.push((
+        "eventstream-all_positive".into(),
+        [&[u8::MAX, SEED_CHUNKING][..], &all_positive].concat(),
+    ));
+    // A bound of 16 + 4 * 40 = 176 bytes: all_headers (204) is over it.
+    seeds.push((
+        "eventstream-all_positive-bounded".into(),
+        [&[40, 1][..], &all_positive].concat(),
+    ));
+    let event = crate::eventstream::bedrock_event;
+    let mut converse = [
+        event("messageStart", r#"{"p":"abcdefghijk","role":"assistant"}"#),
+        event(
+            "contentBlockDelta",
+            r#"{"contentBlockIndex":0,"delta":{"text":"Hello"},"p":"abcdefghijklmnopq"}"#,
+        ),
+        event("contentBlockStop", r#"{"contentBlockIndex":0,"p":"abcd"}"#),
+        event("messageStop", r#"{"p":"abcdefgh","stopReason":"end_turn"}"#),
+        event(
+            "metadata",
+            r#"{"metrics":{"latencyMs":412},"p":"ab","usage":{"inputTokens":12,"outputTokens":5,"totalTokens":17}}"#,
+        ),
+    ]
+    .concat();
+    seeds.push((
+        "eventstream-bedrock_converse".into(),
+        [&[u8::MAX, SEED_CHUNKING][..], &converse].concat(),
+    ));
+    let string = |name: &str, value: &str| {
+        (
+            name.to_string(),
+            crate::eventstream::Value::String(value.to_string()),
+        )
+    };
+    converse.extend(crate::eventstream::encode(
+        &crate::eventstream::OwnedMessage {
+            headers: vec![
+                string(":exception-type", "throttlingException"),
+                string(":content-type", "application/json"),
+                string(":message-type", "exception"),
+            ],
+            payload: br#"{"message":"Too many requests, please wait before trying again."}"#
+                .to_vec(),
+        },
+    ));
+    seeds.push((
+        "eventstream-bedrock_throttled".into(),
+        [&[u8::MAX, 0][..], &converse].concat(),
+    ));
+    seeds
+}
+
+/// Snapshots as the control plane sends them: deployments of every provider kind, settings, and
 /// keys (valid, blocked, expiring, limited to models, and one with a broken hash).
 fn snapshots() -> Vec<(&'static str, proto::Snapshot)> {
     let deployment =
@@ -263,6 +399,11 @@ fn snapshots() -> Vec<(&'static str, proto::Snapshot)> {
                 "claude",
                 proto::ProviderKind::Anthropic,
                 "https://api.anthropic.com",
+            ),
+            deployment(
+                "gemini",
+                proto::ProviderKind::Gemini,
+                "https://generativelanguage.googleapis.com",
             ),
             deployment("broken", proto::ProviderKind::Unspecified, "ftp://nowhere"),
         ],

@@ -683,6 +683,7 @@ impl AnthropicUsage {
             prompt_tokens_details: oa::PromptTokensDetails {
                 cached_tokens: self.cache_read_input_tokens.unwrap_or(0),
             },
+            completion_tokens_details: None,
             cost: None,
         }
     }

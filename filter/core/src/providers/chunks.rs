@@ -276,6 +276,7 @@ mod tests {
                     completion_tokens: 4,
                     total_tokens: 7,
                     prompt_tokens_details: oa::PromptTokensDetails { cached_tokens: 0 },
+                    completion_tokens_details: None,
                     cost: None,
                 },
             )

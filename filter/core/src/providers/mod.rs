@@ -6,7 +6,9 @@
 //! into OpenAI's format: a buffered body, an error body, or a stream chunk by chunk.
 
 pub mod anthropic;
+pub mod bedrock;
 pub mod chunks;
+pub mod gemini;
 pub mod openai;
 
 use crate::error::{error_body, error_type_for_status};
@@ -106,6 +108,13 @@ pub trait ProviderResponse {
     /// Translates a provider error body (status >= 400) into OpenAI's error shape.
     fn translate_error(&self, status: u16, body: &[u8]) -> Vec<u8>;
 
+    /// The status the client gets for a provider error (status >= 400) when it is not the
+    /// provider's: `None` keeps it. (Gemini answers a key it refuses with 400; OpenAI
+    /// clients expect 401.)
+    fn error_status(&self, _status: u16, _body: &[u8]) -> Option<u16> {
+        None
+    }
+
     /// Translates one chunk of a successful stream, appending output to `out`, and records
     /// usage as it is reported. On `end_of_stream` it flushes whatever it still holds.
     fn translate_stream(
@@ -124,6 +133,10 @@ pub enum ResponseTranslator {
     OpenAi(openai::OpenAiResponse),
     /// Anthropic Messages.
     Anthropic(anthropic::AnthropicResponse),
+    /// Gemini generateContent.
+    Gemini(gemini::GeminiResponse),
+    /// Bedrock Converse.
+    Bedrock(bedrock::BedrockResponse),
 }
 
 impl ResponseTranslator {
@@ -131,6 +144,8 @@ impl ResponseTranslator {
         match self {
             ResponseTranslator::OpenAi(inner) => inner,
             ResponseTranslator::Anthropic(inner) => inner,
+            ResponseTranslator::Gemini(inner) => inner,
+            ResponseTranslator::Bedrock(inner) => inner,
         }
     }
 
@@ -138,6 +153,8 @@ impl ResponseTranslator {
         match self {
             ResponseTranslator::OpenAi(inner) => inner,
             ResponseTranslator::Anthropic(inner) => inner,
+            ResponseTranslator::Gemini(inner) => inner,
+            ResponseTranslator::Bedrock(inner) => inner,
         }
     }
 }
@@ -168,6 +185,27 @@ pub fn translate_request(
                 deployment.prices,
             );
             Ok((request, ResponseTranslator::Anthropic(response)))
+        }
+        Wire::Gemini => {
+            let request = gemini::build_request(summary, body, deployment, context)?;
+            let response = gemini::GeminiResponse::new(
+                context,
+                summary.include_usage,
+                deployment.prices,
+                &deployment.upstream_model,
+            );
+            Ok((request, ResponseTranslator::Gemini(response)))
+        }
+        Wire::Bedrock => {
+            let request = bedrock::build_request(summary, body, deployment, context)?;
+            let response = bedrock::BedrockResponse::new(
+                context,
+                body,
+                summary.include_usage,
+                deployment.prices,
+                &deployment.upstream_model,
+            );
+            Ok((request, ResponseTranslator::Bedrock(response)))
         }
     }
 }
@@ -229,6 +267,13 @@ impl ResponseHandler {
         self.mode
     }
 
+    /// Whether the client's `content-type` must be replaced by `text/event-stream`: a stream
+    /// whose provider frames it otherwise (Bedrock's AWS event stream, NDJSON) reaches the
+    /// client as server-sent events.
+    pub fn streams_in_another_framing(&self) -> bool {
+        self.mode == ResponseMode::Stream && self.translator.inner_ref().framing() != Framing::Sse
+    }
+
     /// The mode chosen by [`Self::on_headers`].
     pub fn mode(&self) -> ResponseMode {
         self.mode
@@ -252,13 +297,18 @@ impl ResponseHandler {
     /// Translates a complete buffered body.
     pub fn on_complete_body(&mut self, body: &[u8]) -> CompletedBody {
         if !(200..300).contains(&self.status) {
+            let translator = self.translator.inner_ref();
+            let translated = translator.translate_error(self.status, body);
+            let replaced = translator
+                .error_status(self.status, body)
+                .filter(|status| *status >= 400);
+            if let Some(status) = replaced {
+                // The usage record and the stats say what the client got.
+                self.status = status;
+            }
             return CompletedBody {
-                status: None,
-                body: Some(
-                    self.translator
-                        .inner_ref()
-                        .translate_error(self.status, body),
-                ),
+                status: replaced,
+                body: Some(translated),
             };
         }
         match self

@@ -101,7 +101,7 @@ fn chat_path(deployment: &Deployment) -> String {
 
 /// Appends `text` percent-encoded but for RFC 3986's unreserved characters, so a name with
 /// `/`, `?` or spaces stays one segment (or one query value).
-fn push_path_segment(path: &mut String, text: &str) {
+pub(crate) fn push_path_segment(path: &mut String, text: &str) {
     for byte in text.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
             path.push(char::from(byte));
