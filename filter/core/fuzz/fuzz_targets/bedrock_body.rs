@@ -28,9 +28,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert!(plan.response.drops_content_length());
-    let client = completed
-        .body
-        .expect("Bedrock bodies are always rewritten");
+    let client = completed.body.expect("Bedrock bodies are always rewritten");
     match completed.status {
         Some(replaced) => {
             assert!((200..300).contains(&status), "an error status is kept");
@@ -65,13 +63,15 @@ fuzz_target!(|data: &[u8]| {
             assert_openai_error(&client);
             assert!(!plan.response.usage().is_reported());
             // Bedrock's own message reaches the client as it was.
-            let message = serde_json::from_slice::<Value>(body).ok().and_then(|value| {
-                value
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .filter(|message| !message.is_empty())
-                    .map(str::to_string)
-            });
+            let message = serde_json::from_slice::<Value>(body)
+                .ok()
+                .and_then(|value| {
+                    value
+                        .get("message")
+                        .and_then(Value::as_str)
+                        .filter(|message| !message.is_empty())
+                        .map(str::to_string)
+                });
             if let Some(message) = message {
                 assert_eq!(json_object(&client)["error"]["message"], message.as_str());
             }

@@ -104,6 +104,35 @@ fn check_gemini(summary: &ChatRequestSummary<'_>, plan: &RequestPlan) {
     assert!(plan.headers.contains(&("x-goog-api-key", "sk-fuzz".into())));
 }
 
+/// A Converse request: alternating roles from the user, none empty, no model or stream field
+/// (they are the path's), sent to the model's endpoint and signed.
+fn check_bedrock(summary: &ChatRequestSummary<'_>, plan: &RequestPlan) {
+    let sent = json_object(&plan.body);
+    assert!(!sent.contains_key("model") && !sent.contains_key("stream"));
+    let messages = sent["messages"].as_array().expect("messages is an array");
+    let roles: Vec<&str> = messages
+        .iter()
+        .map(|message| message["role"].as_str().expect("a role"))
+        .collect();
+    assert_eq!(roles.first(), Some(&"user"), "{roles:?}");
+    assert!(roles.windows(2).all(|pair| pair[0] != pair[1]), "{roles:?}");
+    for message in messages {
+        assert!(message["content"]
+            .as_array()
+            .is_some_and(|content| !content.is_empty()));
+    }
+    let endpoint = if summary.stream {
+        "converse-stream"
+    } else {
+        "converse"
+    };
+    assert_eq!(plan.path, format!("/v1/model/{UPSTREAM_MODEL}/{endpoint}"));
+    let header = |name: &str| plan.headers.iter().find(|(set, _)| *set == name);
+    assert!(header("authorization")
+        .is_some_and(|(_, value)| value.starts_with("AWS4-HMAC-SHA256 Credential=AKIDFUZZ/")));
+    assert!(header("x-amz-date").is_some());
+}
+
 fuzz_target!(|body: &[u8]| {
     let summary = match summarize_chat_request(body) {
         Ok(summary) => summary,
@@ -150,6 +179,12 @@ fuzz_target!(|body: &[u8]| {
     let state = state_serving(&summary.model, ProviderKind::Gemini);
     match plan_chat_request(&state, body, &CONTEXT) {
         Ok(plan) if client.is_some() => check_gemini(&summary, &plan),
+        Ok(_) => {}
+        Err(error) => assert_refusal(&error),
+    }
+    let state = state_serving(&summary.model, ProviderKind::Bedrock);
+    match plan_chat_request(&state, body, &CONTEXT) {
+        Ok(plan) if client.is_some() => check_bedrock(&summary, &plan),
         Ok(_) => {}
         Err(error) => assert_refusal(&error),
     }

@@ -254,11 +254,12 @@ fn bedrock_stream(events: &[u8]) -> Vec<u8> {
     };
     let mut stream = Vec::new();
     for event in events.as_array().into_iter().flatten() {
-        let (kind_header, kind, message_type) = match (event["event"].as_str(), event["exception"].as_str()) {
-            (Some(name), _) => (":event-type", name, "event"),
-            (None, Some(name)) => (":exception-type", name, "exception"),
-            (None, None) => panic!("a frame is an event or an exception: {event}"),
-        };
+        let (kind_header, kind, message_type) =
+            match (event["event"].as_str(), event["exception"].as_str()) {
+                (Some(name), _) => (":event-type", name, "event"),
+                (None, Some(name)) => (":exception-type", name, "exception"),
+                (None, None) => panic!("a frame is an event or an exception: {event}"),
+            };
         let mut bytes = crate::eventstream::encode(&crate::eventstream::OwnedMessage {
             headers: vec![
                 string(kind_header, kind),
