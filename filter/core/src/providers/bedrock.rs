@@ -37,8 +37,9 @@ use crate::error::error_body;
 use crate::openai_types::{self as oa, Content, ContentPart, Str};
 use crate::pricing::{stream_cost, Prices};
 use crate::providers::chunks::ChunkWriter;
-use crate::providers::openai::push_path_segment;
-use crate::providers::{ChunkOutput, Framing, ProviderResponse, TranslateContext, UpstreamRequest};
+use crate::providers::{
+    push_path_segment, ChunkOutput, Framing, ProviderResponse, TranslateContext, UpstreamRequest,
+};
 use crate::request::ChatRequestSummary;
 use crate::snapshot::Deployment;
 use crate::{GatewayError, Usage};

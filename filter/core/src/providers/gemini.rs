@@ -39,7 +39,8 @@ use crate::openai_types::{self as oa, Content, ContentPart, Str};
 use crate::pricing::{stream_cost, Prices};
 use crate::providers::chunks::ChunkWriter;
 use crate::providers::{
-    openai_shaped_error, ChunkOutput, ProviderResponse, TranslateContext, UpstreamRequest,
+    openai_shaped_error, push_path_segment, ChunkOutput, ProviderResponse, TranslateContext,
+    UpstreamRequest,
 };
 use crate::request::ChatRequestSummary;
 use crate::snapshot::{Deployment, Wire};
@@ -679,17 +680,6 @@ fn response_format<'r>(
             "response_format.type",
             format!("Invalid value: '{other}'. Supported values are: 'text', 'json_object' and 'json_schema'."),
         )),
-    }
-}
-
-/// Appends `name` to `path`, percent-encoding what may not stand in a path segment.
-fn push_path_segment(path: &mut String, name: &str) {
-    for byte in name.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            path.push(char::from(byte));
-        } else {
-            path.push_str(&format!("%{byte:02X}"));
-        }
     }
 }
 

@@ -210,6 +210,21 @@ pub fn translate_request(
     }
 }
 
+/// Appends `text` percent-encoded but for RFC 3986's unreserved characters, so a name with
+/// `/`, `?`, `:` or spaces stays one path segment (or one query value): Azure's deployment,
+/// Gemini's model, Bedrock's model id or ARN.
+pub(crate) fn push_path_segment(path: &mut String, text: &str) {
+    use std::fmt::Write as _;
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            path.push(char::from(byte));
+        } else {
+            // Writing to a String cannot fail.
+            let _ = write!(path, "%{byte:02X}");
+        }
+    }
+}
+
 /// How the glue should treat the response body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResponseMode {

@@ -9,10 +9,11 @@
 use serde::Deserialize;
 
 use crate::pricing::{cost_header_value, stream_cost, Prices};
-use crate::providers::{openai_shaped_error, ChunkOutput, ProviderResponse, UpstreamRequest};
+use crate::providers::{
+    openai_shaped_error, push_path_segment, ChunkOutput, ProviderResponse, UpstreamRequest,
+};
 use crate::request::{apply_edits, object_insert_point, ChatRequestSummary, Edit};
 use crate::snapshot::Deployment;
-use std::fmt::Write as _;
 use std::ops::Range;
 use tollgate_catalogue::{Auth, ChatPath};
 
@@ -95,19 +96,6 @@ fn chat_path(deployment: &Deployment) -> String {
                 push_path_segment(&mut path, &deployment.api_version);
             }
             path
-        }
-    }
-}
-
-/// Appends `text` percent-encoded but for RFC 3986's unreserved characters, so a name with
-/// `/`, `?` or spaces stays one segment (or one query value).
-pub(crate) fn push_path_segment(path: &mut String, text: &str) {
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            path.push(char::from(byte));
-        } else {
-            // Writing to a String cannot fail.
-            let _ = write!(path, "%{byte:02X}");
         }
     }
 }
