@@ -9,7 +9,7 @@ use prost::Message;
 const SECRET_MESSAGES: [&str; 6] = [
     ".tollgate.v1.Deployment",
     ".tollgate.v1.AwsCredentials",
-    ".tollgate.v1.VertexSettings",
+    ".tollgate.v1.ProviderToken",
     ".tollgate.v1.CreateModelRequest",
     ".tollgate.v1.UpdateModelRequest",
     ".tollgate.v1.GeneratedKey",

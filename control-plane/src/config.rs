@@ -137,26 +137,9 @@ fn shown_value(value: &str) -> String {
 
 /// Checks a service account key's JSON: the fields the token exchange signs with.
 fn check_service_account(text: &str) -> Result<(), String> {
-    let value: serde_json::Value = serde_json::from_str(text).map_err(|error| {
-        format!(
-            "not JSON (at line {}, column {})",
-            error.line(),
-            error.column()
-        )
-    })?;
-    if value.get("type").and_then(serde_json::Value::as_str) != Some("service_account") {
-        return Err("not a service account key (\"type\" is not \"service_account\")".into());
-    }
-    for field in ["client_email", "private_key", "token_uri"] {
-        if value
-            .get(field)
-            .and_then(serde_json::Value::as_str)
-            .is_none_or(str::is_empty)
-        {
-            return Err(format!("the service account key has no \"{field}\""));
-        }
-    }
-    Ok(())
+    crate::google_auth::ServiceAccount::parse(text)
+        .map(|_| ())
+        .map_err(|error| error.to_string())
 }
 
 /// Envoy's buffer limits are 32-bit, so a larger request limit could never be honoured.
@@ -188,6 +171,8 @@ pub fn wire_to_proto(wire: Wire) -> proto::ProviderKind {
         Wire::Anthropic => proto::ProviderKind::Anthropic,
         Wire::Gemini => proto::ProviderKind::Gemini,
         Wire::Bedrock => proto::ProviderKind::Bedrock,
+        Wire::Cohere => proto::ProviderKind::Cohere,
+        Wire::Ollama => proto::ProviderKind::Ollama,
     }
 }
 
@@ -1672,6 +1657,9 @@ impl Checker<'_> {
                 }
             },
         };
+        // Hugging Face's router names models its own way (see the catalogue).
+        let upstream_model =
+            provider.upstream_model(&upstream_model, !params.contains_key(base_field));
         let api_key = self.string(params, "api_key", &params_path);
         let api_version = self.string(params, "api_version", &params_path);
         let api_version_path = format!("{params_path}.api_version");
@@ -1698,7 +1686,9 @@ impl Checker<'_> {
             }
             _ => None,
         };
-        let default_max_tokens = max_tokens.or(provider.wire.required_max_tokens());
+        // Vertex AI serves Claude models with Anthropic's body: the model decides.
+        let wire = provider.wire_for(&upstream_model);
+        let default_max_tokens = max_tokens.or(wire.required_max_tokens());
         let mut default_params = default_params;
         if let Some(max_tokens) = max_tokens {
             default_params.insert("max_tokens".into(), serde_json::Value::from(max_tokens));
@@ -1716,7 +1706,7 @@ impl Checker<'_> {
             index,
             model_name,
             provider_name,
-            kind: provider.wire,
+            kind: wire,
             upstream_model,
             api_base,
             api_key,
@@ -2414,7 +2404,8 @@ model_list:
         );
     }
 
-    const SERVICE_ACCOUNT: &str = r#"{"type":"service_account","client_email":"sa@p.iam.gserviceaccount.com","private_key":"-----BEGIN PRIVATE KEY-----\nMII\n-----END PRIVATE KEY-----\n","token_uri":"https://oauth2.googleapis.com/token"}"#;
+    /// The test-only key of `tests/data/vertex` (it opens nothing).
+    const SERVICE_ACCOUNT: &str = include_str!("../../tests/data/vertex/service-account.json");
 
     #[test]
     fn vertex_settings_take_the_key_json_or_its_file() {
@@ -2618,6 +2609,52 @@ general_settings:
     }
 
     #[test]
+    fn openai_compatible_presets_get_their_bases_and_hugging_face_its_model_names() {
+        let text = "model_list:\n  - model_name: nim\n    litellm_params:\n      model: nvidia_nim/meta/llama-3.1-8b-instruct\n  - model_name: cerebras\n    litellm_params:\n      model: cerebras/llama3.1-8b\n  - model_name: hf-routed\n    litellm_params:\n      model: huggingface/together/deepseek-ai/DeepSeek-R1\n  - model_name: hf-tgi\n    litellm_params:\n      model: huggingface/together/deepseek-ai/DeepSeek-R1\n      api_base: http://127.0.0.1:8080/v1\n";
+        let d = ok(text).config.deployments;
+        let got: Vec<(&str, &str, &str, Wire)> = d
+            .iter()
+            .map(|d| {
+                (
+                    d.provider_name.as_str(),
+                    d.upstream_model.as_str(),
+                    d.api_base.as_str(),
+                    d.kind,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "nvidia_nim",
+                    "meta/llama-3.1-8b-instruct",
+                    "https://integrate.api.nvidia.com/v1",
+                    Wire::OpenAi
+                ),
+                (
+                    "cerebras",
+                    "llama3.1-8b",
+                    "https://api.cerebras.ai/v1",
+                    Wire::OpenAi
+                ),
+                (
+                    "huggingface",
+                    "deepseek-ai/DeepSeek-R1:together",
+                    "https://router.huggingface.co/v1",
+                    Wire::OpenAi
+                ),
+                (
+                    "huggingface",
+                    "together/deepseek-ai/DeepSeek-R1",
+                    "http://127.0.0.1:8080/v1",
+                    Wire::OpenAi
+                ),
+            ]
+        );
+    }
+
+    #[test]
     fn gemini_deployments_speak_the_gemini_wire() {
         let text = "model_list:\n  - model_name: flash\n    litellm_params:\n      model: gemini/gemini-2.5-flash\n      api_key: os.environ/GEMINI_API_KEY\n  - model_name: flash-proxied\n    litellm_params:\n      model: gemini/gemini-2.5-pro\n      api_base: https://proxy.example.com/v1beta/\n";
         let loaded = ok_env(text, &[("GEMINI_API_KEY", "AIza-test")]);
@@ -2632,6 +2669,48 @@ general_settings:
         assert_eq!(d[0].default_max_tokens, None);
         assert_eq!(d[1].api_base, "https://proxy.example.com/v1beta");
         assert_eq!(wire_to_proto(d[1].kind), proto::ProviderKind::Gemini);
+    }
+
+    #[test]
+    fn cohere_deployments_speak_the_cohere_wire() {
+        let text = "model_list:\n  - model_name: command\n    litellm_params:\n      model: cohere/command-r-plus\n      api_key: os.environ/COHERE_API_KEY\n  - model_name: command-chat\n    litellm_params:\n      model: cohere_chat/command-a-03-2025\n      api_base: https://cohere.example.com/\n";
+        let loaded = ok_env(text, &[("COHERE_API_KEY", "co-test")]);
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        let d = &loaded.config.deployments;
+        assert_eq!(d[0].kind, Wire::Cohere);
+        assert_eq!(d[0].provider_name, "cohere");
+        assert_eq!(d[0].upstream_model, "command-r-plus");
+        assert_eq!(d[0].api_base, "https://api.cohere.com");
+        assert_eq!(d[0].api_key.as_deref(), Some("co-test"));
+        // Cohere needs no max_tokens: none is invented.
+        assert_eq!(d[0].default_max_tokens, None);
+        assert_eq!(d[1].kind, Wire::Cohere);
+        assert_eq!(d[1].provider_name, "cohere_chat");
+        assert_eq!(d[1].upstream_model, "command-a-03-2025");
+        assert_eq!(d[1].api_base, "https://cohere.example.com");
+        assert_eq!(wire_to_proto(d[1].kind), proto::ProviderKind::Cohere);
+    }
+
+    #[test]
+    fn ollama_deployments_speak_the_ollama_wire() {
+        // LiteLLM's seed config, and ollama_chat/ on the default base with a key (ollama.com).
+        let text = "model_list:\n  - model_name: llama2\n    litellm_params:\n      model: ollama/llama2\n      api_base: http://host.docker.internal:11434\n  - model_name: llama-chat\n    litellm_params:\n      model: ollama_chat/llama3.1:8b\n      api_key: os.environ/OLLAMA_API_KEY\n";
+        let loaded = ok_env(text, &[("OLLAMA_API_KEY", "ollama-test")]);
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        let d = &loaded.config.deployments;
+        assert_eq!(d[0].kind, Wire::Ollama);
+        assert_eq!(d[0].provider_name, "ollama");
+        assert_eq!(d[0].upstream_model, "llama2");
+        assert_eq!(d[0].api_base, "http://host.docker.internal:11434");
+        assert_eq!(d[0].api_key, None);
+        // Ollama needs no max_tokens: none is invented.
+        assert_eq!(d[0].default_max_tokens, None);
+        assert_eq!(d[1].kind, Wire::Ollama);
+        assert_eq!(d[1].provider_name, "ollama_chat");
+        assert_eq!(d[1].upstream_model, "llama3.1:8b");
+        assert_eq!(d[1].api_base, "http://localhost:11434");
+        assert_eq!(d[1].api_key.as_deref(), Some("ollama-test"));
+        assert_eq!(wire_to_proto(d[1].kind), proto::ProviderKind::Ollama);
     }
 
     #[test]
@@ -2651,6 +2730,21 @@ general_settings:
                 assert_eq!(
                     loaded.config.deployments[0].api_base,
                     "https://bedrock-runtime.ap-northeast-1.amazonaws.com"
+                );
+                assert_eq!(loaded.config.deployments[0].kind, spec.wire);
+                continue;
+            }
+            if spec.settings == Settings::Vertex {
+                // The location's endpoint, once the settings give it.
+                assert_eq!(spec.default_api_base, None);
+                let text = format!(
+                    "{text}      vertex_project: p-1\n      vertex_location: europe-west4\n      vertex_credentials: {}\n",
+                    serde_json::to_string(SERVICE_ACCOUNT).unwrap()
+                );
+                let loaded = ok(&text);
+                assert_eq!(
+                    loaded.config.deployments[0].api_base,
+                    "https://europe-west4-aiplatform.googleapis.com"
                 );
                 assert_eq!(loaded.config.deployments[0].kind, spec.wire);
                 continue;
@@ -3030,25 +3124,25 @@ litellm_settings:
     fn unsupported_providers_are_skipped_with_a_warning() {
         let text = r#"
 model_list:
-  - model_name: hf
-    litellm_params: {model: huggingface/zephyr-7b, api_key: os.environ/UNSET_HF_KEY}
+  - model_name: rp
+    litellm_params: {model: replicate/zephyr-7b, api_key: os.environ/UNSET_RP_KEY}
   - model_name: gpt
     litellm_params: {model: openai/gpt-4o}
   - model_name: az
-    litellm_params: {model: cohere_chat/command-r, api_base: "not a url"}
+    litellm_params: {model: sagemaker_chat/command-r, api_base: "not a url"}
   - model_name: typo
     litellm_params: {model: opneai/gpt-4o}
-  - model_name: ol
-    litellm_params: {model: ollama_chat/llama3}
+  - model_name: wx
+    litellm_params: {model: watsonx/ibm/granite-13b-chat-v2}
 "#;
         let loaded = ok(text);
         assert_eq!(
             warnings(&loaded),
             [
-                "model_list[0].litellm_params.model: provider \"huggingface\" is not supported by Tollgate yet; deployment skipped",
-                "model_list[2].litellm_params.model: provider \"cohere_chat\" is not supported by Tollgate yet; deployment skipped",
+                "model_list[0].litellm_params.model: provider \"replicate\" is not supported by Tollgate yet; deployment skipped",
+                "model_list[2].litellm_params.model: provider \"sagemaker_chat\" is not supported by Tollgate yet; deployment skipped",
                 "model_list[3].litellm_params.model: unknown provider \"opneai\"; deployment skipped",
-                "model_list[4].litellm_params.model: provider \"ollama_chat\" is not supported by Tollgate yet; deployment skipped",
+                "model_list[4].litellm_params.model: provider \"watsonx\" is not supported by Tollgate yet; deployment skipped",
             ]
         );
         assert_eq!(loaded.config.deployments.len(), 1);

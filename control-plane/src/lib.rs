@@ -11,6 +11,7 @@ pub mod client;
 pub mod config;
 pub mod delta;
 pub mod envoy;
+pub mod google_auth;
 pub mod grpc_api;
 pub mod http_api;
 pub mod limits;

@@ -63,16 +63,12 @@ impl std::fmt::Debug for AwsCredentials {
     }
 }
 
-impl std::fmt::Debug for VertexSettings {
+impl std::fmt::Debug for ProviderToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VertexSettings")
-            .field("project", &self.project)
-            .field("location", &self.location)
+        f.debug_struct("ProviderToken")
+            .field("deployment_id", &self.deployment_id)
             .field("access_token", &redacted(&self.access_token))
-            .field(
-                "access_token_expires_unix_ms",
-                &self.access_token_expires_unix_ms,
-            )
+            .field("expires_unix_ms", &self.expires_unix_ms)
             .finish()
     }
 }

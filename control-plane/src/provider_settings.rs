@@ -14,8 +14,8 @@ use crate::proto::{self, deployment::ProviderSettings as ProtoSettings};
 use crate::store::DeploymentRecord;
 
 /// The `provider_settings` a filter gets for `record`. A Vertex deployment gets no access
-/// token here: the token source adds it (the service account's key never leaves the
-/// control plane).
+/// token here: [`crate::google_auth`] mints them and the sync stream sends them apart (the
+/// service account's key never leaves the control plane).
 pub fn to_proto(record: &DeploymentRecord) -> Option<ProtoSettings> {
     let kind = tollgate_catalogue::find(&record.provider_name).map(|provider| provider.settings);
     match (&record.provider_settings, kind) {
@@ -37,8 +37,6 @@ pub fn to_proto(record: &DeploymentRecord) -> Option<ProtoSettings> {
             Some(ProtoSettings::Vertex(proto::VertexSettings {
                 project: vertex.project.clone(),
                 location: vertex.location.clone(),
-                access_token: String::new(),
-                access_token_expires_unix_ms: 0,
             }))
         }
         (ProviderSettings::None, Some(Settings::Azure)) => {

@@ -309,6 +309,9 @@ pub struct SyncHub {
     alert_webhook: std::sync::OnceLock<String>,
     /// The quota authority's state (replica id, streams holding parallel slots).
     quota: QuotaAuthority,
+    /// This replica's provider access tokens (Vertex AI's), sent apart from snapshots;
+    /// streams wait on it for changes.
+    tokens: watch::Sender<Arc<proto::ProviderTokens>>,
 }
 
 impl SyncHub {
@@ -358,12 +361,14 @@ impl SyncHub {
             spend: watch::Sender::new(Arc::new(SpendView::default())),
             alert_webhook: std::sync::OnceLock::new(),
             quota: QuotaAuthority::new(),
+            tokens: watch::Sender::new(Arc::new(proto::ProviderTokens::default())),
         });
         // Every hub pushes spend; outside a runtime (never in the service) there is no
         // stream to push it to either.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(run_spend_publisher(hub.clone()));
             runtime.spawn(quota::run_maintenance(hub.clone()));
+            runtime.spawn(crate::google_auth::run_token_refresher(hub.clone()));
         }
         hub
     }
@@ -401,6 +406,28 @@ impl SyncHub {
     /// Runs `read` on the served state.
     pub fn with_served<T>(&self, read: impl FnOnce(&Served) -> T) -> T {
         read(&self.served())
+    }
+
+    /// Sends `tokens` to every stream (and to every new one after its snapshot), unless
+    /// they are the ones held.
+    pub fn publish_tokens(&self, tokens: proto::ProviderTokens) {
+        self.tokens.send_if_modified(|held| {
+            if **held == tokens {
+                return false;
+            }
+            *held = Arc::new(tokens);
+            true
+        });
+    }
+
+    /// The provider tokens streams are sent.
+    pub fn provider_tokens(&self) -> Arc<proto::ProviderTokens> {
+        self.tokens.borrow().clone()
+    }
+
+    /// Changes whenever a new version is served.
+    pub fn subscribe_versions(&self) -> watch::Receiver<u64> {
+        self.versions.subscribe()
     }
 
     /// Changes to true when the hub shuts down.
@@ -864,6 +891,17 @@ async fn send_spend(
     sender.send(Ok(message)).await.is_ok()
 }
 
+/// Sends the provider tokens; false when the stream is gone.
+async fn send_tokens(
+    sender: &mpsc::Sender<Result<proto::ControlMessage, Status>>,
+    tokens: &proto::ProviderTokens,
+) -> bool {
+    let message = proto::ControlMessage {
+        kind: Some(control_message::Kind::ProviderTokens(tokens.clone())),
+    };
+    sender.send(Ok(message)).await.is_ok()
+}
+
 fn snapshot_message(snapshot: proto::Snapshot) -> (proto::ControlMessage, u64) {
     let version = snapshot.version;
     (
@@ -912,6 +950,12 @@ async fn run_stream(
     if !send_spend(&sender, view.full_update()).await {
         return;
     }
+    // And the provider tokens, so Vertex AI deployments work from the first request too.
+    let mut tokens = hub.tokens.subscribe();
+    let held = tokens.borrow_and_update().clone();
+    if !held.tokens.is_empty() && !send_tokens(&sender, &held).await {
+        return;
+    }
     let (usage, usage_queue) = mpsc::channel(USAGE_QUEUE);
     let mut work = StreamWork {
         usage,
@@ -938,6 +982,15 @@ async fn run_stream(
             }
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow_and_update() {
+                    break;
+                }
+            }
+            changed = tokens.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let held = tokens.borrow_and_update().clone();
+                if !send_tokens(&sender, &held).await {
                     break;
                 }
             }

@@ -55,7 +55,7 @@ fn check_config_reports_warnings_and_errors() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("good.yaml"),
-        "model_list:\n  - model_name: a\n    litellm_params: {model: openai/x, timeout: 3}\n  - model_name: b\n    litellm_params: {model: cohere_chat/g}\n",
+        "model_list:\n  - model_name: a\n    litellm_params: {model: openai/x, timeout: 3}\n  - model_name: b\n    litellm_params: {model: sagemaker_chat/g}\n",
     )
     .unwrap();
     let output = tollgate(&["check-config", "--config", "good.yaml"], dir.path());
@@ -67,7 +67,7 @@ fn check_config_reports_warnings_and_errors() {
         ),
         "{stdout}"
     );
-    assert!(stdout.contains("warning: model_list[1].litellm_params.model: provider \"cohere_chat\" is not supported by Tollgate yet; deployment skipped"), "{stdout}");
+    assert!(stdout.contains("warning: model_list[1].litellm_params.model: provider \"sagemaker_chat\" is not supported by Tollgate yet; deployment skipped"), "{stdout}");
     assert!(
         stdout.contains("good.yaml: OK, 1 deployments of 1 models, 2 warnings"),
         "{stdout}"

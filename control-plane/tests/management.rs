@@ -593,7 +593,7 @@ async fn bad_input(db: Db) {
         ),
         (
             "/model/new",
-            json!({"model_name": "m", "litellm_params": {"model": "cohere_chat/g"}}),
+            json!({"model_name": "m", "litellm_params": {"model": "sagemaker_chat/g"}}),
             "litellm_params.model",
         ),
         (

@@ -12,7 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .skip_debug([
             ".tollgate.v1.Deployment",
             ".tollgate.v1.AwsCredentials",
-            ".tollgate.v1.VertexSettings",
+            ".tollgate.v1.ProviderToken",
         ])
         .compile_fds(descriptors)?;
     Ok(())

@@ -1,5 +1,6 @@
 """Starts the mock provider and `tollgate up` (control plane + real Envoy) once per session."""
 
+import json
 import os
 import socket
 import subprocess
@@ -21,10 +22,13 @@ OPENAI_KEY = "sk-mock-openai"
 ANTHROPIC_KEY = "sk-mock-anthropic"
 AZURE_KEY = "mock-azure-key"
 GEMINI_KEY = "mock-gemini-key"
+COHERE_KEY = "mock-cohere-key"
 # Temporary AWS credentials the mock's Bedrock paths accept (it verifies SigV4 signatures).
 AWS_ACCESS_KEY_ID = "ASIAMOCKPYTHON"
 AWS_SECRET_ACCESS_KEY = "mock/python+bedrock-secret"
 AWS_SESSION_TOKEN = "FwoGZXIvYXdzMockPythonToken=="
+# The test-only service account the mock's Vertex AI token endpoint verifies JWTs against.
+VERTEX_SERVICE_ACCOUNT = ROOT / "tests" / "data" / "vertex" / "service-account.json"
 
 
 def free_port() -> int:
@@ -54,6 +58,25 @@ def stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
+def wait_for_vertex_token(url: str) -> None:
+    """The control plane fetches Vertex AI tokens as it starts: waits until one reached Envoy."""
+    import urllib.error
+    import urllib.request
+
+    body = json.dumps({"model": "vertex-gemini-mock", "messages": [{"role": "user", "content": "warm up"}]}).encode()
+    deadline = time.monotonic() + 20
+    while True:
+        request = urllib.request.Request(f"{url}/v1/chat/completions", data=body, method="POST", headers={
+            "authorization": f"Bearer {MASTER_KEY}", "content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=10):
+                return
+        except urllib.error.HTTPError as error:
+            if error.code != 503 or time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="session")
 def gateway():
     for path in (BIN_DIR / "tollgate", BIN_DIR / "tollgate-mock", WASM):
@@ -63,12 +86,19 @@ def gateway():
     mock_log = work / "mock.log"
     mock = subprocess.Popen(
         [str(BIN_DIR / "tollgate-mock"), "--port", "0", "--openai-key", OPENAI_KEY, "--anthropic-key", ANTHROPIC_KEY,
-         "--azure-key", AZURE_KEY, "--gemini-key", GEMINI_KEY,
+         "--azure-key", AZURE_KEY, "--gemini-key", GEMINI_KEY, "--cohere-key", COHERE_KEY,
          "--aws-access-key-id", AWS_ACCESS_KEY_ID, "--aws-secret-access-key", AWS_SECRET_ACCESS_KEY,
-         f"--aws-session-token={AWS_ACCESS_KEY_ID}={AWS_SESSION_TOKEN}"],
+         f"--aws-session-token={AWS_ACCESS_KEY_ID}={AWS_SESSION_TOKEN}",
+         "--vertex-service-account", str(VERTEX_SERVICE_ACCOUNT)],
         stdout=subprocess.PIPE, stderr=mock_log.open("w"), text=True,
     )
     mock_url = wait_for_line(mock, "listening on", 20, mock_log).split()[-1].rstrip("/")
+    # The key file the control plane reads (a path, as LiteLLM configs give it), its token
+    # endpoint at the mock.
+    vertex_credentials = work / "vertex-service-account.json"
+    account = json.loads(VERTEX_SERVICE_ACCOUNT.read_text())
+    account["token_uri"] = f"{mock_url}/token"
+    vertex_credentials.write_text(json.dumps(account))
     config = work / "config.yaml"
     config.write_text(
         f"""general_settings:
@@ -111,6 +141,28 @@ model_list:
       aws_access_key_id: {AWS_ACCESS_KEY_ID}
       aws_secret_access_key: not-the-secret
       aws_session_token: {AWS_SESSION_TOKEN}
+  - model_name: cohere-mock
+    litellm_params:
+      model: cohere_chat/command-a-03-2025
+      api_base: {mock_url}
+      api_key: {COHERE_KEY}
+  - model_name: ollama-mock
+    litellm_params:
+      model: ollama/llama3.2
+      api_base: {mock_url}
+  - model_name: vertex-gemini-mock
+    litellm_params:
+      model: vertex_ai/gemini-2.5-flash
+      api_base: {mock_url}
+      vertex_project: tollgate-python
+      vertex_credentials: {vertex_credentials}
+  - model_name: vertex-claude-mock
+    litellm_params:
+      model: vertex_ai/claude-sonnet-4@20250514
+      api_base: {mock_url}
+      vertex_project: tollgate-python
+      vertex_location: us-east5
+      vertex_credentials: {vertex_credentials}
 """
     )
     env = dict(os.environ, TOLLGATE_TEST_ANTHROPIC_KEY=ANTHROPIC_KEY)
@@ -135,6 +187,7 @@ model_list:
                 stop(mock)
                 raise
     try:
+        wait_for_vertex_token(f"http://127.0.0.1:{port}")
         yield {"url": f"http://127.0.0.1:{port}", "mock_url": mock_url, "database": work / "state" / "tollgate.db"}
     finally:
         stop(up)

@@ -19,11 +19,23 @@ pub enum Wire {
     /// AWS Bedrock's Converse API (`/model/<id>/converse` and `/converse-stream`), signed
     /// with SigV4.
     Bedrock,
+    /// Cohere's v2 Chat API (`POST /v2/chat`), bearer key.
+    Cohere,
+    /// Ollama's native chat API (`POST /api/chat`, newline-delimited JSON streams); a bearer
+    /// key only when the deployment has one (Ollama behind a proxy, ollama.com).
+    Ollama,
 }
 
 impl Wire {
     /// Every wire protocol.
-    pub const ALL: [Wire; 4] = [Wire::OpenAi, Wire::Anthropic, Wire::Gemini, Wire::Bedrock];
+    pub const ALL: [Wire; 6] = [
+        Wire::OpenAi,
+        Wire::Anthropic,
+        Wire::Gemini,
+        Wire::Bedrock,
+        Wire::Cohere,
+        Wire::Ollama,
+    ];
 
     /// The stored name.
     pub const fn name(self) -> &'static str {
@@ -32,6 +44,8 @@ impl Wire {
             Wire::Anthropic => "anthropic",
             Wire::Gemini => "gemini",
             Wire::Bedrock => "bedrock",
+            Wire::Cohere => "cohere",
+            Wire::Ollama => "ollama",
         }
     }
 
@@ -45,7 +59,9 @@ impl Wire {
     pub const fn required_max_tokens(self) -> Option<u32> {
         match self {
             // Converse's inferenceConfig.maxTokens is optional: the model's maximum.
-            Wire::OpenAi | Wire::Gemini | Wire::Bedrock => None,
+            // Cohere's max_tokens is optional too: the model's output limit.
+            // Ollama's options.num_predict is optional: the model's default.
+            Wire::OpenAi | Wire::Gemini | Wire::Bedrock | Wire::Cohere | Wire::Ollama => None,
             Wire::Anthropic => Some(DEFAULT_ANTHROPIC_MAX_TOKENS),
         }
     }
@@ -91,6 +107,53 @@ pub struct Provider {
     pub chat_path: ChatPath,
     /// The typed settings its deployments carry beyond `api_base` and `api_key`.
     pub settings: Settings,
+    /// Models of another wire than [`Provider::wire`], by the start of their name (Vertex
+    /// AI serves Anthropic's `claude-*` models with Anthropic's body): see
+    /// [`Provider::wire_for`].
+    pub model_wires: &'static [(&'static str, Wire)],
+    /// How the model after the prefix becomes the model the provider is asked for.
+    pub naming: ModelNaming,
+}
+
+/// How a provider names the model of a deployment (see [`Provider::upstream_model`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelNaming {
+    /// As written after the prefix.
+    AsIs,
+    /// Hugging Face's router (`https://router.huggingface.co/v1`): LiteLLM's
+    /// `huggingface/<inference provider>/<org>/<model>` asks the router for
+    /// `<org>/<model>:<inference provider>`; `<org>/<model>` lets the router pick. A deployment
+    /// with its own `api_base` (a TGI server, an Inference Endpoint) gets the name as written.
+    HuggingFaceRouter,
+}
+
+impl Provider {
+    /// The model to ask the provider for, given the name after the prefix, when the
+    /// deployment uses the provider's default base (`default_base`) or its own.
+    pub fn upstream_model(&self, model: &str, default_base: bool) -> String {
+        match self.naming {
+            ModelNaming::HuggingFaceRouter if default_base => {
+                let mut parts = model.splitn(3, '/');
+                match (parts.next(), parts.next(), parts.next()) {
+                    (Some(inference), Some(org), Some(name))
+                        if !inference.is_empty() && !name.contains(':') =>
+                    {
+                        format!("{org}/{name}:{inference}")
+                    }
+                    _ => model.to_string(),
+                }
+            }
+            _ => model.to_string(),
+        }
+    }
+
+    /// The wire a deployment of `model` (the name after the prefix) speaks.
+    pub fn wire_for(&self, model: &str) -> Wire {
+        self.model_wires
+            .iter()
+            .find(|(start, _)| model.starts_with(start))
+            .map_or(self.wire, |(_, wire)| *wire)
+    }
 }
 
 /// Which typed settings a provider's deployments carry (the control plane reads them from
@@ -117,6 +180,8 @@ const fn provider(name: &'static str, wire: Wire, base: Option<&'static str>) ->
         auth: Auth::Bearer,
         chat_path: ChatPath::OpenAi,
         settings: Settings::None,
+        model_wires: &[],
+        naming: ModelNaming::AsIs,
     }
 }
 
@@ -141,6 +206,14 @@ pub const PROVIDERS: &[Provider] = &[
     provider("xai", Wire::OpenAi, Some("https://api.x.ai/v1")),
     provider("openrouter", Wire::OpenAi, Some("https://openrouter.ai/api/v1")),
     provider("perplexity", Wire::OpenAi, Some("https://api.perplexity.ai")),
+    provider("nvidia_nim", Wire::OpenAi, Some("https://integrate.api.nvidia.com/v1")),
+    provider("cerebras", Wire::OpenAi, Some("https://api.cerebras.ai/v1")),
+    // Hugging Face's Inference Providers router by default; a TGI server or an Inference
+    // Endpoint as `api_base` (both serve OpenAI's chat completions under /v1).
+    Provider {
+        naming: ModelNaming::HuggingFaceRouter,
+        ..provider("huggingface", Wire::OpenAi, Some("https://router.huggingface.co/v1"))
+    },
     provider("anthropic", Wire::Anthropic, Some("https://api.anthropic.com")),
     // Google AI Studio; requests go to `<api_base>/v1beta/models/<model>:generateContent`.
     Provider {
@@ -162,6 +235,23 @@ pub const PROVIDERS: &[Provider] = &[
         settings: Settings::Bedrock,
         ..provider("bedrock", Wire::Bedrock, None)
     },
+    // Google Vertex AI: Gemini models with Gemini's body, Anthropic's Claude models with
+    // Anthropic's, at Vertex's paths and with access tokens the control plane mints from the
+    // service account. No default base: the control plane derives
+    // `https://<location>-aiplatform.googleapis.com` from the deployment's location.
+    Provider {
+        settings: Settings::Vertex,
+        model_wires: &[("claude", Wire::Anthropic)],
+        ..provider("vertex_ai", Wire::Gemini, None)
+    },
+    // Cohere's v2 Chat API, `<api_base>/v2/chat`; LiteLLM's `cohere/` and `cohere_chat/`
+    // both name it.
+    provider("cohere", Wire::Cohere, Some("https://api.cohere.com")),
+    provider("cohere_chat", Wire::Cohere, Some("https://api.cohere.com")),
+    // Ollama's native API, `<api_base>/api/chat`, for both of LiteLLM's prefixes (LiteLLM
+    // sends `ollama/` to /api/generate; Tollgate speaks chat to both).
+    provider("ollama", Wire::Ollama, Some("http://localhost:11434")),
+    provider("ollama_chat", Wire::Ollama, Some("http://localhost:11434")),
 ];
 
 /// The provider a prefix names.
@@ -173,10 +263,10 @@ pub fn find(name: &str) -> Option<&'static Provider> {
 /// neither list is most likely a typo.
 #[rustfmt::skip]
 pub const KNOWN_UNSUPPORTED: &[&str] = &[
-    "vertex_ai", "vertex_ai_beta", "sagemaker", "sagemaker_chat",
-    "azure_ai", "azure_text", "cohere", "cohere_chat", "ollama", "ollama_chat", "huggingface",
-    "replicate", "watsonx", "watsonx_text", "databricks", "cloudflare", "voyage", "nvidia_nim",
-    "cerebras", "sambanova", "ai21", "ai21_chat", "nlp_cloud", "aleph_alpha", "palm",
+    "vertex_ai_beta", "sagemaker", "sagemaker_chat",
+    "azure_ai", "azure_text",
+    "replicate", "watsonx", "watsonx_text", "databricks", "cloudflare", "voyage",
+    "sambanova", "ai21", "ai21_chat", "nlp_cloud", "aleph_alpha", "palm",
     "text-completion-openai", "text-completion-codestral", "codestral", "friendliai", "deepinfra",
     "anyscale", "predibase", "triton", "clarifai", "github", "github_copilot", "litellm_proxy",
     "dashscope", "moonshot", "nebius", "novita", "lambda_ai", "hyperbolic", "featherless_ai",
@@ -222,6 +312,45 @@ mod tests {
         assert_eq!(bedrock.wire, Wire::Bedrock);
         assert_eq!(bedrock.settings, Settings::Bedrock);
         assert_eq!(bedrock.default_api_base, None);
+        let hf = find("huggingface").unwrap();
+        assert_eq!(
+            hf.upstream_model("together/deepseek-ai/DeepSeek-R1", true),
+            "deepseek-ai/DeepSeek-R1:together"
+        );
+        assert_eq!(
+            hf.upstream_model("meta-llama/Llama-3.1-8B", true),
+            "meta-llama/Llama-3.1-8B"
+        );
+        assert_eq!(
+            hf.upstream_model("novita/moonshotai/Kimi-K2:fastest", true),
+            "novita/moonshotai/Kimi-K2:fastest"
+        );
+        // Its own server: the name as written.
+        assert_eq!(
+            hf.upstream_model("together/deepseek-ai/DeepSeek-R1", false),
+            "together/deepseek-ai/DeepSeek-R1"
+        );
+        assert_eq!(find("groq").unwrap().upstream_model("a/b/c", true), "a/b/c");
+        let vertex = find("vertex_ai").unwrap();
+        assert_eq!(vertex.settings, Settings::Vertex);
+        assert_eq!(vertex.wire_for("gemini-2.5-flash"), Wire::Gemini);
+        assert_eq!(vertex.wire_for("claude-sonnet-4@20250514"), Wire::Anthropic);
+        assert_eq!(bedrock.wire_for("anthropic.claude-3-haiku"), Wire::Bedrock);
+        for name in ["cohere", "cohere_chat"] {
+            let cohere = find(name).unwrap();
+            assert_eq!(cohere.wire, Wire::Cohere, "{name}");
+            assert_eq!(cohere.auth, Auth::Bearer, "{name}");
+            assert_eq!(cohere.settings, Settings::None, "{name}");
+            assert_eq!(cohere.default_api_base, Some("https://api.cohere.com"));
+        }
+        for name in ["ollama", "ollama_chat"] {
+            let ollama = find(name).unwrap();
+            assert_eq!(ollama.wire, Wire::Ollama, "{name}");
+            assert_eq!(ollama.auth, Auth::Bearer, "{name}");
+            assert_eq!(ollama.settings, Settings::None, "{name}");
+            assert_eq!(ollama.default_api_base, Some("http://localhost:11434"));
+            assert!(!KNOWN_UNSUPPORTED.contains(&name));
+        }
     }
 
     #[test]
@@ -235,6 +364,10 @@ mod tests {
         assert_eq!(Wire::OpenAi.required_max_tokens(), None);
         assert_eq!(Wire::Gemini.required_max_tokens(), None);
         assert_eq!(Wire::Bedrock.required_max_tokens(), None);
+        assert_eq!(Wire::from_name("cohere"), Some(Wire::Cohere));
+        assert_eq!(Wire::Cohere.required_max_tokens(), None);
+        assert_eq!(Wire::from_name("ollama"), Some(Wire::Ollama));
+        assert_eq!(Wire::Ollama.required_max_tokens(), None);
     }
 
     #[test]

@@ -210,6 +210,8 @@ pub struct FakeFilter {
     pub spend_updates: std::collections::VecDeque<tollgate::proto::SpendUpdate>,
     /// Quota grants received while waiting for something else, oldest first.
     pub quota_grants: std::collections::VecDeque<tollgate::proto::QuotaGrant>,
+    /// Provider tokens received while waiting for something else, oldest first.
+    pub provider_tokens: std::collections::VecDeque<tollgate::proto::ProviderTokens>,
     /// The snapshot the messages received add up to.
     pub held: Option<tollgate::proto::Snapshot>,
 }
@@ -289,6 +291,7 @@ impl FakeFilter {
             usage_acks: std::collections::VecDeque::new(),
             spend_updates: std::collections::VecDeque::new(),
             quota_grants: std::collections::VecDeque::new(),
+            provider_tokens: std::collections::VecDeque::new(),
             held: None,
         })
     }
@@ -349,6 +352,10 @@ impl FakeFilter {
             }
             Kind::Quota(grant) => {
                 self.quota_grants.push_back(grant);
+                None
+            }
+            Kind::ProviderTokens(tokens) => {
+                self.provider_tokens.push_back(tokens);
                 None
             }
         }
@@ -417,6 +424,18 @@ impl FakeFilter {
         loop {
             if let Some(grant) = self.quota_grants.pop_front() {
                 return grant;
+            }
+            let kind = self.next_message().await;
+            self.take(kind);
+        }
+    }
+
+    /// The next provider tokens message (snapshots and deltas on the way are taken into
+    /// [`Self::held`]).
+    pub async fn next_provider_tokens(&mut self) -> tollgate::proto::ProviderTokens {
+        loop {
+            if let Some(tokens) = self.provider_tokens.pop_front() {
+                return tokens;
             }
             let kind = self.next_message().await;
             self.take(kind);

@@ -63,6 +63,10 @@ pub enum GatewayError {
     /// The provider answered something the gateway could not translate.
     #[error("The upstream provider returned a response the gateway could not read: {0}")]
     BadUpstreamResponse(String),
+    /// The provider answered that it failed while generating (Cohere's `finish_reason`
+    /// `ERROR`): the answer it started is not one.
+    #[error("The upstream provider failed to generate the response: {0}")]
+    UpstreamGenerationFailed(String),
     /// The provider's response is over the buffering limit.
     #[error("The upstream response is over the limit of {0} bytes.")]
     UpstreamResponseTooLarge(u64),
@@ -97,6 +101,11 @@ pub enum GatewayError {
     /// text names the problem, never a credential.
     #[error("The gateway could not sign the request for its provider: {0}")]
     UpstreamSigning(String),
+    /// The deployment's provider takes a short-lived access token the control plane mints
+    /// (Vertex AI's), and the filter holds none that is valid: the control plane has not
+    /// minted one yet, or could not refresh it. Retrying later can succeed.
+    #[error("The gateway has no valid access token for this model's provider: {0}. Retry shortly; if this persists, the control plane's log says why.")]
+    UpstreamCredentialsUnavailable(crate::snapshot::TokenUnavailable),
     /// A bug in the gateway stopped this request (the native module survives it; the Wasm
     /// VM would not).
     #[error("The gateway failed on this request; the failure is in its log.")]
@@ -133,9 +142,11 @@ impl GatewayError {
             GatewayError::ModelNotFound(_) => 404,
             GatewayError::MethodNotAllowed { .. } => 405,
             GatewayError::BodyTooLarge { .. } => 413,
-            GatewayError::BadUpstreamResponse(_) | GatewayError::UpstreamResponseTooLarge(_) => 502,
+            GatewayError::BadUpstreamResponse(_)
+            | GatewayError::UpstreamResponseTooLarge(_)
+            | GatewayError::UpstreamGenerationFailed(_) => 502,
             GatewayError::RateLimited { .. } => 429,
-            GatewayError::NotReady => 503,
+            GatewayError::NotReady | GatewayError::UpstreamCredentialsUnavailable(_) => 503,
             GatewayError::UpstreamSigning(_) | GatewayError::Internal => 500,
         }
     }
@@ -148,11 +159,14 @@ impl GatewayError {
             | GatewayError::KeyBlocked
             | GatewayError::KeyExpired
             | GatewayError::ModelNotAllowed(_) => "authentication_error",
-            GatewayError::NotReady => "service_unavailable",
+            GatewayError::NotReady | GatewayError::UpstreamCredentialsUnavailable(_) => {
+                "service_unavailable"
+            }
             GatewayError::BudgetExceeded { .. } => "budget_exceeded",
             GatewayError::RateLimited { .. } => "rate_limit_error",
             GatewayError::BadUpstreamResponse(_)
             | GatewayError::UpstreamResponseTooLarge(_)
+            | GatewayError::UpstreamGenerationFailed(_)
             | GatewayError::UpstreamSigning(_)
             | GatewayError::Internal => "api_error",
             _ => "invalid_request_error",
@@ -176,7 +190,11 @@ impl GatewayError {
             GatewayError::NotReady => Some("not_ready"),
             GatewayError::BadUpstreamResponse(_) => Some("bad_upstream_response"),
             GatewayError::UpstreamResponseTooLarge(_) => Some("upstream_response_too_large"),
+            GatewayError::UpstreamGenerationFailed(_) => Some("upstream_generation_failed"),
             GatewayError::UpstreamSigning(_) => Some("upstream_signing_failed"),
+            GatewayError::UpstreamCredentialsUnavailable(_) => {
+                Some("upstream_credentials_unavailable")
+            }
             GatewayError::Internal => Some("internal_error"),
             GatewayError::BudgetExceeded { .. } => Some("budget_exceeded"),
             GatewayError::RateLimited { .. } => Some("rate_limit_exceeded"),

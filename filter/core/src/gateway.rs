@@ -337,6 +337,7 @@ pub fn plan_chat_request_for(
     let path = join_url(&target.base_path, &target.base_query, &upstream.path);
     let mut headers = upstream.headers;
     sign_for_provider(
+        state,
         &deployment,
         &target.authority,
         &path,
@@ -361,15 +362,18 @@ pub fn plan_chat_request_for(
 
 /// The last step of a plan, once the request's authority, path (with its query), headers and
 /// body are final: providers that authenticate each request by its content get their
-/// signature headers. Deployments with Bedrock settings are signed with SigV4 (service
-/// `bedrock`, their region and credentials, the time of the request); the others need
-/// nothing here.
+/// signature headers, and those that take a short-lived token get it. Deployments with
+/// Bedrock settings are signed with SigV4 (service `bedrock`, their region and credentials,
+/// the time of the request); those with Vertex settings get the control plane's access
+/// token for them as a bearer token (refused when the filter holds none that is valid, rather
+/// than sent without: Google would answer 401); the others need nothing here.
 ///
 /// What the signature covers is `host`, `x-amz-date`, `x-amz-security-token` (temporary
 /// credentials) and `content-type`, all set by the plan: the glues write the plan's headers
 /// over the client's, and the client headers that reach the provider
 /// ([`FORWARDED_CLIENT_HEADERS`]) are not signed, which SigV4 allows.
 fn sign_for_provider(
+    state: &State,
     deployment: &Deployment,
     authority: &str,
     path_and_query: &str,
@@ -380,6 +384,14 @@ fn sign_for_provider(
     match &deployment.settings {
         Some(proto::deployment::ProviderSettings::Bedrock(settings)) => {
             sign_sigv4(settings, authority, path_and_query, body, context, headers)
+        }
+        Some(proto::deployment::ProviderSettings::Vertex(_)) => {
+            let now_unix_ms = context.now_unix.saturating_mul(1000);
+            let token = state
+                .access_token(&deployment.id, now_unix_ms)
+                .map_err(GatewayError::UpstreamCredentialsUnavailable)?;
+            headers.push(("authorization", format!("Bearer {token}")));
+            Ok(())
         }
         _ => Ok(()),
     }

@@ -18,6 +18,7 @@ pub mod error;
 pub mod exchange;
 pub mod gateway;
 pub mod metrics;
+pub mod ndjson;
 pub mod openai_types;
 pub mod pricing;
 pub mod proto;

@@ -125,6 +125,12 @@ pub struct ChatRequest<'a> {
     /// Sampling seed.
     #[serde(default)]
     pub seed: Option<i64>,
+    /// Penalty on tokens by how often they appeared, -2 to 2.
+    #[serde(default)]
+    pub frequency_penalty: Option<f64>,
+    /// Penalty on tokens that appeared at all, -2 to 2.
+    #[serde(default)]
+    pub presence_penalty: Option<f64>,
     /// `{"type": "text" | "json_object" | "json_schema", ...}` as sent, for the translators
     /// that map it (see [`ResponseFormat`]); the others leave it alone.
     #[serde(borrow, default)]

@@ -104,16 +104,12 @@ impl core::fmt::Debug for AwsCredentials {
     }
 }
 
-impl core::fmt::Debug for VertexSettings {
+impl core::fmt::Debug for ProviderToken {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("VertexSettings")
-            .field("project", &self.project)
-            .field("location", &self.location)
+        f.debug_struct("ProviderToken")
+            .field("deployment_id", &self.deployment_id)
             .field("access_token", &crate::redact::secret(&self.access_token))
-            .field(
-                "access_token_expires_unix_ms",
-                &self.access_token_expires_unix_ms,
-            )
+            .field("expires_unix_ms", &self.expires_unix_ms)
             .finish()
     }
 }

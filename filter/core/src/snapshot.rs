@@ -16,10 +16,12 @@ use crate::ratelimit::{Limits, ScopeLimits};
 mod delta;
 mod kept;
 mod keys;
+mod tokens;
 
 pub use delta::DeltaMessage;
 pub use kept::{Kept, KeptUpdates};
 use keys::KeyMap;
+pub use tokens::{AccessTokens, TokenUnavailable};
 
 /// Body limit when the control plane does not set one (LiteLLM has none; Envoy buffers the
 /// body, so an unbounded limit would let one client exhaust a worker's memory).
@@ -151,6 +153,17 @@ pub struct Deployment {
     pub prices: Option<Prices>,
     /// litellm_params rpm / tpm / max_parallel_requests.
     pub limits: Option<Limits>,
+}
+
+impl Deployment {
+    /// Its Vertex AI settings, when it is served through Vertex AI (Gemini and Anthropic
+    /// models there take Vertex's paths and its access tokens instead of their own API's).
+    pub fn vertex(&self) -> Option<&proto::VertexSettings> {
+        match &self.settings {
+            Some(proto::deployment::ProviderSettings::Vertex(vertex)) => Some(vertex),
+            _ => None,
+        }
+    }
 }
 
 impl std::fmt::Debug for Deployment {
@@ -376,6 +389,9 @@ pub struct State {
     model_order: Vec<String>,
     /// The /v1/models answer, built once per snapshot.
     models_json: Vec<u8>,
+    /// Provider access tokens by deployment id; they come apart from snapshots and a new
+    /// snapshot keeps them.
+    access_tokens: Arc<AccessTokens>,
 }
 
 impl State {
@@ -395,6 +411,7 @@ impl State {
             keys: KeyMap::with_capacity(snapshot.keys.len()),
             model_order: Vec::new(),
             models_json: Vec::new(),
+            access_tokens: Arc::default(),
         };
         state.set_settings(snapshot.settings.unwrap_or_default(), &mut problems);
         for (index, deployment) in snapshot.deployments.into_iter().enumerate() {
@@ -458,7 +475,7 @@ impl State {
     }
 
     /// Checks a control-plane message and decodes all of it but its keys; `Ok(None)` when it
-    /// carries neither a snapshot nor a delta. [`State::apply`] then builds or updates the
+    /// carries neither a snapshot, a delta nor provider tokens. [`State::apply`] then builds or updates the
     /// state. Split so a VM can let its current state go between the two: the check is what
     /// can fail.
     pub fn check_control_message(
@@ -467,7 +484,10 @@ impl State {
         // A oneof: the last of its fields on the wire is the one that counts.
         let mut update = None;
         for_each_length_delimited_field(message, |tag, payload| {
-            if tag == CONTROL_MESSAGE_SNAPSHOT_TAG || tag == CONTROL_MESSAGE_DELTA_TAG {
+            if tag == CONTROL_MESSAGE_SNAPSHOT_TAG
+                || tag == CONTROL_MESSAGE_DELTA_TAG
+                || tag == CONTROL_MESSAGE_PROVIDER_TOKENS_TAG
+            {
                 update = Some((tag, payload));
             }
             Ok(())
@@ -476,6 +496,9 @@ impl State {
             None => Ok(None),
             Some((CONTROL_MESSAGE_DELTA_TAG, delta_bytes)) => Ok(Some(ControlUpdate::Delta(
                 DeltaMessage::check(delta_bytes)?,
+            ))),
+            Some((CONTROL_MESSAGE_PROVIDER_TOKENS_TAG, tokens)) => Ok(Some(ControlUpdate::Tokens(
+                proto::ProviderTokens::decode(tokens)?,
             ))),
             Some((_, snapshot_bytes)) => Ok(Some(ControlUpdate::Snapshot(SnapshotMessage::check(
                 snapshot_bytes,
@@ -495,9 +518,14 @@ impl State {
     ) -> Result<Applied, DeltaRefused> {
         match update {
             ControlUpdate::Snapshot(snapshot) => {
-                *current = None;
+                // The tokens stay: they are not the snapshot's.
+                let access_tokens = current
+                    .take()
+                    .map(|old| Arc::clone(&old.access_tokens))
+                    .unwrap_or_default();
                 let keys = snapshot.key_count();
-                let (state, problems) = snapshot.into_state();
+                let (mut state, problems) = snapshot.into_state();
+                state.access_tokens = access_tokens;
                 let applied = Applied {
                     kind: UpdateKind::Snapshot,
                     version: state.version,
@@ -528,7 +556,38 @@ impl State {
                     problems,
                 })
             }
+            ControlUpdate::Tokens(tokens) => {
+                let tokens = AccessTokens::from_proto(tokens);
+                let keys = tokens.len();
+                let Some(state) = current.as_mut() else {
+                    // The control plane sends tokens after a snapshot, and again with the
+                    // next stream's: none is lost by leaving these.
+                    return Ok(Applied {
+                        kind: UpdateKind::Tokens,
+                        version: 0,
+                        keys,
+                        problems: vec!["provider tokens before any snapshot: left".into()],
+                    });
+                };
+                // A copy of the state when requests hold it: its maps' values are shared.
+                Arc::make_mut(state).access_tokens = Arc::new(tokens);
+                Ok(Applied {
+                    kind: UpdateKind::Tokens,
+                    version: state.version,
+                    keys,
+                    problems: Vec::new(),
+                })
+            }
         }
+    }
+
+    /// The access token to send for `deployment_id` at `now_unix_ms` (Vertex AI's).
+    pub fn access_token(
+        &self,
+        deployment_id: &str,
+        now_unix_ms: u64,
+    ) -> Result<&str, TokenUnavailable> {
+        self.access_tokens.get(deployment_id, now_unix_ms)
     }
 
     /// Checks one control-plane message and applies its update to `current` (see
@@ -665,6 +724,8 @@ pub enum SnapshotDecodeError {
 const CONTROL_MESSAGE_SNAPSHOT_TAG: u32 = 1;
 /// `ControlMessage.kind.delta`.
 const CONTROL_MESSAGE_DELTA_TAG: u32 = 2;
+/// `ControlMessage.kind.provider_tokens`.
+const CONTROL_MESSAGE_PROVIDER_TOKENS_TAG: u32 = 6;
 /// `Snapshot.keys`.
 const SNAPSHOT_KEYS_TAG: u32 = 4;
 
@@ -675,25 +736,32 @@ pub enum ControlUpdate<'m> {
     Snapshot(SnapshotMessage<'m>),
     /// Changes onto an earlier snapshot.
     Delta(DeltaMessage<'m>),
+    /// Provider access tokens, which replace those held and leave the version as it is.
+    Tokens(proto::ProviderTokens),
 }
 
 impl ControlUpdate<'_> {
-    /// The version the filter holds once the update is applied.
-    pub fn version(&self) -> u64 {
+    /// The version the filter holds once the update is applied; `None` for tokens, which
+    /// leave it as it is.
+    pub fn version(&self) -> Option<u64> {
         match self {
-            ControlUpdate::Snapshot(snapshot) => snapshot.version(),
-            ControlUpdate::Delta(delta) => delta.version(),
+            ControlUpdate::Snapshot(snapshot) => Some(snapshot.version()),
+            ControlUpdate::Delta(delta) => Some(delta.version()),
+            ControlUpdate::Tokens(_) => None,
         }
     }
 }
 
-/// Whether an update was a full snapshot or a delta.
+/// Whether an update was a full snapshot, a delta or provider tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpdateKind {
     /// A full snapshot replaced the state.
     Snapshot,
     /// A delta changed it.
     Delta,
+    /// Provider access tokens replaced those held; the version is as it was. (`keys` of
+    /// [`Applied`] is the number of tokens.)
+    Tokens,
 }
 
 /// What [`State::apply`] did.
@@ -860,6 +928,8 @@ fn build_deployment(deployment: proto::Deployment) -> Result<Deployment, String>
         Ok(proto::ProviderKind::Anthropic) => Wire::Anthropic,
         Ok(proto::ProviderKind::Gemini) => Wire::Gemini,
         Ok(proto::ProviderKind::Bedrock) => Wire::Bedrock,
+        Ok(proto::ProviderKind::Cohere) => Wire::Cohere,
+        Ok(proto::ProviderKind::Ollama) => Wire::Ollama,
         _ => return Err(format!("unknown provider kind {}", deployment.provider)),
     };
     if deployment.model_name.is_empty() {
@@ -934,6 +1004,9 @@ fn check_settings(settings: Option<&proto::deployment::ProviderSettings>) -> Res
         Some(ProviderSettings::Vertex(vertex)) if vertex.project.is_empty() => {
             Err("Vertex settings without a project".into())
         }
+        Some(ProviderSettings::Vertex(vertex)) if vertex.location.is_empty() => {
+            Err("Vertex settings without a location".into())
+        }
         Some(ProviderSettings::Vertex(_)) => Ok(()),
     }
 }
@@ -1000,6 +1073,8 @@ pub(crate) mod tests {
                 proto::ProviderKind::Anthropic => "anthropic".into(),
                 proto::ProviderKind::Gemini => "gemini".into(),
                 proto::ProviderKind::Bedrock => "bedrock".into(),
+                proto::ProviderKind::Cohere => "cohere".into(),
+                proto::ProviderKind::Ollama => "ollama".into(),
                 _ => "openai".into(),
             },
             upstream_model: format!("upstream-{model_name}"),
@@ -1104,6 +1179,103 @@ pub(crate) mod tests {
         bad_text[at] = 0xff;
         assert!(State::check_control_message(&bad_text).is_err());
         assert!(State::check_control_message(&[]).unwrap().is_none());
+    }
+
+    fn snapshot_message(version: u64) -> Vec<u8> {
+        proto::ControlMessage {
+            kind: Some(proto::control_message::Kind::Snapshot(proto::Snapshot {
+                version,
+                deployments: vec![deployment(
+                    "claude",
+                    proto::ProviderKind::Anthropic,
+                    "http://127.0.0.1:9",
+                )],
+                ..Default::default()
+            })),
+        }
+        .encode_to_vec()
+    }
+
+    fn tokens_message(token: &str) -> Vec<u8> {
+        proto::ControlMessage {
+            kind: Some(proto::control_message::Kind::ProviderTokens(
+                proto::ProviderTokens {
+                    tokens: vec![proto::ProviderToken {
+                        deployment_id: "id-claude".into(),
+                        access_token: token.into(),
+                        expires_unix_ms: 5_000,
+                    }],
+                },
+            )),
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn provider_tokens_leave_the_version_and_outlive_snapshots_and_deltas() {
+        let mut current = None;
+        // Before any snapshot there is nothing to hold them: left, and said so.
+        let early = State::update(&mut current, &tokens_message("ya29.early"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (early.kind, early.version, early.keys),
+            (UpdateKind::Tokens, 0, 1)
+        );
+        assert!(current.is_none());
+
+        State::update(&mut current, &snapshot_message(3)).unwrap();
+        let held = Arc::clone(current.as_ref().unwrap());
+        let applied = State::update(&mut current, &tokens_message("ya29.first"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (applied.kind, applied.version, applied.keys),
+            (UpdateKind::Tokens, 3, 1)
+        );
+        let state = current.as_ref().unwrap();
+        assert_eq!(state.access_token("id-claude", 4_999), Ok("ya29.first"));
+        assert_eq!(
+            state.access_token("id-claude", 5_000),
+            Err(TokenUnavailable::Expired)
+        );
+        assert_eq!(
+            state.access_token("id-other", 0),
+            Err(TokenUnavailable::Missing)
+        );
+        // A request holding the state it started with keeps it as it was.
+        assert_eq!(
+            held.access_token("id-claude", 0),
+            Err(TokenUnavailable::Missing)
+        );
+
+        // A new full snapshot keeps the tokens; so does a delta.
+        State::update(&mut current, &snapshot_message(4)).unwrap();
+        let delta = proto::ControlMessage {
+            kind: Some(proto::control_message::Kind::Delta(proto::SnapshotDelta {
+                base_version: 4,
+                version: 5,
+                ..Default::default()
+            })),
+        }
+        .encode_to_vec();
+        State::update(&mut current, &delta).unwrap();
+        let state = current.as_ref().unwrap();
+        assert_eq!(state.version, 5);
+        assert_eq!(state.access_token("id-claude", 0), Ok("ya29.first"));
+
+        // The next message replaces them whole.
+        let empty = proto::ControlMessage {
+            kind: Some(proto::control_message::Kind::ProviderTokens(
+                proto::ProviderTokens::default(),
+            )),
+        }
+        .encode_to_vec();
+        State::update(&mut current, &empty).unwrap();
+        assert_eq!(
+            current.as_ref().unwrap().access_token("id-claude", 0),
+            Err(TokenUnavailable::Missing)
+        );
     }
 
     #[test]

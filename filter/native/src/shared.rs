@@ -130,6 +130,14 @@ impl Shared {
                 return Installed::NeedsSnapshot;
             }
         };
+        if applied.kind == UpdateKind::Tokens {
+            for problem in &applied.problems {
+                envoy::log_warn(&format!("tollgate: {problem}"));
+            }
+            *self.state.write().unwrap_or_else(PoisonError::into_inner) = state;
+            // Tokens leave the version as it is: nothing to acknowledge.
+            return Installed::Nothing;
+        }
         for problem in &applied.problems {
             envoy::log_warn(&format!(
                 "tollgate: snapshot {}: {problem}",
@@ -139,7 +147,7 @@ impl Shared {
         let models = state.as_ref().map_or(0, |state| state.model_names().len());
         let (what, keys) = match applied.kind {
             UpdateKind::Snapshot => ("installed snapshot", "keys"),
-            UpdateKind::Delta => ("applied delta to snapshot", "keys changed"),
+            UpdateKind::Delta | UpdateKind::Tokens => ("applied delta to snapshot", "keys changed"),
         };
         envoy::log_info(&format!(
             "tollgate: {} {what} {} ({models} models, {} {keys})",
@@ -154,7 +162,7 @@ impl Shared {
         let mut pending = self.pending();
         match applied.kind {
             UpdateKind::Snapshot => pending.snapshots_installed += 1,
-            UpdateKind::Delta => pending.snapshot_deltas_installed += 1,
+            UpdateKind::Delta | UpdateKind::Tokens => pending.snapshot_deltas_installed += 1,
         }
         Installed::Version(applied.version)
     }

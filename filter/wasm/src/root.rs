@@ -157,6 +157,17 @@ impl VmShared {
             };
         }
         match State::update(&mut self.state, &message) {
+            // Tokens leave the version as it is: nothing to acknowledge.
+            Ok(Some(applied)) if applied.kind == UpdateKind::Tokens => {
+                for problem in &applied.problems {
+                    log::warn!("tollgate: vm {vm_id}: {problem}");
+                }
+                log::debug!(
+                    "tollgate: vm {vm_id} holds {} provider access tokens",
+                    applied.keys
+                );
+                None
+            }
             Ok(Some(applied)) => {
                 drop(message);
                 self.forget_removed_deployments();
@@ -177,6 +188,7 @@ impl VmShared {
         let name = match kind {
             UpdateKind::Snapshot => metrics::SNAPSHOTS_INSTALLED,
             UpdateKind::Delta => metrics::SNAPSHOT_DELTAS_INSTALLED,
+            UpdateKind::Tokens => return,
         };
         self.count(name, 1);
     }
@@ -201,6 +213,10 @@ impl VmShared {
                 applied.version,
                 applied.keys,
                 linear_memory_kib()
+            ),
+            UpdateKind::Tokens => log::debug!(
+                "tollgate: vm {vm_id} holds {} provider access tokens",
+                applied.keys
             ),
         }
     }

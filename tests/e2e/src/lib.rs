@@ -211,6 +211,16 @@ pub const MOCK_AZURE_KEY: &str = "mock-azure-key";
 /// The `x-goog-api-key` the mock requires on its Gemini paths.
 pub const MOCK_GEMINI_KEY: &str = "mock-gemini-key";
 
+/// The test-only Vertex AI service account of `tests/data/vertex` (it opens nothing).
+pub const VERTEX_SERVICE_ACCOUNT: &str = include_str!("../../data/vertex/service-account.json");
+
+/// The bearer key the mock requires on Cohere's `/v2/chat`.
+pub const MOCK_COHERE_KEY: &str = "mock-cohere-key";
+
+/// The bearer key the mock requires on Ollama's `/api/chat` (Ollama itself takes none; one
+/// behind a proxy, or ollama.com, does).
+pub const MOCK_OLLAMA_KEY: &str = "mock-ollama-key";
+
 /// The AWS access key id the mock's Bedrock paths accept (they verify SigV4 signatures).
 pub const MOCK_AWS_ACCESS_KEY_ID: &str = "AKIDMOCKE2EBEDROCK";
 /// The secret of [`MOCK_AWS_ACCESS_KEY_ID`].
@@ -234,7 +244,54 @@ impl Mock {
 
     /// Starts `tollgate-mock` on a free port, requiring these provider keys.
     pub fn start_with_keys(dir: &Path, openai_key: &str, anthropic_key: &str) -> Result<Mock> {
+        Self::start_with_args(dir, openai_key, anthropic_key, &[])
+    }
+
+    /// Starts `tollgate-mock` with its Vertex AI token endpoint accepting the test service
+    /// account ([`VERTEX_SERVICE_ACCOUNT`]) and issuing tokens that last `token_ttl_secs`.
+    pub fn start_with_vertex(dir: &Path, token_ttl_secs: u64) -> Result<Mock> {
+        let account = dir.join("mock-service-account.json");
+        std::fs::write(&account, VERTEX_SERVICE_ACCOUNT)?;
+        let account = account.display().to_string();
+        let ttl = token_ttl_secs.to_string();
+        Self::start_with_args(
+            dir,
+            MOCK_OPENAI_KEY,
+            MOCK_ANTHROPIC_KEY,
+            &[
+                "--vertex-service-account",
+                &account,
+                "--vertex-token-ttl",
+                &ttl,
+            ],
+        )
+    }
+
+    /// The test service account's key file with its `token_uri` at this mock, as a JSON
+    /// string (what a config's `vertex_credentials` takes).
+    pub fn vertex_credentials(&self) -> Result<String> {
+        let mut account: serde_json::Value = serde_json::from_str(VERTEX_SERVICE_ACCOUNT)?;
+        account["token_uri"] = serde_json::Value::String(format!("{}/token", self.url));
+        Ok(account.to_string())
+    }
+
+    /// How many Vertex AI access tokens the mock's token endpoint has issued.
+    pub fn vertex_tokens_issued(&self) -> Result<u64> {
+        let value: serde_json::Value =
+            reqwest::blocking::get(format!("{}/_mock/vertex", self.url))?.json()?;
+        value["tokens_issued"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("no tokens_issued in {value}"))
+    }
+
+    fn start_with_args(
+        dir: &Path,
+        openai_key: &str,
+        anthropic_key: &str,
+        extra: &[&str],
+    ) -> Result<Mock> {
         let mut command = Command::new(binary("tollgate-mock")?);
+        command.args(extra);
         command.args([
             "--port",
             "0",
@@ -246,6 +303,10 @@ impl Mock {
             MOCK_AZURE_KEY,
             "--gemini-key",
             MOCK_GEMINI_KEY,
+            "--cohere-key",
+            MOCK_COHERE_KEY,
+            "--ollama-key",
+            MOCK_OLLAMA_KEY,
             "--aws-access-key-id",
             MOCK_AWS_ACCESS_KEY_ID,
             "--aws-secret-access-key",
@@ -404,6 +465,12 @@ impl Gateway {
             database_url,
             _database: database,
         })
+    }
+
+    /// The control plane's log so far (`tollgate up`'s output).
+    pub fn log(&self) -> String {
+        let bytes = std::fs::read(self.dir.join("tollgate.log")).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
     }
 
     /// Envoy's log so far (`tollgate up` writes it to its state directory).

@@ -604,6 +604,18 @@ pub(crate) async fn handle(state: &State, parts: &Parts, body: &Bytes) -> Respon
             );
         }
     };
+    answer(n, req).await
+}
+
+/// `invalid_request_error` 400, as Anthropic answers a body it refuses.
+pub(crate) fn refuse(message: &str, request_id: &str) -> Response<MockBody> {
+    invalid(message, request_id)
+}
+
+/// Answers a Messages request body (with its `model`) once the caller is authenticated:
+/// Anthropic's own endpoint and Vertex AI's `rawPredict`. `n` numbers the request's ids.
+pub(crate) async fn answer(n: u64, req: Value) -> Response<MockBody> {
+    let request_id = format!("req_mock_{n}");
     if let Err(message) = validate(&req) {
         return invalid(&message, &request_id);
     }

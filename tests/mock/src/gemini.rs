@@ -1070,6 +1070,18 @@ pub(crate) async fn handle(state: &State, parts: &Parts, body: &Bytes) -> Respon
             Some(_) => {}
         }
     }
+    answer(state, parts, body, model, stream).await
+}
+
+/// Answers a `generateContent` (or, with `stream`, `streamGenerateContent`) body for `model`
+/// once the caller is authenticated: Gemini's own endpoints and Vertex AI's.
+pub(crate) async fn answer(
+    state: &State,
+    parts: &Parts,
+    body: &Bytes,
+    model: &str,
+    stream: bool,
+) -> Response<MockBody> {
     let request: Value = match serde_json::from_slice(body) {
         Ok(value) => value,
         Err(e) => {

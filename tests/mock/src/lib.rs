@@ -6,6 +6,12 @@
 //! * `POST /v1beta/models/<model>:generateContent` and `:streamGenerateContent`: Gemini.
 //! * `POST /model/<model id>/converse` and `/converse-stream`: AWS Bedrock Converse, SigV4
 //!   signatures verified.
+//! * `POST /v2/chat`: Cohere's v2 Chat API.
+//! * `POST /api/chat`: Ollama's native chat API (newline-delimited JSON streams).
+//! * `POST /token` and `POST /v1/projects/<p>/locations/<l>/publishers/<google|anthropic>/
+//!   models/<model>:<method>`: Google's OAuth token endpoint for a service account, and
+//!   Vertex AI's Gemini and Claude endpoints that take its tokens (`GET /_mock/vertex` says
+//!   how many tokens were issued).
 //! * `GET /_mock/requests`, `DELETE /_mock/requests`, `GET /_mock/health`: introspection.
 //!
 //! Replies are deterministic (`"echo: " + last user text`), and directives in the last user
@@ -16,10 +22,13 @@ mod anthropic;
 mod azure;
 mod bedrock;
 mod body;
+mod cohere;
 mod common;
 mod eventstream;
 mod gemini;
+mod ollama;
 mod openai;
+mod vertex;
 mod wire;
 
 use std::collections::VecDeque;
@@ -42,6 +51,7 @@ use tokio::net::TcpListener;
 
 pub use bedrock::AwsCredentials;
 pub use body::MockBody;
+pub use vertex::VertexAccount;
 
 /// How many requests `/_mock/requests` remembers.
 pub const RECORD_CAPACITY: usize = 200;
@@ -62,6 +72,14 @@ pub struct MockConfig {
     /// AWS credentials Bedrock endpoints accept (SigV4 is verified against them); with none,
     /// every Bedrock request is refused as AWS refuses an unknown key.
     pub aws_credentials: Vec<AwsCredentials>,
+    /// Required `Authorization: Bearer <key>` on Cohere's `/v2/chat`, if set.
+    pub cohere_api_key: Option<String>,
+    /// Required `Authorization: Bearer <key>` on Ollama's `/api/chat`, if set (Ollama takes
+    /// none by default).
+    pub ollama_api_key: Option<String>,
+    /// The service account whose JWTs `POST /token` exchanges for the tokens Vertex AI
+    /// endpoints take; with none, both refuse everything.
+    pub vertex: Option<VertexAccount>,
 }
 
 /// One request seen on a provider endpoint.
@@ -77,6 +95,8 @@ pub(crate) struct State {
     pub(crate) config: MockConfig,
     counter: AtomicU64,
     records: Mutex<VecDeque<Recorded>>,
+    /// Vertex AI access tokens issued by `POST /token`.
+    pub(crate) vertex_tokens: vertex::TokenBook,
 }
 
 impl State {
@@ -85,6 +105,7 @@ impl State {
             config,
             counter: AtomicU64::new(0),
             records: Mutex::new(VecDeque::with_capacity(RECORD_CAPACITY)),
+            vertex_tokens: vertex::TokenBook::default(),
         }
     }
 
@@ -169,6 +190,12 @@ enum Provider {
     Gemini,
     /// Bedrock: `/model/<model id>/converse` / `/converse-stream`.
     Bedrock,
+    /// Cohere: `/v2/chat`.
+    Cohere,
+    /// Ollama: `/api/chat`.
+    Ollama,
+    /// Vertex AI: `/v1/projects/<p>/locations/<l>/publishers/<publisher>/models/<m>:<method>`.
+    Vertex,
 }
 
 fn provider_error(
@@ -182,6 +209,9 @@ fn provider_error(
         Provider::Azure => azure::error(status, message),
         Provider::Gemini => gemini::error(status, message, None),
         Provider::Bedrock => bedrock::error(status, bedrock::error_type(status), message),
+        Provider::Cohere => cohere::error(status, message),
+        Provider::Ollama => ollama::error(status, message),
+        Provider::Vertex => gemini::error(status, message, None),
         Provider::Anthropic => {
             let request_id = format!("req_mock_{}", state.next_id());
             anthropic::error(status, anthropic::error_type(status), message, &request_id)
@@ -192,7 +222,7 @@ fn provider_error(
 fn not_found(method: &Method, path: &str) -> Response<MockBody> {
     openai::error(
         StatusCode::NOT_FOUND,
-        &format!("Unknown request URL: {method} {path}. tollgate-mock serves POST .../chat/completions, POST .../v1/messages, POST /v1beta/models/<model>:generateContent (and :streamGenerateContent), POST /model/<model id>/converse (and /converse-stream) and /_mock/*."),
+        &format!("Unknown request URL: {method} {path}. tollgate-mock serves POST .../chat/completions, POST .../v1/messages, POST /v1beta/models/<model>:generateContent (and :streamGenerateContent), POST /model/<model id>/converse (and /converse-stream), POST /v2/chat, POST /api/chat and /_mock/*."),
         "invalid_request_error",
         None,
         Some("unknown_url"),
@@ -204,20 +234,34 @@ async fn route(
     req: Request<Incoming>,
 ) -> Result<Response<MockBody>, Infallible> {
     let path = req.uri().path();
-    let provider =
-        if path.starts_with("/openai/deployments/") && path.ends_with("/chat/completions") {
-            Provider::Azure
-        } else if path.ends_with("/chat/completions") {
-            Provider::OpenAi
-        } else if path.ends_with("/v1/messages") {
-            Provider::Anthropic
-        } else if path.ends_with(":generateContent") || path.ends_with(":streamGenerateContent") {
-            Provider::Gemini
-        } else if bedrock::is_bedrock_path(path) {
-            Provider::Bedrock
-        } else {
-            return Ok(mock_endpoint(&state, req.method(), path));
+    // Vertex first: its Gemini paths end like Gemini's own.
+    let provider = if vertex::is_vertex_path(path) {
+        Provider::Vertex
+    } else if path.starts_with("/openai/deployments/") && path.ends_with("/chat/completions") {
+        Provider::Azure
+    } else if path.ends_with("/chat/completions") {
+        Provider::OpenAi
+    } else if path.ends_with("/v1/messages") {
+        Provider::Anthropic
+    } else if path.ends_with(":generateContent") || path.ends_with(":streamGenerateContent") {
+        Provider::Gemini
+    } else if bedrock::is_bedrock_path(path) {
+        Provider::Bedrock
+    } else if path == "/v2/chat" {
+        Provider::Cohere
+    } else if path.ends_with(ollama::CHAT_PATH) {
+        Provider::Ollama
+    } else if path == "/token" && req.method() == Method::POST {
+        // Not recorded: the requests log is the providers'.
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(_) => Bytes::new(),
         };
+        return Ok(vertex::token(&state, &parts, &body));
+    } else {
+        return Ok(mock_endpoint(&state, req.method(), path));
+    };
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
         Ok(collected) => collected.to_bytes(),
@@ -262,6 +306,9 @@ async fn route(
         Provider::Azure => azure::handle(&state, &parts, &body).await,
         Provider::Gemini => gemini::handle(&state, &parts, &body).await,
         Provider::Bedrock => bedrock::handle(&state, &parts, &body).await,
+        Provider::Cohere => cohere::handle(&state, &parts, &body).await,
+        Provider::Ollama => ollama::handle(&state, &parts, &body).await,
+        Provider::Vertex => vertex::handle(&state, &parts, &body).await,
     })
 }
 
@@ -275,6 +322,10 @@ fn mock_endpoint(state: &State, method: &Method, path: &str) -> Response<MockBod
         (&Method::GET, "/_mock/requests") => {
             common::json_response(StatusCode::OK, &state.records_json())
         }
+        (&Method::GET, "/_mock/vertex") => common::json_response(
+            StatusCode::OK,
+            &json!({"tokens_issued": state.vertex_tokens.issued()}),
+        ),
         (&Method::DELETE, "/_mock/requests") => {
             let cleared = state.clear();
             common::json_response(StatusCode::OK, &json!({"cleared": cleared}))

@@ -1,6 +1,7 @@
 //! `tollgate-mock --port N [--host 127.0.0.1] [--openai-key K] [--anthropic-key K]
-//! [--azure-key K] [--gemini-key K] [--aws-access-key-id ID --aws-secret-access-key S
-//! [--aws-session-token T]]...`
+//! [--azure-key K] [--gemini-key K] [--cohere-key K] [--ollama-key K] [--aws-access-key-id ID
+//! --aws-secret-access-key S [--aws-session-token T]]... [--vertex-service-account FILE
+//! [--vertex-token-ttl SECS]]`
 
 use std::io::Write;
 
@@ -31,6 +32,13 @@ struct Args {
     /// Require `x-goog-api-key: <KEY>` on Gemini endpoints.
     #[arg(long, env = "TOLLGATE_MOCK_GEMINI_KEY")]
     gemini_key: Option<String>,
+    /// Require `Authorization: Bearer <KEY>` on Cohere's `/v2/chat`.
+    #[arg(long, env = "TOLLGATE_MOCK_COHERE_KEY")]
+    cohere_key: Option<String>,
+    /// Require `Authorization: Bearer <KEY>` on Ollama's `/api/chat` (none by default, as
+    /// Ollama takes none).
+    #[arg(long, env = "TOLLGATE_MOCK_OLLAMA_KEY")]
+    ollama_key: Option<String>,
     /// An AWS access key id Bedrock endpoints accept (repeat for several, each with its
     /// `--aws-secret-access-key`, in the same order).
     #[arg(long)]
@@ -41,6 +49,13 @@ struct Args {
     /// `ID=TOKEN`: the session token the temporary key ID must come with.
     #[arg(long)]
     aws_session_token: Vec<String>,
+    /// A service account key file: `POST /token` exchanges its JWTs for the access tokens
+    /// Vertex AI endpoints take.
+    #[arg(long)]
+    vertex_service_account: Option<std::path::PathBuf>,
+    /// `expires_in` of the Vertex AI access tokens issued, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    vertex_token_ttl: u64,
     /// Tokio worker threads (default: one per CPU).
     #[arg(long)]
     threads: Option<usize>,
@@ -93,12 +108,29 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .map(|(_, token)| token.clone()),
         })
         .collect();
+    let vertex = match &args.vertex_service_account {
+        Some(file) => {
+            let json = std::fs::read_to_string(file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            Some(
+                tollgate_mock::VertexAccount::from_key_file(
+                    &json,
+                    std::time::Duration::from_secs(args.vertex_token_ttl.max(1)),
+                )
+                .with_context(|| format!("reading the service account {}", file.display()))?,
+            )
+        }
+        None => None,
+    };
     let config = MockConfig {
         openai_api_key: args.openai_key,
         anthropic_api_key: args.anthropic_key,
         azure_api_key: args.azure_key,
         gemini_api_key: args.gemini_key,
         aws_credentials,
+        cohere_api_key: args.cohere_key,
+        ollama_api_key: args.ollama_key,
+        vertex,
     };
     tokio::select! {
         res = serve(listener, config) => res,

@@ -13,7 +13,15 @@
 //! - the Gemini plan sends a JSON object with non-empty `contents` of roles `user` and
 //!   `model` (alternating, as they are merged), to the upstream model's `generateContent`
 //!   (`streamGenerateContent?alt=sse` for a stream) with the key in `x-goog-api-key`, or
-//!   refuses with a 400.
+//!   refuses with a 400;
+//! - the Cohere plan sends a JSON object with only v2 chat fields (no untranslated `top_p`,
+//!   `n`, `stop` ...), the upstream model, non-empty `messages` of v2's roles, `p` in the
+//!   range Cohere takes and `stream` exactly for a stream, to `/v2/chat` with the bearer key,
+//!   or refuses with a 400;
+//! - the Ollama plan sends a JSON object with only /api/chat's fields, the upstream model,
+//!   `stream` always (Ollama streams by default), non-empty `messages` of Ollama's roles with
+//!   string content, images on user messages and tool call arguments as objects, to `/api/chat`
+//!   with the bearer key, or refuses with a 400.
 
 #![no_main]
 
@@ -104,6 +112,112 @@ fn check_gemini(summary: &ChatRequestSummary<'_>, plan: &RequestPlan) {
     assert!(plan.headers.contains(&("x-goog-api-key", "sk-fuzz".into())));
 }
 
+/// The fields Tollgate sends to Ollama's /api/chat (OpenAI's `max_tokens`, `n`, `top_p` ...
+/// belong in `options` or nowhere).
+const OLLAMA_FIELDS: &[&str] = &["model", "messages", "tools", "format", "options", "stream"];
+
+fn check_ollama(summary: &ChatRequestSummary<'_>, plan: &RequestPlan) {
+    let sent = json_object(&plan.body);
+    for field in sent.keys() {
+        assert!(OLLAMA_FIELDS.contains(&field.as_str()), "{field} sent");
+    }
+    assert_eq!(sent["model"], UPSTREAM_MODEL);
+    // Ollama streams unless told not to.
+    assert_eq!(sent["stream"], summary.stream);
+    let messages = sent["messages"].as_array().expect("messages is an array");
+    assert!(!messages.is_empty());
+    for message in messages {
+        let role = message["role"].as_str().expect("a role");
+        assert!(
+            matches!(role, "system" | "user" | "assistant" | "tool"),
+            "{role}"
+        );
+        assert!(message["content"].is_string(), "{message}");
+        if let Some(images) = message.get("images") {
+            // The payloads of the client's data URLs, on user messages only.
+            assert_eq!(role, "user");
+            let images = images.as_array().expect("images is an array");
+            assert!(!images.is_empty() && images.iter().all(Value::is_string));
+        }
+        for call in message["tool_calls"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            assert!(call["function"]["arguments"].is_object(), "{call}");
+        }
+    }
+    assert_eq!(plan.path, "/v1/api/chat");
+    assert!(plan
+        .headers
+        .contains(&("authorization", "Bearer sk-fuzz".into())));
+}
+
+/// The fields of a v2 chat request (Cohere answers 422 to any other).
+const COHERE_FIELDS: &[&str] = &[
+    "stream",
+    "model",
+    "messages",
+    "tools",
+    "strict_tools",
+    "documents",
+    "citation_options",
+    "response_format",
+    "safety_mode",
+    "max_tokens",
+    "stop_sequences",
+    "temperature",
+    "seed",
+    "frequency_penalty",
+    "presence_penalty",
+    "k",
+    "p",
+    "logprobs",
+    "tool_choice",
+    "thinking",
+    "priority",
+];
+
+/// A v2 chat request: v2's fields only, the upstream model, messages of v2's roles, `p` in
+/// [0.01, 0.99], `stream` only for a stream, sent to `/v2/chat` with the bearer key.
+fn check_cohere(summary: &ChatRequestSummary<'_>, plan: &RequestPlan) {
+    let sent = json_object(&plan.body);
+    for key in sent.keys() {
+        assert!(
+            COHERE_FIELDS.contains(&key.as_str()),
+            "{key} sent to Cohere"
+        );
+    }
+    assert_eq!(sent["model"], UPSTREAM_MODEL);
+    assert_eq!(
+        sent.get("stream"),
+        summary.stream.then_some(&Value::Bool(true))
+    );
+    let messages = sent["messages"].as_array().expect("messages is an array");
+    assert!(!messages.is_empty());
+    for message in messages {
+        let role = message["role"].as_str().expect("a role");
+        assert!(
+            matches!(role, "system" | "user" | "assistant" | "tool"),
+            "{role}"
+        );
+    }
+    if let Some(p) = sent.get("p") {
+        let p = p.as_f64().expect("p is a number");
+        assert!((0.01..=0.99).contains(&p), "p {p}");
+    }
+    if let Some(choice) = sent.get("tool_choice") {
+        assert!(choice == "REQUIRED" || choice == "NONE", "{choice}");
+        assert!(sent["tools"]
+            .as_array()
+            .is_some_and(|tools| !tools.is_empty()));
+    }
+    assert_eq!(plan.path, "/v1/v2/chat");
+    assert!(plan
+        .headers
+        .contains(&("authorization", "Bearer sk-fuzz".into())));
+}
+
 /// A Converse request: alternating roles from the user, none empty, no model or stream field
 /// (they are the path's), sent to the model's endpoint and signed.
 fn check_bedrock(summary: &ChatRequestSummary<'_>, plan: &RequestPlan) {
@@ -185,6 +299,18 @@ fuzz_target!(|body: &[u8]| {
     let state = state_serving(&summary.model, ProviderKind::Bedrock);
     match plan_chat_request(&state, body, &CONTEXT) {
         Ok(plan) if client.is_some() => check_bedrock(&summary, &plan),
+        Ok(_) => {}
+        Err(error) => assert_refusal(&error),
+    }
+    let state = state_serving(&summary.model, ProviderKind::Cohere);
+    match plan_chat_request(&state, body, &CONTEXT) {
+        Ok(plan) if client.is_some() => check_cohere(&summary, &plan),
+        Ok(_) => {}
+        Err(error) => assert_refusal(&error),
+    }
+    let state = state_serving(&summary.model, ProviderKind::Ollama);
+    match plan_chat_request(&state, body, &CONTEXT) {
+        Ok(plan) if client.is_some() => check_ollama(&summary, &plan),
         Ok(_) => {}
         Err(error) => assert_refusal(&error),
     }

@@ -27,6 +27,8 @@ struct ArbitrarySnapshot {
     keys: Vec<ArbitraryKey>,
     /// The batches of a usage acknowledgement.
     acknowledged: Vec<u64>,
+    /// Provider access tokens: deployment id, token, expiry.
+    tokens: Vec<(String, String, u64)>,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -78,7 +80,7 @@ enum ArbitraryProviderSettings {
         region: String,
         credentials: Option<(String, String, String)>,
     },
-    Vertex(String, String, String),
+    Vertex(String, String),
 }
 
 impl ArbitraryProviderSettings {
@@ -103,12 +105,10 @@ impl ArbitraryProviderSettings {
                     }
                 }),
             }),
-            ArbitraryProviderSettings::Vertex(project, location, token) => {
+            ArbitraryProviderSettings::Vertex(project, location) => {
                 ProviderSettings::Vertex(proto::VertexSettings {
                     project: project.clone(),
                     location: location.clone(),
-                    access_token: token.clone(),
-                    access_token_expires_unix_ms: 0,
                 })
             }
         }
@@ -152,7 +152,8 @@ impl ArbitrarySnapshot {
                 .map(|deployment| proto::Deployment {
                     id: deployment.id.clone(),
                     model_name: NAMES[usize::from(deployment.model_name) % NAMES.len()].into(),
-                    provider: deployment.provider % 4,
+                    // Every ProviderKind, unspecified (0) included.
+                    provider: deployment.provider % 7,
                     provider_name: deployment.provider_name.clone(),
                     upstream_model: deployment.upstream_model.clone(),
                     api_base: match &deployment.api_base {
@@ -236,6 +237,13 @@ fuzz_target!(|data: &[u8]| {
         assert!(applied.is_err(), "delta to {version} applied onto no state");
         assert!(current.is_none());
     }
+    if let Ok(Some(ControlUpdate::Tokens(tokens))) = State::check_control_message(data) {
+        // Tokens before any snapshot are left, and said so.
+        let mut current = None;
+        let applied = State::apply(&mut current, ControlUpdate::Tokens(tokens)).unwrap();
+        assert_eq!((applied.version, applied.problems.len()), (0, 1));
+        assert!(current.is_none());
+    }
     if let Ok(Some(ControlUpdate::Snapshot(message))) = State::check_control_message(data) {
         let (version, key_count) = (message.version(), message.key_count());
         let (state, problems) = message.into_state();
@@ -269,6 +277,7 @@ fuzz_target!(|data: &[u8]| {
     {
         ControlUpdate::Snapshot(message) => message,
         ControlUpdate::Delta(_) => panic!("a snapshot decoded as a delta"),
+        ControlUpdate::Tokens(_) => panic!("a snapshot decoded as provider tokens"),
     };
     assert_eq!(message.version(), snapshot.version);
     assert_eq!(message.key_count(), snapshot.keys.len());
@@ -284,6 +293,50 @@ fuzz_target!(|data: &[u8]| {
                 "key {}",
                 key.key_sha256
             );
+        }
+    }
+
+    // Tokens onto the state: the version stays, every token with an id and a value is
+    // found until it expires (the last one of an id wins), the others are not.
+    let tokens = proto::ControlMessage {
+        kind: Some(proto::control_message::Kind::ProviderTokens(
+            proto::ProviderTokens {
+                tokens: arbitrary
+                    .tokens
+                    .iter()
+                    .map(|(id, token, expires)| proto::ProviderToken {
+                        deployment_id: id.clone(),
+                        access_token: token.clone(),
+                        expires_unix_ms: *expires,
+                    })
+                    .collect(),
+            },
+        )),
+    }
+    .encode_to_vec();
+    let mut current = Some(std::sync::Arc::new(streamed));
+    let applied = State::update(&mut current, &tokens)
+        .unwrap_or_else(|error| panic!("encoded tokens are refused: {error}"))
+        .expect("the message carries tokens");
+    let state = current.expect("a state");
+    assert_eq!(applied.version, snapshot.version);
+    assert_eq!(state.version, snapshot.version);
+    for (id, token, expires) in &arbitrary.tokens {
+        let last = arbitrary
+            .tokens
+            .iter()
+            .rev()
+            .find(|(other, _, _)| other == id);
+        if id.is_empty()
+            || token.is_empty()
+            || last.map(|(_, t, e)| (t, e)) != Some((token, expires))
+        {
+            continue;
+        }
+        let before = expires.saturating_sub(1);
+        assert_eq!(state.access_token(id, before).ok(), Some(token.as_str()));
+        if *expires != 0 {
+            assert!(state.access_token(id, *expires).is_err());
         }
     }
 

@@ -27,9 +27,11 @@ pub const MODEL: &str = "fuzz-model";
 pub const UPSTREAM_MODEL: &str = "upstream-model";
 
 /// Provider statuses the buffered targets pick from with their first byte: successes, the
-/// client and server errors providers send, and a few odd ones.
-pub const STATUSES: [u16; 16] = [
-    200, 201, 204, 299, 400, 401, 403, 404, 408, 413, 429, 500, 502, 503, 529, 599,
+/// client and server errors providers send, and a few odd ones (Cohere's 402, 422, 498 and
+/// 499 are last, so the indices before them keep their statuses).
+pub const STATUSES: [u16; 20] = [
+    200, 201, 204, 299, 400, 401, 403, 404, 408, 413, 429, 500, 502, 503, 529, 599, 402, 422, 498,
+    499,
 ];
 
 /// A deployment serving `model_name` with `kind`.
@@ -85,11 +87,12 @@ pub fn streaming_plan(kind: proto::ProviderKind, include_usage: bool) -> Request
     });
     let mut plan = plan_chat_request(&state, request.to_string().as_bytes(), &CONTEXT)
         .unwrap_or_else(|error| panic!("the fixed request is refused: {error}"));
-    // Each translator streams only its own framing (Bedrock's is the AWS event stream).
-    let content_type = if kind == proto::ProviderKind::Bedrock {
-        "application/vnd.amazon.eventstream"
-    } else {
-        "text/event-stream"
+    // Each translator streams only its own framing (Bedrock's is the AWS event stream,
+    // Ollama's newline-delimited JSON).
+    let content_type = match kind {
+        proto::ProviderKind::Bedrock => "application/vnd.amazon.eventstream",
+        proto::ProviderKind::Ollama => "application/x-ndjson",
+        _ => "text/event-stream",
     };
     assert_eq!(
         plan.response.on_headers(200, Some(content_type)),

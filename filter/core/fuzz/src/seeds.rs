@@ -22,7 +22,7 @@ pub struct Seed {
 }
 
 /// Every target that has seeds.
-pub const TARGETS: [&str; 12] = [
+pub const TARGETS: [&str; 16] = [
     "sse_parser",
     "openai_stream",
     "anthropic_stream",
@@ -35,6 +35,10 @@ pub const TARGETS: [&str; 12] = [
     "aws_eventstream",
     "bedrock_stream",
     "bedrock_body",
+    "cohere_stream",
+    "cohere_body",
+    "ollama_stream",
+    "ollama_body",
 ];
 
 /// The directory of the golden fixtures.
@@ -88,7 +92,14 @@ impl Case {
 
 fn cases() -> Vec<Case> {
     let mut cases = Vec::new();
-    for provider in ["openai", "anthropic", "gemini", "bedrock"] {
+    for provider in [
+        "openai",
+        "anthropic",
+        "gemini",
+        "bedrock",
+        "cohere",
+        "ollama",
+    ] {
         let directory = fixtures().join(provider);
         let entries = std::fs::read_dir(&directory)
             .unwrap_or_else(|error| panic!("{}: {error}", directory.display()));
@@ -191,6 +202,7 @@ pub fn all() -> Vec<Seed> {
             let target = match case.provider {
                 "openai" => "openai_stream",
                 "gemini" => "gemini_stream",
+                "cohere" => "cohere_stream",
                 _ => "anthropic_stream",
             };
             add(
@@ -202,6 +214,14 @@ pub fn all() -> Vec<Seed> {
                 "sse_parser",
                 name.clone(),
                 prefixed(&[u8::MAX, SEED_CHUNKING], &stream),
+            );
+        }
+        if let Some(stream) = case.read("response.ndjson") {
+            let options = u8::from(case.include_usage());
+            add(
+                "ollama_stream",
+                name.clone(),
+                prefixed(&[options, SEED_CHUNKING], &stream),
             );
         }
         if let Some(events) = case.read("response.events.json") {
@@ -220,6 +240,8 @@ pub fn all() -> Vec<Seed> {
                 "openai" => "openai_body",
                 "gemini" => "gemini_body",
                 "bedrock" => "bedrock_body",
+                "cohere" => "cohere_body",
+                "ollama" => "ollama_body",
                 _ => "anthropic_body",
             };
             add(target, name.clone(), prefixed(&[case.status_pick()], &body));
@@ -405,6 +427,16 @@ fn snapshots() -> Vec<(&'static str, proto::Snapshot)> {
                 "gemini",
                 proto::ProviderKind::Gemini,
                 "https://generativelanguage.googleapis.com",
+            ),
+            deployment(
+                "command",
+                proto::ProviderKind::Cohere,
+                "https://api.cohere.com",
+            ),
+            deployment(
+                "llama",
+                proto::ProviderKind::Ollama,
+                "http://localhost:11434",
             ),
             deployment("broken", proto::ProviderKind::Unspecified, "ftp://nowhere"),
         ],

@@ -1,4 +1,8 @@
-//! Anthropic Messages API (`POST /v1/messages`).
+//! Anthropic Messages API (`POST /v1/messages`), and Anthropic's models on Vertex AI (`POST
+//! /v1/projects/<project>/locations/<location>/publishers/anthropic/models/<model>:rawPredict`,
+//! `:streamRawPredict` for a stream): the same body without `model`, with `anthropic_version`
+//! [`VERTEX_API_VERSION`], and the control plane's access token instead of a key. Answers
+//! are the same.
 //!
 //! Request: the OpenAI chat request is parsed once (borrowing from the body) and written out
 //! as an Anthropic request: system and developer messages become the top-level `system`,
@@ -19,7 +23,8 @@ use crate::openai_types::{self as oa, Content, ContentPart, Str};
 use crate::pricing::{stream_cost, Prices};
 use crate::providers::chunks::ChunkWriter;
 use crate::providers::{
-    openai_shaped_error, ChunkOutput, ProviderResponse, TranslateContext, UpstreamRequest,
+    openai_shaped_error, vertex_model_path, ChunkOutput, ProviderResponse, TranslateContext,
+    UpstreamRequest,
 };
 use crate::request::ChatRequestSummary;
 use crate::snapshot::Deployment;
@@ -30,6 +35,9 @@ use crate::{GatewayError, Usage};
 pub const MESSAGES_PATH: &str = "/v1/messages";
 /// `anthropic-version` when the deployment sets none.
 pub const DEFAULT_API_VERSION: &str = "2023-06-01";
+/// The body's `anthropic_version` on Vertex AI, which takes the version there instead of in
+/// a header (and the model in the path instead of the body).
+pub const VERTEX_API_VERSION: &str = "vertex-2023-10-16";
 
 // ---------------------------------------------------------------------------------------------
 // Request
@@ -37,7 +45,12 @@ pub const DEFAULT_API_VERSION: &str = "2023-06-01";
 
 #[derive(Serialize)]
 struct MessagesRequest<'a> {
-    model: &'a str,
+    /// Absent on Vertex AI, whose path names the model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<&'a str>,
+    /// Vertex AI's [`VERTEX_API_VERSION`]; absent on Anthropic's API (a header there).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    anthropic_version: Option<&'static str>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     system: Vec<Block<'a>>,
     messages: Vec<InputMessage<'a>>,
@@ -580,8 +593,12 @@ pub fn build_request(
         .filter(|user| !user.is_empty())
         .map(|user_id| Metadata { user_id });
 
+    let vertex = deployment.vertex();
     let upstream = MessagesRequest {
-        model: &deployment.upstream_model,
+        model: vertex
+            .is_none()
+            .then_some(deployment.upstream_model.as_str()),
+        anthropic_version: vertex.map(|_| VERTEX_API_VERSION),
         system,
         messages: conversation.messages,
         max_tokens,
@@ -598,6 +615,20 @@ pub fn build_request(
         .map_err(|error| GatewayError::invalid("body", error.to_string()))?;
 
     let mut headers = vec![("content-type", "application/json".to_string())];
+    if let Some(vertex) = vertex {
+        // Vertex AI: the model in the path, the version in the body, the access token added
+        // by the signing step.
+        let method = if summary.stream {
+            "streamRawPredict"
+        } else {
+            "rawPredict"
+        };
+        return Ok(UpstreamRequest {
+            path: vertex_model_path(vertex, "anthropic", &deployment.upstream_model, method),
+            headers,
+            body: out,
+        });
+    }
     if !deployment.api_key.is_empty() {
         headers.push(("x-api-key", deployment.api_key.clone()));
     }

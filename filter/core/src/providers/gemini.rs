@@ -1,7 +1,10 @@
 //! Google's Gemini API, as Google AI Studio serves it: `POST
 //! <api_base>/v1beta/models/<model>:generateContent`, and
 //! `:streamGenerateContent?alt=sse` for a stream (server-sent events, each a whole
-//! `GenerateContentResponse`), the key in `x-goog-api-key`.
+//! `GenerateContentResponse`), the key in `x-goog-api-key`. Vertex AI serves the same
+//! bodies at `/v1/projects/<project>/locations/<location>/publishers/google/models/<model>:`
+//! `generateContent` (or `:streamGenerateContent?alt=sse`), authenticated with the control
+//! plane's access token instead of a key.
 //!
 //! Request: the OpenAI chat request is parsed once (borrowing from the body) and written out
 //! as a `GenerateContentRequest`: system and developer messages become `systemInstruction`,
@@ -39,8 +42,8 @@ use crate::openai_types::{self as oa, Content, ContentPart, Str};
 use crate::pricing::{stream_cost, Prices};
 use crate::providers::chunks::ChunkWriter;
 use crate::providers::{
-    openai_shaped_error, push_path_segment, ChunkOutput, ProviderResponse, TranslateContext,
-    UpstreamRequest,
+    openai_shaped_error, push_path_segment, vertex_model_path, ChunkOutput, ProviderResponse,
+    TranslateContext, UpstreamRequest,
 };
 use crate::request::ChatRequestSummary;
 use crate::snapshot::{Deployment, Wire};
@@ -809,6 +812,19 @@ pub fn build_request(
         .map_err(|error| GatewayError::invalid("body", error.to_string()))?;
 
     let mut headers = vec![("content-type", "application/json".to_string())];
+    if let Some(vertex) = deployment.vertex() {
+        // Vertex AI: its own path; the access token is added by the signing step.
+        let method = if summary.stream {
+            "streamGenerateContent?alt=sse"
+        } else {
+            "generateContent"
+        };
+        return Ok(UpstreamRequest {
+            path: vertex_model_path(vertex, "google", &deployment.upstream_model, method),
+            headers,
+            body: out,
+        });
+    }
     if !deployment.api_key.is_empty() {
         match deployment.spec.auth {
             tollgate_catalogue::Auth::Header(name) => {

@@ -8,7 +8,9 @@
 pub mod anthropic;
 pub mod bedrock;
 pub mod chunks;
+pub mod cohere;
 pub mod gemini;
+pub mod ollama;
 pub mod openai;
 
 use crate::error::{error_body, error_type_for_status};
@@ -137,6 +139,10 @@ pub enum ResponseTranslator {
     Gemini(gemini::GeminiResponse),
     /// Bedrock Converse.
     Bedrock(bedrock::BedrockResponse),
+    /// Cohere v2 chat.
+    Cohere(cohere::CohereResponse),
+    /// Ollama's native chat API.
+    Ollama(ollama::OllamaResponse),
 }
 
 impl ResponseTranslator {
@@ -146,6 +152,8 @@ impl ResponseTranslator {
             ResponseTranslator::Anthropic(inner) => inner,
             ResponseTranslator::Gemini(inner) => inner,
             ResponseTranslator::Bedrock(inner) => inner,
+            ResponseTranslator::Cohere(inner) => inner,
+            ResponseTranslator::Ollama(inner) => inner,
         }
     }
 
@@ -155,6 +163,8 @@ impl ResponseTranslator {
             ResponseTranslator::Anthropic(inner) => inner,
             ResponseTranslator::Gemini(inner) => inner,
             ResponseTranslator::Bedrock(inner) => inner,
+            ResponseTranslator::Cohere(inner) => inner,
+            ResponseTranslator::Ollama(inner) => inner,
         }
     }
 }
@@ -207,6 +217,26 @@ pub fn translate_request(
             );
             Ok((request, ResponseTranslator::Bedrock(response)))
         }
+        Wire::Cohere => {
+            let request = cohere::build_request(summary, body, deployment, context)?;
+            let response = cohere::CohereResponse::new(
+                context,
+                summary.include_usage,
+                deployment.prices,
+                &deployment.upstream_model,
+            );
+            Ok((request, ResponseTranslator::Cohere(response)))
+        }
+        Wire::Ollama => {
+            let request = ollama::build_request(summary, body, deployment, context)?;
+            let response = ollama::OllamaResponse::new(
+                context,
+                summary.include_usage,
+                deployment.prices,
+                &deployment.upstream_model,
+            );
+            Ok((request, ResponseTranslator::Ollama(response)))
+        }
     }
 }
 
@@ -223,6 +253,32 @@ pub(crate) fn push_path_segment(path: &mut String, text: &str) {
             let _ = write!(path, "%{byte:02X}");
         }
     }
+}
+
+/// Vertex AI's path of a publisher model's method:
+/// `/v1/projects/<project>/locations/<location>/publishers/<publisher>/models/<model>:<method>`
+/// (each name one path segment), joined with the deployment's base
+/// (`https://<location>-aiplatform.googleapis.com` unless it sets one).
+pub(crate) fn vertex_model_path(
+    vertex: &crate::proto::VertexSettings,
+    publisher: &str,
+    model: &str,
+    method: &str,
+) -> String {
+    let mut path = String::with_capacity(
+        64 + vertex.project.len() + vertex.location.len() + model.len() + method.len(),
+    );
+    path.push_str("/v1/projects/");
+    push_path_segment(&mut path, &vertex.project);
+    path.push_str("/locations/");
+    push_path_segment(&mut path, &vertex.location);
+    path.push_str("/publishers/");
+    path.push_str(publisher);
+    path.push_str("/models/");
+    push_path_segment(&mut path, model);
+    path.push(':');
+    path.push_str(method);
+    path
 }
 
 /// How the glue should treat the response body.

@@ -1,6 +1,7 @@
 //! Control-plane messages kept as bytes by a VM that serves nothing yet (Envoy's main-thread
 //! Wasm VM never does): the newest full snapshot and the deltas after it, a fraction of the
-//! decoded state's size. Only their versions are read until the VM serves.
+//! decoded state's size, and the newest provider tokens. Only their versions are read until
+//! the VM serves.
 
 use std::sync::Arc;
 
@@ -8,7 +9,7 @@ use prost::Message;
 
 use super::{
     for_each_length_delimited_field, Applied, SnapshotDecodeError, State, UpdateError, UpdateKind,
-    CONTROL_MESSAGE_DELTA_TAG, CONTROL_MESSAGE_SNAPSHOT_TAG,
+    CONTROL_MESSAGE_DELTA_TAG, CONTROL_MESSAGE_PROVIDER_TOKENS_TAG, CONTROL_MESSAGE_SNAPSHOT_TAG,
 };
 
 /// Deltas are kept until they add up to this many bytes or half the snapshot's size,
@@ -23,6 +24,9 @@ pub struct KeptUpdates {
     delta_bytes: usize,
     /// The version the kept messages add up to; 0 with none.
     version: u64,
+    /// The newest provider tokens message: applied after the others, as a serving VM
+    /// holds tokens across snapshots.
+    tokens: Option<Vec<u8>>,
 }
 
 /// What [`KeptUpdates::keep`] did with a message.
@@ -35,7 +39,7 @@ pub enum Kept {
         /// The version the kept messages now add up to.
         version: u64,
     },
-    /// The message carries no snapshot or delta.
+    /// The message carries no snapshot or delta (provider tokens are kept all the same).
     NoUpdate,
     /// A delta onto another version than the one kept, or more deltas than they are worth:
     /// everything kept was let go, and the VM needs a full snapshot.
@@ -47,6 +51,7 @@ pub enum Kept {
 enum Head {
     Snapshot { version: u64 },
     Delta { base_version: u64, version: u64 },
+    Tokens,
 }
 
 /// `Snapshot` with only its version (prost skips the rest without allocating).
@@ -69,13 +74,17 @@ impl Head {
     fn read(message: &[u8]) -> Result<Option<Head>, SnapshotDecodeError> {
         let mut update = None;
         for_each_length_delimited_field(message, |tag, payload| {
-            if tag == CONTROL_MESSAGE_SNAPSHOT_TAG || tag == CONTROL_MESSAGE_DELTA_TAG {
+            if tag == CONTROL_MESSAGE_SNAPSHOT_TAG
+                || tag == CONTROL_MESSAGE_DELTA_TAG
+                || tag == CONTROL_MESSAGE_PROVIDER_TOKENS_TAG
+            {
                 update = Some((tag, payload));
             }
             Ok(())
         })?;
         Ok(match update {
             None => None,
+            Some((CONTROL_MESSAGE_PROVIDER_TOKENS_TAG, _)) => Some(Head::Tokens),
             Some((CONTROL_MESSAGE_DELTA_TAG, payload)) => {
                 let head = DeltaHead::decode(payload)?;
                 Some(Head::Delta {
@@ -96,6 +105,10 @@ impl KeptUpdates {
     pub fn keep(&mut self, message: Vec<u8>) -> Result<Kept, SnapshotDecodeError> {
         match Head::read(&message)? {
             None => Ok(Kept::NoUpdate),
+            Some(Head::Tokens) => {
+                self.tokens = Some(message);
+                Ok(Kept::NoUpdate)
+            }
             Some(Head::Snapshot { version }) => {
                 self.deltas = Vec::new();
                 self.delta_bytes = 0;
@@ -118,6 +131,7 @@ impl KeptUpdates {
                     || version <= base_version
                     || delta_bytes > budget
                 {
+                    // The next stream sends the tokens again after its snapshot.
                     *self = KeptUpdates::default();
                     return Ok(Kept::NeedsSnapshot);
                 }
@@ -143,7 +157,8 @@ impl KeptUpdates {
     pub fn into_state(self) -> (Option<Arc<State>>, Vec<Applied>, Option<UpdateError>) {
         let mut state = None;
         let mut applied = Vec::new();
-        for message in self.snapshot.into_iter().chain(self.deltas) {
+        let messages = self.snapshot.into_iter().chain(self.deltas);
+        for message in messages.chain(self.tokens) {
             match State::update(&mut state, &message) {
                 Ok(Some(done)) => applied.push(done),
                 Ok(None) => {}
@@ -239,6 +254,48 @@ mod tests {
         let state = state.unwrap();
         assert_eq!((state.version, state.key_count()), (9, 5));
         assert_eq!(state.key(&[201; 32]).unwrap().alias, "added-201");
+    }
+
+    fn tokens(value: &str) -> Vec<u8> {
+        proto::ControlMessage {
+            kind: Some(control_message::Kind::ProviderTokens(
+                proto::ProviderTokens {
+                    tokens: vec![proto::ProviderToken {
+                        deployment_id: "vertex".into(),
+                        access_token: value.into(),
+                        expires_unix_ms: 10_000,
+                    }],
+                },
+            )),
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn the_newest_tokens_are_kept_and_applied_after_the_snapshot_and_deltas() {
+        let mut kept = KeptUpdates::default();
+        // Tokens before the snapshot and after it: the newest counts, whatever the order.
+        assert_eq!(kept.keep(tokens("ya29.old")).unwrap(), Kept::NoUpdate);
+        kept.keep(snapshot(5, 3)).unwrap();
+        assert_eq!(kept.keep(tokens("ya29.new")).unwrap(), Kept::NoUpdate);
+        kept.keep(delta(5, 6, 200)).unwrap();
+        assert_eq!(kept.version(), 6);
+        let (state, applied, error) = kept.into_state();
+        assert!(error.is_none(), "{error:?}");
+        let kinds: Vec<(UpdateKind, u64, usize)> = applied
+            .iter()
+            .map(|done| (done.kind, done.version, done.keys))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (UpdateKind::Snapshot, 5, 3),
+                (UpdateKind::Delta, 6, 1),
+                (UpdateKind::Tokens, 6, 1)
+            ]
+        );
+        let state = state.unwrap();
+        assert_eq!(state.access_token("vertex", 9_999), Ok("ya29.new"));
     }
 
     #[test]
