@@ -23,16 +23,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[macro_use]
+mod golden;
+
 use std::path::{Path, PathBuf};
 
+use golden::*;
 use serde_json::{json, Value};
 use tollgate_core::gateway::plan_chat_request;
-use tollgate_core::providers::{ChunkOutput, ResponseMode, TranslateContext};
+use tollgate_core::providers::{ChunkOutput, ResponseMode};
 use tollgate_core::{proto, GatewayError, State, Usage};
-
-const CONTEXT: TranslateContext = TranslateContext {
-    now_unix: 1_700_000_000,
-};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/anthropic")
@@ -102,25 +102,6 @@ fn state_priced(pricing: Option<proto::Pricing>) -> State {
     state
 }
 
-fn update() -> bool {
-    std::env::var("UPDATE_GOLDEN").is_ok_and(|value| value == "1")
-}
-
-/// The case's `pricing.json` (`{"input_cost_per_token": …, …}`, the snapshot's names), or
-/// `None`: the deployment is not priced.
-fn pricing(case: &Path) -> Option<proto::Pricing> {
-    let value: Value = serde_json::from_slice(&std::fs::read(case.join("pricing.json")).ok()?)
-        .unwrap_or_else(|error| panic!("{}/pricing.json: {error}", case.display()));
-    let price = |name: &str| value.get(name).and_then(Value::as_f64);
-    Some(proto::Pricing {
-        input_cost_per_token: price("input_cost_per_token"),
-        output_cost_per_token: price("output_cost_per_token"),
-        cache_read_input_token_cost: price("cache_read_input_token_cost"),
-        cache_creation_input_token_cost: price("cache_creation_input_token_cost"),
-        output_cost_per_reasoning_token: price("output_cost_per_reasoning_token"),
-    })
-}
-
 /// The cost a priced stream's usage chunk must carry, as the case's `expected_cost` writes
 /// it (the text of the JSON number, as the cost header would write it); `None` without
 /// `pricing.json`. Checked against the bytes, since comparing JSON would accept `3.75e-5`.
@@ -142,87 +123,6 @@ fn check_cost(case: &Path, name: &str, output: &[u8], cost: Option<f64>) {
         }
         None => assert!(!text.contains("\"cost\""), "{name}: no cost:\n{text}"),
     }
-}
-
-fn read(case: &Path, name: &str) -> Option<Vec<u8>> {
-    std::fs::read(case.join(name)).ok()
-}
-
-fn read_status(case: &Path, name: &str) -> Option<u16> {
-    read(case, name).map(|bytes| {
-        String::from_utf8_lossy(&bytes)
-            .trim()
-            .parse()
-            .unwrap_or_else(|error| panic!("{}/{name}: {error}", case.display()))
-    })
-}
-
-fn json(bytes: &[u8]) -> Value {
-    serde_json::from_slice(bytes)
-        .unwrap_or_else(|error| panic!("{error}: {}", String::from_utf8_lossy(bytes)))
-}
-
-fn pretty(value: &Value) -> String {
-    serde_json::to_string_pretty(value).unwrap()
-}
-
-/// Compares `actual` with the case's JSON file, or rewrites the file under UPDATE_GOLDEN=1.
-fn golden_json(case: &Path, name: &str, actual: &Value) {
-    let path = case.join(name);
-    if update() {
-        std::fs::write(&path, pretty(actual) + "\n").unwrap();
-        return;
-    }
-    let expected =
-        json(&std::fs::read(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display())));
-    assert!(
-        actual == &expected,
-        "{}:\n--- got ---\n{}\n--- expected ---\n{}",
-        path.display(),
-        pretty(actual),
-        pretty(&expected)
-    );
-}
-
-/// The `data:` payloads of an OpenAI stream, which must consist of nothing but
-/// `data: <payload>\n\n` events; JSON payloads are parsed, `[DONE]` is kept as a string.
-fn data_events(bytes: &[u8]) -> Vec<Value> {
-    let text = std::str::from_utf8(bytes).expect("streams are UTF-8");
-    assert!(
-        text.is_empty() || text.ends_with("\n\n"),
-        "stream does not end with a complete event: {text:?}"
-    );
-    text.split_terminator("\n\n")
-        .map(|event| {
-            let payload = event
-                .strip_prefix("data: ")
-                .unwrap_or_else(|| panic!("not a data event: {event:?}"));
-            assert!(!payload.contains('\n'), "multi-line event: {event:?}");
-            if payload == "[DONE]" {
-                Value::String(payload.into())
-            } else {
-                json(payload.as_bytes())
-            }
-        })
-        .collect()
-}
-
-fn golden_sse(case: &Path, name: &str, actual: &[u8]) {
-    let path = case.join(name);
-    if update() {
-        std::fs::write(&path, actual).unwrap();
-        return;
-    }
-    let expected =
-        std::fs::read(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
-    let (actual, expected) = (data_events(actual), data_events(&expected));
-    assert!(
-        actual == expected,
-        "{}:\n--- got ---\n{}\n--- expected ---\n{}",
-        path.display(),
-        pretty(&Value::Array(actual)),
-        pretty(&Value::Array(expected))
-    );
 }
 
 fn usage_json(usage: Usage) -> Value {
@@ -396,45 +296,41 @@ fn check_case(case: &Path) {
     assert!(response.drops_content_length(), "{name}: content-length");
 }
 
-#[test]
-fn anthropic_golden_cases() {
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(fixtures())
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.is_dir())
-        .collect();
-    cases.sort();
-    let names: Vec<String> = cases
-        .iter()
-        .map(|case| case.file_name().unwrap().to_string_lossy().to_string())
-        .collect();
-    for required in [
-        "text",
-        "system",
-        "multi_turn",
-        "tools",
-        "images",
-        "stop_and_params",
-        "stream_text",
-        "stream_tools",
-        "stream_usage",
-        "stream_usage_off",
-        "error_429",
-        "error_529",
-        "error_400",
-        "error_non_json",
-        "finish_refusal",
-        "finish_max_tokens",
-    ] {
-        assert!(
-            names.iter().any(|name| name == required),
-            "missing case {required}"
-        );
-    }
-    for case in &cases {
-        check_case(case);
-    }
+fn check_named(name: &str) {
+    check_case(&fixtures().join(name));
 }
+
+golden_cases!(
+    fixtures = fixtures,
+    check = check_named;
+    assistant_first,
+    bad_upstream_body,
+    error_400,
+    error_429,
+    error_529,
+    error_non_json,
+    finish_max_tokens,
+    finish_refusal,
+    images,
+    multi_turn,
+    stop_and_params,
+    stream_cut,
+    stream_error,
+    stream_priced_usage,
+    stream_priced_usage_off,
+    stream_text,
+    stream_text_escaped,
+    stream_tools,
+    stream_usage,
+    stream_usage_off,
+    system,
+    text,
+    tool_choice_named,
+    tool_choice_none,
+    tool_choice_parallel_off,
+    tool_choice_required,
+    tools,
+);
 
 fn error_of(body: Value) -> GatewayError {
     plan_chat_request(&state(), body.to_string().as_bytes(), &CONTEXT)

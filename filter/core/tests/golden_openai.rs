@@ -6,9 +6,12 @@
 //! the usage the gateway must record. Streams are also fed split at every byte boundary and
 //! one byte at a time, and must give the same output.
 
+#[macro_use]
+mod golden;
+
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
+use golden::*;
 use tollgate_core::gateway::plan_chat_request;
 use tollgate_core::providers::{ChunkOutput, ResponseMode, TranslateContext};
 use tollgate_core::{proto, State, Usage};
@@ -42,21 +45,6 @@ fn state(case: &Path) -> State {
     State::from_snapshot(snapshot).0
 }
 
-/// The case's `pricing.json` (`{"input_cost_per_token": …, …}`, the snapshot's names), or
-/// `None`: the deployment is not priced.
-fn pricing(case: &Path) -> Option<proto::Pricing> {
-    let value: Value = serde_json::from_slice(&std::fs::read(case.join("pricing.json")).ok()?)
-        .unwrap_or_else(|error| panic!("{}/pricing.json: {error}", case.display()));
-    let price = |name: &str| value.get(name).and_then(Value::as_f64);
-    Some(proto::Pricing {
-        input_cost_per_token: price("input_cost_per_token"),
-        output_cost_per_token: price("output_cost_per_token"),
-        cache_read_input_token_cost: price("cache_read_input_token_cost"),
-        cache_creation_input_token_cost: price("cache_creation_input_token_cost"),
-        output_cost_per_reasoning_token: price("output_cost_per_reasoning_token"),
-    })
-}
-
 /// The cost a priced stream's usage chunk must carry, as the case's `expected_cost` writes
 /// it (the text of the JSON number, as the cost header would write it); `None` without
 /// `pricing.json`. Checked against the bytes, since comparing JSON would accept `3.75e-5`.
@@ -78,15 +66,6 @@ fn check_cost(case: &Path, name: &str, output: &[u8], cost: Option<f64>) {
         }
         None => assert!(!text.contains("\"cost\""), "{name}: no cost:\n{text}"),
     }
-}
-
-fn read(case: &Path, name: &str) -> Option<Vec<u8>> {
-    std::fs::read(case.join(name)).ok()
-}
-
-fn json(bytes: &[u8]) -> Value {
-    serde_json::from_slice(bytes)
-        .unwrap_or_else(|error| panic!("{error}: {}", String::from_utf8_lossy(bytes)))
 }
 
 fn data_events(bytes: &[u8]) -> Vec<String> {
@@ -262,15 +241,25 @@ fn check_case(case: &Path) {
     );
 }
 
-#[test]
-fn openai_golden_cases() {
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(fixtures())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    cases.sort();
-    assert!(cases.len() >= 7, "fixtures missing: {cases:?}");
-    for case in &cases {
-        check_case(case);
-    }
+fn check_named(name: &str) {
+    check_case(&fixtures().join(name));
 }
+
+golden_cases!(
+    fixtures = fixtures,
+    check = check_named;
+    error_504_timeout,
+    error_azure_content_filter,
+    error_context_length,
+    error_fastapi_detail,
+    error_openai,
+    error_plain,
+    error_string,
+    error_vllm_top_level,
+    stream_client_usage,
+    stream_forced_usage,
+    stream_priced_forced,
+    stream_priced_usage,
+    text,
+    tools_and_images,
+);

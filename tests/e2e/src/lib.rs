@@ -351,6 +351,114 @@ impl Mock {
     }
 }
 
+/// A gateway in front of the mock with a master key: what each provider's end-to-end test
+/// drives (chat requests, streams, the request the mock got, the spend logs).
+pub struct ProviderEnv {
+    /// The mock provider.
+    pub mock: Mock,
+    /// `tollgate up` in front of it.
+    pub gateway: Gateway,
+    master_key: String,
+    headers: Vec<(&'static str, &'static str)>,
+}
+
+// Test helpers: a request that fails should stop the test loudly, where it failed.
+#[allow(clippy::expect_used, clippy::panic)]
+impl ProviderEnv {
+    /// Requests go with `master_key` as their bearer key.
+    pub fn new(mock: Mock, gateway: Gateway, master_key: &str) -> ProviderEnv {
+        ProviderEnv {
+            mock,
+            gateway,
+            master_key: master_key.to_string(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// Every request also carries `headers` (a client's headers the gateway must drop).
+    pub fn with_headers(mut self, headers: &[(&'static str, &'static str)]) -> ProviderEnv {
+        self.headers = headers.to_vec();
+        self
+    }
+
+    /// POSTs a chat completion request.
+    pub fn post(&self, body: &serde_json::Value) -> reqwest::blocking::Response {
+        let mut request = client()
+            .post(format!("{}/v1/chat/completions", self.gateway.url))
+            .bearer_auth(&self.master_key);
+        for (name, value) in &self.headers {
+            request = request.header(*name, *value);
+        }
+        request.json(body).send().expect("the gateway answers")
+    }
+
+    /// Status and JSON body of a chat request.
+    pub fn chat(&self, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        let (status, _, value) = self.chat_with_cost(body);
+        (status, value)
+    }
+
+    /// Status, `x-litellm-response-cost` and JSON body of a chat request.
+    pub fn chat_with_cost(
+        &self,
+        body: &serde_json::Value,
+    ) -> (u16, Option<f64>, serde_json::Value) {
+        let response = self.post(body);
+        let status = response.status().as_u16();
+        let cost = response
+            .headers()
+            .get("x-litellm-response-cost")
+            .and_then(|value| value.to_str().ok()?.parse().ok());
+        let text = read_body(response).expect("a body");
+        let value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+        (status, cost, value)
+    }
+
+    /// The `data:` payloads of a streamed answer (`[DONE]` last), after checking it is a 200
+    /// in server-sent events whatever the provider's framing.
+    pub fn stream(&self, body: &serde_json::Value) -> Vec<String> {
+        let response = self.post(body);
+        assert_eq!(response.status(), 200);
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            content_type.starts_with("text/event-stream"),
+            "{content_type}"
+        );
+        sse_data(&read_body(response).expect("a body"))
+    }
+
+    /// The request the mock received last.
+    pub fn upstream(&self) -> serde_json::Value {
+        self.mock.last_request().expect("the mock got a request")
+    }
+
+    /// The spend log rows of requests sent with `user: end_user`, once there are `count`.
+    pub fn logs(&self, end_user: &str, count: usize) -> Vec<serde_json::Value> {
+        let fetch = || -> Vec<serde_json::Value> {
+            client()
+                .get(format!(
+                    "{}/spend/logs?end_user={end_user}",
+                    self.gateway.url
+                ))
+                .bearer_auth(&self.master_key)
+                .send()
+                .ok()
+                .and_then(|response| response.json::<serde_json::Value>().ok())
+                .and_then(|value| value.as_array().cloned())
+                .unwrap_or_default()
+        };
+        assert!(
+            eventually(Duration::from_secs(15), || fetch().len() >= count),
+            "{end_user}: {:?}",
+            fetch()
+        );
+        fetch()
+    }
+}
+
 /// A running `tollgate up`: control plane + Envoy with the filter.
 pub struct Gateway {
     /// `http://127.0.0.1:PORT` of the gateway listener.

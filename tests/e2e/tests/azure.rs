@@ -116,4 +116,22 @@ fn azure_openai_end_to_end() {
             .starts_with("Access denied due to invalid subscription key"),
         "{body}"
     );
+    // Azure gives no OpenAI `type`: the gateway adds the status's.
+    assert_eq!(body["error"]["type"], "authentication_error");
+    assert_eq!(body["error"]["code"], "401");
+
+    // A prompt Azure's content filter blocks: 400, its code and verdict kept.
+    let response = post(
+        &gateway,
+        &json!({"model": "azure-gpt", "messages": [{"role": "user", "content": "mock:content_filter"}]}),
+    );
+    assert_eq!(response.status(), 400);
+    let body: Value = serde_json::from_str(&read_body(response).unwrap()).unwrap();
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    assert_eq!(body["error"]["code"], "content_filter");
+    assert_eq!(body["error"]["param"], "prompt");
+    assert_eq!(
+        body["error"]["innererror"]["content_filter_result"]["hate"],
+        json!({"filtered": true, "severity": "high"})
+    );
 }

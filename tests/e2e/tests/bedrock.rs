@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tollgate_e2e::{
-    client, eventually, read_body, sse_data, Gateway, Mock, MOCK_AWS_ACCESS_KEY_ID,
+    eventually, read_body, sse_data, Gateway, Mock, ProviderEnv, MOCK_AWS_ACCESS_KEY_ID,
     MOCK_AWS_SECRET_ACCESS_KEY, MOCK_AWS_SESSION_TOKEN, MOCK_AWS_TEMP_ACCESS_KEY_ID,
     MOCK_AWS_TEMP_SECRET_ACCESS_KEY,
 };
@@ -49,77 +49,7 @@ fn config(mock: &Mock) -> String {
     )
 }
 
-struct Env {
-    mock: Mock,
-    gateway: Gateway,
-}
-
-impl Env {
-    fn post(&self, body: &Value) -> reqwest::blocking::Response {
-        client()
-            .post(format!("{}/v1/chat/completions", self.gateway.url))
-            .bearer_auth(MASTER_KEY)
-            // A client's own AWS headers must not reach Bedrock or break the signature.
-            .header("x-amz-date", "20000101T000000Z")
-            .header("x-amz-security-token", "client-token")
-            .json(body)
-            .send()
-            .unwrap()
-    }
-
-    fn chat(&self, body: &Value) -> (u16, Value) {
-        let response = self.post(body);
-        let status = response.status().as_u16();
-        let text = read_body(response).unwrap();
-        let value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
-        (status, value)
-    }
-
-    /// The stream's `data:` payloads, `[DONE]` last.
-    fn stream(&self, body: &Value) -> Vec<String> {
-        let response = self.post(body);
-        assert_eq!(response.status(), 200);
-        let content_type = response.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .to_string();
-        assert!(
-            content_type.starts_with("text/event-stream"),
-            "{content_type}"
-        );
-        sse_data(&read_body(response).unwrap())
-    }
-
-    /// The Bedrock request the mock received last.
-    fn upstream(&self) -> Value {
-        self.mock.last_request().unwrap()
-    }
-
-    /// The spend log rows of requests sent with `user: end_user`, once there are `count`.
-    fn logs(&self, end_user: &str, count: usize) -> Vec<Value> {
-        let fetch = || -> Vec<Value> {
-            client()
-                .get(format!(
-                    "{}/spend/logs?end_user={end_user}",
-                    self.gateway.url
-                ))
-                .bearer_auth(MASTER_KEY)
-                .send()
-                .unwrap()
-                .json::<Value>()
-                .unwrap()
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        };
-        assert!(
-            eventually(Duration::from_secs(15), || fetch().len() >= count),
-            "{end_user}: {:?}",
-            fetch()
-        );
-        fetch()
-    }
-}
+type Env = ProviderEnv;
 
 fn chunks_json(data: &[String]) -> Vec<Value> {
     assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{data:?}");
@@ -432,7 +362,11 @@ fn bedrock_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let mock = Mock::start(dir.path()).unwrap();
     let gateway = Gateway::start(dir.path(), &config(&mock)).unwrap();
-    let env = Env { mock, gateway };
+    let env = ProviderEnv::new(mock, gateway, MASTER_KEY).with_headers(&[
+        // A client's own AWS headers must not reach Bedrock or break the signature.
+        ("x-amz-date", "20000101T000000Z"),
+        ("x-amz-security-token", "client-token"),
+    ]);
     buffered(&env);
     streamed(&env);
     tool_round_trip(&env);

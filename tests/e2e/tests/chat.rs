@@ -284,11 +284,13 @@ fn provider_errors(env: &Env) {
         env.chat(&json!({"model": "gpt-mock", "messages": user("mock:status=429")}));
     assert_eq!(status, 429);
     assert_eq!(body["error"]["type"], "rate_limit_error");
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
 
     let (status, body) =
         env.chat(&json!({"model": "claude-mock", "messages": user("mock:status=529")}));
     assert_eq!(status, 529);
     assert_eq!(body["error"]["type"], "overloaded_error");
+    assert_eq!(body["error"]["code"], "overloaded");
     assert!(body["error"]["message"].is_string());
 
     let (status, body) =

@@ -45,5 +45,31 @@ pub(crate) async fn handle(state: &State, parts: &Parts, body: &Bytes) -> Respon
             );
         }
     }
+    if contains(body, b"mock:content_filter") {
+        return content_filter();
+    }
     openai::answer(state, body).await
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|window| window == needle)
+}
+
+/// What Azure answers a prompt its content filter blocks: 400, `code: "content_filter"` and
+/// the verdict per category in `innererror` (`mock:content_filter` in the request asks for
+/// it).
+fn content_filter() -> Response<MockBody> {
+    let body = json!({"error": {
+        "message": "The response was filtered due to the prompt triggering Azure OpenAI's content management policy. Please modify your prompt and retry. To learn more about our content filtering policies please read our documentation: https://go.microsoft.com/fwlink/?linkid=2198766",
+        "type": null, "param": "prompt", "code": "content_filter", "status": 400,
+        "innererror": {"code": "ResponsibleAIPolicyViolation", "content_filter_result": {
+            "hate": {"filtered": true, "severity": "high"},
+            "self_harm": {"filtered": false, "severity": "safe"},
+            "sexual": {"filtered": false, "severity": "safe"},
+            "violence": {"filtered": false, "severity": "safe"}}}}});
+    response(
+        StatusCode::BAD_REQUEST,
+        "application/json",
+        MockBody::full(Bytes::from(body.to_string())),
+    )
 }

@@ -29,9 +29,9 @@ pub const UPSTREAM_MODEL: &str = "upstream-model";
 /// Provider statuses the buffered targets pick from with their first byte: successes, the
 /// client and server errors providers send, and a few odd ones (Cohere's 402, 422, 498 and
 /// 499 are last, so the indices before them keep their statuses).
-pub const STATUSES: [u16; 20] = [
+pub const STATUSES: [u16; 21] = [
     200, 201, 204, 299, 400, 401, 403, 404, 408, 413, 429, 500, 502, 503, 529, 599, 402, 422, 498,
-    499,
+    499, 504,
 ];
 
 /// A deployment serving `model_name` with `kind`.

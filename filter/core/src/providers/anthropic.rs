@@ -23,8 +23,8 @@ use crate::openai_types::{self as oa, Content, ContentPart, Str};
 use crate::pricing::{stream_cost, Prices};
 use crate::providers::chunks::ChunkWriter;
 use crate::providers::{
-    openai_shaped_error, vertex_model_path, ChunkOutput, ProviderResponse, TranslateContext,
-    UpstreamRequest,
+    openai_shaped_error, tool_call_arguments, vertex_model_path, ChunkOutput, ProviderResponse,
+    TranslateContext, UpstreamRequest,
 };
 use crate::request::ChatRequestSummary;
 use crate::snapshot::Deployment;
@@ -351,36 +351,9 @@ fn tool_use_blocks<'r>(
     blocks: &mut Vec<Block<'r>>,
 ) -> Result<(), GatewayError> {
     for (index, call) in calls.iter().enumerate() {
-        let param = |field: &str| format!("messages[{message}].tool_calls[{index}].{field}");
-        if let Some(kind) = &call.kind {
-            if kind.as_str() != "function" {
-                return Err(GatewayError::invalid(
-                    &param("type"),
-                    format!(
-                        "Tool calls of type '{}' are not supported for Anthropic models.",
-                        kind.as_str()
-                    ),
-                ));
-            }
-        }
-        let arguments = call.function.arguments.as_deref().unwrap_or_default();
-        let input = if arguments.trim().is_empty() {
-            JsonObject::Empty
-        } else {
-            let not_an_object = || {
-                GatewayError::invalid(
-                    &param("function.arguments"),
-                    format!(
-                        "Invalid '{}': the arguments must be a JSON object encoded as a string.",
-                        param("function.arguments")
-                    ),
-                )
-            };
-            let raw: &RawValue = serde_json::from_str(arguments).map_err(|_| not_an_object())?;
-            if !raw.get().starts_with('{') {
-                return Err(not_an_object());
-            }
-            JsonObject::Raw(raw)
+        let input = match tool_call_arguments(call, message, index, "Anthropic")? {
+            None => JsonObject::Empty,
+            Some(raw) => JsonObject::Raw(raw),
         };
         blocks.push(Block::ToolUse {
             id: &call.id,
@@ -778,14 +751,18 @@ struct ErrorObject<'a> {
 }
 
 impl ErrorObject<'_> {
-    fn to_openai(&self) -> Vec<u8> {
+    /// OpenAI's shape, with the code the status or message names ("prompt is too long" is
+    /// `context_length_exceeded`, 529 `overloaded`).
+    fn to_openai(&self, status: u16) -> Vec<u8> {
+        let message = self
+            .message
+            .as_deref()
+            .unwrap_or("The upstream provider reported an error.");
         error_body(
-            self.message
-                .as_deref()
-                .unwrap_or("The upstream provider reported an error."),
+            message,
             self.kind.as_deref().unwrap_or("api_error"),
             None,
-            None,
+            crate::providers::errors::inferred_code(status, message),
         )
     }
 }
@@ -985,7 +962,12 @@ impl AnthropicResponse {
             }
             "error" => {
                 let body = match &parsed.error {
-                    Some(error) => error.to_openai(),
+                    // Mid-stream the status is long sent: the error's type says which it is.
+                    Some(error) => error.to_openai(match error.kind.as_deref() {
+                        Some("overloaded_error") => 529,
+                        Some("rate_limit_error") => 429,
+                        _ => 200,
+                    }),
                     None => error_body(
                         "The upstream provider reported an error in the stream.",
                         "api_error",
@@ -1082,7 +1064,7 @@ impl ProviderResponse for AnthropicResponse {
 
     fn translate_error(&self, status: u16, body: &[u8]) -> Vec<u8> {
         match serde_json::from_slice::<ErrorEnvelope<'_>>(body) {
-            Ok(envelope) if envelope.kind.as_str() == "error" => envelope.error.to_openai(),
+            Ok(envelope) if envelope.kind.as_str() == "error" => envelope.error.to_openai(status),
             _ => openai_shaped_error(status, body),
         }
     }

@@ -38,7 +38,8 @@ use crate::openai_types::{self as oa, Content, ContentPart, Str};
 use crate::pricing::{stream_cost, Prices};
 use crate::providers::chunks::ChunkWriter;
 use crate::providers::{
-    push_path_segment, ChunkOutput, Framing, ProviderResponse, TranslateContext, UpstreamRequest,
+    push_path_segment, tool_call_arguments, ChunkOutput, Framing, ProviderResponse,
+    TranslateContext, UpstreamRequest,
 };
 use crate::request::ChatRequestSummary;
 use crate::snapshot::Deployment;
@@ -471,36 +472,9 @@ fn tool_use_blocks<'r>(
     blocks: &mut Vec<Block<'r>>,
 ) -> Result<(), GatewayError> {
     for (index, call) in calls.iter().enumerate() {
-        let param = |field: &str| format!("messages[{message}].tool_calls[{index}].{field}");
-        if let Some(kind) = &call.kind {
-            if kind.as_str() != "function" {
-                return Err(GatewayError::invalid(
-                    &param("type"),
-                    format!(
-                        "Tool calls of type '{}' are not supported for Bedrock models.",
-                        kind.as_str()
-                    ),
-                ));
-            }
-        }
-        let arguments = call.function.arguments.as_deref().unwrap_or_default();
-        let input = if arguments.trim().is_empty() {
-            JsonObject::Empty
-        } else {
-            let not_an_object = || {
-                GatewayError::invalid(
-                    &param("function.arguments"),
-                    format!(
-                        "Invalid '{}': the arguments must be a JSON object encoded as a string.",
-                        param("function.arguments")
-                    ),
-                )
-            };
-            let raw: &RawValue = serde_json::from_str(arguments).map_err(|_| not_an_object())?;
-            if !raw.get().starts_with('{') {
-                return Err(not_an_object());
-            }
-            JsonObject::Raw(raw)
+        let input = match tool_call_arguments(call, message, index, "Bedrock")? {
+            None => JsonObject::Empty,
+            Some(raw) => JsonObject::Raw(raw),
         };
         blocks.push(Block::ToolUse(ToolUse {
             tool_use_id: &call.id,

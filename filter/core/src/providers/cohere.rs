@@ -43,7 +43,8 @@ use crate::openai_types::{self as oa, Content, ContentPart, Str};
 use crate::pricing::{stream_cost, Prices};
 use crate::providers::chunks::ChunkWriter;
 use crate::providers::{
-    openai_shaped_error, ChunkOutput, ProviderResponse, TranslateContext, UpstreamRequest,
+    check_tool_call_type, openai_shaped_error, ChunkOutput, ProviderResponse, TranslateContext,
+    UpstreamRequest,
 };
 use crate::request::ChatRequestSummary;
 use crate::snapshot::Deployment;
@@ -280,17 +281,7 @@ fn tool_calls<'r>(
 ) -> Result<Vec<ToolCall<'r>>, GatewayError> {
     let mut out = Vec::with_capacity(calls.len());
     for (index, call) in calls.iter().enumerate() {
-        if let Some(kind) = &call.kind {
-            if kind.as_str() != "function" {
-                return Err(GatewayError::invalid(
-                    &format!("messages[{message}].tool_calls[{index}].type"),
-                    format!(
-                        "Tool calls of type '{}' are not supported for Cohere models.",
-                        kind.as_str()
-                    ),
-                ));
-            }
-        }
+        check_tool_call_type(call, message, index, "Cohere")?;
         let arguments = call.function.arguments.as_deref().unwrap_or_default();
         out.push(ToolCall {
             id: &call.id,

@@ -42,8 +42,8 @@ use crate::openai_types::{self as oa, Content, ContentPart, Str};
 use crate::pricing::{stream_cost, Prices};
 use crate::providers::chunks::ChunkWriter;
 use crate::providers::{
-    openai_shaped_error, push_path_segment, vertex_model_path, ChunkOutput, ProviderResponse,
-    TranslateContext, UpstreamRequest,
+    openai_shaped_error, push_path_segment, tool_call_arguments, vertex_model_path, ChunkOutput,
+    ProviderResponse, TranslateContext, UpstreamRequest,
 };
 use crate::request::ChatRequestSummary;
 use crate::snapshot::{Deployment, Wire};
@@ -452,36 +452,9 @@ fn function_call_parts<'r>(
     parts: &mut Vec<Part<'r>>,
 ) -> Result<(), GatewayError> {
     for (index, call) in calls.iter().enumerate() {
-        let param = |field: &str| format!("messages[{message}].tool_calls[{index}].{field}");
-        if let Some(kind) = &call.kind {
-            if kind.as_str() != "function" {
-                return Err(GatewayError::invalid(
-                    &param("type"),
-                    format!(
-                        "Tool calls of type '{}' are not supported for Gemini models.",
-                        kind.as_str()
-                    ),
-                ));
-            }
-        }
-        let arguments = call.function.arguments.as_deref().unwrap_or_default();
-        let args = if arguments.trim().is_empty() {
-            Args::Empty
-        } else {
-            let not_an_object = || {
-                GatewayError::invalid(
-                    &param("function.arguments"),
-                    format!(
-                        "Invalid '{}': the arguments must be a JSON object encoded as a string.",
-                        param("function.arguments")
-                    ),
-                )
-            };
-            let raw: &RawValue = serde_json::from_str(arguments).map_err(|_| not_an_object())?;
-            if !raw.get().starts_with('{') {
-                return Err(not_an_object());
-            }
-            Args::Raw(raw)
+        let args = match tool_call_arguments(call, message, index, "Gemini")? {
+            None => Args::Empty,
+            Some(raw) => Args::Raw(raw),
         };
         let (_, thought_signature) = split_tool_call_id(&call.id);
         parts.push(Part {

@@ -9,14 +9,15 @@ pub mod anthropic;
 pub mod bedrock;
 pub mod chunks;
 pub mod cohere;
+pub mod errors;
 pub mod gemini;
 pub mod ollama;
 pub mod openai;
 
-use crate::error::{error_body, error_type_for_status};
 use crate::request::ChatRequestSummary;
 use crate::snapshot::{Deployment, Wire};
 use crate::{GatewayError, Usage};
+pub use errors::openai_shaped_error;
 
 /// Per-request facts a translation may need and must not fetch itself (the core reads no
 /// clock, so golden tests are deterministic).
@@ -255,6 +256,55 @@ pub(crate) fn push_path_segment(path: &mut String, text: &str) {
     }
 }
 
+/// Refuses an assistant tool call that is not a `function` call (`provider` names the
+/// models in the message: "Anthropic").
+pub(crate) fn check_tool_call_type(
+    call: &crate::openai_types::ToolCall<'_>,
+    message: usize,
+    index: usize,
+    provider: &str,
+) -> Result<(), GatewayError> {
+    match &call.kind {
+        Some(kind) if kind.as_str() != "function" => Err(GatewayError::invalid(
+            &format!("messages[{message}].tool_calls[{index}].type"),
+            format!(
+                "Tool calls of type '{}' are not supported for {provider} models.",
+                kind.as_str()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// An assistant tool call's arguments for providers that take them as a JSON object: the
+/// call checked ([`check_tool_call_type`]) and its arguments, a JSON object encoded as a
+/// string, borrowed as they are; `None` when they are empty (no arguments).
+pub(crate) fn tool_call_arguments<'r>(
+    call: &'r crate::openai_types::ToolCall<'_>,
+    message: usize,
+    index: usize,
+    provider: &str,
+) -> Result<Option<&'r serde_json::value::RawValue>, GatewayError> {
+    check_tool_call_type(call, message, index, provider)?;
+    let arguments = call.function.arguments.as_deref().unwrap_or_default();
+    if arguments.trim().is_empty() {
+        return Ok(None);
+    }
+    let not_an_object = || {
+        let param = format!("messages[{message}].tool_calls[{index}].function.arguments");
+        GatewayError::invalid(
+            &param,
+            format!("Invalid '{param}': the arguments must be a JSON object encoded as a string."),
+        )
+    };
+    let raw: &serde_json::value::RawValue =
+        serde_json::from_str(arguments).map_err(|_| not_an_object())?;
+    if !raw.get().starts_with('{') {
+        return Err(not_an_object());
+    }
+    Ok(Some(raw))
+}
+
 /// Vertex AI's path of a publisher model's method:
 /// `/v1/projects/<project>/locations/<location>/publishers/<publisher>/models/<model>:<method>`
 /// (each name one path segment), joined with the deployment's base
@@ -425,40 +475,6 @@ impl ResponseHandler {
     }
 }
 
-/// Wraps a provider error body that is not already OpenAI-shaped. Bodies with an
-/// `{"error":{"message":...}}` object pass through; anything else (plain text, HTML, other
-/// JSON) becomes the message of a new error object.
-pub fn openai_shaped_error(status: u16, body: &[u8]) -> Vec<u8> {
-    // Parsed whole (an error path, not the hot one): a check that skipped the members it
-    // does not read would pass through a body that is not JSON (a lone surrogate escape in
-    // an unread string, say).
-    let parsed = serde_json::from_slice::<serde_json::Value>(body).ok();
-    let error = parsed.as_ref().and_then(|value| value.get("error"));
-    match error {
-        Some(serde_json::Value::Object(object))
-            if object
-                .get("message")
-                .is_some_and(serde_json::Value::is_string) =>
-        {
-            body.to_vec()
-        }
-        Some(serde_json::Value::String(message)) => {
-            error_body(message, error_type_for_status(status), None, None)
-        }
-        _ => {
-            let text = String::from_utf8_lossy(body);
-            let text = text.trim();
-            let message = if text.is_empty() {
-                format!("The upstream provider returned HTTP {status} with an empty body.")
-            } else {
-                let cut: String = text.chars().take(2000).collect();
-                format!("The upstream provider returned HTTP {status}: {cut}")
-            };
-            error_body(&message, error_type_for_status(status), None, None)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -476,8 +492,15 @@ mod tests {
 
     #[test]
     fn openai_errors_pass_and_others_are_wrapped() {
-        let openai = br#"{"error":{"message":"slow down","type":"rate_limit_error","param":null,"code":null}}"#;
+        let openai = br#"{"error":{"message":"slow down","type":"rate_limit_error","param":null,"code":"rate_limit_exceeded"}}"#;
         assert_eq!(openai_shaped_error(429, openai), openai.to_vec());
+        // Without a code, the one its status names.
+        let no_code: serde_json::Value = serde_json::from_slice(&openai_shaped_error(
+            429,
+            br#"{"error":{"message":"slow down","type":"rate_limit_error","param":null,"code":null}}"#,
+        ))
+        .unwrap();
+        assert_eq!(no_code["error"]["code"], "rate_limit_exceeded");
 
         let ollama: serde_json::Value = serde_json::from_slice(&openai_shaped_error(
             404,

@@ -36,7 +36,8 @@ use crate::openai_types::{self as oa, Content, ContentPart, Str};
 use crate::pricing::{stream_cost, Prices};
 use crate::providers::chunks::ChunkWriter;
 use crate::providers::{
-    openai_shaped_error, ChunkOutput, Framing, ProviderResponse, TranslateContext, UpstreamRequest,
+    openai_shaped_error, tool_call_arguments, ChunkOutput, Framing, ProviderResponse,
+    TranslateContext, UpstreamRequest,
 };
 use crate::request::ChatRequestSummary;
 use crate::snapshot::Deployment;
@@ -322,36 +323,9 @@ fn tool_calls<'r>(
 ) -> Result<Vec<ToolCall<'r>>, GatewayError> {
     let mut out = Vec::with_capacity(calls.len());
     for (index, call) in calls.iter().enumerate() {
-        let param = |field: &str| format!("messages[{message}].tool_calls[{index}].{field}");
-        if let Some(kind) = &call.kind {
-            if kind.as_str() != "function" {
-                return Err(GatewayError::invalid(
-                    &param("type"),
-                    format!(
-                        "Tool calls of type '{}' are not supported for Ollama models.",
-                        kind.as_str()
-                    ),
-                ));
-            }
-        }
-        let arguments = call.function.arguments.as_deref().unwrap_or_default();
-        let arguments = if arguments.trim().is_empty() {
-            Args::Empty
-        } else {
-            let not_an_object = || {
-                GatewayError::invalid(
-                    &param("function.arguments"),
-                    format!(
-                        "Invalid '{}': the arguments must be a JSON object encoded as a string.",
-                        param("function.arguments")
-                    ),
-                )
-            };
-            let raw: &RawValue = serde_json::from_str(arguments).map_err(|_| not_an_object())?;
-            if !raw.get().starts_with('{') {
-                return Err(not_an_object());
-            }
-            Args::Raw(raw)
+        let arguments = match tool_call_arguments(call, message, index, "Ollama")? {
+            None => Args::Empty,
+            Some(raw) => Args::Raw(raw),
         };
         out.push(ToolCall {
             id: &call.id,
