@@ -90,6 +90,20 @@ pub async fn connect(addr: SocketAddr) -> Result<Sender> {
     Ok(sender)
 }
 
+/// What the last event of a complete stream holds: OpenAI's `[DONE]` (what the gateway
+/// sends for every provider), Anthropic's `message_stop`, Gemini's `finishReason` (only its
+/// last event has one) and, for Bedrock's event stream, the `metadata` event's
+/// `:event-type` header as framed (string type 7, value length 8).
+const STREAM_ENDS: [&[u8]; 4] = [
+    b"[DONE]",
+    b"message_stop",
+    b"\"finishReason\"",
+    b":event-type\x07\x00\x08metadata",
+];
+/// How many bytes at the end of a stream are searched for [`STREAM_ENDS`]: Gemini's last
+/// event holds its finish reason about 200 bytes before its end.
+const STREAM_END_WINDOW: usize = 512;
+
 /// Position just after `"content":"` or `"text":"` followed by a non-empty string.
 fn has_content(bytes: &[u8]) -> bool {
     for needle in [&b"\"content\":\""[..], &b"\"text\":\""[..]] {
@@ -139,9 +153,10 @@ pub async fn send_one(sender: &mut Sender, spec: &RequestSpec, start: Instant) -
         bail!("HTTP {status}: {text}");
     }
     if spec.stream {
-        let tail = &kept[kept.len().saturating_sub(64)..];
-        let ended = memchr::memmem::find(tail, b"[DONE]").is_some()
-            || memchr::memmem::find(tail, b"message_stop").is_some();
+        let tail = &kept[kept.len().saturating_sub(STREAM_END_WINDOW)..];
+        let ended = STREAM_ENDS
+            .iter()
+            .any(|end| memchr::memmem::find(tail, end).is_some());
         if !ended || ttft.is_none() {
             let text =
                 String::from_utf8_lossy(&kept[kept.len().saturating_sub(400)..]).into_owned();

@@ -12,7 +12,8 @@
 //! (default BENCHMARKS.md in the repository root), `BENCH_PERF_DIR` (a perf profile of each
 //! throughput run's Envoy goes there), `BENCH_ONLY=throughput` (a quick look while
 //! optimising: only the 1 KB throughput runs, printed, BENCHMARKS.md left alone; with
-//! `BENCH_PATHS=NativeOpenAi,TollgateOpenAi,...` only those paths and bare Envoy),
+//! `BENCH_PATHS=NativeOpenAi,TollgateBedrock,...` only those paths and bare Envoy, with the
+//! bare Envoy on the provider's request for a Gemini or Bedrock path),
 //! `BENCH_ONLY=scale` (only the snapshot-scale rows, printed: memory with `BENCH_SCALE_KEYS`
 //! keys, default 100000, and the time a one-key change takes to reach the filter).
 
@@ -222,6 +223,110 @@ fn chat_body(api: Api, model: &str, scenario: Scenario) -> Bytes {
     Bytes::from(format!("{head}{filler}{tail}"))
 }
 
+/// The Gemini and Bedrock deployments of the bench config, for their baselines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Upstream {
+    Gemini,
+    Bedrock,
+}
+
+/// The Gemini key the mock requires (`--gemini-key`) and the gateway's config injects.
+const GEMINI_KEY: &str = "sk-mock-gemini";
+const GEMINI_MODEL: &str = "gemini-2.5-flash";
+/// The AWS key the mock accepts (`--aws-access-key-id`, `--aws-secret-access-key`) and the
+/// bedrock deployment signs with.
+const AWS_ACCESS_KEY_ID: &str = "AKIDBENCHMOCK";
+const AWS_SECRET_ACCESS_KEY: &str = "bench-mock-secret-access-key";
+const AWS_REGION: &str = "us-east-1";
+const BEDROCK_MODEL: &str = "anthropic.claude-3-5-sonnet-20240620-v1:0";
+
+/// A provider request as the filter sends it: path (with query), headers, body.
+struct UpstreamRequest {
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Bytes,
+}
+
+/// What the filter sends a Gemini or Bedrock deployment for this scenario's chat request
+/// (path, provider headers, body), for the baselines that send it straight to the mock or
+/// through bare Envoy, so both sides make the mock do the same work. tollgate-core plans it
+/// for a one-deployment snapshot whose api_base is `authority`, the address it goes to:
+/// Bedrock's SigV4 signature covers the host and the time, and is made now (the mock, as
+/// AWS, accepts it for 5 minutes; every run asks for its request afresh).
+fn upstream_request(
+    upstream: Upstream,
+    authority: SocketAddr,
+    scenario: Scenario,
+) -> Result<UpstreamRequest> {
+    use tollgate_core::proto;
+    let (kind, model, provider_name, api_key, settings) = match upstream {
+        Upstream::Gemini => (
+            proto::ProviderKind::Gemini,
+            GEMINI_MODEL,
+            "gemini",
+            GEMINI_KEY,
+            None,
+        ),
+        Upstream::Bedrock => (
+            proto::ProviderKind::Bedrock,
+            BEDROCK_MODEL,
+            "bedrock",
+            "",
+            Some(proto::deployment::ProviderSettings::Bedrock(
+                proto::BedrockSettings {
+                    region: AWS_REGION.to_string(),
+                    credentials: Some(proto::AwsCredentials {
+                        access_key_id: AWS_ACCESS_KEY_ID.to_string(),
+                        secret_access_key: AWS_SECRET_ACCESS_KEY.to_string(),
+                        session_token: String::new(),
+                    }),
+                },
+            )),
+        ),
+    };
+    let snapshot = proto::Snapshot {
+        version: 1,
+        deployments: vec![proto::Deployment {
+            id: "bench-baseline".to_string(),
+            model_name: "baseline".to_string(),
+            provider: kind as i32,
+            provider_name: provider_name.to_string(),
+            upstream_model: model.to_string(),
+            api_base: format!("http://{authority}"),
+            api_key: api_key.to_string(),
+            provider_settings: settings,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let state = tollgate_core::State::from_snapshot(snapshot).0;
+    let now_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let plan = tollgate_core::gateway::plan_chat_request(
+        &state,
+        &chat_body(Api::OpenAi, "baseline", scenario),
+        &tollgate_core::providers::TranslateContext { now_unix },
+    )
+    .map_err(|error| anyhow!("planning the {upstream:?} baseline request: {error}"))?;
+    let mut headers = Vec::new();
+    for (name, value) in &plan.headers {
+        // The load generator sends `content-type: application/json` on every request.
+        if *name == "content-type" {
+            if value != "application/json" {
+                bail!("the {upstream:?} request has content-type {value}");
+            }
+            continue;
+        }
+        headers.push((name.to_string(), value.clone()));
+    }
+    Ok(UpstreamRequest {
+        path: plan.path,
+        headers,
+        body: Bytes::from(plan.body),
+    })
+}
+
 // ---------------------------------------------------------------- the stack
 
 struct Stack {
@@ -372,7 +477,7 @@ async fn native_floor_rss(dir: &Path, stack: &Stack) -> Result<u64> {
     })
     .await?;
     // The filter must really be in the chain: a request through it reaches the mock.
-    let mut spec = Route::BareOpenAi.spec(stack, ONE_K, MASTER_KEY);
+    let mut spec = Route::BareOpenAi.spec(stack, ONE_K, MASTER_KEY)?;
     spec.addr = local(native.port);
     let mut sender = load::connect(spec.addr).await?;
     load::send_one(&mut sender, &spec, Instant::now())
@@ -401,9 +506,12 @@ fn bench_config(mock_port: u16) -> String {
         config,
         "- model_name: gpt-mock\n  litellm_params:\n    model: openai/mock-gpt-4o\n    api_base: {base}/v1\n    api_key: sk-mock-openai\n\
          - model_name: claude-mock\n  litellm_params:\n    model: anthropic/claude-mock-sonnet\n    api_base: {base}\n    api_key: sk-mock-anthropic\n\
-         - model_name: gpt-priced\n  litellm_params:\n    model: openai/mock-gpt-4o\n    api_base: {base}/v1\n    api_key: sk-mock-openai\n    input_cost_per_token: 0.0000025\n    output_cost_per_token: 0.00001\n"
+         - model_name: gpt-priced\n  litellm_params:\n    model: openai/mock-gpt-4o\n    api_base: {base}/v1\n    api_key: sk-mock-openai\n    input_cost_per_token: 0.0000025\n    output_cost_per_token: 0.00001\n\
+         - model_name: gemini-mock\n  litellm_params:\n    model: gemini/{GEMINI_MODEL}\n    api_base: {base}\n    api_key: {GEMINI_KEY}\n\
+         - model_name: bedrock-mock\n  litellm_params:\n    model: bedrock/{BEDROCK_MODEL}\n    api_base: {base}\n    aws_region_name: {AWS_REGION}\n    aws_access_key_id: {AWS_ACCESS_KEY_ID}\n    aws_secret_access_key: {AWS_SECRET_ACCESS_KEY}\n"
     );
-    for i in 0..DEPLOYMENTS - 3 {
+    // The named deployments above, then fillers up to DEPLOYMENTS.
+    for i in 0..DEPLOYMENTS - 5 {
         let _ = write!(
             config,
             "- model_name: bench-model-{i}\n  litellm_params:\n    model: openai/bench-upstream-{i}\n    api_base: {base}/v1\n    api_key: sk-mock-openai-{i}\n"
@@ -455,18 +563,27 @@ impl Stack {
     /// The Envoy a path goes through (none for the direct paths).
     fn envoy_pid(&self, path: Route) -> Option<u32> {
         match path {
-            Route::DirectOpenAi | Route::DirectAnthropic => None,
-            Route::BareOpenAi | Route::BareAnthropic => Some(self.bare_envoy.pid()),
+            Route::DirectOpenAi
+            | Route::DirectAnthropic
+            | Route::DirectGemini
+            | Route::DirectBedrock => None,
+            Route::BareOpenAi | Route::BareAnthropic | Route::BareGemini | Route::BareBedrock => {
+                Some(self.bare_envoy.pid())
+            }
             Route::DfpOpenAi => Some(self.dfp_envoy.pid()),
             Route::FloorNoopOpenAi => Some(self.floor_noop.envoy.pid()),
             Route::FloorBodyRoutingOpenAi => Some(self.floor_body_routing.envoy.pid()),
             Route::ExtraFloor(i) => self.extra_floors.get(i).map(|(_, floor)| floor.envoy.pid()),
-            Route::TollgateOpenAi | Route::TollgateAnthropic | Route::TollgateLimitedOpenAi => {
-                Some(self.tollgate_envoy.pid())
-            }
-            Route::NativeOpenAi | Route::NativeAnthropic | Route::NativeLimitedOpenAi => {
-                Some(self.native_envoy.pid())
-            }
+            Route::TollgateOpenAi
+            | Route::TollgateAnthropic
+            | Route::TollgateGemini
+            | Route::TollgateBedrock
+            | Route::TollgateLimitedOpenAi => Some(self.tollgate_envoy.pid()),
+            Route::NativeOpenAi
+            | Route::NativeAnthropic
+            | Route::NativeGemini
+            | Route::NativeBedrock
+            | Route::NativeLimitedOpenAi => Some(self.native_envoy.pid()),
         }
     }
 
@@ -474,7 +591,12 @@ impl Stack {
         // The mock: one tokio thread, on the load generator's CPU (inherited affinity).
         let mock_port = free_port()?;
         let mut mock_cmd = Command::new(binary("tollgate-mock"));
-        mock_cmd.args(["--port", &mock_port.to_string(), "--threads", "1"]);
+        mock_cmd
+            .args(["--port", &mock_port.to_string(), "--threads", "1"])
+            // Gemini's key and Bedrock's AWS key are checked (SigV4 verified per request).
+            .args(["--gemini-key", GEMINI_KEY])
+            .args(["--aws-access-key-id", AWS_ACCESS_KEY_ID])
+            .args(["--aws-secret-access-key", AWS_SECRET_ACCESS_KEY]);
         let mock = Proc::start("tollgate-mock", mock_cmd, &dir.join("mock.log"))?;
         wait_until("the mock", Duration::from_secs(20), || async {
             matches!(
@@ -702,6 +824,16 @@ enum Route {
     TollgateAnthropic,
     NativeOpenAi,
     NativeAnthropic,
+    /// Gemini's `generateContent` / `streamGenerateContent?alt=sse`, key checked.
+    DirectGemini,
+    BareGemini,
+    TollgateGemini,
+    NativeGemini,
+    /// Bedrock's `converse` / `converse-stream` (AWS event stream), SigV4 verified.
+    DirectBedrock,
+    BareBedrock,
+    TollgateBedrock,
+    NativeBedrock,
     /// `gpt-priced` (priced) with a key that has a budget and rpm and tpm limits.
     TollgateLimitedOpenAi,
     NativeLimitedOpenAi,
@@ -709,7 +841,7 @@ enum Route {
     ExtraFloor(usize),
 }
 
-const PATHS: [Route; 13] = [
+const PATHS: [Route; 21] = [
     Route::DirectOpenAi,
     Route::BareOpenAi,
     Route::DfpOpenAi,
@@ -721,6 +853,14 @@ const PATHS: [Route; 13] = [
     Route::TollgateAnthropic,
     Route::NativeOpenAi,
     Route::NativeAnthropic,
+    Route::DirectGemini,
+    Route::BareGemini,
+    Route::TollgateGemini,
+    Route::NativeGemini,
+    Route::DirectBedrock,
+    Route::BareBedrock,
+    Route::TollgateBedrock,
+    Route::NativeBedrock,
     Route::TollgateLimitedOpenAi,
     Route::NativeLimitedOpenAi,
 ];
@@ -741,6 +881,16 @@ impl Route {
             Route::TollgateAnthropic => "Tollgate `claude-mock` (OpenAI -> Anthropic)",
             Route::NativeOpenAi => "Tollgate native module `gpt-mock` (OpenAI pass-through)",
             Route::NativeAnthropic => "Tollgate native module `claude-mock` (OpenAI -> Anthropic)",
+            Route::DirectGemini => "mock directly (Gemini API)",
+            Route::BareGemini => "bare Envoy -> mock (Gemini API)",
+            Route::TollgateGemini => "Tollgate `gemini-mock` (OpenAI -> Gemini)",
+            Route::NativeGemini => "Tollgate native module `gemini-mock` (OpenAI -> Gemini)",
+            Route::DirectBedrock => "mock directly (Bedrock Converse, SigV4)",
+            Route::BareBedrock => "bare Envoy -> mock (Bedrock Converse, SigV4)",
+            Route::TollgateBedrock => "Tollgate `bedrock-mock` (OpenAI -> Bedrock Converse, SigV4)",
+            Route::NativeBedrock => {
+                "Tollgate native module `bedrock-mock` (OpenAI -> Bedrock Converse, SigV4)"
+            }
             Route::TollgateLimitedOpenAi => {
                 "Tollgate `gpt-priced`, key with budget + rpm + tpm (OpenAI pass-through)"
             }
@@ -752,7 +902,21 @@ impl Route {
     }
 
     fn is_bare(self) -> bool {
-        matches!(self, Route::BareOpenAi | Route::BareAnthropic)
+        matches!(
+            self,
+            Route::BareOpenAi | Route::BareAnthropic | Route::BareGemini | Route::BareBedrock
+        )
+    }
+
+    /// The paths straight to the mock, no Envoy.
+    fn is_direct(self) -> bool {
+        matches!(
+            self,
+            Route::DirectOpenAi
+                | Route::DirectAnthropic
+                | Route::DirectGemini
+                | Route::DirectBedrock
+        )
     }
 
     /// Paths that only split Tollgate's cost into parts (throughput runs only).
@@ -779,11 +943,22 @@ impl Route {
             | Route::FloorBodyRoutingOpenAi
             | Route::ExtraFloor(_)
             | Route::DirectOpenAi => (Route::DirectOpenAi, Route::BareOpenAi),
-            _ => (Route::DirectAnthropic, Route::BareAnthropic),
+            Route::DirectGemini
+            | Route::BareGemini
+            | Route::TollgateGemini
+            | Route::NativeGemini => (Route::DirectGemini, Route::BareGemini),
+            Route::DirectBedrock
+            | Route::BareBedrock
+            | Route::TollgateBedrock
+            | Route::NativeBedrock => (Route::DirectBedrock, Route::BareBedrock),
+            Route::DirectAnthropic
+            | Route::BareAnthropic
+            | Route::TollgateAnthropic
+            | Route::NativeAnthropic => (Route::DirectAnthropic, Route::BareAnthropic),
         }
     }
 
-    fn spec(self, stack: &Stack, scenario: Scenario, key: &str) -> RequestSpec {
+    fn spec(self, stack: &Stack, scenario: Scenario, key: &str) -> Result<RequestSpec> {
         let stream = scenario.stream;
         let openai_headers = vec![(
             "authorization".to_string(),
@@ -812,7 +987,7 @@ impl Route {
                         .map_or(stack.bare_port, |(_, floor)| floor.port),
                     _ => stack.mock_port,
                 },
-                "/v1/chat/completions",
+                "/v1/chat/completions".to_string(),
                 openai_headers,
                 chat_body(Api::OpenAi, "mock-gpt-4o", scenario),
             ),
@@ -822,33 +997,67 @@ impl Route {
                 } else {
                     stack.mock_port
                 },
-                "/v1/messages",
+                "/v1/messages".to_string(),
                 anthropic_headers,
                 chat_body(Api::Anthropic, "claude-mock-sonnet", scenario),
             ),
             Route::TollgateOpenAi => (
                 stack.tollgate_port,
-                "/v1/chat/completions",
+                "/v1/chat/completions".to_string(),
                 gateway_headers,
                 chat_body(Api::OpenAi, "gpt-mock", scenario),
             ),
             Route::TollgateAnthropic => (
                 stack.tollgate_port,
-                "/v1/chat/completions",
+                "/v1/chat/completions".to_string(),
                 gateway_headers,
                 chat_body(Api::OpenAi, "claude-mock", scenario),
             ),
             Route::NativeOpenAi => (
                 stack.native_port,
-                "/v1/chat/completions",
+                "/v1/chat/completions".to_string(),
                 gateway_headers,
                 chat_body(Api::OpenAi, "gpt-mock", scenario),
             ),
             Route::NativeAnthropic => (
                 stack.native_port,
-                "/v1/chat/completions",
+                "/v1/chat/completions".to_string(),
                 gateway_headers,
                 chat_body(Api::OpenAi, "claude-mock", scenario),
+            ),
+            Route::DirectGemini | Route::BareGemini | Route::DirectBedrock | Route::BareBedrock => {
+                let port = if self.is_bare() {
+                    stack.bare_port
+                } else {
+                    stack.mock_port
+                };
+                let upstream = if matches!(self, Route::DirectGemini | Route::BareGemini) {
+                    Upstream::Gemini
+                } else {
+                    Upstream::Bedrock
+                };
+                let request = upstream_request(upstream, local(port), scenario)?;
+                (port, request.path, request.headers, request.body)
+            }
+            Route::TollgateGemini | Route::NativeGemini => (
+                if self == Route::TollgateGemini {
+                    stack.tollgate_port
+                } else {
+                    stack.native_port
+                },
+                "/v1/chat/completions".to_string(),
+                gateway_headers,
+                chat_body(Api::OpenAi, "gemini-mock", scenario),
+            ),
+            Route::TollgateBedrock | Route::NativeBedrock => (
+                if self == Route::TollgateBedrock {
+                    stack.tollgate_port
+                } else {
+                    stack.native_port
+                },
+                "/v1/chat/completions".to_string(),
+                gateway_headers,
+                chat_body(Api::OpenAi, "bedrock-mock", scenario),
             ),
             Route::TollgateLimitedOpenAi | Route::NativeLimitedOpenAi => (
                 if self == Route::TollgateLimitedOpenAi {
@@ -856,7 +1065,7 @@ impl Route {
                 } else {
                     stack.native_port
                 },
-                "/v1/chat/completions",
+                "/v1/chat/completions".to_string(),
                 vec![(
                     "authorization".to_string(),
                     format!("Bearer {}", stack.limited_key),
@@ -864,7 +1073,7 @@ impl Route {
                 chat_body(Api::OpenAi, "gpt-priced", scenario),
             ),
         };
-        RequestSpec {
+        Ok(RequestSpec {
             addr: local(port),
             // The dynamic-forward-proxy Envoy routes by Host: the mock's address.
             host: if self == Route::DfpOpenAi {
@@ -872,11 +1081,11 @@ impl Route {
             } else {
                 local(port).to_string()
             },
-            path: path.to_string(),
+            path,
             headers,
             body,
             stream,
-        }
+        })
     }
 }
 
@@ -973,7 +1182,7 @@ async fn interleaved_throughput(
     for round in 0..rounds {
         let mut this_round = BTreeMap::new();
         for &path in paths {
-            let spec = path.spec(stack, scenario, MASTER_KEY);
+            let spec = path.spec(stack, scenario, MASTER_KEY)?;
             let perf_out = perf_dir.as_ref().map(|d| {
                 d.join(format!(
                     "perf.{}.{path:?}.round{round}.data",
@@ -1256,8 +1465,12 @@ fn run_callgrind(dir: &Path) -> Result<Vec<Callgrind>> {
     for (provider, mode, n) in [
         ("openai", "buffered", 2000usize),
         ("anthropic", "buffered", 2000),
+        ("gemini", "buffered", 2000),
+        ("bedrock", "buffered", 2000),
         ("openai", "stream", 200),
         ("anthropic", "stream", 200),
+        ("gemini", "stream", 200),
+        ("bedrock", "stream", 200),
         // A key with a budget (and a global one): budgets checked, cost booked.
         ("openai", "buffered+budget", 2000),
         ("openai", "stream+budget", 200),
@@ -1375,13 +1588,14 @@ struct Profiled {
 }
 
 /// The paths whose Envoy CPU the profile splits: the baselines, the Wasm filter and the
-/// native module.
-const PROFILED: [Route; 5] = [
+/// native module (Bedrock too: the translation that signs every request).
+const PROFILED: [Route; 6] = [
     Route::BareOpenAi,
     Route::DfpOpenAi,
     Route::TollgateOpenAi,
     Route::NativeOpenAi,
     Route::NativeAnthropic,
+    Route::NativeBedrock,
 ];
 
 /// Runs each of [`PROFILED`] once more under `perf record` (1 KB buffered) and splits its
@@ -1404,7 +1618,9 @@ async fn profile_paths(
     }
     let mut profiled = Vec::new();
     for path in PROFILED {
-        let spec = path.spec(stack, ONE_K, MASTER_KEY);
+        let spec = path
+            .spec(stack, ONE_K, MASTER_KEY)
+            .map_err(|error| format!("{error:#}"))?;
         let data = dir.join(format!("perf.profile.{path:?}.data"));
         let (run, usage) = closed_loop_with_usage(
             &spec,
@@ -1517,7 +1733,7 @@ async fn run() -> Result<()> {
     // Check every path once before measuring.
     for scenario in [ONE_K, ONE_K_STREAM, ONE_K_PACED] {
         for path in PATHS {
-            let spec = path.spec(&stack, scenario, MASTER_KEY);
+            let spec = path.spec(&stack, scenario, MASTER_KEY)?;
             let mut sender = load::connect(spec.addr).await?;
             load::send_one(&mut sender, &spec, Instant::now())
                 .await
@@ -1550,7 +1766,7 @@ async fn run() -> Result<()> {
                 scenario.label(),
                 path.label()
             );
-            let spec = path.spec(&stack, scenario, MASTER_KEY);
+            let spec = path.spec(&stack, scenario, MASTER_KEY)?;
             // Paced streams last ~25 ms: more connections keep the rate without queueing.
             let connections = if scenario.paced {
                 64
@@ -1638,7 +1854,7 @@ async fn run() -> Result<()> {
                 large.created,
                 path.label()
             );
-            let spec = path.spec(&stack, ONE_K, &key);
+            let spec = path.spec(&stack, ONE_K, &key)?;
             let measured = closed_loop_with_usage(
                 &spec,
                 Some(envoy.pid()),
@@ -1804,8 +2020,18 @@ fn mb_f(kb: u64) -> f64 {
     kb as f64 / 1024.0
 }
 
+/// What a `BENCH_ONLY=throughput` path's ratio is taken against: bare Envoy carrying the
+/// Gemini or Bedrock request for those translations, bare Envoy on the OpenAI request for
+/// the rest (Anthropic included: quick mode runs no bare Anthropic path).
+fn quick_baseline(path: Route) -> Route {
+    match path.baselines().1 {
+        bare @ (Route::BareGemini | Route::BareBedrock) => bare,
+        _ => Route::BareOpenAi,
+    }
+}
+
 /// `BENCH_ONLY=throughput`: the 1 KB throughput runs of bare Envoy, the floor filters and
-/// Tollgate, interleaved, printed. `BENCH_FLOOR_STEPS` adds floor-filter Envoys, one per
+/// Tollgate (OpenAI, Anthropic, Gemini and Bedrock), interleaved, printed. `BENCH_FLOOR_STEPS` adds floor-filter Envoys, one per
 /// `;`-separated list of steps (see bench/floor-filter); the list `native` is the empty
 /// native filter (bench/native-floor).
 async fn quick_throughput(dir: &Path, duration: Duration, ticks_per_s: f64) -> Result<()> {
@@ -1834,16 +2060,28 @@ async fn quick_throughput(dir: &Path, duration: Duration, ticks_per_s: f64) -> R
         Route::TollgateAnthropic,
         Route::NativeOpenAi,
         Route::NativeAnthropic,
+        Route::BareGemini,
+        Route::TollgateGemini,
+        Route::NativeGemini,
+        Route::BareBedrock,
+        Route::TollgateBedrock,
+        Route::NativeBedrock,
     ];
     paths.extend((0..stack.extra_floors.len()).map(Route::ExtraFloor));
-    // BENCH_PATHS=BareOpenAi,NativeOpenAi,...: only these (bare Envoy always, as the base).
+    // BENCH_PATHS=BareOpenAi,NativeOpenAi,...: only these (bare Envoy always, as the base,
+    // and the bare Envoy of a Gemini or Bedrock path named).
     if let Ok(wanted) = std::env::var("BENCH_PATHS") {
+        let named = |path: Route| {
+            wanted
+                .split(',')
+                .any(|name| name.trim() == format!("{path:?}"))
+        };
+        let chosen: Vec<Route> = paths.iter().copied().filter(|path| named(*path)).collect();
         paths.retain(|path| {
             *path == Route::BareOpenAi
                 || matches!(path, Route::ExtraFloor(_))
-                || wanted
-                    .split(',')
-                    .any(|name| name.trim() == format!("{path:?}"))
+                || named(*path)
+                || chosen.iter().any(|c| quick_baseline(*c) == *path)
         });
     }
     let rounds = u32::try_from(env_u64("BENCH_ROUNDS", 4)).unwrap_or(4);
@@ -1859,7 +2097,7 @@ async fn quick_throughput(dir: &Path, duration: Duration, ticks_per_s: f64) -> R
             &stack,
             scenario,
             &paths,
-            |_| Route::BareOpenAi,
+            quick_baseline,
             rounds,
             duration,
             ticks_per_s,
@@ -2189,6 +2427,26 @@ fn render(
             "Anthropic translation, native module",
         ),
         (
+            Route::TollgateGemini,
+            Route::BareGemini,
+            "Gemini translation, Wasm filter",
+        ),
+        (
+            Route::NativeGemini,
+            Route::BareGemini,
+            "Gemini translation, native module",
+        ),
+        (
+            Route::TollgateBedrock,
+            Route::BareBedrock,
+            "Bedrock translation (SigV4, event stream), Wasm filter",
+        ),
+        (
+            Route::NativeBedrock,
+            Route::BareBedrock,
+            "Bedrock translation (SigV4, event stream), native module",
+        ),
+        (
             Route::TollgateLimitedOpenAi,
             Route::BareOpenAi,
             "OpenAI pass-through, priced, key with budget + rpm + tpm, Wasm filter",
@@ -2311,7 +2569,12 @@ fn render(
          `libtollgate_native.so`, on the same control plane). `gpt-mock` is the OpenAI-compatible \
          pass-through (model name rewritten, key injected); `claude-mock` is translated to Anthropic Messages \
          and back. Its baselines send the equivalent Anthropic request straight to the mock's `/v1/messages` \
-         (direct and through bare Envoy), so both sides make the mock do the same work.\n\
+         (direct and through bare Envoy), so both sides make the mock do the same work. `gemini-mock` is \
+         translated to Gemini's `generateContent` (`streamGenerateContent?alt=sse` for a stream; the mock \
+         checks the key) and `bedrock-mock` to Bedrock's Converse (`converse-stream`, answered in AWS event \
+         stream frames), every request signed with SigV4, which the mock verifies. Their baselines send \
+         what the filter sends (tollgate-core plans it in the load generator for the address it goes to; \
+         Bedrock's signed once per run, the mock verifying it on every request).\n\
          - **Requests.** A chat request with a system and a user message padded to ~1 KB, ~8 KB or ~100 KB; \
          the answer is fixed by a mock directive (`mock:chunks=30` buffered, `mock:chunks={STREAM_CHUNKS}` \
          streamed), so it does not grow with the prompt. Clients authenticate with the master key.\n\
@@ -2408,9 +2671,7 @@ fn render(
     );
     for ((scenario, path), (res, usage)) in &r.throughput {
         let (_, bare) = path.baselines();
-        let ratio = if *path == bare
-            || !(*path != Route::DirectOpenAi && *path != Route::DirectAnthropic)
-        {
+        let ratio = if *path == bare || path.is_direct() {
             String::new()
         } else {
             format!("{:.0}%", throughput_ratio(*scenario, *path, bare) * 100.0)
@@ -2504,16 +2765,71 @@ fn render(
         let _ = writeln!(
             s,
             "- {}: the empty Wasm filter runs at {:.0}% of bare Envoy's throughput and the \
-             body-routing floor at {:.0}%; Tollgate's Wasm filter at {:.0}% (OpenAI) and {:.0}% \
-             (Anthropic); its native module at {:.0}% (OpenAI) and {:.0}% (Anthropic).",
+             body-routing floor at {:.0}%; Tollgate's Wasm filter at {:.0}% (OpenAI), {:.0}% \
+             (Anthropic), {:.0}% (Gemini) and {:.0}% (Bedrock); its native module at {:.0}% \
+             (OpenAI), {:.0}% (Anthropic), {:.0}% (Gemini) and {:.0}% (Bedrock), each \
+             translation against bare Envoy carrying the provider's own request.",
             scenario.label(),
             ratio(Route::FloorNoopOpenAi),
             ratio(Route::FloorBodyRoutingOpenAi),
             ratio(Route::TollgateOpenAi),
             throughput_ratio(scenario, Route::TollgateAnthropic, Route::BareAnthropic) * 100.0,
+            throughput_ratio(scenario, Route::TollgateGemini, Route::BareGemini) * 100.0,
+            throughput_ratio(scenario, Route::TollgateBedrock, Route::BareBedrock) * 100.0,
             ratio(Route::NativeOpenAi),
             throughput_ratio(scenario, Route::NativeAnthropic, Route::BareAnthropic) * 100.0,
+            throughput_ratio(scenario, Route::NativeGemini, Route::BareGemini) * 100.0,
+            throughput_ratio(scenario, Route::NativeBedrock, Route::BareBedrock) * 100.0,
         );
+    }
+    let _ = writeln!(s);
+    // The translations side by side: each over bare Envoy carrying that provider's request.
+    let _ = writeln!(
+        s,
+        "### The translations side by side (1 KB requests, from the table above)\n\n\
+         Each translation's Envoy CPU per request over bare Envoy carrying the provider's own \
+         request (what the filter sends it), less the forward proxy's cost, as for Anthropic \
+         above. Bedrock's includes the SigV4 signature of every request (the body's SHA-256 and \
+         the HMAC chain) and reading the answer's AWS event stream frames (each CRC32-checked).\n"
+    );
+    let _ = writeln!(
+        s,
+        "| request | translation | bare Envoy, provider's request | + Wasm filter | + native module | throughput vs bare Envoy, Wasm / native |\n|---|---|---|---|---|---|"
+    );
+    for scenario in [one_k, one_k_stream] {
+        let dfp_cost = cpu_per_request(scenario, Route::DfpOpenAi)
+            - cpu_per_request(scenario, Route::BareOpenAi);
+        for (name, bare, wasm, native) in [
+            (
+                "OpenAI -> Anthropic",
+                Route::BareAnthropic,
+                Route::TollgateAnthropic,
+                Route::NativeAnthropic,
+            ),
+            (
+                "OpenAI -> Gemini",
+                Route::BareGemini,
+                Route::TollgateGemini,
+                Route::NativeGemini,
+            ),
+            (
+                "OpenAI -> Bedrock Converse",
+                Route::BareBedrock,
+                Route::TollgateBedrock,
+                Route::NativeBedrock,
+            ),
+        ] {
+            let base = cpu_per_request(scenario, bare);
+            let _ = writeln!(
+                s,
+                "| {} | {name} | {base:.1} us | {:+.1} us | {:+.1} us | {:.0}% / {:.0}% |",
+                scenario.label(),
+                cpu_per_request(scenario, wasm) - base - dfp_cost,
+                cpu_per_request(scenario, native) - base - dfp_cost,
+                throughput_ratio(scenario, wasm, bare) * 100.0,
+                throughput_ratio(scenario, native, bare) * 100.0,
+            );
+        }
     }
     let _ = writeln!(s);
     render_profile(&mut s, &r.profile, r.profile_error.as_deref());
@@ -2647,8 +2963,9 @@ fn render(
         "`bench/src/bin/translate_path.rs` runs the core translate path natively (no Envoy, no Wasm): \
          `plan_chat_request` on the ~1 KB request with {DEPLOYMENTS} deployments in the state, \
          `ResponseHandler::on_headers`, then `on_complete_body` on the mock's answer or the mock's \
-         {STREAM_CHUNKS}-chunk stream through `on_stream_chunk` one SSE event per call, plus the \
-         upstream header map and the usage record the glue builds per request. Only the request loop is counted \
+         {STREAM_CHUNKS}-chunk stream through `on_stream_chunk` one SSE event per call (Bedrock: one AWS \
+         event stream frame per call), plus the upstream header map and the usage record the glue builds \
+         per request. Bedrock's plan includes its SigV4 signature. Only the request loop is counted \
          (`--toggle-collect`). Instructions are stable on a noisy machine; they do not include the Wasm \
          runtime (V8) or the proxy-wasm host calls, which the *Envoy CPU/request* column above includes.\n"
     );

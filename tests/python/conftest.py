@@ -163,6 +163,31 @@ model_list:
       vertex_project: tollgate-python
       vertex_location: us-east5
       vertex_credentials: {vertex_credentials}
+  - model_name: emb-openai-mock
+    litellm_params:
+      model: openai/text-embedding-3-small
+      api_base: {mock_url}/v1
+      api_key: {OPENAI_KEY}
+  - model_name: emb-azure-mock
+    litellm_params:
+      model: azure/my-embedding
+      api_base: {mock_url}
+      api_version: "2024-10-21"
+      api_key: {AZURE_KEY}
+  - model_name: emb-gemini-mock
+    litellm_params:
+      model: gemini/gemini-embedding-001
+      api_base: {mock_url}
+      api_key: {GEMINI_KEY}
+  - model_name: emb-cohere-mock
+    litellm_params:
+      model: cohere/embed-v4.0
+      api_base: {mock_url}
+      api_key: {COHERE_KEY}
+  - model_name: emb-ollama-mock
+    litellm_params:
+      model: ollama/nomic-embed-text
+      api_base: {mock_url}
 """
     )
     env = dict(os.environ, TOLLGATE_TEST_ANTHROPIC_KEY=ANTHROPIC_KEY)

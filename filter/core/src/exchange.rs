@@ -185,8 +185,12 @@ enum Phase {
     /// Not ours: Envoy's routes handle it.
     #[default]
     PassThrough,
-    /// Chat request waiting for its body.
-    AwaitingBody { state: Arc<State>, caller: Caller },
+    /// Chat (or embeddings) request waiting for its body.
+    AwaitingBody {
+        state: Arc<State>,
+        caller: Caller,
+        endpoint: Endpoint,
+    },
     /// Planned, waiting for a rate-limit lease from the authority.
     AwaitingQuota(Box<Admitting>),
     /// Sent upstream.
@@ -394,7 +398,10 @@ impl Exchange {
             return Verdict::Continue;
         }
         self.request_id = headers.request_id.map(str::to_string);
-        self.model_request = endpoint == Endpoint::ChatCompletions;
+        self.model_request = matches!(
+            endpoint,
+            Endpoint::ChatCompletions | Endpoint::Embeddings | Endpoint::Completions
+        );
         if let Some(tags) = headers.tags {
             add_tags(&mut self.header_tags, tags.split(',').map(str::trim));
         }
@@ -450,6 +457,7 @@ impl Exchange {
         self.phase = Phase::AwaitingBody {
             state: state.clone(),
             caller,
+            endpoint,
         };
         Verdict::Pause
     }
@@ -461,7 +469,7 @@ impl Exchange {
         body_size: usize,
         end_of_stream: bool,
     ) -> Verdict {
-        let Phase::AwaitingBody { state, caller } = &self.phase else {
+        let Phase::AwaitingBody { state, caller, .. } = &self.phase else {
             return Verdict::Continue;
         };
         let limit = state.max_request_body_bytes;
@@ -474,7 +482,12 @@ impl Exchange {
         if !end_of_stream {
             return Verdict::Pause;
         }
-        let Phase::AwaitingBody { state, caller } = std::mem::take(&mut self.phase) else {
+        let Phase::AwaitingBody {
+            state,
+            caller,
+            endpoint,
+        } = std::mem::take(&mut self.phase)
+        else {
             return Verdict::Continue;
         };
         let now_ms = host.now_ms();
@@ -483,10 +496,20 @@ impl Exchange {
         };
         let planned = {
             let body = host.request_body(body_size);
-            plan_chat_request_for(&state, &caller, &body, &context)
+            match endpoint {
+                Endpoint::Embeddings => crate::providers::embeddings::plan_embeddings_request_for(
+                    &state, &caller, &body, &context,
+                ),
+                Endpoint::Completions => crate::completions::plan_completion_request_for(
+                    &state, &caller, &body, &context,
+                )
+                .map(|plan| (plan, estimate_tokens(body_size))),
+                _ => plan_chat_request_for(&state, &caller, &body, &context)
+                    .map(|plan| (plan, estimate_tokens(body_size))),
+            }
         };
-        let plan = match planned {
-            Ok(plan) => plan,
+        let (plan, estimated_tokens) = match planned {
+            Ok(planned) => planned,
             Err(error) => {
                 return self.refuse(host, &error, Some(caller), String::new(), String::new())
             }
@@ -502,13 +525,7 @@ impl Exchange {
                 return self.refuse(host, &error, Some(caller), model, end_user);
             }
         };
-        let needs = needs_of(
-            &state,
-            &caller,
-            model,
-            &plan.deployment,
-            estimate_tokens(body_size),
-        );
+        let needs = needs_of(&state, &caller, model, &plan.deployment, estimated_tokens);
         self.admit(
             host,
             Box::new(Admitting {

@@ -93,6 +93,10 @@ pub fn forwarded_client_header(name: &[u8]) -> Option<&'static str> {
 pub enum Endpoint {
     /// `POST /v1/chat/completions` or `/chat/completions`.
     ChatCompletions,
+    /// `POST /v1/embeddings` or `/embeddings`.
+    Embeddings,
+    /// `POST /v1/completions` or `/completions`: legacy text completions.
+    Completions,
     /// `GET /v1/models` or `/models`.
     Models,
     /// A known endpoint with the wrong method.
@@ -107,6 +111,8 @@ pub fn classify(method: &str, path: &str) -> Endpoint {
     let path = path.strip_suffix('/').unwrap_or(path);
     let (endpoint, expected) = match path {
         "/v1/chat/completions" | "/chat/completions" => (Endpoint::ChatCompletions, "POST"),
+        "/v1/embeddings" | "/embeddings" => (Endpoint::Embeddings, "POST"),
+        "/v1/completions" | "/completions" => (Endpoint::Completions, "POST"),
         "/v1/models" | "/models" => (Endpoint::Models, "GET"),
         _ => return Endpoint::Other,
     };
@@ -372,7 +378,7 @@ pub fn plan_chat_request_for(
 /// credentials) and `content-type`, all set by the plan: the glues write the plan's headers
 /// over the client's, and the client headers that reach the provider
 /// ([`FORWARDED_CLIENT_HEADERS`]) are not signed, which SigV4 allows.
-fn sign_for_provider(
+pub(crate) fn sign_for_provider(
     state: &State,
     deployment: &Deployment,
     authority: &str,
@@ -447,7 +453,7 @@ fn sign_sigv4(
 /// The request's `:path`: the base path joined with the translator's endpoint path, then
 /// the base's query and the endpoint's (Azure's `api-version` from api_base, Gemini's
 /// `alt=sse` from the translator), in that order.
-fn join_url(base_path: &str, base_query: &str, endpoint: &str) -> String {
+pub(crate) fn join_url(base_path: &str, base_query: &str, endpoint: &str) -> String {
     let (endpoint_path, endpoint_query) = endpoint.split_once('?').unwrap_or((endpoint, ""));
     let mut path = join_path(base_path, endpoint_path);
     for (at, query) in [base_query, endpoint_query]

@@ -13,6 +13,7 @@ pub mod auth;
 pub mod aws;
 pub mod budget;
 pub mod channel;
+pub mod completions;
 pub mod defaults;
 pub mod error;
 pub mod exchange;

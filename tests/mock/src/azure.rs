@@ -52,7 +52,9 @@ pub(crate) async fn handle(state: &State, parts: &Parts, body: &Bytes) -> Respon
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|window| window == needle)
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
 }
 
 /// What Azure answers a prompt its content filter blocks: 400, `code: "content_filter"` and

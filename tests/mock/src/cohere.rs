@@ -554,7 +554,7 @@ fn usage(billed_input: u64, output: u64) -> Value {
     })
 }
 
-fn check_auth(state: &State, parts: &Parts) -> Option<Response<MockBody>> {
+pub(crate) fn check_auth(state: &State, parts: &Parts) -> Option<Response<MockBody>> {
     let expected = state.config.cohere_api_key.as_deref()?;
     let header = parts
         .headers

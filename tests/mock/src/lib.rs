@@ -7,7 +7,11 @@
 //! * `POST /model/<model id>/converse` and `/converse-stream`: AWS Bedrock Converse, SigV4
 //!   signatures verified.
 //! * `POST /v2/chat`: Cohere's v2 Chat API.
+//! * `POST …/completions` (not `…/chat/completions`) and
+//!   `/openai/deployments/<d>/completions`: OpenAI's and Azure's legacy text completions.
 //! * `POST /api/chat`: Ollama's native chat API (newline-delimited JSON streams).
+//! * Embeddings: `POST …/embeddings` (OpenAI, Azure), `:batchEmbedContents` (Gemini),
+//!   `/v2/embed` (Cohere), `/api/embed` (Ollama); see `embeddings.rs`.
 //! * `POST /token` and `POST /v1/projects/<p>/locations/<l>/publishers/<google|anthropic>/
 //!   models/<model>:<method>`: Google's OAuth token endpoint for a service account, and
 //!   Vertex AI's Gemini and Claude endpoints that take its tokens (`GET /_mock/vertex` says
@@ -24,6 +28,8 @@ mod bedrock;
 mod body;
 mod cohere;
 mod common;
+mod completions;
+mod embeddings;
 mod eventstream;
 mod gemini;
 mod ollama;
@@ -51,6 +57,7 @@ use tokio::net::TcpListener;
 
 pub use bedrock::AwsCredentials;
 pub use body::MockBody;
+pub use embeddings::{base64_of, embedding_for, embedding_for_text, DEFAULT_DIMENSIONS};
 pub use vertex::VertexAccount;
 
 /// How many requests `/_mock/requests` remembers.
@@ -196,6 +203,10 @@ enum Provider {
     Ollama,
     /// Vertex AI: `/v1/projects/<p>/locations/<l>/publishers/<publisher>/models/<m>:<method>`.
     Vertex,
+    /// An embeddings endpoint (OpenAI, Azure, Gemini, Cohere, Ollama).
+    Embeddings(embeddings::Endpoint),
+    /// Legacy text completions: `…/completions` (OpenAI) or Azure's deployment path.
+    Completions(completions::Endpoint),
 }
 
 fn provider_error(
@@ -212,6 +223,16 @@ fn provider_error(
         Provider::Cohere => cohere::error(status, message),
         Provider::Ollama => ollama::error(status, message),
         Provider::Vertex => gemini::error(status, message, None),
+        Provider::Completions(endpoint) => completions::error(endpoint, status, message),
+        Provider::Embeddings(endpoint) => match endpoint {
+            embeddings::Endpoint::OpenAi => {
+                openai::error(status, message, "invalid_request_error", None, None)
+            }
+            embeddings::Endpoint::Azure => azure::error(status, message),
+            embeddings::Endpoint::Gemini => gemini::error(status, message, None),
+            embeddings::Endpoint::Cohere => cohere::error(status, message),
+            embeddings::Endpoint::Ollama => ollama::error(status, message),
+        },
         Provider::Anthropic => {
             let request_id = format!("req_mock_{}", state.next_id());
             anthropic::error(status, anthropic::error_type(status), message, &request_id)
@@ -222,7 +243,7 @@ fn provider_error(
 fn not_found(method: &Method, path: &str) -> Response<MockBody> {
     openai::error(
         StatusCode::NOT_FOUND,
-        &format!("Unknown request URL: {method} {path}. tollgate-mock serves POST .../chat/completions, POST .../v1/messages, POST /v1beta/models/<model>:generateContent (and :streamGenerateContent), POST /model/<model id>/converse (and /converse-stream), POST /v2/chat, POST /api/chat and /_mock/*."),
+        &format!("Unknown request URL: {method} {path}. tollgate-mock serves POST .../chat/completions, POST .../v1/messages, POST /v1beta/models/<model>:generateContent (and :streamGenerateContent), POST /model/<model id>/converse (and /converse-stream), POST /v2/chat, POST /api/chat, the embeddings endpoints (…/embeddings, :batchEmbedContents, /v2/embed, /api/embed) and /_mock/*."),
         "invalid_request_error",
         None,
         Some("unknown_url"),
@@ -237,6 +258,10 @@ async fn route(
     // Vertex first: its Gemini paths end like Gemini's own.
     let provider = if vertex::is_vertex_path(path) {
         Provider::Vertex
+    } else if let Some(endpoint) = embeddings::endpoint_of(path) {
+        Provider::Embeddings(endpoint)
+    } else if let Some(endpoint) = completions::endpoint_of(path) {
+        Provider::Completions(endpoint)
     } else if path.starts_with("/openai/deployments/") && path.ends_with("/chat/completions") {
         Provider::Azure
     } else if path.ends_with("/chat/completions") {
@@ -309,6 +334,10 @@ async fn route(
         Provider::Cohere => cohere::handle(&state, &parts, &body).await,
         Provider::Ollama => ollama::handle(&state, &parts, &body).await,
         Provider::Vertex => vertex::handle(&state, &parts, &body).await,
+        Provider::Embeddings(endpoint) => embeddings::handle(&state, endpoint, &parts, &body).await,
+        Provider::Completions(endpoint) => {
+            completions::handle(&state, endpoint, &parts, &body).await
+        }
     })
 }
 

@@ -113,7 +113,7 @@ fn mask_key(key: &str) -> String {
     format!("{head}{}{tail}", "*".repeat(chars.len() - 7))
 }
 
-fn check_auth(state: &State, parts: &Parts) -> Option<Response<MockBody>> {
+pub(crate) fn check_auth(state: &State, parts: &Parts) -> Option<Response<MockBody>> {
     let expected = state.config.openai_api_key.as_deref()?;
     let header = parts
         .headers

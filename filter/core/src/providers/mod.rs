@@ -9,6 +9,7 @@ pub mod anthropic;
 pub mod bedrock;
 pub mod chunks;
 pub mod cohere;
+pub mod embeddings;
 pub mod errors;
 pub mod gemini;
 pub mod ollama;
@@ -144,10 +145,14 @@ pub enum ResponseTranslator {
     Cohere(cohere::CohereResponse),
     /// Ollama's native chat API.
     Ollama(ollama::OllamaResponse),
+    /// An embeddings answer, of any wire.
+    Embeddings(embeddings::EmbeddingsResponse),
+    /// A legacy text completion answered through a chat translator (boxed: it holds one).
+    TextCompletion(Box<crate::completions::TextCompletionResponse>),
 }
 
 impl ResponseTranslator {
-    fn inner(&mut self) -> &mut dyn ProviderResponse {
+    pub(crate) fn inner(&mut self) -> &mut dyn ProviderResponse {
         match self {
             ResponseTranslator::OpenAi(inner) => inner,
             ResponseTranslator::Anthropic(inner) => inner,
@@ -155,10 +160,12 @@ impl ResponseTranslator {
             ResponseTranslator::Bedrock(inner) => inner,
             ResponseTranslator::Cohere(inner) => inner,
             ResponseTranslator::Ollama(inner) => inner,
+            ResponseTranslator::Embeddings(inner) => inner,
+            ResponseTranslator::TextCompletion(inner) => inner.as_mut(),
         }
     }
 
-    fn inner_ref(&self) -> &dyn ProviderResponse {
+    pub(crate) fn inner_ref(&self) -> &dyn ProviderResponse {
         match self {
             ResponseTranslator::OpenAi(inner) => inner,
             ResponseTranslator::Anthropic(inner) => inner,
@@ -166,6 +173,8 @@ impl ResponseTranslator {
             ResponseTranslator::Bedrock(inner) => inner,
             ResponseTranslator::Cohere(inner) => inner,
             ResponseTranslator::Ollama(inner) => inner,
+            ResponseTranslator::Embeddings(inner) => inner,
+            ResponseTranslator::TextCompletion(inner) => inner.as_ref(),
         }
     }
 }
