@@ -184,6 +184,12 @@ model_list:
       model: cohere/embed-v4.0
       api_base: {mock_url}
       api_key: {COHERE_KEY}
+  - model_name: emb-vertex-mock
+    litellm_params:
+      model: vertex_ai/text-embedding-005
+      api_base: {mock_url}
+      vertex_project: tollgate-python
+      vertex_credentials: {vertex_credentials}
   - model_name: emb-ollama-mock
     litellm_params:
       model: ollama/nomic-embed-text

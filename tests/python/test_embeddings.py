@@ -25,6 +25,7 @@ PROVIDERS = [
     ("emb-gemini-mock", "gemini-embedding-001", None, "gemini"),
     ("emb-cohere-mock", "embed-v4.0", 5, "cohere"),
     ("emb-ollama-mock", "nomic-embed-text", 5, "ollama"),
+    ("emb-vertex-mock", "text-embedding-005", 5, "vertex_ai"),
 ]
 
 

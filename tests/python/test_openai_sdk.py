@@ -56,7 +56,9 @@ def test_stream_with_usage(client, model):
 def test_models_list(client):
     assert [model.id for model in client.models.list()] == [
         "gpt-mock", "claude-mock", "azure-mock", "gemini-mock", "bedrock-mock", "bedrock-wrong-secret",
-        "cohere-mock", "ollama-mock", "vertex-gemini-mock", "vertex-claude-mock"]
+        "cohere-mock", "ollama-mock", "vertex-gemini-mock", "vertex-claude-mock",
+        "emb-openai-mock", "emb-azure-mock", "emb-gemini-mock", "emb-cohere-mock", "emb-vertex-mock",
+        "emb-ollama-mock"]
 
 
 def test_tool_call_through_anthropic(client):

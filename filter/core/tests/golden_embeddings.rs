@@ -25,6 +25,7 @@
 
 use std::path::{Path, PathBuf};
 
+use prost::Message;
 use serde_json::{json, Value};
 use tollgate_core::auth::Caller;
 use tollgate_core::providers::embeddings::plan_embeddings_request_for;
@@ -106,6 +107,30 @@ fn state() -> State {
             "",
         )
     };
+    let bedrock_cohere = proto::Deployment {
+        upstream_model: "cohere.embed-english-v3".into(),
+        ..deployment_named(&bedrock, "bedrock-cohere-emb")
+    };
+    let bedrock_chat = proto::Deployment {
+        upstream_model: "anthropic.claude-3-5-sonnet-20240620-v1:0".into(),
+        ..deployment_named(&bedrock, "bedrock-chat")
+    };
+    let vertex = proto::Deployment {
+        provider_settings: Some(proto::deployment::ProviderSettings::Vertex(
+            proto::VertexSettings {
+                project: "tollgate-test".into(),
+                location: "us-central1".into(),
+            },
+        )),
+        ..deployment(
+            "vertex-emb",
+            Kind::Gemini,
+            "vertex_ai",
+            "text-embedding-005",
+            "https://us-central1-aiplatform.googleapis.com",
+            "",
+        )
+    };
     let snapshot = proto::Snapshot {
         keys: Vec::new(),
         version: 1,
@@ -153,11 +178,43 @@ fn state() -> State {
                 "sk-ant",
             ),
             bedrock,
+            bedrock_cohere,
+            bedrock_chat,
+            vertex,
         ],
     };
-    let (state, problems) = State::from_snapshot(snapshot);
-    assert!(problems.is_empty(), "{problems:?}");
-    state
+    let message = |kind| proto::ControlMessage { kind: Some(kind) }.encode_to_vec();
+    let mut current = None;
+    let applied = State::update(
+        &mut current,
+        &message(proto::control_message::Kind::Snapshot(snapshot)),
+    )
+    .unwrap()
+    .unwrap();
+    assert!(applied.problems.is_empty(), "{:?}", applied.problems);
+    // The Vertex deployment's access token, valid an hour past the cases' clock.
+    let tokens = proto::ProviderTokens {
+        tokens: vec![proto::ProviderToken {
+            deployment_id: "id-vertex-emb".into(),
+            access_token: "ya29.embeddings-test".into(),
+            expires_unix_ms: (CONTEXT.now_unix + 3600) * 1000,
+        }],
+    };
+    State::update(
+        &mut current,
+        &message(proto::control_message::Kind::ProviderTokens(tokens)),
+    )
+    .unwrap();
+    State::clone(&current.unwrap())
+}
+
+/// `base` under another model name (and id).
+fn deployment_named(base: &proto::Deployment, model_name: &str) -> proto::Deployment {
+    proto::Deployment {
+        id: format!("id-{model_name}"),
+        model_name: model_name.into(),
+        ..base.clone()
+    }
 }
 
 fn update() -> bool {
@@ -244,6 +301,15 @@ fn run_case(name: &str) {
     };
     assert!(!plan.stream);
     golden_bytes(&case, "upstream_path", plan.path.as_bytes());
+    if case.join("upstream_headers.json").exists() {
+        // The auth a provider takes (Vertex's bearer token, Bedrock's SigV4 headers).
+        let headers: serde_json::Map<String, Value> = plan
+            .headers
+            .iter()
+            .map(|(name, value)| ((*name).to_string(), Value::String(value.clone())))
+            .collect();
+        golden_json(&case, "upstream_headers.json", &Value::Object(headers));
+    }
     golden_json(&case, "upstream_request.json", &json(&plan.body));
 
     let answer = read(&case, "response.json").expect("response.json");
@@ -328,11 +394,17 @@ cases!(
     cohere_input_type,
     cohere_error_400,
     ollama_float,
+    vertex_float,
+    vertex_dimensions_base64,
+    vertex_error_401,
+    bedrock_titan_float,
+    bedrock_titan_many_refused,
+    bedrock_cohere_float,
+    bedrock_chat_model_refused,
     ollama_base64,
     ollama_error_404,
     ollama_bad_upstream_body,
     anthropic_refused,
-    bedrock_refused,
     request_empty_string,
     request_empty_array,
     request_bad_encoding_format,

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tollgate_e2e::{
-    client, eventually, read_body, Gateway, Mock, MOCK_AZURE_KEY, MOCK_COHERE_KEY, MOCK_GEMINI_KEY,
-    MOCK_OLLAMA_KEY, MOCK_OPENAI_KEY,
+    client, eventually, read_body, Gateway, Mock, MOCK_AWS_ACCESS_KEY_ID,
+    MOCK_AWS_SECRET_ACCESS_KEY, MOCK_AZURE_KEY, MOCK_COHERE_KEY, MOCK_GEMINI_KEY, MOCK_OLLAMA_KEY,
+    MOCK_OPENAI_KEY,
 };
 
 const MASTER_KEY: &str = "sk-master-embeddings";
@@ -74,9 +75,35 @@ fn config(mock: &Mock) -> String {
             "sk-mock-anthropic",
             "",
         ),
+        format!(
+            "- model_name: emb-vertex\n\
+             \x20 litellm_params:\n\
+             \x20   model: vertex_ai/text-embedding-005\n\
+             \x20   api_base: {url}\n\
+             \x20   vertex_project: tollgate-e2e\n\
+             \x20   vertex_credentials: {credentials}\n\
+             \x20   input_cost_per_token: {INPUT}\n",
+            credentials = serde_json::to_string(&mock.vertex_credentials().unwrap()).unwrap()
+        ),
+        bedrock("emb-titan", "amazon.titan-embed-text-v2:0", url),
+        bedrock("emb-bedrock-cohere", "cohere.embed-english-v3", url),
         format!("general_settings:\n\x20 master_key: {MASTER_KEY}\n"),
     ]
     .concat()
+}
+
+/// A Bedrock embedding deployment at the mock, signed with the mock's AWS key.
+fn bedrock(name: &str, model: &str, url: &str) -> String {
+    format!(
+        "- model_name: {name}\n\
+         \x20 litellm_params:\n\
+         \x20   model: bedrock/{model}\n\
+         \x20   api_base: {url}\n\
+         \x20   aws_region_name: us-east-1\n\
+         \x20   aws_access_key_id: {MOCK_AWS_ACCESS_KEY_ID}\n\
+         \x20   aws_secret_access_key: {MOCK_AWS_SECRET_ACCESS_KEY}\n\
+         \x20   input_cost_per_token: {INPUT}\n"
+    )
 }
 
 /// The mock's vector of `text` (tests/mock/src/embeddings.rs): its bytes weighted by their
@@ -253,6 +280,114 @@ fn each_provider(env: &Env) {
     }
 }
 
+/// The mock's token count of a text: its words, at least one.
+fn words(text: &str) -> u64 {
+    (text.split_whitespace().count() as u64).max(1)
+}
+
+fn vertex_and_bedrock(env: &Env) {
+    // Vertex AI: the control plane's first access token must have reached Envoy.
+    let first = json!({"model": "emb-vertex", "input": "warm up"});
+    assert!(
+        eventually(Duration::from_secs(20), || env.embed(&first).status == 200),
+        "{}",
+        env.embed(&first).body
+    );
+    let tokens: u64 = TEXTS.iter().map(|text| words(text)).sum();
+    for (format, vectors) in [
+        (
+            "float",
+            TEXTS
+                .iter()
+                .map(|text| json!(vector(text, 4)))
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "base64",
+            TEXTS
+                .iter()
+                .map(|text| json!(base64(&vector(text, 4))))
+                .collect(),
+        ),
+    ] {
+        let got = env.embed(&json!({"model": "emb-vertex", "input": TEXTS,
+            "encoding_format": format, "dimensions": 4}));
+        assert_eq!(got.status, 200, "{}", got.body);
+        assert_eq!(
+            got.body,
+            answer(vectors, "text-embedding-005", Some(tokens))
+        );
+        assert_eq!(got.cost, Some((tokens as f64 * INPUT).to_string()));
+    }
+    let sent = env.upstream();
+    assert_eq!(
+        sent["path"],
+        "/v1/projects/tollgate-e2e/locations/us-central1/publishers/google/models/text-embedding-005:predict"
+    );
+    assert!(sent["headers"]["authorization"]
+        .as_str()
+        .unwrap()
+        .starts_with("Bearer ya29.mock-vertex-token-"));
+    assert_eq!(
+        sent["body"],
+        json!({"instances": [{"content": TEXTS[0]}, {"content": TEXTS[1]}],
+            "parameters": {"outputDimensionality": 4}})
+    );
+
+    // Titan: one text a request, signed with SigV4 (the mock verifies it).
+    let got = env.embed(
+        &json!({"model": "emb-titan", "input": TEXTS[0], "dimensions": 256,
+        "user": "e2e-emb-titan"}),
+    );
+    assert_eq!(got.status, 200, "{}", got.body);
+    assert_eq!(
+        got.body,
+        answer(
+            vec![json!(vector(TEXTS[0], 256))],
+            "amazon.titan-embed-text-v2:0",
+            Some(words(TEXTS[0]))
+        )
+    );
+    let sent = env.upstream();
+    assert_eq!(sent["path"], "/model/amazon.titan-embed-text-v2%3A0/invoke");
+    assert_eq!(
+        sent["body"],
+        json!({"inputText": TEXTS[0], "dimensions": 256})
+    );
+    let rows = env.logs("e2e-emb-titan", 1);
+    assert_eq!(rows[0]["custom_llm_provider"], "bedrock");
+    assert_eq!(
+        rows[0]["metadata"]["tollgate"]["prompt_tokens"],
+        words(TEXTS[0])
+    );
+    let (status, refused) = {
+        let got = env.embed(&json!({"model": "emb-titan", "input": TEXTS}));
+        (got.status, got.body)
+    };
+    assert_eq!(status, 400);
+    assert_eq!(refused["error"]["param"], "input");
+
+    // Cohere on Bedrock: many texts, a fixed size, no token count.
+    let got = env.embed(&json!({"model": "emb-bedrock-cohere", "input": TEXTS,
+        "encoding_format": "base64"}));
+    assert_eq!(got.status, 200, "{}", got.body);
+    assert_eq!(
+        got.body,
+        answer(
+            TEXTS
+                .iter()
+                .map(|text| json!(base64(&vector(text, 8))))
+                .collect(),
+            "cohere.embed-english-v3",
+            None
+        )
+    );
+    assert_eq!(
+        env.upstream()["body"],
+        json!({"texts": TEXTS, "input_type": "search_document"})
+    );
+}
+
 fn upstream_requests(env: &Env) {
     let got = env.embed(&json!({"model": "emb-gemini", "input": "hello", "dimensions": 3}));
     assert_eq!(got.status, 200, "{}", got.body);
@@ -402,10 +537,11 @@ fn budget(env: &Env) {
 #[test]
 fn embeddings_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
-    let mock = Mock::start(dir.path()).unwrap();
+    let mock = Mock::start_with_vertex(dir.path(), 3600).unwrap();
     let gateway = Gateway::start(dir.path(), &config(&mock)).unwrap();
     let env = Env { mock, gateway };
     each_provider(&env);
+    vertex_and_bedrock(&env);
     upstream_requests(&env);
     errors(&env);
     budget(&env);

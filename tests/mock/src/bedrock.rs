@@ -109,7 +109,7 @@ pub(crate) fn error_type(status: StatusCode) -> &'static str {
     }
 }
 
-fn validation(message: impl Into<String>) -> Response<MockBody> {
+pub(crate) fn validation(message: impl Into<String>) -> Response<MockBody> {
     error(
         StatusCode::BAD_REQUEST,
         "ValidationException",
@@ -748,6 +748,8 @@ fn parse_path(path: &str) -> Option<(String, bool)> {
     let rest = path.strip_prefix("/model/")?;
     let (encoded, stream) = if let Some(id) = rest.strip_suffix("/converse-stream") {
         (id, true)
+    } else if let Some(id) = rest.strip_suffix("/invoke") {
+        (id, false)
     } else {
         (rest.strip_suffix("/converse")?, false)
     };
@@ -773,7 +775,9 @@ fn parse_path(path: &str) -> Option<(String, bool)> {
 /// Whether `path` is one of the Bedrock endpoints.
 pub(crate) fn is_bedrock_path(path: &str) -> bool {
     path.starts_with("/model/")
-        && (path.ends_with("/converse") || path.ends_with("/converse-stream"))
+        && (path.ends_with("/converse")
+            || path.ends_with("/converse-stream")
+            || path.ends_with("/invoke"))
 }
 
 fn tool_input() -> Value {
@@ -797,7 +801,7 @@ pub(crate) async fn handle(state: &State, parts: &Parts, body: &Bytes) -> Respon
 }
 
 async fn answer(state: &State, parts: &Parts, body: &Bytes) -> Response<MockBody> {
-    let Some((_model, stream)) = parse_path(parts.uri.path()) else {
+    let Some((model, stream)) = parse_path(parts.uri.path()) else {
         return error(
             StatusCode::NOT_FOUND,
             "UnknownOperationException",
@@ -806,6 +810,10 @@ async fn answer(state: &State, parts: &Parts, body: &Bytes) -> Response<MockBody
     };
     if let Err(refused) = check_signature(state, parts, body) {
         return refused;
+    }
+    if parts.uri.path().ends_with("/invoke") {
+        // InvokeModel: the model's own body; the mock serves embedding models.
+        return crate::embeddings::bedrock_invoke(&model, body);
     }
     let request: Value = match serde_json::from_slice(body) {
         Ok(value) => value,
@@ -1085,7 +1093,12 @@ mod tests {
         );
         assert_eq!(parse_path("/model/a/b/converse"), None);
         assert_eq!(parse_path("/model//converse"), None);
-        assert_eq!(parse_path("/model/x/invoke"), None);
+        // InvokeModel (the embedding models) is served too.
+        assert_eq!(
+            parse_path("/model/amazon.titan-embed-text-v2%3A0/invoke"),
+            Some(("amazon.titan-embed-text-v2:0".into(), false))
+        );
+        assert_eq!(parse_path("/model/x/other"), None);
     }
 
     #[test]

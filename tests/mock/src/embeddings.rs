@@ -11,6 +11,12 @@
 //!   "output_dimension"}`; answers `embeddings.float` and `meta.billed_units.input_tokens`.
 //! * Ollama `POST /api/embed`: `{"model","input","dimensions"}`; answers `embeddings` and
 //!   `prompt_eval_count`.
+//! * Vertex AI `:predict` (routed by `vertex.rs`, which checks the token): `{"instances":
+//!   [{"content"}],"parameters":{"outputDimensionality"}}`; answers `predictions[].embeddings.
+//!   {values, statistics.token_count}`.
+//! * Bedrock `InvokeModel` (routed by `bedrock.rs`, which checks SigV4): Titan `{"inputText",
+//!   "dimensions","normalize"}` → `{"embedding","inputTextTokenCount"}`, Cohere `{"texts",
+//!   "input_type","truncate"}` → `{"embeddings","id","response_type","texts"}`.
 //!
 //! Vectors are deterministic: [`embedding_for`] of the text (or token ids), of
 //! [`DEFAULT_DIMENSIONS`] values unless the request sets its size, each a multiple of 1/256
@@ -603,4 +609,137 @@ fn ollama_answer(state: &State, parts: &Parts, body: &Bytes) -> Response<MockBod
             "prompt_eval_count": tokens,
         }),
     )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Vertex AI
+// ---------------------------------------------------------------------------------------------
+
+fn vertex_invalid(message: &str) -> Response<MockBody> {
+    gemini::error(StatusCode::BAD_REQUEST, message, None)
+}
+
+/// Vertex AI's `:predict` for a text embedding model.
+pub(crate) fn vertex_predict(body: &Bytes) -> Response<MockBody> {
+    let Ok(Value::Object(request)) = serde_json::from_slice::<Value>(body) else {
+        return vertex_invalid("Invalid JSON payload received.");
+    };
+    if let Some(extra) = request
+        .keys()
+        .find(|key| !["instances", "parameters"].contains(&key.as_str()))
+    {
+        return vertex_invalid(&format!(
+            "Invalid JSON payload received. Unknown name \"{extra}\": Cannot find field."
+        ));
+    }
+    let Some(instances) = request.get("instances").and_then(Value::as_array) else {
+        return vertex_invalid("instances is required.");
+    };
+    let dimensions = match request.get("parameters") {
+        None => DEFAULT_DIMENSIONS,
+        Some(Value::Object(parameters)) => {
+            if let Some(extra) = parameters
+                .keys()
+                .find(|key| !["outputDimensionality", "autoTruncate"].contains(&key.as_str()))
+            {
+                return vertex_invalid(&format!("Unknown parameter \"{extra}\"."));
+            }
+            match parameters.get("outputDimensionality") {
+                None => DEFAULT_DIMENSIONS,
+                Some(value) => match value.as_u64() {
+                    Some(n @ 1..=3072) => n as usize,
+                    _ => return vertex_invalid("outputDimensionality must be between 1 and 3072."),
+                },
+            }
+        }
+        Some(_) => return vertex_invalid("parameters must be an object."),
+    };
+    let mut predictions = Vec::with_capacity(instances.len());
+    let mut characters = 0;
+    for instance in instances {
+        let Some(content) = instance.get("content").and_then(Value::as_str) else {
+            return vertex_invalid("Each instance needs a string `content`.");
+        };
+        if instance.as_object().is_some_and(|object| {
+            object
+                .keys()
+                .any(|key| !["content", "task_type", "title"].contains(&key.as_str()))
+        }) {
+            return vertex_invalid("Unknown field in instance.");
+        }
+        characters += content.chars().count();
+        predictions.push(json!({"embeddings": {
+            "statistics": {"truncated": false, "token_count": count_words(content).max(1)},
+            "values": embedding_for_text(content, dimensions)}}));
+    }
+    json_response(
+        StatusCode::OK,
+        &json!({"predictions": predictions, "metadata": {"billableCharacterCount": characters}}),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bedrock
+// ---------------------------------------------------------------------------------------------
+
+/// `InvokeModel` for a Titan or Cohere embedding model (the signature is checked already).
+pub(crate) fn bedrock_invoke(model: &str, body: &Bytes) -> Response<MockBody> {
+    let Ok(Value::Object(request)) = serde_json::from_slice::<Value>(body) else {
+        return crate::bedrock::validation(
+            "Malformed input request, please reformat your input and try again.",
+        );
+    };
+    let extraneous = |allowed: &[&str]| {
+        request
+            .keys()
+            .find(|key| !allowed.contains(&key.as_str()))
+            .map(|key| {
+                crate::bedrock::validation(format!(
+                    "Malformed input request: extraneous key [{key}] is not permitted, please reformat your input and try again."
+                ))
+            })
+    };
+    if model.starts_with("amazon.titan-embed") {
+        if let Some(refused) =
+            extraneous(&["inputText", "dimensions", "normalize", "embeddingTypes"])
+        {
+            return refused;
+        }
+        let Some(text) = request.get("inputText").and_then(Value::as_str) else {
+            return crate::bedrock::validation("Malformed input request: required key [inputText] not found, please reformat your input and try again.");
+        };
+        let dimensions = match request.get("dimensions") {
+            None => 1024,
+            Some(value) => match value.as_u64() {
+                Some(n @ (256 | 512 | 1024)) => n as usize,
+                _ => return crate::bedrock::validation(format!("Malformed input request: #/dimensions: {value} is not a valid enum value, please reformat your input and try again.")),
+            },
+        };
+        return json_response(
+            StatusCode::OK,
+            &json!({"embedding": embedding_for_text(text, dimensions),
+                "inputTextTokenCount": count_words(text).max(1)}),
+        );
+    }
+    if model.starts_with("cohere.embed") {
+        if let Some(refused) = extraneous(&["texts", "input_type", "truncate", "embedding_types"]) {
+            return refused;
+        }
+        let Some(texts) = request.get("texts").and_then(Value::as_array) else {
+            return crate::bedrock::validation("Malformed input request: required key [texts] not found, please reformat your input and try again.");
+        };
+        if request.get("input_type").and_then(Value::as_str).is_none() {
+            return crate::bedrock::validation("Malformed input request: required key [input_type] not found, please reformat your input and try again.");
+        }
+        let texts: Vec<&str> = texts.iter().filter_map(Value::as_str).collect();
+        return json_response(
+            StatusCode::OK,
+            &json!({"embeddings": texts.iter().map(|text| embedding_for_text(text, DEFAULT_DIMENSIONS)).collect::<Vec<_>>(),
+                "id": "mock-bedrock-embed", "response_type": "embeddings_floats",
+                "texts": texts}),
+        );
+    }
+    crate::bedrock::validation(format!(
+        "The provided model identifier is invalid: {model} is not an embedding model the mock serves."
+    ))
 }

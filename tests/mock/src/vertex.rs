@@ -347,6 +347,7 @@ pub(crate) async fn handle(state: &State, parts: &Parts, body: &Bytes) -> Respon
         ("google", "streamGenerateContent") => {
             gemini::answer(state, parts, body, model, true).await
         }
+        ("google", "predict") => crate::embeddings::vertex_predict(body),
         ("anthropic", "rawPredict" | "streamRawPredict") => {
             anthropic_on_vertex(state, body, model, method == "streamRawPredict").await
         }

@@ -252,3 +252,48 @@ async fn an_expired_token_is_refused() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(post(&base, &path, &token, &body).await.status(), 401);
 }
+
+#[tokio::test]
+async fn predict_embeds_each_instance_with_its_token_count() {
+    let base = vertex_start(Duration::from_secs(3600)).await;
+    let token = token(&base).await;
+    let path = "/v1/projects/tollgate-test/locations/us-central1/publishers/google/models/text-embedding-005:predict";
+    let resp = post(
+        &base,
+        path,
+        &token,
+        &json!({"instances": [{"content": "hello vertex"}, {"content": "x"}],
+            "parameters": {"outputDimensionality": 3}}),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let answer: Value = resp.json().await.unwrap();
+    let predictions = answer["predictions"].as_array().unwrap();
+    assert_eq!(predictions.len(), 2);
+    assert_eq!(
+        predictions[0]["embeddings"]["statistics"],
+        json!({"truncated": false, "token_count": 2})
+    );
+    assert_eq!(
+        predictions[0]["embeddings"]["values"],
+        json!(tollgate_mock::embedding_for_text("hello vertex", 3))
+    );
+    // What Vertex refuses: an unknown field, a dimension out of range, no token.
+    for body in [
+        json!({"instances": [{"content": "x"}], "model": "m"}),
+        json!({"instances": [{"content": "x"}], "parameters": {"outputDimensionality": 0}}),
+        json!({"instances": [{"text": "x"}]}),
+    ] {
+        assert_eq!(
+            post(&base, path, &token, &body).await.status(),
+            400,
+            "{body}"
+        );
+    }
+    assert_eq!(
+        post(&base, path, "ya29.not-issued", &json!({"instances": []}))
+            .await
+            .status(),
+        401
+    );
+}

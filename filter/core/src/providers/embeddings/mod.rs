@@ -336,10 +336,14 @@ pub fn build_request(
             None,
         ),
         Wire::Gemini if deployment.vertex().is_some() => {
-            return Err(unsupported(
-                deployment,
-                "Vertex AI embeddings (:predict) are not supported by the gateway yet",
-            ))
+            let vertex = deployment.vertex().ok_or(GatewayError::Internal)?;
+            (
+                wire::vertex_request(request, deployment, vertex)?,
+                EmbeddingWire::Vertex,
+                Some(ResponseTranslator::Gemini(
+                    crate::providers::gemini::GeminiResponse::new(context, false, None, model),
+                )),
+            )
         }
         Wire::Gemini => (
             wire::gemini_request(request, deployment)?,
@@ -362,10 +366,23 @@ pub fn build_request(
                 crate::providers::ollama::OllamaResponse::new(context, false, None, model),
             )),
         ),
-        Wire::Bedrock => return Err(unsupported(
-            deployment,
-            "Bedrock embeddings (Titan, Cohere on Bedrock) are not supported by the gateway yet",
-        )),
+        Wire::Bedrock => {
+            let embedder = wire::BedrockEmbedder::of(model).ok_or_else(|| {
+                unsupported(
+                    deployment,
+                    "on Bedrock the gateway embeds with Amazon Titan (amazon.titan-embed-*) and Cohere (cohere.embed-*) models",
+                )
+            })?;
+            (
+                wire::bedrock_request(request, deployment, embedder)?,
+                EmbeddingWire::Bedrock(embedder),
+                Some(ResponseTranslator::Bedrock(
+                    crate::providers::bedrock::BedrockResponse::new(
+                        context, body, false, None, model,
+                    ),
+                )),
+            )
+        }
         Wire::Anthropic => {
             return Err(unsupported(
                 deployment,
@@ -399,8 +416,10 @@ fn unsupported(deployment: &Deployment, why: &str) -> GatewayError {
 enum EmbeddingWire {
     OpenAi,
     Gemini,
+    Vertex,
     Cohere,
     Ollama,
+    Bedrock(wire::BedrockEmbedder),
 }
 
 /// The response side of an embeddings request.
@@ -434,6 +453,8 @@ impl ProviderResponse for EmbeddingsResponse {
             EmbeddingWire::Gemini => wire::gemini_answer(body)?,
             EmbeddingWire::Cohere => wire::cohere_answer(body)?,
             EmbeddingWire::Ollama => wire::ollama_answer(body)?,
+            EmbeddingWire::Vertex => wire::vertex_answer(body)?,
+            EmbeddingWire::Bedrock(embedder) => wire::bedrock_answer(body, embedder)?,
         };
         if answer.vectors.len() != self.inputs {
             return Err(GatewayError::BadUpstreamResponse(format!(

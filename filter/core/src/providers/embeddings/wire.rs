@@ -10,6 +10,12 @@
 //!   "output_dimension"}`; answer `embeddings.float` and `meta.billed_units.input_tokens`.
 //! - Ollama: `POST /api/embed` with `{"model","input","dimensions"}`; answer `embeddings`
 //!   and `prompt_eval_count`.
+//! - Vertex AI: `POST /v1/projects/<p>/locations/<l>/publishers/google/models/<m>:predict`
+//!   with `{"instances":[{"content"}],"parameters":{"outputDimensionality"}}`; answer
+//!   `predictions[].embeddings.{values, statistics.token_count}`.
+//! - Bedrock (`POST /model/<id>/invoke`, SigV4): Titan `{"inputText","dimensions"}` → one
+//!   `embedding` and `inputTextTokenCount`; Cohere `{"texts","input_type"}` → `embeddings`
+//!   (no token count).
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -407,4 +413,265 @@ pub(super) fn ollama_answer(body: &[u8]) -> Result<ProviderAnswer<'_>, GatewayEr
         vectors,
         prompt_tokens: answer.prompt_eval_count,
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Vertex AI
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Serialize)]
+struct PredictRequest<'a> {
+    instances: Vec<PredictInstance<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<PredictParameters>,
+}
+
+#[derive(Serialize)]
+struct PredictInstance<'a> {
+    content: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PredictParameters {
+    output_dimensionality: u32,
+}
+
+/// Vertex AI's `:predict` for Google's embedding models (`gemini-embedding-001`,
+/// `text-embedding-005`, ...): one instance per input; the access token is added by the
+/// signing step.
+pub(super) fn vertex_request(
+    request: &EmbeddingsRequest<'_>,
+    deployment: &Deployment,
+    vertex: &crate::proto::VertexSettings,
+) -> Result<UpstreamRequest, GatewayError> {
+    let upstream = PredictRequest {
+        instances: texts(request, "Vertex AI")?
+            .into_iter()
+            .map(|content| PredictInstance { content })
+            .collect(),
+        parameters: request
+            .dimensions
+            .map(|output_dimensionality| PredictParameters {
+                output_dimensionality,
+            }),
+    };
+    Ok(UpstreamRequest {
+        path: crate::providers::vertex_model_path(
+            vertex,
+            "google",
+            &deployment.upstream_model,
+            "predict",
+        ),
+        headers: vec![("content-type", "application/json".to_string())],
+        body: json_body(&upstream)?,
+    })
+}
+
+#[derive(Deserialize)]
+struct PredictResponse<'a> {
+    #[serde(borrow)]
+    predictions: Option<Vec<Prediction<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct Prediction<'a> {
+    #[serde(borrow)]
+    embeddings: Option<PredictionEmbeddings<'a>>,
+}
+
+#[derive(Deserialize)]
+struct PredictionEmbeddings<'a> {
+    #[serde(borrow)]
+    values: Option<&'a RawValue>,
+    statistics: Option<PredictionStatistics>,
+}
+
+#[derive(Deserialize)]
+struct PredictionStatistics {
+    token_count: Option<f64>,
+}
+
+/// `predictions[].embeddings.values`; the prompt tokens are the sum of each prediction's
+/// `statistics.token_count` (not reported when one lacks it).
+pub(super) fn vertex_answer(body: &[u8]) -> Result<ProviderAnswer<'_>, GatewayError> {
+    let answer: PredictResponse<'_> =
+        serde_json::from_slice(body).map_err(bad("Vertex AI's predict answer"))?;
+    let predictions = answer.predictions.ok_or_else(|| {
+        GatewayError::BadUpstreamResponse("Vertex AI's answer has no `predictions`".into())
+    })?;
+    let mut vectors = Vec::with_capacity(predictions.len());
+    let mut prompt_tokens = Some(0u64);
+    for prediction in predictions {
+        let embeddings = prediction.embeddings.ok_or_else(|| {
+            GatewayError::BadUpstreamResponse("a Vertex AI prediction has no `embeddings`".into())
+        })?;
+        let values = embeddings.values.ok_or_else(|| {
+            GatewayError::BadUpstreamResponse("a Vertex AI embedding has no `values`".into())
+        })?;
+        vectors.push(Vector::read(values)?);
+        let count = embeddings
+            .statistics
+            .and_then(|statistics| statistics.token_count)
+            .filter(|count| (0.0..1.8e19).contains(count))
+            // In range: the cast neither wraps nor saturates.
+            .map(|count| count.round() as u64);
+        prompt_tokens = match (prompt_tokens, count) {
+            (Some(total), Some(count)) => Some(total.saturating_add(count)),
+            _ => None,
+        };
+    }
+    Ok(ProviderAnswer {
+        vectors,
+        prompt_tokens,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bedrock
+// ---------------------------------------------------------------------------------------------
+
+/// Which embedding model family a Bedrock model id is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum BedrockEmbedder {
+    /// Amazon Titan Text Embeddings (`amazon.titan-embed-text-v1`, `-v2:0`): one text a
+    /// request.
+    Titan,
+    /// Cohere Embed on Bedrock (`cohere.embed-english-v3`, `-multilingual-v3`).
+    Cohere,
+}
+
+impl BedrockEmbedder {
+    /// The family of `model` (an inference profile's region prefix, `us.`, aside).
+    pub(super) fn of(model: &str) -> Option<BedrockEmbedder> {
+        let model = model
+            .split_once('.')
+            .filter(|(prefix, _)| prefix.len() == 2 || *prefix == "apac")
+            .map_or(model, |(_, rest)| rest);
+        if model.starts_with("amazon.titan-embed") {
+            Some(BedrockEmbedder::Titan)
+        } else if model.starts_with("cohere.embed") {
+            Some(BedrockEmbedder::Cohere)
+        } else {
+            None
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TitanRequest<'a> {
+    input_text: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dimensions: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct BedrockCohereRequest<'a> {
+    texts: Vec<&'a str>,
+    input_type: &'a str,
+}
+
+/// Bedrock's `InvokeModel` (`POST /model/<id>/invoke`) with the model's own body, signed
+/// with SigV4 by the signing step.
+pub(super) fn bedrock_request(
+    request: &EmbeddingsRequest<'_>,
+    deployment: &Deployment,
+    embedder: BedrockEmbedder,
+) -> Result<UpstreamRequest, GatewayError> {
+    let texts = texts(request, "Bedrock")?;
+    let body = match embedder {
+        BedrockEmbedder::Titan => {
+            let [text] = texts.as_slice() else {
+                return Err(GatewayError::invalid(
+                    "input",
+                    "Titan embedding models take one text a request: send 'input' as a string (or an array of one).",
+                ));
+            };
+            json_body(&TitanRequest {
+                input_text: text,
+                dimensions: request.dimensions,
+            })?
+        }
+        BedrockEmbedder::Cohere => {
+            if request.dimensions.is_some() {
+                return Err(GatewayError::invalid(
+                    "dimensions",
+                    "Cohere's embedding models on Bedrock have a fixed size: leave 'dimensions' out.",
+                ));
+            }
+            json_body(&BedrockCohereRequest {
+                texts,
+                input_type: request
+                    .input_type
+                    .as_deref()
+                    .unwrap_or(COHERE_DEFAULT_INPUT_TYPE),
+            })?
+        }
+    };
+    let mut path = String::with_capacity(24 + deployment.upstream_model.len());
+    path.push_str("/model/");
+    push_path_segment(&mut path, &deployment.upstream_model);
+    path.push_str("/invoke");
+    Ok(UpstreamRequest {
+        path,
+        headers: vec![
+            ("content-type", "application/json".to_string()),
+            ("accept", "application/json".to_string()),
+        ],
+        body,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TitanResponse<'a> {
+    #[serde(borrow)]
+    embedding: Option<&'a RawValue>,
+    input_text_token_count: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct BedrockCohereResponse<'a> {
+    #[serde(borrow)]
+    embeddings: Option<Vec<&'a RawValue>>,
+}
+
+/// Titan's `embedding` and `inputTextTokenCount`, or Cohere's `embeddings` (Cohere on Bedrock
+/// reports no token count).
+pub(super) fn bedrock_answer(
+    body: &[u8],
+    embedder: BedrockEmbedder,
+) -> Result<ProviderAnswer<'_>, GatewayError> {
+    match embedder {
+        BedrockEmbedder::Titan => {
+            let answer: TitanResponse<'_> =
+                serde_json::from_slice(body).map_err(bad("Titan's embedding answer"))?;
+            let embedding = answer.embedding.ok_or_else(|| {
+                GatewayError::BadUpstreamResponse("Titan's answer has no `embedding`".into())
+            })?;
+            Ok(ProviderAnswer {
+                vectors: vec![Vector::read(embedding)?],
+                prompt_tokens: answer.input_text_token_count,
+            })
+        }
+        BedrockEmbedder::Cohere => {
+            let answer: BedrockCohereResponse<'_> =
+                serde_json::from_slice(body).map_err(bad("Cohere's embedding answer"))?;
+            let vectors = answer
+                .embeddings
+                .ok_or_else(|| {
+                    GatewayError::BadUpstreamResponse(
+                        "Cohere's answer on Bedrock has no `embeddings`".into(),
+                    )
+                })?
+                .into_iter()
+                .map(Vector::read)
+                .collect::<Result<_, _>>()?;
+            Ok(ProviderAnswer {
+                vectors,
+                prompt_tokens: None,
+            })
+        }
+    }
 }
