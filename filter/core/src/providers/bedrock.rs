@@ -1327,15 +1327,7 @@ impl ProviderResponse for BedrockResponse {
                 // A stream that stopped without its metadata event: what was reported.
                 self.end(out, usage)?;
             } else {
-                self.writer.fail(
-                    out,
-                    &error_body(
-                        "The upstream stream ended before the response was complete.",
-                        "api_error",
-                        None,
-                        Some("upstream_stream_cut"),
-                    ),
-                );
+                self.writer.fail_cut(out);
             }
         }
         Ok(ChunkOutput::Replaced)

@@ -233,6 +233,20 @@ impl ChunkWriter {
         write_data_event(out, error_json);
         self.done = true;
     }
+
+    /// Ends with the `upstream_stream_cut` error event a stream gets when the provider's
+    /// stream ended before the answer did.
+    pub fn fail_cut(&mut self, out: &mut Vec<u8>) {
+        self.fail(
+            out,
+            &crate::error::error_body(
+                "The upstream stream ended before the response was complete.",
+                "api_error",
+                None,
+                Some("upstream_stream_cut"),
+            ),
+        );
+    }
 }
 
 #[cfg(test)]

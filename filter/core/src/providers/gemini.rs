@@ -1388,15 +1388,7 @@ impl ProviderResponse for GeminiResponse {
         self.parser = Some(parser);
         result?;
         if end_of_stream && !self.writer.is_done() {
-            self.writer.fail(
-                out,
-                &error_body(
-                    "The upstream stream ended before the response was complete.",
-                    "api_error",
-                    None,
-                    Some("upstream_stream_cut"),
-                ),
-            );
+            self.writer.fail_cut(out);
         }
         Ok(ChunkOutput::Replaced)
     }
