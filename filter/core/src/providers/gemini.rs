@@ -42,8 +42,8 @@ use crate::openai_types::{self as oa, Content, ContentPart, Str};
 use crate::pricing::{stream_cost, Prices};
 use crate::providers::chunks::ChunkWriter;
 use crate::providers::{
-    openai_shaped_error, push_path_segment, tool_call_arguments, vertex_model_path, ChunkOutput,
-    ProviderResponse, TranslateContext, UpstreamRequest,
+    compact_json, openai_shaped_error, push_path_segment, tool_call_arguments, vertex_model_path,
+    ChunkOutput, ProviderResponse, TranslateContext, UpstreamRequest,
 };
 use crate::request::ChatRequestSummary;
 use crate::snapshot::{Deployment, Wire};
@@ -1030,46 +1030,6 @@ fn tool_call_id(
 fn arguments<'r>(call: &'r ResponseFunctionCall<'_>) -> Cow<'r, str> {
     call.args
         .map_or(Cow::Borrowed("{}"), |raw| compact_json(raw.get()))
-}
-
-/// `json` (valid JSON) without whitespace between tokens; borrowed when it has none.
-fn compact_json(json: &str) -> Cow<'_, str> {
-    let (mut in_string, mut escaped) = (false, false);
-    let is_insignificant =
-        |byte: u8, in_string: bool| !in_string && matches!(byte, b' ' | b'\n' | b'\r' | b'\t');
-    // Fast path: most arguments (every streamed one) are already compact.
-    let first_space = json.bytes().position(|byte| {
-        let skip = is_insignificant(byte, in_string);
-        if escaped {
-            escaped = false;
-        } else if in_string && byte == b'\\' {
-            escaped = true;
-        } else if byte == b'"' {
-            in_string = !in_string;
-        }
-        skip
-    });
-    let Some(first_space) = first_space else {
-        return Cow::Borrowed(json);
-    };
-    let mut out = String::with_capacity(json.len());
-    out.push_str(json.get(..first_space).unwrap_or_default());
-    let rest = json.get(first_space..).unwrap_or_default();
-    for character in rest.chars() {
-        let byte = u8::try_from(character).unwrap_or(0x80);
-        if is_insignificant(byte, in_string) {
-            continue;
-        }
-        if escaped {
-            escaped = false;
-        } else if in_string && character == '\\' {
-            escaped = true;
-        } else if character == '"' {
-            in_string = !in_string;
-        }
-        out.push(character);
-    }
-    Cow::Owned(out)
 }
 
 /// Google's error object (`{"code","message","status","details"}`) as an OpenAI error body,

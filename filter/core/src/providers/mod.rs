@@ -314,6 +314,47 @@ pub(crate) fn tool_call_arguments<'r>(
     Ok(Some(raw))
 }
 
+/// `json` (valid JSON) without whitespace between tokens (tool-call arguments the way
+/// OpenAI writes them); borrowed when it has none.
+pub(crate) fn compact_json(json: &str) -> std::borrow::Cow<'_, str> {
+    let (mut in_string, mut escaped) = (false, false);
+    let is_insignificant =
+        |byte: u8, in_string: bool| !in_string && matches!(byte, b' ' | b'\n' | b'\r' | b'\t');
+    // Fast path: most arguments (every streamed one) are already compact.
+    let first_space = json.bytes().position(|byte| {
+        let skip = is_insignificant(byte, in_string);
+        if escaped {
+            escaped = false;
+        } else if in_string && byte == b'\\' {
+            escaped = true;
+        } else if byte == b'"' {
+            in_string = !in_string;
+        }
+        skip
+    });
+    let Some(first_space) = first_space else {
+        return std::borrow::Cow::Borrowed(json);
+    };
+    let mut out = String::with_capacity(json.len());
+    out.push_str(json.get(..first_space).unwrap_or_default());
+    let rest = json.get(first_space..).unwrap_or_default();
+    for character in rest.chars() {
+        let byte = u8::try_from(character).unwrap_or(0x80);
+        if is_insignificant(byte, in_string) {
+            continue;
+        }
+        if escaped {
+            escaped = false;
+        } else if in_string && character == '\\' {
+            escaped = true;
+        } else if character == '"' {
+            in_string = !in_string;
+        }
+        out.push(character);
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Vertex AI's path of a publisher model's method:
 /// `/v1/projects/<project>/locations/<location>/publishers/<publisher>/models/<model>:<method>`
 /// (each name one path segment), joined with the deployment's base

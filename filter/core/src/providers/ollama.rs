@@ -36,7 +36,7 @@ use crate::openai_types::{self as oa, Content, ContentPart, Str};
 use crate::pricing::{stream_cost, Prices};
 use crate::providers::chunks::ChunkWriter;
 use crate::providers::{
-    openai_shaped_error, tool_call_arguments, ChunkOutput, Framing, ProviderResponse,
+    compact_json, openai_shaped_error, tool_call_arguments, ChunkOutput, Framing, ProviderResponse,
     TranslateContext, UpstreamRequest,
 };
 use crate::request::ChatRequestSummary;
@@ -736,34 +736,6 @@ fn arguments<'r>(call: &'r ResponseToolCall<'_>) -> Result<Cow<'r, str>, Gateway
         }
         Some(raw) => Ok(compact_json(raw.get())),
     }
-}
-
-/// `json` (valid JSON) without whitespace between tokens; borrowed when it has none. Only
-/// ASCII bytes are dropped, so what is left is UTF-8 still.
-fn compact_json(json: &str) -> Cow<'_, str> {
-    let insignificant = |byte: u8| matches!(byte, b' ' | b'\n' | b'\r' | b'\t');
-    if !json.bytes().any(insignificant) {
-        return Cow::Borrowed(json);
-    }
-    let mut out = Vec::with_capacity(json.len());
-    let (mut in_string, mut escaped) = (false, false);
-    for byte in json.bytes() {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if byte == b'\\' {
-                escaped = true;
-            } else if byte == b'"' {
-                in_string = false;
-            }
-        } else if insignificant(byte) {
-            continue;
-        } else if byte == b'"' {
-            in_string = true;
-        }
-        out.push(byte);
-    }
-    String::from_utf8(out).map_or(Cow::Borrowed(json), Cow::Owned)
 }
 
 /// A message's content: its text, decoded (`None`: no content).
