@@ -180,25 +180,6 @@ impl Options<'_> {
     }
 }
 
-/// The OpenAI penalties, which the shared request type does not read.
-#[derive(Deserialize, Default)]
-struct Penalties {
-    #[serde(default)]
-    frequency_penalty: Option<f64>,
-    #[serde(default)]
-    presence_penalty: Option<f64>,
-}
-
-/// The client's penalties; the body is read a second time only when it names one.
-fn penalties(body: &[u8]) -> Result<Penalties, GatewayError> {
-    if memchr::memmem::find(body, b"_penalty").is_none() {
-        return Ok(Penalties::default());
-    }
-    let mut deserializer = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut deserializer)
-        .map_err(|error| oa::path_error(error, "body"))
-}
-
 fn missing(param: &str) -> GatewayError {
     GatewayError::invalid(param, format!("Missing required parameter: '{param}'."))
 }
@@ -487,7 +468,6 @@ pub fn build_request(
             "The deprecated 'functions' parameter is not supported for Ollama models; use 'tools'.",
         ));
     }
-    let penalties = penalties(body)?;
 
     let mut messages = Vec::with_capacity(request.messages.len());
     for (index, message) in request.messages.iter().enumerate() {
@@ -564,8 +544,8 @@ pub fn build_request(
             .as_ref()
             .map(|stop| stop.as_slice().iter().map(Str::as_str).collect())
             .unwrap_or_default(),
-        frequency_penalty: penalties.frequency_penalty,
-        presence_penalty: penalties.presence_penalty,
+        frequency_penalty: request.frequency_penalty,
+        presence_penalty: request.presence_penalty,
     };
     let upstream = ChatRequest {
         model: &deployment.upstream_model,
