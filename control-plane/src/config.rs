@@ -19,6 +19,13 @@ use crate::pricing::{check_price, Prices, PRICE_FIELDS};
 use crate::proto;
 use crate::provider_settings::{AwsCredentials, BedrockSettings, ProviderSettings, VertexSettings};
 
+mod router;
+
+pub use router::{
+    DeploymentRouting, ErrorClassCounts, GroupAlias, GroupFallbacks, RouterConfig, RoutingStrategy,
+    DEFAULT_ALLOWED_FAILS, DEFAULT_COOLDOWN_MS, DEFAULT_NUM_RETRIES,
+};
+
 /// Request parameters a deployment's `litellm_params` may give defaults for, sent by the
 /// filter when the client gives none (the filter's `defaults::Param` knows the same names).
 /// `max_tokens` is one too, read with the deployment's other fields (it is also the
@@ -179,23 +186,22 @@ pub fn wire_to_proto(wire: Wire) -> proto::ProviderKind {
 /// Top-level keys of a LiteLLM config that Tollgate does not implement yet.
 #[rustfmt::skip]
 const KNOWN_UNSUPPORTED_TOP_LEVEL: &[&str] = &[
-    "router_settings", "environment_variables", "callback_settings",
+    "environment_variables", "callback_settings",
     "credential_list", "guardrails", "include", "files_settings", "finetune_settings",
     "assistant_settings", "mcp_servers", "mcp_aliases", "search_tools", "vector_store_registry",
-    "prompts", "model_group_alias", "pass_through_endpoints",
+    "prompts", "pass_through_endpoints",
 ];
 
 /// `litellm_params` keys LiteLLM knows and Tollgate does not implement yet.
 #[rustfmt::skip]
 const KNOWN_UNSUPPORTED_LITELLM_PARAMS: &[&str] = &[
-    "timeout", "stream_timeout", "max_retries",
-    "num_retries", "organization", "weight", "order", "region_name", "aws_access_key_id",
+    "organization", "region_name", "aws_access_key_id",
     "aws_secret_access_key", "aws_session_token", "aws_region_name", "aws_role_name",
     "aws_session_name", "aws_profile_name", "aws_bedrock_runtime_endpoint",
     "aws_web_identity_token", "vertex_project", "vertex_location", "vertex_credentials",
     "input_cost_per_second",
     "output_cost_per_second", "input_cost_per_pixel", "output_cost_per_pixel",
-    "custom_llm_provider", "tags", "extra_headers", "headers", 
+    "custom_llm_provider", "extra_headers", "headers",
     "drop_params", "additional_drop_params", "merge_reasoning_content_in_choices",
     "mock_response", "use_in_pass_through", "configurable_clientside_auth_params",
     "litellm_credential_name", "api_type", "azure_ad_token", "azure_ad_token_provider", "tenant_id",
@@ -428,6 +434,8 @@ pub struct DeploymentConfig {
     pub provider_settings: ProviderSettings,
     /// Request parameters sent when the client gives none (`temperature`, `max_tokens`, ...).
     pub default_params: DefaultParams,
+    /// `weight`, `order`, `tags`, `timeout`, `stream_timeout`, `num_retries`.
+    pub routing: DeploymentRouting,
 }
 
 impl fmt::Debug for DeploymentConfig {
@@ -448,6 +456,7 @@ impl fmt::Debug for DeploymentConfig {
             .field("limits", &self.limits)
             .field("provider_settings", &self.provider_settings)
             .field("default_params", &self.default_params)
+            .field("routing", &self.routing)
             .finish()
     }
 }
@@ -461,6 +470,9 @@ pub struct Config {
     pub deployments: Vec<DeploymentConfig>,
     /// `litellm_settings`.
     pub litellm: LitellmSettings,
+    /// `router_settings`, with the routing keys of `litellm_settings` and the top-level
+    /// `model_group_alias`.
+    pub router: RouterConfig,
 }
 
 /// A valid configuration and what was ignored in it.
@@ -934,7 +946,13 @@ impl Checker<'_> {
         self.warn_other_keys(
             root,
             "",
-            &["model_list", "general_settings", "litellm_settings"],
+            &[
+                "model_list",
+                "general_settings",
+                "litellm_settings",
+                "router_settings",
+                "model_group_alias",
+            ],
             KNOWN_UNSUPPORTED_TOP_LEVEL,
         );
         let litellm = match root.get("litellm_settings") {
@@ -972,10 +990,13 @@ impl Checker<'_> {
                 Vec::new()
             }
         };
+        // Aliases and fallbacks name model groups: read once the groups are known.
+        let router = self.router(root, &deployments);
         Config {
             general,
             deployments,
             litellm,
+            router,
         }
     }
 
@@ -983,10 +1004,13 @@ impl Checker<'_> {
         const PATH: &str = "litellm_settings";
         const SUPPORTED: &[&str] = &["max_end_user_budget", "max_budget", "budget_duration"];
         // Every other key is LiteLLM's (callbacks, caching, ...): ignored, as the whole
-        // section was before Tollgate read any of it.
+        // section was before Tollgate read any of it. The routing keys are read with
+        // router_settings (see `router`).
         for key in map.keys() {
             let name = key_name(key);
-            if !SUPPORTED.contains(&name.as_str()) {
+            if !SUPPORTED.contains(&name.as_str())
+                && !router::LITELLM_ROUTING_KEYS.contains(&name.as_str())
+            {
                 self.warn(
                     &format!("{PATH}.{name}"),
                     "not supported by Tollgate yet, ignored",
@@ -1605,6 +1629,7 @@ impl Checker<'_> {
         ]
         .into_iter()
         .chain(DEFAULT_PARAMS.iter().map(|(name, _)| *name))
+        .chain(router::DEPLOYMENT_ROUTING_PARAMS.iter().copied())
         .chain(settings_params(provider.settings).iter().copied())
         .collect();
         self.warn_other_keys(
@@ -1617,6 +1642,7 @@ impl Checker<'_> {
         let pricing = self.prices(params, &params_path);
         let limits = self.rate_limits(params, &params_path);
         let default_params = self.default_params(params, &params_path);
+        let routing = self.deployment_routing(params, &params_path);
         // Bedrock's endpoint may also be given as LiteLLM's aws_bedrock_runtime_endpoint.
         let base_field = if provider.settings == Settings::Bedrock
             && !params.contains_key("api_base")
@@ -1717,6 +1743,7 @@ impl Checker<'_> {
             limits,
             provider_settings,
             default_params,
+            routing,
         })
     }
 
@@ -2987,7 +3014,7 @@ model_list:
     extra: 1
 router_settings:
   routing_strategy: simple-shuffle
-  fallbacks: [{a: [b]}]
+  redis_host: localhost
 litellm_settings:
   drop_params: true
 environment_variables:
@@ -3002,7 +3029,6 @@ whatever: 1
         assert_eq!(
             warnings(&loaded),
             [
-                "router_settings: not supported by Tollgate yet, ignored",
                 "environment_variables: not supported by Tollgate yet, ignored",
                 "whatever: unknown key, ignored",
                 "litellm_settings.drop_params: not supported by Tollgate yet, ignored",
@@ -3010,6 +3036,7 @@ whatever: 1
                 "general_settings.alerting[0]: \"slack\" alerts are not supported yet (only \"webhook\"), ignored",
                 "model_list[0].extra: unknown key, ignored",
                 "model_list[0].litellm_params.temprature: unknown key, ignored",
+                "router_settings.redis_host: not supported by Tollgate yet, ignored",
             ]
         );
         assert_eq!(loaded.config.deployments.len(), 1);

@@ -36,8 +36,9 @@ pub enum CatchUp {
         /// The served version.
         version: u64,
     },
-    /// A full snapshot: its version is older than the history reaches.
-    Full(proto::Snapshot),
+    /// A full snapshot: its version is older than the history reaches (boxed: it is far
+    /// larger than the other variants).
+    Full(Box<proto::Snapshot>),
 }
 
 /// What changed from the version before (its deployments hold provider keys: no `Debug`).
@@ -354,7 +355,7 @@ impl Served {
                 self.deltas.insert(sent, Arc::clone(&message));
                 CatchUp::Delta { message, version }
             }
-            None => CatchUp::Full(self.snapshot()),
+            None => CatchUp::Full(Box::new(self.snapshot())),
         }
     }
 

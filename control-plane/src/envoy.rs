@@ -195,6 +195,8 @@ impl BootstrapParams {
                 }
             }
         }
+        // The template has the attempts route and listener (retries and fallbacks).
+        config.insert("attempts_route".into(), true.into());
         config.insert(
             "control_plane_token_env".into(),
             self.filter_token_env.clone().into(),
@@ -434,7 +436,7 @@ mod tests {
             );
         }
         assert!(yaml.contains(
-            r#"value: '{"control_plane_cluster":"tollgate_control_plane","control_plane_token_env":"TOLLGATE_FILTER_TOKEN","max_request_body_bytes":5242880,"node_id":"node-1"}'"#
+            r#"value: '{"attempts_route":true,"control_plane_cluster":"tollgate_control_plane","control_plane_token_env":"TOLLGATE_FILTER_TOKEN","max_request_body_bytes":5242880,"node_id":"node-1"}'"#
         ));
         let document: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
         let plugin = &document["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
@@ -544,12 +546,20 @@ mod tests {
             serde_json::from_str(native["filter_config"]["value"].as_str().unwrap()).unwrap();
         assert_eq!(json["control_plane_url"], "http://cp.internal:15051");
         assert_eq!(json["node_id"], "tollgate-standalone");
-        // The Wasm rendering keeps exactly one filter named tollgate too.
+        // The attempts listener runs the same filter, with the same configuration.
+        let attempts = &document["static_resources"]["listeners"][1];
+        assert_eq!(attempts["name"].as_str(), Some("tollgate_attempts"));
+        assert_eq!(
+            attempts["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0],
+            filters[0]
+        );
+        assert_eq!(json["attempts_route"], true);
+        // The Wasm rendering keeps exactly one filter named tollgate per listener too.
         let wasm = render_bootstrap(&BootstrapParams::standalone()).unwrap();
         assert_eq!(
             wasm.matches("- name: tollgate\n").count(),
-            2,
-            "virtual host + filter"
+            3,
+            "virtual host + the filter on both listeners"
         );
         assert!(!wasm.contains("DynamicModuleFilter"));
     }

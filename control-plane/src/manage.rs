@@ -940,6 +940,18 @@ impl Manager {
                 params.remove("aws_session_token");
             }
         }
+        // num_retries and max_retries are one setting (the stored entry says num_retries):
+        // a patch giving one of them replaces it, rather than disagreeing with it.
+        for (given, other) in [
+            ("max_retries", "num_retries"),
+            ("num_retries", "max_retries"),
+        ] {
+            if names(given) && !names(other) {
+                if let Some(Value::Object(params)) = entry.get_mut("litellm_params") {
+                    params.remove(other);
+                }
+            }
+        }
         let record = Self::record_from_entry(&entry, id.to_string())?;
         self.store()
             .change_api_deployment(id, Some(&record))
@@ -1494,6 +1506,8 @@ pub fn model_entry_json(record: &DeploymentRecord, with_secret: bool) -> Value {
     for (name, value) in &record.default_params {
         params.insert(name.clone(), value.clone());
     }
+    // The routing fields too (an update rebuilds the entry from this).
+    params.extend(record.routing.to_params());
     // The typed settings as LiteLLM's flat params, their credentials only with the secret.
     match &record.provider_settings {
         ProviderSettings::None => {}

@@ -31,6 +31,12 @@ impl std::fmt::Debug for Deployment {
             .field("pricing", &self.pricing)
             .field("provider_settings", &self.provider_settings)
             .field("default_params_json", &self.default_params_json)
+            .field("weight", &self.weight)
+            .field("order", &self.order)
+            .field("tags", &self.tags)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("stream_timeout_ms", &self.stream_timeout_ms)
+            .field("num_retries", &self.num_retries)
             .finish()
     }
 }

@@ -85,6 +85,9 @@ pub const SETTING_MAX_PARALLEL_REQUESTS: &str = "max_parallel_requests";
 /// `general_settings.user_rate_limit`: a JSON object, user id -> `{rpm, tpm,
 /// max_parallel_requests}`.
 pub const SETTING_USER_RATE_LIMIT: &str = "user_rate_limit";
+/// `settings` key of `router_settings` resolved ([`crate::config::RouterConfig`] as JSON);
+/// absent: LiteLLM's defaults.
+pub const SETTING_ROUTER: &str = "router";
 
 /// What [`SETTING_CREDENTIAL_KEY_CHECK`] seals.
 const CREDENTIAL_KEY_CHECK_TEXT: &str = "tollgate credential key check";
@@ -341,6 +344,9 @@ pub struct DeploymentRecord {
     pub provider_settings: ProviderSettings,
     /// Request parameters sent when the client gives none.
     pub default_params: crate::config::DefaultParams,
+    /// `litellm_params` `weight`, `order`, `tags`, `timeout`, `stream_timeout`,
+    /// `num_retries`.
+    pub routing: crate::config::DeploymentRouting,
     /// Config or API.
     pub source: DeploymentSource,
     /// Place in `model_list` for config rows.
@@ -364,6 +370,7 @@ impl std::fmt::Debug for DeploymentRecord {
             .field("limits", &self.limits)
             .field("provider_settings", &self.provider_settings)
             .field("default_params", &self.default_params)
+            .field("routing", &self.routing)
             .field("source", &self.source)
             .field("position", &self.position)
             .finish()
@@ -388,6 +395,7 @@ impl DeploymentRecord {
             limits: deployment.limits,
             provider_settings: deployment.provider_settings.clone(),
             default_params: deployment.default_params.clone(),
+            routing: deployment.routing.clone(),
             source: DeploymentSource::Config,
             position: i64::try_from(deployment.index).unwrap_or(i64::MAX),
         }
@@ -458,14 +466,14 @@ fn to_u64(value: i64) -> u64 {
 const DEPLOYMENT_COLUMNS: &str = "id, model_name, provider_name, provider_kind, upstream_model, \
      api_base, api_key, api_version, default_max_tokens, model_info, source, position, \
      created_at, updated_at, pricing, rate_limits, provider_settings, provider_secret, \
-     default_params";
+     default_params, routing";
 
 const INSERT_DEPLOYMENT: &str = "INSERT INTO deployments (id, model_name, provider_name, \
      provider_kind, upstream_model, api_base, api_key, api_version, default_max_tokens, \
      model_info, source, position, created_at, updated_at, pricing, rate_limits, \
-     provider_settings, provider_secret, default_params) \
+     provider_settings, provider_secret, default_params, routing) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-     $19)";
+     $19, $20)";
 
 const UPSERT_SETTING: &str = "INSERT INTO settings (key, value) VALUES ($1, $2) \
      ON CONFLICT (key) DO UPDATE SET value = excluded.value";
@@ -545,6 +553,8 @@ macro_rules! bind_deployment {
                 (!record.default_params.is_empty())
                     .then(|| serde_json::Value::Object(record.default_params.clone()).to_string()),
             )
+            // NULL for none, as rows stored before routing fields were read.
+            .bind($crate::store::routing_json(&record.routing))
     }};
 }
 
@@ -567,6 +577,13 @@ macro_rules! decode_deployment {
                 StoreError::Corrupt(format!("deployment {id}: default_params: {error}"))
             })?,
             None => $crate::config::DefaultParams::new(),
+        };
+        let routing: Option<String> = row.try_get("routing")?;
+        let routing: $crate::config::DeploymentRouting = match routing {
+            Some(text) => serde_json::from_str(&text).map_err(|error| {
+                StoreError::Corrupt(format!("deployment {id}: routing: {error}"))
+            })?,
+            None => $crate::config::DeploymentRouting::default(),
         };
         let provider_secret = $store.open_provider_secret(&id, row.try_get("provider_secret")?)?;
         let provider_settings = $crate::provider_settings::ProviderSettings::from_columns(
@@ -612,6 +629,7 @@ macro_rules! decode_deployment {
                 limits,
                 provider_settings,
                 default_params,
+                routing,
                 position: row.try_get("position")?,
                 id,
             },
@@ -628,6 +646,25 @@ fn pricing_json(prices: &Prices) -> Option<String> {
     }
     // Serializing plain optional numbers cannot fail; a failure would only drop the prices.
     serde_json::to_string(prices).ok()
+}
+
+/// The `routing` column of a deployment's routing fields: `NULL` when it has none.
+fn routing_json(routing: &crate::config::DeploymentRouting) -> Option<String> {
+    if routing.is_empty() {
+        return None;
+    }
+    // Serializing plain optional numbers and strings cannot fail; a failure would only drop
+    // the fields.
+    serde_json::to_string(routing).ok()
+}
+
+/// The stored form of the resolved `router_settings`: `None` when they are LiteLLM's
+/// defaults, so a database without routing settings reads the same.
+fn router_json(config: &Config) -> Option<String> {
+    if config.router == crate::config::RouterConfig::default() {
+        return None;
+    }
+    serde_json::to_string(&config.router).ok()
 }
 
 /// The stored form of `general_settings.cost_per_token`: `None` when empty.
@@ -1039,6 +1076,7 @@ impl Store {
                     .then(|| serde_json::to_string(&config.general.user_rate_limit).ok())
                     .flatten(),
             ),
+            (SETTING_ROUTER, router_json(config)),
             (
                 SETTING_API_ENV_PREFIXES,
                 (!config.general.api_env_prefixes.is_empty()).then(|| {

@@ -21,6 +21,7 @@ use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::config::RouterConfig;
 use crate::delta::{CatchUp, Served, Teams};
 use crate::limits;
 use crate::pricing::{self, PriceCatalog, PricedDeployment};
@@ -32,7 +33,7 @@ use crate::store::{
     now_unix_ms, KeyRow, ScopeBudget, ScopeRateLimits, StateSnapshot, Store, StoreError,
     StoredDeployment, SETTING_COST_PER_TOKEN, SETTING_MASTER_KEY_SHA256, SETTING_MAX_BUDGET,
     SETTING_MAX_END_USER_BUDGET, SETTING_MAX_REQUEST_BODY_BYTES, SETTING_MAX_RESPONSE_BODY_BYTES,
-    SETTING_SOFT_BUDGET,
+    SETTING_ROUTER, SETTING_SOFT_BUDGET,
 };
 
 /// How often the stored version is compared with the published one, as a safety net for
@@ -65,6 +66,20 @@ fn stored_cost_per_token(settings: &BTreeMap<String, String>) -> BTreeMap<String
         tracing::warn!(%error, "stored {SETTING_COST_PER_TOKEN} is invalid; ignored");
         BTreeMap::new()
     })
+}
+
+/// The stored `router_settings` (LiteLLM's defaults when none are stored), as the filters
+/// get them: every field explicit. A stored value that does not parse (which only a hand
+/// edit of the database makes) gives the defaults and is logged.
+fn stored_router(settings: &BTreeMap<String, String>) -> proto::RouterSettings {
+    let router = match settings.get(SETTING_ROUTER) {
+        None => RouterConfig::default(),
+        Some(text) => serde_json::from_str(text).unwrap_or_else(|error| {
+            tracing::warn!(%error, "stored {SETTING_ROUTER} is invalid; LiteLLM's defaults used");
+            RouterConfig::default()
+        }),
+    };
+    router.to_proto()
 }
 
 /// The budgets the snapshot's settings carry: the users' and teams' in `scoped`, the
@@ -143,6 +158,7 @@ pub fn build_snapshot(
             max_response_body_bytes: number(SETTING_MAX_RESPONSE_BODY_BYTES),
             budgets: settings_budgets(settings, budgets),
             rate_limits: limits::settings_rate_limits(settings, rate_limits),
+            router: Some(stored_router(settings)),
         }),
         deployments: deployments
             .iter()
@@ -170,6 +186,12 @@ pub fn build_snapshot(
                     } else {
                         serde_json::Value::Object(record.default_params.clone()).to_string()
                     },
+                    weight: record.routing.weight.unwrap_or(0.0),
+                    order: record.routing.order.unwrap_or(0),
+                    tags: record.routing.tags.clone(),
+                    timeout_ms: record.routing.timeout_ms.unwrap_or(0),
+                    stream_timeout_ms: record.routing.stream_timeout_ms.unwrap_or(0),
+                    num_retries: record.routing.num_retries,
                 }
             })
             .collect(),
@@ -1002,7 +1024,7 @@ async fn run_stream(
                 let (message, version) = match hub.catch_up(sent_version) {
                     CatchUp::UpToDate => continue,
                     CatchUp::Delta { message, version } => (message.as_ref().clone(), version),
-                    CatchUp::Full(snapshot) => snapshot_message(snapshot),
+                    CatchUp::Full(snapshot) => snapshot_message(*snapshot),
                 };
                 if !send_update(&hub, id, &sender, message, version).await {
                     break;

@@ -55,7 +55,7 @@ fn check_config_reports_warnings_and_errors() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("good.yaml"),
-        "model_list:\n  - model_name: a\n    litellm_params: {model: openai/x, timeout: 3}\n  - model_name: b\n    litellm_params: {model: sagemaker_chat/g}\n",
+        "model_list:\n  - model_name: a\n    litellm_params: {model: openai/x, organization: org-1}\n  - model_name: b\n    litellm_params: {model: sagemaker_chat/g}\n",
     )
     .unwrap();
     let output = tollgate(&["check-config", "--config", "good.yaml"], dir.path());
@@ -63,7 +63,7 @@ fn check_config_reports_warnings_and_errors() {
     assert!(output.status.success(), "{stdout}{}", text(&output.stderr));
     assert!(
         stdout.contains(
-            "warning: model_list[0].litellm_params.timeout: not supported by Tollgate yet, ignored"
+            "warning: model_list[0].litellm_params.organization: not supported by Tollgate yet, ignored"
         ),
         "{stdout}"
     );
@@ -75,7 +75,7 @@ fn check_config_reports_warnings_and_errors() {
 
     std::fs::write(
         dir.path().join("bad.yaml"),
-        "model_list:\n  - model_name: a\n    litellm_params: {model: gpt-4o}\nrouter_settings: {}\n",
+        "model_list:\n  - model_name: a\n    litellm_params: {model: gpt-4o}\nrouter_settings: {redis_host: localhost}\n",
     )
     .unwrap();
     let output = tollgate(&["check-config", "--config", "bad.yaml"], dir.path());
@@ -83,7 +83,9 @@ fn check_config_reports_warnings_and_errors() {
     assert_eq!(output.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains(r#"error: model_list[0].litellm_params.model: expected "<provider>/<model>", got "gpt-4o""#), "{stdout}");
     assert!(
-        stdout.contains("warning: router_settings: not supported by Tollgate yet, ignored"),
+        stdout.contains(
+            "warning: router_settings.redis_host: not supported by Tollgate yet, ignored"
+        ),
         "{stdout}"
     );
 

@@ -1349,6 +1349,104 @@ on_both!(
     postgres_models_side_by_side
 );
 
+/// `/model/new` and `/model/update` take the routing fields of `litellm_params` as a config
+/// file does, show them back and send them to the filters.
+async fn model_routing_fields(db: Db) {
+    let plane = Plane::start(db.url(), CONFIG).await;
+    let api = plane.api();
+    let created = api
+        .ok(
+            "/model/new",
+            json!({"model_name": "routed", "litellm_params": {"model": "openai/gpt-4o-mini",
+                   "weight": 2, "order": 1, "tags": ["eu"], "timeout": 1.5,
+                   "stream_timeout": 30, "num_retries": 4},
+                   "model_info": {"id": "routed-1"}}),
+        )
+        .await;
+    let params = &created["litellm_params"];
+    assert_eq!(
+        (
+            &params["weight"],
+            &params["order"],
+            &params["tags"],
+            &params["timeout"],
+            &params["stream_timeout"],
+            &params["num_retries"]
+        ),
+        (
+            &json!(2.0),
+            &json!(1),
+            &json!(["eu"]),
+            &json!(1.5),
+            &json!(30.0),
+            &json!(4)
+        ),
+        "{created}"
+    );
+    let snapshot = settled(&plane).await;
+    let routed = snapshot
+        .deployments
+        .iter()
+        .find(|d| d.id == "routed-1")
+        .unwrap();
+    assert_eq!(
+        (
+            routed.weight,
+            routed.order,
+            routed.tags.clone(),
+            routed.timeout_ms,
+            routed.stream_timeout_ms,
+            routed.num_retries
+        ),
+        (2.0, 1, vec!["eu".to_string()], 1500, 30_000, Some(4))
+    );
+
+    // max_retries replaces the stored num_retries (one setting), the rest is kept.
+    let updated = api
+        .ok(
+            "/model/update",
+            json!({"model_info": {"id": "routed-1"}, "litellm_params": {"max_retries": 1}}),
+        )
+        .await;
+    assert_eq!(updated["litellm_params"]["num_retries"], 1, "{updated}");
+    assert_eq!(updated["litellm_params"]["weight"], 2.0, "{updated}");
+    let snapshot = settled(&plane).await;
+    let routed = snapshot
+        .deployments
+        .iter()
+        .find(|d| d.id == "routed-1")
+        .unwrap();
+    assert_eq!(routed.num_retries, Some(1));
+    assert_eq!(routed.timeout_ms, 1500);
+
+    // Bad values are refused with the field's path.
+    assert_error(
+        &api.post(
+            "/model/update",
+            json!({"model_info": {"id": "routed-1"}, "litellm_params": {"timeout": 0}}),
+        )
+        .await,
+        400,
+        Some("litellm_params.timeout"),
+    );
+    assert_error(
+        &api.post(
+            "/model/new",
+            json!({"model_name": "bad", "litellm_params": {"model": "openai/gpt-4o-mini",
+                   "weight": -1}}),
+        )
+        .await,
+        400,
+        Some("litellm_params.weight"),
+    );
+    plane.stop().await;
+}
+on_both!(
+    model_routing_fields,
+    sqlite_model_routing_fields,
+    postgres_model_routing_fields
+);
+
 // ---------------------------------------------------------------------------------------
 // gRPC.
 

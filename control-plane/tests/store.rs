@@ -5,15 +5,16 @@
 mod common;
 
 use common::{sqlite_store, PgTestDb};
-use tollgate::config::{self, Config, Wire};
+use tollgate::config::{self, Config, DeploymentRouting, RouterConfig, Wire};
 use tollgate::proto::{self, deployment::ProviderSettings as ProtoSettings, UsageRecord};
 use tollgate::provider_settings::{AwsCredentials, BedrockSettings, ProviderSettings};
 use tollgate::secrets::CredentialError;
 use tollgate::store::{
     sha256_hex, Backend, CredentialReport, DeploymentRecord, DeploymentSource, KeyRow, Missing,
     NewMember, Store, StoreError, Taken, TeamRow, UserRow, SETTING_MASTER_KEY_SHA256,
-    SETTING_MAX_REQUEST_BODY_BYTES,
+    SETTING_MAX_REQUEST_BODY_BYTES, SETTING_ROUTER,
 };
+use tollgate::sync;
 
 fn parse(text: &str) -> Config {
     config::parse(text, "test.yaml", &|_| None).unwrap().config
@@ -56,6 +57,7 @@ fn api_deployment(id: &str) -> DeploymentRecord {
         limits: Default::default(),
         provider_settings: Default::default(),
         default_params: Default::default(),
+        routing: Default::default(),
         source: DeploymentSource::Api,
         position: 0,
     }
@@ -317,6 +319,129 @@ async fn unsupported_and_unreachable_databases_are_clear_errors() {
         Err(StoreError::Connect { target, .. }) => assert!(target.contains("nonexistent-dir")),
         other => panic!("{:?}", other.err()),
     }
+}
+
+const ROUTED_CONFIG: &str = r#"
+model_list:
+  - model_name: gpt
+    litellm_params:
+      model: openai/gpt-4o
+      weight: 2
+      order: 1
+      tags: [eu, paid]
+      timeout: 2.5
+      stream_timeout: 10
+      num_retries: 1
+  - model_name: claude
+    litellm_params: {model: anthropic/claude-x}
+router_settings:
+  routing_strategy: least-busy
+  fallbacks: [{gpt: [claude]}]
+  cooldown_time: 0.5
+"#;
+
+/// Routing fields of config and API deployments, and the router settings, as stored, read
+/// back and sent; a config without them leaves none behind.
+async fn routing_round_trips(store: &Store) {
+    let config = parse(ROUTED_CONFIG);
+    store.replace_config(&config).await.unwrap();
+    let gpt_routing = DeploymentRouting {
+        weight: Some(2.0),
+        order: Some(1),
+        tags: vec!["eu".into(), "paid".into()],
+        timeout_ms: Some(2500),
+        stream_timeout_ms: Some(10_000),
+        num_retries: Some(1),
+    };
+    let rows = store.deployments().await.unwrap();
+    assert_eq!(rows[0].record.routing, gpt_routing);
+    assert_eq!(rows[1].record.routing, DeploymentRouting::default());
+    let routed = DeploymentRecord {
+        routing: DeploymentRouting {
+            weight: Some(0.25),
+            tags: vec!["batch".into()],
+            num_retries: Some(0),
+            ..DeploymentRouting::default()
+        },
+        ..api_deployment("api-routed")
+    };
+    store.upsert_deployment(&routed).await.unwrap();
+    assert_eq!(
+        store
+            .deployment("api-routed")
+            .await
+            .unwrap()
+            .unwrap()
+            .record,
+        routed
+    );
+
+    let settings = store.settings().await.unwrap();
+    let stored: RouterConfig = serde_json::from_str(settings.get(SETTING_ROUTER).unwrap()).unwrap();
+    assert_eq!(stored, config.router);
+    assert_eq!(stored.cooldown_ms, 500);
+
+    let snapshot = sync::load_snapshot(store).await.unwrap();
+    assert_eq!(
+        snapshot.settings.unwrap().router,
+        Some(config.router.to_proto())
+    );
+    let fields = |d: &proto::Deployment| {
+        (
+            d.weight,
+            d.order,
+            d.tags.clone(),
+            d.timeout_ms,
+            d.stream_timeout_ms,
+            d.num_retries,
+        )
+    };
+    let sent: Vec<_> = snapshot.deployments.iter().map(fields).collect();
+    assert_eq!(
+        sent,
+        [
+            (
+                2.0,
+                1,
+                vec!["eu".to_string(), "paid".to_string()],
+                2500,
+                10_000,
+                Some(1)
+            ),
+            (0.0, 0, vec![], 0, 0, None),
+            (0.25, 0, vec!["batch".to_string()], 0, 0, Some(0)),
+        ]
+    );
+
+    // A config without routing keys: nothing stored, LiteLLM's defaults sent.
+    store.replace_config(&parse(CONFIG_B)).await.unwrap();
+    assert_eq!(store.settings().await.unwrap().get(SETTING_ROUTER), None);
+    assert!(store
+        .deployments()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|row| row.record.source == DeploymentSource::Config)
+        .all(|row| row.record.routing.is_empty()));
+    let snapshot = sync::load_snapshot(store).await.unwrap();
+    assert_eq!(
+        snapshot.settings.unwrap().router,
+        Some(RouterConfig::default().to_proto())
+    );
+}
+
+#[tokio::test]
+async fn sqlite_routing_round_trips() {
+    let (store, _dir) = sqlite_store().await;
+    routing_round_trips(&store).await;
+}
+
+#[tokio::test]
+async fn postgres_routing_round_trips() {
+    let db = PgTestDb::create().await;
+    let store = common::connect(&db.url).await;
+    routing_round_trips(&store).await;
+    store.close().await;
 }
 
 #[tokio::test]
@@ -811,6 +936,7 @@ fn bedrock_deployment(id: &str) -> DeploymentRecord {
             .as_object()
             .cloned()
             .unwrap(),
+        routing: Default::default(),
         ..api_deployment(id)
     }
 }

@@ -235,6 +235,7 @@ async fn filters_get_snapshots_and_usage_is_stored_once() {
             limits: Default::default(),
             provider_settings: Default::default(),
             default_params: Default::default(),
+            routing: Default::default(),
             source: DeploymentSource::Api,
             position: 0,
         })
@@ -783,6 +784,92 @@ async fn after_the_first_snapshot_a_key_change_arrives_as_a_delta_of_that_key() 
     server.shutdown().await;
 }
 
+const ROUTED: &str = r#"
+model_list:
+  - model_name: gpt
+    litellm_params: {model: openai/gpt-4o, weight: 3, tags: [eu]}
+  - model_name: claude
+    litellm_params: {model: anthropic/claude-sonnet, api_base: "http://127.0.0.1:9/"}
+router_settings:
+  routing_strategy: latency-based-routing
+  fallbacks: [{gpt: [claude]}]
+"#;
+
+#[tokio::test]
+async fn router_settings_reach_the_filter_and_their_change_arrives_as_a_delta() {
+    let (store, _dir) = common::sqlite_store().await;
+    let server = Server::start(store.clone(), &load(ROUTED)).await;
+    let hub = server.hub.clone();
+    let mut filter = common::FakeFilter::connect(server.address).await;
+    let Update::Snapshot(first) = filter.next_update().await else {
+        panic!("the first message is not a full snapshot");
+    };
+    let settings = first.settings.clone().unwrap();
+    let router = settings.router.clone().unwrap();
+    assert_eq!(router, load(ROUTED).config.router.to_proto());
+    assert_eq!(router.strategy, pb::RoutingStrategy::LatencyBased as i32);
+    assert_eq!(
+        router.fallbacks,
+        [pb::Fallbacks {
+            model: "gpt".into(),
+            fallbacks: vec!["claude".into()]
+        }]
+    );
+    // LiteLLM's defaults, explicit.
+    assert_eq!(router.retries.as_ref().unwrap().num_retries, 2);
+    assert_eq!(router.cooldown.as_ref().unwrap().allowed_fails, 3);
+    assert_eq!(router.cooldown.as_ref().unwrap().cooldown_ms, 5000);
+    assert_eq!(first.deployments[0].weight, 3.0);
+    assert_eq!(first.deployments[0].tags, ["eu"]);
+    assert_eq!(first.deployments[1].weight, 0.0);
+    filter.hello("envoy-r", "1", 0).await;
+
+    // Only the router settings change: the delta carries the settings and no deployment.
+    let changed = load(&ROUTED.replace("latency-based-routing", "least-busy"));
+    store.replace_config(&changed.config).await.unwrap();
+    let changed_at = hub.refresh().await.unwrap();
+    let Update::Delta(delta) = filter.next_update().await else {
+        panic!("a settings change was sent as a full snapshot");
+    };
+    let expected_router = changed.config.router.to_proto();
+    assert_eq!(
+        expected_router.strategy,
+        pb::RoutingStrategy::LeastBusy as i32
+    );
+    assert_eq!(
+        delta,
+        pb::SnapshotDelta {
+            base_version: first.version,
+            version: changed_at,
+            settings: Some(pb::Settings {
+                router: Some(expected_router),
+                ..settings.clone()
+            }),
+            ..Default::default()
+        }
+    );
+
+    // A deployment's weight changes: that deployment, and the settings are left out.
+    let reweighted = load(
+        &ROUTED
+            .replace("latency-based-routing", "least-busy")
+            .replace("weight: 3", "weight: 1"),
+    );
+    store.replace_config(&reweighted.config).await.unwrap();
+    let reweighted_at = hub.refresh().await.unwrap();
+    let Update::Delta(delta) = filter.next_update().await else {
+        panic!("a deployment change was sent as a full snapshot");
+    };
+    assert_eq!(delta.base_version, changed_at);
+    assert_eq!(delta.version, reweighted_at);
+    assert_eq!(delta.settings, None);
+    assert_eq!(delta.deployments.len(), 1);
+    assert_eq!(delta.deployments[0].model_name, "gpt");
+    assert_eq!(delta.deployments[0].weight, 1.0);
+    assert_eq!(filter.held.as_ref(), Some(hub.current().as_ref()));
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_snapshot_larger_than_tonics_default_limit_reaches_a_filter() {
     let (store, _dir) = common::sqlite_store().await;
@@ -892,7 +979,7 @@ fn a_stream_that_missed_versions_gets_one_delta_over_them_or_a_full_snapshot() {
     let CatchUp::Full(full) = served.catch_up(9) else {
         panic!("no full snapshot for an unknown version");
     };
-    assert_eq!(full, versions[3]);
+    assert_eq!(*full, versions[3]);
 }
 
 #[test]

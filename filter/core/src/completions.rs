@@ -382,6 +382,7 @@ pub fn plan_completion_request_for(
         headers,
         body_length: upstream.body.len().to_string(),
         body: upstream.body,
+        keeps_body: false,
         stream,
         response: ResponseHandler::new(translator, stream),
         deployment,
@@ -413,6 +414,7 @@ fn pass_through(
         stream_options: summary.stream_options,
         end_user: None,
         tags: Vec::new(),
+        usage_to_gateway: false,
     };
     let mut request = openai::build_request(&edits, body, deployment)?;
     request.path = completions_path(deployment);

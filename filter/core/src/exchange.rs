@@ -4,16 +4,23 @@
 //! [`Host`], and turns the returned [`Verdict`] into its ABI's status code.
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::auth::{authenticate, Caller, Credentials};
 use crate::budget::{check_budgets, SoftBudgetCrossed};
 use crate::error::error_type_for_status;
-use crate::gateway::{classify, plan_chat_request_for, ROUTE_HEADER};
+use crate::gateway::{
+    attempt_timeout_header, classify, direct_attempt_headers, plan_chat_request_to, relay_plan,
+    ROUTE_HEADER,
+};
 use crate::pricing::cost_header_value;
 use crate::providers::{ChunkOutput, ResponseMode, TranslateContext};
 use crate::ratelimit::{estimate_tokens, needs_of, Admission, Need, QuotaBook, RateHeaders};
-use crate::request::empty_body_error;
+use crate::request::{empty_body_error, summarize_chat_request};
+use crate::routing::attempts::{
+    Chooser, LedgerEntry, RoutePlan, Routing, ATTEMPT_HEADER, RETRY_HEADER,
+};
+use crate::routing::{AttemptReport, ErrorClass};
 use crate::usage::{RecordIds, TokenCounts, Usage};
 use crate::{proto, Endpoint, GatewayError, RequestPlan, State};
 
@@ -63,6 +70,80 @@ pub const TOLLGATE_COST_HEADER: &str = "x-tollgate-response-cost";
 /// `key_model`, `user`, `team`, `end_user`, `global`).
 pub const SOFT_BUDGET_HEADER: &str = "x-tollgate-soft-budget-exceeded";
 
+/// Response header naming the deployment that answered (LiteLLM's name).
+pub const MODEL_ID_HEADER: &str = "x-litellm-model-id";
+/// Response header with that deployment's base URL (LiteLLM's name).
+pub const MODEL_API_BASE_HEADER: &str = "x-litellm-model-api-base";
+/// Response header with the retries the request took (within model groups).
+pub const ATTEMPTED_RETRIES_HEADER: &str = "x-litellm-attempted-retries";
+/// Response header with the fallbacks the request took (to other model groups).
+pub const ATTEMPTED_FALLBACKS_HEADER: &str = "x-litellm-attempted-fallbacks";
+
+/// The attempt of relayed request `key` failed with `class`: whether another attempt
+/// follows (its deployment is then the plan's current one).
+fn another_attempt(
+    routing: &Option<Arc<Mutex<Routing>>>,
+    state: &State,
+    key: &str,
+    class: ErrorClass,
+    now_ms: u64,
+) -> bool {
+    with_routing(routing, now_ms, |routing| {
+        let Routing {
+            book,
+            ledger,
+            shuffler,
+            ..
+        } = routing;
+        let Some(LedgerEntry {
+            plan,
+            tags,
+            estimated_tokens,
+            stream,
+            ..
+        }) = ledger.get_mut(key)
+        else {
+            return false;
+        };
+        let mut chooser = Chooser {
+            state,
+            book,
+            shuffler,
+            now_ms,
+            tags,
+            estimated_tokens: *estimated_tokens,
+            stream: *stream,
+        };
+        plan.next(class, &mut chooser).is_some()
+    })
+}
+
+/// The `code` and `message` of an OpenAI-shaped error body (what the gateway's
+/// translators answer).
+fn error_code_and_message(body: &[u8]) -> (Option<String>, String) {
+    #[derive(serde::Deserialize)]
+    struct ErrorBody {
+        error: ErrorFields,
+    }
+    #[derive(serde::Deserialize)]
+    struct ErrorFields {
+        #[serde(default)]
+        code: Option<serde_json::Value>,
+        #[serde(default)]
+        message: Option<String>,
+    }
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(parsed) => (
+            parsed.error.code.and_then(|code| match code {
+                serde_json::Value::String(code) => Some(code),
+                _ => None,
+            }),
+            parsed.error.message.unwrap_or_default(),
+        ),
+        Err(_) => (None, String::new()),
+    }
+}
+
 /// What the glue tells Envoy after an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -98,6 +179,9 @@ pub struct RequestHeaders<'a> {
     pub tags: Option<&'a str>,
     /// Whether the client sent [`ROUTE_HEADER`], which only the filter may set.
     pub route_header: bool,
+    /// [`ATTEMPT_HEADER`]: the ledger key of a request relayed through the attempts route
+    /// (trusted only when it names an open entry).
+    pub attempt: Option<&'a str>,
     /// The first header the filter reads whose value is not UTF-8.
     pub invalid: Option<&'static str>,
 }
@@ -136,6 +220,12 @@ impl<'a> RequestHeaders<'a> {
                 }
                 name if name == ROUTE_HEADER.as_bytes() => {
                     headers.route_header = true;
+                    continue;
+                }
+                name if name == ATTEMPT_HEADER.as_bytes() => {
+                    if headers.attempt.is_none() {
+                        headers.attempt = std::str::from_utf8(value).ok();
+                    }
                     continue;
                 }
                 _ => continue,
@@ -190,12 +280,19 @@ enum Phase {
         state: Arc<State>,
         caller: Caller,
         endpoint: Endpoint,
+        /// The ledger key of an attempt of a relayed request (the gateway's listener
+        /// authenticated it and checked its limits already).
+        attempt: Option<String>,
     },
     /// Planned, waiting for a rate-limit lease from the authority.
     AwaitingQuota(Box<Admitting>),
     /// Sent upstream.
     Upstream {
         plan: Box<RequestPlan>,
+        /// The snapshot it was planned with (its router settings judge the answer).
+        state: Arc<State>,
+        /// Straight to the provider, relayed through the attempts route, or one attempt.
+        role: Role,
         caller: Caller,
         sent_ms: u64,
         /// Largest buffered response body the gateway holds (the snapshot's).
@@ -219,10 +316,23 @@ enum Phase {
     },
 }
 
+/// How a request that went upstream reached its provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Role {
+    /// Sent straight to its only possible deployment (Envoy retries it there).
+    Direct,
+    /// Sent through the attempts route under this ledger key; the answer that comes back
+    /// is an attempt's, already translated.
+    Relay(String),
+    /// One attempt of a relayed request, under this ledger key.
+    Attempt(String),
+}
+
 /// A planned request on its way through the rate limits.
 struct Admitting {
     state: Arc<State>,
     caller: Caller,
+    role: Role,
     plan: RequestPlan,
     body_size: usize,
     soft_budget: SoftBudgetCrossed,
@@ -251,6 +361,17 @@ pub struct Exchange {
     model_request: bool,
     first_byte_ms: Option<u64>,
     stream_out: Vec<u8>,
+    /// The routing state the filter shares across requests (`None`: a fresh one per
+    /// request, as in tests).
+    routing: Option<Arc<Mutex<Routing>>>,
+    /// Whether Envoy has the attempts route and listener (the plugin configuration says).
+    attempts_route: bool,
+    /// The ledger key of a request this exchange relays (closed when it ends).
+    relay_key: Option<String>,
+    /// The failure of this attempt, once judged.
+    failure: Option<ErrorClass>,
+    /// The provider's error message, for the health report.
+    error_message: String,
 }
 
 /// How an exchange ended, for metrics and the control plane's usage records.
@@ -267,6 +388,37 @@ pub enum Outcome<'a> {
     },
     /// The request went upstream.
     Upstream(UpstreamOutcome<'a>),
+    /// The request was relayed through the attempts route: each attempt recorded its own
+    /// usage; what is left is to give back the request's rate-limit quota.
+    Relayed(RelayedOutcome<'a>),
+}
+
+/// A finished relayed request.
+pub struct RelayedOutcome<'a> {
+    /// Tokens the answer reported (as the attempt that answered translated them).
+    pub usage: Usage,
+    /// The rate-limit counters the request took from.
+    pub quota: &'a [Need],
+}
+
+impl RelayedOutcome<'_> {
+    /// Gives back to `book` what the request held of it (see
+    /// [`UpstreamOutcome::settle_quota`]).
+    pub fn settle_quota(&self, book: &mut QuotaBook, now_ms: u64) {
+        settle(self.quota, &self.usage, book, now_ms);
+    }
+}
+
+/// Gives back parallel slots and the difference between the estimate and `usage`.
+fn settle(quota: &[Need], usage: &Usage, book: &mut QuotaBook, now_ms: u64) {
+    if quota.is_empty() {
+        return;
+    }
+    let tokens = match (usage.prompt_tokens, usage.completion_tokens) {
+        (None, None) => None,
+        (prompt, completion) => Some(prompt.unwrap_or(0) + completion.unwrap_or(0)),
+    };
+    book.settle(quota, tokens, now_ms);
 }
 
 /// A finished upstream exchange.
@@ -294,14 +446,7 @@ impl UpstreamOutcome<'_> {
     /// Gives back to `book` what the request held of it: parallel slots, and the
     /// difference between its token estimate and the tokens the provider reported.
     pub fn settle_quota(&self, book: &mut QuotaBook, now_ms: u64) {
-        if self.quota.is_empty() {
-            return;
-        }
-        let tokens = match (self.usage.prompt_tokens, self.usage.completion_tokens) {
-            (None, None) => None,
-            (prompt, completion) => Some(prompt.unwrap_or(0) + completion.unwrap_or(0)),
-        };
-        book.settle(self.quota, tokens, now_ms);
+        settle(self.quota, &self.usage, book, now_ms);
     }
 
     /// What this response adds to the token counters.
@@ -314,6 +459,17 @@ impl Exchange {
     /// A new exchange.
     pub fn new() -> Self {
         Exchange::default()
+    }
+
+    /// A new exchange routing with the filter's shared `routing` state; `attempts_route`
+    /// says whether Envoy has the attempts route and listener (without them a request
+    /// goes to one deployment, retried there by Envoy).
+    pub fn with_routing(routing: Arc<Mutex<Routing>>, attempts_route: bool) -> Self {
+        Exchange {
+            routing: Some(routing),
+            attempts_route,
+            ..Exchange::default()
+        }
     }
 
     /// Whether a chat request is waiting for its body (so body events are the filter's).
@@ -397,6 +553,33 @@ impl Exchange {
         if endpoint == Endpoint::Other {
             return Verdict::Continue;
         }
+        if let (Some(key), Some(state)) = (headers.attempt, state) {
+            let now_ms = host.now_ms();
+            let entry = with_routing(&self.routing, now_ms, |routing| {
+                routing.ledger.get(key).map(|entry| {
+                    (
+                        entry.caller.clone(),
+                        entry.request_id.clone(),
+                        entry.header_tags.clone(),
+                    )
+                })
+            });
+            // A key that names no open entry is a client's guess: the request is treated as
+            // any other (and the header goes nowhere: it is not forwarded upstream).
+            if let Some((caller, request_id, header_tags)) = entry {
+                self.request_id = request_id;
+                self.header_tags = header_tags;
+                self.model_request = true;
+                self.started_ms = now_ms;
+                self.phase = Phase::AwaitingBody {
+                    state: state.clone(),
+                    caller,
+                    endpoint,
+                    attempt: Some(key.to_string()),
+                };
+                return Verdict::Pause;
+            }
+        }
         self.request_id = headers.request_id.map(str::to_string);
         self.model_request = matches!(
             endpoint,
@@ -458,6 +641,7 @@ impl Exchange {
             state: state.clone(),
             caller,
             endpoint,
+            attempt: None,
         };
         Verdict::Pause
     }
@@ -486,6 +670,7 @@ impl Exchange {
             state,
             caller,
             endpoint,
+            attempt,
         } = std::mem::take(&mut self.phase)
         else {
             return Verdict::Continue;
@@ -494,21 +679,24 @@ impl Exchange {
         let context = TranslateContext {
             now_unix: now_ms / 1000,
         };
+        if let Some(key) = attempt {
+            return self.send_attempt(host, state, caller, key, body_size, now_ms, &context);
+        }
         let planned = {
             let body = host.request_body(body_size);
             match endpoint {
                 Endpoint::Embeddings => crate::providers::embeddings::plan_embeddings_request_for(
                     &state, &caller, &body, &context,
-                ),
+                )
+                .map(|(plan, tokens)| (plan, tokens, Role::Direct)),
                 Endpoint::Completions => crate::completions::plan_completion_request_for(
                     &state, &caller, &body, &context,
                 )
-                .map(|plan| (plan, estimate_tokens(body_size))),
-                _ => plan_chat_request_for(&state, &caller, &body, &context)
-                    .map(|plan| (plan, estimate_tokens(body_size))),
+                .map(|plan| (plan, estimate_tokens(body_size), Role::Direct)),
+                _ => self.plan_chat(&state, &caller, &body, &context, now_ms),
             }
         };
-        let (plan, estimated_tokens) = match planned {
+        let (plan, estimated_tokens, role) = match planned {
             Ok(planned) => planned,
             Err(error) => {
                 return self.refuse(host, &error, Some(caller), String::new(), String::new())
@@ -531,6 +719,7 @@ impl Exchange {
             Box::new(Admitting {
                 state,
                 caller,
+                role,
                 plan,
                 body_size,
                 soft_budget,
@@ -538,6 +727,150 @@ impl Exchange {
             }),
             now_ms,
         )
+    }
+
+    /// Plans a chat request: validates it, resolves its model group, chooses its first
+    /// deployment, and either translates it for that deployment (the only one it can go to:
+    /// Envoy retries it there) or, when another deployment or a fallback may have to take
+    /// over, opens its ledger entry and relays it through the attempts route.
+    fn plan_chat(
+        &mut self,
+        state: &State,
+        caller: &Caller,
+        body: &[u8],
+        context: &TranslateContext,
+        now_ms: u64,
+    ) -> Result<(RequestPlan, u64, Role), GatewayError> {
+        let summary = summarize_chat_request(body)?;
+        caller.check_model(&summary.model)?;
+        if state.model(&summary.model).is_none() {
+            return Err(GatewayError::ModelNotFound(summary.model.to_string()));
+        }
+        let estimated_tokens = estimate_tokens(body.len());
+        let mut tags: Vec<String> = summary.tags.iter().map(|tag| tag.to_string()).collect();
+        add_tags(&mut tags, self.header_tags.iter().map(String::as_str));
+        let attempts_route = self.attempts_route;
+        let (request_id, header_tags) = (&self.request_id, &self.header_tags);
+        let routed = with_routing(&self.routing, now_ms, |routing| {
+            let Routing {
+                book,
+                ledger,
+                shuffler,
+                keys,
+            } = routing;
+            let mut chooser = Chooser {
+                state,
+                book,
+                shuffler,
+                now_ms,
+                tags: &tags,
+                estimated_tokens,
+                stream: summary.stream,
+            };
+            let plan = RoutePlan::start(&summary.model, &mut chooser)?;
+            let first = Arc::clone(plan.current());
+            if !(attempts_route && plan.may_try_another(state)) {
+                return Some((first, None));
+            }
+            let entry = LedgerEntry {
+                plan,
+                caller: caller.clone(),
+                estimated_tokens,
+                tags: tags.clone(),
+                header_tags: header_tags.clone(),
+                request_id: request_id.clone(),
+                stream: summary.stream,
+                opened_ms: now_ms,
+            };
+            Some((first, Some(ledger.open(entry, keys))))
+        });
+        let Some((first, key)) = routed else {
+            return Err(GatewayError::invalid(
+                "metadata.tags",
+                format!(
+                    "No deployment of model `{}` serves the request's tags ({}), and none is tagged `default`.",
+                    summary.model,
+                    tags.join(", ")
+                ),
+            ));
+        };
+        match key {
+            Some(key) => {
+                self.relay_key = Some(key.clone());
+                let plan = relay_plan(
+                    first,
+                    &summary,
+                    "/v1/chat/completions",
+                    body.len(),
+                    key.clone(),
+                );
+                Ok((plan, estimated_tokens, Role::Relay(key)))
+            }
+            None => {
+                let stream = summary.stream;
+                let mut plan = plan_chat_request_to(state, first, summary, body, context)?;
+                direct_attempt_headers(&state.router, &plan.deployment, stream, &mut plan.headers);
+                Ok((plan, estimated_tokens, Role::Direct))
+            }
+        }
+    }
+
+    /// Sends one attempt of a relayed request (ledger entry `key`) to the deployment its
+    /// plan chose. Budgets and rate limits were checked when the request arrived.
+    #[allow(clippy::too_many_arguments)]
+    fn send_attempt(
+        &mut self,
+        host: &mut impl Host,
+        state: Arc<State>,
+        caller: Caller,
+        key: String,
+        body_size: usize,
+        now_ms: u64,
+        context: &TranslateContext,
+    ) -> Verdict {
+        let deployment = with_routing(&self.routing, now_ms, |routing| {
+            routing
+                .ledger
+                .get(&key)
+                .map(|entry| Arc::clone(entry.plan.current()))
+        });
+        let Some(deployment) = deployment else {
+            // The relaying side ended (or its entry was dropped) while Envoy retried.
+            return self.refuse(
+                host,
+                &GatewayError::Internal,
+                Some(caller),
+                String::new(),
+                String::new(),
+            );
+        };
+        let model = deployment.model_name.clone();
+        let planned = {
+            let body = host.request_body(body_size);
+            summarize_chat_request(&body).and_then(|mut summary| {
+                summary.usage_to_gateway = true;
+                let stream = summary.stream;
+                let mut plan = plan_chat_request_to(&state, deployment, summary, &body, context)?;
+                attempt_timeout_header(&state.router, &plan.deployment, stream, &mut plan.headers);
+                Ok(plan)
+            })
+        };
+        match planned {
+            Ok(plan) => self.admit(
+                host,
+                Box::new(Admitting {
+                    state,
+                    caller,
+                    role: Role::Attempt(key),
+                    plan,
+                    body_size,
+                    soft_budget: None,
+                    needs: Vec::new(),
+                }),
+                now_ms,
+            ),
+            Err(error) => self.refuse(host, &error, Some(caller), model, String::new()),
+        }
     }
 
     /// The authority answered (or took too long): a request waiting for a lease is admitted,
@@ -600,14 +933,22 @@ impl Exchange {
         let Admitting {
             state,
             caller,
+            role,
             plan,
             body_size,
             soft_budget,
             needs,
         } = *admitting;
         host.write_upstream_request(&plan, body_size);
+        if !matches!(role, Role::Relay(_)) {
+            with_routing(&self.routing, now_ms, |routing| {
+                routing.book.started(&plan.deployment.id, now_ms)
+            });
+        }
         self.phase = Phase::Upstream {
             plan: Box::new(plan),
+            state: Arc::clone(&state),
+            role,
             caller,
             sent_ms: now_ms,
             max_response_body_bytes: state.max_response_body_bytes,
@@ -628,8 +969,23 @@ impl Exchange {
         content_type: Option<&str>,
         end_of_stream: bool,
     ) -> Verdict {
+        self.on_response_headers_with(host, status, content_type, None, end_of_stream)
+    }
+
+    /// [`Self::on_response_headers`], with Envoy's `x-envoy-attempt-count` response header
+    /// (the attempts Envoy's router made, when the route reports them).
+    pub fn on_response_headers_with(
+        &mut self,
+        host: &mut impl Host,
+        status: Option<u16>,
+        content_type: Option<&str>,
+        envoy_attempts: Option<&str>,
+        end_of_stream: bool,
+    ) -> Verdict {
         let Phase::Upstream {
             plan,
+            state,
+            role,
             soft_budget,
             rate_headers,
             ..
@@ -640,6 +996,47 @@ impl Exchange {
         let mode = plan
             .response
             .on_headers(status.unwrap_or(502), content_type);
+        let now_ms = match role {
+            Role::Direct => 0,
+            _ => host.now_ms(),
+        };
+        match role {
+            Role::Relay(key) => {
+                // Envoy gave up retrying (or had no more attempts): the mark is the gateway's.
+                host.remove_response_header(RETRY_HEADER);
+                let counts = with_routing(&self.routing, now_ms, |routing| {
+                    routing
+                        .ledger
+                        .get(key)
+                        .map(|entry| (entry.plan.retries(), entry.plan.fallbacks()))
+                });
+                if let Some((retries, fallbacks)) = counts {
+                    host.set_response_header(ATTEMPTED_RETRIES_HEADER, &retries.to_string());
+                    host.set_response_header(ATTEMPTED_FALLBACKS_HEADER, &fallbacks.to_string());
+                }
+            }
+            Role::Direct | Role::Attempt(_) => {
+                host.set_response_header(MODEL_ID_HEADER, &plan.deployment.id);
+                host.set_response_header(MODEL_API_BASE_HEADER, &api_base(&plan.deployment));
+                if *role == Role::Direct {
+                    let retries = envoy_attempts
+                        .and_then(|count| count.trim().parse::<u32>().ok())
+                        .map_or(0, |count| count.saturating_sub(1));
+                    host.set_response_header(ATTEMPTED_RETRIES_HEADER, &retries.to_string());
+                    host.set_response_header(ATTEMPTED_FALLBACKS_HEADER, "0");
+                }
+            }
+        }
+        if end_of_stream && plan.response.status() >= 400 {
+            // An error without a body: judged by its status alone.
+            let class = ErrorClass::of(plan.response.status(), None);
+            self.failure = class;
+            if let (Role::Attempt(key), Some(class)) = (&*role, class) {
+                if another_attempt(&self.routing, state, key, class, now_ms) {
+                    host.set_response_header(RETRY_HEADER, "1");
+                }
+            }
+        }
         if let Some(scope) = soft_budget {
             host.set_response_header(SOFT_BUDGET_HEADER, scope);
         }
@@ -674,6 +1071,8 @@ impl Exchange {
     ) -> Verdict {
         let Phase::Upstream {
             plan,
+            state,
+            role,
             max_response_body_bytes,
             response_too_large,
             ..
@@ -715,6 +1114,23 @@ impl Exchange {
                 if let Some(status) = completed.status {
                     host.set_response_header(":status", &status.to_string());
                 }
+                let status = plan.response.status();
+                if status >= 400 {
+                    let (code, message) = completed
+                        .body
+                        .as_deref()
+                        .map(error_code_and_message)
+                        .unwrap_or_default();
+                    let class = ErrorClass::of(status, code.as_deref());
+                    self.failure = class;
+                    self.error_message = message;
+                    if let (Role::Attempt(key), Some(class)) = (&*role, class) {
+                        let now_ms = host.now_ms();
+                        if another_attempt(&self.routing, state, key, class, now_ms) {
+                            host.set_response_header(RETRY_HEADER, "1");
+                        }
+                    }
+                }
                 if let Some(new_body) = completed.body {
                     host.set_response_header("content-type", "application/json");
                     host.replace_response_body(body_size, &new_body);
@@ -742,6 +1158,54 @@ impl Exchange {
         }
     }
 
+    /// The exchange ended (`now_ms` is when): what its attempt taught the router goes into
+    /// the routing book (latency, usage, a failure that may cool the deployment down), and
+    /// a relayed request's ledger entry is closed. Call before [`Self::outcome`].
+    pub fn finish(&mut self, now_ms: u64) {
+        if let Some(key) = self.relay_key.take() {
+            with_routing(&self.routing, now_ms, |routing| routing.ledger.close(&key));
+        }
+        let Phase::Upstream {
+            plan,
+            state,
+            role,
+            sent_ms,
+            response_too_large,
+            ..
+        } = &self.phase
+        else {
+            return;
+        };
+        if matches!(role, Role::Relay(_)) {
+            return;
+        }
+        let status = match plan.response.status() {
+            _ if *response_too_large => 502,
+            status => status,
+        };
+        let class = self.failure.or_else(|| ErrorClass::of(status, None));
+        let usage = plan.response.usage();
+        let tokens = match (usage.prompt_tokens, usage.completion_tokens) {
+            (None, None) => None,
+            (prompt, completion) => Some(prompt.unwrap_or(0) + completion.unwrap_or(0)),
+        };
+        let report = AttemptReport {
+            deployment_id: &plan.deployment.id,
+            status,
+            class,
+            latency_ms: now_ms.saturating_sub(*sent_ms),
+            first_byte_ms: self
+                .first_byte_ms
+                .map(|first| first.saturating_sub(*sent_ms)),
+            tokens,
+            completion_tokens: usage.completion_tokens,
+            message: &self.error_message,
+        };
+        with_routing(&self.routing, now_ms, |routing| {
+            routing.book.finished(&report, &state.router, now_ms)
+        });
+    }
+
     /// How the exchange ended, once it has (`now_ms` is the time it did); `None` for one
     /// the filter let through untouched or that never went upstream. An upstream exchange's
     /// usage record takes its id from `ids`.
@@ -753,6 +1217,15 @@ impl Exchange {
                     .as_deref()
                     .map(|refusal| self.refusal_record(*status, refusal, now_ms, ids)),
             }),
+            Phase::Upstream {
+                plan,
+                role: Role::Relay(_),
+                quota,
+                ..
+            } => Some(Outcome::Relayed(RelayedOutcome {
+                usage: plan.response.usage(),
+                quota,
+            })),
             Phase::Upstream {
                 plan,
                 caller,
@@ -855,6 +1328,34 @@ impl Exchange {
             ..Default::default()
         }
     }
+}
+
+/// Runs `f` on the shared routing state (a fresh one when there is none, as in tests).
+fn with_routing<R>(
+    routing: &Option<Arc<Mutex<Routing>>>,
+    now_ms: u64,
+    f: impl FnOnce(&mut Routing) -> R,
+) -> R {
+    match routing {
+        Some(shared) => {
+            // Nothing run under the lock panics; if something did, the state is still usable.
+            let mut routing = shared
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            f(&mut routing)
+        }
+        None => f(&mut Routing::new(u128::from(now_ms))),
+    }
+}
+
+/// The base URL of a deployment, for `x-litellm-model-api-base`.
+fn api_base(deployment: &crate::snapshot::Deployment) -> String {
+    let target = &deployment.target;
+    let scheme = match target.scheme {
+        crate::snapshot::Scheme::Http => "http",
+        crate::snapshot::Scheme::Https => "https",
+    };
+    format!("{scheme}://{}{}", target.authority, target.base_path)
 }
 
 /// Whose rate limit a counter is, for a person.

@@ -154,6 +154,12 @@ pub struct PluginConfig {
     /// socket does TLS instead.
     #[serde(default)]
     pub control_plane_tls: Option<ControlPlaneTls>,
+    /// Whether Envoy has the attempts route (`x-tollgate-upstream: attempts`, with the retry
+    /// policy that retries an answer marked `x-tollgate-retry`) and the internal attempts
+    /// listener behind it: then a request that may need another deployment or a fallback
+    /// is relayed through them. Without, every request goes straight to one deployment.
+    #[serde(default)]
+    pub attempts_route: bool,
 }
 
 /// How the native module verifies the control plane and, for mutual TLS, proves itself.
@@ -200,6 +206,7 @@ impl Default for PluginConfig {
             reconnect_ms: default_reconnect_ms(),
             control_plane_token_env: default_control_plane_token_env(),
             control_plane_tls: None,
+            attempts_route: false,
         }
     }
 }
@@ -227,8 +234,12 @@ pub struct RequestPlan {
     pub path: String,
     /// Headers to set.
     pub headers: Vec<(&'static str, String)>,
-    /// New body.
+    /// New body (empty when [`Self::keeps_body`]).
     pub body: Vec<u8>,
+    /// The client's body goes on unchanged (a request relayed through the attempts route,
+    /// translated per attempt): the glue leaves it in place instead of writing
+    /// [`Self::body`].
+    pub keeps_body: bool,
     /// `content-length` of [`Self::body`].
     pub body_length: String,
     /// Whether the client asked for a stream.
@@ -251,6 +262,7 @@ impl std::fmt::Debug for RequestPlan {
             .field("headers", &crate::redact::Headers(&self.headers))
             .field("body", &self.body)
             .field("body_length", &self.body_length)
+            .field("keeps_body", &self.keeps_body)
             .field("stream", &self.stream)
             .field("response", &self.response)
             .finish()
@@ -317,7 +329,8 @@ pub fn plan_chat_request(
     plan_chat_request_for(state, &Caller::default(), body, context)
 }
 
-/// Validates, resolves and translates a chat completion request for `caller`.
+/// Validates, resolves and translates a chat completion request for `caller` (the
+/// deployment taken round robin: the exchange routes with [`crate::routing`] instead).
 pub fn plan_chat_request_for(
     state: &State,
     caller: &Caller,
@@ -331,11 +344,26 @@ pub fn plan_chat_request_for(
         .and_then(|group| group.pick())
         .ok_or_else(|| GatewayError::ModelNotFound(summary.model.to_string()))?
         .clone();
+    plan_chat_request_to(state, deployment, summary, body, context)
+}
+
+/// Translates a validated chat completion request (`summary` of `body`) for `deployment`.
+pub fn plan_chat_request_to(
+    state: &State,
+    deployment: Arc<Deployment>,
+    summary: crate::request::ChatRequestSummary<'_>,
+    body: &[u8],
+    context: &TranslateContext,
+) -> Result<RequestPlan, GatewayError> {
     // The deployment's default parameters the client did not give: the request with them is
     // summarized again (its spans moved), and only then translated.
     let with_defaults = deployment.default_params.apply(body)?;
     let (summary, body) = match &with_defaults {
-        Some(merged) => (summarize_chat_request(merged)?, merged.as_slice()),
+        Some(merged) => {
+            let mut merged_summary = summarize_chat_request(merged)?;
+            merged_summary.usage_to_gateway = summary.usage_to_gateway;
+            (merged_summary, merged.as_slice())
+        }
         None => (summary, body),
     };
     let (upstream, translator) = translate_request(&summary, body, &deployment, context)?;
@@ -358,12 +386,103 @@ pub fn plan_chat_request_for(
         headers,
         body_length: upstream.body.len().to_string(),
         body: upstream.body,
+        keeps_body: false,
         stream: summary.stream,
         response: ResponseHandler::new(translator, summary.stream),
         deployment,
         end_user: summary.end_user.map(Cow::into_owned).unwrap_or_default(),
         tags: summary.tags.into_iter().map(Cow::into_owned).collect(),
     })
+}
+
+/// Value of [`ROUTE_HEADER`] that sends a request through the attempts route: Envoy's route
+/// with the retry policy that retries an attempt marked with
+/// [`crate::routing::attempts::RETRY_HEADER`], to the internal attempts listener.
+pub const ATTEMPTS_ROUTE: &str = "attempts";
+
+/// The plan of a request relayed through the attempts route: the client's body goes on
+/// unchanged (each attempt translates it for its own deployment), with the ledger key of
+/// the request and the most retries Envoy may make. The response that comes back is
+/// already OpenAI's; it is only read for usage (and its usage chunk removed when the client
+/// did not ask for one: attempts always send it).
+pub fn relay_plan(
+    first: Arc<Deployment>,
+    summary: &crate::request::ChatRequestSummary<'_>,
+    path: &str,
+    body_size: usize,
+    key: String,
+) -> RequestPlan {
+    use crate::providers::openai::OpenAiResponse;
+    use crate::providers::ResponseTranslator;
+    let max_retries = crate::routing::MAX_ATTEMPTS - 1;
+    let response = OpenAiResponse::new(summary.stream, summary.include_usage, None);
+    RequestPlan {
+        deployment: first,
+        route_value: ATTEMPTS_ROUTE,
+        authority: "tollgate-attempts".to_string(),
+        path: path.to_string(),
+        headers: vec![
+            (crate::routing::attempts::ATTEMPT_HEADER, key),
+            ("x-envoy-max-retries", max_retries.to_string()),
+        ],
+        body: Vec::new(),
+        keeps_body: true,
+        body_length: body_size.to_string(),
+        stream: summary.stream,
+        response: ResponseHandler::new(ResponseTranslator::OpenAi(response), summary.stream),
+        end_user: summary
+            .end_user
+            .as_deref()
+            .map(str::to_string)
+            .unwrap_or_default(),
+        tags: summary.tags.iter().map(|tag| tag.to_string()).collect(),
+    }
+}
+
+/// Envoy's headers for the attempts of a request sent straight to `deployment` (it has no
+/// other deployment to go to): the router retries it there itself on the failures the
+/// retry policy retries, and each attempt gets the deployment's timeout. Envoy takes one
+/// retry count for all classes: the largest of those retried.
+pub fn direct_attempt_headers(
+    config: &crate::routing::RouterConfig,
+    deployment: &Deployment,
+    stream: bool,
+    headers: &mut Vec<(&'static str, String)>,
+) {
+    use crate::routing::ErrorClass;
+    let retries = config.max_default_retries(deployment);
+    if retries > 0 {
+        let mut retry_on: Vec<&str> = Vec::with_capacity(3);
+        if config.retries_for(ErrorClass::ServerError, deployment) > 0 {
+            retry_on.push("5xx,reset,connect-failure,refused-stream");
+        } else if config.retries_for(ErrorClass::Timeout, deployment) > 0 {
+            retry_on.push("gateway-error");
+        }
+        if config.retries_for(ErrorClass::RateLimit, deployment) > 0 {
+            retry_on.push("retriable-status-codes");
+            headers.push(("x-envoy-retriable-status-codes", "429".to_string()));
+        }
+        headers.push(("x-envoy-retry-on", retry_on.join(",")));
+        headers.push(("x-envoy-max-retries", retries.to_string()));
+    }
+    attempt_timeout_header(config, deployment, stream, headers);
+}
+
+/// The per-attempt timeout of `deployment` as Envoy's header (the time to the response's
+/// start: Envoy ignores it once the response has begun, which is what a stream timeout is).
+pub fn attempt_timeout_header(
+    config: &crate::routing::RouterConfig,
+    deployment: &Deployment,
+    stream: bool,
+    headers: &mut Vec<(&'static str, String)>,
+) {
+    let timeout_ms = config.attempt_timeout_ms(deployment, stream);
+    if timeout_ms > 0 {
+        headers.push((
+            "x-envoy-upstream-rq-per-try-timeout-ms",
+            timeout_ms.to_string(),
+        ));
+    }
 }
 
 /// The last step of a plan, once the request's authority, path (with its query), headers and

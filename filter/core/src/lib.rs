@@ -27,6 +27,7 @@ pub mod providers;
 pub mod ratelimit;
 pub mod redact;
 pub mod request;
+pub mod routing;
 pub mod snapshot;
 pub mod spend;
 pub mod sse;

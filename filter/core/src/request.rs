@@ -29,6 +29,10 @@ pub struct ChatRequestSummary<'a> {
     pub end_user: Option<Cow<'a, str>>,
     /// `metadata.tags`, LiteLLM's request tags, in order.
     pub tags: Vec<Cow<'a, str>>,
+    /// The answer's usage chunk goes back to the gateway's listener whatever the client
+    /// asked (an attempt of a request relayed through the attempts route: the relaying side
+    /// counts the usage, then removes the chunk the client did not ask for).
+    pub usage_to_gateway: bool,
 }
 
 #[derive(Deserialize)]
@@ -217,6 +221,7 @@ pub fn summarize_chat_request(body: &[u8]) -> Result<ChatRequestSummary<'_>, Gat
         stream_options: view.stream_options,
         end_user,
         tags,
+        usage_to_gateway: false,
     })
 }
 

@@ -153,6 +153,8 @@ pub struct Deployment {
     pub prices: Option<Prices>,
     /// litellm_params rpm / tpm / max_parallel_requests.
     pub limits: Option<Limits>,
+    /// litellm_params weight, order, tags, timeouts, num_retries.
+    pub routing: crate::routing::DeploymentRouting,
 }
 
 impl Deployment {
@@ -185,6 +187,7 @@ impl std::fmt::Debug for Deployment {
             .field("stat_provider", &self.stat_provider)
             .field("prices", &self.prices)
             .field("limits", &self.limits)
+            .field("routing", &self.routing)
             .finish()
     }
 }
@@ -380,6 +383,8 @@ pub struct State {
     pub budgets: Budgets,
     /// Rate limits of users, teams and the whole gateway.
     pub rate_limits: ScopeLimits,
+    /// router_settings: strategies, retries, cooldowns, fallbacks, aliases.
+    pub router: crate::routing::RouterConfig,
     /// Every deployment in snapshot order, usable or not (what a delta applies onto).
     deployments: Vec<DeploymentSlot>,
     models: HashMap<String, ModelGroup>,
@@ -406,6 +411,7 @@ impl State {
             max_response_body_bytes: DEFAULT_MAX_RESPONSE_BODY_BYTES,
             budgets: Budgets::default(),
             rate_limits: ScopeLimits::default(),
+            router: crate::routing::RouterConfig::default(),
             deployments: Vec::with_capacity(snapshot.deployments.len()),
             models: HashMap::new(),
             keys: KeyMap::with_capacity(snapshot.keys.len()),
@@ -450,6 +456,7 @@ impl State {
         );
         self.budgets = Budgets::from_proto(settings.budgets, problems);
         self.rate_limits = ScopeLimits::from_proto(settings.rate_limits, problems);
+        self.router = crate::routing::RouterConfig::from_proto(settings.router);
     }
 
     /// Groups the usable deployments by public model name, in snapshot order, and renders
@@ -468,6 +475,33 @@ impl State {
                     ModelGroup::default()
                 });
             group.deployments.push(Arc::clone(deployment));
+        }
+        // model_group_alias: an alias is a group of its own, the union of the groups it
+        // names (a name that is a model group already stays that group).
+        let mut aliases: Vec<(&str, &[String])> = self.router.aliases().collect();
+        aliases.sort_unstable_by_key(|(alias, _)| *alias);
+        for (alias, groups) in aliases {
+            if models.contains_key(alias) {
+                continue;
+            }
+            let deployments: Vec<Arc<Deployment>> = groups
+                .iter()
+                .filter_map(|group| models.get(group))
+                .flat_map(|group| group.deployments.iter().cloned())
+                .collect();
+            if deployments.is_empty() {
+                continue;
+            }
+            if self.router.listed(alias) {
+                model_order.push(alias.to_string());
+            }
+            models.insert(
+                alias.to_string(),
+                ModelGroup {
+                    deployments,
+                    next: AtomicUsize::new(0),
+                },
+            );
         }
         self.models_json = render_models(&model_order, &models, |_| true);
         self.models = models;
@@ -948,6 +982,7 @@ fn build_deployment(deployment: proto::Deployment) -> Result<Deployment, String>
     let default_params = DefaultParams::parse(&deployment.default_params_json)
         .map_err(|problem| format!("{}: {problem}", deployment.model_name))?;
     // Azure's api-version is in its settings (field 9 from a control plane before them).
+    let routing = crate::routing::DeploymentRouting::of(&deployment);
     let api_version = match &deployment.provider_settings {
         Some(proto::deployment::ProviderSettings::Azure(azure))
             if !azure.api_version.is_empty() =>
@@ -980,6 +1015,7 @@ fn build_deployment(deployment: proto::Deployment) -> Result<Deployment, String>
         default_params,
         prices: deployment.pricing.as_ref().and_then(Prices::from_proto),
         limits: Limits::of(deployment.limits.as_ref()),
+        routing,
     })
 }
 
@@ -1084,6 +1120,7 @@ pub(crate) mod tests {
             api_version: String::new(),
             provider_settings: None,
             default_params_json: String::new(),
+            ..Default::default()
         }
     }
 
@@ -1318,6 +1355,7 @@ pub(crate) mod tests {
                 master_key_sha256: hex::encode([1u8; 32]),
                 max_request_body_bytes: 0,
                 max_response_body_bytes: 5,
+                router: None,
             }),
             deployments: vec![
                 deployment("gpt", proto::ProviderKind::Openai, "http://127.0.0.1:1/v1"),

@@ -61,6 +61,7 @@ fn deployment(
         limits: None,
         provider_settings: None,
         default_params_json: String::new(),
+        ..Default::default()
     }
 }
 

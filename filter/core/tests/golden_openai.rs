@@ -40,6 +40,7 @@ fn state(case: &Path) -> State {
             api_key: "sk-provider".into(),
             default_max_tokens: 0,
             api_version: String::new(),
+            ..Default::default()
         }],
     };
     State::from_snapshot(snapshot).0

@@ -391,7 +391,9 @@ impl Host for NativeHost<'_> {
         for (name, value) in &plan.headers {
             filter.set_header(abi::REQUEST_HEADERS, name, Some(value));
         }
-        filter.replace_body(Direction::Request, &plan.body);
+        if !plan.keeps_body {
+            filter.replace_body(Direction::Request, &plan.body);
+        }
         // Envoy chose the route before the filters ran, without the routing header.
         filter.clear_route_cache();
     }

@@ -119,9 +119,10 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
         Arc::increment_strong_count(config.cast::<Shared>());
         Arc::from_raw(config.cast::<Shared>())
     };
+    let attempts_route = shared.config.attempts_route;
     let filter = Box::new(TollgateFilter {
         shared,
-        exchange: Exchange::new(),
+        exchange: Exchange::with_routing(module_routing(), attempts_route),
         id: NEXT_REQUEST.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
     });
     Box::into_raw(filter).cast_const().cast()
@@ -264,10 +265,12 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
         // Read before the exchange changes a response header (it only removes content-length,
         // after it is done with the content type).
         let content_type = envoy_filter.header(abi::RESPONSE_HEADERS, "content-type");
-        headers_status(this.exchange.on_response_headers(
+        let attempts = envoy_filter.header(abi::RESPONSE_HEADERS, "x-envoy-attempt-count");
+        headers_status(this.exchange.on_response_headers_with(
             &mut NativeHost::new(envoy_filter),
             status,
             content_type,
+            attempts,
             end_of_stream,
         ))
     })
@@ -395,6 +398,21 @@ thread_local! {
         std::cell::RefCell::new(RecordIds::new(random_seed()));
 }
 
+/// The module's routing state (routing book, attempts ledger), one for every worker and
+/// every filter configuration: the gateway's listener and the attempts listener have
+/// configurations of their own, and an attempt must find the entry its relaying side
+/// opened; the workers share what they learn of each deployment at once.
+fn module_routing() -> Arc<std::sync::Mutex<tollgate_core::routing::attempts::Routing>> {
+    static ROUTING: std::sync::OnceLock<
+        Arc<std::sync::Mutex<tollgate_core::routing::attempts::Routing>>,
+    > = std::sync::OnceLock::new();
+    Arc::clone(ROUTING.get_or_init(|| {
+        Arc::new(std::sync::Mutex::new(
+            tollgate_core::routing::attempts::Routing::new(random_seed()),
+        ))
+    }))
+}
+
 /// Random bits from the OS; a thread that gets none still numbers its records, from the
 /// clock and an address on its own stack (which no other live thread shares).
 fn random_seed() -> u128 {
@@ -425,6 +443,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
         // SAFETY: Envoy passes the pointer `filter_new` returned.
         let this = unsafe { filter(filter_module) };
         let now_ms = envoy::now_ms();
+        this.exchange.finish(now_ms);
         let outcome = RECORD_IDS.with_borrow_mut(|ids| this.exchange.outcome(now_ms, ids));
         if let Some(outcome) = outcome {
             this.shared

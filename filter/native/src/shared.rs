@@ -180,6 +180,15 @@ impl Shared {
                     self.queue_usage(record);
                 }
             }
+            Outcome::Relayed(relayed) => {
+                if !relayed.quota.is_empty() {
+                    let mut quota = self.quota();
+                    relayed.settle_quota(&mut quota, envoy::now_ms());
+                    if quota.has_asks() {
+                        self.quota_asks.notify_one();
+                    }
+                }
+            }
             Outcome::Upstream(upstream) => {
                 if !upstream.quota.is_empty() {
                     let mut quota = self.quota();

@@ -51,7 +51,9 @@ impl Host for WasmHost {
     // The whole map is written back at once, without the client's headers that must go.
     fn write_upstream_request(&mut self, plan: &RequestPlan, body_size: usize) {
         host::set_request_headers(plan.upstream_headers(&self.request_headers));
-        host::replace_body(BufferType::HttpRequestBody, body_size, &plan.body);
+        if !plan.keeps_body {
+            host::replace_body(BufferType::HttpRequestBody, body_size, &plan.body);
+        }
     }
 
     fn remove_response_header(&mut self, name: &str) {
@@ -126,6 +128,7 @@ pub struct TollgateHttp {
 impl TollgateHttp {
     /// A context for a new request.
     pub fn new(shared: Rc<RefCell<VmShared>>, context_id: u32) -> Self {
+        let attempts_route = shared.borrow().config.attempts_route;
         TollgateHttp {
             inner: Rc::new(RefCell::new(HttpExchange {
                 host: WasmHost {
@@ -133,7 +136,7 @@ impl TollgateHttp {
                     shared: shared.clone(),
                     context_id,
                 },
-                exchange: Exchange::new(),
+                exchange: Exchange::with_routing(crate::root::vm_routing(), attempts_route),
             })),
             shared,
             context_id,
@@ -186,7 +189,13 @@ impl HttpContext for TollgateHttp {
                 .and_then(|(_, value)| std::str::from_utf8(value).ok())
         };
         let status = header(":status").and_then(|value| value.parse::<u16>().ok());
-        action(exchange.on_response_headers(host, status, header("content-type"), end_of_stream))
+        action(exchange.on_response_headers_with(
+            host,
+            status,
+            header("content-type"),
+            header("x-envoy-attempt-count"),
+            end_of_stream,
+        ))
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
@@ -196,9 +205,10 @@ impl HttpContext for TollgateHttp {
     }
 
     fn on_log(&mut self) {
+        let now_ms = host::now_ms();
+        self.inner.borrow_mut().exchange.finish(now_ms);
         let inner = self.inner.borrow();
         let mut shared = self.shared.borrow_mut();
-        let now_ms = host::now_ms();
         if let Some(outcome) = inner.exchange.outcome(now_ms, &mut shared.record_ids) {
             shared.record_outcome(outcome);
             // Slots given back go to the authority at once.

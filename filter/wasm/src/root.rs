@@ -267,6 +267,7 @@ impl VmShared {
                     self.queue_usage(record);
                 }
             }
+            Outcome::Relayed(relayed) => relayed.settle_quota(&mut self.quota, host::now_ms()),
             Outcome::Upstream(upstream) => {
                 upstream.settle_quota(&mut self.quota, host::now_ms());
                 if upstream.response_too_large {
@@ -582,6 +583,21 @@ impl TollgateRoot {
 
 /// Random bits for the usage-record ids (WASI `random_get`); a VM whose host gives none
 /// still numbers its records, from the clock.
+/// The VM's routing state (routing book, attempts ledger), shared by every root context of
+/// the VM: the gateway's listener and the attempts listener may run the filter with
+/// separate root contexts, and an attempt must find the entry its relaying side opened.
+/// A VM runs on one thread, so the lock is never contended.
+pub fn vm_routing() -> Arc<std::sync::Mutex<tollgate_core::routing::attempts::Routing>> {
+    static ROUTING: std::sync::OnceLock<
+        Arc<std::sync::Mutex<tollgate_core::routing::attempts::Routing>>,
+    > = std::sync::OnceLock::new();
+    Arc::clone(ROUTING.get_or_init(|| {
+        Arc::new(std::sync::Mutex::new(
+            tollgate_core::routing::attempts::Routing::new(random_seed()),
+        ))
+    }))
+}
+
 fn random_seed() -> u128 {
     let mut seed = [0u8; 16];
     if let Err(error) = getrandom::getrandom(&mut seed) {

@@ -1051,3 +1051,67 @@ pub fn psql_output(url: &str, sql: &str) -> Result<String> {
     );
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
+
+/// Faults per deployment on the mock (`/_mock/faults`, `/_mock/calls`; see
+/// tests/mock/README.md): a deployment is the upstream model its requests name.
+impl Mock {
+    /// Makes the mock answer requests for `model` (the upstream model a deployment sends:
+    /// `model` in the body, Azure's deployment, the model in Gemini's, Vertex's or Bedrock's
+    /// path) with `fault`, e.g. `json!({"status": 429})`, `json!({"delay_ms": 3000})`,
+    /// `json!({"reset": true})`: for the next `times` such requests, or until
+    /// [`Mock::clear_faults`] with `None`.
+    pub fn set_fault(
+        &self,
+        model: &str,
+        fault: serde_json::Value,
+        times: Option<u64>,
+    ) -> Result<()> {
+        let mut rule = serde_json::json!({"model": model, "fault": fault});
+        if let Some(times) = times {
+            rule["times"] = times.into();
+        }
+        let response = client()
+            .post(format!("{}/_mock/faults", self.url))
+            .json(&rule)
+            .send()?;
+        let status = response.status();
+        if !status.is_success() {
+            bail!(
+                "the mock refused the fault rule {rule}: {status} {}",
+                response.text().unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
+    /// Removes every fault rule.
+    pub fn clear_faults(&self) -> Result<()> {
+        client()
+            .delete(format!("{}/_mock/faults", self.url))
+            .send()?
+            .error_for_status()?;
+        Ok(())
+    }
+
+    /// How many chat, completions and embeddings requests the mock received, per upstream
+    /// model (faulted ones included).
+    pub fn calls(&self) -> Result<std::collections::BTreeMap<String, u64>> {
+        Ok(reqwest::blocking::get(format!("{}/_mock/calls", self.url))?
+            .error_for_status()?
+            .json()?)
+    }
+
+    /// How many requests the mock received for `model` (0 when none).
+    pub fn calls_for(&self, model: &str) -> Result<u64> {
+        Ok(self.calls()?.get(model).copied().unwrap_or(0))
+    }
+
+    /// Resets the counts of [`Mock::calls`].
+    pub fn reset_calls(&self) -> Result<()> {
+        client()
+            .delete(format!("{}/_mock/calls", self.url))
+            .send()?
+            .error_for_status()?;
+        Ok(())
+    }
+}

@@ -16,6 +16,12 @@ use crate::common::{
 use crate::State;
 
 pub(crate) const TOOL_USE_ID: &str = "toolu_mock_1";
+/// Anthropic's `invalid_request_error` for a prompt over the model's context window.
+pub(crate) const CONTEXT_LENGTH_MESSAGE: &str =
+    "prompt is too long: 208310 tokens > 200000 maximum";
+/// The `invalid_request_error` Anthropic answers when its content filter blocks an answer
+/// (not in its error documentation, but what the API sends).
+pub(crate) const CONTENT_FILTER_MESSAGE: &str = "Output blocked by content filtering policy";
 const TOOL_PREAMBLE: &str = "Let me check.";
 
 /// Top-level request fields the Messages API knows; anything else is "Extra inputs are not
@@ -604,7 +610,7 @@ pub(crate) async fn handle(state: &State, parts: &Parts, body: &Bytes) -> Respon
             );
         }
     };
-    answer(n, req).await
+    answer(n, parts, req).await
 }
 
 /// `invalid_request_error` 400, as Anthropic answers a body it refuses.
@@ -614,7 +620,7 @@ pub(crate) fn refuse(message: &str, request_id: &str) -> Response<MockBody> {
 
 /// Answers a Messages request body (with its `model`) once the caller is authenticated:
 /// Anthropic's own endpoint and Vertex AI's `rawPredict`. `n` numbers the request's ids.
-pub(crate) async fn answer(n: u64, req: Value) -> Response<MockBody> {
+pub(crate) async fn answer(n: u64, parts: &Parts, req: Value) -> Response<MockBody> {
     let request_id = format!("req_mock_{n}");
     if let Err(message) = validate(&req) {
         return invalid(&message, &request_id);
@@ -638,7 +644,7 @@ pub(crate) async fn answer(n: u64, req: Value) -> Response<MockBody> {
         .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
         .map(|m| content_text(m.get("content")))
         .unwrap_or_default();
-    let directives = Directives::parse(&user_text);
+    let directives = Directives::for_request(&user_text, parts);
     if directives.raw_error {
         return raw_error();
     }

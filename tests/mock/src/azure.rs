@@ -48,7 +48,7 @@ pub(crate) async fn handle(state: &State, parts: &Parts, body: &Bytes) -> Respon
     if contains(body, b"mock:content_filter") {
         return content_filter();
     }
-    openai::answer(state, body).await
+    openai::answer(state, parts, body).await
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -59,8 +59,8 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 /// What Azure answers a prompt its content filter blocks: 400, `code: "content_filter"` and
 /// the verdict per category in `innererror` (`mock:content_filter` in the request asks for
-/// it).
-fn content_filter() -> Response<MockBody> {
+/// it, and a `content_filter` fault).
+pub(crate) fn content_filter() -> Response<MockBody> {
     let body = json!({"error": {
         "message": "The response was filtered due to the prompt triggering Azure OpenAI's content management policy. Please modify your prompt and retry. To learn more about our content filtering policies please read our documentation: https://go.microsoft.com/fwlink/?linkid=2198766",
         "type": null, "param": "prompt", "code": "content_filter", "status": 400,

@@ -31,7 +31,8 @@
 //! `messageStart`, a `contentBlockDelta` per word, `contentBlockStop`, the tool use's
 //! `contentBlockStart` and 4 input pieces, `messageStop`, `metadata` with the usage; every
 //! payload carries Bedrock's `p` padding field. `mock:stream_error` sends a
-//! `modelStreamErrorException` frame after the first word and ends the stream.
+//! `modelStreamErrorException` frame after the first word and ends the stream, and
+//! `mock:stream_cut` ends it there without one.
 
 use bytes::Bytes;
 use hyper::http::request::Parts;
@@ -117,8 +118,69 @@ pub(crate) fn validation(message: impl Into<String>) -> Response<MockBody> {
     )
 }
 
+/// Bedrock's `ValidationException` for a prompt over the model's context window.
+pub(crate) const CONTEXT_LENGTH_MESSAGE: &str = "Input is too long for requested model.";
+
+/// What Converse answers when the model's content filter stops it: 200, no content, and
+/// `stopReason: "content_filtered"` (a stream: `messageStart`, `messageStop` with that reason,
+/// `metadata`). Input tokens count the words of the body's text blocks.
+pub(crate) fn content_filtered(body: &Bytes, stream: bool) -> Response<MockBody> {
+    let request: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let texts = |blocks: Option<&Value>| {
+        blocks
+            .and_then(Value::as_array)
+            .map(|blocks| {
+                blocks
+                    .iter()
+                    .filter_map(|block| block.get("text").and_then(Value::as_str))
+                    .map(count_words)
+                    .sum::<u64>()
+            })
+            .unwrap_or(0)
+    };
+    let mut input_tokens = texts(request.get("system"));
+    for message in request
+        .get("messages")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        input_tokens += texts(message.get("content"));
+    }
+    let input_tokens = input_tokens.max(1);
+    let usage =
+        json!({"inputTokens": input_tokens, "outputTokens": 0, "totalTokens": input_tokens});
+    if stream {
+        let frames = vec![
+            event("messageStart", json!({"role": "assistant"}), 0),
+            event("messageStop", json!({"stopReason": "content_filtered"}), 9),
+            event(
+                "metadata",
+                json!({"usage": usage, "metrics": {"latencyMs": 1}}),
+                10,
+            ),
+        ];
+        return response(
+            StatusCode::OK,
+            eventstream::CONTENT_TYPE,
+            MockBody::paced(frames, std::time::Duration::ZERO),
+        );
+    }
+    let answer = json!({
+        "output": {"message": {"role": "assistant", "content": []}},
+        "stopReason": "content_filtered",
+        "usage": usage,
+        "metrics": {"latencyMs": 1},
+    });
+    response(
+        StatusCode::OK,
+        "application/json",
+        MockBody::full(Bytes::from(answer.to_string())),
+    )
+}
+
 /// The error Bedrock would send for `status` (used by `mock:status=NNN`).
-fn status_error(status: StatusCode) -> Response<MockBody> {
+pub(crate) fn status_error(status: StatusCode) -> Response<MockBody> {
     let message = match status.as_u16() {
         400 => "Malformed input request (mock:status=400).",
         403 => "You don't have access to the model with the specified model ID.",
@@ -743,8 +805,9 @@ fn check_output_config(config: &Value) -> Result<(), String> {
         .map_err(|_| "outputConfig.textFormat.structure.jsonSchema.schema: not valid JSON".into())
 }
 
-/// The decoded model id of `/model/<id>/converse[-stream]`, and whether it streams.
-fn parse_path(path: &str) -> Option<(String, bool)> {
+/// The decoded model id of `/model/<id>/converse[-stream]` (or `/invoke`), and whether it
+/// streams.
+pub(crate) fn parse_path(path: &str) -> Option<(String, bool)> {
     let rest = path.strip_prefix("/model/")?;
     let (encoded, stream) = if let Some(id) = rest.strip_suffix("/converse-stream") {
         (id, true)
@@ -872,7 +935,7 @@ async fn answer(state: &State, parts: &Parts, body: &Bytes) -> Response<MockBody
         return validation(message);
     }
 
-    let directives = Directives::parse(&conversation.last_user_text);
+    let directives = Directives::for_request(&conversation.last_user_text, parts);
     if directives.raw_error {
         return raw_error();
     }
@@ -909,7 +972,7 @@ async fn answer(state: &State, parts: &Parts, body: &Bytes) -> Response<MockBody
         "totalTokens": input_tokens + output_tokens,
     });
     if stream {
-        let frames = stream_frames(&reply, &input, stop_reason, &usage, directives.stream_error);
+        let frames = stream_frames(&reply, &input, stop_reason, &usage, &directives);
         return response(
             StatusCode::OK,
             eventstream::CONTENT_TYPE,
@@ -1003,7 +1066,7 @@ fn stream_frames(
     input: &Value,
     stop_reason: &str,
     usage: &Value,
-    stream_error: bool,
+    directives: &Directives,
 ) -> Vec<Bytes> {
     let mut frames = vec![event("messageStart", json!({"role": "assistant"}), 0)];
     let pieces: Vec<&str> = match reply {
@@ -1016,12 +1079,15 @@ fn stream_frames(
             json!({"contentBlockIndex": 0, "delta": {"text": text}}),
             i + 1,
         ));
-        if i == 0 && stream_error {
+        if i == 0 && directives.stream_error {
             let payload = json!({"message": "The model stream failed (mock:stream_error)."});
             frames.push(Bytes::from(
                 eventstream::exception("modelStreamErrorException", payload.to_string().as_bytes())
                     .unwrap_or_default(),
             ));
+            return frames;
+        }
+        if i == 0 && directives.stream_cut {
             return frames;
         }
     }

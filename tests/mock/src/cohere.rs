@@ -66,8 +66,20 @@ pub(crate) fn error(status: StatusCode, message: &str) -> Response<MockBody> {
     )
 }
 
+/// Cohere's 400 for a prompt over the model's context window.
+pub(crate) const CONTEXT_LENGTH_MESSAGE: &str = "too many tokens: size limit exceeded by 1502 tokens. Try using shorter or fewer inputs, or setting prompt_truncation='AUTO'.";
+
+/// Cohere's content-policy refusal: 498 "blocked output".
+pub(crate) fn content_blocked() -> Response<MockBody> {
+    let status = StatusCode::from_u16(498).unwrap_or(StatusCode::BAD_REQUEST);
+    error(
+        status,
+        "blocked output: please adjust your prompt and try again, as this generation may be a potential violation of our Usage Guidelines",
+    )
+}
+
 /// The error Cohere would send for `status` (used by `mock:status=NNN`).
-fn status_error(status: StatusCode) -> Response<MockBody> {
+pub(crate) fn status_error(status: StatusCode) -> Response<MockBody> {
     let message = match status.as_u16() {
         400 => "invalid request: the request is not valid (mock:status=400)",
         401 => "invalid api token",
@@ -629,7 +641,7 @@ pub(crate) async fn handle(state: &State, parts: &Parts, body: &Bytes) -> Respon
             .map(|message| (message.text.clone(), message.images))
             .unwrap_or_default()
     };
-    let directives = Directives::parse(&user_text);
+    let directives = Directives::for_request(&user_text, parts);
     if directives.raw_error {
         return raw_error();
     }
@@ -738,6 +750,9 @@ pub(crate) async fn handle(state: &State, parts: &Parts, body: &Bytes) -> Respon
                     "tool-plan-delta",
                     &json!({"type": "tool-plan-delta", "delta": {"message": {"tool_plan": piece}}}),
                 ));
+                if directives.stream_cut {
+                    return stream_response(events, &directives);
+                }
             }
             events.push(sse_event(
                 "tool-call-start",

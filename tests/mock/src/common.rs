@@ -1,9 +1,10 @@
-//! Helpers shared by both providers: directives, word counting, chunking, response building.
+//! Helpers shared by the providers: directives, word counting, chunking, response building.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use hyper::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::http::request::Parts;
 use hyper::{Response, StatusCode};
 
 use crate::body::MockBody;
@@ -25,7 +26,8 @@ pub(crate) struct Directives {
     /// `mock:stream_error`: break the stream with an error event after the first content chunk.
     pub stream_error: bool,
     /// `mock:stream_cut`: end the stream after the first content chunk, without an error or
-    /// the provider's closing events (a connection the provider dropped; Anthropic only).
+    /// the provider's closing events (a connection the provider dropped). A
+    /// `stream_cut_after_first_chunk` fault sets it too (and then drops the connection).
     pub stream_cut: bool,
     /// `mock:raw_error`: 500 with a non-JSON body.
     pub raw_error: bool,
@@ -71,6 +73,14 @@ impl Directives {
             }
         }
         d
+    }
+
+    /// The directives of `text`, and the stream cut a fault rule asked of this request (see
+    /// `faults.rs`).
+    pub(crate) fn for_request(text: &str, parts: &Parts) -> Self {
+        let mut directives = Self::parse(text);
+        directives.stream_cut |= crate::faults::cuts_stream(parts);
+        directives
     }
 
     /// The status to fail with, if the directive asks for an error (>= 400).

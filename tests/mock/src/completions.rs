@@ -10,8 +10,8 @@
 //! `"echo: " + prompt` cut to `max_tokens` words (`finish_reason` `length`) or at the first
 //! `stop` sequence, with the prompt in front when `echo` is set. Tokens are words (a token
 //! array counts its tokens). Directives in the prompt (`mock:status=NNN`, `mock:chunks=N`,
-//! `mock:delay_ms=N`, `mock:stream_error`, `mock:raw_error`) work as for chat. `logprobs` is
-//! answered with `null`, `suffix` is accepted and ignored.
+//! `mock:delay_ms=N`, `mock:stream_error`, `mock:stream_cut`, `mock:raw_error`) work as for
+//! chat. `logprobs` is answered with `null`, `suffix` is accepted and ignored.
 
 use bytes::Bytes;
 use hyper::http::request::Parts;
@@ -92,7 +92,7 @@ pub(crate) async fn handle(
     if let Some(refused) = refused {
         return refused;
     }
-    answer(state, endpoint, body).await
+    answer(state, endpoint, parts, body).await
 }
 
 /// Azure's checks: an `api-version` query and the `api-key` header.
@@ -356,7 +356,12 @@ fn choice_for(prompt: &Prompt, request: &Value, directives: &Directives) -> Choi
     }
 }
 
-async fn answer(state: &State, endpoint: Endpoint, body: &Bytes) -> Response<MockBody> {
+async fn answer(
+    state: &State,
+    endpoint: Endpoint,
+    parts: &Parts,
+    body: &Bytes,
+) -> Response<MockBody> {
     let request: Value = match serde_json::from_slice(body) {
         Ok(value) => value,
         Err(_) => {
@@ -372,7 +377,7 @@ async fn answer(state: &State, endpoint: Endpoint, body: &Bytes) -> Response<Moc
         Err(refused) => return *refused,
     };
     let all_text: Vec<&str> = prompts.iter().map(|p| p.text.as_str()).collect();
-    let directives = Directives::parse(&all_text.join(" "));
+    let directives = Directives::for_request(&all_text.join(" "), parts);
     if directives.raw_error {
         return raw_error();
     }
@@ -427,10 +432,13 @@ async fn answer(state: &State, endpoint: Endpoint, body: &Bytes) -> Response<Moc
                         "type": "server_error", "param": null, "code": null}})));
                     break 'choices;
                 }
+                if at == 0 && directives.stream_cut {
+                    break 'choices;
+                }
             }
             events.push(chunk(index, "", Some(choice.finish_reason)));
         }
-        if !directives.stream_error {
+        if !directives.stream_error && !directives.stream_cut {
             if include_usage {
                 events.push(sse(&json!({
                     "id": id, "object": "text_completion", "created": created, "model": model,

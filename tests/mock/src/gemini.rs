@@ -74,8 +74,89 @@ pub(crate) fn google_status(status: StatusCode) -> &'static str {
     }
 }
 
+/// The input token limit Gemini's chat models report when a prompt is over it.
+pub(crate) const CHAT_INPUT_TOKEN_LIMIT: u64 = 1_048_576;
+/// The input token limit of Gemini's embedding models.
+pub(crate) const EMBEDDING_INPUT_TOKEN_LIMIT: u64 = 2048;
+
+/// Gemini's answer to a prompt over the model's input token limit.
+pub(crate) fn context_length_error(limit: u64) -> Response<MockBody> {
+    invalid(&format!(
+        "The input token count ({}) exceeds the maximum number of tokens allowed ({limit}).",
+        limit + limit / 8
+    ))
+}
+
+/// What Gemini answers a prompt its safety filters block: 200, no candidates, and
+/// `promptFeedback` with `blockReason: SAFETY` and the ratings (Gemini's content-policy
+/// refusal; a stream sends it as its one event).
+pub(crate) fn prompt_blocked(
+    state: &State,
+    parts: &Parts,
+    body: &Bytes,
+    model: &str,
+    stream: bool,
+) -> Response<MockBody> {
+    let request: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let mut prompt_tokens = request
+        .get("systemInstruction")
+        .or_else(|| request.get("system_instruction"))
+        .map_or(0, |system| count_words(&content_text(system).0));
+    for content in request
+        .get("contents")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        prompt_tokens += count_words(&content_text(content).0);
+    }
+    let prompt_tokens = prompt_tokens.max(1);
+    let usage = UsageMetadata::new(prompt_tokens, 0, 0);
+    let blocked = json!({
+        "promptFeedback": {
+            "blockReason": "SAFETY",
+            "safetyRatings": [
+                {"category": "HARM_CATEGORY_SEXUALLY_EXPLICIT", "probability": "NEGLIGIBLE"},
+                {"category": "HARM_CATEGORY_HATE_SPEECH", "probability": "HIGH"},
+                {"category": "HARM_CATEGORY_HARASSMENT", "probability": "NEGLIGIBLE"},
+                {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "NEGLIGIBLE"}
+            ]
+        },
+        "usageMetadata": usage,
+        "modelVersion": model,
+        "responseId": format!("mock-resp-{}", state.next_id()),
+    });
+    if stream && query_param(parts, "alt") == Some("sse") {
+        let mut frame = b"data: ".to_vec();
+        frame.extend_from_slice(&serde_json::to_vec(&blocked).unwrap_or_default());
+        frame.extend_from_slice(b"\r\n\r\n");
+        let mut resp = response(
+            StatusCode::OK,
+            "text/event-stream",
+            MockBody::paced(vec![Bytes::from(frame)], std::time::Duration::ZERO),
+        );
+        resp.headers_mut().insert(
+            hyper::header::CACHE_CONTROL,
+            hyper::header::HeaderValue::from_static("no-cache"),
+        );
+        return resp;
+    }
+    let answer = if stream {
+        Value::Array(vec![blocked])
+    } else {
+        blocked
+    };
+    response(
+        StatusCode::OK,
+        "application/json; charset=UTF-8",
+        MockBody::full(Bytes::from(
+            serde_json::to_vec_pretty(&answer).unwrap_or_default(),
+        )),
+    )
+}
+
 /// The error Gemini would send for `status` (used by `mock:status=NNN`).
-fn status_error(status: StatusCode) -> Response<MockBody> {
+pub(crate) fn status_error(status: StatusCode) -> Response<MockBody> {
     let (message, details) = match status.as_u16() {
         400 => ("Request contains an invalid argument. (mock:status=400)", None),
         403 => ("The caller does not have permission", None),
@@ -1119,7 +1200,7 @@ pub(crate) async fn answer(
         .map(|(content, _)| content_text(content))
         .unwrap_or_default();
     let answered_a_call = last_user.is_some_and(|(_, facts)| facts.function_responses > 0);
-    let directives = Directives::parse(&user_text);
+    let directives = Directives::for_request(&user_text, parts);
     if directives.raw_error {
         return raw_error();
     }
@@ -1197,6 +1278,7 @@ pub(crate) async fn answer(
 
     // Each event a whole GenerateContentResponse; usage so far on each, the finish reason and
     // the full usage on the last.
+    let sse = query_param(parts, "alt") == Some("sse");
     let mut events: Vec<Value> = Vec::new();
     let prompt_only = UsageMetadata::new(prompt_tokens, 0, 0);
     match &reply {
@@ -1235,6 +1317,10 @@ pub(crate) async fn answer(
                     events.push(json!({"error": {"code": 503, "message": "The model is overloaded. Please try again later.", "status": "UNAVAILABLE"}}));
                     break;
                 }
+                // Without alt=sse the stream is one JSON array, which a fault cuts in half.
+                if index == 0 && directives.stream_cut && sse {
+                    break;
+                }
             }
             if pieces.is_empty() {
                 events.push(response_json(
@@ -1247,7 +1333,7 @@ pub(crate) async fn answer(
             }
         }
     }
-    if query_param(parts, "alt") != Some("sse") {
+    if !sse {
         // Without alt=sse Gemini streams one JSON array of the responses.
         let body = serde_json::to_vec_pretty(&Value::Array(events)).unwrap_or_default();
         return response(

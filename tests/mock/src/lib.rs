@@ -1,7 +1,8 @@
-//! `tollgate-mock`: a fast mock of the OpenAI Chat Completions and Anthropic Messages APIs,
-//! streaming included, for Tollgate's end-to-end tests and benchmarks.
+//! `tollgate-mock`: a fast mock of the LLM provider APIs Tollgate translates for (OpenAI,
+//! Azure OpenAI, Anthropic, Gemini, Vertex AI, Bedrock, Cohere, Ollama), streaming included,
+//! for Tollgate's end-to-end tests and benchmarks.
 //!
-//! * `POST …/chat/completions`: OpenAI Chat Completions.
+//! * `POST …/chat/completions`: OpenAI Chat Completions (and Azure OpenAI's deployments).
 //! * `POST …/v1/messages`: Anthropic Messages.
 //! * `POST /v1beta/models/<model>:generateContent` and `:streamGenerateContent`: Gemini.
 //! * `POST /model/<model id>/converse` and `/converse-stream`: AWS Bedrock Converse, SigV4
@@ -17,6 +18,9 @@
 //!   Vertex AI's Gemini and Claude endpoints that take its tokens (`GET /_mock/vertex` says
 //!   how many tokens were issued).
 //! * `GET /_mock/requests`, `DELETE /_mock/requests`, `GET /_mock/health`: introspection.
+//! * `POST|GET|DELETE /_mock/faults`, `GET|DELETE /_mock/calls`: faults per deployment (an
+//!   upstream model fails, times out, resets or cuts its stream) and the requests each
+//!   deployment received; see `faults.rs`.
 //!
 //! Replies are deterministic (`"echo: " + last user text`), and directives in the last user
 //! message (`mock:status=429`, `mock:chunks=200`, `mock:delay_ms=5`, `mock:stream_error`,
@@ -31,6 +35,7 @@ mod common;
 mod completions;
 mod embeddings;
 mod eventstream;
+mod faults;
 mod gemini;
 mod ollama;
 mod openai;
@@ -38,7 +43,6 @@ mod vertex;
 mod wire;
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -56,7 +60,7 @@ use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
 
 pub use bedrock::AwsCredentials;
-pub use body::MockBody;
+pub use body::{ConnectionCut, MockBody};
 pub use embeddings::{base64_of, embedding_for, embedding_for_text, DEFAULT_DIMENSIONS};
 pub use vertex::VertexAccount;
 
@@ -104,6 +108,8 @@ pub(crate) struct State {
     records: Mutex<VecDeque<Recorded>>,
     /// Vertex AI access tokens issued by `POST /token`.
     pub(crate) vertex_tokens: vertex::TokenBook,
+    /// The fault rules of `/_mock/faults` and the counts of `/_mock/calls`.
+    faults: faults::FaultBook,
 }
 
 impl State {
@@ -113,6 +119,7 @@ impl State {
             counter: AtomicU64::new(0),
             records: Mutex::new(VecDeque::with_capacity(RECORD_CAPACITY)),
             vertex_tokens: vertex::TokenBook::default(),
+            faults: faults::FaultBook::default(),
         }
     }
 
@@ -243,7 +250,7 @@ fn provider_error(
 fn not_found(method: &Method, path: &str) -> Response<MockBody> {
     openai::error(
         StatusCode::NOT_FOUND,
-        &format!("Unknown request URL: {method} {path}. tollgate-mock serves POST .../chat/completions, POST .../v1/messages, POST /v1beta/models/<model>:generateContent (and :streamGenerateContent), POST /model/<model id>/converse (and /converse-stream), POST /v2/chat, POST /api/chat, the embeddings endpoints (…/embeddings, :batchEmbedContents, /v2/embed, /api/embed) and /_mock/*."),
+        &format!("Unknown request URL: {method} {path}. tollgate-mock serves POST .../chat/completions, POST .../v1/messages, POST /v1beta/models/<model>:generateContent (and :streamGenerateContent), POST /model/<model id>/converse (and /converse-stream), POST /v2/chat, POST /api/chat, the embeddings endpoints (…/embeddings, :batchEmbedContents, /v2/embed, /api/embed) and /_mock/* (requests, health, vertex, faults, calls)."),
         "invalid_request_error",
         None,
         Some("unknown_url"),
@@ -253,7 +260,7 @@ fn not_found(method: &Method, path: &str) -> Response<MockBody> {
 async fn route(
     state: Arc<State>,
     req: Request<Incoming>,
-) -> Result<Response<MockBody>, Infallible> {
+) -> Result<Response<MockBody>, faults::NoResponse> {
     let path = req.uri().path();
     // Vertex first: its Gemini paths end like Gemini's own.
     let provider = if vertex::is_vertex_path(path) {
@@ -284,10 +291,23 @@ async fn route(
             Err(_) => Bytes::new(),
         };
         return Ok(vertex::token(&state, &parts, &body));
+    } else if faults::is_control_path(path) {
+        // Not recorded either: control, not traffic.
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(_) => Bytes::new(),
+        };
+        return Ok(faults::control(
+            &state.faults,
+            &parts.method,
+            parts.uri.path(),
+            &body,
+        ));
     } else {
         return Ok(mock_endpoint(&state, req.method(), path));
     };
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) => {
@@ -325,7 +345,36 @@ async fn route(
             ),
         ));
     }
-    Ok(match provider {
+    // Counted (and faulted) by the upstream model that names the deployment.
+    let model = faults::upstream_model(provider, &parts, &body);
+    let fault = model
+        .as_deref()
+        .and_then(|model| state.faults.arrive(model));
+    let mut cut = false;
+    if let Some(fault) = fault {
+        if !fault.delay.is_zero() {
+            tokio::time::sleep(fault.delay).await;
+        }
+        match fault.outcome {
+            faults::Outcome::Answer => {}
+            faults::Outcome::Reset => return Err(faults::NoResponse),
+            faults::Outcome::StreamCut => {
+                parts.extensions.insert(faults::CutStream);
+                cut = true;
+            }
+            faults::Outcome::Fail(failure) => {
+                return Ok(faults::failure(
+                    &state,
+                    provider,
+                    &parts,
+                    &body,
+                    model.as_deref().unwrap_or_default(),
+                    failure,
+                ));
+            }
+        }
+    }
+    let resp = match provider {
         Provider::OpenAi => openai::handle(&state, &parts, &body).await,
         Provider::Anthropic => anthropic::handle(&state, &parts, &body).await,
         Provider::Azure => azure::handle(&state, &parts, &body).await,
@@ -338,6 +387,12 @@ async fn route(
         Provider::Completions(endpoint) => {
             completions::handle(&state, endpoint, &parts, &body).await
         }
+    };
+    // A refusal (bad key, bad body) goes out whole: only an answer is cut.
+    Ok(if cut && resp.status().is_success() {
+        resp.map(MockBody::cut_connection)
+    } else {
+        resp
     })
 }
 

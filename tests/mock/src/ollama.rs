@@ -42,8 +42,11 @@ fn invalid(message: &str) -> Response<MockBody> {
     error(StatusCode::BAD_REQUEST, message)
 }
 
+/// Ollama's 400 for an input over the model's context length.
+pub(crate) const CONTEXT_LENGTH_MESSAGE: &str = "the input length exceeds the context length";
+
 /// The error Ollama would send for `status` (used by `mock:status=NNN`).
-fn status_error(status: StatusCode, model: &str) -> Response<MockBody> {
+pub(crate) fn status_error(status: StatusCode, model: &str) -> Response<MockBody> {
     let message = match status.as_u16() {
         400 => "invalid request (mock:status=400)".to_owned(),
         401 => "unauthorized".to_owned(),
@@ -577,7 +580,7 @@ pub(crate) async fn handle(state: &State, parts: &Parts, body: &Bytes) -> Respon
             })
             .unwrap_or_default()
     };
-    let directives = Directives::parse(&user_text);
+    let directives = Directives::for_request(&user_text, parts);
     if directives.raw_error {
         return raw_error();
     }
@@ -662,6 +665,9 @@ pub(crate) async fn handle(state: &State, parts: &Parts, body: &Bytes) -> Respon
     let reason = match &reply {
         Reply::Call(name) => {
             lines.push(line(&model, &created, call_message(name), None));
+            if directives.stream_cut {
+                return ndjson_response(lines, &directives);
+            }
             "stop"
         }
         Reply::Text { pieces, reason } => {
@@ -677,6 +683,9 @@ pub(crate) async fn handle(state: &State, parts: &Parts, body: &Bytes) -> Respon
                         .push(json!({"error": "an error was encountered while running the model"}));
                     break;
                 }
+                if index == 0 && directives.stream_cut {
+                    return ndjson_response(lines, &directives);
+                }
             }
             reason
         }
@@ -689,6 +698,11 @@ pub(crate) async fn handle(state: &State, parts: &Parts, body: &Bytes) -> Respon
             Some((reason, prompt_reported, eval_tokens)),
         ));
     }
+    ndjson_response(lines, &directives)
+}
+
+/// A newline-delimited JSON stream of `lines`.
+fn ndjson_response(lines: Vec<Value>, directives: &Directives) -> Response<MockBody> {
     let frames: Vec<Bytes> = lines
         .iter()
         .map(|line| {

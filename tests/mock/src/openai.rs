@@ -89,6 +89,34 @@ pub(crate) fn status_error(status: StatusCode) -> Response<MockBody> {
     resp
 }
 
+/// OpenAI's answer to chat messages over the model's context window.
+pub(crate) fn context_length_error() -> Response<MockBody> {
+    bad_request(
+        "This model's maximum context length is 128000 tokens. However, your messages resulted in 130012 tokens. Please reduce the length of the messages.",
+        Some("messages"),
+        Some("context_length_exceeded"),
+    )
+}
+
+/// OpenAI's answer to a prompt over the model's context window on the legacy completions and
+/// the embeddings endpoints (worded as those answer it, without a code).
+pub(crate) fn prompt_context_length_error() -> Response<MockBody> {
+    bad_request(
+        "This model's maximum context length is 8192 tokens, however you requested 8238 tokens (8238 in your prompt; 0 for the completion). Please reduce your prompt; or completion length.",
+        None,
+        None,
+    )
+}
+
+/// OpenAI's refusal of a prompt its usage policy flags.
+pub(crate) fn invalid_prompt() -> Response<MockBody> {
+    bad_request(
+        "Invalid prompt: your prompt was flagged as potentially violating our usage policy. Please try again with a different prompt: https://platform.openai.com/docs/guides/reasoning#advice-on-prompting",
+        None,
+        Some("invalid_prompt"),
+    )
+}
+
 fn bad_request(message: &str, param: Option<&str>, code: Option<&str>) -> Response<MockBody> {
     error(
         StatusCode::BAD_REQUEST,
@@ -405,11 +433,11 @@ pub(crate) async fn handle(state: &State, parts: &Parts, body: &Bytes) -> Respon
     if let Some(resp) = check_auth(state, parts) {
         return resp;
     }
-    answer(state, body).await
+    answer(state, parts, body).await
 }
 
 /// A chat completion request whose caller was authenticated (OpenAI's way or Azure's).
-pub(crate) async fn answer(state: &State, body: &Bytes) -> Response<MockBody> {
+pub(crate) async fn answer(state: &State, parts: &Parts, body: &Bytes) -> Response<MockBody> {
     let req: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(_) => {
@@ -442,7 +470,7 @@ pub(crate) async fn answer(state: &State, body: &Bytes) -> Response<MockBody> {
         .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
         .map(|m| content_text(m.get("content")))
         .unwrap_or_default();
-    let directives = Directives::parse(&user_text);
+    let directives = Directives::for_request(&user_text, parts);
     if directives.raw_error {
         return raw_error();
     }
@@ -682,6 +710,9 @@ fn stream_events(
                     events.push(stream_error_event());
                     return events;
                 }
+                if i == 0 && d.stream_cut {
+                    return events;
+                }
             }
             "stop"
         }
@@ -721,6 +752,9 @@ fn stream_events(
                 ));
                 if i == 0 && d.stream_error {
                     events.push(stream_error_event());
+                    return events;
+                }
+                if i == 0 && d.stream_cut {
                     return events;
                 }
             }

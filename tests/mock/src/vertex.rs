@@ -295,7 +295,7 @@ pub(crate) fn is_vertex_path(path: &str) -> bool {
 
 /// `/v1/projects/<p>/locations/<l>/publishers/<publisher>/models/<model>:<method>` as
 /// (publisher, model, method), the model percent-decoded (`claude-x%40v1` is `claude-x@v1`).
-fn parse_path(path: &str) -> Option<(&str, String, &str)> {
+pub(crate) fn parse_path(path: &str) -> Option<(&str, String, &str)> {
     let rest = path.strip_prefix("/v1/projects/")?;
     let segments: Vec<&str> = rest.splitn(7, '/').collect();
     let [project, "locations", location, "publishers", publisher, "models", model_method] =
@@ -349,7 +349,7 @@ pub(crate) async fn handle(state: &State, parts: &Parts, body: &Bytes) -> Respon
         }
         ("google", "predict") => crate::embeddings::vertex_predict(body),
         ("anthropic", "rawPredict" | "streamRawPredict") => {
-            anthropic_on_vertex(state, body, model, method == "streamRawPredict").await
+            anthropic_on_vertex(state, parts, body, model, method == "streamRawPredict").await
         }
         _ => not_found(),
     }
@@ -359,6 +359,7 @@ pub(crate) async fn handle(state: &State, parts: &Parts, body: &Bytes) -> Respon
 /// (in the body, not a header).
 async fn anthropic_on_vertex(
     state: &State,
+    parts: &Parts,
     body: &Bytes,
     model: &str,
     stream_method: bool,
@@ -401,7 +402,7 @@ async fn anthropic_on_vertex(
         );
     }
     object.insert("model".into(), Value::String(model.to_string()));
-    anthropic::answer(n, request).await
+    anthropic::answer(n, parts, request).await
 }
 
 #[cfg(test)]

@@ -145,6 +145,7 @@ impl ArbitrarySnapshot {
                 max_response_body_bytes: settings.max_response_body_bytes,
                 budgets: Vec::new(),
                 rate_limits: Vec::new(),
+                ..Default::default()
             }),
             deployments: self
                 .deployments
@@ -171,6 +172,7 @@ impl ArbitrarySnapshot {
                         .as_ref()
                         .map(ArbitraryProviderSettings::to_proto),
                     default_params_json: deployment.default_params_json.clone(),
+                    ..Default::default()
                 })
                 .collect(),
             keys: self

@@ -60,6 +60,7 @@ pub fn deployment(model_name: &str, kind: proto::ProviderKind) -> proto::Deploym
             })
         }),
         default_params_json: String::new(),
+        ..Default::default()
     }
 }
 

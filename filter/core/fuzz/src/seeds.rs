@@ -406,6 +406,7 @@ fn snapshots() -> Vec<(&'static str, proto::Snapshot)> {
             max_response_body_bytes: 0,
             budgets: Vec::new(),
             rate_limits: Vec::new(),
+            ..Default::default()
         }),
         deployments: vec![
             deployment(

@@ -186,14 +186,13 @@ pub fn translate_request(
     deployment: &Deployment,
     context: &TranslateContext,
 ) -> Result<(UpstreamRequest, ResponseTranslator), GatewayError> {
+    // The usage chunk the response side writes: the client's, or the gateway's own.
+    let usage_chunk = summary.include_usage || summary.usage_to_gateway;
     match deployment.provider {
         Wire::OpenAi => {
             let request = openai::build_request(summary, body, deployment)?;
-            let response = openai::OpenAiResponse::new(
-                summary.stream,
-                summary.include_usage,
-                deployment.prices,
-            );
+            let response =
+                openai::OpenAiResponse::new(summary.stream, usage_chunk, deployment.prices);
             Ok((request, ResponseTranslator::OpenAi(response)))
         }
         Wire::Anthropic => {
@@ -201,7 +200,7 @@ pub fn translate_request(
             let response = anthropic::AnthropicResponse::new(
                 context,
                 summary.stream,
-                summary.include_usage,
+                usage_chunk,
                 deployment.prices,
             );
             Ok((request, ResponseTranslator::Anthropic(response)))
@@ -210,7 +209,7 @@ pub fn translate_request(
             let request = gemini::build_request(summary, body, deployment, context)?;
             let response = gemini::GeminiResponse::new(
                 context,
-                summary.include_usage,
+                usage_chunk,
                 deployment.prices,
                 &deployment.upstream_model,
             );
@@ -221,7 +220,7 @@ pub fn translate_request(
             let response = bedrock::BedrockResponse::new(
                 context,
                 body,
-                summary.include_usage,
+                usage_chunk,
                 deployment.prices,
                 &deployment.upstream_model,
             );
@@ -231,7 +230,7 @@ pub fn translate_request(
             let request = cohere::build_request(summary, body, deployment, context)?;
             let response = cohere::CohereResponse::new(
                 context,
-                summary.include_usage,
+                usage_chunk,
                 deployment.prices,
                 &deployment.upstream_model,
             );
@@ -241,7 +240,7 @@ pub fn translate_request(
             let request = ollama::build_request(summary, body, deployment, context)?;
             let response = ollama::OllamaResponse::new(
                 context,
-                summary.include_usage,
+                usage_chunk,
                 deployment.prices,
                 &deployment.upstream_model,
             );

@@ -106,12 +106,14 @@ impl DeltaMessage<'_> {
             deployment_order,
             ..
         } = self.head;
+        let settings_changed = settings.is_some();
         if let Some(settings) = settings {
             state.set_settings(settings, &mut problems);
         }
-        if !(deployments.is_empty()
-            && removed_deployment_ids.is_empty()
-            && deployment_order.is_empty())
+        if settings_changed
+            || !(deployments.is_empty()
+                && removed_deployment_ids.is_empty()
+                && deployment_order.is_empty())
         {
             change_deployments(
                 &mut state.deployments,
@@ -327,6 +329,7 @@ mod tests {
                 master_key_sha256: hex::encode([9; 32]),
                 max_request_body_bytes: 100,
                 max_response_body_bytes: 200,
+                router: None,
             }),
             deployments: vec![
                 deployment_with_id("a", "gpt", "http://127.0.0.1:1/v1"),
@@ -575,6 +578,7 @@ mod tests {
                 master_key_sha256: String::new(),
                 max_request_body_bytes: 5,
                 max_response_body_bytes: 0,
+                router: None,
             }),
             ..Default::default()
         };

@@ -308,6 +308,7 @@ pub fn plan_embeddings_request_for(
         headers,
         body_length: upstream.body.len().to_string(),
         body: upstream.body,
+        keeps_body: false,
         stream: false,
         response: ResponseHandler::new(ResponseTranslator::Embeddings(response), false),
         deployment,

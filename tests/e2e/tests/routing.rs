@@ -1,0 +1,267 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! Routing end to end: real Envoy (2 workers) + filter + control plane + the mock, which
+//! fails chosen deployments on command (`/_mock/faults`, by upstream model) and counts the
+//! requests each received (`/_mock/calls`). A model group with a failing deployment serves
+//! every request from the other one; a group that fails falls back to another provider's
+//! group, streams included; a deployment sent alone is retried there by Envoy; every attempt
+//! has its usage record.
+
+use serde_json::{json, Value};
+use tollgate_e2e::{
+    read_body, sse_data, Gateway, Mock, ProviderEnv, MOCK_ANTHROPIC_KEY, MOCK_OPENAI_KEY,
+};
+
+const MASTER_KEY: &str = "sk-master-routing";
+
+/// `gpt`: two OpenAI deployments (upstream models mock-a and mock-b); `claude`: one
+/// Anthropic deployment, the fallback of `gpt-fb` (one OpenAI deployment, mock-fb);
+/// `solo`: one OpenAI deployment (mock-solo) without fallbacks.
+fn config(mock: &Mock) -> String {
+    format!(
+        "model_list:\n\
+         - model_name: gpt\n\
+         \x20 litellm_params:\n\
+         \x20   model: openai/mock-a\n\
+         \x20   api_base: {url}/v1\n\
+         \x20   api_key: {MOCK_OPENAI_KEY}\n\
+         \x20 model_info:\n\
+         \x20   id: gpt-a\n\
+         - model_name: gpt\n\
+         \x20 litellm_params:\n\
+         \x20   model: openai/mock-b\n\
+         \x20   api_base: {url}/v1\n\
+         \x20   api_key: {MOCK_OPENAI_KEY}\n\
+         \x20 model_info:\n\
+         \x20   id: gpt-b\n\
+         - model_name: gpt-fb\n\
+         \x20 litellm_params:\n\
+         \x20   model: openai/mock-fb\n\
+         \x20   api_base: {url}/v1\n\
+         \x20   api_key: {MOCK_OPENAI_KEY}\n\
+         \x20 model_info:\n\
+         \x20   id: gpt-fb-1\n\
+         - model_name: claude\n\
+         \x20 litellm_params:\n\
+         \x20   model: anthropic/claude-mock-sonnet\n\
+         \x20   api_base: {url}\n\
+         \x20   api_key: {MOCK_ANTHROPIC_KEY}\n\
+         \x20 model_info:\n\
+         \x20   id: claude-1\n\
+         - model_name: solo\n\
+         \x20 litellm_params:\n\
+         \x20   model: openai/mock-solo\n\
+         \x20   api_base: {url}/v1\n\
+         \x20   api_key: {MOCK_OPENAI_KEY}\n\
+         \x20 model_info:\n\
+         \x20   id: solo-1\n\
+         router_settings:\n\
+         \x20 fallbacks: [{{gpt-fb: [claude]}}]\n\
+         general_settings:\n\
+         \x20 master_key: {MASTER_KEY}\n",
+        url = mock.url
+    )
+}
+
+fn env() -> (tempfile::TempDir, ProviderEnv) {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start(dir.path()).unwrap();
+    let gateway = Gateway::start(dir.path(), &config(&mock)).unwrap();
+    (dir, ProviderEnv::new(mock, gateway, MASTER_KEY))
+}
+
+fn request(model: &str, user: &str, stream: bool) -> Value {
+    json!({
+        "model": model,
+        "user": user,
+        "stream": stream,
+        "messages": [{"role": "user", "content": "say hello to the router"}],
+    })
+}
+
+/// Status, the routing headers and the body of one request.
+fn send(env: &ProviderEnv, body: &Value) -> (u16, Headers, String) {
+    let response = env.post(body);
+    let status = response.status().as_u16();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_string)
+    };
+    let headers = Headers {
+        model_id: header("x-litellm-model-id"),
+        retries: header("x-litellm-attempted-retries"),
+        fallbacks: header("x-litellm-attempted-fallbacks"),
+        retry_mark: header("x-tollgate-retry"),
+    };
+    (status, headers, read_body(response).unwrap())
+}
+
+#[derive(Debug, PartialEq)]
+struct Headers {
+    model_id: Option<String>,
+    retries: Option<String>,
+    fallbacks: Option<String>,
+    retry_mark: Option<String>,
+}
+
+fn headers(model_id: &str, retries: u32, fallbacks: u32) -> Headers {
+    Headers {
+        model_id: Some(model_id.into()),
+        retries: Some(retries.to_string()),
+        fallbacks: Some(fallbacks.to_string()),
+        retry_mark: None,
+    }
+}
+
+#[test]
+fn routing_end_to_end() {
+    let (_dir, env) = env();
+    let mock = &env.mock;
+
+    // A reference answer, for the usage every served request must report.
+    let (status, reference, body) = send(&env, &request("solo", "routing-reference", false));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(reference, headers("solo-1", 0, 0));
+    let reference_usage = serde_json::from_str::<Value>(&body).unwrap()["usage"].clone();
+    assert!(
+        reference_usage["prompt_tokens"].as_u64().is_some(),
+        "{body}"
+    );
+
+    // One deployment of `gpt` answers 500: every request is served by the other.
+    mock.set_fault("mock-a", json!({"status": 500}), None)
+        .unwrap();
+    mock.reset_calls().unwrap();
+    let mut retried = 0;
+    for _ in 0..10 {
+        let (status, got, body) = send(&env, &request("gpt", "routing-group", false));
+        assert_eq!(status, 200, "{body}");
+        let value: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(value["usage"], reference_usage);
+        assert_eq!(got.model_id.as_deref(), Some("gpt-b"));
+        assert_eq!(got.fallbacks.as_deref(), Some("0"));
+        assert_eq!(got.retry_mark, None);
+        retried += got.retries.unwrap().parse::<u64>().unwrap();
+    }
+    let calls = mock.calls().unwrap();
+    assert_eq!(calls.get("mock-b"), Some(&10));
+    // Each request that went to mock-a first was retried once, on mock-b.
+    assert_eq!(calls.get("mock-a").copied().unwrap_or(0), retried);
+    let rows = env.logs("routing-group", 10 + retried as usize);
+    let failed: Vec<&Value> = rows
+        .iter()
+        .filter(|row| row["status"] == "failure")
+        .collect();
+    assert_eq!(failed.len() as u64, retried);
+    assert!(
+        failed.iter().all(|row| row["model_id"] == "gpt-a"),
+        "{failed:?}"
+    );
+
+    // The same as a stream: one well-formed stream from mock-b.
+    mock.reset_calls().unwrap();
+    for _ in 0..4 {
+        let (status, got, body) = send(&env, &request("gpt", "routing-group-stream", true));
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(got.model_id.as_deref(), Some("gpt-b"));
+        let data = sse_data(&body);
+        assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{data:?}");
+        // The client did not ask for usage: the attempts' usage chunk is not passed on.
+        assert!(
+            data.iter().all(|event| !event.contains("\"usage\":{")),
+            "{data:?}"
+        );
+    }
+    assert_eq!(mock.calls().unwrap().get("mock-b"), Some(&4));
+    mock.clear_faults().unwrap();
+
+    // `gpt-fb` answers 429: the request falls back to Anthropic, translated for it.
+    mock.set_fault("mock-fb", json!({"status": 429}), None)
+        .unwrap();
+    mock.reset_calls().unwrap();
+    let (status, got, body) = send(&env, &request("gpt-fb", "routing-fallback", false));
+    assert_eq!(status, 200, "{body}");
+    // num_retries 2 on gpt-fb's only deployment, then the fallback.
+    assert_eq!(got, headers("claude-1", 2, 1));
+    let value: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(value["object"], "chat.completion");
+    // The model that answered, as Anthropic names it (what a request to `claude` shows).
+    assert_eq!(value["model"], "claude-mock-sonnet");
+    let calls = mock.calls().unwrap();
+    assert_eq!(calls.get("mock-fb"), Some(&3));
+    assert_eq!(calls.get("claude-mock-sonnet"), Some(&1));
+    let rows = env.logs("routing-fallback", 4);
+    let mut statuses: Vec<(String, String)> = rows
+        .iter()
+        .map(|row| {
+            (
+                row["model_id"].as_str().unwrap().to_string(),
+                row["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [
+            ("claude-1".to_string(), "success".to_string()),
+            ("gpt-fb-1".to_string(), "failure".to_string()),
+            ("gpt-fb-1".to_string(), "failure".to_string()),
+            ("gpt-fb-1".to_string(), "failure".to_string()),
+        ]
+    );
+
+    // Streamed, with usage asked for: Anthropic's stream as OpenAI chunks, usage last.
+    mock.reset_calls().unwrap();
+    let mut streamed = request("gpt-fb", "routing-fallback-stream", true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let (status, got, body) = send(&env, &streamed);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(got, headers("claude-1", 2, 1));
+    let data = sse_data(&body);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{data:?}");
+    let usage_chunk: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
+    assert!(
+        usage_chunk["usage"]["completion_tokens"].as_u64().is_some(),
+        "{data:?}"
+    );
+    assert_eq!(mock.calls().unwrap().get("claude-mock-sonnet"), Some(&1));
+    mock.clear_faults().unwrap();
+
+    // Every attempt failing: the client gets the last one's error, OpenAI-shaped, unmarked.
+    mock.set_fault("mock-fb", json!({"status": 503}), None)
+        .unwrap();
+    mock.set_fault("claude-mock-sonnet", json!({"status": 500}), None)
+        .unwrap();
+    let (status, got, body) = send(&env, &request("gpt-fb", "routing-all-fail", false));
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(got.retry_mark, None);
+    assert_eq!(got.fallbacks.as_deref(), Some("1"));
+    let error: Value = serde_json::from_str(&body).unwrap();
+    assert!(error["error"]["message"].as_str().is_some(), "{body}");
+    mock.clear_faults().unwrap();
+
+    // A deployment without other deployments or fallbacks goes straight to its provider;
+    // Envoy retries it there (num_retries 2).
+    mock.set_fault("mock-solo", json!({"status": 503}), Some(1))
+        .unwrap();
+    mock.reset_calls().unwrap();
+    let (status, got, body) = send(&env, &request("solo", "routing-solo", false));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(got, headers("solo-1", 1, 0));
+    assert_eq!(mock.calls().unwrap().get("mock-solo"), Some(&2));
+
+    // A client error is neither retried nor sent elsewhere.
+    mock.set_fault("mock-fb", json!({"status": 400}), None)
+        .unwrap();
+    mock.reset_calls().unwrap();
+    let (status, got, _) = send(&env, &request("gpt-fb", "routing-bad", false));
+    assert_eq!(status, 400);
+    assert_eq!(got.fallbacks.as_deref(), Some("0"));
+    assert_eq!(mock.calls().unwrap().get("mock-fb"), Some(&1));
+    assert_eq!(mock.calls().unwrap().get("claude-mock-sonnet"), None);
+
+    assert!(env.gateway.filter_failures().is_empty());
+}
