@@ -106,6 +106,9 @@ pub enum GatewayError {
     /// minted one yet, or could not refresh it. Retrying later can succeed.
     #[error("The gateway has no valid access token for this model's provider: {0}. Retry shortly; if this persists, the control plane's log says why.")]
     UpstreamCredentialsUnavailable(crate::snapshot::TokenUnavailable),
+    /// An endpoint only the master key may call (`/health`), called with another key.
+    #[error("Only the master key may call {0}.")]
+    AdminOnly(&'static str),
     /// A bug in the gateway stopped this request (the native module survives it; the Wasm
     /// VM would not).
     #[error("The gateway failed on this request; the failure is in its log.")]
@@ -139,6 +142,7 @@ impl GatewayError {
             | GatewayError::KeyBlocked
             | GatewayError::KeyExpired
             | GatewayError::ModelNotAllowed(_) => 401,
+            GatewayError::AdminOnly(_) => 403,
             GatewayError::ModelNotFound(_) => 404,
             GatewayError::MethodNotAllowed { .. } => 405,
             GatewayError::BodyTooLarge { .. } => 413,
@@ -164,6 +168,7 @@ impl GatewayError {
             }
             GatewayError::BudgetExceeded { .. } => "budget_exceeded",
             GatewayError::RateLimited { .. } => "rate_limit_error",
+            GatewayError::AdminOnly(_) => "permission_error",
             GatewayError::BadUpstreamResponse(_)
             | GatewayError::UpstreamResponseTooLarge(_)
             | GatewayError::UpstreamGenerationFailed(_)
@@ -196,6 +201,7 @@ impl GatewayError {
                 Some("upstream_credentials_unavailable")
             }
             GatewayError::Internal => Some("internal_error"),
+            GatewayError::AdminOnly(_) => Some("admin_only"),
             GatewayError::BudgetExceeded { .. } => Some("budget_exceeded"),
             GatewayError::RateLimited { .. } => Some("rate_limit_exceeded"),
         }

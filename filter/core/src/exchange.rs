@@ -603,6 +603,19 @@ impl Exchange {
             };
             return self.reject(host, &error);
         }
+        match (endpoint, state) {
+            // Neither needs a key: orchestrators probe them without one (as LiteLLM's).
+            (Endpoint::Liveliness, _) => return self.answer(host, 200, br#""I'm alive!""#),
+            (Endpoint::Readiness, Some(state)) => {
+                let body = crate::routing::readiness_json(Some(state.version));
+                return self.answer(host, 200, &body);
+            }
+            (Endpoint::Readiness, None) => {
+                let body = crate::routing::readiness_json(None);
+                return self.answer(host, 503, &body);
+            }
+            _ => {}
+        }
         let Some(state) = state else {
             return self.reject(host, &GatewayError::NotReady);
         };
@@ -612,6 +625,15 @@ impl Exchange {
             Ok(caller) => caller,
             Err(error) => return self.reject(host, &error),
         };
+        if endpoint == Endpoint::Health {
+            if caller.key.is_some() {
+                return self.reject(host, &GatewayError::AdminOnly("/health"));
+            }
+            let body = with_routing(&self.routing, now_ms, |routing| {
+                crate::routing::health_json(state, &routing.book, now_ms, routing.started_ms)
+            });
+            return self.answer(host, 200, &body);
+        }
         if endpoint == Endpoint::Models {
             return match &caller.key {
                 Some(key) if !key.models.is_empty() => {
@@ -757,6 +779,7 @@ impl Exchange {
                 ledger,
                 shuffler,
                 keys,
+                ..
             } = routing;
             let mut chooser = Chooser {
                 state,
@@ -1017,7 +1040,10 @@ impl Exchange {
             }
             Role::Direct | Role::Attempt(_) => {
                 host.set_response_header(MODEL_ID_HEADER, &plan.deployment.id);
-                host.set_response_header(MODEL_API_BASE_HEADER, &api_base(&plan.deployment));
+                host.set_response_header(
+                    MODEL_API_BASE_HEADER,
+                    &crate::routing::api_base(&plan.deployment),
+                );
                 if *role == Role::Direct {
                     let retries = envoy_attempts
                         .and_then(|count| count.trim().parse::<u32>().ok())
@@ -1344,18 +1370,8 @@ fn with_routing<R>(
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             f(&mut routing)
         }
-        None => f(&mut Routing::new(u128::from(now_ms))),
+        None => f(&mut Routing::new(u128::from(now_ms), now_ms)),
     }
-}
-
-/// The base URL of a deployment, for `x-litellm-model-api-base`.
-fn api_base(deployment: &crate::snapshot::Deployment) -> String {
-    let target = &deployment.target;
-    let scheme = match target.scheme {
-        crate::snapshot::Scheme::Http => "http",
-        crate::snapshot::Scheme::Https => "https",
-    };
-    format!("{scheme}://{}{}", target.authority, target.base_path)
 }
 
 /// Whose rate limit a counter is, for a person.

@@ -99,6 +99,12 @@ pub enum Endpoint {
     Completions,
     /// `GET /v1/models` or `/models`.
     Models,
+    /// `GET /health`: every deployment's health as this filter sees it (master key only).
+    Health,
+    /// `GET /health/liveliness` (or `/health/liveness`): the filter runs.
+    Liveliness,
+    /// `GET /health/readiness`: the filter holds a snapshot and serves.
+    Readiness,
     /// A known endpoint with the wrong method.
     WrongMethod,
     /// Not the filter's business; Envoy's routes decide.
@@ -114,6 +120,9 @@ pub fn classify(method: &str, path: &str) -> Endpoint {
         "/v1/embeddings" | "/embeddings" => (Endpoint::Embeddings, "POST"),
         "/v1/completions" | "/completions" => (Endpoint::Completions, "POST"),
         "/v1/models" | "/models" => (Endpoint::Models, "GET"),
+        "/health" => (Endpoint::Health, "GET"),
+        "/health/liveliness" | "/health/liveness" => (Endpoint::Liveliness, "GET"),
+        "/health/readiness" => (Endpoint::Readiness, "GET"),
         _ => return Endpoint::Other,
     };
     if method.eq_ignore_ascii_case(expected) {

@@ -648,6 +648,14 @@ impl State {
         &self.model_order
     }
 
+    /// The usable deployments, in snapshot order.
+    pub fn deployments(&self) -> impl Iterator<Item = &Arc<Deployment>> {
+        self.deployments.iter().filter_map(|slot| match slot {
+            DeploymentSlot::Usable(deployment) => Some(deployment),
+            DeploymentSlot::Unusable { .. } => None,
+        })
+    }
+
     /// The ids of every deployment, for a glue that keeps state per deployment and must let
     /// go of what a new snapshot dropped.
     pub fn deployment_ids(&self) -> impl Iterator<Item = &str> {

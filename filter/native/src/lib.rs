@@ -408,7 +408,7 @@ fn module_routing() -> Arc<std::sync::Mutex<tollgate_core::routing::attempts::Ro
     > = std::sync::OnceLock::new();
     Arc::clone(ROUTING.get_or_init(|| {
         Arc::new(std::sync::Mutex::new(
-            tollgate_core::routing::attempts::Routing::new(random_seed()),
+            tollgate_core::routing::attempts::Routing::new(random_seed(), envoy::now_ms()),
         ))
     }))
 }

@@ -160,6 +160,85 @@ fn routing_end_to_end() {
         "{failed:?}"
     );
 
+    // /health: the failing deployment is unhealthy, with its last error; the others are not.
+    let health = |key: Option<&str>| {
+        let mut request = tollgate_e2e::client().get(format!("{}/health", env.gateway.url));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().unwrap();
+        let status = response.status().as_u16();
+        (
+            status,
+            serde_json::from_str::<Value>(&read_body(response).unwrap()).unwrap(),
+        )
+    };
+    assert_eq!(health(None).0, 401);
+    // Each Wasm worker reports what it saw itself (the native module one view for all): a
+    // new connection may land on either worker, so ask until one that saw mock-a fail
+    // answers (with 10 requests over 2 workers, both nearly always did).
+    let seen_failing = |report: &Value| {
+        report["unhealthy_endpoints"]
+            .as_array()
+            .is_some_and(|list| list.iter().any(|endpoint| endpoint["model_id"] == "gpt-a"))
+    };
+    let mut answer = health(Some(MASTER_KEY));
+    for _ in 0..40 {
+        if retried == 0 || seen_failing(&answer.1) {
+            break;
+        }
+        answer = health(Some(MASTER_KEY));
+    }
+    let (status, report) = answer;
+    assert_eq!(status, 200, "{report}");
+    let ids = |list: &str| -> Vec<String> {
+        let mut ids: Vec<String> = report[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|endpoint| endpoint["model_id"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    if retried > 0 {
+        assert_eq!(report["status"], "unhealthy");
+        assert_eq!(ids("unhealthy_endpoints"), ["gpt-a"], "{report}");
+        let sick = &report["unhealthy_endpoints"][0];
+        assert_eq!(sick["model"], "gpt");
+        assert_eq!(sick["error"]["status"], 500, "{report}");
+        assert_eq!(sick["error"]["class"], "server_error");
+        assert_eq!(
+            ids("healthy_endpoints"),
+            ["claude-1", "gpt-b", "gpt-fb-1", "solo-1"]
+        );
+    }
+    assert_eq!(
+        report["healthy_endpoints"].as_array().unwrap().len()
+            + report["unhealthy_endpoints"].as_array().unwrap().len(),
+        5
+    );
+    assert!(
+        report["uptime"].as_str().unwrap().ends_with('s'),
+        "{report}"
+    );
+    let probe = |path: &str| {
+        let response = tollgate_e2e::client()
+            .get(format!("{}{path}", env.gateway.url))
+            .send()
+            .unwrap();
+        (response.status().as_u16(), read_body(response).unwrap())
+    };
+    assert_eq!(
+        probe("/health/liveliness"),
+        (200, "\"I'm alive!\"".to_string())
+    );
+    let (status, ready) = probe("/health/readiness");
+    assert_eq!(status, 200, "{ready}");
+    let ready: Value = serde_json::from_str(&ready).unwrap();
+    assert_eq!(ready["status"], "healthy");
+    assert!(ready["snapshot_version"].as_u64().unwrap() >= 1, "{ready}");
+
     // The same as a stream: one well-formed stream from mock-b.
     mock.reset_calls().unwrap();
     for _ in 0..4 {

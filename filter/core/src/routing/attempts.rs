@@ -290,12 +290,15 @@ pub struct Routing {
     pub shuffler: Shuffler,
     /// Ledger keys.
     pub keys: RecordIds,
+    /// When the filter started (Unix ms), for the health report's uptime.
+    pub started_ms: u64,
 }
 
 impl Routing {
-    /// The state of a filter that starts now, from random bits `seed`.
-    pub fn new(seed: u128) -> Self {
+    /// The state of a filter that starts at `now_ms`, from random bits `seed`.
+    pub fn new(seed: u128, now_ms: u64) -> Self {
         Routing {
+            started_ms: now_ms,
             book: RoutingBook::new(),
             ledger: AttemptLedger::new(),
             // Different bits for the two: the keys must not reveal the shuffle.

@@ -57,6 +57,8 @@ pub struct DeploymentHealth {
     pub last_latency_ms: Option<u64>,
     /// Its last error, if any.
     pub last_error: Option<LastError>,
+    /// When it last answered well (Unix milliseconds).
+    pub last_success_ms: Option<u64>,
     /// Attempts that succeeded / failed since the filter started.
     pub successes: u64,
     /// See [`Self::successes`].
@@ -79,6 +81,7 @@ struct Live {
     cooldown_until_ms: u64,
     last_latency_ms: Option<u64>,
     last_error: Option<LastError>,
+    last_success_ms: Option<u64>,
     successes: u64,
     failures: u64,
 }
@@ -141,6 +144,7 @@ impl RoutingBook {
         let Some(class) = report.class else {
             live.successes = live.successes.saturating_add(1);
             live.last_latency_ms = Some(report.latency_ms);
+            live.last_success_ms = Some(now_ms);
             let per_token = match report.completion_tokens {
                 Some(tokens) if tokens > 0 => report.latency_ms as f64 / tokens as f64,
                 _ => report.latency_ms as f64,
@@ -237,6 +241,7 @@ impl RoutingBook {
                 cooldown_until_ms: None,
                 last_latency_ms: None,
                 last_error: None,
+                last_success_ms: None,
                 successes: 0,
                 failures: 0,
             },
@@ -245,6 +250,7 @@ impl RoutingBook {
                     .then_some(live.cooldown_until_ms),
                 last_latency_ms: live.last_latency_ms,
                 last_error: live.last_error.clone(),
+                last_success_ms: live.last_success_ms,
                 successes: live.successes,
                 failures: live.failures,
             },

@@ -8,11 +8,13 @@
 
 pub mod attempts;
 mod book;
+mod health;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-pub use book::{AttemptReport, DeploymentHealth, RoutingBook};
+pub use book::{AttemptReport, DeploymentHealth, LastError, RoutingBook};
+pub use health::{health_json, readiness_json};
 
 use crate::proto;
 use crate::snapshot::Deployment;
@@ -401,6 +403,16 @@ impl RouterConfig {
             .find(|ms| *ms > 0)
             .unwrap_or(0)
     }
+}
+
+/// The base URL of a deployment (`x-litellm-model-api-base`, the health report).
+pub fn api_base(deployment: &Deployment) -> String {
+    let target = &deployment.target;
+    let scheme = match target.scheme {
+        crate::snapshot::Scheme::Http => "http",
+        crate::snapshot::Scheme::Https => "https",
+    };
+    format!("{scheme}://{}{}", target.authority, target.base_path)
 }
 
 /// What a deployment's `litellm_params` say about routing it.
