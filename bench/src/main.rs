@@ -12,8 +12,11 @@
 //! (default BENCHMARKS.md in the repository root), `BENCH_PERF_DIR` (a perf profile of each
 //! throughput run's Envoy goes there), `BENCH_ONLY=throughput` (a quick look while
 //! optimising: only the 1 KB throughput runs, printed, BENCHMARKS.md left alone; with
-//! `BENCH_PATHS=NativeOpenAi,TollgateBedrock,...` only those paths and bare Envoy, with the
-//! bare Envoy on the provider's request for a Gemini or Bedrock path),
+//! `BENCH_PATHS=NativeOpenAi,TollgateBedrock,...` only those paths (any of `PATHS`, by their
+//! `Route` names) and bare Envoy, with the bare Envoy on the provider's request for a Gemini
+//! or Bedrock path), `BENCH_ONLY=latency` (the same for the 1 KB latency runs, buffered and
+//! streamed: with `BENCH_PATHS`, those paths, their direct and bare-Envoy baselines and, for
+//! a routing path, the path it is read against),
 //! `BENCH_ONLY=scale` (only the snapshot-scale rows, printed: memory with `BENCH_SCALE_KEYS`
 //! keys, default 100000, and the time a one-key change takes to reach the filter).
 
@@ -499,6 +502,17 @@ fn wasm_path() -> PathBuf {
         .unwrap_or_else(|| root().join("target/wasm32-wasip1/release/tollgate_filter.wasm"))
 }
 
+/// The model group of the routing paths: three deployments and a fallback, so every request
+/// is relayed through Envoy's attempts route and listener (none fails).
+const GROUP_MODEL: &str = "gpt-group";
+/// `GROUP_MODEL`'s deployments' upstream models (distinct: three deployments to the mock).
+const GROUP_UPSTREAMS: [&str; 3] = ["mock-group-1", "mock-group-2", "mock-group-3"];
+/// The model group of the fallback paths: one deployment, which the mock always answers
+/// 429, falling back to `gpt-mock`.
+const FALLBACK_MODEL: &str = "gpt-fallback";
+/// `FALLBACK_MODEL`'s deployment's upstream model: the only one the mock fails.
+const FAILING_UPSTREAM: &str = "mock-fallback-429";
+
 fn bench_config(mock_port: u16) -> String {
     let mut config = String::from("model_list:\n");
     let base = format!("http://127.0.0.1:{mock_port}");
@@ -510,13 +524,34 @@ fn bench_config(mock_port: u16) -> String {
          - model_name: gemini-mock\n  litellm_params:\n    model: gemini/{GEMINI_MODEL}\n    api_base: {base}\n    api_key: {GEMINI_KEY}\n\
          - model_name: bedrock-mock\n  litellm_params:\n    model: bedrock/{BEDROCK_MODEL}\n    api_base: {base}\n    aws_region_name: {AWS_REGION}\n    aws_access_key_id: {AWS_ACCESS_KEY_ID}\n    aws_secret_access_key: {AWS_SECRET_ACCESS_KEY}\n"
     );
+    // The routing paths' groups: `gpt-group`'s three deployments (each its own upstream
+    // model, so the mock tells them apart) and `gpt-fallback`'s one, whose upstream model
+    // the mock fails with 429 (`FAILING_UPSTREAM`, set by `Stack::start`). Its num_retries
+    // 0 makes the fallback the only other attempt; a group's only deployment never cools
+    // down, so every request tries it first.
+    for upstream in GROUP_UPSTREAMS {
+        let _ = write!(
+            config,
+            "- model_name: {GROUP_MODEL}\n  litellm_params:\n    model: openai/{upstream}\n    api_base: {base}/v1\n    api_key: sk-mock-openai\n"
+        );
+    }
+    let _ = write!(
+        config,
+        "- model_name: {FALLBACK_MODEL}\n  litellm_params:\n    model: openai/{FAILING_UPSTREAM}\n    api_base: {base}/v1\n    api_key: sk-mock-openai\n    num_retries: 0\n"
+    );
+    let named = 5 + GROUP_UPSTREAMS.len() + 1;
     // The named deployments above, then fillers up to DEPLOYMENTS.
-    for i in 0..DEPLOYMENTS - 5 {
+    for i in 0..DEPLOYMENTS - named {
         let _ = write!(
             config,
             "- model_name: bench-model-{i}\n  litellm_params:\n    model: openai/bench-upstream-{i}\n    api_base: {base}/v1\n    api_key: sk-mock-openai-{i}\n"
         );
     }
+    // Both routing groups fall back to `gpt-mock` (only `gpt-fallback` ever needs to).
+    let _ = write!(
+        config,
+        "router_settings:\n  fallbacks: [{{{GROUP_MODEL}: [gpt-mock]}}, {{{FALLBACK_MODEL}: [gpt-mock]}}]\n"
+    );
     let _ = write!(config, "general_settings:\n  master_key: {MASTER_KEY}\n");
     config
 }
@@ -559,6 +594,75 @@ async fn models_listed(port: u16, key: &str) -> bool {
     }
 }
 
+/// Requests per routing path and scenario in [`check_routing`]: with three deployments
+/// chosen at random, all twelve land on one with probability 3 / 3^12.
+const ROUTING_CHECK_REQUESTS: u64 = 12;
+
+/// The mock's requests per upstream model since `DELETE /_mock/calls`.
+async fn mock_calls(mock_port: u16) -> Result<BTreeMap<String, u64>> {
+    let (status, body) =
+        load::call(local(mock_port), "GET", "/_mock/calls", &[], Bytes::new()).await?;
+    if status != 200 {
+        bail!("GET /_mock/calls: HTTP {status}");
+    }
+    Ok(serde_json::from_slice(&body)?)
+}
+
+/// Checks, from the mock's request counts, that the routing paths take the attempts their
+/// labels say: a `gpt-group` request reaches exactly one of the group's upstream models
+/// (several of them over the requests), a `gpt-fallback` request the failing model once and
+/// then `gpt-mock`'s, and nothing else.
+async fn check_routing(stack: &Stack) -> Result<()> {
+    let n = ROUTING_CHECK_REQUESTS;
+    for scenario in [ONE_K, ONE_K_STREAM] {
+        for path in [
+            Route::TollgateGroupOpenAi,
+            Route::NativeGroupOpenAi,
+            Route::TollgateFallbackOpenAi,
+            Route::NativeFallbackOpenAi,
+        ] {
+            let what = || format!("routing check: {} ({})", path.label(), scenario.label());
+            load::call(
+                local(stack.mock_port),
+                "DELETE",
+                "/_mock/calls",
+                &[],
+                Bytes::new(),
+            )
+            .await?;
+            let spec = path.spec(stack, scenario, MASTER_KEY)?;
+            let mut sender = load::connect(spec.addr).await?;
+            for _ in 0..n {
+                load::send_one(&mut sender, &spec, Instant::now())
+                    .await
+                    .with_context(what)?;
+            }
+            let calls = mock_calls(stack.mock_port).await?;
+            let fine = if matches!(path, Route::TollgateGroupOpenAi | Route::NativeGroupOpenAi) {
+                let used = GROUP_UPSTREAMS
+                    .iter()
+                    .filter(|upstream| calls.contains_key(**upstream))
+                    .count();
+                calls
+                    .keys()
+                    .all(|model| GROUP_UPSTREAMS.contains(&model.as_str()))
+                    && calls.values().sum::<u64>() == n
+                    && used >= 2
+            } else {
+                calls
+                    == BTreeMap::from([
+                        (FAILING_UPSTREAM.to_string(), n),
+                        ("mock-gpt-4o".to_string(), n),
+                    ])
+            };
+            if !fine {
+                bail!("{}: {n} requests reached the mock as {calls:?}", what());
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Stack {
     /// The Envoy a path goes through (none for the direct paths).
     fn envoy_pid(&self, path: Route) -> Option<u32> {
@@ -578,12 +682,16 @@ impl Stack {
             | Route::TollgateAnthropic
             | Route::TollgateGemini
             | Route::TollgateBedrock
-            | Route::TollgateLimitedOpenAi => Some(self.tollgate_envoy.pid()),
+            | Route::TollgateLimitedOpenAi
+            | Route::TollgateGroupOpenAi
+            | Route::TollgateFallbackOpenAi => Some(self.tollgate_envoy.pid()),
             Route::NativeOpenAi
             | Route::NativeAnthropic
             | Route::NativeGemini
             | Route::NativeBedrock
-            | Route::NativeLimitedOpenAi => Some(self.native_envoy.pid()),
+            | Route::NativeLimitedOpenAi
+            | Route::NativeGroupOpenAi
+            | Route::NativeFallbackOpenAi => Some(self.native_envoy.pid()),
         }
     }
 
@@ -605,6 +713,24 @@ impl Stack {
             )
         })
         .await?;
+        // The fallback paths' deployment fails at once, every time; no other upstream model
+        // has a fault.
+        let fault = format!(r#"{{"model":"{FAILING_UPSTREAM}","fault":{{"status":429}}}}"#);
+        match load::call(
+            local(mock_port),
+            "POST",
+            "/_mock/faults",
+            &[("content-type", "application/json")],
+            Bytes::from(fault),
+        )
+        .await?
+        {
+            (200, _) => {}
+            (status, body) => bail!(
+                "POST /_mock/faults: HTTP {status}: {}",
+                String::from_utf8_lossy(&body)
+            ),
+        }
 
         // The control plane, also on the load generator's CPU.
         let config_path = dir.join("config.yaml");
@@ -837,11 +963,21 @@ enum Route {
     /// `gpt-priced` (priced) with a key that has a budget and rpm and tpm limits.
     TollgateLimitedOpenAi,
     NativeLimitedOpenAi,
+    /// `gpt-group` (three deployments and a fallback): relayed through the attempts route and
+    /// listener, where the filter translates it for the deployment it chose; no failure.
+    TollgateGroupOpenAi,
+    NativeGroupOpenAi,
+    /// `gpt-fallback`: its one deployment answers 429 at once, then one fallback to
+    /// `gpt-mock`, both attempts through the attempts listener.
+    TollgateFallbackOpenAi,
+    NativeFallbackOpenAi,
     /// `BENCH_ONLY=throughput` with `BENCH_FLOOR_STEPS`: the n-th extra floor-filter Envoy.
     ExtraFloor(usize),
 }
 
-const PATHS: [Route; 21] = [
+// The routing paths come last: the interleaved throughput rounds run the other paths in the
+// order they always had.
+const PATHS: [Route; 25] = [
     Route::DirectOpenAi,
     Route::BareOpenAi,
     Route::DfpOpenAi,
@@ -863,6 +999,10 @@ const PATHS: [Route; 21] = [
     Route::NativeBedrock,
     Route::TollgateLimitedOpenAi,
     Route::NativeLimitedOpenAi,
+    Route::TollgateGroupOpenAi,
+    Route::NativeGroupOpenAi,
+    Route::TollgateFallbackOpenAi,
+    Route::NativeFallbackOpenAi,
 ];
 
 impl Route {
@@ -897,6 +1037,18 @@ impl Route {
             Route::NativeLimitedOpenAi => {
                 "Tollgate native module `gpt-priced`, key with budget + rpm + tpm (OpenAI pass-through)"
             }
+            Route::TollgateGroupOpenAi => {
+                "Tollgate `gpt-group`, 3 deployments + fallback (relayed through the attempts listener)"
+            }
+            Route::NativeGroupOpenAi => {
+                "Tollgate native module `gpt-group`, 3 deployments + fallback (relayed through the attempts listener)"
+            }
+            Route::TollgateFallbackOpenAi => {
+                "Tollgate `gpt-fallback`, 429 then one fallback to `gpt-mock` (attempts listener)"
+            }
+            Route::NativeFallbackOpenAi => {
+                "Tollgate native module `gpt-fallback`, 429 then one fallback to `gpt-mock` (attempts listener)"
+            }
             Route::ExtraFloor(_) => "Envoy + Wasm filter doing some host calls (OpenAI API)",
         }
     }
@@ -930,6 +1082,30 @@ impl Route {
         )
     }
 
+    /// The paths relayed through the attempts route and listener.
+    fn is_routing(self) -> bool {
+        matches!(
+            self,
+            Route::TollgateGroupOpenAi
+                | Route::NativeGroupOpenAi
+                | Route::TollgateFallbackOpenAi
+                | Route::NativeFallbackOpenAi
+        )
+    }
+
+    /// What a routing path's cost is read against: `gpt-group`'s, the same build's
+    /// `gpt-mock` (straight to the provider); `gpt-fallback`'s, the same build's `gpt-group`
+    /// (relayed, one attempt), so the difference is one failed attempt and its fallback.
+    fn routing_reference(self) -> Option<Route> {
+        match self {
+            Route::TollgateGroupOpenAi => Some(Route::TollgateOpenAi),
+            Route::NativeGroupOpenAi => Some(Route::NativeOpenAi),
+            Route::TollgateFallbackOpenAi => Some(Route::TollgateGroupOpenAi),
+            Route::NativeFallbackOpenAi => Some(Route::NativeGroupOpenAi),
+            _ => None,
+        }
+    }
+
     /// The bare-Envoy and direct paths that carry the same upstream request.
     fn baselines(self) -> (Route, Route) {
         match self {
@@ -937,6 +1113,10 @@ impl Route {
             | Route::NativeOpenAi
             | Route::TollgateLimitedOpenAi
             | Route::NativeLimitedOpenAi
+            | Route::TollgateGroupOpenAi
+            | Route::NativeGroupOpenAi
+            | Route::TollgateFallbackOpenAi
+            | Route::NativeFallbackOpenAi
             | Route::BareOpenAi
             | Route::DfpOpenAi
             | Route::FloorNoopOpenAi
@@ -1071,6 +1251,30 @@ impl Route {
                     format!("Bearer {}", stack.limited_key),
                 )],
                 chat_body(Api::OpenAi, "gpt-priced", scenario),
+            ),
+            Route::TollgateGroupOpenAi
+            | Route::NativeGroupOpenAi
+            | Route::TollgateFallbackOpenAi
+            | Route::NativeFallbackOpenAi => (
+                if matches!(
+                    self,
+                    Route::TollgateGroupOpenAi | Route::TollgateFallbackOpenAi
+                ) {
+                    stack.tollgate_port
+                } else {
+                    stack.native_port
+                },
+                "/v1/chat/completions".to_string(),
+                gateway_headers,
+                chat_body(
+                    Api::OpenAi,
+                    if matches!(self, Route::TollgateGroupOpenAi | Route::NativeGroupOpenAi) {
+                        GROUP_MODEL
+                    } else {
+                        FALLBACK_MODEL
+                    },
+                    scenario,
+                ),
             ),
         };
         Ok(RequestSpec {
@@ -1694,6 +1898,7 @@ async fn run() -> Result<()> {
         Ok("throughput") => return quick_throughput(&dir, tp_secs, ticks_per_s).await,
         Ok("memory") => return quick_memory(&dir, keys_wanted).await,
         Ok("scale") => return quick_scale(&dir, scale_keys).await,
+        Ok("latency") => return quick_latency(&dir, rate, lat_secs).await,
         _ => {}
     }
 
@@ -1742,6 +1947,7 @@ async fn run() -> Result<()> {
                 })?;
         }
     }
+    check_routing(&stack).await?;
 
     let latency_scenarios = [
         ONE_K,
@@ -2030,6 +2236,120 @@ fn quick_baseline(path: Route) -> Route {
     }
 }
 
+/// `BENCH_PATHS=BareOpenAi,NativeOpenAi,...`: the paths of [`PATHS`] named, with bare
+/// Envoy on the OpenAI request (the base) and each named path's `baseline`, in `PATHS`'s
+/// order; `None` without the variable.
+fn chosen_paths(baseline: fn(Route) -> Route) -> Option<Vec<Route>> {
+    let wanted = std::env::var("BENCH_PATHS").ok()?;
+    let named = |path: Route| {
+        wanted
+            .split(',')
+            .any(|name| name.trim() == format!("{path:?}"))
+    };
+    let chosen: Vec<Route> = PATHS.into_iter().filter(|path| named(*path)).collect();
+    Some(
+        PATHS
+            .into_iter()
+            .filter(|path| {
+                *path == Route::BareOpenAi
+                    || named(*path)
+                    || chosen.iter().any(|c| baseline(*c) == *path)
+            })
+            .collect(),
+    )
+}
+
+/// `BENCH_ONLY=latency`: the 1 KB latency runs (buffered, then the 200-chunk stream;
+/// `BENCH_STREAM=0`: buffered only) of the paths `BENCH_PATHS` names (with their direct
+/// and bare-Envoy baselines), or of every latency path, printed as `make bench` measures
+/// them; BENCHMARKS.md is left alone.
+async fn quick_latency(dir: &Path, rate: f64, duration: Duration) -> Result<()> {
+    let stack = Stack::start(dir).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let paths: Vec<Route> = chosen_paths(|path| path.baselines().1)
+        .map(|chosen| {
+            // The direct baselines, and what a routing path is read against.
+            let more: Vec<Route> = chosen
+                .iter()
+                .flat_map(|path| [Some(path.baselines().0), path.routing_reference()])
+                .flatten()
+                .collect();
+            PATHS
+                .into_iter()
+                .filter(|path| chosen.contains(path) || more.contains(path))
+                .collect()
+        })
+        .unwrap_or_else(|| PATHS.to_vec())
+        .into_iter()
+        .filter(|path| !path.is_breakdown())
+        .collect();
+    if paths.iter().any(|path| path.is_routing()) {
+        check_routing(&stack).await?;
+    }
+    let scenarios = if env_u64("BENCH_STREAM", 1) == 0 {
+        vec![ONE_K]
+    } else {
+        vec![ONE_K, ONE_K_STREAM]
+    };
+    for scenario in scenarios {
+        let mut measured = BTreeMap::new();
+        for &path in &paths {
+            let spec = path.spec(&stack, scenario, MASTER_KEY)?;
+            let result = load::fixed_rate(
+                &spec,
+                rate,
+                Duration::from_secs(1),
+                duration,
+                LATENCY_CONNECTIONS,
+            )
+            .await?;
+            measured.insert(path, result);
+        }
+        let p50 = |path: Route| {
+            measured.get(&path).map_or(f64::NAN, |result| {
+                percentile(
+                    if scenario.stream {
+                        &result.ttft_us
+                    } else {
+                        &result.total_us
+                    },
+                    0.5,
+                )
+            })
+        };
+        for (path, result) in &measured {
+            let samples = if scenario.stream {
+                &result.ttft_us
+            } else {
+                &result.total_us
+            };
+            let (_, bare) = path.baselines();
+            let reference = path
+                .routing_reference()
+                .filter(|reference| measured.contains_key(reference))
+                .map_or(String::new(), |reference| {
+                    format!(
+                        ", {} ms vs {}",
+                        signed_ms(p50(*path) - p50(reference)),
+                        reference.label()
+                    )
+                });
+            println!(
+                "{:<52} {:<100} {} p50/p90/p99 {} ms, {} ms vs bare Envoy{reference}, {} errors",
+                scenario.label(),
+                path.label(),
+                if scenario.stream { "TTFT" } else { "    " },
+                p50_p90_p99_ms(samples).replace(" | ", " / "),
+                signed_ms(p50(*path) - p50(bare)),
+                result.errors,
+            );
+        }
+    }
+    drop(stack);
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}
+
 /// `BENCH_ONLY=throughput`: the 1 KB throughput runs of bare Envoy, the floor filters and
 /// Tollgate (OpenAI, Anthropic, Gemini and Bedrock), interleaved, printed. `BENCH_FLOOR_STEPS` adds floor-filter Envoys, one per
 /// `;`-separated list of steps (see bench/floor-filter); the list `native` is the empty
@@ -2068,21 +2388,14 @@ async fn quick_throughput(dir: &Path, duration: Duration, ticks_per_s: f64) -> R
         Route::NativeBedrock,
     ];
     paths.extend((0..stack.extra_floors.len()).map(Route::ExtraFloor));
-    // BENCH_PATHS=BareOpenAi,NativeOpenAi,...: only these (bare Envoy always, as the base,
-    // and the bare Envoy of a Gemini or Bedrock path named).
-    if let Ok(wanted) = std::env::var("BENCH_PATHS") {
-        let named = |path: Route| {
-            wanted
-                .split(',')
-                .any(|name| name.trim() == format!("{path:?}"))
-        };
-        let chosen: Vec<Route> = paths.iter().copied().filter(|path| named(*path)).collect();
-        paths.retain(|path| {
-            *path == Route::BareOpenAi
-                || matches!(path, Route::ExtraFloor(_))
-                || named(*path)
-                || chosen.iter().any(|c| quick_baseline(*c) == *path)
-        });
+    // BENCH_PATHS=BareOpenAi,NativeOpenAi,...: only these, from every path of `make bench`
+    // (bare Envoy always, as the base, and the bare Envoy of a Gemini or Bedrock path named).
+    if let Some(chosen) = chosen_paths(quick_baseline) {
+        paths.retain(|path| matches!(path, Route::ExtraFloor(_)));
+        paths.splice(0..0, chosen);
+    }
+    if paths.iter().any(|path| path.is_routing()) {
+        check_routing(&stack).await?;
     }
     let rounds = u32::try_from(env_u64("BENCH_ROUNDS", 4)).unwrap_or(4);
     let perf_dir = std::env::var_os("BENCH_PERF_DIR").map(PathBuf::from);
@@ -2295,6 +2608,112 @@ fn machine() -> String {
         command_output("valgrind", &["--version"])
     );
     s
+}
+
+/// The routing section: `gpt-mock` (straight to the provider), `gpt-group` (relayed, one
+/// attempt) and `gpt-fallback` (relayed, a 429 then one fallback) side by side, per build.
+fn render_routing(s: &mut String, r: &Results) {
+    let p50 = |scenario: Scenario, path: Route| {
+        r.latency.get(&(scenario, path)).map_or(f64::NAN, |res| {
+            percentile(
+                if scenario.stream {
+                    &res.ttft_us
+                } else {
+                    &res.total_us
+                },
+                0.5,
+            )
+        })
+    };
+    let rps = |scenario: Scenario, path: Route| {
+        r.throughput
+            .get(&(scenario, path))
+            .map(|(res, _)| format!("{:.0}", res.rps()))
+    };
+    let _ = writeln!(
+        s,
+        "### Routing: a group of three deployments, and one fallback (from the tables above)\n\n\
+         `{GROUP_MODEL}` has three deployments (upstream models {}, all on the mock's OpenAI API; \
+         simple-shuffle) and a fallback to `gpt-mock`, so the filter relays each request through \
+         Envoy's attempts route to the internal `tollgate_attempts` listener, where it translates \
+         it for the deployment it chose; none fails. `{FALLBACK_MODEL}` has one deployment \
+         (`{FAILING_UPSTREAM}`, with `num_retries: 0`), which the mock answers 429 at once (a \
+         `/_mock/faults` rule on that upstream model alone), and a fallback to `gpt-mock`: every \
+         request makes two attempts, the 429 and the fallback (the bench checks it on the mock's \
+         request counts before measuring). `gpt-mock` (one deployment, no fallback) goes straight \
+         to the provider. *relay adds* = `{GROUP_MODEL}`'s p50 minus `gpt-mock`'s; *one fallback \
+         adds* = `{FALLBACK_MODEL}`'s p50 minus `{GROUP_MODEL}`'s. Streams: time to first token. \
+         Latency at the rate of the latency tables, req/s at {THROUGHPUT_CONNECTIONS} connections.\n",
+        GROUP_UPSTREAMS
+            .iter()
+            .map(|upstream| format!("`{upstream}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let _ = writeln!(
+        s,
+        "| request | build | `gpt-mock` p50 | `{GROUP_MODEL}` p50 | relay adds | `{FALLBACK_MODEL}` p50 | one fallback adds | req/s `gpt-mock` / `{GROUP_MODEL}` / `{FALLBACK_MODEL}` |\n|---|---|---|---|---|---|---|---|"
+    );
+    let builds = [
+        (
+            "Wasm filter",
+            Route::TollgateOpenAi,
+            Route::TollgateGroupOpenAi,
+            Route::TollgateFallbackOpenAi,
+        ),
+        (
+            "native module",
+            Route::NativeOpenAi,
+            Route::NativeGroupOpenAi,
+            Route::NativeFallbackOpenAi,
+        ),
+    ];
+    let mut scenarios: Vec<Scenario> = r
+        .latency
+        .keys()
+        .filter(|(_, path)| path.is_routing())
+        .map(|(scenario, _)| *scenario)
+        .collect();
+    scenarios.dedup();
+    for scenario in scenarios {
+        for (build, single, group, fallback) in builds {
+            let throughput = match (
+                rps(scenario, single),
+                rps(scenario, group),
+                rps(scenario, fallback),
+            ) {
+                (Some(a), Some(b), Some(c)) => format!("{a} / {b} / {c}"),
+                _ => "-".to_string(),
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {build} | {} | {} | {} | {} | {} | {throughput} |",
+                scenario.label(),
+                ms(p50(scenario, single)),
+                ms(p50(scenario, group)),
+                signed_ms(p50(scenario, group) - p50(scenario, single)),
+                ms(p50(scenario, fallback)),
+                signed_ms(p50(scenario, fallback) - p50(scenario, group)),
+            );
+        }
+    }
+    let added = |scenario: Scenario, build: usize| {
+        builds
+            .get(build)
+            .map_or(f64::NAN, |(_, _, group, fallback)| {
+                p50(scenario, *fallback) - p50(scenario, *group)
+            })
+    };
+    let _ = writeln!(
+        s,
+        "\nOne fallback adds {} ms (Wasm filter) and {} ms (native module) to the p50 of a 1 KB \
+         request with a buffered answer, and {} / {} ms to the time to first token of a 1 KB \
+         stream.\n",
+        signed_ms(added(ONE_K, 0)),
+        signed_ms(added(ONE_K, 1)),
+        signed_ms(added(ONE_K_STREAM, 0)),
+        signed_ms(added(ONE_K_STREAM, 1)),
+    );
 }
 
 /// The "by binary" table: each profiled path's Envoy CPU per request split by where perf
@@ -2575,6 +2994,12 @@ fn render(
          stream frames), every request signed with SigV4, which the mock verifies. Their baselines send \
          what the filter sends (tollgate-core plans it in the load generator for the address it goes to; \
          Bedrock's signed once per run, the mock verifying it on every request).\n\
+         - **Routing paths.** `{GROUP_MODEL}` (three deployments and a fallback: every request \
+         relayed through the attempts route and listener, none failing) and `{FALLBACK_MODEL}` \
+         (its one deployment answers 429, then one fallback to `gpt-mock`), both builds; see \
+         *Routing* under Throughput. The upstream model the mock fails (`{FAILING_UPSTREAM}`) is \
+         `{FALLBACK_MODEL}`'s alone, so its 429 rule reaches no other path. The snapshot's \
+         {DEPLOYMENTS} deployments include theirs.\n\
          - **Requests.** A chat request with a system and a user message padded to ~1 KB, ~8 KB or ~100 KB; \
          the answer is fixed by a mock directive (`mock:chunks=30` buffered, `mock:chunks={STREAM_CHUNKS}` \
          streamed), so it does not grow with the prompt. Clients authenticate with the master key.\n\
@@ -2702,6 +3127,7 @@ fn render(
         );
     }
     let _ = writeln!(s);
+    render_routing(&mut s, r);
 
     // Where the CPU goes.
     let cpu_per_request = |scenario: Scenario, path: Route| {

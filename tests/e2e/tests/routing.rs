@@ -344,3 +344,139 @@ fn routing_end_to_end() {
 
     assert!(env.gateway.filter_failures().is_empty());
 }
+
+/// Deployments for the failure kinds, tiers, tags, aliases and weights.
+fn paths_config(mock: &Mock) -> String {
+    let openai = |name: &str, upstream: &str, id: &str, extra: &str| {
+        format!(
+            "- model_name: {name}\n\
+             \x20 litellm_params:\n\
+             \x20   model: openai/{upstream}\n\
+             \x20   api_base: {url}/v1\n\
+             \x20   api_key: {MOCK_OPENAI_KEY}\n\
+             {extra}\
+             \x20 model_info:\n\
+             \x20   id: {id}\n",
+            url = mock.url
+        )
+    };
+    let mut list = String::from("model_list:\n");
+    list += &openai("slow", "mock-slow", "slow-1", "\x20   timeout: 1\n");
+    list += &openai("flaky", "mock-reset", "flaky-1", "");
+    list += &openai("short", "mock-short", "short-1", "");
+    list += &openai("long", "mock-long", "long-1", "");
+    list += &openai("picky", "mock-picky", "picky-1", "");
+    list += &openai("tiered", "mock-t1", "t1", "\x20   order: 1\n");
+    list += &openai("tiered", "mock-t2", "t2", "\x20   order: 2\n");
+    list += &openai("tagged", "mock-eu", "eu-1", "\x20   tags: [eu]\n");
+    list += &openai(
+        "tagged",
+        "mock-default",
+        "default-1",
+        "\x20   tags: [default]\n",
+    );
+    list += &openai("weighted", "mock-w3", "w3", "\x20   weight: 3\n");
+    list += &openai("weighted", "mock-w1", "w1", "\x20   weight: 1\n");
+    list += &format!(
+        "- model_name: claude\n\
+         \x20 litellm_params:\n\
+         \x20   model: anthropic/claude-mock-sonnet\n\
+         \x20   api_base: {url}\n\
+         \x20   api_key: {MOCK_ANTHROPIC_KEY}\n\
+         \x20 model_info:\n\
+         \x20   id: claude-1\n",
+        url = mock.url
+    );
+    list + "router_settings:\n\
+           \x20 num_retries: 1\n\
+           \x20 allowed_fails: 1\n\
+           \x20 cooldown_time: 2\n\
+           \x20 enable_tag_filtering: true\n\
+           \x20 model_group_alias: {smart: tiered}\n\
+           \x20 fallbacks: [{slow: [claude]}, {flaky: [claude]}]\n\
+           \x20 context_window_fallbacks: [{short: [long]}]\n\
+           \x20 content_policy_fallbacks: [{picky: [claude]}]\n\
+           general_settings:\n"
+        + &format!("\x20 master_key: {MASTER_KEY}\n")
+}
+
+#[test]
+fn routing_paths_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start(dir.path()).unwrap();
+    let gateway = Gateway::start(dir.path(), &paths_config(&mock)).unwrap();
+    let env = ProviderEnv::new(mock, gateway, MASTER_KEY);
+    let mock = &env.mock;
+    let ok = |model: &str| {
+        let (status, got, body) = send(&env, &request(model, "routing-paths", false));
+        assert_eq!(status, 200, "{model}: {body}");
+        got
+    };
+
+    // A deployment slower than its timeout (1 s): timed out, retried once, then the fallback.
+    mock.set_fault("mock-slow", json!({"delay_ms": 3000}), None)
+        .unwrap();
+    assert_eq!(ok("slow"), headers("claude-1", 1, 1));
+    assert_eq!(mock.calls_for("mock-slow").unwrap(), 2);
+
+    // A deployment that closes the connection without answering: the same.
+    mock.set_fault("mock-reset", json!({"reset": true}), None)
+        .unwrap();
+    assert_eq!(ok("flaky"), headers("claude-1", 1, 1));
+    assert_eq!(mock.calls_for("mock-reset").unwrap(), 2);
+
+    // Too long for the model's context window: not retried, the context-window fallback.
+    mock.set_fault("mock-short", json!({"context_length": true}), None)
+        .unwrap();
+    assert_eq!(ok("short"), headers("long-1", 0, 1));
+    assert_eq!(mock.calls_for("mock-short").unwrap(), 1);
+
+    // Refused for its content: the content-policy fallback.
+    mock.set_fault("mock-picky", json!({"content_filter": true}), None)
+        .unwrap();
+    assert_eq!(ok("picky"), headers("claude-1", 0, 1));
+    assert_eq!(mock.calls_for("mock-picky").unwrap(), 1);
+
+    // Order tiers: t1 first; failing, the request moves to t2 in the group; after more than
+    // allowed_fails (1) failures t1 cools down (2 s) and t2 serves at once.
+    mock.set_fault("mock-t1", json!({"status": 500}), None)
+        .unwrap();
+    let mut retries = 0;
+    for _ in 0..10 {
+        let got = ok("smart");
+        assert_eq!(got.model_id.as_deref(), Some("t2"));
+        retries += got.retries.unwrap().parse::<u64>().unwrap();
+    }
+    let t1_calls = mock.calls_for("mock-t1").unwrap();
+    assert_eq!(t1_calls, retries);
+    // Two failures cool t1 down where they were seen: once for the native module (one view),
+    // at most once per Wasm worker (two).
+    assert!((2..=4).contains(&t1_calls), "{t1_calls}");
+    mock.clear_faults().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2_100));
+    assert_eq!(ok("tiered"), headers("t1", 0, 0));
+
+    // Tags: a tagged request goes to its deployment, an unmatched one to the default.
+    for (tags, expected) in [(json!(["eu"]), "eu-1"), (json!(["us"]), "default-1")] {
+        let mut body = request("tagged", "routing-tags", false);
+        body["metadata"] = json!({"tags": tags});
+        let (status, got, text) = send(&env, &body);
+        assert_eq!(status, 200, "{text}");
+        assert_eq!(got.model_id.as_deref(), Some(expected));
+    }
+
+    // Weights 3 : 1 over 100 requests: w3 takes 75 on average; [60, 90] is 3.5 standard
+    // deviations either side.
+    mock.reset_calls().unwrap();
+    for _ in 0..100 {
+        ok("weighted");
+    }
+    let (w3, w1) = (
+        mock.calls_for("mock-w3").unwrap(),
+        mock.calls_for("mock-w1").unwrap(),
+    );
+    assert_eq!(w3 + w1, 100);
+    assert!((60..=90).contains(&w3), "w3 {w3}, w1 {w1}");
+
+    assert!(env.gateway.filter_failures().is_empty());
+}

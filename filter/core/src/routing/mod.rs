@@ -73,7 +73,7 @@ impl ErrorClass {
     pub fn of(status: u16, code: Option<&str>) -> Option<ErrorClass> {
         match code {
             Some("context_length_exceeded") => return Some(ErrorClass::ContextWindow),
-            Some("content_filter" | "content_policy_violation") => {
+            Some("content_filter" | "content_policy_violation" | "invalid_prompt") => {
                 return Some(ErrorClass::ContentPolicy)
             }
             _ => {}
