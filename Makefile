@@ -13,7 +13,7 @@ wasm:
 build: wasm
 	cargo build --release -p tollgate -p tollgate-mock
 
-# What Tollgate costs on top of Envoy; writes BENCHMARKS.md (about 11 minutes).
+# What Tollgate costs on top of Envoy; writes BENCHMARKS.md (about 21 minutes once built).
 bench:
 	bench/run.sh
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: installs what the benchmark needs (idempotently), builds release binaries, the
 # release filter and the callgrind driver, then runs bench/src/main.rs, which writes
-# BENCHMARKS.md. Sends traffic to 127.0.0.1 only; stops by itself (about 17 minutes).
+# BENCHMARKS.md. Sends traffic to 127.0.0.1 only; stops by itself (about 21 minutes once built).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

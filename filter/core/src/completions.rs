@@ -414,6 +414,7 @@ fn pass_through(
         stream_options: summary.stream_options,
         end_user: None,
         tags: Vec::new(),
+        routing: Default::default(),
         usage_to_gateway: false,
     };
     let mut request = openai::build_request(&edits, body, deployment)?;

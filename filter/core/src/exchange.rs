@@ -553,7 +553,7 @@ impl Exchange {
         if endpoint == Endpoint::Other {
             return Verdict::Continue;
         }
-        if let (Some(key), Some(state)) = (headers.attempt, state) {
+        if let Some(key) = headers.attempt {
             let now_ms = host.now_ms();
             let entry = with_routing(&self.routing, now_ms, |routing| {
                 routing.ledger.get(key).map(|entry| {
@@ -561,18 +561,19 @@ impl Exchange {
                         entry.caller.clone(),
                         entry.request_id.clone(),
                         entry.header_tags.clone(),
+                        Arc::clone(&entry.state),
                     )
                 })
             });
             // A key that names no open entry is a client's guess: the request is treated as
             // any other (and the header goes nowhere: it is not forwarded upstream).
-            if let Some((caller, request_id, header_tags)) = entry {
+            if let Some((caller, request_id, header_tags, state)) = entry {
                 self.request_id = request_id;
                 self.header_tags = header_tags;
                 self.model_request = true;
                 self.started_ms = now_ms;
                 self.phase = Phase::AwaitingBody {
-                    state: state.clone(),
+                    state,
                     caller,
                     endpoint,
                     attempt: Some(key.to_string()),
@@ -757,7 +758,7 @@ impl Exchange {
     /// over, opens its ledger entry and relays it through the attempts route.
     fn plan_chat(
         &mut self,
-        state: &State,
+        state: &Arc<State>,
         caller: &Caller,
         body: &[u8],
         context: &TranslateContext,
@@ -767,6 +768,23 @@ impl Exchange {
         caller.check_model(&summary.model)?;
         if state.model(&summary.model).is_none() {
             return Err(GatewayError::ModelNotFound(summary.model.to_string()));
+        }
+        // The request's own fallbacks must be models it may use.
+        let own = &summary.routing;
+        for (param, list) in [
+            ("fallbacks", &own.fallbacks),
+            ("context_window_fallbacks", &own.context_window_fallbacks),
+            ("content_policy_fallbacks", &own.content_policy_fallbacks),
+        ] {
+            for model in list.iter().flatten() {
+                if state.model(model).is_none() {
+                    return Err(GatewayError::invalid(
+                        param,
+                        format!("The fallback model `{model}` does not exist."),
+                    ));
+                }
+                caller.check_model(model)?;
+            }
         }
         let estimated_tokens = estimate_tokens(body.len());
         let mut tags: Vec<String> = summary.tags.iter().map(|tag| tag.to_string()).collect();
@@ -790,13 +808,14 @@ impl Exchange {
                 estimated_tokens,
                 stream: summary.stream,
             };
-            let plan = RoutePlan::start(&summary.model, &mut chooser)?;
+            let plan = RoutePlan::start(&summary.model, &summary.routing, &mut chooser)?;
             let first = Arc::clone(plan.current());
             if !(attempts_route && plan.may_try_another(state)) {
-                return Some((first, None));
+                return Some((first, None, plan.own_retries()));
             }
             let entry = LedgerEntry {
                 plan,
+                state: Arc::clone(state),
                 caller: caller.clone(),
                 estimated_tokens,
                 tags: tags.clone(),
@@ -805,9 +824,9 @@ impl Exchange {
                 stream: summary.stream,
                 opened_ms: now_ms,
             };
-            Some((first, Some(ledger.open(entry, keys))))
+            Some((first, Some(ledger.open(entry, keys)), None))
         });
-        let Some((first, key)) = routed else {
+        let Some((first, key, own_retries)) = routed else {
             return Err(GatewayError::invalid(
                 "metadata.tags",
                 format!(
@@ -832,7 +851,13 @@ impl Exchange {
             None => {
                 let stream = summary.stream;
                 let mut plan = plan_chat_request_to(state, first, summary, body, context)?;
-                direct_attempt_headers(&state.router, &plan.deployment, stream, &mut plan.headers);
+                direct_attempt_headers(
+                    &state.router,
+                    &plan.deployment,
+                    own_retries,
+                    stream,
+                    &mut plan.headers,
+                );
                 Ok((plan, estimated_tokens, Role::Direct))
             }
         }

@@ -455,19 +455,22 @@ pub fn relay_plan(
 pub fn direct_attempt_headers(
     config: &crate::routing::RouterConfig,
     deployment: &Deployment,
+    own_retries: Option<u32>,
     stream: bool,
     headers: &mut Vec<(&'static str, String)>,
 ) {
     use crate::routing::ErrorClass;
-    let retries = config.max_default_retries(deployment);
+    // The request's own num_retries replaces the router's for every class retried.
+    let retries_for = |class| own_retries.unwrap_or_else(|| config.retries_for(class, deployment));
+    let retries = own_retries.unwrap_or_else(|| config.max_default_retries(deployment));
     if retries > 0 {
         let mut retry_on: Vec<&str> = Vec::with_capacity(3);
-        if config.retries_for(ErrorClass::ServerError, deployment) > 0 {
+        if retries_for(ErrorClass::ServerError) > 0 {
             retry_on.push("5xx,reset,connect-failure,refused-stream");
-        } else if config.retries_for(ErrorClass::Timeout, deployment) > 0 {
+        } else if retries_for(ErrorClass::Timeout) > 0 {
             retry_on.push("gateway-error");
         }
-        if config.retries_for(ErrorClass::RateLimit, deployment) > 0 {
+        if retries_for(ErrorClass::RateLimit) > 0 {
             retry_on.push("retriable-status-codes");
             headers.push(("x-envoy-retriable-status-codes", "429".to_string()));
         }

@@ -29,10 +29,74 @@ pub struct ChatRequestSummary<'a> {
     pub end_user: Option<Cow<'a, str>>,
     /// `metadata.tags`, LiteLLM's request tags, in order.
     pub tags: Vec<Cow<'a, str>>,
+    /// LiteLLM's per-request routing parameters (`fallbacks`, `context_window_fallbacks`,
+    /// `content_policy_fallbacks`, `num_retries`): the gateway's, never sent to a provider.
+    pub routing: RequestRouting,
     /// The answer's usage chunk goes back to the gateway's listener whatever the client
     /// asked (an attempt of a request relayed through the attempts route: the relaying side
     /// counts the usage, then removes the chunk the client did not ask for).
     pub usage_to_gateway: bool,
+}
+
+/// LiteLLM's per-request routing parameters, which replace the router's for the request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestRouting {
+    /// `fallbacks`: the model groups tried after the requested one failed.
+    pub fallbacks: Option<Vec<String>>,
+    /// `context_window_fallbacks`.
+    pub context_window_fallbacks: Option<Vec<String>>,
+    /// `content_policy_fallbacks`.
+    pub content_policy_fallbacks: Option<Vec<String>>,
+    /// `num_retries`.
+    pub num_retries: Option<u32>,
+    /// Where these members sit in the body, so a pass-through removes them (a provider would
+    /// refuse a parameter it does not know).
+    pub spans: Vec<Range<usize>>,
+}
+
+impl RequestRouting {
+    /// Whether the request gives any.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+}
+
+/// A fallbacks parameter: a list of model names, or LiteLLM's `[{model: [names]}]` form,
+/// whose entry for `model` counts (entries for other models do not apply to this request).
+fn fallback_list(
+    param: &str,
+    raw: Option<&RawValue>,
+    model: &str,
+) -> Result<Option<Vec<String>>, GatewayError> {
+    let Some(raw) = raw.filter(|raw| raw.get() != "null") else {
+        return Ok(None);
+    };
+    let invalid = || {
+        GatewayError::invalid(
+            param,
+            format!(
+                "{param} must be a list of model names, or of {{model: [model names]}} objects"
+            ),
+        )
+    };
+    let entries: Vec<serde_json::Value> = serde_json::from_str(raw.get()).map_err(|_| invalid())?;
+    let mut list = Vec::new();
+    for entry in entries {
+        match entry {
+            serde_json::Value::String(name) => list.push(name),
+            serde_json::Value::Object(map) => {
+                for (key, value) in map {
+                    let names: Vec<String> =
+                        serde_json::from_value(value).map_err(|_| invalid())?;
+                    if key == model {
+                        list.extend(names);
+                    }
+                }
+            }
+            _ => return Err(invalid()),
+        }
+    }
+    Ok(Some(list))
 }
 
 #[derive(Deserialize)]
@@ -60,6 +124,15 @@ struct ChatRequestView<'a> {
     user: Option<&'a RawValue>,
     #[serde(borrow)]
     metadata: Option<&'a RawValue>,
+    /// LiteLLM's routing parameters, `null` included (removed before a provider sees it).
+    #[serde(borrow, default, deserialize_with = "raw_value_or_null")]
+    fallbacks: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "raw_value_or_null")]
+    context_window_fallbacks: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "raw_value_or_null")]
+    content_policy_fallbacks: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "raw_value_or_null")]
+    num_retries: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -211,6 +284,35 @@ pub fn summarize_chat_request(body: &[u8]) -> Result<ChatRequestSummary<'_>, Gat
     }
     .filter(|user| !user.is_empty());
     let tags = request_tags(view.metadata)?;
+    let routing = RequestRouting {
+        fallbacks: fallback_list("fallbacks", view.fallbacks, &model)?,
+        context_window_fallbacks: fallback_list(
+            "context_window_fallbacks",
+            view.context_window_fallbacks,
+            &model,
+        )?,
+        content_policy_fallbacks: fallback_list(
+            "content_policy_fallbacks",
+            view.content_policy_fallbacks,
+            &model,
+        )?,
+        num_retries: match view.num_retries.filter(|raw| raw.get() != "null") {
+            Some(raw) => Some(serde_json::from_str::<u32>(raw.get()).map_err(|_| {
+                GatewayError::invalid("num_retries", "num_retries must be a whole number >= 0")
+            })?),
+            None => None,
+        },
+        spans: [
+            view.fallbacks,
+            view.context_window_fallbacks,
+            view.content_policy_fallbacks,
+            view.num_retries,
+        ]
+        .into_iter()
+        .flatten()
+        .map(|raw| member_span(body, span_of(body, raw)))
+        .collect(),
+    };
 
     Ok(ChatRequestSummary {
         model,
@@ -221,8 +323,51 @@ pub fn summarize_chat_request(body: &[u8]) -> Result<ChatRequestSummary<'_>, Gat
         stream_options: view.stream_options,
         end_user,
         tags,
+        routing,
         usage_to_gateway: false,
     })
+}
+
+/// The bytes to remove to take the member whose value is at `value` out of the top-level
+/// object of `body`: from the comma before its key (or, for the first member, from its key
+/// to the comma after its value), so the object stays valid JSON.
+pub fn member_span(body: &[u8], value: Range<usize>) -> Range<usize> {
+    let before = body.get(..value.start).unwrap_or_default();
+    // Back over `"key" :` (the key is one of ours: no escaped quotes).
+    let mut at = before.len();
+    let skip_space = |at: &mut usize| {
+        while *at > 0 && before.get(*at - 1).is_some_and(u8::is_ascii_whitespace) {
+            *at -= 1;
+        }
+    };
+    skip_space(&mut at);
+    if before.get(at.wrapping_sub(1)) == Some(&b':') {
+        at -= 1;
+    }
+    skip_space(&mut at);
+    if before.get(at.wrapping_sub(1)) == Some(&b'"') {
+        at -= 1;
+        while at > 0 && before.get(at - 1) != Some(&b'"') {
+            at -= 1;
+        }
+        at = at.saturating_sub(1);
+    }
+    let key_start = at;
+    skip_space(&mut at);
+    if before.get(at.wrapping_sub(1)) == Some(&b',') {
+        return (at - 1)..value.end;
+    }
+    // The first member: take the comma after it instead.
+    let after = body.get(value.end..).unwrap_or_default();
+    let mut end = value.end;
+    let mut offset = 0;
+    while after.get(offset).is_some_and(u8::is_ascii_whitespace) {
+        offset += 1;
+    }
+    if after.get(offset) == Some(&b',') {
+        end = value.end + offset + 1;
+    }
+    key_start..end
 }
 
 /// The tags of `metadata.tags` (LiteLLM's request tags): an array of strings.

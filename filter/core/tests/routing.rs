@@ -452,7 +452,7 @@ fn attempts_on_failure(state: &State, model: &str, class: ErrorClass) -> Vec<Str
         estimated_tokens: 10,
         stream: false,
     };
-    let mut plan = RoutePlan::start(model, &mut chooser).unwrap();
+    let mut plan = RoutePlan::start(model, &Default::default(), &mut chooser).unwrap();
     let mut ids = vec![plan.current().id.clone()];
     while let Some(next) = plan.next(class, &mut chooser) {
         ids.push(next.id.clone());
@@ -524,4 +524,62 @@ fn error_classes_follow_status_and_code() {
         ErrorClass::of(400, Some("content_filter")),
         Some(ErrorClass::ContentPolicy)
     );
+}
+
+#[test]
+fn a_requests_own_fallbacks_and_retries_replace_the_routers() {
+    let state = plan_state(vec![proto::Fallbacks {
+        model: "gpt".into(),
+        fallbacks: vec!["claude".into()],
+    }]);
+    let body = br#"{"model":"gpt","messages":[{"role":"user","content":"hi"}],"fallbacks":[{"gpt":["gpt-long"]},{"other":["claude"]}],"num_retries":0}"#;
+    let summary = tollgate_core::request::summarize_chat_request(body).unwrap();
+    assert_eq!(
+        summary.routing.fallbacks.as_deref(),
+        Some(&["gpt-long".to_string()][..])
+    );
+    assert_eq!(summary.routing.num_retries, Some(0));
+    let book = RoutingBook::new();
+    let mut shuffler = Shuffler::new(3);
+    let mut chooser = Chooser {
+        state: &state,
+        book: &book,
+        shuffler: &mut shuffler,
+        now_ms: NOW,
+        tags: &[],
+        estimated_tokens: 10,
+        stream: false,
+    };
+    let mut plan = RoutePlan::start("gpt", &summary.routing, &mut chooser).unwrap();
+    // No retry (num_retries 0), straight to the request's own fallback.
+    assert_eq!(
+        plan.next(ErrorClass::ServerError, &mut chooser).unwrap().id,
+        "long-1"
+    );
+    assert!(plan.next(ErrorClass::ServerError, &mut chooser).is_none());
+    assert_eq!((plan.retries(), plan.fallbacks()), (0, 1));
+}
+
+#[test]
+fn routing_parameters_never_reach_an_openai_provider() {
+    let state = state_of(vec![deployment("solo", "m")], None);
+    let context = tollgate_core::providers::TranslateContext { now_unix: 1 };
+    for body in [
+        r#"{"fallbacks":["m"],"model":"m","messages":[{"role":"user","content":"hi"}]}"#,
+        r#"{"model":"m", "num_retries" : 3 ,"messages":[{"role":"user","content":"hi"}]}"#,
+        r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"context_window_fallbacks":[{"m":["m"]}],"content_policy_fallbacks":null}"#,
+    ] {
+        let plan =
+            tollgate_core::gateway::plan_chat_request(&state, body.as_bytes(), &context).unwrap();
+        let sent: serde_json::Value = serde_json::from_slice(&plan.body)
+            .unwrap_or_else(|error| panic!("{error}: {}", String::from_utf8_lossy(&plan.body)));
+        assert_eq!(
+            sent,
+            serde_json::json!({"model": "upstream-solo", "messages": [{"role": "user", "content": "hi"}]}),
+            "{body}"
+        );
+    }
+    let bad = br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"fallbacks":"m"}"#;
+    let error = tollgate_core::gateway::plan_chat_request(&state, bad, &context).unwrap_err();
+    assert_eq!(error.param(), Some("fallbacks"));
 }

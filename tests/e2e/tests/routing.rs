@@ -332,6 +332,27 @@ fn routing_end_to_end() {
     assert_eq!(got, headers("solo-1", 1, 0));
     assert_eq!(mock.calls().unwrap().get("mock-solo"), Some(&2));
 
+    // The request's own fallbacks and num_retries (LiteLLM's per-request parameters) replace
+    // the router's, and never reach the provider.
+    let mut own = request("solo", "routing-own", false);
+    own["fallbacks"] = json!(["claude"]);
+    own["num_retries"] = json!(0);
+    let (status, got, body) = send(&env, &own);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(got, headers("solo-1", 0, 0));
+    let upstream = env.upstream();
+    assert_eq!(upstream["body"]["model"], "mock-solo", "{upstream}");
+    assert!(upstream["body"].get("fallbacks").is_none(), "{upstream}");
+    assert!(upstream["body"].get("num_retries").is_none(), "{upstream}");
+    mock.set_fault("mock-solo", json!({"status": 500}), None)
+        .unwrap();
+    mock.reset_calls().unwrap();
+    let (status, got, body) = send(&env, &own);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(got, headers("claude-1", 0, 1));
+    assert_eq!(mock.calls_for("mock-solo").unwrap(), 1);
+    mock.clear_faults().unwrap();
+
     // A client error is neither retried nor sent elsewhere.
     mock.set_fault("mock-fb", json!({"status": 400}), None)
         .unwrap();

@@ -26,7 +26,12 @@ pub fn build_request(
     body: &[u8],
     deployment: &Deployment,
 ) -> Result<UpstreamRequest, GatewayError> {
-    let mut edits = Vec::with_capacity(2);
+    let mut edits = Vec::with_capacity(2 + summary.routing.spans.len());
+    // LiteLLM's routing parameters are the gateway's: a provider would refuse them.
+    edits.extend(summary.routing.spans.iter().map(|span| Edit {
+        range: span.clone(),
+        bytes: Vec::new(),
+    }));
     if summary.model != deployment.upstream_model {
         edits.push(Edit {
             range: summary.model_span.clone(),

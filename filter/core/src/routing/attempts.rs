@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use super::{choose, ChoiceContext, ErrorClass, RouterConfig, RoutingBook, Shuffler, MAX_ATTEMPTS};
 use crate::auth::Caller;
+use crate::request::RequestRouting;
 use crate::snapshot::Deployment;
 use crate::usage::RecordIds;
 use crate::State;
@@ -53,6 +54,9 @@ pub struct RoutePlan {
     /// Retries and fallbacks so far, for the response headers.
     retries: u32,
     fallbacks_used: u32,
+    /// The request's own fallbacks and retries (LiteLLM's per-request parameters), which
+    /// replace the router's.
+    overrides: RequestRouting,
 }
 
 /// The choice of one attempt's deployment, besides the group: what [`choose`] needs.
@@ -97,7 +101,11 @@ impl Chooser<'_> {
 impl RoutePlan {
     /// The plan of a request for `group`, with its first deployment chosen; `None` when the
     /// group has no deployment the request may use.
-    pub fn start(group: &str, chooser: &mut Chooser<'_>) -> Option<RoutePlan> {
+    pub fn start(
+        group: &str,
+        overrides: &RequestRouting,
+        chooser: &mut Chooser<'_>,
+    ) -> Option<RoutePlan> {
         let first = chooser.choose(group, &[])?;
         Some(RoutePlan {
             requested_group: group.to_string(),
@@ -108,7 +116,44 @@ impl RoutePlan {
             current: first,
             retries: 0,
             fallbacks_used: 0,
+            overrides: RequestRouting {
+                spans: Vec::new(),
+                ..overrides.clone()
+            },
         })
+    }
+
+    /// Retries for a failure of `class` on the current deployment: the request's own
+    /// num_retries for the classes retried by default, else the router's.
+    fn retries_for(&self, class: ErrorClass, config: &RouterConfig) -> u32 {
+        match (self.overrides.num_retries, class) {
+            (Some(own), ErrorClass::RateLimit | ErrorClass::Timeout | ErrorClass::ServerError) => {
+                own.min(MAX_ATTEMPTS - 1)
+            }
+            _ => config.retries_for(class, &self.current),
+        }
+    }
+
+    /// The fallback list for a failure of `class`: the request's own, else the router's.
+    fn fallbacks_for(&self, class: ErrorClass, config: &RouterConfig) -> Vec<String> {
+        let own = match class {
+            ErrorClass::ContextWindow => &self.overrides.context_window_fallbacks,
+            ErrorClass::ContentPolicy => &self.overrides.content_policy_fallbacks,
+            ErrorClass::BadRequest => return Vec::new(),
+            _ => &self.overrides.fallbacks,
+        };
+        match own {
+            Some(own) => own.clone(),
+            None => config.fallbacks_for(class, &self.requested_group).to_vec(),
+        }
+    }
+
+    /// The request's own num_retries, when it gives one (for a request sent straight to its
+    /// deployment, which Envoy retries).
+    pub fn own_retries(&self) -> Option<u32> {
+        self.overrides
+            .num_retries
+            .map(|own| own.min(MAX_ATTEMPTS - 1))
     }
 
     /// The deployment of the current attempt.
@@ -136,10 +181,18 @@ impl RoutePlan {
     /// sent straight to its deployment.
     pub fn may_try_another(&self, state: &State) -> bool {
         let config = &state.router;
+        let own = &self.overrides;
         state
             .model(&self.group)
             .is_some_and(|group| group.deployments().len() > 1)
             || config.has_fallbacks(&self.requested_group)
+            || [
+                &own.fallbacks,
+                &own.context_window_fallbacks,
+                &own.content_policy_fallbacks,
+            ]
+            .into_iter()
+            .any(|list| list.as_ref().is_some_and(|list| !list.is_empty()))
     }
 
     /// The current attempt failed with `class`: chooses the next attempt's deployment and
@@ -156,19 +209,17 @@ impl RoutePlan {
             return None;
         }
         let config: &RouterConfig = &chooser.state.router;
-        if self.retries_in_group < config.retries_for(class, &self.current) {
+        if self.retries_in_group < self.retries_for(class, config) {
             if let Some(next) = chooser.choose(&self.group, &self.tried) {
                 self.retries_in_group += 1;
                 self.retries += 1;
                 return Some(self.advance(next));
             }
         }
-        let (list, position) = self.fallbacks.get_or_insert_with(|| {
-            (
-                config.fallbacks_for(class, &self.requested_group).to_vec(),
-                0,
-            )
-        });
+        if self.fallbacks.is_none() {
+            self.fallbacks = Some((self.fallbacks_for(class, config), 0));
+        }
+        let (list, position) = self.fallbacks.as_mut()?;
         while let Some(group) = list.get(*position).cloned() {
             *position += 1;
             if group == self.group {
@@ -196,6 +247,9 @@ impl RoutePlan {
 pub struct LedgerEntry {
     /// Its plan.
     pub plan: RoutePlan,
+    /// The snapshot it arrived under: every attempt is planned with it (the attempts
+    /// listener's filter may hold a newer one, or, in its first moments, none).
+    pub state: Arc<State>,
     /// Who sent it (checked on the gateway's listener; attempts are not authenticated
     /// again).
     pub caller: Caller,
