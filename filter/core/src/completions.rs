@@ -345,13 +345,24 @@ pub fn plan_completion_request_for(
     body: &[u8],
     context: &TranslateContext,
 ) -> Result<RequestPlan, GatewayError> {
+    plan_completion_request_with(state, caller, body, context, |group| group.pick().cloned())
+}
+
+/// [`plan_completion_request_for`], with the deployment of the model group chosen by
+/// `pick` (the router's strategy).
+pub fn plan_completion_request_with(
+    state: &State,
+    caller: &Caller,
+    body: &[u8],
+    context: &TranslateContext,
+    pick: impl FnOnce(&crate::snapshot::ModelGroup) -> Option<std::sync::Arc<Deployment>>,
+) -> Result<RequestPlan, GatewayError> {
     let summary = summarize_completion_request(body)?;
     caller.check_model(&summary.model)?;
     let deployment = state
         .model(&summary.model)
-        .and_then(|group| group.pick())
-        .ok_or_else(|| GatewayError::ModelNotFound(summary.model.to_string()))?
-        .clone();
+        .and_then(pick)
+        .ok_or_else(|| GatewayError::ModelNotFound(summary.model.to_string()))?;
     let end_user = summary
         .end_user
         .as_deref()

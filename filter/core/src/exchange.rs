@@ -705,17 +705,58 @@ impl Exchange {
         if let Some(key) = attempt {
             return self.send_attempt(host, state, caller, key, body_size, now_ms, &context);
         }
+        // Embeddings and text completions go to the deployment the router's strategy picks,
+        // retried there by Envoy (they are not relayed to other deployments yet).
+        let routing = &self.routing;
+        let header_tags = &self.header_tags;
+        let pick = |group: &crate::snapshot::ModelGroup, stream: bool| {
+            with_routing(routing, now_ms, |routing| {
+                let context = crate::routing::ChoiceContext {
+                    now_ms,
+                    tags: header_tags,
+                    tried: &[],
+                    estimated_tokens: estimate_tokens(body_size),
+                    stream,
+                };
+                crate::routing::choose(
+                    group.deployments(),
+                    &state.router,
+                    &routing.book,
+                    &context,
+                    &mut routing.shuffler,
+                )
+                .cloned()
+            })
+        };
+        let direct = |mut plan: RequestPlan| {
+            direct_attempt_headers(
+                &state.router,
+                &plan.deployment,
+                None,
+                plan.stream,
+                &mut plan.headers,
+            );
+            plan
+        };
         let planned = {
             let body = host.request_body(body_size);
             match endpoint {
-                Endpoint::Embeddings => crate::providers::embeddings::plan_embeddings_request_for(
-                    &state, &caller, &body, &context,
+                Endpoint::Embeddings => crate::providers::embeddings::plan_embeddings_request_with(
+                    &state,
+                    &caller,
+                    &body,
+                    &context,
+                    |group| pick(group, false),
                 )
-                .map(|(plan, tokens)| (plan, tokens, Role::Direct)),
-                Endpoint::Completions => crate::completions::plan_completion_request_for(
-                    &state, &caller, &body, &context,
+                .map(|(plan, tokens)| (direct(plan), tokens, Role::Direct)),
+                Endpoint::Completions => crate::completions::plan_completion_request_with(
+                    &state,
+                    &caller,
+                    &body,
+                    &context,
+                    |group| pick(group, false),
                 )
-                .map(|plan| (plan, estimate_tokens(body_size), Role::Direct)),
+                .map(|plan| (direct(plan), estimate_tokens(body_size), Role::Direct)),
                 _ => self.plan_chat(&state, &caller, &body, &context, now_ms),
             }
         };

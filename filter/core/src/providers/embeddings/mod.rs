@@ -281,13 +281,24 @@ pub fn plan_embeddings_request_for(
     body: &[u8],
     context: &TranslateContext,
 ) -> Result<(RequestPlan, u64), GatewayError> {
+    plan_embeddings_request_with(state, caller, body, context, |group| group.pick().cloned())
+}
+
+/// [`plan_embeddings_request_for`], with the deployment of the model group chosen by
+/// `pick` (the router's strategy).
+pub fn plan_embeddings_request_with(
+    state: &State,
+    caller: &Caller,
+    body: &[u8],
+    context: &TranslateContext,
+    pick: impl FnOnce(&crate::snapshot::ModelGroup) -> Option<std::sync::Arc<Deployment>>,
+) -> Result<(RequestPlan, u64), GatewayError> {
     let request = parse_embeddings_request(body)?;
     caller.check_model(&request.model)?;
     let deployment = state
         .model(&request.model)
-        .and_then(|group| group.pick())
-        .ok_or_else(|| GatewayError::ModelNotFound(request.model.to_string()))?
-        .clone();
+        .and_then(pick)
+        .ok_or_else(|| GatewayError::ModelNotFound(request.model.to_string()))?;
     let (upstream, response) = build_request(&request, body, &deployment, context)?;
     let target = &deployment.target;
     let path = join_url(&target.base_path, &target.base_query, &upstream.path);
