@@ -717,6 +717,7 @@ impl Exchange {
                     tried: &[],
                     estimated_tokens: estimate_tokens(body_size),
                     stream,
+                    pushed: Some(state.pushed_cooldowns()),
                 };
                 crate::routing::choose(
                     group.deployments(),

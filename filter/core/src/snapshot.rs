@@ -397,6 +397,9 @@ pub struct State {
     /// Provider access tokens by deployment id; they come apart from snapshots and a new
     /// snapshot keeps them.
     access_tokens: Arc<AccessTokens>,
+    /// Deployments the control plane cooled down (from every filter's failures); kept
+    /// across snapshots like the tokens.
+    pushed_cooldowns: Arc<crate::routing::PushedCooldowns>,
 }
 
 impl State {
@@ -418,6 +421,7 @@ impl State {
             model_order: Vec::new(),
             models_json: Vec::new(),
             access_tokens: Arc::default(),
+            pushed_cooldowns: Arc::default(),
         };
         state.set_settings(snapshot.settings.unwrap_or_default(), &mut problems);
         for (index, deployment) in snapshot.deployments.into_iter().enumerate() {
@@ -521,6 +525,7 @@ impl State {
             if tag == CONTROL_MESSAGE_SNAPSHOT_TAG
                 || tag == CONTROL_MESSAGE_DELTA_TAG
                 || tag == CONTROL_MESSAGE_PROVIDER_TOKENS_TAG
+                || tag == CONTROL_MESSAGE_COOLDOWNS_TAG
             {
                 update = Some((tag, payload));
             }
@@ -528,6 +533,9 @@ impl State {
         })?;
         match update {
             None => Ok(None),
+            Some((CONTROL_MESSAGE_COOLDOWNS_TAG, cooldowns)) => Ok(Some(ControlUpdate::Cooldowns(
+                proto::DeploymentCooldowns::decode(cooldowns)?,
+            ))),
             Some((CONTROL_MESSAGE_DELTA_TAG, delta_bytes)) => Ok(Some(ControlUpdate::Delta(
                 DeltaMessage::check(delta_bytes)?,
             ))),
@@ -552,14 +560,20 @@ impl State {
     ) -> Result<Applied, DeltaRefused> {
         match update {
             ControlUpdate::Snapshot(snapshot) => {
-                // The tokens stay: they are not the snapshot's.
-                let access_tokens = current
+                // The tokens and pushed cooldowns stay: they are not the snapshot's.
+                let (access_tokens, pushed_cooldowns) = current
                     .take()
-                    .map(|old| Arc::clone(&old.access_tokens))
+                    .map(|old| {
+                        (
+                            Arc::clone(&old.access_tokens),
+                            Arc::clone(&old.pushed_cooldowns),
+                        )
+                    })
                     .unwrap_or_default();
                 let keys = snapshot.key_count();
                 let (mut state, problems) = snapshot.into_state();
                 state.access_tokens = access_tokens;
+                state.pushed_cooldowns = pushed_cooldowns;
                 let applied = Applied {
                     kind: UpdateKind::Snapshot,
                     version: state.version,
@@ -590,6 +604,26 @@ impl State {
                     problems,
                 })
             }
+            ControlUpdate::Cooldowns(cooldowns) => {
+                let cooldowns = crate::routing::PushedCooldowns::from_proto(cooldowns);
+                let keys = cooldowns.len();
+                let Some(state) = current.as_mut() else {
+                    // Sent again after the next stream's snapshot: none is lost.
+                    return Ok(Applied {
+                        kind: UpdateKind::Cooldowns,
+                        version: 0,
+                        keys,
+                        problems: vec!["cooldowns before any snapshot: left".into()],
+                    });
+                };
+                Arc::make_mut(state).pushed_cooldowns = Arc::new(cooldowns);
+                Ok(Applied {
+                    kind: UpdateKind::Cooldowns,
+                    version: state.version,
+                    keys,
+                    problems: Vec::new(),
+                })
+            }
             ControlUpdate::Tokens(tokens) => {
                 let tokens = AccessTokens::from_proto(tokens);
                 let keys = tokens.len();
@@ -613,6 +647,11 @@ impl State {
                 })
             }
         }
+    }
+
+    /// The deployments the control plane says are cooling down.
+    pub fn pushed_cooldowns(&self) -> &crate::routing::PushedCooldowns {
+        &self.pushed_cooldowns
     }
 
     /// The access token to send for `deployment_id` at `now_unix_ms` (Vertex AI's).
@@ -768,6 +807,8 @@ const CONTROL_MESSAGE_SNAPSHOT_TAG: u32 = 1;
 const CONTROL_MESSAGE_DELTA_TAG: u32 = 2;
 /// `ControlMessage.kind.provider_tokens`.
 const CONTROL_MESSAGE_PROVIDER_TOKENS_TAG: u32 = 6;
+/// `ControlMessage.kind.cooldowns`.
+const CONTROL_MESSAGE_COOLDOWNS_TAG: u32 = 7;
 /// `Snapshot.keys`.
 const SNAPSHOT_KEYS_TAG: u32 = 4;
 
@@ -780,6 +821,9 @@ pub enum ControlUpdate<'m> {
     Delta(DeltaMessage<'m>),
     /// Provider access tokens, which replace those held and leave the version as it is.
     Tokens(proto::ProviderTokens),
+    /// The deployments the control plane cooled down, which replace those held and leave
+    /// the version as it is.
+    Cooldowns(proto::DeploymentCooldowns),
 }
 
 impl ControlUpdate<'_> {
@@ -789,7 +833,7 @@ impl ControlUpdate<'_> {
         match self {
             ControlUpdate::Snapshot(snapshot) => Some(snapshot.version()),
             ControlUpdate::Delta(delta) => Some(delta.version()),
-            ControlUpdate::Tokens(_) => None,
+            ControlUpdate::Tokens(_) | ControlUpdate::Cooldowns(_) => None,
         }
     }
 }
@@ -804,6 +848,16 @@ pub enum UpdateKind {
     /// Provider access tokens replaced those held; the version is as it was. (`keys` of
     /// [`Applied`] is the number of tokens.)
     Tokens,
+    /// The control plane's cooldowns replaced those held; the version is as it was.
+    /// (`keys` of [`Applied`] is the number of deployments cooling down.)
+    Cooldowns,
+}
+
+impl UpdateKind {
+    /// Whether the update leaves the snapshot's version as it was (nothing to acknowledge).
+    pub fn leaves_version(self) -> bool {
+        matches!(self, UpdateKind::Tokens | UpdateKind::Cooldowns)
+    }
 }
 
 /// What [`State::apply`] did.

@@ -64,6 +64,7 @@ fn context<'a>(tags: &'a [String], tried: &'a [String]) -> ChoiceContext<'a> {
         tried,
         estimated_tokens: 10,
         stream: false,
+        pushed: None,
     }
 }
 
@@ -582,4 +583,67 @@ fn routing_parameters_never_reach_an_openai_provider() {
     let bad = br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"fallbacks":"m"}"#;
     let error = tollgate_core::gateway::plan_chat_request(&state, bad, &context).unwrap_err();
     assert_eq!(error.param(), Some("fallbacks"));
+}
+
+#[test]
+fn the_control_planes_cooldowns_are_routed_around_and_kept_across_snapshots() {
+    use prost::Message;
+    let snapshot = |version: u64| proto::ControlMessage {
+        kind: Some(proto::control_message::Kind::Snapshot(proto::Snapshot {
+            version,
+            settings: None,
+            deployments: vec![deployment("a", "m"), deployment("b", "m")],
+            keys: Vec::new(),
+        })),
+    };
+    let mut state = None;
+    State::update(&mut state, &snapshot(1).encode_to_vec()).unwrap();
+    let cooldowns = proto::ControlMessage {
+        kind: Some(proto::control_message::Kind::Cooldowns(
+            proto::DeploymentCooldowns {
+                cooldowns: vec![proto::DeploymentCooldown {
+                    deployment_id: "a".into(),
+                    until_unix_ms: NOW + 1_000,
+                }],
+            },
+        )),
+    };
+    let applied = State::update(&mut state, &cooldowns.encode_to_vec())
+        .unwrap()
+        .unwrap();
+    assert!(applied.kind.leaves_version());
+    assert_eq!((applied.version, applied.keys), (1, 1));
+    // A new snapshot keeps them.
+    State::update(&mut state, &snapshot(2).encode_to_vec()).unwrap();
+    let state = state.unwrap();
+    assert_eq!(state.pushed_cooldowns().until("a", NOW), Some(NOW + 1_000));
+    let group = state.model("m").unwrap().deployments();
+    let mut shuffler = Shuffler::new(5);
+    let book = RoutingBook::new();
+    for now_ms in [NOW, NOW + 999] {
+        let context = ChoiceContext {
+            now_ms,
+            pushed: Some(state.pushed_cooldowns()),
+            ..context(&[], &[])
+        };
+        for _ in 0..20 {
+            let chosen = choose(group, &state.router, &book, &context, &mut shuffler).unwrap();
+            assert_eq!(chosen.id, "b");
+        }
+    }
+    // Over: "a" is back.
+    let context = ChoiceContext {
+        now_ms: NOW + 1_000,
+        pushed: Some(state.pushed_cooldowns()),
+        ..context(&[], &[])
+    };
+    let chosen: std::collections::HashSet<String> = (0..50)
+        .map(|_| {
+            choose(group, &state.router, &book, &context, &mut shuffler)
+                .unwrap()
+                .id
+                .clone()
+        })
+        .collect();
+    assert_eq!(chosen.len(), 2);
 }

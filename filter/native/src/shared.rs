@@ -130,7 +130,7 @@ impl Shared {
                 return Installed::NeedsSnapshot;
             }
         };
-        if applied.kind == UpdateKind::Tokens {
+        if applied.kind.leaves_version() {
             for problem in &applied.problems {
                 envoy::log_warn(&format!("tollgate: {problem}"));
             }
@@ -147,7 +147,9 @@ impl Shared {
         let models = state.as_ref().map_or(0, |state| state.model_names().len());
         let (what, keys) = match applied.kind {
             UpdateKind::Snapshot => ("installed snapshot", "keys"),
-            UpdateKind::Delta | UpdateKind::Tokens => ("applied delta to snapshot", "keys changed"),
+            UpdateKind::Delta | UpdateKind::Tokens | UpdateKind::Cooldowns => {
+                ("applied delta to snapshot", "keys changed")
+            }
         };
         envoy::log_info(&format!(
             "tollgate: {} {what} {} ({models} models, {} {keys})",
@@ -162,7 +164,9 @@ impl Shared {
         let mut pending = self.pending();
         match applied.kind {
             UpdateKind::Snapshot => pending.snapshots_installed += 1,
-            UpdateKind::Delta | UpdateKind::Tokens => pending.snapshot_deltas_installed += 1,
+            UpdateKind::Delta | UpdateKind::Tokens | UpdateKind::Cooldowns => {
+                pending.snapshot_deltas_installed += 1
+            }
         }
         Installed::Version(applied.version)
     }

@@ -158,14 +158,11 @@ impl VmShared {
         }
         match State::update(&mut self.state, &message) {
             // Tokens leave the version as it is: nothing to acknowledge.
-            Ok(Some(applied)) if applied.kind == UpdateKind::Tokens => {
+            Ok(Some(applied)) if applied.kind.leaves_version() => {
                 for problem in &applied.problems {
                     log::warn!("tollgate: vm {vm_id}: {problem}");
                 }
-                log::debug!(
-                    "tollgate: vm {vm_id} holds {} provider access tokens",
-                    applied.keys
-                );
+                self.log_applied(&applied, vm_id);
                 None
             }
             Ok(Some(applied)) => {
@@ -188,7 +185,7 @@ impl VmShared {
         let name = match kind {
             UpdateKind::Snapshot => metrics::SNAPSHOTS_INSTALLED,
             UpdateKind::Delta => metrics::SNAPSHOT_DELTAS_INSTALLED,
-            UpdateKind::Tokens => return,
+            UpdateKind::Tokens | UpdateKind::Cooldowns => return,
         };
         self.count(name, 1);
     }
@@ -216,6 +213,10 @@ impl VmShared {
             ),
             UpdateKind::Tokens => log::debug!(
                 "tollgate: vm {vm_id} holds {} provider access tokens",
+                applied.keys
+            ),
+            UpdateKind::Cooldowns => log::info!(
+                "tollgate: vm {vm_id}: the control plane cools down {} deployments",
                 applied.keys
             ),
         }

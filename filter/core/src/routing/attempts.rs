@@ -86,6 +86,7 @@ impl Chooser<'_> {
             tried,
             estimated_tokens: self.estimated_tokens,
             stream: self.stream,
+            pushed: Some(self.state.pushed_cooldowns()),
         };
         choose(
             deployments,

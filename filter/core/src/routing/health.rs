@@ -67,7 +67,12 @@ pub fn health_json(state: &State, book: &RoutingBook, now_ms: u64, started_ms: u
     let mut healthy = Vec::new();
     let mut unhealthy = Vec::new();
     for deployment in state.deployments() {
-        let health = book.health(&deployment.id, now_ms);
+        let mut health = book.health(&deployment.id, now_ms);
+        // The control plane's cooldown counts too (the later of the two).
+        if let Some(until) = state.pushed_cooldowns().until(&deployment.id, now_ms) {
+            health.cooldown_until_ms =
+                Some(health.cooldown_until_ms.map_or(until, |own| own.max(until)));
+        }
         let failing = health.last_error.as_ref().is_some_and(|error| {
             !matches!(
                 error.class,

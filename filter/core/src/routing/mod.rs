@@ -415,6 +415,39 @@ pub fn api_base(deployment: &Deployment) -> String {
     format!("{scheme}://{}{}", target.authority, target.base_path)
 }
 
+/// The deployments the control plane cooled down, judged from every filter's failures
+/// (`ControlMessage.cooldowns`), by id: Unix milliseconds until which each is out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PushedCooldowns(HashMap<String, u64>);
+
+impl PushedCooldowns {
+    /// The set the control plane sent.
+    pub fn from_proto(message: proto::DeploymentCooldowns) -> Self {
+        PushedCooldowns(
+            message
+                .cooldowns
+                .into_iter()
+                .map(|cooldown| (cooldown.deployment_id, cooldown.until_unix_ms))
+                .collect(),
+        )
+    }
+
+    /// Until when `id` cools down, if it still does at `now_ms`.
+    pub fn until(&self, id: &str, now_ms: u64) -> Option<u64> {
+        self.0.get(id).copied().filter(|until| *until > now_ms)
+    }
+
+    /// Deployments in the set.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// What a deployment's `litellm_params` say about routing it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DeploymentRouting {
@@ -464,6 +497,8 @@ pub struct ChoiceContext<'a> {
     /// Whether the client asked for a stream (latency-based routing compares time to first
     /// byte then).
     pub stream: bool,
+    /// The control plane's cooldowns (from every filter's failures), beside the book's.
+    pub pushed: Option<&'a PushedCooldowns>,
 }
 
 /// A small, fast generator for the random choices (xorshift64*): routing needs spread, not
@@ -527,7 +562,10 @@ pub fn choose<'g>(
             && (allow_cooling
                 || single
                 || config.cooldowns_disabled
-                || !book.cooling_down(&deployment.id, context.now_ms))
+                || !(book.cooling_down(&deployment.id, context.now_ms)
+                    || context.pushed.is_some_and(|pushed| {
+                        pushed.until(&deployment.id, context.now_ms).is_some()
+                    })))
             && book.has_headroom(deployment, context.now_ms, context.estimated_tokens)
     };
     for (allow_tried, allow_cooling) in [(false, false), (true, false), (false, true)] {

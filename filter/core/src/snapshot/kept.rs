@@ -9,7 +9,8 @@ use prost::Message;
 
 use super::{
     for_each_length_delimited_field, Applied, SnapshotDecodeError, State, UpdateError, UpdateKind,
-    CONTROL_MESSAGE_DELTA_TAG, CONTROL_MESSAGE_PROVIDER_TOKENS_TAG, CONTROL_MESSAGE_SNAPSHOT_TAG,
+    CONTROL_MESSAGE_COOLDOWNS_TAG, CONTROL_MESSAGE_DELTA_TAG, CONTROL_MESSAGE_PROVIDER_TOKENS_TAG,
+    CONTROL_MESSAGE_SNAPSHOT_TAG,
 };
 
 /// Deltas are kept until they add up to this many bytes or half the snapshot's size,
@@ -27,6 +28,8 @@ pub struct KeptUpdates {
     /// The newest provider tokens message: applied after the others, as a serving VM
     /// holds tokens across snapshots.
     tokens: Option<Vec<u8>>,
+    /// The newest pushed cooldowns message, applied last as well.
+    cooldowns: Option<Vec<u8>>,
 }
 
 /// What [`KeptUpdates::keep`] did with a message.
@@ -52,6 +55,7 @@ enum Head {
     Snapshot { version: u64 },
     Delta { base_version: u64, version: u64 },
     Tokens,
+    Cooldowns,
 }
 
 /// `Snapshot` with only its version (prost skips the rest without allocating).
@@ -77,6 +81,7 @@ impl Head {
             if tag == CONTROL_MESSAGE_SNAPSHOT_TAG
                 || tag == CONTROL_MESSAGE_DELTA_TAG
                 || tag == CONTROL_MESSAGE_PROVIDER_TOKENS_TAG
+                || tag == CONTROL_MESSAGE_COOLDOWNS_TAG
             {
                 update = Some((tag, payload));
             }
@@ -85,6 +90,7 @@ impl Head {
         Ok(match update {
             None => None,
             Some((CONTROL_MESSAGE_PROVIDER_TOKENS_TAG, _)) => Some(Head::Tokens),
+            Some((CONTROL_MESSAGE_COOLDOWNS_TAG, _)) => Some(Head::Cooldowns),
             Some((CONTROL_MESSAGE_DELTA_TAG, payload)) => {
                 let head = DeltaHead::decode(payload)?;
                 Some(Head::Delta {
@@ -107,6 +113,10 @@ impl KeptUpdates {
             None => Ok(Kept::NoUpdate),
             Some(Head::Tokens) => {
                 self.tokens = Some(message);
+                Ok(Kept::NoUpdate)
+            }
+            Some(Head::Cooldowns) => {
+                self.cooldowns = Some(message);
                 Ok(Kept::NoUpdate)
             }
             Some(Head::Snapshot { version }) => {
@@ -158,7 +168,7 @@ impl KeptUpdates {
         let mut state = None;
         let mut applied = Vec::new();
         let messages = self.snapshot.into_iter().chain(self.deltas);
-        for message in messages.chain(self.tokens) {
+        for message in messages.chain(self.tokens).chain(self.cooldowns) {
             match State::update(&mut state, &message) {
                 Ok(Some(done)) => applied.push(done),
                 Ok(None) => {}
