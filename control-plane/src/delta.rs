@@ -213,6 +213,16 @@ impl Served {
         self.deployments.len()
     }
 
+    /// The served router settings (`None` for a snapshot built without them).
+    pub fn router_settings(&self) -> Option<&proto::RouterSettings> {
+        self.settings.router.as_ref()
+    }
+
+    /// The served deployments.
+    pub fn deployments(&self) -> &[proto::Deployment] {
+        &self.deployments
+    }
+
     /// The full snapshot of the served version (keys in hash order).
     pub fn snapshot(&self) -> proto::Snapshot {
         proto::Snapshot {

@@ -9,6 +9,7 @@ pub mod app;
 pub mod channel;
 pub mod client;
 pub mod config;
+pub mod cooldowns;
 pub mod delta;
 pub mod envoy;
 pub mod google_auth;

@@ -896,7 +896,9 @@ async fn run_up(args: UpArgs) -> Result<ExitCode> {
         admin_url: format!("http://{admin_address}"),
         listener: SocketAddr::new(probe_ip, args.port),
         expected_streams: filter_streams,
-        settle: Duration::from_secs(2),
+        // Long enough for every worker's VM to install the snapshot on a loaded machine (a
+        // request reaching a VM without one is answered 503 not_ready).
+        settle: Duration::from_secs(8),
         ack_grace: Duration::from_millis(500),
         timeout: Duration::from_secs(60),
     };

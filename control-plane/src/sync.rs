@@ -22,6 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::RouterConfig;
+use crate::cooldowns::{self, CooldownJudge, CooldownRules, FailureClass};
 use crate::delta::{CatchUp, Served, Teams};
 use crate::limits;
 use crate::pricing::{self, PriceCatalog, PricedDeployment};
@@ -334,6 +335,13 @@ pub struct SyncHub {
     /// This replica's provider access tokens (Vertex AI's), sent apart from snapshots;
     /// streams wait on it for changes.
     tokens: watch::Sender<Arc<proto::ProviderTokens>>,
+    /// Counts the failures of the usage records this replica stores (see
+    /// [`crate::cooldowns`]); held while publishing to `cooldowns`, so sets go out in the
+    /// order they were judged.
+    cooldown_judge: std::sync::Mutex<CooldownJudge>,
+    /// The deployments cooling down as this replica judges them; streams wait on it for
+    /// changes.
+    cooldowns: watch::Sender<Arc<proto::DeploymentCooldowns>>,
 }
 
 impl SyncHub {
@@ -384,6 +392,8 @@ impl SyncHub {
             alert_webhook: std::sync::OnceLock::new(),
             quota: QuotaAuthority::new(),
             tokens: watch::Sender::new(Arc::new(proto::ProviderTokens::default())),
+            cooldown_judge: std::sync::Mutex::new(CooldownJudge::new()),
+            cooldowns: watch::Sender::new(Arc::new(proto::DeploymentCooldowns::default())),
         });
         // Every hub pushes spend; outside a runtime (never in the service) there is no
         // stream to push it to either.
@@ -445,6 +455,52 @@ impl SyncHub {
     /// The provider tokens streams are sent.
     pub fn provider_tokens(&self) -> Arc<proto::ProviderTokens> {
         self.tokens.borrow().clone()
+    }
+
+    /// The deployments cooling down as this replica judged them from the usage records it
+    /// stored (see [`crate::cooldowns`]): the set streams were last sent, expired cooldowns
+    /// included until it next changes. Replicas do not share it: each judges from the
+    /// records its own streams deliver.
+    pub fn deployment_cooldowns(&self) -> Arc<proto::DeploymentCooldowns> {
+        self.cooldowns.borrow().clone()
+    }
+
+    /// Counts the failures among `records` at `positions` (those just stored: a record
+    /// resent is not among them) and, when a deployment starts cooling down, sends the
+    /// new set to every stream.
+    fn judge_cooldowns(&self, records: &[proto::UsageRecord], positions: &[usize]) {
+        let mut failing = positions
+            .iter()
+            .filter_map(|position| records.get(*position))
+            .filter(|record| FailureClass::of(record).is_some())
+            .peekable();
+        if failing.peek().is_none() {
+            return;
+        }
+        let mut judge = self
+            .cooldown_judge
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.with_served(|served| {
+            if !judge.rules_of(served.version()) {
+                let rules = CooldownRules::new(served.router_settings(), served.deployments());
+                judge.set_rules(served.version(), rules);
+            }
+        });
+        let started = judge.observe(failing, now_unix_ms());
+        if started.is_empty() {
+            return;
+        }
+        for cooldown in &started {
+            tracing::info!(
+                deployment = %cooldown.deployment_id,
+                class = cooldown.class.name(),
+                fails = cooldown.fails,
+                until_unix_ms = cooldown.until_unix_ms,
+                "deployment cooling down (failures of every filter)"
+            );
+        }
+        self.cooldowns.send_replace(Arc::new(judge.cooldowns()));
     }
 
     /// Changes whenever a new version is served.
@@ -799,16 +855,18 @@ impl SyncHub {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.store.insert_usage(records).await {
+            match self.store.insert_usage_new(records).await {
                 Ok(inserted) => {
                     tracing::debug!(
                         stream,
                         received = records.len(),
-                        inserted,
+                        inserted = inserted.len(),
                         "usage batch stored"
                     );
                     // After the commit: a spend read that starts after this sees the batch.
-                    return Some(self.ledger_seq.fetch_add(1, Ordering::SeqCst) + 1);
+                    let ledger_seq = self.ledger_seq.fetch_add(1, Ordering::SeqCst) + 1;
+                    self.judge_cooldowns(records, &inserted);
+                    return Some(ledger_seq);
                 }
                 Err(error) if attempt < USAGE_INSERT_ATTEMPTS => {
                     tracing::warn!(stream, attempt, %error, "storing usage failed, retrying");
@@ -913,6 +971,17 @@ async fn send_spend(
     sender.send(Ok(message)).await.is_ok()
 }
 
+/// Sends the deployments cooling down; false when the stream is gone.
+async fn send_cooldowns(
+    sender: &mpsc::Sender<Result<proto::ControlMessage, Status>>,
+    cooldowns: &proto::DeploymentCooldowns,
+) -> bool {
+    let message = proto::ControlMessage {
+        kind: Some(control_message::Kind::Cooldowns(cooldowns.clone())),
+    };
+    sender.send(Ok(message)).await.is_ok()
+}
+
 /// Sends the provider tokens; false when the stream is gone.
 async fn send_tokens(
     sender: &mpsc::Sender<Result<proto::ControlMessage, Status>>,
@@ -978,6 +1047,13 @@ async fn run_stream(
     if !held.tokens.is_empty() && !send_tokens(&sender, &held).await {
         return;
     }
+    // And the deployments cooling down (those still running), so that a VM that just
+    // started does not send requests to them either.
+    let mut cooling = hub.cooldowns.subscribe();
+    let running = cooldowns::running_at(&cooling.borrow_and_update(), now_unix_ms());
+    if !running.cooldowns.is_empty() && !send_cooldowns(&sender, &running).await {
+        return;
+    }
     let (usage, usage_queue) = mpsc::channel(USAGE_QUEUE);
     let mut work = StreamWork {
         usage,
@@ -1013,6 +1089,15 @@ async fn run_stream(
                 }
                 let held = tokens.borrow_and_update().clone();
                 if !send_tokens(&sender, &held).await {
+                    break;
+                }
+            }
+            changed = cooling.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let set = cooling.borrow_and_update().clone();
+                if !send_cooldowns(&sender, &set).await {
                     break;
                 }
             }

@@ -211,6 +211,21 @@ async fn usage_is_idempotent(store: &Store) {
     assert_eq!(store.insert_usage(&[anonymous]).await.unwrap(), 0);
     assert_eq!(store.usage_count().await.unwrap(), 5);
     assert_eq!(store.insert_usage(&[]).await.unwrap(), 0);
+
+    // The positions of the records stored now: not those stored before, not a repeat.
+    let resent = vec![
+        batch[1].clone(),
+        usage("u5", Some(1), Some(1), 6_000),
+        usage("u5", Some(1), Some(1), 6_000),
+        usage("", Some(9), Some(9), 7_000),
+        batch[2].clone(),
+    ];
+    assert_eq!(store.insert_usage_new(&resent).await.unwrap(), [1, 3]);
+    assert_eq!(
+        store.insert_usage_new(&resent).await.unwrap(),
+        Vec::<usize>::new()
+    );
+    assert_eq!(store.usage_count().await.unwrap(), 7);
 }
 
 async fn snapshot_versions_increase(store: &Store) -> u64 {

@@ -359,15 +359,33 @@ impl Store {
     /// charged to (key, user, team, end user, global, key x model), and their tags go to
     /// `usage_tags`. Returns how many were new.
     pub async fn insert_usage(&self, records: &[proto::UsageRecord]) -> Result<u64, StoreError> {
+        let new = self.insert_usage_new(records).await?;
+        Ok(u64::try_from(new.len()).unwrap_or(u64::MAX))
+    }
+
+    /// [`Store::insert_usage`], returning the positions in `records` of those stored now
+    /// (ascending): a record already stored (by this replica or another one on the same
+    /// database) or repeated in the batch is not among them, so what is judged from new
+    /// records (cooldowns) counts each record once.
+    pub async fn insert_usage_new(
+        &self,
+        records: &[proto::UsageRecord],
+    ) -> Result<Vec<usize>, StoreError> {
         // One record per id: a batch holding the same record twice must charge it once.
         let mut seen = HashSet::new();
+        let mut positions = Vec::with_capacity(records.len());
         let unique: Vec<(String, &proto::UsageRecord)> = records
             .iter()
-            .map(|record| (usage_id(record), record))
-            .filter(|(id, _)| seen.insert(id.clone()))
+            .enumerate()
+            .map(|(position, record)| (position, usage_id(record), record))
+            .filter(|(_, id, _)| seen.insert(id.clone()))
+            .map(|(position, id, record)| {
+                positions.push(position);
+                (id, record)
+            })
             .collect();
         if unique.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         let received = to_i64(now_unix_ms());
         with_pool!(self, pool => {
@@ -479,7 +497,12 @@ impl Store {
                 bind_all!(sqlx::query(&sql), binds).execute(&mut *tx).await?;
             }
             tx.commit().await?;
-            Ok(u64::try_from(new.len()).unwrap_or(u64::MAX))
+            Ok(positions
+                .iter()
+                .zip(&unique)
+                .filter(|(_, (id, _))| inserted.contains(id))
+                .map(|(position, _)| *position)
+                .collect())
         })
     }
 

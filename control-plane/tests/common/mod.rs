@@ -212,6 +212,8 @@ pub struct FakeFilter {
     pub quota_grants: std::collections::VecDeque<tollgate::proto::QuotaGrant>,
     /// Provider tokens received while waiting for something else, oldest first.
     pub provider_tokens: std::collections::VecDeque<tollgate::proto::ProviderTokens>,
+    /// Deployment cooldowns received while waiting for something else, oldest first.
+    pub cooldowns: std::collections::VecDeque<tollgate::proto::DeploymentCooldowns>,
     /// The snapshot the messages received add up to.
     pub held: Option<tollgate::proto::Snapshot>,
 }
@@ -292,6 +294,7 @@ impl FakeFilter {
             spend_updates: std::collections::VecDeque::new(),
             quota_grants: std::collections::VecDeque::new(),
             provider_tokens: std::collections::VecDeque::new(),
+            cooldowns: std::collections::VecDeque::new(),
             held: None,
         })
     }
@@ -356,6 +359,10 @@ impl FakeFilter {
             }
             Kind::ProviderTokens(tokens) => {
                 self.provider_tokens.push_back(tokens);
+                None
+            }
+            Kind::Cooldowns(cooldowns) => {
+                self.cooldowns.push_back(cooldowns);
                 None
             }
         }
@@ -436,6 +443,18 @@ impl FakeFilter {
         loop {
             if let Some(tokens) = self.provider_tokens.pop_front() {
                 return tokens;
+            }
+            let kind = self.next_message().await;
+            self.take(kind);
+        }
+    }
+
+    /// The next deployment cooldowns message (snapshots and deltas on the way are taken
+    /// into [`Self::held`]).
+    pub async fn next_cooldowns(&mut self) -> tollgate::proto::DeploymentCooldowns {
+        loop {
+            if let Some(cooldowns) = self.cooldowns.pop_front() {
+                return cooldowns;
             }
             let kind = self.next_message().await;
             self.take(kind);

@@ -396,6 +396,8 @@ fn paths_config(mock: &Mock) -> String {
         "default-1",
         "\x20   tags: [default]\n",
     );
+    list += &openai("shared", "mock-s1", "s1", "\x20   order: 1\n");
+    list += &openai("shared", "mock-s2", "s2", "\x20   order: 2\n");
     list += &openai("weighted", "mock-w3", "w3", "\x20   weight: 3\n");
     list += &openai("weighted", "mock-w1", "w1", "\x20   weight: 1\n");
     list += &format!(
@@ -498,6 +500,34 @@ fn routing_paths_end_to_end() {
     );
     assert_eq!(w3 + w1, 100);
     assert!((60..=90).contains(&w3), "w3 {w3}, w1 {w1}");
+
+    // Cooldowns reach every worker and every Envoy through the control plane: two failures of
+    // s1 on one connection (one worker) cool it down there, and the control plane, which
+    // counts every filter's failures, pushes the cooldown to all; then requests on new
+    // connections (either worker) never reach s1 while it lasts (2 s).
+    mock.set_fault("mock-s1", json!({"status": 500}), None)
+        .unwrap();
+    let one_connection = tollgate_e2e::client();
+    for _ in 0..2 {
+        let response = one_connection
+            .post(format!("{}/v1/chat/completions", env.gateway.url))
+            .bearer_auth(MASTER_KEY)
+            .json(&request("shared", "routing-shared", false))
+            .send()
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-litellm-model-id"], "s2");
+        read_body(response).unwrap();
+    }
+    assert_eq!(mock.calls_for("mock-s1").unwrap(), 2);
+    // Usage goes to the control plane every 250 ms; its push follows at once.
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    mock.reset_calls().unwrap();
+    for _ in 0..20 {
+        assert_eq!(ok("shared"), headers("s2", 0, 0));
+    }
+    assert_eq!(mock.calls_for("mock-s1").unwrap(), 0);
+    mock.clear_faults().unwrap();
 
     assert!(env.gateway.filter_failures().is_empty());
 }
