@@ -349,6 +349,9 @@ struct Stack {
     /// control plane.
     native_port: u16,
     native_envoy: Proc,
+    /// The admin ports of the Wasm filter's and the native module's Envoys (their stats).
+    tollgate_admin: u16,
+    native_admin: u16,
     /// A key with a budget and rpm and tpm limits, all far from spent (the limited paths).
     limited_key: String,
     _control_plane: Proc,
@@ -606,6 +609,34 @@ async fn mock_calls(mock_port: u16) -> Result<BTreeMap<String, u64>> {
         bail!("GET /_mock/calls: HTTP {status}");
     }
     Ok(serde_json::from_slice(&body)?)
+}
+
+/// The stat of the attempts cluster that counts retries Envoy refused because its circuit
+/// breaker's `max_retries` (concurrent retries) was reached: each is a relayed request
+/// answered with its failed attempt instead of the next attempt.
+const RETRY_OVERFLOW_STAT: &str = "cluster.tollgate_attempts.upstream_rq_retry_overflow";
+
+/// [`RETRY_OVERFLOW_STAT`] of the Envoy whose admin port is `admin`; `None` when it cannot
+/// be read.
+async fn retry_overflows(admin: u16) -> Option<u64> {
+    let (status, body) = load::call(
+        local(admin),
+        "GET",
+        "/stats?filter=upstream_rq_retry_overflow",
+        &[],
+        Bytes::new(),
+    )
+    .await
+    .ok()?;
+    if status != 200 {
+        return None;
+    }
+    String::from_utf8_lossy(&body).lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        (name.trim() == RETRY_OVERFLOW_STAT)
+            .then(|| value.trim().parse().ok())
+            .flatten()
+    })
 }
 
 /// Checks, from the mock's request counts, that the routing paths take the attempts their
@@ -878,6 +909,8 @@ impl Stack {
             tollgate_envoy,
             native_port,
             native_envoy,
+            tollgate_admin,
+            native_admin,
             _control_plane: control_plane,
             _mock: mock,
         })
@@ -1755,6 +1788,9 @@ struct Results {
     throughput: BTreeMap<(Scenario, Route), (RunResult, Usage)>,
     /// Median over interleaved rounds of req/s relative to bare Envoy.
     throughput_ratio: BTreeMap<(Scenario, Route), f64>,
+    /// [`RETRY_OVERFLOW_STAT`] of the Wasm filter's and the native module's Envoys after the
+    /// latency and throughput runs.
+    retry_overflows: [Option<u64>; 2],
     rounds: u32,
     bare_idle_kb: u64,
     /// Envoy with the empty floor filter (bench/floor-filter, `noop`), idle.
@@ -2022,6 +2058,15 @@ async fn run() -> Result<()> {
         }
     }
 
+    results.retry_overflows = [
+        retry_overflows(stack.tollgate_admin).await,
+        retry_overflows(stack.native_admin).await,
+    ];
+    eprintln!(
+        "    {RETRY_OVERFLOW_STAT} (Wasm filter, native module): {:?}",
+        results.retry_overflows
+    );
+
     eprintln!("==> perf profile of the 1 KB buffered paths");
     match profile_paths(&stack, &dir, tp_secs / 2, ticks_per_s).await {
         Ok(profile) => results.profile = profile,
@@ -2259,6 +2304,15 @@ fn chosen_paths(baseline: fn(Route) -> Route) -> Option<Vec<Route>> {
     )
 }
 
+/// Prints [`RETRY_OVERFLOW_STAT`] of both Tollgate Envoys (quick modes).
+async fn print_retry_overflows(stack: &Stack) {
+    println!(
+        "{RETRY_OVERFLOW_STAT}: Wasm filter {:?}, native module {:?}",
+        retry_overflows(stack.tollgate_admin).await,
+        retry_overflows(stack.native_admin).await
+    );
+}
+
 /// `BENCH_ONLY=latency`: the 1 KB latency runs (buffered, then the 200-chunk stream;
 /// `BENCH_STREAM=0`: buffered only) of the paths `BENCH_PATHS` names (with their direct
 /// and bare-Envoy baselines), or of every latency path, printed as `make bench` measures
@@ -2343,8 +2397,12 @@ async fn quick_latency(dir: &Path, rate: f64, duration: Duration) -> Result<()> 
                 signed_ms(p50(*path) - p50(bare)),
                 result.errors,
             );
+            if let Some(error) = &result.first_error {
+                eprintln!("    first error: {error}");
+            }
         }
     }
+    print_retry_overflows(&stack).await;
     drop(stack);
     let _ = std::fs::remove_dir_all(dir);
     Ok(())
@@ -2434,8 +2492,12 @@ async fn quick_throughput(dir: &Path, duration: Duration, ticks_per_s: f64) -> R
                 usage.envoy_cpu_s * 1e6 / run.completed.max(1) as f64,
                 run.errors,
             );
+            if let Some(error) = &run.first_error {
+                eprintln!("    first error: {error}");
+            }
         }
     }
+    print_retry_overflows(&stack).await;
     drop(stack);
     let _ = std::fs::remove_dir_all(dir);
     Ok(())
@@ -2652,7 +2714,7 @@ fn render_routing(s: &mut String, r: &Results) {
     );
     let _ = writeln!(
         s,
-        "| request | build | `gpt-mock` p50 | `{GROUP_MODEL}` p50 | relay adds | `{FALLBACK_MODEL}` p50 | one fallback adds | req/s `gpt-mock` / `{GROUP_MODEL}` / `{FALLBACK_MODEL}` |\n|---|---|---|---|---|---|---|---|"
+        "| request | build | `gpt-mock` p50 | `{GROUP_MODEL}` p50 | relay adds | `{FALLBACK_MODEL}` p50 | one fallback adds | req/s `gpt-mock` / `{GROUP_MODEL}` / `{FALLBACK_MODEL}` | `{FALLBACK_MODEL}` errors, latency / throughput run |\n|---|---|---|---|---|---|---|---|---|"
     );
     let builds = [
         (
@@ -2685,9 +2747,18 @@ fn render_routing(s: &mut String, r: &Results) {
                 (Some(a), Some(b), Some(c)) => format!("{a} / {b} / {c}"),
                 _ => "-".to_string(),
             };
+            let errors = format!(
+                "{} / {}",
+                r.latency
+                    .get(&(scenario, fallback))
+                    .map_or("-".to_string(), |res| res.errors.to_string()),
+                r.throughput
+                    .get(&(scenario, fallback))
+                    .map_or("-".to_string(), |(res, _)| res.errors.to_string()),
+            );
             let _ = writeln!(
                 s,
-                "| {} | {build} | {} | {} | {} | {} | {} | {throughput} |",
+                "| {} | {build} | {} | {} | {} | {} | {} | {throughput} | {errors} |",
                 scenario.label(),
                 ms(p50(scenario, single)),
                 ms(p50(scenario, group)),
@@ -2713,6 +2784,17 @@ fn render_routing(s: &mut String, r: &Results) {
         signed_ms(added(ONE_K, 1)),
         signed_ms(added(ONE_K_STREAM, 0)),
         signed_ms(added(ONE_K_STREAM, 1)),
+    );
+    let overflows = |count: Option<u64>| count.map_or("not read".to_string(), |n| n.to_string());
+    let _ = writeln!(
+        s,
+        "A `{FALLBACK_MODEL}` error is its deployment's 429 reaching the client instead of the \
+         fallback. Envoy's `{RETRY_OVERFLOW_STAT}` (retries refused because the attempts \
+         cluster's circuit breaker allows only so many at once, `max_retries`, 3 unless the \
+         bootstrap sets it) was {} (Wasm filter) and {} (native module) after the latency and \
+         throughput runs.\n",
+        overflows(r.retry_overflows[0]),
+        overflows(r.retry_overflows[1]),
     );
 }
 
@@ -3422,4 +3504,91 @@ fn render(
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bench_config_keeps_its_deployment_count_and_adds_the_routing_groups() {
+        let config = bench_config(9);
+        assert_eq!(config.matches("- model_name: ").count(), DEPLOYMENTS);
+        assert_eq!(config.matches("- model_name: gpt-group\n").count(), 3);
+        for upstream in ["mock-group-1", "mock-group-2", "mock-group-3"] {
+            assert_eq!(
+                config
+                    .matches(&format!("    model: openai/{upstream}\n"))
+                    .count(),
+                1
+            );
+        }
+        assert_eq!(
+            config
+                .matches(
+                    "- model_name: gpt-fallback\n  litellm_params:\n    model: openai/mock-fallback-429\n    \
+                     api_base: http://127.0.0.1:9/v1\n    api_key: sk-mock-openai\n    num_retries: 0\n"
+                )
+                .count(),
+            1
+        );
+        // The failing upstream model is named by no other deployment.
+        assert_eq!(config.matches("mock-fallback-429").count(), 1);
+        assert!(config.ends_with(
+            "router_settings:\n  fallbacks: [{gpt-group: [gpt-mock]}, {gpt-fallback: [gpt-mock]}]\n\
+             general_settings:\n  master_key: sk-bench-master\n"
+        ));
+    }
+
+    fn measured(p50_us: f64, completed: u64, errors: u64) -> RunResult {
+        RunResult {
+            completed,
+            errors,
+            first_error: None,
+            measured: Duration::from_secs(1),
+            total_us: vec![p50_us],
+            ttft_us: vec![p50_us],
+        }
+    }
+
+    #[test]
+    fn the_routing_section_reads_the_relay_against_gpt_mock_and_the_fallback_against_the_group() {
+        let mut r = Results::default();
+        for (scenario, shift) in [(ONE_K, 0.0), (ONE_K_STREAM, 100.0)] {
+            for (path, p50, rps, errors) in [
+                (Route::TollgateOpenAi, 400.0, 9000, 0),
+                (Route::TollgateGroupOpenAi, 550.0, 4400, 0),
+                (Route::TollgateFallbackOpenAi, 950.0, 2300, 4),
+                (Route::NativeOpenAi, 350.0, 8800, 0),
+                (Route::NativeGroupOpenAi, 450.0, 4800, 0),
+                (Route::NativeFallbackOpenAi, 800.0, 2700, 0),
+            ] {
+                r.latency
+                    .insert((scenario, path), measured(p50 + shift, 2000, errors));
+                r.throughput.insert(
+                    (scenario, path),
+                    (measured(0.0, rps, errors * 10), Usage::default()),
+                );
+            }
+        }
+        r.retry_overflows = [Some(44), None];
+        let mut s = String::new();
+        render_routing(&mut s, &r);
+        let rows: Vec<&str> = s.lines().filter(|line| line.starts_with("| ~")).collect();
+        assert_eq!(
+            rows,
+            [
+                "| ~1 KB request, buffered answer | Wasm filter | 0.400 | 0.550 | +0.150 | 0.950 | +0.400 | 9000 / 4400 / 2300 | 4 / 40 |",
+                "| ~1 KB request, buffered answer | native module | 0.350 | 0.450 | +0.100 | 0.800 | +0.350 | 8800 / 4800 / 2700 | 0 / 0 |",
+                "| ~1 KB request, stream of 200 chunks (sent at once) | Wasm filter | 0.500 | 0.650 | +0.150 | 1.050 | +0.400 | 9000 / 4400 / 2300 | 4 / 40 |",
+                "| ~1 KB request, stream of 200 chunks (sent at once) | native module | 0.450 | 0.550 | +0.100 | 0.900 | +0.350 | 8800 / 4800 / 2700 | 0 / 0 |",
+            ]
+        );
+        assert!(s.contains(
+            "One fallback adds +0.400 ms (Wasm filter) and +0.350 ms (native module) to the p50 \
+             of a 1 KB request with a buffered answer, and +0.400 / +0.350 ms to the time to \
+             first token of a 1 KB stream."
+        ));
+        assert!(s.contains("was 44 (Wasm filter) and not read (native module)"));
+    }
 }

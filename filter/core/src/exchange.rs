@@ -1107,10 +1107,7 @@ impl Exchange {
             }
             Role::Direct | Role::Attempt(_) => {
                 host.set_response_header(MODEL_ID_HEADER, &plan.deployment.id);
-                host.set_response_header(
-                    MODEL_API_BASE_HEADER,
-                    &crate::routing::api_base(&plan.deployment),
-                );
+                host.set_response_header(MODEL_API_BASE_HEADER, &plan.deployment.api_base);
                 if *role == Role::Direct {
                     let retries = envoy_attempts
                         .and_then(|count| count.trim().parse::<u32>().ok())

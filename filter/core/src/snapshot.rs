@@ -155,6 +155,9 @@ pub struct Deployment {
     pub limits: Option<Limits>,
     /// litellm_params weight, order, tags, timeouts, num_retries.
     pub routing: crate::routing::DeploymentRouting,
+    /// `scheme://authority/base-path`, for `x-litellm-model-api-base` (made once here, not
+    /// per request).
+    pub api_base: String,
 }
 
 impl Deployment {
@@ -1045,6 +1048,12 @@ fn build_deployment(deployment: proto::Deployment) -> Result<Deployment, String>
         .map_err(|problem| format!("{}: {problem}", deployment.model_name))?;
     // Azure's api-version is in its settings (field 9 from a control plane before them).
     let routing = crate::routing::DeploymentRouting::of(&deployment);
+    let api_base = format!(
+        "{}://{}{}",
+        target.scheme.route_value(),
+        target.authority,
+        target.base_path
+    );
     let api_version = match &deployment.provider_settings {
         Some(proto::deployment::ProviderSettings::Azure(azure))
             if !azure.api_version.is_empty() =>
@@ -1078,6 +1087,7 @@ fn build_deployment(deployment: proto::Deployment) -> Result<Deployment, String>
         prices: deployment.pricing.as_ref().and_then(Prices::from_proto),
         limits: Limits::of(deployment.limits.as_ref()),
         routing,
+        api_base,
     })
 }
 

@@ -118,15 +118,22 @@ impl RoutingBook {
         RoutingBook::default()
     }
 
-    fn live(&mut self, id: &str, now_ms: u64) -> &mut Live {
-        let live = self.deployments.entry(id.to_string()).or_default();
+    /// The record of `id` (made on its first use: a known id costs no allocation), its
+    /// counters rolled over to `now_ms`'s minute.
+    fn live(&mut self, id: &str, now_ms: u64) -> Option<&mut Live> {
+        if !self.deployments.contains_key(id) {
+            self.deployments.insert(id.to_string(), Live::default());
+        }
+        let live = self.deployments.get_mut(id)?;
         live.roll(now_ms);
-        live
+        Some(live)
     }
 
     /// An attempt was sent to `id`.
     pub fn started(&mut self, id: &str, now_ms: u64) {
-        let live = self.live(id, now_ms);
+        let Some(live) = self.live(id, now_ms) else {
+            return;
+        };
         live.in_flight = live.in_flight.saturating_add(1);
         live.minute_requests = live.minute_requests.saturating_add(1);
     }
@@ -136,7 +143,9 @@ impl RoutingBook {
     /// request, context window, content policy) say nothing about the deployment and do not
     /// count.
     pub fn finished(&mut self, report: &AttemptReport<'_>, config: &RouterConfig, now_ms: u64) {
-        let live = self.live(report.deployment_id, now_ms);
+        let Some(live) = self.live(report.deployment_id, now_ms) else {
+            return;
+        };
         live.in_flight = live.in_flight.saturating_sub(1);
         if let Some(tokens) = report.tokens {
             live.minute_tokens = live.minute_tokens.saturating_add(tokens);

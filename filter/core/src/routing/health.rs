@@ -85,7 +85,7 @@ pub fn health_json(state: &State, book: &RoutingBook, now_ms: u64, started_ms: u
         let entry = Endpoint {
             model: &deployment.model_name,
             model_id: &deployment.id,
-            api_base: super::api_base(deployment),
+            api_base: deployment.api_base.clone(),
             status: if sick { "unhealthy" } else { "healthy" },
             latency_ms: health.last_latency_ms,
             error: None,

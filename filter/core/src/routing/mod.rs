@@ -405,16 +405,6 @@ impl RouterConfig {
     }
 }
 
-/// The base URL of a deployment (`x-litellm-model-api-base`, the health report).
-pub fn api_base(deployment: &Deployment) -> String {
-    let target = &deployment.target;
-    let scheme = match target.scheme {
-        crate::snapshot::Scheme::Http => "http",
-        crate::snapshot::Scheme::Https => "https",
-    };
-    format!("{scheme}://{}{}", target.authority, target.base_path)
-}
-
 /// The deployments the control plane cooled down, judged from every filter's failures
 /// (`ControlMessage.cooldowns`), by id: Unix milliseconds until which each is out.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
