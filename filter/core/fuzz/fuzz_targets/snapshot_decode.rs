@@ -280,6 +280,7 @@ fuzz_target!(|data: &[u8]| {
         ControlUpdate::Snapshot(message) => message,
         ControlUpdate::Delta(_) => panic!("a snapshot decoded as a delta"),
         ControlUpdate::Tokens(_) => panic!("a snapshot decoded as provider tokens"),
+        ControlUpdate::Cooldowns(_) => panic!("a snapshot decoded as cooldowns"),
     };
     assert_eq!(message.version(), snapshot.version);
     assert_eq!(message.key_count(), snapshot.keys.len());
