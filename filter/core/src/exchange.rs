@@ -414,11 +414,7 @@ fn settle(quota: &[Need], usage: &Usage, book: &mut QuotaBook, now_ms: u64) {
     if quota.is_empty() {
         return;
     }
-    let tokens = match (usage.prompt_tokens, usage.completion_tokens) {
-        (None, None) => None,
-        (prompt, completion) => Some(prompt.unwrap_or(0) + completion.unwrap_or(0)),
-    };
-    book.settle(quota, tokens, now_ms);
+    book.settle(quota, usage.reported_tokens(), now_ms);
 }
 
 /// A finished upstream exchange.
@@ -1275,10 +1271,6 @@ impl Exchange {
         };
         let class = self.failure.or_else(|| ErrorClass::of(status, None));
         let usage = plan.response.usage();
-        let tokens = match (usage.prompt_tokens, usage.completion_tokens) {
-            (None, None) => None,
-            (prompt, completion) => Some(prompt.unwrap_or(0) + completion.unwrap_or(0)),
-        };
         let report = AttemptReport {
             deployment_id: &plan.deployment.id,
             status,
@@ -1287,7 +1279,7 @@ impl Exchange {
             first_byte_ms: self
                 .first_byte_ms
                 .map(|first| first.saturating_sub(*sent_ms)),
-            tokens,
+            tokens: usage.reported_tokens(),
             completion_tokens: usage.completion_tokens,
             message: &self.error_message,
         };

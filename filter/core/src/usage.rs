@@ -19,6 +19,18 @@ pub struct Usage {
 }
 
 impl Usage {
+    /// Prompt plus completion tokens, a side not reported counting 0 (what rate limits and
+    /// the routing book charge); `None` when the provider reported neither. See
+    /// [`Self::total_tokens`] for the sum only when both are known.
+    pub fn reported_tokens(&self) -> Option<u64> {
+        match (self.prompt_tokens, self.completion_tokens) {
+            (None, None) => None,
+            (prompt, completion) => {
+                Some(prompt.unwrap_or(0).saturating_add(completion.unwrap_or(0)))
+            }
+        }
+    }
+
     /// Whether the provider reported anything at all.
     pub fn is_reported(&self) -> bool {
         self.prompt_tokens.is_some() || self.completion_tokens.is_some()
