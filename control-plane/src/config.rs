@@ -24,6 +24,7 @@ mod router;
 pub use router::{
     DeploymentRouting, ErrorClassCounts, GroupAlias, GroupFallbacks, RouterConfig, RoutingStrategy,
     DEFAULT_ALLOWED_FAILS, DEFAULT_COOLDOWN_MS, DEFAULT_NUM_RETRIES,
+    DEFAULT_STREAM_IDLE_TIMEOUT_MS,
 };
 
 /// Request parameters a deployment's `litellm_params` may give defaults for, sent by the

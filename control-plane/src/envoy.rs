@@ -99,6 +99,9 @@ pub struct BootstrapParams {
     /// The filter's buffered-response limit (`general_settings.max_response_size_mb`); sizes
     /// Envoy's buffers only (the limit itself reaches the filter in snapshots).
     pub max_response_body_bytes: Option<u64>,
+    /// Envoy's stream idle timeout on the gateway's and the attempts listener
+    /// (`router_settings.stream_idle_timeout`), in milliseconds.
+    pub stream_idle_timeout_ms: u64,
     /// The filter, and how Envoy loads it.
     pub filter: FilterBuild,
     /// Trusted CAs for HTTPS providers.
@@ -126,6 +129,7 @@ impl BootstrapParams {
             listen_port: 4000,
             max_request_body_bytes: None,
             max_response_body_bytes: None,
+            stream_idle_timeout_ms: crate::config::DEFAULT_STREAM_IDLE_TIMEOUT_MS,
             filter: FilterBuild::Wasm {
                 path: "/etc/tollgate/tollgate_filter.wasm".to_string(),
             },
@@ -248,6 +252,11 @@ fn yaml_scalar(value: &str) -> String {
     }
 }
 
+/// A protobuf Duration in YAML (`1.250s`) of `ms` milliseconds.
+fn duration(ms: u64) -> String {
+    format!("{}.{:03}s", ms / 1000, ms % 1000)
+}
+
 /// Renders the bootstrap. Values are YAML-quoted when needed; the plugin configuration is
 /// JSON inside a single-quoted scalar, where `'` is written `''`.
 pub fn render_bootstrap(params: &BootstrapParams) -> Result<String, RenderError> {
@@ -268,7 +277,7 @@ pub fn render_bootstrap(params: &BootstrapParams) -> Result<String, RenderError>
     // plane, as a DNS name (also sent as SNI) or an IP address (SNI cannot carry one).
     let server_name = params.control_plane_server_name();
     let by_ip = server_name.parse::<std::net::IpAddr>().is_ok();
-    let replacements: [(&str, String); 19] = [
+    let replacements: [(&str, String); 20] = [
         ("{{NODE_ID}}", yaml_scalar(&params.node_id)),
         ("{{ADMIN_PORT}}", params.admin_port.to_string()),
         ("{{LISTEN_ADDRESS}}", yaml_scalar(&params.listen_address)),
@@ -280,6 +289,10 @@ pub fn render_bootstrap(params: &BootstrapParams) -> Result<String, RenderError>
         (
             "{{PLUGIN_CONFIG_JSON}}",
             params.plugin_config_json().replace('\'', "''"),
+        ),
+        (
+            "{{STREAM_IDLE_TIMEOUT}}",
+            duration(params.stream_idle_timeout_ms),
         ),
         ("{{WASM_PATH}}", yaml_scalar(wasm_path)),
         ("{{NATIVE_MODULE}}", yaml_scalar(native_module)),
@@ -405,6 +418,7 @@ mod tests {
             listen_port: 14000,
             max_request_body_bytes: Some(5 * 1024 * 1024),
             max_response_body_bytes: Some(4 * 1024 * 1024),
+            stream_idle_timeout_ms: 1_500,
             filter: FilterBuild::Wasm {
                 path: "/opt/t/filter.wasm".into(),
             },
@@ -424,6 +438,8 @@ mod tests {
         assert!(yaml.contains("port_value: 19901"));
         assert!(yaml.contains("{ address: 127.0.0.1, port_value: 14000 }"));
         assert!(yaml.contains("per_connection_buffer_limit_bytes: 6291456\n"));
+        // Both listeners (the gateway's and the attempts listener).
+        assert_eq!(yaml.matches("stream_idle_timeout: 1.500s\n").count(), 2);
         assert!(yaml.contains("filename: /opt/t/filter.wasm\n"));
         assert!(yaml.contains("trusted_ca: { filename: /etc/ssl/cert.pem }"));
         assert!(yaml.contains("{ address: cp.internal, port_value: 15051 }"));

@@ -850,6 +850,7 @@ async fn run_up(args: UpArgs) -> Result<ExitCode> {
         listen_port: args.port,
         max_request_body_bytes: loaded.config.general.max_request_body_bytes(),
         max_response_body_bytes: loaded.config.general.max_response_body_bytes(),
+        stream_idle_timeout_ms: loaded.config.router.stream_idle_timeout_ms,
         filter,
         ca_bundle: envoy::default_ca_bundle(),
         control_plane_host: grpc_address.ip().to_string(),
@@ -1173,16 +1174,18 @@ async fn run_api(url: &str, master_key: Option<String>, call: Result<ApiCall>) -
 }
 
 fn run_envoy_config(args: EnvoyConfigArgs) -> Result<ExitCode> {
-    let (max_request_body_bytes, max_response_body_bytes) = match &args.config {
-        Some(path) => {
-            let general = load_config(path)?.config.general;
-            (
-                general.max_request_body_bytes(),
-                general.max_response_body_bytes(),
-            )
-        }
-        None => (None, None),
-    };
+    let (max_request_body_bytes, max_response_body_bytes, stream_idle_timeout_ms) =
+        match &args.config {
+            Some(path) => {
+                let config = load_config(path)?.config;
+                (
+                    config.general.max_request_body_bytes(),
+                    config.general.max_response_body_bytes(),
+                    config.router.stream_idle_timeout_ms,
+                )
+            }
+            None => (None, None, config::DEFAULT_STREAM_IDLE_TIMEOUT_MS),
+        };
     let params = BootstrapParams {
         node_id: args.node_id,
         admin_port: args.admin_port,
@@ -1190,6 +1193,7 @@ fn run_envoy_config(args: EnvoyConfigArgs) -> Result<ExitCode> {
         listen_port: args.port,
         max_request_body_bytes,
         max_response_body_bytes,
+        stream_idle_timeout_ms,
         filter: if args.native {
             FilterBuild::Native {
                 module: envoy::NATIVE_MODULE.to_string(),

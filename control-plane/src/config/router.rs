@@ -45,6 +45,7 @@ const ROUTER_KEYS: &[&str] = &[
     "disable_cooldowns",
     "timeout",
     "stream_timeout",
+    "stream_idle_timeout",
     "enable_tag_filtering",
     "tag_filtering_match_any",
     "enable_pre_call_checks",
@@ -233,9 +234,16 @@ pub struct RouterConfig {
     pub timeout_ms: u64,
     /// `stream_timeout`, in milliseconds; 0: `timeout_ms`.
     pub stream_timeout_ms: u64,
+    /// `stream_idle_timeout` (Tollgate's): the longest a request's stream may go without a
+    /// byte either way, in milliseconds, once it has started (Envoy's stream idle timeout).
+    pub stream_idle_timeout_ms: u64,
     /// `enable_tag_filtering`.
     pub tag_filtering: bool,
 }
+
+/// Envoy's stream idle timeout when `stream_idle_timeout` is not set: 10 minutes, for
+/// reasoning models that think long before their first token.
+pub const DEFAULT_STREAM_IDLE_TIMEOUT_MS: u64 = 600_000;
 
 impl Default for RouterConfig {
     fn default() -> Self {
@@ -257,6 +265,7 @@ impl Default for RouterConfig {
             cooldown_ms: DEFAULT_COOLDOWN_MS,
             timeout_ms: 0,
             stream_timeout_ms: 0,
+            stream_idle_timeout_ms: DEFAULT_STREAM_IDLE_TIMEOUT_MS,
             tag_filtering: false,
         }
     }
@@ -433,6 +442,7 @@ struct RoutingKeys {
     disable_cooldowns: Option<bool>,
     timeout_ms: Option<Located<u64>>,
     stream_timeout_ms: Option<u64>,
+    stream_idle_timeout_ms: Option<u64>,
     tag_filtering: Option<bool>,
 }
 
@@ -944,6 +954,7 @@ impl Checker<'_> {
             disable_cooldowns: self.boolean(map, "disable_cooldowns", PATH),
             timeout_ms: self.located_ms(map, "timeout", PATH, true),
             stream_timeout_ms: self.seconds_ms(map, "stream_timeout", PATH, true),
+            stream_idle_timeout_ms: self.seconds_ms(map, "stream_idle_timeout", PATH, true),
             tag_filtering: self.boolean(map, "enable_tag_filtering", PATH),
             ..RoutingKeys::default()
         };
@@ -1280,6 +1291,9 @@ impl Checker<'_> {
             stream_timeout_ms: router
                 .stream_timeout_ms
                 .unwrap_or(defaults.stream_timeout_ms),
+            stream_idle_timeout_ms: router
+                .stream_idle_timeout_ms
+                .unwrap_or(defaults.stream_idle_timeout_ms),
             tag_filtering: router.tag_filtering.unwrap_or(defaults.tag_filtering),
         }
     }
@@ -1586,6 +1600,7 @@ router_settings:
   disable_cooldowns: true
   timeout: 30
   stream_timeout: 7.5
+  stream_idle_timeout: 90
   enable_tag_filtering: true
   tag_filtering_match_any: true
   enable_pre_call_checks: false
@@ -1614,6 +1629,8 @@ router_settings:
         expected.stream_timeout_ms = 7_500;
         expected.tag_filtering = true;
         assert_eq!(loaded.config.router.to_proto(), expected);
+        // Envoy's, not the filter's: in the rendered bootstrap.
+        assert_eq!(loaded.config.router.stream_idle_timeout_ms, 90_000);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::providers::{ChunkOutput, ResponseMode, TranslateContext};
 use crate::ratelimit::{estimate_tokens, needs_of, Admission, Need, QuotaBook, RateHeaders};
 use crate::request::{empty_body_error, summarize_chat_request};
 use crate::routing::attempts::{
-    Chooser, LedgerEntry, RoutePlan, Routing, ATTEMPT_HEADER, RETRY_HEADER,
+    Chooser, LedgerEntry, RoutePlan, Routing, ATTEMPT_HEADER, RETRY_AFTER_HEADER, RETRY_HEADER,
 };
 use crate::routing::{AttemptReport, ErrorClass};
 use crate::usage::{RecordIds, TokenCounts, Usage};
@@ -80,14 +80,15 @@ pub const ATTEMPTED_RETRIES_HEADER: &str = "x-litellm-attempted-retries";
 pub const ATTEMPTED_FALLBACKS_HEADER: &str = "x-litellm-attempted-fallbacks";
 
 /// The attempt of relayed request `key` failed with `class`: whether another attempt
-/// follows (its deployment is then the plan's current one).
+/// follows (its deployment is then the plan's current one), and how long Envoy should wait
+/// before it, in milliseconds.
 fn another_attempt(
     routing: &Option<Arc<Mutex<Routing>>>,
     state: &State,
     key: &str,
     class: ErrorClass,
     now_ms: u64,
-) -> bool {
+) -> Option<u64> {
     with_routing(routing, now_ms, |routing| {
         let Routing {
             book,
@@ -95,16 +96,13 @@ fn another_attempt(
             shuffler,
             ..
         } = routing;
-        let Some(LedgerEntry {
+        let LedgerEntry {
             plan,
             tags,
             estimated_tokens,
             stream,
             ..
-        }) = ledger.get_mut(key)
-        else {
-            return false;
-        };
+        } = ledger.get_mut(key)?;
         let mut chooser = Chooser {
             state,
             book,
@@ -114,8 +112,20 @@ fn another_attempt(
             estimated_tokens: *estimated_tokens,
             stream: *stream,
         };
-        plan.next(class, &mut chooser).is_some()
+        plan.next(class, &mut chooser)?;
+        Some(plan.backoff_ms(&state.router))
     })
+}
+
+/// Marks a failed attempt's answer for Envoy's retry policy on the attempts route: another
+/// attempt follows, after `backoff_ms` (sent in whole seconds, rounded up: the granularity
+/// of Envoy's rate-limit reset headers).
+fn mark_for_retry(host: &mut impl Host, backoff_ms: u64) {
+    host.set_response_header(RETRY_HEADER, "1");
+    if backoff_ms > 0 {
+        let seconds = backoff_ms.div_ceil(1000);
+        host.set_response_header(RETRY_AFTER_HEADER, &seconds.to_string());
+    }
 }
 
 /// The `code` and `message` of an OpenAI-shaped error body (what the gateway's
@@ -1090,6 +1100,7 @@ impl Exchange {
             Role::Relay(key) => {
                 // Envoy gave up retrying (or had no more attempts): the mark is the gateway's.
                 host.remove_response_header(RETRY_HEADER);
+                host.remove_response_header(RETRY_AFTER_HEADER);
                 let counts = with_routing(&self.routing, now_ms, |routing| {
                     routing
                         .ledger
@@ -1118,8 +1129,9 @@ impl Exchange {
             let class = ErrorClass::of(plan.response.status(), None);
             self.failure = class;
             if let (Role::Attempt(key), Some(class)) = (&*role, class) {
-                if another_attempt(&self.routing, state, key, class, now_ms) {
-                    host.set_response_header(RETRY_HEADER, "1");
+                if let Some(backoff_ms) = another_attempt(&self.routing, state, key, class, now_ms)
+                {
+                    mark_for_retry(host, backoff_ms);
                 }
             }
         }
@@ -1212,8 +1224,10 @@ impl Exchange {
                     self.error_message = message;
                     if let (Role::Attempt(key), Some(class)) = (&*role, class) {
                         let now_ms = host.now_ms();
-                        if another_attempt(&self.routing, state, key, class, now_ms) {
-                            host.set_response_header(RETRY_HEADER, "1");
+                        if let Some(backoff_ms) =
+                            another_attempt(&self.routing, state, key, class, now_ms)
+                        {
+                            mark_for_retry(host, backoff_ms);
                         }
                     }
                 }

@@ -479,6 +479,72 @@ fn retries_go_to_the_other_deployment_then_the_fallback_group() {
 }
 
 #[test]
+fn only_a_retry_on_a_deployment_already_tried_waits_and_the_wait_doubles() {
+    let mut settings = router(proto::RoutingStrategy::SimpleShuffle);
+    settings.retries = Some(proto::RetryPolicy {
+        num_retries: 5,
+        ..Default::default()
+    });
+    settings.retry_base_delay_ms = 1_000;
+    settings.retry_max_delay_ms = 3_000;
+    let state = state_of(
+        vec![deployment("gpt-1", "gpt"), deployment("gpt-2", "gpt")],
+        Some(settings),
+    );
+    let book = RoutingBook::new();
+    let mut shuffler = Shuffler::new(11);
+    let mut chooser = Chooser {
+        state: &state,
+        book: &book,
+        shuffler: &mut shuffler,
+        now_ms: NOW,
+        tags: &[],
+        estimated_tokens: 10,
+        stream: false,
+    };
+    let mut plan = RoutePlan::start("gpt", &Default::default(), &mut chooser).unwrap();
+    assert_eq!(plan.backoff_ms(&state.router), 0);
+    let mut waits = Vec::new();
+    while plan.next(ErrorClass::ServerError, &mut chooser).is_some() {
+        waits.push(plan.backoff_ms(&state.router));
+    }
+    // The other deployment at once; then each repeat waits 1 s, 2 s, then the 3 s cap.
+    assert_eq!(waits, [0, 1_000, 2_000, 3_000, 3_000]);
+
+    // A group's only deployment, retried with a backoff: relayed (only the attempts route
+    // waits); without a backoff it goes straight to its provider.
+    let mut settings = router(proto::RoutingStrategy::SimpleShuffle);
+    settings.retry_base_delay_ms = 500;
+    let state = state_of(vec![deployment("solo-1", "solo")], Some(settings));
+    let mut chooser = Chooser {
+        state: &state,
+        book: &book,
+        shuffler: &mut shuffler,
+        now_ms: NOW,
+        tags: &[],
+        estimated_tokens: 10,
+        stream: false,
+    };
+    let plan = RoutePlan::start("solo", &Default::default(), &mut chooser).unwrap();
+    assert!(plan.may_try_another(&state));
+    let state = state_of(
+        vec![deployment("solo-1", "solo")],
+        Some(router(proto::RoutingStrategy::SimpleShuffle)),
+    );
+    let mut chooser = Chooser {
+        state: &state,
+        book: &book,
+        shuffler: &mut shuffler,
+        now_ms: NOW,
+        tags: &[],
+        estimated_tokens: 10,
+        stream: false,
+    };
+    let plan = RoutePlan::start("solo", &Default::default(), &mut chooser).unwrap();
+    assert!(!plan.may_try_another(&state));
+}
+
+#[test]
 fn a_context_window_error_skips_retries_and_takes_its_own_fallbacks() {
     let state = plan_state(vec![proto::Fallbacks {
         model: "gpt".into(),

@@ -531,3 +531,140 @@ fn routing_paths_end_to_end() {
 
     assert!(env.gateway.filter_failures().is_empty());
 }
+
+/// `patient`: one deployment retried once after a backoff (the seed's retry_policy form,
+/// base_delay 1 s); `pair`: two deployments; streams idle for 3 s are cut.
+fn timing_config(mock: &Mock) -> String {
+    let openai = |name: &str, upstream: &str, id: &str| {
+        format!(
+            "- model_name: {name}\n\
+             \x20 litellm_params:\n\
+             \x20   model: openai/{upstream}\n\
+             \x20   api_base: {url}/v1\n\
+             \x20   api_key: {MOCK_OPENAI_KEY}\n\
+             \x20 model_info:\n\
+             \x20   id: {id}\n",
+            url = mock.url
+        )
+    };
+    String::from("model_list:\n")
+        + &openai("patient", "mock-patient", "patient-1")
+        + &openai("pair", "mock-p1", "p1")
+        + &openai("pair", "mock-p2", "p2")
+        + "router_settings:\n\
+           \x20 retry_policy: {max_retries: 1, base_delay: 1, max_delay: 10}\n\
+           \x20 disable_cooldowns: true\n\
+           \x20 stream_idle_timeout: 3\n\
+           general_settings:\n"
+        + &format!("\x20 master_key: {MASTER_KEY}\n")
+}
+
+/// Reads a streamed body until it ends or breaks: the text received, and whether the
+/// connection broke before the end.
+fn read_until_cut(mut response: reqwest::blocking::Response) -> (String, bool) {
+    use std::io::Read;
+    let mut body = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        match response.read(&mut buffer) {
+            Ok(0) => return (String::from_utf8_lossy(&body).into_owned(), false),
+            Ok(read) => body.extend_from_slice(&buffer[..read]),
+            Err(_) => return (String::from_utf8_lossy(&body).into_owned(), true),
+        }
+    }
+}
+
+#[test]
+fn backoff_cut_streams_and_idle_streams_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start(dir.path()).unwrap();
+    let gateway = Gateway::start(dir.path(), &timing_config(&mock)).unwrap();
+    let env = ProviderEnv::new(mock, gateway, MASTER_KEY);
+    let mock = &env.mock;
+    let attempts_counter = |name: &str| {
+        tollgate_e2e::counter(
+            &env.gateway.admin_url,
+            &format!("cluster.tollgate_attempts.{name}"),
+        )
+        .unwrap()
+    };
+
+    // A retry on the deployment that just failed waits the backoff (1 s, Envoy adding up to
+    // half again), through the attempts route's rate-limited backoff.
+    mock.set_fault("mock-patient", json!({"status": 500}), Some(1))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (status, got, body) = send(&env, &request("patient", "routing-timing", false));
+    let waited = started.elapsed();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(got, headers("patient-1", 1, 0));
+    assert_eq!(mock.calls_for("mock-patient").unwrap(), 2);
+    assert!(waited >= std::time::Duration::from_secs(1), "{waited:?}");
+    assert_eq!(attempts_counter("upstream_rq_retry_backoff_ratelimited"), 1);
+
+    // A retry on the group's other deployment goes at once: the first attempts that fail on
+    // p1 move to p2 without the backoff.
+    mock.reset_calls().unwrap();
+    mock.set_fault("mock-p1", json!({"status": 500}), None)
+        .unwrap();
+    for _ in 0..8 {
+        let (status, got, body) = send(&env, &request("pair", "routing-timing", false));
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(got.model_id.as_deref(), Some("p2"));
+    }
+    let retried = mock.calls_for("mock-p1").unwrap();
+    assert_eq!(mock.calls_for("mock-p2").unwrap(), 8);
+    assert_eq!(attempts_counter("upstream_rq_retry"), 1 + retried);
+    assert_eq!(attempts_counter("upstream_rq_retry_backoff_ratelimited"), 1);
+    mock.clear_faults().unwrap();
+
+    // A stream whose connection breaks after its first chunk is not tried again anywhere:
+    // the client has part of one answer, then the break, never a second answer after it.
+    mock.reset_calls().unwrap();
+    for upstream in ["mock-p1", "mock-p2"] {
+        mock.set_fault(
+            upstream,
+            json!({"stream_cut_after_first_chunk": true}),
+            None,
+        )
+        .unwrap();
+    }
+    let response = env.post(&request("pair", "routing-timing", true));
+    assert_eq!(response.status(), 200);
+    let (text, cut) = read_until_cut(response);
+    assert!(cut, "{text}");
+    // What the provider sent before the break: the role chunk and the first piece of text,
+    // both of one answer.
+    let chunks: Vec<Value> = sse_data(&text)
+        .iter()
+        .map(|chunk| serde_json::from_str(chunk).unwrap())
+        .collect();
+    assert_eq!(chunks.len(), 2, "{text}");
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    assert_eq!(chunks[1]["choices"][0]["delta"]["content"], "echo:");
+    assert_eq!(chunks[0]["id"], chunks[1]["id"]);
+    let calls = mock.calls().unwrap();
+    assert_eq!(
+        calls.get("mock-p1").unwrap_or(&0) + calls.get("mock-p2").unwrap_or(&0),
+        1,
+        "{calls:?}"
+    );
+    mock.clear_faults().unwrap();
+
+    // A stream that goes quiet for longer than stream_idle_timeout (3 s) is cut by Envoy;
+    // the provider would have waited 60 s before each event.
+    let started = std::time::Instant::now();
+    let response = env.post(&json!({
+        "model": "patient", "user": "routing-timing", "stream": true,
+        "messages": [{"role": "user", "content": "wait mock:delay_ms=60000"}],
+    }));
+    assert_eq!(response.status(), 200);
+    let (text, cut) = read_until_cut(response);
+    let waited = started.elapsed();
+    assert!(cut, "{text}");
+    assert!(!text.contains("[DONE]"), "{text}");
+    assert!(waited >= std::time::Duration::from_secs(3), "{waited:?}");
+    assert!(waited < std::time::Duration::from_secs(50), "{waited:?}");
+
+    assert!(env.gateway.filter_failures().is_empty());
+}

@@ -28,6 +28,15 @@ pub const ATTEMPT_HEADER: &str = "x-tollgate-attempt";
 /// Removed before the client sees the answer.
 pub const RETRY_HEADER: &str = "x-tollgate-retry";
 
+/// Response header with which an attempt asks Envoy to wait before the next one, in whole
+/// seconds: the attempts route's retry policy reads it as a rate-limit reset header (Envoy
+/// then waits between this and 1.5 times this). Removed before the client sees the answer.
+pub const RETRY_AFTER_HEADER: &str = "x-tollgate-retry-after";
+
+/// Longest wait [`RoutePlan::backoff_ms`] asks for: the `max_interval` of the attempts
+/// route's rate-limited backoff in `envoy/tollgate.yaml.tmpl` (Envoy ignores a longer one).
+const MAX_BACKOFF_MS: u64 = 300_000;
+
 /// Largest number of requests in the ledger at once; beyond it the oldest are dropped (their
 /// later attempts are then answered with an error instead of growing memory without bound).
 const MAX_OPEN_ENTRIES: usize = 65_536;
@@ -54,6 +63,9 @@ pub struct RoutePlan {
     /// Retries and fallbacks so far, for the response headers.
     retries: u32,
     fallbacks_used: u32,
+    /// Attempts so far on a deployment this request had already tried (they wait the
+    /// router's backoff, growing with each).
+    repeats: u32,
     /// The request's own fallbacks and retries (LiteLLM's per-request parameters), which
     /// replace the router's.
     overrides: RequestRouting,
@@ -117,6 +129,7 @@ impl RoutePlan {
             current: first,
             retries: 0,
             fallbacks_used: 0,
+            repeats: 0,
             overrides: RequestRouting {
                 spans: Vec::new(),
                 ..overrides.clone()
@@ -177,9 +190,25 @@ impl RoutePlan {
         u32::try_from(self.tried.len()).unwrap_or(u32::MAX)
     }
 
-    /// Whether this request could ever go to more than one deployment or be tried again:
-    /// a group with several deployments, fallbacks, or retries. A request that cannot is
-    /// sent straight to its deployment.
+    /// How long Envoy should wait before the attempt [`Self::next`] just chose: nothing
+    /// when it goes to a deployment not tried yet (LiteLLM retries another deployment at
+    /// once); else the router's backoff, doubling with each such repeat up to its longest.
+    pub fn backoff_ms(&self, config: &RouterConfig) -> u64 {
+        if self.repeats == 0 || config.retry_base_delay_ms == 0 {
+            return 0;
+        }
+        let doublings = self.repeats.saturating_sub(1).min(32);
+        config
+            .retry_base_delay_ms
+            .saturating_mul(1u64 << doublings)
+            .min(config.retry_max_delay_ms)
+            .min(MAX_BACKOFF_MS)
+    }
+
+    /// Whether this request could ever go to more than one deployment or wait between its
+    /// attempts: a group with several deployments, fallbacks, or retries with a backoff
+    /// (which only the attempts route applies). A request that cannot is sent straight to
+    /// its deployment, where Envoy retries it.
     pub fn may_try_another(&self, state: &State) -> bool {
         let config = &state.router;
         let own = &self.overrides;
@@ -187,6 +216,11 @@ impl RoutePlan {
             .model(&self.group)
             .is_some_and(|group| group.deployments().len() > 1)
             || config.has_fallbacks(&self.requested_group)
+            || (config.retry_base_delay_ms > 0
+                && self
+                    .own_retries()
+                    .unwrap_or_else(|| config.max_default_retries(&self.current))
+                    > 0)
             || [
                 &own.fallbacks,
                 &own.context_window_fallbacks,
@@ -237,6 +271,9 @@ impl RoutePlan {
     }
 
     fn advance(&mut self, next: Arc<Deployment>) -> Arc<Deployment> {
+        if self.tried.contains(&next.id) {
+            self.repeats = self.repeats.saturating_add(1);
+        }
         self.tried.push(next.id.clone());
         self.current = Arc::clone(&next);
         next
