@@ -126,6 +126,9 @@ pub async fn start_control_plane(
     // Changes committed by other replicas on the same database (PostgreSQL) reach this
     // one's filters too.
     hub.spawn_change_watcher();
+    if let Some(interval_ms) = config.config.general.health_check_interval_ms {
+        crate::health_checks::spawn(hub.clone(), std::time::Duration::from_millis(interval_ms));
+    }
     let snapshot = hub.current();
     tracing::info!(
         version = snapshot.version,

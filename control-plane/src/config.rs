@@ -227,7 +227,7 @@ const KNOWN_UNSUPPORTED_GENERAL_SETTINGS: &[&str] = &[
     "alerting_threshold", "alerting_args", "alert_types", "alert_to_webhook_url",
     "spend_report_frequency", "proxy_batch_write_at", "proxy_budget_rescheduler_min_time",
     "proxy_budget_rescheduler_max_time", "store_model_in_db", "store_prompts_in_spend_logs",
-    "ui_access_mode", "health_check_interval", "background_health_checks", "health_check_details",
+    "ui_access_mode", "health_check_details",
     "infer_model_from_keys", "user_header_name", "pass_through_endpoints", "embedding_model", "default_team_disabled",
     "forward_openai_org_id", "forward_client_headers_to_llm_api", "supported_db_objects",
     "service_account_settings", "enable_oauth2_auth", "use_x_forwarded_for",
@@ -298,6 +298,9 @@ pub struct GeneralSettings {
     pub rpm_limit: Option<u64>,
     /// `tpm_limit`: tokens per minute for every request together (scope GLOBAL).
     pub tpm_limit: Option<u64>,
+    /// `background_health_checks` with `health_check_interval`: how often the control plane
+    /// probes every deployment, in ms; `None`: it does not.
+    pub health_check_interval_ms: Option<u64>,
     /// `global_max_parallel_requests`: requests in flight through the whole gateway.
     pub global_max_parallel_requests: Option<u64>,
     /// `max_parallel_requests`: the limit of every key that sets none of its own.
@@ -381,9 +384,13 @@ impl fmt::Debug for GeneralSettings {
             )
             .field("max_parallel_requests", &self.max_parallel_requests)
             .field("user_rate_limit", &self.user_rate_limit)
+            .field("health_check_interval_ms", &self.health_check_interval_ms)
             .finish()
     }
 }
+
+/// LiteLLM's `health_check_interval` default: 300 seconds.
+pub const DEFAULT_HEALTH_CHECK_INTERVAL_MS: u64 = 300_000;
 
 fn mb_to_bytes(mb: f64) -> u64 {
     // Validation keeps mb positive and below 4 GiB, so the cast cannot wrap.
@@ -1168,6 +1175,8 @@ impl Checker<'_> {
                 "global_max_parallel_requests",
                 "max_parallel_requests",
                 "user_rate_limit",
+                "background_health_checks",
+                "health_check_interval",
             ],
             KNOWN_UNSUPPORTED_GENERAL_SETTINGS,
         );
@@ -1241,7 +1250,9 @@ impl Checker<'_> {
             self.rate_limit(map, "global_max_parallel_requests", PATH);
         let max_parallel_requests = self.rate_limit(map, "max_parallel_requests", PATH);
         let user_rate_limit = self.user_rate_limit(map, PATH);
+        let health_check_interval_ms = self.health_check_interval(map, PATH);
         GeneralSettings {
+            health_check_interval_ms,
             rpm_limit,
             tpm_limit,
             global_max_parallel_requests,
@@ -1263,6 +1274,23 @@ impl Checker<'_> {
             spend_logs_retention_ms,
             spend_logs_retention_interval_ms: interval.unwrap_or(DEFAULT_RETENTION_INTERVAL_MS),
         }
+    }
+
+    /// `background_health_checks` and `health_check_interval` (seconds, LiteLLM's default
+    /// 300): the interval when checks are on.
+    fn health_check_interval(&mut self, map: &Mapping, path: &str) -> Option<u64> {
+        let enabled = self.boolean(map, "background_health_checks", path);
+        let interval = self.seconds_ms(map, "health_check_interval", path, true);
+        if enabled != Some(true) {
+            if interval.is_some() {
+                self.warn(
+                    &format!("{path}.health_check_interval"),
+                    "has no effect without background_health_checks: true, ignored",
+                );
+            }
+            return None;
+        }
+        Some(interval.unwrap_or(DEFAULT_HEALTH_CHECK_INTERVAL_MS))
     }
 
     /// A rate limit: absent is `None`; anything but a whole number >= 0 (that fits a signed

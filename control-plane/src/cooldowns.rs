@@ -246,6 +246,21 @@ pub struct CooldownTracker {
     fails: HashMap<String, DeploymentFails>,
     /// Deployment id → Unix ms its cooldown ends at.
     cooling: BTreeMap<String, u64>,
+    /// Deployment id → its failed background health check, out until the next one passes.
+    failed_checks: BTreeMap<String, FailedCheck>,
+}
+
+/// A background health check that failed (see [`crate::health_checks`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedCheck {
+    /// Unix ms until which the deployment is out (past the next check).
+    pub until_unix_ms: u64,
+    /// The probe's HTTP status; 0 when it got no answer.
+    pub status: u32,
+    /// Its error message.
+    pub message: String,
+    /// When it ran, Unix ms.
+    pub checked_unix_ms: u64,
 }
 
 impl CooldownTracker {
@@ -332,18 +347,45 @@ impl CooldownTracker {
         started
     }
 
+    /// The results of one round of background health checks: each failed deployment in
+    /// `failed` is out until its check's end, and a deployment whose check passed is back
+    /// (its failure-count cooldown, if any, stays). Returns whether the set to push changed.
+    pub fn set_checks(&mut self, failed: BTreeMap<String, FailedCheck>) -> bool {
+        let changed = self.failed_checks != failed;
+        self.failed_checks = failed;
+        changed
+    }
+
     /// Every cooldown held (expired ones included until the set next changes), by
     /// deployment id.
     pub fn cooldowns(&self) -> proto::DeploymentCooldowns {
-        proto::DeploymentCooldowns {
-            cooldowns: self
-                .cooling
+        let failures = self
+            .cooling
+            .iter()
+            .filter(|(deployment_id, _)| !self.failed_checks.contains_key(*deployment_id))
+            .map(|(deployment_id, until_unix_ms)| proto::DeploymentCooldown {
+                deployment_id: deployment_id.clone(),
+                until_unix_ms: *until_unix_ms,
+                ..Default::default()
+            });
+        // A failed check and a cooldown of the same deployment: one entry, the later end.
+        let checks =
+            self.failed_checks
                 .iter()
-                .map(|(deployment_id, until_unix_ms)| proto::DeploymentCooldown {
+                .map(|(deployment_id, check)| proto::DeploymentCooldown {
                     deployment_id: deployment_id.clone(),
-                    until_unix_ms: *until_unix_ms,
-                })
-                .collect(),
+                    until_unix_ms: self
+                        .cooling
+                        .get(deployment_id)
+                        .map_or(check.until_unix_ms, |until| {
+                            (*until).max(check.until_unix_ms)
+                        }),
+                    check_status: check.status,
+                    check_message: check.message.clone(),
+                    checked_unix_ms: check.checked_unix_ms,
+                });
+        proto::DeploymentCooldowns {
+            cooldowns: failures.chain(checks).collect(),
         }
     }
 }
@@ -399,6 +441,11 @@ impl CooldownJudge {
     /// [`CooldownTracker::cooldowns`].
     pub fn cooldowns(&self) -> proto::DeploymentCooldowns {
         self.tracker.cooldowns()
+    }
+
+    /// See [`CooldownTracker::set_checks`].
+    pub fn set_checks(&mut self, failed: BTreeMap<String, FailedCheck>) -> bool {
+        self.tracker.set_checks(failed)
     }
 }
 
@@ -472,6 +519,7 @@ mod tests {
                 .map(|(id, until)| proto::DeploymentCooldown {
                     deployment_id: (*id).into(),
                     until_unix_ms: *until,
+                    ..Default::default()
                 })
                 .collect(),
         }
@@ -506,6 +554,42 @@ mod tests {
             vec![started("a", FailureClass::ServerError, 4, until)]
         );
         assert_eq!(tracker.cooldowns(), set(&[("a", until)]));
+    }
+
+    #[test]
+    fn failed_health_checks_join_the_set_with_their_reason_until_a_check_passes() {
+        let rules = allowing(3);
+        let mut tracker = CooldownTracker::new();
+        let records: Vec<_> = (0..4).map(|n| failed("a", 500, T0 + n * 1_000)).collect();
+        feed(&mut tracker, &rules, &records);
+        let cooled = T0 + 3_100 + COOLDOWN_MS;
+        let check = |until_unix_ms| FailedCheck {
+            until_unix_ms,
+            status: 503,
+            message: "overloaded".into(),
+            checked_unix_ms: T0,
+        };
+        // b failed its check; a failed one too, and keeps the later of its two ends.
+        let failed = BTreeMap::from([
+            ("a".to_string(), check(T0 + 10)),
+            ("b".into(), check(T0 + 2_000)),
+        ]);
+        assert!(tracker.set_checks(failed.clone()));
+        assert!(!tracker.set_checks(failed));
+        let entry = |id: &str, until| proto::DeploymentCooldown {
+            deployment_id: id.into(),
+            until_unix_ms: until,
+            check_status: 503,
+            check_message: "overloaded".into(),
+            checked_unix_ms: T0,
+        };
+        assert_eq!(
+            tracker.cooldowns().cooldowns,
+            [entry("a", cooled), entry("b", T0 + 2_000)]
+        );
+        // Every check passed: only the failures' cooldown is left.
+        assert!(tracker.set_checks(BTreeMap::new()));
+        assert_eq!(tracker.cooldowns(), set(&[("a", cooled)]));
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod delta;
 pub mod envoy;
 pub mod google_auth;
 pub mod grpc_api;
+pub mod health_checks;
 pub mod http_api;
 pub mod limits;
 pub mod manage;

@@ -465,6 +465,22 @@ impl SyncHub {
         self.cooldowns.borrow().clone()
     }
 
+    /// The failed deployments of a round of background health checks (see
+    /// [`crate::health_checks`]): they are out until their next check passes, and every
+    /// stream is sent the new set when it changed.
+    pub fn set_health_checks(
+        &self,
+        failed: std::collections::BTreeMap<String, crate::cooldowns::FailedCheck>,
+    ) {
+        let mut judge = self
+            .cooldown_judge
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if judge.set_checks(failed) {
+            self.cooldowns.send_replace(Arc::new(judge.cooldowns()));
+        }
+    }
+
     /// Counts the failures among `records` at `positions` (those just stored: a record
     /// resent is not among them) and, when a deployment starts cooling down, sends the
     /// new set to every stream.

@@ -153,6 +153,7 @@ async fn failures_of_every_filter_cool_a_deployment_down_on_every_stream() {
         cooldowns: vec![DeploymentCooldown {
             deployment_id: a.clone(),
             until_unix_ms: base + 3_100 + COOLDOWN_MS,
+            ..Default::default()
         }],
     };
     assert_eq!(*hub.deployment_cooldowns(), expected);

@@ -501,7 +501,7 @@ impl Checker<'_> {
     }
 
     /// A duration in seconds (fractions allowed), as milliseconds; `positive` refuses 0.
-    fn seconds_ms(&mut self, map: &Mapping, key: &str, path: &str, positive: bool) -> Option<u64> {
+    pub(super) fn seconds_ms(&mut self, map: &Mapping, key: &str, path: &str, positive: bool) -> Option<u64> {
         let value = self.number(map, key, path)??;
         let field = format!("{path}.{key}");
         let too_small = value < 0.0 || (positive && value == 0.0);
@@ -553,7 +553,7 @@ impl Checker<'_> {
 
     /// A boolean, also accepted as the string "true" or "false" (so it can come from the
     /// environment).
-    fn boolean(&mut self, map: &Mapping, key: &str, path: &str) -> Option<bool> {
+    pub(super) fn boolean(&mut self, map: &Mapping, key: &str, path: &str) -> Option<bool> {
         let field = format!("{path}.{key}");
         match map.get(key) {
             None | Some(Value::Null) => None,

@@ -670,6 +670,7 @@ fn the_control_planes_cooldowns_are_routed_around_and_kept_across_snapshots() {
                 cooldowns: vec![proto::DeploymentCooldown {
                     deployment_id: "a".into(),
                     until_unix_ms: NOW + 1_000,
+                    ..Default::default()
                 }],
             },
         )),

@@ -668,3 +668,101 @@ fn backoff_cut_streams_and_idle_streams_end_to_end() {
 
     assert!(env.gateway.filter_failures().is_empty());
 }
+
+#[test]
+fn background_health_checks_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start(dir.path()).unwrap();
+    // hc1 fails from the start: the control plane's first round of checks (at once, then
+    // every second) finds it before any client does.
+    mock.set_fault("mock-hc1", json!({"status": 500}), None)
+        .unwrap();
+    let deployment = |upstream: &str, id: &str| {
+        format!(
+            "- model_name: checked\n\
+             \x20 litellm_params:\n\
+             \x20   model: openai/{upstream}\n\
+             \x20   api_base: {url}/v1\n\
+             \x20   api_key: {MOCK_OPENAI_KEY}\n\
+             \x20 model_info:\n\
+             \x20   id: {id}\n",
+            url = mock.url
+        )
+    };
+    let config = String::from("model_list:\n")
+        + &deployment("mock-hc1", "hc1")
+        + &deployment("mock-hc2", "hc2")
+        + "general_settings:\n\
+           \x20 background_health_checks: true\n\
+           \x20 health_check_interval: 1\n"
+        + &format!("\x20 master_key: {MASTER_KEY}\n");
+    let gateway = Gateway::start(dir.path(), &config).unwrap();
+    let log = gateway.log();
+    assert!(
+        !log.contains("general_settings.background_health_checks")
+            && !log.contains("general_settings.health_check_interval"),
+        "the keys load without a warning: {log}"
+    );
+    let env = ProviderEnv::new(mock, gateway, MASTER_KEY);
+    let mock = &env.mock;
+    let health = || {
+        let response = tollgate_e2e::client()
+            .get(format!("{}/health", env.gateway.url))
+            .bearer_auth(MASTER_KEY)
+            .send()
+            .unwrap();
+        serde_json::from_str::<Value>(&read_body(response).unwrap()).unwrap()
+    };
+    // Every worker holds the control plane's verdict (it is pushed to all streams).
+    let unhealthy_hc1 = |report: &Value| {
+        report["unhealthy_endpoints"]
+            .as_array()
+            .is_some_and(|list| list.iter().any(|endpoint| endpoint["model_id"] == "hc1"))
+    };
+    assert!(
+        tollgate_e2e::eventually(std::time::Duration::from_secs(15), || unhealthy_hc1(
+            &health()
+        )),
+        "{}\n{}",
+        health(),
+        env.gateway.log()
+    );
+    for _ in 0..4 {
+        let report = health();
+        assert_eq!(report["status"], "unhealthy", "{report}");
+        let sick = &report["unhealthy_endpoints"][0];
+        assert_eq!(sick["model_id"], "hc1", "{report}");
+        assert_eq!(sick["error"]["class"], "health_check", "{report}");
+        assert_eq!(sick["error"]["status"], 500, "{report}");
+        assert_eq!(
+            sick["error"]["message"],
+            "The server had an error while processing your request. Sorry about that! (mock:status=500)"
+        );
+        assert_eq!(report["healthy_endpoints"][0]["model_id"], "hc2");
+    }
+
+    // Clients never meet hc1: every request goes to hc2 first (no retry), on any worker.
+    for _ in 0..20 {
+        let (status, got, body) = send(&env, &request("checked", "routing-checks", false));
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(got, headers("hc2", 0, 0));
+    }
+
+    // hc1 recovers: the next round's pass brings it back, and requests reach it again.
+    mock.clear_faults().unwrap();
+    assert!(tollgate_e2e::eventually(
+        std::time::Duration::from_secs(15),
+        || !unhealthy_hc1(&health())
+    ));
+    let mut served_by_hc1 = 0;
+    for _ in 0..20 {
+        let (status, got, body) = send(&env, &request("checked", "routing-checks", false));
+        assert_eq!(status, 200, "{body}");
+        if got.model_id.as_deref() == Some("hc1") {
+            served_by_hc1 += 1;
+        }
+    }
+    // Even odds over 20 requests: none at all would be a 1 in 2^20 chance.
+    assert!(served_by_hc1 > 0);
+    assert!(env.gateway.filter_failures().is_empty());
+}

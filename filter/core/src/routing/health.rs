@@ -17,16 +17,16 @@ struct Endpoint<'a> {
     status: &'static str,
     latency_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<EndpointError<'a>>,
+    error: Option<EndpointError>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cooldown_until_unix_ms: Option<u64>,
 }
 
 #[derive(Serialize)]
-struct EndpointError<'a> {
+struct EndpointError {
     status: u16,
     class: &'static str,
-    message: &'a str,
+    message: String,
     at_unix_ms: u64,
 }
 
@@ -92,23 +92,38 @@ pub fn health_json(state: &State, book: &RoutingBook, now_ms: u64, started_ms: u
             cooldown_until_unix_ms: health.cooldown_until_ms,
         };
         if sick {
-            unhealthy.push((entry, health.last_error));
+            // The control plane's failed health check, unless this filter saw a later error.
+            let check = state
+                .pushed_cooldowns()
+                .failed_check(&deployment.id, now_ms)
+                .filter(|check| {
+                    health
+                        .last_error
+                        .as_ref()
+                        .is_none_or(|error| error.at_ms < check.checked_ms)
+                });
+            let error = match check {
+                Some(check) => Some(EndpointError {
+                    status: check.status,
+                    class: "health_check",
+                    message: check.message.clone(),
+                    at_unix_ms: check.checked_ms,
+                }),
+                None => health.last_error.map(|error| EndpointError {
+                    status: error.status,
+                    class: error.class.name(),
+                    message: error.message,
+                    at_unix_ms: error.at_ms,
+                }),
+            };
+            unhealthy.push((entry, error));
         } else {
             healthy.push(entry);
         }
     }
     let unhealthy: Vec<Endpoint<'_>> = unhealthy
-        .iter()
-        .map(|(entry, error)| Endpoint {
-            error: error.as_ref().map(|error| EndpointError {
-                status: error.status,
-                class: error.class.name(),
-                message: &error.message,
-                at_unix_ms: error.at_ms,
-            }),
-            api_base: entry.api_base.clone(),
-            ..*entry
-        })
+        .into_iter()
+        .map(|(entry, error)| Endpoint { error, ..entry })
         .collect();
     let report = Report {
         status: if unhealthy.is_empty() {

@@ -408,7 +408,18 @@ impl RouterConfig {
 /// The deployments the control plane cooled down, judged from every filter's failures
 /// (`ControlMessage.cooldowns`), by id: Unix milliseconds until which each is out.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PushedCooldowns(HashMap<String, u64>);
+pub struct PushedCooldowns(HashMap<String, (u64, Option<FailedCheck>)>);
+
+/// A background health check of the control plane's that failed: why a pushed cooldown is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedCheck {
+    /// The probe's HTTP status; 0 when it got no answer.
+    pub status: u16,
+    /// Its error message.
+    pub message: String,
+    /// When it ran, Unix ms.
+    pub checked_ms: u64,
+}
 
 impl PushedCooldowns {
     /// The set the control plane sent.
@@ -417,14 +428,32 @@ impl PushedCooldowns {
             message
                 .cooldowns
                 .into_iter()
-                .map(|cooldown| (cooldown.deployment_id, cooldown.until_unix_ms))
+                .map(|cooldown| {
+                    let check = (cooldown.checked_unix_ms > 0).then(|| FailedCheck {
+                        status: u16::try_from(cooldown.check_status).unwrap_or(0),
+                        message: cooldown.check_message,
+                        checked_ms: cooldown.checked_unix_ms,
+                    });
+                    (cooldown.deployment_id, (cooldown.until_unix_ms, check))
+                })
                 .collect(),
         )
     }
 
     /// Until when `id` cools down, if it still does at `now_ms`.
     pub fn until(&self, id: &str, now_ms: u64) -> Option<u64> {
-        self.0.get(id).copied().filter(|until| *until > now_ms)
+        self.0
+            .get(id)
+            .map(|(until, _)| *until)
+            .filter(|until| *until > now_ms)
+    }
+
+    /// The failed health check that keeps `id` out, if one does at `now_ms`.
+    pub fn failed_check(&self, id: &str, now_ms: u64) -> Option<&FailedCheck> {
+        self.0
+            .get(id)
+            .filter(|(until, _)| *until > now_ms)
+            .and_then(|(_, check)| check.as_ref())
     }
 
     /// Deployments in the set.
