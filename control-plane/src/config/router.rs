@@ -501,7 +501,13 @@ impl Checker<'_> {
     }
 
     /// A duration in seconds (fractions allowed), as milliseconds; `positive` refuses 0.
-    pub(super) fn seconds_ms(&mut self, map: &Mapping, key: &str, path: &str, positive: bool) -> Option<u64> {
+    pub(super) fn seconds_ms(
+        &mut self,
+        map: &Mapping,
+        key: &str,
+        path: &str,
+        positive: bool,
+    ) -> Option<u64> {
         let value = self.number(map, key, path)??;
         let field = format!("{path}.{key}");
         let too_small = value < 0.0 || (positive && value == 0.0);

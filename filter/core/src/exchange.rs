@@ -347,6 +347,8 @@ struct Admitting {
     body_size: usize,
     soft_budget: SoftBudgetCrossed,
     needs: Vec<Need>,
+    /// What the needs were estimated from (they are taken again for another deployment).
+    estimated_tokens: u64,
 }
 
 /// What the usage record of a request the gateway refused says.
@@ -795,6 +797,7 @@ impl Exchange {
                 body_size,
                 soft_budget,
                 needs,
+                estimated_tokens,
             }),
             now_ms,
         )
@@ -962,6 +965,7 @@ impl Exchange {
                     body_size,
                     soft_budget: None,
                     needs: Vec::new(),
+                    estimated_tokens: 0,
                 }),
                 now_ms,
             ),
@@ -983,6 +987,54 @@ impl Exchange {
         self.admit(host, admitting, now_ms)
     }
 
+    /// The deployment a relayed request was about to go to is at its own rpm / tpm cap
+    /// (`counter`), counted over every filter though this one had not seen it: the book
+    /// learns it, and the request's plan takes another deployment of the group instead, if
+    /// there is one (a request sent straight to its only deployment has none).
+    fn reroute(
+        &mut self,
+        admitting: &Admitting,
+        counter: &crate::ratelimit::CounterId,
+        now_ms: u64,
+    ) -> Option<Arc<crate::snapshot::Deployment>> {
+        let Role::Relay(key) = &admitting.role else {
+            return None;
+        };
+        let full = match counter.kind {
+            proto::LimitKind::Requests => Some(false),
+            proto::LimitKind::Tokens => Some(true),
+            _ => None,
+        };
+        with_routing(&self.routing, now_ms, |routing| {
+            let Routing {
+                book,
+                ledger,
+                shuffler,
+                ..
+            } = routing;
+            if let Some(tokens) = full {
+                book.reached_cap(&admitting.plan.deployment, tokens, now_ms);
+            }
+            let LedgerEntry {
+                plan,
+                tags,
+                estimated_tokens,
+                stream,
+                ..
+            } = ledger.get_mut(key)?;
+            let mut chooser = Chooser {
+                state: &admitting.state,
+                book,
+                shuffler,
+                now_ms,
+                tags,
+                estimated_tokens: *estimated_tokens,
+                stream: *stream,
+            };
+            plan.instead(&mut chooser)
+        })
+    }
+
     /// Takes the request's rate-limit quota, then sends it upstream; or refuses it (429),
     /// or waits for the authority.
     fn admit(&mut self, host: &mut impl Host, admitting: Box<Admitting>, now_ms: u64) -> Verdict {
@@ -996,6 +1048,20 @@ impl Exchange {
                     return Verdict::Pause;
                 }
                 Admission::Refused(refusal) => {
+                    if refusal.counter.scope == proto::BudgetScope::Deployment {
+                        if let Some(rerouted) = self.reroute(&admitting, &refusal.counter, now_ms) {
+                            let mut admitting = admitting;
+                            admitting.needs = needs_of(
+                                &admitting.state,
+                                &admitting.caller,
+                                &rerouted.model_name,
+                                &rerouted,
+                                admitting.estimated_tokens,
+                            );
+                            admitting.plan.deployment = rerouted;
+                            return self.admit(host, admitting, now_ms);
+                        }
+                    }
                     let Admitting { caller, plan, .. } = *admitting;
                     let error = GatewayError::RateLimited {
                         scope: describe_scope(
@@ -1034,6 +1100,7 @@ impl Exchange {
             body_size,
             soft_budget,
             needs,
+            ..
         } = *admitting;
         host.write_upstream_request(&plan, body_size);
         if !matches!(role, Role::Relay(_)) {

@@ -323,6 +323,56 @@ fn usage_based_takes_the_least_used_with_headroom() {
 }
 
 #[test]
+fn a_deployment_refused_for_its_own_cap_is_replaced_without_a_retry_and_learned() {
+    let mut capped = deployment("capped", "m");
+    capped.limits = Some(proto::RateLimits {
+        rpm: Some(2),
+        ..Default::default()
+    });
+    // "capped" is the first tier: chosen first while it has headroom.
+    capped.order = 1;
+    let mut free = deployment("free", "m");
+    free.order = 2;
+    let state = state_of(
+        vec![capped, free],
+        Some(router(proto::RoutingStrategy::SimpleShuffle)),
+    );
+    let mut book = RoutingBook::new();
+    let mut shuffler = Shuffler::new(5);
+    let first = {
+        let mut chooser = Chooser {
+            state: &state,
+            book: &book,
+            shuffler: &mut shuffler,
+            now_ms: NOW,
+            tags: &[],
+            estimated_tokens: 10,
+            stream: false,
+        };
+        let mut plan = RoutePlan::start("m", &Default::default(), &mut chooser).unwrap();
+        let first = plan.current().id.clone();
+        // The other deployment instead, not counted as a retry; then none is left.
+        let instead = plan.instead(&mut chooser).unwrap();
+        assert_ne!(instead.id, first);
+        assert_eq!(
+            (plan.retries(), plan.fallbacks(), plan.attempts()),
+            (0, 0, 2)
+        );
+        assert!(plan.instead(&mut chooser).is_none());
+        first
+    };
+    assert_eq!(first, "capped");
+    // Told the cap is reached (by other filters), this book stops choosing it this minute.
+    let capped = state
+        .deployments()
+        .find(|d| d.id == "capped")
+        .unwrap()
+        .clone();
+    book.reached_cap(&capped, false, NOW);
+    assert_eq!(spread(&state, "m", &book, 20)["free"], 20);
+}
+
+#[test]
 fn cost_based_takes_the_cheapest() {
     let priced = |id: &str, input: f64| {
         let mut d = deployment(id, "m");

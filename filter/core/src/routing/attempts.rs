@@ -270,6 +270,18 @@ impl RoutePlan {
         None
     }
 
+    /// The current deployment cannot take the request before it is sent (its own rpm / tpm
+    /// cap is reached): another deployment of the group not tried yet takes its place,
+    /// without counting as a retry; `None` when there is none.
+    pub fn instead(&mut self, chooser: &mut Chooser<'_>) -> Option<Arc<Deployment>> {
+        let next = chooser
+            .choose(&self.group, &self.tried)
+            .filter(|next| !self.tried.contains(&next.id))?;
+        self.tried.push(next.id.clone());
+        self.current = Arc::clone(&next);
+        Some(next)
+    }
+
     fn advance(&mut self, next: Arc<Deployment>) -> Arc<Deployment> {
         if self.tried.contains(&next.id) {
             self.repeats = self.repeats.saturating_add(1);

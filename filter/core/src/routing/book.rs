@@ -219,6 +219,23 @@ impl RoutingBook {
         rpm_ok && tpm_ok
     }
 
+    /// The rate-limit authority refused `deployment` a request for its own rpm (`tokens`
+    /// false) or tpm cap, counted over every filter: this filter counts it as full for the
+    /// rest of the minute, so its choices stop picking it.
+    pub fn reached_cap(&mut self, deployment: &Deployment, tokens: bool, now_ms: u64) {
+        let Some(limits) = deployment.limits else {
+            return;
+        };
+        let Some(live) = self.live(&deployment.id, now_ms) else {
+            return;
+        };
+        match (tokens, limits.rpm, limits.tpm) {
+            (false, Some(rpm), _) => live.minute_requests = live.minute_requests.max(rpm),
+            (true, _, Some(tpm)) => live.minute_tokens = live.minute_tokens.max(tpm),
+            _ => {}
+        }
+    }
+
     /// Requests in flight on `id`.
     pub fn in_flight(&self, id: &str) -> u32 {
         self.deployments.get(id).map_or(0, |live| live.in_flight)
