@@ -89,6 +89,21 @@ fn another_attempt(
     class: ErrorClass,
     now_ms: u64,
 ) -> Option<u64> {
+    with_plan(routing, state, key, now_ms, |plan, chooser| {
+        plan.next(class, chooser)?;
+        Some(plan.backoff_ms(&state.router))
+    })
+}
+
+/// Runs `step` on the plan of relayed request `key` with a chooser over this filter's
+/// routing view (under its lock); `None` when the request has no open ledger entry.
+fn with_plan<R>(
+    routing: &Option<Arc<Mutex<Routing>>>,
+    state: &State,
+    key: &str,
+    now_ms: u64,
+    step: impl FnOnce(&mut RoutePlan, &mut Chooser<'_>) -> Option<R>,
+) -> Option<R> {
     with_routing(routing, now_ms, |routing| {
         let Routing {
             book,
@@ -112,8 +127,7 @@ fn another_attempt(
             estimated_tokens: *estimated_tokens,
             stream: *stream,
         };
-        plan.next(class, &mut chooser)?;
-        Some(plan.backoff_ms(&state.router))
+        step(plan, &mut chooser)
     })
 }
 
@@ -1005,34 +1019,20 @@ impl Exchange {
             proto::LimitKind::Tokens => Some(true),
             _ => None,
         };
-        with_routing(&self.routing, now_ms, |routing| {
-            let Routing {
-                book,
-                ledger,
-                shuffler,
-                ..
-            } = routing;
-            if let Some(tokens) = full {
-                book.reached_cap(&admitting.plan.deployment, tokens, now_ms);
-            }
-            let LedgerEntry {
-                plan,
-                tags,
-                estimated_tokens,
-                stream,
-                ..
-            } = ledger.get_mut(key)?;
-            let mut chooser = Chooser {
-                state: &admitting.state,
-                book,
-                shuffler,
-                now_ms,
-                tags,
-                estimated_tokens: *estimated_tokens,
-                stream: *stream,
-            };
-            plan.instead(&mut chooser)
-        })
+        if let Some(tokens) = full {
+            with_routing(&self.routing, now_ms, |routing| {
+                routing
+                    .book
+                    .reached_cap(&admitting.plan.deployment, tokens, now_ms)
+            });
+        }
+        with_plan(
+            &self.routing,
+            &admitting.state,
+            key,
+            now_ms,
+            |plan, chooser| plan.instead(chooser),
+        )
     }
 
     /// Takes the request's rate-limit quota, then sends it upstream; or refuses it (429),

@@ -340,15 +340,7 @@ fn a_deployment_refused_for_its_own_cap_is_replaced_without_a_retry_and_learned(
     let mut book = RoutingBook::new();
     let mut shuffler = Shuffler::new(5);
     let first = {
-        let mut chooser = Chooser {
-            state: &state,
-            book: &book,
-            shuffler: &mut shuffler,
-            now_ms: NOW,
-            tags: &[],
-            estimated_tokens: 10,
-            stream: false,
-        };
+        let mut chooser = plain_chooser(&state, &book, &mut shuffler);
         let mut plan = RoutePlan::start("m", &Default::default(), &mut chooser).unwrap();
         let first = plan.current().id.clone();
         // The other deployment instead, not counted as a retry; then none is left.
@@ -471,6 +463,23 @@ fn aliases_are_groups_of_their_own_and_hidden_ones_are_not_listed() {
     assert_eq!(names, ["gpt-4", "gpt-4-turbo", "gpt-4-group"]);
 }
 
+/// A chooser for a plain request (no tags, 10 estimated tokens, not a stream) at `NOW`.
+fn plain_chooser<'a>(
+    state: &'a State,
+    book: &'a RoutingBook,
+    shuffler: &'a mut Shuffler,
+) -> Chooser<'a> {
+    Chooser {
+        state,
+        book,
+        shuffler,
+        now_ms: NOW,
+        tags: &[],
+        estimated_tokens: 10,
+        stream: false,
+    }
+}
+
 fn plan_state(fallbacks: Vec<proto::Fallbacks>) -> State {
     let mut settings = router(proto::RoutingStrategy::SimpleShuffle);
     settings.fallbacks = fallbacks;
@@ -543,15 +552,7 @@ fn only_a_retry_on_a_deployment_already_tried_waits_and_the_wait_doubles() {
     );
     let book = RoutingBook::new();
     let mut shuffler = Shuffler::new(11);
-    let mut chooser = Chooser {
-        state: &state,
-        book: &book,
-        shuffler: &mut shuffler,
-        now_ms: NOW,
-        tags: &[],
-        estimated_tokens: 10,
-        stream: false,
-    };
+    let mut chooser = plain_chooser(&state, &book, &mut shuffler);
     let mut plan = RoutePlan::start("gpt", &Default::default(), &mut chooser).unwrap();
     assert_eq!(plan.backoff_ms(&state.router), 0);
     let mut waits = Vec::new();
@@ -566,30 +567,14 @@ fn only_a_retry_on_a_deployment_already_tried_waits_and_the_wait_doubles() {
     let mut settings = router(proto::RoutingStrategy::SimpleShuffle);
     settings.retry_base_delay_ms = 500;
     let state = state_of(vec![deployment("solo-1", "solo")], Some(settings));
-    let mut chooser = Chooser {
-        state: &state,
-        book: &book,
-        shuffler: &mut shuffler,
-        now_ms: NOW,
-        tags: &[],
-        estimated_tokens: 10,
-        stream: false,
-    };
+    let mut chooser = plain_chooser(&state, &book, &mut shuffler);
     let plan = RoutePlan::start("solo", &Default::default(), &mut chooser).unwrap();
     assert!(plan.may_try_another(&state));
     let state = state_of(
         vec![deployment("solo-1", "solo")],
         Some(router(proto::RoutingStrategy::SimpleShuffle)),
     );
-    let mut chooser = Chooser {
-        state: &state,
-        book: &book,
-        shuffler: &mut shuffler,
-        now_ms: NOW,
-        tags: &[],
-        estimated_tokens: 10,
-        stream: false,
-    };
+    let mut chooser = plain_chooser(&state, &book, &mut shuffler);
     let plan = RoutePlan::start("solo", &Default::default(), &mut chooser).unwrap();
     assert!(!plan.may_try_another(&state));
 }
@@ -658,15 +643,7 @@ fn a_requests_own_fallbacks_and_retries_replace_the_routers() {
     assert_eq!(summary.routing.num_retries, Some(0));
     let book = RoutingBook::new();
     let mut shuffler = Shuffler::new(3);
-    let mut chooser = Chooser {
-        state: &state,
-        book: &book,
-        shuffler: &mut shuffler,
-        now_ms: NOW,
-        tags: &[],
-        estimated_tokens: 10,
-        stream: false,
-    };
+    let mut chooser = plain_chooser(&state, &book, &mut shuffler);
     let mut plan = RoutePlan::start("gpt", &summary.routing, &mut chooser).unwrap();
     // No retry (num_retries 0), straight to the request's own fallback.
     assert_eq!(
