@@ -22,7 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::RouterConfig;
-use crate::cooldowns::{self, CooldownJudge, CooldownRules, FailureClass};
+use crate::cooldowns::{self, CooldownJudge, CooldownRules};
 use crate::delta::{CatchUp, Served, Teams};
 use crate::limits;
 use crate::pricing::{self, PriceCatalog, PricedDeployment};
@@ -488,7 +488,7 @@ impl SyncHub {
         let mut failing = positions
             .iter()
             .filter_map(|position| records.get(*position))
-            .filter(|record| FailureClass::of(record).is_some())
+            .filter(|record| cooldowns::failure_class(record).is_some())
             .peekable();
         if failing.peek().is_none() {
             return;

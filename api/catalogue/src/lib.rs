@@ -4,7 +4,16 @@
 //! the filter picks its translator with it. One table, so adding a provider is one row here
 //! (and, for a new wire protocol, one translator in the filter).
 //!
+//! It also holds the error classes of a failed provider attempt ([`ErrorClass`], with
+//! LiteLLM's per-class policy names, [`PolicyClass`]): the filter retries, falls back and
+//! cools deployments down by them, and the control plane judges cooldowns across filters
+//! by the same table.
+//!
 //! No dependencies: the filter builds it for wasm32 and the control plane for its host.
+
+mod errors;
+
+pub use errors::{ErrorClass, PolicyClass};
 
 /// The wire protocol a provider speaks; the filter translates per wire, not per provider.
 /// Its [`Wire::name`] is what the control plane stores.

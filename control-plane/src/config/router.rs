@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use serde_yaml::{Mapping, Value};
+use tollgate_catalogue::PolicyClass;
 
 use super::{key_name, shown, shown_value, type_name, Checker, DeploymentConfig};
 use crate::proto;
@@ -161,14 +162,18 @@ pub struct ErrorClassCounts {
 impl ErrorClassCounts {
     /// The count of LiteLLM's class `class` ("RateLimitError"), when it is one.
     fn slot(&mut self, class: &str) -> Option<&mut Option<u32>> {
+        PolicyClass::from_litellm_name(class).map(|class| self.count_mut(class))
+    }
+
+    /// The count of `class`.
+    fn count_mut(&mut self, class: PolicyClass) -> &mut Option<u32> {
         match class {
-            "TimeoutError" => Some(&mut self.timeout),
-            "RateLimitError" => Some(&mut self.rate_limit),
-            "InternalServerError" => Some(&mut self.server_error),
-            "AuthenticationError" => Some(&mut self.authentication),
-            "BadRequestError" => Some(&mut self.bad_request),
-            "ContentPolicyViolationError" => Some(&mut self.content_policy),
-            _ => None,
+            PolicyClass::Timeout => &mut self.timeout,
+            PolicyClass::RateLimit => &mut self.rate_limit,
+            PolicyClass::InternalServer => &mut self.server_error,
+            PolicyClass::Authentication => &mut self.authentication,
+            PolicyClass::BadRequest => &mut self.bad_request,
+            PolicyClass::ContentPolicyViolation => &mut self.content_policy,
         }
     }
 }

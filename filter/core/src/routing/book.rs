@@ -171,10 +171,7 @@ impl RoutingBook {
             message: cut(report.message, MAX_ERROR_MESSAGE),
             at_ms: now_ms,
         });
-        if matches!(
-            class,
-            ErrorClass::BadRequest | ErrorClass::ContextWindow | ErrorClass::ContentPolicy
-        ) {
+        if !class.is_deployment_fault() {
             return;
         }
         let Some(fails) = live.fails.get_mut(class.index()) else {

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::{ErrorClass, RoutingBook};
+use super::RoutingBook;
 use crate::State;
 
 /// The filter's version, reported by the health endpoints.
@@ -74,12 +74,10 @@ pub fn health_json(state: &State, book: &RoutingBook, now_ms: u64, started_ms: u
                 Some(health.cooldown_until_ms.map_or(until, |own| own.max(until)));
         }
         let failing = health.last_error.as_ref().is_some_and(|error| {
-            !matches!(
-                error.class,
-                ErrorClass::BadRequest | ErrorClass::ContextWindow | ErrorClass::ContentPolicy
-            ) && health
-                .last_success_ms
-                .is_none_or(|success| success < error.at_ms)
+            error.class.is_deployment_fault()
+                && health
+                    .last_success_ms
+                    .is_none_or(|success| success < error.at_ms)
         });
         let sick = health.cooldown_until_ms.is_some() || failing;
         let entry = Endpoint {

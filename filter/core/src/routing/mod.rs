@@ -45,82 +45,10 @@ pub enum Strategy {
     CostBased,
 }
 
-/// What went wrong with an attempt, in the classes LiteLLM's retry and cooldown policies
-/// name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorClass {
-    /// 429.
-    RateLimit,
-    /// 408, 504, a timeout of the gateway.
-    Timeout,
-    /// 5xx, 529, no answer at all (connection failure or reset).
-    ServerError,
-    /// 401, 403.
-    Authentication,
-    /// 404: the deployment does not know the model.
-    NotFound,
-    /// The request does not fit the model's context window.
-    ContextWindow,
-    /// The provider refused the request for its content.
-    ContentPolicy,
-    /// Any other 4xx: the request itself is wrong, wherever it goes.
-    BadRequest,
-}
-
-impl ErrorClass {
-    /// The class of an answer with `status` and OpenAI error `code` (as the gateway
-    /// translated it); `None` for a success. Status 0 means there was no answer.
-    pub fn of(status: u16, code: Option<&str>) -> Option<ErrorClass> {
-        match code {
-            Some("context_length_exceeded") => return Some(ErrorClass::ContextWindow),
-            Some("content_filter" | "content_policy_violation" | "invalid_prompt") => {
-                return Some(ErrorClass::ContentPolicy)
-            }
-            _ => {}
-        }
-        Some(match status {
-            0 => ErrorClass::ServerError,
-            100..=399 => return None,
-            429 => ErrorClass::RateLimit,
-            408 | 504 => ErrorClass::Timeout,
-            401 | 403 => ErrorClass::Authentication,
-            404 => ErrorClass::NotFound,
-            400..=499 => ErrorClass::BadRequest,
-            _ => ErrorClass::ServerError,
-        })
-    }
-
-    /// The class's slot in per-class tables.
-    fn index(self) -> usize {
-        match self {
-            ErrorClass::RateLimit => 0,
-            ErrorClass::Timeout => 1,
-            ErrorClass::ServerError => 2,
-            ErrorClass::Authentication => 3,
-            ErrorClass::NotFound => 4,
-            ErrorClass::ContextWindow => 5,
-            ErrorClass::ContentPolicy => 6,
-            ErrorClass::BadRequest => 7,
-        }
-    }
-
-    /// Number of classes.
-    const COUNT: usize = 8;
-
-    /// The name in stats and the health report.
-    pub fn name(self) -> &'static str {
-        match self {
-            ErrorClass::RateLimit => "rate_limit",
-            ErrorClass::Timeout => "timeout",
-            ErrorClass::ServerError => "server_error",
-            ErrorClass::Authentication => "authentication",
-            ErrorClass::NotFound => "not_found",
-            ErrorClass::ContextWindow => "context_window",
-            ErrorClass::ContentPolicy => "content_policy",
-            ErrorClass::BadRequest => "bad_request",
-        }
-    }
-}
+/// What went wrong with an attempt: the catalogue's table, shared with the control plane
+/// (which judges cooldowns across filters by it).
+pub use tollgate_catalogue::ErrorClass;
+use tollgate_catalogue::PolicyClass;
 
 /// A count per error class, with a default for the classes not given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,36 +107,22 @@ impl Default for RouterConfig {
     }
 }
 
-/// A per-class table from the proto's optional fields.
+/// A per-class table from the policy's entries: each class takes the entry `policy_of` names
+/// when `given` has it, else `default` for the classes retried by default (rate limits,
+/// timeouts, server errors) and `quiet_default` for the others.
 fn per_class(
     default: u32,
     quiet_default: u32,
-    [timeout, rate_limit, server_error, authentication, bad_request, content_policy]: [Option<u32>;
-        6],
+    policy_of: fn(ErrorClass) -> Option<PolicyClass>,
+    given: impl Fn(PolicyClass) -> Option<u32>,
 ) -> PerClass {
     let mut table = PerClass([default; ErrorClass::COUNT]);
-    for class in [
-        ErrorClass::Authentication,
-        ErrorClass::BadRequest,
-        ErrorClass::NotFound,
-        ErrorClass::ContentPolicy,
-        ErrorClass::ContextWindow,
-    ] {
-        table.set(class, quiet_default);
-    }
-    let given = [
-        (ErrorClass::Timeout, timeout),
-        (ErrorClass::RateLimit, rate_limit),
-        (ErrorClass::ServerError, server_error),
-        (ErrorClass::Authentication, authentication),
-        (ErrorClass::BadRequest, bad_request),
-        (ErrorClass::NotFound, bad_request),
-        (ErrorClass::ContentPolicy, content_policy),
-    ];
-    for (class, value) in given {
-        if let Some(value) = value {
-            table.set(class, value);
-        }
+    for class in ErrorClass::ALL {
+        let fallback = match class {
+            ErrorClass::RateLimit | ErrorClass::Timeout | ErrorClass::ServerError => default,
+            _ => quiet_default,
+        };
+        table.set(class, policy_of(class).and_then(&given).unwrap_or(fallback));
     }
     table
 }
@@ -272,27 +186,29 @@ impl RouterConfig {
             retries: per_class(
                 num_retries,
                 0,
-                [
-                    retry.timeout,
-                    retry.rate_limit,
-                    retry.server_error,
-                    retry.authentication,
-                    retry.bad_request,
-                    retry.content_policy,
-                ],
+                ErrorClass::retry_policy,
+                |policy| match policy {
+                    PolicyClass::Timeout => retry.timeout,
+                    PolicyClass::RateLimit => retry.rate_limit,
+                    PolicyClass::InternalServer => retry.server_error,
+                    PolicyClass::Authentication => retry.authentication,
+                    PolicyClass::BadRequest => retry.bad_request,
+                    PolicyClass::ContentPolicyViolation => retry.content_policy,
+                },
             ),
             cooldowns_disabled: cooldown.disabled,
             allowed_fails: per_class(
                 allowed_fails,
                 allowed_fails,
-                [
-                    cooldown.timeout,
-                    cooldown.rate_limit,
-                    cooldown.server_error,
-                    cooldown.authentication,
-                    cooldown.bad_request,
-                    cooldown.content_policy,
-                ],
+                ErrorClass::allowed_fails_policy,
+                |policy| match policy {
+                    PolicyClass::Timeout => cooldown.timeout,
+                    PolicyClass::RateLimit => cooldown.rate_limit,
+                    PolicyClass::InternalServer => cooldown.server_error,
+                    PolicyClass::Authentication => cooldown.authentication,
+                    PolicyClass::BadRequest => cooldown.bad_request,
+                    PolicyClass::ContentPolicyViolation => cooldown.content_policy,
+                },
             ),
             cooldown_ms: if explicit {
                 cooldown.cooldown_ms
