@@ -52,17 +52,20 @@ use tollgate_catalogue::PolicyClass;
 /// request's fault rather than the deployment's (bad request: any other 4xx; see
 /// [`ErrorClass::is_deployment_fault`]).
 ///
-/// A record carries the status only (its `error_type` is the status's OpenAI type), not
-/// the error code the filter also classifies by: a context-window or content-policy code
-/// on a status that is otherwise the deployment's fault (a 500 saying
-/// `context_length_exceeded`) counts here but not in the filter.
+/// The filter's class of the failure (`error_class`: from the status and the provider's
+/// error code) decides when the record carries one; a record without it (an older filter)
+/// is judged by its status alone.
 pub fn failure_class(record: &proto::UsageRecord) -> Option<ErrorClass> {
     if record.answered_by_gateway || record.deployment_id.is_empty() {
         return None;
     }
-    // Beyond u16: no HTTP status, a server error as for the filter (>= 600).
+    // The filter's own judgement (status and the provider's error code) when the record
+    // carries it; else the status alone (beyond u16: no HTTP status, a server error as for
+    // the filter, >= 600).
     let status = u16::try_from(record.status).unwrap_or(u16::MAX);
-    ErrorClass::of(status, None).filter(|class| class.is_deployment_fault())
+    ErrorClass::from_name(&record.error_class)
+        .or_else(|| ErrorClass::of(status, None))
+        .filter(|class| class.is_deployment_fault())
 }
 
 /// Failures of `class` a deployment may have in a minute: the class's own
@@ -710,13 +713,15 @@ mod tests {
         (class, book.cooling_down("a", T0 + 101))
     }
 
-    /// The usage record the filter writes for that attempt: the status, and the status's
-    /// OpenAI error type (the code is not in it).
-    fn record_of(status: u16) -> proto::UsageRecord {
+    /// The usage record the filter writes for that attempt: the status, the status's
+    /// OpenAI error type, and the class it judged the failure by.
+    fn record_of(status: u16, code: Option<&str>) -> proto::UsageRecord {
         let mut record = failed("a", u32::from(status), T0);
         if status >= 400 {
             record.error_type = tollgate_core::error::error_type_for_status(status).into();
         }
+        record.error_class = ErrorClass::of(status, code)
+            .map_or_else(String::new, |class| class.name().to_string());
         record
     }
 
@@ -724,9 +729,10 @@ mod tests {
     /// the deployment cools down.
     fn control_plane_judges(
         status: u16,
+        code: Option<&str>,
         policy: proto::CooldownPolicy,
     ) -> (Option<ErrorClass>, Option<ErrorClass>) {
-        let record = record_of(status);
+        let record = record_of(status, code);
         let started = CooldownTracker::new().observe([&record], &rules(policy), T0 + 101);
         (
             failure_class(&record),
@@ -768,27 +774,23 @@ mod tests {
             (429, Some("rate_limit_exceeded")),
             (529, Some("overloaded")),
             (500, Some("server_error")),
+            // A code that makes the request at fault on a status that otherwise is the
+            // deployment's: the record carries the filter's class, so neither counts it.
+            (500, Some("context_length_exceeded")),
+            (429, Some("content_filter")),
         ]);
         for (status, code) in pairs {
             let (filter_class, filter_cooled) = filter_judges(status, code, filter_policy);
-            let (class, cooled) = control_plane_judges(status, policy);
+            let (class, cooled) = control_plane_judges(status, code, policy);
             let counted = filter_class.filter(|class| class.is_deployment_fault());
             assert_eq!(class, counted, "{status} {code:?}");
             assert_eq!(cooled, counted, "{status} {code:?}");
             assert_eq!(filter_cooled, cooled.is_some(), "{status} {code:?}");
         }
-        // Known gap: the record has no error code, so a code that makes the request at
-        // fault on a status that otherwise is the deployment's counts here and not in the
-        // filter. Move these pairs up when records carry the code.
-        for (status, code) in [(500, "context_length_exceeded"), (429, "content_filter")] {
-            let (filter_class, filter_cooled) = filter_judges(status, Some(code), filter_policy);
-            assert!(!filter_cooled, "{status} {code}");
-            assert!(!filter_class.is_some_and(ErrorClass::is_deployment_fault));
-            assert!(
-                control_plane_judges(status, policy).1.is_some(),
-                "{status} {code}"
-            );
-        }
+        // A record of an older filter (no class): judged by its status alone.
+        let mut old = record_of(500, Some("context_length_exceeded"));
+        old.error_class.clear();
+        assert_eq!(failure_class(&old), Some(ErrorClass::ServerError));
     }
 
     #[test]
@@ -821,7 +823,7 @@ mod tests {
                     ..Default::default()
                 };
                 let (_, filter_cooled) = filter_judges(status, None, filter_policy);
-                let (_, cooled) = control_plane_judges(status, policy);
+                let (_, cooled) = control_plane_judges(status, None, policy);
                 assert_eq!(filter_cooled, cooled.is_some(), "{status}, entry {entry}");
             }
         }
@@ -841,7 +843,7 @@ mod tests {
         };
         assert!(filter_judges(404, None, filter_policy).1);
         assert_eq!(
-            control_plane_judges(404, policy).1,
+            control_plane_judges(404, None, policy).1,
             Some(ErrorClass::NotFound)
         );
     }

@@ -65,6 +65,7 @@ fn record(
         first_byte_ms: Some(40),
         answered_by_gateway: false,
         error_type: String::new(),
+        error_class: String::new(),
     }
 }
 

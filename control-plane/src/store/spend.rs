@@ -284,6 +284,8 @@ macro_rules! decode_usage {
             first_byte_ms: count("first_byte_ms")?,
             answered_by_gateway: row.try_get("answered_by_gateway")?,
             error_type: row.try_get("error_type")?,
+            // Not stored: only the cooldown judge reads it, from records as they arrive.
+            error_class: String::new(),
             id,
         }
     }};

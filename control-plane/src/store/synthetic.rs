@@ -85,6 +85,11 @@ pub fn synthetic_record(i: u64, total: u64) -> proto::UsageRecord {
         } else {
             String::new()
         },
+        error_class: if failed {
+            "rate_limit".into()
+        } else {
+            String::new()
+        },
     }
 }
 

@@ -1440,6 +1440,10 @@ impl Exchange {
                     } else {
                         String::new()
                     },
+                    error_class: self
+                        .failure
+                        .or_else(|| ErrorClass::of(status, None))
+                        .map_or_else(String::new, |class| class.name().to_string()),
                 };
                 Some(Outcome::Upstream(UpstreamOutcome {
                     plan,
@@ -1872,6 +1876,7 @@ mod tests {
         assert_eq!(outcome.record.model_name, "gpt");
         assert_eq!(outcome.record.completion_tokens, Some(4));
         assert!(!outcome.record.stream);
+        assert_eq!(outcome.record.error_class, "");
     }
 
     /// A state with one priced deployment ("gpt": 1e-6 per input token, 2e-6 per output
@@ -2365,6 +2370,8 @@ mod tests {
         assert_eq!(outcome.status, 502);
         assert!(outcome.response_too_large);
         assert_eq!(outcome.record.status, 502);
+        // The class the routing book judged it by travels with the record.
+        assert_eq!(outcome.record.error_class, "server_error");
     }
 
     #[test]
