@@ -209,6 +209,8 @@ pub struct RouterConfig {
     pub strategy: RoutingStrategy,
     /// `routing_strategy_args.lowest_latency_buffer`.
     pub lowest_latency_buffer: f64,
+    /// `routing_strategy_args.ttl`, in milliseconds; 0: the filter's default (one hour).
+    pub latency_ttl_ms: u64,
     /// `model_group_alias`.
     pub aliases: Vec<GroupAlias>,
     /// `fallbacks`.
@@ -255,6 +257,7 @@ impl Default for RouterConfig {
         RouterConfig {
             strategy: RoutingStrategy::SimpleShuffle,
             lowest_latency_buffer: 0.0,
+            latency_ttl_ms: 0,
             aliases: Vec::new(),
             fallbacks: Vec::new(),
             context_window_fallbacks: Vec::new(),
@@ -294,6 +297,7 @@ impl RouterConfig {
         proto::RouterSettings {
             strategy: self.strategy.to_proto() as i32,
             lowest_latency_buffer: self.lowest_latency_buffer,
+            latency_ttl_ms: self.latency_ttl_ms,
             aliases: self
                 .aliases
                 .iter()
@@ -428,6 +432,7 @@ struct FallbackEntry {
 struct RoutingKeys {
     strategy: Option<RoutingStrategy>,
     lowest_latency_buffer: Option<f64>,
+    latency_ttl_ms: Option<u64>,
     aliases: Option<Vec<AliasEntry>>,
     fallbacks: Option<Located<Vec<FallbackEntry>>>,
     context_window_fallbacks: Option<Located<Vec<FallbackEntry>>>,
@@ -659,37 +664,41 @@ impl Checker<'_> {
         found
     }
 
-    /// `routing_strategy_args`: its `lowest_latency_buffer` (the other arguments tune
-    /// LiteLLM's own bookkeeping, which Tollgate does not have).
-    fn routing_strategy_args(&mut self, map: &Mapping, path: &str) -> Option<f64> {
+    /// `routing_strategy_args`: its `lowest_latency_buffer` and `ttl` (in ms). LiteLLM's
+    /// `max_latency_list_size` sizes its own list of samples; the filter keeps a moving
+    /// average instead.
+    fn routing_strategy_args(&mut self, map: &Mapping, path: &str) -> (Option<f64>, Option<u64>) {
         let field = format!("{path}.routing_strategy_args");
         let args = match map.get("routing_strategy_args") {
-            None | Some(Value::Null) => return None,
+            None | Some(Value::Null) => return (None, None),
             Some(Value::Mapping(args)) => args,
             Some(other) => {
                 self.error(
                     &field,
                     format!("expected a mapping, got {}", type_name(other)),
                 );
-                return None;
+                return (None, None);
             }
         };
         self.warn_other_keys(
             args,
             &field,
-            &["lowest_latency_buffer"],
-            &["ttl", "max_latency_list_size"],
+            &["lowest_latency_buffer", "ttl", "max_latency_list_size"],
+            &[],
         );
-        let buffer = self.number(args, "lowest_latency_buffer", &field)??;
-        if buffer.is_finite() && buffer >= 0.0 {
-            Some(buffer)
-        } else {
-            self.error(
-                &format!("{field}.lowest_latency_buffer"),
-                "must be a number, 0 or more",
-            );
-            None
-        }
+        let ttl = self.seconds_ms(args, "ttl", &field, true);
+        let buffer = match self.number(args, "lowest_latency_buffer", &field) {
+            Some(Some(buffer)) if buffer.is_finite() && buffer >= 0.0 => Some(buffer),
+            Some(Some(_)) => {
+                self.error(
+                    &format!("{field}.lowest_latency_buffer"),
+                    "must be a number, 0 or more",
+                );
+                None
+            }
+            _ => None,
+        };
+        (buffer, ttl)
     }
 
     /// `model_group_alias` (at `path`): `alias: group`, `alias: {model: group, hidden:
@@ -946,9 +955,11 @@ impl Checker<'_> {
     fn router_settings(&mut self, map: &Mapping) -> RoutingKeys {
         const PATH: &str = "router_settings";
         self.warn_other_keys(map, PATH, ROUTER_KEYS, KNOWN_UNSUPPORTED_ROUTER_KEYS);
+        let strategy_args = self.routing_strategy_args(map, PATH);
         let mut keys = RoutingKeys {
             strategy: self.routing_strategy(map, PATH),
-            lowest_latency_buffer: self.routing_strategy_args(map, PATH),
+            lowest_latency_buffer: strategy_args.0,
+            latency_ttl_ms: strategy_args.1,
             aliases: match map.get("model_group_alias") {
                 None => None,
                 Some(value) => self.model_group_alias(value, &format!("{PATH}.model_group_alias")),
@@ -1281,6 +1292,7 @@ impl Checker<'_> {
             lowest_latency_buffer: router
                 .lowest_latency_buffer
                 .unwrap_or(defaults.lowest_latency_buffer),
+            latency_ttl_ms: router.latency_ttl_ms.unwrap_or(defaults.latency_ttl_ms),
             aliases,
             fallbacks,
             context_window_fallbacks,
@@ -1474,6 +1486,7 @@ model_list:
         proto::RouterSettings {
             strategy: proto::RoutingStrategy::SimpleShuffle as i32,
             lowest_latency_buffer: 0.0,
+            latency_ttl_ms: 0,
             aliases: vec![],
             fallbacks: vec![],
             context_window_fallbacks: vec![],
@@ -1599,7 +1612,7 @@ router_settings:
             r#"
 router_settings:
   routing_strategy: latency-based-routing
-  routing_strategy_args: {lowest_latency_buffer: 0.5}
+  routing_strategy_args: {lowest_latency_buffer: 0.5, ttl: 30}
   fallbacks: [{gpt-4: [claude-3-opus]}]
   context_window_fallbacks: [{gpt-3.5-turbo: [gpt-4-turbo]}]
   content_policy_fallbacks: [{claude-3-opus: [gpt-4]}]
@@ -1621,6 +1634,7 @@ router_settings:
         let mut expected = default_message();
         expected.strategy = proto::RoutingStrategy::LatencyBased as i32;
         expected.lowest_latency_buffer = 0.5;
+        expected.latency_ttl_ms = 30_000;
         expected.fallbacks = vec![fallbacks("gpt-4", &["claude-3-opus"])];
         expected.context_window_fallbacks = vec![fallbacks("gpt-3.5-turbo", &["gpt-4-turbo"])];
         expected.content_policy_fallbacks = vec![fallbacks("claude-3-opus", &["gpt-4"])];
@@ -1899,7 +1913,6 @@ router_settings:
             [
                 "router_settings.redis_host: not supported by Tollgate yet, ignored",
                 "router_settings.mystery: unknown key, ignored",
-                "router_settings.routing_strategy_args.ttl: not supported by Tollgate yet, ignored",
                 "router_settings.routing_strategy_args.bogus: unknown key, ignored",
                 "router_settings.allowed_fails_policy.NotAnErrorAllowedFails: unknown key, ignored",
                 "router_settings.retry_policy.NotAnErrorRetries: unknown key, ignored",
@@ -1908,6 +1921,7 @@ router_settings:
             ]
         );
         assert_eq!(loaded.config.router.lowest_latency_buffer, 0.1);
+        assert_eq!(loaded.config.router.latency_ttl_ms, 60_000);
     }
 
     #[test]

@@ -305,6 +305,26 @@ fn latency_based_takes_the_fastest_within_the_buffer() {
 }
 
 #[test]
+fn a_latency_older_than_the_ttl_is_forgotten_so_the_slow_deployment_is_tried_again() {
+    let mut settings = router(proto::RoutingStrategy::LatencyBased);
+    settings.latency_ttl_ms = 60_000;
+    let state = state_of(
+        vec![deployment("slow", "m"), deployment("fast", "m")],
+        Some(settings),
+    );
+    let mut book = RoutingBook::new();
+    // slow was measured two minutes ago (10 ms per token), fast just now (2).
+    book.finished(&success("slow", 1_000, 100), &state.router, NOW - 120_000);
+    book.finished(&success("fast", 200, 100), &state.router, NOW);
+    // slow's latency is past its ttl: unmeasured, it goes first (as a new deployment does).
+    assert_eq!(spread(&state, "m", &book, 10)["slow"], 10);
+    // Measured again (its old average forgotten, not smoothed into): fast again.
+    book.finished(&success("slow", 900, 100), &state.router, NOW);
+    assert_eq!(spread(&state, "m", &book, 10)["fast"], 10);
+    assert_eq!(book.latency_ms("slow", false, NOW, 60_000), Some(9.0));
+}
+
+#[test]
 fn usage_based_takes_the_least_used_with_headroom() {
     let mut a = deployment("a", "m");
     a.limits = Some(proto::RateLimits {

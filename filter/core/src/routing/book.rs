@@ -151,6 +151,14 @@ impl RoutingBook {
             live.minute_tokens = live.minute_tokens.saturating_add(tokens);
         }
         let Some(class) = report.class else {
+            if live
+                .last_success_ms
+                .is_some_and(|last| now_ms.saturating_sub(last) > config.latency_ttl_ms)
+            {
+                // Forgotten averages start again from this sample.
+                live.latency_ms = None;
+                live.first_byte_ms = None;
+            }
             live.successes = live.successes.saturating_add(1);
             live.last_latency_ms = Some(report.latency_ms);
             live.last_success_ms = Some(now_ms);
@@ -239,9 +247,17 @@ impl RoutingBook {
     }
 
     /// The average latency of `id`: to the first byte for streams (when known), else per
-    /// completion token; `None` before its first success.
-    pub fn latency_ms(&self, id: &str, stream: bool) -> Option<f64> {
+    /// completion token; `None` before its first success, and once its last success is
+    /// more than `ttl_ms` before `now_ms` (routing_strategy_args.ttl: a deployment left out
+    /// for being slow is tried again after it, as in LiteLLM).
+    pub fn latency_ms(&self, id: &str, stream: bool, now_ms: u64, ttl_ms: u64) -> Option<f64> {
         let live = self.deployments.get(id)?;
+        if live
+            .last_success_ms
+            .is_none_or(|last| now_ms.saturating_sub(last) > ttl_ms)
+        {
+            return None;
+        }
         if stream {
             live.first_byte_ms.or(live.latency_ms)
         } else {

@@ -66,6 +66,9 @@ impl PerClass {
     }
 }
 
+/// LiteLLM's `routing_strategy_args.ttl` default: latencies count for an hour.
+const DEFAULT_LATENCY_TTL_MS: u64 = 3_600_000;
+
 /// `router_settings`, as the filter uses them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouterConfig {
@@ -73,6 +76,8 @@ pub struct RouterConfig {
     pub strategy: Strategy,
     /// routing_strategy_args.lowest_latency_buffer.
     pub lowest_latency_buffer: f64,
+    /// routing_strategy_args.ttl: how long a measured latency counts, in milliseconds.
+    pub latency_ttl_ms: u64,
     /// model_group_alias: alias -> the groups it stands for (their union), and whether it is
     /// listed in /v1/models.
     aliases: HashMap<String, (Vec<String>, bool)>,
@@ -177,6 +182,10 @@ impl RouterConfig {
                 settings.lowest_latency_buffer.max(0.0)
             } else {
                 0.0
+            },
+            latency_ttl_ms: match settings.latency_ttl_ms {
+                0 => DEFAULT_LATENCY_TTL_MS,
+                ttl => ttl,
             },
             aliases,
             fallbacks: fallback_map(settings.fallbacks),
@@ -567,7 +576,10 @@ fn pick_in_first_tier<'g>(
         Strategy::SimpleShuffle => weighted_shuffle(&tier, shuffler),
         Strategy::LeastBusy => lowest(&tier, shuffler, |d| book.in_flight(&d.id) as f64),
         Strategy::LatencyBased => {
-            let latency = |d: &Deployment| book.latency_ms(&d.id, context.stream).unwrap_or(0.0);
+            let latency = |d: &Deployment| {
+                book.latency_ms(&d.id, context.stream, context.now_ms, config.latency_ttl_ms)
+                    .unwrap_or(0.0)
+            };
             let fastest = tier
                 .iter()
                 .map(|d| latency(d))
