@@ -720,8 +720,8 @@ mod tests {
         if status >= 400 {
             record.error_type = tollgate_core::error::error_type_for_status(status).into();
         }
-        record.error_class = ErrorClass::of(status, code)
-            .map_or_else(String::new, |class| class.name().to_string());
+        record.error_class =
+            ErrorClass::of(status, code).map_or_else(String::new, |class| class.name().to_string());
         record
     }
 
