@@ -533,7 +533,8 @@ fn routing_paths_end_to_end() {
 }
 
 /// `patient`: one deployment retried once after a backoff (the seed's retry_policy form,
-/// base_delay 1 s); `pair`: two deployments; streams idle for 3 s are cut.
+/// base_delay 1 s); `pair`: two deployments; `lonely`: one, falling back to `claude` by
+/// default_fallbacks; streams idle for 3 s are cut.
 fn timing_config(mock: &Mock) -> String {
     let openai = |name: &str, upstream: &str, id: &str| {
         format!(
@@ -551,8 +552,20 @@ fn timing_config(mock: &Mock) -> String {
         + &openai("patient", "mock-patient", "patient-1")
         + &openai("pair", "mock-p1", "p1")
         + &openai("pair", "mock-p2", "p2")
+        + &openai("lonely", "mock-lonely", "lonely-1")
+        + &format!(
+            "- model_name: claude\n\
+             \x20 litellm_params:\n\
+             \x20   model: anthropic/claude-mock-sonnet\n\
+             \x20   api_base: {url}\n\
+             \x20   api_key: {MOCK_ANTHROPIC_KEY}\n\
+             \x20 model_info:\n\
+             \x20   id: claude-1\n",
+            url = mock.url
+        )
         + "router_settings:\n\
            \x20 retry_policy: {max_retries: 1, base_delay: 1, max_delay: 10}\n\
+           \x20 default_fallbacks: [claude]\n\
            \x20 disable_cooldowns: true\n\
            \x20 stream_idle_timeout: 3\n\
            general_settings:\n"
@@ -616,6 +629,16 @@ fn backoff_cut_streams_and_idle_streams_end_to_end() {
     assert_eq!(mock.calls_for("mock-p2").unwrap(), 8);
     assert_eq!(attempts_counter("upstream_rq_retry"), 1 + retried);
     assert_eq!(attempts_counter("upstream_rq_retry_backoff_ratelimited"), 1);
+    mock.clear_faults().unwrap();
+
+    // A group without fallbacks of its own that fails: retried once (after the backoff),
+    // then default_fallbacks.
+    mock.set_fault("mock-lonely", json!({"status": 500}), None)
+        .unwrap();
+    let (status, got, body) = send(&env, &request("lonely", "routing-timing", false));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(got, headers("claude-1", 1, 1));
+    assert_eq!(mock.calls_for("mock-lonely").unwrap(), 2);
     mock.clear_faults().unwrap();
 
     // A stream whose connection breaks after its first chunk is not tried again anywhere:
