@@ -135,11 +135,16 @@ fn with_plan<R>(
 /// attempt follows, after `backoff_ms` (sent in whole seconds, rounded up: the granularity
 /// of Envoy's rate-limit reset headers).
 fn mark_for_retry(host: &mut impl Host, backoff_ms: u64) {
-    host.set_response_header(RETRY_HEADER, "1");
-    if backoff_ms > 0 {
-        let seconds = backoff_ms.div_ceil(1000);
-        host.set_response_header(RETRY_AFTER_HEADER, &seconds.to_string());
+    for (name, value) in retry_marks(backoff_ms) {
+        host.set_response_header(name, &value);
     }
+}
+
+/// The response headers of [`mark_for_retry`].
+fn retry_marks(backoff_ms: u64) -> impl Iterator<Item = (&'static str, String)> {
+    let wait =
+        (backoff_ms > 0).then(|| (RETRY_AFTER_HEADER, backoff_ms.div_ceil(1000).to_string()));
+    std::iter::once((RETRY_HEADER, "1".to_string())).chain(wait)
 }
 
 /// The `code` and `message` of an OpenAI-shaped error body (what the gateway's
@@ -941,13 +946,16 @@ impl Exchange {
         now_ms: u64,
         context: &TranslateContext,
     ) -> Verdict {
-        let deployment = with_routing(&self.routing, now_ms, |routing| {
-            routing
-                .ledger
-                .get(&key)
-                .map(|entry| Arc::clone(entry.plan.current()))
+        let current = with_routing(&self.routing, now_ms, |routing| {
+            routing.ledger.get(&key).map(|entry| {
+                (
+                    Arc::clone(entry.plan.current()),
+                    entry.plan.attempts(),
+                    entry.estimated_tokens,
+                )
+            })
         });
-        let Some(deployment) = deployment else {
+        let Some((deployment, attempt, estimated_tokens)) = current else {
             // The relaying side ended (or its entry was dropped) while Envoy retried.
             return self.refuse(
                 host,
@@ -969,20 +977,33 @@ impl Exchange {
             })
         };
         match planned {
-            Ok(plan) => self.admit(
-                host,
-                Box::new(Admitting {
-                    state,
-                    caller,
-                    role: Role::Attempt(key),
-                    plan,
-                    body_size,
-                    soft_budget: None,
-                    needs: Vec::new(),
-                    estimated_tokens: 0,
-                }),
-                now_ms,
-            ),
+            Ok(plan) => {
+                // The key's, user's, team's and global limits were taken when the request
+                // arrived, with the first deployment's own; a later attempt takes its
+                // deployment's own rpm / tpm.
+                let needs = if attempt > 1 {
+                    needs_of(&state, &caller, &model, &plan.deployment, estimated_tokens)
+                        .into_iter()
+                        .filter(|need| need.counter.scope == proto::BudgetScope::Deployment)
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                self.admit(
+                    host,
+                    Box::new(Admitting {
+                        state,
+                        caller,
+                        role: Role::Attempt(key),
+                        plan,
+                        body_size,
+                        soft_budget: None,
+                        needs,
+                        estimated_tokens,
+                    }),
+                    now_ms,
+                )
+            }
             Err(error) => self.refuse(host, &error, Some(caller), model, String::new()),
         }
     }
@@ -1014,18 +1035,7 @@ impl Exchange {
         let Role::Relay(key) = &admitting.role else {
             return None;
         };
-        let full = match counter.kind {
-            proto::LimitKind::Requests => Some(false),
-            proto::LimitKind::Tokens => Some(true),
-            _ => None,
-        };
-        if let Some(tokens) = full {
-            with_routing(&self.routing, now_ms, |routing| {
-                routing
-                    .book
-                    .reached_cap(&admitting.plan.deployment, tokens, now_ms)
-            });
-        }
+        self.learn_cap(&admitting.plan.deployment, counter, now_ms);
         with_plan(
             &self.routing,
             &admitting.state,
@@ -1033,6 +1043,44 @@ impl Exchange {
             now_ms,
             |plan, chooser| plan.instead(chooser),
         )
+    }
+
+    /// An attempt (not the first) was refused its deployment's own rpm / tpm: the book
+    /// learns the cap, and the plan takes another deployment of the group not tried yet
+    /// (not counted as a retry), else goes on as after a rate-limit failure (a retry or a
+    /// fallback). The wait before the next attempt, when there is one.
+    fn skip_attempt(
+        &mut self,
+        admitting: &Admitting,
+        key: &str,
+        counter: &crate::ratelimit::CounterId,
+        now_ms: u64,
+    ) -> Option<u64> {
+        self.learn_cap(&admitting.plan.deployment, counter, now_ms);
+        let state = &admitting.state;
+        with_plan(&self.routing, state, key, now_ms, |plan, chooser| {
+            plan.instead(chooser)
+        })
+        .map(|_| 0)
+        .or_else(|| another_attempt(&self.routing, state, key, ErrorClass::RateLimit, now_ms))
+    }
+
+    /// The rate-limit authority refused `deployment` for its own cap (`counter`): this
+    /// filter's book counts it as full for the rest of the minute.
+    fn learn_cap(
+        &mut self,
+        deployment: &crate::snapshot::Deployment,
+        counter: &crate::ratelimit::CounterId,
+        now_ms: u64,
+    ) {
+        let tokens = match counter.kind {
+            proto::LimitKind::Requests => false,
+            proto::LimitKind::Tokens => true,
+            _ => return,
+        };
+        with_routing(&self.routing, now_ms, |routing| {
+            routing.book.reached_cap(deployment, tokens, now_ms)
+        });
     }
 
     /// Takes the request's rate-limit quota, then sends it upstream; or refuses it (429),
@@ -1048,8 +1096,15 @@ impl Exchange {
                     return Verdict::Pause;
                 }
                 Admission::Refused(refusal) => {
+                    let mut another = None;
                     if refusal.counter.scope == proto::BudgetScope::Deployment {
-                        if let Some(rerouted) = self.reroute(&admitting, &refusal.counter, now_ms) {
+                        if let Role::Attempt(key) = &admitting.role {
+                            // Refused before it was sent: the next deployment instead (not a
+                            // retry), through the attempts route like any other attempt.
+                            another = self.skip_attempt(&admitting, key, &refusal.counter, now_ms);
+                        } else if let Some(rerouted) =
+                            self.reroute(&admitting, &refusal.counter, now_ms)
+                        {
                             let mut admitting = admitting;
                             admitting.needs = needs_of(
                                 &admitting.state,
@@ -1080,6 +1135,9 @@ impl Exchange {
                         refusal.retry_after_ms.div_ceil(1000).to_string(),
                     ));
                     headers.push(("retry-after-ms", refusal.retry_after_ms.to_string()));
+                    if let Some(backoff_ms) = another {
+                        headers.extend(retry_marks(backoff_ms));
+                    }
                     let model = plan.deployment.model_name.clone();
                     return self.refuse_with(
                         host,

@@ -684,8 +684,12 @@ fn shuffle_respects_rpm_caps_and_aliases_route_to_their_groups() {
                 deployment(mock, "gpt-4-turbo", "al-turbo", &[], &[]),
                 deployment(mock, "shuffled", "shuf-rpm2", &["rpm: 2", "weight: 1"], &[]),
                 deployment(mock, "shuffled", "shuf-free", &["weight: 1"], &[]),
+                deployment(mock, "tiered-cap", "tc1", &["order: 1"], &[]),
+                deployment(mock, "tiered-cap", "tc2", &["order: 2", "rpm: 1"], &[]),
+                deployment(mock, "tiered-cap", "tc3", &["order: 3"], &[]),
             ],
             &[
+                "disable_cooldowns: true",
                 "model_group_alias:",
                 "  gpt-4: gpt-4o",
                 "  gpt-4-hidden: {model: gpt-4o, hidden: true}",
@@ -718,6 +722,7 @@ fn shuffle_respects_rpm_caps_and_aliases_route_to_their_groups() {
             "gpt-4-turbo",
             "gpt-4o",
             "shuffled",
+            "tiered-cap",
             "turbo"
         ]
     );
@@ -779,6 +784,34 @@ fn shuffle_respects_rpm_caps_and_aliases_route_to_their_groups() {
         assert_eq!(answer.retries.as_deref(), Some("0"), "{answer:?}");
     }
     assert_calls(mock, &BTreeMap::from([("shuf-free".to_string(), 10)]));
+
+    // A retry that lands on a deployment at its own rpm cap: tc1 (first tier) always fails;
+    // its retry goes to tc2 (rpm 1) once, then, on any worker, to tc3: a worker that did
+    // not see tc2's request still picks it, the rate limit refuses that attempt before it
+    // is sent, and the plan takes tc3 instead (not another retry).
+    wait_for_window_with(15);
+    mock.set_fault(&upstream("tc1"), json!({"status": 500}), None)
+        .unwrap();
+    mock.reset_calls().unwrap();
+    let first = Conn::new(&env).send(&body("tiered-cap", "cap", false));
+    assert_eq!(first.status, 200, "{first:?}");
+    assert_eq!(
+        (first.model_id.as_str(), first.retries.as_deref()),
+        ("tc2", Some("1"))
+    );
+    for _ in 0..6 {
+        let answer = Conn::new(&env).send(&body("tiered-cap", "cap", false));
+        assert_eq!(answer.status, 200, "{answer:?}");
+        assert_eq!(
+            (answer.model_id.as_str(), answer.retries.as_deref()),
+            ("tc3", Some("1"))
+        );
+    }
+    let calls = mock.calls().unwrap();
+    assert_eq!(calls.get(&upstream("tc1")), Some(&7), "{calls:?}");
+    assert_eq!(calls.get(&upstream("tc2")), Some(&1), "{calls:?}");
+    assert_eq!(calls.get(&upstream("tc3")), Some(&6), "{calls:?}");
+    mock.clear_faults().unwrap();
 
     assert!(env.gateway.filter_failures().is_empty());
 }
