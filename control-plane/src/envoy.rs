@@ -45,14 +45,15 @@ pub enum FilterBuild {
 impl FilterBuild {
     /// How many streams one Envoy with `workers` worker threads opens to the control plane:
     /// one per Wasm VM (each worker's and the main thread's; the gateway's and the attempts
-    /// listener's filters share a VM's root context), or the native module's one per filter
-    /// configuration (the gateway listener's and the attempts listener's).
+    /// listener's filters share a VM's root context), or the native module's one (its filter
+    /// configurations of the same bytes, the gateway listener's and the attempts listener's,
+    /// share one stream and snapshot).
     pub fn control_plane_streams(&self, workers: u32) -> usize {
         match self {
             FilterBuild::Wasm { .. } => usize::try_from(workers)
                 .unwrap_or(usize::MAX)
                 .saturating_add(1),
-            FilterBuild::Native { .. } => 2,
+            FilterBuild::Native { .. } => 1,
         }
     }
 }

@@ -4,9 +4,10 @@
 //! copies of headers and bodies into a VM's memory, no JIT-compiled code.
 //!
 //! Envoy calls the `envoy_dynamic_module_on_*` functions below (its ABI, `abi.rs`). One
-//! configuration is shared by every worker: it holds the newest snapshot, which a thread of
-//! the module's own keeps current over a gRPC stream to the control plane (`sync.rs`), and
-//! the queue of usage records that thread sends back.
+//! configuration is shared by every worker, and by every other filter configuration of the
+//! same bytes (the gateway listener's and the attempts listener's; `registry.rs`): it holds
+//! the newest snapshot, which a thread of the module's own keeps current over a gRPC stream
+//! to the control plane (`sync.rs`), and the queue of usage records that thread sends back.
 // A panic kills a worker's VM (Wasm) or Envoy itself (native): no index or slice that can be
 // out of bounds outside tests; `get` and friends make each bound explicit.
 #![deny(clippy::indexing_slicing, clippy::string_slice)]
@@ -17,6 +18,7 @@
 
 mod abi;
 mod envoy;
+mod registry;
 mod shared;
 mod sync;
 
@@ -25,12 +27,12 @@ use std::os::raw::c_char;
 use std::sync::Arc;
 
 use abi::{ConfigEnvoyPtr, EnvoyBuffer, EnvoyHttpHeader, FilterEnvoyPtr};
-use envoy::{Direction, Filter, Metrics, NativeHost, RequestScheduler, Scheduler};
-use shared::Shared;
+use envoy::{Direction, Filter, NativeHost, RequestScheduler};
+use registry::FilterConfig;
 use tollgate_core::exchange::{Exchange, Host, RequestHeaders, Verdict};
 use tollgate_core::gateway::ROUTE_HEADER;
 use tollgate_core::usage::RecordIds;
-use tollgate_core::{GatewayError, PluginConfig};
+use tollgate_core::GatewayError;
 
 /// The ABI version Envoy 1.40 expects.
 static ABI_VERSION: &[u8] = b"v0.2.0\0";
@@ -41,8 +43,9 @@ pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
     ABI_VERSION.as_ptr().cast()
 }
 
-/// A filter configuration: the JSON [`PluginConfig`] (empty for defaults). Defines the stats
-/// and starts the control-plane thread; null (Envoy rejects the configuration) when the JSON
+/// A filter configuration: the JSON [`tollgate_core::PluginConfig`] (empty for defaults).
+/// Defines the stats, and joins the running state of the same bytes or starts the
+/// control-plane thread of a new one; null (Envoy rejects the configuration) when the JSON
 /// is invalid.
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
@@ -50,29 +53,13 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     _name: EnvoyBuffer,
     config: EnvoyBuffer,
 ) -> *const c_void {
-    // SAFETY: Envoy owns the configuration bytes for this call; they are parsed here.
+    // SAFETY: Envoy owns the configuration bytes for this call; they are read (and copied
+    // when they are new) here.
     let bytes = unsafe { config.bytes() };
-    let config = match PluginConfig::parse(bytes) {
-        Ok(config) => config,
-        Err(error) => {
-            envoy::log_error(&format!("tollgate: {error}"));
-            return std::ptr::null();
-        }
-    };
-    let envoy_config = envoy::Config::new(config_envoy);
-    let shared = Arc::new(Shared::new(
-        config,
-        Metrics::define(envoy_config),
-        Scheduler::new(envoy_config),
-    ));
-    if let Err(error) = sync::spawn(shared.clone()) {
-        envoy::log_error(&format!(
-            "tollgate: cannot start the control-plane thread: {error}"
-        ));
-        shared.stop();
-        return std::ptr::null();
+    match FilterConfig::new(envoy::Config::new(config_envoy), bytes) {
+        Some(config) => Arc::into_raw(Arc::new(config)).cast(),
+        None => std::ptr::null(),
     }
-    Arc::into_raw(shared).cast()
 }
 
 /// Main thread, when the control-plane thread asked for it: hand the counters to Envoy.
@@ -84,21 +71,24 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
 ) {
     // SAFETY: `config` came from `Arc::into_raw` in `config_new` and Envoy only schedules for
     // a configuration that is alive; it is borrowed, not taken.
-    let shared = unsafe { &*config.cast::<Shared>() };
-    shared.flush_stats(envoy::Config::new(config_envoy));
+    let config = unsafe { &*config.cast::<FilterConfig>() };
+    config
+        .shared()
+        .flush_stats(envoy::Config::new(config_envoy), &config.metrics);
 }
 
-/// The configuration is gone: stop its thread and drop Envoy's reference.
+/// The configuration is gone: drop its scheduler and Envoy's reference; the control-plane
+/// thread stops if no other configuration of the same bytes is left.
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: *const c_void) {
     // SAFETY: the pointer came from `Arc::into_raw` in `config_new`; Envoy destroys it once.
-    let shared = unsafe { Arc::from_raw(config.cast::<Shared>()) };
-    shared.stop();
+    let config = unsafe { Arc::from_raw(config.cast::<FilterConfig>()) };
+    config.destroy();
 }
 
 /// One request's filter.
 struct TollgateFilter {
-    shared: Arc<Shared>,
+    config: Arc<FilterConfig>,
     exchange: Exchange,
     /// This request's number in the module (its key among the waiting requests).
     id: u64,
@@ -115,13 +105,13 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
 ) -> *const c_void {
     // SAFETY: `config` came from `Arc::into_raw` and Envoy keeps it alive while it makes
     // filters from it; the count is raised before `from_raw` takes a reference.
-    let shared = unsafe {
-        Arc::increment_strong_count(config.cast::<Shared>());
-        Arc::from_raw(config.cast::<Shared>())
+    let config = unsafe {
+        Arc::increment_strong_count(config.cast::<FilterConfig>());
+        Arc::from_raw(config.cast::<FilterConfig>())
     };
-    let attempts_route = shared.config.attempts_route;
+    let attempts_route = config.shared().config.attempts_route;
     let filter = Box::new(TollgateFilter {
-        shared,
+        config,
         exchange: Exchange::with_routing(module_routing(), attempts_route),
         id: NEXT_REQUEST.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
     });
@@ -220,7 +210,7 @@ impl TollgateFilter {
         headers: &RequestHeaders<'_>,
         end_of_stream: bool,
     ) -> u32 {
-        let state = self.shared.state();
+        let state = self.config.shared().state();
         headers_status(self.exchange.on_request_headers(
             &mut NativeHost::new(envoy_filter),
             state.as_ref(),
@@ -317,8 +307,9 @@ fn on_body(
         }
         let envoy_filter = Filter::in_body_hook(filter_envoy);
         let size = envoy_filter.body_size(direction);
-        let generation = this.shared.quota_generation();
-        let host = &mut NativeHost::with_spend(envoy_filter, this.shared.as_ref());
+        let shared = this.config.shared().as_ref();
+        let generation = shared.quota_generation();
+        let host = &mut NativeHost::with_spend(envoy_filter, shared);
         let verdict = if request {
             this.exchange.on_request_body(host, size, end_of_stream)
         } else {
@@ -336,13 +327,14 @@ impl TollgateFilter {
     /// its scheduler when one comes.
     /// `generation` is the module's wake-up count from before the request asked.
     fn wait_for_quota(&self, envoy_filter: Filter, generation: u64) {
+        let shared = self.config.shared();
         match RequestScheduler::new(envoy_filter) {
-            Some(scheduler) => self.shared.wakers.wait(self.id, scheduler),
+            Some(scheduler) => shared.wakers.wait(self.id, scheduler),
             None => envoy::log_error("tollgate: Envoy gave no scheduler for a request"),
         }
         // A grant that came between the ask and now woke the others, not this one.
-        if self.shared.quota_generation() != generation {
-            self.shared.wakers.wake_all();
+        if shared.quota_generation() != generation {
+            shared.wakers.wake_all();
         }
     }
 }
@@ -362,8 +354,9 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
             return abi::CONTINUE;
         }
         let envoy_filter = Filter::new(filter_envoy);
-        let generation = this.shared.quota_generation();
-        let host = &mut NativeHost::with_spend(envoy_filter, this.shared.as_ref());
+        let shared = this.config.shared().as_ref();
+        let generation = shared.quota_generation();
+        let host = &mut NativeHost::with_spend(envoy_filter, shared);
         if this.exchange.on_quota(host) == Verdict::Continue {
             envoy::continue_request(envoy_filter);
         } else if this.exchange.awaits_quota() {
@@ -446,8 +439,11 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
         this.exchange.finish(now_ms);
         let outcome = RECORD_IDS.with_borrow_mut(|ids| this.exchange.outcome(now_ms, ids));
         if let Some(outcome) = outcome {
-            this.shared
-                .record_outcome(Filter::new(filter_envoy), outcome);
+            this.config.shared().record_outcome(
+                Filter::new(filter_envoy),
+                &this.config.metrics,
+                outcome,
+            );
         }
         abi::CONTINUE
     });
@@ -459,7 +455,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter_module: *co
     // SAFETY: the pointer came from `Box::into_raw` in `filter_new`; Envoy destroys it once.
     let this = unsafe { Box::from_raw(filter_module.cast_mut().cast::<TollgateFilter>()) };
     if this.exchange.awaits_quota() {
-        this.shared.wakers.forget(this.id);
+        this.config.shared().wakers.forget(this.id);
     }
 }
 

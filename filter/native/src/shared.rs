@@ -1,5 +1,6 @@
 //! What every worker's filters share with the control-plane thread: the newest snapshot, the
-//! queue of usage records, and the filter's metrics.
+//! queue of usage records, the quota book, and the counters not yet handed to Envoy. One
+//! [`Shared`] serves every filter configuration of the same bytes (`registry.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +16,9 @@ use tollgate_core::ratelimit::{Admission, Need, QuotaBook};
 
 use crate::envoy::{self, Metrics, RequestWakers, Scheduler};
 
-/// One filter configuration's shared state.
+/// The state of one configuration's bytes, shared by every filter configuration Envoy made
+/// of them (the gateway listener's and the attempts listener's, and a listener's next one
+/// while the last drains).
 pub struct Shared {
     /// Static configuration.
     pub config: PluginConfig,
@@ -24,12 +27,17 @@ pub struct Shared {
     state: RwLock<Option<Arc<State>>>,
     usage: Mutex<UsageQueue>,
     stopped: AtomicBool,
-    metrics: Metrics,
+    /// Wakes the control-plane thread from its wait between reconnects when it must stop.
+    stop_signal: tokio::sync::Notify,
     /// Counter increments not yet handed to Envoy.
     pending: Mutex<PendingCounts>,
     /// Whether [`Self::pending`] holds anything (read without the lock on every tick).
     pending_dirty: AtomicBool,
-    scheduler: Scheduler,
+    /// The schedulers of the live filter configurations, oldest first, by their number. The
+    /// newest has Envoy's main thread flush the counters: a stat of a name is one stat,
+    /// whichever configuration increments it, and lives while a configuration that looked it
+    /// up does, so a replaced listener's (older) configuration takes no count with it.
+    flushers: Mutex<Vec<(u64, Scheduler)>>,
     /// The module's rate-limit leases, shared by every worker.
     quota: Mutex<QuotaBook>,
     /// The requests waiting for a lease.
@@ -74,8 +82,9 @@ struct DeploymentCounts {
 }
 
 impl Shared {
-    /// Shared state for a new configuration.
-    pub fn new(config: PluginConfig, metrics: Metrics, scheduler: Scheduler) -> Self {
+    /// Shared state for a new configuration; no filter configuration flushes its counters
+    /// yet ([`Self::attach_flusher`]).
+    pub fn new(config: PluginConfig) -> Self {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_nanos());
@@ -85,10 +94,10 @@ impl Shared {
             state: RwLock::new(None),
             usage: Mutex::new(UsageQueue::default()),
             stopped: AtomicBool::new(false),
-            metrics,
+            stop_signal: tokio::sync::Notify::new(),
             pending: Mutex::new(PendingCounts::default()),
             pending_dirty: AtomicBool::new(false),
-            scheduler,
+            flushers: Mutex::new(Vec::new()),
             quota: Mutex::new(QuotaBook::new()),
             wakers: RequestWakers::default(),
             quota_asks: tokio::sync::Notify::new(),
@@ -172,8 +181,9 @@ impl Shared {
     }
 
     /// Records how an exchange ended: counters (handed to Envoy at the next flush), the
-    /// latency histograms, and the usage record for the control plane's next batch.
-    pub fn record_outcome(&self, filter: envoy::Filter, outcome: Outcome<'_>) {
+    /// latency histograms (`stats`: the ids of the filter's own configuration), and the
+    /// usage record for the control plane's next batch.
+    pub fn record_outcome(&self, filter: envoy::Filter, stats: &Metrics, outcome: Outcome<'_>) {
         match outcome {
             Outcome::Answered { status, record } => {
                 {
@@ -225,7 +235,7 @@ impl Shared {
                     }
                     counts.tokens.add(upstream.token_counts());
                 }
-                self.metrics.record_latency(
+                stats.record_latency(
                     filter,
                     &deployment.stat_model,
                     &deployment.stat_provider,
@@ -242,15 +252,44 @@ impl Shared {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Asks Envoy's main thread to flush the counters, if any were added (any thread).
+    /// Asks Envoy's main thread to flush the counters, if any were added and a filter
+    /// configuration is there to flush them (any thread).
     pub fn schedule_stats_flush(&self) {
-        if self.pending_dirty.swap(false, Ordering::Relaxed) {
-            self.scheduler.commit();
+        let flushers = self.flushers();
+        if let Some((_, scheduler)) = flushers.last() {
+            if self.pending_dirty.swap(false, Ordering::Relaxed) {
+                scheduler.commit();
+            }
         }
     }
 
-    /// Hands the added-up counters to Envoy (main thread, in the scheduled hook).
-    pub fn flush_stats(&self, config: envoy::Config) {
+    fn flushers(&self) -> std::sync::MutexGuard<'_, Vec<(u64, Scheduler)>> {
+        self.flushers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Filter configuration `id` is live: its scheduler flushes the counters from now on.
+    pub fn attach_flusher(&self, id: u64, scheduler: Scheduler) {
+        self.flushers().push((id, scheduler));
+    }
+
+    /// Filter configuration `id` is being destroyed: its scheduler is deleted, and the next
+    /// tick flushes through another one if it was the flusher (an event committed to it is
+    /// dropped with the configuration; the counters it was to hand over are still pending).
+    pub fn detach_flusher(&self, id: u64) {
+        let mut flushers = self.flushers();
+        flushers.retain(|(flusher, scheduler)| {
+            if *flusher == id {
+                scheduler.delete();
+            }
+            *flusher != id
+        });
+        drop(flushers);
+        self.pending_dirty.store(true, Ordering::Relaxed);
+    }
+
+    /// Hands the added-up counters to Envoy (main thread, in the scheduled hook of
+    /// `config`, whose stat ids `stats` holds).
+    pub fn flush_stats(&self, config: envoy::Config, stats: &Metrics) {
         let pending =
             std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
         for counts in pending.deployments.values() {
@@ -259,14 +298,12 @@ impl Shared {
                 &counts.deployment.stat_provider,
             );
             for (status, count) in &counts.requests_by_status {
-                self.metrics
-                    .count_requests(config, model, provider, *status, *count);
+                stats.count_requests(config, model, provider, *status, *count);
             }
-            self.metrics
-                .count_tokens(config, model, provider, counts.tokens);
+            stats.count_tokens(config, model, provider, counts.tokens);
         }
         for (status, count) in &pending.gateway_answers {
-            self.metrics.count_requests(
+            stats.count_requests(
                 config,
                 metrics::NO_MODEL,
                 metrics::GATEWAY_PROVIDER,
@@ -274,11 +311,9 @@ impl Shared {
                 *count,
             );
         }
-        self.metrics
-            .count_usage_dropped(config, pending.usage_records_dropped);
-        self.metrics
-            .count_responses_too_large(config, pending.responses_too_large);
-        self.metrics.count_snapshot_updates(
+        stats.count_usage_dropped(config, pending.usage_records_dropped);
+        stats.count_responses_too_large(config, pending.responses_too_large);
+        stats.count_snapshot_updates(
             config,
             pending.snapshots_installed,
             pending.snapshot_deltas_installed,
@@ -345,11 +380,20 @@ impl Shared {
         self.usage.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Asks the control-plane thread to end, and lets the scheduler go (the configuration
-    /// is being destroyed).
+    /// Asks the control-plane thread to end (the last filter configuration of these bytes
+    /// is being destroyed, or the thread did not start). It notices within a tick, or at
+    /// once when it waits to reconnect.
     pub fn stop(&self) {
         self.stopped.store(true, Ordering::Relaxed);
-        self.scheduler.delete();
+        // A permit, kept if the thread is not waiting now.
+        self.stop_signal.notify_one();
+    }
+
+    /// Waits until [`Self::stop`] is called (control-plane thread; one waiter).
+    pub async fn stop_requested(&self) {
+        if !self.stopped() {
+            self.stop_signal.notified().await;
+        }
     }
 
     /// Whether [`Self::stop`] was called.

@@ -31,7 +31,8 @@ const SYNC_METHOD: &str = "/tollgate.v1.FilterSync/Sync";
 /// about 27,000 keys; a key takes about 150 bytes, so this holds over 3 million.
 const MAX_CONTROL_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
 
-/// Starts the thread; it runs until [`Shared::stop`].
+/// Starts the thread of one [`Shared`] (every filter configuration of its bytes); it runs
+/// until [`Shared::stop`], then drops its reference (the snapshot goes with the last one).
 pub fn spawn(shared: Arc<Shared>) -> io::Result<()> {
     std::thread::Builder::new()
         .name("tollgate-sync".to_string())
@@ -86,7 +87,11 @@ async fn run(shared: &Shared) {
             delay = base;
             refusals = RefusalLog::default();
         }
-        tokio::time::sleep(delay).await;
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            // The last filter configuration went while the control plane was away.
+            () = shared.stop_requested() => return,
+        }
         delay = (delay * 2).min(MAX_RECONNECT_DELAY);
     }
 }
