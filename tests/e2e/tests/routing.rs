@@ -366,20 +366,40 @@ fn routing_end_to_end() {
     assert!(env.gateway.filter_failures().is_empty());
 }
 
+/// One OpenAI deployment of group `name` on the mock (upstream model `upstream`, id `id`),
+/// with more `litellm_params` lines (`extra`, each indented for that mapping).
+fn openai_deployment(mock: &Mock, name: &str, upstream: &str, id: &str, extra: &str) -> String {
+    format!(
+        "- model_name: {name}\n\
+         \x20 litellm_params:\n\
+         \x20   model: openai/{upstream}\n\
+         \x20   api_base: {url}/v1\n\
+         \x20   api_key: {MOCK_OPENAI_KEY}\n\
+         {extra}\
+         \x20 model_info:\n\
+         \x20   id: {id}\n",
+        url = mock.url
+    )
+}
+
+/// The `claude` group: one Anthropic deployment (`claude-1`) on the mock.
+fn claude_deployment(mock: &Mock) -> String {
+    format!(
+        "- model_name: claude\n\
+         \x20 litellm_params:\n\
+         \x20   model: anthropic/claude-mock-sonnet\n\
+         \x20   api_base: {url}\n\
+         \x20   api_key: {MOCK_ANTHROPIC_KEY}\n\
+         \x20 model_info:\n\
+         \x20   id: claude-1\n",
+        url = mock.url
+    )
+}
+
 /// Deployments for the failure kinds, tiers, tags, aliases and weights.
 fn paths_config(mock: &Mock) -> String {
     let openai = |name: &str, upstream: &str, id: &str, extra: &str| {
-        format!(
-            "- model_name: {name}\n\
-             \x20 litellm_params:\n\
-             \x20   model: openai/{upstream}\n\
-             \x20   api_base: {url}/v1\n\
-             \x20   api_key: {MOCK_OPENAI_KEY}\n\
-             {extra}\
-             \x20 model_info:\n\
-             \x20   id: {id}\n",
-            url = mock.url
-        )
+        openai_deployment(mock, name, upstream, id, extra)
     };
     let mut list = String::from("model_list:\n");
     list += &openai("slow", "mock-slow", "slow-1", "\x20   timeout: 1\n");
@@ -400,16 +420,7 @@ fn paths_config(mock: &Mock) -> String {
     list += &openai("shared", "mock-s2", "s2", "\x20   order: 2\n");
     list += &openai("weighted", "mock-w3", "w3", "\x20   weight: 3\n");
     list += &openai("weighted", "mock-w1", "w1", "\x20   weight: 1\n");
-    list += &format!(
-        "- model_name: claude\n\
-         \x20 litellm_params:\n\
-         \x20   model: anthropic/claude-mock-sonnet\n\
-         \x20   api_base: {url}\n\
-         \x20   api_key: {MOCK_ANTHROPIC_KEY}\n\
-         \x20 model_info:\n\
-         \x20   id: claude-1\n",
-        url = mock.url
-    );
+    list += &claude_deployment(mock);
     list + "router_settings:\n\
            \x20 num_retries: 1\n\
            \x20 allowed_fails: 1\n\
@@ -536,33 +547,14 @@ fn routing_paths_end_to_end() {
 /// base_delay 1 s); `pair`: two deployments; `lonely`: one, falling back to `claude` by
 /// default_fallbacks; streams idle for 3 s are cut.
 fn timing_config(mock: &Mock) -> String {
-    let openai = |name: &str, upstream: &str, id: &str| {
-        format!(
-            "- model_name: {name}\n\
-             \x20 litellm_params:\n\
-             \x20   model: openai/{upstream}\n\
-             \x20   api_base: {url}/v1\n\
-             \x20   api_key: {MOCK_OPENAI_KEY}\n\
-             \x20 model_info:\n\
-             \x20   id: {id}\n",
-            url = mock.url
-        )
-    };
+    let openai =
+        |name: &str, upstream: &str, id: &str| openai_deployment(mock, name, upstream, id, "");
     String::from("model_list:\n")
         + &openai("patient", "mock-patient", "patient-1")
         + &openai("pair", "mock-p1", "p1")
         + &openai("pair", "mock-p2", "p2")
         + &openai("lonely", "mock-lonely", "lonely-1")
-        + &format!(
-            "- model_name: claude\n\
-             \x20 litellm_params:\n\
-             \x20   model: anthropic/claude-mock-sonnet\n\
-             \x20   api_base: {url}\n\
-             \x20   api_key: {MOCK_ANTHROPIC_KEY}\n\
-             \x20 model_info:\n\
-             \x20   id: claude-1\n",
-            url = mock.url
-        )
+        + &claude_deployment(mock)
         + "router_settings:\n\
            \x20 retry_policy: {max_retries: 1, base_delay: 1, max_delay: 10}\n\
            \x20 default_fallbacks: [claude]\n\
@@ -700,18 +692,8 @@ fn background_health_checks_end_to_end() {
     // every second) finds it before any client does.
     mock.set_fault("mock-hc1", json!({"status": 500}), None)
         .unwrap();
-    let deployment = |upstream: &str, id: &str| {
-        format!(
-            "- model_name: checked\n\
-             \x20 litellm_params:\n\
-             \x20   model: openai/{upstream}\n\
-             \x20   api_base: {url}/v1\n\
-             \x20   api_key: {MOCK_OPENAI_KEY}\n\
-             \x20 model_info:\n\
-             \x20   id: {id}\n",
-            url = mock.url
-        )
-    };
+    let deployment =
+        |upstream: &str, id: &str| openai_deployment(&mock, "checked", upstream, id, "");
     let config = String::from("model_list:\n")
         + &deployment("mock-hc1", "hc1")
         + &deployment("mock-hc2", "hc2")
