@@ -78,6 +78,10 @@ pub struct CompletionRequestSummary<'a> {
     pub logprobs: Option<u64>,
     /// `best_of`, when given.
     pub best_of: Option<u64>,
+    /// Whether the answer must carry the usage chunk for the gateway itself even when the
+    /// client did not ask for one (an attempt of a relayed request: the relaying side reads
+    /// it, and removes it again).
+    pub usage_to_gateway: bool,
 }
 
 /// The members the gateway reads and checks, typed (a wrong type is a 400 naming the field).
@@ -244,6 +248,7 @@ pub fn summarize_completion_request(
         suffix: view.suffix.is_some(),
         logprobs: view.logprobs,
         best_of: view.best_of,
+        usage_to_gateway: false,
     })
 }
 
@@ -363,6 +368,18 @@ pub fn plan_completion_request_with(
         .model(&summary.model)
         .and_then(pick)
         .ok_or_else(|| GatewayError::ModelNotFound(summary.model.to_string()))?;
+    plan_completion_request_to(state, deployment, summary, body, context)
+}
+
+/// Translates a validated completions request (`summary` of `body`) for `deployment`,
+/// which may belong to another model group than the one it names (a fallback).
+pub fn plan_completion_request_to(
+    state: &State,
+    deployment: std::sync::Arc<Deployment>,
+    summary: CompletionRequestSummary<'_>,
+    body: &[u8],
+    context: &TranslateContext,
+) -> Result<RequestPlan, GatewayError> {
     let end_user = summary
         .end_user
         .as_deref()
@@ -412,9 +429,15 @@ fn pass_through(
 ) -> Result<(crate::providers::UpstreamRequest, ResponseTranslator), GatewayError> {
     let with_defaults = deployment.default_params.apply(body)?;
     let (summary, body) = match &with_defaults {
-        Some(merged) => (summarize_completion_request(merged)?, merged.as_slice()),
+        Some(merged) => {
+            let mut merged_summary = summarize_completion_request(merged)?;
+            merged_summary.usage_to_gateway = summary.usage_to_gateway;
+            (merged_summary, merged.as_slice())
+        }
         None => (summary, body),
     };
+    // The usage chunk the response side keeps: the client's, or the gateway's own.
+    let usage_chunk = summary.include_usage || summary.usage_to_gateway;
     // The OpenAI request builder reads only the model and the stream options.
     let edits = ChatRequestSummary {
         model: summary.model.clone(),
@@ -430,8 +453,7 @@ fn pass_through(
     };
     let mut request = openai::build_request(&edits, body, deployment)?;
     request.path = completions_path(deployment);
-    let response =
-        openai::OpenAiResponse::new(summary.stream, summary.include_usage, deployment.prices);
+    let response = openai::OpenAiResponse::new(summary.stream, usage_chunk, deployment.prices);
     Ok((request, ResponseTranslator::OpenAi(response)))
 }
 
@@ -541,8 +563,11 @@ fn through_chat(
     let chat_body = chat_request_body(summary, body)?;
     let with_defaults = deployment.default_params.apply(&chat_body)?;
     let chat_body = with_default_max_tokens(with_defaults.unwrap_or(chat_body))?;
-    let chat_summary = summarize_chat_request(&chat_body)?;
+    let mut chat_summary = summarize_chat_request(&chat_body)?;
+    chat_summary.usage_to_gateway = summary.usage_to_gateway;
     let (request, chat) = translate_request(&chat_summary, &chat_body, deployment, context)?;
+    // The chat translator writes the usage chunk the gateway needs; the client's choice
+    // only adds `"usage": null` to the other chunks.
     let response = TextCompletionResponse::new(chat, summary.include_usage);
     Ok((
         request,
@@ -915,6 +940,63 @@ mod tests {
             plan.body,
             br#"{"stream_options":{"include_usage":true},"model":"upstream-gpt","prompt":["a","b"],"stream":true}"#
         );
+    }
+
+    /// The stream `plan`'s response side writes for `upstream` (one chunk, ending it).
+    fn streamed(plan: &mut RequestPlan, content_type: &str, upstream: &[u8]) -> String {
+        plan.response.on_headers(200, Some(content_type));
+        let mut out = Vec::new();
+        let written = match plan.response.on_stream_chunk(upstream, true, &mut out) {
+            ChunkOutput::Unchanged => upstream.to_vec(),
+            ChunkOutput::Replaced => out,
+        };
+        String::from_utf8(written).unwrap()
+    }
+
+    /// An attempt of a relayed request keeps the usage chunk the client did not ask for:
+    /// the relaying side reads it (and removes it again).
+    #[test]
+    fn an_attempts_stream_keeps_the_usage_chunk_for_the_relaying_side() {
+        let state = state();
+        let context = TranslateContext::default();
+        let openai = concat!(
+            "data: {\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":1,\"model\":\"upstream-gpt\",\"choices\":[{\"text\":\"hi\",\"index\":0,\"logprobs\":null,\"finish_reason\":\"stop\"}]}\n\n",
+            "data: {\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":1,\"model\":\"upstream-gpt\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1,\"total_tokens\":4}}\n\n",
+            "data: [DONE]\n\n",
+        );
+        let anthropic = concat!(
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"upstream-claude\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":3,\"output_tokens\":1}}}\n\n",
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"hi\"}}\n\n",
+            "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":2}}\n\n",
+            "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+        );
+        for (model, upstream) in [("gpt", openai), ("claude", anthropic)] {
+            let body = format!(r#"{{"model":"{model}","prompt":"a","stream":true}}"#);
+            for usage_to_gateway in [false, true] {
+                let mut summary = summarize_completion_request(body.as_bytes()).unwrap();
+                summary.usage_to_gateway = usage_to_gateway;
+                let deployment = state.model(model).unwrap().pick().cloned().unwrap();
+                let mut plan = plan_completion_request_to(
+                    &state,
+                    deployment,
+                    summary,
+                    body.as_bytes(),
+                    &context,
+                )
+                .unwrap();
+                let out = streamed(&mut plan, "text/event-stream", upstream.as_bytes());
+                let usage_chunks = out.matches("\"usage\":{").count();
+                assert_eq!(
+                    usage_chunks,
+                    usize::from(usage_to_gateway),
+                    "{model}, usage to gateway {usage_to_gateway}: {out}"
+                );
+                assert!(out.contains("\"text\":\"hi\""), "{model}: {out}");
+                assert!(out.ends_with("data: [DONE]\n\n"), "{model}: {out}");
+            }
+        }
     }
 
     #[test]

@@ -8,15 +8,17 @@ use std::sync::{Arc, Mutex};
 
 use crate::auth::{authenticate, Caller, Credentials};
 use crate::budget::{check_budgets, SoftBudgetCrossed};
+use crate::completions::{plan_completion_request_to, summarize_completion_request};
 use crate::error::error_type_for_status;
 use crate::gateway::{
     attempt_timeout_header, classify, direct_attempt_headers, plan_chat_request_to, relay_plan,
-    ROUTE_HEADER,
+    Relayed, ROUTE_HEADER,
 };
 use crate::pricing::cost_header_value;
+use crate::providers::embeddings::{parse_embeddings_request, plan_embeddings_request_to};
 use crate::providers::{ChunkOutput, ResponseMode, TranslateContext};
 use crate::ratelimit::{estimate_tokens, needs_of, Admission, Need, QuotaBook, RateHeaders};
-use crate::request::{empty_body_error, summarize_chat_request};
+use crate::request::{empty_body_error, summarize_chat_request, RequestRouting};
 use crate::routing::attempts::{
     Chooser, LedgerEntry, RoutePlan, Routing, ATTEMPT_HEADER, RETRY_AFTER_HEADER, RETRY_HEADER,
 };
@@ -304,7 +306,7 @@ enum Phase {
     /// Not ours: Envoy's routes handle it.
     #[default]
     PassThrough,
-    /// Chat (or embeddings) request waiting for its body.
+    /// Chat, completions or embeddings request waiting for its body.
     AwaitingBody {
         state: Arc<State>,
         caller: Caller,
@@ -355,6 +357,76 @@ enum Role {
     Relay(String),
     /// One attempt of a relayed request, under this ledger key.
     Attempt(String),
+}
+
+/// What routing needs of a request, whatever its endpoint.
+struct RouteRequest<'a> {
+    /// The model group it names.
+    model: &'a str,
+    /// Its own routing parameters (chat's `fallbacks`, `num_retries`, ...).
+    own: &'a RequestRouting,
+    /// Its `metadata.tags` (the header's are added).
+    tags: Vec<String>,
+    /// Whether the client asked for a stream.
+    stream: bool,
+    /// Its estimated tokens.
+    estimated_tokens: u64,
+}
+
+/// Where a request goes first.
+enum Routed {
+    /// Straight to its one possible deployment, retried there by Envoy (with the request's
+    /// own num_retries, when it gives one).
+    Direct {
+        first: Arc<crate::snapshot::Deployment>,
+        own_retries: Option<u32>,
+    },
+    /// Through the attempts route, under this ledger key.
+    Relayed {
+        first: Arc<crate::snapshot::Deployment>,
+        key: String,
+    },
+}
+
+/// One attempt of a relayed request, as it reached the attempts listener.
+struct AttemptRequest {
+    /// Its ledger key.
+    key: String,
+    /// The endpoint the relaying side sent it to (the client's).
+    endpoint: Endpoint,
+    /// Its body's size.
+    body_size: usize,
+}
+
+/// Translates the client's body of one attempt for `deployment`, the one its plan chose:
+/// the answer carries the usage chunk for the relaying side, and the attempt gets the
+/// deployment's timeout.
+fn plan_attempt(
+    state: &State,
+    endpoint: Endpoint,
+    deployment: Arc<crate::snapshot::Deployment>,
+    body: &[u8],
+    context: &TranslateContext,
+) -> Result<RequestPlan, GatewayError> {
+    let mut plan = match endpoint {
+        Endpoint::Embeddings => {
+            let request = parse_embeddings_request(body)?;
+            plan_embeddings_request_to(state, deployment, &request, body, context)?
+        }
+        Endpoint::Completions => {
+            let mut summary = summarize_completion_request(body)?;
+            summary.usage_to_gateway = true;
+            plan_completion_request_to(state, deployment, summary, body, context)?
+        }
+        _ => {
+            let mut summary = summarize_chat_request(body)?;
+            summary.usage_to_gateway = true;
+            plan_chat_request_to(state, deployment, summary, body, context)?
+        }
+    };
+    let stream = plan.stream;
+    attempt_timeout_header(&state.router, &plan.deployment, stream, &mut plan.headers);
+    Ok(plan)
 }
 
 /// A planned request on its way through the rate limits.
@@ -730,61 +802,22 @@ impl Exchange {
             now_unix: now_ms / 1000,
         };
         if let Some(key) = attempt {
-            return self.send_attempt(host, state, caller, key, body_size, now_ms, &context);
+            let request = AttemptRequest {
+                key,
+                endpoint,
+                body_size,
+            };
+            return self.send_attempt(host, state, caller, request, now_ms, &context);
         }
-        // Embeddings and text completions go to the deployment the router's strategy picks,
-        // retried there by Envoy (they are not relayed to other deployments yet).
-        let routing = &self.routing;
-        let header_tags = &self.header_tags;
-        let pick = |group: &crate::snapshot::ModelGroup, stream: bool| {
-            with_routing(routing, now_ms, |routing| {
-                let context = crate::routing::ChoiceContext {
-                    now_ms,
-                    tags: header_tags,
-                    tried: &[],
-                    estimated_tokens: estimate_tokens(body_size),
-                    stream,
-                    pushed: Some(state.pushed_cooldowns()),
-                };
-                crate::routing::choose(
-                    group.deployments(),
-                    &state.router,
-                    &routing.book,
-                    &context,
-                    &mut routing.shuffler,
-                )
-                .cloned()
-            })
-        };
-        let direct = |mut plan: RequestPlan| {
-            direct_attempt_headers(
-                &state.router,
-                &plan.deployment,
-                None,
-                plan.stream,
-                &mut plan.headers,
-            );
-            plan
-        };
         let planned = {
             let body = host.request_body(body_size);
             match endpoint {
-                Endpoint::Embeddings => crate::providers::embeddings::plan_embeddings_request_with(
-                    &state,
-                    &caller,
-                    &body,
-                    &context,
-                    |group| pick(group, false),
-                )
-                .map(|(plan, tokens)| (direct(plan), tokens, Role::Direct)),
-                Endpoint::Completions => crate::completions::plan_completion_request_with(
-                    &state,
-                    &caller,
-                    &body,
-                    &context,
-                    |group| pick(group, false),
-                )
-                .map(|plan| (direct(plan), estimate_tokens(body_size), Role::Direct)),
+                Endpoint::Embeddings => {
+                    self.plan_embeddings(&state, &caller, &body, &context, now_ms)
+                }
+                Endpoint::Completions => {
+                    self.plan_completion(&state, &caller, &body, &context, now_ms)
+                }
                 _ => self.plan_chat(&state, &caller, &body, &context, now_ms),
             }
         };
@@ -835,12 +868,155 @@ impl Exchange {
         now_ms: u64,
     ) -> Result<(RequestPlan, u64, Role), GatewayError> {
         let summary = summarize_chat_request(body)?;
-        caller.check_model(&summary.model)?;
-        if state.model(&summary.model).is_none() {
-            return Err(GatewayError::ModelNotFound(summary.model.to_string()));
+        let estimated_tokens = estimate_tokens(body.len());
+        let routed = self.route(
+            state,
+            caller,
+            RouteRequest {
+                model: &summary.model,
+                own: &summary.routing,
+                tags: summary.tags.iter().map(|tag| tag.to_string()).collect(),
+                stream: summary.stream,
+                estimated_tokens,
+            },
+            now_ms,
+        )?;
+        let (plan, role) = match routed {
+            Routed::Relayed { first, key } => {
+                let relayed = Relayed::chat(&summary);
+                (
+                    relay_plan(first, relayed, body.len(), key.clone()),
+                    Role::Relay(key),
+                )
+            }
+            Routed::Direct { first, own_retries } => {
+                let stream = summary.stream;
+                let mut plan = plan_chat_request_to(state, first, summary, body, context)?;
+                direct_attempt_headers(
+                    &state.router,
+                    &plan.deployment,
+                    own_retries,
+                    stream,
+                    &mut plan.headers,
+                );
+                (plan, Role::Direct)
+            }
+        };
+        Ok((plan, estimated_tokens, role))
+    }
+
+    /// Plans an embeddings request as [`Self::plan_chat`] plans a chat request (the router's
+    /// retries and fallbacks; an embeddings request has no routing parameters of its own).
+    fn plan_embeddings(
+        &mut self,
+        state: &Arc<State>,
+        caller: &Caller,
+        body: &[u8],
+        context: &TranslateContext,
+        now_ms: u64,
+    ) -> Result<(RequestPlan, u64, Role), GatewayError> {
+        let request = parse_embeddings_request(body)?;
+        let estimated_tokens = request.estimated_tokens();
+        let routed = self.route(
+            state,
+            caller,
+            RouteRequest {
+                model: &request.model,
+                own: &RequestRouting::default(),
+                tags: Vec::new(),
+                stream: false,
+                estimated_tokens,
+            },
+            now_ms,
+        )?;
+        let (plan, role) = match routed {
+            Routed::Relayed { first, key } => {
+                let relayed = Relayed::embeddings(&request);
+                (
+                    relay_plan(first, relayed, body.len(), key.clone()),
+                    Role::Relay(key),
+                )
+            }
+            Routed::Direct { first, .. } => {
+                let mut plan = plan_embeddings_request_to(state, first, &request, body, context)?;
+                direct_attempt_headers(
+                    &state.router,
+                    &plan.deployment,
+                    None,
+                    false,
+                    &mut plan.headers,
+                );
+                (plan, Role::Direct)
+            }
+        };
+        Ok((plan, estimated_tokens, role))
+    }
+
+    /// Plans a text completions request as [`Self::plan_chat`] plans a chat request (the
+    /// router's retries and fallbacks).
+    fn plan_completion(
+        &mut self,
+        state: &Arc<State>,
+        caller: &Caller,
+        body: &[u8],
+        context: &TranslateContext,
+        now_ms: u64,
+    ) -> Result<(RequestPlan, u64, Role), GatewayError> {
+        let summary = summarize_completion_request(body)?;
+        let estimated_tokens = estimate_tokens(body.len());
+        let routed = self.route(
+            state,
+            caller,
+            RouteRequest {
+                model: &summary.model,
+                own: &RequestRouting::default(),
+                tags: summary.tags.iter().map(|tag| tag.to_string()).collect(),
+                stream: summary.stream,
+                estimated_tokens,
+            },
+            now_ms,
+        )?;
+        let (plan, role) = match routed {
+            Routed::Relayed { first, key } => {
+                let relayed = Relayed::completion(&summary);
+                (
+                    relay_plan(first, relayed, body.len(), key.clone()),
+                    Role::Relay(key),
+                )
+            }
+            Routed::Direct { first, .. } => {
+                let stream = summary.stream;
+                let mut plan = plan_completion_request_to(state, first, summary, body, context)?;
+                direct_attempt_headers(
+                    &state.router,
+                    &plan.deployment,
+                    None,
+                    stream,
+                    &mut plan.headers,
+                );
+                (plan, Role::Direct)
+            }
+        };
+        Ok((plan, estimated_tokens, role))
+    }
+
+    /// Resolves a request's model group and chooses its first deployment; when another
+    /// deployment or a fallback may have to take over, opens its ledger entry (the request
+    /// is then relayed through the attempts route). Checks that the caller may use the
+    /// model and the request's own fallbacks.
+    fn route(
+        &mut self,
+        state: &Arc<State>,
+        caller: &Caller,
+        request: RouteRequest<'_>,
+        now_ms: u64,
+    ) -> Result<Routed, GatewayError> {
+        caller.check_model(request.model)?;
+        if state.model(request.model).is_none() {
+            return Err(GatewayError::ModelNotFound(request.model.to_string()));
         }
         // The request's own fallbacks must be models it may use.
-        let own = &summary.routing;
+        let own = request.own;
         for (param, list) in [
             ("fallbacks", &own.fallbacks),
             ("context_window_fallbacks", &own.context_window_fallbacks),
@@ -856,8 +1032,7 @@ impl Exchange {
                 caller.check_model(model)?;
             }
         }
-        let estimated_tokens = estimate_tokens(body.len());
-        let mut tags: Vec<String> = summary.tags.iter().map(|tag| tag.to_string()).collect();
+        let mut tags = request.tags;
         add_tags(&mut tags, self.header_tags.iter().map(String::as_str));
         let attempts_route = self.attempts_route;
         let (request_id, header_tags) = (&self.request_id, &self.header_tags);
@@ -875,77 +1050,60 @@ impl Exchange {
                 shuffler,
                 now_ms,
                 tags: &tags,
-                estimated_tokens,
-                stream: summary.stream,
+                estimated_tokens: request.estimated_tokens,
+                stream: request.stream,
             };
-            let plan = RoutePlan::start(&summary.model, &summary.routing, &mut chooser)?;
+            let plan = RoutePlan::start(request.model, own, &mut chooser)?;
             let first = Arc::clone(plan.current());
             if !(attempts_route && plan.may_try_another(state)) {
-                return Some((first, None, plan.own_retries()));
+                let own_retries = plan.own_retries();
+                return Some(Routed::Direct { first, own_retries });
             }
             let entry = LedgerEntry {
                 plan,
                 state: Arc::clone(state),
                 caller: caller.clone(),
-                estimated_tokens,
+                estimated_tokens: request.estimated_tokens,
                 tags: tags.clone(),
                 header_tags: header_tags.clone(),
                 request_id: request_id.clone(),
-                stream: summary.stream,
+                stream: request.stream,
                 opened_ms: now_ms,
             };
-            Some((first, Some(ledger.open(entry, keys)), None))
+            let key = ledger.open(entry, keys);
+            Some(Routed::Relayed { first, key })
         });
-        let Some((first, key, own_retries)) = routed else {
-            return Err(GatewayError::invalid(
+        if let Some(Routed::Relayed { key, .. }) = &routed {
+            self.relay_key = Some(key.clone());
+        }
+        routed.ok_or_else(|| {
+            GatewayError::invalid(
                 "metadata.tags",
                 format!(
                     "No deployment of model `{}` serves the request's tags ({}), and none is tagged `default`.",
-                    summary.model,
+                    request.model,
                     tags.join(", ")
                 ),
-            ));
-        };
-        match key {
-            Some(key) => {
-                self.relay_key = Some(key.clone());
-                let plan = relay_plan(
-                    first,
-                    &summary,
-                    "/v1/chat/completions",
-                    body.len(),
-                    key.clone(),
-                );
-                Ok((plan, estimated_tokens, Role::Relay(key)))
-            }
-            None => {
-                let stream = summary.stream;
-                let mut plan = plan_chat_request_to(state, first, summary, body, context)?;
-                direct_attempt_headers(
-                    &state.router,
-                    &plan.deployment,
-                    own_retries,
-                    stream,
-                    &mut plan.headers,
-                );
-                Ok((plan, estimated_tokens, Role::Direct))
-            }
-        }
+            )
+        })
     }
 
     /// Sends one attempt of a relayed request (ledger entry `key`) to the deployment its
     /// plan chose. Budgets and rate limits were checked when the request arrived.
-    #[allow(clippy::too_many_arguments)]
     fn send_attempt(
         &mut self,
         host: &mut impl Host,
         state: Arc<State>,
         caller: Caller,
-        key: String,
-        body_size: usize,
+        request: AttemptRequest,
         now_ms: u64,
         context: &TranslateContext,
     ) -> Verdict {
+        let AttemptRequest {
+            key,
+            endpoint,
+            body_size,
+        } = request;
         let current = with_routing(&self.routing, now_ms, |routing| {
             routing.ledger.get(&key).map(|entry| {
                 (
@@ -968,13 +1126,7 @@ impl Exchange {
         let model = deployment.model_name.clone();
         let planned = {
             let body = host.request_body(body_size);
-            summarize_chat_request(&body).and_then(|mut summary| {
-                summary.usage_to_gateway = true;
-                let stream = summary.stream;
-                let mut plan = plan_chat_request_to(&state, deployment, summary, &body, context)?;
-                attempt_timeout_header(&state.router, &plan.deployment, stream, &mut plan.headers);
-                Ok(plan)
-            })
+            plan_attempt(&state, endpoint, deployment, &body, context)
         };
         match planned {
             Ok(plan) => {

@@ -409,27 +409,85 @@ pub fn plan_chat_request_to(
 /// [`crate::routing::attempts::RETRY_HEADER`], to the internal attempts listener.
 pub const ATTEMPTS_ROUTE: &str = "attempts";
 
+/// What the relaying side of a request needs besides its first deployment and ledger key.
+pub struct Relayed {
+    /// The endpoint's path on the attempts listener (where each attempt is translated).
+    pub path: &'static str,
+    /// Whether the client asked for a stream.
+    pub stream: bool,
+    /// The response side: the answer that comes back is already OpenAI's (the attempt
+    /// translated it), so it only reads usage, and removes the usage chunk again when the
+    /// client did not ask for one (attempts always send it).
+    pub response: crate::providers::ResponseTranslator,
+    /// The `user` field (empty when none).
+    pub end_user: String,
+    /// The request's tags.
+    pub tags: Vec<String>,
+}
+
+impl Relayed {
+    /// A chat completions request.
+    pub fn chat(summary: &crate::request::ChatRequestSummary<'_>) -> Self {
+        Relayed::openai_shaped(
+            "/v1/chat/completions",
+            summary.stream,
+            summary.include_usage,
+        )
+        .with(summary.end_user.as_deref(), &summary.tags)
+    }
+
+    /// A text completions request.
+    pub fn completion(summary: &crate::completions::CompletionRequestSummary<'_>) -> Self {
+        Relayed::openai_shaped("/v1/completions", summary.stream, summary.include_usage)
+            .with(summary.end_user.as_deref(), &summary.tags)
+    }
+
+    /// An embeddings request.
+    pub fn embeddings(request: &crate::providers::embeddings::EmbeddingsRequest<'_>) -> Self {
+        let response = crate::providers::embeddings::EmbeddingsResponse::relayed(request);
+        Relayed {
+            path: "/v1/embeddings",
+            stream: false,
+            response: crate::providers::ResponseTranslator::Embeddings(response),
+            end_user: String::new(),
+            tags: Vec::new(),
+        }
+        .with(request.end_user.as_deref(), &[])
+    }
+
+    fn openai_shaped(path: &'static str, stream: bool, include_usage: bool) -> Self {
+        let response = crate::providers::openai::OpenAiResponse::new(stream, include_usage, None);
+        Relayed {
+            path,
+            stream,
+            response: crate::providers::ResponseTranslator::OpenAi(response),
+            end_user: String::new(),
+            tags: Vec::new(),
+        }
+    }
+
+    fn with(mut self, end_user: Option<&str>, tags: &[Cow<'_, str>]) -> Self {
+        self.end_user = end_user.map(str::to_string).unwrap_or_default();
+        self.tags = tags.iter().map(|tag| tag.to_string()).collect();
+        self
+    }
+}
+
 /// The plan of a request relayed through the attempts route: the client's body goes on
 /// unchanged (each attempt translates it for its own deployment), with the ledger key of
-/// the request and the most retries Envoy may make. The response that comes back is
-/// already OpenAI's; it is only read for usage (and its usage chunk removed when the client
-/// did not ask for one: attempts always send it).
+/// the request and the most retries Envoy may make.
 pub fn relay_plan(
     first: Arc<Deployment>,
-    summary: &crate::request::ChatRequestSummary<'_>,
-    path: &str,
+    relayed: Relayed,
     body_size: usize,
     key: String,
 ) -> RequestPlan {
-    use crate::providers::openai::OpenAiResponse;
-    use crate::providers::ResponseTranslator;
     let max_retries = crate::routing::MAX_ATTEMPTS - 1;
-    let response = OpenAiResponse::new(summary.stream, summary.include_usage, None);
     RequestPlan {
         deployment: first,
         route_value: ATTEMPTS_ROUTE,
         authority: "tollgate-attempts".to_string(),
-        path: path.to_string(),
+        path: relayed.path.to_string(),
         headers: vec![
             (crate::routing::attempts::ATTEMPT_HEADER, key),
             ("x-envoy-max-retries", max_retries.to_string()),
@@ -437,14 +495,10 @@ pub fn relay_plan(
         body: Vec::new(),
         keeps_body: true,
         body_length: body_size.to_string(),
-        stream: summary.stream,
-        response: ResponseHandler::new(ResponseTranslator::OpenAi(response), summary.stream),
-        end_user: summary
-            .end_user
-            .as_deref()
-            .map(str::to_string)
-            .unwrap_or_default(),
-        tags: summary.tags.iter().map(|tag| tag.to_string()).collect(),
+        stream: relayed.stream,
+        response: ResponseHandler::new(relayed.response, relayed.stream),
+        end_user: relayed.end_user,
+        tags: relayed.tags,
     }
 }
 

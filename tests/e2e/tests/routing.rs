@@ -8,7 +8,8 @@
 
 use serde_json::{json, Value};
 use tollgate_e2e::{
-    read_body, sse_data, Gateway, Mock, ProviderEnv, MOCK_ANTHROPIC_KEY, MOCK_OPENAI_KEY,
+    read_body, sse_data, Gateway, Mock, ProviderEnv, MOCK_ANTHROPIC_KEY, MOCK_COHERE_KEY,
+    MOCK_OPENAI_KEY,
 };
 
 const MASTER_KEY: &str = "sk-master-routing";
@@ -78,24 +79,9 @@ fn request(model: &str, user: &str, stream: bool) -> Value {
     })
 }
 
-/// Status, the routing headers and the body of one request.
+/// Status, the routing headers and the body of one chat request.
 fn send(env: &ProviderEnv, body: &Value) -> (u16, Headers, String) {
-    let response = env.post(body);
-    let status = response.status().as_u16();
-    let header = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .and_then(|value| value.to_str().ok())
-            .map(str::to_string)
-    };
-    let headers = Headers {
-        model_id: header("x-litellm-model-id"),
-        retries: header("x-litellm-attempted-retries"),
-        fallbacks: header("x-litellm-attempted-fallbacks"),
-        retry_mark: header("x-tollgate-retry"),
-    };
-    (status, headers, read_body(response).unwrap())
+    post_json(env, "/v1/chat/completions", body)
 }
 
 #[derive(Debug, PartialEq)]
@@ -769,5 +755,219 @@ fn background_health_checks_end_to_end() {
     }
     // Even odds over 20 requests: none at all would be a 1 in 2^20 chance.
     assert!(served_by_hc1 > 0);
+    assert!(env.gateway.filter_failures().is_empty());
+}
+
+/// `emb`: two OpenAI embedding deployments; `emb-solo`: one, falling back to Cohere's
+/// `emb-cohere`; `text`: one OpenAI completions deployment, falling back to `claude`
+/// (reached through chat). One retry per group.
+fn endpoints_config(mock: &Mock) -> String {
+    let openai =
+        |name: &str, upstream: &str, id: &str| openai_deployment(mock, name, upstream, id, "");
+    String::from("model_list:\n")
+        + &openai("emb", "mock-emb-a", "emb-a")
+        + &openai("emb", "mock-emb-b", "emb-b")
+        + &openai("emb-solo", "mock-emb-solo", "emb-solo-1")
+        + &format!(
+            "- model_name: emb-cohere\n\
+             \x20 litellm_params:\n\
+             \x20   model: cohere/embed-v4.0\n\
+             \x20   api_base: {url}\n\
+             \x20   api_key: {MOCK_COHERE_KEY}\n\
+             \x20 model_info:\n\
+             \x20   id: cohere-1\n",
+            url = mock.url
+        )
+        + &openai("text", "mock-text", "text-1")
+        + &claude_deployment(mock)
+        + "router_settings:\n\
+           \x20 num_retries: 1\n\
+           \x20 disable_cooldowns: true\n\
+           \x20 fallbacks: [{emb-solo: [emb-cohere]}, {text: [claude]}]\n\
+           general_settings:\n"
+        + &format!("\x20 master_key: {MASTER_KEY}\n")
+}
+
+/// Status, routing headers and JSON body of a POST to `path`.
+fn post_json(env: &ProviderEnv, path: &str, body: &Value) -> (u16, Headers, String) {
+    let response = tollgate_e2e::client()
+        .post(format!("{}{path}", env.gateway.url))
+        .bearer_auth(MASTER_KEY)
+        .json(body)
+        .send()
+        .unwrap();
+    let status = response.status().as_u16();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_string)
+    };
+    let headers = Headers {
+        model_id: header("x-litellm-model-id"),
+        retries: header("x-litellm-attempted-retries"),
+        fallbacks: header("x-litellm-attempted-fallbacks"),
+        retry_mark: header("x-tollgate-retry"),
+    };
+    (status, headers, read_body(response).unwrap())
+}
+
+/// The (deployment id, status) of each spend-log row, sorted.
+fn row_statuses(rows: &[Value]) -> Vec<(String, String)> {
+    let mut statuses: Vec<(String, String)> = rows
+        .iter()
+        .map(|row| {
+            (
+                row["model_id"].as_str().unwrap().to_string(),
+                row["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    statuses.sort();
+    statuses
+}
+
+/// Embeddings and text completions are retried on another deployment of their group and
+/// fall back to another provider's group, as chat requests are; each attempt is translated
+/// for its own provider and has its usage record.
+#[test]
+fn embeddings_and_completions_fail_over_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start(dir.path()).unwrap();
+    let gateway = Gateway::start(dir.path(), &endpoints_config(&mock)).unwrap();
+    let env = ProviderEnv::new(mock, gateway, MASTER_KEY);
+    let mock = &env.mock;
+    let embed = |model: &str, user: &str| json!({"model": model, "user": user, "input": ["hello router", "fail over now"]});
+    let own = |pair: (&str, &str)| (pair.0.to_string(), pair.1.to_string());
+
+    // One of `emb`'s two deployments answers 500: every request is served by the other
+    // (retried there when the failing one was picked first), its vectors and usage intact.
+    mock.set_fault("mock-emb-a", json!({"status": 500}), None)
+        .unwrap();
+    let mut retries = 0;
+    for _ in 0..6 {
+        let (status, got, body) = post_json(&env, "/v1/embeddings", &embed("emb", "emb-group"));
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(got.model_id.as_deref(), Some("emb-b"));
+        assert_eq!(got.fallbacks.as_deref(), Some("0"));
+        assert_eq!(got.retry_mark, None);
+        retries += got.retries.unwrap().parse::<u64>().unwrap();
+        let value: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(value["object"], "list");
+        assert_eq!(value["data"].as_array().unwrap().len(), 2, "{body}");
+        // A token per word: 2 + 3.
+        assert_eq!(value["usage"]["prompt_tokens"], 5, "{body}");
+    }
+    assert_eq!(mock.calls_for("mock-emb-a").unwrap(), retries);
+    assert_eq!(mock.calls_for("mock-emb-b").unwrap(), 6);
+    let rows = env.logs("emb-group", 6 + retries as usize);
+    let failures = row_statuses(&rows)
+        .into_iter()
+        .filter(|row| row == &own(("emb-a", "failure")))
+        .count();
+    assert_eq!(failures as u64, retries);
+    mock.clear_faults().unwrap();
+
+    // `emb-solo` answers 429: retried once, then Cohere's group answers, translated back.
+    mock.set_fault("mock-emb-solo", json!({"status": 429}), None)
+        .unwrap();
+    mock.reset_calls().unwrap();
+    let (status, got, body) = post_json(&env, "/v1/embeddings", &embed("emb-solo", "emb-fallback"));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(got, headers("cohere-1", 1, 1));
+    let value: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(value["object"], "list");
+    assert_eq!(value["data"].as_array().unwrap().len(), 2, "{body}");
+    assert_eq!(value["data"][1]["index"], 1, "{body}");
+    assert_eq!(value["usage"]["prompt_tokens"], 5, "{body}");
+    assert_eq!(mock.calls_for("mock-emb-solo").unwrap(), 2);
+    assert_eq!(mock.calls_for("embed-v4.0").unwrap(), 1);
+    assert_eq!(
+        row_statuses(&env.logs("emb-fallback", 3)),
+        [
+            own(("cohere-1", "success")),
+            own(("emb-solo-1", "failure")),
+            own(("emb-solo-1", "failure")),
+        ]
+    );
+    mock.clear_faults().unwrap();
+
+    // `text` answers 500: retried once, then Anthropic answers the prompt through chat, as
+    // a text completion; streamed too, with and without the usage chunk.
+    mock.set_fault("mock-text", json!({"status": 500}), None)
+        .unwrap();
+    mock.reset_calls().unwrap();
+    let complete =
+        |user: &str| json!({"model": "text", "user": user, "prompt": "say hello to the router"});
+    let (status, got, body) = post_json(&env, "/v1/completions", &complete("text-fallback"));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(got, headers("claude-1", 1, 1));
+    let value: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(value["object"], "text_completion", "{body}");
+    assert_eq!(value["choices"][0]["text"], "echo: say hello to the router");
+    // The mock counts a token per word: 5 in, 6 out.
+    assert_eq!(value["usage"]["prompt_tokens"], 5, "{body}");
+    assert_eq!(value["usage"]["completion_tokens"], 6, "{body}");
+    assert_eq!(mock.calls_for("mock-text").unwrap(), 2);
+    assert_eq!(mock.calls_for("claude-mock-sonnet").unwrap(), 1);
+    assert_eq!(
+        row_statuses(&env.logs("text-fallback", 3)),
+        [
+            own(("claude-1", "success")),
+            own(("text-1", "failure")),
+            own(("text-1", "failure")),
+        ]
+    );
+
+    for include_usage in [false, true] {
+        let mut streamed = complete("text-fallback-stream");
+        streamed["stream"] = json!(true);
+        if include_usage {
+            streamed["stream_options"] = json!({"include_usage": true});
+        }
+        let (status, got, body) = post_json(&env, "/v1/completions", &streamed);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(got, headers("claude-1", 1, 1));
+        let data = sse_data(&body);
+        assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{data:?}");
+        let events: Vec<Value> = data[..data.len() - 1]
+            .iter()
+            .map(|event| serde_json::from_str(event).unwrap())
+            .collect();
+        assert!(
+            events
+                .iter()
+                .all(|event| event["object"] == "text_completion"),
+            "{data:?}"
+        );
+        let text: String = events
+            .iter()
+            .filter_map(|event| event["choices"][0]["text"].as_str())
+            .collect();
+        assert_eq!(text, "echo: say hello to the router", "{data:?}");
+        let usage: Vec<&Value> = events
+            .iter()
+            .filter(|event| event["usage"].is_object())
+            .map(|event| &event["usage"])
+            .collect();
+        if include_usage {
+            assert_eq!(usage.len(), 1, "{data:?}");
+            assert_eq!(usage[0]["prompt_tokens"], 5, "{data:?}");
+            assert_eq!(usage[0]["completion_tokens"], 6, "{data:?}");
+        } else {
+            // Attempts always send the usage chunk; the client did not ask for it.
+            assert!(usage.is_empty(), "{data:?}");
+        }
+    }
+    assert_eq!(
+        row_statuses(&env.logs("text-fallback-stream", 6))
+            .iter()
+            .filter(|row| row.1 == "success")
+            .count(),
+        2
+    );
+    mock.clear_faults().unwrap();
+
     assert!(env.gateway.filter_failures().is_empty());
 }

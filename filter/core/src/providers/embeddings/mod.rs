@@ -299,7 +299,20 @@ pub fn plan_embeddings_request_with(
         .model(&request.model)
         .and_then(pick)
         .ok_or_else(|| GatewayError::ModelNotFound(request.model.to_string()))?;
-    let (upstream, response) = build_request(&request, body, &deployment, context)?;
+    let plan = plan_embeddings_request_to(state, deployment, &request, body, context)?;
+    Ok((plan, request.estimated_tokens()))
+}
+
+/// Translates a parsed embeddings request (`request` of `body`) for `deployment`, which
+/// may belong to another model group than the one it names (a fallback).
+pub fn plan_embeddings_request_to(
+    state: &State,
+    deployment: std::sync::Arc<Deployment>,
+    request: &EmbeddingsRequest<'_>,
+    body: &[u8],
+    context: &TranslateContext,
+) -> Result<RequestPlan, GatewayError> {
+    let (upstream, response) = build_request(request, body, &deployment, context)?;
     let target = &deployment.target;
     let path = join_url(&target.base_path, &target.base_query, &upstream.path);
     let mut headers = upstream.headers;
@@ -312,7 +325,7 @@ pub fn plan_embeddings_request_with(
         context,
         &mut headers,
     )?;
-    let plan = RequestPlan {
+    Ok(RequestPlan {
         route_value: target.scheme.route_value(),
         authority: target.authority.clone(),
         path,
@@ -329,8 +342,7 @@ pub fn plan_embeddings_request_with(
             .map(str::to_string)
             .unwrap_or_default(),
         tags: Vec::new(),
-    };
-    Ok((plan, request.estimated_tokens()))
+    })
 }
 
 /// Translates the request for `deployment` and prepares the matching response side.
@@ -445,6 +457,21 @@ pub struct EmbeddingsResponse {
     /// The chat translator of the same provider, whose error mapping applies here too
     /// (`None`: the OpenAI wire's).
     errors: Option<Box<ResponseTranslator>>,
+}
+
+impl EmbeddingsResponse {
+    /// The response side of `request` relayed through the attempts route: the answer that
+    /// comes back is already OpenAI's (the attempt translated it), so it is only read for
+    /// usage.
+    pub fn relayed(request: &EmbeddingsRequest<'_>) -> Self {
+        EmbeddingsResponse {
+            wire: EmbeddingWire::OpenAi,
+            encoding_format: request.encoding_format,
+            upstream_model: String::new(),
+            inputs: request.input.len(),
+            errors: None,
+        }
+    }
 }
 
 impl ProviderResponse for EmbeddingsResponse {
