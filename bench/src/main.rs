@@ -17,6 +17,7 @@
 //! or Bedrock path), `BENCH_ONLY=latency` (the same for the 1 KB latency runs, buffered and
 //! streamed: with `BENCH_PATHS`, those paths, their direct and bare-Envoy baselines and, for
 //! a routing path, the path it is read against),
+//! `BENCH_VERBOSE=1` (each throughput round's req/s, p99 and slowest request, on stderr),
 //! `BENCH_ONLY=scale` (only the snapshot-scale rows, printed: memory with `BENCH_SCALE_KEYS`
 //! keys, default 100000, and the time a one-key change takes to reach the filter).
 
@@ -1439,6 +1440,14 @@ async fn interleaved_throughput(
                 perf_out,
             )
             .await?;
+            if std::env::var_os("BENCH_VERBOSE").is_some() {
+                let slowest = run.total_us.last().copied().unwrap_or(0.0) / 1000.0;
+                eprintln!(
+                    "    round {round} {path:?}: {:.0} req/s, p99 {:.3} ms, slowest {slowest:.3} ms",
+                    run.rps(),
+                    percentile(&run.total_us, 0.99) / 1000.0,
+                );
+            }
             this_round.insert(path, run.rps());
             match results.get_mut(&path) {
                 Some((all, all_usage)) => {

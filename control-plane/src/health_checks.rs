@@ -41,20 +41,8 @@ pub fn spawn(hub: Arc<SyncHub>, interval: Duration) -> tokio::task::JoinHandle<(
                 return;
             }
         };
-        let mut shutdown = hub.shutdown_signal();
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                changed = shutdown.changed() => {
-                    // The signal starts marked changed: only `true` (or a dropped hub) stops.
-                    if changed.is_err() || *shutdown.borrow_and_update() {
-                        return;
-                    }
-                    continue;
-                }
-            }
+        let mut ticker = hub.ticker(interval);
+        while ticker.tick().await {
             let failed = round(&hub, &client, interval + timeout).await;
             if !failed.is_empty() {
                 tracing::warn!(

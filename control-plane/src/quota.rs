@@ -349,20 +349,9 @@ pub async fn prune(store: &Store, now_ms: u64) -> Result<u64, StoreError> {
 /// The hub's quota upkeep until it shuts down: refreshes its streams' holders every
 /// [`MAINTENANCE_INTERVAL`] and prunes old counters every minute.
 pub async fn run_maintenance(hub: Arc<SyncHub>) {
-    let mut shutdown = hub.shutdown_signal();
-    let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticker = hub.ticker(MAINTENANCE_INTERVAL);
     let mut rounds: u64 = 0;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            changed = shutdown.changed() => {
-                if changed.is_err() || *shutdown.borrow_and_update() {
-                    return;
-                }
-                continue;
-            }
-        }
+    while ticker.tick().await {
         let now = now_unix_ms();
         if let Err(error) = hub.quota().refresh_holders(hub.store(), now).await {
             tracing::warn!(%error, "refreshing parallel slots failed");

@@ -243,24 +243,13 @@ impl SpendView {
 /// (when it changed, or the ledger moved on), and resets ended budget windows every
 /// [`WINDOW_CLOCK_INTERVAL`]. Ends when the hub shuts down.
 pub async fn run_spend_publisher(hub: Arc<SyncHub>) {
-    let mut shutdown = hub.shutdown_signal();
-    let mut tick = tokio::time::interval(SPEND_PUSH_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticker = hub.ticker(SPEND_PUSH_INTERVAL);
     let clock_every = (WINDOW_CLOCK_INTERVAL.as_millis() / SPEND_PUSH_INTERVAL.as_millis()).max(1);
     let mut ticks: u128 = 0;
     // The served version the last full read was made for: budgets may have changed since.
     let mut read_for_version: Option<u64> = None;
     let mut last_read_ms: u64 = 0;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            changed = shutdown.changed() => {
-                if changed.is_err() || *shutdown.borrow_and_update() {
-                    return;
-                }
-                continue;
-            }
-        }
+    while ticker.tick().await {
         ticks = ticks.wrapping_add(1);
         let now = now_unix_ms();
         let mut full = read_for_version != Some(hub.current_version());

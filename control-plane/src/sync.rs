@@ -344,6 +344,29 @@ pub struct SyncHub {
     cooldowns: watch::Sender<Arc<proto::DeploymentCooldowns>>,
 }
 
+/// Ticks of one of the hub's periodic tasks; see [`SyncHub::ticker`].
+pub struct Ticker {
+    interval: tokio::time::Interval,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Ticker {
+    /// Waits for the next tick: `false` once the hub shuts down (the task then ends).
+    pub async fn tick(&mut self) -> bool {
+        loop {
+            tokio::select! {
+                _ = self.interval.tick() => return true,
+                changed = self.shutdown.changed() => {
+                    // The signal starts marked changed: only `true` (or a dropped hub) stops.
+                    if changed.is_err() || *self.shutdown.borrow_and_update() {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl SyncHub {
     /// A hub serving the store's current state as its first snapshot, priced from the
     /// built-in table alone.
@@ -529,6 +552,17 @@ impl SyncHub {
         let mut signal = self.shutdown.subscribe();
         signal.mark_changed();
         signal
+    }
+
+    /// A tick every `period` (the first at once; a late tick delays the next ones) until
+    /// the hub shuts down: the loop of the hub's periodic tasks.
+    pub fn ticker(&self, period: Duration) -> Ticker {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ticker {
+            interval,
+            shutdown: self.shutdown_signal(),
+        }
     }
 
     /// Asks for a rebuild after a committed change, without waiting for it. Rebuilding reads

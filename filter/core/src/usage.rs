@@ -143,6 +143,12 @@ impl UsageQueue {
     pub const CAPACITY: usize = 10_000;
     /// Records per message on the stream.
     pub const BATCH: usize = 500;
+    /// Batches sent on a stream and not acknowledged yet, at most. A control plane slower
+    /// than the filter (its database behind) then has at most this many batches to store
+    /// before it reads the filter's next quota ask on the same stream, instead of every
+    /// batch the filter made meanwhile; the rest waits here (bounded by [`Self::CAPACITY`]).
+    /// The glues send more as acknowledgements come.
+    pub const MAX_IN_FLIGHT: usize = 8;
 
     /// Queues a record; returns how many of the oldest records were dropped to make room
     /// (0 or, when a whole unacknowledged batch had to go, its size).
@@ -171,7 +177,11 @@ impl UsageQueue {
     /// first every unacknowledged batch not yet sent on it (after a reconnect), then a new
     /// batch of up to [`Self::BATCH`] queued records. `None` when there is nothing to send.
     /// What it returns counts as sent; a glue whose send fails calls [`Self::stream_lost`].
+    /// `None` too while [`Self::MAX_IN_FLIGHT`] batches wait for their acknowledgement.
     pub fn next_message(&mut self) -> Option<&[u8]> {
+        if self.sent_on_stream >= Self::MAX_IN_FLIGHT {
+            return None;
+        }
         if self.sent_on_stream < self.unacked.len() {
             let at = self.sent_on_stream;
             self.sent_on_stream += 1;
@@ -423,6 +433,33 @@ mod tests {
         assert!(queue.is_empty());
         queue.stream_lost();
         assert!(queue.next_message().is_none());
+    }
+
+    #[test]
+    fn at_most_max_in_flight_batches_wait_for_their_acknowledgement() {
+        let mut queue = UsageQueue::default();
+        let batches = UsageQueue::MAX_IN_FLIGHT + 2;
+        for id in 0..batches * UsageQueue::BATCH {
+            queue.push(record(id));
+        }
+        let sent: Vec<u64> = std::iter::from_fn(|| queue.next_message().map(batch_of))
+            .map(|batch| batch.batch_id)
+            .collect();
+        assert_eq!(sent, (1..=8).collect::<Vec<u64>>());
+        // One acknowledged: one more goes; the rest waits for the next.
+        queue.acknowledge(&[3], 0);
+        assert_eq!(batch_of(queue.next_message().unwrap()).batch_id, 9);
+        assert!(queue.next_message().is_none());
+        // After a reconnect the unacknowledged go again, as many at once.
+        queue.stream_lost();
+        let resent: Vec<u64> = std::iter::from_fn(|| queue.next_message().map(batch_of))
+            .map(|batch| batch.batch_id)
+            .collect();
+        assert_eq!(resent, [1, 2, 4, 5, 6, 7, 8, 9]);
+        queue.acknowledge(&[1, 2, 4, 5, 6, 7, 8, 9], 0);
+        assert_eq!(batch_of(queue.next_message().unwrap()).batch_id, 10);
+        assert!(queue.next_message().is_none());
+        assert_eq!(queue.len(), UsageQueue::BATCH);
     }
 
     #[test]

@@ -285,6 +285,8 @@ async fn session(
                     }
                     if let Some(ack) = proto::acknowledged_batches(&message) {
                         shared.usage().acknowledge(&ack.batch_ids, ack.ledger_seq);
+                        // Batches wait for room in flight (UsageQueue::MAX_IN_FLIGHT).
+                        send_usage(shared, &outbound).map_err(|()| fail("send", &"stream closed", delivered))?;
                         continue;
                     }
                     if let Some(update) = proto::spend_update(&message) {
@@ -293,7 +295,7 @@ async fn session(
                     }
                     if let Some(grant) = proto::quota_grant(&message) {
                         shared.apply_grant(&grant);
-                        send_quota_asks(shared, &outbound).await.map_err(|()| fail("send", &"stream closed", delivered))?;
+                        send_quota_asks(shared, &outbound).map_err(|()| fail("send", &"stream closed", delivered))?;
                         continue;
                     }
                     match shared.install(&message) {
@@ -320,14 +322,16 @@ async fn session(
                 Err(status) => return Err(fail("receive", &status, delivered)),
             },
             () = shared.quota_asks.notified() => {
-                send_quota_asks(shared, &outbound).await.map_err(|()| fail("send", &"stream closed", delivered))?;
+                send_quota_asks(shared, &outbound).map_err(|()| fail("send", &"stream closed", delivered))?;
             }
             _ = tick.tick() => {
                 if shared.stopped() {
                     return Ok(SessionEnd::Stopped);
                 }
                 shared.quota_tick();
-                send_usage(shared, &outbound).await.map_err(|()| fail("send", &"stream closed", delivered))?;
+                // Asks a full channel held back.
+                send_quota_asks(shared, &outbound).map_err(|()| fail("send", &"stream closed", delivered))?;
+                send_usage(shared, &outbound).map_err(|()| fail("send", &"stream closed", delivered))?;
             }
         }
     }
@@ -345,29 +349,42 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// Sends the quota book's asks for the authority.
-async fn send_quota_asks(shared: &Shared, outbound: &mpsc::Sender<Vec<u8>>) -> Result<(), ()> {
-    let Some(request) = shared.quota().take_request() else {
+/// Sends the quota book's asks for the authority. Never waits: this loop also ends the
+/// waits the authority leaves too long (its tick), which a stalled control plane must not
+/// hold up; with the channel full the asks stay in the book for the next tick.
+fn send_quota_asks(shared: &Shared, outbound: &mpsc::Sender<Vec<u8>>) -> Result<(), ()> {
+    let Some(permit) = reserve(outbound)? else {
         return Ok(());
     };
-    outbound
-        .send(proto::quota_message(request))
-        .await
-        .map_err(|_| ())
+    if let Some(request) = shared.quota().take_request() {
+        permit.send(proto::quota_message(request));
+    }
+    Ok(())
 }
 
-/// Sends what the usage queue has for this stream: unacknowledged batches after a
-/// reconnect, then new ones. A send that fails leaves them all for the next stream.
-async fn send_usage(shared: &Shared, outbound: &mpsc::Sender<Vec<u8>>) -> Result<(), ()> {
+/// Sends what the usage queue has for this stream (as much as may be in flight):
+/// unacknowledged batches after a reconnect, then new ones. Never waits, as
+/// [`send_quota_asks`]; what the channel has no room for goes on a later tick or
+/// acknowledgement.
+fn send_usage(shared: &Shared, outbound: &mpsc::Sender<Vec<u8>>) -> Result<(), ()> {
     loop {
-        // Copied out so the queue's lock is not held across the await.
+        let Some(permit) = reserve(outbound).inspect_err(|()| shared.usage().stream_lost())? else {
+            return Ok(());
+        };
         let Some(message) = shared.usage().next_message().map(<[u8]>::to_vec) else {
             return Ok(());
         };
-        if outbound.send(message).await.is_err() {
-            shared.usage().stream_lost();
-            return Err(());
-        }
+        permit.send(message);
+    }
+}
+
+/// Room for one message on the stream: `None` when the channel is full, `Err` when the
+/// stream is gone.
+fn reserve(outbound: &mpsc::Sender<Vec<u8>>) -> Result<Option<mpsc::Permit<'_, Vec<u8>>>, ()> {
+    match outbound.try_reserve() {
+        Ok(permit) => Ok(Some(permit)),
+        Err(mpsc::error::TrySendError::Full(())) => Ok(None),
+        Err(mpsc::error::TrySendError::Closed(())) => Err(()),
     }
 }
 

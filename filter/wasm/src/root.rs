@@ -513,6 +513,8 @@ impl TollgateRoot {
                 .borrow_mut()
                 .usage
                 .acknowledge(&ack.batch_ids, ack.ledger_seq);
+            // Batches wait for room in flight (UsageQueue::MAX_IN_FLIGHT): there is some.
+            self.flush_usage();
             return;
         }
         if let Some(update) = proto::spend_update(&message) {
