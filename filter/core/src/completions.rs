@@ -35,7 +35,10 @@ use crate::providers::{
     openai, push_path_segment, translate_request, ChunkOutput, Framing, ProviderResponse,
     ResponseHandler, ResponseTranslator, TranslateContext,
 };
-use crate::request::{object_insert_point, summarize_chat_request, ChatRequestSummary};
+use crate::request::{
+    object_insert_point, request_routing, summarize_chat_request, ChatRequestSummary,
+    RequestRouting, RoutingMembers,
+};
 use crate::snapshot::{Deployment, Wire};
 use crate::sse::{write_data_event, SseParser, DONE_EVENT};
 use crate::{GatewayError, State, Usage};
@@ -78,6 +81,9 @@ pub struct CompletionRequestSummary<'a> {
     pub logprobs: Option<u64>,
     /// `best_of`, when given.
     pub best_of: Option<u64>,
+    /// LiteLLM's per-request routing parameters (`fallbacks`, `num_retries`, ...): the
+    /// gateway's, never sent to a provider.
+    pub routing: RequestRouting,
     /// Whether the answer must carry the usage chunk for the gateway itself even when the
     /// client did not ask for one (an attempt of a relayed request: the relaying side reads
     /// it, and removes it again).
@@ -113,6 +119,15 @@ struct CompletionRequestView<'a> {
     best_of: Option<u64>,
     #[serde(borrow)]
     metadata: Option<&'a RawValue>,
+    /// LiteLLM's routing parameters, `null` included (removed before a provider sees it).
+    #[serde(borrow, default, deserialize_with = "raw_value_or_null")]
+    fallbacks: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "raw_value_or_null")]
+    context_window_fallbacks: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "raw_value_or_null")]
+    content_policy_fallbacks: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "raw_value_or_null")]
+    num_retries: Option<&'a RawValue>,
 }
 
 /// Reads any value, `null` too, which `Option<&RawValue>` would read as absent.
@@ -232,6 +247,16 @@ pub fn summarize_completion_request(
         None => false,
     };
     let tags = request_tags(view.metadata)?;
+    let routing = request_routing(
+        body,
+        &model,
+        RoutingMembers {
+            fallbacks: view.fallbacks,
+            context_window_fallbacks: view.context_window_fallbacks,
+            content_policy_fallbacks: view.content_policy_fallbacks,
+            num_retries: view.num_retries,
+        },
+    )?;
 
     Ok(CompletionRequestSummary {
         model,
@@ -248,6 +273,7 @@ pub fn summarize_completion_request(
         suffix: view.suffix.is_some(),
         logprobs: view.logprobs,
         best_of: view.best_of,
+        routing,
         usage_to_gateway: false,
     })
 }
@@ -448,7 +474,8 @@ fn pass_through(
         stream_options: summary.stream_options,
         end_user: None,
         tags: Vec::new(),
-        routing: Default::default(),
+        // Removed from the body: a provider would refuse them.
+        routing: summary.routing.clone(),
         usage_to_gateway: false,
     };
     let mut request = openai::build_request(&edits, body, deployment)?;

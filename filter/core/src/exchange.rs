@@ -905,8 +905,7 @@ impl Exchange {
         Ok((plan, estimated_tokens, role))
     }
 
-    /// Plans an embeddings request as [`Self::plan_chat`] plans a chat request (the router's
-    /// retries and fallbacks; an embeddings request has no routing parameters of its own).
+    /// Plans an embeddings request as [`Self::plan_chat`] plans a chat request.
     fn plan_embeddings(
         &mut self,
         state: &Arc<State>,
@@ -922,7 +921,7 @@ impl Exchange {
             caller,
             RouteRequest {
                 model: &request.model,
-                own: &RequestRouting::default(),
+                own: &request.routing,
                 tags: Vec::new(),
                 stream: false,
                 estimated_tokens,
@@ -937,12 +936,12 @@ impl Exchange {
                     Role::Relay(key),
                 )
             }
-            Routed::Direct { first, .. } => {
+            Routed::Direct { first, own_retries } => {
                 let mut plan = plan_embeddings_request_to(state, first, &request, body, context)?;
                 direct_attempt_headers(
                     &state.router,
                     &plan.deployment,
-                    None,
+                    own_retries,
                     false,
                     &mut plan.headers,
                 );
@@ -952,8 +951,7 @@ impl Exchange {
         Ok((plan, estimated_tokens, role))
     }
 
-    /// Plans a text completions request as [`Self::plan_chat`] plans a chat request (the
-    /// router's retries and fallbacks).
+    /// Plans a text completions request as [`Self::plan_chat`] plans a chat request.
     fn plan_completion(
         &mut self,
         state: &Arc<State>,
@@ -969,7 +967,7 @@ impl Exchange {
             caller,
             RouteRequest {
                 model: &summary.model,
-                own: &RequestRouting::default(),
+                own: &summary.routing,
                 tags: summary.tags.iter().map(|tag| tag.to_string()).collect(),
                 stream: summary.stream,
                 estimated_tokens,
@@ -984,13 +982,13 @@ impl Exchange {
                     Role::Relay(key),
                 )
             }
-            Routed::Direct { first, .. } => {
+            Routed::Direct { first, own_retries } => {
                 let stream = summary.stream;
                 let mut plan = plan_completion_request_to(state, first, summary, body, context)?;
                 direct_attempt_headers(
                     &state.router,
                     &plan.deployment,
-                    None,
+                    own_retries,
                     stream,
                     &mut plan.headers,
                 );

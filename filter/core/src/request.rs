@@ -99,6 +99,62 @@ fn fallback_list(
     Ok(Some(list))
 }
 
+/// LiteLLM's routing members of a request body as sent (`null` included), which the
+/// endpoints that take them read into a [`RequestRouting`].
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+pub struct RoutingMembers<'a> {
+    /// `fallbacks`.
+    #[serde(borrow, default, deserialize_with = "raw_value_or_null")]
+    pub fallbacks: Option<&'a RawValue>,
+    /// `context_window_fallbacks`.
+    #[serde(borrow, default, deserialize_with = "raw_value_or_null")]
+    pub context_window_fallbacks: Option<&'a RawValue>,
+    /// `content_policy_fallbacks`.
+    #[serde(borrow, default, deserialize_with = "raw_value_or_null")]
+    pub content_policy_fallbacks: Option<&'a RawValue>,
+    /// `num_retries`.
+    #[serde(borrow, default, deserialize_with = "raw_value_or_null")]
+    pub num_retries: Option<&'a RawValue>,
+}
+
+/// The routing parameters of a request for `model` from its members (which borrow from
+/// `body`), with where they sit so that a pass-through removes them.
+pub fn request_routing(
+    body: &[u8],
+    model: &str,
+    members: RoutingMembers<'_>,
+) -> Result<RequestRouting, GatewayError> {
+    Ok(RequestRouting {
+        fallbacks: fallback_list("fallbacks", members.fallbacks, model)?,
+        context_window_fallbacks: fallback_list(
+            "context_window_fallbacks",
+            members.context_window_fallbacks,
+            model,
+        )?,
+        content_policy_fallbacks: fallback_list(
+            "content_policy_fallbacks",
+            members.content_policy_fallbacks,
+            model,
+        )?,
+        num_retries: match members.num_retries.filter(|raw| raw.get() != "null") {
+            Some(raw) => Some(serde_json::from_str::<u32>(raw.get()).map_err(|_| {
+                GatewayError::invalid("num_retries", "num_retries must be a whole number >= 0")
+            })?),
+            None => None,
+        },
+        spans: [
+            members.fallbacks,
+            members.context_window_fallbacks,
+            members.content_policy_fallbacks,
+            members.num_retries,
+        ]
+        .into_iter()
+        .flatten()
+        .map(|raw| member_span(body, span_of(body, raw)))
+        .collect(),
+    })
+}
+
 #[derive(Deserialize)]
 struct ChatRequestView<'a> {
     #[serde(borrow)]
@@ -284,35 +340,16 @@ pub fn summarize_chat_request(body: &[u8]) -> Result<ChatRequestSummary<'_>, Gat
     }
     .filter(|user| !user.is_empty());
     let tags = request_tags(view.metadata)?;
-    let routing = RequestRouting {
-        fallbacks: fallback_list("fallbacks", view.fallbacks, &model)?,
-        context_window_fallbacks: fallback_list(
-            "context_window_fallbacks",
-            view.context_window_fallbacks,
-            &model,
-        )?,
-        content_policy_fallbacks: fallback_list(
-            "content_policy_fallbacks",
-            view.content_policy_fallbacks,
-            &model,
-        )?,
-        num_retries: match view.num_retries.filter(|raw| raw.get() != "null") {
-            Some(raw) => Some(serde_json::from_str::<u32>(raw.get()).map_err(|_| {
-                GatewayError::invalid("num_retries", "num_retries must be a whole number >= 0")
-            })?),
-            None => None,
+    let routing = request_routing(
+        body,
+        &model,
+        RoutingMembers {
+            fallbacks: view.fallbacks,
+            context_window_fallbacks: view.context_window_fallbacks,
+            content_policy_fallbacks: view.content_policy_fallbacks,
+            num_retries: view.num_retries,
         },
-        spans: [
-            view.fallbacks,
-            view.context_window_fallbacks,
-            view.content_policy_fallbacks,
-            view.num_retries,
-        ]
-        .into_iter()
-        .flatten()
-        .map(|raw| member_span(body, span_of(body, raw)))
-        .collect(),
-    };
+    )?;
 
     Ok(ChatRequestSummary {
         model,

@@ -699,6 +699,51 @@ fn routing_parameters_never_reach_an_openai_provider() {
 }
 
 #[test]
+fn routing_parameters_of_completions_and_embeddings_never_reach_an_openai_provider() {
+    let state = state_of(vec![deployment("solo", "m")], None);
+    let context = tollgate_core::providers::TranslateContext { now_unix: 1 };
+    let caller = tollgate_core::auth::Caller::default();
+    let completion =
+        br#"{"fallbacks":[{"m":["x"]}],"model":"m","prompt":"hi", "num_retries" : 1 }"#;
+    let summary = tollgate_core::completions::summarize_completion_request(completion).unwrap();
+    assert_eq!(
+        summary.routing.fallbacks.as_deref(),
+        Some(&["x".to_string()][..])
+    );
+    assert_eq!(summary.routing.num_retries, Some(1));
+    let plan = tollgate_core::completions::plan_completion_request_for(
+        &state, &caller, completion, &context,
+    )
+    .unwrap();
+    let sent: serde_json::Value = serde_json::from_slice(&plan.body).unwrap();
+    assert_eq!(
+        sent,
+        serde_json::json!({"model": "upstream-solo", "prompt": "hi"})
+    );
+
+    let embeddings =
+        br#"{"model":"m","input":["a"],"content_policy_fallbacks":null,"fallbacks":["x"]}"#;
+    let request =
+        tollgate_core::providers::embeddings::parse_embeddings_request(embeddings).unwrap();
+    assert_eq!(
+        request.routing.fallbacks.as_deref(),
+        Some(&["x".to_string()][..])
+    );
+    let (plan, _) = tollgate_core::providers::embeddings::plan_embeddings_request_for(
+        &state, &caller, embeddings, &context,
+    )
+    .unwrap();
+    let sent: serde_json::Value = serde_json::from_slice(&plan.body).unwrap();
+    assert_eq!(
+        sent,
+        serde_json::json!({"model": "upstream-solo", "input": ["a"]})
+    );
+    let bad = br#"{"model":"m","input":"a","num_retries":-1}"#;
+    let error = tollgate_core::providers::embeddings::parse_embeddings_request(bad).unwrap_err();
+    assert_eq!(error.param(), Some("num_retries"));
+}
+
+#[test]
 fn the_control_planes_cooldowns_are_routed_around_and_kept_across_snapshots() {
     use prost::Message;
     let snapshot = |version: u64| proto::ControlMessage {

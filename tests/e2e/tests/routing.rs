@@ -893,6 +893,29 @@ fn embeddings_and_completions_fail_over_end_to_end() {
     );
     mock.clear_faults().unwrap();
 
+    // The request's own fallbacks and num_retries replace the router's, and never reach
+    // the provider.
+    let mut own_routing = embed("emb-solo", "emb-own");
+    own_routing["fallbacks"] = json!(["emb"]);
+    own_routing["num_retries"] = json!(0);
+    let (status, got, body) = post_json(&env, "/v1/embeddings", &own_routing);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(got, headers("emb-solo-1", 0, 0));
+    let upstream = env.upstream();
+    assert_eq!(upstream["body"]["model"], "mock-emb-solo", "{upstream}");
+    assert!(upstream["body"].get("fallbacks").is_none(), "{upstream}");
+    assert!(upstream["body"].get("num_retries").is_none(), "{upstream}");
+    mock.set_fault("mock-emb-solo", json!({"status": 503}), None)
+        .unwrap();
+    mock.reset_calls().unwrap();
+    let (status, got, body) = post_json(&env, "/v1/embeddings", &own_routing);
+    assert_eq!(status, 200, "{body}");
+    let model_id = got.model_id.clone().unwrap();
+    assert!(["emb-a", "emb-b"].contains(&model_id.as_str()), "{got:?}");
+    assert_eq!(got, headers(&model_id, 0, 1));
+    assert_eq!(mock.calls_for("mock-emb-solo").unwrap(), 1);
+    mock.clear_faults().unwrap();
+
     // `text` answers 500: retried once, then Anthropic answers the prompt through chat, as
     // a text completion; streamed too, with and without the usage chunk.
     mock.set_fault("mock-text", json!({"status": 500}), None)
@@ -919,6 +942,18 @@ fn embeddings_and_completions_fail_over_end_to_end() {
             own(("text-1", "failure")),
         ]
     );
+
+    // The request's own: no retry, straight to its own fallback.
+    mock.reset_calls().unwrap();
+    let mut own_routing = complete("text-own");
+    own_routing["fallbacks"] = json!(["claude"]);
+    own_routing["num_retries"] = json!(0);
+    let (status, got, body) = post_json(&env, "/v1/completions", &own_routing);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(got, headers("claude-1", 0, 1));
+    assert_eq!(mock.calls_for("mock-text").unwrap(), 1);
+    let upstream = env.upstream();
+    assert!(upstream["body"].get("fallbacks").is_none(), "{upstream}");
 
     for include_usage in [false, true] {
         let mut streamed = complete("text-fallback-stream");

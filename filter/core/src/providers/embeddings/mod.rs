@@ -30,6 +30,7 @@ use crate::providers::{
     openai_shaped_error, ChunkOutput, ProviderResponse, ResponseHandler, ResponseTranslator,
     TranslateContext, UpstreamRequest,
 };
+use crate::request::{request_routing, RequestRouting, RoutingMembers};
 use crate::snapshot::{Deployment, Wire};
 use crate::{GatewayError, RequestPlan, State, Usage};
 
@@ -84,6 +85,9 @@ pub struct EmbeddingsRequest<'a> {
     pub end_user: Option<Cow<'a, str>>,
     /// `input_type`, Cohere's (LiteLLM passes it on): `None` sends `search_document`.
     pub input_type: Option<Cow<'a, str>>,
+    /// LiteLLM's per-request routing parameters (`fallbacks`, `num_retries`, ...): the
+    /// gateway's, never sent to a provider.
+    pub routing: RequestRouting,
 }
 
 impl EmbeddingsRequest<'_> {
@@ -115,6 +119,22 @@ struct EmbeddingsView<'a> {
     user: Option<&'a RawValue>,
     #[serde(borrow)]
     input_type: Option<&'a RawValue>,
+    /// LiteLLM's routing parameters, `null` included (removed before a provider sees it).
+    #[serde(borrow, default, deserialize_with = "raw_value_or_null")]
+    fallbacks: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "raw_value_or_null")]
+    context_window_fallbacks: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "raw_value_or_null")]
+    content_policy_fallbacks: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "raw_value_or_null")]
+    num_retries: Option<&'a RawValue>,
+}
+
+/// Reads any value, `null` too, which `Option<&RawValue>` would read as absent.
+fn raw_value_or_null<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<&'a RawValue>, D::Error> {
+    <&'a RawValue>::deserialize(deserializer).map(Some)
 }
 
 fn invalid_input(message: &str) -> GatewayError {
@@ -205,6 +225,17 @@ pub fn parse_embeddings_request(body: &[u8]) -> Result<EmbeddingsRequest<'_>, Ga
         ),
     };
 
+    let routing = request_routing(
+        body,
+        &model,
+        RoutingMembers {
+            fallbacks: view.fallbacks,
+            context_window_fallbacks: view.context_window_fallbacks,
+            content_policy_fallbacks: view.content_policy_fallbacks,
+            num_retries: view.num_retries,
+        },
+    )?;
+
     let start = (model_raw.get().as_ptr() as usize).saturating_sub(body.as_ptr() as usize);
     Ok(EmbeddingsRequest {
         model,
@@ -214,6 +245,7 @@ pub fn parse_embeddings_request(body: &[u8]) -> Result<EmbeddingsRequest<'_>, Ga
         dimensions,
         end_user,
         input_type,
+        routing,
     })
 }
 

@@ -23,6 +23,7 @@ use tollgate_catalogue::{Auth, ChatPath};
 
 use super::{EmbeddingInput, EmbeddingsRequest, ProviderAnswer, Vector};
 use crate::providers::{gemini, push_path_segment, UpstreamRequest};
+use crate::request::{apply_edits, Edit};
 use crate::snapshot::{Deployment, Wire};
 use crate::{GatewayError, Usage};
 
@@ -65,18 +66,25 @@ pub(super) fn openai_request(
     body: &[u8],
     deployment: &Deployment,
 ) -> UpstreamRequest {
-    let body = if request.model == deployment.upstream_model {
-        body.to_vec()
-    } else {
-        let model =
-            serde_json::to_vec(&deployment.upstream_model).unwrap_or_else(|_| b"\"\"".to_vec());
-        let span = &request.model_span;
-        let mut out = Vec::with_capacity(body.len() + model.len());
-        out.extend_from_slice(body.get(..span.start).unwrap_or_default());
-        out.extend_from_slice(&model);
-        out.extend_from_slice(body.get(span.end..).unwrap_or_default());
-        out
-    };
+    // The model named for the deployment, and LiteLLM's routing parameters removed (the
+    // gateway's: a provider would refuse them).
+    let mut edits: Vec<Edit> = request
+        .routing
+        .spans
+        .iter()
+        .map(|span| Edit {
+            range: span.clone(),
+            bytes: Vec::new(),
+        })
+        .collect();
+    if request.model != deployment.upstream_model {
+        edits.push(Edit {
+            range: request.model_span.clone(),
+            bytes: serde_json::to_vec(&deployment.upstream_model)
+                .unwrap_or_else(|_| b"\"\"".to_vec()),
+        });
+    }
+    let body = apply_edits(body, &mut edits);
     let mut headers = vec![("content-type", "application/json".to_string())];
     if !deployment.api_key.is_empty() {
         headers.push(match deployment.spec.auth {
