@@ -398,6 +398,37 @@ struct AttemptRequest {
     body_size: usize,
 }
 
+/// The plan of a request [`Exchange::route`] routed (`summary` is what its endpoint read
+/// of its body): relayed through the attempts route, or translated by `direct` for its one
+/// deployment, with Envoy's headers to retry it there.
+fn routed_plan<S>(
+    state: &State,
+    routed: Routed,
+    summary: S,
+    body_size: usize,
+    relayed: impl FnOnce(&S) -> Relayed,
+    direct: impl FnOnce(Arc<crate::snapshot::Deployment>, S) -> Result<RequestPlan, GatewayError>,
+) -> Result<(RequestPlan, Role), GatewayError> {
+    match routed {
+        Routed::Relayed { first, key } => {
+            let plan = relay_plan(first, relayed(&summary), body_size, key.clone());
+            Ok((plan, Role::Relay(key)))
+        }
+        Routed::Direct { first, own_retries } => {
+            let mut plan = direct(first, summary)?;
+            let stream = plan.stream;
+            direct_attempt_headers(
+                &state.router,
+                &plan.deployment,
+                own_retries,
+                stream,
+                &mut plan.headers,
+            );
+            Ok((plan, Role::Direct))
+        }
+    }
+}
+
 /// Translates the client's body of one attempt for `deployment`, the one its plan chose:
 /// the answer carries the usage chunk for the relaying side, and the attempt gets the
 /// deployment's timeout.
@@ -881,27 +912,14 @@ impl Exchange {
             },
             now_ms,
         )?;
-        let (plan, role) = match routed {
-            Routed::Relayed { first, key } => {
-                let relayed = Relayed::chat(&summary);
-                (
-                    relay_plan(first, relayed, body.len(), key.clone()),
-                    Role::Relay(key),
-                )
-            }
-            Routed::Direct { first, own_retries } => {
-                let stream = summary.stream;
-                let mut plan = plan_chat_request_to(state, first, summary, body, context)?;
-                direct_attempt_headers(
-                    &state.router,
-                    &plan.deployment,
-                    own_retries,
-                    stream,
-                    &mut plan.headers,
-                );
-                (plan, Role::Direct)
-            }
-        };
+        let (plan, role) = routed_plan(
+            state,
+            routed,
+            summary,
+            body.len(),
+            Relayed::chat,
+            |first, summary| plan_chat_request_to(state, first, summary, body, context),
+        )?;
         Ok((plan, estimated_tokens, role))
     }
 
@@ -928,26 +946,14 @@ impl Exchange {
             },
             now_ms,
         )?;
-        let (plan, role) = match routed {
-            Routed::Relayed { first, key } => {
-                let relayed = Relayed::embeddings(&request);
-                (
-                    relay_plan(first, relayed, body.len(), key.clone()),
-                    Role::Relay(key),
-                )
-            }
-            Routed::Direct { first, own_retries } => {
-                let mut plan = plan_embeddings_request_to(state, first, &request, body, context)?;
-                direct_attempt_headers(
-                    &state.router,
-                    &plan.deployment,
-                    own_retries,
-                    false,
-                    &mut plan.headers,
-                );
-                (plan, Role::Direct)
-            }
-        };
+        let (plan, role) = routed_plan(
+            state,
+            routed,
+            request,
+            body.len(),
+            Relayed::embeddings,
+            |first, request| plan_embeddings_request_to(state, first, &request, body, context),
+        )?;
         Ok((plan, estimated_tokens, role))
     }
 
@@ -974,27 +980,14 @@ impl Exchange {
             },
             now_ms,
         )?;
-        let (plan, role) = match routed {
-            Routed::Relayed { first, key } => {
-                let relayed = Relayed::completion(&summary);
-                (
-                    relay_plan(first, relayed, body.len(), key.clone()),
-                    Role::Relay(key),
-                )
-            }
-            Routed::Direct { first, own_retries } => {
-                let stream = summary.stream;
-                let mut plan = plan_completion_request_to(state, first, summary, body, context)?;
-                direct_attempt_headers(
-                    &state.router,
-                    &plan.deployment,
-                    own_retries,
-                    stream,
-                    &mut plan.headers,
-                );
-                (plan, Role::Direct)
-            }
-        };
+        let (plan, role) = routed_plan(
+            state,
+            routed,
+            summary,
+            body.len(),
+            Relayed::completion,
+            |first, summary| plan_completion_request_to(state, first, summary, body, context),
+        )?;
         Ok((plan, estimated_tokens, role))
     }
 
