@@ -36,8 +36,8 @@ use crate::providers::{
     ResponseHandler, ResponseTranslator, TranslateContext,
 };
 use crate::request::{
-    object_insert_point, request_routing, summarize_chat_request, ChatRequestSummary,
-    RequestRouting, RoutingMembers,
+    object_insert_point, raw_value_or_null, request_routing, summarize_chat_request,
+    ChatRequestSummary, RequestRouting, RoutingMembers,
 };
 use crate::snapshot::{Deployment, Wire};
 use crate::sse::{write_data_event, SseParser, DONE_EVENT};
@@ -128,13 +128,6 @@ struct CompletionRequestView<'a> {
     content_policy_fallbacks: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "raw_value_or_null")]
     num_retries: Option<&'a RawValue>,
-}
-
-/// Reads any value, `null` too, which `Option<&RawValue>` would read as absent.
-fn raw_value_or_null<'de: 'a, 'a, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<&'a RawValue>, D::Error> {
-    <&'a RawValue>::deserialize(deserializer).map(Some)
 }
 
 #[derive(Deserialize)]
@@ -475,7 +468,7 @@ fn pass_through(
         end_user: None,
         tags: Vec::new(),
         // Removed from the body: a provider would refuse them.
-        routing: summary.routing.clone(),
+        routing: summary.routing,
         usage_to_gateway: false,
     };
     let mut request = openai::build_request(&edits, body, deployment)?;

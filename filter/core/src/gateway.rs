@@ -445,22 +445,25 @@ impl Relayed {
     /// An embeddings request.
     pub fn embeddings(request: &crate::providers::embeddings::EmbeddingsRequest<'_>) -> Self {
         let response = crate::providers::embeddings::EmbeddingsResponse::relayed(request);
-        Relayed {
-            path: "/v1/embeddings",
-            stream: false,
-            response: crate::providers::ResponseTranslator::Embeddings(response),
-            end_user: String::new(),
-            tags: Vec::new(),
-        }
-        .with(request.end_user.as_deref(), &[])
+        let response = crate::providers::ResponseTranslator::Embeddings(response);
+        Relayed::new("/v1/embeddings", false, response).with(request.end_user.as_deref(), &[])
     }
 
     fn openai_shaped(path: &'static str, stream: bool, include_usage: bool) -> Self {
         let response = crate::providers::openai::OpenAiResponse::new(stream, include_usage, None);
+        let response = crate::providers::ResponseTranslator::OpenAi(response);
+        Relayed::new(path, stream, response)
+    }
+
+    fn new(
+        path: &'static str,
+        stream: bool,
+        response: crate::providers::ResponseTranslator,
+    ) -> Self {
         Relayed {
             path,
             stream,
-            response: crate::providers::ResponseTranslator::OpenAi(response),
+            response,
             end_user: String::new(),
             tags: Vec::new(),
         }

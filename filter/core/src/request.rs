@@ -100,20 +100,17 @@ fn fallback_list(
 }
 
 /// LiteLLM's routing members of a request body as sent (`null` included), which the
-/// endpoints that take them read into a [`RequestRouting`].
-#[derive(Debug, Default, Clone, Copy, Deserialize)]
+/// endpoints that take them read into a [`RequestRouting`]. Each endpoint's view reads the
+/// four members itself (serde's `flatten` cannot borrow a `RawValue`).
+#[derive(Debug, Default, Clone, Copy)]
 pub struct RoutingMembers<'a> {
     /// `fallbacks`.
-    #[serde(borrow, default, deserialize_with = "raw_value_or_null")]
     pub fallbacks: Option<&'a RawValue>,
     /// `context_window_fallbacks`.
-    #[serde(borrow, default, deserialize_with = "raw_value_or_null")]
     pub context_window_fallbacks: Option<&'a RawValue>,
     /// `content_policy_fallbacks`.
-    #[serde(borrow, default, deserialize_with = "raw_value_or_null")]
     pub content_policy_fallbacks: Option<&'a RawValue>,
     /// `num_retries`.
-    #[serde(borrow, default, deserialize_with = "raw_value_or_null")]
     pub num_retries: Option<&'a RawValue>,
 }
 
@@ -198,7 +195,7 @@ struct MetadataView<'a> {
 }
 
 /// Reads any value, `null` too, which `Option<&RawValue>` would read as absent.
-fn raw_value_or_null<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+pub(crate) fn raw_value_or_null<'de: 'a, 'a, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<&'a RawValue>, D::Error> {
     <&'a RawValue>::deserialize(deserializer).map(Some)

@@ -258,18 +258,8 @@ fn routing_end_to_end() {
     assert_eq!(calls.get("mock-fb"), Some(&3));
     assert_eq!(calls.get("claude-mock-sonnet"), Some(&1));
     let rows = env.logs("routing-fallback", 4);
-    let mut statuses: Vec<(String, String)> = rows
-        .iter()
-        .map(|row| {
-            (
-                row["model_id"].as_str().unwrap().to_string(),
-                row["status"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
-    statuses.sort();
     assert_eq!(
-        statuses,
+        row_statuses(&rows),
         [
             ("claude-1".to_string(), "success".to_string()),
             ("gpt-fb-1".to_string(), "failure".to_string()),

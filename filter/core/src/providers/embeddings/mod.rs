@@ -30,7 +30,7 @@ use crate::providers::{
     openai_shaped_error, ChunkOutput, ProviderResponse, ResponseHandler, ResponseTranslator,
     TranslateContext, UpstreamRequest,
 };
-use crate::request::{request_routing, RequestRouting, RoutingMembers};
+use crate::request::{raw_value_or_null, request_routing, RequestRouting, RoutingMembers};
 use crate::snapshot::{Deployment, Wire};
 use crate::{GatewayError, RequestPlan, State, Usage};
 
@@ -128,13 +128,6 @@ struct EmbeddingsView<'a> {
     content_policy_fallbacks: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "raw_value_or_null")]
     num_retries: Option<&'a RawValue>,
-}
-
-/// Reads any value, `null` too, which `Option<&RawValue>` would read as absent.
-fn raw_value_or_null<'de: 'a, 'a, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<&'a RawValue>, D::Error> {
-    <&'a RawValue>::deserialize(deserializer).map(Some)
 }
 
 fn invalid_input(message: &str) -> GatewayError {
